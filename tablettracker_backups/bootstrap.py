@@ -1,0 +1,124 @@
+"""``init``: the one-time set-up of a machine for scheduled backups."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tablettracker_backups.backup import create_backup, prepare_locations
+from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
+from tablettracker_backups.settings import Settings, default_config_path, parse_duration
+from tablettracker_backups.snapshot import check_sqlite_file
+
+
+@dataclass(frozen=True)
+class InitResult:
+    """What ``init`` set up."""
+
+    config_path: Path
+    folders: tuple[Path, ...]
+    gitignored: tuple[Path, ...]
+    backup_id: str
+    interval: int
+    task_command: str
+    cron_line: str
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "config_path": str(self.config_path),
+            "folders": [str(f) for f in self.folders],
+            "gitignored": [str(g) for g in self.gitignored],
+            "backup_id": self.backup_id,
+            "interval": self.interval,
+            "task_command": self.task_command,
+            "cron_line": self.cron_line,
+        }
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def render_config(settings: Settings, interval: int) -> str:
+    """The TOML config file ``init`` writes."""
+    lines = [
+        "# tablettracker-backups configuration, written by `tablettracker-backups init`.",
+        "# Every key can also be set as an environment variable BACKUPS_<KEY>.",
+        "[backups]",
+        f"database = {_toml_string(str(settings.database))}",
+        f"dir = {_toml_string(str(settings.backup_dir))}",
+    ]
+    if settings.secondary_dir is not None:
+        lines.append(f"secondary_dir = {_toml_string(str(settings.secondary_dir))}")
+    lines += [
+        f"interval = {interval}",
+        f"compression = {_toml_string(settings.compression)}",
+        f"keep_hourly = {settings.retention.hourly}",
+        f"keep_daily = {settings.retention.daily}",
+        f"keep_weekly = {settings.retention.weekly}",
+        f"keep_monthly = {settings.retention.monthly}",
+        f"keep_yearly = {settings.retention.yearly}",
+        f"keep_pre_restore = {settings.retention.pre_restore}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def git_root(path: Path) -> Path | None:
+    """The enclosing git work tree of ``path``, if any."""
+    for candidate in (path, *path.parents):
+        if (candidate / ".git").exists():
+            return candidate
+    return None
+
+
+def keep_out_of_git(folder: Path) -> bool:
+    """Inside a git work tree, put a ``*`` .gitignore in ``folder``; True if it did."""
+    if git_root(folder) is None:
+        return False
+    ignore = folder / ".gitignore"
+    if not ignore.exists():
+        atomic_write_bytes(ignore, b"# Backups never belong in git.\n*\n")
+    return True
+
+
+def initialise(
+    settings: Settings,
+    *,
+    interval: str | int = "1h",
+    config_path: Path | None = None,
+    overwrite: bool = False,
+) -> InitResult:
+    """Write the config file, create folders, take a first verified backup.
+
+    Raises :class:`ConfigError` if the config file exists and ``overwrite`` is false, and the
+    usual backup errors if the database cannot be backed up.
+    """
+    seconds = parse_duration("interval", interval)
+    check_sqlite_file(settings.database)
+    target = (config_path or default_config_path()).expanduser().absolute()
+    if target.exists() and not overwrite:
+        raise ConfigError(f"config file {target} exists; pass --overwrite to replace it")
+    prepare_locations(settings)
+    gitignored = tuple(f for f in settings.locations if keep_out_of_git(f))
+    ensure_private_dir(target.parent)
+    final = Settings(**{**settings.__dict__, "interval": seconds})
+    atomic_write_bytes(target, render_config(final, seconds).encode())
+    result = create_backup(final, kind="manual", trigger="init")
+    command = shlex.join(
+        [sys.executable, "-m", "tablettracker_backups", "run", "--config", str(target)]
+    )
+    log = settings.backup_dir / "run.log"
+    schedule = "17 * * * *" if seconds < 86400 else "17 3 * * *"
+    return InitResult(
+        config_path=target,
+        folders=settings.locations,
+        gitignored=gitignored,
+        backup_id=result.metadata.id,
+        interval=seconds,
+        task_command=command,
+        cron_line=f"{schedule} {command} >> {shlex.quote(str(log))} 2>&1",
+    )

@@ -1,0 +1,649 @@
+"""The command-line face: ``tablettracker-backups``, ``python -m tablettracker_backups`` and
+``flask backups``. Each command parses options, calls one core function and turns its result
+into text (or ``--json``) and an exit code. Only this module ends the process.
+
+Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 another operation holds the lock.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import click
+
+from tablettracker_backups import __version__
+from tablettracker_backups.errors import BackupError, LockedError
+from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class BackupsGroup(click.Group):
+    """A click group that turns library errors into one line and an exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LockedError as exc:
+            click.echo(f"Busy: {exc}", err=True)
+            ctx.exit(EXIT_LOCKED)
+        except BackupError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(EXIT_CRITICAL)
+        except OSError as exc:
+            click.echo(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
+            ctx.exit(EXIT_CRITICAL)
+        except KeyboardInterrupt:
+            click.echo("Interrupted; nothing partial was kept.", err=True)
+            ctx.exit(130)
+
+
+def common_options(func: F) -> F:
+    """The options every command takes: where the database and backups are, and output."""
+    options = [
+        click.option(
+            "--config",
+            "config",
+            type=click.Path(path_type=Path, dir_okay=False),
+            envvar="BACKUPS_CONFIG",
+            help="TOML config file ([backups] table). Default: "
+            "~/.config/tablettracker-backups/config.toml if it exists.",
+        ),
+        click.option(
+            "--database",
+            type=click.Path(path_type=Path),
+            envvar="BACKUPS_DATABASE",
+            help="The live SQLite database. [env: BACKUPS_DATABASE]",
+        ),
+        click.option(
+            "--backup-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            envvar="BACKUPS_DIR",
+            help="Primary backup folder (default: 'backups' beside the database). "
+            "[env: BACKUPS_DIR]",
+        ),
+        click.option(
+            "--secondary-dir",
+            type=click.Path(path_type=Path, file_okay=False),
+            envvar="BACKUPS_SECONDARY_DIR",
+            help="Optional second backup folder, ideally on another disk. "
+            "[env: BACKUPS_SECONDARY_DIR]",
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def json_option(func: F) -> F:
+    """``--json``: machine-readable output."""
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def resolve_settings(
+    ctx: click.Context,
+    *,
+    config: Path | None,
+    database: Path | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+) -> Settings:
+    """Settings from the host Flask app (under ``flask backups``) or from config/env/options."""
+    overrides = {"database": database, "dir": backup_dir, "secondary_dir": secondary_dir}
+    app_values = _flask_app_values(ctx)
+    if app_values is not None:
+        merged = dict(app_values)
+        merged.update({k: v for k, v in overrides.items() if v is not None})
+        return settings_from_mapping(merged)
+    return load_settings(config_file=config, overrides=overrides)
+
+
+def _flask_app_values(ctx: click.Context) -> dict[str, Any] | None:
+    """The host app's BACKUPS_* values when running as ``flask backups``; else None."""
+    try:
+        from flask.cli import ScriptInfo
+    except ImportError:  # pragma: no cover - Flask is a dependency
+        return None
+    info = ctx.find_object(ScriptInfo)
+    if info is None:
+        return None
+    app = info.load_app()
+    state = app.extensions.get("tablettracker_backups")
+    if state is None:
+        raise click.UsageError("this Flask app has not called BackupManager.init_app(app)")
+    return dict(state.values)
+
+
+def settings_command(func: F) -> F:
+    """Resolve the common options into a ``settings`` argument."""
+
+    @common_options
+    @functools.wraps(func)
+    def wrapper(
+        config: Path | None,
+        database: Path | None,
+        backup_dir: Path | None,
+        secondary_dir: Path | None,
+        **kwargs: Any,
+    ) -> Any:
+        ctx = click.get_current_context()
+        settings = resolve_settings(
+            ctx,
+            config=config,
+            database=database,
+            backup_dir=backup_dir,
+            secondary_dir=secondary_dir,
+        )
+        return func(settings, **kwargs)
+
+    return cast(F, wrapper)
+
+
+def emit_json(data: Any) -> None:
+    """Print ``data`` as indented JSON."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
+
+
+def human_size(size: int | float | None) -> str:
+    """1536 -> '1.5 KiB'."""
+    if size is None:
+        return "-"
+    value = float(size)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def local_time(moment: datetime | None) -> str:
+    """A UTC moment shown in the machine's local time zone."""
+    if moment is None:
+        return "-"
+    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def human_age(moment: datetime | None, now: datetime | None = None) -> str:
+    """'3.2 h ago'."""
+    if moment is None:
+        return "never"
+    seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
+    if seconds < 0:
+        return f"{-seconds / 60:.0f} min in the future"
+    if seconds < 120:
+        return f"{seconds:.0f} s ago"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min ago"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h ago"
+    return f"{seconds / 86400:.1f} days ago"
+
+
+@contextmanager
+def byte_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
+    """A progress bar over bytes when attached to a terminal; a no-op otherwise."""
+    if not enabled or not sys.stderr.isatty():
+        yield lambda _size: None
+        return
+    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
+        yield bar.update
+
+
+def stage_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
+    """A progress callback for backup stages (snapshot pages, then compressed bytes)."""
+    if not enabled or not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {"stage": None, "last": 0}
+
+    def update(stage: str, done: int, total: int) -> None:
+        if stage != state["stage"]:
+            if state["stage"] is not None:
+                click.echo("", err=True)
+            state["stage"] = stage
+        percent = 100 * done // max(total, 1)
+        if percent != state["last"] or done == total:
+            state["last"] = percent
+            click.echo(f"\r{stage:>9}: {percent:3d}%", err=True, nl=False)
+            if done >= total and stage == "compress":
+                click.echo("", err=True)
+
+    return update
+
+
+@click.group(cls=BackupsGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="tablettracker-backups")
+def cli() -> None:
+    """Verified, rotated, restorable backups of TabletTracker's SQLite database.
+
+    \b
+    First time:      tablettracker-backups init --database instance/tablet_counter.db
+    Scheduled task:  tablettracker-backups run --config ~/.config/tablettracker-backups/config.toml
+    Check:           tablettracker-backups status
+
+    Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 busy (another operation holds the lock).
+    """
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+
+@cli.command()
+@settings_command
+@json_option
+def backup(settings: Settings, as_json: bool) -> None:
+    """Take, verify and store a backup now.
+
+    \b
+    Example:
+      tablettracker-backups backup --database instance/tablet_counter.db
+    """
+    from tablettracker_backups.backup import create_backup
+
+    result = create_backup(
+        settings, kind="manual", trigger="cli", progress=stage_progress(not as_json)
+    )
+    meta = result.metadata
+    if as_json:
+        emit_json(
+            {
+                "id": meta.id,
+                "created_at": meta.created_at,
+                "size": meta.stored_size,
+                "raw_size": meta.raw_size,
+                "sha256": meta.sha256,
+                "verified": meta.verification.ok,
+                "locations": list(result.locations),
+                "warnings": list(result.warnings),
+            }
+        )
+    else:
+        click.echo(
+            f"Backup {meta.id} verified and stored in {', '.join(result.locations)} "
+            f"({human_size(meta.raw_size)} database, {human_size(meta.stored_size)} stored, "
+            f"{meta.durations['total']:.2f}s)."
+        )
+        for warning in result.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+    if result.warnings:
+        sys.exit(EXIT_WARNING)
+
+
+@cli.command("list")
+@settings_command
+@json_option
+def list_backups(settings: Settings, as_json: bool) -> None:
+    """List backups, newest first, with why each is kept and where its copies are.
+
+    \b
+    Example:
+      tablettracker-backups list --json | jq '.[0].id'
+    """
+    from tablettracker_backups.retention import candidates_from, plan_retention
+    from tablettracker_backups.store import BackupStore
+
+    infos = BackupStore(settings).list()
+    plan = plan_retention(candidates_from(infos), settings.retention)
+    if as_json:
+        emit_json([dict(i.to_dict(), kept_because=list(plan.reasons(i.id))) for i in infos])
+        return
+    if not infos:
+        click.echo("No backups yet. Take one with: tablettracker-backups backup")
+        return
+    click.echo(
+        f"{'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
+        f"{'VERIFIED':<8} {'COPIES':<22} KEPT BECAUSE"
+    )
+    for info in infos:
+        copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
+        reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
+        click.echo(
+            f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
+            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
+            f"{copies:<22} {reasons}"
+        )
+        for problem in info.problems:
+            click.echo(f"    ! {problem}")
+
+
+def _pick(settings: Settings, backup_id: str) -> str:
+    from tablettracker_backups.metadata import validate_backup_id
+    from tablettracker_backups.store import BackupStore
+
+    if backup_id == "latest":
+        return BackupStore(settings).latest().id
+    return validate_backup_id(backup_id)
+
+
+@cli.command()
+@click.argument("backup_id", metavar="ID")
+@settings_command
+@json_option
+def show(settings: Settings, backup_id: str, as_json: bool) -> None:
+    """Show one backup's metadata, copies and per-table row counts. ID may be 'latest'.
+
+    \b
+    Example:
+      tablettracker-backups show 20261123T201500Z-3f9a1c
+    """
+    from tablettracker_backups.retention import plan_for_store
+    from tablettracker_backups.store import BackupStore
+
+    store = BackupStore(settings)
+    info = store.get(_pick(settings, backup_id))
+    reasons = plan_for_store(store).reasons(info.id)
+    if as_json:
+        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(reasons))
+        if info.metadata is not None:
+            document["metadata"] = json.loads(info.metadata.to_json())
+        emit_json(document)
+        return
+    click.echo(f"Backup {info.id}")
+    click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
+    click.echo(f"  kind:        {info.kind}")
+    click.echo(f"  verified:    {'yes' if info.verified else 'NO'}")
+    click.echo(f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}")
+    click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
+    meta = info.metadata
+    if meta is not None:
+        click.echo(f"  trigger:     {meta.trigger}")
+        click.echo(
+            f"  source:      {meta.source.path} ({meta.source.journal_mode} mode, "
+            f"{meta.source.page_count} pages of {meta.source.page_size} B)"
+        )
+        click.echo(
+            f"  sizes:       {human_size(meta.raw_size)} database, "
+            f"{human_size(meta.stored_size)} stored ({meta.compression} "
+            f"level {meta.compression_level})"
+        )
+        click.echo(f"  sha256:      {meta.sha256}")
+        click.echo(
+            f"  verified at: {local_time(meta.verification.verified_at)}"
+            + (f" ({meta.verification.error})" if meta.verification.error else "")
+        )
+        click.echo("  rows:")
+        for table, count in sorted(meta.row_counts.items()):
+            click.echo(f"    {table:<28} {count:>12,}")
+    for problem in info.problems:
+        click.echo(f"  ! {problem}")
+
+
+@cli.command()
+@click.argument("backup_id", metavar="[ID]", required=False)
+@click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
+@settings_command
+@json_option
+def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool) -> None:
+    """Fully check backups: checksum, decompression, integrity_check, row counts.
+
+    Without ID, checks the newest backup. Exit 0 when every copy passed, 1 when some copy is
+    damaged but another is sound, 2 when a backup has no sound copy.
+
+    \b
+    Examples:
+      tablettracker-backups verify
+      tablettracker-backups verify --all --json
+    """
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_backup
+
+    if verify_all and backup_id:
+        raise click.UsageError("give an ID or --all, not both")
+    store = BackupStore(settings)
+    if verify_all:
+        ids = store.ids()
+    else:
+        ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
+    results = []
+    for index, one in enumerate(ids, start=1):
+        result = verify_backup(store, one)
+        results.append(result)
+        if not as_json:
+            mark = "ok" if result.ok else ("DAMAGED COPY" if result.usable else "FAILED")
+            click.echo(f"[{index}/{len(ids)}] {one}: {mark}")
+            for copy in result.copies:
+                if not copy.ok:
+                    click.echo(f"    {copy.location}: {copy.error}")
+    if as_json:
+        emit_json([r.to_dict() for r in results])
+    if any(not r.usable for r in results):
+        sys.exit(EXIT_CRITICAL)
+    if any(not r.ok for r in results):
+        sys.exit(EXIT_WARNING)
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
+@settings_command
+@json_option
+def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
+    """Delete backups that grandfather-father-son retention no longer keeps.
+
+    Never deletes the newest backup or the newest verified one.
+
+    \b
+    Example:
+      tablettracker-backups prune --dry-run
+    """
+    from tablettracker_backups.locking import operation_lock
+    from tablettracker_backups.retention import prune as do_prune
+    from tablettracker_backups.store import BackupStore
+
+    with operation_lock(settings):
+        result = do_prune(BackupStore(settings), dry_run=dry_run)
+    if as_json:
+        emit_json(result.to_dict())
+        return
+    going = result.plan.delete
+    verb = "Would delete" if dry_run else "Deleted"
+    click.echo(f"{verb} {len(going)} backup(s); keeping {len(result.plan.keep)}.")
+    for decision in going:
+        click.echo(f"  - {decision.id}")
+
+
+def _print_health(report: Any) -> None:
+    click.echo(f"Health: {report.status.upper()}")
+    for finding in report.findings:
+        click.echo(f"  [{finding.level}] {finding.message}")
+
+
+@cli.command()
+@settings_command
+@json_option
+def health(settings: Settings, as_json: bool) -> None:
+    """Check that the data is safe; exit 0 ok, 1 warning, 2 critical.
+
+    Checks the live database (quick_check), the age of the newest (verified) backup against the
+    interval, recent checksums, free disk space, retention slots, copies agreeing, and whether
+    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl.
+
+    \b
+    Example:
+      tablettracker-backups health || echo "backups need attention"
+    """
+    from tablettracker_backups.health import check_health, write_status
+
+    report = check_health(settings)
+    write_status(settings, report)
+    if as_json:
+        emit_json(report.to_dict())
+    else:
+        _print_health(report)
+    sys.exit(report.exit_code)
+
+
+@cli.command()
+@settings_command
+@json_option
+def status(settings: Settings, as_json: bool) -> None:
+    """A short summary: newest backups, counts per slot, disk use, health.
+
+    \b
+    Example:
+      tablettracker-backups status
+    """
+    from tablettracker_backups.health import check_health
+
+    report = check_health(settings)
+    if as_json:
+        emit_json(report.to_dict())
+        sys.exit(report.exit_code)
+    click.echo(f"Database:        {settings.database}")
+    click.echo(
+        f"Backups:         {report.backup_count} in {settings.backup_dir}"
+        + (f" (+ {settings.secondary_dir})" if settings.secondary_dir else "")
+    )
+    click.echo(f"Newest:          {report.newest_id or '-'} ({human_age(report.newest_at)})")
+    click.echo(
+        f"Newest verified: {report.newest_verified_id or '-'} "
+        f"({human_age(report.newest_verified_at)})"
+    )
+    slots = ", ".join(f"{k} {v}" for k, v in report.slot_counts.items()) or "-"
+    click.echo(f"Slots filled:    {slots}")
+    primary = report.disk.get("primary")
+    if primary:
+        click.echo(
+            f"Disk:            {human_size(report.stored_bytes)} used by backups, "
+            f"{human_size(primary['free'])} free"
+        )
+    click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    _print_health(report)
+    sys.exit(report.exit_code)
+
+
+@cli.command("run")
+@click.option("--force", is_flag=True, help="Back up even if the newest backup is recent.")
+@settings_command
+@json_option
+def run_command(settings: Settings, force: bool, as_json: bool) -> None:
+    """Everything a scheduled task needs: back up if due, verify, prune, health check.
+
+    Idempotent: run it hourly (or daily on a free PythonAnywhere account); a run with nothing
+    due only verifies and checks. A second run while one is in progress waits briefly, then
+    exits 3 without touching anything.
+
+    \b
+    Example (PythonAnywhere scheduled task or crontab):
+      tablettracker-backups run --config /home/me/.config/tablettracker-backups/config.toml
+    """
+    from tablettracker_backups.runner import run
+
+    result = run(settings, force=force, trigger="scheduled")
+    if as_json:
+        emit_json(result.to_dict())
+        sys.exit(result.exit_code)
+    if result.error:
+        click.echo(f"Error: {result.error}", err=True)
+    elif result.backup:
+        click.echo(
+            f"Backed up: {result.backup.metadata.id} "
+            f"({human_size(result.backup.metadata.stored_size)})"
+        )
+    else:
+        click.echo(f"No backup due: {result.skipped_reason}")
+    if result.reverified:
+        click.echo(
+            f"Re-verified: {result.reverified.id}: {'ok' if result.reverified.ok else 'PROBLEM'}"
+        )
+    if result.pruned and result.pruned.deleted:
+        click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
+    for warning in result.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    _print_health(result.health)
+    sys.exit(result.exit_code)
+
+
+@cli.command()
+@click.option(
+    "--interval",
+    default="1h",
+    show_default=True,
+    help="How often the scheduled task runs: 1h (paid accounts) or 1d (free).",
+)
+@click.option(
+    "--write-config",
+    "config_out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Where to write the config file (default: ~/.config/tablettracker-backups/config.toml).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing config file.")
+@settings_command
+@json_option
+def init(
+    settings: Settings, interval: str, config_out: Path | None, overwrite: bool, as_json: bool
+) -> None:
+    """One-time set-up: config file, owner-only folders, a first verified backup, and the
+    command to paste into a PythonAnywhere scheduled task or a crontab.
+
+    \b
+    Example:
+      tablettracker-backups init --database ~/tablettracker/instance/tablet_counter.db \\
+          --secondary-dir ~/backups-mirror --interval 1d
+    """
+    from tablettracker_backups.bootstrap import initialise
+
+    outcome = initialise(settings, interval=interval, config_path=config_out, overwrite=overwrite)
+    if as_json:
+        emit_json(outcome.to_dict())
+        return
+    click.echo(f"Config written:  {outcome.config_path}")
+    for folder in outcome.folders:
+        click.echo(f"Folder (0700):   {folder}")
+    for ignored in outcome.gitignored:
+        click.echo(f"Kept out of git: {ignored}")
+    click.echo(f"First backup:    {outcome.backup_id} (verified)")
+    click.echo("")
+    click.echo(
+        "PythonAnywhere: Tasks tab -> scheduled task "
+        f"({'hourly' if outcome.interval < 86400 else 'daily'}), command:"
+    )
+    click.echo(f"  {outcome.task_command}")
+    click.echo("")
+    click.echo("Or a crontab line:")
+    click.echo(f"  {outcome.cron_line}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli.main(prog_name="tablettracker-backups")
+
+
+@cli.command()
+@click.option("--port", default=5000, show_default=True, help="Port to serve on (127.0.0.1).")
+@click.option(
+    "--instance",
+    "instance",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("instance"),
+    show_default=True,
+    help="Instance folder for the demo database and its backups.",
+)
+def demo(port: int, instance: Path) -> None:
+    """Run the demo TabletTracker with backups on a seeded SQLite database.
+
+    \b
+    Example:
+      tablettracker-backups demo --port 5000 --instance ./instance
+    """
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.demo.schema import create_demo_database
+    from tablettracker_backups.health import check_health
+
+    instance = instance.absolute()
+    database = instance / "tablet_counter.db"
+    instance.mkdir(parents=True, exist_ok=True)
+    if not database.exists():
+        create_demo_database(str(database))
+        click.echo(f"Seeded demo database {database}")
+    settings = settings_from_mapping({"database": database})
+    result = create_backup(settings, kind="manual", trigger="demo")
+    click.echo(f"Backup {result.metadata.id} verified in {settings.backup_dir}")
+    _print_health(check_health(settings))

@@ -1,0 +1,179 @@
+"""Streaming compression (zstd by default, gzip selectable) with SHA-256 on both sides.
+
+Memory stays bounded by the chunk size whatever the database size: data flows through in
+1 MiB chunks, and the hashes are computed as it passes.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, cast
+
+import zstandard
+
+from tablettracker_backups.errors import StorageError, VerificationError
+from tablettracker_backups.fsutil import CHUNK, describe_os_error, iter_chunks, open_private
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class StreamResult:
+    """Sizes and SHA-256 digests of a stream's input (raw) and output (stored) sides."""
+
+    raw_size: int
+    raw_sha256: str
+    stored_size: int
+    sha256: str
+
+
+class _HashingWriter:
+    """A write-only file object that hashes and counts what passes through it."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        self.target = target
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        return self.target.write(data)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+def compress_file(
+    source: Path,
+    dest: Path,
+    *,
+    algorithm: str,
+    level: int,
+    progress: Progress | None = None,
+) -> StreamResult:
+    """Compress ``source`` into a new owner-only file ``dest``; raises StorageError."""
+    raw_digest = hashlib.sha256()
+    raw_size = 0
+    try:
+        with source.open("rb") as reader, open_private(dest) as raw_out:
+            out = _HashingWriter(raw_out)
+            sink = cast(BinaryIO, out)
+            stream: BinaryIO
+            if algorithm == "zstd":
+                compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+                stream = cast(BinaryIO, compressor.stream_writer(sink, closefd=False))
+            else:
+                stream = cast(
+                    BinaryIO,
+                    gzip.GzipFile(
+                        filename="", mode="wb", compresslevel=level, fileobj=sink, mtime=0
+                    ),
+                )
+            with stream:
+                for chunk in iter_chunks(reader):
+                    raw_digest.update(chunk)
+                    raw_size += len(chunk)
+                    stream.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
+            raw_out.flush()
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, dest)) from None
+    return StreamResult(raw_size, raw_digest.hexdigest(), out.size, out.digest.hexdigest())
+
+
+def open_decompressed(handle: BinaryIO, algorithm: str) -> BinaryIO:
+    """A readable stream of the raw bytes inside a stored backup file."""
+    if algorithm == "zstd":
+        return cast(BinaryIO, zstandard.ZstdDecompressor().stream_reader(handle, closefd=False))
+    return cast(BinaryIO, gzip.GzipFile(fileobj=handle, mode="rb"))
+
+
+def decompress_file(
+    source: Path,
+    dest: Path,
+    *,
+    algorithm: str,
+    expected_sha256: str | None = None,
+    progress: Progress | None = None,
+) -> StreamResult:
+    """Decompress ``source`` into a new owner-only file ``dest``.
+
+    Checks the stored file's SHA-256 as it reads when ``expected_sha256`` is given. Raises
+    :class:`VerificationError` for a damaged file, :class:`StorageError` for I/O trouble.
+    """
+    stored = hashlib.sha256()
+    raw = hashlib.sha256()
+    raw_size = 0
+
+    class _HashingReader:
+        def __init__(self, inner: BinaryIO) -> None:
+            self.inner = inner
+            self.size = 0
+
+        def read(self, size: int = -1) -> bytes:
+            data = self.inner.read(size)
+            stored.update(data)
+            self.size += len(data)
+            return data
+
+    try:
+        with source.open("rb") as handle, open_private(dest) as out:
+            reader = _HashingReader(handle)
+            try:
+                stream = open_decompressed(cast(BinaryIO, reader), algorithm)
+                with stream:
+                    while chunk := stream.read(CHUNK):
+                        raw.update(chunk)
+                        raw_size += len(chunk)
+                        out.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk))
+                # Read any trailing bytes so the stored hash covers the whole file.
+                while reader.read(CHUNK):
+                    pass
+            except (zstandard.ZstdError, gzip.BadGzipFile, EOFError, ValueError) as exc:
+                raise VerificationError(f"{source.name} does not decompress: {exc}") from None
+            out.flush()
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, dest)) from None
+    result = StreamResult(raw_size, raw.hexdigest(), reader.size, stored.hexdigest())
+    if expected_sha256 is not None and result.sha256 != expected_sha256:
+        raise VerificationError(f"{source.name}: SHA-256 does not match its metadata")
+    return result
+
+
+def hash_file(path: Path, progress: Progress | None = None) -> tuple[int, str]:
+    """(size, SHA-256 hex) of a file; raises :class:`StorageError`."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with path.open("rb") as handle:
+            for chunk in iter_chunks(handle):
+                digest.update(chunk)
+                size += len(chunk)
+                if progress is not None:
+                    progress(len(chunk))
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, path)) from None
+    return size, digest.hexdigest()
+
+
+def copy_file(source: Path, dest: Path) -> tuple[int, str]:
+    """Copy ``source`` to a new owner-only ``dest``; returns (size, SHA-256 of what was written)."""
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with source.open("rb") as reader, open_private(dest) as writer:
+            for chunk in iter_chunks(reader):
+                digest.update(chunk)
+                size += len(chunk)
+                writer.write(chunk)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, dest)) from None
+    return size, digest.hexdigest()

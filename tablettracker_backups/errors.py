@@ -1,0 +1,51 @@
+"""Exception types raised by the core library.
+
+Every error the library raises on purpose is a :class:`BackupError`, so a face (CLI, web page,
+task endpoint) can catch one type and show its message as a single line.
+"""
+
+from __future__ import annotations
+
+
+class BackupError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class ConfigError(BackupError):
+    """A setting is missing or has a value that cannot be used."""
+
+
+class DatabaseError(BackupError):
+    """The live database is missing, unreadable, locked, or not a SQLite database."""
+
+
+class InvalidBackupId(BackupError):
+    """A backup id is malformed (and so could not name a file inside the backup folder)."""
+
+
+class BackupNotFound(BackupError):
+    """No backup with that id exists in any configured location."""
+
+
+class MetadataError(BackupError):
+    """A backup's metadata document is unreadable, malformed or inconsistent."""
+
+
+class StorageError(BackupError):
+    """A backup folder is unwritable, full, or otherwise failed an I/O operation."""
+
+
+class VerificationError(BackupError):
+    """A backup (or a copy of it) failed a checksum, integrity or row-count check."""
+
+
+class RestoreError(BackupError):
+    """A restore was refused or failed; the message says what state the database is in."""
+
+
+class LockedError(BackupError):
+    """Another backup, restore, prune or run holds the lock."""
+
+
+class OffsiteError(BackupError):
+    """The offsite object store could not be reached or refused an operation."""

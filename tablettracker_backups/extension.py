@@ -1,0 +1,101 @@
+"""The Flask extension: ``BackupManager(app=None)`` / ``init_app(app)``.
+
+It reads the ``BACKUPS_*`` config keys (defaults set with ``setdefault``), validates them into
+one frozen :class:`Settings` at start-up so a typo fails now rather than at 2 a.m., registers
+itself in ``app.extensions["tablettracker_backups"]``, and adds the ``flask backups`` commands.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask, current_app
+
+from tablettracker_backups.settings import CORE_KEYS, PREFIX, Settings, settings_from_mapping
+
+EXTENSION_KEY = "tablettracker_backups"
+
+
+def default_is_admin(user: Any) -> bool:
+    """The default admin check: the user's ``is_admin`` attribute (False if absent)."""
+    return bool(getattr(user, "is_admin", False))
+
+
+@dataclass(frozen=True)
+class BackupState:
+    """What ``init_app`` stores in ``app.extensions``: validated settings and web options."""
+
+    settings: Settings
+    #: The validated core values, lower-case and prefix-less (the CLI re-validates overrides).
+    values: dict[str, Any]
+    url_prefix: str
+    is_admin: Callable[[Any], bool]
+    task_token: str | None
+    base_template: str
+    task_url: str
+
+
+class BackupManager:
+    """Backups for a Flask app. ``BackupManager(app)`` or ``BackupManager()`` + ``init_app``."""
+
+    def __init__(self, app: Flask | None = None) -> None:
+        if app is not None:
+            self.init_app(app)
+
+    def init_app(self, app: Flask) -> None:
+        """Validate config, register the extension, blueprint and CLI on ``app``.
+
+        Raises :class:`RuntimeError` if registered twice or if the app has no Flask-Login
+        ``LoginManager``; :class:`ConfigError` for a bad ``BACKUPS_*`` value.
+        """
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError("BackupManager is already registered on this app")
+        #: The live SQLite database (required).
+        app.config.setdefault("BACKUPS_DATABASE", None)
+        #: Primary backup folder; default: a ``backups`` folder beside the database.
+        app.config.setdefault("BACKUPS_DIR", None)
+        #: Optional second folder (another disk or mount); every backup is written to both.
+        app.config.setdefault("BACKUPS_SECONDARY_DIR", None)
+        #: Where the admin pages are mounted.
+        app.config.setdefault("BACKUPS_URL_PREFIX", "/admin/backups")
+        #: Callable(user) -> bool deciding who is an admin; default: ``user.is_admin``.
+        app.config.setdefault("BACKUPS_IS_ADMIN", default_is_admin)
+        #: Bearer token for the scheduled-task endpoint; None disables it (404).
+        app.config.setdefault("BACKUPS_TASK_TOKEN", None)
+        #: The host template the pages extend; it must define a ``content`` block.
+        app.config.setdefault("BACKUPS_BASE_TEMPLATE", "tablettracker_backups/base.html")
+        #: URL of the scheduled-task endpoint.
+        app.config.setdefault("BACKUPS_TASK_URL", "/tasks/backups/run")
+
+        values = {
+            key[len(PREFIX) :].lower(): value
+            for key, value in app.config.items()
+            if key.startswith(PREFIX) and key[len(PREFIX) :].lower() in CORE_KEYS
+        }
+        values = {k: v for k, v in values.items() if v is not None}
+        settings = settings_from_mapping(values)
+        is_admin = app.config["BACKUPS_IS_ADMIN"]
+        if not callable(is_admin):
+            raise RuntimeError("BACKUPS_IS_ADMIN must be a callable taking the current user")
+        token = app.config["BACKUPS_TASK_TOKEN"] or None
+        app.extensions[EXTENSION_KEY] = BackupState(
+            settings=settings,
+            values=values,
+            url_prefix=str(app.config["BACKUPS_URL_PREFIX"]).rstrip("/") or "/",
+            is_admin=is_admin,
+            task_token=str(token) if token else None,
+            base_template=str(app.config["BACKUPS_BASE_TEMPLATE"]),
+            task_url=str(app.config["BACKUPS_TASK_URL"]),
+        )
+
+        from tablettracker_backups.cli import cli
+
+        app.cli.add_command(cli, name="backups")
+
+
+def get_state() -> BackupState:
+    """The current app's :class:`BackupState` (inside an app context)."""
+    state: BackupState = current_app.extensions[EXTENSION_KEY]
+    return state

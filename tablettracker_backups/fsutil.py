@@ -1,0 +1,126 @@
+"""Small file-system helpers: owner-only creation, fsync, atomic replace, error mapping.
+
+A backup is either complete and verified or it does not exist, so every file is written under a
+temporary name (``.tmp-*``), fsynced, renamed into place, and the directory fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from tablettracker_backups.errors import StorageError
+
+TEMP_PREFIX = ".tmp-"
+CHUNK = 1024 * 1024
+
+
+def describe_os_error(exc: OSError, path: Path | str) -> str:
+    """A one-line explanation of an OS error, naming the path."""
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device holding {path}"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded writing {path}"
+    if exc.errno == errno.EFBIG:
+        return f"file size limit exceeded writing {path}"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"permission denied: cannot write to {path}"
+    return f"{exc.strerror or exc} ({path})"
+
+
+def ensure_private_dir(path: Path) -> None:
+    """Create ``path`` (and parents) owner-only if missing; raises :class:`StorageError`."""
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not path.is_dir():
+            raise StorageError(f"{path} is not a folder")
+    except FileExistsError:
+        raise StorageError(f"{path} exists and is not a folder") from None
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, path)) from None
+
+
+def check_writable_dir(path: Path) -> None:
+    """Raise :class:`StorageError` unless ``path`` is a folder this process can write."""
+    ensure_private_dir(path)
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise StorageError(f"permission denied: cannot write to {path}")
+
+
+def temp_path(directory: Path, name: str) -> Path:
+    """A fresh temporary name in ``directory`` that the cleanup step recognises."""
+    return directory / f"{TEMP_PREFIX}{secrets.token_hex(4)}-{name}"
+
+
+def open_private(path: Path) -> BinaryIO:
+    """Create ``path`` exclusively, mode 0600, for binary writing."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, path)) from None
+    return os.fdopen(fd, "wb")
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` durable."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit(temp: Path, final: Path) -> None:
+    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError."""
+    try:
+        fd = os.open(temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, final)
+        fsync_dir(final.parent)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise StorageError(describe_os_error(exc, final)) from None
+
+
+def atomic_write_bytes(final: Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` atomically, owner-only; raises :class:`StorageError`."""
+    temp = temp_path(final.parent, final.name)
+    try:
+        with open_private(temp) as handle:
+            handle.write(data)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise StorageError(describe_os_error(exc, final)) from None
+    commit(temp, final)
+
+
+def remove_quietly(path: Path) -> None:
+    """Delete ``path`` if it exists; errors are ignored (used on cleanup paths only)."""
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def iter_chunks(handle: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
+    """Read ``handle`` in fixed-size chunks until the end."""
+    while chunk := handle.read(size):
+        yield chunk
+
+
+def cleanup_temp_files(directory: Path) -> list[Path]:
+    """Delete leftover ``.tmp-*`` files from an interrupted operation; call under the lock."""
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        if entry.name.startswith(TEMP_PREFIX) and entry.is_file():
+            remove_quietly(entry)
+            removed.append(entry)
+    return removed

@@ -1,0 +1,260 @@
+"""Backup ids and the JSON metadata document that commits a backup into existence.
+
+A backup id looks like ``20261123T201500Z-3f9a1c``: the UTC time it was taken, then six random
+hex digits. Ids sort by time, and the strict pattern means nothing built from an id can name a
+file outside the backup folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from tablettracker_backups.errors import InvalidBackupId, MetadataError
+
+FORMAT_VERSION = 1
+ID_PATTERN = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
+KINDS = ("scheduled", "manual", "pre-restore")
+EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
+#: Metadata files larger than this are refused unread (a real one is a few KiB).
+MAX_METADATA_BYTES = 1024 * 1024
+
+
+def new_backup_id(now: datetime) -> str:
+    """A fresh id for a backup taken at ``now`` (timezone-aware)."""
+    return f"{now.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def validate_backup_id(value: object) -> str:
+    """Return ``value`` if it is a well-formed backup id; raise :class:`InvalidBackupId`."""
+    if not isinstance(value, str) or len(value) != 23 or not ID_PATTERN.match(value):
+        shown = repr(value)[:60]
+        raise InvalidBackupId(
+            f"invalid backup id {shown}: expected the form 20261123T201500Z-3f9a1c"
+        )
+    try:
+        id_time(value)
+    except ValueError:
+        raise InvalidBackupId(f"invalid backup id {value!r}: not a real date and time") from None
+    return value
+
+
+def id_time(backup_id: str) -> datetime:
+    """The UTC time encoded in a (syntactically valid) backup id; raises ``ValueError``."""
+    return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+def data_filename(backup_id: str, compression: str) -> str:
+    """The stored data file's name; derived, never read from metadata."""
+    return validate_backup_id(backup_id) + EXTENSIONS[compression]
+
+
+def metadata_filename(backup_id: str) -> str:
+    """The metadata document's name."""
+    return validate_backup_id(backup_id) + ".json"
+
+
+def utc_iso(moment: datetime) -> str:
+    """ISO 8601 in UTC with a ``Z``, to the microsecond."""
+    return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+def parse_utc(value: object, what: str) -> datetime:
+    """A timezone-aware datetime from :func:`utc_iso` output; raises :class:`MetadataError`."""
+    if not isinstance(value, str):
+        raise MetadataError(f"{what} must be a timestamp string")
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise MetadataError(f"{what} is not an ISO timestamp: {value[:40]!r}") from None
+    if moment.tzinfo is None:
+        raise MetadataError(f"{what} has no time zone")
+    return moment.astimezone(timezone.utc)
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the live database looked like when the snapshot was taken."""
+
+    path: str
+    size: int
+    page_size: int
+    page_count: int
+    journal_mode: str
+    sqlite_version: str
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of the last full verification of this backup."""
+
+    ok: bool
+    verified_at: datetime
+    integrity_check: str
+    foreign_key_violations: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupMetadata:
+    """The JSON document stored beside each backup's data file."""
+
+    id: str
+    created_at: datetime
+    kind: str
+    trigger: str
+    source: SourceInfo
+    tool_version: str
+    schema_fingerprint: str
+    row_counts: dict[str, int]
+    raw_size: int
+    raw_sha256: str
+    stored_size: int
+    sha256: str
+    compression: str
+    compression_level: int
+    durations: dict[str, float]
+    verification: Verification
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def data_file(self) -> str:
+        """The data file's name in any backup folder."""
+        return data_filename(self.id, self.compression)
+
+    def to_json(self) -> str:
+        """Serialise to the on-disk JSON text."""
+        document = asdict(self)
+        document["created_at"] = utc_iso(self.created_at)
+        document["verification"]["verified_at"] = utc_iso(self.verification.verified_at)
+        document["data_file"] = self.data_file
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, expected_id: str | None = None) -> BackupMetadata:
+        """Parse and validate metadata; raises :class:`MetadataError` on anything odd."""
+        if len(text) > MAX_METADATA_BYTES:
+            raise MetadataError("metadata is larger than any real backup's")
+        try:
+            document = json.loads(text)
+        except (ValueError, RecursionError):
+            raise MetadataError("metadata is not valid JSON") from None
+        if not isinstance(document, dict):
+            raise MetadataError("metadata is not a JSON object")
+        return cls.from_dict(document, expected_id=expected_id)
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any], *, expected_id: str | None = None) -> BackupMetadata:
+        """Validate a decoded metadata object; raises :class:`MetadataError`."""
+        if doc.get("format_version") != FORMAT_VERSION:
+            raise MetadataError(f"unsupported metadata format {doc.get('format_version')!r}")
+        try:
+            backup_id = validate_backup_id(doc.get("id"))
+        except InvalidBackupId as exc:
+            raise MetadataError(f"metadata has an {exc}") from None
+        if expected_id is not None and backup_id != expected_id:
+            raise MetadataError(f"metadata names backup {backup_id}, not {expected_id}")
+        compression = _choice(doc, "compression", tuple(EXTENSIONS))
+        data_file = doc.get("data_file")
+        if data_file is not None and data_file != data_filename(backup_id, compression):
+            raise MetadataError(f"metadata points at another file ({str(data_file)[:60]!r})")
+        source = _obj(doc, "source")
+        verification = _obj(doc, "verification")
+        row_counts = _obj(doc, "row_counts")
+        durations = _obj(doc, "durations")
+        extra = doc.get("extra", {})
+        if not isinstance(extra, dict):
+            raise MetadataError("metadata field 'extra' must be an object")
+        return cls(
+            id=backup_id,
+            created_at=parse_utc(doc.get("created_at"), "created_at"),
+            kind=_choice(doc, "kind", KINDS),
+            trigger=_str(doc, "trigger"),
+            source=SourceInfo(
+                path=_str(source, "path"),
+                size=_nonneg(source, "size"),
+                page_size=_nonneg(source, "page_size"),
+                page_count=_nonneg(source, "page_count"),
+                journal_mode=_str(source, "journal_mode"),
+                sqlite_version=_str(source, "sqlite_version"),
+            ),
+            tool_version=_str(doc, "tool_version"),
+            schema_fingerprint=_hex(doc, "schema_fingerprint"),
+            row_counts={str(k): _nonneg(row_counts, k) for k in row_counts},
+            raw_size=_nonneg(doc, "raw_size"),
+            raw_sha256=_hex(doc, "raw_sha256"),
+            stored_size=_nonneg(doc, "stored_size"),
+            sha256=_hex(doc, "sha256"),
+            compression=compression,
+            compression_level=_nonneg(doc, "compression_level"),
+            durations={str(k): _number(durations, k) for k in durations},
+            verification=Verification(
+                ok=_bool(verification, "ok"),
+                verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
+                integrity_check=_str(verification, "integrity_check"),
+                foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
+                error=_opt_str(verification, "error"),
+            ),
+            extra=extra,
+        )
+
+
+def _obj(doc: dict[str, Any], key: str) -> dict[str, Any]:
+    value = doc.get(key)
+    if not isinstance(value, dict):
+        raise MetadataError(f"metadata field {key!r} must be an object")
+    return value
+
+
+def _str(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str):
+        raise MetadataError(f"metadata field {key!r} must be a string")
+    return value
+
+
+def _opt_str(doc: dict[str, Any], key: str) -> str | None:
+    value = doc.get(key)
+    if value is not None and not isinstance(value, str):
+        raise MetadataError(f"metadata field {key!r} must be a string or null")
+    return value
+
+
+def _bool(doc: dict[str, Any], key: str) -> bool:
+    value = doc.get(key)
+    if not isinstance(value, bool):
+        raise MetadataError(f"metadata field {key!r} must be true or false")
+    return value
+
+
+def _nonneg(doc: dict[str, Any], key: str) -> int:
+    value = doc.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise MetadataError(f"metadata field {str(key)[:40]!r} must be a non-negative integer")
+    return value
+
+
+def _number(doc: dict[str, Any], key: str) -> float:
+    value = doc.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise MetadataError(f"metadata field {str(key)[:40]!r} must be a number")
+    return float(value)
+
+
+def _hex(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key)
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9a-f]{64}", value):
+        raise MetadataError(f"metadata field {key!r} must be a SHA-256 hex digest")
+    return value
+
+
+def _choice(doc: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
+    value = doc.get(key)
+    if value not in choices:
+        raise MetadataError(f"metadata field {key!r} must be one of {', '.join(choices)}")
+    return str(value)

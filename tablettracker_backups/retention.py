@@ -1,0 +1,156 @@
+"""Grandfather-father-son retention: which backups to keep, and why. A pure function.
+
+For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
+of the last N calendar slots that have one is kept. One backup may fill several slots and is
+stored once. Slots are counted among the backups that exist, not back from "now", so a clock
+that jumps backwards or a backup dated in the future never makes good backups look expired.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from tablettracker_backups.settings import RetentionPolicy
+from tablettracker_backups.store import BackupInfo, BackupStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """What retention needs to know about a backup."""
+
+    id: str
+    created_at: datetime
+    kind: str
+    verified: bool
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Keep or delete one backup, with the reasons it is kept."""
+
+    id: str
+    created_at: datetime
+    keep: bool
+    reasons: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RetentionPlan:
+    """Decisions for every candidate, newest first."""
+
+    decisions: tuple[Decision, ...]
+
+    @property
+    def keep(self) -> list[Decision]:
+        """Backups that stay."""
+        return [d for d in self.decisions if d.keep]
+
+    @property
+    def delete(self) -> list[Decision]:
+        """Backups that go."""
+        return [d for d in self.decisions if not d.keep]
+
+    def reasons(self, backup_id: str) -> tuple[str, ...]:
+        """Why ``backup_id`` is kept (empty if it is not)."""
+        for decision in self.decisions:
+            if decision.id == backup_id:
+                return decision.reasons
+        return ()
+
+
+def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
+    return [
+        ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),
+        ("daily", lambda t: t.strftime("%Y-%m-%d")),
+        ("weekly", lambda t: "{:04d}-W{:02d}".format(*t.isocalendar()[:2])),
+        ("monthly", lambda t: t.strftime("%Y-%m")),
+        ("yearly", lambda t: t.strftime("%Y")),
+    ]
+
+
+def plan_retention(
+    candidates: Iterable[Candidate],
+    policy: RetentionPolicy,
+    *,
+    protect: Iterable[str] = (),
+) -> RetentionPlan:
+    """Decide which backups to keep under ``policy``.
+
+    Guarantees: the newest backup and the newest verified backup are always kept; unverified
+    backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
+    ``protect`` (the backup a run just took, whatever its clock said) are always kept.
+    """
+    ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
+    reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified]
+    for name, key in _slot_keys():
+        limit = getattr(policy, name)
+        seen: set[str] = set()
+        for candidate in regular:
+            if len(seen) >= limit:
+                break
+            slot = key(candidate.created_at.astimezone(timezone.utc))
+            if slot not in seen:
+                seen.add(slot)
+                reasons[candidate.id].append(f"{name} {slot}")
+    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified]
+    for index, candidate in enumerate(safety[: policy.pre_restore]):
+        reasons[candidate.id].append(f"pre-restore #{index + 1}")
+    if ordered:
+        reasons[ordered[0].id].append("newest backup")
+    newest_verified = next((c for c in ordered if c.verified), None)
+    if newest_verified is not None and newest_verified is not ordered[0]:
+        reasons[newest_verified.id].append("newest verified backup")
+    for backup_id in protect:
+        if backup_id in reasons:
+            reasons[backup_id].append("just taken")
+    return RetentionPlan(
+        tuple(
+            Decision(c.id, c.created_at, bool(reasons[c.id]), tuple(reasons[c.id])) for c in ordered
+        )
+    )
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What prune decided, and what it actually deleted (nothing on a dry run)."""
+
+    plan: RetentionPlan
+    deleted: tuple[str, ...]
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "dry_run": self.dry_run,
+            "deleted": list(self.deleted),
+            "would_delete": [d.id for d in self.plan.delete] if self.dry_run else [],
+            "kept": [{"id": d.id, "reasons": list(d.reasons)} for d in self.plan.keep],
+        }
+
+
+def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
+    """Retention candidates from listed backups."""
+    return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
+
+
+def plan_for_store(store: BackupStore, *, protect: Iterable[str] = ()) -> RetentionPlan:
+    """The retention plan for the backups in ``store`` under its settings."""
+    return plan_retention(candidates_from(store.list()), store.settings.retention, protect=protect)
+
+
+def prune(store: BackupStore, *, dry_run: bool = False, protect: Iterable[str] = ()) -> PruneResult:
+    """Delete the backups retention does not keep. The caller holds the operation lock."""
+    plan = plan_for_store(store, protect=protect)
+    deleted: list[str] = []
+    if not dry_run:
+        for decision in plan.delete:
+            store.delete(decision.id)
+            deleted.append(decision.id)
+            logger.info("pruned backup %s", decision.id)
+    return PruneResult(plan, tuple(deleted), dry_run)

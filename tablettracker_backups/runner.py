@@ -1,0 +1,164 @@
+"""``run``: everything a scheduled task needs, idempotent and safe to run twice at once.
+
+Back up if one is due, re-verify the least recently verified backup, prune (only once the
+newest backup has verified), check health, and remember that the run happened. A missed run is
+harmless: the next one simply finds a backup due.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from tablettracker_backups.backup import (
+    BackupResult,
+    cleanup_debris,
+    create_backup,
+    prepare_locations,
+)
+from tablettracker_backups.errors import BackupError
+from tablettracker_backups.health import HealthReport, check_health, record_run, write_status
+from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.metadata import utc_iso
+from tablettracker_backups.retention import PruneResult, prune
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.snapshot import check_sqlite_file
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import VerifyResult, verify_backup
+
+logger = logging.getLogger(__name__)
+
+#: A run this close to the interval counts as due, so a daily task at a fixed time never skips.
+DUE_FRACTION = 0.9
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one ``run`` did."""
+
+    started_at: datetime
+    backup: BackupResult | None
+    skipped_reason: str | None
+    reverified: VerifyResult | None
+    pruned: PruneResult | None
+    health: HealthReport
+    error: str | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def exit_code(self) -> int:
+        """2 if the run failed or health is critical, 1 on a warning, else 0."""
+        if self.error is not None:
+            return 2
+        return max(self.health.exit_code, 1 if self.warnings else 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``run --json`` and the scheduled-task endpoint)."""
+        return {
+            "ok": self.error is None,
+            "exit_code": self.exit_code,
+            "started_at": utc_iso(self.started_at),
+            "backup": (
+                {
+                    "id": self.backup.metadata.id,
+                    "size": self.backup.metadata.stored_size,
+                    "locations": list(self.backup.locations),
+                }
+                if self.backup
+                else None
+            ),
+            "skipped_reason": self.skipped_reason,
+            "reverified": self.reverified.to_dict() if self.reverified else None,
+            "pruned": list(self.pruned.deleted) if self.pruned else [],
+            "health": self.health.to_dict(),
+            "error": self.error,
+            "warnings": list(self.warnings),
+        }
+
+
+def backup_due(store: BackupStore, now: datetime) -> str | None:
+    """``None`` if a backup is due now, else why not."""
+    interval = timedelta(seconds=store.settings.interval)
+    for info in store.list():
+        if info.kind == "pre-restore" or not info.verified:
+            continue
+        age = now - info.created_at
+        if age < timedelta(0):
+            return None  # dated in the future: the clock went back; take a fresh one
+        if age < interval * DUE_FRACTION:
+            return f"newest verified backup {info.id} is only {int(age.total_seconds())}s old"
+        return None
+    return None
+
+
+def _least_recently_verified(store: BackupStore, skip: str | None) -> str | None:
+    infos = [i for i in store.list() if i.metadata is not None and i.id != skip]
+    if not infos:
+        return None
+    oldest = min(infos, key=lambda i: i.metadata.verification.verified_at)  # type: ignore[union-attr]
+    return oldest.id
+
+
+def run(
+    settings: Settings,
+    *,
+    force: bool = False,
+    trigger: str = "scheduled",
+    reverify: bool = True,
+) -> RunResult:
+    """Do one scheduled run. Raises only :class:`LockedError` (another operation is running);
+    every other failure is reported in the result, and recorded for ``health``."""
+    started = datetime.now(timezone.utc)
+    check_sqlite_file(settings.database)
+    prepare_locations(settings)
+    store = BackupStore(settings)
+    backup: BackupResult | None = None
+    skipped: str | None = None
+    reverified: VerifyResult | None = None
+    pruned: PruneResult | None = None
+    error: str | None = None
+    warnings: list[str] = []
+    with operation_lock(settings):
+        try:
+            cleanup_debris(settings)
+            skipped = None if force else backup_due(store, started)
+            if skipped is None:
+                backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
+                warnings += backup.warnings
+            if reverify:
+                target = _least_recently_verified(store, backup.metadata.id if backup else None)
+                if target is not None:
+                    reverified = verify_backup(store, target)
+                    if not reverified.ok:
+                        warnings += [
+                            f"re-verify of {target}: {c.location}: {c.error}"
+                            for c in reverified.copies
+                            if not c.ok
+                        ]
+            pruned = prune(store, protect=[backup.metadata.id] if backup else [])
+        except BackupError as exc:
+            error = str(exc)
+            logger.error("scheduled run failed: %s", exc)
+        try:
+            record_run(
+                settings,
+                at=started,
+                result={
+                    "ok": error is None,
+                    "error": error,
+                    "backup": backup.metadata.id if backup else None,
+                },
+            )
+        except BackupError as exc:
+            logger.error("could not write the status file: %s", exc)
+        report = check_health(settings)
+        try:
+            write_status(settings, report)
+        except BackupError as exc:
+            logger.error("could not write the status file: %s", exc)
+        result = RunResult(
+            started, backup, skipped, reverified, pruned, report, error, tuple(warnings)
+        )
+    return result

@@ -1,0 +1,417 @@
+"""Settings: one frozen, validated dataclass built from Flask config, environment or a TOML file.
+
+Every source uses the same names. The Flask config key and the environment variable are
+``BACKUPS_<NAME>``; in a TOML config file the name is lower-case without the prefix, under a
+``[backups]`` table (``database = "..."``, ``keep_daily = 30``). Precedence, highest first:
+explicit options, environment variables, the config file, the defaults below.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tablettracker_backups.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+PREFIX = "BACKUPS_"
+COMPRESSIONS = ("zstd", "gzip")
+ADDRESSING_STYLES = ("auto", "path", "virtual")
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    """How many calendar slots of each kind to keep (grandfather-father-son)."""
+
+    hourly: int = 24
+    daily: int = 30
+    weekly: int = 12
+    monthly: int = 24
+    yearly: int = 10
+    #: Pre-restore safety snapshots are kept by count, outside the calendar slots.
+    pre_restore: int = 10
+
+
+@dataclass(frozen=True)
+class S3Settings:
+    """Where offsite copies go. Credentials are never stored here unless given explicitly."""
+
+    bucket: str
+    endpoint_url: str | None = None
+    prefix: str = "tablettracker-backups/"
+    region: str | None = None
+    access_key_id: str | None = field(default=None, repr=False)
+    secret_access_key: str | None = field(default=None, repr=False)
+    addressing_style: str = "auto"
+    signature_version: str | None = None
+    multipart_threshold: int = 64 * 1024 * 1024
+    multipart_chunksize: int = 16 * 1024 * 1024
+    retention: RetentionPolicy | None = None
+    verify_per_run: int = 2
+    verify_period_days: int = 30
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the core needs to know. Build with :func:`settings_from_mapping`."""
+
+    database: Path
+    backup_dir: Path
+    secondary_dir: Path | None = None
+    compression: str = "zstd"
+    compression_level: int = 3
+    retention: RetentionPolicy = RetentionPolicy()
+    #: Seconds between scheduled backups; ``run`` backs up when the newest is this old.
+    interval: int = 3600
+    #: Seconds to wait for another operation's lock before giving up.
+    lock_timeout: float = 10.0
+    #: Free-space thresholds: absolute bytes, or a fraction of the file system when < 1.
+    disk_warning: float = 0.10
+    disk_critical: float = 0.02
+    #: How many of the newest backups ``health`` re-hashes on each call.
+    health_checksum_count: int = 3
+    #: Seconds a writer may hold the live database before restore gives up.
+    busy_timeout: float = 10.0
+    s3: S3Settings | None = None
+
+    @property
+    def locations(self) -> tuple[Path, ...]:
+        """The local backup folders, primary first."""
+        if self.secondary_dir is None:
+            return (self.backup_dir,)
+        return (self.backup_dir, self.secondary_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the lock, status file, alert log and audit log live (the primary folder)."""
+        return self.backup_dir
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(%|b|kb|mb|gb|tb|kib|mib|gib|tib)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+def parse_duration(name: str, value: Any) -> int:
+    """Seconds from ``3600``, ``"90m"``, ``"1h"``, ``"1d"``; raises :class:`ConfigError`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a duration like 1h or 1d, not {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(
+                f"{PREFIX}{name.upper()} must be a duration like 3600, 90m, 1h or 1d, not {value!r}"
+            )
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+    if seconds <= 0:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be positive, not {value!r}")
+    return int(seconds)
+
+
+def parse_space(name: str, value: Any) -> float:
+    """Bytes from ``"500MB"``, or a fraction from ``"10%"``; raises :class:`ConfigError`."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a size like 500MB or 10%")
+    if isinstance(value, int | float):
+        number = float(value)
+    else:
+        match = _SIZE.match(str(value))
+        if not match:
+            raise ConfigError(
+                f"{PREFIX}{name.upper()} must be a size like 500MB or a percentage like 10%, "
+                f"not {value!r}"
+            )
+        unit = (match.group(2) or "b").lower()
+        number = float(match.group(1))
+        if unit == "%":
+            if number >= 100:
+                raise ConfigError(f"{PREFIX}{name.upper()} must be below 100%, not {value!r}")
+            return number / 100
+        number *= _SIZE_UNITS[unit]
+    if number < 0:
+        raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
+    return number
+
+
+def _int(name: str, value: Any, *, minimum: int = 0) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a whole number, not {value!r}")
+    try:
+        number = int(str(value).strip()) if not isinstance(value, int) else value
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be at least {minimum}, not {number}")
+    return number
+
+
+def _float(name: str, value: Any) -> float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}"
+        ) from None
+    if number < 0:
+        raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
+    return number
+
+
+def _path(name: str, value: Any) -> Path:
+    text = str(value).strip() if value is not None else ""
+    if not text or "\x00" in text:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a file system path, not {value!r}")
+    return Path(text).expanduser().absolute()
+
+
+def _opt_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+#: Lower-case names understood by :func:`settings_from_mapping` (the core's own keys).
+CORE_KEYS = frozenset(
+    {
+        "database",
+        "dir",
+        "secondary_dir",
+        "compression",
+        "compression_level",
+        "keep_hourly",
+        "keep_daily",
+        "keep_weekly",
+        "keep_monthly",
+        "keep_yearly",
+        "keep_pre_restore",
+        "interval",
+        "lock_timeout",
+        "disk_warning",
+        "disk_critical",
+        "health_checksum_count",
+        "busy_timeout",
+        "s3_bucket",
+        "s3_endpoint_url",
+        "s3_prefix",
+        "s3_region",
+        "s3_access_key_id",
+        "s3_secret_access_key",
+        "s3_addressing_style",
+        "s3_signature_version",
+        "s3_multipart_threshold",
+        "s3_multipart_chunksize",
+        "s3_keep_hourly",
+        "s3_keep_daily",
+        "s3_keep_weekly",
+        "s3_keep_monthly",
+        "s3_keep_yearly",
+        "s3_verify_per_run",
+        "s3_verify_period_days",
+    }
+)
+
+
+def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy) -> RetentionPolicy:
+    counts: dict[str, int] = {}
+    for slot in ("hourly", "daily", "weekly", "monthly", "yearly"):
+        key = f"{prefix}keep_{slot}"
+        if values.get(key) is not None:
+            counts[slot] = _int(key, values[key])
+    if values.get("keep_pre_restore") is not None and not prefix:
+        counts["pre_restore"] = _int("keep_pre_restore", values["keep_pre_restore"])
+    return dataclasses.replace(default, **counts)
+
+
+def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
+    """Validate lower-case, prefix-less ``values`` into :class:`Settings`.
+
+    ``None`` means "not set". Raises :class:`ConfigError` naming the first bad key.
+    """
+    unknown = sorted(set(values) - CORE_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown setting {PREFIX}{unknown[0].upper()}")
+    if values.get("database") is None:
+        raise ConfigError("no database configured: pass --database PATH or set BACKUPS_DATABASE")
+    database = _path("database", values["database"])
+    backup_dir = (
+        _path("dir", values["dir"])
+        if values.get("dir") is not None
+        else database.parent / "backups"
+    )
+    secondary = (
+        _path("secondary_dir", values["secondary_dir"])
+        if _opt_str(values.get("secondary_dir"))
+        else None
+    )
+    if secondary is not None and secondary == backup_dir:
+        raise ConfigError("BACKUPS_SECONDARY_DIR must differ from BACKUPS_DIR")
+    compression = str(values.get("compression") or "zstd").strip().lower()
+    if compression not in COMPRESSIONS:
+        raise ConfigError(f"BACKUPS_COMPRESSION must be one of {', '.join(COMPRESSIONS)}")
+    default_level = 3 if compression == "zstd" else 6
+    level = (
+        _int("compression_level", values["compression_level"], minimum=1)
+        if values.get("compression_level") is not None
+        else default_level
+    )
+    if compression == "gzip" and level > 9:
+        raise ConfigError("BACKUPS_COMPRESSION_LEVEL must be 1 to 9 for gzip")
+    if compression == "zstd" and level > 22:
+        raise ConfigError("BACKUPS_COMPRESSION_LEVEL must be 1 to 22 for zstd")
+    retention = _retention(values, "", RetentionPolicy())
+    kwargs: dict[str, Any] = {}
+    if values.get("interval") is not None:
+        kwargs["interval"] = parse_duration("interval", values["interval"])
+    if values.get("lock_timeout") is not None:
+        kwargs["lock_timeout"] = _float("lock_timeout", values["lock_timeout"])
+    if values.get("busy_timeout") is not None:
+        kwargs["busy_timeout"] = _float("busy_timeout", values["busy_timeout"])
+    for key in ("disk_warning", "disk_critical"):
+        if values.get(key) is not None:
+            kwargs[key] = parse_space(key, values[key])
+    if values.get("health_checksum_count") is not None:
+        kwargs["health_checksum_count"] = _int(
+            "health_checksum_count", values["health_checksum_count"]
+        )
+    return Settings(
+        database=database,
+        backup_dir=backup_dir,
+        secondary_dir=secondary,
+        compression=compression,
+        compression_level=level,
+        retention=retention,
+        s3=_s3_settings(values, retention),
+        **kwargs,
+    )
+
+
+def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Settings | None:
+    bucket = _opt_str(values.get("s3_bucket"))
+    if bucket is None:
+        others = [k for k in values if k.startswith("s3_") and _opt_str(values[k])]
+        if "s3_endpoint_url" in others:
+            raise ConfigError("BACKUPS_S3_ENDPOINT_URL is set but BACKUPS_S3_BUCKET is not")
+        return None
+    style = str(values.get("s3_addressing_style") or "auto").strip().lower()
+    if style not in ADDRESSING_STYLES:
+        raise ConfigError(
+            f"BACKUPS_S3_ADDRESSING_STYLE must be one of {', '.join(ADDRESSING_STYLES)}"
+        )
+    prefix = str(values.get("s3_prefix") if values.get("s3_prefix") is not None else "")
+    prefix = prefix.strip().strip("/")
+    prefix = f"{prefix}/" if prefix else ""
+    if values.get("s3_prefix") is None:
+        prefix = "tablettracker-backups/"
+    endpoint = _opt_str(values.get("s3_endpoint_url"))
+    if endpoint is not None and not re.match(r"^https?://", endpoint):
+        raise ConfigError("BACKUPS_S3_ENDPOINT_URL must start with http:// or https://")
+    kwargs: dict[str, Any] = {}
+    for key in ("s3_multipart_threshold", "s3_multipart_chunksize"):
+        if values.get(key) is not None:
+            size = int(parse_space(key, values[key]))
+            if size < 5 * 1024 * 1024:
+                raise ConfigError(f"{PREFIX}{key.upper()} must be at least 5MiB (an S3 limit)")
+            kwargs[key[3:]] = size
+    for key in ("s3_verify_per_run", "s3_verify_period_days"):
+        if values.get(key) is not None:
+            kwargs[key[3:]] = _int(key, values[key])
+    return S3Settings(
+        bucket=bucket,
+        endpoint_url=endpoint,
+        prefix=prefix,
+        region=_opt_str(values.get("s3_region")),
+        access_key_id=_opt_str(values.get("s3_access_key_id")),
+        secret_access_key=_opt_str(values.get("s3_secret_access_key")),
+        addressing_style=style,
+        signature_version=_opt_str(values.get("s3_signature_version")),
+        retention=_retention(values, "s3_", local),
+        **kwargs,
+    )
+
+
+def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ``BACKUPS_*`` environment variables this package knows, as lower-case names."""
+    environ = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for key, value in environ.items():
+        if key.startswith(PREFIX) and key[len(PREFIX) :].lower() in CORE_KEYS and value != "":
+            found[key[len(PREFIX) :].lower()] = value
+    return found
+
+
+def values_from_toml(path: Path) -> dict[str, Any]:
+    """Settings from a TOML file's ``[backups]`` table; raises :class:`ConfigError`."""
+    try:
+        with path.open("rb") as handle:
+            document = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    table = document.get("backups", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [backups] must be a table")
+    unknown = sorted(set(table) - CORE_KEYS)
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
+    return dict(table)
+
+
+def default_config_path() -> Path:
+    """``$BACKUPS_CONFIG``, else ``$XDG_CONFIG_HOME/tablettracker-backups/config.toml``."""
+    explicit = os.environ.get("BACKUPS_CONFIG")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tablettracker-backups" / "config.toml"
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings for a process without a Flask app (the CLI, a scheduled task).
+
+    Reads ``config_file`` (or the default config file when it exists), then the environment,
+    then ``overrides`` (``None`` values are ignored). Raises :class:`ConfigError`.
+    """
+    values: dict[str, Any] = {}
+    path = config_file
+    if path is None:
+        candidate = default_config_path()
+        path = candidate if candidate.is_file() else None
+    if path is not None:
+        values.update(values_from_toml(path))
+    values.update(values_from_env(environ))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return settings_from_mapping(values)

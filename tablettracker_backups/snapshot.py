@@ -1,0 +1,276 @@
+"""Consistent snapshots of a live SQLite database, and checks on a database file.
+
+The snapshot goes through SQLite's online backup API inside one read transaction on the
+source, so it is a single consistent state even while the app writes. That read transaction is
+the only time the source is held; checking, hashing and compressing happen afterwards on the
+copy. In rollback-journal mode writers wait for that read transaction; in WAL mode they don't.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
+from tablettracker_backups.fsutil import describe_os_error
+
+logger = logging.getLogger(__name__)
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+#: Pages copied per backup step: small enough for a smooth progress bar, large enough to be fast.
+STEP_PAGES = 4096
+PageProgress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What the source looked like at the moment of the snapshot."""
+
+    source_size: int
+    page_size: int
+    page_count: int
+    journal_mode: str
+    sqlite_version: str
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DatabaseCheck:
+    """Result of checking a database file: integrity, foreign keys, row counts, schema."""
+
+    integrity: str
+    foreign_key_violations: int
+    row_counts: dict[str, int]
+    schema_fingerprint: str
+    page_size: int
+    page_count: int
+
+    @property
+    def ok(self) -> bool:
+        """True when integrity_check said ``ok`` and no foreign key is violated."""
+        return self.integrity == "ok" and self.foreign_key_violations == 0
+
+
+def check_sqlite_file(path: Path) -> None:
+    """Raise :class:`DatabaseError` unless ``path`` is a readable, non-empty SQLite file."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(len(SQLITE_HEADER))
+    except FileNotFoundError:
+        raise DatabaseError(f"database {path} does not exist") from None
+    except IsADirectoryError:
+        raise DatabaseError(f"database {path} is a folder, not a SQLite file") from None
+    except OSError as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from None
+    if not header:
+        raise DatabaseError(f"database {path} is empty (0 bytes), not a SQLite database")
+    if header != SQLITE_HEADER:
+        raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)")
+
+
+def connect(
+    path: Path, *, busy_timeout: float = 10.0, uri_mode: str | None = None
+) -> sqlite3.Connection:
+    """An autocommit connection (we issue BEGIN ourselves); raises :class:`DatabaseError`."""
+    try:
+        if uri_mode is not None:
+            uri = f"{path.absolute().as_uri()}?mode={uri_mode}"
+            conn = sqlite3.connect(uri, uri=True, timeout=busy_timeout, isolation_level=None)
+        else:
+            conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot open database {path}: {exc}") from None
+    return conn
+
+
+def _sqlite_error(path: Path, exc: sqlite3.Error) -> DatabaseError:
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return DatabaseError(f"database {path} is locked by another process: {text}")
+    if "not a database" in text or "encrypted" in text:
+        return DatabaseError(f"{path} is not a SQLite database (or it is encrypted)")
+    return DatabaseError(f"database {path}: {text}")
+
+
+@contextmanager
+def read_transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """Hold one read transaction (a consistent snapshot) on ``conn`` for the block."""
+    try:
+        conn.execute("BEGIN")
+        # The first read takes the SHARED lock (or WAL read mark) that pins the snapshot.
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+    except sqlite3.Error as exc:
+        raise _sqlite_error(path, exc) from None
+    try:
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def copy_database(
+    source: sqlite3.Connection,
+    dest: sqlite3.Connection,
+    *,
+    timeout: float,
+    progress: PageProgress | None = None,
+    label: str = "database",
+) -> None:
+    """Copy every page of ``source`` into ``dest`` with the backup API.
+
+    The caller holds a read transaction on ``source`` so that the steps all see one state. A
+    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`.
+    """
+    deadline = time.monotonic() + timeout
+
+    def on_step(status: int, remaining: int, total: int) -> None:
+        if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            if time.monotonic() > deadline:
+                raise DatabaseError(
+                    f"{label} stayed locked by another process for {timeout:g}s; gave up"
+                )
+        elif progress is not None:
+            progress(total - remaining, total)
+
+    try:
+        source.backup(dest, pages=STEP_PAGES, progress=on_step, sleep=0.05)
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "full" in text or "disk" in text:
+            raise StorageError(f"cannot write the copy: {text}") from None
+        raise DatabaseError(f"copying {label} failed: {text}") from None
+
+
+def take_snapshot(
+    database: Path,
+    dest: Path,
+    *,
+    busy_timeout: float,
+    progress: PageProgress | None = None,
+) -> SnapshotInfo:
+    """Write a consistent copy of the live ``database`` to the new file ``dest``.
+
+    ``dest`` ends up in rollback-journal mode (a self-contained file, no -wal beside it).
+    Raises :class:`DatabaseError` for trouble with the source, :class:`StorageError` for
+    trouble writing ``dest``.
+    """
+    check_sqlite_file(database)
+    started = time.monotonic()
+    try:
+        dest.touch(mode=0o600, exist_ok=False)
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, dest)) from None
+    with (
+        closing(connect(database, busy_timeout=busy_timeout)) as src,
+        closing(connect(dest)) as dst,
+    ):
+        try:
+            # The copy is throw-away until verified, so no journal and no fsync inside the
+            # source's lock: the caller fsyncs what it keeps, after the lock is released.
+            dst.execute("PRAGMA journal_mode=OFF")
+            dst.execute("PRAGMA synchronous=OFF")
+            journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0])
+            page_size = int(src.execute("PRAGMA page_size").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise _sqlite_error(database, exc) from None
+        with read_transaction(src, database):
+            page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
+            copy_database(
+                src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
+            )
+        try:
+            # A WAL source leaves the WAL flag in the copy's header; make it self-contained.
+            dst.execute("PRAGMA journal_mode=DELETE")
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot finish the copy {dest}: {exc}") from None
+    return SnapshotInfo(
+        source_size=page_size * page_count,
+        page_size=page_size,
+        page_count=page_count,
+        journal_mode=journal_mode,
+        sqlite_version=sqlite3.sqlite_version,
+        seconds=time.monotonic() - started,
+    )
+
+
+def quote_identifier(name: str) -> str:
+    """Quote a table name for SQL."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def schema_fingerprint(conn: sqlite3.Connection) -> str:
+    """SHA-256 over the schema (type, name, SQL of every object), order-independent."""
+    rows = conn.execute(
+        "SELECT type, name, coalesce(sql, '') FROM sqlite_master "
+        "WHERE name NOT LIKE 'sqlite_%' ORDER BY type, name"
+    ).fetchall()
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update("\x1f".join(row).encode() + b"\x1e")
+    return digest.hexdigest()
+
+
+def table_names(conn: sqlite3.Connection) -> list[str]:
+    """User tables, sorted."""
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    ).fetchall()
+    return [str(row[0]) for row in rows]
+
+
+def row_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    """Rows per user table."""
+    return {
+        name: int(conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0])
+        for name in table_names(conn)
+    }
+
+
+def inspect_database(path: Path, *, full: bool = True) -> DatabaseCheck:
+    """Check a database file that nobody else is using (a backup copy).
+
+    ``full`` runs ``integrity_check`` and ``foreign_key_check``; otherwise ``quick_check``.
+    Raises :class:`VerificationError` when the file cannot even be read as a database.
+    """
+    try:
+        check_sqlite_file(path)
+    except DatabaseError as exc:
+        raise VerificationError(str(exc)) from None
+    try:
+        with closing(connect(path, uri_mode="ro")) as conn:
+            # A private copy: a bigger page cache makes integrity_check faster, memory is bounded.
+            conn.execute("PRAGMA cache_size=-32768")
+            pragma = "integrity_check" if full else "quick_check"
+            messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+            integrity = "ok" if messages == ["ok"] else "; ".join(messages)
+            violations = len(conn.execute("PRAGMA foreign_key_check").fetchall()) if full else 0
+            counts = row_counts(conn) if integrity == "ok" else {}
+            return DatabaseCheck(
+                integrity=integrity,
+                foreign_key_violations=violations,
+                row_counts=counts,
+                schema_fingerprint=schema_fingerprint(conn),
+                page_size=int(conn.execute("PRAGMA page_size").fetchone()[0]),
+                page_count=int(conn.execute("PRAGMA page_count").fetchone()[0]),
+            )
+    except sqlite3.DatabaseError as exc:
+        raise VerificationError(f"{path.name} is not a readable database: {exc}") from None
+    except DatabaseError as exc:
+        raise VerificationError(str(exc)) from None
+
+
+def quick_check_live(path: Path, *, busy_timeout: float) -> str:
+    """``PRAGMA quick_check`` on the live database: ``"ok"`` or the first problems found."""
+    check_sqlite_file(path)
+    with closing(connect(path, busy_timeout=busy_timeout)) as conn:
+        try:
+            messages = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+        except sqlite3.Error as exc:
+            raise _sqlite_error(path, exc) from None
+    return "ok" if messages == ["ok"] else "; ".join(messages)
