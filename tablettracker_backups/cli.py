@@ -614,11 +614,16 @@ def init(
 @cli.command("job", hidden=True)
 @click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.argument("job_id")
-def job_command(jobs_dir: Path, job_id: str) -> None:
+@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
+def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
     """Run one job started from the web pages (the detached worker process; internal)."""
     import logging
 
-    from tablettracker_backups.jobs import DONE, run_job
+    from tablettracker_backups.jobs import DONE, launch_worker, run_job
+
+    if detach:
+        launch_worker(jobs_dir.absolute(), job_id, detach=False)
+        return
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     finished = run_job(jobs_dir.absolute(), job_id)

@@ -381,31 +381,51 @@ def start_job(
         )
         _write(directory, job)
         _prune_finished(directory, jobs)
-    log_path = directory / f"{job.id}.log"
     try:
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            process = subprocess.Popen(
-                [python_executable(), "-m", "tablettracker_backups", "job", str(directory), job.id],
-                stdin=subprocess.DEVNULL,
-                stdout=fd,
-                stderr=fd,
-                cwd=str(directory),
-                env=_worker_env(values),
-                close_fds=True,
-                # A new session: the worker outlives the request, and a web worker's recycling
-                # (which signals its process group) does not take the backup down with it.
-                start_new_session=True,
-            )
-        finally:
-            os.close(fd)
-    except OSError as exc:
+        launch_worker(directory, job.id, env=_worker_env(values), detach=True)
+    except (OSError, subprocess.SubprocessError) as exc:
         failed = replace(job, state=FAILED, message=f"could not start the worker: {exc}")
         with _queue_lock(directory):
             _write(directory, failed)
         raise StorageError(f"could not start the worker process: {exc}") from None
-    logger.info("started job %s (%s) as process %d", job.id, action, process.pid)
+    logger.info("started job %s (%s)", job.id, action)
     return job
+
+
+def worker_command(directory: Path, job_id: str, *, detach: bool) -> list[str]:
+    """The command line of the worker (``detach``: of the launcher that starts it)."""
+    command = [python_executable(), "-m", "tablettracker_backups", "job", str(directory), job_id]
+    return [*command, "--detach"] if detach else command
+
+
+def launch_worker(
+    directory: Path, job_id: str, *, env: Mapping[str, str] | None = None, detach: bool
+) -> None:
+    """Start the worker in a new session, its output appended to ``<job id>.log``.
+
+    With ``detach`` this starts a short-lived launcher and waits for it; the launcher starts
+    the real worker and exits at once. The worker is then nobody's child: the web process
+    never collects a zombie, and recycling the web worker does not touch it.
+    """
+    log_path = directory / f"{validate_job_id(job_id)}.log"
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        process = subprocess.Popen(
+            worker_command(directory, job_id, detach=detach),
+            stdin=subprocess.DEVNULL,
+            stdout=fd,
+            stderr=fd,
+            cwd=str(directory),
+            env=dict(env) if env is not None else None,
+            close_fds=True,
+            start_new_session=True,
+        )
+    finally:
+        os.close(fd)
+    if detach:
+        code = process.wait(timeout=60)
+        if code != 0:
+            raise subprocess.SubprocessError(f"the launcher exited with status {code}")
 
 
 # -- the worker side ---------------------------------------------------------------------------
