@@ -31,7 +31,8 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
     points = [p for s in series for p in s.points]
     if len(points) < 1:
         return Markup('<p class="ttb-muted">No backups yet, so nothing to chart.</p>')
-    left, right, top, bottom = 70, 12, 12, 36
+    # The legend sits in the top margin, above the plot, so it never covers a line.
+    left, right, top, bottom = 70, 12, 30, 36
     plot_w, plot_h = width - left - right, height - top - bottom
     t0 = min(p[0] for p in points).timestamp()
     t1 = max(p[0] for p in points).timestamp()
@@ -79,9 +80,8 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
             )
         legend_x = left + 10 + index * 170
         parts.append(
-            f'<rect class="ttb-key {css}" x="{legend_x}" y="{top + 2}" width="12" height="12"/>'
-            f'<text class="ttb-legend" x="{legend_x + 18}" y="{top + 12}">'
-            f"{escape(one.label)}</text>"
+            f'<rect class="ttb-key {css}" x="{legend_x}" y="6" width="12" height="12"/>'
+            f'<text class="ttb-legend" x="{legend_x + 18}" y="16">{escape(one.label)}</text>'
         )
     parts.append("</svg>")
     return Markup("".join(parts))  # noqa: S704 - every interpolated text is escaped above
