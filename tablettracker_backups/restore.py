@@ -310,16 +310,19 @@ def _restore_locked(
     progress: RestoreProgress | None,
     after_write: AfterWriteHook | None,
 ) -> None:
+    # Refuse an unusable target before spending time on the backup.
+    existed = target.exists()
+    if existed:
+        _check_overwritable(target)
+    else:
+        _check_no_leftovers(target)
     begun = time.monotonic()
     scratch, location, meta = _extract_sound_copy(store, info.id, attempt, progress)
     attempt.source_location = location
     attempt.durations["verify"] = round(time.monotonic() - begun, 4)
     try:
-        existed = target.exists()
-        if existed:
-            _check_overwritable(target)
-        else:
-            _prepare_new_target(target)
+        if not existed:
+            _create_empty(target)
         safety: BackupMetadata | None = None
         if _has_data(target):
             begun = time.monotonic()
@@ -607,14 +610,18 @@ def _check_overwritable(target: Path) -> None:
         raise RestoreError(f"refusing to overwrite {target}: {exc}") from None
 
 
-def _prepare_new_target(target: Path) -> None:
-    """Create an empty owner-only file for a database that does not exist yet."""
+def _check_no_leftovers(target: Path) -> None:
+    """Refuse a -wal, -shm or -journal left beside a database that does not exist."""
     stale = [f"{target}{suffix}" for suffix in SIDE_FILES if Path(f"{target}{suffix}").exists()]
     if stale:
         raise RestoreError(
             f"{target} does not exist but {', '.join(stale)} does; SQLite could mix that "
             "leftover into the restored database: move it aside first"
         )
+
+
+def _create_empty(target: Path) -> None:
+    """Create an empty owner-only file (and its folder) for a database that does not exist."""
     ensure_private_dir(target.parent)
     try:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
