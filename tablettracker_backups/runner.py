@@ -137,7 +137,7 @@ def run(
                             for c in reverified.copies
                             if not c.ok
                         ]
-            pruned = prune(store, protect=[backup.metadata.id] if backup else [])
+            pruned = prune(store, protect=[backup.metadata.id] if backup else [], now=started)
         except BackupError as exc:
             error = str(exc)
             logger.error("scheduled run failed: %s", exc)

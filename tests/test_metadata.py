@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -22,6 +23,11 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 
+# The same id written with other scripts' digits (\d would match them).
+FULL_WIDTH_ID = "20261123T201500Z-3f9a1c".translate({ord(d): 0xFF10 + int(d) for d in "0123456789"})
+ARABIC_INDIC_ID = "20261123T201500Z-3f9a1c".translate(
+    {ord(d): 0x0660 + int(d) for d in "0123456789"}
+)
 WHEN = datetime(2026, 11, 23, 20, 15, 0, 123456, tzinfo=timezone.utc)
 
 
@@ -89,8 +95,8 @@ def test_new_id_format_sorts_by_time_and_validates() -> None:
         "20261323T201500Z-3f9a1c",  # month 13
         "20260230T201500Z-3f9a1c",  # 30 February
         "20261123T251500Z-3f9a1c",  # hour 25
-        "２０２６１１２３T２０１５００Z-3f9a1c",  # full-width digits
-        "٢٠٢٦١١٢٣T٢٠١٥٠٠Z-3f9a1c",  # Arabic-Indic digits
+        FULL_WIDTH_ID,
+        ARABIC_INDIC_ID,
         "20261123T201500Z-3f9a1\u0663",
         "20261123T201500Z-3f9a1c" * 100,
         "x" * 10_000,
@@ -273,7 +279,5 @@ def test_from_json_fuzz_mutated_documents(changes: dict[str, Any], dropped: list
 @settings(max_examples=300, deadline=None)
 @given(st.one_of(st.text(max_size=200), st.binary(max_size=200), json_values.map(json.dumps)))
 def test_from_json_fuzz_arbitrary_text(text: str | bytes) -> None:
-    try:
+    with contextlib.suppress(MetadataError):
         BackupMetadata.from_json(text)
-    except MetadataError:
-        pass
