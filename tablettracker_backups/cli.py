@@ -291,7 +291,9 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     from tablettracker_backups.store import BackupStore
 
     infos = BackupStore(settings).list()
-    plan = plan_retention(candidates_from(infos), settings.retention)
+    plan = plan_retention(
+        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
+    )
     if as_json:
         emit_json([dict(i.to_dict(), kept_because=list(plan.reasons(i.id))) for i in infos])
         return

@@ -249,7 +249,7 @@ def check_health(
                 )
             )
 
-    plan = plan_retention(candidates_from(backups), settings.retention)
+    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:
