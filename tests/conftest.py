@@ -67,3 +67,12 @@ def make_settings(db_path: Path, backup_dir: Path, secondary_dir: Path) -> Calla
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     """Settings with a primary and a secondary folder."""
     return make_settings()
+
+
+# The reliability report (tests/RELIABILITY.md): fixture and hooks live in tests/reliability.py.
+from tests.reliability import (  # noqa: E402, F401
+    pytest_collection_finish,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    reliability,
+)

@@ -1,0 +1,280 @@
+"""Real faults: kill -9 at random points, a full file system, damaged files, concurrent writers,
+clock trouble. Real processes and real files only; every random choice comes from a seeded
+``random.Random``, so a failing trial can be replayed from the seed printed in its message.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tablettracker_backups.errors import LockedError
+from tablettracker_backups.health import check_health
+from tablettracker_backups.runner import run
+from tablettracker_backups.settings import Settings, settings_from_mapping
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import verify_copy
+from tests.conftest import make_db
+from tests.faultkit import (
+    WriterThread,
+    assert_no_debris,
+    check_live,
+    cli_env,
+    folder_state,
+    invariant,
+    spawn_cli,
+)
+from tests.reliability import Recorder
+
+pytestmark = pytest.mark.slow
+
+#: Big enough (about 13 MB) that a backup's stages take long enough to be interrupted.
+BIG_SEED = {
+    "purchase_orders": 6000,
+    "lines_per_order": 4,
+    "sessions_per_line": 2,
+    "note_bytes": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def big_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The large database, made once per module, in rollback-journal and WAL mode."""
+    folder = tmp_path_factory.mktemp("templates")
+    delete = make_db(folder / "delete.db", **BIG_SEED)
+    wal = folder / "wal.db"
+    shutil.copyfile(delete, wal)
+    conn = sqlite3.connect(wal)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    return {"delete": delete, "wal": wal}
+
+
+def live_copy(templates: dict[str, Path], mode: str, folder: Path) -> Path:
+    """A private live database copied from a template (nobody writes the template)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "tablet_counter.db"
+    shutil.copyfile(templates[mode], target)
+    return target
+
+
+def settings_for(db: Path, root: Path, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "database": db,
+        "dir": root / "backups",
+        "secondary_dir": root / "mirror",
+        "lock_timeout": 5,
+    }
+    values.update(extra)
+    return settings_from_mapping(values)
+
+
+def env_for(settings: Settings, home: Path) -> dict[str, str]:
+    return cli_env(
+        settings.database,
+        settings.backup_dir,
+        settings.secondary_dir,
+        home=home,
+        BACKUPS_LOCK_TIMEOUT="5",
+    )
+
+
+# -- kill -9 ----------------------------------------------------------------------------------
+
+
+def observe_stage(settings: Settings, before: set[str]) -> str:
+    """Name the stage a killed process was in, from what it left behind."""
+    primary = folder_state(settings.backup_dir)
+    secondary = folder_state(settings.secondary_dir)
+    tmp = primary["tmp"] + secondary["tmp"]
+    new_ids = set(primary["meta"]) - before
+    if any(".verify.db" in name for name in tmp):
+        return "re-verify"
+    if any(name.endswith((".db.zst", ".db.gz")) for name in primary["tmp"]):
+        return "check+compress"
+    if any(name.endswith(".db") for name in primary["tmp"]):
+        return "snapshot"
+    if set(primary["data"]) - set(primary["meta"]):
+        return "data committed, no metadata"
+    if (
+        any(
+            name.endswith(".json") and name[5:14].count("-") == 1 and "T" in name
+            for name in primary["tmp"]
+        )
+        and not new_ids
+    ):
+        return "writing metadata"
+    if new_ids and (secondary["tmp"] or new_ids - set(secondary["meta"])):
+        return "secondary copy"
+    if tmp:
+        return "status/other temp file"
+    if new_ids:
+        return "after commit"
+    return "before any file"
+
+
+def kill_trials(
+    templates: dict[str, Path],
+    root: Path,
+    *,
+    command: str,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> tuple[Counter[str], int]:
+    """Kill ``command`` at random points; check everything after each kill."""
+    rng = random.Random(seed)
+    db = live_copy(templates, mode, root / "instance")
+    settings = settings_for(db, root)
+    env = env_for(settings, root)
+    store = BackupStore(settings)
+    with sqlite3.connect(db) as conn:
+        expected = invariant(conn)
+    writer = WriterThread(db, seed).start()
+    stages: Counter[str] = Counter()
+    debris_trials = 0
+    args = [command] + (["--force"] if command == "run" else [])
+    try:
+        # Calibrate: how long the work takes once its first temporary file exists.
+        window = 0.0
+        for _ in range(2):
+            started = time.monotonic()
+            proc = spawn_cli(args, env)
+            first = _wait_for_temp(proc, settings.backup_dir)
+            proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), proc.returncode
+            window = max(window, time.monotonic() - (first or started))
+        for trial in range(trials):
+            where = f"{command}/{mode} seed={seed} trial={trial}"
+            before = set(folder_state(settings.backup_dir)["meta"])
+            proc = spawn_cli(args, env)
+            if rng.random() < 0.2:
+                # Anywhere from start-up to the end: imports, settings, lock, cleanup.
+                time.sleep(rng.uniform(0.0, 0.6))
+            else:
+                _wait_for_temp(proc, settings.backup_dir)
+                time.sleep(rng.uniform(0.0, window * 1.2))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+            if proc.returncode == -signal.SIGKILL:
+                stage = observe_stage(settings, before)
+            else:
+                assert proc.returncode in (0, 1), (where, out, err)
+                stage = "finished before the kill"
+            stages[stage] += 1
+            _check_after_kill(settings, store, writer, expected, before, where)
+            if (
+                folder_state(settings.backup_dir)["tmp"]
+                or folder_state(settings.secondary_dir)["tmp"]
+            ):
+                debris_trials += 1
+            # The next run cleans up and succeeds (in-process: the same code the CLI calls).
+            result = run(settings, force=True)
+            assert result.error is None, (where, result.error)
+            assert result.backup is not None, where
+            assert_no_debris(settings.backup_dir, settings.secondary_dir)
+    finally:
+        writer.stop()
+    assert not writer.errors, writer.errors
+    assert len(writer.committed) > 0
+    check_live(db, writer.committed, expected)
+    return stages, debris_trials
+
+
+def _wait_for_temp(proc: object, directory: Path, limit: float = 30.0) -> float | None:
+    """Wait until the process has created its first temporary file (or exited)."""
+    import subprocess
+
+    assert isinstance(proc, subprocess.Popen)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(name.startswith(".tmp-") for name in os.listdir(directory)):
+                return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+    return None
+
+
+def _check_after_kill(
+    settings: Settings,
+    store: BackupStore,
+    writer: WriterThread,
+    expected: int,
+    before: set[str],
+    where: str,
+) -> None:
+    # Live database: intact, every transaction committed so far is there, totals balance.
+    check_live(settings.database, list(writer.committed), expected)
+    # Nothing partial is listed or counted: every listed backup is complete and verified.
+    infos = store.list()
+    for info in infos:
+        assert info.metadata is not None, (where, info)
+        assert info.verified, (where, info)
+        assert info.copy_state("primary") == "ok", (where, info)
+        assert info.copy_state("secondary") in ("ok", "missing"), (where, info)
+    for info in infos:
+        if info.id not in before:
+            assert verify_copy(store, "primary", info.id).ok, (where, info.id)
+    report = check_health(settings)
+    assert report.backup_count == len(infos), where
+    assert report.status in ("ok", "warning"), (where, report.findings)
+    # Nothing killed leaves the lock held: a new operation gets it at once.
+    from tablettracker_backups.locking import is_locked
+
+    assert not is_locked(settings), where
+
+
+@pytest.mark.parametrize(
+    ("command", "mode", "trials", "seed"),
+    [
+        ("backup", "delete", 15, 101),
+        ("backup", "wal", 15, 202),
+        ("run", "delete", 12, 303),
+        ("run", "wal", 12, 404),
+    ],
+)
+def test_kill_9_at_random_points(
+    big_templates: dict[str, Path],
+    tmp_path: Path,
+    reliability: Recorder,
+    command: str,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> None:
+    row = reliability(
+        f"kill -9 `{command}` ({mode} journal, writer committing)",
+        trials=trials,
+        checked="live DB integrity_check + every committed row + totals balance; only complete "
+        "verified backups listed/counted; lock free; next run cleans .tmp-*/orphans and succeeds",
+        detail=f"seed {seed}",
+    )
+    stages, debris = kill_trials(
+        big_templates, tmp_path, command=command, mode=mode, trials=trials, seed=seed
+    )
+    assert sum(stages.values()) == trials
+    row["detail"] = (
+        f"seed {seed}; stages hit: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
+        + f"; debris left and cleaned in {debris}"
+    )
+
+
+def test_lock_is_exclusive_while_held(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "t.db")
+    settings = settings_for(db, tmp_path, lock_timeout=0)
+    from tablettracker_backups.locking import operation_lock
+
+    with operation_lock(settings), pytest.raises(LockedError):
+        run(settings)
