@@ -211,9 +211,16 @@ def take_snapshot(
             raise _sqlite_error(database, exc) from None
         with read_transaction(src, database):
             page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
-            copy_database(
-                src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
-            )
+            try:
+                copy_database(
+                    src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
+                )
+            except StorageError as exc:
+                # SQLite only says "database or disk is full"; say where, and how much.
+                raise StorageError(
+                    f"no space left on the device holding {dest.parent} for the "
+                    f"{page_size * page_count // 2**20 + 1} MiB snapshot ({exc})"
+                ) from None
         try:
             # A WAL source leaves the WAL flag in the copy's header; make it self-contained.
             dst.execute("PRAGMA journal_mode=DELETE")
