@@ -5,13 +5,16 @@ clock trouble. Real processes and real files only; every random choice comes fro
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
 import sqlite3
+import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,12 +27,15 @@ from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_copy
 from tests.conftest import make_db
 from tests.faultkit import (
+    ROOT,
     WriterThread,
     assert_no_debris,
     check_live,
+    cli_command,
     cli_env,
     folder_state,
     invariant,
+    run_cli,
     spawn_cli,
 )
 from tests.reliability import Recorder
@@ -278,3 +284,199 @@ def test_lock_is_exclusive_while_held(tmp_path: Path) -> None:
 
     with operation_lock(settings), pytest.raises(LockedError):
         run(settings)
+
+
+# -- a file system that fills up mid-backup ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        yield mount_point, "rlimit"
+        return
+    try:
+        yield mount_point, "tmpfs"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def grow(db: Path, rng: random.Random, size: int) -> None:
+    """Add about ``size`` bytes of hard-to-compress notes to the live database."""
+    conn = sqlite3.connect(db)
+    with conn:
+        for _ in range(max(1, size // 2000)):
+            write_one_note = rng.randbytes(1000).hex()
+            conn.execute(
+                "INSERT INTO count_sessions (po_line_id, employee_id, counted_at,"
+                " tablets_counted, notes) VALUES (1, 1, '2026-11-25', 0, ?)",
+                (write_one_note,),
+            )
+    conn.close()
+
+
+def fill(path: Path) -> None:
+    """Fill the file system holding ``path`` to the last byte."""
+    with path.open("wb", buffering=0) as handle:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+def digests(directory: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.split(".")[0][:2] == "20"
+    }
+
+
+@pytest.mark.parametrize(("command", "seed"), [("backup", 11), ("backup", 12), ("run", 13)])
+def test_backup_folder_fills_up(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder, command: str, seed: int
+) -> None:
+    mount_point, how = tiny_fs
+    row = reliability(
+        f"backup folder on a full file system ({how}, `{command}`)",
+        trials=1,
+        checked="exit 2 + one-line 'no space' error, no traceback; no .tmp-*/orphan left; "
+        "older backups byte-identical and verify; health critical; after freeing space the "
+        "next backup succeeds",
+        detail=f"seed {seed}",
+    )
+    rng = random.Random(seed)
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    preexec = None
+    if how == "rlimit":  # pragma: no cover - only where mounting is not allowed
+        import resource
+
+        def preexec() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+    taken = 0
+    for _ in range(40):
+        result = subprocess.run(
+            cli_command(command, *(["--force"] if command == "run" else [])),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            preexec_fn=preexec,
+        )
+        if result.returncode == 2:
+            break
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        taken += 1
+        before = digests(backups)
+        grow(db, rng, rng.randint(200_000, 900_000))
+    else:
+        pytest.fail("the file system never filled up")
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "no space left" in errors[0] or "size limit" in errors[0], errors[0]
+    if command == "backup":
+        assert result.stderr.strip() == errors[0], output
+    assert taken >= 1
+    # Nothing partial, older backups untouched and still sound.
+    assert_no_debris(backups)
+    assert digests(backups) == before
+    settings = settings_from_mapping({"database": db, "dir": backups})
+    store = BackupStore(settings)
+    # (run prunes as it goes, so compare with what was there before the failed attempt)
+    assert {i.id for i in store.list()} == {n.split(".")[0] for n in before}
+    for info in store.list():
+        assert verify_copy(store, "primary", info.id).ok, info.id
+    health = run_cli(["health", "--json"], env)
+    assert health.returncode == 2, health.stdout + health.stderr
+    assert "Traceback" not in health.stderr
+    assert json.loads(health.stdout)["status"] == "critical"
+    # Make room (drop the bulky rows, as a person archiving data would): backups work again.
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE length(notes) > 1000")
+    conn.execute("VACUUM")
+    conn.close()
+    again = run_cli(["backup"], env)
+    assert again.returncode == 0, again.stderr
+    assert_no_debris(backups)
+    shown = errors[0].replace(str(mount_point), "<tiny>")
+    row["detail"] = (
+        f"seed {seed}; {taken} backups fitted, then: {shown[:110]}; "
+        f"health {json.loads(health.stdout)['status']}"
+    )
+
+
+def test_full_file_system_still_reports_health(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "backup folder 100% full (health, status, list)",
+        trials=3,
+        checked="health/status/list still answer (no traceback), health exit 2 critical",
+    )
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    assert run_cli(["backup"], env).returncode == 0
+    fill(mount_point / "filler")
+    outputs = {}
+    for args in (["health", "--json"], ["status"], ["list"]):
+        result = run_cli(args, env)
+        outputs[args[0]] = result
+        assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert outputs["list"].returncode == 0
+    assert outputs["health"].returncode == 2
+    assert json.loads(outputs["health"].stdout)["status"] == "critical"
+    assert outputs["status"].returncode == 2
+    finding = [
+        f["message"]
+        for f in json.loads(outputs["health"].stdout)["findings"]
+        if f["level"] == "critical"
+    ]
+    row["detail"] = "critical: " + "; ".join(finding).replace(str(mount_point), "<tiny>")[:160]
+
+
+def test_secondary_folder_fills_up(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "secondary folder on a full file system",
+        trials=1,
+        checked="backup still stored in primary, exit 1 with a warning naming the secondary "
+        "copy; nothing partial in the secondary folder; list marks the copy missing",
+    )
+    db = make_db(tmp_path / "instance.db")
+    fill(mount_point / "filler")
+    env = cli_env(db, tmp_path / "backups", mount_point / "mirror", home=tmp_path)
+    result = run_cli(["backup"], env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "secondary copy failed" in result.stderr and "no space left" in result.stderr
+    assert_no_debris(tmp_path / "backups", mount_point / "mirror")
+    listed = json.loads(run_cli(["list", "--json"], env).stdout)
+    assert listed[0]["copies"] == {"primary": "ok", "secondary": "missing"}
+    row["detail"] = result.stderr.strip().replace(str(mount_point), "<tiny>")[:160]
