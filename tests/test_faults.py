@@ -480,3 +480,98 @@ def test_secondary_folder_fills_up(
     listed = json.loads(run_cli(["list", "--json"], env).stdout)
     assert listed[0]["copies"] == {"primary": "ok", "secondary": "missing"}
     row["detail"] = result.stderr.strip().replace(str(mount_point), "<tiny>")[:160]
+
+
+# -- damaged backups --------------------------------------------------------------------------
+
+DAMAGE = {
+    # kind: (what the verify output must name, the file damaged)
+    "flipped byte": ("SHA-256 does not match", "data"),
+    "truncated": ("bytes, metadata says", "data"),
+    "data file deleted": ("missing", "data"),
+    "metadata not JSON": ("not valid JSON", "meta"),
+    "metadata points at another file": ("points at another file", "meta"),
+    "metadata names another backup": ("names backup", "meta"),
+}
+
+
+def damage(kind: str, folder: Path, victim: str, other: str, rng: random.Random) -> None:
+    """Damage one copy of backup ``victim`` the way ``kind`` says."""
+    data = folder / f"{victim}.db.zst"
+    meta = folder / f"{victim}.json"
+    if kind == "flipped byte":
+        raw = bytearray(data.read_bytes())
+        offset = rng.randrange(len(raw))
+        raw[offset] ^= 1 << rng.randrange(8)
+        data.write_bytes(bytes(raw))
+    elif kind == "truncated":
+        raw = data.read_bytes()
+        data.write_bytes(raw[: rng.randrange(len(raw))])
+    elif kind == "data file deleted":
+        data.unlink()
+    elif kind == "metadata not JSON":
+        meta.write_bytes(b'{"id": "' + rng.randbytes(20).hex().encode())
+    elif kind == "metadata points at another file":
+        document = json.loads(meta.read_text())
+        document["data_file"] = f"{other}.db.zst"
+        meta.write_text(json.dumps(document))
+    elif kind == "metadata names another backup":
+        meta.write_bytes((folder / f"{other}.json").read_bytes())
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+@pytest.mark.parametrize("scope", ["primary", "both"])
+def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope: str) -> None:
+    needle, _ = DAMAGE[kind]
+    reliability(
+        f"damaged backup: {kind} ({'one copy' if scope == 'primary' else 'every copy'})",
+        trials=1,
+        checked="prune right after the damage keeps a backup that fully verifies; verify names "
+        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; "
+        "a later run still succeeds",
+    )
+    rng = random.Random(f"{kind}/{scope}")
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    from tablettracker_backups.backup import create_backup
+
+    ids = [create_backup(settings).metadata.id for _ in range(3)]
+    victim, other = ids[-1], ids[-2]
+    folders = [settings.backup_dir] + ([settings.secondary_dir] if scope == "both" else [])
+    for folder in folders:
+        assert folder is not None
+        damage(kind, folder, victim, other, rng)
+
+    # Prune (default retention: all three share one hour) before anyone verified anything.
+    pruned = run_cli(["prune", "--json"], env)
+    assert pruned.returncode == 0, pruned.stderr
+    store = BackupStore(settings)
+    from tablettracker_backups.verify import verify_backup
+
+    remaining = store.ids()
+    assert any(verify_backup(store, one).usable for one in remaining), (
+        f"prune left no sound backup: kept {remaining}, deleted "
+        f"{json.loads(pruned.stdout)['deleted']}"
+    )
+
+    checked = run_cli(["verify", victim], env)
+    output = checked.stdout + checked.stderr
+    assert "Traceback" not in output, output
+    assert checked.returncode == (1 if scope == "primary" else 2), output
+    assert needle.lower() in output.lower(), output
+
+    listed = run_cli(["list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    entry = next(e for e in json.loads(listed.stdout) if e["id"] == victim)
+    assert entry["problems"], entry
+    if scope == "both":
+        assert entry["verified"] is False, entry
+    human = run_cli(["list"], env)
+    assert human.returncode == 0 and "!" in human.stdout, human.stdout
+
+    result = run(settings, force=True)
+    assert result.error is None, result.error
+    assert any(verify_backup(store, one).usable for one in store.ids())
