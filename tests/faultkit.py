@@ -233,3 +233,43 @@ def assert_no_debris(*directories: Path | None) -> None:
         state = folder_state(directory)
         assert state["tmp"] == [], (directory, state["tmp"])
         assert sorted(state["data"]) == sorted(state["meta"]), (directory, state)
+
+
+def writer_main(database: str, seed: int, stop_file: str) -> None:
+    """A writer process: commit transactions until ``stop_file`` exists; print committed ids."""
+    import time
+
+    rng = random.Random(seed)
+    conn = sqlite3.connect(database, timeout=60, isolation_level=None)
+    committed = []
+    while not os.path.exists(stop_file):
+        committed.append(write_one(conn, rng, f"proc-{seed}"))
+        time.sleep(0.001)
+    conn.close()
+    print(" ".join(map(str, committed)))
+
+
+def spawn_writer(database: Path, seed: int, stop_file: Path) -> subprocess.Popen[str]:
+    """Start :func:`writer_main` in its own process."""
+    code = (
+        "import sys; from tests.faultkit import writer_main; "
+        "writer_main(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+    )
+    return subprocess.Popen(
+        [sys.executable, "-c", code, str(database), str(seed), str(stop_file)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def stop_writers(procs: list[subprocess.Popen[str]], stop_file: Path) -> list[int]:
+    """Stop writer processes; every id they committed."""
+    stop_file.touch()
+    committed: list[int] = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        committed += [int(x) for x in out.split()]
+    return committed
