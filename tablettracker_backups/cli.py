@@ -471,10 +471,22 @@ def health(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups health || echo "backups need attention"
     """
-    from tablettracker_backups.health import check_health, write_status
+    import dataclasses
+
+    from tablettracker_backups.health import CRITICAL, Finding, check_health, write_status
 
     report = check_health(settings)
-    write_status(settings, report)
+    try:
+        write_status(settings, report)
+    except BackupError as exc:
+        # A full or read-only backup folder is exactly when the report matters most.
+        report = dataclasses.replace(
+            report,
+            findings=(
+                *report.findings,
+                Finding(CRITICAL, "status-file", f"cannot write the status file: {exc}"),
+            ),
+        )
     if as_json:
         emit_json(report.to_dict())
     else:
