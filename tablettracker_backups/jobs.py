@@ -33,7 +33,13 @@ from typing import Any
 import filelock
 
 from tablettracker_backups import audit
-from tablettracker_backups.errors import BackupError, BackupNotFound, LockedError, StorageError
+from tablettracker_backups.errors import (
+    BackupError,
+    BackupNotFound,
+    LockedError,
+    RestoreError,
+    StorageError,
+)
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir, remove_quietly
 from tablettracker_backups.locking import is_locked, operation_lock
 from tablettracker_backups.metadata import parse_utc, utc_iso, validate_backup_id
@@ -507,26 +513,21 @@ def _do_verify(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, 
 
 
 def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
-    import importlib
+    from tablettracker_backups.restore import restore_backup
 
-    restore_core: Any = importlib.import_module("tablettracker_backups.restore")
     backup_id = validate_backup_id(job.params.get("id"))
-    reporter.stage("restoring", 0, 0)
-    result = restore_core.restore_backup(settings, backup_id, actor=f"web:{job.actor}")
-    message = (
-        f"restored backup {result.backup_id} into {result.target}; the database as it was "
-        f"is kept as safety snapshot {result.safety_snapshot_id}"
-    )
+    # restore_backup writes its own audit entry (with this actor) for every outcome it reaches.
+    result = restore_backup(settings, backup_id, actor=job.actor, progress=reporter.stage)
+    message = f"restored backup {result.backup_id} into {result.target}"
+    if result.safety_snapshot_id:
+        message += (
+            f"; the database as it was is kept as safety snapshot {result.safety_snapshot_id}"
+        )
     if result.fell_back:
-        message += f" (the primary copy was unusable; restored from the {result.source_location})"
-    return message, {
-        "id": result.backup_id,
-        "safety_snapshot_id": result.safety_snapshot_id,
-        "source_location": str(result.source_location),
-        "target": str(result.target),
-        "fell_back": bool(result.fell_back),
-        "durations": dict(result.durations),
-    }
+        message += (
+            f" (restored from the {result.source_location} copy: {'; '.join(result.fell_back)})"
+        )
+    return message, result.to_dict()
 
 
 class _JobFailed(Exception):
@@ -576,6 +577,7 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
     beat = threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True)
     beat.start()
     settings: Settings | None = None
+    failure: BaseException | None = None
     try:
         settings = _worker_settings(job, os.environ if environ is None else environ)
         action = _ACTIONS.get(job.action)
@@ -586,15 +588,17 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
     except _JobFailed as exc:
         message, result, state, ok = str(exc), exc.result, FAILED, False
     except BackupError as exc:
-        message, result, state, ok = str(exc), {}, FAILED, False
+        message, result, state, ok, failure = str(exc), {}, FAILED, False, exc
     except Exception as exc:  # the page must say something rather than hang at "running"
         logger.exception("job %s crashed", job_id)
-        message, result, state, ok = f"unexpected error: {exc}", {}, FAILED, False
+        message, result, state, ok, failure = f"unexpected error: {exc}", {}, FAILED, False, exc
     finally:
         stop.set()
         beat.join()
     reporter.update(force=True, state=state, message=message, result=result)
-    if settings is not None:
+    # A restore records its own outcome, except when refused before it started (lock, bad id).
+    core_audited = job.action == "restore" and (ok or isinstance(failure, RestoreError))
+    if settings is not None and not core_audited:
         try:
             audit.record(
                 settings,

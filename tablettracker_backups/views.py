@@ -43,6 +43,7 @@ from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso, validate_backup_id
 from tablettracker_backups.resources import resource_dir
+from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.retention import plan_for_store, prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import OK, BackupStore
@@ -296,11 +297,12 @@ def prune_page() -> ResponseReturnValue:
     store = BackupStore(settings)
     if request.method == "GET":
         return render_template("tablettracker_backups/prune.html", plan=plan_for_store(store))
-    expected = sorted(filter(None, request.form.get("expect", "").split(",")))
+    expected = set(filter(None, request.form.get("expect", "").split(",")))
     with operation_lock(settings):
         plan = plan_for_store(store)
-        going = sorted(d.id for d in plan.delete)
-        if going != expected:
+        # Prune may keep more than the preview showed (it re-checks the newest backup's
+        # checksum), never less: refuse if anything not previewed would now go.
+        if not {d.id for d in plan.delete} <= expected:
             return render_template(
                 "tablettracker_backups/prune.html",
                 plan=plan,
@@ -349,12 +351,6 @@ def download(backup_id: str) -> ResponseReturnValue:
     return response
 
 
-def _restore_core() -> Any:
-    import importlib
-
-    return importlib.import_module("tablettracker_backups.restore")
-
-
 def restore_page(backup_id: str) -> ResponseReturnValue:
     """GET: the differences a restore would make, and the typed confirmation.
 
@@ -363,7 +359,7 @@ def restore_page(backup_id: str) -> ResponseReturnValue:
     """
     backup_id = _backup_id(backup_id)
     settings = _settings()
-    preview = _restore_core().preview_restore(settings, backup_id)
+    preview = preview_restore(settings, backup_id)
     error = None
     if request.method == "POST":
         typed = request.form.get("confirm", "").strip()
