@@ -61,8 +61,10 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
             f"{escape(_human_bytes(value))}</text>"
         )
     first, last = min(p[0] for p in points), max(p[0] for p in points)
+    # Seconds matter only when every point falls within the same hour (a fresh install).
+    pattern = "%Y-%m-%d %H:%M:%S" if span < 3600 else "%Y-%m-%d %H:%M"
     for moment, anchor in ((first, "start"), (last, "end")):
-        label = moment.astimezone().strftime("%Y-%m-%d %H:%M")
+        label = moment.astimezone().strftime(pattern)
         parts.append(
             f'<text class="ttb-tick" x="{x(moment):.1f}" y="{height - 14}" '
             f'text-anchor="{anchor if t1 != t0 else "middle"}">{escape(label)}</text>'

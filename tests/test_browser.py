@@ -152,6 +152,7 @@ def test_admin_backs_up_edits_and_restores(demo: Demo, browser: object) -> None:
     page.click("nav.ttb-nav >> text=All backups")
     row = page.locator(f"tr[data-backup-id='{backup_id}']")
     assert "yes" in row.locator("td").nth(4).inner_text()
+    page.screenshot(path=str(ARTIFACTS / "backup-list.png"), full_page=True)
 
     page.goto(f"{demo.url}/admin/backups/")
     page.wait_for_selector("svg.ttb-chart")
