@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import (
@@ -41,7 +42,7 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.extension import BackupState, get_state
 from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import utc_iso, validate_backup_id
+from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.resources import resource_dir
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.retention import plan_for_store, prune
@@ -149,8 +150,15 @@ def _template_context() -> dict[str, Any]:
         "ttb_local": local_time,
         "ttb_age": human_age,
         "ttb_size": human_size,
-        "ttb_utc": lambda moment: utc_iso(moment) if moment is not None else "",
+        "ttb_utc": _utc_attribute,
     }
+
+
+def _utc_attribute(moment: datetime | None) -> str:
+    """A ``<time datetime>`` value: UTC to the second (what browsers parse everywhere)."""
+    if moment is None:
+        return ""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _backup_error(exc: BackupError) -> ResponseReturnValue:
