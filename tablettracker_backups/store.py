@@ -230,7 +230,10 @@ class BackupStore:
 
     def list(self) -> builtins.list[BackupInfo]:
         """Every backup, newest first, damaged ones included (marked by ``problems``)."""
-        return [self._look(backup_id) for backup_id in self.ids()]
+        infos = [self._look(backup_id) for backup_id in self.ids()]
+        # By time, not id: two backups in one second have ids that sort by their random part.
+        infos.sort(key=lambda info: (info.created_at, info.id), reverse=True)
+        return infos
 
     def latest(self, *, verified: bool = True, kinds: tuple[str, ...] | None = None) -> BackupInfo:
         """The newest (verified) backup; raises :class:`BackupNotFound` when there is none."""
