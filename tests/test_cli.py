@@ -15,6 +15,7 @@ import tomllib
 from click.testing import CliRunner, Result
 
 from tablettracker_backups.cli import cli
+from tablettracker_backups.settings import load_settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import backdate, flip_byte, make_db, rewrite_metadata
 
@@ -281,15 +282,8 @@ def test_init(tmp_path: Path, in_git: bool) -> None:
     assert f"  {task}\n" in out
     assert f"  17 3 * * * {task} >> {primary / 'run.log'} 2>&1\n" in out
     assert "(daily), command:" in out
-    [listed] = (
-        BackupStore.__new__(BackupStore)
-        .__class__(  # the first backup is verified
-            __import__("tablettracker_backups.settings", fromlist=["x"]).load_settings(
-                config_file=config, environ={}
-            )
-        )
-        .list()
-    )
+    # The first backup is taken and verified, and the written config finds it.
+    [listed] = BackupStore(load_settings(config_file=config, environ={})).list()
     assert listed.verified and listed.metadata is not None
     assert listed.metadata.trigger == "init"
     # The written config works for the scheduled command...
