@@ -120,3 +120,12 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     index = len(data) // 2 if offset is None else offset
     data[index] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# The reliability report (tests/RELIABILITY.md): fixture and hooks live in tests/reliability.py.
+from tests.reliability import (  # noqa: E402, F401
+    pytest_collection_finish,
+    pytest_runtest_makereport,
+    pytest_sessionfinish,
+    reliability,
+)
