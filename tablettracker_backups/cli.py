@@ -347,6 +347,7 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
         emit_json(document)
+        _fail_without_metadata(info)
         return
     click.echo(f"Backup {info.id}")
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
@@ -376,6 +377,15 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
             click.echo(f"    {table:<28} {count:>12,}")
     for problem in info.problems:
         click.echo(f"  ! {problem}")
+    _fail_without_metadata(info)
+
+
+def _fail_without_metadata(info: Any) -> None:
+    """Damaged metadata in every copy is bad input for ``show``: one line, exit 2."""
+    if info.metadata is None:
+        problem = info.problems[0] if info.problems else "no readable metadata"
+        click.echo(f"Error: backup {info.id} is damaged: {problem}", err=True)
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
@@ -401,7 +411,7 @@ def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json:
         raise click.UsageError("give an ID or --all, not both")
     store = BackupStore(settings)
     if verify_all:
-        ids = store.ids()
+        ids = [info.id for info in store.list()]
     else:
         ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
     results = []
