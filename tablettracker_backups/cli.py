@@ -635,6 +635,25 @@ def init(
     click.echo(f"  {outcome.cron_line}")
 
 
+@cli.command("job", hidden=True)
+@click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("job_id")
+@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
+def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
+    """Run one job started from the web pages (the detached worker process; internal)."""
+    import logging
+
+    from tablettracker_backups.jobs import DONE, launch_worker, run_job
+
+    if detach:
+        launch_worker(jobs_dir.absolute(), job_id, detach=False)
+        return
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    finished = run_job(jobs_dir.absolute(), job_id)
+    sys.exit(EXIT_OK if finished.state == DONE else EXIT_CRITICAL)
+
+
 # -- restore -------------------------------------------------------------------------------------
 
 
@@ -835,23 +854,42 @@ def main() -> None:
     help="Instance folder for the demo database and its backups.",
 )
 def demo(port: int, instance: Path) -> None:
-    """Run the demo TabletTracker with backups on a seeded SQLite database.
+    """Run the demo TabletTracker with the backup pages on a seeded SQLite database.
+
+    Creates the instance folder and its database on first use, prints the address, the admin
+    login and the scheduled-task token, and serves on 127.0.0.1 until Ctrl+C.
 
     \b
     Example:
       tablettracker-backups demo --port 5000 --instance ./instance
     """
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.demo.schema import create_demo_database
-    from tablettracker_backups.health import check_health
+    from werkzeug.serving import run_simple
 
-    instance = instance.absolute()
-    database = instance / "tablet_counter.db"
-    instance.mkdir(parents=True, exist_ok=True)
-    if not database.exists():
-        create_demo_database(str(database))
-        click.echo(f"Seeded demo database {database}")
-    settings = settings_from_mapping({"database": database})
-    result = create_backup(settings, kind="manual", trigger="demo")
-    click.echo(f"Backup {result.metadata.id} verified in {settings.backup_dir}")
-    _print_health(check_health(settings))
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.store import BackupStore
+
+    if not 0 < port < 65536:
+        raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
+    app = create_app({"INSTANCE_PATH": instance.absolute()})
+    with app.app_context():
+        settings = get_state().settings
+    if not BackupStore(settings).ids():
+        result = create_backup(settings, kind="manual", trigger="demo")
+        click.echo(f"First backup {result.metadata.id} verified in {settings.backup_dir}")
+    url = f"http://127.0.0.1:{port}/"
+    click.echo(f"Database:    {settings.database}")
+    click.echo(f"Backups:     {settings.backup_dir}")
+    click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
+    click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
+    click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
+    click.echo(
+        f"Task URL:    curl -X POST -H 'Authorization: Bearer {app.config['BACKUPS_TASK_TOKEN']}'"
+        f" {url}tasks/backups/run"
+    )
+    click.echo("Press Ctrl+C to stop.")
+    try:
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
