@@ -287,13 +287,23 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups list --json | jq '.[0].id'
     """
+    from tablettracker_backups.offsite_state import copy_states
     from tablettracker_backups.retention import candidates_from, plan_retention
     from tablettracker_backups.store import BackupStore
 
     infos = BackupStore(settings).list()
     plan = plan_retention(candidates_from(infos), settings.retention)
+    # From the local offsite record only: listing never waits on the network.
+    offsite = copy_states(settings, infos)
+
+    def as_dict(info: Any) -> dict[str, Any]:
+        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(plan.reasons(info.id)))
+        if offsite:
+            document["copies"]["offsite"] = offsite[info.id]
+        return document
+
     if as_json:
-        emit_json([dict(i.to_dict(), kept_because=list(plan.reasons(i.id))) for i in infos])
+        emit_json([as_dict(i) for i in infos])
         return
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
@@ -304,6 +314,8 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     )
     for info in infos:
         copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
+        if offsite:
+            copies += f" off:{offsite[info.id]}"
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
         click.echo(
             f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
@@ -379,24 +391,37 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("backup_id", metavar="[ID]", required=False)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
+@click.option(
+    "--offsite",
+    is_flag=True,
+    help="Download and check the offsite copies instead of the local ones.",
+)
 @settings_command
 @json_option
-def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool) -> None:
+def verify(
+    settings: Settings, backup_id: str | None, verify_all: bool, offsite: bool, as_json: bool
+) -> None:
     """Fully check backups: checksum, decompression, integrity_check, row counts.
 
     Without ID, checks the newest backup. Exit 0 when every copy passed, 1 when some copy is
-    damaged but another is sound, 2 when a backup has no sound copy.
+    damaged but another is sound, 2 when a backup has no sound copy. With --offsite, checks
+    the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
+    damaged.
 
     \b
     Examples:
       tablettracker-backups verify
       tablettracker-backups verify --all --json
+      tablettracker-backups verify --offsite --all
     """
     from tablettracker_backups.store import BackupStore
     from tablettracker_backups.verify import verify_backup
 
     if verify_all and backup_id:
         raise click.UsageError("give an ID or --all, not both")
+    if offsite:
+        _verify_offsite(settings, backup_id, verify_all, as_json)
+        return
     store = BackupStore(settings)
     if verify_all:
         ids = store.ids()
@@ -418,6 +443,38 @@ def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json:
         sys.exit(EXIT_CRITICAL)
     if any(not r.ok for r in results):
         sys.exit(EXIT_WARNING)
+
+
+def _verify_offsite(
+    settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool
+) -> None:
+    from tablettracker_backups.metadata import validate_backup_id
+    from tablettracker_backups.offsite import OffsiteStore
+    from tablettracker_backups.offsite_sync import verify_offsite
+
+    ids: list[str] | None
+    if verify_all:
+        ids = None
+    elif backup_id and backup_id != "latest":
+        ids = [validate_backup_id(backup_id)]
+    else:
+        listing = OffsiteStore.from_settings(settings).list()
+        if not listing:
+            raise click.ClickException("there are no backups in the offsite store")
+        ids = [listing[0].id]
+    results = verify_offsite(settings, ids)
+    if as_json:
+        emit_json([{"id": r.id, "ok": r.ok, "error": r.error} for r in results])
+    else:
+        if not results:
+            click.echo("No backups in the offsite store.")
+        for index, result in enumerate(results, start=1):
+            click.echo(
+                f"[{index}/{len(results)}] offsite {result.id}: "
+                + ("ok" if result.ok else f"DAMAGED: {result.error}")
+            )
+    if any(not r.ok for r in results):
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
@@ -555,6 +612,13 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     if result.pruned and result.pruned.deleted:
         click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
+    if result.offsite is not None:
+        sync = result.offsite
+        click.echo(
+            f"Offsite: {len(sync.uploaded)} uploaded, {len(sync.pruned)} pruned, "
+            f"{len(sync.verified)} read back"
+            + (f", {len(sync.behind)} behind" if sync.behind else "")
+        )
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     _print_health(result.health)

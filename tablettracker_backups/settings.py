@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 PREFIX = "BACKUPS_"
 COMPRESSIONS = ("zstd", "gzip")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
+S3_CHECKSUMS = ("sha256", "off")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class S3Settings:
     retention: RetentionPolicy | None = None
     verify_per_run: int = 2
     verify_period_days: int = 30
+    #: ``sha256``: send SHA-256 checksums the provider checks; ``off``: for providers that
+    #: reject them (uploads are then checked by reading them back).
+    checksum: str = "sha256"
 
 
 @dataclass(frozen=True)
@@ -233,6 +237,7 @@ CORE_KEYS = frozenset(
         "s3_keep_yearly",
         "s3_verify_per_run",
         "s3_verify_period_days",
+        "s3_checksum",
     }
 )
 
@@ -332,6 +337,10 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
     if endpoint is not None and not re.match(r"^https?://", endpoint):
         raise ConfigError("BACKUPS_S3_ENDPOINT_URL must start with http:// or https://")
     kwargs: dict[str, Any] = {}
+    checksum = str(values.get("s3_checksum") or "sha256").strip().lower()
+    if checksum not in S3_CHECKSUMS:
+        raise ConfigError(f"BACKUPS_S3_CHECKSUM must be one of {', '.join(S3_CHECKSUMS)}")
+    kwargs["checksum"] = checksum
     for key in ("s3_multipart_threshold", "s3_multipart_chunksize"):
         if values.get(key) is not None:
             size = int(parse_space(key, values[key]))
@@ -340,7 +349,7 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
             kwargs[key[3:]] = size
     for key in ("s3_verify_per_run", "s3_verify_period_days"):
         if values.get(key) is not None:
-            kwargs[key[3:]] = _int(key, values[key])
+            kwargs[key[3:]] = _int(key, values[key], minimum=1 if key.endswith("days") else 0)
     return S3Settings(
         bucket=bucket,
         endpoint_url=endpoint,
