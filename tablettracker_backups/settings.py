@@ -235,6 +235,7 @@ CORE_KEYS = frozenset(
         "s3_keep_weekly",
         "s3_keep_monthly",
         "s3_keep_yearly",
+        "s3_keep_pre_restore",
         "s3_verify_per_run",
         "s3_verify_period_days",
         "s3_checksum",
@@ -248,8 +249,9 @@ def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy)
         key = f"{prefix}keep_{slot}"
         if values.get(key) is not None:
             counts[slot] = _int(key, values[key])
-    if values.get("keep_pre_restore") is not None and not prefix:
-        counts["pre_restore"] = _int("keep_pre_restore", values["keep_pre_restore"])
+    key = f"{prefix}keep_pre_restore"
+    if values.get(key) is not None:
+        counts["pre_restore"] = _int(key, values[key])
     return dataclasses.replace(default, **counts)
 
 
