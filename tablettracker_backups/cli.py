@@ -572,6 +572,14 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    offsite = report.offsite
+    if offsite:
+        behind = (
+            f"{offsite['behind']} behind since {offsite['behind_since']}"
+            if offsite["behind"]
+            else "up to date"
+        )
+        click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
     _print_health(report)
     sys.exit(report.exit_code)
 

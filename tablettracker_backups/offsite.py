@@ -643,10 +643,6 @@ def make_client(s3: S3Settings) -> Any:
     if s3.access_key_id and s3.secret_access_key:
         kwargs["aws_access_key_id"] = s3.access_key_id
         kwargs["aws_secret_access_key"] = s3.secret_access_key
-    elif s3.access_key_id or s3.secret_access_key:
-        raise ConfigError(
-            "set both BACKUPS_S3_ACCESS_KEY_ID and BACKUPS_S3_SECRET_ACCESS_KEY, or neither"
-        )
     try:
         return boto3.session.Session().client("s3", **kwargs)
     except Exception as exc:  # botocore raises ValueError and its own errors for bad config

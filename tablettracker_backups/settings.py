@@ -352,13 +352,20 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
     for key in ("s3_verify_per_run", "s3_verify_period_days"):
         if values.get(key) is not None:
             kwargs[key[3:]] = _int(key, values[key], minimum=1 if key.endswith("days") else 0)
+    access_key = _opt_str(values.get("s3_access_key_id"))
+    secret_key = _opt_str(values.get("s3_secret_access_key"))
+    if (access_key is None) != (secret_key is None):
+        raise ConfigError(
+            "set both BACKUPS_S3_ACCESS_KEY_ID and BACKUPS_S3_SECRET_ACCESS_KEY, or neither "
+            "(to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile)"
+        )
     return S3Settings(
         bucket=bucket,
         endpoint_url=endpoint,
         prefix=prefix,
         region=_opt_str(values.get("s3_region")),
-        access_key_id=_opt_str(values.get("s3_access_key_id")),
-        secret_access_key=_opt_str(values.get("s3_secret_access_key")),
+        access_key_id=access_key,
+        secret_access_key=secret_key,
         addressing_style=style,
         signature_version=_opt_str(values.get("s3_signature_version")),
         retention=_retention(values, "s3_", local),

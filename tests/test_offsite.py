@@ -356,6 +356,27 @@ def test_credentials_from_the_aws_chain(
     OffsiteStore.from_settings(settings).check_access()
 
 
+def test_checksum_off_checks_by_reading_back(
+    s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """For providers that refuse checksum headers: the upload is read back and hashed."""
+    settings = s3_settings(s3_checksum="off")
+    meta = create_backup(settings).metadata
+    offsite = OffsiteStore.from_settings(settings)
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    assert offsite.upload(data, meta).check == "read-back SHA-256"
+    assert offsite.verify(meta.id, scratch_dir=tmp_path).ok
+
+
+def test_half_configured_credentials_are_refused(s3_settings: Callable[..., Settings]) -> None:
+    from tablettracker_backups.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set both BACKUPS_S3_ACCESS_KEY_ID"):
+        s3_settings(s3_secret_access_key=None)
+    with pytest.raises(ConfigError, match="BACKUPS_S3_CHECKSUM"):
+        s3_settings(s3_checksum="md5")
+
+
 # -- multipart ---------------------------------------------------------------------------------
 
 
