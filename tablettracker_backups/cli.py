@@ -292,7 +292,9 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     from tablettracker_backups.store import BackupStore
 
     infos = BackupStore(settings).list()
-    plan = plan_retention(candidates_from(infos), settings.retention)
+    plan = plan_retention(
+        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
+    )
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
 
@@ -681,6 +683,190 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+def _restore_settings(
+    ctx: click.Context,
+    *,
+    config: Path | None,
+    database: Path | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+    to: Path | None,
+) -> Settings:
+    """Settings as every command resolves them; with ``--to`` and no database configured
+    (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
+    from tablettracker_backups.errors import ConfigError
+
+    common = {"config": config, "backup_dir": backup_dir, "secondary_dir": secondary_dir}
+    try:
+        return resolve_settings(ctx, database=database, **common)
+    except ConfigError:
+        if database is not None or to is None:
+            raise
+        return resolve_settings(ctx, database=to, **common)
+
+
+def _print_preview(preview: Any) -> None:
+    click.echo(
+        f"Backup {preview.backup_id} (taken {local_time(preview.created_at)}, "
+        f"{human_age(preview.created_at)}) against "
+        + ("the current database:" if preview.live_exists else "no database (it does not exist):")
+    )
+    click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
+    for table in preview.tables:
+        backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
+        live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
+        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.status}")
+    if preview.schema_changed:
+        click.echo("  ! the schema differs: the restore brings back the backup's schema")
+
+
+def _choose_backup(settings: Settings) -> str:
+    """Ask on the terminal which backup to restore; newest first."""
+    from tablettracker_backups.store import BackupStore
+
+    infos = BackupStore(settings).list()
+    if not infos:
+        raise click.ClickException(f"no backups in {settings.backup_dir}")
+    click.echo(f"    {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} VERIFIED")
+    for number, info in enumerate(infos, start=1):
+        click.echo(
+            f"{number:>3} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
+            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO'}"
+        )
+    number = click.prompt(
+        "Restore which backup (number)", type=click.IntRange(1, len(infos)), default=1
+    )
+    return infos[int(number) - 1].id
+
+
+def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {"stage": None, "percent": -1}
+
+    def update(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if stage != state["stage"]:
+            if state["stage"] is not None:
+                click.echo("", err=True)
+            state["stage"] = stage
+        elif percent == state["percent"]:
+            return
+        state["percent"] = percent
+        click.echo(f"\r{stage:>15}: {percent:3d}%", err=True, nl=False)
+
+    return update
+
+
+@cli.command()
+@click.argument("backup_id", metavar="[ID|latest]", required=False)
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Restore into this file instead of the live database (which is left alone).",
+)
+@click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+@click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
+@common_options
+@json_option
+def restore(
+    config: Path | None,
+    database: Path | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+    backup_id: str | None,
+    to: Path | None,
+    yes: bool,
+    preview: bool,
+    as_json: bool,
+) -> None:
+    """Restore a backup into the live database (or into --to PATH).
+
+    The backup is fully checked first (a damaged primary copy falls back to the secondary), a
+    pre-restore safety snapshot of the current database is taken, the data is written through
+    SQLite's backup API (open connections stay valid), and checked again; if that check fails
+    the safety snapshot is put back. ID may be 'latest' (the newest verified backup). Without
+    ID on a terminal you choose from a list. Asks for confirmation unless --yes; refuses
+    without a terminal and without --yes.
+
+    \b
+    Examples:
+      tablettracker-backups restore latest --preview
+      tablettracker-backups restore 20261123T201500Z-3f9a1c
+      tablettracker-backups restore latest --yes --json
+      tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
+    """
+    import dataclasses
+
+    from tablettracker_backups.restore import preview_restore, restore_backup
+
+    ctx = click.get_current_context()
+    settings = _restore_settings(
+        ctx,
+        config=config,
+        database=database,
+        backup_dir=backup_dir,
+        secondary_dir=secondary_dir,
+        to=to,
+    )
+    interactive = sys.stdin.isatty()
+    if backup_id is None:
+        if not interactive or as_json:
+            raise click.UsageError("give a backup ID or 'latest' (see: tablettracker-backups list)")
+        backup_id = _choose_backup(settings)
+    target = (to if to is not None else settings.database).expanduser().absolute()
+    preview_settings = dataclasses.replace(settings, database=target)
+    if preview:
+        diff = preview_restore(preview_settings, backup_id)
+        if as_json:
+            emit_json(diff.to_dict())
+        else:
+            _print_preview(diff)
+        return
+    overwrites = target.exists()
+    if overwrites and not yes:
+        if not interactive:
+            click.echo(
+                "Error: refusing to restore without confirmation: standard input is not a "
+                "terminal; pass --yes to confirm",
+                err=True,
+            )
+            sys.exit(EXIT_CRITICAL)
+        _print_preview(preview_restore(preview_settings, backup_id))
+        where = "the LIVE database" if to is None else "the existing file"
+        if not click.confirm(
+            f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
+            default=False,
+        ):
+            click.echo("Cancelled; nothing was changed.")
+            sys.exit(EXIT_WARNING)
+    result = restore_backup(
+        settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
+    )
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        if sys.stderr.isatty() and not as_json:
+            click.echo("", err=True)
+        for message in result.fell_back:
+            click.echo(f"Warning: {message}", err=True)
+        click.echo(
+            f"Restored {result.backup_id} (from the {result.source_location} copy) into "
+            f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
+        )
+        if result.safety_snapshot_id:
+            click.echo(
+                f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
+                f"(undo with: tablettracker-backups restore {result.safety_snapshot_id})"
+            )
+    if result.fell_back:
+        sys.exit(EXIT_WARNING)
 
 
 def main() -> None:

@@ -259,7 +259,7 @@ def check_health(
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
 
-    plan = plan_retention(candidates_from(backups), settings.retention)
+    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:

@@ -213,7 +213,9 @@ def offsite_plan(
         if not info.verified:
             continue
         candidates[info.id] = Candidate(info.id, info.created_at, info.kind, True)
-    return plan_retention(candidates.values(), offsite_policy(settings))
+    return plan_retention(
+        candidates.values(), offsite_policy(settings), now=datetime.now(timezone.utc)
+    )
 
 
 def pending_uploads(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from tablettracker_backups.settings import RetentionPolicy
 from tablettracker_backups.store import BackupInfo, BackupStore
@@ -73,21 +73,35 @@ def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
     ]
 
 
+#: How far past "now" a backup may be dated before it counts as dated in the future.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def plan_retention(
     candidates: Iterable[Candidate],
     policy: RetentionPolicy,
     *,
     protect: Iterable[str] = (),
+    now: datetime | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
     Guarantees: the newest backup and the newest verified backup are always kept; unverified
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
-    ``protect`` (the backup a run just took, whatever its clock said) are always kept.
+    ``protect`` (the backup a run just took, whatever its clock said) are always kept. With
+    ``now``, a backup dated more than :data:`CLOCK_SKEW` after it is kept ("dated in the
+    future") but fills no slot: otherwise a backup stamped 2030 by a wrong clock would take
+    the newest yearly, monthly, ... slot and push the oldest good backup of each kind out.
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified]
+    future: set[str] = set()
+    if now is not None:
+        future = {c.id for c in ordered if c.created_at > now + CLOCK_SKEW}
+    for candidate in ordered:
+        if candidate.id in future:
+            reasons[candidate.id].append("dated in the future")
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -98,7 +112,7 @@ def plan_retention(
             if slot not in seen:
                 seen.add(slot)
                 reasons[candidate.id].append(f"{name} {slot}")
-    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified]
+    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified and c.id not in future]
     for index, candidate in enumerate(safety[: policy.pre_restore]):
         reasons[candidate.id].append(f"pre-restore #{index + 1}")
     if ordered:
@@ -139,14 +153,27 @@ def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
     return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
 
 
-def plan_for_store(store: BackupStore, *, protect: Iterable[str] = ()) -> RetentionPlan:
-    """The retention plan for the backups in ``store`` under its settings."""
-    return plan_retention(candidates_from(store.list()), store.settings.retention, protect=protect)
+def plan_for_store(
+    store: BackupStore, *, protect: Iterable[str] = (), now: datetime | None = None
+) -> RetentionPlan:
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
+    return plan_retention(
+        candidates_from(store.list()),
+        store.settings.retention,
+        protect=protect,
+        now=now or datetime.now(timezone.utc),
+    )
 
 
-def prune(store: BackupStore, *, dry_run: bool = False, protect: Iterable[str] = ()) -> PruneResult:
+def prune(
+    store: BackupStore,
+    *,
+    dry_run: bool = False,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock."""
-    plan = plan_for_store(store, protect=protect)
+    plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []
     if not dry_run:
         for decision in plan.delete:

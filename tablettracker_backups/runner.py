@@ -23,7 +23,7 @@ from tablettracker_backups.health import HealthReport, check_health, record_run,
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
 from tablettracker_backups.offsite_sync import SyncResult, sync_offsite
-from tablettracker_backups.retention import PruneResult, prune
+from tablettracker_backups.retention import CLOCK_SKEW, PruneResult, prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
 from tablettracker_backups.store import BackupStore
@@ -89,7 +89,7 @@ def backup_due(store: BackupStore, now: datetime) -> str | None:
         if info.kind == "pre-restore" or not info.verified:
             continue
         age = now - info.created_at
-        if age < timedelta(0):
+        if age < -CLOCK_SKEW:
             return None  # dated in the future: the clock went back; take a fresh one
         if age < interval * DUE_FRACTION:
             return f"newest verified backup {info.id} is only {int(age.total_seconds())}s old"
@@ -115,7 +115,9 @@ def run(
     """Do one scheduled run. Raises only :class:`LockedError` (another operation is running);
     every other failure is reported in the result, and recorded for ``health``."""
     started = datetime.now(timezone.utc)
-    check_sqlite_file(settings.database)
+    if not settings.state_dir.is_dir():
+        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
+        check_sqlite_file(settings.database)
     prepare_locations(settings)
     store = BackupStore(settings)
     backup: BackupResult | None = None
@@ -127,8 +129,14 @@ def run(
     offsite: SyncResult | None = None
     with operation_lock(settings):
         try:
+            # Inside the try, so a missing or replaced database is a recorded failed run that
+            # health reports as critical, not an exception that leaves no trace for it.
+            check_sqlite_file(settings.database)
             cleanup_debris(settings)
-            skipped = None if force else backup_due(store, started)
+            # "Now" is taken after the lock: a run that waited for another run's backup must
+            # see that backup as just taken, not as dated in its future (which reads as a
+            # clock that went back and would take a second, redundant backup).
+            skipped = None if force else backup_due(store, datetime.now(timezone.utc))
             if skipped is None:
                 backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
                 warnings += backup.warnings

@@ -276,7 +276,9 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         if _opt_str(values.get("secondary_dir"))
         else None
     )
-    if secondary is not None and secondary == backup_dir:
+    # realpath, so "x/../backups" or a symlink to the primary counts as the same folder: a
+    # "second copy" in the primary folder would be no redundancy at all.
+    if secondary is not None and os.path.realpath(secondary) == os.path.realpath(backup_dir):
         raise ConfigError("BACKUPS_SECONDARY_DIR must differ from BACKUPS_DIR")
     compression = str(values.get("compression") or "zstd").strip().lower()
     if compression not in COMPRESSIONS:

@@ -67,3 +67,56 @@ def make_settings(db_path: Path, backup_dir: Path, secondary_dir: Path) -> Calla
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     """Settings with a primary and a secondary folder."""
     return make_settings()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_environment(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep the machine's BACKUPS_* variables and ~/.config file out of every test."""
+    import os
+
+    for key in list(os.environ):
+        if key.startswith("BACKUPS_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+
+
+def rewrite_metadata(settings: Settings, backup_id: str, **changes: object) -> None:
+    """Rewrite a backup's metadata files (every folder) as a real on-disk edit.
+
+    ``changes`` are top-level fields; datetimes are written as ISO strings. Used to backdate
+    ``created_at`` or to damage a field without touching the data file.
+    """
+    import json
+    from datetime import datetime
+
+    from tablettracker_backups.metadata import utc_iso
+
+    for folder in settings.locations:
+        path = folder / f"{backup_id}.json"
+        if not path.exists():
+            continue
+        document = json.loads(path.read_text())
+        for key, value in changes.items():
+            document[key] = utc_iso(value) if isinstance(value, datetime) else value
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+
+
+def backdate(settings: Settings, backup_id: str, delta: object) -> None:
+    """Move a backup's ``created_at`` back by ``delta`` (a timedelta) in every folder."""
+    from datetime import timedelta
+
+    from tablettracker_backups.store import BackupStore
+
+    assert isinstance(delta, timedelta)
+    info = BackupStore(settings).get(backup_id)
+    rewrite_metadata(settings, backup_id, created_at=info.created_at - delta)
+
+
+def flip_byte(path: Path, offset: int | None = None) -> None:
+    """Flip one byte in place (same size): a real silent corruption."""
+    data = bytearray(path.read_bytes())
+    index = len(data) // 2 if offset is None else offset
+    data[index] ^= 0xFF
+    path.write_bytes(bytes(data))
