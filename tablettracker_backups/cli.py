@@ -773,6 +773,13 @@ def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
 )
 @click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
+@click.option(
+    "--from-offsite",
+    "from_offsite",
+    is_flag=True,
+    help="Rebuild the database from the offsite store alone into a new file (--to PATH); "
+    "needs only the BACKUPS_S3_* settings and credentials, no local backup folder.",
+)
 @common_options
 @json_option
 def restore(
@@ -784,6 +791,7 @@ def restore(
     to: Path | None,
     yes: bool,
     preview: bool,
+    from_offsite: bool,
     as_json: bool,
 ) -> None:
     """Restore a backup into the live database (or into --to PATH).
@@ -793,7 +801,11 @@ def restore(
     SQLite's backup API (open connections stay valid), and checked again; if that check fails
     the safety snapshot is put back. ID may be 'latest' (the newest verified backup). Without
     ID on a terminal you choose from a list. Asks for confirmation unless --yes; refuses
-    without a terminal and without --yes.
+    without a terminal and without --yes. When no local copy is sound and an offsite store is
+    configured, the offsite copy is downloaded and checked as the last fallback.
+
+    With --from-offsite the database is rebuilt from the offsite store alone into a file that
+    does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
 
     \b
     Examples:
@@ -801,6 +813,7 @@ def restore(
       tablettracker-backups restore 20261123T201500Z-3f9a1c
       tablettracker-backups restore latest --yes --json
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
+      tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
     """
     import dataclasses
 
@@ -815,6 +828,11 @@ def restore(
         secondary_dir=secondary_dir,
         to=to,
     )
+    if from_offsite:
+        if preview:
+            raise click.UsageError("--preview compares with local backups; not with --from-offsite")
+        _recover_from_offsite(settings, backup_id or "latest", to, as_json)
+        return
     interactive = sys.stdin.isatty()
     if backup_id is None:
         if not interactive or as_json:
@@ -866,6 +884,42 @@ def restore(
                 f"(undo with: tablettracker-backups restore {result.safety_snapshot_id})"
             )
     if result.fell_back:
+        sys.exit(EXIT_WARNING)
+
+
+def _recover_from_offsite(
+    settings: Settings, backup_id: str, to: Path | None, as_json: bool
+) -> None:
+    """``restore --from-offsite``: a new database file from the offsite store alone."""
+    from tablettracker_backups.offsite import recover_from_offsite
+
+    if settings.s3 is None:
+        raise click.UsageError(
+            "--from-offsite needs an offsite store: set BACKUPS_S3_BUCKET (and the endpoint and "
+            "credentials)"
+        )
+    target = (to if to is not None else settings.database).expanduser().absolute()
+    result = recover_from_offsite(settings, backup_id, to=target)
+    if as_json:
+        emit_json(
+            {
+                "backup_id": result.id,
+                "created_at": result.metadata.created_at,
+                "source_location": "offsite",
+                "target": str(result.path),
+                "skipped": [{"id": i, "error": e} for i, e in result.skipped],
+            }
+        )
+    else:
+        for skipped, why in result.skipped:
+            click.echo(
+                f"Warning: offsite backup {skipped} is damaged, passed over: {why}", err=True
+            )
+        click.echo(
+            f"Recovered {result.id} (taken {local_time(result.metadata.created_at)}) from the "
+            f"offsite store into {result.path}; checked: SHA-256, integrity_check, row counts."
+        )
+    if result.skipped:
         sys.exit(EXIT_WARNING)
 
 

@@ -35,6 +35,7 @@ from tablettracker_backups.offsite_sync import sync_offsite, verify_offsite
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
+from tests.conftest import flip_byte, make_db
 
 boto3 = pytest.importorskip("boto3")
 
@@ -381,8 +382,6 @@ def test_half_configured_credentials_are_refused(s3_settings: Callable[..., Sett
 
 
 def _big_incompressible_db(path: Path, size: int) -> None:
-    from tests.conftest import make_db
-
     make_db(path)
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
@@ -620,6 +619,42 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     assert repaired.offsite is not None
     assert newer_id in {u.id for u in repaired.offsite.uploaded}
     assert all(r.ok for r in verify_offsite(settings, [newer_id]))
+
+
+def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
+    s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
+) -> None:
+    from tablettracker_backups.restore import restore_backup
+
+    settings = s3_settings()
+    taken = run(settings, force=True)
+    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
+    meta = taken.backup.metadata
+    store = BackupStore(settings)
+    # Real damage to both local copies (same size, one bit flipped): restore must not use them.
+    for location in store.locations:
+        flip_byte(store.data_path(location, meta.id, meta.compression))
+    result = restore_backup(settings, meta.id, to=tmp_path / "a.db")
+    assert result.source_location == "offsite"
+    assert any(m.startswith("primary copy skipped") for m in result.fell_back)
+    assert _row_counts(tmp_path / "a.db") == _row_counts(db_path)
+
+    # Local copies gone altogether: "latest" and the id both come from the offsite store.
+    store.delete(meta.id)
+    assert store.ids() == []
+    result = restore_backup(settings, "latest", to=tmp_path / "b.db")
+    assert (result.backup_id, result.source_location) == (meta.id, "offsite")
+    assert _row_counts(tmp_path / "b.db") == _row_counts(db_path)
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+    # With the store unreachable too, the restore fails clearly and writes nothing.
+    closed = _free_ports(1)[0]
+    unreachable = s3_settings(s3_endpoint_url=f"http://127.0.0.1:{closed}")
+    from tablettracker_backups.errors import BackupNotFound
+
+    with pytest.raises(BackupNotFound, match="cannot reach the offsite store"):
+        restore_backup(unreachable, meta.id, to=tmp_path / "c.db")
+    assert not (tmp_path / "c.db").exists()
 
 
 def test_offsite_retention_keeps_its_own_counts(s3_settings: Callable[..., Settings]) -> None:
