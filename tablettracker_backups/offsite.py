@@ -615,9 +615,17 @@ class OffsiteStore:
 
 
 def make_client(s3: S3Settings) -> Any:
-    """A boto3 S3 client for ``s3``: addressing style, signature version, region, timeouts."""
-    import boto3
-    from botocore.config import Config
+    """A boto3 S3 client for ``s3``: addressing style, signature version, region, timeouts.
+
+    Raises :class:`ConfigError` when boto3 is not installed or the settings are unusable.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError(
+            "offsite copies need boto3: pip install 'tablettracker-backups[s3]'"
+        ) from None
 
     options: dict[str, Any] = {
         "s3": {"addressing_style": s3.addressing_style},
