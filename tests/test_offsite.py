@@ -713,17 +713,18 @@ def test_full_recovery_from_offsite_alone(
         "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
         "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
     }
+    command = [
+        sys.executable,
+        "-m",
+        "tablettracker_backups",
+        "restore",
+        "latest",
+        "--from-offsite",
+        "--to",
+        str(target),
+    ]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tablettracker_backups",
-            "restore",
-            "latest",
-            "--from-offsite",
-            "--to",
-            str(target),
-        ],
+        command,
         cwd=machine,
         env=env,
         capture_output=True,
@@ -741,16 +742,7 @@ def test_full_recovery_from_offsite_alone(
     assert sorted(p.name for p in target.parent.iterdir()) == ["tablet_counter.db"]
 
     again = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tablettracker_backups",
-            "restore",
-            "latest",
-            "--from-offsite",
-            "--to",
-            str(target),
-        ],
+        command,
         cwd=machine,
         env=env,
         capture_output=True,
@@ -761,3 +753,18 @@ def test_full_recovery_from_offsite_alone(
     assert again.returncode == 2
     assert "already exists" in again.stderr
     assert "Traceback" not in again.stderr
+
+    wrong = subprocess.run(
+        [*command[:-1], str(machine / "other.db")],
+        cwd=machine,
+        env={**env, "BACKUPS_S3_SECRET_ACCESS_KEY": "wrong-secret-value"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("Error: ") and len(wrong.stderr.strip().splitlines()) == 1
+    assert "rejected the credentials" in wrong.stderr
+    assert "wrong-secret-value" not in wrong.stdout + wrong.stderr
+    assert not (machine / "other.db").exists()
