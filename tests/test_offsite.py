@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -313,6 +314,11 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
     assert [u.id for u in result.offsite.uploaded] == [backup_id]
     state = read_state(settings)
     assert state.copies[backup_id].ok
+    # The rolling verify read the new copy back in full in the same run.
+    assert [(v.id, v.ok) for v in result.offsite.verified] == [(backup_id, True)]
+    assert state.copies[backup_id].read_back_at is not None
+    record = settings.backup_dir / "offsite.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
     assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "ok"}
     assert result.health.offsite["behind"] == 0
 
@@ -376,6 +382,20 @@ def test_half_configured_credentials_are_refused(s3_settings: Callable[..., Sett
         s3_settings(s3_secret_access_key=None)
     with pytest.raises(ConfigError, match="BACKUPS_S3_CHECKSUM"):
         s3_settings(s3_checksum="md5")
+
+
+def test_rolling_verify_covers_every_copy_within_the_period(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from tablettracker_backups.offsite_state import rolling_verify_count
+
+    hourly = make_settings(s3_bucket=BUCKET, interval="1h", s3_verify_period_days=30)
+    daily = make_settings(s3_bucket=BUCKET, interval="1d", s3_verify_period_days=30)
+    assert rolling_verify_count(hourly, 0) == 0
+    assert rolling_verify_count(hourly, 1) == 1
+    assert rolling_verify_count(hourly, 100) == 2  # 720 runs a month: the minimum is enough
+    assert rolling_verify_count(daily, 100) == 4  # 30 runs a month: 4 a run covers 100
+    assert rolling_verify_count(daily, 100) * 30 >= 100
 
 
 # -- multipart ---------------------------------------------------------------------------------
