@@ -366,8 +366,8 @@ def start_job(
             other = _reap(directory, other, now)
             if not other.finished:
                 raise LockedError(
-                    f"{other.title.lower()} started by {other.actor} at {utc_iso(other.created_at)}"
-                    " is still running; wait until it has finished"
+                    f"{other.title.lower()} started by {other.actor} at "
+                    f"{other.created_at:%H:%M:%S} UTC is still running; wait until it has finished"
                 )
         if is_locked(settings):
             raise LockedError(

@@ -421,5 +421,28 @@ def task_run() -> ResponseReturnValue:
     except LockedError as exc:
         return jsonify({"ok": False, "exit_code": 3, "error": str(exc)}), 409
     except BackupError as exc:
+        _audit_task(state.settings, ok=False, message=str(exc))
         return jsonify({"ok": False, "exit_code": 2, "error": str(exc)}), 500
-    return jsonify(result.to_dict())
+    body = result.to_dict()
+    _audit_task(
+        state.settings,
+        ok=result.error is None,
+        message=result.error
+        or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
+    )
+    return jsonify(body)
+
+
+def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
+    """Leave a trace of runs triggered over HTTP (the page shows who and what)."""
+    try:
+        audit.record(
+            settings,
+            action="run",
+            actor="task endpoint",
+            ok=ok,
+            message=message,
+            details={"via": "http", "remote": request.remote_addr or ""},
+        )
+    except BackupError as exc:
+        logger.error("could not write the audit log: %s", exc)
