@@ -638,3 +638,17 @@ def test_flask_backups_cli_group_is_added(demo_app: Flask) -> None:
     result = demo_app.test_cli_runner().invoke(args=["backups", "list", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == []
+
+
+def test_size_chart_shapes_and_escaping() -> None:
+    from tablettracker_backups.charts import Series, size_chart
+
+    assert "No backups yet" in size_chart([Series("s", "a", [])])
+    moment = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
+    one = size_chart([Series("<script>", 'x"y', [(moment, 1000.0)])])
+    assert "<svg" in one and "<script>" not in one and "&lt;script&gt;" in one
+    assert 'x"y' not in one
+    week = [(moment - timedelta(days=d), 1000.0 + d) for d in range(7)]
+    chart = size_chart([Series("stored size", "ttb-stored", week)])
+    assert chart.count("<circle") == 7 and "<polyline" in chart
+    assert "2026-11-18" in chart and "2026-11-25" in chart  # first and last day labelled
