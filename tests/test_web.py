@@ -651,4 +651,4 @@ def test_size_chart_shapes_and_escaping() -> None:
     week = [(moment - timedelta(days=d), 1000.0 + d) for d in range(7)]
     chart = size_chart([Series("stored size", "ttb-stored", week)])
     assert chart.count("<circle") == 7 and "<polyline" in chart
-    assert "2026-11-18" in chart and "2026-11-25" in chart  # first and last day labelled
+    assert "2026-11-19" in chart and "2026-11-25" in chart  # first and last day labelled
