@@ -652,3 +652,20 @@ def test_size_chart_shapes_and_escaping() -> None:
     chart = size_chart([Series("stored size", "ttb-stored", week)])
     assert chart.count("<circle") == 7 and "<polyline" in chart
     assert "2026-11-19" in chart and "2026-11-25" in chart  # first and last day labelled
+
+
+def test_task_endpoint_exempt_when_csrfprotect_comes_after(
+    make_host: Callable[..., Flask],
+) -> None:
+    from flask_wtf.csrf import CSRFProtect
+
+    app = make_host()
+    CSRFProtect(app)  # registered after BackupManager: the endpoint must still be exempt
+    client = app.test_client()
+    token = app.config["BACKUPS_TASK_TOKEN"]
+    response = client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["backup"]["id"]
+    # ...while the pages are protected by Flask-WTF's token from now on.
+    admin = host_login(app, "admin")
+    assert admin.post(f"{P}/backup-now").status_code == 400
