@@ -669,3 +669,42 @@ def test_task_endpoint_exempt_when_csrfprotect_comes_after(
     # ...while the pages are protected by Flask-WTF's token from now on.
     admin = host_login(app, "admin")
     assert admin.post(f"{P}/backup-now").status_code == 400
+
+
+def test_a_killed_worker_is_reported_and_releases_the_lock(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    """A real worker process, killed while it waits for the lock: the page says so at once."""
+    import os
+    import signal
+    import time
+
+    from tablettracker_backups.jobs import launch_worker
+    from tablettracker_backups.locking import is_locked
+
+    settings = settings_of(demo_app)
+    now = datetime.now(timezone.utc)
+    values = {"database": str(settings.database), "dir": str(settings.backup_dir)}
+    job = Job("00000000000000ee", "backup", {}, "ada", QUEUED, now, now, settings=values)
+    put_job(settings, Job(**{**job.__dict__, "settings": {**values, "lock_timeout": 300}}))
+    with operation_lock(settings):
+        launch_worker(jobs_dir(settings), job.id, detach=True)
+        deadline = time.monotonic() + 60
+        while (running := read_job(settings, job.id)).pid is None:
+            assert time.monotonic() < deadline, running
+            time.sleep(0.05)
+        assert running.state == RUNNING
+        os.kill(running.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (dead := read_job(settings, job.id)).finished:
+            assert time.monotonic() < deadline, dead
+            time.sleep(0.05)
+    assert dead.state == "failed" and "stopped before finishing" in dead.message
+    assert not is_locked(settings)
+    assert BackupStore(settings).ids() == [backup_id]
+    html = admin_client.get(f"{P}/jobs/{job.id}").get_data(as_text=True)
+    assert "Failed:" in html
+    token = csrf_from(html)
+    response = admin_client.post(f"{P}/backup-now", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert wait_for_job(settings, response.location.rsplit("/", 1)[1]).state == "done"
