@@ -3,7 +3,9 @@
 For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
 of the last N calendar slots that have one is kept. One backup may fill several slots and is
 stored once. Slots are counted among the backups that exist, not back from "now", so a clock
-that jumps backwards or a backup dated in the future never makes good backups look expired.
+that jumps backwards or a backup dated in the future never makes good backups look expired;
+and while any backup is dated in the future, prune deletes nothing (the real order of the
+backups is unknown until the clock is fixed; health warns meanwhile).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import BackupError
@@ -20,6 +22,9 @@ from tablettracker_backups.store import OK, BackupInfo, BackupStore
 from tablettracker_backups.verify import verify_backup
 
 logger = logging.getLogger(__name__)
+
+#: How far in the future a backup's time may be before it counts as clock trouble.
+CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -82,6 +87,7 @@ def plan_retention(
     *,
     protect: Iterable[str] = (),
     sound: str | None = None,
+    now: datetime | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
@@ -89,7 +95,9 @@ def plan_retention(
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
-    is unreadable are never deleted.
+    is unreadable are never deleted. Given ``now``, a backup dated more than
+    :data:`CLOCK_SKEW` after it means the clock is (or was) wrong, so the real order of the
+    backups is unknown: everything is kept until the clock is sorted out (health warns).
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
@@ -117,6 +125,12 @@ def plan_retention(
             reasons[backup_id].append("just taken")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
+    future = [c for c in ordered if now is not None and c.created_at > now + CLOCK_SKEW]
+    if future:
+        for candidate in ordered:
+            reasons[candidate.id].append(
+                f"retention paused: {future[0].id} is dated in the future (check the clock)"
+            )
     for candidate in ordered:
         if candidate.kind == "unknown":
             # Its metadata is unreadable in every copy, but its data may be intact: a person
@@ -153,11 +167,19 @@ def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
 
 
 def plan_for_store(
-    store: BackupStore, *, protect: Iterable[str] = (), sound: str | None = None
+    store: BackupStore,
+    *,
+    protect: Iterable[str] = (),
+    sound: str | None = None,
+    now: datetime | None = None,
 ) -> RetentionPlan:
     """The retention plan for the backups in ``store`` under its settings."""
     return plan_retention(
-        candidates_from(store.list()), store.settings.retention, protect=protect, sound=sound
+        candidates_from(store.list()),
+        store.settings.retention,
+        protect=protect,
+        sound=sound,
+        now=now,
     )
 
 
@@ -193,11 +215,12 @@ def prune(store: BackupStore, *, dry_run: bool = False, protect: Iterable[str] =
     Deletes nothing unless some backup is confirmed sound by its checksum first.
     """
     protect = tuple(protect)
-    plan = plan_for_store(store, protect=protect)
+    now = datetime.now(timezone.utc)
+    plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []
     if not dry_run and plan.delete:
         sound = newest_sound_backup(store)
-        plan = plan_for_store(store, protect=protect, sound=sound)
+        plan = plan_for_store(store, protect=protect, sound=sound, now=now)
         if sound is None:
             logger.warning("no backup has a copy matching its checksum; pruned nothing")
             return PruneResult(plan, (), dry_run)
