@@ -23,7 +23,7 @@ from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite_state import OffsiteLag, offsite_lag
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.store import OK, BackupInfo, BackupStore
@@ -36,8 +36,6 @@ STATUS_FILE = "status.json"
 ALERT_LOG = "alerts.jsonl"
 #: Leeway on top of the interval before a late backup counts as missed (scheduling jitter).
 GRACE = timedelta(minutes=15)
-#: How far in the future a backup's time may be before it counts as clock trouble.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
