@@ -153,7 +153,7 @@ def test_list_is_paginated_newest_first(demo_app: Flask, admin_client: FlaskClie
     settings = settings_of(demo_app)
     for _ in range(3):
         create_backup(settings, trigger="test")
-    ids = [info.id for info in BackupStore(settings).list()]  # newest first
+    ids = [info.id for info in BackupStore(settings).list()]  # newest first, by time
     html = admin_client.get(f"{P}/backups").get_data(as_text=True)
     positions = [html.index(i) for i in ids]
     assert positions == sorted(positions), "newest backup must come first"
@@ -479,6 +479,20 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
     assert response.status_code == 200
     body = response.get_json()
     assert body["ok"] is True and body["backup"]["id"]
+    expected_keys = {
+        "ok",
+        "exit_code",
+        "started_at",
+        "backup",
+        "skipped_reason",
+        "reverified",
+        "pruned",
+        "health",
+        "error",
+        "warnings",
+        "offsite",
+    }
+    assert set(body) == expected_keys
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]
     entry = audit.read_entries(settings_of(demo_app))[0]
     assert (entry.action, entry.actor, entry.ok) == ("run", "task endpoint", True)
