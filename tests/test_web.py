@@ -87,7 +87,8 @@ def post_actions(backup_id: str) -> list[str]:
 
 def test_anonymous_is_sent_to_login(demo_app: Flask, backup_id: str) -> None:
     client = demo_app.test_client()
-    for url in get_pages(backup_id):
+    job_pages = [f"{P}/jobs/0123456789abcdef", f"{P}/jobs/0123456789abcdef.json"]
+    for url in [*get_pages(backup_id), *job_pages]:
         response = client.get(url)
         assert response.status_code == 302, url
         assert response.location.startswith("/login?next="), url
@@ -111,6 +112,7 @@ def test_non_admin_gets_403_everywhere(
         response = staff_client.post(url, data={"csrf_token": token, "confirm": backup_id})
         assert response.status_code == 403, url
     assert staff_client.get(f"{P}/jobs/0123456789abcdef").status_code == 403
+    assert staff_client.get(f"{P}/jobs/0123456789abcdef.json").status_code == 403
     assert len(BackupStore(settings_of(demo_app)).ids()) == 1
     assert audit.read_entries(settings_of(demo_app)) == []
 
