@@ -398,6 +398,31 @@ def test_rolling_verify_covers_every_copy_within_the_period(
     assert rolling_verify_count(daily, 100) * 30 >= 100
 
 
+def test_init_config_names_the_offsite_store_but_not_its_keys(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from tablettracker_backups.bootstrap import render_config
+    from tablettracker_backups.settings import values_from_toml
+
+    settings = make_settings(
+        s3_bucket=BUCKET,
+        s3_endpoint_url="https://s3.example.test",
+        s3_region="eu-central-003",
+        s3_addressing_style="path",
+        s3_access_key_id=ACCESS_KEY,
+        s3_secret_access_key=SECRET_KEY,
+    )
+    text = render_config(settings, 3600)
+    assert SECRET_KEY not in text and ACCESS_KEY not in text
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    values = values_from_toml(path)
+    assert values["s3_bucket"] == BUCKET
+    assert values["s3_endpoint_url"] == "https://s3.example.test"
+    assert values["s3_addressing_style"] == "path"
+    assert values["s3_prefix"] == "tablettracker-backups/"
+
+
 # -- multipart ---------------------------------------------------------------------------------
 
 
