@@ -359,6 +359,7 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
         emit_json(document)
+        _fail_without_metadata(info)
         return
     click.echo(f"Backup {info.id}")
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
@@ -388,6 +389,15 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
             click.echo(f"    {table:<28} {count:>12,}")
     for problem in info.problems:
         click.echo(f"  ! {problem}")
+    _fail_without_metadata(info)
+
+
+def _fail_without_metadata(info: Any) -> None:
+    """Damaged metadata in every copy is bad input for ``show``: one line, exit 2."""
+    if info.metadata is None:
+        problem = info.problems[0] if info.problems else "no readable metadata"
+        click.echo(f"Error: backup {info.id} is damaged: {problem}", err=True)
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
@@ -426,7 +436,7 @@ def verify(
         return
     store = BackupStore(settings)
     if verify_all:
-        ids = store.ids()
+        ids = [info.id for info in store.list()]
     else:
         ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
     results = []
@@ -528,10 +538,22 @@ def health(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups health || echo "backups need attention"
     """
-    from tablettracker_backups.health import check_health, write_status
+    import dataclasses
+
+    from tablettracker_backups.health import CRITICAL, Finding, check_health, write_status
 
     report = check_health(settings)
-    write_status(settings, report)
+    try:
+        write_status(settings, report)
+    except BackupError as exc:
+        # A full or read-only backup folder is exactly when the report matters most.
+        report = dataclasses.replace(
+            report,
+            findings=(
+                *report.findings,
+                Finding(CRITICAL, "status-file", f"cannot write the status file: {exc}"),
+            ),
+        )
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -683,6 +705,25 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
+
+
+@cli.command("job", hidden=True)
+@click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("job_id")
+@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
+def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
+    """Run one job started from the web pages (the detached worker process; internal)."""
+    import logging
+
+    from tablettracker_backups.jobs import DONE, launch_worker, run_job
+
+    if detach:
+        launch_worker(jobs_dir.absolute(), job_id, detach=False)
+        return
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    finished = run_job(jobs_dir.absolute(), job_id)
+    sys.exit(EXIT_OK if finished.state == DONE else EXIT_CRITICAL)
 
 
 # -- restore -------------------------------------------------------------------------------------
@@ -939,23 +980,42 @@ def main() -> None:
     help="Instance folder for the demo database and its backups.",
 )
 def demo(port: int, instance: Path) -> None:
-    """Run the demo TabletTracker with backups on a seeded SQLite database.
+    """Run the demo TabletTracker with the backup pages on a seeded SQLite database.
+
+    Creates the instance folder and its database on first use, prints the address, the admin
+    login and the scheduled-task token, and serves on 127.0.0.1 until Ctrl+C.
 
     \b
     Example:
       tablettracker-backups demo --port 5000 --instance ./instance
     """
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.demo.schema import create_demo_database
-    from tablettracker_backups.health import check_health
+    from werkzeug.serving import run_simple
 
-    instance = instance.absolute()
-    database = instance / "tablet_counter.db"
-    instance.mkdir(parents=True, exist_ok=True)
-    if not database.exists():
-        create_demo_database(str(database))
-        click.echo(f"Seeded demo database {database}")
-    settings = settings_from_mapping({"database": database})
-    result = create_backup(settings, kind="manual", trigger="demo")
-    click.echo(f"Backup {result.metadata.id} verified in {settings.backup_dir}")
-    _print_health(check_health(settings))
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.store import BackupStore
+
+    if not 0 < port < 65536:
+        raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
+    app = create_app({"INSTANCE_PATH": instance.absolute()})
+    with app.app_context():
+        settings = get_state().settings
+    if not BackupStore(settings).ids():
+        result = create_backup(settings, kind="manual", trigger="demo")
+        click.echo(f"First backup {result.metadata.id} verified in {settings.backup_dir}")
+    url = f"http://127.0.0.1:{port}/"
+    click.echo(f"Database:    {settings.database}")
+    click.echo(f"Backups:     {settings.backup_dir}")
+    click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
+    click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
+    click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
+    click.echo(
+        f"Task URL:    curl -X POST -H 'Authorization: Bearer {app.config['BACKUPS_TASK_TOKEN']}'"
+        f" {url}tasks/backups/run"
+    )
+    click.echo("Press Ctrl+C to stop.")
+    try:
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None

@@ -7,6 +7,7 @@ status file (JSON) for dashboards and appends warnings and critical findings to 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -22,7 +23,7 @@ from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite_state import OffsiteLag, offsite_lag
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.store import OK, BackupInfo, BackupStore
@@ -35,8 +36,6 @@ STATUS_FILE = "status.json"
 ALERT_LOG = "alerts.jsonl"
 #: Leeway on top of the interval before a late backup counts as missed (scheduling jitter).
 GRACE = timedelta(minutes=15)
-#: How far in the future a backup's time may be before it counts as clock trouble.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -354,10 +353,19 @@ def _disk(
 ) -> tuple[dict[str, dict[str, int]], list[Finding]]:
     disk: dict[str, dict[str, int]] = {}
     findings: list[Finding] = []
-    # A backup needs room for the raw snapshot and the compressed file at the same time.
+    # A backup needs room for the raw snapshot and the compressed file at the same time. The
+    # live database may have grown since the newest backup, so size it from the live file
+    # (stat only: opening it outside SQLite would drop a host app's locks).
     needed = 0
+    raw = 0
+    ratio = 1.0
     if newest is not None and newest.metadata is not None:
-        needed = newest.metadata.raw_size + newest.metadata.stored_size
+        raw = newest.metadata.raw_size
+        ratio = newest.metadata.stored_size / max(newest.metadata.raw_size, 1)
+    with contextlib.suppress(OSError):  # a missing database is reported by its own check
+        raw = max(raw, settings.database.stat().st_size)
+    if raw:
+        needed = raw + int(raw * ratio)
     for name, directory in zip(("primary", "secondary"), settings.locations, strict=False):
         try:
             usage = shutil.disk_usage(directory)

@@ -711,8 +711,8 @@ def _remove_database(target: Path) -> None:
 
 def _empty_database(target: Path) -> None:
     try:
-        with target.open("r+b") as handle:
-            handle.truncate(0)
+        # By path: opening and closing a descriptor would drop this process's SQLite locks.
+        os.truncate(target, 0)
     except OSError as exc:
         logger.warning("could not empty %s again: %s", target, exc)
     for suffix in SIDE_FILES:

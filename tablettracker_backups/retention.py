@@ -13,8 +13,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
+from tablettracker_backups.compression import hash_file
+from tablettracker_backups.errors import BackupError
 from tablettracker_backups.settings import RetentionPolicy
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import OK, BackupInfo, BackupStore
+from tablettracker_backups.verify import verify_backup
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +86,20 @@ def plan_retention(
     *,
     protect: Iterable[str] = (),
     now: datetime | None = None,
+    sound: str | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
     Guarantees: the newest backup and the newest verified backup are always kept; unverified
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
-    ``protect`` (the backup a run just took, whatever its clock said) are always kept. With
-    ``now``, a backup dated more than :data:`CLOCK_SKEW` after it is kept ("dated in the
-    future") but fills no slot: otherwise a backup stamped 2030 by a wrong clock would take
-    the newest yearly, monthly, ... slot and push the oldest good backup of each kind out.
+    ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
+    is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
+    is unreadable are never deleted.
+
+    Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
+    was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
+    backup stamped 2030 would otherwise take the newest slot of every kind), and nothing at all
+    is deleted until the clock is sorted out. Health warns about it meanwhile.
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
@@ -123,6 +131,17 @@ def plan_retention(
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
+    if future:
+        for candidate in ordered:
+            if candidate.id not in future:
+                reasons[candidate.id].append("retention paused: a backup is dated in the future")
+    if sound is not None and sound in reasons:
+        reasons[sound].append("newest backup with a good checksum")
+    for candidate in ordered:
+        if candidate.kind == "unknown":
+            # Its metadata is unreadable in every copy, but its data may be intact: a person
+            # decides (health and list report it); retention never deletes what it can't read.
+            reasons[candidate.id].append("unreadable, kept for inspection")
     return RetentionPlan(
         tuple(
             Decision(c.id, c.created_at, bool(reasons[c.id]), tuple(reasons[c.id])) for c in ordered
@@ -154,7 +173,11 @@ def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
 
 
 def plan_for_store(
-    store: BackupStore, *, protect: Iterable[str] = (), now: datetime | None = None
+    store: BackupStore,
+    *,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+    sound: str | None = None,
 ) -> RetentionPlan:
     """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
     return plan_retention(
@@ -162,7 +185,34 @@ def plan_for_store(
         store.settings.retention,
         protect=protect,
         now=now or datetime.now(timezone.utc),
+        sound=sound,
     )
+
+
+def newest_sound_backup(store: BackupStore) -> str | None:
+    """The newest backup with a copy whose stored file still matches its SHA-256.
+
+    Listing only compares sizes, so a copy damaged in place (a flipped byte) still looks
+    verified; deleting older backups on its strength would leave nothing good. Backups that
+    look verified but have no matching copy are fully verified here, which records the
+    failure in their metadata so listing, retention and health stop trusting them.
+    """
+    for info in store.list():
+        if not info.verified or info.metadata is None:
+            continue
+        for copy in info.copies:
+            if copy.state != OK:
+                continue
+            path = store.data_path(copy.location, info.id, info.metadata.compression)
+            try:
+                _, digest = hash_file(path)
+            except BackupError:
+                continue
+            if digest == info.metadata.sha256:
+                return info.id
+        logger.warning("backup %s looked verified but no copy matches its checksum", info.id)
+        verify_backup(store, info.id)
+    return None
 
 
 def prune(
@@ -172,10 +222,19 @@ def prune(
     protect: Iterable[str] = (),
     now: datetime | None = None,
 ) -> PruneResult:
-    """Delete the backups retention does not keep. The caller holds the operation lock."""
+    """Delete the backups retention does not keep. The caller holds the operation lock.
+
+    Deletes nothing unless some backup is confirmed sound by its checksum first.
+    """
+    protect = tuple(protect)
     plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []
-    if not dry_run:
+    if not dry_run and plan.delete:
+        sound = newest_sound_backup(store)
+        plan = plan_for_store(store, protect=protect, now=now, sound=sound)
+        if sound is None:
+            logger.warning("no backup has a copy matching its checksum; pruned nothing")
+            return PruneResult(plan, (), dry_run)
         for decision in plan.delete:
             store.delete(decision.id)
             deleted.append(decision.id)

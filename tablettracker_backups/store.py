@@ -229,8 +229,12 @@ class BackupStore:
         return info
 
     def list(self) -> builtins.list[BackupInfo]:
-        """Every backup, newest first, damaged ones included (marked by ``problems``)."""
-        return [self._look(backup_id) for backup_id in self.ids()]
+        """Every backup, newest first, damaged ones included (marked by ``problems``).
+
+        Ordered by the time in the metadata (as retention orders them), the id breaking ties.
+        """
+        infos = [self._look(backup_id) for backup_id in self.ids()]
+        return sorted(infos, key=lambda i: (i.created_at, i.id), reverse=True)
 
     def latest(self, *, verified: bool = True, kinds: tuple[str, ...] | None = None) -> BackupInfo:
         """The newest (verified) backup; raises :class:`BackupNotFound` when there is none."""

@@ -257,7 +257,7 @@ json_values = st.recursive(
 FIELDS = sorted(document())
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5),
     st.lists(st.sampled_from(FIELDS), max_size=3),

@@ -38,7 +38,7 @@ entries = st.tuples(
     st.one_of(st.just(True), st.booleans()),
 )
 histories = st.lists(entries, max_size=40)
-FAST = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def build(items: list[tuple[int, str, bool]]) -> list[Candidate]:

@@ -216,3 +216,16 @@ def test_status_records_each_run(roomy: Settings) -> None:
     status = json.loads((roomy.backup_dir / STATUS_FILE).read_text())
     last = datetime.fromisoformat(status["last_run_at"].replace("Z", "+00:00"))
     assert last >= before - timedelta(seconds=1)
+
+
+def test_run_removes_debris_even_when_no_backup_is_due(roomy: Settings) -> None:
+    first = run(roomy)
+    assert first.backup is not None
+    orphan = roomy.backup_dir / "20200101T000000Z-0a0b0c.db.zst"
+    orphan.write_bytes(b"data committed, metadata never written")
+    temp = roomy.backup_dir / ".tmp-deadbeef-20200101T000000Z-0a0b0c.db"
+    temp.write_bytes(b"half a snapshot")
+    assert [i.id for i in BackupStore(roomy).list()] == [first.backup.metadata.id]
+    second = run(roomy)
+    assert second.backup is None
+    assert not orphan.exists() and not temp.exists()
