@@ -490,8 +490,10 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
         "health",
         "error",
         "warnings",
+        "offsite",  # None without an offsite store
     }
     assert set(body) == expected_keys
+    assert body["offsite"] is None
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]
     again = client.post(url, headers={"Authorization": f"Bearer {token}"}).get_json()
     assert again["backup"] is None and "only" in again["skipped_reason"]
