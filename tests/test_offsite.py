@@ -813,3 +813,45 @@ def test_full_recovery_from_offsite_alone(
     assert "rejected the credentials" in wrong.stderr
     assert "wrong-secret-value" not in wrong.stdout + wrong.stderr
     assert not (machine / "other.db").exists()
+
+
+# -- web dashboard -----------------------------------------------------------------------------
+
+
+def test_dashboard_and_list_show_offsite_copies(s3_server: SeaweedServer, tmp_path: Path) -> None:
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tests.conftest import login
+
+    prefix = f"web-{uuid.uuid4().hex[:12]}/"
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "instance-demo",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "BACKUPS_S3_BUCKET": BUCKET,
+            "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
+            "BACKUPS_S3_PREFIX": prefix,
+            "BACKUPS_S3_ADDRESSING_STYLE": "path",
+            "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+    )
+    with app.app_context():
+        settings = get_state().settings
+    uploaded = run(settings, force=True)
+    assert uploaded.offsite is not None and uploaded.offsite.ok
+    assert uploaded.backup is not None
+    pending = create_backup(settings, kind="pre-restore", trigger="test").metadata.id
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
+
+    listing = client.get("/admin/backups/backups").get_data(as_text=True)
+    assert "offsite: ok" in listing and "offsite: pending" in listing
+    detail = client.get(f"/admin/backups/backups/{pending}").get_data(as_text=True)
+    assert "offsite: pending" in detail
+    dashboard = client.get("/admin/backups/").get_data(as_text=True)
+    assert "Offsite copies" in dashboard
+    assert "1 backup(s) behind since" in dashboard
+    for page in (listing, detail, dashboard):
+        _secret_absent(page)
