@@ -310,19 +310,22 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
         return
+    shown = {
+        i.id: " ".join(f"{c.location[:3]}:{c.state}" for c in i.copies)
+        + (f" off:{offsite[i.id]}" if offsite else "")
+        for i in infos
+    }
+    width = max(22, *(len(text) for text in shown.values()))
     click.echo(
         f"{'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
-        f"{'VERIFIED':<8} {'COPIES':<22} KEPT BECAUSE"
+        f"{'VERIFIED':<8} {'COPIES':<{width}} KEPT BECAUSE"
     )
     for info in infos:
-        copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
-        if offsite:
-            copies += f" off:{offsite[info.id]}"
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
         click.echo(
             f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
             f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
-            f"{copies:<22} {reasons}"
+            f"{shown[info.id]:<{width}} {reasons}"
         )
         for problem in info.problems:
             click.echo(f"    ! {problem}")
