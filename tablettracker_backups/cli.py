@@ -351,14 +351,18 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     Example:
       tablettracker-backups show 20261123T201500Z-3f9a1c
     """
+    from tablettracker_backups.offsite_state import copy_states
     from tablettracker_backups.retention import plan_for_store
     from tablettracker_backups.store import BackupStore
 
     store = BackupStore(settings)
     info = store.get(_pick(settings, backup_id))
     reasons = plan_for_store(store).reasons(info.id)
+    offsite = copy_states(settings, store.list()).get(info.id)
     if as_json:
         document: dict[str, Any] = dict(info.to_dict(), kept_because=list(reasons))
+        if offsite is not None:
+            document["copies"]["offsite"] = offsite
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
         emit_json(document)
@@ -368,7 +372,10 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
     click.echo(f"  kind:        {info.kind}")
     click.echo(f"  verified:    {'yes' if info.verified else 'NO'}")
-    click.echo(f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}")
+    click.echo(
+        f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}"
+        + (f", offsite {offsite}" if offsite is not None else "")
+    )
     click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
     meta = info.metadata
     if meta is not None:

@@ -344,6 +344,9 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
     }
     text = runner.invoke(cli, ["list"], env=env)
     assert "off:ok" in text.output
+    shown = runner.invoke(cli, ["show", "latest", "--json"], env=env)
+    assert json.loads(shown.output)["copies"]["offsite"] == "ok"
+    assert "offsite ok" in runner.invoke(cli, ["show", backup_id], env=env).output
     checked = runner.invoke(cli, ["verify", "--offsite", "--all", "--json"], env=env)
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.output) == [{"id": backup_id, "ok": True, "error": None}]
