@@ -355,6 +355,25 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
     _secret_absent(listed.output, text.output, checked.output, ran.output, *_state_texts(settings))
 
 
+def test_an_offsite_copy_that_differs_is_replaced(s3_settings: Callable[..., Settings]) -> None:
+    from dataclasses import replace
+
+    from tablettracker_backups.offsite_state import write_state
+
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None
+    backup_id = first.backup.metadata.id
+    state = read_state(settings)
+    # The record says the offsite copy is another file (as after a mix-up of two machines).
+    write_state(settings, state.with_copy(replace(state.copies[backup_id], sha256="0" * 64)))
+    assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "pending"}
+    again = run(settings)
+    assert again.offsite is not None
+    assert [u.id for u in again.offsite.uploaded] == [backup_id]
+    assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "ok"}
+
+
 def test_credentials_from_the_aws_chain(
     s3_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
 ) -> None:
