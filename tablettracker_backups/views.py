@@ -43,6 +43,7 @@ from tablettracker_backups.extension import BackupState, get_state
 from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.offsite_state import copy_states
 from tablettracker_backups.resources import resource_dir
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.retention import plan_for_store, prune
@@ -234,6 +235,8 @@ def backup_list() -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/list.html",
         backups=shown,
+        # Offsite copy per backup, from the local offsite record (no network).
+        offsite=copy_states(store.settings, infos),
         plan=plan,
         page=page,
         pages=pages,
@@ -250,6 +253,7 @@ def detail(backup_id: str) -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
+        offsite=copy_states(store.settings, store.list()),
         reasons=plan_for_store(store).reasons(info.id),
     )
 
