@@ -138,6 +138,14 @@ def decompress_file(
                 while reader.read(CHUNK):
                     pass
             except (zstandard.ZstdError, gzip.BadGzipFile, EOFError, ValueError) as exc:
+                # Name the root cause when we can: hash the rest and compare with the metadata.
+                while reader.read(CHUNK):
+                    pass
+                if expected_sha256 is not None and stored.hexdigest() != expected_sha256:
+                    raise VerificationError(
+                        f"{source.name}: SHA-256 does not match its metadata (the file is "
+                        f"damaged; it does not decompress: {exc})"
+                    ) from None
                 raise VerificationError(f"{source.name} does not decompress: {exc}") from None
             out.flush()
     except OSError as exc:

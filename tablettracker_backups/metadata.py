@@ -17,7 +17,8 @@ from typing import Any
 from tablettracker_backups.errors import InvalidBackupId, MetadataError
 
 FORMAT_VERSION = 1
-ID_PATTERN = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
+#: ASCII digits only: ``\d`` alone would also match other scripts' digits.
+ID_PATTERN = re.compile(r"^([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})$")
 KINDS = ("scheduled", "manual", "pre-restore")
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
@@ -73,7 +74,11 @@ def parse_utc(value: object, what: str) -> datetime:
         raise MetadataError(f"{what} is not an ISO timestamp: {value[:40]!r}") from None
     if moment.tzinfo is None:
         raise MetadataError(f"{what} has no time zone")
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:
+        # "0001-01-01T00:00:00+01:00" is a valid ISO string whose UTC time is before year 1.
+        raise MetadataError(f"{what} is out of range: {value[:40]!r}") from None
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+from tablettracker_backups.compression import hash_file
+from tablettracker_backups.errors import BackupError
 from tablettracker_backups.settings import RetentionPolicy
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import OK, BackupInfo, BackupStore
+from tablettracker_backups.verify import verify_backup
 
 logger = logging.getLogger(__name__)
 
@@ -73,21 +76,40 @@ def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
     ]
 
 
+#: How far past "now" a backup may be dated before it counts as dated in the future.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def plan_retention(
     candidates: Iterable[Candidate],
     policy: RetentionPolicy,
     *,
     protect: Iterable[str] = (),
+    now: datetime | None = None,
+    sound: str | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
     Guarantees: the newest backup and the newest verified backup are always kept; unverified
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
-    ``protect`` (the backup a run just took, whatever its clock said) are always kept.
+    ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
+    is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
+    is unreadable are never deleted.
+
+    Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
+    was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
+    backup stamped 2030 would otherwise take the newest slot of every kind), and nothing at all
+    is deleted until the clock is sorted out. Health warns about it meanwhile.
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified]
+    future: set[str] = set()
+    if now is not None:
+        future = {c.id for c in ordered if c.created_at > now + CLOCK_SKEW}
+    for candidate in ordered:
+        if candidate.id in future:
+            reasons[candidate.id].append("dated in the future")
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -98,7 +120,7 @@ def plan_retention(
             if slot not in seen:
                 seen.add(slot)
                 reasons[candidate.id].append(f"{name} {slot}")
-    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified]
+    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified and c.id not in future]
     for index, candidate in enumerate(safety[: policy.pre_restore]):
         reasons[candidate.id].append(f"pre-restore #{index + 1}")
     if ordered:
@@ -109,6 +131,17 @@ def plan_retention(
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
+    if future:
+        for candidate in ordered:
+            if candidate.id not in future:
+                reasons[candidate.id].append("retention paused: a backup is dated in the future")
+    if sound is not None and sound in reasons:
+        reasons[sound].append("newest backup with a good checksum")
+    for candidate in ordered:
+        if candidate.kind == "unknown":
+            # Its metadata is unreadable in every copy, but its data may be intact: a person
+            # decides (health and list report it); retention never deletes what it can't read.
+            reasons[candidate.id].append("unreadable, kept for inspection")
     return RetentionPlan(
         tuple(
             Decision(c.id, c.created_at, bool(reasons[c.id]), tuple(reasons[c.id])) for c in ordered
@@ -139,16 +172,69 @@ def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
     return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
 
 
-def plan_for_store(store: BackupStore, *, protect: Iterable[str] = ()) -> RetentionPlan:
-    """The retention plan for the backups in ``store`` under its settings."""
-    return plan_retention(candidates_from(store.list()), store.settings.retention, protect=protect)
+def plan_for_store(
+    store: BackupStore,
+    *,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+    sound: str | None = None,
+) -> RetentionPlan:
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
+    return plan_retention(
+        candidates_from(store.list()),
+        store.settings.retention,
+        protect=protect,
+        now=now or datetime.now(timezone.utc),
+        sound=sound,
+    )
 
 
-def prune(store: BackupStore, *, dry_run: bool = False, protect: Iterable[str] = ()) -> PruneResult:
-    """Delete the backups retention does not keep. The caller holds the operation lock."""
-    plan = plan_for_store(store, protect=protect)
+def newest_sound_backup(store: BackupStore) -> str | None:
+    """The newest backup with a copy whose stored file still matches its SHA-256.
+
+    Listing only compares sizes, so a copy damaged in place (a flipped byte) still looks
+    verified; deleting older backups on its strength would leave nothing good. Backups that
+    look verified but have no matching copy are fully verified here, which records the
+    failure in their metadata so listing, retention and health stop trusting them.
+    """
+    for info in store.list():
+        if not info.verified or info.metadata is None:
+            continue
+        for copy in info.copies:
+            if copy.state != OK:
+                continue
+            path = store.data_path(copy.location, info.id, info.metadata.compression)
+            try:
+                _, digest = hash_file(path)
+            except BackupError:
+                continue
+            if digest == info.metadata.sha256:
+                return info.id
+        logger.warning("backup %s looked verified but no copy matches its checksum", info.id)
+        verify_backup(store, info.id)
+    return None
+
+
+def prune(
+    store: BackupStore,
+    *,
+    dry_run: bool = False,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+) -> PruneResult:
+    """Delete the backups retention does not keep. The caller holds the operation lock.
+
+    Deletes nothing unless some backup is confirmed sound by its checksum first.
+    """
+    protect = tuple(protect)
+    plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []
-    if not dry_run:
+    if not dry_run and plan.delete:
+        sound = newest_sound_backup(store)
+        plan = plan_for_store(store, protect=protect, now=now, sound=sound)
+        if sound is None:
+            logger.warning("no backup has a copy matching its checksum; pruned nothing")
+            return PruneResult(plan, (), dry_run)
         for decision in plan.delete:
             store.delete(decision.id)
             deleted.append(decision.id)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
@@ -22,7 +23,8 @@ from tablettracker_backups.fsutil import describe_os_error
 
 logger = logging.getLogger(__name__)
 
-SQLITE_HEADER = b"SQLite format 3\x00"
+#: The smallest possible SQLite database: one page of the smallest page size.
+MIN_DATABASE_SIZE = 512
 #: Pages copied per backup step: small enough for a smooth progress bar, large enough to be fast.
 STEP_PAGES = 4096
 PageProgress = Callable[[int, int], None]
@@ -58,20 +60,49 @@ class DatabaseCheck:
 
 
 def check_sqlite_file(path: Path) -> None:
-    """Raise :class:`DatabaseError` unless ``path`` is a readable, non-empty SQLite file."""
+    """Raise :class:`DatabaseError` unless ``path`` is a readable, non-empty SQLite file.
+
+    The file is never opened outside SQLite: closing any descriptor of a file drops every
+    POSIX lock this process holds on it, so a plain ``open()``/``close()`` inside a host app
+    that has the database open would silently release the app's SQLite locks. Another process
+    could then write over a reader, or delete the WAL and shared-memory files under the app
+    (its next commits go to an unlinked WAL and are lost). SQLite's own VFS keeps such
+    descriptors open until the locks are gone, so the header is read through SQLite.
+    """
     try:
-        with path.open("rb") as handle:
-            header = handle.read(len(SQLITE_HEADER))
+        info = path.stat()
     except FileNotFoundError:
         raise DatabaseError(f"database {path} does not exist") from None
-    except IsADirectoryError:
-        raise DatabaseError(f"database {path} is a folder, not a SQLite file") from None
     except OSError as exc:
         raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from None
-    if not header:
+    if stat.S_ISDIR(info.st_mode):
+        raise DatabaseError(f"database {path} is a folder, not a SQLite file")
+    if not stat.S_ISREG(info.st_mode):
+        raise DatabaseError(f"database {path} is not a regular file")
+    if info.st_size == 0:
         raise DatabaseError(f"database {path} is empty (0 bytes), not a SQLite database")
-    if header != SQLITE_HEADER:
-        raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)")
+    if info.st_size < MIN_DATABASE_SIZE:
+        raise DatabaseError(f"{path} is not a SQLite database ({info.st_size} bytes)")
+    try:
+        conn = sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=0, isolation_level=None
+        )
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"cannot read database {path}: {exc}") from None
+    try:
+        # Reads page 1 (the header); a file that is not SQLite fails with SQLITE_NOTADB.
+        conn.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.Error as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text or "readonly" in text:
+            # A writer holds it right now, or a hot journal needs a read-write connection to
+            # roll back: the operation itself opens it properly, waits, and reports.
+            return
+        if "not a database" in text or "encrypted" in text:
+            raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)") from None
+        raise DatabaseError(f"cannot read database {path}: {text}") from None
+    finally:
+        conn.close()
 
 
 def connect(
@@ -180,9 +211,16 @@ def take_snapshot(
             raise _sqlite_error(database, exc) from None
         with read_transaction(src, database):
             page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
-            copy_database(
-                src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
-            )
+            try:
+                copy_database(
+                    src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
+                )
+            except StorageError as exc:
+                # SQLite only says "database or disk is full"; say where, and how much.
+                raise StorageError(
+                    f"no space left on the device holding {dest.parent} for the "
+                    f"{page_size * page_count // 2**20 + 1} MiB snapshot ({exc})"
+                ) from None
         try:
             # A WAL source leaves the WAL flag in the copy's header; make it self-contained.
             dst.execute("PRAGMA journal_mode=DELETE")

@@ -1,0 +1,795 @@
+"""Real faults: kill -9 at random points, a full file system, damaged files, concurrent writers,
+clock trouble. Real processes and real files only; every random choice comes from a seeded
+``random.Random``, so a failing trial can be replayed from the seed printed in its message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from tablettracker_backups.errors import LockedError
+from tablettracker_backups.health import check_health
+from tablettracker_backups.runner import run
+from tablettracker_backups.settings import Settings, settings_from_mapping
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import verify_copy
+from tests.conftest import make_db
+from tests.faultkit import (
+    ROOT,
+    WriterThread,
+    assert_no_debris,
+    check_live,
+    cli_command,
+    cli_env,
+    folder_state,
+    invariant,
+    run_cli,
+    spawn_cli,
+)
+from tests.reliability import Recorder
+
+pytestmark = pytest.mark.slow
+
+#: Big enough (about 13 MB) that a backup's stages take long enough to be interrupted.
+BIG_SEED = {
+    "purchase_orders": 6000,
+    "lines_per_order": 4,
+    "sessions_per_line": 2,
+    "note_bytes": 200,
+}
+
+
+@pytest.fixture(scope="module")
+def big_templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The large database, made once per module, in rollback-journal and WAL mode."""
+    folder = tmp_path_factory.mktemp("templates")
+    delete = make_db(folder / "delete.db", **BIG_SEED)
+    wal = folder / "wal.db"
+    shutil.copyfile(delete, wal)
+    conn = sqlite3.connect(wal)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.close()
+    return {"delete": delete, "wal": wal}
+
+
+def live_copy(templates: dict[str, Path], mode: str, folder: Path) -> Path:
+    """A private live database copied from a template (nobody writes the template)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / "tablet_counter.db"
+    shutil.copyfile(templates[mode], target)
+    return target
+
+
+def settings_for(db: Path, root: Path, **extra: object) -> Settings:
+    values: dict[str, object] = {
+        "database": db,
+        "dir": root / "backups",
+        "secondary_dir": root / "mirror",
+        "lock_timeout": 5,
+    }
+    values.update(extra)
+    return settings_from_mapping(values)
+
+
+def env_for(settings: Settings, home: Path) -> dict[str, str]:
+    return cli_env(
+        settings.database,
+        settings.backup_dir,
+        settings.secondary_dir,
+        home=home,
+        BACKUPS_LOCK_TIMEOUT="5",
+    )
+
+
+# -- kill -9 ----------------------------------------------------------------------------------
+
+
+def observe_stage(settings: Settings, before: set[str]) -> str:
+    """Name the stage a killed process was in, from what it left behind."""
+    primary = folder_state(settings.backup_dir)
+    secondary = folder_state(settings.secondary_dir)
+    tmp = primary["tmp"] + secondary["tmp"]
+    new_ids = set(primary["meta"]) - before
+    if any(".verify.db" in name for name in tmp):
+        return "re-verify"
+    if any(name.endswith((".db.zst", ".db.gz")) for name in primary["tmp"]):
+        return "check+compress"
+    if any(name.endswith(".db") for name in primary["tmp"]):
+        return "snapshot"
+    if set(primary["data"]) - set(primary["meta"]):
+        return "data committed, no metadata"
+    if (
+        any(
+            name.endswith(".json") and name[5:14].count("-") == 1 and "T" in name
+            for name in primary["tmp"]
+        )
+        and not new_ids
+    ):
+        return "writing metadata"
+    if new_ids and (secondary["tmp"] or new_ids - set(secondary["meta"])):
+        return "secondary copy"
+    if tmp:
+        return "status/other temp file"
+    if new_ids:
+        return "after commit"
+    return "before any file"
+
+
+def kill_trials(
+    templates: dict[str, Path],
+    root: Path,
+    *,
+    command: str,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> tuple[Counter[str], int]:
+    """Kill ``command`` at random points; check everything after each kill."""
+    rng = random.Random(seed)
+    db = live_copy(templates, mode, root / "instance")
+    settings = settings_for(db, root)
+    env = env_for(settings, root)
+    store = BackupStore(settings)
+    with sqlite3.connect(db) as conn:
+        expected = invariant(conn)
+    writer = WriterThread(db, seed).start()
+    stages: Counter[str] = Counter()
+    debris_trials = 0
+    args = [command] + (["--force"] if command == "run" else [])
+    try:
+        # Calibrate: how long the work takes once its first temporary file exists.
+        window = 0.0
+        for _ in range(2):
+            started = time.monotonic()
+            proc = spawn_cli(args, env)
+            first = _wait_for_temp(proc, settings.backup_dir)
+            proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), proc.returncode
+            window = max(window, time.monotonic() - (first or started))
+        for trial in range(trials):
+            where = f"{command}/{mode} seed={seed} trial={trial}"
+            before = set(folder_state(settings.backup_dir)["meta"])
+            proc = spawn_cli(args, env)
+            if rng.random() < 0.2:
+                # Anywhere from start-up to the end: imports, settings, lock, cleanup.
+                time.sleep(rng.uniform(0.0, 0.6))
+            else:
+                _wait_for_temp(proc, settings.backup_dir)
+                time.sleep(rng.uniform(0.0, window * 1.2))
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate(timeout=120)
+            if proc.returncode == -signal.SIGKILL:
+                stage = observe_stage(settings, before)
+            else:
+                assert proc.returncode in (0, 1), (where, out, err)
+                stage = "finished before the kill"
+            stages[stage] += 1
+            _check_after_kill(settings, store, writer, expected, before, where)
+            if (
+                folder_state(settings.backup_dir)["tmp"]
+                or folder_state(settings.secondary_dir)["tmp"]
+            ):
+                debris_trials += 1
+            # The next run cleans up and succeeds (in-process: the same code the CLI calls).
+            result = run(settings, force=True)
+            assert result.error is None, (where, result.error)
+            assert result.backup is not None, where
+            assert_no_debris(settings.backup_dir, settings.secondary_dir)
+    finally:
+        writer.stop()
+    assert not writer.errors, writer.errors
+    assert len(writer.committed) > 0
+    check_live(db, writer.committed, expected)
+    return stages, debris_trials
+
+
+def _wait_for_temp(proc: object, directory: Path, limit: float = 30.0) -> float | None:
+    """Wait until the process has created its first temporary file (or exited)."""
+    import subprocess
+
+    assert isinstance(proc, subprocess.Popen)
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if any(name.startswith(".tmp-") for name in os.listdir(directory)):
+                return time.monotonic()
+        except FileNotFoundError:
+            pass
+        time.sleep(0.0005)
+    return None
+
+
+def _check_after_kill(
+    settings: Settings,
+    store: BackupStore,
+    writer: WriterThread,
+    expected: int,
+    before: set[str],
+    where: str,
+) -> None:
+    # Live database: intact, every transaction committed so far is there, totals balance.
+    check_live(settings.database, list(writer.committed), expected)
+    # Nothing partial is listed or counted: every listed backup is complete and verified.
+    infos = store.list()
+    for info in infos:
+        assert info.metadata is not None, (where, info)
+        assert info.verified, (where, info)
+        assert info.copy_state("primary") == "ok", (where, info)
+        assert info.copy_state("secondary") in ("ok", "missing"), (where, info)
+    for info in infos:
+        if info.id not in before:
+            assert verify_copy(store, "primary", info.id).ok, (where, info.id)
+    report = check_health(settings)
+    assert report.backup_count == len(infos), where
+    assert report.status in ("ok", "warning"), (where, report.findings)
+    # Nothing killed leaves the lock held: a new operation gets it at once.
+    from tablettracker_backups.locking import is_locked
+
+    assert not is_locked(settings), where
+
+
+@pytest.mark.parametrize(
+    ("command", "mode", "trials", "seed"),
+    [
+        ("backup", "delete", 15, 101),
+        ("backup", "wal", 15, 202),
+        ("run", "delete", 12, 303),
+        ("run", "wal", 12, 404),
+    ],
+)
+def test_kill_9_at_random_points(
+    big_templates: dict[str, Path],
+    tmp_path: Path,
+    reliability: Recorder,
+    command: str,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> None:
+    row = reliability(
+        f"kill -9 `{command}` ({mode} journal, writer committing)",
+        trials=trials,
+        checked="live DB integrity_check + every committed row + totals balance; only complete "
+        "verified backups listed/counted; lock free; next run cleans .tmp-*/orphans and succeeds",
+        detail=f"seed {seed}",
+    )
+    stages, debris = kill_trials(
+        big_templates, tmp_path, command=command, mode=mode, trials=trials, seed=seed
+    )
+    assert sum(stages.values()) == trials
+    row["detail"] = (
+        f"seed {seed}; stages hit: "
+        + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
+        + f"; debris left and cleaned in {debris}"
+    )
+
+
+def test_lock_is_exclusive_while_held(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "t.db")
+    settings = settings_for(db, tmp_path, lock_timeout=0)
+    from tablettracker_backups.locking import operation_lock
+
+    with operation_lock(settings), pytest.raises(LockedError):
+        run(settings)
+
+
+# -- a file system that fills up mid-backup ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        yield mount_point, "rlimit"
+        return
+    try:
+        yield mount_point, "tmpfs"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def grow(db: Path, rng: random.Random, size: int) -> None:
+    """Add about ``size`` bytes of hard-to-compress notes to the live database."""
+    conn = sqlite3.connect(db)
+    with conn:
+        for _ in range(max(1, size // 2000)):
+            write_one_note = rng.randbytes(1000).hex()
+            conn.execute(
+                "INSERT INTO count_sessions (po_line_id, employee_id, counted_at,"
+                " tablets_counted, notes) VALUES (1, 1, '2026-11-25', 0, ?)",
+                (write_one_note,),
+            )
+    conn.close()
+
+
+def fill(path: Path) -> None:
+    """Fill the file system holding ``path`` to the last byte."""
+    with path.open("wb", buffering=0) as handle:
+        for size in (65536, 4096, 512, 1):
+            try:
+                while True:
+                    handle.write(b"\0" * size)
+            except OSError:
+                continue
+
+
+def digests(directory: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in directory.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.split(".")[0][:2] == "20"
+    }
+
+
+@pytest.mark.parametrize(("command", "seed"), [("backup", 11), ("backup", 12), ("run", 13)])
+def test_backup_folder_fills_up(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder, command: str, seed: int
+) -> None:
+    mount_point, how = tiny_fs
+    row = reliability(
+        f"backup folder on a full file system ({how}, `{command}`)",
+        trials=1,
+        checked="exit 2 + one-line 'no space' error, no traceback; no .tmp-*/orphan left; "
+        "older backups byte-identical and verify; health critical; after freeing space the "
+        "next backup succeeds",
+        detail=f"seed {seed}",
+    )
+    rng = random.Random(seed)
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    preexec = None
+    if how == "rlimit":  # pragma: no cover - only where mounting is not allowed
+        import resource
+
+        def preexec() -> None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 2**20, 2 * 2**20))
+
+    taken = 0
+    for _ in range(40):
+        result = subprocess.run(
+            cli_command(command, *(["--force"] if command == "run" else [])),
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            preexec_fn=preexec,
+        )
+        if result.returncode == 2:
+            break
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        taken += 1
+        before = digests(backups)
+        grow(db, rng, rng.randint(200_000, 900_000))
+    else:
+        pytest.fail("the file system never filled up")
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output, output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, output
+    assert "no space left" in errors[0] or "size limit" in errors[0], errors[0]
+    if command == "backup":
+        assert result.stderr.strip() == errors[0], output
+    assert taken >= 1
+    # Nothing partial, older backups untouched and still sound.
+    assert_no_debris(backups)
+    assert digests(backups) == before
+    settings = settings_from_mapping({"database": db, "dir": backups})
+    store = BackupStore(settings)
+    # (run prunes as it goes, so compare with what was there before the failed attempt)
+    assert {i.id for i in store.list()} == {n.split(".")[0] for n in before}
+    for info in store.list():
+        assert verify_copy(store, "primary", info.id).ok, info.id
+    health = run_cli(["health", "--json"], env)
+    assert health.returncode == 2, health.stdout + health.stderr
+    assert "Traceback" not in health.stderr
+    assert json.loads(health.stdout)["status"] == "critical"
+    # Make room (drop the bulky rows, as a person archiving data would): backups work again.
+    conn = sqlite3.connect(db)
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE length(notes) > 1000")
+    conn.execute("VACUUM")
+    conn.close()
+    again = run_cli(["backup"], env)
+    assert again.returncode == 0, again.stderr
+    assert_no_debris(backups)
+    shown = errors[0].replace(str(mount_point), "<tiny>")
+    row["detail"] = (
+        f"seed {seed}; {taken} backups fitted, then: {shown[:110]}; "
+        f"health {json.loads(health.stdout)['status']}"
+    )
+
+
+def test_full_file_system_still_reports_health(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "backup folder 100% full (health, status, list)",
+        trials=3,
+        checked="health/status/list still answer (no traceback), health exit 2 critical",
+    )
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    assert run_cli(["backup"], env).returncode == 0
+    fill(mount_point / "filler")
+    outputs = {}
+    for args in (["health", "--json"], ["status"], ["list"]):
+        result = run_cli(args, env)
+        outputs[args[0]] = result
+        assert "Traceback" not in result.stdout + result.stderr, result.stderr
+    assert outputs["list"].returncode == 0
+    assert outputs["health"].returncode == 2
+    assert json.loads(outputs["health"].stdout)["status"] == "critical"
+    assert outputs["status"].returncode == 2
+    finding = [
+        f["message"]
+        for f in json.loads(outputs["health"].stdout)["findings"]
+        if f["level"] == "critical"
+    ]
+    row["detail"] = "critical: " + "; ".join(finding).replace(str(mount_point), "<tiny>")[:160]
+
+
+def test_secondary_folder_fills_up(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "secondary folder on a full file system",
+        trials=1,
+        checked="backup still stored in primary, exit 1 with a warning naming the secondary "
+        "copy; nothing partial in the secondary folder; list marks the copy missing",
+    )
+    db = make_db(tmp_path / "instance.db")
+    fill(mount_point / "filler")
+    env = cli_env(db, tmp_path / "backups", mount_point / "mirror", home=tmp_path)
+    result = run_cli(["backup"], env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "secondary copy failed" in result.stderr and "no space left" in result.stderr
+    assert_no_debris(tmp_path / "backups", mount_point / "mirror")
+    listed = json.loads(run_cli(["list", "--json"], env).stdout)
+    assert listed[0]["copies"] == {"primary": "ok", "secondary": "missing"}
+    row["detail"] = result.stderr.strip().replace(str(mount_point), "<tiny>")[:160]
+
+
+# -- damaged backups --------------------------------------------------------------------------
+
+DAMAGE = {
+    # kind: (what the verify output must name, the file damaged)
+    "flipped byte": ("SHA-256 does not match", "data"),
+    "truncated": ("bytes, metadata says", "data"),
+    "data file deleted": ("missing", "data"),
+    "metadata not JSON": ("not valid JSON", "meta"),
+    "metadata points at another file": ("points at another file", "meta"),
+    "metadata names another backup": ("names backup", "meta"),
+}
+
+
+def damage(kind: str, folder: Path, victim: str, other: str, rng: random.Random) -> None:
+    """Damage one copy of backup ``victim`` the way ``kind`` says."""
+    data = folder / f"{victim}.db.zst"
+    meta = folder / f"{victim}.json"
+    if kind == "flipped byte":
+        raw = bytearray(data.read_bytes())
+        offset = rng.randrange(len(raw))
+        raw[offset] ^= 1 << rng.randrange(8)
+        data.write_bytes(bytes(raw))
+    elif kind == "truncated":
+        raw = data.read_bytes()
+        data.write_bytes(raw[: rng.randrange(len(raw))])
+    elif kind == "data file deleted":
+        data.unlink()
+    elif kind == "metadata not JSON":
+        meta.write_bytes(b'{"id": "' + rng.randbytes(20).hex().encode())
+    elif kind == "metadata points at another file":
+        document = json.loads(meta.read_text())
+        document["data_file"] = f"{other}.db.zst"
+        meta.write_text(json.dumps(document))
+    elif kind == "metadata names another backup":
+        meta.write_bytes((folder / f"{other}.json").read_bytes())
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+@pytest.mark.parametrize("scope", ["primary", "both"])
+def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope: str) -> None:
+    needle, _ = DAMAGE[kind]
+    reliability(
+        f"damaged backup: {kind} ({'one copy' if scope == 'primary' else 'every copy'})",
+        trials=1,
+        checked="prune right after the damage keeps a backup that fully verifies; verify names "
+        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; "
+        "a later run still succeeds",
+    )
+    rng = random.Random(f"{kind}/{scope}")
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    from tablettracker_backups.backup import create_backup
+
+    ids = [create_backup(settings).metadata.id for _ in range(3)]
+    victim, other = ids[-1], ids[-2]
+    folders = [settings.backup_dir] + ([settings.secondary_dir] if scope == "both" else [])
+    for folder in folders:
+        assert folder is not None
+        damage(kind, folder, victim, other, rng)
+
+    # Prune (default retention: all three share one hour) before anyone verified anything.
+    pruned = run_cli(["prune", "--json"], env)
+    assert pruned.returncode == 0, pruned.stderr
+    store = BackupStore(settings)
+    from tablettracker_backups.verify import verify_backup
+
+    remaining = store.ids()
+    assert any(verify_backup(store, one).usable for one in remaining), (
+        f"prune left no sound backup: kept {remaining}, deleted "
+        f"{json.loads(pruned.stdout)['deleted']}"
+    )
+
+    checked = run_cli(["verify", victim], env)
+    output = checked.stdout + checked.stderr
+    assert "Traceback" not in output, output
+    assert checked.returncode == (1 if scope == "primary" else 2), output
+    assert needle.lower() in output.lower(), output
+
+    listed = run_cli(["list", "--json"], env)
+    assert listed.returncode == 0, listed.stderr
+    entry = next(e for e in json.loads(listed.stdout) if e["id"] == victim)
+    assert entry["problems"], entry
+    if scope == "both":
+        assert entry["verified"] is False, entry
+    human = run_cli(["list"], env)
+    assert human.returncode == 0 and "!" in human.stdout, human.stdout
+
+    result = run(settings, force=True)
+    assert result.error is None, result.error
+    assert any(verify_backup(store, one).usable for one in store.ids())
+
+
+# -- concurrency ------------------------------------------------------------------------------
+
+
+def snapshot_state(settings: Settings, backup_id: str, scratch: Path) -> tuple[int, int]:
+    """(invariant, count_sessions rows) inside a stored backup, after a full extract+verify."""
+    from tablettracker_backups.verify import extract_verified
+
+    store = BackupStore(settings)
+    meta = store.read_metadata("primary", backup_id)
+    target = scratch / f"{backup_id}.db"
+    extract_verified(store.data_path("primary", backup_id, meta.compression), meta, target)
+    conn = sqlite3.connect(target)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        rows = conn.execute("SELECT count(*) FROM count_sessions").fetchone()[0]
+        return invariant(conn), int(rows)
+    finally:
+        conn.close()
+        target.unlink()
+
+
+@pytest.mark.parametrize(("mode", "seed"), [("delete", 501), ("wal", 502)])
+def test_backups_are_consistent_snapshots_under_writers(
+    big_templates: dict[str, Path], tmp_path: Path, reliability: Recorder, mode: str, seed: int
+) -> None:
+    row = reliability(
+        f"3 writer processes committing during backups ({mode} journal)",
+        trials=0,
+        checked="every backup: integrity_check ok and received-minus-counted totals (two "
+        "tables) balance exactly as in the live DB; rows only grow; two backups at once: one "
+        "waits for the other; live DB keeps every committed transaction",
+    )
+    from tests.faultkit import spawn_writer, stop_writers
+
+    db = live_copy(big_templates, mode, tmp_path / "instance")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    with sqlite3.connect(db) as conn:
+        expected = invariant(conn)
+    stop = tmp_path / "stop"
+    writers = [spawn_writer(db, seed * 10 + n, stop) for n in range(3)]
+    outcomes: list[int] = []
+    try:
+        for _ in range(4):
+            outcomes.append(run_cli(["backup"], env).returncode)
+        pair = [spawn_cli(["backup"], env) for _ in range(2)]
+        for proc in pair:
+            proc.communicate(timeout=120)
+            outcomes.append(proc.returncode)
+    finally:
+        committed = stop_writers(writers, stop)
+    assert outcomes == [0] * len(outcomes), outcomes
+    assert len(committed) > 10
+    check_live(db, committed, expected)
+    # Oldest first by time: two backups in one second have ids ordered by their random part.
+    ids = [info.id for info in reversed(BackupStore(settings).list())]
+    assert len(ids) == len(outcomes)
+    counts = []
+    for backup_id in ids:
+        balance, rows = snapshot_state(settings, backup_id, tmp_path)
+        assert balance == expected, backup_id
+        counts.append(rows)
+    assert counts == sorted(counts)
+    row["trials"] = len(ids)
+    row["detail"] = f"seed {seed}; {len(committed)} writer commits; rows per backup {counts}"
+
+
+@pytest.mark.parametrize(("lock_timeout", "seed"), [("0", 601), ("60", 602)])
+def test_runs_at_once(tmp_path: Path, reliability: Recorder, lock_timeout: str, seed: int) -> None:
+    rounds, width = 4, 3
+    row = reliability(
+        f"{width} `run`s started at once, lock timeout {lock_timeout}s, writers committing",
+        trials=rounds * width,
+        checked="all finish (no deadlock); each exits 0/1, or 3 with one line 'Busy: ...'; "
+        "at least one backs up per round; no debris; every backup verifies; live DB intact",
+    )
+    from tablettracker_backups.verify import verify_backup
+    from tests.faultkit import spawn_writer, stop_writers
+
+    db = make_db(tmp_path / "instance.db", purchase_orders=400)
+    settings = settings_for(db, tmp_path)
+    env = cli_env(
+        db,
+        settings.backup_dir,
+        settings.secondary_dir,
+        home=tmp_path,
+        BACKUPS_LOCK_TIMEOUT=lock_timeout,
+    )
+    with sqlite3.connect(db) as conn:
+        expected = invariant(conn)
+    stop = tmp_path / "stop"
+    writers = [spawn_writer(db, seed * 10 + n, stop) for n in range(2)]
+    codes: Counter[int] = Counter()
+    try:
+        for _ in range(rounds):
+            procs = [spawn_cli(["run", "--force"], env) for _ in range(width)]
+            results = []
+            for proc in procs:
+                out, err = proc.communicate(timeout=120)
+                results.append((proc.returncode, out.decode(), err.decode()))
+            assert any(code in (0, 1) for code, _, _ in results), results
+            for code, out, err in results:
+                codes[code] += 1
+                assert "Traceback" not in out + err, err
+                assert code in (0, 1, 3), (code, out, err)
+                if code == 3:
+                    assert err.strip().startswith("Busy: "), err
+                    assert len(err.strip().splitlines()) == 1, err
+                    assert out == "", out
+                else:
+                    assert "Backed up:" in out, out
+    finally:
+        committed = stop_writers(writers, stop)
+    check_live(db, committed, expected)
+    assert_no_debris(settings.backup_dir, settings.secondary_dir)
+    store = BackupStore(settings)
+    for backup_id in store.ids():
+        assert verify_backup(store, backup_id).ok, backup_id
+    if float(lock_timeout) >= 60:
+        assert codes[3] == 0, codes  # they waited their turn
+    row["detail"] = "exit codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+
+
+# -- clock trouble ----------------------------------------------------------------------------
+
+
+def redate(settings: Settings, backup_id: str, when: datetime) -> str:
+    """Make a real backup look as if the clock said ``when`` when it was taken."""
+    from tablettracker_backups.metadata import utc_iso
+
+    new_id = f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}{backup_id[16:]}"
+    for folder in settings.locations:
+        meta = folder / f"{backup_id}.json"
+        if not meta.exists():
+            continue
+        document = json.loads(meta.read_text())
+        document["id"] = new_id
+        document["created_at"] = utc_iso(when)
+        document["data_file"] = f"{new_id}.db.zst"
+        (folder / f"{backup_id}.db.zst").rename(folder / f"{new_id}.db.zst")
+        (folder / f"{new_id}.json").write_text(json.dumps(document))
+        meta.unlink()
+    return new_id
+
+
+def test_backup_dated_in_the_future(tmp_path: Path, reliability: Recorder) -> None:
+    row = reliability(
+        "backup dated in the future (clock jumped ahead once)",
+        trials=4,
+        checked="run still backs up when due; no good backup deleted by 4 runs; the future "
+        "backup is kept and verifies; health warns about the clock (exit 1)",
+    )
+    from tablettracker_backups.backup import create_backup
+
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    real = [create_backup(settings).metadata.id for _ in range(2)]
+    future = redate(
+        settings,
+        create_backup(settings).metadata.id,
+        datetime.now(timezone.utc) + timedelta(days=400),
+    )
+    for _ in range(4):
+        result = run_cli(["run", "--json"], env)
+        assert result.returncode in (0, 1), result.stderr
+        document = json.loads(result.stdout)
+        assert document["backup"] is not None, "a future-dated backup made run skip"
+        real.append(document["backup"]["id"])
+        present = set(BackupStore(settings).ids())
+        assert future in present
+        assert real[-1] in present
+    from tablettracker_backups.verify import verify_backup
+
+    assert verify_backup(BackupStore(settings), future).ok
+    health = run_cli(["health", "--json"], env)
+    findings = json.loads(health.stdout)["findings"]
+    assert health.returncode == 1, findings
+    assert any(f["code"] == "clock" for f in findings), findings
+    row["detail"] = (
+        f"kept {len(BackupStore(settings).ids())} of {len(real) + 1}; "
+        + next(f["message"] for f in findings if f["code"] == "clock")[:120]
+    )
+
+
+def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
+    hours = 26
+    row = reliability(
+        f"clock went back a day ({hours} hourly backups now dated in the future)",
+        trials=4,
+        checked="4 scheduled runs after the jump: every backup taken after it, and every "
+        "verified one before it, is kept; health warns about the clock",
+    )
+    from tablettracker_backups.backup import create_backup
+
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    now = datetime.now(timezone.utc)
+    ahead = [
+        redate(settings, create_backup(settings).metadata.id, now + timedelta(hours=h + 1))
+        for h in range(hours)
+    ]
+    taken: list[str] = []
+    for _ in range(4):
+        result = run_cli(["run", "--force", "--json"], env)
+        assert result.returncode in (0, 1), result.stderr
+        taken.append(json.loads(result.stdout)["backup"]["id"])
+        present = set(BackupStore(settings).ids())
+        lost = [b for b in taken + ahead if b not in present]
+        assert not lost, f"deleted during clock trouble: {lost}"
+    health = run_cli(["health", "--json"], env)
+    findings = json.loads(health.stdout)["findings"]
+    assert any(f["code"] == "clock" for f in findings), findings
+    row["detail"] = f"{len(taken) + len(ahead)} backups, all kept; health {health.returncode}"
