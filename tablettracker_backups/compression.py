@@ -17,7 +17,13 @@ from typing import BinaryIO, cast
 import zstandard
 
 from tablettracker_backups.errors import StorageError, VerificationError
-from tablettracker_backups.fsutil import CHUNK, describe_os_error, iter_chunks, open_private
+from tablettracker_backups.fsutil import (
+    CHUNK,
+    Writeback,
+    describe_os_error,
+    iter_chunks,
+    open_private,
+)
 
 Progress = Callable[[int], None]
 
@@ -48,11 +54,14 @@ class _HashingWriter:
         self.target = target
         self.digest = hashlib.sha256()
         self.size = 0
+        self.writeback = Writeback(target)
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.target.write(data)
+        written = self.target.write(data)
+        self.writeback.wrote(len(data))
+        return written
 
     def flush(self) -> None:
         self.target.flush()
@@ -191,10 +200,12 @@ def copy_file(source: Path, dest: Path) -> tuple[int, str]:
     size = 0
     try:
         with source.open("rb") as reader, open_private(dest) as writer:
+            writeback = Writeback(writer)
             for chunk in iter_chunks(reader):
                 digest.update(chunk)
                 size += len(chunk)
                 writer.write(chunk)
+                writeback.wrote(len(chunk))
     except OSError as exc:
         raise StorageError(describe_os_error(exc, dest)) from None
     return size, digest.hexdigest()
