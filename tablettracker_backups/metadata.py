@@ -17,7 +17,9 @@ from typing import Any
 from tablettracker_backups.errors import InvalidBackupId, MetadataError
 
 FORMAT_VERSION = 1
-ID_PATTERN = re.compile(r"^(\d{8}T\d{6}Z)-([0-9a-f]{6})$")
+#: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
+#: newline, and ``\d`` matches any Unicode digit): a file name in a backup folder is input.
+ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
 KINDS = ("scheduled", "manual", "pre-restore")
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
@@ -73,7 +75,10 @@ def parse_utc(value: object, what: str) -> datetime:
         raise MetadataError(f"{what} is not an ISO timestamp: {value[:40]!r}") from None
     if moment.tzinfo is None:
         raise MetadataError(f"{what} has no time zone")
-    return moment.astimezone(timezone.utc)
+    try:
+        return moment.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+        raise MetadataError(f"{what} is out of range: {value[:40]!r}") from None
 
 
 @dataclass(frozen=True)
