@@ -287,13 +287,25 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups list --json | jq '.[0].id'
     """
+    from tablettracker_backups.offsite_state import copy_states
     from tablettracker_backups.retention import candidates_from, plan_retention
     from tablettracker_backups.store import BackupStore
 
     infos = BackupStore(settings).list()
-    plan = plan_retention(candidates_from(infos), settings.retention)
+    plan = plan_retention(
+        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
+    )
+    # From the local offsite record only: listing never waits on the network.
+    offsite = copy_states(settings, infos)
+
+    def as_dict(info: Any) -> dict[str, Any]:
+        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(plan.reasons(info.id)))
+        if offsite:
+            document["copies"]["offsite"] = offsite[info.id]
+        return document
+
     if as_json:
-        emit_json([dict(i.to_dict(), kept_because=list(plan.reasons(i.id))) for i in infos])
+        emit_json([as_dict(i) for i in infos])
         return
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
@@ -304,6 +316,8 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     )
     for info in infos:
         copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
+        if offsite:
+            copies += f" off:{offsite[info.id]}"
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
         click.echo(
             f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
@@ -345,6 +359,7 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
         emit_json(document)
+        _fail_without_metadata(info)
         return
     click.echo(f"Backup {info.id}")
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
@@ -374,32 +389,54 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
             click.echo(f"    {table:<28} {count:>12,}")
     for problem in info.problems:
         click.echo(f"  ! {problem}")
+    _fail_without_metadata(info)
+
+
+def _fail_without_metadata(info: Any) -> None:
+    """Damaged metadata in every copy is bad input for ``show``: one line, exit 2."""
+    if info.metadata is None:
+        problem = info.problems[0] if info.problems else "no readable metadata"
+        click.echo(f"Error: backup {info.id} is damaged: {problem}", err=True)
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
 @click.argument("backup_id", metavar="[ID]", required=False)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
+@click.option(
+    "--offsite",
+    is_flag=True,
+    help="Download and check the offsite copies instead of the local ones.",
+)
 @settings_command
 @json_option
-def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool) -> None:
+def verify(
+    settings: Settings, backup_id: str | None, verify_all: bool, offsite: bool, as_json: bool
+) -> None:
     """Fully check backups: checksum, decompression, integrity_check, row counts.
 
     Without ID, checks the newest backup. Exit 0 when every copy passed, 1 when some copy is
-    damaged but another is sound, 2 when a backup has no sound copy.
+    damaged but another is sound, 2 when a backup has no sound copy. With --offsite, checks
+    the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
+    damaged.
 
     \b
     Examples:
       tablettracker-backups verify
       tablettracker-backups verify --all --json
+      tablettracker-backups verify --offsite --all
     """
     from tablettracker_backups.store import BackupStore
     from tablettracker_backups.verify import verify_backup
 
     if verify_all and backup_id:
         raise click.UsageError("give an ID or --all, not both")
+    if offsite:
+        _verify_offsite(settings, backup_id, verify_all, as_json)
+        return
     store = BackupStore(settings)
     if verify_all:
-        ids = store.ids()
+        ids = [info.id for info in store.list()]
     else:
         ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
     results = []
@@ -418,6 +455,38 @@ def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json:
         sys.exit(EXIT_CRITICAL)
     if any(not r.ok for r in results):
         sys.exit(EXIT_WARNING)
+
+
+def _verify_offsite(
+    settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool
+) -> None:
+    from tablettracker_backups.metadata import validate_backup_id
+    from tablettracker_backups.offsite import OffsiteStore
+    from tablettracker_backups.offsite_sync import verify_offsite
+
+    ids: list[str] | None
+    if verify_all:
+        ids = None
+    elif backup_id and backup_id != "latest":
+        ids = [validate_backup_id(backup_id)]
+    else:
+        listing = OffsiteStore.from_settings(settings).list()
+        if not listing:
+            raise click.ClickException("there are no backups in the offsite store")
+        ids = [listing[0].id]
+    results = verify_offsite(settings, ids)
+    if as_json:
+        emit_json([{"id": r.id, "ok": r.ok, "error": r.error} for r in results])
+    else:
+        if not results:
+            click.echo("No backups in the offsite store.")
+        for index, result in enumerate(results, start=1):
+            click.echo(
+                f"[{index}/{len(results)}] offsite {result.id}: "
+                + ("ok" if result.ok else f"DAMAGED: {result.error}")
+            )
+    if any(not r.ok for r in results):
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
@@ -527,6 +596,14 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    offsite = report.offsite
+    if offsite:
+        behind = (
+            f"{offsite['behind']} behind since {offsite['behind_since']}"
+            if offsite["behind"]
+            else "up to date"
+        )
+        click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
     _print_health(report)
     sys.exit(report.exit_code)
 
@@ -567,6 +644,13 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     if result.pruned and result.pruned.deleted:
         click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
+    if result.offsite is not None:
+        sync = result.offsite
+        click.echo(
+            f"Offsite: {len(sync.uploaded)} uploaded, {len(sync.pruned)} pruned, "
+            f"{len(sync.verified)} read back"
+            + (f", {len(sync.behind)} behind" if sync.behind else "")
+        )
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     _print_health(result.health)
@@ -623,6 +707,263 @@ def init(
     click.echo(f"  {outcome.cron_line}")
 
 
+@cli.command("job", hidden=True)
+@click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("job_id")
+@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
+def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
+    """Run one job started from the web pages (the detached worker process; internal)."""
+    import logging
+
+    from tablettracker_backups.jobs import DONE, launch_worker, run_job
+
+    if detach:
+        launch_worker(jobs_dir.absolute(), job_id, detach=False)
+        return
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    finished = run_job(jobs_dir.absolute(), job_id)
+    sys.exit(EXIT_OK if finished.state == DONE else EXIT_CRITICAL)
+
+
+# -- restore -------------------------------------------------------------------------------------
+
+
+def _restore_settings(
+    ctx: click.Context,
+    *,
+    config: Path | None,
+    database: Path | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+    to: Path | None,
+) -> Settings:
+    """Settings as every command resolves them; with ``--to`` and no database configured
+    (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
+    from tablettracker_backups.errors import ConfigError
+
+    common = {"config": config, "backup_dir": backup_dir, "secondary_dir": secondary_dir}
+    try:
+        return resolve_settings(ctx, database=database, **common)
+    except ConfigError:
+        if database is not None or to is None:
+            raise
+        return resolve_settings(ctx, database=to, **common)
+
+
+def _print_preview(preview: Any) -> None:
+    click.echo(
+        f"Backup {preview.backup_id} (taken {local_time(preview.created_at)}, "
+        f"{human_age(preview.created_at)}) against "
+        + ("the current database:" if preview.live_exists else "no database (it does not exist):")
+    )
+    click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
+    for table in preview.tables:
+        backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
+        live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
+        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.status}")
+    if preview.schema_changed:
+        click.echo("  ! the schema differs: the restore brings back the backup's schema")
+
+
+def _choose_backup(settings: Settings) -> str:
+    """Ask on the terminal which backup to restore; newest first."""
+    from tablettracker_backups.store import BackupStore
+
+    infos = BackupStore(settings).list()
+    if not infos:
+        raise click.ClickException(f"no backups in {settings.backup_dir}")
+    click.echo(f"    {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} VERIFIED")
+    for number, info in enumerate(infos, start=1):
+        click.echo(
+            f"{number:>3} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
+            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO'}"
+        )
+    number = click.prompt(
+        "Restore which backup (number)", type=click.IntRange(1, len(infos)), default=1
+    )
+    return infos[int(number) - 1].id
+
+
+def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
+    if not enabled or not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {"stage": None, "percent": -1}
+
+    def update(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if stage != state["stage"]:
+            if state["stage"] is not None:
+                click.echo("", err=True)
+            state["stage"] = stage
+        elif percent == state["percent"]:
+            return
+        state["percent"] = percent
+        click.echo(f"\r{stage:>15}: {percent:3d}%", err=True, nl=False)
+
+    return update
+
+
+@cli.command()
+@click.argument("backup_id", metavar="[ID|latest]", required=False)
+@click.option(
+    "--to",
+    "to",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Restore into this file instead of the live database (which is left alone).",
+)
+@click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
+@click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
+@click.option(
+    "--from-offsite",
+    "from_offsite",
+    is_flag=True,
+    help="Rebuild the database from the offsite store alone into a new file (--to PATH); "
+    "needs only the BACKUPS_S3_* settings and credentials, no local backup folder.",
+)
+@common_options
+@json_option
+def restore(
+    config: Path | None,
+    database: Path | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+    backup_id: str | None,
+    to: Path | None,
+    yes: bool,
+    preview: bool,
+    from_offsite: bool,
+    as_json: bool,
+) -> None:
+    """Restore a backup into the live database (or into --to PATH).
+
+    The backup is fully checked first (a damaged primary copy falls back to the secondary), a
+    pre-restore safety snapshot of the current database is taken, the data is written through
+    SQLite's backup API (open connections stay valid), and checked again; if that check fails
+    the safety snapshot is put back. ID may be 'latest' (the newest verified backup). Without
+    ID on a terminal you choose from a list. Asks for confirmation unless --yes; refuses
+    without a terminal and without --yes. When no local copy is sound and an offsite store is
+    configured, the offsite copy is downloaded and checked as the last fallback.
+
+    With --from-offsite the database is rebuilt from the offsite store alone into a file that
+    does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
+
+    \b
+    Examples:
+      tablettracker-backups restore latest --preview
+      tablettracker-backups restore 20261123T201500Z-3f9a1c
+      tablettracker-backups restore latest --yes --json
+      tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
+      tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
+    """
+    import dataclasses
+
+    from tablettracker_backups.restore import preview_restore, restore_backup
+
+    ctx = click.get_current_context()
+    settings = _restore_settings(
+        ctx,
+        config=config,
+        database=database,
+        backup_dir=backup_dir,
+        secondary_dir=secondary_dir,
+        to=to,
+    )
+    if from_offsite:
+        if preview:
+            raise click.UsageError("--preview compares with local backups; not with --from-offsite")
+        _recover_from_offsite(settings, backup_id or "latest", to, as_json)
+        return
+    interactive = sys.stdin.isatty()
+    if backup_id is None:
+        if not interactive or as_json:
+            raise click.UsageError("give a backup ID or 'latest' (see: tablettracker-backups list)")
+        backup_id = _choose_backup(settings)
+    target = (to if to is not None else settings.database).expanduser().absolute()
+    preview_settings = dataclasses.replace(settings, database=target)
+    if preview:
+        diff = preview_restore(preview_settings, backup_id)
+        if as_json:
+            emit_json(diff.to_dict())
+        else:
+            _print_preview(diff)
+        return
+    overwrites = target.exists()
+    if overwrites and not yes:
+        if not interactive:
+            click.echo(
+                "Error: refusing to restore without confirmation: standard input is not a "
+                "terminal; pass --yes to confirm",
+                err=True,
+            )
+            sys.exit(EXIT_CRITICAL)
+        _print_preview(preview_restore(preview_settings, backup_id))
+        where = "the LIVE database" if to is None else "the existing file"
+        if not click.confirm(
+            f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
+            default=False,
+        ):
+            click.echo("Cancelled; nothing was changed.")
+            sys.exit(EXIT_WARNING)
+    result = restore_backup(
+        settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
+    )
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        if sys.stderr.isatty() and not as_json:
+            click.echo("", err=True)
+        for message in result.fell_back:
+            click.echo(f"Warning: {message}", err=True)
+        click.echo(
+            f"Restored {result.backup_id} (from the {result.source_location} copy) into "
+            f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
+        )
+        if result.safety_snapshot_id:
+            click.echo(
+                f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
+                f"(undo with: tablettracker-backups restore {result.safety_snapshot_id})"
+            )
+    if result.fell_back:
+        sys.exit(EXIT_WARNING)
+
+
+def _recover_from_offsite(
+    settings: Settings, backup_id: str, to: Path | None, as_json: bool
+) -> None:
+    """``restore --from-offsite``: a new database file from the offsite store alone."""
+    from tablettracker_backups.offsite import recover_from_offsite
+
+    if settings.s3 is None:
+        raise click.UsageError(
+            "--from-offsite needs an offsite store: set BACKUPS_S3_BUCKET (and the endpoint and "
+            "credentials)"
+        )
+    target = (to if to is not None else settings.database).expanduser().absolute()
+    result = recover_from_offsite(settings, backup_id, to=target)
+    if as_json:
+        emit_json(
+            {
+                "backup_id": result.id,
+                "created_at": result.metadata.created_at,
+                "source_location": "offsite",
+                "target": str(result.path),
+                "skipped": [{"id": i, "error": e} for i, e in result.skipped],
+            }
+        )
+    else:
+        for skipped, why in result.skipped:
+            click.echo(
+                f"Warning: offsite backup {skipped} is damaged, passed over: {why}", err=True
+            )
+        click.echo(
+            f"Recovered {result.id} (taken {local_time(result.metadata.created_at)}) from the "
+            f"offsite store into {result.path}; checked: SHA-256, integrity_check, row counts."
+        )
+    if result.skipped:
+        sys.exit(EXIT_WARNING)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="tablettracker-backups")
@@ -639,23 +980,42 @@ def main() -> None:
     help="Instance folder for the demo database and its backups.",
 )
 def demo(port: int, instance: Path) -> None:
-    """Run the demo TabletTracker with backups on a seeded SQLite database.
+    """Run the demo TabletTracker with the backup pages on a seeded SQLite database.
+
+    Creates the instance folder and its database on first use, prints the address, the admin
+    login and the scheduled-task token, and serves on 127.0.0.1 until Ctrl+C.
 
     \b
     Example:
       tablettracker-backups demo --port 5000 --instance ./instance
     """
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.demo.schema import create_demo_database
-    from tablettracker_backups.health import check_health
+    from werkzeug.serving import run_simple
 
-    instance = instance.absolute()
-    database = instance / "tablet_counter.db"
-    instance.mkdir(parents=True, exist_ok=True)
-    if not database.exists():
-        create_demo_database(str(database))
-        click.echo(f"Seeded demo database {database}")
-    settings = settings_from_mapping({"database": database})
-    result = create_backup(settings, kind="manual", trigger="demo")
-    click.echo(f"Backup {result.metadata.id} verified in {settings.backup_dir}")
-    _print_health(check_health(settings))
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.store import BackupStore
+
+    if not 0 < port < 65536:
+        raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
+    app = create_app({"INSTANCE_PATH": instance.absolute()})
+    with app.app_context():
+        settings = get_state().settings
+    if not BackupStore(settings).ids():
+        result = create_backup(settings, kind="manual", trigger="demo")
+        click.echo(f"First backup {result.metadata.id} verified in {settings.backup_dir}")
+    url = f"http://127.0.0.1:{port}/"
+    click.echo(f"Database:    {settings.database}")
+    click.echo(f"Backups:     {settings.backup_dir}")
+    click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
+    click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
+    click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
+    click.echo(
+        f"Task URL:    curl -X POST -H 'Authorization: Bearer {app.config['BACKUPS_TASK_TOKEN']}'"
+        f" {url}tasks/backups/run"
+    )
+    click.echo("Press Ctrl+C to stop.")
+    try:
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None

@@ -77,7 +77,8 @@ def parse_utc(value: object, what: str) -> datetime:
         raise MetadataError(f"{what} has no time zone")
     try:
         return moment.astimezone(timezone.utc)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+01:00
+    except OverflowError:
+        # "0001-01-01T00:00:00+01:00" is a valid ISO string whose UTC time is before year 1.
         raise MetadataError(f"{what} is out of range: {value[:40]!r}") from None
 
 

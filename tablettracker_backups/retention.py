@@ -3,9 +3,7 @@
 For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
 of the last N calendar slots that have one is kept. One backup may fill several slots and is
 stored once. Slots are counted among the backups that exist, not back from "now", so a clock
-that jumps backwards or a backup dated in the future never makes good backups look expired;
-and while any backup is dated in the future, prune deletes nothing (the real order of the
-backups is unknown until the clock is fixed; health warns meanwhile).
+that jumps backwards or a backup dated in the future never makes good backups look expired.
 """
 
 from __future__ import annotations
@@ -22,9 +20,6 @@ from tablettracker_backups.store import OK, BackupInfo, BackupStore
 from tablettracker_backups.verify import verify_backup
 
 logger = logging.getLogger(__name__)
-
-#: How far in the future a backup's time may be before it counts as clock trouble.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -81,13 +76,17 @@ def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
     ]
 
 
+#: How far past "now" a backup may be dated before it counts as dated in the future.
+CLOCK_SKEW = timedelta(minutes=5)
+
+
 def plan_retention(
     candidates: Iterable[Candidate],
     policy: RetentionPolicy,
     *,
     protect: Iterable[str] = (),
-    sound: str | None = None,
     now: datetime | None = None,
+    sound: str | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
@@ -95,13 +94,20 @@ def plan_retention(
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
-    is unreadable are never deleted. Given ``now``, a backup dated more than
-    :data:`CLOCK_SKEW` after it means the clock is (or was) wrong, so the real order of the
-    backups is unknown: everything is kept until the clock is sorted out (health warns).
+    is unreadable are never deleted. With
+    ``now``, a backup dated more than :data:`CLOCK_SKEW` after it is kept ("dated in the
+    future") but fills no slot: otherwise a backup stamped 2030 by a wrong clock would take
+    the newest yearly, monthly, ... slot and push the oldest good backup of each kind out.
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified]
+    future: set[str] = set()
+    if now is not None:
+        future = {c.id for c in ordered if c.created_at > now + CLOCK_SKEW}
+    for candidate in ordered:
+        if candidate.id in future:
+            reasons[candidate.id].append("dated in the future")
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -112,7 +118,7 @@ def plan_retention(
             if slot not in seen:
                 seen.add(slot)
                 reasons[candidate.id].append(f"{name} {slot}")
-    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified]
+    safety = [c for c in ordered if c.kind == "pre-restore" and c.verified and c.id not in future]
     for index, candidate in enumerate(safety[: policy.pre_restore]):
         reasons[candidate.id].append(f"pre-restore #{index + 1}")
     if ordered:
@@ -125,12 +131,6 @@ def plan_retention(
             reasons[backup_id].append("just taken")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
-    future = [c for c in ordered if now is not None and c.created_at > now + CLOCK_SKEW]
-    if future:
-        for candidate in ordered:
-            reasons[candidate.id].append(
-                f"retention paused: {future[0].id} is dated in the future (check the clock)"
-            )
     for candidate in ordered:
         if candidate.kind == "unknown":
             # Its metadata is unreadable in every copy, but its data may be intact: a person
@@ -170,16 +170,16 @@ def plan_for_store(
     store: BackupStore,
     *,
     protect: Iterable[str] = (),
-    sound: str | None = None,
     now: datetime | None = None,
+    sound: str | None = None,
 ) -> RetentionPlan:
-    """The retention plan for the backups in ``store`` under its settings."""
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
     return plan_retention(
         candidates_from(store.list()),
         store.settings.retention,
         protect=protect,
+        now=now or datetime.now(timezone.utc),
         sound=sound,
-        now=now,
     )
 
 
@@ -209,18 +209,23 @@ def newest_sound_backup(store: BackupStore) -> str | None:
     return None
 
 
-def prune(store: BackupStore, *, dry_run: bool = False, protect: Iterable[str] = ()) -> PruneResult:
+def prune(
+    store: BackupStore,
+    *,
+    dry_run: bool = False,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock.
 
     Deletes nothing unless some backup is confirmed sound by its checksum first.
     """
     protect = tuple(protect)
-    now = datetime.now(timezone.utc)
     plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []
     if not dry_run and plan.delete:
         sound = newest_sound_backup(store)
-        plan = plan_for_store(store, protect=protect, sound=sound, now=now)
+        plan = plan_for_store(store, protect=protect, now=now, sound=sound)
         if sound is None:
             logger.warning("no backup has a copy matching its checksum; pruned nothing")
             return PruneResult(plan, (), dry_run)

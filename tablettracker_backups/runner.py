@@ -22,7 +22,8 @@ from tablettracker_backups.errors import BackupError
 from tablettracker_backups.health import HealthReport, check_health, record_run, write_status
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
-from tablettracker_backups.retention import PruneResult, prune
+from tablettracker_backups.offsite_sync import SyncResult, sync_offsite
+from tablettracker_backups.retention import CLOCK_SKEW, PruneResult, prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
 from tablettracker_backups.store import BackupStore
@@ -46,6 +47,8 @@ class RunResult:
     health: HealthReport
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    #: The offsite sync's outcome; ``None`` when no offsite store is configured.
+    offsite: SyncResult | None = None
 
     @property
     def exit_code(self) -> int:
@@ -75,6 +78,7 @@ class RunResult:
             "health": self.health.to_dict(),
             "error": self.error,
             "warnings": list(self.warnings),
+            "offsite": self.offsite.to_dict() if self.offsite else None,
         }
 
 
@@ -85,7 +89,7 @@ def backup_due(store: BackupStore, now: datetime) -> str | None:
         if info.kind == "pre-restore" or not info.verified:
             continue
         age = now - info.created_at
-        if age < timedelta(0):
+        if age < -CLOCK_SKEW:
             return None  # dated in the future: the clock went back; take a fresh one
         if age < interval * DUE_FRACTION:
             return f"newest verified backup {info.id} is only {int(age.total_seconds())}s old"
@@ -111,7 +115,9 @@ def run(
     """Do one scheduled run. Raises only :class:`LockedError` (another operation is running);
     every other failure is reported in the result, and recorded for ``health``."""
     started = datetime.now(timezone.utc)
-    check_sqlite_file(settings.database)
+    if not settings.state_dir.is_dir():
+        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
+        check_sqlite_file(settings.database)
     prepare_locations(settings)
     store = BackupStore(settings)
     backup: BackupResult | None = None
@@ -120,10 +126,17 @@ def run(
     pruned: PruneResult | None = None
     error: str | None = None
     warnings: list[str] = []
+    offsite: SyncResult | None = None
     with operation_lock(settings):
         try:
+            # Inside the try, so a missing or replaced database is a recorded failed run that
+            # health reports as critical, not an exception that leaves no trace for it.
+            check_sqlite_file(settings.database)
             cleanup_debris(settings)
-            skipped = None if force else backup_due(store, started)
+            # "Now" is taken after the lock: a run that waited for another run's backup must
+            # see that backup as just taken, not as dated in its future (which reads as a
+            # clock that went back and would take a second, redundant backup).
+            skipped = None if force else backup_due(store, datetime.now(timezone.utc))
             if skipped is None:
                 backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
                 warnings += backup.warnings
@@ -137,10 +150,21 @@ def run(
                             for c in reverified.copies
                             if not c.ok
                         ]
-            pruned = prune(store, protect=[backup.metadata.id] if backup else [])
         except BackupError as exc:
             error = str(exc)
             logger.error("scheduled run failed: %s", exc)
+        if settings.s3 is not None:
+            # After the local backup and before local pruning, so a backup is uploaded before
+            # local retention may remove it. Offsite trouble is a warning: the local backup
+            # is safe, and the next run retries.
+            offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+            warnings += offsite.warnings()
+        if error is None:
+            try:
+                pruned = prune(store, protect=[backup.metadata.id] if backup else [])
+            except BackupError as exc:
+                error = str(exc)
+                logger.error("scheduled run failed: %s", exc)
         try:
             record_run(
                 settings,
@@ -149,6 +173,7 @@ def run(
                     "ok": error is None,
                     "error": error,
                     "backup": backup.metadata.id if backup else None,
+                    "offsite": offsite.to_dict() if offsite else None,
                 },
             )
         except BackupError as exc:
@@ -159,6 +184,6 @@ def run(
         except BackupError as exc:
             logger.error("could not write the status file: %s", exc)
         result = RunResult(
-            started, backup, skipped, reverified, pruned, report, error, tuple(warnings)
+            started, backup, skipped, reverified, pruned, report, error, tuple(warnings), offsite
         )
     return result

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from tablettracker_backups.errors import (
     BackupNotFound,
+    InvalidBackupId,
     MetadataError,
     StorageError,
 )
@@ -26,7 +27,6 @@ from tablettracker_backups.fsutil import (
 )
 from tablettracker_backups.metadata import (
     EXTENSIONS,
-    ID_PATTERN,
     MAX_METADATA_BYTES,
     BackupMetadata,
     data_filename,
@@ -100,6 +100,16 @@ class BackupInfo:
         }
 
 
+def is_backup_id(name: str) -> bool:
+    """True for a valid id. A stray file like ``20261399T999999Z-3f9a1c.json`` (right shape,
+    impossible date) must be ignored, not break listing and every command that lists."""
+    try:
+        validate_backup_id(name)
+    except InvalidBackupId:
+        return False
+    return True
+
+
 class BackupStore:
     """The local backup folders named by :class:`Settings`."""
 
@@ -147,7 +157,7 @@ class BackupStore:
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, directory)) from None
             for name in names:
-                if name.endswith(".json") and ID_PATTERN.match(name[:-5]):
+                if name.endswith(".json") and is_backup_id(name[:-5]):
                     found.add(name[:-5])
         return sorted(found, reverse=True)
 
@@ -219,8 +229,12 @@ class BackupStore:
         return info
 
     def list(self) -> builtins.list[BackupInfo]:
-        """Every backup, newest first, damaged ones included (marked by ``problems``)."""
-        return [self._look(backup_id) for backup_id in self.ids()]
+        """Every backup, newest first, damaged ones included (marked by ``problems``).
+
+        Ordered by the time in the metadata (as retention orders them), the id breaking ties.
+        """
+        infos = [self._look(backup_id) for backup_id in self.ids()]
+        return sorted(infos, key=lambda i: (i.created_at, i.id), reverse=True)
 
     def latest(self, *, verified: bool = True, kinds: tuple[str, ...] | None = None) -> BackupInfo:
         """The newest (verified) backup; raises :class:`BackupNotFound` when there is none."""
@@ -263,7 +277,7 @@ class BackupStore:
                     if entry.name.endswith(ext):
                         backup_id = entry.name[: -len(ext)]
                         if (
-                            ID_PATTERN.match(backup_id)
+                            is_backup_id(backup_id)
                             and not (directory / metadata_filename(backup_id)).exists()
                         ):
                             remove_quietly(entry)

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import subprocess
+import sys
+import time
+from contextlib import closing
 from pathlib import Path
 
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.errors import DatabaseError
+from tablettracker_backups.errors import DatabaseError, StorageError
+from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.verify import extract_verified, verify_backup
 from tests.conftest import make_db
 
 
@@ -54,3 +59,148 @@ def test_missing_database_creates_nothing(tmp_path: Path) -> None:
     with pytest.raises(DatabaseError, match="does not exist"):
         create_backup(settings)
     assert not (tmp_path / "nope").exists()
+
+
+# -- consistency under a concurrent writer ----------------------------------------------------
+
+WRITER = r"""
+import sqlite3, sys, pathlib, time
+db, stop = sys.argv[1], pathlib.Path(sys.argv[2])
+conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+conn.execute("PRAGMA synchronous=OFF")  # test speed only; durability is not under test
+n = 0
+while not stop.exists():
+    time.sleep(0.002)  # an app-like pace; a tight loop would starve every reader
+    n += 1
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO ledger_a (qty) VALUES (?)", (n,))
+    conn.execute("INSERT INTO ledger_b (qty) VALUES (?)", (n,))
+    if n % 7 == 0:
+        # Move quantity between rows inside one transaction: sums stay equal.
+        conn.execute("UPDATE ledger_a SET qty = qty + 5 WHERE id = (SELECT min(id) FROM ledger_a)")
+        conn.execute("UPDATE ledger_b SET qty = qty + 5 WHERE id = (SELECT max(id) FROM ledger_b)")
+    conn.execute("COMMIT")
+conn.close()
+"""
+
+
+def _ledger_rows(db: Path) -> int:
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        return int(conn.execute("SELECT count(*) FROM ledger_a").fetchone()[0])
+
+
+def test_backups_taken_during_writes_are_consistent(tmp_path: Path, journal_mode: str) -> None:
+    """A writer keeps sum(qty) equal across two tables in every transaction; every backup
+    taken meanwhile, restored, satisfies that invariant (a torn copy would not)."""
+    db = make_db(tmp_path / "live.db", wal=journal_mode == "wal")
+    with closing(sqlite3.connect(db)) as conn:
+        conn.executescript(
+            "CREATE TABLE ledger_a (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL);"
+            "CREATE TABLE ledger_b (id INTEGER PRIMARY KEY, qty INTEGER NOT NULL);"
+            # ~20 MB of padding: the backup API then needs several steps (4096 pages each).
+            "CREATE TABLE padding (blob BLOB);"
+        )
+        conn.executemany(
+            "INSERT INTO padding VALUES (randomblob(?))", [(1024 * 1024,) for _ in range(20)]
+        )
+        conn.commit()
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b"})
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(db), str(stop)])
+    ids = []
+    try:
+        seen = 0
+        for _ in range(4):
+            # Wait (bounded) until the writer has committed more since the last backup.
+            deadline = time.monotonic() + 30
+            while _ledger_rows(db) <= seen and time.monotonic() < deadline:
+                assert writer.poll() is None, "writer died"
+            seen = _ledger_rows(db)
+            ids.append(create_backup(settings).metadata.id)
+        assert writer.poll() is None, "writer died"
+    finally:
+        stop.touch()
+        writer.wait(timeout=30)
+    assert writer.returncode == 0
+    store = BackupStore(settings)
+    counts = []
+    for backup_id in ids:
+        meta = store.get(backup_id).metadata
+        assert meta is not None
+        restored = tmp_path / f"{backup_id}.db"
+        extract_verified(store.data_path("primary", backup_id, meta.compression), meta, restored)
+        with closing(sqlite3.connect(restored)) as conn:
+            a_rows, a_sum = conn.execute("SELECT count(*), sum(qty) FROM ledger_a").fetchone()
+            b_rows, b_sum = conn.execute("SELECT count(*), sum(qty) FROM ledger_b").fetchone()
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        assert (a_rows, a_sum) == (b_rows, b_sum)
+        assert meta.row_counts["ledger_a"] == a_rows
+        assert mode == "delete"  # self-contained: no -wal needed beside it
+        counts.append(a_rows)
+    assert counts == sorted(counts) and counts[0] > 0 and counts[-1] > counts[0]
+
+
+# -- failures leave nothing that lists ---------------------------------------------------------
+
+
+def test_not_a_database_and_empty_file(tmp_path: Path) -> None:
+    text = tmp_path / "notes.db"
+    text.write_text("hello, this is not SQLite at all")
+    empty = tmp_path / "empty.db"
+    empty.touch()
+    for path, needle in ((text, "not a SQLite database"), (empty, "empty")):
+        settings = settings_from_mapping({"database": path, "dir": tmp_path / "b"})
+        with pytest.raises(DatabaseError, match=needle):
+            create_backup(settings)
+        assert BackupStore(settings).list() == []
+
+
+def test_unwritable_primary_folder_is_a_storage_error(db_path: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    settings = settings_from_mapping({"database": db_path, "dir": blocker / "backups"})
+    with pytest.raises(StorageError):
+        create_backup(settings)
+
+
+def test_failed_secondary_copy_is_a_warning_and_primary_stays(
+    db_path: Path, tmp_path: Path
+) -> None:
+    settings = settings_from_mapping({"database": db_path, "dir": tmp_path / "b"})
+    first = create_backup(settings)
+    # Make the secondary folder a file now, after preparation would have created it.
+    blocker = tmp_path / "mirror"
+    blocker.write_text("not a folder")
+    with_secondary = settings_from_mapping(
+        {"database": db_path, "dir": tmp_path / "b", "secondary_dir": blocker}
+    )
+    with pytest.raises(StorageError):
+        create_backup(with_secondary)
+    # Nothing half-made: only the first backup lists, and it is intact.
+    infos = BackupStore(settings).list()
+    assert [i.id for i in infos] == [first.metadata.id]
+    assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> None:
+    first = create_backup(settings)
+    store = BackupStore(settings)
+    meta = first.metadata
+    # A crash between data commit and metadata commit: data file, no metadata.
+    orphan_id = "20200101T000000Z-abcdef"
+    for folder in settings.locations:
+        (folder / f"{orphan_id}.db.zst").write_bytes(b"half a backup")
+        (folder / ".tmp-1234abcd-x.db").write_bytes(b"temp")
+    assert [i.id for i in store.list()] == [meta.id]
+    second = create_backup(settings)
+    for folder in settings.locations:
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".lock"))
+        assert names == sorted(
+            [
+                f"{meta.id}.db.zst",
+                f"{meta.id}.json",
+                f"{second.metadata.id}.db.zst",
+                f"{second.metadata.id}.json",
+            ]
+        )

@@ -632,7 +632,8 @@ def test_backups_are_consistent_snapshots_under_writers(
     assert outcomes == [0] * len(outcomes), outcomes
     assert len(committed) > 10
     check_live(db, committed, expected)
-    ids = sorted(BackupStore(settings).ids())
+    # Oldest first by time: two backups in one second have ids ordered by their random part.
+    ids = [info.id for info in reversed(BackupStore(settings).list())]
     assert len(ids) == len(outcomes)
     counts = []
     for backup_id in ids:

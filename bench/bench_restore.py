@@ -1,0 +1,198 @@
+"""Restore time against decompress-plus-copy done by hand, on the same backup.
+
+Usage::
+
+    python bench/bench_restore.py --size 1GB --workdir /tmp/bench-restore [--repeat 3] [--reuse]
+
+Builds a TabletTracker-shaped database of about ``--size`` (with ``bench/generate.py`` when it
+is there, otherwise with the demo seed data at large counts), takes one backup, then times,
+alternately and ``--repeat`` times each:
+
+* ours: ``restore_backup(settings, id, to=NEW_FILE)``: full check of the copy (SHA-256,
+  decompression, integrity_check, foreign_key_check, row counts, schema), the write through
+  SQLite's backup API, the check afterwards (quick_check, row counts);
+* by hand: ``zstd -d`` of the same stored file, then ``sqlite3 NEW_FILE ".restore RAW"``, with no
+  checks at all.
+
+Both write a new file, so neither takes a safety snapshot; ``--live`` also times a restore over
+the live database (which adds the pre-restore snapshot, i.e. a whole backup). Reports medians,
+the per-step durations of ours, and the ratio ours / by hand (target: within 1.5x). The page
+cache is warm for both (the machine is shared, so it is not dropped). Prints JSON with --json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the package importable from a clone
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.restore import restore_backup
+from tablettracker_backups.settings import Settings, settings_from_mapping
+from tablettracker_backups.store import BackupStore
+
+TARGET_RATIO = 1.5
+
+
+def parse_size(text: str) -> int:
+    """Bytes from ``1GB``, ``500MB``, ``64MiB`` or a plain number (binary units)."""
+    units = {"": 1, "B": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+    cleaned = text.strip().upper().replace("IB", "").replace("B", "")
+    number = cleaned.rstrip("KMG")
+    return int(float(number) * units[cleaned[len(number) :]])
+
+
+def build_database(path: Path, size: int) -> str:
+    """A TabletTracker-shaped database of about ``size`` bytes; returns how it was made."""
+    try:
+        from bench.generate import generate  # another engineer's generator, when merged
+    except ImportError:
+        generate = None
+    if generate is not None:
+        generate(path, size)
+        return "bench/generate.py"
+    from tablettracker_backups.demo.schema import seed
+
+    # About 1.5 KB per purchase order with its 4 lines and 8 count sessions at 100-byte notes.
+    orders = max(100, size // 1500)
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA synchronous=OFF")
+        conn.execute("PRAGMA cache_size=-262144")
+        seed(conn, purchase_orders=orders, lines_per_order=4, sessions_per_line=2, note_bytes=100)
+    finally:
+        conn.close()
+    return f"demo.schema.seed(purchase_orders={orders}, note_bytes=100)"
+
+
+def remove_database(path: Path) -> None:
+    for suffix in ("", "-journal", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def time_ours(settings: Settings, backup_id: str, target: Path) -> tuple[float, dict[str, float]]:
+    remove_database(target)
+    started = time.perf_counter()
+    result = restore_backup(settings, backup_id, to=target, actor="bench")
+    return time.perf_counter() - started, result.durations
+
+
+def time_by_hand(stored: Path, raw: Path, target: Path) -> tuple[float, float, float]:
+    remove_database(target)
+    raw.unlink(missing_ok=True)
+    started = time.perf_counter()
+    subprocess.run(["zstd", "-d", "-q", "-f", "-o", str(raw), str(stored)], check=True)
+    decompressed = time.perf_counter()
+    subprocess.run(["sqlite3", str(target), f".restore '{raw}'"], check=True)
+    done = time.perf_counter()
+    raw.unlink(missing_ok=True)
+    return done - started, decompressed - started, done - decompressed
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="1GB", help="database size (default 1GB)")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-restore"))
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true", help="reuse the database and backup")
+    parser.add_argument("--live", action="store_true", help="also time a restore over the live DB")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if shutil.which("zstd") is None or shutil.which("sqlite3") is None:
+        parser.error("needs the zstd and sqlite3 command-line tools")
+
+    work = args.workdir.absolute()
+    work.mkdir(parents=True, exist_ok=True)
+    live = work / "live.db"
+    settings = settings_from_mapping({"database": live, "dir": work / "backups"})
+    store = BackupStore(settings)
+    report: dict[str, Any] = {"size_requested": args.size}
+    if not (args.reuse and live.exists() and store.ids()):
+        if work.joinpath("backups").exists():
+            shutil.rmtree(work / "backups")
+        remove_database(live)
+        started = time.perf_counter()
+        report["generator"] = build_database(live, parse_size(args.size))
+        report["generate_seconds"] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        create_backup(settings, trigger="bench")
+        report["backup_seconds"] = round(time.perf_counter() - started, 2)
+    info = store.latest()
+    meta = info.metadata
+    assert meta is not None
+    stored = store.data_path("primary", meta.id, meta.compression)
+    if meta.compression != "zstd":
+        parser.error("the backup must be zstd-compressed for the by-hand comparison")
+    report.update(
+        database_bytes=meta.raw_size,
+        stored_bytes=meta.stored_size,
+        rows=sum(meta.row_counts.values()),
+        backup_id=meta.id,
+    )
+
+    ours_total: list[float] = []
+    ours_steps: list[dict[str, float]] = []
+    hand_total: list[float] = []
+    hand_steps: list[tuple[float, float]] = []
+    for index in range(args.repeat):
+        # Alternate which goes first so neither always finds the page cache warmer.
+        order = ("ours", "hand") if index % 2 == 0 else ("hand", "ours")
+        for which in order:
+            if which == "ours":
+                seconds, steps = time_ours(settings, meta.id, work / "ours.db")
+                ours_total.append(seconds)
+                ours_steps.append(steps)
+            else:
+                seconds, unzstd, copy = time_by_hand(stored, work / "hand.raw", work / "hand.db")
+                hand_total.append(seconds)
+                hand_steps.append((unzstd, copy))
+    same_size = (work / "ours.db").stat().st_size == (work / "hand.db").stat().st_size
+    ours = statistics.median(ours_total)
+    hand = statistics.median(hand_total)
+    report["ours_seconds"] = round(ours, 2)
+    report["ours_runs"] = [round(s, 2) for s in ours_total]
+    report["ours_steps_median"] = {
+        key: round(statistics.median(step.get(key, 0.0) for step in ours_steps), 2)
+        for key in ours_steps[0]
+    }
+    report["by_hand_seconds"] = round(hand, 2)
+    report["by_hand_runs"] = [round(s, 2) for s in hand_total]
+    report["by_hand_steps_median"] = {
+        "zstd_d": round(statistics.median(s[0] for s in hand_steps), 2),
+        "sqlite3_restore": round(statistics.median(s[1] for s in hand_steps), 2),
+    }
+    report["ratio"] = round(ours / hand, 2)
+    report["target_ratio"] = TARGET_RATIO
+    report["within_target"] = ours / hand <= TARGET_RATIO
+    report["outputs_same_size"] = same_size
+    if args.live:
+        started = time.perf_counter()
+        result = restore_backup(settings, meta.id, actor="bench")
+        report["live_restore_seconds"] = round(time.perf_counter() - started, 2)
+        report["live_restore_steps"] = {k: round(v, 2) for k, v in result.durations.items()}
+    for name in ("ours.db", "hand.db"):
+        remove_database(work / name)
+    report["cpus"] = os.cpu_count()
+    report["sqlite_version"] = sqlite3.sqlite_version
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        width = max(len(key) for key in report)
+        for key, value in report.items():
+            print(f"{key:<{width}}  {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,661 @@
+"""Restoring: checked first, safety snapshot, written through SQLite, checked after, undone on
+failure. Real database files, real backup folders, real reader and writer processes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pty
+import select
+import shutil
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tablettracker_backups.audit import read_entries
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
+from tablettracker_backups.errors import BackupNotFound, InvalidBackupId, RestoreError
+from tablettracker_backups.restore import preview_restore, restore_backup
+from tablettracker_backups.settings import Settings, settings_from_mapping
+from tablettracker_backups.store import BackupStore
+from tests.conftest import make_db
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Upper bound for waiting on a helper process; a hang fails the test instead of blocking CI.
+PROCESS_WAIT = 60.0
+
+
+def dump(path: Path) -> str:
+    """The whole content of a database as SQL text (schema and rows)."""
+    with closing(sqlite3.connect(path)) as conn:
+        return "\n".join(conn.iterdump())
+
+
+def file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def change(path: Path) -> None:
+    """Move the database to a different state (the one a restore should replace)."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("DELETE FROM count_sessions WHERE id % 3 = 0")
+        conn.execute("UPDATE po_lines SET quantity_received = 0")
+        conn.execute(
+            "INSERT INTO employees (username, full_name, password_hash) VALUES ('new', 'N', '')"
+        )
+        conn.commit()
+
+
+def journal(path: Path) -> str:
+    with closing(sqlite3.connect(path)) as conn:
+        return str(conn.execute("PRAGMA journal_mode").fetchone()[0])
+
+
+def flip_byte(path: Path) -> None:
+    """Flip one byte in the middle of a stored backup (same size, so only a full check sees it)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def data_file(settings: Settings, location: str, backup_id: str) -> Path:
+    return BackupStore(settings).data_path(location, backup_id, settings.compression)
+
+
+def side_files(path: Path) -> list[str]:
+    return [s for s in ("-wal", "-shm", "-journal") if Path(f"{path}{s}").exists()]
+
+
+@pytest.fixture
+def wal_settings(tmp_path: Path, journal_mode: str) -> Settings:
+    """A seeded database in the parametrised journal mode, with two backup folders."""
+    db = make_db(tmp_path / "live.db", wal=journal_mode == "wal")
+    return settings_from_mapping(
+        {"database": db, "dir": tmp_path / "b", "secondary_dir": tmp_path / "s"}
+    )
+
+
+# -- the core ----------------------------------------------------------------------------------
+
+
+def test_restore_round_trip(wal_settings: Settings, journal_mode: str) -> None:
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    before = dump(db)
+    change(db)
+    changed = dump(db)
+    assert changed != before
+
+    result = restore_backup(wal_settings, backup.id, actor="tester")
+
+    assert dump(db) == before
+    assert journal(db) == journal_mode
+    assert side_files(db) == []
+    assert result.backup_id == backup.id
+    assert result.source_location == "primary"
+    assert result.fell_back == ()
+    assert result.target == db
+    assert set(result.durations) >= {"verify", "safety_snapshot", "write", "post_check", "total"}
+    # The safety snapshot holds exactly what was there before, and restores like any backup.
+    assert result.safety_snapshot_id is not None
+    safety = BackupStore(wal_settings).get(result.safety_snapshot_id)
+    assert safety.kind == "pre-restore" and safety.verified
+    assert safety.metadata is not None and safety.metadata.trigger == "tester"
+    undo = restore_backup(wal_settings, result.safety_snapshot_id)
+    assert dump(db) == changed
+    assert undo.safety_snapshot_id not in (None, result.safety_snapshot_id)
+    entry = read_entries(wal_settings)[1]
+    assert (entry.action, entry.actor, entry.ok) == ("restore", "tester", True)
+    assert entry.details["backup_id"] == backup.id
+    assert entry.details["safety_snapshot_id"] == result.safety_snapshot_id
+    assert entry.details["durations"]["write"] >= 0
+    assert json.loads(json.dumps(result.to_dict()))["target"] == str(db)
+
+
+READER = textwrap.dedent(
+    """
+    import json, sqlite3, sys, os
+    db, out, stop = sys.argv[1:4]
+    conn = sqlite3.connect(db, timeout=60, isolation_level=None)
+    with open(out, "a") as log:
+        while not os.path.exists(stop):
+            conn.execute("BEGIN")
+            state = [
+                conn.execute("SELECT count(*) FROM count_sessions").fetchone()[0],
+                conn.execute("SELECT total(tablets_counted) FROM count_sessions").fetchone()[0],
+                conn.execute("SELECT total(quantity_received) FROM po_lines").fetchone()[0],
+                conn.execute("SELECT count(*) FROM employees").fetchone()[0],
+            ]
+            conn.execute("COMMIT")
+            log.write(json.dumps(state) + "\\n")
+            log.flush()
+    """
+)
+
+
+def state_of(path: Path) -> list[object]:
+    with closing(sqlite3.connect(path)) as conn:
+        return [
+            conn.execute("SELECT count(*) FROM count_sessions").fetchone()[0],
+            conn.execute("SELECT total(tablets_counted) FROM count_sessions").fetchone()[0],
+            conn.execute("SELECT total(quantity_received) FROM po_lines").fetchone()[0],
+            conn.execute("SELECT count(*) FROM employees").fetchone()[0],
+        ]
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + PROCESS_WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up waiting for {what}")
+        time.sleep(0.01)
+
+
+def test_open_connection_in_another_process_sees_old_then_new(
+    tmp_path: Path, wal_settings: Settings
+) -> None:
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    restored_state = state_of(db)
+    change(db)
+    changed_state = state_of(db)
+    log, stop = tmp_path / "reads.jsonl", tmp_path / "stop"
+    reader = subprocess.Popen(
+        [sys.executable, "-c", READER, str(db), str(log), str(stop)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+
+        def reads() -> list[list[object]]:
+            if not log.exists():
+                return []
+            return [json.loads(line) for line in log.read_text().splitlines() if line]
+
+        wait_for(lambda: len(reads()) >= 20, "the reader's first reads")
+        restore_backup(wal_settings, backup.id)
+        wait_for(lambda: restored_state in reads(), "the reader to see the restored data")
+        stop.touch()
+        _, errors = reader.communicate(timeout=PROCESS_WAIT)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0, errors
+    seen = reads()
+    # Every read saw one whole state, and the reader's one connection went from old to new.
+    assert all(state in (changed_state, restored_state) for state in seen)
+    first_new = seen.index(restored_state)
+    assert seen[:first_new] == [changed_state] * first_new
+    assert seen[first_new:] == [restored_state] * (len(seen) - first_new)
+    assert first_new >= 20
+
+
+def test_flipped_byte_in_primary_falls_back_to_secondary(settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    before = dump(settings.database)
+    change(settings.database)
+    flip_byte(data_file(settings, "primary", backup.id))
+
+    result = restore_backup(settings, backup.id)
+
+    assert result.source_location == "secondary"
+    assert len(result.fell_back) == 1
+    assert result.fell_back[0].startswith("primary copy skipped")
+    assert "does not decompress" in result.fell_back[0] or "SHA-256" in result.fell_back[0]
+    assert dump(settings.database) == before
+
+
+def test_flipped_byte_in_both_copies_refuses_and_touches_nothing(settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    change(settings.database)
+    for location in ("primary", "secondary"):
+        flip_byte(data_file(settings, location, backup.id))
+    sha = file_sha(settings.database)
+    ids = BackupStore(settings).ids()
+
+    with pytest.raises(RestoreError, match="no sound copy") as caught:
+        restore_backup(settings, backup.id)
+
+    assert "primary copy skipped" in str(caught.value)
+    assert "secondary copy skipped" in str(caught.value)
+    assert file_sha(settings.database) == sha
+    assert BackupStore(settings).ids() == ids  # no safety snapshot either
+    for folder in settings.locations:
+        assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+    entry = read_entries(settings)[0]
+    assert (entry.action, entry.ok) == ("restore", False)
+    assert "no sound copy" in entry.message
+
+
+def delete_rows(target: Path) -> None:
+    """A real fault after the write: another connection removes rows the check will count."""
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("DELETE FROM count_sessions WHERE id % 2 = 0")
+        conn.commit()
+
+
+def smash_a_page(target: Path) -> None:
+    """A real fault after the write: page 2 of the file overwritten with garbage on disk."""
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    with target.open("r+b") as handle:
+        handle.seek(page)
+        handle.write(b"\xff" * page)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reported"),
+    [(delete_rows, "row counts differ"), (smash_a_page, "check afterwards failed")],
+)
+def test_failed_check_after_write_puts_the_safety_snapshot_back(
+    wal_settings: Settings,
+    journal_mode: str,
+    fault: Callable[[Path], None],
+    reported: str,
+) -> None:
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    change(db)
+    before_restore = dump(db)
+
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(wal_settings, backup.id, _after_write=fault)
+
+    message = str(caught.value)
+    assert reported in message
+    assert "safety snapshot" in message and "was put back" in message
+    assert dump(db) == before_restore
+    assert journal(db) == journal_mode
+    with closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    entry = read_entries(wal_settings)[0]
+    assert entry.ok is False
+    assert entry.details["safety_snapshot_id"] is not None
+    assert "rollback" in entry.details["durations"]
+
+
+def test_restore_into_a_database_that_does_not_exist_yet(
+    tmp_path: Path, wal_settings: Settings, journal_mode: str
+) -> None:
+    backup = create_backup(wal_settings).metadata
+    expected = dump(wal_settings.database)
+    fresh = settings_from_mapping(
+        {
+            "database": tmp_path / "new" / "instance" / "tablet_counter.db",
+            "dir": wal_settings.backup_dir,
+        }
+    )
+
+    result = restore_backup(fresh, "latest")
+
+    assert result.backup_id == backup.id
+    assert result.safety_snapshot_id is None
+    assert dump(fresh.database) == expected
+    assert journal(fresh.database) == journal_mode  # the mode the backup was taken in
+    assert stat.S_IMODE(fresh.database.stat().st_mode) == 0o600
+    assert side_files(fresh.database) == []
+
+
+def test_failed_check_on_a_new_file_removes_it(tmp_path: Path, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    target = tmp_path / "inspect.db"
+    with pytest.raises(RestoreError, match="the new file was removed"):
+        restore_backup(settings, backup.id, to=target, _after_write=delete_rows)
+    assert not target.exists()
+    assert side_files(target) == []
+
+
+def test_to_leaves_the_live_database_alone(tmp_path: Path, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    expected = dump(settings.database)
+    change(settings.database)
+    live_sha = file_sha(settings.database)
+    ids = BackupStore(settings).ids()
+
+    result = restore_backup(settings, backup.id, to=tmp_path / "copy.db")
+
+    assert result.safety_snapshot_id is None
+    assert dump(tmp_path / "copy.db") == expected
+    assert file_sha(settings.database) == live_sha
+    assert BackupStore(settings).ids() == ids
+
+    # Overwriting an existing file goes the same safe way, with a snapshot of that file.
+    change(tmp_path / "copy.db")
+    again = restore_backup(settings, backup.id, to=tmp_path / "copy.db")
+    assert again.safety_snapshot_id is not None
+    safety = BackupStore(settings).get(again.safety_snapshot_id).metadata
+    assert safety is not None and safety.source.path == str(tmp_path / "copy.db")
+    assert dump(tmp_path / "copy.db") == expected
+    assert file_sha(settings.database) == live_sha
+
+
+def test_refuses_to_overwrite_a_file_that_is_not_a_database(
+    tmp_path: Path, settings: Settings
+) -> None:
+    backup = create_backup(settings).metadata
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    with pytest.raises(RestoreError, match="refusing to overwrite"):
+        restore_backup(settings, backup.id, to=notes)
+    assert notes.read_text() == "my notes\n"
+
+
+def test_refuses_a_stale_wal_beside_a_missing_database(tmp_path: Path, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    Path(f"{tmp_path / 'gone.db'}-wal").write_bytes(b"leftover")
+    with pytest.raises(RestoreError, match="move it aside"):
+        restore_backup(settings, backup.id, to=tmp_path / "gone.db")
+    assert not (tmp_path / "gone.db").exists()
+
+
+HOLDER = textwrap.dedent(
+    """
+    import sqlite3, sys
+    conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.execute("INSERT INTO employees (username, full_name, password_hash) VALUES ('w','W','')")
+    print("holding", flush=True)
+    sys.stdin.readline()
+    conn.execute("ROLLBACK")
+    """
+)
+
+
+def test_a_writer_holding_the_database_gets_a_clear_error(tmp_path: Path) -> None:
+    db = make_db(tmp_path / "live.db", wal=True)
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b", "busy_timeout": 0.3})
+    backup = create_backup(settings).metadata
+    change(db)
+    before = dump(db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        with pytest.raises(RestoreError, match=r"locked.*was not changed"):
+            restore_backup(settings, backup.id)
+    finally:
+        holder.communicate("\n", timeout=PROCESS_WAIT)
+    assert dump(db) == before
+
+
+def test_bad_ids_and_missing_backups(settings: Settings) -> None:
+    with pytest.raises(InvalidBackupId):
+        restore_backup(settings, "../../etc/passwd")
+    with pytest.raises(BackupNotFound, match="no backup folder"):
+        restore_backup(settings, "latest")
+    create_backup(settings)
+    with pytest.raises(BackupNotFound):
+        restore_backup(settings, "20200101T000000Z-abcdef")
+
+
+def test_preview_compares_row_counts_and_schema(settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    with closing(sqlite3.connect(settings.database)) as conn:
+        conn.execute("DELETE FROM count_sessions WHERE id > 10")
+        conn.execute("CREATE TABLE scratch (x)")
+        conn.execute("DROP TABLE tablet_types")
+        conn.commit()
+    sha = file_sha(settings.database)
+
+    preview = preview_restore(settings, "latest")
+
+    assert preview.backup_id == backup.id
+    assert preview.live_exists and preview.schema_changed
+    by_name = {t.name: t for t in preview.tables}
+    assert by_name["count_sessions"].status == "changed"
+    assert by_name["count_sessions"].live_rows == 10
+    assert by_name["count_sessions"].backup_rows == backup.row_counts["count_sessions"]
+    assert (by_name["scratch"].status, by_name["scratch"].backup_rows) == ("removed", None)
+    assert (by_name["tablet_types"].status, by_name["tablet_types"].live_rows) == ("added", None)
+    assert by_name["employees"].status == "same"
+    assert file_sha(settings.database) == sha
+    assert read_entries(settings) == []
+    document = json.loads(json.dumps(preview.to_dict()))
+    assert document["tables"][0]["name"] == "count_sessions"
+
+
+def test_preview_without_a_live_database(tmp_path: Path, settings: Settings) -> None:
+    create_backup(settings)
+    fresh = settings_from_mapping({"database": tmp_path / "none.db", "dir": settings.backup_dir})
+    preview = preview_restore(fresh, "latest")
+    assert not preview.live_exists and not preview.schema_changed
+    assert {t.status for t in preview.tables} == {"added"}
+    assert not (tmp_path / "none.db").exists()
+
+
+# -- recovery on a fresh machine, as a real process ----------------------------------------------
+
+
+def clean_env(home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPS_")}
+    env["HOME"] = str(home)  # no default config file from the machine running the tests
+    return env
+
+
+@pytest.mark.parametrize("folder", ["primary", "secondary"])
+def test_fresh_machine_recovery_from_one_backup_folder(
+    tmp_path: Path, settings: Settings, folder: str
+) -> None:
+    create_backup(settings)
+    expected = dump(settings.database)
+    machine = tmp_path / "fresh-machine"
+    machine.mkdir()
+    source = settings.backup_dir if folder == "primary" else settings.secondary_dir
+    assert source is not None
+    shutil.copytree(source, machine / "backups")
+    target = machine / "instance" / "tablet_counter.db"
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tablettracker_backups",
+            "restore",
+            "latest",
+            "--backup-dir",
+            str(machine / "backups"),
+            "--to",
+            str(target),
+        ],
+        cwd=ROOT,
+        env=clean_env(machine),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PROCESS_WAIT,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "Restored" in done.stdout
+    assert dump(target) == expected
+
+
+# -- the CLI -----------------------------------------------------------------------------------
+
+
+def cli_args(settings: Settings, *args: str) -> list[str]:
+    assert settings.secondary_dir is not None
+    return [
+        "restore",
+        *args,
+        "--database",
+        str(settings.database),
+        "--backup-dir",
+        str(settings.backup_dir),
+        "--secondary-dir",
+        str(settings.secondary_dir),
+    ]
+
+
+@pytest.fixture
+def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    for name in list(os.environ):
+        if name.startswith("BACKUPS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return CliRunner()
+
+
+def test_cli_refuses_without_a_terminal_and_without_yes(
+    runner: CliRunner, settings: Settings
+) -> None:
+    create_backup(settings)
+    change(settings.database)
+    sha = file_sha(settings.database)
+    ids = BackupStore(settings).ids()
+
+    result = runner.invoke(cli, cli_args(settings, "latest"))
+
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "Error: refusing to restore without confirmation: standard input is not a terminal; "
+        "pass --yes to confirm"
+    ]
+    assert file_sha(settings.database) == sha
+    assert BackupStore(settings).ids() == ids
+
+
+def test_cli_restore_with_yes(runner: CliRunner, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    expected = dump(settings.database)
+    change(settings.database)
+
+    result = runner.invoke(cli, cli_args(settings, backup.id, "--yes"))
+
+    assert result.exit_code == 0, result.output
+    assert f"Restored {backup.id}" in result.stdout
+    assert "Safety snapshot" in result.stdout
+    assert dump(settings.database) == expected
+
+
+def test_cli_restore_json_and_fallback_warning(runner: CliRunner, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    flip_byte(data_file(settings, "primary", backup.id))
+    result = runner.invoke(cli, cli_args(settings, "latest", "--yes", "--json"))
+    assert result.exit_code == 1  # restored, but a copy is damaged: attention needed
+    document = json.loads(result.stdout)
+    assert document["source_location"] == "secondary"
+    assert document["backup_id"] == backup.id
+
+
+def test_cli_preview_changes_nothing(runner: CliRunner, settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    change(settings.database)
+    sha = file_sha(settings.database)
+
+    text = runner.invoke(cli, cli_args(settings, backup.id, "--preview"))
+    as_json = runner.invoke(cli, cli_args(settings, "latest", "--preview", "--json"))
+
+    assert text.exit_code == 0, text.output
+    assert "count_sessions" in text.stdout and "changed" in text.stdout
+    assert as_json.exit_code == 0, as_json.output
+    document = json.loads(as_json.stdout)
+    assert document["backup_id"] == backup.id
+    assert {t["name"]: t["status"] for t in document["tables"]}["employees"] == "changed"
+    assert file_sha(settings.database) == sha
+
+
+def test_cli_bad_input_is_one_line(runner: CliRunner, settings: Settings) -> None:
+    create_backup(settings)
+    bad = runner.invoke(cli, cli_args(settings, "nonsense", "--yes"))
+    assert bad.exit_code == 2
+    assert bad.stderr.strip().startswith("Error: invalid backup id")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    no_id = runner.invoke(cli, cli_args(settings))
+    assert no_id.exit_code == 2
+    assert "give a backup ID or 'latest'" in no_id.stderr
+
+
+def test_cli_to_a_new_file_needs_no_confirmation(
+    runner: CliRunner, tmp_path: Path, settings: Settings
+) -> None:
+    create_backup(settings)
+    expected = dump(settings.database)
+    result = runner.invoke(cli, cli_args(settings, "latest", "--to", str(tmp_path / "x.db")))
+    assert result.exit_code == 0, result.output
+    assert dump(tmp_path / "x.db") == expected
+
+
+@contextmanager
+def terminal_process(
+    args: list[str], env: dict[str, str]
+) -> Iterator[tuple[int, subprocess.Popen[bytes]]]:
+    """A real process whose standard input and output are a pseudo-terminal."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        args, stdin=follower, stdout=follower, stderr=follower, cwd=ROOT, env=env
+    )
+    os.close(follower)
+    try:
+        yield leader, process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=PROCESS_WAIT)
+        os.close(leader)
+
+
+def read_until_exit(leader: int, process: subprocess.Popen[bytes]) -> str:
+    output = b""
+    deadline = time.monotonic() + PROCESS_WAIT
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the process exited and closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        elif process.poll() is not None:
+            break
+    return output.decode(errors="replace")
+
+
+@pytest.mark.parametrize(("answer", "restored"), [(b"y\n", True), (b"n\n", False)])
+def test_interactive_choice_and_confirmation_on_a_terminal(
+    tmp_path: Path, settings: Settings, answer: bytes, restored: bool
+) -> None:
+    older = create_backup(settings).metadata
+    expected = dump(settings.database)
+    change(settings.database)
+    newer = create_backup(settings).metadata
+    changed = dump(settings.database)
+    # The list is in the store's order (newest first by metadata time).
+    order = [info.id for info in BackupStore(settings).list()]
+    assert sorted(order) == sorted([older.id, newer.id])
+    choice = str(order.index(older.id) + 1).encode()
+    with terminal_process(
+        [sys.executable, "-m", "tablettracker_backups", *cli_args(settings)], clean_env(tmp_path)
+    ) as (leader, process):
+        os.write(leader, choice + b"\n" + answer)
+        output = read_until_exit(leader, process)
+    assert output.index(order[0]) < output.index(order[1])
+    assert "Replace the LIVE database" in output
+    if restored:
+        assert process.returncode == 0, output
+        assert f"Restored {older.id}" in output
+        assert dump(settings.database) == expected
+    else:
+        assert process.returncode == 1, output
+        assert "Cancelled; nothing was changed." in output
+        assert dump(settings.database) == changed

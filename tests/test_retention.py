@@ -1,0 +1,344 @@
+"""Grandfather-father-son retention: property tests (hypothesis) and a realistic history."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import datetime, timedelta, timezone
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tablettracker_backups.retention import (
+    CLOCK_SKEW,
+    Candidate,
+    RetentionPlan,
+    _slot_keys,
+    plan_retention,
+)
+from tablettracker_backups.settings import RetentionPolicy
+
+BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
+NOW = BASE + timedelta(days=700)
+KINDS = ("hourly", "daily", "weekly", "monthly", "yearly")
+SLOT_KEY = dict(_slot_keys())
+
+policies = st.builds(
+    RetentionPolicy,
+    hourly=st.integers(0, 5),
+    daily=st.integers(0, 5),
+    weekly=st.integers(0, 4),
+    monthly=st.integers(0, 4),
+    yearly=st.integers(0, 3),
+    pre_restore=st.integers(0, 3),
+)
+# Minutes since BASE: collisions within an hour, day, week... are common, as in real life.
+entries = st.tuples(
+    st.one_of(st.integers(0, 700 * 24 * 60), st.integers(690 * 24 * 60, 700 * 24 * 60)),
+    st.sampled_from(["scheduled", "scheduled", "manual", "pre-restore"]),
+    st.one_of(st.just(True), st.booleans()),
+)
+histories = st.lists(entries, max_size=40)
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def build(items: list[tuple[int, str, bool]]) -> list[Candidate]:
+    return [
+        Candidate(f"s{index:03d}", BASE + timedelta(minutes=minute), kind, verified)
+        for index, (minute, kind, verified) in enumerate(items)
+    ]
+
+
+def deleted(plan: RetentionPlan) -> set[str]:
+    return {d.id for d in plan.delete}
+
+
+def slot_fillers(candidates: list[Candidate], now: datetime | None = None) -> list[Candidate]:
+    limit = None if now is None else now + CLOCK_SKEW
+    return [
+        c
+        for c in candidates
+        if c.verified and c.kind != "pre-restore" and (limit is None or c.created_at <= limit)
+    ]
+
+
+@FAST
+@given(histories, policies)
+def test_newest_and_newest_verified_are_always_kept(
+    items: list[tuple[int, str, bool]], policy: RetentionPolicy
+) -> None:
+    candidates = build(items)
+    plan = plan_retention(candidates, policy)
+    assert len(plan.decisions) == len(candidates)
+    if not candidates:
+        return
+    newest = max(candidates, key=lambda c: (c.created_at, c.id))
+    assert newest.id not in deleted(plan)
+    verified = [c for c in candidates if c.verified]
+    if verified:
+        assert max(verified, key=lambda c: (c.created_at, c.id)).id not in deleted(plan)
+
+
+@FAST
+@given(histories, policies, st.lists(st.integers(0, 39), max_size=3))
+def test_kept_count_is_bounded(
+    items: list[tuple[int, str, bool]], policy: RetentionPolicy, protected: list[int]
+) -> None:
+    candidates = build(items)
+    protect = [f"s{i:03d}" for i in protected]
+    plan = plan_retention(candidates, policy, protect=protect)
+    slots = policy.hourly + policy.daily + policy.weekly + policy.monthly + policy.yearly
+    # newest + newest verified + explicitly protected
+    assert len(plan.keep) <= slots + policy.pre_restore + 2 + len(set(protect))
+    for backup_id in protect:
+        if any(c.id == backup_id for c in candidates):
+            assert backup_id not in deleted(plan)
+
+
+@FAST
+@given(histories, policies, st.sampled_from([None, NOW, BASE + timedelta(days=300)]))
+def test_each_slot_reason_is_the_newest_verified_backup_of_one_of_the_newest_slots(
+    items: list[tuple[int, str, bool]], policy: RetentionPolicy, now: datetime | None
+) -> None:
+    candidates = build(items)
+    plan = plan_retention(candidates, policy, now=now)
+    by_id = {c.id: c for c in candidates}
+    fillers = slot_fillers(candidates, now)
+    for kind in KINDS:
+        key = SLOT_KEY[kind]
+        # Reference: the newest `limit` slots among verified regular backups, newest per slot.
+        newest_per_slot: dict[str, Candidate] = {}
+        for c in fillers:
+            slot = key(c.created_at)
+            best = newest_per_slot.get(slot)
+            if best is None or (c.created_at, c.id) > (best.created_at, best.id):
+                newest_per_slot[slot] = c
+        ranked = sorted(
+            newest_per_slot.items(), key=lambda kv: (kv[1].created_at, kv[1].id), reverse=True
+        )
+        expected = {f"{kind} {slot}": c.id for slot, c in ranked[: getattr(policy, kind)]}
+        actual = {
+            reason: d.id
+            for d in plan.decisions
+            for reason in d.reasons
+            if reason.split(" ")[0] == kind
+        }
+        assert actual == expected
+        for reason, backup_id in actual.items():
+            candidate = by_id[backup_id]
+            assert candidate.verified and candidate.kind != "pre-restore"
+            assert reason == f"{kind} {key(candidate.created_at)}"
+
+
+@FAST
+@given(histories, policies)
+def test_unverified_backups_never_fill_a_slot(
+    items: list[tuple[int, str, bool]], policy: RetentionPolicy
+) -> None:
+    candidates = build(items)
+    plan = plan_retention(candidates, policy)
+    unverified = {c.id for c in candidates if not c.verified}
+    for decision in plan.decisions:
+        if decision.id in unverified:
+            assert set(decision.reasons) <= {"newest backup"}
+    pre = [c for c in candidates if c.kind == "pre-restore" and c.verified]
+    kept_pre = [d for d in plan.decisions if any(r.startswith("pre-restore #") for r in d.reasons)]
+    assert len(kept_pre) == min(len(pre), policy.pre_restore)
+
+
+@FAST
+@given(
+    histories,
+    policies,
+    st.lists(st.integers(0, 39), max_size=2),
+    st.sampled_from([None, NOW, BASE + timedelta(days=300)]),
+)
+def test_applying_the_plan_then_replanning_deletes_nothing_more(
+    items: list[tuple[int, str, bool]],
+    policy: RetentionPolicy,
+    protected: list[int],
+    now: datetime | None,
+) -> None:
+    candidates = build(items)
+    protect = [f"s{i:03d}" for i in protected]
+    plan = plan_retention(candidates, policy, protect=protect, now=now)
+    survivors = [c for c in candidates if c.id not in deleted(plan)]
+    again = plan_retention(survivors, policy, protect=protect, now=now)
+    assert deleted(again) == set()
+    assert {d.id: d.reasons for d in again.decisions} == {d.id: d.reasons for d in plan.keep}
+
+
+@FAST
+@given(
+    histories,
+    policies,
+    st.sampled_from(["scheduled", "manual", "pre-restore"]),
+    st.booleans(),
+    st.integers(10, 60 * 24 * 365 * 5),
+)
+def test_a_backup_dated_in_the_future_deletes_no_more_than_a_sane_clock_would(
+    items: list[tuple[int, str, bool]],
+    policy: RetentionPolicy,
+    kind: str,
+    verified: bool,
+    ahead_minutes: int,
+) -> None:
+    """A backup stamped in the future (a fast clock) must not take the newest slot of every
+    kind and push the oldest good backups out: the backups deleted are a subset of those a
+    correctly dated copy of it would cost. It is itself kept."""
+    history = build(items)  # all dated at or before NOW
+    sane_x = Candidate("x", NOW, kind, verified)
+    wild_x = Candidate("x", NOW + timedelta(minutes=ahead_minutes), kind, verified)
+    sane = plan_retention([*history, sane_x], policy, now=NOW)
+    wild = plan_retention([*history, wild_x], policy, now=NOW)
+    assert deleted(wild) - {"x"} <= deleted(sane) - {"x"}
+    assert "x" not in deleted(wild)
+    if ahead_minutes * 60 > CLOCK_SKEW.total_seconds():
+        assert "dated in the future" in wild.reasons("x")
+
+
+@FAST
+@given(
+    histories,
+    policies,
+    st.sampled_from(["scheduled", "manual", "pre-restore"]),
+    st.booleans(),
+    st.integers(60, 60 * 24 * 700),
+)
+def test_a_clock_that_went_backwards_costs_at_most_one_place_per_slot_kind(
+    items: list[tuple[int, str, bool]],
+    policy: RetentionPolicy,
+    kind: str,
+    verified: bool,
+    back_minutes: int,
+) -> None:
+    """The clock jumps back; a run takes backup x stamped with the wrong time and prunes.
+
+    What is true: nothing dated after the (wrong) clock is deleted (it is kept as "dated in
+    the future"), and x costs the existing verified backups at most one place per slot kind,
+    plus the newest-verified protection it may inherit, compared with not taking x at all: no
+    cascade. (The stronger "never more than a sane clock" cannot hold when the jump is not
+    detectable: a clock 11 months slow puts x in last year's yearly slot, where it displaces
+    that year's backup exactly as a backup really taken then would.)
+    """
+    history = build(items)
+    wrong_now = NOW - timedelta(minutes=back_minutes)
+    x = Candidate("x", wrong_now, kind, verified)
+    without_x = plan_retention(history, policy, now=wrong_now)
+    with_x = plan_retention([*history, x], policy, now=wrong_now, protect=["x"])
+    for c in history:
+        if c.created_at > wrong_now + CLOCK_SKEW:
+            assert c.id not in deleted(with_x)
+    good = {c.id for c in history if c.verified}
+    extra = (deleted(with_x) - deleted(without_x)) & good
+    kinds_in_use = sum(1 for name in KINDS if getattr(policy, name))
+    assert len(extra) <= kinds_in_use + (1 if policy.pre_restore else 0) + 1
+    assert "x" not in deleted(with_x)
+
+
+# -- a realistic history -----------------------------------------------------------------------
+
+END = datetime(2026, 11, 25, 10, 17, tzinfo=timezone.utc)
+
+
+def hourly_history() -> list[Candidate]:
+    """Two years of hourly backups at :17, plus one backup each January of 2014-2023."""
+    candidates = []
+    moment = END - timedelta(days=730)
+    index = 0
+    while moment <= END:
+        candidates.append(Candidate(f"h{index:06d}", moment, "scheduled", True))
+        moment += timedelta(hours=1)
+        index += 1
+    for year in range(2014, 2024):
+        moment = datetime(year, 1, 15, 3, 17, tzinfo=timezone.utc)
+        candidates.append(Candidate(f"y{year}", moment, "scheduled", True))
+    return candidates
+
+
+def test_two_years_of_hourly_backups_fill_exactly_the_default_slots() -> None:
+    candidates = hourly_history()
+    plan = plan_retention(candidates, RetentionPolicy(), now=END)
+    counts: Counter[str] = Counter(reason.split(" ")[0] for d in plan.keep for reason in d.reasons)
+    assert counts["hourly"] == 24
+    assert counts["daily"] == 30
+    assert counts["weekly"] == 12
+    assert counts["monthly"] == 24
+    assert counts["yearly"] == 10
+    at = {c.created_at: c.id for c in candidates}
+
+    def reasons(moment: datetime) -> tuple[str, ...]:
+        return plan.reasons(at[moment])
+
+    utc = timezone.utc
+    assert reasons(END) == (
+        "hourly 2026-11-25 10:00",
+        "daily 2026-11-25",
+        "weekly 2026-W48",
+        "monthly 2026-11",
+        "yearly 2026",
+        "newest backup",
+    )
+    assert reasons(datetime(2026, 11, 24, 11, 17, tzinfo=utc)) == ("hourly 2026-11-24 11:00",)
+    assert reasons(datetime(2026, 11, 24, 10, 17, tzinfo=utc)) == ()  # the 25th hour back
+    assert reasons(datetime(2026, 11, 20, 23, 17, tzinfo=utc)) == ("daily 2026-11-20",)
+    assert reasons(datetime(2026, 11, 20, 22, 17, tzinfo=utc)) == ()
+    assert reasons(datetime(2026, 11, 22, 23, 17, tzinfo=utc)) == (
+        "daily 2026-11-22",
+        "weekly 2026-W47",
+    )
+    assert reasons(datetime(2026, 10, 31, 23, 17, tzinfo=utc)) == (
+        "daily 2026-10-31",
+        "monthly 2026-10",
+    )
+    assert reasons(datetime(2026, 10, 26, 23, 17, tzinfo=utc)) == ()  # the 31st day back
+    # Weekly: 12 Sundays, the oldest is 2026-W37's (Sunday 13 September).
+    assert reasons(datetime(2026, 9, 13, 23, 17, tzinfo=utc)) == ("weekly 2026-W37",)
+    assert reasons(datetime(2026, 9, 6, 23, 17, tzinfo=utc)) == ()
+    # Monthly: 24 months back to December 2024.
+    assert reasons(datetime(2024, 12, 31, 23, 17, tzinfo=utc)) == (
+        "monthly 2024-12",
+        "yearly 2024",
+    )
+    assert reasons(datetime(2024, 11, 30, 23, 17, tzinfo=utc)) == ()
+    # Yearly: 2026 back to 2017; the January backups of 2014-2016 go.
+    assert reasons(datetime(2017, 1, 15, 3, 17, tzinfo=utc)) == ("yearly 2017",)
+    assert {"y2014", "y2015", "y2016"} <= deleted(plan)
+    kept = {d.id for d in plan.keep}
+    assert len(kept) == len(candidates) - len(deleted(plan))
+    # Applying the plan and planning again keeps exactly the same set.
+    again = plan_retention([c for c in candidates if c.id in kept], RetentionPolicy(), now=END)
+    assert not again.delete
+
+
+def test_pre_restore_snapshots_are_kept_by_their_own_count() -> None:
+    history = [
+        Candidate(f"p{i}", END - timedelta(days=i), "pre-restore", True) for i in range(1, 15)
+    ]
+    history.append(Candidate("n", END, "scheduled", True))
+    plan = plan_retention(history, RetentionPolicy(pre_restore=3))
+    assert plan.reasons("p1") == ("pre-restore #1",)
+    assert plan.reasons("p3") == ("pre-restore #3",)
+    assert deleted(plan) == {f"p{i}" for i in range(4, 15)}
+
+
+def test_unverified_newest_is_kept_but_fills_no_slot() -> None:
+    good = Candidate("good", END - timedelta(hours=1), "scheduled", True)
+    bad = Candidate("bad", END, "scheduled", False)
+    plan = plan_retention([good, bad], RetentionPolicy())
+    assert plan.reasons("bad") == ("newest backup",)
+    assert "hourly 2026-11-25 09:00" in plan.reasons("good")
+    assert "daily 2026-11-25" in plan.reasons("good")
+
+
+def test_a_future_backup_keeps_last_years_backup() -> None:
+    """The concrete case the fix is for: a backup stamped 2030 must not evict 2024's."""
+    policy = RetentionPolicy(hourly=2, daily=2, weekly=2, monthly=2, yearly=2)
+    old = Candidate("old", datetime(2025, 6, 1, tzinfo=timezone.utc), "scheduled", True)
+    new = Candidate("new", END, "scheduled", True)
+    wild = Candidate("wild", datetime(2030, 1, 1, tzinfo=timezone.utc), "scheduled", True)
+    plan = plan_retention([old, new, wild], policy, now=END)
+    assert not plan.delete
+    assert "yearly 2025" in plan.reasons("old")
+    # Without knowing "now", the 2030 backup takes a slot of every kind and evicts 2025's.
+    assert "old" in deleted(plan_retention([old, new, wild], policy))
+    assert plan.reasons("wild") == ("dated in the future", "newest backup")

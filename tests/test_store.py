@@ -1,0 +1,187 @@
+"""Backup folders: listing marks missing, differing and damaged copies; debris never lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.errors import BackupNotFound, InvalidBackupId
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import DAMAGED, DIFFERS, MISSING, OK, BackupStore
+from tests.conftest import flip_byte, rewrite_metadata
+
+
+@pytest.fixture
+def taken(settings: Settings) -> str:
+    """One committed backup in both folders; returns its id."""
+    return create_backup(settings).metadata.id
+
+
+def states(settings: Settings, backup_id: str) -> dict[str, str]:
+    return {c.location: c.state for c in BackupStore(settings).get(backup_id).copies}
+
+
+def test_healthy_backup_lists_with_both_copies(settings: Settings, taken: str) -> None:
+    store = BackupStore(settings)
+    [info] = store.list()
+    assert info.id == taken
+    assert info.verified and not info.problems
+    assert states(settings, taken) == {"primary": OK, "secondary": OK}
+    assert store.latest().id == taken
+    summary = info.to_dict()
+    assert summary["copies"] == {"primary": "ok", "secondary": "ok"}
+    assert summary["size"] == info.stored_size > 0
+
+
+def test_missing_secondary_copy_is_marked(settings: Settings, taken: str) -> None:
+    for name in (f"{taken}.json", f"{taken}.db.zst"):
+        (settings.secondary_dir / name).unlink()  # type: ignore[operator]
+    info = BackupStore(settings).get(taken)
+    assert states(settings, taken) == {"primary": OK, "secondary": MISSING}
+    assert info.copy_state("secondary") == MISSING
+    assert info.verified  # the primary copy is sound
+
+
+def test_missing_secondary_data_file_is_marked_damaged(settings: Settings, taken: str) -> None:
+    (settings.secondary_dir / f"{taken}.db.zst").unlink()  # type: ignore[operator]
+    info = BackupStore(settings).get(taken)
+    assert states(settings, taken)["secondary"] == DAMAGED
+    assert any("data file is missing" in p for p in info.problems)
+
+
+def test_secondary_copy_of_another_size_is_marked(settings: Settings, taken: str) -> None:
+    data = settings.secondary_dir / f"{taken}.db.zst"  # type: ignore[operator]
+    data.write_bytes(data.read_bytes()[:-10])
+    info = BackupStore(settings).get(taken)
+    assert states(settings, taken) == {"primary": OK, "secondary": DAMAGED}
+    assert any("bytes, metadata says" in p for p in info.problems)
+    assert info.verified
+
+
+def test_secondary_copy_that_differs_is_marked(settings: Settings, taken: str) -> None:
+    path = settings.secondary_dir / f"{taken}.json"  # type: ignore[operator]
+    doc = json.loads(path.read_text())
+    doc["sha256"] = "0" * 64
+    path.write_text(json.dumps(doc))
+    info = BackupStore(settings).get(taken)
+    assert states(settings, taken) == {"primary": OK, "secondary": DIFFERS}
+    assert any("differs" in p for p in info.problems)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        b"this is not json",
+        b"",
+        b"[1, 2, 3]",
+        b'{"format_version": 1}',
+    ],
+)
+def test_damaged_metadata_still_lists_and_is_marked(
+    settings: Settings, taken: str, damage: bytes
+) -> None:
+    for folder in settings.locations:
+        (folder / f"{taken}.json").write_bytes(damage)
+    [info] = BackupStore(settings).list()
+    assert info.id == taken
+    assert info.metadata is None
+    assert info.kind == "unknown"
+    assert not info.verified
+    assert info.problems
+    assert all(c.state == DAMAGED for c in info.copies)
+    assert info.to_dict()["size"] is None
+    # The id's own time stands in for the lost created_at.
+    assert info.created_at.strftime("%Y%m%dT%H%M%SZ") == taken[:16]
+    with pytest.raises(BackupNotFound):
+        BackupStore(settings).latest()
+
+
+def test_metadata_pointing_at_another_file_is_marked(settings: Settings, taken: str) -> None:
+    rewrite_metadata(settings, taken, data_file="../../etc/passwd")
+    [info] = BackupStore(settings).list()
+    assert info.metadata is None
+    assert any("another file" in p for p in info.problems)
+    assert not info.verified
+
+
+def test_one_damaged_metadata_copy_does_not_hide_the_good_one(
+    settings: Settings, taken: str
+) -> None:
+    (settings.backup_dir / f"{taken}.json").write_text("{broken")
+    info = BackupStore(settings).get(taken)
+    assert info.metadata is not None
+    assert info.verified
+    assert states(settings, taken) == {"primary": DAMAGED, "secondary": OK}
+
+
+def test_flipped_byte_is_invisible_to_the_cheap_look(settings: Settings, taken: str) -> None:
+    """list does no hashing (it must stay fast); verify and health catch a flipped byte."""
+    flip_byte(settings.backup_dir / f"{taken}.db.zst")
+    assert states(settings, taken) == {"primary": OK, "secondary": OK}
+
+
+def test_data_file_without_metadata_never_lists(settings: Settings, taken: str) -> None:
+    orphan = "20250101T000000Z-0a0b0c"
+    (settings.backup_dir / f"{orphan}.db.zst").write_bytes(b"partial")
+    store = BackupStore(settings)
+    assert store.ids() == [taken]
+    with pytest.raises(BackupNotFound):
+        store.get(orphan)
+    removed = store.cleanup_orphans()
+    assert removed == [settings.backup_dir / f"{orphan}.db.zst"]
+    assert (settings.backup_dir / f"{taken}.db.zst").exists()
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "20261399T999999Z-3f9a1c.json",  # right shape, impossible date
+        "20261399T999999Z-3f9a1c.db.zst",
+        "notes.json",
+        "status.json",
+        "alerts.jsonl",
+        "README.txt",
+        "20261123T201500Z-3F9A1C.json",
+    ],
+)
+def test_stray_files_are_ignored(settings: Settings, taken: str, name: str) -> None:
+    (settings.backup_dir / name).write_text("{}")
+    store = BackupStore(settings)
+    assert [i.id for i in store.list()] == [taken]
+    store.cleanup_orphans()
+    assert (settings.backup_dir / name).exists()
+    create_backup(settings)  # cleanup inside a real backup must not trip over it either
+    assert len(store.list()) == 2
+
+
+def test_get_rejects_bad_and_unknown_ids(settings: Settings, taken: str) -> None:
+    store = BackupStore(settings)
+    with pytest.raises(InvalidBackupId):
+        store.get("../../etc/passwd")
+    with pytest.raises(BackupNotFound):
+        store.get("20200101T000000Z-000000")
+    with pytest.raises(InvalidBackupId):
+        store.delete("..")
+
+
+def test_delete_removes_every_copy(settings: Settings, taken: str) -> None:
+    store = BackupStore(settings)
+    store.delete(taken)
+    assert store.list() == []
+    for folder in settings.locations:
+        assert not [p for p in folder.iterdir() if p.name.startswith(taken)]
+
+
+def test_missing_folders_list_as_empty(make_settings: object, tmp_path: Path) -> None:
+    from tablettracker_backups.settings import settings_from_mapping
+
+    settings = settings_from_mapping(
+        {"database": tmp_path / "x.db", "dir": tmp_path / "nothing-here"}
+    )
+    store = BackupStore(settings)
+    assert store.list() == []
+    with pytest.raises(BackupNotFound, match="no verified backup"):
+        store.latest()

@@ -1,0 +1,166 @@
+"""The built wheel, installed in a fresh virtual environment, works on its own.
+
+The package must come from the wheel, not from this checkout: everything runs from a working
+directory outside the repository and checks where the module was imported from. The venv
+uses --system-site-packages only so that the dependencies (Flask, zstandard, ...) need no
+network; the project itself is installed from the wheel with --no-deps --no-index.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_db
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Installed:
+    """A venv with the wheel installed."""
+
+    wheel: Path
+    venv: Path
+    workdir: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @property
+    def script(self) -> Path:
+        return self.venv / "bin" / "tablettracker-backups"
+
+    def run(
+        self, *args: str | Path, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return subprocess.run(
+            [str(a) for a in args],
+            cwd=self.workdir,
+            env={**clean, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+
+def _check(result: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
+    """Build the wheel from this checkout and install it into a fresh venv (once per module)."""
+    base = tmp_path_factory.mktemp("wheel")
+    dist = base / "dist"
+    _check(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--no-index",
+                "--quiet",
+                "--wheel-dir",
+                str(dist),
+                str(ROOT),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    )
+    [wheel] = dist.glob("tablettracker_backups-*.whl")
+    venv = base / "venv"
+    _check(
+        subprocess.run(
+            # --without-pip (ensurepip is the slow part): this pip installs into it below.
+            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    )
+    workdir = base / "elsewhere"
+    workdir.mkdir()
+    result = Installed(wheel, venv, workdir)
+    _check(
+        result.run(
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            venv / "bin" / "python",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--quiet",
+            "--force-reinstall",
+            wheel,
+        )
+    )
+    return result
+
+
+def test_wheel_contains_templates_and_static(installed: Installed) -> None:
+    with zipfile.ZipFile(installed.wheel) as archive:
+        names = archive.namelist()
+    for folder in ("templates", "static"):
+        inside = [n for n in names if n.startswith(f"tablettracker_backups/{folder}/")]
+        assert inside, f"{folder}/ is not in the wheel"
+    assert "tablettracker_backups/py.typed" in names
+    assert not [n for n in names if n.startswith("tests/")]
+
+
+def test_package_is_imported_from_the_venv(installed: Installed) -> None:
+    code = (
+        "import json, tablettracker_backups as t\n"
+        "from tablettracker_backups.resources import resource_dir\n"
+        "print(json.dumps({'file': t.__file__, 'templates': str(resource_dir('templates')),"
+        " 'static': str(resource_dir('static'))}))"
+    )
+    found = json.loads(_check(installed.run(installed.python, "-c", code)).stdout)
+    venv = str(installed.venv.resolve())
+    assert str(Path(found["file"]).resolve()).startswith(venv), found
+    assert not str(Path(found["file"]).resolve()).startswith(str(ROOT))
+    for folder in ("templates", "static"):
+        path = Path(found[folder]).resolve()
+        assert str(path).startswith(venv), found
+        assert path.parent.name == "tablettracker_backups"
+        assert any(path.iterdir()), f"installed {folder}/ is empty"
+
+
+def test_console_script_backs_up_and_lists(installed: Installed, tmp_path: Path) -> None:
+    db = make_db(tmp_path / "tablet_counter.db")
+    env = {
+        "BACKUPS_DATABASE": str(db),
+        "BACKUPS_DIR": str(tmp_path / "backups"),
+        "XDG_CONFIG_HOME": str(tmp_path / "xdg"),
+    }
+    assert installed.script.exists()
+    made = _check(installed.run(installed.script, "backup", "--json", env=env))
+    backup_id = json.loads(made.stdout)["id"]
+    listed = json.loads(_check(installed.run(installed.script, "list", "--json", env=env)).stdout)
+    assert [entry["id"] for entry in listed] == [backup_id]
+    assert listed[0]["verified"] is True
+    assert (tmp_path / "backups" / f"{backup_id}.db.zst").exists()
+    version = _check(installed.run(installed.script, "--version"))
+    assert "0.1.0" in version.stdout
+    bad = installed.run(installed.script, "show", "nope", env=env)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
