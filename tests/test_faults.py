@@ -805,3 +805,140 @@ def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
         f"{len(ahead)} future-dated kept, real kept {len(real_present)} of {len(taken)}; "
         f"health exit {health.returncode}"
     )
+
+
+# -- kill -9 a restore ------------------------------------------------------------------------
+
+
+def db_state(database: Path) -> tuple[object, ...]:
+    """What identifies a database's content: integrity, row counts, a content checksum."""
+    conn = sqlite3.connect(database, timeout=60)
+    try:
+        # Opening read-write rolls back a hot journal, as the app's next connection would.
+        integrity = conn.execute("PRAGMA integrity_check").fetchall()
+        assert integrity == [("ok",)], integrity
+        conn.execute("BEGIN")
+        counts = tuple(
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("po_lines", "count_sessions", "purchase_orders", "employees")
+        )
+        checksum = conn.execute(
+            "SELECT total(tablets_counted * id), group_concat(substr(notes, 1, 1), '') "
+            "FROM (SELECT * FROM count_sessions ORDER BY id DESC LIMIT 200)"
+        ).fetchone()
+        conn.execute("ROLLBACK")
+        return (*counts, *checksum)
+    finally:
+        conn.close()
+
+
+def make_old_state(database: Path) -> None:
+    """Turn the live database into an 'old' state clearly different from the backup."""
+    conn = sqlite3.connect(database)
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE id % 3 = 0")
+        conn.execute("UPDATE count_sessions SET notes = 'OLD' || notes WHERE id % 7 = 1")
+        conn.execute(
+            "INSERT INTO employees (username, full_name, password_hash) "
+            "VALUES ('old-only', 'Old State', '')"
+        )
+    conn.close()
+
+
+@pytest.mark.parametrize(("mode", "trials", "seed"), [("delete", 12, 701), ("wal", 12, 702)])
+def test_kill_9_restore_at_random_points(
+    big_templates: dict[str, Path],
+    tmp_path: Path,
+    reliability: Recorder,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> None:
+    row = reliability(
+        f"kill -9 `restore --yes` ({mode} journal)",
+        trials=trials,
+        checked="live DB passes integrity_check and is entirely the old or entirely the new "
+        "state (row counts + content checksum); once anything was written, a verified "
+        "pre-restore safety snapshot of the old state exists; lock free; the next restore "
+        "cleans up and succeeds",
+        detail=f"seed {seed}",
+    )
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.locking import is_locked
+    from tablettracker_backups.restore import restore_backup
+    from tablettracker_backups.verify import verify_copy
+
+    rng = random.Random(seed)
+    db = live_copy(big_templates, mode, tmp_path / "instance")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    backup_id = create_backup(settings).metadata.id
+    new_state = db_state(db)
+    make_old_state(db)
+    old_state = db_state(db)
+    assert old_state != new_state
+    old_template = tmp_path / "old.db"
+    shutil.copyfile(db, old_template)  # nobody has the live database open here
+
+    def reset() -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(old_template, db)
+
+    args = ["restore", backup_id, "--yes"]
+    window = 0.0
+    for _ in range(2):  # calibrate, and check a whole restore works
+        started = time.monotonic()
+        proc = spawn_cli(args, env)
+        first = _wait_for_temp(proc, settings.backup_dir)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        window = max(window, time.monotonic() - (first or started))
+        assert db_state(db) == new_state
+        reset()
+    outcomes: Counter[str] = Counter()
+    for trial in range(trials):
+        where = f"restore/{mode} seed={seed} trial={trial}"
+        safety_before = {i.id for i in BackupStore(settings).list() if i.kind == "pre-restore"}
+        proc = spawn_cli(args, env)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            _wait_for_temp(proc, settings.backup_dir)
+            time.sleep(rng.uniform(0.0, window * 1.1))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=120)
+        killed = proc.returncode == -signal.SIGKILL
+        assert killed or proc.returncode == 0, (where, proc.returncode)
+        journal = Path(f"{db}-journal")
+        hot = journal.exists() and journal.stat().st_size > 0
+        state = db_state(db)
+        assert state in (old_state, new_state), where
+        store = BackupStore(settings)
+        new_safety = [
+            i for i in store.list() if i.kind == "pre-restore" and i.id not in safety_before
+        ]
+        if state == new_state:
+            assert new_safety, f"{where}: new state without a safety snapshot"
+            assert verify_copy(store, "primary", new_safety[0].id).ok, where
+        for info in new_safety:  # a safety snapshot holds the old state
+            assert info.metadata is not None
+            assert info.metadata.row_counts["employees"] == old_state[3], where
+        for info in store.list():
+            assert info.verified and info.copy_state("primary") == "ok", (where, info)
+        assert not is_locked(settings), where
+        label = ("old" if state == old_state else "new") + (
+            " (killed)" if killed else " (finished first)"
+        )
+        if state == old_state and new_safety:
+            label += ", safety snapshot taken"
+        if hot:
+            label += ", hot journal rolled back"
+        outcomes[label] += 1
+        # The next restore cleans up after the killed one and succeeds.
+        restore_backup(settings, backup_id)
+        assert db_state(db) == new_state, where
+        assert_no_debris(settings.backup_dir, settings.secondary_dir)
+        reset()
+    row["detail"] = f"seed {seed}; " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
