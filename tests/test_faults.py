@@ -31,6 +31,7 @@ from tests.faultkit import (
     ROOT,
     WriterThread,
     assert_no_debris,
+    assert_one_line_error,
     check_live,
     cli_command,
     cli_env,
@@ -530,8 +531,8 @@ def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope:
         f"damaged backup: {kind} ({'one copy' if scope == 'primary' else 'every copy'})",
         trials=1,
         checked="prune right after the damage keeps a backup that fully verifies; verify names "
-        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; "
-        "a later run still succeeds",
+        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; restore uses "
+        "the other copy, or refuses in one line leaving the DB unchanged; a later run succeeds",
     )
     rng = random.Random(f"{kind}/{scope}")
     db = make_db(tmp_path / "instance.db")
@@ -572,6 +573,17 @@ def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope:
         assert entry["verified"] is False, entry
     human = run_cli(["list"], env)
     assert human.returncode == 0 and "!" in human.stdout, human.stdout
+
+    # Restore uses the sound copy, or refuses and leaves the database alone.
+    before = db_state(db)
+    restored = run_cli(["restore", victim, "--yes", "--json"], env)
+    assert "Traceback" not in restored.stdout + restored.stderr, restored.stderr
+    if scope == "primary":
+        assert restored.returncode in (0, 1), restored.stderr  # 1: it fell back
+        assert json.loads(restored.stdout)["source_location"] == "secondary", restored.stdout
+    else:
+        assert_one_line_error(restored)
+        assert db_state(db) == before
 
     result = run(settings, force=True)
     assert result.error is None, result.error
