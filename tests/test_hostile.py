@@ -629,3 +629,265 @@ def test_secrets_never_leak(tmp_path: Path, reliability: Recorder) -> None:
                     assert secret.encode() not in content, path
     assert written > 3
     row["detail"] = f"{written} files scanned"
+
+
+# -- the web pages ----------------------------------------------------------------------------
+
+HOSTILE_IDS = {
+    "dot-dot": "..%2F..%2F..%2Fetc%2Fpasswd",
+    "dot-dot raw": "../../etc/passwd",
+    "absolute": "%2Fetc%2Fpasswd",
+    "NUL": "20261123T201500Z-3f9a1c%00",
+    "newline": "20261123T201500Z-3f9a1c%0A",
+    "very long": "2" * 5000,
+    "unicode digits": "%D9%A2%D9%A0%D9%A2%D9%A6" + "1123T201500Z-3f9a1c",
+    "unicode": "%E2%80%AE20261123T201500Z-3f9a1c",
+    "data file name": "20261123T201500Z-3f9a1c.db.zst",
+    "backslash": "..%5C..%5Cetc%5Cpasswd",
+}
+
+
+def _admin_rules(app: Any) -> list[tuple[str, str, str]]:
+    """(rule, endpoint, method) for every admin page of the blueprint, from the URL map."""
+    from tablettracker_backups.views import BLUEPRINT
+
+    found = []
+    for rule in app.url_map.iter_rules():
+        if not rule.endpoint.startswith(f"{BLUEPRINT}.") or rule.endpoint.endswith(".static"):
+            continue
+        for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
+            found.append((rule.rule, rule.endpoint, method))
+    return found
+
+
+def _dashboard(app: Any) -> str:
+    from tablettracker_backups.views import BLUEPRINT
+
+    return next(r.rule for r in app.url_map.iter_rules() if r.endpoint == f"{BLUEPRINT}.dashboard")
+
+
+def _url(rule: str, backup_id: str, job_id: str = "0123456789abcdef") -> str:
+    return rule.replace("<backup_id>", backup_id).replace("<job_id>", job_id)
+
+
+def _web_setup(demo_app: Any) -> tuple[Any, str]:
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.extension import get_state
+
+    with demo_app.app_context():
+        settings = get_state().settings
+    backup_id = create_backup(settings).metadata.id
+    return settings, backup_id
+
+
+def _state_of(settings: Any) -> tuple[list[str], int]:
+    from tablettracker_backups.store import BackupStore
+
+    audit_log = settings.state_dir / "audit.jsonl"
+    size = audit_log.stat().st_size if audit_log.exists() else 0
+    return BackupStore(settings).ids(), size
+
+
+def test_every_admin_route_refuses_strangers(
+    demo_app: Any, staff_client: Any, reliability: Recorder
+) -> None:
+    rules = _admin_rules(demo_app)
+    row = reliability(
+        f"web: every admin route ({len(rules)} route/method pairs) as anonymous and non-admin",
+        trials=2 * len(rules),
+        checked="anonymous: redirect to login (never 200); non-admin: 403; no backup, job or "
+        "audit entry appears",
+    )
+    settings, backup_id = _web_setup(demo_app)
+    before = _state_of(settings)
+    anonymous = demo_app.test_client()
+    # The non-admin's own valid CSRF token (from a host page with a form), so that POSTs get
+    # past the CSRF check and meet the admin check.
+    from tests.conftest import csrf_from
+
+    staff_token = csrf_from(staff_client.get("/po/1/edit").get_data(as_text=True))
+    for rule, endpoint, method in rules:
+        url = _url(rule, backup_id)
+        response = anonymous.open(url, method=method, data={"confirm": backup_id})
+        # (a POST may already be refused by the host's CSRF check: 400)
+        refused = (302, 303, 401) + ((400,) if method == "POST" else ())
+        assert response.status_code in refused, (endpoint, method, response.status_code)
+        if response.status_code in (302, 303):
+            assert "/login" in response.headers["Location"], (endpoint, method)
+        response = staff_client.open(
+            url, method=method, data={"confirm": backup_id, "csrf_token": staff_token}
+        )
+        assert response.status_code == 403, (endpoint, method, response.status_code)
+    assert _state_of(settings) == before
+    row["detail"] = ", ".join(sorted({f"{m} {r}" for r, _e, m in rules}))[:300]
+
+
+@pytest.mark.parametrize("own_tokens", [False, True], ids=["flask-wtf", "blueprint-csrf"])
+def test_every_admin_post_needs_the_csrf_token(
+    tmp_path: Path, reliability: Recorder, own_tokens: bool
+) -> None:
+    from tablettracker_backups.demo import create_app
+    from tests.conftest import csrf_from, login
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "inst",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "DEMO_USE_FLASK_WTF": not own_tokens,
+        }
+    )
+    posts = [(r, e, m) for r, e, m in _admin_rules(app) if m == "POST"]
+    row = reliability(
+        f"web: every admin POST without / with a forged CSRF token "
+        f"({'blueprint tokens' if own_tokens else 'Flask-WTF'})",
+        trials=3 * len(posts),
+        checked="as admin: no token, a forged token, another session's token -> 400; nothing "
+        "changes; the real token is accepted (so the check can fail)",
+    )
+    settings, backup_id = _web_setup(app)
+    admin = app.test_client()
+    login(admin, "admin", app.config["DEMO_PASSWORD"])
+    other = app.test_client()
+    login(other, "admin", app.config["DEMO_PASSWORD"])
+    foreign = csrf_from(other.get(_dashboard(app)).get_data(as_text=True))
+    real = csrf_from(admin.get(_dashboard(app)).get_data(as_text=True))
+    assert foreign != real
+    before = _state_of(settings)
+    for rule, endpoint, _method in posts:
+        url = _url(rule, backup_id)
+        for token in (None, "forged-" + real[7:], foreign):
+            data = {"confirm": backup_id, "expect": ""}
+            if token is not None:
+                data["csrf_token"] = token
+            response = admin.post(url, data=data)
+            assert response.status_code == 400, (endpoint, token, response.status_code)
+    assert _state_of(settings) == before
+    # The control: the real token works (download answers with the file).
+    download = next(r for r, e, _m in posts if e.endswith(".download"))
+    response = admin.post(_url(download, backup_id), data={"csrf_token": real})
+    assert response.status_code == 200, response.get_data(as_text=True)[-300:]
+    response.close()
+    row["detail"] = f"{len(posts)} POST routes"
+
+
+def test_hostile_backup_ids_in_urls(
+    demo_app: Any, admin_client: Any, reliability: Recorder
+) -> None:
+    from tests.conftest import csrf_from
+
+    rules = [
+        (r, e, m) for r, e, m in _admin_rules(demo_app) if "<backup_id>" in r or "<job_id>" in r
+    ]
+    row = reliability(
+        "web: hostile backup and job ids in every id route (" + ", ".join(HOSTILE_IDS) + ")",
+        trials=len(rules) * len(HOSTILE_IDS),
+        checked="as admin with a valid CSRF token: 404 or 400 (never 200, never 500); no file "
+        "outside the backup folders is sent; nothing changes",
+    )
+    settings, _backup_id = _web_setup(demo_app)
+    token = csrf_from(admin_client.get(_dashboard(demo_app)).get_data(as_text=True))
+    secret = Path("/etc/passwd").read_bytes()[:20]
+    before = _state_of(settings)
+    codes: dict[int, int] = {}
+    for rule, endpoint, method in rules:
+        for name, hostile in HOSTILE_IDS.items():
+            url = _url(rule, hostile, job_id=hostile)
+            response = admin_client.open(
+                url, method=method, data={"csrf_token": token, "confirm": "RESTORE"}
+            )
+            codes[response.status_code] = codes.get(response.status_code, 0) + 1
+            assert response.status_code in (400, 404, 405), (name, endpoint, response.status_code)
+            assert secret not in response.get_data(), (name, endpoint)
+    assert _state_of(settings) == before
+    row["detail"] = "status codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+
+
+def test_task_endpoint_tokens(demo_app: Any, reliability: Recorder) -> None:
+    token = demo_app.config["BACKUPS_TASK_TOKEN"]
+    wrong = {
+        "missing header": None,
+        "empty bearer": "Bearer ",
+        "wrong token": "Bearer " + "x" * len(token),
+        "one character off": "Bearer " + token[:-1] + ("A" if token[-1] != "A" else "B"),
+        "prefix": "Bearer " + token[:-1],
+        "token plus one": "Bearer " + token + "x",
+        "upper-cased": "Bearer " + token.upper() if token.upper() != token else "Bearer X",
+        "Basic scheme": "Basic " + token,
+        "no scheme": token,
+        "two tokens": f"Bearer {token} {token}",
+        "NUL inside": "Bearer " + token[:5] + "\x00" + token[5:],
+    }
+    row = reliability(
+        "web: scheduled-task endpoint with missing, wrong and almost-right tokens",
+        trials=len(wrong) + 2,
+        checked="401 with WWW-Authenticate and no backup taken for each; GET is 405; the token "
+        "never appears in a response; the right token runs (200)",
+    )
+    settings, _ = _web_setup(demo_app)
+    before = _state_of(settings)
+    client = demo_app.test_client()
+    from tablettracker_backups.extension import get_state
+
+    with demo_app.app_context():
+        url = get_state().task_url
+    for name, header in wrong.items():
+        headers = {} if header is None else {"Authorization": header}
+        response = client.post(url, headers=headers)
+        assert response.status_code in (400, 401), (name, response.status_code)
+        assert token not in response.get_data(as_text=True), name
+    assert client.get(url).status_code == 405
+    assert _state_of(settings)[0] == before[0]
+    response = client.post(url, headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert token not in response.get_data(as_text=True)
+    row["detail"] = ", ".join(wrong)
+
+
+def test_pages_and_logs_never_show_secrets(tmp_path: Path, reliability: Recorder) -> None:
+    from tablettracker_backups.demo import create_app
+    from tests.conftest import login
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "inst",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "BACKUPS_S3_BUCKET": "tt-backups",
+            "BACKUPS_S3_ENDPOINT_URL": "http://127.0.0.1:9",
+            "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+    )
+    token = app.config["BACKUPS_TASK_TOKEN"]
+    settings, backup_id = _web_setup(app)
+    admin = app.test_client()
+    login(admin, "admin", app.config["DEMO_PASSWORD"])
+    pages = [
+        _url(rule, backup_id)
+        for rule, _e, method in _admin_rules(app)
+        if method == "GET" and "<job_id>" not in rule
+    ]
+    row = reliability(
+        "web: secrets (task token, S3 keys) in pages, task answers, logs and state files",
+        trials=len(pages) + 2,
+        checked="no secret in any admin page, the task endpoint's answer, audit.jsonl, "
+        "alerts.jsonl, status.json, metadata or job files",
+    )
+    for url in pages:
+        body = admin.get(url).get_data(as_text=True)
+        for secret in (token, SECRET_KEY, ACCESS_KEY):
+            assert secret not in body, url
+    answer = app.test_client().post(
+        "/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
+    )
+    for secret in (token, SECRET_KEY, ACCESS_KEY):
+        assert secret not in answer.get_data(as_text=True)
+    scanned = 0
+    for path in settings.state_dir.rglob("*"):
+        if path.is_file() and not path.name.endswith((".zst", ".gz", ".lock")):
+            content = path.read_bytes()
+            scanned += 1
+            for secret in (token, SECRET_KEY, ACCESS_KEY):
+                assert secret.encode() not in content, path
+    row["detail"] = f"{len(pages)} pages, task answer {answer.status_code}, {scanned} files"
