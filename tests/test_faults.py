@@ -954,3 +954,69 @@ def test_kill_9_restore_at_random_points(
         assert_no_debris(settings.backup_dir, settings.secondary_dir)
         reset()
     row["detail"] = f"seed {seed}; " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+
+
+def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) -> None:
+    from flask import Flask
+
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.verify import verify_backup
+    from tablettracker_backups.views import BLUEPRINT
+    from tests.conftest import csrf_from, login, wait_for_job
+
+    assert isinstance(demo_app, Flask)
+    rounds = 3
+    row = reliability(
+        "web-triggered backup and two `run`s started at once",
+        trials=rounds * 3,
+        checked="no deadlock; the web answers 303 (job) or 409 with a clear busy message, and "
+        "its job ends done or failed saying another operation runs; runs wait and succeed; no "
+        "debris; every backup verifies; live DB intact",
+    )
+    with demo_app.app_context():
+        settings = get_state().settings
+    rules = {r.endpoint: r.rule for r in demo_app.url_map.iter_rules()}
+    admin = demo_app.test_client()
+    login(admin, "admin", demo_app.config["DEMO_PASSWORD"])
+    token = csrf_from(admin.get(rules[f"{BLUEPRINT}.dashboard"]).get_data(as_text=True))
+    env = cli_env(
+        settings.database,
+        settings.backup_dir,
+        settings.secondary_dir,
+        home=settings.database.parent,
+        BACKUPS_LOCK_TIMEOUT="60",
+    )
+    outcomes: Counter[str] = Counter()
+    from tablettracker_backups.locking import is_locked
+
+    for round_ in range(rounds):
+        procs = [spawn_cli(["run", "--force"], env) for _ in range(2)]
+        if round_ > 0:  # post while a run holds the lock (the first round races them)
+            deadline = time.monotonic() + 60
+            while not is_locked(settings) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        response = admin.post(rules[f"{BLUEPRINT}.backup_now"], data={"csrf_token": token})
+        if response.status_code == 409:
+            assert "another" in response.get_data(as_text=True)
+            outcomes["web: 409 busy"] += 1
+        else:
+            assert response.status_code == 303, response.status_code
+            job_id = response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+            job = wait_for_job(settings, job_id)
+            if job.state == "done":
+                outcomes["web: job done"] += 1
+            else:
+                assert "another" in job.message or "progress" in job.message, job.message
+                outcomes["web: job refused (busy)"] += 1
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), err
+            assert b"Traceback" not in out + err
+            outcomes["run: ok"] += 1
+    assert_no_debris(settings.backup_dir, settings.secondary_dir)
+    store = BackupStore(settings)
+    for backup_id in store.ids():
+        assert verify_backup(store, backup_id).ok, backup_id
+    with sqlite3.connect(settings.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    row["detail"] = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
