@@ -871,8 +871,9 @@ def test_pages_and_logs_never_show_secrets(tmp_path: Path, reliability: Recorder
     row = reliability(
         "web: secrets (task token, S3 keys) in pages, task answers, logs and state files",
         trials=len(pages) + 2,
-        checked="no secret in any admin page, the task endpoint's answer, audit.jsonl, "
-        "alerts.jsonl, status.json, metadata or job files",
+        checked="no secret in any admin page, the task endpoint's answer, a web job's page, "
+        "audit.jsonl, alerts.jsonl, status.json, metadata, job files or worker logs; every "
+        "file the app and its worker wrote is 0600, every folder 0700",
     )
     for url in pages:
         body = admin.get(url).get_data(as_text=True)
@@ -883,11 +884,31 @@ def test_pages_and_logs_never_show_secrets(tmp_path: Path, reliability: Recorder
     )
     for secret in (token, SECRET_KEY, ACCESS_KEY):
         assert secret not in answer.get_data(as_text=True)
+    # A web job: its worker process gets the keys through its environment, never a file.
+    from tablettracker_backups.views import BLUEPRINT
+    from tests.conftest import csrf_from, wait_for_job
+
+    rules = {r.endpoint: r.rule for r in app.url_map.iter_rules()}
+    csrf = csrf_from(admin.get(rules[f"{BLUEPRINT}.dashboard"]).get_data(as_text=True))
+    started = admin.post(rules[f"{BLUEPRINT}.backup_now"], data={"csrf_token": csrf})
+    assert started.status_code == 303, started.status_code
+    job = wait_for_job(settings, started.headers["Location"].rstrip("/").rsplit("/", 1)[-1])
+    job_page = admin.get(started.headers["Location"]).get_data(as_text=True)
+    for secret in (token, SECRET_KEY, ACCESS_KEY):
+        assert secret not in job_page
     scanned = 0
-    for path in settings.state_dir.rglob("*"):
-        if path.is_file() and not path.name.endswith((".zst", ".gz", ".lock")):
+    for path in [settings.state_dir, *settings.state_dir.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if path.is_dir():
+            assert mode == 0o700, (path, oct(mode))
+            continue
+        assert mode == 0o600, (path, oct(mode))
+        if not path.name.endswith((".zst", ".gz", ".lock")):
             content = path.read_bytes()
             scanned += 1
             for secret in (token, SECRET_KEY, ACCESS_KEY):
                 assert secret.encode() not in content, path
-    row["detail"] = f"{len(pages)} pages, task answer {answer.status_code}, {scanned} files"
+    row["detail"] = (
+        f"{len(pages)} pages, task answer {answer.status_code}, web job {job.state}, "
+        f"{scanned} files scanned, all 0600/0700"
+    )
