@@ -497,8 +497,9 @@ def test_fuzz_report(reliability: Recorder) -> None:
 
 def test_hostile_files_in_backup_folder(tmp_path: Path, reliability: Recorder) -> None:
     row = reliability(
-        "hostile files in the backup folder",
-        trials=7,
+        "hostile files in the backup folder (newline in name, folder/symlink/FIFO/2 MiB "
+        "metadata, orphan symlink and FIFO data, stray .tmp- folder)",
+        trials=9,
         checked="list, verify --all, health, run: no traceback; the real backup still lists "
         "and verifies; nothing outside the folder is read or deleted",
     )
@@ -516,9 +517,11 @@ def test_hostile_files_in_backup_folder(tmp_path: Path, reliability: Recorder) -
     (backups / "20261123T201504Z-eeeeee.json").write_bytes(b" " * (2 * 2**20))  # 2 MiB
     (backups / ".tmp-dir").mkdir()
     (backups / "20261123T201505Z-ffffff.json").write_text('{"format_version": 1}')
+    os.mkfifo(backups / "20261123T201506Z-abcdef.json")  # would block a plain open()
+    os.mkfifo(backups / "20261123T201507Z-abcdef.db.zst")
     outputs = {}
     for args in (["list", "--json"], ["verify", "--all"], ["health"], ["run", "--force"]):
-        result = run_cli(args, env)
+        result = run_cli(args, env, timeout=60)  # a hang fails here
         outputs[args[0]] = result
         assert "Traceback" not in result.stdout + result.stderr, (args, result.stderr)
     assert outputs["list"].returncode == 0, outputs["list"].stderr
