@@ -1020,3 +1020,36 @@ def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) ->
     with sqlite3.connect(settings.database) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     row["detail"] = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+
+
+def test_restore_with_a_full_backup_folder(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "restore while the backup folder is full (no room for the safety snapshot)",
+        trials=1,
+        checked="exit 2 with one line saying nothing was changed; live DB unchanged and "
+        "intact; no debris; after freeing space the restore works",
+    )
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    taken = run_cli(["backup", "--json"], env)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["id"]
+    make_old_state(db)
+    before = db_state(db)
+    fill(mount_point / "filler")
+    result = run_cli(["restore", backup_id, "--yes"], env)
+    line = assert_one_line_error(result, "nothing was changed", "no space left")
+    assert "no sound copy" not in line, line  # the backup is fine; the disk is full
+    assert db_state(db) == before
+    (mount_point / "filler").unlink()
+    assert_no_debris(backups)
+    again = run_cli(["restore", backup_id, "--yes"], env)
+    assert again.returncode == 0, again.stderr
+    assert db_state(db) != before
+    row["detail"] = line.replace(str(mount_point), "<tiny>").replace(str(tmp_path), "")[:200]
