@@ -9,6 +9,7 @@ explicit options, environment variables, the config file, the defaults below.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import sys
@@ -25,6 +26,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 PREFIX = "BACKUPS_"
+#: Longest accepted interval or timeout (a year): larger values are typos, and overflow dates.
+MAX_DURATION = 366 * 86400
 COMPRESSIONS = ("zstd", "gzip")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 S3_CHECKSUMS = ("sha256", "off")
@@ -130,8 +133,10 @@ def parse_duration(name: str, value: Any) -> int:
                 f"{PREFIX}{name.upper()} must be a duration like 3600, 90m, 1h or 1d, not {value!r}"
             )
         seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
-    if seconds <= 0:
+    if not math.isfinite(seconds) or seconds <= 0:
         raise ConfigError(f"{PREFIX}{name.upper()} must be positive, not {value!r}")
+    if seconds > MAX_DURATION:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be at most a year, not {value!r}")
     return int(seconds)
 
 
@@ -155,6 +160,8 @@ def parse_space(name: str, value: Any) -> float:
                 raise ConfigError(f"{PREFIX}{name.upper()} must be below 100%, not {value!r}")
             return number / 100
         number *= _SIZE_UNITS[unit]
+    if not math.isfinite(number):
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a size like 500MB or 10%")
     if number < 0:
         raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
     return number
@@ -181,6 +188,8 @@ def _float(name: str, value: Any) -> float:
         raise ConfigError(
             f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}"
         ) from None
+    if not math.isfinite(number) or number > MAX_DURATION:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}")
     if number < 0:
         raise ConfigError(f"{PREFIX}{name.upper()} must not be negative")
     return number
@@ -399,6 +408,8 @@ def values_from_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
     table = document.get("backups", {})
     if not isinstance(table, dict):
         raise ConfigError(f"config file {path}: [backups] must be a table")
