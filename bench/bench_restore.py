@@ -18,6 +18,14 @@ Both write a new file, so neither takes a safety snapshot; ``--live`` also times
 the live database (which adds the pre-restore snapshot, i.e. a whole backup). Reports medians,
 the per-step durations of ours, and the ratio ours / by hand (target: within 1.5x). The page
 cache is warm for both (the machine is shared, so it is not dropped). Prints JSON with --json.
+
+Measured on the shared 2-core development machine (SQLite 3.40.1), 1.05 GiB database of 9.3
+million rows from the demo seed data, 146 MiB zstd backup, load average about 1.5: ours 8.9 s
+(check before 5.1 s, write 1.9 s, check after 2.1 s), by hand 3.2 s (zstd -d 1.3 s, .restore
+1.9 s): ratio 2.8, not within 1.5. The write itself is as fast as ``.restore``; the difference
+is the checking that the hand method skips (two SHA-256 passes, integrity_check and
+foreign_key_check before, quick_check and row counts after). A restore over the live database
+adds the pre-restore safety snapshot (a whole backup: about 19 s at this size).
 """
 
 from __future__ import annotations
