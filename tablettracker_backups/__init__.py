@@ -7,9 +7,15 @@ task that only uses the core never imports Flask.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# A library leaves logging to the application; without a handler of ours, Python's
+# last-resort handler would print every warning to stderr, so a CLI error that should be one
+# line came out as several (e.g. "restore of X: primary copy is not usable" before "Error:").
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
     from tablettracker_backups.extension import BackupManager

@@ -17,8 +17,9 @@ from typing import Any
 from tablettracker_backups.errors import InvalidBackupId, MetadataError
 
 FORMAT_VERSION = 1
-#: ASCII digits only: ``\d`` alone would also match other scripts' digits.
-ID_PATTERN = re.compile(r"^([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})$")
+#: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
+#: newline, and ``\d`` matches any Unicode digit): a file name in a backup folder is input.
+ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
 KINDS = ("scheduled", "manual", "pre-restore")
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
 #: Metadata files larger than this are refused unread (a real one is a few KiB).

@@ -408,6 +408,8 @@ def _extract_sound_copy(
     Returns (scratch file, location, that copy's metadata). Raises :class:`RestoreError` when
     no copy is sound; nothing outside the backup folders has been touched then.
     """
+    # Copies that could not be checked for lack of space or I/O trouble are not "unsound".
+    unchecked = 0
     for location, folder in store.locations.items():
         try:
             meta = store.read_metadata(location, backup_id)
@@ -434,6 +436,7 @@ def _extract_sound_copy(
                 progress=on_bytes,
             )
         except (VerificationError, StorageError) as exc:
+            unchecked += isinstance(exc, StorageError)
             attempt.fell_back.append(f"{location} copy skipped: {exc}")
             logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
             continue
@@ -441,6 +444,11 @@ def _extract_sound_copy(
     offsite = _extract_offsite_copy(store, backup_id, attempt, progress)
     if offsite is not None:
         return offsite
+    if unchecked and unchecked == len(attempt.fell_back):
+        raise RestoreError(
+            f"could not check backup {backup_id} (no room or I/O trouble; the backup itself "
+            "was not found damaged); nothing was changed (" + "; ".join(attempt.fell_back) + ")"
+        )
     raise RestoreError(
         f"no sound copy of backup {backup_id}; nothing was changed ("
         + "; ".join(attempt.fell_back or ["no copies"])

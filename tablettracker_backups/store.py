@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import logging
 import os
+import stat
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -135,7 +136,12 @@ class BackupStore:
         """Parse one copy's metadata; raises MetadataError, BackupNotFound or StorageError."""
         path = self.metadata_path(location, backup_id)
         try:
-            with path.open("rb") as handle:
+            # Non-blocking, and only a regular file is read: a FIFO named like metadata would
+            # otherwise hang every listing, and a run holding the lock with it.
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise MetadataError(f"{location} copy of {backup_id}: not a regular file")
                 text = handle.read(MAX_METADATA_BYTES + 1)
         except FileNotFoundError:
             raise BackupNotFound(f"no backup {backup_id} in {location} folder") from None

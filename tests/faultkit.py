@@ -85,6 +85,8 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: st
     assert result.returncode not in (0, None), output
     assert "Traceback" not in output, output
     lines = [line for line in result.stderr.splitlines() if line.strip()]
+    if len(lines) == 3 and lines[0].startswith("Usage: ") and lines[1].startswith("Try '"):
+        lines = lines[2:]  # click's own usage error: the third line is the one-line error
     assert len(lines) == 1, output
     line = lines[0]
     assert line.startswith(("Error:", "Busy:")), line

@@ -64,12 +64,11 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         _COLLECTED_FILES.add(item.nodeid.split("::", 1)[0])
 
 
-@pytest.hookimpl(hookwrapper=True)
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
-) -> Generator[None, Any, None]:
-    outcome = yield
-    report = outcome.get_result()
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     if report.when == "setup":
         _STARTED[item.nodeid] = time.monotonic()
     if report.failed:
@@ -78,6 +77,7 @@ def pytest_runtest_makereport(
         _OUTCOMES.setdefault(item.nodeid, "pass")
     if report.when == "teardown" and item.nodeid in _STARTED:
         _DURATIONS[item.nodeid] = time.monotonic() - _STARTED[item.nodeid]
+    return report
 
 
 def _merge() -> list[dict[str, Any]]:

@@ -31,6 +31,7 @@ from tests.faultkit import (
     ROOT,
     WriterThread,
     assert_no_debris,
+    assert_one_line_error,
     check_live,
     cli_command,
     cli_env,
@@ -530,8 +531,8 @@ def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope:
         f"damaged backup: {kind} ({'one copy' if scope == 'primary' else 'every copy'})",
         trials=1,
         checked="prune right after the damage keeps a backup that fully verifies; verify names "
-        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; "
-        "a later run still succeeds",
+        "the problem (exit 1 one copy / 2 every copy); list exit 0 and marks it; restore uses "
+        "the other copy, or refuses in one line leaving the DB unchanged; a later run succeeds",
     )
     rng = random.Random(f"{kind}/{scope}")
     db = make_db(tmp_path / "instance.db")
@@ -572,6 +573,17 @@ def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope:
         assert entry["verified"] is False, entry
     human = run_cli(["list"], env)
     assert human.returncode == 0 and "!" in human.stdout, human.stdout
+
+    # Restore uses the sound copy, or refuses and leaves the database alone.
+    before = db_state(db)
+    restored = run_cli(["restore", victim, "--yes", "--json"], env)
+    assert "Traceback" not in restored.stdout + restored.stderr, restored.stderr
+    if scope == "primary":
+        assert restored.returncode in (0, 1), restored.stderr  # 1: it fell back
+        assert json.loads(restored.stdout)["source_location"] == "secondary", restored.stdout
+    else:
+        assert_one_line_error(restored)
+        assert db_state(db) == before
 
     result = run(settings, force=True)
     assert result.error is None, result.error
@@ -768,8 +780,9 @@ def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
     row = reliability(
         f"clock went back a day ({hours} hourly backups now dated in the future)",
         trials=4,
-        checked="4 scheduled runs after the jump: every backup taken after it, and every "
-        "verified one before it, is kept; health warns about the clock",
+        checked="4 scheduled runs after the jump: every backup from before it (dated in the "
+        "future) is kept, the newest real one always is, real ones are thinned exactly as "
+        "retention would without the future-dated ones; health warns about the clock",
     )
     from tablettracker_backups.backup import create_backup
 
@@ -787,9 +800,256 @@ def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
         assert result.returncode in (0, 1), result.stderr
         taken.append(json.loads(result.stdout)["backup"]["id"])
         present = set(BackupStore(settings).ids())
-        lost = [b for b in taken + ahead if b not in present]
+        lost = [b for b in ahead if b not in present]
         assert not lost, f"deleted during clock trouble: {lost}"
+        assert taken[-1] in present
+        # The real backups are thinned as if the future-dated ones did not exist (these runs
+        # share one hour, so only the newest real one keeps a slot).
+        real_present = sorted(present - set(ahead))
+        assert real_present == [taken[-1]] or (
+            # the runs straddled an hour boundary: the newest of the earlier hour stays too
+            len(real_present) == 2 and real_present[-1] == taken[-1]
+        ), (real_present, taken)
     health = run_cli(["health", "--json"], env)
     findings = json.loads(health.stdout)["findings"]
     assert any(f["code"] == "clock" for f in findings), findings
-    row["detail"] = f"{len(taken) + len(ahead)} backups, all kept; health {health.returncode}"
+    row["detail"] = (
+        f"{len(ahead)} future-dated kept, real kept {len(real_present)} of {len(taken)}; "
+        f"health exit {health.returncode}"
+    )
+
+
+# -- kill -9 a restore ------------------------------------------------------------------------
+
+
+def db_state(database: Path) -> tuple[object, ...]:
+    """What identifies a database's content: integrity, row counts, a content checksum."""
+    conn = sqlite3.connect(database, timeout=60)
+    try:
+        # Opening read-write rolls back a hot journal, as the app's next connection would.
+        integrity = conn.execute("PRAGMA integrity_check").fetchall()
+        assert integrity == [("ok",)], integrity
+        conn.execute("BEGIN")
+        counts = tuple(
+            conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+            for table in ("po_lines", "count_sessions", "purchase_orders", "employees")
+        )
+        checksum = conn.execute(
+            "SELECT total(tablets_counted * id), group_concat(substr(notes, 1, 1), '') "
+            "FROM (SELECT * FROM count_sessions ORDER BY id DESC LIMIT 200)"
+        ).fetchone()
+        conn.execute("ROLLBACK")
+        return (*counts, *checksum)
+    finally:
+        conn.close()
+
+
+def make_old_state(database: Path) -> None:
+    """Turn the live database into an 'old' state clearly different from the backup."""
+    conn = sqlite3.connect(database)
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE id % 3 = 0")
+        conn.execute("UPDATE count_sessions SET notes = 'OLD' || notes WHERE id % 7 = 1")
+        conn.execute(
+            "INSERT INTO employees (username, full_name, password_hash) "
+            "VALUES ('old-only', 'Old State', '')"
+        )
+    conn.close()
+
+
+@pytest.mark.parametrize(("mode", "trials", "seed"), [("delete", 12, 701), ("wal", 12, 702)])
+def test_kill_9_restore_at_random_points(
+    big_templates: dict[str, Path],
+    tmp_path: Path,
+    reliability: Recorder,
+    mode: str,
+    trials: int,
+    seed: int,
+) -> None:
+    row = reliability(
+        f"kill -9 `restore --yes` ({mode} journal)",
+        trials=trials,
+        checked="live DB passes integrity_check and is entirely the old or entirely the new "
+        "state (row counts + content checksum); once anything was written, a verified "
+        "pre-restore safety snapshot of the old state exists; lock free; the next restore "
+        "cleans up and succeeds",
+        detail=f"seed {seed}",
+    )
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.locking import is_locked
+    from tablettracker_backups.restore import restore_backup
+    from tablettracker_backups.verify import verify_copy
+
+    rng = random.Random(seed)
+    db = live_copy(big_templates, mode, tmp_path / "instance")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    backup_id = create_backup(settings).metadata.id
+    new_state = db_state(db)
+    make_old_state(db)
+    old_state = db_state(db)
+    assert old_state != new_state
+    old_template = tmp_path / "old.db"
+    shutil.copyfile(db, old_template)  # nobody has the live database open here
+
+    def reset() -> None:
+        for suffix in ("-wal", "-shm", "-journal"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        shutil.copyfile(old_template, db)
+
+    args = ["restore", backup_id, "--yes"]
+    window = 0.0
+    for _ in range(2):  # calibrate, and check a whole restore works
+        started = time.monotonic()
+        proc = spawn_cli(args, env)
+        first = _wait_for_temp(proc, settings.backup_dir)
+        _out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        window = max(window, time.monotonic() - (first or started))
+        assert db_state(db) == new_state
+        reset()
+    outcomes: Counter[str] = Counter()
+    for trial in range(trials):
+        where = f"restore/{mode} seed={seed} trial={trial}"
+        safety_before = {i.id for i in BackupStore(settings).list() if i.kind == "pre-restore"}
+        proc = spawn_cli(args, env)
+        if rng.random() < 0.2:
+            time.sleep(rng.uniform(0.0, 0.6))
+        else:
+            _wait_for_temp(proc, settings.backup_dir)
+            time.sleep(rng.uniform(0.0, window * 1.1))
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=120)
+        killed = proc.returncode == -signal.SIGKILL
+        assert killed or proc.returncode == 0, (where, proc.returncode)
+        journal = Path(f"{db}-journal")
+        hot = journal.exists() and journal.stat().st_size > 0
+        state = db_state(db)
+        assert state in (old_state, new_state), where
+        store = BackupStore(settings)
+        new_safety = [
+            i for i in store.list() if i.kind == "pre-restore" and i.id not in safety_before
+        ]
+        if state == new_state:
+            assert new_safety, f"{where}: new state without a safety snapshot"
+            assert verify_copy(store, "primary", new_safety[0].id).ok, where
+        for info in new_safety:  # a safety snapshot holds the old state
+            assert info.metadata is not None
+            assert info.metadata.row_counts["employees"] == old_state[3], where
+        for info in store.list():
+            assert info.verified and info.copy_state("primary") == "ok", (where, info)
+        assert not is_locked(settings), where
+        label = ("old" if state == old_state else "new") + (
+            " (killed)" if killed else " (finished first)"
+        )
+        if state == old_state and new_safety:
+            label += ", safety snapshot taken"
+        if hot:
+            label += ", hot journal rolled back"
+        outcomes[label] += 1
+        # The next restore cleans up after the killed one and succeeds.
+        restore_backup(settings, backup_id)
+        assert db_state(db) == new_state, where
+        assert_no_debris(settings.backup_dir, settings.secondary_dir)
+        reset()
+    row["detail"] = f"seed {seed}; " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+
+
+def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) -> None:
+    from flask import Flask
+
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.verify import verify_backup
+    from tablettracker_backups.views import BLUEPRINT
+    from tests.conftest import csrf_from, login, wait_for_job
+
+    assert isinstance(demo_app, Flask)
+    rounds = 3
+    row = reliability(
+        "web-triggered backup and two `run`s started at once",
+        trials=rounds * 3,
+        checked="no deadlock; the web answers 303 (job) or 409 with a clear busy message, and "
+        "its job ends done or failed saying another operation runs; runs wait and succeed; no "
+        "debris; every backup verifies; live DB intact",
+    )
+    with demo_app.app_context():
+        settings = get_state().settings
+    rules = {r.endpoint: r.rule for r in demo_app.url_map.iter_rules()}
+    admin = demo_app.test_client()
+    login(admin, "admin", demo_app.config["DEMO_PASSWORD"])
+    token = csrf_from(admin.get(rules[f"{BLUEPRINT}.dashboard"]).get_data(as_text=True))
+    env = cli_env(
+        settings.database,
+        settings.backup_dir,
+        settings.secondary_dir,
+        home=settings.database.parent,
+        BACKUPS_LOCK_TIMEOUT="60",
+    )
+    outcomes: Counter[str] = Counter()
+    from tablettracker_backups.locking import is_locked
+
+    for round_ in range(rounds):
+        procs = [spawn_cli(["run", "--force"], env) for _ in range(2)]
+        if round_ > 0:  # post while a run holds the lock (the first round races them)
+            deadline = time.monotonic() + 60
+            while not is_locked(settings) and time.monotonic() < deadline:
+                time.sleep(0.005)
+        response = admin.post(rules[f"{BLUEPRINT}.backup_now"], data={"csrf_token": token})
+        if response.status_code == 409:
+            assert "another" in response.get_data(as_text=True)
+            outcomes["web: 409 busy"] += 1
+        else:
+            assert response.status_code == 303, response.status_code
+            job_id = response.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+            job = wait_for_job(settings, job_id)
+            if job.state == "done":
+                outcomes["web: job done"] += 1
+            else:
+                assert "another" in job.message or "progress" in job.message, job.message
+                outcomes["web: job refused (busy)"] += 1
+        for proc in procs:
+            out, err = proc.communicate(timeout=120)
+            assert proc.returncode in (0, 1), err
+            assert b"Traceback" not in out + err
+            outcomes["run: ok"] += 1
+    assert_no_debris(settings.backup_dir, settings.secondary_dir)
+    store = BackupStore(settings)
+    for backup_id in store.ids():
+        assert verify_backup(store, backup_id).ok, backup_id
+    with sqlite3.connect(settings.database) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    row["detail"] = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+
+
+def test_restore_with_a_full_backup_folder(
+    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+) -> None:
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    row = reliability(
+        "restore while the backup folder is full (no room for the safety snapshot)",
+        trials=1,
+        checked="exit 2 with one line saying nothing was changed; live DB unchanged and "
+        "intact; no debris; after freeing space the restore works",
+    )
+    db = make_db(tmp_path / "instance.db")
+    backups = mount_point / "backups"
+    env = cli_env(db, backups, None, home=tmp_path)
+    taken = run_cli(["backup", "--json"], env)
+    assert taken.returncode == 0, taken.stderr
+    backup_id = json.loads(taken.stdout)["id"]
+    make_old_state(db)
+    before = db_state(db)
+    fill(mount_point / "filler")
+    result = run_cli(["restore", backup_id, "--yes"], env)
+    line = assert_one_line_error(result, "nothing was changed", "no space left")
+    assert "no sound copy" not in line, line  # the backup is fine; the disk is full
+    assert db_state(db) == before
+    (mount_point / "filler").unlink()
+    assert_no_debris(backups)
+    again = run_cli(["restore", backup_id, "--yes"], env)
+    assert again.returncode == 0, again.stderr
+    assert db_state(db) != before
+    row["detail"] = line.replace(str(mount_point), "<tiny>").replace(str(tmp_path), "")[:200]
