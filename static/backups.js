@@ -4,6 +4,16 @@
    - restore: enable the button only once the confirmation is typed correctly. */
 (function () {
   "use strict";
+  // Times: the server shows its own local time; the browser knows the reader's.
+  document.querySelectorAll(".ttb time[datetime]").forEach(function (el) {
+    var moment = new Date(el.getAttribute("datetime"));
+    if (!isNaN(moment.getTime())) {
+      el.textContent = moment.toLocaleString(undefined, {
+        year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
+      });
+    }
+  });
   var root = document.querySelector("[data-ttb-job]");
   if (root && root.getAttribute("data-ttb-finished") === "no") {
     var refresh = document.querySelector('meta[http-equiv="refresh"]');

@@ -64,7 +64,34 @@ def render_config(settings: Settings, interval: int) -> str:
         f"keep_yearly = {settings.retention.yearly}",
         f"keep_pre_restore = {settings.retention.pre_restore}",
     ]
+    lines += _offsite_lines(settings)
     return "\n".join(lines) + "\n"
+
+
+def _offsite_lines(settings: Settings) -> list[str]:
+    """The offsite store's settings, never its keys: a scheduled task does not see the
+    console's environment, but a config file is no place for a secret."""
+    s3 = settings.s3
+    if s3 is None:
+        return []
+    lines = [
+        "# Offsite keys are not written here: put them in ~/.aws/credentials ([default]",
+        "# aws_access_key_id / aws_secret_access_key, chmod 600) or in the task's environment",
+        "# as BACKUPS_S3_ACCESS_KEY_ID / BACKUPS_S3_SECRET_ACCESS_KEY.",
+        f"s3_bucket = {_toml_string(s3.bucket)}",
+        f"s3_prefix = {_toml_string(s3.prefix)}",
+        f"s3_addressing_style = {_toml_string(s3.addressing_style)}",
+    ]
+    for key, value in (
+        ("s3_endpoint_url", s3.endpoint_url),
+        ("s3_region", s3.region),
+        ("s3_signature_version", s3.signature_version),
+    ):
+        if value is not None:
+            lines.append(f"{key} = {_toml_string(value)}")
+    if s3.checksum != "sha256":
+        lines.append(f"s3_checksum = {_toml_string(s3.checksum)}")
+    return lines
 
 
 def git_root(path: Path) -> Path | None:

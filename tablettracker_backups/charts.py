@@ -36,11 +36,11 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
     plot_w, plot_h = width - left - right, height - top - bottom
     t0 = min(p[0] for p in points).timestamp()
     t1 = max(p[0] for p in points).timestamp()
-    span = max(t1 - t0, 1.0)
+    span = t1 - t0
     vmax = max(max(p[1] for p in points), 1.0) * 1.1
 
     def x(moment: datetime) -> float:
-        if t1 == t0:
+        if span <= 0:
             return left + plot_w / 2
         return left + (moment.timestamp() - t0) / span * plot_w
 
@@ -61,13 +61,21 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
             f"{escape(_human_bytes(value))}</text>"
         )
     first, last = min(p[0] for p in points), max(p[0] for p in points)
-    # Seconds matter only when every point falls within the same hour (a fresh install).
-    pattern = "%Y-%m-%d %H:%M:%S" if span < 3600 else "%Y-%m-%d %H:%M"
-    for moment, anchor in ((first, "start"), (last, "end")):
-        label = moment.astimezone().strftime(pattern)
+    if span < 3600:
+        # Everything within the hour (a fresh install): one label, or the two would collide.
+        text = first.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        if span >= 1:
+            text += " to " + last.astimezone().strftime("%H:%M:%S")
+        ticks = [(left + plot_w / 2, "middle", text)]
+    else:
+        ticks = [
+            (x(first), "start", first.astimezone().strftime("%Y-%m-%d %H:%M")),
+            (x(last), "end", last.astimezone().strftime("%Y-%m-%d %H:%M")),
+        ]
+    for position, anchor, label in ticks:
         parts.append(
-            f'<text class="ttb-tick" x="{x(moment):.1f}" y="{height - 14}" '
-            f'text-anchor="{anchor if t1 != t0 else "middle"}">{escape(label)}</text>'
+            f'<text class="ttb-tick" x="{position:.1f}" y="{height - 14}" '
+            f'text-anchor="{anchor}">{escape(label)}</text>'
         )
     for index, one in enumerate(series):
         ordered = sorted(one.points)

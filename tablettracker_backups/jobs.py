@@ -147,7 +147,12 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed process nobody has reaped yet (a zombie) still answers signal 0.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
 
 
 def validate_job_id(value: object) -> str:
@@ -366,8 +371,8 @@ def start_job(
             other = _reap(directory, other, now)
             if not other.finished:
                 raise LockedError(
-                    f"{other.title.lower()} started by {other.actor} at {utc_iso(other.created_at)}"
-                    " is still running; wait until it has finished"
+                    f"{other.title.lower()} started by {other.actor} at "
+                    f"{other.created_at:%H:%M:%S} UTC is still running; wait until it has finished"
                 )
         if is_locked(settings):
             raise LockedError(
@@ -422,7 +427,7 @@ def launch_worker(
             stdout=fd,
             stderr=fd,
             cwd=str(directory),
-            env=dict(env) if env is not None else None,
+            env=dict(env) if env is not None else _worker_env({}),
             close_fds=True,
             start_new_session=True,
         )
@@ -431,7 +436,13 @@ def launch_worker(
     if detach:
         code = process.wait(timeout=60)
         if code != 0:
-            raise subprocess.SubprocessError(f"the launcher exited with status {code}")
+            try:
+                said = log_path.read_text(errors="replace").strip().splitlines()[-1:]
+            except OSError:
+                said = []
+            raise subprocess.SubprocessError(
+                f"the launcher exited with status {code}" + (f": {said[0][:300]}" if said else "")
+            )
 
 
 # -- the worker side ---------------------------------------------------------------------------

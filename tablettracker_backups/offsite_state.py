@@ -37,6 +37,8 @@ STATE_VERSION = 1
 #: Offsite copy states as shown by ``list``: uploaded and sound, failed its last check,
 #: waiting to be uploaded, or not kept offsite (retention), or only offsite (no local copy).
 OFFSITE_OK, OFFSITE_DAMAGED, OFFSITE_PENDING, OFFSITE_NONE = "ok", "damaged", "pending", "none"
+#: The offsite copy is sound but is not the same file as the local one (different SHA-256).
+OFFSITE_DIFFERS = "differs"
 
 
 def describe_target(settings: Settings) -> str:
@@ -231,15 +233,22 @@ def pending_uploads(
     pending = []
     for info in listed:
         copy = state.copies.get(info.id)
-        if info.verified and info.id in kept and (copy is None or not copy.ok):
+        if info.verified and info.id in kept and (copy is None or not _agrees(copy, info)):
             pending.append(info)
     return pending
+
+
+def _agrees(copy: OffsiteCopy, info: BackupInfo) -> bool:
+    """The offsite copy is sound and holds the same file as the local copies."""
+    return copy.ok and (info.metadata is None or copy.sha256 == info.metadata.sha256)
 
 
 def copy_states(
     settings: Settings, infos: Iterable[BackupInfo], state: OffsiteState | None = None
 ) -> dict[str, str]:
-    """Per local backup id, its offsite copy state (``ok``, ``damaged``, ``pending``, ``none``).
+    """Per local backup id, its offsite copy state: ``ok``, ``pending`` (to be uploaded),
+    ``damaged``, ``differs`` (not the same file as the local copies) or ``none`` (not kept
+    offsite).
 
     Empty when no offsite store is configured. Reads only the local record.
     """
@@ -255,8 +264,10 @@ def copy_states(
             states[info.id] = OFFSITE_PENDING
         elif copy is None:
             states[info.id] = OFFSITE_NONE
+        elif not copy.ok:
+            states[info.id] = OFFSITE_DAMAGED
         else:
-            states[info.id] = OFFSITE_OK if copy.ok else OFFSITE_DAMAGED
+            states[info.id] = OFFSITE_OK if _agrees(copy, info) else OFFSITE_DIFFERS
     return states
 
 

@@ -310,10 +310,11 @@ def restore_backup(
             )
         except LockedError:
             raise
-        except BackupError as exc:
+        except BaseException as exc:
             attempt.durations["total"] = round(time.monotonic() - started, 4)
-            _audit(settings, actor, attempt, ok=False, message=str(exc))
-            if isinstance(exc, RestoreError):
+            message = str(exc) if isinstance(exc, BackupError) else f"interrupted: {exc!r}"
+            _audit(settings, actor, attempt, ok=False, message=message)
+            if isinstance(exc, RestoreError) or not isinstance(exc, BackupError):
                 raise
             raise RestoreError(f"restore of {info.id} failed: {exc}") from None
         attempt.durations["total"] = round(time.monotonic() - started, 4)
@@ -370,9 +371,12 @@ def _restore_locked(
                 progress=_pages(progress, "write"),
                 wal_if_new=not existed and meta.source.journal_mode.lower() == "wal",
             )
-        except BackupError as exc:
+        except BaseException as exc:
+            # The backup API rolled its transaction back, so only a file we created remains.
             if not existed:
                 _remove_database(target)
+            if not isinstance(exc, BackupError):
+                raise
             state = "the new file was removed" if not existed else f"{target} was not changed"
             raise RestoreError(
                 f"could not write backup {info.id} into {target}: {exc}; {state}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hmac
 import logging
 import math
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import (
@@ -41,7 +42,8 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.extension import BackupState, get_state
 from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import utc_iso, validate_backup_id
+from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.offsite_state import copy_states
 from tablettracker_backups.resources import resource_dir
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.retention import plan_for_store, prune
@@ -149,8 +151,15 @@ def _template_context() -> dict[str, Any]:
         "ttb_local": local_time,
         "ttb_age": human_age,
         "ttb_size": human_size,
-        "ttb_utc": lambda moment: utc_iso(moment) if moment is not None else "",
+        "ttb_utc": _utc_attribute,
     }
+
+
+def _utc_attribute(moment: datetime | None) -> str:
+    """A ``<time datetime>`` value: UTC to the second (what browsers parse everywhere)."""
+    if moment is None:
+        return ""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _backup_error(exc: BackupError) -> ResponseReturnValue:
@@ -226,6 +235,8 @@ def backup_list() -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/list.html",
         backups=shown,
+        # Offsite copy per backup, from the local offsite record (no network).
+        offsite=copy_states(store.settings, infos),
         plan=plan,
         page=page,
         pages=pages,
@@ -242,6 +253,7 @@ def detail(backup_id: str) -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
+        offsite=copy_states(store.settings, store.list()),
         reasons=plan_for_store(store).reasons(info.id),
     )
 
@@ -413,5 +425,28 @@ def task_run() -> ResponseReturnValue:
     except LockedError as exc:
         return jsonify({"ok": False, "exit_code": 3, "error": str(exc)}), 409
     except BackupError as exc:
+        _audit_task(state.settings, ok=False, message=str(exc))
         return jsonify({"ok": False, "exit_code": 2, "error": str(exc)}), 500
-    return jsonify(result.to_dict())
+    body = result.to_dict()
+    _audit_task(
+        state.settings,
+        ok=result.error is None,
+        message=result.error
+        or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
+    )
+    return jsonify(body)
+
+
+def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
+    """Leave a trace of runs triggered over HTTP (the page shows who and what)."""
+    try:
+        audit.record(
+            settings,
+            action="run",
+            actor="task endpoint",
+            ok=ok,
+            message=message,
+            details={"via": "http", "remote": request.remote_addr or ""},
+        )
+    except BackupError as exc:
+        logger.error("could not write the audit log: %s", exc)

@@ -205,3 +205,24 @@ def test_non_admin_cannot_reach_the_pages(demo: Demo, browser: object) -> None:
         response = page.goto(f"{demo.url}{path}")
         assert response is not None and response.status == 403, path
     context.close()
+
+
+def test_pages_work_without_javascript(demo: Demo, browser: object) -> None:
+    context = browser.new_context(java_script_enabled=False)  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    _login(page, demo, "admin")
+    page.goto(f"{demo.url}/admin/backups/")
+    page.click("button:has-text('Back up now')")
+    # The job page reloads itself (meta refresh) until the worker has finished.
+    assert "Done:" in _wait_done(page)
+    page.goto(f"{demo.url}/admin/backups/backups")
+    backup_id = page.get_attribute("tr[data-backup-id]", "data-backup-id")
+    page.locator(f"tr[data-backup-id='{backup_id}'] >> text=Restore…").click()
+    page.fill("#ttb-confirm", "wrong")
+    page.click("button:has-text('Restore this backup')")
+    assert "Nothing was restored" in page.inner_text("[role=alert]")
+    page.fill("#ttb-confirm", "RESTORE")
+    page.click("button:has-text('Restore this backup')")
+    assert "Done:" in _wait_done(page)
+    context.close()

@@ -344,12 +344,34 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
     }
     text = runner.invoke(cli, ["list"], env=env)
     assert "off:ok" in text.output
+    shown = runner.invoke(cli, ["show", "latest", "--json"], env=env)
+    assert json.loads(shown.output)["copies"]["offsite"] == "ok"
+    assert "offsite ok" in runner.invoke(cli, ["show", backup_id], env=env).output
     checked = runner.invoke(cli, ["verify", "--offsite", "--all", "--json"], env=env)
     assert checked.exit_code == 0, checked.output
     assert json.loads(checked.output) == [{"id": backup_id, "ok": True, "error": None}]
     ran = runner.invoke(cli, ["run", "--json", "--force"], env=env)
     assert ran.exit_code == 0, ran.output
     _secret_absent(listed.output, text.output, checked.output, ran.output, *_state_texts(settings))
+
+
+def test_an_offsite_copy_that_differs_is_replaced(s3_settings: Callable[..., Settings]) -> None:
+    from dataclasses import replace
+
+    from tablettracker_backups.offsite_state import write_state
+
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None
+    backup_id = first.backup.metadata.id
+    state = read_state(settings)
+    # The record says the offsite copy is another file (as after a mix-up of two machines).
+    write_state(settings, state.with_copy(replace(state.copies[backup_id], sha256="0" * 64)))
+    assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "pending"}
+    again = run(settings)
+    assert again.offsite is not None
+    assert [u.id for u in again.offsite.uploaded] == [backup_id]
+    assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "ok"}
 
 
 def test_credentials_from_the_aws_chain(
@@ -396,6 +418,31 @@ def test_rolling_verify_covers_every_copy_within_the_period(
     assert rolling_verify_count(hourly, 100) == 2  # 720 runs a month: the minimum is enough
     assert rolling_verify_count(daily, 100) == 4  # 30 runs a month: 4 a run covers 100
     assert rolling_verify_count(daily, 100) * 30 >= 100
+
+
+def test_init_config_names_the_offsite_store_but_not_its_keys(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from tablettracker_backups.bootstrap import render_config
+    from tablettracker_backups.settings import values_from_toml
+
+    settings = make_settings(
+        s3_bucket=BUCKET,
+        s3_endpoint_url="https://s3.example.test",
+        s3_region="eu-central-003",
+        s3_addressing_style="path",
+        s3_access_key_id=ACCESS_KEY,
+        s3_secret_access_key=SECRET_KEY,
+    )
+    text = render_config(settings, 3600)
+    assert SECRET_KEY not in text and ACCESS_KEY not in text
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    values = values_from_toml(path)
+    assert values["s3_bucket"] == BUCKET
+    assert values["s3_endpoint_url"] == "https://s3.example.test"
+    assert values["s3_addressing_style"] == "path"
+    assert values["s3_prefix"] == "tablettracker-backups/"
 
 
 # -- multipart ---------------------------------------------------------------------------------
@@ -788,3 +835,45 @@ def test_full_recovery_from_offsite_alone(
     assert "rejected the credentials" in wrong.stderr
     assert "wrong-secret-value" not in wrong.stdout + wrong.stderr
     assert not (machine / "other.db").exists()
+
+
+# -- web dashboard -----------------------------------------------------------------------------
+
+
+def test_dashboard_and_list_show_offsite_copies(s3_server: SeaweedServer, tmp_path: Path) -> None:
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tests.conftest import login
+
+    prefix = f"web-{uuid.uuid4().hex[:12]}/"
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "instance-demo",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "BACKUPS_S3_BUCKET": BUCKET,
+            "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
+            "BACKUPS_S3_PREFIX": prefix,
+            "BACKUPS_S3_ADDRESSING_STYLE": "path",
+            "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+    )
+    with app.app_context():
+        settings = get_state().settings
+    uploaded = run(settings, force=True)
+    assert uploaded.offsite is not None and uploaded.offsite.ok
+    assert uploaded.backup is not None
+    pending = create_backup(settings, kind="pre-restore", trigger="test").metadata.id
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
+
+    listing = client.get("/admin/backups/backups").get_data(as_text=True)
+    assert "offsite: ok" in listing and "offsite: pending" in listing
+    detail = client.get(f"/admin/backups/backups/{pending}").get_data(as_text=True)
+    assert "offsite: pending" in detail
+    dashboard = client.get("/admin/backups/").get_data(as_text=True)
+    assert "Offsite copies" in dashboard
+    assert "1 backup(s) behind since" in dashboard
+    for page in (listing, detail, dashboard):
+        _secret_absent(page)

@@ -659,3 +659,69 @@ def test_interactive_choice_and_confirmation_on_a_terminal(
         assert process.returncode == 1, output
         assert "Cancelled; nothing was changed." in output
         assert dump(settings.database) == changed
+
+
+LOCK_HOLDER = textwrap.dedent(
+    """
+    import sys
+    from tablettracker_backups.locking import operation_lock
+    from tablettracker_backups.settings import settings_from_mapping
+    settings = settings_from_mapping({"database": sys.argv[1], "dir": sys.argv[2]})
+    with operation_lock(settings):
+        print("holding", flush=True)
+        sys.stdin.readline()
+    """
+)
+
+
+def test_restore_waits_for_the_shared_lock_then_gives_up(
+    runner: CliRunner, settings: Settings
+) -> None:
+    create_backup(settings)
+    change(settings.database)
+    before = dump(settings.database)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", LOCK_HOLDER, str(settings.database), str(settings.backup_dir)],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        result = runner.invoke(
+            cli, cli_args(settings, "latest", "--yes"), env={"BACKUPS_LOCK_TIMEOUT": "0.2"}
+        )
+    finally:
+        holder.communicate("\n", timeout=PROCESS_WAIT)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith("Busy: ")
+    assert dump(settings.database) == before
+
+
+def test_gzip_backups_restore_too(tmp_path: Path, settings: Settings) -> None:
+    import dataclasses
+
+    gzip_settings = dataclasses.replace(settings, compression="gzip", compression_level=6)
+    backup = create_backup(gzip_settings).metadata
+    assert backup.compression == "gzip"
+    expected = dump(settings.database)
+    restore_backup(settings, backup.id, to=tmp_path / "from-gzip.db")
+    assert dump(tmp_path / "from-gzip.db") == expected
+
+
+def test_wal_target_with_another_page_size_is_refused_unchanged(
+    tmp_path: Path, settings: Settings
+) -> None:
+    backup = create_backup(settings).metadata
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("PRAGMA page_size=8192")
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE keep (x)")
+        conn.execute("INSERT INTO keep VALUES (1)")
+        conn.commit()
+    before = dump(other)
+    with pytest.raises(RestoreError, match="journal_mode=DELETE first"):
+        restore_backup(settings, backup.id, to=other)
+    assert dump(other) == before

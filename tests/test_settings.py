@@ -25,7 +25,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.backup_dir == tmp_path / "backups"
     assert settings.secondary_dir is None
     assert settings.compression == "zstd"
-    assert settings.compression_level == 3
+    assert settings.compression_level == 6
     assert settings.retention == RetentionPolicy(24, 30, 12, 24, 10, 10)
     assert settings.interval == 3600
     assert settings.disk_warning == pytest.approx(0.10)

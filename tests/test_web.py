@@ -87,7 +87,8 @@ def post_actions(backup_id: str) -> list[str]:
 
 def test_anonymous_is_sent_to_login(demo_app: Flask, backup_id: str) -> None:
     client = demo_app.test_client()
-    for url in get_pages(backup_id):
+    job_pages = [f"{P}/jobs/0123456789abcdef", f"{P}/jobs/0123456789abcdef.json"]
+    for url in [*get_pages(backup_id), *job_pages]:
         response = client.get(url)
         assert response.status_code == 302, url
         assert response.location.startswith("/login?next="), url
@@ -111,6 +112,7 @@ def test_non_admin_gets_403_everywhere(
         response = staff_client.post(url, data={"csrf_token": token, "confirm": backup_id})
         assert response.status_code == 403, url
     assert staff_client.get(f"{P}/jobs/0123456789abcdef").status_code == 403
+    assert staff_client.get(f"{P}/jobs/0123456789abcdef.json").status_code == 403
     assert len(BackupStore(settings_of(demo_app)).ids()) == 1
     assert audit.read_entries(settings_of(demo_app)) == []
 
@@ -153,7 +155,7 @@ def test_list_is_paginated_newest_first(demo_app: Flask, admin_client: FlaskClie
     settings = settings_of(demo_app)
     for _ in range(3):
         create_backup(settings, trigger="test")
-    ids = BackupStore(settings).ids()  # newest first (ids sort by time)
+    ids = [info.id for info in BackupStore(settings).list()]  # newest first, by time
     html = admin_client.get(f"{P}/backups").get_data(as_text=True)
     positions = [html.index(i) for i in ids]
     assert positions == sorted(positions), "newest backup must come first"
@@ -490,11 +492,17 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
         "health",
         "error",
         "warnings",
+        "offsite",
     }
     assert set(body) == expected_keys
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]
+    entry = audit.read_entries(settings_of(demo_app))[0]
+    assert (entry.action, entry.actor, entry.ok) == ("run", "task endpoint", True)
     again = client.post(url, headers={"Authorization": f"Bearer {token}"}).get_json()
     assert again["backup"] is None and "only" in again["skipped_reason"]
+    # The same document as the CLI's `run --json`.
+    cli = demo_app.test_cli_runner().invoke(args=["backups", "run", "--json"])
+    assert set(body) == set(json.loads(cli.output))
 
 
 def test_task_endpoint_is_404_without_a_token(make_host: Callable[..., Flask]) -> None:
@@ -646,3 +654,73 @@ def test_flask_backups_cli_group_is_added(demo_app: Flask) -> None:
     result = demo_app.test_cli_runner().invoke(args=["backups", "list", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == []
+
+
+def test_size_chart_shapes_and_escaping() -> None:
+    from tablettracker_backups.charts import Series, size_chart
+
+    assert "No backups yet" in size_chart([Series("s", "a", [])])
+    moment = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
+    one = size_chart([Series("<script>", 'x"y', [(moment, 1000.0)])])
+    assert "<svg" in one and "<script>" not in one and "&lt;script&gt;" in one
+    assert 'x"y' not in one
+    week = [(moment - timedelta(days=d), 1000.0 + d) for d in range(7)]
+    chart = size_chart([Series("stored size", "ttb-stored", week)])
+    assert chart.count("<circle") == 7 and "<polyline" in chart
+    assert "2026-11-19" in chart and "2026-11-25" in chart  # first and last day labelled
+
+
+def test_task_endpoint_exempt_when_csrfprotect_comes_after(
+    make_host: Callable[..., Flask],
+) -> None:
+    from flask_wtf.csrf import CSRFProtect
+
+    app = make_host()
+    CSRFProtect(app)  # registered after BackupManager: the endpoint must still be exempt
+    client = app.test_client()
+    token = app.config["BACKUPS_TASK_TOKEN"]
+    response = client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
+    assert response.status_code == 200, response.get_data(as_text=True)[:300]
+    assert response.get_json()["backup"]["id"]
+    # ...while the pages are protected by Flask-WTF's token from now on.
+    admin = host_login(app, "admin")
+    assert admin.post(f"{P}/backup-now").status_code == 400
+
+
+def test_a_killed_worker_is_reported_and_releases_the_lock(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    """A real worker process, killed while it waits for the lock: the page says so at once."""
+    import os
+    import signal
+    import time
+
+    from tablettracker_backups.jobs import launch_worker
+    from tablettracker_backups.locking import is_locked
+
+    settings = settings_of(demo_app)
+    now = datetime.now(timezone.utc)
+    values = {"database": str(settings.database), "dir": str(settings.backup_dir)}
+    job = Job("00000000000000ee", "backup", {}, "ada", QUEUED, now, now, settings=values)
+    put_job(settings, Job(**{**job.__dict__, "settings": {**values, "lock_timeout": 300}}))
+    with operation_lock(settings):
+        launch_worker(jobs_dir(settings), job.id, detach=True)
+        deadline = time.monotonic() + 60
+        while (running := read_job(settings, job.id)).pid is None:
+            assert time.monotonic() < deadline, running
+            time.sleep(0.05)
+        assert running.state == RUNNING
+        os.kill(running.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not (dead := read_job(settings, job.id)).finished:
+            assert time.monotonic() < deadline, dead
+            time.sleep(0.05)
+    assert dead.state == "failed" and "stopped before finishing" in dead.message
+    assert not is_locked(settings)
+    assert BackupStore(settings).ids() == [backup_id]
+    html = admin_client.get(f"{P}/jobs/{job.id}").get_data(as_text=True)
+    assert "Failed:" in html
+    token = csrf_from(html)
+    response = admin_client.post(f"{P}/backup-now", data={"csrf_token": token})
+    assert response.status_code == 303
+    assert wait_for_job(settings, response.location.rsplit("/", 1)[1]).state == "done"

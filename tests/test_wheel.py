@@ -164,3 +164,35 @@ def test_console_script_backs_up_and_lists(installed: Installed, tmp_path: Path)
     assert "0.1.0" in version.stdout
     bad = installed.run(installed.script, "show", "nope", env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
+
+
+def test_wheel_renders_the_dashboard(installed: Installed, tmp_path: Path) -> None:
+    """The demo app from the wheel serves the dashboard with the wheel's templates and CSS."""
+    code = (
+        "import json, re, sys\n"
+        "import tablettracker_backups.views as views\n"
+        "from tablettracker_backups.demo import create_app\n"
+        "from tablettracker_backups.backup import create_backup\n"
+        "from tablettracker_backups.extension import get_state\n"
+        "app = create_app({'INSTANCE_PATH': sys.argv[1], 'TESTING': True})\n"
+        "with app.app_context():\n"
+        "    create_backup(get_state().settings)\n"
+        "client = app.test_client()\n"
+        "login = client.get('/login').get_data(as_text=True)\n"
+        'token = re.search(r\'name="csrf_token" value="([^"]+)"\', login).group(1)\n'
+        "client.post('/login', data={'username': 'admin', 'csrf_token': token,\n"
+        "            'password': app.config['DEMO_PASSWORD']})\n"
+        "page = client.get('/admin/backups/')\n"
+        "css = client.get('/admin/backups/_static/backups.css')\n"
+        "print(json.dumps({'status': page.status_code, 'html': page.get_data(as_text=True),\n"
+        "                  'css': css.status_code, 'views': views.__file__}))\n"
+        "css.close()\n"
+    )
+    found = json.loads(
+        _check(installed.run(installed.python, "-c", code, tmp_path / "instance")).stdout
+    )
+    assert str(Path(found["views"]).resolve()).startswith(str(installed.venv.resolve()))
+    assert found["status"] == 200, found["html"][:500]
+    assert found["css"] == 200
+    assert "Size over time" in found["html"] and "<svg" in found["html"]
+    assert '<a class="brand"' in found["html"]  # inside the demo's layout
