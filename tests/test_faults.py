@@ -781,9 +781,9 @@ def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
     row = reliability(
         f"clock went back a day ({hours} hourly backups now dated in the future)",
         trials=4,
-        checked="4 scheduled runs after the jump: every backup from before it (dated in the "
-        "future) is kept, the newest real one always is, real ones are thinned exactly as "
-        "retention would without the future-dated ones; health warns about the clock",
+        checked="4 scheduled runs after the jump: nothing is deleted while any backup is dated "
+        "in the future (those from before the jump and those taken after it); health warns "
+        "about the clock",
     )
     from tablettracker_backups.backup import create_backup
 
@@ -801,21 +801,13 @@ def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
         assert result.returncode in (0, 1), result.stderr
         taken.append(json.loads(result.stdout)["backup"]["id"])
         present = set(BackupStore(settings).ids())
-        lost = [b for b in ahead if b not in present]
+        lost = [b for b in ahead + taken if b not in present]
         assert not lost, f"deleted during clock trouble: {lost}"
-        assert taken[-1] in present
-        # The real backups are thinned as if the future-dated ones did not exist (these runs
-        # share one hour, so only the newest real one keeps a slot).
-        real_present = sorted(present - set(ahead))
-        assert real_present == [taken[-1]] or (
-            # the runs straddled an hour boundary: the newest of the earlier hour stays too
-            len(real_present) == 2 and real_present[-1] == taken[-1]
-        ), (real_present, taken)
     health = run_cli(["health", "--json"], env)
     findings = json.loads(health.stdout)["findings"]
     assert any(f["code"] == "clock" for f in findings), findings
     row["detail"] = (
-        f"{len(ahead)} future-dated kept, real kept {len(real_present)} of {len(taken)}; "
+        f"{len(ahead)} future-dated and {len(taken)} real backups, all kept; "
         f"health exit {health.returncode}"
     )
 
