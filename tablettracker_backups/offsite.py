@@ -365,6 +365,27 @@ class OffsiteStore:
                         orphans.append(item["Key"])
         return orphans
 
+    def abort_interrupted_uploads(self) -> builtins.list[str]:
+        """Abort multipart uploads of our data files that never completed; their keys.
+
+        A process killed mid-upload leaves its parts stored (and billed) but invisible to
+        listings; boto3 aborts only uploads that fail in-process. The caller holds the
+        operation lock, so no upload of ours is in flight.
+        """
+        aborted: builtins.list[str] = []
+        with self._calls("abort interrupted uploads"):
+            paginator = self._client.get_paginator("list_multipart_uploads")
+            for page in paginator.paginate(Bucket=self.s3.bucket, Prefix=self.s3.prefix):
+                for upload in page.get("Uploads", []):
+                    name = upload["Key"][len(self.s3.prefix) :]
+                    stem = name.partition(".")[0]
+                    if ID_PATTERN.match(stem) and name[len(stem) :] in (".db.zst", ".db.gz"):
+                        self._client.abort_multipart_upload(
+                            Bucket=self.s3.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                        )
+                        aborted.append(upload["Key"])
+        return aborted
+
     def read_metadata(self, backup_id: str) -> BackupMetadata:
         """Download and validate one backup's metadata; raises BackupNotFound, MetadataError."""
         key = self.metadata_key(backup_id)

@@ -193,6 +193,8 @@ def sync_offsite(
         for key in offsite.orphan_keys():
             offsite.delete_key(key)
             logger.info("removed interrupted offsite upload %s", key)
+        for key in offsite.abort_interrupted_uploads():
+            logger.info("aborted the interrupted multipart upload of %s", key)
         write_state(settings, state)
         for backup_id in rolling_verify_choice(settings, state)[:verify_count]:
             outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)

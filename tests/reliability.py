@@ -148,3 +148,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n", encoding="utf-8"
     )
     REPORT_MD.write_text(render(rows), encoding="utf-8")
+
+
+if __name__ == "__main__":  # python -m tests.reliability: re-render the markdown from the JSON
+    REPORT_MD.write_text(
+        render(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]), encoding="utf-8"
+    )
