@@ -130,6 +130,12 @@ class BackupStore:
         """Where a metadata document lives."""
         return self.locations[location] / metadata_filename(backup_id)
 
+    def require_folder(self) -> None:
+        """Raise :class:`BackupNotFound` when no backup folder exists at all (a typo, usually)."""
+        if not any(folder.is_dir() for folder in self.locations.values()):
+            shown = " or ".join(str(folder) for folder in self.locations.values())
+            raise BackupNotFound(f"no backup folder at {shown}")
+
     # -- reading -------------------------------------------------------------------------
 
     def read_metadata(self, location: str, backup_id: str) -> BackupMetadata:
