@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
@@ -257,6 +258,18 @@ class BackupStore:
                 continue
             return info
         raise BackupNotFound("there is no verified backup yet" if verified else "no backups yet")
+
+    def checksum_matches(self, info: BackupInfo, location: str) -> bool:
+        """Whether ``location``'s data file still hashes to the metadata's SHA-256.
+
+        Listing compares sizes only; this reads the whole file. Raises :class:`StorageError`
+        when it cannot be read, ``ValueError`` when the backup's metadata is lost.
+        """
+        if info.metadata is None:
+            raise ValueError(f"backup {info.id} has no readable metadata")
+        path = self.data_path(location, info.id, info.metadata.compression)
+        _, digest = hash_file(path)
+        return digest == info.metadata.sha256
 
     # -- writing -------------------------------------------------------------------------
 
