@@ -497,7 +497,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", default="delete,wal", help="journal modes for stall runs")
     parser.add_argument("--methods", default=",".join(METHODS), help="ours,report,cli")
     parser.add_argument("--interval", type=float, default=5.0, help="writer interval, ms")
-    parser.add_argument("--no-writer", dest="writer", action="store_false")
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()))
     parser.add_argument("--json", type=Path, default=None, help="results file")
     parser.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
