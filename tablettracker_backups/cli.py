@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +20,7 @@ from typing import Any, TypeVar, cast
 import click
 
 from tablettracker_backups import __version__
-from tablettracker_backups.errors import BackupError, LockedError
+from tablettracker_backups.errors import BackupError, ConfigError, LockedError
 from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -291,7 +292,9 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     from tablettracker_backups.retention import candidates_from, plan_retention
     from tablettracker_backups.store import BackupStore
 
-    infos = BackupStore(settings).list()
+    store = BackupStore(settings)
+    store.require_folder()
+    infos = store.list()
     plan = plan_retention(
         candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
     )
@@ -715,6 +718,12 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
+    from tablettracker_backups.settings import default_config_path
+
+    if outcome.config_path != default_config_path().expanduser().absolute():
+        click.echo("")
+        click.echo("Other commands read this config with --config, or set it once:")
+        click.echo(f"  export BACKUPS_CONFIG={outcome.config_path}")
 
 
 @cli.command("job", hidden=True)
@@ -930,9 +939,21 @@ def restore(
             f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
         )
         if result.safety_snapshot_id:
+            # Repeat the options given, so the printed command works when pasted as it is.
+            given = {
+                "--config": config,
+                "--database": database,
+                "--backup-dir": backup_dir,
+                "--secondary-dir": secondary_dir,
+                "--to": to,
+            }
+            undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
+            for option, value in given.items():
+                if value is not None:
+                    undo += [option, str(value)]
             click.echo(
                 f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
-                f"(undo with: tablettracker-backups restore {result.safety_snapshot_id})"
+                f"(undo with: {shlex.join(undo)})"
             )
     if result.fell_back:
         sys.exit(EXIT_WARNING)
@@ -1008,6 +1029,7 @@ def demo(port: int, instance: Path) -> None:
 
     if not 0 < port < 65536:
         raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
+    _check_port_free(port)
     app = create_app({"INSTANCE_PATH": instance.absolute()})
     with app.app_context():
         settings = get_state().settings
@@ -1028,4 +1050,18 @@ def demo(port: int, instance: Path) -> None:
     try:
         run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
     except OSError as exc:
-        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
+
+
+def _check_port_free(port: int) -> None:
+    """Fail in one line before printing anything when the port is taken (werkzeug would exit)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve on 127.0.0.1:{port}: {exc.strerror}; choose another with --port"
+            ) from None

@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from tablettracker_backups.audit import append_jsonl
-from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.metadata import parse_utc, utc_iso
@@ -325,13 +324,12 @@ def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Fin
         for copy in info.copies:
             if copy.state != OK:
                 continue
-            path = store.data_path(copy.location, info.id, info.metadata.compression)
             try:
-                _, digest = hash_file(path)
+                matches = store.checksum_matches(info, copy.location)
             except BackupError as exc:
                 findings.append(Finding(WARNING, "checksum", f"{info.id}: {exc}"))
                 continue
-            if digest != info.metadata.sha256:
+            if not matches:
                 findings.append(
                     Finding(
                         WARNING,

@@ -606,7 +606,7 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
     finally:
         stop.set()
         beat.join()
-    reporter.update(force=True, state=state, message=message, result=result)
+    # Audit first, then mark the job finished: whoever waits for "done" must find the entry.
     # A restore records its own outcome, except when refused before it started (lock, bad id).
     core_audited = job.action == "restore" and (ok or isinstance(failure, RestoreError))
     if settings is not None and not core_audited:
@@ -621,4 +621,5 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
             )
         except BackupError as exc:
             logger.error("could not write the audit log: %s", exc)
+    reporter.update(force=True, state=state, message=message, result=result)
     return reporter.job

@@ -19,7 +19,7 @@ from tablettracker_backups.errors import (
     OffsiteError,
     VerificationError,
 )
-from tablettracker_backups.fsutil import ensure_private_dir
+from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.offsite import (
     OffsiteObject,
     OffsiteStore,
@@ -246,16 +246,23 @@ def verify_offsite(
 ) -> list[OffsiteVerification]:
     """Download and fully check offsite copies (all of them by default), recording results.
 
-    Raises :class:`OffsiteError` when the store cannot be reached, :class:`BackupNotFound`
-    for an id that is not offsite.
+    Holds the operation lock, so the offsite record is never updated by this and a ``run`` at
+    the same time. Raises :class:`OffsiteError` when the store cannot be reached,
+    :class:`BackupNotFound` for an id that is not offsite, :class:`LockedError` when busy.
     """
+    with operation_lock(settings):
+        return _verify_offsite_locked(settings, backup_ids)
+
+
+def _verify_offsite_locked(
+    settings: Settings, backup_ids: Iterable[str] | None
+) -> list[OffsiteVerification]:
     offsite = OffsiteStore.from_settings(settings)
     listing = {o.id: o for o in offsite.list()}
     ids = list(backup_ids) if backup_ids is not None else list(listing)
     for backup_id in ids:
         if backup_id not in listing:
             raise BackupNotFound(f"no backup {backup_id} in the offsite store")
-    ensure_private_dir(settings.state_dir)
     results: list[OffsiteVerification] = []
     for backup_id in ids:
         outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)

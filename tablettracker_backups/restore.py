@@ -202,13 +202,6 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
     )
 
 
-def _require_a_folder(settings: Settings) -> None:
-    """Refuse early, creating nothing, when no backup folder exists at all (a typo, usually)."""
-    if not any(folder.is_dir() for folder in settings.locations):
-        shown = " or ".join(str(folder) for folder in settings.locations)
-        raise BackupNotFound(f"no backup folder at {shown}")
-
-
 # -- preview -----------------------------------------------------------------------------------
 
 
@@ -219,7 +212,7 @@ def preview_restore(settings: Settings, backup_id: str) -> RestorePreview:
     :class:`RestoreError` (unreadable metadata) or :class:`DatabaseError` (live database
     unreadable).
     """
-    _require_a_folder(settings)
+    BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
     info = resolve_backup(BackupStore(settings), backup_id)
     meta = info.metadata
     assert meta is not None  # resolve_backup guarantees it
@@ -298,7 +291,7 @@ def restore_backup(
     is_live = _same_file(target, settings.database)
     if backup_id != "latest":
         validate_backup_id(backup_id)
-    _require_a_folder(settings)
+    BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
     with operation_lock(settings):
         cleanup_debris(settings)
         store = BackupStore(settings)

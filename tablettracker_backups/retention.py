@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import BackupError
 from tablettracker_backups.settings import RetentionPolicy
 from tablettracker_backups.store import OK, BackupInfo, BackupStore
@@ -203,13 +202,11 @@ def newest_sound_backup(store: BackupStore) -> str | None:
         for copy in info.copies:
             if copy.state != OK:
                 continue
-            path = store.data_path(copy.location, info.id, info.metadata.compression)
             try:
-                _, digest = hash_file(path)
+                if store.checksum_matches(info, copy.location):
+                    return info.id
             except BackupError:
                 continue
-            if digest == info.metadata.sha256:
-                return info.id
         logger.warning("backup %s looked verified but no copy matches its checksum", info.id)
         verify_backup(store, info.id)
     return None

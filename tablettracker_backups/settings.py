@@ -273,7 +273,9 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown setting {PREFIX}{unknown[0].upper()}")
     if values.get("database") is None:
-        raise ConfigError("no database configured: pass --database PATH or set BACKUPS_DATABASE")
+        raise ConfigError(
+            "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
+        )
     database = _path("database", values["database"])
     backup_dir = (
         _path("dir", values["dir"])

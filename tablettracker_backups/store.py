@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
@@ -129,6 +130,12 @@ class BackupStore:
     def metadata_path(self, location: str, backup_id: str) -> Path:
         """Where a metadata document lives."""
         return self.locations[location] / metadata_filename(backup_id)
+
+    def require_folder(self) -> None:
+        """Raise :class:`BackupNotFound` when no backup folder exists at all (a typo, usually)."""
+        if not any(folder.is_dir() for folder in self.locations.values()):
+            shown = " or ".join(str(folder) for folder in self.locations.values())
+            raise BackupNotFound(f"no backup folder at {shown}")
 
     # -- reading -------------------------------------------------------------------------
 
@@ -251,6 +258,18 @@ class BackupStore:
                 continue
             return info
         raise BackupNotFound("there is no verified backup yet" if verified else "no backups yet")
+
+    def checksum_matches(self, info: BackupInfo, location: str) -> bool:
+        """Whether ``location``'s data file still hashes to the metadata's SHA-256.
+
+        Listing compares sizes only; this reads the whole file. Raises :class:`StorageError`
+        when it cannot be read, ``ValueError`` when the backup's metadata is lost.
+        """
+        if info.metadata is None:
+            raise ValueError(f"backup {info.id} has no readable metadata")
+        path = self.data_path(location, info.id, info.metadata.compression)
+        _, digest = hash_file(path)
+        return digest == info.metadata.sha256
 
     # -- writing -------------------------------------------------------------------------
 

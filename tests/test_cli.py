@@ -15,7 +15,7 @@ import tomllib
 from click.testing import CliRunner, Result
 
 from tablettracker_backups.cli import cli
-from tablettracker_backups.settings import load_settings
+from tablettracker_backups.settings import Settings, load_settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import backdate, flip_byte, make_db, rewrite_metadata
 
@@ -92,7 +92,14 @@ def test_backup_and_list(invoke: Callable[..., Result]) -> None:
     assert data["id"] in text and "pri:ok sec:ok" in text and "KEPT BECAUSE" in text
 
 
-def test_list_empty(invoke: Callable[..., Result]) -> None:
+def test_list_empty(invoke: Callable[..., Result], settings: Settings) -> None:
+    # No folder at all is most likely a typo in --backup-dir: say so rather than "no backups".
+    missing = invoke("list")
+    assert missing.exit_code == 2
+    assert missing.output.strip() == (
+        f"Error: no backup folder at {settings.backup_dir} or {settings.secondary_dir}"
+    )
+    settings.backup_dir.mkdir()
     assert "No backups yet" in ok(invoke("list")).stdout
     assert json.loads(ok(invoke("list", "--json")).stdout) == []
 

@@ -877,3 +877,19 @@ def test_dashboard_and_list_show_offsite_copies(s3_server: SeaweedServer, tmp_pa
     assert "1 backup(s) behind since" in dashboard
     for page in (listing, detail, dashboard):
         _secret_absent(page)
+
+
+def test_verify_offsite_shares_the_lock_with_run(s3_settings: Callable[..., Settings]) -> None:
+    from tablettracker_backups.errors import LockedError
+    from tablettracker_backups.locking import operation_lock
+    from tablettracker_backups.offsite_state import read_state
+
+    settings = s3_settings(lock_timeout=0.2)
+    run(settings)
+    before = read_state(settings)
+    # While a run (here: anyone holding the lock) may be updating the offsite record,
+    # verify --offsite waits, then gives up without touching the record.
+    with operation_lock(settings), pytest.raises(LockedError):
+        verify_offsite(settings)
+    assert read_state(settings) == before
+    assert all(r.ok for r in verify_offsite(settings))

@@ -651,9 +651,14 @@ def test_init_app_failures(db_path: Path) -> None:
 
 
 def test_flask_backups_cli_group_is_added(demo_app: Flask) -> None:
-    result = demo_app.test_cli_runner().invoke(args=["backups", "list", "--json"])
+    runner = demo_app.test_cli_runner()
+    taken = runner.invoke(args=["backups", "backup", "--json"])
+    assert taken.exit_code == 0, taken.output
+    result = runner.invoke(args=["backups", "list", "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output) == []
+    # The app's own settings were used: the backup went to its configured folder.
+    assert [b["id"] for b in json.loads(result.output)] == [json.loads(taken.output)["id"]]
+    assert (settings_of(demo_app).backup_dir / f"{json.loads(taken.output)['id']}.json").exists()
 
 
 def test_size_chart_shapes_and_escaping() -> None:
