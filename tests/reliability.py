@@ -125,6 +125,7 @@ def render(rows: list[dict[str, Any]]) -> str:
     """The markdown report."""
     total = sum(r["trials"] for r in rows)
     failed = [r for r in rows if r["result"] != "pass"]
+    minutes = sum({r["test"]: r["seconds"] for r in rows}.values()) / 60
     lines = [
         "# Reliability and security report",
         "",
@@ -133,6 +134,8 @@ def render(rows: list[dict[str, Any]]) -> str:
         "`RELIABILITY_UPDATE=1 python -m pytest` (the whole suite) regenerates this copy.",
         "",
         f"- Classes: {len(rows)}, trials in total: {total}, not passing: {len(failed)}",
+        f"- Time in the tests that recorded rows: {minutes:.1f} min (the fuzz tests not "
+        "counted), measured on a machine shared with other test runs",
         f"- Last regenerated: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
