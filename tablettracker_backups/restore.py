@@ -47,6 +47,7 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.fsutil import (
     describe_os_error,
     ensure_private_dir,
+    fsync_dir,
     remove_quietly,
     temp_path,
 )
@@ -347,23 +348,32 @@ def _restore_locked(
     attempt.source_location = location
     attempt.durations["verify"] = round(time.monotonic() - begun, 4)
     try:
-        if not existed:
+        wal = meta.source.journal_mode.lower() == "wal"
+        begun = time.monotonic()
+        # A file that did not exist has no reader to keep consistent: the checked scratch file
+        # itself becomes it (a hard link), saving a page-by-page copy of the whole database.
+        placed = not existed and _link_into_place(scratch, target, wal=wal)
+        if not existed and not placed:
             _create_empty(target)
         safety: BackupMetadata | None = None
-        if _has_data(target):
+        if existed and _has_data(target):
             begun = time.monotonic()
             safety = _safety_snapshot(settings, target, is_live, actor, progress)
             attempt.safety_snapshot_id = safety.id
             attempt.durations["safety_snapshot"] = round(time.monotonic() - begun, 4)
-        begun = time.monotonic()
+            begun = time.monotonic()
         try:
-            _write(
-                scratch,
-                target,
-                timeout=settings.busy_timeout,
-                progress=_pages(progress, "write"),
-                wal_if_new=not existed and meta.source.journal_mode.lower() == "wal",
-            )
+            if placed:
+                if progress is not None:
+                    progress("write", 1, 1)
+            else:
+                _write(
+                    scratch,
+                    target,
+                    timeout=settings.busy_timeout,
+                    progress=_pages(progress, "write"),
+                    wal_if_new=not existed and wal,
+                )
         except BaseException as exc:
             # The backup API rolled its transaction back, so only a file we created remains.
             if not existed:
@@ -707,6 +717,37 @@ def _create_empty(target: Path) -> None:
         os.close(fd)
     except OSError as exc:
         raise RestoreError(f"cannot create {target}: {describe_os_error(exc, target)}") from None
+
+
+def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
+    """Make the checked ``scratch`` file the new database ``target`` (which does not exist).
+
+    Returns False, having changed nothing, where a hard link cannot be made (another file
+    system, or one without hard links): the caller then copies the pages instead. Raises
+    :class:`RestoreError` if ``target`` appeared meanwhile; it is never overwritten.
+    """
+    ensure_private_dir(target.parent)
+    try:
+        fd = os.open(scratch, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.link(scratch, target)
+    except FileExistsError:
+        raise RestoreError(f"{target} appeared while restoring; it was not changed") from None
+    except OSError as exc:
+        logger.info("copying pages into %s instead of linking: %s", target, exc)
+        return False
+    try:
+        fsync_dir(target.parent)
+        if wal:
+            with closing(connect(target)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as exc:
+        _remove_database(target)
+        raise RestoreError(f"cannot finish {target}: {exc}; the new file was removed") from None
+    return True
 
 
 def _remove_database(target: Path) -> None:

@@ -725,3 +725,49 @@ def test_wal_target_with_another_page_size_is_refused_unchanged(
     with pytest.raises(RestoreError, match="journal_mode=DELETE first"):
         restore_backup(settings, backup.id, to=other)
     assert dump(other) == before
+
+
+@contextmanager
+def other_file_system(path: Path) -> Iterator[Path]:
+    """A small tmpfs at ``path`` (another device than the backup folder); skips if not root."""
+    path.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(path)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize("where", ["same file system", "another file system"])
+def test_new_file_is_the_checked_copy_or_a_page_copy(
+    wal_settings: Settings, journal_mode: str, tmp_path: Path, where: str
+) -> None:
+    # A new file gets the checked scratch file itself (a hard link) when it can, and a
+    # page-by-page copy when the target is on another file system; both end up the same.
+    backup = create_backup(wal_settings).metadata
+    expected = dump(wal_settings.database)
+    if where == "same file system":
+        folder = tmp_path / "restored"
+        result = restore_backup(wal_settings, backup.id, to=folder / "new.db")
+    else:
+        with other_file_system(tmp_path / "elsewhere") as folder:
+            result = restore_backup(wal_settings, backup.id, to=folder / "new.db")
+            assert dump(folder / "new.db") == expected
+            assert journal(folder / "new.db") == journal_mode
+            assert result.safety_snapshot_id is None
+            assert os.stat(folder / "new.db").st_dev != os.stat(wal_settings.backup_dir).st_dev
+        return
+    target = folder / "new.db"
+    assert result.safety_snapshot_id is None
+    assert dump(target) == expected
+    assert journal(target) == journal_mode
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    # Nothing else holds the file: the scratch name in the backup folder is gone.
+    assert target.stat().st_nlink == 1
+    assert not [p for p in wal_settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
