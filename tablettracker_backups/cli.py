@@ -519,8 +519,10 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
     from tablettracker_backups.retention import prune as do_prune
     from tablettracker_backups.store import BackupStore
 
+    store = BackupStore(settings)
+    store.require_folder()  # a mistyped --backup-dir: say so, create nothing
     with operation_lock(settings):
-        result = do_prune(BackupStore(settings), dry_run=dry_run)
+        result = do_prune(store, dry_run=dry_run)
     if as_json:
         emit_json(result.to_dict())
         return

@@ -465,3 +465,14 @@ def test_real_subprocess(db_path: Path, backup_dir: Path, tmp_path: Path) -> Non
     assert missing.stderr.strip().splitlines() == [
         f"Error: database {tmp_path / 'gone.db'} does not exist"
     ]
+
+
+def test_prune_on_a_mistyped_folder_creates_nothing(
+    invoke: Callable[..., Result], tmp_path: Path
+) -> None:
+    typo = tmp_path / "bakups"
+    result = invoke("prune", "--backup-dir", str(typo))
+    assert result.exit_code == 2
+    assert result.output.startswith(f"Error: no backup folder at {typo}")
+    assert len(result.output.strip().splitlines()) == 1
+    assert not typo.exists()
