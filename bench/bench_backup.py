@@ -334,6 +334,7 @@ def run_all(args: argparse.Namespace) -> list[Run]:
     Methods rotate between repeats so that none always runs first on the shared machine.
     """
     runs: list[Run] = []
+    args.workdir.mkdir(parents=True, exist_ok=True)
     methods: list[str] = args.methods
     set_journal_mode(args.db, "delete")
     warm_cache(args.db)
