@@ -103,9 +103,9 @@ class Writeback:
             self.done = self.written
 
 
-def fsync_dir(directory: Path) -> None:
-    """Make a rename in ``directory`` durable."""
-    fd = os.open(directory, os.O_RDONLY)
+def fsync_path(path: Path) -> None:
+    """Make a file's data, or the renames in a folder, durable (raises ``OSError``)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
@@ -115,13 +115,9 @@ def fsync_dir(directory: Path) -> None:
 def commit(temp: Path, final: Path) -> None:
     """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError."""
     try:
-        fd = os.open(temp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(temp)
         os.replace(temp, final)
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
     except OSError as exc:
         remove_quietly(temp)
         raise StorageError(describe_os_error(exc, final)) from None

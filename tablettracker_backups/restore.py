@@ -47,7 +47,7 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.fsutil import (
     describe_os_error,
     ensure_private_dir,
-    fsync_dir,
+    fsync_path,
     remove_quietly,
     temp_path,
 )
@@ -728,11 +728,7 @@ def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
     """
     ensure_private_dir(target.parent)
     try:
-        fd = os.open(scratch, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(scratch)
         os.link(scratch, target)
     except FileExistsError:
         raise RestoreError(f"{target} appeared while restoring; it was not changed") from None
@@ -740,7 +736,7 @@ def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
         logger.info("copying pages into %s instead of linking: %s", target, exc)
         return False
     try:
-        fsync_dir(target.parent)
+        fsync_path(target.parent)
         if wal:
             with closing(connect(target)) as conn:
                 conn.execute("PRAGMA journal_mode=WAL")
