@@ -287,6 +287,7 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups list --json | jq '.[0].id'
     """
+    from tablettracker_backups.offsite_state import copy_states
     from tablettracker_backups.retention import candidates_from, plan_retention
     from tablettracker_backups.store import BackupStore
 
@@ -294,8 +295,17 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     plan = plan_retention(
         candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
     )
+    # From the local offsite record only: listing never waits on the network.
+    offsite = copy_states(settings, infos)
+
+    def as_dict(info: Any) -> dict[str, Any]:
+        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(plan.reasons(info.id)))
+        if offsite:
+            document["copies"]["offsite"] = offsite[info.id]
+        return document
+
     if as_json:
-        emit_json([dict(i.to_dict(), kept_because=list(plan.reasons(i.id))) for i in infos])
+        emit_json([as_dict(i) for i in infos])
         return
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
@@ -306,6 +316,8 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     )
     for info in infos:
         copies = " ".join(f"{c.location[:3]}:{c.state}" for c in info.copies)
+        if offsite:
+            copies += f" off:{offsite[info.id]}"
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
         click.echo(
             f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
@@ -391,24 +403,37 @@ def _fail_without_metadata(info: Any) -> None:
 @cli.command()
 @click.argument("backup_id", metavar="[ID]", required=False)
 @click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
+@click.option(
+    "--offsite",
+    is_flag=True,
+    help="Download and check the offsite copies instead of the local ones.",
+)
 @settings_command
 @json_option
-def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool) -> None:
+def verify(
+    settings: Settings, backup_id: str | None, verify_all: bool, offsite: bool, as_json: bool
+) -> None:
     """Fully check backups: checksum, decompression, integrity_check, row counts.
 
     Without ID, checks the newest backup. Exit 0 when every copy passed, 1 when some copy is
-    damaged but another is sound, 2 when a backup has no sound copy.
+    damaged but another is sound, 2 when a backup has no sound copy. With --offsite, checks
+    the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
+    damaged.
 
     \b
     Examples:
       tablettracker-backups verify
       tablettracker-backups verify --all --json
+      tablettracker-backups verify --offsite --all
     """
     from tablettracker_backups.store import BackupStore
     from tablettracker_backups.verify import verify_backup
 
     if verify_all and backup_id:
         raise click.UsageError("give an ID or --all, not both")
+    if offsite:
+        _verify_offsite(settings, backup_id, verify_all, as_json)
+        return
     store = BackupStore(settings)
     if verify_all:
         ids = [info.id for info in store.list()]
@@ -430,6 +455,38 @@ def verify(settings: Settings, backup_id: str | None, verify_all: bool, as_json:
         sys.exit(EXIT_CRITICAL)
     if any(not r.ok for r in results):
         sys.exit(EXIT_WARNING)
+
+
+def _verify_offsite(
+    settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool
+) -> None:
+    from tablettracker_backups.metadata import validate_backup_id
+    from tablettracker_backups.offsite import OffsiteStore
+    from tablettracker_backups.offsite_sync import verify_offsite
+
+    ids: list[str] | None
+    if verify_all:
+        ids = None
+    elif backup_id and backup_id != "latest":
+        ids = [validate_backup_id(backup_id)]
+    else:
+        listing = OffsiteStore.from_settings(settings).list()
+        if not listing:
+            raise click.ClickException("there are no backups in the offsite store")
+        ids = [listing[0].id]
+    results = verify_offsite(settings, ids)
+    if as_json:
+        emit_json([{"id": r.id, "ok": r.ok, "error": r.error} for r in results])
+    else:
+        if not results:
+            click.echo("No backups in the offsite store.")
+        for index, result in enumerate(results, start=1):
+            click.echo(
+                f"[{index}/{len(results)}] offsite {result.id}: "
+                + ("ok" if result.ok else f"DAMAGED: {result.error}")
+            )
+    if any(not r.ok for r in results):
+        sys.exit(EXIT_CRITICAL)
 
 
 @cli.command()
@@ -539,6 +596,14 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    offsite = report.offsite
+    if offsite:
+        behind = (
+            f"{offsite['behind']} behind since {offsite['behind_since']}"
+            if offsite["behind"]
+            else "up to date"
+        )
+        click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
     _print_health(report)
     sys.exit(report.exit_code)
 
@@ -579,6 +644,13 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     if result.pruned and result.pruned.deleted:
         click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
+    if result.offsite is not None:
+        sync = result.offsite
+        click.echo(
+            f"Offsite: {len(sync.uploaded)} uploaded, {len(sync.pruned)} pruned, "
+            f"{len(sync.verified)} read back"
+            + (f", {len(sync.behind)} behind" if sync.behind else "")
+        )
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
     _print_health(result.health)
@@ -633,6 +705,25 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
+
+
+@cli.command("job", hidden=True)
+@click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.argument("job_id")
+@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
+def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
+    """Run one job started from the web pages (the detached worker process; internal)."""
+    import logging
+
+    from tablettracker_backups.jobs import DONE, launch_worker, run_job
+
+    if detach:
+        launch_worker(jobs_dir.absolute(), job_id, detach=False)
+        return
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    finished = run_job(jobs_dir.absolute(), job_id)
+    sys.exit(EXIT_OK if finished.state == DONE else EXIT_CRITICAL)
 
 
 # -- restore -------------------------------------------------------------------------------------
@@ -723,6 +814,13 @@ def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
 )
 @click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
+@click.option(
+    "--from-offsite",
+    "from_offsite",
+    is_flag=True,
+    help="Rebuild the database from the offsite store alone into a new file (--to PATH); "
+    "needs only the BACKUPS_S3_* settings and credentials, no local backup folder.",
+)
 @common_options
 @json_option
 def restore(
@@ -734,6 +832,7 @@ def restore(
     to: Path | None,
     yes: bool,
     preview: bool,
+    from_offsite: bool,
     as_json: bool,
 ) -> None:
     """Restore a backup into the live database (or into --to PATH).
@@ -743,7 +842,11 @@ def restore(
     SQLite's backup API (open connections stay valid), and checked again; if that check fails
     the safety snapshot is put back. ID may be 'latest' (the newest verified backup). Without
     ID on a terminal you choose from a list. Asks for confirmation unless --yes; refuses
-    without a terminal and without --yes.
+    without a terminal and without --yes. When no local copy is sound and an offsite store is
+    configured, the offsite copy is downloaded and checked as the last fallback.
+
+    With --from-offsite the database is rebuilt from the offsite store alone into a file that
+    does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
 
     \b
     Examples:
@@ -751,6 +854,7 @@ def restore(
       tablettracker-backups restore 20261123T201500Z-3f9a1c
       tablettracker-backups restore latest --yes --json
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
+      tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
     """
     import dataclasses
 
@@ -765,6 +869,11 @@ def restore(
         secondary_dir=secondary_dir,
         to=to,
     )
+    if from_offsite:
+        if preview:
+            raise click.UsageError("--preview compares with local backups; not with --from-offsite")
+        _recover_from_offsite(settings, backup_id or "latest", to, as_json)
+        return
     interactive = sys.stdin.isatty()
     if backup_id is None:
         if not interactive or as_json:
@@ -819,6 +928,42 @@ def restore(
         sys.exit(EXIT_WARNING)
 
 
+def _recover_from_offsite(
+    settings: Settings, backup_id: str, to: Path | None, as_json: bool
+) -> None:
+    """``restore --from-offsite``: a new database file from the offsite store alone."""
+    from tablettracker_backups.offsite import recover_from_offsite
+
+    if settings.s3 is None:
+        raise click.UsageError(
+            "--from-offsite needs an offsite store: set BACKUPS_S3_BUCKET (and the endpoint and "
+            "credentials)"
+        )
+    target = (to if to is not None else settings.database).expanduser().absolute()
+    result = recover_from_offsite(settings, backup_id, to=target)
+    if as_json:
+        emit_json(
+            {
+                "backup_id": result.id,
+                "created_at": result.metadata.created_at,
+                "source_location": "offsite",
+                "target": str(result.path),
+                "skipped": [{"id": i, "error": e} for i, e in result.skipped],
+            }
+        )
+    else:
+        for skipped, why in result.skipped:
+            click.echo(
+                f"Warning: offsite backup {skipped} is damaged, passed over: {why}", err=True
+            )
+        click.echo(
+            f"Recovered {result.id} (taken {local_time(result.metadata.created_at)}) from the "
+            f"offsite store into {result.path}; checked: SHA-256, integrity_check, row counts."
+        )
+    if result.skipped:
+        sys.exit(EXIT_WARNING)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli.main(prog_name="tablettracker-backups")
@@ -835,23 +980,42 @@ def main() -> None:
     help="Instance folder for the demo database and its backups.",
 )
 def demo(port: int, instance: Path) -> None:
-    """Run the demo TabletTracker with backups on a seeded SQLite database.
+    """Run the demo TabletTracker with the backup pages on a seeded SQLite database.
+
+    Creates the instance folder and its database on first use, prints the address, the admin
+    login and the scheduled-task token, and serves on 127.0.0.1 until Ctrl+C.
 
     \b
     Example:
       tablettracker-backups demo --port 5000 --instance ./instance
     """
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.demo.schema import create_demo_database
-    from tablettracker_backups.health import check_health
+    from werkzeug.serving import run_simple
 
-    instance = instance.absolute()
-    database = instance / "tablet_counter.db"
-    instance.mkdir(parents=True, exist_ok=True)
-    if not database.exists():
-        create_demo_database(str(database))
-        click.echo(f"Seeded demo database {database}")
-    settings = settings_from_mapping({"database": database})
-    result = create_backup(settings, kind="manual", trigger="demo")
-    click.echo(f"Backup {result.metadata.id} verified in {settings.backup_dir}")
-    _print_health(check_health(settings))
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.store import BackupStore
+
+    if not 0 < port < 65536:
+        raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
+    app = create_app({"INSTANCE_PATH": instance.absolute()})
+    with app.app_context():
+        settings = get_state().settings
+    if not BackupStore(settings).ids():
+        result = create_backup(settings, kind="manual", trigger="demo")
+        click.echo(f"First backup {result.metadata.id} verified in {settings.backup_dir}")
+    url = f"http://127.0.0.1:{port}/"
+    click.echo(f"Database:    {settings.database}")
+    click.echo(f"Backups:     {settings.backup_dir}")
+    click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
+    click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
+    click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
+    click.echo(
+        f"Task URL:    curl -X POST -H 'Authorization: Bearer {app.config['BACKUPS_TASK_TOKEN']}'"
+        f" {url}tasks/backups/run"
+    )
+    click.echo("Press Ctrl+C to stop.")
+    try:
+        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
+    except OSError as exc:
+        raise click.ClickException(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None

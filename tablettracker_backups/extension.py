@@ -2,7 +2,9 @@
 
 It reads the ``BACKUPS_*`` config keys (defaults set with ``setdefault``), validates them into
 one frozen :class:`Settings` at start-up so a typo fails now rather than at 2 a.m., registers
-itself in ``app.extensions["tablettracker_backups"]``, and adds the ``flask backups`` commands.
+itself in ``app.extensions["tablettracker_backups"]``, mounts the admin blueprint and the
+scheduled-task endpoint (:mod:`tablettracker_backups.views`), and adds the ``flask backups``
+commands.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class BackupManager:
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("BackupManager is already registered on this app")
+        if getattr(app, "login_manager", None) is None:
+            raise RuntimeError(
+                "BackupManager needs Flask-Login: create a LoginManager and call "
+                "login_manager.init_app(app) before BackupManager(app)"
+            )
         #: The live SQLite database (required).
         app.config.setdefault("BACKUPS_DATABASE", None)
         #: Primary backup folder; default: a ``backups`` folder beside the database.
@@ -80,19 +87,36 @@ class BackupManager:
         if not callable(is_admin):
             raise RuntimeError("BACKUPS_IS_ADMIN must be a callable taking the current user")
         token = app.config["BACKUPS_TASK_TOKEN"] or None
+        if token is not None and (not isinstance(token, str) or len(token) < 16):
+            raise RuntimeError("BACKUPS_TASK_TOKEN must be a string of at least 16 characters")
+        prefix = _url_path("BACKUPS_URL_PREFIX", app.config["BACKUPS_URL_PREFIX"])
+        task_url = _url_path("BACKUPS_TASK_URL", app.config["BACKUPS_TASK_URL"])
+        base_template = app.config["BACKUPS_BASE_TEMPLATE"]
+        if not isinstance(base_template, str) or not base_template.strip():
+            raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
         app.extensions[EXTENSION_KEY] = BackupState(
             settings=settings,
             values=values,
-            url_prefix=str(app.config["BACKUPS_URL_PREFIX"]).rstrip("/") or "/",
+            url_prefix=prefix,
             is_admin=is_admin,
-            task_token=str(token) if token else None,
-            base_template=str(app.config["BACKUPS_BASE_TEMPLATE"]),
-            task_url=str(app.config["BACKUPS_TASK_URL"]),
+            task_token=token,
+            base_template=base_template,
+            task_url=task_url,
         )
+
+        from tablettracker_backups.views import register_blueprints
+
+        register_blueprints(app, prefix=prefix, task_url=task_url)
 
         from tablettracker_backups.cli import cli
 
         app.cli.add_command(cli, name="backups")
+
+
+def _url_path(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "//" in value:
+        raise RuntimeError(f"{key} must be a URL path starting with '/', not {value!r}")
+    return value.rstrip("/") or "/"
 
 
 def get_state() -> BackupState:

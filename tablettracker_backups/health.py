@@ -22,7 +22,8 @@ from tablettracker_backups.compression import hash_file
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.metadata import parse_utc, utc_iso
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.offsite_state import OffsiteLag, offsite_lag
+from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.store import OK, BackupInfo, BackupStore
@@ -35,8 +36,6 @@ STATUS_FILE = "status.json"
 ALERT_LOG = "alerts.jsonl"
 #: Leeway on top of the interval before a late backup counts as missed (scheduling jitter).
 GRACE = timedelta(minutes=15)
-#: How far in the future a backup's time may be before it counts as clock trouble.
-CLOCK_SKEW = timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -64,6 +63,8 @@ class HealthReport:
     stored_bytes: int = 0
     last_run_at: datetime | None = None
     next_run_due: datetime | None = None
+    #: The offsite copy's standing (:meth:`OffsiteLag.to_dict`); empty when not configured.
+    offsite: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
@@ -102,6 +103,7 @@ class HealthReport:
             "stored_bytes": self.stored_bytes,
             "last_run_at": iso(self.last_run_at),
             "next_run_due": iso(self.next_run_due),
+            "offsite": self.offsite or None,
         }
 
 
@@ -250,6 +252,12 @@ def check_health(
                 )
             )
 
+    offsite: dict[str, Any] = {}
+    if settings.s3 is not None:
+        lag = offsite_lag(settings, backups, now=now)
+        offsite = lag.to_dict()
+        findings += _offsite_findings(lag, now)
+
     plan = plan_retention(candidates_from(backups), settings.retention, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
@@ -271,7 +279,40 @@ def check_health(
         stored_bytes=sum(b.stored_size * sum(c.state == OK for c in b.copies) for b in backups),
         last_run_at=last_run_at,
         next_run_due=next_due,
+        offsite=offsite,
     )
+
+
+def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
+    """Warnings about the offsite copy, from the local record (no network)."""
+    findings: list[Finding] = []
+    if lag.behind:
+        since = lag.behind_since or now
+        message = (
+            f"offsite copy is {len(lag.behind)} backup(s) behind since "
+            f"{since:%Y-%m-%d %H:%M} UTC ({_fmt_age(now - since)})"
+        )
+        if lag.last_error:
+            message += f"; last error: {lag.last_error[:300]}"
+        findings.append(Finding(WARNING, "offsite-behind", message))
+    elif lag.last_error and lag.last_sync_at is not None and lag.last_error_at == lag.last_sync_at:
+        findings.append(
+            Finding(WARNING, "offsite-error", f"the last offsite sync failed: {lag.last_error}")
+        )
+    for backup_id in lag.damaged:
+        findings.append(
+            Finding(WARNING, "offsite-damaged", f"offsite copy of {backup_id} is damaged")
+        )
+    if lag.overdue:
+        findings.append(
+            Finding(
+                WARNING,
+                "offsite-unverified",
+                f"{len(lag.overdue)} offsite cop(ies) not read back within the verify period "
+                f"(oldest {lag.overdue[0]})",
+            )
+        )
+    return findings
 
 
 def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Finding]:

@@ -39,6 +39,7 @@ from tablettracker_backups.errors import (
     DatabaseError,
     LockedError,
     MetadataError,
+    OffsiteError,
     RestoreError,
     StorageError,
     VerificationError,
@@ -60,7 +61,7 @@ from tablettracker_backups.snapshot import (
     row_counts,
     schema_fingerprint,
 )
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import OK, BackupInfo, BackupStore, CopyState
 from tablettracker_backups.verify import extract_verified
 
 logger = logging.getLogger(__name__)
@@ -158,16 +159,47 @@ def resolve_backup(store: BackupStore, backup_id: str) -> BackupInfo:
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, or :class:`RestoreError` when no
     copy's metadata can be read.
     """
-    if backup_id == "latest":
-        info = store.latest(verified=True)
-    else:
-        info = store.get(validate_backup_id(backup_id))
+    try:
+        if backup_id == "latest":
+            info = store.latest(verified=True)
+        else:
+            info = store.get(validate_backup_id(backup_id))
+    except BackupNotFound as missing:
+        # No local copy at all: the offsite store, when configured, is the last place to look.
+        info = _offsite_info(store.settings, backup_id, missing)
     if info.metadata is None:
         raise RestoreError(
             f"backup {info.id} cannot be restored: no copy has readable metadata "
             f"({'; '.join(info.problems) or 'unknown problem'})"
         )
     return info
+
+
+def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -> BackupInfo:
+    """The backup as the offsite store has it; re-raises ``missing`` when there is none."""
+    if settings.s3 is None:
+        raise missing
+    from tablettracker_backups.offsite import OffsiteStore
+
+    try:
+        offsite = OffsiteStore.from_settings(settings)
+        listed = [o.id for o in offsite.list() if o.complete]
+        if backup_id == "latest":
+            if not listed:
+                raise missing
+            backup_id = listed[0]
+        elif backup_id not in listed:
+            raise missing
+        meta = offsite.read_metadata(backup_id)
+    except (OffsiteError, MetadataError) as exc:
+        raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from None
+    return BackupInfo(
+        id=meta.id,
+        created_at=meta.created_at,
+        metadata=meta,
+        copies=(CopyState("offsite", OK),),
+        verified=meta.verification.ok,
+    )
 
 
 def _require_a_folder(settings: Settings) -> None:
@@ -402,11 +434,53 @@ def _extract_sound_copy(
             logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
             continue
         return scratch, location, meta
+    offsite = _extract_offsite_copy(store, backup_id, attempt, progress)
+    if offsite is not None:
+        return offsite
     raise RestoreError(
         f"no sound copy of backup {backup_id}; nothing was changed ("
         + "; ".join(attempt.fell_back or ["no copies"])
         + ")"
     )
+
+
+def _extract_offsite_copy(
+    store: BackupStore,
+    backup_id: str,
+    attempt: _Attempt,
+    progress: RestoreProgress | None,
+) -> tuple[Path, str, BackupMetadata] | None:
+    """The last fallback: download the offsite copy and check it like a local one.
+
+    Returns ``None`` (and notes why in ``attempt``) when there is no usable offsite copy.
+    """
+    settings = store.settings
+    if settings.s3 is None:
+        return None
+    from tablettracker_backups.offsite import OffsiteStore
+
+    ensure_private_dir(settings.backup_dir)
+    scratch = temp_path(settings.backup_dir, f"{backup_id}.restore.db")
+    done = 0
+    total = 1
+
+    def on_bytes(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            progress("download", done, total)
+
+    try:
+        offsite = OffsiteStore.from_settings(settings)
+        total = max(offsite.read_metadata(backup_id).stored_size, 1)
+        meta = offsite.fetch_verified(backup_id, scratch, progress=on_bytes)
+    except (VerificationError, MetadataError, BackupNotFound, OffsiteError, StorageError) as exc:
+        remove_quietly(scratch)
+        attempt.fell_back.append(f"offsite copy skipped: {exc}")
+        logger.warning("restore of %s: the offsite copy is not usable: %s", backup_id, exc)
+        return None
+    attempt.fell_back.append("restored from the offsite copy")
+    return scratch, "offsite", meta
 
 
 def _safety_snapshot(
@@ -637,8 +711,8 @@ def _remove_database(target: Path) -> None:
 
 def _empty_database(target: Path) -> None:
     try:
-        with target.open("r+b") as handle:
-            handle.truncate(0)
+        # By path: opening and closing a descriptor would drop this process's SQLite locks.
+        os.truncate(target, 0)
     except OSError as exc:
         logger.warning("could not empty %s again: %s", target, exc)
     for suffix in SIDE_FILES:

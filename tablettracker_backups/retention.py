@@ -94,10 +94,12 @@ def plan_retention(
     backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
-    is unreadable are never deleted. With
-    ``now``, a backup dated more than :data:`CLOCK_SKEW` after it is kept ("dated in the
-    future") but fills no slot: otherwise a backup stamped 2030 by a wrong clock would take
-    the newest yearly, monthly, ... slot and push the oldest good backup of each kind out.
+    is unreadable are never deleted.
+
+    Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
+    was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
+    backup stamped 2030 would otherwise take the newest slot of every kind), and nothing at all
+    is deleted until the clock is sorted out. Health warns about it meanwhile.
     """
     ordered = sorted(candidates, key=lambda c: (c.created_at, c.id), reverse=True)
     reasons: dict[str, list[str]] = {c.id: [] for c in ordered}
@@ -129,6 +131,10 @@ def plan_retention(
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
+    if future:
+        for candidate in ordered:
+            if candidate.id not in future:
+                reasons[candidate.id].append("retention paused: a backup is dated in the future")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
     for candidate in ordered:

@@ -22,6 +22,7 @@ from tablettracker_backups.errors import BackupError
 from tablettracker_backups.health import HealthReport, check_health, record_run, write_status
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
+from tablettracker_backups.offsite_sync import SyncResult, sync_offsite
 from tablettracker_backups.retention import CLOCK_SKEW, PruneResult, prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
@@ -46,6 +47,8 @@ class RunResult:
     health: HealthReport
     error: str | None = None
     warnings: tuple[str, ...] = field(default=())
+    #: The offsite sync's outcome; ``None`` when no offsite store is configured.
+    offsite: SyncResult | None = None
 
     @property
     def exit_code(self) -> int:
@@ -75,6 +78,7 @@ class RunResult:
             "health": self.health.to_dict(),
             "error": self.error,
             "warnings": list(self.warnings),
+            "offsite": self.offsite.to_dict() if self.offsite else None,
         }
 
 
@@ -122,6 +126,7 @@ def run(
     pruned: PruneResult | None = None
     error: str | None = None
     warnings: list[str] = []
+    offsite: SyncResult | None = None
     with operation_lock(settings):
         try:
             # Inside the try, so a missing or replaced database is a recorded failed run that
@@ -145,10 +150,21 @@ def run(
                             for c in reverified.copies
                             if not c.ok
                         ]
-            pruned = prune(store, protect=[backup.metadata.id] if backup else [])
         except BackupError as exc:
             error = str(exc)
             logger.error("scheduled run failed: %s", exc)
+        if settings.s3 is not None:
+            # After the local backup and before local pruning, so a backup is uploaded before
+            # local retention may remove it. Offsite trouble is a warning: the local backup
+            # is safe, and the next run retries.
+            offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+            warnings += offsite.warnings()
+        if error is None:
+            try:
+                pruned = prune(store, protect=[backup.metadata.id] if backup else [])
+            except BackupError as exc:
+                error = str(exc)
+                logger.error("scheduled run failed: %s", exc)
         try:
             record_run(
                 settings,
@@ -157,6 +173,7 @@ def run(
                     "ok": error is None,
                     "error": error,
                     "backup": backup.metadata.id if backup else None,
+                    "offsite": offsite.to_dict() if offsite else None,
                 },
             )
         except BackupError as exc:
@@ -167,6 +184,6 @@ def run(
         except BackupError as exc:
             logger.error("could not write the status file: %s", exc)
         result = RunResult(
-            started, backup, skipped, reverified, pruned, report, error, tuple(warnings)
+            started, backup, skipped, reverified, pruned, report, error, tuple(warnings), offsite
         )
     return result

@@ -27,6 +27,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 PREFIX = "BACKUPS_"
 COMPRESSIONS = ("zstd", "gzip")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
+S3_CHECKSUMS = ("sha256", "off")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,9 @@ class S3Settings:
     retention: RetentionPolicy | None = None
     verify_per_run: int = 2
     verify_period_days: int = 30
+    #: ``sha256``: send SHA-256 checksums the provider checks; ``off``: for providers that
+    #: reject them (uploads are then checked by reading them back).
+    checksum: str = "sha256"
 
 
 @dataclass(frozen=True)
@@ -231,8 +235,10 @@ CORE_KEYS = frozenset(
         "s3_keep_weekly",
         "s3_keep_monthly",
         "s3_keep_yearly",
+        "s3_keep_pre_restore",
         "s3_verify_per_run",
         "s3_verify_period_days",
+        "s3_checksum",
     }
 )
 
@@ -243,8 +249,9 @@ def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy)
         key = f"{prefix}keep_{slot}"
         if values.get(key) is not None:
             counts[slot] = _int(key, values[key])
-    if values.get("keep_pre_restore") is not None and not prefix:
-        counts["pre_restore"] = _int("keep_pre_restore", values["keep_pre_restore"])
+    key = f"{prefix}keep_pre_restore"
+    if values.get(key) is not None:
+        counts["pre_restore"] = _int(key, values[key])
     return dataclasses.replace(default, **counts)
 
 
@@ -334,6 +341,10 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
     if endpoint is not None and not re.match(r"^https?://", endpoint):
         raise ConfigError("BACKUPS_S3_ENDPOINT_URL must start with http:// or https://")
     kwargs: dict[str, Any] = {}
+    checksum = str(values.get("s3_checksum") or "sha256").strip().lower()
+    if checksum not in S3_CHECKSUMS:
+        raise ConfigError(f"BACKUPS_S3_CHECKSUM must be one of {', '.join(S3_CHECKSUMS)}")
+    kwargs["checksum"] = checksum
     for key in ("s3_multipart_threshold", "s3_multipart_chunksize"):
         if values.get(key) is not None:
             size = int(parse_space(key, values[key]))
@@ -342,14 +353,21 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
             kwargs[key[3:]] = size
     for key in ("s3_verify_per_run", "s3_verify_period_days"):
         if values.get(key) is not None:
-            kwargs[key[3:]] = _int(key, values[key])
+            kwargs[key[3:]] = _int(key, values[key], minimum=1 if key.endswith("days") else 0)
+    access_key = _opt_str(values.get("s3_access_key_id"))
+    secret_key = _opt_str(values.get("s3_secret_access_key"))
+    if (access_key is None) != (secret_key is None):
+        raise ConfigError(
+            "set both BACKUPS_S3_ACCESS_KEY_ID and BACKUPS_S3_SECRET_ACCESS_KEY, or neither "
+            "(to use AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or an AWS profile)"
+        )
     return S3Settings(
         bucket=bucket,
         endpoint_url=endpoint,
         prefix=prefix,
         region=_opt_str(values.get("s3_region")),
-        access_key_id=_opt_str(values.get("s3_access_key_id")),
-        secret_access_key=_opt_str(values.get("s3_secret_access_key")),
+        access_key_id=access_key,
+        secret_access_key=secret_key,
         addressing_style=style,
         signature_version=_opt_str(values.get("s3_signature_version")),
         retention=_retention(values, "s3_", local),

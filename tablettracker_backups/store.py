@@ -229,11 +229,12 @@ class BackupStore:
         return info
 
     def list(self) -> builtins.list[BackupInfo]:
-        """Every backup, newest first, damaged ones included (marked by ``problems``)."""
+        """Every backup, newest first, damaged ones included (marked by ``problems``).
+
+        Ordered by the time in the metadata (as retention orders them), the id breaking ties.
+        """
         infos = [self._look(backup_id) for backup_id in self.ids()]
-        # By time, not id: two backups in one second have ids that sort by their random part.
-        infos.sort(key=lambda info: (info.created_at, info.id), reverse=True)
-        return infos
+        return sorted(infos, key=lambda i: (i.created_at, i.id), reverse=True)
 
     def latest(self, *, verified: bool = True, kinds: tuple[str, ...] | None = None) -> BackupInfo:
         """The newest (verified) backup; raises :class:`BackupNotFound` when there is none."""

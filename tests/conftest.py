@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import sqlite3
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from tablettracker_backups.demo.schema import create_demo_database
 from tablettracker_backups.settings import Settings, settings_from_mapping
+
+if TYPE_CHECKING:
+    from flask import Flask
+    from flask.testing import FlaskClient
 
 
 def make_db(path: Path, *, wal: bool = False, **seed: object) -> Path:
@@ -67,6 +74,69 @@ def make_settings(db_path: Path, backup_dir: Path, secondary_dir: Path) -> Calla
 def settings(make_settings: Callable[..., Settings]) -> Settings:
     """Settings with a primary and a secondary folder."""
     return make_settings()
+
+
+# -- web fixtures: the demo host app, its clients, and a helper to wait for web jobs -----------
+
+
+@pytest.fixture
+def demo_app(tmp_path: Path) -> Flask:
+    """The demo TabletTracker app on a fresh instance folder (Flask-WTF CSRF on).
+
+    Not called ``app``: pytest-flask would push one request context around the whole test,
+    so every client request would share ``g`` (and Flask-WTF's cached token).
+    """
+    from tablettracker_backups.demo import create_app
+
+    # Lock timeout 0: a test that holds the lock sees the refusal at once, without waiting.
+    return create_app(
+        {"INSTANCE_PATH": tmp_path / "instance-demo", "TESTING": True, "BACKUPS_LOCK_TIMEOUT": 0}
+    )
+
+
+def csrf_from(html: str) -> str:
+    """The CSRF token in the first form of a page."""
+    match = re.search(r'name="csrf_token" value="([^"]+)"', html)
+    assert match, "page has no CSRF token"
+    return match.group(1)
+
+
+def login(client: FlaskClient, username: str, password: str) -> None:
+    """Log in through the demo's login form."""
+    token = csrf_from(client.get("/login").get_data(as_text=True))
+    response = client.post(
+        "/login", data={"username": username, "password": password, "csrf_token": token}
+    )
+    assert response.status_code == 303, response.status_code
+
+
+@pytest.fixture
+def admin_client(demo_app: Flask) -> FlaskClient:
+    """A test client logged in as the demo's admin."""
+    client = demo_app.test_client()
+    login(client, "admin", demo_app.config["DEMO_PASSWORD"])
+    return client
+
+
+@pytest.fixture
+def staff_client(demo_app: Flask) -> FlaskClient:
+    """A test client logged in as a non-admin employee."""
+    client = demo_app.test_client()
+    login(client, "staff", demo_app.config["DEMO_PASSWORD"])
+    return client
+
+
+def wait_for_job(settings: Settings, job_id: str, *, limit: float = 120.0) -> Any:
+    """Wait (bounded) for a web job's worker process to finish; return the finished job."""
+    from tablettracker_backups.jobs import read_job
+
+    deadline = time.monotonic() + limit
+    while True:
+        job = read_job(settings, job_id)
+        if job.finished:
+            return job
+        assert time.monotonic() < deadline, f"job {job_id} did not finish: {job}"
+        time.sleep(0.1)
 
 
 @pytest.fixture(autouse=True)

@@ -15,6 +15,7 @@ import subprocess
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -698,3 +699,97 @@ def test_runs_at_once(tmp_path: Path, reliability: Recorder, lock_timeout: str, 
     if float(lock_timeout) >= 60:
         assert codes[3] == 0, codes  # they waited their turn
     row["detail"] = "exit codes: " + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items()))
+
+
+# -- clock trouble ----------------------------------------------------------------------------
+
+
+def redate(settings: Settings, backup_id: str, when: datetime) -> str:
+    """Make a real backup look as if the clock said ``when`` when it was taken."""
+    from tablettracker_backups.metadata import utc_iso
+
+    new_id = f"{when.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}{backup_id[16:]}"
+    for folder in settings.locations:
+        meta = folder / f"{backup_id}.json"
+        if not meta.exists():
+            continue
+        document = json.loads(meta.read_text())
+        document["id"] = new_id
+        document["created_at"] = utc_iso(when)
+        document["data_file"] = f"{new_id}.db.zst"
+        (folder / f"{backup_id}.db.zst").rename(folder / f"{new_id}.db.zst")
+        (folder / f"{new_id}.json").write_text(json.dumps(document))
+        meta.unlink()
+    return new_id
+
+
+def test_backup_dated_in_the_future(tmp_path: Path, reliability: Recorder) -> None:
+    row = reliability(
+        "backup dated in the future (clock jumped ahead once)",
+        trials=4,
+        checked="run still backs up when due; no good backup deleted by 4 runs; the future "
+        "backup is kept and verifies; health warns about the clock (exit 1)",
+    )
+    from tablettracker_backups.backup import create_backup
+
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    real = [create_backup(settings).metadata.id for _ in range(2)]
+    future = redate(
+        settings,
+        create_backup(settings).metadata.id,
+        datetime.now(timezone.utc) + timedelta(days=400),
+    )
+    for _ in range(4):
+        result = run_cli(["run", "--json"], env)
+        assert result.returncode in (0, 1), result.stderr
+        document = json.loads(result.stdout)
+        assert document["backup"] is not None, "a future-dated backup made run skip"
+        real.append(document["backup"]["id"])
+        present = set(BackupStore(settings).ids())
+        assert future in present
+        assert real[-1] in present
+    from tablettracker_backups.verify import verify_backup
+
+    assert verify_backup(BackupStore(settings), future).ok
+    health = run_cli(["health", "--json"], env)
+    findings = json.loads(health.stdout)["findings"]
+    assert health.returncode == 1, findings
+    assert any(f["code"] == "clock" for f in findings), findings
+    row["detail"] = (
+        f"kept {len(BackupStore(settings).ids())} of {len(real) + 1}; "
+        + next(f["message"] for f in findings if f["code"] == "clock")[:120]
+    )
+
+
+def test_clock_went_backwards(tmp_path: Path, reliability: Recorder) -> None:
+    hours = 26
+    row = reliability(
+        f"clock went back a day ({hours} hourly backups now dated in the future)",
+        trials=4,
+        checked="4 scheduled runs after the jump: every backup taken after it, and every "
+        "verified one before it, is kept; health warns about the clock",
+    )
+    from tablettracker_backups.backup import create_backup
+
+    db = make_db(tmp_path / "instance.db")
+    settings = settings_for(db, tmp_path)
+    env = env_for(settings, tmp_path)
+    now = datetime.now(timezone.utc)
+    ahead = [
+        redate(settings, create_backup(settings).metadata.id, now + timedelta(hours=h + 1))
+        for h in range(hours)
+    ]
+    taken: list[str] = []
+    for _ in range(4):
+        result = run_cli(["run", "--force", "--json"], env)
+        assert result.returncode in (0, 1), result.stderr
+        taken.append(json.loads(result.stdout)["backup"]["id"])
+        present = set(BackupStore(settings).ids())
+        lost = [b for b in taken + ahead if b not in present]
+        assert not lost, f"deleted during clock trouble: {lost}"
+    health = run_cli(["health", "--json"], env)
+    findings = json.loads(health.stdout)["findings"]
+    assert any(f["code"] == "clock" for f in findings), findings
+    row["detail"] = f"{len(taken) + len(ahead)} backups, all kept; health {health.returncode}"

@@ -640,8 +640,8 @@ def test_interactive_choice_and_confirmation_on_a_terminal(
     change(settings.database)
     newer = create_backup(settings).metadata
     changed = dump(settings.database)
-    # The list is in the store's order (newest first; ids of one second tie-break at random).
-    order = BackupStore(settings).ids()
+    # The list is in the store's order (newest first by metadata time).
+    order = [info.id for info in BackupStore(settings).list()]
     assert sorted(order) == sorted([older.id, newer.id])
     choice = str(order.index(older.id) + 1).encode()
     with terminal_process(

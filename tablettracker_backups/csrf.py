@@ -1,0 +1,66 @@
+"""CSRF tokens for the blueprint's forms: Flask-WTF's when the host uses it, else our own.
+
+With Flask-WTF's ``CSRFProtect`` registered on the host app, its token and check are used, so
+one token works for the host's forms and ours. Without it, a random token is kept in the
+session and every POST must echo it in the ``csrf_token`` form field (compared in constant
+time). The demo app uses these helpers for its own forms too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+from typing import Any
+
+from flask import abort, current_app, request, session
+
+SESSION_KEY = "_tablettracker_backups_csrf"
+FIELD = "csrf_token"
+
+
+def _flask_wtf() -> Any | None:
+    """The host's ``CSRFProtect`` when registered and enabled, else None."""
+    ext = current_app.extensions.get("csrf")
+    if ext is None or not current_app.config.get("WTF_CSRF_ENABLED", True):
+        return None
+    return ext
+
+
+def field_name() -> str:
+    """The form field carrying the token."""
+    if _flask_wtf() is not None:
+        return str(current_app.config.get("WTF_CSRF_FIELD_NAME", FIELD))
+    return FIELD
+
+
+def csrf_token() -> str:
+    """The token to put in a form (a template global)."""
+    if _flask_wtf() is not None:
+        from flask_wtf.csrf import generate_csrf
+
+        return str(generate_csrf())
+    token = session.get(SESSION_KEY)
+    if not isinstance(token, str) or len(token) < 32:
+        token = secrets.token_urlsafe(32)
+        session[SESSION_KEY] = token
+    return token
+
+
+def protect() -> None:
+    """Reject (400) a POST whose token is missing or wrong; do nothing for other methods."""
+    if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    ext = _flask_wtf()
+    if ext is not None:
+        # CSRFProtect already checked app-wide unless the host turned the default check off.
+        if not current_app.config.get("WTF_CSRF_CHECK_DEFAULT", True):
+            ext.protect()
+        return
+    expected = session.get(SESSION_KEY)
+    given = request.form.get(FIELD, "")
+    if (
+        not isinstance(expected, str)
+        or not given
+        or not hmac.compare_digest(given.encode(), expected.encode())
+    ):
+        abort(400, description="The form's security token is missing or expired. Reload the page.")

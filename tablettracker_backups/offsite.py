@@ -1,0 +1,732 @@
+"""The offsite store: backups on S3-compatible object storage (AWS S3, B2, R2, Wasabi, MinIO,
+SeaweedFS ...), through boto3.
+
+Layout mirrors a local backup folder under the configured prefix: ``<prefix><id>.db.zst`` (the
+data) and ``<prefix><id>.json`` (the metadata). The metadata object is uploaded last and only
+after the data object has been checked, so, as locally, it is the commit marker: a data object
+without metadata is debris from an interrupted upload, never a backup.
+
+Checking an upload: the data is sent with ``ChecksumAlgorithm=SHA256``, so a provider that
+supports it verifies every part's SHA-256 as it arrives and rejects a mismatch. Afterwards the
+object's size is compared with the metadata and its stored SHA-256 checksum (the whole object's,
+or for a multipart upload the composite "SHA-256 of the parts' SHA-256s") with what this file
+must produce. When the provider reports no checksum, the object is read back and hashed
+instead. Full verification (:meth:`OffsiteStore.verify`) always downloads and decompresses.
+
+Credentials come from the settings when both keys are given there, else from boto3's usual
+chain (environment, shared config and credential files, instance roles). They are never
+logged, printed, or written to any file or JSON output.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import hashlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from tablettracker_backups.errors import (
+    BackupNotFound,
+    ConfigError,
+    MetadataError,
+    OffsiteError,
+    StorageError,
+    VerificationError,
+)
+from tablettracker_backups.fsutil import (
+    CHUNK,
+    describe_os_error,
+    open_private,
+    remove_quietly,
+    temp_path,
+)
+from tablettracker_backups.metadata import (
+    ID_PATTERN,
+    MAX_METADATA_BYTES,
+    BackupMetadata,
+    data_filename,
+    id_time,
+    metadata_filename,
+    validate_backup_id,
+)
+from tablettracker_backups.settings import S3Settings, Settings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3.client import S3Client
+
+logger = logging.getLogger(__name__)
+
+ByteProgress = Callable[[int], None]
+
+#: Parts uploaded at once; each holds one chunk in memory, so this bounds memory use.
+MAX_CONCURRENCY = 2
+#: S3's limit on the number of parts of one multipart upload.
+MAX_PARTS = 10_000
+MIN_PART = 5 * 1024 * 1024
+CONNECT_TIMEOUT = 10
+READ_TIMEOUT = 60
+#: Error codes meaning "these credentials are wrong", as opposed to "not allowed".
+_BAD_CREDENTIALS = {
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidClientTokenId",
+    "AuthorizationHeaderMalformed",
+    "InvalidToken",
+    "ExpiredToken",
+    "UnrecognizedClientException",
+}
+_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
+_NO_BUCKET = {"NoSuchBucket"}
+_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
+
+
+@dataclass(frozen=True)
+class OffsiteObject:
+    """One backup as listed in the offsite store (from the listing alone, no downloads)."""
+
+    id: str
+    created_at: datetime
+    data_key: str | None
+    data_size: int | None
+    metadata_key: str
+    uploaded_at: datetime
+
+    @property
+    def complete(self) -> bool:
+        """Both the data and the metadata object are there."""
+        return self.data_key is not None
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    """A backup uploaded and checked: how the check was done, and what it took."""
+
+    id: str
+    size: int
+    check: str
+    multipart: bool
+    parts: int
+
+
+@dataclass(frozen=True)
+class OffsiteVerification:
+    """The outcome of fully checking one offsite copy (downloaded and decompressed)."""
+
+    id: str
+    ok: bool
+    error: str | None = None
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+@dataclass(frozen=True)
+class _LocalDigests:
+    size: int
+    sha256: str
+    #: What the provider should report: base64 SHA-256, plus ``-N`` for N parts.
+    expected_checksum: str
+    parts: int
+
+
+def part_size_for(size: int, chunksize: int) -> int:
+    """The part size boto3's managed transfer uses for a file (grown to stay under 10,000
+    parts, as :class:`s3transfer.utils.ChunksizeAdjuster` does)."""
+    part = max(chunksize, MIN_PART)
+    while size and math.ceil(size / part) > MAX_PARTS:
+        part *= 2
+    return part
+
+
+def local_digests(path: Path, *, multipart_threshold: int, chunksize: int) -> _LocalDigests:
+    """Hash ``path`` once: its SHA-256 and the checksum a provider will report for the upload.
+
+    Raises :class:`StorageError`.
+    """
+    whole = hashlib.sha256()
+    try:
+        size = path.stat().st_size
+        multipart = size >= multipart_threshold
+        part = part_size_for(size, chunksize) if multipart else max(size, 1)
+        part_digests: list[bytes] = []
+        with path.open("rb") as handle:
+            while True:
+                current = hashlib.sha256()
+                remaining = part
+                while remaining:
+                    chunk = handle.read(min(CHUNK, remaining))
+                    if not chunk:
+                        break
+                    whole.update(chunk)
+                    current.update(chunk)
+                    remaining -= len(chunk)
+                if remaining == part:
+                    break
+                part_digests.append(current.digest())
+    except OSError as exc:
+        raise StorageError(describe_os_error(exc, path)) from None
+    if multipart:
+        composite = hashlib.sha256(b"".join(part_digests)).digest()
+        expected = f"{_b64(composite)}-{len(part_digests)}"
+    else:
+        expected = _b64(whole.digest())
+    return _LocalDigests(size, whole.hexdigest(), expected, len(part_digests) if multipart else 1)
+
+
+def _error_code(exc: BaseException) -> str:
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        error = response.get("Error") or {}
+        code = str(error.get("Code") or "")
+        if code:
+            return code
+        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+        return str(status or "")
+    return ""
+
+
+def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+class OffsiteStore:
+    """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
+    a one-line message when the store cannot be reached or refuses."""
+
+    def __init__(self, s3: S3Settings, *, client: Any = None) -> None:
+        self.s3 = s3
+        self._client: S3Client = client if client is not None else make_client(s3)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OffsiteStore:
+        """The offsite store named by ``settings``; raises :class:`ConfigError` if none is."""
+        if settings.s3 is None:
+            raise ConfigError("no offsite store configured: set BACKUPS_S3_BUCKET")
+        return cls(settings.s3)
+
+    # -- names ---------------------------------------------------------------------------
+
+    @property
+    def where(self) -> str:
+        """``s3://bucket/prefix`` at the endpoint, for messages (no credentials)."""
+        endpoint = f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else ""
+        return f"s3://{self.s3.bucket}/{self.s3.prefix}{endpoint}"
+
+    def data_key(self, backup_id: str, compression: str) -> str:
+        """The data object's key (the id is validated)."""
+        return self.s3.prefix + data_filename(backup_id, compression)
+
+    def metadata_key(self, backup_id: str) -> str:
+        """The metadata object's key."""
+        return self.s3.prefix + metadata_filename(backup_id)
+
+    # -- error mapping -------------------------------------------------------------------
+
+    @contextmanager
+    def _calls(self, action: str) -> Iterator[None]:
+        """Turn botocore's many exceptions into one-line :class:`OffsiteError` messages."""
+        from boto3.exceptions import Boto3Error
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            EndpointConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+        )
+
+        try:
+            yield
+        except (ClientError, BotoCoreError, Boto3Error) as exc:
+            for inner in _cause_chain(exc):
+                if isinstance(inner, NoCredentialsError | PartialCredentialsError):
+                    raise OffsiteError(
+                        "no offsite credentials found: set BACKUPS_S3_ACCESS_KEY_ID and "
+                        "BACKUPS_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID / "
+                        "AWS_SECRET_ACCESS_KEY, or an AWS profile)"
+                    ) from None
+                if isinstance(inner, EndpointConnectionError) or (
+                    isinstance(inner, BotoCoreError)
+                    and type(inner).__name__
+                    in {"ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
+                ):
+                    raise OffsiteError(
+                        f"cannot reach the offsite store {self.where} while trying to {action}: "
+                        f"{type(inner).__name__}"
+                    ) from None
+                code = _error_code(inner)
+                if code in _BAD_CREDENTIALS:
+                    raise OffsiteError(
+                        f"the offsite store {self.where} rejected the credentials ({code}) while "
+                        f"trying to {action}: check BACKUPS_S3_ACCESS_KEY_ID and "
+                        "BACKUPS_S3_SECRET_ACCESS_KEY"
+                    ) from None
+                if code in _NO_BUCKET:
+                    raise OffsiteError(
+                        f"offsite bucket {self.s3.bucket!r} does not exist"
+                        + (f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else "")
+                        + "; create it first"
+                    ) from None
+                if code in _DENIED:
+                    raise OffsiteError(
+                        f"the offsite store {self.where} denied access while trying to {action}: "
+                        "check the credentials and that they may read, write, list and delete "
+                        "in this bucket"
+                    ) from None
+            code = _error_code(exc)
+            detail = f" ({code})" if code else f" ({type(exc).__name__})"
+            raise OffsiteError(
+                f"the offsite store {self.where} failed to {action}{detail}"
+            ) from None
+
+    # -- checks --------------------------------------------------------------------------
+
+    def check_access(self) -> None:
+        """Make sure the bucket exists and these credentials may list it."""
+        with self._calls("list the bucket"):
+            try:
+                self._client.head_bucket(Bucket=self.s3.bucket)
+            except Exception as exc:
+                # HEAD has no body, so a missing bucket is a bare 404 here.
+                if _error_code(exc) in {"404", "NotFound"}:
+                    raise OffsiteError(
+                        f"offsite bucket {self.s3.bucket!r} does not exist"
+                        + (f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else "")
+                        + "; create it first"
+                    ) from None
+                if _error_code(exc) in {"403", "Forbidden"}:
+                    # A bare 403 cannot tell bad keys from missing rights; a listing can.
+                    self._client.list_objects_v2(Bucket=self.s3.bucket, MaxKeys=1)
+                raise
+
+    # -- listing -------------------------------------------------------------------------
+
+    def list(self) -> builtins.list[OffsiteObject]:
+        """Every backup in the store (committed by its metadata object), newest first."""
+        metas: dict[str, tuple[str, datetime]] = {}
+        datas: dict[str, tuple[str, int]] = {}
+        prefix = self.s3.prefix
+        with self._calls("list the offsite backups"):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.s3.bucket, Prefix=prefix):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    name = key[len(prefix) :]
+                    if "/" in name:
+                        continue
+                    if name.endswith(".json") and ID_PATTERN.match(name[:-5]):
+                        metas[name[:-5]] = (key, item["LastModified"])
+                        continue
+                    stem, _, _ = name.partition(".")
+                    if ID_PATTERN.match(stem) and name[len(stem) :] in (".db.zst", ".db.gz"):
+                        datas[stem] = (key, int(item.get("Size", 0)))
+        found = []
+        for backup_id, (meta_key, modified) in metas.items():
+            data = datas.get(backup_id)
+            found.append(
+                OffsiteObject(
+                    id=backup_id,
+                    created_at=id_time(backup_id),
+                    data_key=data[0] if data else None,
+                    data_size=data[1] if data else None,
+                    metadata_key=meta_key,
+                    uploaded_at=modified,
+                )
+            )
+        return sorted(found, key=lambda o: o.id, reverse=True)
+
+    def orphan_keys(self) -> builtins.list[str]:
+        """Data objects without metadata (from an interrupted upload)."""
+        listed = {o.id for o in self.list()}
+        orphans: builtins.list[str] = []
+        with self._calls("list the offsite backups"):
+            paginator = self._client.get_paginator("list_objects_v2")
+            for page in paginator.paginate(Bucket=self.s3.bucket, Prefix=self.s3.prefix):
+                for item in page.get("Contents", []):
+                    name = item["Key"][len(self.s3.prefix) :]
+                    stem = name.partition(".")[0]
+                    if (
+                        ID_PATTERN.match(stem)
+                        and name[len(stem) :] in (".db.zst", ".db.gz")
+                        and stem not in listed
+                    ):
+                        orphans.append(item["Key"])
+        return orphans
+
+    def read_metadata(self, backup_id: str) -> BackupMetadata:
+        """Download and validate one backup's metadata; raises BackupNotFound, MetadataError."""
+        key = self.metadata_key(backup_id)
+        with self._calls(f"read the metadata of {backup_id}"):
+            try:
+                response = self._client.get_object(Bucket=self.s3.bucket, Key=key)
+            except Exception as exc:
+                if _error_code(exc) in _NOT_FOUND:
+                    raise BackupNotFound(f"no backup {backup_id} in the offsite store") from None
+                raise
+            body = response["Body"]
+            try:
+                text = body.read(MAX_METADATA_BYTES + 1)
+            finally:
+                body.close()
+        try:
+            return BackupMetadata.from_json(text, expected_id=backup_id)
+        except MetadataError as exc:
+            raise MetadataError(f"offsite copy of {backup_id}: {exc}") from None
+
+    # -- upload --------------------------------------------------------------------------
+
+    def _transfer_config(self) -> Any:
+        from boto3.s3.transfer import TransferConfig
+
+        return TransferConfig(
+            multipart_threshold=self.s3.multipart_threshold,
+            multipart_chunksize=self.s3.multipart_chunksize,
+            max_concurrency=MAX_CONCURRENCY,
+            # The classic transfer manager streams from the file in parts of the chunk size,
+            # which is what the composite checksum below assumes (the CRT client may differ).
+            preferred_transfer_client="classic",
+        )
+
+    def upload(
+        self,
+        data_file: Path,
+        metadata: BackupMetadata,
+        *,
+        progress: ByteProgress | None = None,
+    ) -> UploadResult:
+        """Upload a committed local backup and check it; metadata goes last.
+
+        Raises :class:`VerificationError` when the local file does not match its metadata
+        (nothing is uploaded), :class:`OffsiteError` when the upload fails or the stored
+        object does not match (the partial upload is removed; nothing is committed).
+        """
+        digests = local_digests(
+            data_file,
+            multipart_threshold=self.s3.multipart_threshold,
+            chunksize=self.s3.multipart_chunksize,
+        )
+        if digests.size != metadata.stored_size or digests.sha256 != metadata.sha256:
+            raise VerificationError(
+                f"local copy {data_file} does not match its metadata; not uploading it"
+            )
+        data_key = self.data_key(metadata.id, metadata.compression)
+        extra: dict[str, str] = {"ContentType": "application/octet-stream"}
+        if self.s3.checksum == "sha256":
+            extra["ChecksumAlgorithm"] = "SHA256"
+        with self._calls(f"upload backup {metadata.id}"):
+            self._client.upload_file(
+                str(data_file),
+                self.s3.bucket,
+                data_key,
+                ExtraArgs=extra,
+                Config=self._transfer_config(),
+                Callback=progress,
+            )
+        try:
+            check = self._check_uploaded(data_key, metadata, digests)
+        except BaseException:
+            self._delete_quietly(data_key)
+            raise
+        body = metadata.to_json().encode()
+        with self._calls(f"upload the metadata of {metadata.id}"):
+            put_args: dict[str, Any] = {
+                "Bucket": self.s3.bucket,
+                "Key": self.metadata_key(metadata.id),
+                "Body": body,
+                "ContentType": "application/json",
+            }
+            if self.s3.checksum == "sha256":
+                # The provider checks this against what it received and refuses a mismatch.
+                put_args["ChecksumSHA256"] = _b64(hashlib.sha256(body).digest())
+            self._client.put_object(**put_args)
+            head = self._client.head_object(
+                Bucket=self.s3.bucket, Key=self.metadata_key(metadata.id)
+            )
+        if int(head.get("ContentLength", -1)) != len(body):
+            raise OffsiteError(f"the offsite metadata of {metadata.id} was stored truncated")
+        multipart = digests.size >= self.s3.multipart_threshold
+        logger.info(
+            "uploaded backup %s to %s (%d bytes, %s, checked by %s)",
+            metadata.id,
+            self.where,
+            digests.size,
+            f"{digests.parts} parts" if multipart else "single part",
+            check,
+        )
+        return UploadResult(metadata.id, digests.size, check, multipart, digests.parts)
+
+    def _check_uploaded(self, key: str, metadata: BackupMetadata, digests: _LocalDigests) -> str:
+        """Compare the stored object with the metadata; returns how it was checked."""
+        with self._calls(f"check the upload of {metadata.id}"):
+            head = self._client.head_object(Bucket=self.s3.bucket, Key=key, ChecksumMode="ENABLED")
+        size = int(head.get("ContentLength", -1))
+        if size != metadata.stored_size:
+            raise OffsiteError(
+                f"offsite copy of {metadata.id} is {size} bytes after upload, "
+                f"expected {metadata.stored_size}"
+            )
+        reported = head.get("ChecksumSHA256")
+        if reported and reported == digests.expected_checksum:
+            return "provider SHA-256 checksum"
+        if reported and "-" not in reported and "-" not in digests.expected_checksum:
+            raise OffsiteError(
+                f"offsite copy of {metadata.id} has a different SHA-256 than the local backup"
+            )
+        # No checksum, or a composite one split differently than predicted: read it back.
+        digest = hashlib.sha256()
+        read = 0
+        with self._calls(f"read back {metadata.id}"):
+            response = self._client.get_object(Bucket=self.s3.bucket, Key=key)
+            body = response["Body"]
+            try:
+                for chunk in body.iter_chunks(CHUNK):
+                    digest.update(chunk)
+                    read += len(chunk)
+            finally:
+                body.close()
+        if read != metadata.stored_size or digest.hexdigest() != metadata.sha256:
+            raise OffsiteError(
+                f"offsite copy of {metadata.id} read back differently than it was uploaded"
+            )
+        return "read-back SHA-256"
+
+    # -- download, verify, delete --------------------------------------------------------
+
+    def download(
+        self,
+        backup_id: str,
+        compression: str,
+        dest: Path,
+        *,
+        progress: ByteProgress | None = None,
+    ) -> None:
+        """Stream one data object into the new owner-only file ``dest``.
+
+        Raises :class:`BackupNotFound` when there is no such object, :class:`OffsiteError`
+        or :class:`StorageError`; a partial ``dest`` is removed.
+        """
+        key = self.data_key(backup_id, compression)
+        try:
+            with open_private(dest) as handle:
+                self._download_into(key, backup_id, handle, progress)
+        except BaseException:
+            remove_quietly(dest)
+            raise
+
+    def _download_into(
+        self, key: str, backup_id: str, handle: BinaryIO, progress: ByteProgress | None
+    ) -> None:
+        with self._calls(f"download backup {backup_id}"):
+            try:
+                response = self._client.get_object(Bucket=self.s3.bucket, Key=key)
+            except Exception as exc:
+                if _error_code(exc) in _NOT_FOUND:
+                    raise BackupNotFound(
+                        f"the data of backup {backup_id} is missing from the offsite store"
+                    ) from None
+                raise
+            body = response["Body"]
+            try:
+                for chunk in body.iter_chunks(CHUNK):
+                    try:
+                        handle.write(chunk)
+                    except OSError as exc:
+                        raise StorageError(describe_os_error(exc, handle.name)) from None
+                    if progress is not None:
+                        progress(len(chunk))
+            finally:
+                body.close()
+
+    def fetch_verified(
+        self,
+        backup_id: str,
+        dest: Path,
+        *,
+        progress: ByteProgress | None = None,
+    ) -> BackupMetadata:
+        """Download one backup and decompress it into the new file ``dest``, checked like a
+        local copy (size, SHA-256, integrity_check, row counts, schema).
+
+        Scratch files go beside ``dest``. Raises :class:`VerificationError` for a damaged
+        copy, :class:`BackupNotFound`, :class:`MetadataError` or :class:`OffsiteError`.
+        """
+        from tablettracker_backups.verify import extract_verified
+
+        validate_backup_id(backup_id)
+        metadata = self.read_metadata(backup_id)
+        scratch = temp_path(dest.parent, metadata.data_file)
+        try:
+            self.download(backup_id, metadata.compression, scratch, progress=progress)
+            extract_verified(scratch, metadata, dest)
+        finally:
+            remove_quietly(scratch)
+        return metadata
+
+    def verify(self, backup_id: str, *, scratch_dir: Path) -> OffsiteVerification:
+        """Fully check one offsite copy; reports a damaged copy rather than raising.
+
+        Raises :class:`OffsiteError` (or :class:`StorageError`) only when the check could not
+        be done at all, so an unreachable store never marks a copy bad.
+        """
+        dest = temp_path(scratch_dir, f"{backup_id}.offsite-verify.db")
+        try:
+            self.fetch_verified(backup_id, dest)
+        except (VerificationError, MetadataError, BackupNotFound) as exc:
+            logger.warning("offsite copy of %s failed verification: %s", backup_id, exc)
+            return OffsiteVerification(backup_id, False, str(exc))
+        finally:
+            remove_quietly(dest)
+        return OffsiteVerification(backup_id, True)
+
+    def delete(self, backup_id: str) -> None:
+        """Delete one backup from the store; metadata first, so it never lists half-deleted."""
+        validate_backup_id(backup_id)
+        keys = [self.metadata_key(backup_id)] + [
+            self.data_key(backup_id, compression) for compression in ("zstd", "gzip")
+        ]
+        with self._calls(f"delete offsite backup {backup_id}"):
+            for key in keys:
+                self._client.delete_object(Bucket=self.s3.bucket, Key=key)
+
+    def delete_key(self, key: str) -> None:
+        """Delete one object by key (debris cleanup); the key must be under the prefix."""
+        if not key.startswith(self.s3.prefix):
+            raise ValueError(f"refusing to delete {key!r} outside the prefix")
+        with self._calls("delete an interrupted upload"):
+            self._client.delete_object(Bucket=self.s3.bucket, Key=key)
+
+    def _delete_quietly(self, key: str) -> None:
+        try:
+            self.delete_key(key)
+        except OffsiteError as exc:
+            logger.warning("could not remove a failed upload: %s", exc)
+
+
+def make_client(s3: S3Settings) -> Any:
+    """A boto3 S3 client for ``s3``: addressing style, signature version, region, timeouts.
+
+    Raises :class:`ConfigError` when boto3 is not installed or the settings are unusable.
+    """
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise ConfigError(
+            "offsite copies need boto3: pip install 'tablettracker-backups[s3]'"
+        ) from None
+
+    options: dict[str, Any] = {
+        "s3": {"addressing_style": s3.addressing_style},
+        "connect_timeout": CONNECT_TIMEOUT,
+        "read_timeout": READ_TIMEOUT,
+        # Few, quick retries: a failed upload is retried by the next run anyway.
+        "retries": {"max_attempts": 3, "mode": "standard"},
+    }
+    if s3.signature_version:
+        options["signature_version"] = s3.signature_version
+    if s3.checksum != "sha256":
+        # Some S3-compatible providers reject the checksum headers newer botocore adds.
+        options["request_checksum_calculation"] = "when_required"
+        options["response_checksum_validation"] = "when_required"
+    kwargs: dict[str, Any] = {"config": Config(**options)}
+    if s3.endpoint_url:
+        kwargs["endpoint_url"] = s3.endpoint_url
+    if s3.region:
+        kwargs["region_name"] = s3.region
+    elif s3.endpoint_url:
+        # S3-compatible servers accept any region name in the signature; botocore needs one.
+        kwargs["region_name"] = "us-east-1"
+    if s3.access_key_id and s3.secret_access_key:
+        kwargs["aws_access_key_id"] = s3.access_key_id
+        kwargs["aws_secret_access_key"] = s3.secret_access_key
+    try:
+        return boto3.session.Session().client("s3", **kwargs)
+    except Exception as exc:  # botocore raises ValueError and its own errors for bad config
+        raise ConfigError(f"cannot set up the offsite client: {type(exc).__name__}") from None
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """A database rebuilt from the offsite store alone."""
+
+    id: str
+    path: Path
+    metadata: BackupMetadata
+    #: Newer offsite backups that were damaged and passed over (id, why), newest first.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def recover_from_offsite(
+    settings: Settings,
+    backup_id: str = "latest",
+    *,
+    to: Path,
+    progress: ByteProgress | None = None,
+) -> RecoveryResult:
+    """Rebuild the database at the new path ``to`` from the offsite store alone.
+
+    Needs only the offsite settings and credentials: no local backup folder, no lock, no live
+    database. ``latest`` takes the newest offsite backup that passes every check (size,
+    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
+    named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
+    complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
+    :class:`VerificationError` or :class:`OffsiteError`.
+    """
+    from tablettracker_backups.errors import RestoreError
+    from tablettracker_backups.fsutil import commit, ensure_private_dir
+
+    offsite = OffsiteStore.from_settings(settings)
+    target = to.expanduser().absolute()
+    if target.exists() or target.is_symlink():
+        raise RestoreError(
+            f"{target} already exists; recover into a new path, then move it into place"
+        )
+    ensure_private_dir(target.parent)
+    listing = [o for o in offsite.list() if o.complete]
+    if backup_id == "latest":
+        if not listing:
+            raise BackupNotFound(f"there are no backups in the offsite store {offsite.where}")
+        candidates = [o.id for o in listing]
+    else:
+        validate_backup_id(backup_id)
+        if backup_id not in {o.id for o in listing}:
+            raise BackupNotFound(f"no backup {backup_id} in the offsite store {offsite.where}")
+        candidates = [backup_id]
+    skipped: list[tuple[str, str]] = []
+    for candidate in candidates:
+        scratch = temp_path(target.parent, target.name)
+        try:
+            metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
+        except (VerificationError, MetadataError, BackupNotFound) as exc:
+            remove_quietly(scratch)
+            if backup_id != "latest":
+                raise VerificationError(
+                    f"offsite backup {candidate} failed its checks: {exc}; nothing was written"
+                ) from None
+            logger.warning("offsite backup %s is damaged, trying an older one: %s", candidate, exc)
+            skipped.append((candidate, str(exc)))
+            continue
+        except BaseException:
+            remove_quietly(scratch)
+            raise
+        if target.exists():
+            remove_quietly(scratch)
+            raise RestoreError(f"{target} appeared while recovering; nothing was overwritten")
+        commit(scratch, target)
+        logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
+        return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    raise VerificationError(
+        f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
+    )

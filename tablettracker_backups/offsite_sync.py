@@ -1,0 +1,272 @@
+"""Keeping the offsite store in step: upload what is missing, apply offsite retention, and read
+back a few copies each run. Called by ``run`` under the operation lock, after the local backup.
+
+Nothing here can lose a local backup: failures are reported and recorded (for ``health``), and
+the next run retries whatever is still missing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from tablettracker_backups.errors import (
+    BackupError,
+    BackupNotFound,
+    OffsiteError,
+    VerificationError,
+)
+from tablettracker_backups.fsutil import ensure_private_dir
+from tablettracker_backups.offsite import (
+    OffsiteObject,
+    OffsiteStore,
+    OffsiteVerification,
+    UploadResult,
+)
+from tablettracker_backups.offsite_state import (
+    OffsiteCopy,
+    OffsiteState,
+    offsite_plan,
+    pending_uploads,
+    read_state,
+    record_copy_result,
+    rolling_verify_choice,
+    write_state,
+)
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import OK, BackupInfo, BackupStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What one offsite sync did, and what went wrong (never raised)."""
+
+    uploaded: tuple[UploadResult, ...] = ()
+    pruned: tuple[str, ...] = ()
+    verified: tuple[OffsiteVerification, ...] = ()
+    behind: tuple[str, ...] = ()
+    errors: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        """Everything uploaded, and every copy read back passed."""
+        return not self.errors and not self.behind and all(v.ok for v in self.verified)
+
+    def warnings(self) -> list[str]:
+        """One line per problem, for the run's warnings."""
+        lines = [f"offsite: {e}" for e in self.errors]
+        lines += [
+            f"offsite copy of {v.id} is damaged: {v.error}" for v in self.verified if not v.ok
+        ]
+        if self.behind:
+            lines.append(f"offsite copy is {len(self.behind)} backup(s) behind; retried next run")
+        return lines
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (part of ``run --json``)."""
+        return {
+            "ok": self.ok,
+            "uploaded": [
+                {"id": u.id, "size": u.size, "check": u.check, "parts": u.parts}
+                for u in self.uploaded
+            ],
+            "pruned": list(self.pruned),
+            "verified": [{"id": v.id, "ok": v.ok, "error": v.error} for v in self.verified],
+            "behind": list(self.behind),
+            "errors": list(self.errors),
+        }
+
+
+def _reconcile(
+    offsite: OffsiteStore, state: OffsiteState, listing: list[OffsiteObject], now: datetime
+) -> OffsiteState:
+    """Make the record match a fresh listing: forget copies that are gone, learn ones that
+    another machine (or an earlier, unrecorded run) uploaded."""
+    listed = {o.id: o for o in listing}
+    state = state.without(k for k in state.copies if k not in listed)
+    for obj in listing:
+        known = state.copies.get(obj.id)
+        if known is not None and obj.complete and obj.data_size == known.size:
+            continue
+        if not obj.complete:
+            kind = known.kind if known else "scheduled"
+            state = state.with_copy(
+                OffsiteCopy(
+                    obj.id, kind, 0, "", obj.uploaded_at, "", now, False, "data object missing"
+                )
+            )
+            continue
+        try:
+            meta = offsite.read_metadata(obj.id)
+        except OffsiteError:
+            raise  # the store itself is in trouble: not this copy's fault
+        except BackupError as exc:
+            state = state.with_copy(
+                OffsiteCopy(obj.id, "scheduled", 0, "", obj.uploaded_at, "", now, False, str(exc))
+            )
+            continue
+        sound = obj.data_size == meta.stored_size
+        state = state.with_copy(
+            OffsiteCopy(
+                id=obj.id,
+                kind=meta.kind,
+                size=meta.stored_size,
+                sha256=meta.sha256,
+                uploaded_at=obj.uploaded_at,
+                upload_check="listed",
+                read_back_at=known.read_back_at if known else None,
+                ok=sound,
+                error=None if sound else "data object size differs from its metadata",
+            )
+        )
+    return state
+
+
+def _upload_one(offsite: OffsiteStore, store: BackupStore, info: BackupInfo) -> UploadResult:
+    """Upload one backup from the first local copy that still matches its metadata."""
+    problems: list[str] = []
+    for copy in info.copies:
+        if copy.state != OK:
+            continue
+        try:
+            meta = store.read_metadata(copy.location, info.id)
+            data = store.data_path(copy.location, info.id, meta.compression)
+            return offsite.upload(data, meta)
+        except VerificationError as exc:
+            problems.append(str(exc))
+    raise VerificationError(
+        f"no local copy of {info.id} is fit to upload" + (f": {problems[0]}" if problems else "")
+    )
+
+
+def sync_offsite(
+    settings: Settings,
+    *,
+    verify_count: int | None = None,
+    now: datetime | None = None,
+) -> SyncResult:
+    """Upload missing verified backups, prune offsite, read back a few copies.
+
+    The caller holds the operation lock. Never raises for offsite trouble: it is returned in
+    :attr:`SyncResult.errors` and recorded in the local offsite record for ``health``.
+    """
+    now = now or datetime.now(timezone.utc)
+    store = BackupStore(settings)
+    state = read_state(settings)
+    uploaded: list[UploadResult] = []
+    pruned: list[str] = []
+    verified: list[OffsiteVerification] = []
+    errors: list[str] = []
+    infos = store.list()
+    try:
+        offsite = OffsiteStore.from_settings(settings)
+        listing = offsite.list()
+        state = _reconcile(offsite, state, listing, now)
+        state = replace(state, listed_at=now)
+        write_state(settings, state)
+        for info in pending_uploads(settings, infos, state):
+            try:
+                result = _upload_one(offsite, store, info)
+            except VerificationError as exc:
+                errors.append(str(exc))
+                continue
+            uploaded.append(result)
+            assert info.metadata is not None
+            state = state.with_copy(
+                OffsiteCopy(
+                    id=info.id,
+                    kind=info.kind,
+                    size=result.size,
+                    sha256=info.metadata.sha256,
+                    uploaded_at=datetime.now(timezone.utc),
+                    upload_check=result.check,
+                )
+            )
+            write_state(settings, state)
+        pruned = _prune(settings, offsite, infos, state)
+        state = state.without(pruned)
+        for key in offsite.orphan_keys():
+            offsite.delete_key(key)
+            logger.info("removed interrupted offsite upload %s", key)
+        write_state(settings, state)
+        for backup_id in rolling_verify_choice(settings, state)[:verify_count]:
+            outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)
+            verified.append(outcome)
+            state = record_copy_result(
+                state,
+                backup_id,
+                ok=outcome.ok,
+                error=outcome.error,
+                at=datetime.now(timezone.utc),
+            )
+            write_state(settings, state)
+    except BackupError as exc:
+        errors.append(str(exc))
+        logger.warning("offsite sync failed: %s", exc)
+    behind = tuple(i.id for i in pending_uploads(settings, infos, state))
+    finished = datetime.now(timezone.utc)
+    state = replace(
+        state,
+        last_sync_at=finished,
+        last_sync_ok=not errors,
+        last_error=errors[0] if errors else None,
+        last_error_at=finished if errors else state.last_error_at,
+    )
+    try:
+        write_state(settings, state)
+    except BackupError as exc:
+        errors.append(f"could not save the offsite record: {exc}")
+    return SyncResult(tuple(uploaded), tuple(pruned), tuple(verified), behind, tuple(errors))
+
+
+def _prune(
+    settings: Settings, offsite: OffsiteStore, infos: Iterable[BackupInfo], state: OffsiteState
+) -> list[str]:
+    """Delete offsite backups offsite retention no longer keeps; never the newest verified."""
+    plan = offsite_plan(settings, infos, state)
+    deleted: list[str] = []
+    for decision in plan.delete:
+        if decision.id not in state.copies:
+            continue
+        offsite.delete(decision.id)
+        deleted.append(decision.id)
+        logger.info("pruned offsite backup %s", decision.id)
+    return deleted
+
+
+def verify_offsite(
+    settings: Settings, backup_ids: Iterable[str] | None = None
+) -> list[OffsiteVerification]:
+    """Download and fully check offsite copies (all of them by default), recording results.
+
+    Raises :class:`OffsiteError` when the store cannot be reached, :class:`BackupNotFound`
+    for an id that is not offsite.
+    """
+    offsite = OffsiteStore.from_settings(settings)
+    listing = {o.id: o for o in offsite.list()}
+    ids = list(backup_ids) if backup_ids is not None else list(listing)
+    for backup_id in ids:
+        if backup_id not in listing:
+            raise BackupNotFound(f"no backup {backup_id} in the offsite store")
+    ensure_private_dir(settings.state_dir)
+    results: list[OffsiteVerification] = []
+    for backup_id in ids:
+        outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)
+        results.append(outcome)
+        try:
+            state = record_copy_result(
+                read_state(settings),
+                backup_id,
+                ok=outcome.ok,
+                error=outcome.error,
+                at=datetime.now(timezone.utc),
+            )
+            write_state(settings, state)
+        except BackupError as exc:
+            logger.warning("could not record the offsite check of %s: %s", backup_id, exc)
+    return results

