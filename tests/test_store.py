@@ -6,6 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupNotFound, InvalidBackupId
@@ -185,3 +188,56 @@ def test_missing_folders_list_as_empty(make_settings: object, tmp_path: Path) ->
     assert store.list() == []
     with pytest.raises(BackupNotFound, match="no verified backup"):
         store.latest()
+
+
+id_like = st.builds(
+    lambda stamp, suffix, ext: f"{stamp}-{suffix}{ext}",
+    st.from_regex(r"[0-9]{8}T[0-9]{6}Z", fullmatch=True) | st.text(max_size=16),
+    st.from_regex(r"[0-9a-fA-F]{6}", fullmatch=True) | st.text(max_size=8),
+    st.sampled_from([".json", ".db.zst", ".db.gz", "", ".tmp", ".json.bak"]),
+)
+
+
+@hypothesis_settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(names=st.lists(id_like, max_size=6), content=st.binary(max_size=64))
+def test_stray_files_never_break_listing_or_cleanup(
+    settings: Settings, taken: str, names: list[str], content: bytes
+) -> None:
+    """Whatever else lies in a backup folder, list() works and cleanup keeps real backups."""
+    made: list[Path] = []
+    for name in names:
+        if not name or "/" in name or "\x00" in name or name in (".", "..") or taken in name:
+            continue
+        path = settings.backup_dir / name
+        try:
+            path.write_bytes(content)
+        except OSError:
+            continue  # a name the file system refuses (too long, ...)
+        made.append(path)
+    try:
+        store = BackupStore(settings)
+        infos = store.list()
+        assert taken in [i.id for i in infos]
+        assert store.get(taken).verified
+        store.cleanup_orphans()
+        assert (settings.backup_dir / f"{taken}.db.zst").exists()
+        assert (settings.backup_dir / f"{taken}.json").exists()
+    finally:
+        for path in made:
+            path.unlink(missing_ok=True)
+
+
+def test_secondary_symlink_to_primary_is_refused(db_path: Path, tmp_path: Path) -> None:
+    from tablettracker_backups.errors import ConfigError
+    from tablettracker_backups.settings import settings_from_mapping
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with pytest.raises(ConfigError, match="BACKUPS_SECONDARY_DIR must differ"):
+        settings_from_mapping(
+            {"database": db_path, "dir": tmp_path / "real", "secondary_dir": tmp_path / "alias"}
+        )
