@@ -174,19 +174,14 @@ def local_time(moment: datetime | None) -> str:
 
 
 def human_age(moment: datetime | None, now: datetime | None = None) -> str:
-    """'3.2 h ago'."""
+    """'3.2 h ago', 'never', or '5 min in the future'."""
+    from tablettracker_backups.health import format_age
+
     if moment is None:
         return "never"
-    seconds = ((now or datetime.now(timezone.utc)) - moment).total_seconds()
-    if seconds < 0:
-        return f"{-seconds / 60:.0f} min in the future"
-    if seconds < 120:
-        return f"{seconds:.0f} s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min ago"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h ago"
-    return f"{seconds / 86400:.1f} days ago"
+    delta = (now or datetime.now(timezone.utc)) - moment
+    text = format_age(delta)
+    return text if delta.total_seconds() < 0 else f"{text} ago"
 
 
 @contextmanager

@@ -130,12 +130,15 @@ def record_run(settings: Settings, *, at: datetime, result: dict[str, Any]) -> N
     _update_status(settings, last_run_at=utc_iso(at), last_run=result)
 
 
-def _fmt_age(delta: timedelta) -> str:
-    seconds = int(delta.total_seconds())
+def format_age(delta: timedelta) -> str:
+    """``45 s``, ``12 min``, ``3.2 h``, ``4.5 days``; a negative one ``... in the future``."""
+    seconds = delta.total_seconds()
     if seconds < 0:
-        return f"{_fmt_age(-delta)} in the future"
-    if seconds < 3600:
-        return f"{seconds // 60} min"
+        return f"{format_age(-delta)} in the future"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
     if seconds < 172800:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
@@ -185,7 +188,7 @@ def check_health(
                 Finding(
                     WARNING,
                     "clock",
-                    f"{label} {info.id} is dated {_fmt_age(age)}: check the system clock",
+                    f"{label} {info.id} is dated {format_age(age)}: check the system clock",
                 )
             )
         elif age > 3 * interval + GRACE:
@@ -193,7 +196,7 @@ def check_health(
                 Finding(
                     CRITICAL,
                     code,
-                    f"{label} is {_fmt_age(age)} old (expected every {_fmt_age(interval)})",
+                    f"{label} is {format_age(age)} old (expected every {format_age(interval)})",
                 )
             )
         elif age > interval + interval / 2 + GRACE:
@@ -201,7 +204,7 @@ def check_health(
                 Finding(
                     WARNING,
                     code,
-                    f"{label} is {_fmt_age(age)} old (expected every {_fmt_age(interval)})",
+                    f"{label} is {format_age(age)} old (expected every {format_age(interval)})",
                 )
             )
 
@@ -246,7 +249,7 @@ def check_health(
                 Finding(
                     WARNING,
                     "schedule-stopped",
-                    f"the scheduled run last ran {_fmt_age(now - last_run_at)} ago; is the "
+                    f"the scheduled run last ran {format_age(now - last_run_at)} ago; is the "
                     "scheduled task still enabled (free PythonAnywhere tasks expire)?",
                 )
             )
@@ -289,7 +292,7 @@ def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
         since = lag.behind_since or now
         message = (
             f"offsite copy is {len(lag.behind)} backup(s) behind since "
-            f"{since:%Y-%m-%d %H:%M} UTC ({_fmt_age(now - since)})"
+            f"{since:%Y-%m-%d %H:%M} UTC ({format_age(now - since)})"
         )
         if lag.last_error:
             message += f"; last error: {lag.last_error[:300]}"
