@@ -315,6 +315,15 @@ def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
         subprocess.run(["umount", "-l", str(mount_point)], check=False)
 
 
+@pytest.fixture
+def full_fs(tiny_fs: tuple[Path, str]) -> Path:
+    """The tiny mount, for tests that need a real file system to fill (no RLIMIT fallback)."""
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    return mount_point
+
+
 def grow(db: Path, rng: random.Random, size: int) -> None:
     """Add about ``size`` bytes of hard-to-compress notes to the live database."""
     conn = sqlite3.connect(db)
@@ -432,11 +441,9 @@ def test_backup_folder_fills_up(
 
 
 def test_full_file_system_still_reports_health(
-    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+    full_fs: Path, tmp_path: Path, reliability: Recorder
 ) -> None:
-    mount_point, how = tiny_fs
-    if how != "tmpfs":  # pragma: no cover
-        pytest.skip("needs a real full file system")
+    mount_point = full_fs
     row = reliability(
         "backup folder 100% full (health, status, list)",
         trials=3,
@@ -464,12 +471,8 @@ def test_full_file_system_still_reports_health(
     row["detail"] = "critical: " + "; ".join(finding).replace(str(mount_point), "<tiny>")[:160]
 
 
-def test_secondary_folder_fills_up(
-    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
-) -> None:
-    mount_point, how = tiny_fs
-    if how != "tmpfs":  # pragma: no cover
-        pytest.skip("needs a real full file system")
+def test_secondary_folder_fills_up(full_fs: Path, tmp_path: Path, reliability: Recorder) -> None:
+    mount_point = full_fs
     row = reliability(
         "secondary folder on a full file system",
         trials=1,
@@ -1020,11 +1023,9 @@ def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) ->
 
 
 def test_restore_with_a_full_backup_folder(
-    tiny_fs: tuple[Path, str], tmp_path: Path, reliability: Recorder
+    full_fs: Path, tmp_path: Path, reliability: Recorder
 ) -> None:
-    mount_point, how = tiny_fs
-    if how != "tmpfs":  # pragma: no cover
-        pytest.skip("needs a real full file system")
+    mount_point = full_fs
     row = reliability(
         "restore while the backup folder is full (no room for the safety snapshot)",
         trials=1,
