@@ -8,6 +8,7 @@ metadata is written last, in each folder, as the commit marker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tablettracker_backups.compression import StreamResult, compress_file, copy_file
+from tablettracker_backups.encryption import encrypt_file, encrypted_metadata, require_pyrage
 from tablettracker_backups.errors import BackupError, StorageError, VerificationError
 from tablettracker_backups.fsutil import (
     check_writable_dir,
@@ -37,6 +39,7 @@ from tablettracker_backups.metadata import (
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     DatabaseCheck,
+    SnapshotInfo,
     check_sqlite_file,
     inspect_database,
     take_snapshot,
@@ -94,6 +97,9 @@ def create_backup(
         raise ValueError(f"unknown backup kind {kind!r}")
     # Refuse a missing or non-SQLite source before creating any folder for it.
     check_sqlite_file(settings.database)
+    if settings.encryption is not None and settings.encryption.local:
+        # BACKUPS_ENCRYPT=all without the library: fail loudly, never store plaintext instead.
+        require_pyrage()
     if not lock:
         return _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
     prepare_locations(settings)
@@ -116,8 +122,8 @@ def _create_backup(
     backup_id = new_backup_id(created_at)
     primary = settings.backup_dir
     raw_tmp = temp_path(primary, f"{backup_id}.db")
-    stored_name = data_filename(backup_id, settings.compression)
-    stored_tmp = temp_path(primary, stored_name)
+    stored_tmp = temp_path(primary, data_filename(backup_id, settings.compression))
+    sealed_tmp = temp_path(primary, data_filename(backup_id, settings.compression, encrypted=True))
     try:
         snap = take_snapshot(
             settings.database,
@@ -132,14 +138,75 @@ def _create_backup(
                 f"the snapshot failed its checks (integrity: {check.integrity}; "
                 f"foreign key violations: {check.foreign_key_violations}); no backup was kept"
             )
-        commit(stored_tmp, primary / stored_name)
+        remove_quietly(raw_tmp)
+        compress_done = time.monotonic()
+        metadata = _describe(
+            settings,
+            backup_id,
+            created_at,
+            kind=kind,
+            trigger=trigger,
+            snap=snap,
+            check=check,
+            stream=stream,
+        )
+        durations = {
+            "snapshot": round(snap.seconds, 4),
+            "verify": round(check_seconds, 4),
+            "compress": round(compress_done - snapshot_done, 4),
+        }
+        if settings.encryption is not None and settings.encryption.local:
+            # Only after the plain snapshot passed every check: what is encrypted is verified.
+            sealed = encrypt_file(
+                stored_tmp,
+                sealed_tmp,
+                settings.encryption.recipients,
+                expected_sha256=stream.sha256,
+            )
+            remove_quietly(stored_tmp)
+            metadata = encrypted_metadata(metadata, sealed, settings.encryption.recipients)
+            stored_tmp = sealed_tmp
+            durations["encrypt"] = round(time.monotonic() - compress_done, 4)
+        durations["total"] = round(time.monotonic() - started, 4)
+        metadata = dataclasses.replace(metadata, durations=durations)
+        commit(stored_tmp, primary / metadata.data_file)
     except BaseException:
         remove_quietly(stored_tmp)
+        remove_quietly(sealed_tmp)
         raise
     finally:
         remove_quietly(raw_tmp)
-    compress_done = time.monotonic()
-    metadata = BackupMetadata(
+    try:
+        store.write_metadata("primary", metadata)
+    except BackupError:
+        remove_quietly(primary / metadata.data_file)
+        raise
+    written = ["primary"]
+    warnings: list[str] = []
+    if "secondary" in store.locations:
+        try:
+            _copy_to(store, "secondary", metadata)
+            written.append("secondary")
+        except BackupError as exc:
+            warnings.append(f"secondary copy failed: {exc}")
+            logger.warning("secondary copy of %s failed: %s", backup_id, exc)
+    logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
+    return BackupResult(metadata, tuple(written), tuple(warnings))
+
+
+def _describe(
+    settings: Settings,
+    backup_id: str,
+    created_at: datetime,
+    *,
+    kind: str,
+    trigger: str,
+    snap: SnapshotInfo,
+    check: DatabaseCheck,
+    stream: StreamResult,
+) -> BackupMetadata:
+    """The metadata of a verified snapshot compressed as ``stream`` (durations filled later)."""
+    return BackupMetadata(
         id=backup_id,
         created_at=created_at,
         kind=kind,
@@ -161,12 +228,7 @@ def _create_backup(
         sha256=stream.sha256,
         compression=settings.compression,
         compression_level=settings.compression_level,
-        durations={
-            "snapshot": round(snap.seconds, 4),
-            "verify": round(check_seconds, 4),
-            "compress": round(compress_done - snapshot_done, 4),
-            "total": round(time.monotonic() - started, 4),
-        },
+        durations={},
         verification=Verification(
             ok=True,
             verified_at=datetime.now(timezone.utc),
@@ -174,22 +236,6 @@ def _create_backup(
             foreign_key_violations=check.foreign_key_violations,
         ),
     )
-    try:
-        store.write_metadata("primary", metadata)
-    except BackupError:
-        remove_quietly(primary / stored_name)
-        raise
-    written = ["primary"]
-    warnings: list[str] = []
-    if "secondary" in store.locations:
-        try:
-            _copy_to(store, "secondary", metadata)
-            written.append("secondary")
-        except BackupError as exc:
-            warnings.append(f"secondary copy failed: {exc}")
-            logger.warning("secondary copy of %s failed: %s", backup_id, exc)
-    logger.info("backup %s stored (%d bytes) in %s", backup_id, stream.stored_size, written)
-    return BackupResult(metadata, tuple(written), tuple(warnings))
 
 
 def _check_and_compress(
@@ -247,8 +293,8 @@ def _check_and_compress(
 
 def _copy_to(store: BackupStore, location: str, metadata: BackupMetadata) -> None:
     """Copy a committed backup from the primary folder to ``location`` and commit it there."""
-    source = store.data_path("primary", metadata.id, metadata.compression)
-    final = store.data_path(location, metadata.id, metadata.compression)
+    source = store.data_path_for("primary", metadata)
+    final = store.data_path_for(location, metadata)
     temp = temp_path(final.parent, final.name)
     try:
         size, digest = copy_file(source, temp)

@@ -65,7 +65,20 @@ def render_config(settings: Settings, interval: int) -> str:
         f"keep_pre_restore = {settings.retention.pre_restore}",
     ]
     lines += _offsite_lines(settings)
+    lines += _encryption_lines(settings)
     return "\n".join(lines) + "\n"
+
+
+def _encryption_lines(settings: Settings) -> list[str]:
+    """Whom backups are encrypted to: public keys only (the identity stays off the server)."""
+    encryption = settings.encryption
+    if encryption is None:
+        return []
+    return [
+        "# Public keys only: the identity (AGE-SECRET-KEY-...) that decrypts stays OFF the server.",
+        f"encrypt_to = [{', '.join(_toml_string(r) for r in encryption.recipients)}]",
+        f"encrypt = {_toml_string(encryption.mode.value)}",
+    ]
 
 
 def _offsite_lines(settings: Settings) -> list[str]:

@@ -22,7 +22,14 @@ import click
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import initialise
 from tablettracker_backups.display import human_age, human_size, local_time
-from tablettracker_backups.errors import BackupError, ConfigError, LockedError
+from tablettracker_backups.encryption import (
+    Identity,
+    create_identity_file,
+    describe_keys,
+    fingerprint,
+    load_identity,
+)
+from tablettracker_backups.errors import BackupError, ConfigError, IdentityError, LockedError
 from tablettracker_backups.health import Finding, check_health, save_report
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
@@ -40,7 +47,7 @@ from tablettracker_backups.settings import (
     load_settings,
     settings_from_mapping,
 )
-from tablettracker_backups.states import Level
+from tablettracker_backups.states import CheckDepth, Level
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tablettracker_backups.version import __version__
@@ -110,6 +117,38 @@ def common_options(func: F) -> F:
 def json_option(func: F) -> F:
     """``--json``: machine-readable output."""
     return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
+
+
+def identity_option(func: F) -> F:
+    """``--identity FILE`` (or ``BACKUPS_IDENTITY_FILE``): the age identity for encrypted
+    backups."""
+    return click.option(
+        "--identity",
+        "identity_file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        envvar="BACKUPS_IDENTITY_FILE",
+        help="age identity file that opens encrypted backups (a passphrase-protected one asks "
+        "for its passphrase). Bring it for the check or restore: it does not belong on the "
+        "server. [env: BACKUPS_IDENTITY_FILE]",
+    )(func)
+
+
+#: Where ``keygen`` writes the identity unless told otherwise (the current folder).
+DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
+
+
+def open_identity(path: Path | None) -> Identity | None:
+    """The identity in ``path`` (None without one); asks for a passphrase if it has one."""
+    if path is None:
+        return None
+
+    def ask() -> str:
+        try:
+            return str(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
+        except click.Abort:
+            raise IdentityError(f"no passphrase given for the identity file {path}") from None
+
+    return load_identity(path.expanduser().absolute(), passphrase=ask)
 
 
 def resolve_settings(
@@ -389,10 +428,16 @@ def _fail_without_metadata(info: Any) -> None:
     is_flag=True,
     help="Download and check the offsite copies instead of the local ones.",
 )
+@identity_option
 @settings_command
 @json_option
 def verify(
-    settings: Settings, backup_id: str | None, verify_all: bool, offsite: bool, as_json: bool
+    settings: Settings,
+    backup_id: str | None,
+    verify_all: bool,
+    offsite: bool,
+    identity_file: Path | None,
+    as_json: bool,
 ) -> None:
     """Fully check backups: checksum, decompression, integrity_check, row counts.
 
@@ -401,17 +446,25 @@ def verify(
     the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
     damaged.
 
+    Encrypted copies: without --identity only the ciphertext is checked (age header, size,
+    SHA-256). With it, the full drill runs: decrypt, hash, integrity_check, row counts. Run
+    'verify --offsite --identity FILE' now and then where the identity is kept: health
+    reminds you when no such drill passed within BACKUPS_S3_VERIFY_PERIOD_DAYS. Exit 1 when
+    the identity could not open some copy (it names the keys that would).
+
     \b
     Examples:
       tablettracker-backups verify
       tablettracker-backups verify --all --json
       tablettracker-backups verify --offsite --all
+      tablettracker-backups verify --offsite --identity ~/keys/backups-identity.txt
     """
 
     if verify_all and backup_id:
         raise click.UsageError("give an ID or --all, not both")
+    identity = open_identity(identity_file)
     if offsite:
-        _verify_offsite(settings, backup_id, verify_all, as_json)
+        _verify_offsite(settings, backup_id, verify_all, identity, as_json)
         return
     store = BackupStore(settings)
     if verify_all:
@@ -420,24 +473,35 @@ def verify(
         ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
     results = []
     for index, one in enumerate(ids, start=1):
-        result = verify_backup(store, one)
+        result = verify_backup(store, one, identity=identity)
         results.append(result)
         if not as_json:
             mark = "ok" if result.ok else ("DAMAGED COPY" if result.usable else "FAILED")
-            click.echo(f"[{index}/{len(ids)}] {one}: {mark}")
+            sealed = any(c.depth == CheckDepth.SEALED for c in result.copies)
+            click.echo(f"[{index}/{len(ids)}] {one}: {mark}" + (SEALED_NOTE if sealed else ""))
             for copy in result.copies:
                 if not copy.ok:
                     click.echo(f"    {copy.location}: {copy.error}")
+            for note in sorted({c.note for c in result.copies if c.note}):
+                click.echo(f"    ! {note}")
     if as_json:
         emit_json([r.to_dict() for r in results])
     if any(not r.usable for r in results):
         sys.exit(EXIT_CRITICAL)
-    if any(not r.ok for r in results):
+    if any(not r.ok for r in results) or any(c.note for r in results for c in r.copies):
         sys.exit(EXIT_WARNING)
 
 
+#: Said of an encrypted copy checked without its identity.
+SEALED_NOTE = " (encrypted: ciphertext checked; --identity FILE for the full check)"
+
+
 def _verify_offsite(
-    settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool
+    settings: Settings,
+    backup_id: str | None,
+    verify_all: bool,
+    identity: Identity | None,
+    as_json: bool,
 ) -> None:
 
     ids: list[str] | None
@@ -450,19 +514,30 @@ def _verify_offsite(
         if not listing:
             raise click.ClickException("there are no backups in the offsite store")
         ids = [listing[0].id]
-    results = verify_offsite(settings, ids)
+    results = verify_offsite(settings, ids, identity=identity)
     if as_json:
-        emit_json([{"id": r.id, "ok": r.ok, "error": r.error} for r in results])
+        emit_json(
+            [
+                {"id": r.id, "ok": r.ok, "error": r.error}
+                | ({"depth": r.depth, "note": r.note} if r.encrypted else {})
+                for r in results
+            ]
+        )
     else:
         if not results:
             click.echo("No backups in the offsite store.")
         for index, result in enumerate(results, start=1):
+            sealed = SEALED_NOTE if result.depth == CheckDepth.SEALED else ""
             click.echo(
                 f"[{index}/{len(results)}] offsite {result.id}: "
-                + ("ok" if result.ok else f"DAMAGED: {result.error}")
+                + (f"ok{sealed}" if result.ok else f"DAMAGED: {result.error}")
             )
+            if result.note:
+                click.echo(f"    ! {result.note}")
     if any(not r.ok for r in results):
         sys.exit(EXIT_CRITICAL)
+    if any(r.note for r in results):
+        sys.exit(EXIT_WARNING)
 
 
 @cli.command()
@@ -575,8 +650,42 @@ def status(settings: Settings, as_json: bool) -> None:
             else "up to date"
         )
         click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
+    _print_encryption(report.encryption)
     _print_health(report)
     sys.exit(report.exit_code)
+
+
+def _print_encryption(encryption: dict[str, Any]) -> None:
+    """Encryption as configured, and which keys the existing backups need."""
+    if not encryption:
+        return
+    if encryption["configured"]:
+        click.echo(
+            f"Encryption:      age ({encryption['mode']}), new backups to "
+            f"{describe_keys(encryption['recipients'])}"
+            + ("" if encryption["available"] else "; pyrage MISSING")
+        )
+    else:
+        click.echo("Encryption:      off for new backups")
+    for need in encryption["needs"]:
+        current = "" if need["current"] else " (no longer in BACKUPS_ENCRYPT_TO)"
+        span = need["newest"] if need["count"] == 1 else f"{need['oldest']} to {need['newest']}"
+        click.echo(
+            f"  {need['count']} {need['where']} backup(s) need "
+            f"{describe_keys(need['fingerprints'])}{current}: {span}"
+        )
+    if encryption["plaintext_offsite"]:
+        click.echo(f"  {len(encryption['plaintext_offsite'])} offsite backup(s) unencrypted")
+    if encryption["configured"]:
+        drill = encryption["last_drill_at"]
+        click.echo(
+            f"  last drill with the identity ({encryption['drill_where']}): "
+            + (
+                human_age(datetime.fromisoformat(drill.replace("Z", "+00:00")))
+                if drill
+                else "never"
+            )
+        )
 
 
 @cli.command("run")
@@ -681,6 +790,64 @@ def init(
         click.echo(f"  export BACKUPS_CONFIG={outcome.config_path}")
 
 
+@cli.command()
+@click.option(
+    "--output",
+    "-o",
+    "output",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=DEFAULT_IDENTITY_FILE,
+    show_default=True,
+    help="Where to write the identity (never over an existing file).",
+)
+@click.option(
+    "--passphrase",
+    is_flag=True,
+    help="Protect the identity file with a passphrase (asked twice), as 'age -p' does.",
+)
+def keygen(output: Path, passphrase: bool) -> None:
+    """Make an age identity (private key) for encrypted backups; print its public key.
+
+    Run this on YOUR computer, not on the server. Put the printed public key (age1...) in
+    BACKUPS_ENCRYPT_TO on the server. Keep the identity file OFF the server, and keep a second
+    copy somewhere safe (a password manager, a USB stick in a drawer, a printout): without
+    it no encrypted backup can be restored, by you or by anyone.
+
+    The file is written owner-only (0600) and never over an existing file. The public key
+    goes to standard output alone, the rest to standard error.
+
+    \b
+    Examples:
+      tablettracker-backups keygen --output ~/tablettracker-backups-identity.txt
+      tablettracker-backups keygen --output backups-identity.age --passphrase
+    """
+
+    secret: str | None = None
+    if passphrase:
+        secret = str(
+            click.prompt(
+                "Passphrase for the identity file", hide_input=True, confirmation_prompt=True
+            )
+        )
+        if not secret.strip():
+            raise click.UsageError("an empty passphrase protects nothing")
+    path = output.expanduser().absolute()
+    recipient = create_identity_file(path, passphrase=secret)
+    click.echo(recipient)
+    click.echo(
+        f"Identity written to {path} (owner-only"
+        + (", passphrase-protected" if secret else "")
+        + f"); key fingerprint {fingerprint(recipient)}.",
+        err=True,
+    )
+    click.echo(f"On the server, set:  BACKUPS_ENCRYPT_TO={recipient}", err=True)
+    click.echo(
+        "Keep the identity file OFF the server, and a second copy somewhere safe: without it "
+        "the encrypted backups cannot be restored.",
+        err=True,
+    )
+
+
 # -- restore -------------------------------------------------------------------------------------
 
 
@@ -772,8 +939,10 @@ def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
     "from_offsite",
     is_flag=True,
     help="Rebuild the database from the offsite store alone into a new file (--to PATH); "
-    "needs only the BACKUPS_S3_* settings and credentials, no local backup folder.",
+    "needs only the BACKUPS_S3_* settings and credentials (and --identity for encrypted "
+    "backups), no local backup folder.",
 )
+@identity_option
 @common_options
 @json_option
 def restore(
@@ -786,6 +955,7 @@ def restore(
     yes: bool,
     preview: bool,
     from_offsite: bool,
+    identity_file: Path | None,
     as_json: bool,
 ) -> None:
     """Restore a backup into the live database (or into --to PATH).
@@ -801,6 +971,10 @@ def restore(
     With --from-offsite the database is rebuilt from the offsite store alone into a file that
     does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
 
+    Encrypted backups need --identity FILE (or BACKUPS_IDENTITY_FILE): the identity is
+    decrypted into a scratch file that any error removes; a missing or wrong identity stops
+    with one line naming the keys that would open the backup, and nothing is changed.
+
     \b
     Examples:
       tablettracker-backups restore latest --preview
@@ -808,6 +982,7 @@ def restore(
       tablettracker-backups restore latest --yes --json
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
       tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
+      tablettracker-backups restore latest --from-offsite --identity key.txt --to new.db
     """
 
     ctx = click.get_current_context()
@@ -822,7 +997,9 @@ def restore(
     if from_offsite:
         if preview:
             raise click.UsageError("--preview compares with local backups; not with --from-offsite")
-        _recover_from_offsite(settings, backup_id or "latest", to, as_json)
+        _recover_from_offsite(
+            settings, backup_id or "latest", to, open_identity(identity_file), as_json
+        )
         return
     interactive = sys.stdin.isatty()
     if backup_id is None:
@@ -856,7 +1033,12 @@ def restore(
             click.echo("Cancelled; nothing was changed.")
             sys.exit(EXIT_WARNING)
     result = restore_backup(
-        settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
+        settings,
+        backup_id,
+        to=to,
+        actor="cli",
+        identity=open_identity(identity_file),
+        progress=_restore_progress(not as_json),
     )
     if as_json:
         emit_json(result.to_dict())
@@ -891,7 +1073,7 @@ def restore(
 
 
 def _recover_from_offsite(
-    settings: Settings, backup_id: str, to: Path | None, as_json: bool
+    settings: Settings, backup_id: str, to: Path | None, identity: Identity | None, as_json: bool
 ) -> None:
     """``restore --from-offsite``: a new database file from the offsite store alone."""
 
@@ -901,7 +1083,7 @@ def _recover_from_offsite(
             "credentials)"
         )
     target = (to if to is not None else settings.database).expanduser().absolute()
-    result = recover_from_offsite(settings, backup_id, to=target)
+    result = recover_from_offsite(settings, backup_id, to=target, identity=identity)
     if as_json:
         emit_json(
             {
@@ -917,9 +1099,11 @@ def _recover_from_offsite(
             click.echo(
                 f"Warning: offsite backup {skipped} is damaged, passed over: {why}", err=True
             )
+        encryption = result.metadata.encryption
         click.echo(
             f"Recovered {result.id} (taken {local_time(result.metadata.created_at)}) from the "
-            f"offsite store into {result.path}; checked: SHA-256, integrity_check, row counts."
+            f"offsite store into {result.path}; checked: SHA-256, integrity_check, row counts"
+            + (f"; decrypted ({describe_keys(encryption.recipients)})." if encryption else ".")
         )
     if result.skipped:
         sys.exit(EXIT_WARNING)

@@ -47,24 +47,64 @@ class StreamResult:
     sha256: str
 
 
-class _HashingWriter:
-    """A write-only file object that hashes and counts what passes through it."""
+class HashingWriter:
+    """A write-only file object that hashes and counts what passes through it.
+
+    The first exception writing raised is kept in ``error``: a C library calling ``write``
+    (pyrage) may report it as its own error, and the caller re-raises the original.
+    """
 
     def __init__(self, target: BinaryIO) -> None:
         self.target = target
         self.digest = hashlib.sha256()
         self.size = 0
         self.writeback = Writeback(target)
+        self.error: BaseException | None = None
 
     def write(self, data: bytes) -> int:
         self.digest.update(data)
         self.size += len(data)
-        written = self.target.write(data)
-        self.writeback.wrote(len(data))
+        try:
+            written = self.target.write(data)
+            self.writeback.wrote(len(data))
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
         return written
 
     def flush(self) -> None:
         self.target.flush()
+
+
+class HashingReader:
+    """A read-only file object that hashes and counts what is read through it.
+
+    Like :class:`HashingWriter`, it keeps the first exception reading raised in ``error``.
+    """
+
+    def __init__(self, inner: BinaryIO, progress: Progress | None = None) -> None:
+        self.inner = inner
+        self.digest = hashlib.sha256()
+        self.size = 0
+        self.progress = progress
+        self.error: BaseException | None = None
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self.inner.read(size)
+        except BaseException as exc:
+            self.error = self.error or exc
+            raise
+        self.digest.update(data)
+        self.size += len(data)
+        if self.progress is not None and data:
+            self.progress(len(data))
+        return data
+
+    def drain(self) -> None:
+        """Read (and hash) the rest, so the digest covers the whole input."""
+        while self.read(CHUNK):
+            pass
 
 
 def compress_file(
@@ -80,7 +120,7 @@ def compress_file(
     raw_size = 0
     try:
         with source.open("rb") as reader, open_private(dest) as raw_out:
-            out = _HashingWriter(raw_out)
+            out = HashingWriter(raw_out)
             sink = cast(BinaryIO, out)
             stream: BinaryIO
             if algorithm == "zstd":
@@ -129,24 +169,11 @@ def decompress_file(
     Checks the stored file's SHA-256 as it reads when ``expected_sha256`` is given. Raises
     :class:`VerificationError` for a damaged file, :class:`StorageError` for I/O trouble.
     """
-    stored = hashlib.sha256()
     raw = hashlib.sha256()
     raw_size = 0
-
-    class _HashingReader:
-        def __init__(self, inner: BinaryIO) -> None:
-            self.inner = inner
-            self.size = 0
-
-        def read(self, size: int = -1) -> bytes:
-            data = self.inner.read(size)
-            stored.update(data)
-            self.size += len(data)
-            return data
-
     try:
         with source.open("rb") as handle, open_private(dest) as out:
-            reader = _HashingReader(handle)
+            reader = HashingReader(handle)
             try:
                 stream = open_decompressed(cast(BinaryIO, reader), algorithm)
                 with stream:
@@ -157,13 +184,11 @@ def decompress_file(
                         if progress is not None:
                             progress(len(chunk))
                 # Read any trailing bytes so the stored hash covers the whole file.
-                while reader.read(CHUNK):
-                    pass
+                reader.drain()
             except (zstandard.ZstdError, gzip.BadGzipFile, EOFError, ValueError) as exc:
                 # Name the root cause when we can: hash the rest and compare with the metadata.
-                while reader.read(CHUNK):
-                    pass
-                if expected_sha256 is not None and stored.hexdigest() != expected_sha256:
+                reader.drain()
+                if expected_sha256 is not None and reader.digest.hexdigest() != expected_sha256:
                     raise VerificationError(
                         f"{source.name}: SHA-256 does not match its metadata (the file is "
                         f"damaged; it does not decompress: {exc})"
@@ -172,7 +197,7 @@ def decompress_file(
             out.flush()
     except OSError as exc:
         raise StorageError(describe_os_error(exc, dest)) from None
-    result = StreamResult(raw_size, raw.hexdigest(), reader.size, stored.hexdigest())
+    result = StreamResult(raw_size, raw.hexdigest(), reader.size, reader.digest.hexdigest())
     if expected_sha256 is not None and result.sha256 != expected_sha256:
         raise VerificationError(f"{source.name}: SHA-256 does not match its metadata")
     return result

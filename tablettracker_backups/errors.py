@@ -49,3 +49,12 @@ class LockedError(BackupError):
 
 class OffsiteError(BackupError):
     """The offsite object store could not be reached or refused an operation."""
+
+
+class EncryptionUnavailable(ConfigError):
+    """Encryption is configured but the age library (pyrage) is not installed."""
+
+
+class IdentityError(BackupError):
+    """An encrypted backup needs an identity that was not given, or the one given cannot open
+    it, or the identity file cannot be read."""

@@ -17,8 +17,10 @@ from typing import Any
 
 from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
+from tablettracker_backups.keys import EncryptionStatus, encryption_status
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
+from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
@@ -59,6 +61,9 @@ class HealthReport:
     next_run_due: datetime | None = None
     #: The offsite copy's standing (:meth:`OffsiteLag.to_dict`); empty when not configured.
     offsite: dict[str, Any] = field(default_factory=dict)
+    #: Encryption and the keys backups need (:meth:`EncryptionStatus.to_dict`); empty when
+    #: encryption is not configured and no backup is encrypted.
+    encryption: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> Level:
@@ -97,6 +102,7 @@ class HealthReport:
             "last_run_at": iso(self.last_run_at),
             "next_run_due": iso(self.next_run_due),
             "offsite": self.offsite or None,
+            "encryption": self.encryption or None,
         }
 
 
@@ -129,10 +135,13 @@ def check_health(
     last_run_at, schedule_findings = _schedule_findings(settings, now=now, interval=interval)
     findings += schedule_findings
     offsite: dict[str, Any] = {}
+    state = read_state(settings) if settings.s3 is not None else None
     if settings.s3 is not None:
-        lag = offsite_lag(settings, backups, now=now)
+        lag = offsite_lag(settings, backups, now=now, state=state)
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
+    keys = encryption_status(settings, backups, state)
+    findings += _encryption_findings(keys, now)
 
     return HealthReport(
         checked_at=now,
@@ -150,6 +159,7 @@ def check_health(
         last_run_at=last_run_at,
         next_run_due=None if last_run_at is None else last_run_at + interval,
         offsite=offsite,
+        encryption=keys.to_dict() if keys.configured or keys.needs else {},
     )
 
 
@@ -284,6 +294,50 @@ def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
                 "offsite-unverified",
                 f"{len(lag.overdue)} offsite cop(ies) not read back within the verify period "
                 f"(oldest {lag.overdue[0]})",
+            )
+        )
+    return findings
+
+
+def _encryption_findings(keys: EncryptionStatus, now: datetime) -> list[Finding]:
+    """Encryption that cannot run, no recent drill with the identity, plaintext offsite."""
+    findings: list[Finding] = []
+    if not keys.configured:
+        return findings
+    if not keys.available:
+        stopped = "no backup is taken" if keys.mode == "all" else "nothing is uploaded offsite"
+        findings.append(
+            Finding(
+                Level.CRITICAL,
+                "encryption-unavailable",
+                "BACKUPS_ENCRYPT_TO is set but the age library (pyrage) is not installed, so "
+                f"{stopped}: pip install 'tablettracker-backups[encrypt]'",
+            )
+        )
+    if keys.drill_overdue(now):
+        when = (
+            f"last one {format_age(now - keys.last_drill_at)} ago"
+            if keys.last_drill_at
+            else "never done"
+        )
+        command = "verify --offsite" if keys.drill_where == "offsite" else "verify"
+        findings.append(
+            Finding(
+                Level.WARNING,
+                "encryption-drill",
+                f"no full check of an encrypted backup with its identity within "
+                f"{keys.drill_period_days} days ({when}): run 'tablettracker-backups {command} "
+                "--identity FILE' where the identity is kept, to prove it still opens them",
+            )
+        )
+    if keys.plaintext_offsite:
+        findings.append(
+            Finding(
+                Level.WARNING,
+                "offsite-plaintext",
+                f"{len(keys.plaintext_offsite)} offsite cop(ies) were uploaded before "
+                f"encryption was set up and are readable by the provider (newest "
+                f"{keys.plaintext_offsite[0]}); they leave with offsite retention",
             )
         )
     return findings

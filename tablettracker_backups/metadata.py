@@ -22,6 +22,11 @@ FORMAT_VERSION = 1
 ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
 KINDS = ("scheduled", "manual", "pre-restore")
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
+#: Appended to the data file's name when it is an age file (``<id>.db.zst.age``), so a person
+#: (or ``age -d``) can tell at a glance what it is.
+AGE_SUFFIX = ".age"
+#: Every name a data file can end with, encrypted or not.
+DATA_SUFFIXES = tuple(ext + tail for ext in EXTENSIONS.values() for tail in ("", AGE_SUFFIX))
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
 MAX_METADATA_BYTES = 1024 * 1024
 
@@ -50,9 +55,11 @@ def id_time(backup_id: str) -> datetime:
     return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
 
 
-def data_filename(backup_id: str, compression: str) -> str:
+def data_filename(backup_id: str, compression: str, *, encrypted: bool = False) -> str:
     """The stored data file's name; derived, never read from metadata."""
-    return validate_backup_id(backup_id) + EXTENSIONS[compression]
+    return (
+        validate_backup_id(backup_id) + EXTENSIONS[compression] + (AGE_SUFFIX if encrypted else "")
+    )
 
 
 def metadata_filename(backup_id: str) -> str:
@@ -61,9 +68,10 @@ def metadata_filename(backup_id: str) -> str:
 
 
 def data_file_id(name: str) -> str | None:
-    """The backup id of a data file named ``<id>.db.zst`` or ``<id>.db.gz``; None for any
-    other name (a stray file, a temporary name, another extension)."""
-    for ext in EXTENSIONS.values():
+    """The backup id of a data file named ``<id>.db.zst`` or ``<id>.db.gz`` (``.age`` after
+    either when encrypted); None for any other name (a stray file, a temporary name, another
+    extension)."""
+    for ext in DATA_SUFFIXES:
         if name.endswith(ext) and ID_PATTERN.match(name[: -len(ext)]):
             return name[: -len(ext)]
     return None
@@ -115,6 +123,25 @@ class Verification:
 
 
 @dataclass(frozen=True)
+class EncryptionInfo:
+    """How a stored data file is encrypted (age, to X25519 recipients).
+
+    The metadata's ``stored_size`` and ``sha256`` then describe the ciphertext as stored; the
+    compressed stream inside is ``inner_size`` bytes hashing to ``inner_sha256``.
+    ``recipients`` are fingerprints (:func:`tablettracker_backups.encryption.fingerprint`) of
+    the public keys it was encrypted to: which identities can open it. ``sealed`` is the part
+    of the metadata that names the schema (row counts per table, the source path), encrypted
+    to the same recipients, so the copy kept offsite can drop it from its readable metadata.
+    """
+
+    recipients: tuple[str, ...]
+    inner_size: int
+    inner_sha256: str
+    sealed: str
+    scheme: str = "age"
+
+
+@dataclass(frozen=True)
 class BackupMetadata:
     """The JSON document stored beside each backup's data file."""
 
@@ -136,11 +163,19 @@ class BackupMetadata:
     verification: Verification
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Set when the data file is an age file; ``None`` for a plain one.
+    encryption: EncryptionInfo | None = None
 
     @property
     def data_file(self) -> str:
         """The data file's name in any backup folder."""
-        return data_filename(self.id, self.compression)
+        return data_filename(self.id, self.compression, encrypted=self.encryption is not None)
+
+    @property
+    def content_sha256(self) -> str:
+        """SHA-256 of the compressed stream, encrypted or not: what says "the same backup"
+        when one place holds it plain and another encrypted (each encryption differs)."""
+        return self.encryption.inner_sha256 if self.encryption else self.sha256
 
     def to_json(self) -> str:
         """Serialise to the on-disk JSON text."""
@@ -148,6 +183,9 @@ class BackupMetadata:
         document["created_at"] = utc_iso(self.created_at)
         document["verification"]["verified_at"] = utc_iso(self.verification.verified_at)
         document["data_file"] = self.data_file
+        if self.encryption is None:
+            # Plain backups keep the document they always had.
+            del document["encryption"]
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -175,8 +213,10 @@ class BackupMetadata:
         if expected_id is not None and backup_id != expected_id:
             raise MetadataError(f"metadata names backup {backup_id}, not {expected_id}")
         compression = _choice(doc, "compression", tuple(EXTENSIONS))
+        encryption = _encryption(doc.get("encryption"))
         data_file = doc.get("data_file")
-        if data_file is not None and data_file != data_filename(backup_id, compression):
+        expected_file = data_filename(backup_id, compression, encrypted=encryption is not None)
+        if data_file is not None and data_file != expected_file:
             raise MetadataError(f"metadata points at another file ({str(data_file)[:60]!r})")
         source = _obj(doc, "source")
         verification = _obj(doc, "verification")
@@ -216,7 +256,33 @@ class BackupMetadata:
                 error=_opt_str(verification, "error"),
             ),
             extra=extra,
+            encryption=encryption,
         )
+
+
+def _encryption(value: object) -> EncryptionInfo | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise MetadataError("metadata field 'encryption' must be an object")
+    if value.get("scheme") != "age":
+        raise MetadataError("metadata field 'encryption' names an unknown scheme")
+    recipients = value.get("recipients")
+    if (
+        not isinstance(recipients, list)
+        or not recipients
+        or not all(isinstance(r, str) and re.fullmatch(r"[0-9a-f]{16}", r) for r in recipients)
+    ):
+        raise MetadataError("metadata field 'recipients' must list key fingerprints")
+    sealed = value.get("sealed")
+    if not isinstance(sealed, str) or not re.fullmatch(r"[A-Za-z0-9+/=]+", sealed):
+        raise MetadataError("metadata field 'sealed' must be base64 text")
+    return EncryptionInfo(
+        recipients=tuple(recipients),
+        inner_size=_nonneg(value, "inner_size"),
+        inner_sha256=_hex(value, "inner_sha256"),
+        sealed=sealed,
+    )
 
 
 def _obj(doc: dict[str, Any], key: str) -> dict[str, Any]:

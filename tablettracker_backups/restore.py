@@ -33,10 +33,12 @@ from typing import Any, NoReturn
 
 from tablettracker_backups import audit
 from tablettracker_backups.backup import cleanup_debris, create_backup
+from tablettracker_backups.encryption import Identity
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     DatabaseError,
+    IdentityError,
     LockedError,
     MetadataError,
     OffsiteError,
@@ -275,6 +277,7 @@ def restore_backup(
     *,
     to: Path | None = None,
     actor: str = "cli",
+    identity: Identity | None = None,
     progress: RestoreProgress | None = None,
     _after_write: AfterWriteHook | None = None,
 ) -> RestoreResult:
@@ -282,13 +285,22 @@ def restore_backup(
 
     ``to`` names another file (new, or an existing SQLite file that is overwritten the same
     safe way); the live database is then left alone. ``actor`` is recorded in the audit log.
+    ``identity`` opens encrypted copies; with ``BACKUPS_ENCRYPT=all`` it is required up front,
+    since the safety snapshot is encrypted too and undoing a failed restore must open it.
     ``_after_write`` is a test seam only: it runs after the write and before the check
     afterwards, so tests can inject a real fault there; applications never pass it.
 
-    Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`LockedError`, or
-    :class:`RestoreError` whose message says what state the target is in.
+    Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`LockedError`,
+    :class:`IdentityError` (nothing was changed), or :class:`RestoreError` whose message says
+    what state the target is in.
     """
     started = time.monotonic()
+    if identity is None and settings.encryption is not None and settings.encryption.local:
+        raise IdentityError(
+            "backups are encrypted (BACKUPS_ENCRYPT=all): restoring needs --identity FILE (or "
+            "BACKUPS_IDENTITY_FILE), also to undo the restore from its encrypted safety "
+            "snapshot; nothing was changed"
+        )
     target = _target(settings, to)
     is_live = _same_file(target, settings.database)
     if backup_id != "latest":
@@ -301,9 +313,18 @@ def restore_backup(
         attempt = _Attempt(info.id, target)
         try:
             _restore_locked(
-                settings, store, info, target, is_live, attempt, actor, progress, _after_write
+                settings,
+                store,
+                info,
+                target,
+                is_live,
+                attempt,
+                actor,
+                identity,
+                progress,
+                _after_write,
             )
-        except LockedError:
+        except (LockedError, IdentityError):
             raise
         except BaseException as exc:
             attempt.durations["total"] = round(time.monotonic() - started, 4)
@@ -335,6 +356,7 @@ def _restore_locked(
     is_live: bool,
     attempt: _Attempt,
     actor: str,
+    identity: Identity | None,
     progress: RestoreProgress | None,
     after_write: AfterWriteHook | None,
 ) -> None:
@@ -345,7 +367,7 @@ def _restore_locked(
     else:
         _check_no_leftovers(target)
     begun = time.monotonic()
-    scratch, location, meta = _extract_sound_copy(store, info.id, attempt, progress)
+    scratch, location, meta = _extract_sound_copy(store, info.id, attempt, identity, progress)
     attempt.source_location = location
     attempt.durations["verify"] = round(time.monotonic() - begun, 4)
     try:
@@ -393,7 +415,7 @@ def _restore_locked(
             _check_after(target, meta, timeout=settings.busy_timeout)
         except BackupError as exc:
             attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
-            _undo(store, target, existed, safety, str(exc), info.id, attempt, progress)
+            _undo(store, target, existed, safety, str(exc), info.id, attempt, identity, progress)
         attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
         if progress is not None:
             progress("check", 1, 1)
@@ -405,12 +427,15 @@ def _extract_sound_copy(
     store: BackupStore,
     backup_id: str,
     attempt: _Attempt,
+    identity: Identity | None,
     progress: RestoreProgress | None,
 ) -> tuple[Path, str, BackupMetadata]:
     """Decompress and fully check copies, primary first, until one is sound.
 
     Returns (scratch file, location, that copy's metadata). Raises :class:`RestoreError` when
-    no copy is sound; nothing outside the backup folders has been touched then.
+    no copy is sound, :class:`IdentityError` when an encrypted local copy cannot be opened
+    (a missing or wrong key is not a damaged copy); nothing outside the backup folders has
+    been touched then.
     """
     # Copies that could not be checked for lack of space or I/O trouble are not "unsound".
     unchecked = 0
@@ -434,9 +459,10 @@ def _extract_sound_copy(
 
         try:
             extract_verified(
-                store.data_path(location, backup_id, meta.compression),
+                store.data_path_for(location, meta),
                 meta,
                 scratch,
+                identity=identity,
                 progress=on_bytes,
             )
         except (VerificationError, StorageError) as exc:
@@ -445,7 +471,7 @@ def _extract_sound_copy(
             logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
             continue
         return scratch, location, meta
-    offsite = _extract_offsite_copy(store, backup_id, attempt, progress)
+    offsite = _extract_offsite_copy(store, backup_id, attempt, identity, progress)
     if offsite is not None:
         return offsite
     if unchecked and unchecked == len(attempt.fell_back):
@@ -464,11 +490,13 @@ def _extract_offsite_copy(
     store: BackupStore,
     backup_id: str,
     attempt: _Attempt,
+    identity: Identity | None,
     progress: RestoreProgress | None,
 ) -> tuple[Path, str, BackupMetadata] | None:
     """The last fallback: download the offsite copy and check it like a local one.
 
-    Returns ``None`` (and notes why in ``attempt``) when there is no usable offsite copy.
+    Returns ``None`` (and notes why in ``attempt``) when there is no usable offsite copy,
+    including an encrypted one that ``identity`` (missing or another key) cannot open.
     """
     settings = store.settings
     if settings.s3 is None:
@@ -487,8 +515,15 @@ def _extract_offsite_copy(
     try:
         offsite = OffsiteStore.from_settings(settings)
         total = max(offsite.read_metadata(backup_id).stored_size, 1)
-        meta = offsite.fetch_verified(backup_id, scratch, progress=on_bytes)
-    except (VerificationError, MetadataError, BackupNotFound, OffsiteError, StorageError) as exc:
+        meta = offsite.fetch_verified(backup_id, scratch, identity=identity, progress=on_bytes)
+    except (
+        VerificationError,
+        MetadataError,
+        BackupNotFound,
+        OffsiteError,
+        StorageError,
+        IdentityError,
+    ) as exc:
         remove_quietly(scratch)
         attempt.fell_back.append(f"offsite copy skipped: {exc}")
         logger.warning("restore of %s: the offsite copy is not usable: %s", backup_id, exc)
@@ -533,6 +568,7 @@ def _undo(
     failure: str,
     backup_id: str,
     attempt: _Attempt,
+    identity: Identity | None,
     progress: RestoreProgress | None,
 ) -> NoReturn:
     """Put the target back as it was after a failed check; always raises RestoreError."""
@@ -548,7 +584,7 @@ def _undo(
     begun = time.monotonic()
     scratch = temp_path(store.locations["primary"], f"{safety.id}.rollback.db")
     try:
-        extract_verified(store.data_path("primary", safety.id, safety.compression), safety, scratch)
+        extract_verified(store.data_path_for("primary", safety), safety, scratch, identity=identity)
         _write(
             scratch,
             target,
@@ -799,12 +835,16 @@ def recover_from_offsite(
     backup_id: str = "latest",
     *,
     to: Path,
+    identity: Identity | None = None,
     progress: ByteProgress | None = None,
 ) -> RecoveryResult:
     """Rebuild the database at the new path ``to`` from the offsite store alone.
 
-    Needs only the offsite settings and credentials: no local backup folder, no lock, no live
-    database. ``latest`` takes the newest offsite backup that passes every check (size,
+    Needs only the offsite settings and credentials (and, for encrypted backups, ``identity``):
+    no local backup folder, no lock, no live database. A missing or wrong identity stops at
+    once with :class:`IdentityError` naming the keys that would open the backup: that is not
+    damage, so ``latest`` does not pass over to an older backup for it.
+    ``latest`` takes the newest offsite backup that passes every check (size,
     SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
     named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
     complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
@@ -831,7 +871,9 @@ def recover_from_offsite(
     for candidate in candidates:
         scratch = temp_path(target.parent, target.name)
         try:
-            metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
+            metadata = offsite.fetch_verified(
+                candidate, scratch, identity=identity, progress=progress
+            )
         except (VerificationError, MetadataError, BackupNotFound) as exc:
             remove_quietly(scratch)
             if backup_id != "latest":

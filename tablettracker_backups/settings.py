@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tablettracker_backups.encryption import parse_recipients
 from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.states import EncryptMode
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -69,6 +71,22 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class EncryptionSettings:
+    """Whom backups are encrypted to (age X25519 public keys) and what is encrypted.
+
+    Only public keys live here: the identity that decrypts is never part of the settings.
+    """
+
+    recipients: tuple[str, ...]
+    mode: EncryptMode = EncryptMode.OFFSITE
+
+    @property
+    def local(self) -> bool:
+        """The local folders hold encrypted files too (``BACKUPS_ENCRYPT=all``)."""
+        return self.mode == EncryptMode.ALL
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the core needs to know. Build with :func:`settings_from_mapping`."""
 
@@ -90,6 +108,7 @@ class Settings:
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
+    encryption: EncryptionSettings | None = None
 
     @property
     def locations(self) -> tuple[Path, ...]:
@@ -248,6 +267,8 @@ CORE_KEYS = frozenset(
         "s3_verify_per_run",
         "s3_verify_period_days",
         "s3_checksum",
+        "encrypt_to",
+        "encrypt",
     }
 )
 
@@ -330,8 +351,27 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         compression_level=level,
         retention=retention,
         s3=_s3_settings(values, retention),
+        encryption=_encryption_settings(values),
         **kwargs,
     )
+
+
+def _encryption_settings(values: Mapping[str, Any]) -> EncryptionSettings | None:
+    recipients = parse_recipients(values.get("encrypt_to"))
+    mode_text = _opt_str(values.get("encrypt"))
+    if not recipients:
+        if mode_text is not None:
+            raise ConfigError(
+                f"BACKUPS_ENCRYPT={mode_text} needs BACKUPS_ENCRYPT_TO (an age1... public key; "
+                "make one with: tablettracker-backups keygen)"
+            )
+        return None
+    choices = ", ".join(m.value for m in EncryptMode)
+    try:
+        mode = EncryptMode((mode_text or EncryptMode.OFFSITE.value).lower())
+    except ValueError:
+        raise ConfigError(f"BACKUPS_ENCRYPT must be one of {choices}, not {mode_text!r}") from None
+    return EncryptionSettings(recipients=recipients, mode=mode)
 
 
 def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Settings | None:

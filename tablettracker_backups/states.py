@@ -68,6 +68,24 @@ class OffsiteStatus(State):
         return "copy-offsite-"
 
 
+class EncryptMode(State):
+    """What ``BACKUPS_ENCRYPT`` encrypts: the offsite copies only, or the local folders too."""
+
+    OFFSITE = "offsite"
+    ALL = "all"
+
+
+class CheckDepth(State):
+    """How far a check of an encrypted copy could go.
+
+    ``full``: decrypted, decompressed, hashed and integrity-checked; ``sealed``: without the
+    identity, only the ciphertext's size, SHA-256 and age header.
+    """
+
+    FULL = "full"
+    SEALED = "sealed"
+
+
 class JobState(State):
     """Where a job started from the pages is."""
 

@@ -28,6 +28,7 @@ from tablettracker_backups.fsutil import (
     remove_quietly,
 )
 from tablettracker_backups.metadata import (
+    DATA_SUFFIXES,
     EXTENSIONS,
     MAX_METADATA_BYTES,
     BackupMetadata,
@@ -121,9 +122,17 @@ class BackupStore:
 
     # -- paths ---------------------------------------------------------------------------
 
-    def data_path(self, location: str, backup_id: str, compression: str) -> Path:
+    def data_path(
+        self, location: str, backup_id: str, compression: str, *, encrypted: bool = False
+    ) -> Path:
         """Where a data file lives (the id is validated, so the path stays in the folder)."""
-        return self.locations[location] / data_filename(backup_id, compression)
+        return self.locations[location] / data_filename(backup_id, compression, encrypted=encrypted)
+
+    def data_path_for(self, location: str, meta: BackupMetadata) -> Path:
+        """Where the data file ``meta`` describes lives in ``location``."""
+        return self.data_path(
+            location, meta.id, meta.compression, encrypted=meta.encryption is not None
+        )
 
     def metadata_path(self, location: str, backup_id: str) -> Path:
         """Where a metadata document lives."""
@@ -186,7 +195,7 @@ class BackupStore:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, str(exc))
                 problems.append(str(exc))
                 continue
-            data = self.data_path(location, backup_id, meta.compression)
+            data = self.data_path_for(location, meta)
             try:
                 size = data.stat().st_size
             except OSError:
@@ -267,7 +276,7 @@ class BackupStore:
         """
         if info.metadata is None:
             raise ValueError(f"backup {info.id} has no readable metadata")
-        path = self.data_path(location, info.id, info.metadata.compression)
+        path = self.data_path_for(location, info.metadata)
         _, digest = hash_file(path)
         return digest == info.metadata.sha256
 
@@ -289,7 +298,10 @@ class BackupStore:
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, meta_path)) from None
             for compression in EXTENSIONS:
-                remove_quietly(self.data_path(location, backup_id, compression))
+                for encrypted in (False, True):
+                    remove_quietly(
+                        self.data_path(location, backup_id, compression, encrypted=encrypted)
+                    )
 
     def cleanup_orphans(self) -> builtins.list[Path]:
         """Delete data files with no metadata (a crash between data and commit); under the lock."""
@@ -298,7 +310,7 @@ class BackupStore:
             if not directory.is_dir():
                 continue
             for entry in directory.iterdir():
-                for ext in EXTENSIONS.values():
+                for ext in DATA_SUFFIXES:
                     if entry.name.endswith(ext):
                         backup_id = entry.name[: -len(ext)]
                         if (

@@ -18,6 +18,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tablettracker_backups.compression import decompress_file
+from tablettracker_backups.encryption import (
+    Identity,
+    check_sealed,
+    decrypt_file,
+    wrong_identity,
+)
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
@@ -27,6 +33,7 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.fsutil import remove_quietly, temp_path
+from tablettracker_backups.keys import record_drill
 from tablettracker_backups.metadata import BackupMetadata, Verification
 from tablettracker_backups.snapshot import (
     DatabaseCheck,
@@ -35,6 +42,7 @@ from tablettracker_backups.snapshot import (
     row_counts,
     schema_fingerprint,
 )
+from tablettracker_backups.states import CheckDepth
 from tablettracker_backups.store import BackupStore
 
 logger = logging.getLogger(__name__)
@@ -49,6 +57,10 @@ class CopyVerification:
     location: str
     ok: bool
     error: str | None = None
+    #: ``sealed`` when an encrypted copy was checked without its identity (ciphertext only).
+    depth: CheckDepth = CheckDepth.FULL
+    #: Why an encrypted copy got only the ``sealed`` check although an identity was given.
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -82,13 +94,17 @@ def extract_verified(
     metadata: BackupMetadata,
     dest: Path,
     *,
+    identity: Identity | None = None,
     progress: ByteProgress | None = None,
 ) -> None:
     """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``.
 
-    On success ``dest`` is a verified copy of the database; on failure it is removed and
-    :class:`VerificationError` says what did not match.
+    An encrypted ``data_file`` is first decrypted with ``identity`` into a scratch file beside
+    ``dest`` (removed afterwards, whatever happens). On success ``dest`` is a verified copy of
+    the database; on failure it is removed and :class:`VerificationError` says what did not
+    match, or :class:`IdentityError` that the identity is missing or not a recipient.
     """
+    plain = temp_path(dest.parent, f"{metadata.id}.decrypted")
     try:
         if not data_file.is_file():
             raise VerificationError("data file is missing")
@@ -97,11 +113,15 @@ def extract_verified(
             raise VerificationError(
                 f"data file is {size} bytes, metadata says {metadata.stored_size}"
             )
+        source = data_file
+        if metadata.encryption is not None:
+            decrypt_file(data_file, plain, metadata, identity, label=f"backup {metadata.id}")
+            source = plain
         stream = decompress_file(
-            data_file,
+            source,
             dest,
             algorithm=metadata.compression,
-            expected_sha256=metadata.sha256,
+            expected_sha256=metadata.content_sha256,
             progress=progress,
         )
         if stream.raw_sha256 != metadata.raw_sha256:
@@ -120,6 +140,8 @@ def extract_verified(
     except BaseException:
         remove_quietly(dest)
         raise
+    finally:
+        remove_quietly(plain)
 
 
 def check_in_parallel(path: Path) -> DatabaseCheck:
@@ -187,17 +209,29 @@ def verify_copy(
     location: str,
     backup_id: str,
     *,
+    identity: Identity | None = None,
     progress: ByteProgress | None = None,
 ) -> CopyVerification:
-    """Fully check one local copy; never raises for a damaged copy, only reports it."""
+    """Fully check one local copy; never raises for a damaged copy, only reports it.
+
+    An encrypted copy without ``identity`` gets the check that needs no key (age header, size
+    and SHA-256 of the ciphertext: ``depth`` is ``sealed``); so does one that ``identity``
+    cannot open (a rotated-out key), with a ``note`` naming the keys it needs.
+    """
     try:
         metadata = store.read_metadata(location, backup_id)
     except (MetadataError, StorageError) as exc:
         return CopyVerification(location, False, str(exc))
-    data_file = store.data_path(location, backup_id, metadata.compression)
+    data_file = store.data_path_for(location, metadata)
+    info = metadata.encryption
+    if info is not None and (identity is None or not identity.opens(info)):
+        note = None
+        if identity is not None:
+            note = str(wrong_identity(f"{location} copy of {backup_id}", info, identity))
+        return _verify_sealed(store, location, metadata, data_file, note)
     scratch = temp_path(store.locations[location], f"{backup_id}.verify.db")
     try:
-        extract_verified(data_file, metadata, scratch, progress=progress)
+        extract_verified(data_file, metadata, scratch, identity=identity, progress=progress)
     except VerificationError as exc:
         result = CopyVerification(location, False, str(exc))
     except StorageError as exc:
@@ -205,8 +239,30 @@ def verify_copy(
         return CopyVerification(location, False, f"could not check: {exc}")
     else:
         result = CopyVerification(location, True)
+        if metadata.encryption is not None:
+            record_drill(store.settings, "local", backup_id)
     finally:
         remove_quietly(scratch)
+    _record(store, location, metadata, result)
+    return result
+
+
+def _verify_sealed(
+    store: BackupStore,
+    location: str,
+    metadata: BackupMetadata,
+    data_file: Path,
+    note: str | None,
+) -> CopyVerification:
+    sealed = CheckDepth.SEALED
+    try:
+        check_sealed(data_file, metadata, label=f"{location} copy of {metadata.id}")
+    except VerificationError as exc:
+        result = CopyVerification(location, False, str(exc), sealed, note)
+    except StorageError as exc:
+        return CopyVerification(location, False, f"could not check: {exc}", sealed, note)
+    else:
+        result = CopyVerification(location, True, None, sealed, note)
     _record(store, location, metadata, result)
     return result
 
@@ -235,16 +291,21 @@ def verify_backup(
     store: BackupStore,
     backup_id: str,
     *,
+    identity: Identity | None = None,
     progress: ByteProgress | None = None,
 ) -> VerifyResult:
-    """Fully check every local copy of ``backup_id``; raises :class:`BackupNotFound`."""
+    """Fully check every local copy of ``backup_id`` (``identity`` opens encrypted copies);
+    raises :class:`BackupNotFound`, or :class:`IdentityError` for an identity that does not fit.
+    """
     info = store.get(backup_id)
     results = []
     for copy in info.copies:
         if copy.state == "missing":
             results.append(CopyVerification(copy.location, False, "copy is missing"))
             continue
-        results.append(verify_copy(store, copy.location, backup_id, progress=progress))
+        results.append(
+            verify_copy(store, copy.location, backup_id, identity=identity, progress=progress)
+        )
     if not results:
         raise BackupNotFound(f"no backup with id {backup_id}")
     return VerifyResult(backup_id, tuple(results))

@@ -13,6 +13,13 @@ or for a multipart upload the composite "SHA-256 of the parts' SHA-256s") with w
 must produce. When the provider reports no checksum, the object is read back and hashed
 instead. Full verification (:meth:`OffsiteStore.verify`) always downloads and decompresses.
 
+Encryption: a store made from settings with ``BACKUPS_ENCRYPT_TO`` refuses to upload anything
+that is not an age file with sealed metadata, and reads back the first bytes of each object it
+uploaded; whatever does not start with the age header is deleted and the upload fails. So
+plaintext cannot go offsite while encryption is configured, whichever code path asks. An
+encrypted copy (``<id>.db.zst.age``) is checked without the identity by the ciphertext's size,
+SHA-256 and header; with it, it is decrypted and checked like a plain one.
+
 Credentials come from the settings when both keys are given there, else from boto3's usual
 chain (environment, shared config and credential files, instance roles). They are never
 logged, printed, or written to any file or JSON output.
@@ -32,6 +39,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tablettracker_backups.encryption import (
+    AGE_HEADER,
+    Identity,
+    check_sealed,
+    is_age,
+    missing_identity,
+    read_header,
+    unseal_metadata,
+    wrong_identity,
+)
 from tablettracker_backups.errors import (
     BackupNotFound,
     ConfigError,
@@ -58,6 +75,7 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 from tablettracker_backups.settings import S3Settings, Settings
+from tablettracker_backups.states import CheckDepth
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -123,6 +141,11 @@ class OffsiteVerification:
     id: str
     ok: bool
     error: str | None = None
+    #: ``sealed``: an encrypted copy checked without the identity (ciphertext only).
+    depth: CheckDepth = CheckDepth.FULL
+    encrypted: bool = False
+    #: Why an encrypted copy got only the ``sealed`` check although an identity was given.
+    note: str | None = None
 
 
 def _b64(digest: bytes) -> str:
@@ -207,16 +230,20 @@ class OffsiteStore:
     """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
     a one-line message when the store cannot be reached or refuses."""
 
-    def __init__(self, s3: S3Settings, *, client: Any = None) -> None:
+    def __init__(
+        self, s3: S3Settings, *, client: Any = None, require_encryption: bool = False
+    ) -> None:
         self.s3 = s3
         self._client: S3Client = client if client is not None else make_client(s3)
+        #: Refuse to upload anything but age files with sealed metadata.
+        self.require_encryption = require_encryption
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OffsiteStore:
         """The offsite store named by ``settings``; raises :class:`ConfigError` if none is."""
         if settings.s3 is None:
             raise ConfigError("no offsite store configured: set BACKUPS_S3_BUCKET")
-        return cls(settings.s3)
+        return cls(settings.s3, require_encryption=settings.encryption is not None)
 
     # -- names ---------------------------------------------------------------------------
 
@@ -226,9 +253,9 @@ class OffsiteStore:
         endpoint = f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else ""
         return f"s3://{self.s3.bucket}/{self.s3.prefix}{endpoint}"
 
-    def data_key(self, backup_id: str, compression: str) -> str:
+    def data_key(self, backup_id: str, compression: str, *, encrypted: bool = False) -> str:
         """The data object's key (the id is validated)."""
-        return self.s3.prefix + data_filename(backup_id, compression)
+        return self.s3.prefix + data_filename(backup_id, compression, encrypted=encrypted)
 
     def metadata_key(self, backup_id: str) -> str:
         """The metadata object's key."""
@@ -425,10 +452,12 @@ class OffsiteStore:
     ) -> UploadResult:
         """Upload a committed local backup and check it; metadata goes last.
 
-        Raises :class:`VerificationError` when the local file does not match its metadata
-        (nothing is uploaded), :class:`OffsiteError` when the upload fails or the stored
-        object does not match (the partial upload is removed; nothing is committed).
+        Raises :class:`VerificationError` when the local file does not match its metadata, or
+        is not encrypted (with sealed metadata) while encryption is required (nothing is
+        uploaded); :class:`OffsiteError` when the upload fails or the stored object does not
+        match (the partial upload is removed; nothing is committed).
         """
+        self._refuse_plaintext(data_file, metadata)
         digests = local_digests(
             data_file,
             multipart_threshold=self.s3.multipart_threshold,
@@ -438,7 +467,7 @@ class OffsiteStore:
             raise VerificationError(
                 f"local copy {data_file} does not match its metadata; not uploading it"
             )
-        data_key = self.data_key(metadata.id, metadata.compression)
+        data_key = self.s3.prefix + metadata.data_file
         extra: dict[str, str] = {"ContentType": "application/octet-stream"}
         if self.s3.checksum == "sha256":
             extra["ChecksumAlgorithm"] = "SHA256"
@@ -453,6 +482,8 @@ class OffsiteStore:
             )
         try:
             check = self._check_uploaded(data_key, metadata, digests)
+            if metadata.encryption is not None:
+                self._check_stored_header(data_key, metadata.id)
         except BaseException:
             self._delete_quietly(data_key)
             raise
@@ -483,6 +514,44 @@ class OffsiteStore:
             check,
         )
         return UploadResult(metadata.id, digests.size, check, multipart, digests.parts)
+
+    def _refuse_plaintext(self, data_file: Path, metadata: BackupMetadata) -> None:
+        """The last guard before bytes leave: with encryption required, only an age file with
+        metadata that names no table goes."""
+        if metadata.encryption is None:
+            if self.require_encryption:
+                raise VerificationError(
+                    f"refusing to upload backup {metadata.id} unencrypted: encryption is "
+                    "configured (BACKUPS_ENCRYPT_TO)"
+                )
+            return
+        if metadata.row_counts or metadata.source.path:
+            raise VerificationError(
+                f"refusing to upload the metadata of {metadata.id}: it names the schema; "
+                "only its sealed form goes offsite"
+            )
+        if not is_age(read_header(data_file)):
+            raise VerificationError(
+                f"refusing to upload {data_file.name}: it is not an age file (its first line "
+                "is not age-encryption.org/v1)"
+            )
+
+    def _check_stored_header(self, key: str, backup_id: str) -> None:
+        """Read back the first bytes of an uploaded object: they must be the age header."""
+        with self._calls(f"read back the start of {backup_id}"):
+            response = self._client.get_object(
+                Bucket=self.s3.bucket, Key=key, Range=f"bytes=0-{len(AGE_HEADER) - 1}"
+            )
+            body = response["Body"]
+            try:
+                first = body.read(len(AGE_HEADER))
+            finally:
+                body.close()
+        if not is_age(first):
+            raise OffsiteError(
+                f"offsite copy of {backup_id} does not start with the age header after upload; "
+                "it was removed"
+            )
 
     def _check_uploaded(self, key: str, metadata: BackupMetadata, digests: _LocalDigests) -> str:
         """Compare the stored object with the metadata; returns how it was checked."""
@@ -527,6 +596,7 @@ class OffsiteStore:
         compression: str,
         dest: Path,
         *,
+        encrypted: bool = False,
         progress: ByteProgress | None = None,
     ) -> None:
         """Stream one data object into the new owner-only file ``dest``.
@@ -534,7 +604,7 @@ class OffsiteStore:
         Raises :class:`BackupNotFound` when there is no such object, :class:`OffsiteError`
         or :class:`StorageError`; a partial ``dest`` is removed.
         """
-        key = self.data_key(backup_id, compression)
+        key = self.data_key(backup_id, compression, encrypted=encrypted)
         try:
             with open_private(dest) as handle:
                 self._download_into(key, backup_id, handle, progress)
@@ -571,47 +641,86 @@ class OffsiteStore:
         backup_id: str,
         dest: Path,
         *,
+        identity: Identity | None = None,
         progress: ByteProgress | None = None,
     ) -> BackupMetadata:
         """Download one backup and decompress it into the new file ``dest``, checked like a
-        local copy (size, SHA-256, integrity_check, row counts, schema).
+        local copy (size, SHA-256, integrity_check, row counts, schema); an encrypted one is
+        decrypted with ``identity`` first, and its sealed metadata opened.
 
         Scratch files go beside ``dest``. Raises :class:`VerificationError` for a damaged
-        copy, :class:`BackupNotFound`, :class:`MetadataError` or :class:`OffsiteError`.
+        copy, :class:`IdentityError` (before downloading) when ``identity`` is missing or is
+        not a recipient, :class:`BackupNotFound`, :class:`MetadataError` or
+        :class:`OffsiteError`.
         """
         from tablettracker_backups.verify import extract_verified
 
         validate_backup_id(backup_id)
         metadata = self.read_metadata(backup_id)
+        if metadata.encryption is not None:
+            label = f"offsite backup {backup_id}"
+            if identity is None:
+                raise missing_identity(label, metadata.encryption)
+            if not identity.opens(metadata.encryption):
+                raise wrong_identity(label, metadata.encryption, identity)
+            metadata = unseal_metadata(metadata, identity)
         scratch = temp_path(dest.parent, metadata.data_file)
         try:
-            self.download(backup_id, metadata.compression, scratch, progress=progress)
-            extract_verified(scratch, metadata, dest)
+            self.download(
+                backup_id,
+                metadata.compression,
+                scratch,
+                encrypted=metadata.encryption is not None,
+                progress=progress,
+            )
+            extract_verified(scratch, metadata, dest, identity=identity)
         finally:
             remove_quietly(scratch)
         return metadata
 
-    def verify(self, backup_id: str, *, scratch_dir: Path) -> OffsiteVerification:
+    def verify(
+        self, backup_id: str, *, scratch_dir: Path, identity: Identity | None = None
+    ) -> OffsiteVerification:
         """Fully check one offsite copy; reports a damaged copy rather than raising.
 
+        An encrypted copy without ``identity`` is downloaded and checked as ciphertext only
+        (age header, size, SHA-256: ``depth`` is ``sealed``); so is one whose recipients do not
+        include ``identity`` (after a key rotation), with a ``note`` naming the keys it needs.
         Raises :class:`OffsiteError` (or :class:`StorageError`) only when the check could not
         be done at all, so an unreachable store never marks a copy bad.
         """
         dest = temp_path(scratch_dir, f"{backup_id}.offsite-verify.db")
+        depth = CheckDepth.FULL
+        encrypted = False
+        note: str | None = None
         try:
-            self.fetch_verified(backup_id, dest)
+            metadata = self.read_metadata(backup_id)
+            info = metadata.encryption
+            encrypted = info is not None
+            if info is not None and (identity is None or not identity.opens(info)):
+                # Without a fitting key (none given, or one for other backups after a key
+                # rotation) the ciphertext is still checked; the copy is not called damaged.
+                depth = CheckDepth.SEALED
+                if identity is not None:
+                    note = str(wrong_identity(f"offsite backup {backup_id}", info, identity))
+                self.download(backup_id, metadata.compression, dest, encrypted=True)
+                check_sealed(dest, metadata, label=f"offsite copy of {backup_id}")
+            else:
+                self.fetch_verified(backup_id, dest, identity=identity)
         except (VerificationError, MetadataError, BackupNotFound) as exc:
             logger.warning("offsite copy of %s failed verification: %s", backup_id, exc)
-            return OffsiteVerification(backup_id, False, str(exc))
+            return OffsiteVerification(backup_id, False, str(exc), depth, encrypted, note)
         finally:
             remove_quietly(dest)
-        return OffsiteVerification(backup_id, True)
+        return OffsiteVerification(backup_id, True, None, depth, encrypted, note)
 
     def delete(self, backup_id: str) -> None:
         """Delete one backup from the store; metadata first, so it never lists half-deleted."""
         validate_backup_id(backup_id)
         keys = [self.metadata_key(backup_id)] + [
-            self.data_key(backup_id, compression) for compression in ("zstd", "gzip")
+            self.data_key(backup_id, compression, encrypted=encrypted)
+            for compression in ("zstd", "gzip")
+            for encrypted in (False, True)
         ]
         with self._calls(f"delete offsite backup {backup_id}"):
             for key in keys:

@@ -52,6 +52,8 @@ class OffsiteCopy:
     read_back_at: datetime | None = None
     ok: bool = True
     error: str | None = None
+    #: Fingerprints of the keys the offsite copy is encrypted to; empty for a plain copy.
+    recipients: tuple[str, ...] = ()
 
     @property
     def created_at(self) -> datetime:
@@ -74,6 +76,7 @@ class OffsiteCopy:
             "read_back_at": utc_iso(self.read_back_at) if self.read_back_at else None,
             "ok": self.ok,
             "error": self.error,
+            "recipients": list(self.recipients),
         }
 
     @classmethod
@@ -82,6 +85,9 @@ class OffsiteCopy:
         if not ID_PATTERN.match(backup_id):
             raise MetadataError(f"bad id {backup_id[:40]!r} in the offsite record")
         read_back = doc.get("read_back_at")
+        recipients = doc.get("recipients") or []
+        if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients):
+            raise MetadataError("bad recipients in the offsite record")
         return cls(
             id=backup_id,
             kind=str(doc["kind"]),
@@ -92,6 +98,7 @@ class OffsiteCopy:
             read_back_at=parse_utc(read_back, "read_back_at") if read_back else None,
             ok=bool(doc.get("ok", True)),
             error=None if doc.get("error") is None else str(doc["error"]),
+            recipients=tuple(recipients),
         )
 
 

@@ -11,15 +11,27 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
+from tablettracker_backups.encryption import (
+    Identity,
+    encrypt_file,
+    encrypted_metadata,
+    public_metadata,
+    require_pyrage,
+)
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
+    EncryptionUnavailable,
     OffsiteError,
     VerificationError,
 )
+from tablettracker_backups.fsutil import remove_quietly, temp_path
+from tablettracker_backups.keys import record_drill
 from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.metadata import AGE_SUFFIX, BackupMetadata
 from tablettracker_backups.offsite.client import (
     OffsiteObject,
     OffsiteStore,
@@ -39,7 +51,7 @@ from tablettracker_backups.offsite.record import (
     write_state,
 )
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.states import CheckDepth, CopyStatus
 from tablettracker_backups.store import BackupInfo, BackupStore
 
 logger = logging.getLogger(__name__)
@@ -119,32 +131,78 @@ def _reconcile(
                 id=obj.id,
                 kind=meta.kind,
                 size=meta.stored_size,
-                sha256=meta.sha256,
+                sha256=meta.content_sha256,
                 uploaded_at=obj.uploaded_at,
                 upload_check="listed",
                 read_back_at=known.read_back_at if known else None,
                 ok=sound,
                 error=None if sound else "data object size differs from its metadata",
+                recipients=meta.encryption.recipients if meta.encryption else (),
             )
         )
     return state
 
 
-def _upload_one(offsite: OffsiteStore, store: BackupStore, info: BackupInfo) -> UploadResult:
-    """Upload one backup from the first local copy that still matches its metadata."""
+def _upload_one(
+    settings: Settings, offsite: OffsiteStore, store: BackupStore, info: BackupInfo
+) -> tuple[UploadResult, BackupMetadata]:
+    """Upload one backup from the first local copy that still matches its metadata; returns
+    the upload and the metadata that went offsite with it."""
     problems: list[str] = []
     for copy in info.copies:
         if copy.state != CopyStatus.OK:
             continue
         try:
             meta = store.read_metadata(copy.location, info.id)
-            data = store.data_path(copy.location, info.id, meta.compression)
-            return offsite.upload(data, meta)
+            return _send(settings, offsite, store.data_path_for(copy.location, meta), meta)
         except VerificationError as exc:
             problems.append(str(exc))
     raise VerificationError(
         f"no local copy of {info.id} is fit to upload" + (f": {problems[0]}" if problems else "")
     )
+
+
+def _send(
+    settings: Settings, offsite: OffsiteStore, data: Path, meta: BackupMetadata
+) -> tuple[UploadResult, BackupMetadata]:
+    """Upload one local copy in the form it must have offsite.
+
+    With encryption configured, a plain local copy is encrypted at upload time into a
+    temporary file in the primary folder (removed afterwards, or by the next run's cleanup if
+    this process is killed), so the local folders keep no second, encrypted copy. An already
+    encrypted copy (``BACKUPS_ENCRYPT=all``) goes as it is. Either way only the sealed
+    metadata, which names no table, goes with it.
+    """
+    config = settings.encryption
+    if meta.encryption is not None:
+        sent = public_metadata(meta)
+        return offsite.upload(data, sent), sent
+    if config is None:
+        return offsite.upload(data, meta), meta
+    sealed_tmp = temp_path(settings.backup_dir, f"{meta.id}.upload{AGE_SUFFIX}")
+    try:
+        # expected_sha256: the file must still be the one that was verified.
+        sealed = encrypt_file(data, sealed_tmp, config.recipients, expected_sha256=meta.sha256)
+        sent = public_metadata(encrypted_metadata(meta, sealed, config.recipients))
+        return offsite.upload(sealed_tmp, sent), sent
+    finally:
+        remove_quietly(sealed_tmp)
+
+
+@dataclass
+class _Sync:
+    """One sync in progress: the record as it stands (saved after every step) and what was
+    done so far."""
+
+    settings: Settings
+    state: OffsiteState
+    uploaded: list[UploadResult] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    verified: list[OffsiteVerification] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def save(self) -> None:
+        write_state(self.settings, self.state)
 
 
 def sync_offsite(
@@ -160,73 +218,106 @@ def sync_offsite(
     """
     now = now or datetime.now(timezone.utc)
     store = BackupStore(settings)
-    state = read_state(settings)
-    uploaded: list[UploadResult] = []
-    pruned: list[str] = []
-    verified: list[OffsiteVerification] = []
-    errors: list[str] = []
     infos = store.list()
+    sync = _Sync(settings, read_state(settings))
     try:
         offsite = OffsiteStore.from_settings(settings)
-        listing = offsite.list()
-        state = _reconcile(offsite, state, listing, now)
-        state = replace(state, listed_at=now)
-        write_state(settings, state)
-        for info in pending_uploads(settings, infos, state):
-            try:
-                result = _upload_one(offsite, store, info)
-            except VerificationError as exc:
-                errors.append(str(exc))
-                continue
-            uploaded.append(result)
-            assert info.metadata is not None
-            state = state.with_copy(
-                OffsiteCopy(
-                    id=info.id,
-                    kind=info.kind,
-                    size=result.size,
-                    sha256=info.metadata.sha256,
-                    uploaded_at=datetime.now(timezone.utc),
-                    upload_check=result.check,
-                )
-            )
-            write_state(settings, state)
-        pruned = _prune(settings, offsite, infos, state)
-        state = state.without(pruned)
-        for key in offsite.orphan_keys():
-            offsite.delete_key(key)
-            logger.info("removed interrupted offsite upload %s", key)
-        for key in offsite.abort_interrupted_uploads():
-            logger.info("aborted the interrupted multipart upload of %s", key)
-        write_state(settings, state)
-        for backup_id in rolling_verify_choice(settings, state)[:verify_count]:
-            outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)
-            verified.append(outcome)
-            state = record_copy_result(
-                state,
-                backup_id,
-                ok=outcome.ok,
-                error=outcome.error,
-                at=datetime.now(timezone.utc),
-            )
-            write_state(settings, state)
+        _list_and_reconcile(sync, offsite, now)
+        _upload_pending(sync, offsite, store, infos)
+        _prune_and_clean(sync, offsite, infos)
+        _read_back(sync, offsite, verify_count)
     except BackupError as exc:
-        errors.append(str(exc))
+        sync.errors.append(str(exc))
         logger.warning("offsite sync failed: %s", exc)
-    behind = tuple(i.id for i in pending_uploads(settings, infos, state))
+    return _finish(sync, infos)
+
+
+def _list_and_reconcile(sync: _Sync, offsite: OffsiteStore, now: datetime) -> None:
+    """Step 1: make the record match what the store holds now."""
+    sync.state = replace(_reconcile(offsite, sync.state, offsite.list(), now), listed_at=now)
+    sync.save()
+
+
+def _upload_pending(
+    sync: _Sync, offsite: OffsiteStore, store: BackupStore, infos: list[BackupInfo]
+) -> None:
+    """Step 2: upload what offsite retention keeps and the store lacks, newest first."""
+    pending = pending_uploads(sync.settings, infos, sync.state)
+    if pending and sync.settings.encryption is not None:
+        try:
+            require_pyrage()
+        except EncryptionUnavailable as exc:
+            # Configured but unable to encrypt: upload nothing (never plaintext instead).
+            sync.errors.append(f"{len(pending)} backup(s) not uploaded: {exc}")
+            return
+    for info in pending:
+        try:
+            result, sent = _upload_one(sync.settings, offsite, store, info)
+        except VerificationError as exc:
+            sync.errors.append(str(exc))
+            continue
+        sync.uploaded.append(result)
+        sync.state = sync.state.with_copy(
+            OffsiteCopy(
+                id=info.id,
+                kind=info.kind,
+                size=result.size,
+                sha256=sent.content_sha256,
+                uploaded_at=datetime.now(timezone.utc),
+                upload_check=result.check,
+                recipients=sent.encryption.recipients if sent.encryption else (),
+            )
+        )
+        sync.save()
+
+
+def _prune_and_clean(sync: _Sync, offsite: OffsiteStore, infos: list[BackupInfo]) -> None:
+    """Step 3: apply offsite retention, then remove debris of interrupted uploads."""
+    sync.pruned = _prune(sync.settings, offsite, infos, sync.state)
+    sync.state = sync.state.without(sync.pruned)
+    for key in offsite.orphan_keys():
+        offsite.delete_key(key)
+        logger.info("removed interrupted offsite upload %s", key)
+    for key in offsite.abort_interrupted_uploads():
+        logger.info("aborted the interrupted multipart upload of %s", key)
+    sync.save()
+
+
+def _read_back(sync: _Sync, offsite: OffsiteStore, verify_count: int | None) -> None:
+    """Step 4: read back the copies confirmed longest ago (without the identity, an encrypted
+    copy is checked as ciphertext: header, size, SHA-256)."""
+    for backup_id in rolling_verify_choice(sync.settings, sync.state)[:verify_count]:
+        outcome = offsite.verify(backup_id, scratch_dir=sync.settings.state_dir)
+        sync.verified.append(outcome)
+        sync.state = record_copy_result(
+            sync.state,
+            backup_id,
+            ok=outcome.ok,
+            error=outcome.error,
+            at=datetime.now(timezone.utc),
+        )
+        sync.save()
+
+
+def _finish(sync: _Sync, infos: list[BackupInfo]) -> SyncResult:
+    """Record the sync's outcome for health, and say what it did."""
+    behind = tuple(i.id for i in pending_uploads(sync.settings, infos, sync.state))
     finished = datetime.now(timezone.utc)
-    state = replace(
-        state,
+    errors = sync.errors
+    sync.state = replace(
+        sync.state,
         last_sync_at=finished,
         last_sync_ok=not errors,
         last_error=errors[0] if errors else None,
-        last_error_at=finished if errors else state.last_error_at,
+        last_error_at=finished if errors else sync.state.last_error_at,
     )
     try:
-        write_state(settings, state)
+        sync.save()
     except BackupError as exc:
         errors.append(f"could not save the offsite record: {exc}")
-    return SyncResult(tuple(uploaded), tuple(pruned), tuple(verified), behind, tuple(errors))
+    return SyncResult(
+        tuple(sync.uploaded), tuple(sync.pruned), tuple(sync.verified), behind, tuple(errors)
+    )
 
 
 def _prune(
@@ -245,20 +336,26 @@ def _prune(
 
 
 def verify_offsite(
-    settings: Settings, backup_ids: Iterable[str] | None = None
+    settings: Settings,
+    backup_ids: Iterable[str] | None = None,
+    *,
+    identity: Identity | None = None,
 ) -> list[OffsiteVerification]:
     """Download and fully check offsite copies (all of them by default), recording results.
 
+    Encrypted copies are decrypted with ``identity``; without it (or for copies it does not
+    open) only their ciphertext is checked. A full check of an encrypted copy that passes is
+    recorded as a drill (health reminds when there has been none within the verify period).
     Holds the operation lock, so the offsite record is never updated by this and a ``run`` at
     the same time. Raises :class:`OffsiteError` when the store cannot be reached,
     :class:`BackupNotFound` for an id that is not offsite, :class:`LockedError` when busy.
     """
     with operation_lock(settings):
-        return _verify_offsite_locked(settings, backup_ids)
+        return _verify_offsite_locked(settings, backup_ids, identity)
 
 
 def _verify_offsite_locked(
-    settings: Settings, backup_ids: Iterable[str] | None
+    settings: Settings, backup_ids: Iterable[str] | None, identity: Identity | None
 ) -> list[OffsiteVerification]:
     offsite = OffsiteStore.from_settings(settings)
     listing = {o.id: o for o in offsite.list()}
@@ -268,8 +365,10 @@ def _verify_offsite_locked(
             raise BackupNotFound(f"no backup {backup_id} in the offsite store")
     results: list[OffsiteVerification] = []
     for backup_id in ids:
-        outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)
+        outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir, identity=identity)
         results.append(outcome)
+        if outcome.ok and outcome.encrypted and outcome.depth == CheckDepth.FULL:
+            record_drill(settings, "offsite", backup_id)
         try:
             state = record_copy_result(
                 read_state(settings),

@@ -65,6 +65,11 @@ class BackupManager:
         #: Explicit offsite keys (both or neither); None means boto3's usual credential chain.
         app.config.setdefault("BACKUPS_S3_ACCESS_KEY_ID", None)
         app.config.setdefault("BACKUPS_S3_SECRET_ACCESS_KEY", None)
+        #: age public keys (``age1...``) to encrypt backups to; None turns encryption off.
+        #: Never the identity: restores from these pages cannot open BACKUPS_ENCRYPT=all files.
+        app.config.setdefault("BACKUPS_ENCRYPT_TO", None)
+        #: ``offsite`` (the default once recipients are set) or ``all`` (local folders too).
+        app.config.setdefault("BACKUPS_ENCRYPT", None)
 
         values = {
             key[len(PREFIX) :].lower(): value

@@ -1,0 +1,538 @@
+"""Encryption at rest with age, on the local side: keys, identities, BACKUPS_ENCRYPT=all.
+
+Everything is real: keys made by pyrage, real SQLite files, files damaged on disk, a backup
+process killed with SIGKILL. The offsite side (SeaweedFS) is in test_offsite_encryption.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
+from tablettracker_backups.encryption import (
+    AGE_HEADER,
+    ARMOR_HEADER,
+    SealResult,
+    create_identity_file,
+    decrypt_file,
+    encrypt_file,
+    encrypted_metadata,
+    fingerprint,
+    load_identity,
+    parse_recipients,
+)
+from tablettracker_backups.errors import (
+    ConfigError,
+    EncryptionUnavailable,
+    IdentityError,
+    RestoreError,
+    VerificationError,
+)
+from tablettracker_backups.health import check_health
+from tablettracker_backups.keys import DRILLS
+from tablettracker_backups.metadata import BackupMetadata, SourceInfo, Verification
+from tablettracker_backups.restore import restore_backup
+from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
+from tablettracker_backups.status import update_status
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import verify_backup
+from tests.conftest import flip_byte, make_db
+
+pyrage = pytest.importorskip("pyrage")
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MiB = 1024 * 1024
+
+
+def table_names(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return [str(r[0]) for r in rows if not str(r[0]).startswith("sqlite_")]
+
+
+def row_counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return {
+            t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in table_names(db)
+        }
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Callable[[str], tuple[Path, str]]:
+    """Make a named identity file (off in its own folder, as on the owner's computer)."""
+
+    def make(name: str) -> tuple[Path, str]:
+        folder = tmp_path / "owner-keys"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.txt"
+        return path, create_identity_file(path)
+
+    return make
+
+
+@pytest.fixture
+def encrypted_all(
+    make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> tuple[Settings, Path, str]:
+    """Settings with BACKUPS_ENCRYPT=all to one key, one folder, and that key's identity."""
+    identity, recipient = keys("owner")
+    settings = make_settings(secondary_dir=None, encrypt_to=recipient, encrypt="all")
+    return settings, identity, recipient
+
+
+# -- settings and keys --------------------------------------------------------------------------
+
+
+def test_recipients_are_checked_at_start_up(
+    make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]], tmp_path: Path
+) -> None:
+    _, one = keys("one")
+    _, two = keys("two")
+    assert parse_recipients(f" {one},{two}\n{one} ") == (one, two)
+    assert parse_recipients([one, f"{two} {one}"]) == (one, two)
+    settings = make_settings(encrypt_to=f"{one} {two}")
+    assert settings.encryption is not None
+    assert settings.encryption.recipients == (one, two)
+    assert settings.encryption.mode == "offsite"  # the default once recipients are set
+    assert make_settings(encrypt_to=one, encrypt="ALL").encryption.local  # type: ignore[union-attr]
+    assert make_settings().encryption is None
+
+    typo = one[:-1] + ("q" if one[-1] != "q" else "p")
+    cases = {
+        typo: "not a valid age public key",
+        one[:-3]: "not a valid age public key",
+        "ssh-ed25519 AAAAC3Nza": "is not an age X25519 public key",
+        "AGE-SECRET-KEY-1QQQQQQ": "keep it OFF the server",
+    }
+    for value, message in cases.items():
+        with pytest.raises(ConfigError, match=message) as caught:
+            make_settings(encrypt_to=value)
+        assert "\n" not in str(caught.value)
+        assert "AGE-SECRET-KEY-1QQQQQQ" not in str(caught.value)
+    with pytest.raises(ConfigError, match="needs BACKUPS_ENCRYPT_TO"):
+        make_settings(encrypt="all")
+    with pytest.raises(ConfigError, match="must be one of offsite, all"):
+        make_settings(encrypt_to=one, encrypt="everything")
+
+    # A TOML config file may list them; the identity file is no setting at all.
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[backups]\ndatabase = "{tmp_path / "x.db"}"\nencrypt_to = ["{one}", "{two}"]\n'
+    )
+    from_file = load_settings(config_file=config, environ={})
+    assert from_file.encryption is not None and from_file.encryption.recipients == (one, two)
+    config.write_text(f'[backups]\ndatabase = "x.db"\nidentity_file = "{tmp_path}/k"\n')
+    with pytest.raises(ConfigError, match="unknown setting"):
+        load_settings(config_file=config, environ={})
+
+
+def test_keygen_writes_an_owner_only_identity_and_never_overwrites(tmp_path: Path) -> None:
+    runner = CliRunner()
+    target = tmp_path / "identity.txt"
+    old_umask = os.umask(0)  # even with a permissive umask the file is owner-only
+    try:
+        made = runner.invoke(cli, ["keygen", "--output", str(target)])
+    finally:
+        os.umask(old_umask)
+    assert made.exit_code == 0, made.output
+    recipient = made.stdout.strip()
+    assert recipient.startswith("age1") and parse_recipients(recipient) == (recipient,)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    text = target.read_text()
+    assert "AGE-SECRET-KEY-1" in text and recipient in text
+    assert "AGE-SECRET-KEY" not in made.stdout + made.stderr
+    assert "OFF the server" in made.stderr and "second copy" in made.stderr
+    assert load_identity(target).fingerprints == (fingerprint(recipient),)
+
+    again = runner.invoke(cli, ["keygen", "--output", str(target)])
+    assert again.exit_code == 2
+    assert again.stderr.startswith("Error: refusing to overwrite")
+    assert len(again.stderr.strip().splitlines()) == 1
+    assert target.read_text() == text
+
+    helped = " ".join(runner.invoke(cli, ["keygen", "--help"]).output.split())
+    assert "Keep the identity file OFF the server" in helped
+    assert "keep a second copy somewhere safe" in helped
+
+
+def test_passphrase_protected_identity_files(tmp_path: Path) -> None:
+    runner = CliRunner()
+    target = tmp_path / "protected.age"
+    made = runner.invoke(
+        cli, ["keygen", "--output", str(target), "--passphrase"], input="correct horse\n" * 2
+    )
+    assert made.exit_code == 0, made.output
+    recipient = made.stdout.strip().splitlines()[-1]
+    assert target.read_bytes().startswith(ARMOR_HEADER)
+    assert b"AGE-SECRET-KEY" not in target.read_bytes()
+    opened = load_identity(target, passphrase=lambda: "correct horse")
+    assert opened.fingerprints == (fingerprint(recipient),)
+
+    with pytest.raises(IdentityError, match="wrong passphrase"):
+        load_identity(target, passphrase=lambda: "wrong")
+    with pytest.raises(IdentityError, match="passphrase-protected"):
+        load_identity(target)
+
+    # age's binary form (age -p without -a), made with age's own passphrase encryption.
+    plain = tmp_path / "plain.txt"
+    binary_recipient = create_identity_file(plain)
+    binary = tmp_path / "binary.age"
+    binary.write_bytes(pyrage.passphrase.encrypt(plain.read_bytes(), "pw"))
+    assert binary.read_bytes().startswith(AGE_HEADER)
+    assert load_identity(binary, passphrase=lambda: "pw").fingerprints == (
+        fingerprint(binary_recipient),
+    )
+
+
+def test_identity_file_problems_are_one_line(tmp_path: Path) -> None:
+    secretish = tmp_path / "garbage.txt"
+    secretish.write_text("# comment\nAGE-SECRET-KEY-1NOTAREALKEYATALLXYZ\n")
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# nothing here\n")
+    other = tmp_path / "other.txt"
+    other.write_text("hello\n")
+    cases = {
+        tmp_path / "missing.txt": "does not exist",
+        folder: "is a folder",
+        secretish: "line 2 .* is not a valid age identity",
+        empty: "holds no age identity",
+        other: "line 1 .* is not an age identity",
+    }
+    for path, message in cases.items():
+        with pytest.raises(IdentityError, match=message) as caught:
+            load_identity(path)
+        assert "\n" not in str(caught.value)
+        assert "NOTAREALKEY" not in str(caught.value)
+
+
+# -- BACKUPS_ENCRYPT=all -----------------------------------------------------------------------
+
+
+def test_all_mode_round_trip(
+    encrypted_all: tuple[Settings, Path, str], db_path: Path, tmp_path: Path
+) -> None:
+    settings, identity_file, recipient = encrypted_all
+    meta = create_backup(settings).metadata
+    data = settings.backup_dir / meta.data_file
+    assert data.name.endswith(".db.zst.age")
+    stored = data.read_bytes()
+    assert stored.startswith(AGE_HEADER)
+    assert SQLITE_HEADER not in stored
+    assert not [name for name in table_names(db_path) if name.encode() in stored]
+    assert meta.encryption is not None
+    assert meta.encryption.recipients == (fingerprint(recipient),)
+    assert meta.stored_size == len(stored)
+    assert meta.verification.ok and meta.row_counts == row_counts(db_path)
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert not list(settings.backup_dir.glob("*.db.zst"))  # no plain copy beside it
+
+    store = BackupStore(settings)
+    sealed = verify_backup(store, meta.id)
+    assert sealed.ok and [c.depth for c in sealed.copies] == ["sealed"]
+    identity = load_identity(identity_file)
+    full = verify_backup(store, meta.id, identity=identity)
+    assert full.ok and [c.depth for c in full.copies] == ["full"]
+
+    target = tmp_path / "restored.db"
+    restore_backup(settings, meta.id, to=target, identity=identity)
+    assert row_counts(target) == row_counts(db_path)
+    # Into an existing file: the safety snapshot is encrypted too, and still listed.
+    restore_backup(settings, meta.id, to=target, identity=identity)
+    safety = [i for i in store.list() if i.kind == "pre-restore"]
+    assert len(safety) == 1 and safety[0].metadata is not None
+    assert safety[0].metadata.encryption is not None
+
+
+def test_missing_and_wrong_identity_get_one_line_and_change_nothing(
+    encrypted_all: tuple[Settings, Path, str],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    settings, _, recipient = encrypted_all
+    meta = create_backup(settings).metadata
+    stranger_file, stranger = keys("stranger")
+    runner = CliRunner()
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": recipient,
+        "BACKUPS_ENCRYPT": "all",
+    }
+    target = tmp_path / "restored.db"
+    missing = runner.invoke(cli, ["restore", meta.id, "--to", str(target), "--yes"], env=env)
+    wrong = runner.invoke(
+        cli,
+        ["restore", meta.id, "--to", str(target), "--yes", "--identity", str(stranger_file)],
+        env=env,
+    )
+    for outcome in (missing, wrong):
+        assert outcome.exit_code == 2, outcome.output
+        assert outcome.stderr.startswith("Error: ")
+        assert len(outcome.stderr.strip().splitlines()) == 1, outcome.stderr
+        assert "Traceback" not in outcome.output
+    assert "--identity FILE" in missing.stderr
+    assert fingerprint(recipient) in wrong.stderr and fingerprint(stranger) in wrong.stderr
+    assert not target.exists()
+    assert not [p for p in tmp_path.rglob(".tmp-*")]
+
+    # The same through BACKUPS_IDENTITY_FILE, and for a database named by the library alone.
+    by_env = runner.invoke(
+        cli,
+        ["restore", meta.id, "--to", str(target), "--yes"],
+        env={**env, "BACKUPS_IDENTITY_FILE": str(stranger_file)},
+    )
+    assert by_env.exit_code == 2 and fingerprint(stranger) in by_env.stderr
+    with pytest.raises(IdentityError, match=fingerprint(recipient)):
+        restore_backup(settings, meta.id, to=target, identity=load_identity(stranger_file))
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
+def test_damaged_ciphertext_is_rejected_with_nothing_written(
+    encrypted_all: tuple[Settings, Path, str], tmp_path: Path, damage: str
+) -> None:
+    settings, identity_file, _ = encrypted_all
+    meta = create_backup(settings).metadata
+    data = settings.backup_dir / meta.data_file
+    original = data.read_bytes()
+    if damage == "flip":
+        flip_byte(data)
+    elif damage == "truncate":
+        data.write_bytes(original[:-7])
+    else:
+        data.write_bytes(original + b"\x00extra")
+    identity = load_identity(identity_file)
+    target = tmp_path / "restored.db"
+
+    with pytest.raises(RestoreError, match="no sound copy") as caught:
+        restore_backup(settings, meta.id, to=target, identity=identity)
+    assert "\n" not in str(caught.value)
+    assert not target.exists()
+    leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
+    assert leftovers == []
+    # Without the identity the ciphertext check sees it too.
+    assert not verify_backup(BackupStore(settings), meta.id).ok
+
+
+def test_a_failed_decryption_removes_the_plaintext_it_already_wrote(
+    tmp_path: Path, keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    """pyrage's decrypt_io writes plaintext, then raises OSError at a late flipped byte."""
+    identity_file, recipient = keys("owner")
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(3 * MiB))
+    sealed = tmp_path / "sealed.age"
+    result = encrypt_file(plain, sealed, [recipient])
+    assert result == SealResult(sealed.stat().st_size, result.sha256, 3 * MiB, result.inner_sha256)
+    meta = encrypted_metadata(_plain_meta(plain, result), result, [recipient])
+    flip_byte(sealed, offset=int(sealed.stat().st_size * 0.9))
+    out = tmp_path / "out.bin"
+    written: list[int] = []
+    with pytest.raises(VerificationError, match=r"does not decrypt .*damaged"):
+        decrypt_file(
+            sealed,
+            out,
+            meta,
+            load_identity(identity_file),
+            label="test file",
+            progress=written.append,
+        )
+    assert sum(written) > MiB  # it had got far before the damage ...
+    assert not out.exists()  # ... and nothing of it is left
+
+
+def _plain_meta(path: Path, sealed: SealResult) -> BackupMetadata:
+    """Metadata for a plain test file (only the fields encryption looks at matter)."""
+    now = datetime.now(timezone.utc)
+    return BackupMetadata(
+        id="20261123T201500Z-3f9a1c",
+        created_at=now,
+        kind="manual",
+        trigger="test",
+        source=SourceInfo(str(path), 0, 4096, 0, "delete", "3"),
+        tool_version="test",
+        schema_fingerprint="0" * 64,
+        row_counts={"t": 1},
+        raw_size=sealed.inner_size,
+        raw_sha256=sealed.inner_sha256,
+        stored_size=sealed.inner_size,
+        sha256=sealed.inner_sha256,
+        compression="zstd",
+        compression_level=6,
+        durations={},
+        verification=Verification(True, now, "ok", 0),
+    )
+
+
+def test_key_rotation_keeps_old_backups_listed_with_their_keys(
+    make_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    old_file, old = keys("old")
+    new_file, new = keys("new")
+    first = create_backup(make_settings(secondary_dir=None, encrypt_to=old, encrypt="all"))
+    settings = make_settings(secondary_dir=None, encrypt_to=new, encrypt="all")
+    second = create_backup(settings)
+    assert second.metadata.encryption is not None
+    assert second.metadata.encryption.recipients == (fingerprint(new),)
+
+    report = check_health(settings)
+    needs = {tuple(n["fingerprints"]): n for n in report.encryption["needs"]}
+    assert needs[(fingerprint(old),)]["current"] is False
+    assert needs[(fingerprint(old),)]["newest"] == first.metadata.id
+    assert needs[(fingerprint(new),)]["current"] is True
+    runner = CliRunner()
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": new,
+        "BACKUPS_ENCRYPT": "all",
+    }
+    shown = runner.invoke(cli, ["status"], env=env)
+    assert f"need key {fingerprint(old)} (no longer in BACKUPS_ENCRYPT_TO)" in shown.output
+    assert f"need key {fingerprint(new)}:" in shown.output
+
+    # The new key checks the new backup in full and the old one only as ciphertext, saying so.
+    checked = runner.invoke(cli, ["verify", "--all", "--identity", str(new_file)], env=env)
+    assert checked.exit_code == 1, checked.output
+    assert f"{second.metadata.id}: ok\n" in checked.output
+    assert f"{first.metadata.id}: ok (encrypted: ciphertext checked" in checked.output
+    assert f"encrypted to key {fingerprint(old)}" in checked.output
+    # The old key still opens the old backup.
+    target = tmp_path / "old.db"
+    restore_backup(settings, first.metadata.id, to=target, identity=load_identity(old_file))
+    assert row_counts(target) == first.metadata.row_counts
+
+
+def test_encryption_configured_without_pyrage_never_stores_plaintext(
+    encrypted_all: tuple[Settings, Path, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, _, recipient = encrypted_all
+    monkeypatch.setitem(sys.modules, "pyrage", None)  # what an uninstalled package looks like
+    hint = r"pip install 'tablettracker-backups\[encrypt\]'"
+    with pytest.raises(EncryptionUnavailable, match=hint):
+        create_backup(settings)
+    assert BackupStore(settings).list() == []
+    assert not list(settings.backup_dir.glob("*.db.zst"))
+    finding = next(f for f in check_health(settings).findings if f.code == "encryption-unavailable")
+    assert finding.level == "critical" and "no backup is taken" in finding.message
+    runner = CliRunner()
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": recipient,
+        "BACKUPS_ENCRYPT": "all",
+    }
+    refused = runner.invoke(cli, ["backup"], env=env)
+    assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_health_reminds_of_the_drill_with_the_identity(
+    encrypted_all: tuple[Settings, Path, str],
+) -> None:
+    settings, identity_file, _ = encrypted_all
+    meta = create_backup(settings).metadata
+
+    def drill_finding() -> str | None:
+        found = [f for f in check_health(settings).findings if f.code == "encryption-drill"]
+        return found[0].message if found else None
+
+    assert "never done" in (drill_finding() or "")
+    verify_backup(BackupStore(settings), meta.id)  # without the identity: no drill
+    assert drill_finding() is not None
+    verify_backup(BackupStore(settings), meta.id, identity=load_identity(identity_file))
+    assert drill_finding() is None
+    long_ago = datetime.now(timezone.utc) - timedelta(days=31)
+    update_status(settings, **{DRILLS: {"local": {"at": long_ago.isoformat(), "id": meta.id}}})
+    assert "(last one 31" in (drill_finding() or "")
+
+
+def test_kill_9_during_encryption_leaves_nothing_listed(
+    encrypted_all: tuple[Settings, Path, str], tmp_path: Path
+) -> None:
+    settings, _, recipient = encrypted_all
+    big = tmp_path / "big.db"
+    make_db(big)
+    with sqlite3.connect(big) as conn:
+        conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, data BLOB NOT NULL)")
+        for _ in range(96):
+            conn.execute("INSERT INTO attachments (data) VALUES (?)", (os.urandom(MiB),))
+    settings = settings_from_mapping(
+        {"database": big, "dir": settings.backup_dir, "encrypt_to": recipient, "encrypt": "all"}
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "BACKUPS_DATABASE": str(big),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": recipient,
+        "BACKUPS_ENCRYPT": "all",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tablettracker_backups", "backup"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    caught = None
+    deadline = time.monotonic() + 120
+    try:
+        while caught is None and proc.poll() is None and time.monotonic() < deadline:
+            names = os.listdir(settings.backup_dir) if settings.backup_dir.is_dir() else []
+            for name in names:
+                if name.startswith(".tmp-") and name.endswith(".db.zst.age"):
+                    try:
+                        if (settings.backup_dir / name).stat().st_size > 0:
+                            caught = name
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.002)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert caught is not None, "the backup finished before its encryption was seen"
+    assert proc.returncode == -signal.SIGKILL
+    store = BackupStore(settings)
+    assert store.list() == []
+    # The next backup clears the debris and commits only itself.
+    done = create_backup(settings)
+    assert [i.id for i in store.list()] == [done.metadata.id]
+    names = sorted(p.name for p in settings.backup_dir.iterdir() if not p.name.startswith("."))
+    assert names == sorted([done.metadata.data_file, f"{done.metadata.id}.json"])
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_status_and_health_json_name_the_keys(
+    encrypted_all: tuple[Settings, Path, str],
+) -> None:
+    settings, _, recipient = encrypted_all
+    create_backup(settings)
+    runner = CliRunner()
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": recipient,
+        "BACKUPS_ENCRYPT": "all",
+    }
+    shown = runner.invoke(cli, ["status", "--json"], env=env)
+    document = json.loads(shown.output)["encryption"]
+    assert document["configured"] is True and document["mode"] == "all"
+    assert document["recipients"] == [fingerprint(recipient)]
+    assert [n["count"] for n in document["needs"]] == [1]
