@@ -64,8 +64,9 @@ def pending_uploads(
 
 
 def _agrees(copy: OffsiteCopy, info: BackupInfo) -> bool:
-    """The offsite copy is sound and holds the same file as the local copies."""
-    return copy.ok and (info.metadata is None or copy.sha256 == info.metadata.sha256)
+    """The offsite copy is sound and holds the same backup as the local copies (compared by
+    the compressed stream: an encrypted copy differs byte for byte from a plain one)."""
+    return copy.ok and (info.metadata is None or copy.sha256 == info.metadata.content_sha256)
 
 
 def copy_states(

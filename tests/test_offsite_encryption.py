@@ -1,0 +1,442 @@
+"""Encrypted offsite copies against a real S3 server (SeaweedFS, as in test_offsite.py).
+
+What the provider holds is read back with a plain S3 client, as the provider (or anyone with
+the bucket's keys) would: no object may contain the SQLite header or a table's name. Damage is
+real (bytes changed in the stored objects), a sync is killed with SIGKILL mid-encryption, and
+recovery on an empty machine runs the real command in a fresh process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
+from tablettracker_backups.encryption import AGE_HEADER, create_identity_file, fingerprint
+from tablettracker_backups.encryption import load_identity as open_key
+from tablettracker_backups.errors import IdentityError, OffsiteError, VerificationError
+from tablettracker_backups.health import check_health
+from tablettracker_backups.offsite.client import OffsiteStore
+from tablettracker_backups.offsite.record import read_state
+from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
+from tablettracker_backups.restore import recover_from_offsite
+from tablettracker_backups.runner import run
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import BackupStore
+from tests import test_offsite
+from tests.test_offsite import (
+    ACCESS_KEY,
+    BUCKET,
+    SECRET_KEY,
+    SeaweedServer,
+    _big_incompressible_db,
+    _row_counts,
+)
+
+# test_offsite.py's fixtures: its own SeaweedFS server (one per module), a prefix per test,
+# and no AWS configuration from the machine.
+s3_server = test_offsite.s3_server
+s3_settings = test_offsite.s3_settings
+_no_ambient_aws = test_offsite._no_ambient_aws
+
+pytest.importorskip("pyrage")
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Callable[[str], tuple[Path, str]]:
+    """A named identity file on "the owner's computer" (a folder of its own)."""
+
+    def make(name: str) -> tuple[Path, str]:
+        folder = tmp_path / "owner-keys"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.txt"
+        return path, create_identity_file(path)
+
+    return make
+
+
+def stored_objects(server: SeaweedServer, settings: Settings) -> dict[str, bytes]:
+    """Every object under the settings' prefix, as the provider holds it."""
+    assert settings.s3 is not None
+    client = server.client()
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=settings.s3.prefix).get("Contents", [])
+    return {
+        item["Key"]: client.get_object(Bucket=BUCKET, Key=item["Key"])["Body"].read()
+        for item in listed
+    }
+
+
+def table_names(db: Path) -> list[str]:
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
+    return [str(r[0]) for r in rows if not str(r[0]).startswith("sqlite_")]
+
+
+def assert_provider_sees_no_plaintext(objects: dict[str, bytes], db: Path) -> None:
+    names = table_names(db)
+    assert names, "the database has tables"
+    for key, body in objects.items():
+        assert SQLITE_HEADER not in body, key
+        assert not [n for n in names if n.encode() in body], key
+        if not key.endswith(".json"):
+            assert body.startswith(AGE_HEADER), key
+
+
+def cli_env(settings: Settings, server: SeaweedServer, **extra: str) -> dict[str, str]:
+    assert settings.s3 is not None
+    env = {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_S3_BUCKET": BUCKET,
+        "BACKUPS_S3_ENDPOINT_URL": server.endpoint,
+        "BACKUPS_S3_PREFIX": settings.s3.prefix,
+        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+        "BACKUPS_S3_ADDRESSING_STYLE": "path",
+    }
+    env.update(extra)
+    return env
+
+
+# -- the round trip ----------------------------------------------------------------------------
+
+
+def test_offsite_mode_round_trip(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    identity_file, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient)
+    result = run(settings, force=True)
+    assert result.error is None and result.offsite is not None and result.offsite.ok, result
+    assert result.backup is not None
+    backup_id = result.backup.metadata.id
+
+    # Local copies stay plain (and hold the schema, as the live database does) ...
+    local = settings.backup_dir / result.backup.metadata.data_file
+    assert local.name.endswith(".db.zst") and not local.read_bytes().startswith(AGE_HEADER)
+    # ... while the provider holds only ciphertext and metadata that names no table.
+    objects = stored_objects(s3_server, settings)
+    assert settings.s3 is not None
+    prefix = settings.s3.prefix
+    assert sorted(objects) == [f"{prefix}{backup_id}.db.zst.age", f"{prefix}{backup_id}.json"]
+    assert_provider_sees_no_plaintext(objects, db_path)
+    document = json.loads(objects[f"{prefix}{backup_id}.json"])
+    assert document["encryption"]["recipients"] == [fingerprint(recipient)]
+    assert document["row_counts"] == {} and document["source"]["path"] == ""
+    assert document["encryption"]["inner_sha256"] == result.backup.metadata.sha256
+    copy = read_state(settings).copies[backup_id]
+    assert copy.recipients == (fingerprint(recipient),) and copy.ok
+    # The run's read-back had no identity: it checked the ciphertext.
+    assert [(v.id, v.ok, v.depth) for v in result.offsite.verified] == [(backup_id, True, "sealed")]
+    assert any(f.code == "encryption-drill" for f in result.health.findings)
+
+    # The full drill with the identity, through the CLI.
+    runner = CliRunner()
+    env = cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=recipient)
+    drilled = runner.invoke(
+        cli, ["verify", "--offsite", "--identity", str(identity_file), "--json"], env=env
+    )
+    assert drilled.exit_code == 0, drilled.output
+    assert json.loads(drilled.output) == [
+        {"id": backup_id, "ok": True, "error": None, "depth": "full", "note": None}
+    ]
+    assert not [f for f in check_health(settings).findings if f.code.startswith("encryption")]
+    sealed = runner.invoke(cli, ["verify", "--offsite"], env=env)
+    assert sealed.exit_code == 0 and "ciphertext checked" in sealed.output
+
+    target = tmp_path / "recovered.db"
+    recovered = recover_from_offsite(settings, to=target, identity=open_key(identity_file))
+    assert recovered.id == backup_id
+    assert _row_counts(target) == _row_counts(db_path)
+    assert recovered.metadata.row_counts == result.backup.metadata.row_counts
+    # Nothing uploaded twice: the next run finds the copy in step.
+    again = run(settings)
+    assert again.offsite is not None and again.offsite.uploaded == ()
+
+
+def test_all_mode_uploads_the_local_ciphertext_as_it_is(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    identity_file, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient, encrypt="all")
+    result = run(settings, force=True)
+    assert result.backup is not None and result.offsite is not None and result.offsite.ok
+    meta = result.backup.metadata
+    local = (settings.backup_dir / meta.data_file).read_bytes()
+    assert settings.s3 is not None
+    objects = stored_objects(s3_server, settings)
+    assert objects[f"{settings.s3.prefix}{meta.data_file}"] == local
+    assert_provider_sees_no_plaintext(objects, db_path)
+    target = tmp_path / "recovered.db"
+    recover_from_offsite(settings, to=target, identity=open_key(identity_file))
+    assert _row_counts(target) == _row_counts(db_path)
+
+
+# -- damage, and the wrong or missing key -------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
+def test_damaged_offsite_ciphertext_is_rejected_with_nothing_written(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+    damage: str,
+) -> None:
+    identity_file, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient)
+    taken = run(settings, force=True)
+    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
+    backup_id = taken.backup.metadata.id
+    assert settings.s3 is not None
+    key = f"{settings.s3.prefix}{backup_id}.db.zst.age"
+    client = s3_server.client()
+    body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    if damage == "flip":
+        body[len(body) // 2] ^= 0x01
+    elif damage == "truncate":
+        del body[-5:]
+    else:
+        body += b"appended"
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+
+    machine = tmp_path / "machine"
+    machine.mkdir()
+    target = machine / "recovered.db"
+    with pytest.raises(VerificationError, match="nothing was written"):
+        recover_from_offsite(settings, backup_id, to=target, identity=open_key(identity_file))
+    assert sorted(p.name for p in machine.iterdir()) == []
+    full = verify_offsite(settings, [backup_id], identity=open_key(identity_file))
+    sealed = verify_offsite(settings, [backup_id])
+    assert [(r.ok, r.depth) for r in full] == [(False, "full")]
+    assert [(r.ok, r.depth) for r in sealed] == [(False, "sealed")]
+    assert read_state(settings).copies[backup_id].ok is False
+
+
+def test_missing_and_wrong_identity_on_an_empty_machine(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    identity_file, recipient = keys("owner")
+    stranger_file, stranger = keys("stranger")
+    settings = s3_settings(encrypt_to=recipient)
+    taken = run(settings, force=True)
+    assert taken.offsite is not None and taken.offsite.ok and taken.backup is not None
+    assert settings.s3 is not None
+    # A new machine: empty home, no config, no backup folder; the credentials and the identity
+    # (brought along from where the owner keeps it) are all it has.
+    machine = tmp_path / "new-machine"
+    (machine / "home").mkdir(parents=True)
+    target = machine / "instance" / "tablet_counter.db"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(machine / "home"),
+        "XDG_CONFIG_HOME": str(machine / "home" / ".config"),
+        "AWS_CONFIG_FILE": str(machine / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(machine / "none"),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "BACKUPS_S3_BUCKET": BUCKET,
+        "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
+        "BACKUPS_S3_PREFIX": settings.s3.prefix,
+        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    command = [sys.executable, "-m", "tablettracker_backups", "restore", "latest"]
+    command += ["--from-offsite", "--to", str(target)]
+
+    def restore(*extra: str, **more_env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*command, *extra],
+            cwd=machine,
+            env={**env, **more_env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    missing = restore()
+    wrong = restore("--identity", str(stranger_file))
+    for outcome in (missing, wrong):
+        assert outcome.returncode == 2, outcome.stdout + outcome.stderr
+        assert outcome.stderr.startswith("Error: ")
+        assert len(outcome.stderr.strip().splitlines()) == 1, outcome.stderr
+        assert fingerprint(recipient) in outcome.stderr
+        assert not target.exists()
+    assert "--identity FILE" in missing.stderr
+    assert fingerprint(stranger) in wrong.stderr
+
+    done = restore(BACKUPS_IDENTITY_FILE=str(identity_file))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert taken.backup.metadata.id in done.stdout and "decrypted" in done.stdout
+    assert _row_counts(target) == _row_counts(db_path)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["tablet_counter.db"]
+    assert "AGE-SECRET-KEY" not in done.stdout + done.stderr
+
+
+# -- plaintext can never go offsite ---------------------------------------------------------------
+
+
+def test_without_pyrage_nothing_is_uploaded_and_health_is_critical(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient)
+    monkeypatch.setitem(sys.modules, "pyrage", None)  # the package is not installed
+    result = run(settings, force=True)
+    assert result.backup is not None  # the local backup is taken (offsite mode) ...
+    assert result.offsite is not None and result.offsite.uploaded == ()
+    assert "pyrage" in result.offsite.errors[0]
+    assert stored_objects(s3_server, settings) == {}  # ... and nothing goes offsite
+    finding = next(f for f in result.health.findings if f.code == "encryption-unavailable")
+    assert finding.level == "critical" and "nothing is uploaded offsite" in finding.message
+    assert result.exit_code == 2
+
+
+def test_the_store_refuses_plaintext_and_checks_what_it_stored(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+) -> None:
+    _, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient)
+    meta = create_backup(settings).metadata
+    offsite = OffsiteStore.from_settings(settings)
+    data = BackupStore(settings).data_path_for("primary", meta)
+    with pytest.raises(VerificationError, match=r"refusing to upload .* unencrypted"):
+        offsite.upload(data, meta)
+    assert stored_objects(s3_server, settings) == {}
+
+    # After an upload the object's first bytes are read back: a plain one is caught.
+    assert settings.s3 is not None
+    key = f"{settings.s3.prefix}{meta.id}.db.zst.age"
+    s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=data.read_bytes())
+    with pytest.raises(OffsiteError, match="does not start with the age header"):
+        offsite._check_stored_header(key, meta.id)
+
+
+def test_kill_9_during_upload_encryption_leaves_nothing_listed(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    _, recipient = keys("owner")
+    big = tmp_path / "big.db"
+    _big_incompressible_db(big, 96 * MiB)
+    settings = s3_settings(database=big, secondary_dir=None, encrypt_to=recipient)
+    meta = create_backup(settings).metadata
+    assert settings.s3 is not None
+    env = {
+        **os.environ,
+        **cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=recipient),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tablettracker_backups", "run"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    caught = None
+    deadline = time.monotonic() + 120
+    try:
+        while caught is None and proc.poll() is None and time.monotonic() < deadline:
+            for name in os.listdir(settings.backup_dir):
+                if name.startswith(".tmp-") and name.endswith(".upload.age"):
+                    try:
+                        if (settings.backup_dir / name).stat().st_size > 0:
+                            caught = name
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.002)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert caught is not None, "the upload finished before its encryption was seen"
+    assert proc.returncode == -signal.SIGKILL
+    offsite = OffsiteStore.from_settings(settings)
+    assert offsite.list() == []
+    assert not [k for k in stored_objects(s3_server, settings) if k.endswith(".json")]
+    assert [i.id for i in BackupStore(settings).list()] == [meta.id]
+
+    # The next run clears the leftover and uploads the backup, encrypted.
+    again = run(settings)
+    assert again.offsite is not None and again.offsite.ok, again.offsite
+    assert meta.id in {u.id for u in again.offsite.uploaded}
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+    assert_provider_sees_no_plaintext(stored_objects(s3_server, settings), big)
+
+
+# -- key rotation --------------------------------------------------------------------------------
+
+
+def test_key_rotation_offsite(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    plain_settings = s3_settings()
+    plain = run(plain_settings, force=True)  # before encryption was set up
+    old_file, old = keys("old")
+    new_file, new = keys("new")
+    older = create_backup(s3_settings(), kind="pre-restore").metadata
+    first = run(s3_settings(encrypt_to=old))
+    settings = s3_settings(encrypt_to=new)
+    second = create_backup(settings, kind="pre-restore").metadata
+    last = run(settings)
+    assert first.offsite is not None and last.offsite is not None and plain.backup is not None
+    assert [u.id for u in first.offsite.uploaded] == [older.id]
+    assert [u.id for u in last.offsite.uploaded] == [second.id]
+
+    report = check_health(settings)
+    needs = {tuple(n["fingerprints"]): n for n in report.encryption["needs"]}
+    assert needs[(fingerprint(old),)]["where"] == "offsite"
+    assert needs[(fingerprint(old),)]["current"] is False
+    assert needs[(fingerprint(new),)]["current"] is True
+    assert report.encryption["plaintext_offsite"] == [plain.backup.metadata.id]
+    assert any(f.code == "offsite-plaintext" for f in report.findings)
+    shown = CliRunner().invoke(
+        cli, ["status"], env=cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=new)
+    )
+    assert f"need key {fingerprint(old)} (no longer in BACKUPS_ENCRYPT_TO)" in shown.output
+    assert "1 offsite backup(s) unencrypted" in shown.output
+
+    results = {r.id: r for r in verify_offsite(settings, identity=open_key(new_file))}
+    assert (results[second.id].ok, results[second.id].depth) == (True, "full")
+    assert (results[older.id].ok, results[older.id].depth) == (True, "sealed")
+    assert fingerprint(old) in (results[older.id].note or "")
+    with pytest.raises(IdentityError, match=fingerprint(old)):
+        recover_from_offsite(settings, older.id, to=tmp_path / "x.db", identity=open_key(new_file))
+    recover_from_offsite(settings, older.id, to=tmp_path / "old.db", identity=open_key(old_file))
+    assert _row_counts(tmp_path / "old.db") == older.row_counts
+    assert sync_offsite(settings).ok
