@@ -136,8 +136,8 @@ def test_offsite_mode_round_trip(
     objects = stored_objects(s3_server, settings)
     assert settings.s3 is not None
     prefix = settings.s3.prefix
-    assert sorted(objects) == [f"{prefix}{backup_id}.db.zst.age", f"{prefix}{backup_id}.json"]
     assert_provider_sees_no_plaintext(objects, db_path)
+    assert sorted(objects) == [f"{prefix}{backup_id}.db.zst.age", f"{prefix}{backup_id}.json"]
     document = json.loads(objects[f"{prefix}{backup_id}.json"])
     assert document["encryption"]["recipients"] == [fingerprint(recipient)]
     assert document["row_counts"] == {} and document["source"]["path"] == ""
