@@ -237,9 +237,17 @@ class Run:
 
 
 def run_method(
-    method: str, db: Path, workdir: Path, timeout: float | None = None
+    method: str,
+    db: Path,
+    workdir: Path,
+    timeout: float | None = None,
+    *,
+    script: Path | None = None,
 ) -> tuple[float, float, float, dict[str, Any] | None]:
     """Run ``method`` in a child process; (wall s, CPU s, peak RSS MiB, its JSON output).
+
+    The child is ``script --child METHOD --db DB --workdir DIR`` (this file by default; other
+    benchmarks reuse this with their own methods).
 
     CPU seconds (user + system, all threads and child processes) show the work done, which
     the shared machine's load does not inflate the way it inflates wall time.
@@ -248,7 +256,7 @@ def run_method(
     """
     began = time.monotonic()
     child = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve()), "--child", method,
+        [sys.executable, str(script or Path(__file__).resolve()), "--child", method,
          "--db", str(db), "--workdir", str(workdir)],
         stdout=subprocess.PIPE,
         start_new_session=True,  # so a timeout can kill the child's own children too
