@@ -41,6 +41,7 @@ from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import verify_offsite
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.prune import plan_for_store
@@ -333,10 +334,14 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
 
+    record = read_state(settings) if offsite else None
+
     def as_dict(info: Any) -> dict[str, Any]:
         document: dict[str, Any] = dict(info.to_dict(), kept_because=list(plan.reasons(info.id)))
         if offsite:
             document["copies"]["offsite"] = offsite[info.id]
+            copy = record.copies.get(info.id) if record else None
+            document["offsite_encrypted_to"] = (list(copy.recipients) or None) if copy else None
         return document
 
     if as_json:
@@ -420,6 +425,8 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
             f"level {meta.compression_level})"
         )
         click.echo(f"  sha256:      {meta.sha256}")
+        if meta.encryption is not None:
+            click.echo(f"  encrypted:   age, opened by {describe_keys(meta.encryption.recipients)}")
         click.echo(
             f"  verified at: {local_time(meta.verification.verified_at)}"
             + (f" ({meta.verification.error})" if meta.verification.error else "")

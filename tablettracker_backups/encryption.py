@@ -26,7 +26,8 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -339,8 +340,9 @@ def encrypt_file(
     """
     age = _pyrage()
     keys = _recipient_keys(age, recipients)
-    try:
-        with source.open("rb") as raw_in, open_private(dest) as raw_out:
+    created = open_private(dest)  # fails, creating nothing, if dest exists: never ours to remove
+    with _removed_on_error(dest):
+        with created as raw_out, source.open("rb") as raw_in:
             reader = HashingReader(cast(BinaryIO, raw_in), progress)
             writer = HashingWriter(raw_out)
             try:
@@ -360,12 +362,6 @@ def encrypt_file(
             )
         if not is_age(read_header(dest)):
             raise VerificationError(f"encrypting {source.name} did not produce an age file")
-    except OSError as exc:
-        remove_quietly(dest)
-        raise StorageError(describe_os_error(exc, dest)) from None
-    except BaseException:
-        remove_quietly(dest)
-        raise
     return SealResult(
         writer.size, writer.digest.hexdigest(), reader.size, reader.digest.hexdigest()
     )
@@ -427,8 +423,9 @@ def decrypt_file(
     age = _pyrage()
     if not is_age(read_header(source)):
         raise VerificationError(f"{label} is not an age file (damaged, or not encrypted)")
-    try:
-        with source.open("rb") as raw_in, open_private(dest) as raw_out:
+    created = open_private(dest)  # fails, creating nothing, if dest exists: never ours to remove
+    with _removed_on_error(dest):
+        with created as raw_out, source.open("rb") as raw_in:
             reader = HashingReader(cast(BinaryIO, raw_in), progress)
             writer = HashingWriter(raw_out)
             _decrypt_stream(age, reader, writer, identity, label, info)
@@ -440,6 +437,14 @@ def decrypt_file(
             )
         if writer.size != info.inner_size or writer.digest.hexdigest() != info.inner_sha256:
             raise VerificationError(f"{label}: the decrypted data does not match its metadata")
+
+
+@contextmanager
+def _removed_on_error(dest: Path) -> Iterator[None]:
+    """Remove ``dest`` if the block fails in any way (Ctrl-C included), so no partial output,
+    plaintext or ciphertext, outlives it; an ``OSError`` becomes a one-line StorageError."""
+    try:
+        yield
     except OSError as exc:
         remove_quietly(dest)
         raise StorageError(describe_os_error(exc, dest)) from None

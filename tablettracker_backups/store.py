@@ -96,6 +96,10 @@ class BackupInfo:
             ),
             "compression": meta.compression if meta else None,
             "sha256": meta.sha256 if meta else None,
+            # Which keys open the local copies (fingerprints); None for plain copies.
+            "encrypted_to": (
+                list(meta.encryption.recipients) if meta and meta.encryption else None
+            ),
             "copies": {c.location: c.state for c in self.copies},
             "problems": list(self.problems),
         }

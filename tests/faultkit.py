@@ -8,11 +8,12 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tablettracker_backups.metadata import EXTENSIONS, ID_PATTERN
+from tablettracker_backups.metadata import DATA_SUFFIXES, ID_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,6 +78,31 @@ def run_cli(
         check=False,
         preexec_fn=set_umask if umask is not None else None,
     )
+
+
+def kill_when_written(
+    proc: subprocess.Popen[bytes], folder: Path, suffix: str, *, limit: float = 120
+) -> str | None:
+    """SIGKILL ``proc`` as soon as a non-empty temporary file ``.tmp-*SUFFIX`` shows up in
+    ``folder`` (that is, in the middle of writing it); returns its name, or None when the
+    process ended first. The process is killed and reaped either way."""
+    caught = None
+    deadline = time.monotonic() + limit
+    try:
+        while caught is None and proc.poll() is None and time.monotonic() < deadline:
+            names = os.listdir(folder) if folder.is_dir() else []
+            for name in names:
+                if name.startswith(".tmp-") and name.endswith(suffix):
+                    try:
+                        if (folder / name).stat().st_size > 0:
+                            caught = name
+                    except FileNotFoundError:
+                        pass
+            time.sleep(0.002)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    return caught
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -222,7 +248,7 @@ def folder_state(directory: Path | None) -> dict[str, list[str]]:
             state["tmp"].append(name)
         elif name.endswith(".json") and ID_PATTERN.match(name[:-5]):
             state["meta"].append(name[:-5])
-        elif any(name.endswith(ext) for ext in EXTENSIONS.values()):
+        elif any(name.endswith(ext) for ext in DATA_SUFFIXES):
             state["data"].append(name.split(".", 1)[0])
         else:
             state["other"].append(name)

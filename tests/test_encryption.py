@@ -11,9 +11,7 @@ import os
 import signal
 import sqlite3
 import stat
-import subprocess
 import sys
-import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -51,6 +49,7 @@ from tablettracker_backups.status import update_status
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tests.conftest import flip_byte, make_db
+from tests.faultkit import cli_env, kill_when_written, spawn_cli
 
 pyrage = pytest.importorskip("pyrage")
 
@@ -69,6 +68,16 @@ def row_counts(db: Path) -> dict[str, int]:
         return {
             t: conn.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in table_names(db)
         }
+
+
+def runner_env(settings: Settings, recipient: str) -> dict[str, str]:
+    """The environment for ``CliRunner`` of a BACKUPS_ENCRYPT=all setup in one folder."""
+    return {
+        "BACKUPS_DATABASE": str(settings.database),
+        "BACKUPS_DIR": str(settings.backup_dir),
+        "BACKUPS_ENCRYPT_TO": recipient,
+        "BACKUPS_ENCRYPT": "all",
+    }
 
 
 @pytest.fixture
@@ -268,12 +277,7 @@ def test_missing_and_wrong_identity_get_one_line_and_change_nothing(
     meta = create_backup(settings).metadata
     stranger_file, stranger = keys("stranger")
     runner = CliRunner()
-    env = {
-        "BACKUPS_DATABASE": str(settings.database),
-        "BACKUPS_DIR": str(settings.backup_dir),
-        "BACKUPS_ENCRYPT_TO": recipient,
-        "BACKUPS_ENCRYPT": "all",
-    }
+    env = runner_env(settings, recipient)
     target = tmp_path / "restored.db"
     missing = runner.invoke(cli, ["restore", meta.id, "--to", str(target), "--yes"], env=env)
     wrong = runner.invoke(
@@ -399,15 +403,17 @@ def test_key_rotation_keeps_old_backups_listed_with_their_keys(
     assert needs[(fingerprint(old),)]["newest"] == first.metadata.id
     assert needs[(fingerprint(new),)]["current"] is True
     runner = CliRunner()
-    env = {
-        "BACKUPS_DATABASE": str(settings.database),
-        "BACKUPS_DIR": str(settings.backup_dir),
-        "BACKUPS_ENCRYPT_TO": new,
-        "BACKUPS_ENCRYPT": "all",
-    }
+    env = runner_env(settings, new)
     shown = runner.invoke(cli, ["status"], env=env)
     assert f"need key {fingerprint(old)} (no longer in BACKUPS_ENCRYPT_TO)" in shown.output
     assert f"need key {fingerprint(new)}:" in shown.output
+    listed = {
+        i["id"]: i for i in json.loads(runner.invoke(cli, ["list", "--json"], env=env).output)
+    }
+    assert listed[first.metadata.id]["encrypted_to"] == [fingerprint(old)]
+    assert listed[second.metadata.id]["encrypted_to"] == [fingerprint(new)]
+    shown_old = runner.invoke(cli, ["show", first.metadata.id], env=env).output
+    assert f"encrypted:   age, opened by key {fingerprint(old)}" in shown_old
 
     # The new key checks the new backup in full and the old one only as ciphertext, saying so.
     checked = runner.invoke(cli, ["verify", "--all", "--identity", str(new_file)], env=env)
@@ -434,12 +440,7 @@ def test_encryption_configured_without_pyrage_never_stores_plaintext(
     finding = next(f for f in check_health(settings).findings if f.code == "encryption-unavailable")
     assert finding.level == "critical" and "no backup is taken" in finding.message
     runner = CliRunner()
-    env = {
-        "BACKUPS_DATABASE": str(settings.database),
-        "BACKUPS_DIR": str(settings.backup_dir),
-        "BACKUPS_ENCRYPT_TO": recipient,
-        "BACKUPS_ENCRYPT": "all",
-    }
+    env = runner_env(settings, recipient)
     refused = runner.invoke(cli, ["backup"], env=env)
     assert refused.exit_code == 2 and len(refused.stderr.strip().splitlines()) == 1
 
@@ -477,36 +478,9 @@ def test_kill_9_during_encryption_leaves_nothing_listed(
     settings = settings_from_mapping(
         {"database": big, "dir": settings.backup_dir, "encrypt_to": recipient, "encrypt": "all"}
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "BACKUPS_DATABASE": str(big),
-        "BACKUPS_DIR": str(settings.backup_dir),
-        "BACKUPS_ENCRYPT_TO": recipient,
-        "BACKUPS_ENCRYPT": "all",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tablettracker_backups", "backup"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    caught = None
-    deadline = time.monotonic() + 120
-    try:
-        while caught is None and proc.poll() is None and time.monotonic() < deadline:
-            names = os.listdir(settings.backup_dir) if settings.backup_dir.is_dir() else []
-            for name in names:
-                if name.startswith(".tmp-") and name.endswith(".db.zst.age"):
-                    try:
-                        if (settings.backup_dir / name).stat().st_size > 0:
-                            caught = name
-                    except FileNotFoundError:
-                        pass
-            time.sleep(0.002)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+    env = cli_env(big, settings.backup_dir, BACKUPS_ENCRYPT_TO=recipient, BACKUPS_ENCRYPT="all")
+    proc = spawn_cli(["backup"], env)
+    caught = kill_when_written(proc, settings.backup_dir, ".db.zst.age")
     assert caught is not None, "the backup finished before its encryption was seen"
     assert proc.returncode == -signal.SIGKILL
     store = BackupStore(settings)
@@ -525,12 +499,7 @@ def test_status_and_health_json_name_the_keys(
     settings, _, recipient = encrypted_all
     create_backup(settings)
     runner = CliRunner()
-    env = {
-        "BACKUPS_DATABASE": str(settings.database),
-        "BACKUPS_DIR": str(settings.backup_dir),
-        "BACKUPS_ENCRYPT_TO": recipient,
-        "BACKUPS_ENCRYPT": "all",
-    }
+    env = runner_env(settings, recipient)
     shown = runner.invoke(cli, ["status", "--json"], env=env)
     document = json.loads(shown.output)["encryption"]
     assert document["configured"] is True and document["mode"] == "all"

@@ -758,6 +758,24 @@ def test_offsite_retention_keeps_its_own_counts(s3_settings: Callable[..., Setti
     assert [o.id for o in OffsiteStore.from_settings(nothing).list()] == [first.backup.metadata.id]
 
 
+def fresh_machine_env(machine: Path, server: SeaweedServer, prefix: str) -> dict[str, str]:
+    """The whole environment of a new machine: an empty home, no config file, no AWS
+    configuration, only the offsite settings and credentials."""
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "HOME": str(machine / "home"),
+        "XDG_CONFIG_HOME": str(machine / "home" / ".config"),
+        "AWS_CONFIG_FILE": str(machine / "none"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(machine / "none"),
+        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
+        "BACKUPS_S3_BUCKET": BUCKET,
+        "BACKUPS_S3_ENDPOINT_URL": server.endpoint,
+        "BACKUPS_S3_PREFIX": prefix,
+        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
+        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+
+
 def test_full_recovery_from_offsite_alone(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
 ) -> None:
@@ -769,19 +787,7 @@ def test_full_recovery_from_offsite_alone(
     machine = tmp_path / "new-machine"
     (machine / "home").mkdir(parents=True)
     target = machine / "instance" / "tablet_counter.db"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(machine / "home"),
-        "XDG_CONFIG_HOME": str(machine / "home" / ".config"),
-        "AWS_CONFIG_FILE": str(machine / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(machine / "none"),
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "BACKUPS_S3_BUCKET": BUCKET,
-        "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
-        "BACKUPS_S3_PREFIX": settings.s3.prefix,
-        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
-        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
+    env = fresh_machine_env(machine, s3_server, settings.s3.prefix)
     command = [
         sys.executable,
         "-m",

@@ -9,12 +9,9 @@ recovery on an empty machine runs the real command in a fresh process.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -31,10 +28,10 @@ from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
 from tablettracker_backups.restore import recover_from_offsite
-from tablettracker_backups.runner import run
+from tablettracker_backups.runner import RunResult, run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
-from tests import test_offsite
+from tests import faultkit, test_offsite
 from tests.test_offsite import (
     ACCESS_KEY,
     BUCKET,
@@ -112,6 +109,19 @@ def cli_env(settings: Settings, server: SeaweedServer, **extra: str) -> dict[str
     return env
 
 
+def encrypted_run(
+    s3_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> tuple[Settings, Path, str, RunResult]:
+    """A run with BACKUPS_ENCRYPT_TO set (offsite mode) that backed up and uploaded: the
+    settings, the owner's identity file, its public key, and the run."""
+    identity_file, recipient = keys("owner")
+    settings = s3_settings(encrypt_to=recipient)
+    result = run(settings, force=True)
+    assert result.error is None and result.backup is not None, result
+    assert result.offsite is not None and result.offsite.ok, result.offsite
+    return settings, identity_file, recipient, result
+
+
 # -- the round trip ----------------------------------------------------------------------------
 
 
@@ -122,11 +132,8 @@ def test_offsite_mode_round_trip(
     db_path: Path,
     tmp_path: Path,
 ) -> None:
-    identity_file, recipient = keys("owner")
-    settings = s3_settings(encrypt_to=recipient)
-    result = run(settings, force=True)
-    assert result.error is None and result.offsite is not None and result.offsite.ok, result
-    assert result.backup is not None
+    settings, identity_file, recipient, result = encrypted_run(s3_settings, keys)
+    assert result.backup is not None and result.offsite is not None
     backup_id = result.backup.metadata.id
 
     # Local copies stay plain (and hold the schema, as the live database does) ...
@@ -159,6 +166,10 @@ def test_offsite_mode_round_trip(
         {"id": backup_id, "ok": True, "error": None, "depth": "full", "note": None}
     ]
     assert not [f for f in check_health(settings).findings if f.code.startswith("encryption")]
+    listed = json.loads(runner.invoke(cli, ["list", "--json"], env=env).output)
+    assert [(i["encrypted_to"], i["offsite_encrypted_to"]) for i in listed] == [
+        (None, [fingerprint(recipient)])
+    ]
     sealed = runner.invoke(cli, ["verify", "--offsite"], env=env)
     assert sealed.exit_code == 0 and "ciphertext checked" in sealed.output
 
@@ -205,10 +216,8 @@ def test_damaged_offsite_ciphertext_is_rejected_with_nothing_written(
     tmp_path: Path,
     damage: str,
 ) -> None:
-    identity_file, recipient = keys("owner")
-    settings = s3_settings(encrypt_to=recipient)
-    taken = run(settings, force=True)
-    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
+    settings, identity_file, _, taken = encrypted_run(s3_settings, keys)
+    assert taken.backup is not None
     backup_id = taken.backup.metadata.id
     assert settings.s3 is not None
     key = f"{settings.s3.prefix}{backup_id}.db.zst.age"
@@ -242,30 +251,15 @@ def test_missing_and_wrong_identity_on_an_empty_machine(
     db_path: Path,
     tmp_path: Path,
 ) -> None:
-    identity_file, recipient = keys("owner")
+    settings, identity_file, recipient, taken = encrypted_run(s3_settings, keys)
     stranger_file, stranger = keys("stranger")
-    settings = s3_settings(encrypt_to=recipient)
-    taken = run(settings, force=True)
-    assert taken.offsite is not None and taken.offsite.ok and taken.backup is not None
-    assert settings.s3 is not None
+    assert taken.backup is not None and settings.s3 is not None
     # A new machine: empty home, no config, no backup folder; the credentials and the identity
     # (brought along from where the owner keeps it) are all it has.
     machine = tmp_path / "new-machine"
     (machine / "home").mkdir(parents=True)
     target = machine / "instance" / "tablet_counter.db"
-    env = {
-        "PATH": os.environ.get("PATH", ""),
-        "HOME": str(machine / "home"),
-        "XDG_CONFIG_HOME": str(machine / "home" / ".config"),
-        "AWS_CONFIG_FILE": str(machine / "none"),
-        "AWS_SHARED_CREDENTIALS_FILE": str(machine / "none"),
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-        "BACKUPS_S3_BUCKET": BUCKET,
-        "BACKUPS_S3_ENDPOINT_URL": s3_server.endpoint,
-        "BACKUPS_S3_PREFIX": settings.s3.prefix,
-        "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
-        "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
+    env = test_offsite.fresh_machine_env(machine, s3_server, settings.s3.prefix)
     command = [sys.executable, "-m", "tablettracker_backups", "restore", "latest"]
     command += ["--from-offsite", "--to", str(target)]
 
@@ -282,14 +276,10 @@ def test_missing_and_wrong_identity_on_an_empty_machine(
 
     missing = restore()
     wrong = restore("--identity", str(stranger_file))
-    for outcome in (missing, wrong):
-        assert outcome.returncode == 2, outcome.stdout + outcome.stderr
-        assert outcome.stderr.startswith("Error: ")
-        assert len(outcome.stderr.strip().splitlines()) == 1, outcome.stderr
-        assert fingerprint(recipient) in outcome.stderr
-        assert not target.exists()
-    assert "--identity FILE" in missing.stderr
-    assert fingerprint(stranger) in wrong.stderr
+    faultkit.assert_one_line_error(missing, fingerprint(recipient), "--identity FILE")
+    faultkit.assert_one_line_error(wrong, fingerprint(recipient), fingerprint(stranger))
+    assert missing.returncode == wrong.returncode == 2
+    assert not target.exists()
 
     done = restore(BACKUPS_IDENTITY_FILE=str(identity_file))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -355,34 +345,11 @@ def test_kill_9_during_upload_encryption_leaves_nothing_listed(
     settings = s3_settings(database=big, secondary_dir=None, encrypt_to=recipient)
     meta = create_backup(settings).metadata
     assert settings.s3 is not None
-    env = {
-        **os.environ,
-        **cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=recipient),
-        "PYTHONPATH": str(Path(__file__).resolve().parent.parent),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tablettracker_backups", "run"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    env = faultkit.cli_env(None, **cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=recipient))
+    caught = faultkit.kill_when_written(
+        faultkit.spawn_cli(["run"], env), settings.backup_dir, ".upload.age"
     )
-    caught = None
-    deadline = time.monotonic() + 120
-    try:
-        while caught is None and proc.poll() is None and time.monotonic() < deadline:
-            for name in os.listdir(settings.backup_dir):
-                if name.startswith(".tmp-") and name.endswith(".upload.age"):
-                    try:
-                        if (settings.backup_dir / name).stat().st_size > 0:
-                            caught = name
-                    except FileNotFoundError:
-                        pass
-            time.sleep(0.002)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
     assert caught is not None, "the upload finished before its encryption was seen"
-    assert proc.returncode == -signal.SIGKILL
     offsite = OffsiteStore.from_settings(settings)
     assert offsite.list() == []
     assert not [k for k in stored_objects(s3_server, settings) if k.endswith(".json")]

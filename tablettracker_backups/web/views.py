@@ -336,7 +336,7 @@ def download(backup_id: str) -> ResponseReturnValue:
     location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
     if meta is None or location is None:
         raise BackupNotFound(f"backup {info.id} has no sound copy to download")
-    path = store.data_path(location, info.id, meta.compression)
+    path = store.data_path_for(location, meta)
     audit.record(
         settings,
         action="download",
