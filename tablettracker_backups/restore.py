@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 
 from tablettracker_backups import audit
 from tablettracker_backups.backup import cleanup_debris, create_backup
-from tablettracker_backups.encryption import Identity
+from tablettracker_backups.encryption import Identity, missing_identity, unseal_metadata
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
@@ -209,17 +209,27 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
 # -- preview -----------------------------------------------------------------------------------
 
 
-def preview_restore(settings: Settings, backup_id: str) -> RestorePreview:
+def preview_restore(
+    settings: Settings, backup_id: str, *, identity: Identity | None = None
+) -> RestorePreview:
     """Per-table row counts of a backup (from its metadata) against the live database.
 
-    Changes nothing and takes no lock. Raises :class:`InvalidBackupId`, :class:`BackupNotFound`,
-    :class:`RestoreError` (unreadable metadata) or :class:`DatabaseError` (live database
-    unreadable).
+    An encrypted backup known only from the offsite store keeps its row counts sealed:
+    ``identity`` opens them. Changes nothing and takes no lock. Raises
+    :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`RestoreError` (unreadable
+    metadata), :class:`IdentityError` (sealed counts without a fitting identity) or
+    :class:`DatabaseError` (live database unreadable).
     """
     BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
     info = resolve_backup(BackupStore(settings), backup_id)
     meta = info.metadata
     assert meta is not None  # resolve_backup guarantees it
+    if meta.encryption is not None and not meta.row_counts and not meta.source.path:
+        # The offsite copy's public metadata: without its sealed counts every live table
+        # would look "removed".
+        if identity is None:
+            raise missing_identity(f"offsite backup {meta.id}", meta.encryption)
+        meta = unseal_metadata(meta, identity)
     live = settings.database
     live_exists = _has_data(live)
     live_counts: dict[str, int] = {}

@@ -8,6 +8,7 @@ recovery on an empty machine runs the real command in a fresh process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import subprocess
@@ -22,12 +23,17 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
 from tablettracker_backups.encryption import AGE_HEADER, create_identity_file, fingerprint
 from tablettracker_backups.encryption import load_identity as open_key
-from tablettracker_backups.errors import IdentityError, OffsiteError, VerificationError
+from tablettracker_backups.errors import (
+    IdentityError,
+    OffsiteError,
+    RestoreError,
+    VerificationError,
+)
 from tablettracker_backups.health import check_health
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
-from tablettracker_backups.restore import recover_from_offsite
+from tablettracker_backups.restore import preview_restore, recover_from_offsite, restore_backup
 from tablettracker_backups.runner import RunResult, run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
@@ -407,3 +413,31 @@ def test_key_rotation_offsite(
     recover_from_offsite(settings, older.id, to=tmp_path / "old.db", identity=open_key(old_file))
     assert _row_counts(tmp_path / "old.db") == older.row_counts
     assert sync_offsite(settings).ok
+
+
+def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    settings, identity_file, recipient, taken = encrypted_run(s3_settings, keys)
+    assert taken.backup is not None
+    backup_id = taken.backup.metadata.id
+    BackupStore(settings).delete(backup_id)  # every local copy gone: only offsite is left
+    target = tmp_path / "restored.db"
+
+    # Its preview needs the sealed row counts, and so the identity.
+    with pytest.raises(IdentityError, match="--identity FILE"):
+        preview_restore(dataclasses.replace(settings, database=target), backup_id)
+    identity = open_key(identity_file)
+    preview = preview_restore(settings, backup_id, identity=identity)
+    assert {t.status for t in preview.tables} == {"same"}
+
+    # Without the identity the offsite copy is skipped with the reason; nothing is written.
+    with pytest.raises(RestoreError, match=f"offsite copy skipped: .*{fingerprint(recipient)}"):
+        restore_backup(settings, backup_id, to=target)
+    assert not target.exists()
+    restored = restore_backup(settings, backup_id, to=target, identity=identity)
+    assert restored.source_location == "offsite"
+    assert _row_counts(target) == _row_counts(db_path)
