@@ -184,6 +184,21 @@ def backdate(settings: Settings, backup_id: str, delta: object) -> None:
     rewrite_metadata(settings, backup_id, created_at=info.created_at - delta)
 
 
+@pytest.fixture
+def keys(tmp_path: Path) -> Callable[[str], tuple[Path, str]]:
+    """Make a named age identity file (in a folder of its own, as on the owner's computer,
+    not the server); returns its path and its public key (``age1...``)."""
+    from tablettracker_backups.encryption import create_identity_file
+
+    def make(name: str) -> tuple[Path, str]:
+        folder = tmp_path / "owner-keys"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.txt"
+        return path, create_identity_file(path)
+
+    return make
+
+
 def flip_byte(path: Path, offset: int | None = None) -> None:
     """Flip one byte in place (same size): a real silent corruption."""
     data = bytearray(path.read_bytes())

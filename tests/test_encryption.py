@@ -81,19 +81,6 @@ def runner_env(settings: Settings, recipient: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def keys(tmp_path: Path) -> Callable[[str], tuple[Path, str]]:
-    """Make a named identity file (off in its own folder, as on the owner's computer)."""
-
-    def make(name: str) -> tuple[Path, str]:
-        folder = tmp_path / "owner-keys"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{name}.txt"
-        return path, create_identity_file(path)
-
-    return make
-
-
-@pytest.fixture
 def encrypted_all(
     make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
 ) -> tuple[Settings, Path, str]:

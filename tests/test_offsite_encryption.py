@@ -21,7 +21,7 @@ from click.testing import CliRunner
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
-from tablettracker_backups.encryption import AGE_HEADER, create_identity_file, fingerprint
+from tablettracker_backups.encryption import AGE_HEADER, fingerprint
 from tablettracker_backups.encryption import load_identity as open_key
 from tablettracker_backups.errors import (
     IdentityError,
@@ -57,19 +57,6 @@ pytest.importorskip("pyrage")
 
 SQLITE_HEADER = b"SQLite format 3\x00"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def keys(tmp_path: Path) -> Callable[[str], tuple[Path, str]]:
-    """A named identity file on "the owner's computer" (a folder of its own)."""
-
-    def make(name: str) -> tuple[Path, str]:
-        folder = tmp_path / "owner-keys"
-        folder.mkdir(exist_ok=True)
-        path = folder / f"{name}.txt"
-        return path, create_identity_file(path)
-
-    return make
 
 
 def stored_objects(server: SeaweedServer, settings: Settings) -> dict[str, bytes]:
