@@ -71,6 +71,7 @@ def create_blueprint() -> Blueprint:
         static_url_path="/_static",
     )
     bp.before_request(_guard)
+    bp.after_request(_security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
     bp.add_url_rule("/", "dashboard", dashboard)
@@ -78,12 +79,18 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/backups/<backup_id>", "detail", detail)
     bp.add_url_rule("/backups/<backup_id>/download", "download", download, methods=["POST"])
     bp.add_url_rule("/backups/<backup_id>/verify", "verify", verify_one, methods=["POST"])
+    # A page that previews an action and the action itself are separate rules: Flask answers
+    # HEAD (and OPTIONS) on every GET rule, and CSRF checks skip HEAD, so a view that served
+    # both would run its POST branch for a HEAD with a form body (issue 12). This way only a
+    # POST can ever reach code that changes something.
+    bp.add_url_rule("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
     bp.add_url_rule(
-        "/backups/<backup_id>/restore", "restore", restore_page, methods=["GET", "POST"]
+        "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
     )
     bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
     bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
-    bp.add_url_rule("/prune", "prune", prune_page, methods=["GET", "POST"])
+    bp.add_url_rule("/prune", "prune", prune_page, methods=["GET"])
+    bp.add_url_rule("/prune", "prune_confirm", prune_confirm, methods=["POST"])
     bp.add_url_rule("/jobs/<job_id>", "job", job_page)
     bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
     bp.add_url_rule("/audit", "audit", audit_page)
@@ -93,6 +100,7 @@ def create_blueprint() -> Blueprint:
 def create_task_blueprint(task_url: str) -> Blueprint:
     """The token-authenticated scheduled-task endpoint (no session, no CSRF)."""
     bp = Blueprint(TASK_BLUEPRINT, __name__)
+    bp.after_request(_security_headers)
     bp.add_url_rule(task_url, "run", task_run, methods=["POST"])
     return bp
 
@@ -127,6 +135,24 @@ def _guard() -> ResponseReturnValue | None:
         abort(403, description="Only administrators can see the backup pages.")
     csrf.protect()
     return None
+
+
+def _security_headers(response: Response) -> Response:
+    """Headers every page, JSON body and download of the blueprint carries.
+
+    Only added when absent: a host that already chose a value (its own framing policy, a
+    stricter cache rule) keeps it. Backup data (every page but the static files) must not be
+    kept in a browser or proxy cache, where the next user of a shared computer could find it.
+    """
+    headers = response.headers
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    # A host CSP with frame-ancestors already decides framing; X-Frame-Options would only
+    # contradict it in old browsers.
+    if "frame-ancestors" not in headers.get("Content-Security-Policy", ""):
+        headers.setdefault("X-Frame-Options", "DENY")
+    if request.endpoint != f"{BLUEPRINT}.static":
+        headers.setdefault("Cache-Control", "no-store")
+    return response
 
 
 def _actor() -> str:
@@ -304,11 +330,16 @@ def verify_all() -> ResponseReturnValue:
 
 
 def prune_page() -> ResponseReturnValue:
-    """GET: what prune would delete. POST: delete exactly that, or refuse if it changed."""
+    """What prune would delete (changes nothing)."""
+    return render_template(
+        "tablettracker_backups/prune.html", plan=plan_for_store(BackupStore(_settings()))
+    )
+
+
+def prune_confirm() -> ResponseReturnValue:
+    """Delete exactly what the preview showed, or refuse (409) if that changed."""
     settings = _settings()
     store = BackupStore(settings)
-    if request.method == "GET":
-        return render_template("tablettracker_backups/prune.html", plan=plan_for_store(store))
     expected = set(filter(None, request.form.get("expect", "").split(",")))
     with operation_lock(settings):
         plan = plan_for_store(store)
@@ -364,23 +395,30 @@ def download(backup_id: str) -> ResponseReturnValue:
 
 
 def restore_page(backup_id: str) -> ResponseReturnValue:
-    """GET: the differences a restore would make, and the typed confirmation.
+    """The differences a restore would make, and the typed confirmation (changes nothing)."""
+    return _restore_form(_backup_id(backup_id), error=None)
 
-    POST: with the backup id or ``RESTORE`` typed in, restore in a worker process (which first
-    takes a safety snapshot of the live database, so the restore can be undone).
-    """
+
+def restore_confirm(backup_id: str) -> ResponseReturnValue:
+    """With the backup id or ``RESTORE`` typed in, restore in a worker process (which first
+    takes a safety snapshot of the live database, so the restore can be undone)."""
     backup_id = _backup_id(backup_id)
-    settings = _settings()
-    preview = preview_restore(settings, backup_id)
-    error = None
-    if request.method == "POST":
-        typed = request.form.get("confirm", "").strip()
-        if typed in (backup_id, RESTORE_WORD):
-            return _start("restore", {"id": backup_id})
-        error = (
+    BackupStore(_settings()).get(backup_id)  # 404 for an unknown backup, before anything else
+    typed = request.form.get("confirm", "").strip()
+    if typed in (backup_id, RESTORE_WORD):
+        return _start("restore", {"id": backup_id})
+    return _restore_form(
+        backup_id,
+        error=(
             f"Nothing was restored: type the backup id {backup_id} or the word {RESTORE_WORD} "
             "to confirm."
-        )
+        ),
+    )
+
+
+def _restore_form(backup_id: str, *, error: str | None) -> ResponseReturnValue:
+    settings = _settings()
+    preview = preview_restore(settings, backup_id)
     return render_template(
         "tablettracker_backups/restore.html",
         preview=preview,

@@ -219,6 +219,161 @@ def test_posts_without_or_with_wrong_csrf_token_change_nothing(
     assert audit.read_entries(settings) == []
 
 
+# -- only POST changes anything ---------------------------------------------------------------
+
+#: Every method but POST. Flask answers HEAD and OPTIONS on its own for every rule; the HEAD
+#: bypass of issue 12 ran a prune because HEAD reached a view that served GET and POST.
+OTHER_METHODS = ["HEAD", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def files_state(settings: Settings) -> dict[str, tuple[str, int]]:
+    """Every file of the backup folders (backups, audit log, jobs, status) and of the database,
+    with its SHA-256 and modification time: what a request must leave as it was."""
+    import hashlib
+
+    roots = [*settings.locations, settings.database.parent]
+    state: dict[str, tuple[str, int]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            if path.is_file() and path.name != "secret_key.txt":
+                stat = path.stat()
+                state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_mtime_ns)
+    return state
+
+
+@pytest.mark.parametrize("csrf_kind", ["flask-wtf", "own-token"])
+def test_no_method_but_post_with_a_token_changes_anything(
+    tmp_path: Path, make_host: Callable[..., Flask], csrf_kind: str
+) -> None:
+    keep_one = {
+        f"BACKUPS_KEEP_{slot}": 1 for slot in ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+    }
+    if csrf_kind == "flask-wtf":
+        from tablettracker_backups.demo import create_app
+
+        app = create_app({"INSTANCE_PATH": tmp_path / "instance-demo", "TESTING": True, **keep_one})
+        client = app.test_client()
+        login_page = client.get("/login").get_data(as_text=True)
+        response = client.post(
+            "/login",
+            data={
+                "username": "admin",
+                "password": app.config["DEMO_PASSWORD"],
+                "csrf_token": csrf_from(login_page),
+            },
+        )
+        assert response.status_code == 303
+    else:
+        app = make_host(**keep_one)
+        client = host_login(app, "admin")
+    settings = settings_of(app)
+    ids = [create_backup(settings, trigger="test").metadata.id for _ in range(3)]
+    # Prune would delete something: the state in which the HEAD bypass deleted backups.
+    assert client.get(f"{P}/prune").status_code == 200
+    token = csrf_from(client.get(f"{P}/").get_data(as_text=True))
+    before = files_state(settings)
+    assert any(path.endswith(f"{ids[0]}.json") for path in before)
+    task_token = app.config["BACKUPS_TASK_TOKEN"]
+    routes = [*post_actions(ids[-1]), "/tasks/backups/run"]
+    # A body a forger would send: the ids prune expects, the restore confirmation, and even a
+    # valid token (a method that is not POST must change nothing whatever it carries).
+    body = {"csrf_token": token, "expect": ",".join(ids), "confirm": "RESTORE"}
+    for url in routes:
+        headers = {"Authorization": f"Bearer {task_token}"} if url.startswith("/tasks") else {}
+        for method in OTHER_METHODS:
+            response = client.open(url, method=method, data=body, headers=headers)
+            assert response.status_code in (200, 405), (method, url, response.status_code)
+            response.close()
+        if not url.startswith("/tasks"):
+            without = {k: v for k, v in body.items() if k != "csrf_token"}
+            for forged in (without, {**body, "csrf_token": "forged"}):
+                response = client.post(url, data=forged)
+                assert response.status_code == 400, (url, forged, response.status_code)
+    assert files_state(settings) == before
+    assert BackupStore(settings).ids() == sorted(ids, reverse=True)
+    assert audit.read_entries(settings) == []
+    assert not jobs_dir(settings).exists() or not list(jobs_dir(settings).glob("*.json"))
+
+
+def test_pages_send_security_headers(
+    admin_client: FlaskClient, demo_app: Flask, backup_id: str
+) -> None:
+    token = csrf_from(admin_client.get(f"{P}/").get_data(as_text=True))
+    responses = {url: admin_client.get(url) for url in get_pages(backup_id)}
+    responses["404 page"] = admin_client.get(f"{P}/backups/{MISSING_ID}")
+    responses["download"] = admin_client.post(
+        f"{P}/backups/{backup_id}/download", data={"csrf_token": token}
+    )
+    responses["task JSON"] = demo_app.test_client().post(
+        "/tasks/backups/run", headers={"Authorization": "Bearer wrong"}
+    )
+    for name, response in responses.items():
+        headers = response.headers
+        assert headers.get("X-Content-Type-Options") == "nosniff", name
+        assert headers.get("X-Frame-Options") == "DENY", name
+        assert headers.get("Cache-Control") == "no-store", name
+        response.close()
+    # Static files may be cached (they hold no backup data), but are not sniffed either.
+    static = admin_client.get(f"{P}/_static/backups.css")
+    assert static.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+    static.close()
+
+
+def test_headers_the_host_set_are_kept(make_host: Callable[..., Flask]) -> None:
+    from flask import after_this_request
+
+    app = make_host()
+
+    @app.before_request
+    def host_headers() -> None:
+        # A host policy applied before the blueprint's hook sees the response.
+        @after_this_request
+        def apply(response: Any) -> Any:
+            response.headers["Cache-Control"] = "private, max-age=0"
+            response.headers["Content-Security-Policy"] = "frame-ancestors 'self'"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+    response = host_login(app, "admin").get(f"{P}/")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "private, max-age=0"
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
+    assert "X-Frame-Options" not in response.headers  # the host's CSP decides framing
+    assert response.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\\evil.example",
+        "/\\/evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/ /evil.example",
+        "//evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "",
+        None,
+    ],
+)
+def test_safe_next_refuses_other_hosts(demo_app: Flask, target: str | None) -> None:
+    from tablettracker_backups.demo.app import _safe_next
+
+    with demo_app.test_request_context("/login"):
+        assert _safe_next(target) == "/"
+
+
+def test_safe_next_keeps_local_paths(demo_app: Flask) -> None:
+    from tablettracker_backups.demo.app import _safe_next
+
+    with demo_app.test_request_context("/login"):
+        for target in ("/po/1", "/admin/backups/?x=1", "/admin/backups/backups?page=2#top"):
+            assert _safe_next(target) == target
+
+
 # -- actions -----------------------------------------------------------------------------------
 
 
