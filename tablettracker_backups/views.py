@@ -13,6 +13,7 @@ import logging
 import math
 from datetime import datetime, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -29,6 +30,7 @@ from flask import (
 )
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from werkzeug.exceptions import HTTPException
 
 from tablettracker_backups import audit, csrf, jobs
 from tablettracker_backups.charts import Series, size_chart
@@ -57,6 +59,8 @@ TASK_BLUEPRINT = "tablettracker_backups_task"
 PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
+#: HTTP errors shown as the blueprint's own page (401 stays the host's login handling).
+ERROR_CODES = (400, 403, 404, 409)
 
 
 def create_blueprint() -> Blueprint:
@@ -74,6 +78,8 @@ def create_blueprint() -> Blueprint:
     bp.after_request(_security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
+    for code in ERROR_CODES:
+        bp.register_error_handler(code, _http_error)
     bp.add_url_rule("/", "dashboard", dashboard)
     bp.add_url_rule("/backups", "backups", backup_list)
     bp.add_url_rule("/backups/<backup_id>", "detail", detail)
@@ -203,8 +209,50 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
         except BackupError:
             active = None
     return render_template(
-        "tablettracker_backups/error.html", message=str(exc), status=status, active=active
+        "tablettracker_backups/error.html",
+        message=str(exc),
+        status=status,
+        active=active,
+        expired=False,
+        back=_same_site_referrer(),
+        admin=True,
     ), status
+
+
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
+    """An HTTP error as a page in the blueprint's layout, with a way back."""
+    status = exc.code or 500
+    expired = status == 400 and csrf.is_token_failure(exc)
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=status,
+        message=exc.description if not expired else None,
+        expired=expired,
+        back=_same_site_referrer(),
+        # A non-admin (403) or anonymous visitor must not be shown the admin navigation.
+        admin=_is_admin(),
+        active=None,
+    ), status
+
+
+def _is_admin() -> bool:
+    return bool(
+        current_user.is_authenticated and get_state().is_admin(current_user._get_current_object())
+    )
+
+
+def _same_site_referrer() -> str | None:
+    """The page the person came from, if it is on this site (for "go back" and "reload")."""
+    referrer = request.referrer
+    if not referrer:
+        return None
+    parts = urlsplit(referrer)
+    if parts.netloc != request.host or parts.scheme not in ("http", "https"):
+        return None
+    path = parts.path or "/"
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return None
+    return path + (f"?{parts.query}" if parts.query else "")
 
 
 def _backup_id(value: str) -> str:

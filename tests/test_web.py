@@ -374,6 +374,49 @@ def test_safe_next_keeps_local_paths(demo_app: Flask) -> None:
             assert _safe_next(target) == target
 
 
+# -- error pages -------------------------------------------------------------------------------
+
+
+def test_an_expired_form_says_so_in_the_layout_with_a_way_back(
+    admin_client: FlaskClient, make_host: Callable[..., Flask]
+) -> None:
+    host_client = host_login(make_host(), "admin")
+    for client, layout in ((admin_client, '<a class="brand"'), (host_client, "HOST LAYOUT")):
+        client.get(f"{P}/")
+        response = client.post(
+            f"{P}/verify-all",
+            data={"csrf_token": "left-open-since-yesterday"},
+            headers={"Referer": f"http://localhost{P}/prune"},
+        )
+        assert response.status_code == 400
+        html = response.get_data(as_text=True)
+        assert layout in html and 'class="ttb-nav"' in html
+        assert "This form expired; reload and try again" in html
+        assert f'href="{P}/prune">Reload the form' in html
+        assert f'href="{P}/">Backups dashboard' in html
+
+
+def test_not_found_and_forbidden_pages_are_in_the_layout(
+    admin_client: FlaskClient, staff_client: FlaskClient
+) -> None:
+    response = admin_client.get(f"{P}/backups/{MISSING_ID}")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 404
+    assert '<a class="brand"' in html and "<h1>Not found</h1>" in html
+    assert f"no backup with id {MISSING_ID}" in html and f'href="{P}/"' in html
+    response = staff_client.get(f"{P}/audit")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 403
+    assert '<a class="brand"' in html and "Administrators only" in html
+    assert 'class="ttb-nav"' not in html, "a non-admin must not see the admin navigation"
+    assert '<a class="ttb-button" href="/">Home page</a>' in html
+    # A link from another site is not offered as the way back.
+    html = admin_client.get(
+        f"{P}/backups/{MISSING_ID}", headers={"Referer": "https://evil.example/x"}
+    ).get_data(as_text=True)
+    assert "evil.example" not in html
+
+
 # -- actions -----------------------------------------------------------------------------------
 
 
