@@ -125,8 +125,35 @@ def test_admin_sees_every_page_inside_host_layout(
         assert response.status_code == 200, url
         html = response.get_data(as_text=True)
         assert '<a class="brand"' in html, "page does not extend the host's base template"
-        assert f"{P}/_static/backups.css" in html
+        assert html.count(f"{P}/_static/backups.css") == 1, url
+        assert html.count('<nav class="ttb-nav"') == 1, url
         assert 'src="http' not in html and 'href="http' not in html, "no internet assets"
+
+
+def test_every_page_template_extends_the_one_layout() -> None:
+    """Frame, assets and navigation live in _page.html only (issue 9): pages just fill it."""
+    from jinja2 import Environment, nodes
+
+    from tablettracker_backups.resources import resource_dir
+
+    folder = resource_dir("templates") / "tablettracker_backups"
+    pages = [
+        p for p in folder.glob("*.html") if not p.name.startswith("_") and p.name != "base.html"
+    ]
+    assert len(pages) >= 8
+    for path in pages:
+        source = path.read_text()
+        extends = Environment().parse(source).find(nodes.Extends)
+        assert extends is not None and isinstance(extends.template, nodes.Const), path.name
+        assert extends.template.value == "tablettracker_backups/_page.html", path.name
+        for repeated in (
+            "backups_base",
+            "backups.css",
+            "backups.js",
+            "ttb.nav(",
+            '<div class="ttb"',
+        ):
+            assert repeated not in source, (path.name, repeated)
 
 
 def test_static_files_are_served_by_the_blueprint(demo_app: Flask) -> None:
