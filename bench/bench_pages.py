@@ -176,7 +176,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"building {scenario}: {count} backups...", flush=True)
             build(folder, database, count)
 
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
     results: dict[str, Any] = {}
     for scenario in SCENARIOS:
         done = subprocess.run(
@@ -217,8 +219,13 @@ def main(argv: list[str] | None = None) -> int:
         ratio = results[slow][page]["median_ms"] / results[fast][page]["median_ms"]
         verdict = "PASS" if ratio <= limit else "FAIL"
         report["targets"].append(
-            {"page": page, "ratio": f"{slow}/{fast}", "value": ratio, "limit": limit,
-             "verdict": verdict}
+            {
+                "page": page,
+                "ratio": f"{slow}/{fast}",
+                "value": ratio,
+                "limit": limit,
+                "verdict": verdict,
+            }
         )
         print(f"{page:<10} {slow}/{fast} = {ratio:5.2f} (target <= {limit:g}): {verdict}")
     RESULTS.mkdir(exist_ok=True)

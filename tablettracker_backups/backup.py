@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tablettracker_backups import __version__
 from tablettracker_backups.compression import StreamResult, compress_file, copy_file
 from tablettracker_backups.errors import BackupError, StorageError, VerificationError
 from tablettracker_backups.fsutil import (
@@ -43,6 +42,7 @@ from tablettracker_backups.snapshot import (
     take_snapshot,
 )
 from tablettracker_backups.store import BackupStore
+from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.fsutil import (
+    commit,
     describe_os_error,
     ensure_private_dir,
     fsync_path,
@@ -53,6 +54,7 @@ from tablettracker_backups.fsutil import (
 )
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import BackupMetadata, utc_iso, validate_backup_id
+from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     check_sqlite_file,
@@ -62,7 +64,8 @@ from tablettracker_backups.snapshot import (
     row_counts,
     schema_fingerprint,
 )
-from tablettracker_backups.store import OK, BackupInfo, BackupStore, CopyState
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
 from tablettracker_backups.verify import extract_verified
 
 logger = logging.getLogger(__name__)
@@ -180,8 +183,6 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
     """The backup as the offsite store has it; re-raises ``missing`` when there is none."""
     if settings.s3 is None:
         raise missing
-    from tablettracker_backups.offsite import OffsiteStore
-
     try:
         offsite = OffsiteStore.from_settings(settings)
         listed = [o.id for o in offsite.list() if o.complete]
@@ -198,7 +199,7 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         id=meta.id,
         created_at=meta.created_at,
         metadata=meta,
-        copies=(CopyState("offsite", OK),),
+        copies=(CopyState("offsite", CopyStatus.OK),),
         verified=meta.verification.ok,
     )
 
@@ -472,8 +473,6 @@ def _extract_offsite_copy(
     settings = store.settings
     if settings.s3 is None:
         return None
-    from tablettracker_backups.offsite import OffsiteStore
-
     ensure_private_dir(settings.backup_dir)
     scratch = temp_path(settings.backup_dir, f"{backup_id}.restore.db")
     done = 0
@@ -779,3 +778,78 @@ def _audit(settings: Settings, actor: str, attempt: _Attempt, *, ok: bool, messa
         logger.warning(
             "could not write the audit log entry for restore of %s: %s", attempt.backup_id, exc
         )
+
+
+# -- recovery from the offsite store alone ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """A database rebuilt from the offsite store alone."""
+
+    id: str
+    path: Path
+    metadata: BackupMetadata
+    #: Newer offsite backups that were damaged and passed over (id, why), newest first.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def recover_from_offsite(
+    settings: Settings,
+    backup_id: str = "latest",
+    *,
+    to: Path,
+    progress: ByteProgress | None = None,
+) -> RecoveryResult:
+    """Rebuild the database at the new path ``to`` from the offsite store alone.
+
+    Needs only the offsite settings and credentials: no local backup folder, no lock, no live
+    database. ``latest`` takes the newest offsite backup that passes every check (size,
+    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
+    named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
+    complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
+    :class:`VerificationError` or :class:`OffsiteError`.
+    """
+    offsite = OffsiteStore.from_settings(settings)
+    target = to.expanduser().absolute()
+    if target.exists() or target.is_symlink():
+        raise RestoreError(
+            f"{target} already exists; recover into a new path, then move it into place"
+        )
+    ensure_private_dir(target.parent)
+    listing = [o for o in offsite.list() if o.complete]
+    if backup_id == "latest":
+        if not listing:
+            raise BackupNotFound(f"there are no backups in the offsite store {offsite.where}")
+        candidates = [o.id for o in listing]
+    else:
+        validate_backup_id(backup_id)
+        if backup_id not in {o.id for o in listing}:
+            raise BackupNotFound(f"no backup {backup_id} in the offsite store {offsite.where}")
+        candidates = [backup_id]
+    skipped: list[tuple[str, str]] = []
+    for candidate in candidates:
+        scratch = temp_path(target.parent, target.name)
+        try:
+            metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
+        except (VerificationError, MetadataError, BackupNotFound) as exc:
+            remove_quietly(scratch)
+            if backup_id != "latest":
+                raise VerificationError(
+                    f"offsite backup {candidate} failed its checks: {exc}; nothing was written"
+                ) from None
+            logger.warning("offsite backup %s is damaged, trying an older one: %s", candidate, exc)
+            skipped.append((candidate, str(exc)))
+            continue
+        except BaseException:
+            remove_quietly(scratch)
+            raise
+        if target.exists():
+            remove_quietly(scratch)
+            raise RestoreError(f"{target} appeared while recovering; nothing was overwritten")
+        commit(scratch, target)
+        logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
+        return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    raise VerificationError(
+        f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
+    )

@@ -959,9 +959,9 @@ def test_kill_9_restore_at_random_points(
 def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) -> None:
     from flask import Flask
 
-    from tablettracker_backups.extension import get_state
     from tablettracker_backups.verify import verify_backup
-    from tablettracker_backups.views import BLUEPRINT
+    from tablettracker_backups.web.extension import get_state
+    from tablettracker_backups.web.views import BLUEPRINT
     from tests.conftest import csrf_from, login, wait_for_job
 
     assert isinstance(demo_app, Flask)
@@ -1076,8 +1076,8 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
 def test_kill_9_run_during_offsite_upload(
     seaweed: object, tmp_path: Path, reliability: Recorder
 ) -> None:
-    from tablettracker_backups.offsite import OffsiteStore
-    from tablettracker_backups.offsite_sync import verify_offsite
+    from tablettracker_backups.offsite.client import OffsiteStore
+    from tablettracker_backups.offsite.sync import verify_offsite
     from tests.test_offsite import ACCESS_KEY, BUCKET, SECRET_KEY, _big_incompressible_db
 
     trials, seed = 8, 801

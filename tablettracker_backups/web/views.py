@@ -8,7 +8,6 @@ user. Long actions (back up, verify, restore) are handed to a detached worker pr
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from datetime import datetime, timezone
@@ -32,30 +31,33 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
-from tablettracker_backups import audit, csrf, jobs
-from tablettracker_backups.charts import Series, size_chart
-from tablettracker_backups.cli import human_age, human_size, local_time
+from tablettracker_backups import audit
+from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
     LockedError,
 )
-from tablettracker_backups.extension import BackupState, get_state
 from tablettracker_backups.health import check_health
+from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
-from tablettracker_backups.offsite_state import copy_states
-from tablettracker_backups.resources import resource_dir
+from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
-from tablettracker_backups.retention import plan_for_store, prune
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.store import OK, BackupStore
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.web import csrf, tasks
+from tablettracker_backups.web.charts import Series, size_chart
+from tablettracker_backups.web.headers import security_headers
+from tablettracker_backups.web.resources import resource_dir
+from tablettracker_backups.web.state import BackupState, get_state
 
 logger = logging.getLogger(__name__)
 
 BLUEPRINT = "tablettracker_backups"
-TASK_BLUEPRINT = "tablettracker_backups_task"
 PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
@@ -75,7 +77,7 @@ def create_blueprint() -> Blueprint:
         static_url_path="/_static",
     )
     bp.before_request(_guard)
-    bp.after_request(_security_headers)
+    bp.after_request(security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
     for code in ERROR_CODES:
@@ -103,18 +105,10 @@ def create_blueprint() -> Blueprint:
     return bp
 
 
-def create_task_blueprint(task_url: str) -> Blueprint:
-    """The token-authenticated scheduled-task endpoint (no session, no CSRF)."""
-    bp = Blueprint(TASK_BLUEPRINT, __name__)
-    bp.after_request(_security_headers)
-    bp.add_url_rule(task_url, "run", task_run, methods=["POST"])
-    return bp
-
-
 def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
     """Mount the pages and the endpoint; exempt only the endpoint from Flask-WTF's CSRF."""
     app.register_blueprint(create_blueprint(), url_prefix=None if prefix == "/" else prefix)
-    task_bp = create_task_blueprint(task_url)
+    task_bp = tasks.create_task_blueprint(task_url)
     app.register_blueprint(task_bp)
     wtf = app.extensions.get("csrf")
     if wtf is not None:
@@ -124,7 +118,7 @@ def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
     @app.before_request
     def _exempt_task_endpoint() -> None:
         late = current_app.extensions.get("csrf")
-        if late is not None and request.blueprint == TASK_BLUEPRINT:
+        if late is not None and request.blueprint == tasks.TASK_BLUEPRINT:
             late.exempt(task_bp)
 
 
@@ -141,24 +135,6 @@ def _guard() -> ResponseReturnValue | None:
         abort(403, description="Only administrators can see the backup pages.")
     csrf.protect()
     return None
-
-
-def _security_headers(response: Response) -> Response:
-    """Headers every page, JSON body and download of the blueprint carries.
-
-    Only added when absent: a host that already chose a value (its own framing policy, a
-    stricter cache rule) keeps it. Backup data (every page but the static files) must not be
-    kept in a browser or proxy cache, where the next user of a shared computer could find it.
-    """
-    headers = response.headers
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    # A host CSP with frame-ancestors already decides framing; X-Frame-Options would only
-    # contradict it in old browsers.
-    if "frame-ancestors" not in headers.get("Content-Security-Policy", ""):
-        headers.setdefault("X-Frame-Options", "DENY")
-    if request.endpoint != f"{BLUEPRINT}.static":
-        headers.setdefault("Cache-Control", "no-store")
-    return response
 
 
 def _actor() -> str:
@@ -283,7 +259,7 @@ def dashboard() -> ResponseReturnValue:
             ),
         ]
     )
-    disagree = [i for i in infos if any(c.state != OK for c in i.copies)]
+    disagree = [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)]
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
@@ -418,7 +394,7 @@ def download(backup_id: str) -> ResponseReturnValue:
     store = BackupStore(settings)
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
-    location = next((c.location for c in info.copies if c.state == OK), None)
+    location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
     if meta is None or location is None:
         raise BackupNotFound(f"backup {info.id} has no sound copy to download")
     path = store.data_path(location, info.id, meta.compression)
@@ -475,64 +451,3 @@ def _restore_form(backup_id: str, *, error: str | None) -> ResponseReturnValue:
         error=error,
         active=jobs.active_job(settings),
     ), (400 if error else 200)
-
-
-# -- scheduled-task endpoint -------------------------------------------------------------------
-
-
-def _bearer_ok(expected: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        # Still compare, so a missing header costs the same as a wrong one.
-        hmac.compare_digest(b"-", expected.encode())
-        return False
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
-
-
-def task_run() -> ResponseReturnValue:
-    """``POST /tasks/backups/run`` with ``Authorization: Bearer <BACKUPS_TASK_TOKEN>``.
-
-    Answers 404 when no token is configured, 401 for a missing or wrong token, 409 when another
-    operation holds the lock, else the same JSON as ``tablettracker-backups run --json``.
-    """
-    state = get_state()
-    if state.task_token is None:
-        abort(404)
-    if not _bearer_ok(state.task_token):
-        response = jsonify({"ok": False, "error": "missing or wrong bearer token"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tablettracker-backups"'
-        return response
-    from tablettracker_backups.runner import run
-
-    try:
-        result = run(state.settings, trigger="scheduled")
-    except LockedError as exc:
-        return jsonify({"ok": False, "exit_code": 3, "error": str(exc)}), 409
-    except BackupError as exc:
-        _audit_task(state.settings, ok=False, message=str(exc))
-        return jsonify({"ok": False, "exit_code": 2, "error": str(exc)}), 500
-    body = result.to_dict()
-    _audit_task(
-        state.settings,
-        ok=result.error is None,
-        message=result.error
-        or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
-    )
-    return jsonify(body)
-
-
-def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
-    """Leave a trace of runs triggered over HTTP (the page shows who and what)."""
-    try:
-        audit.record(
-            settings,
-            action="run",
-            actor="task endpoint",
-            ok=ok,
-            message=message,
-            details={"via": "http", "remote": request.remote_addr or ""},
-        )
-    except BackupError as exc:
-        logger.error("could not write the audit log: %s", exc)
