@@ -126,7 +126,10 @@ def check_health(
     findings += _copy_findings(backups)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
-    last_run_at, schedule_findings = _schedule_findings(settings, now=now, interval=interval)
+    first = regular[-1].created_at if regular else None
+    last_run_at, schedule_findings = _schedule_findings(
+        settings, now=now, interval=interval, first_backup_at=first
+    )
     findings += schedule_findings
     offsite: dict[str, Any] = {}
     if settings.s3 is not None:
@@ -214,9 +217,14 @@ def _copy_findings(backups: list[BackupInfo]) -> list[Finding]:
 
 
 def _schedule_findings(
-    settings: Settings, *, now: datetime, interval: timedelta
+    settings: Settings, *, now: datetime, interval: timedelta, first_backup_at: datetime | None
 ) -> tuple[datetime | None, list[Finding]]:
-    """When the scheduled run last ran, and whether it failed or seems to have stopped."""
+    """When the scheduled run last ran, and whether it failed, stopped, or was never set up.
+
+    A fresh install (``init`` took the first backup) has had no scheduled run yet: that is no
+    finding until one interval has passed since the first backup (the pages say it as a note),
+    then a warning, since nothing will take the next backup.
+    """
     findings: list[Finding] = []
     status = read_status(settings)
     last_run_at: datetime | None = None
@@ -232,6 +240,17 @@ def _schedule_findings(
                 f"the last scheduled run failed: {str(last_run.get('error'))[:300]}",
             )
         )
+    if last_run_at is None and first_backup_at is not None:
+        waited = now - first_backup_at
+        if waited > interval + GRACE:
+            findings.append(
+                Finding(
+                    Level.WARNING,
+                    "no-scheduled-run",
+                    f"no scheduled run yet, {format_age(waited)} after the first backup: set up "
+                    "the scheduled task (tablettracker-backups init prints its command)",
+                )
+            )
     if last_run_at is not None and now - last_run_at > 2 * interval + GRACE:
         findings.append(
             Finding(

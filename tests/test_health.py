@@ -67,6 +67,8 @@ def test_age_of_the_newest_backup(
     settings = make_settings(interval=interval, **ROOMY)
     backup_id = create_backup(settings).metadata.id
     backdate(settings, backup_id, age)
+    # The schedule runs (it just did not take a backup): only the backup's age is judged here.
+    record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
     report = check_health(settings)
     found = codes(report)
     if expected is None:
@@ -75,6 +77,23 @@ def test_age_of_the_newest_backup(
         assert found["backup-age"] == expected
         assert found["verified-backup-age"] == expected
         assert report.exit_code == {"warning": 1, "critical": 2}[expected]
+
+
+def test_no_scheduled_run_is_a_warning_after_one_interval(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(interval="1h", **ROOMY)
+    backup_id = create_backup(settings).metadata.id
+    backdate(settings, backup_id, timedelta(minutes=50))
+    assert "no-scheduled-run" not in codes(check_health(settings))  # just set up: a note only
+    backdate(settings, backup_id, timedelta(minutes=30))  # 80 min: one interval and the grace
+    report = check_health(settings)
+    assert codes(report)["no-scheduled-run"] == "warning"
+    assert "tablettracker-backups init" in next(
+        f.message for f in report.findings if f.code == "no-scheduled-run"
+    )
+    record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
+    assert "no-scheduled-run" not in codes(check_health(settings))
 
 
 def test_newest_verified_older_than_newest(healthy: Settings) -> None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +26,7 @@ from flask import (
     render_template,
     request,
     send_file,
+    session,
     url_for,
 )
 from flask.typing import ResponseReturnValue
@@ -32,6 +34,7 @@ from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
 from tablettracker_backups import audit
+from tablettracker_backups.bootstrap import setup_command
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
     BackupError,
@@ -42,18 +45,20 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.health import check_health
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.metadata import parse_utc, validate_backup_id
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.status import read_status
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.web import csrf, tasks
+from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.resources import resource_dir
 from tablettracker_backups.web.state import BackupState, get_state
+from tablettracker_backups.web.wording import biggest_changes
 
 logger = logging.getLogger(__name__)
 
@@ -160,6 +165,14 @@ def _template_context() -> dict[str, Any]:
         "ttb_age": human_age,
         "ttb_size": human_size,
         "ttb_utc": _utc_attribute,
+        "ttb_chip": wording.reason_chip,
+        "ttb_change": wording.table_change,
+        "ttb_facts": wording.audit_facts,
+        "ttb_action": wording.action_name,
+        "ttb_kind": lambda kind: wording.KIND_NAMES.get(kind, kind),
+        "ttb_links": lambda text: wording.link_ids(
+            text, lambda backup_id: url_for(f"{BLUEPRINT}.detail", backup_id=backup_id)
+        ),
     }
 
 
@@ -240,76 +253,136 @@ def _backup_id(value: str) -> str:
 
 
 def dashboard() -> ResponseReturnValue:
-    """Health, newest backups, next run, disk, copies agreeing, and the size chart."""
+    """Health, newest backups, the scheduled run, disk, copies agreeing, and the size chart."""
     settings = _settings()
     report = check_health(settings)
     infos = BackupStore(settings).list()
-    with_meta = [i for i in infos if i.metadata is not None]
+    with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
     chart = size_chart(
         [
-            Series(
-                "stored size",
-                "ttb-stored",
-                [(i.created_at, float(i.metadata.stored_size)) for i in with_meta if i.metadata],
-            ),
-            Series(
-                "database size",
-                "ttb-raw",
-                [(i.created_at, float(i.metadata.raw_size)) for i in with_meta if i.metadata],
-            ),
-        ]
+            Series("stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]),
+            Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
+        ],
+        label=local_time,
     )
-    disagree = [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)]
+    status = read_status(settings)
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
         settings=settings,
         chart=chart,
         backups=infos,
-        disagree=disagree,
+        disagree=[i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)],
+        last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
+        last_restore=_last_restore(status),
+        setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
     )
 
 
+def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
+    """Which backup the live database was last restored from, as the restore noted it."""
+    noted = status.get("last_restore")
+    if not isinstance(noted, dict):
+        return None
+    try:
+        return {
+            **noted,
+            "backup_id": validate_backup_id(noted.get("backup_id")),
+            "at": parse_utc(noted.get("at"), "at"),
+        }
+    except BackupError:
+        return None
+
+
+#: The list's filter: kind on the page -> kind in the metadata.
+KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-restore"}
+
+
 def backup_list() -> ResponseReturnValue:
-    """Every backup, newest first, paginated, with why each is kept and its copies."""
+    """Every backup, newest first, paginated; filter by kind, jump to a date."""
     store = BackupStore(_settings())
     infos = store.list()
-    pages = max(1, math.ceil(len(infos) / PER_PAGE))
+    kind = request.args.get("kind", "")
+    if kind and kind not in KIND_FILTERS:
+        abort(404)
+    shown = [i for i in infos if not kind or i.kind == KIND_FILTERS[kind]]
+    pages = max(1, math.ceil(len(shown) / PER_PAGE))
     page = request.args.get("page", 1, type=int)
+    day = _day(request.args.get("date", ""))
+    target: str | None = None
+    if day is not None:
+        # The newest backup taken on that day or before it: its page, and it is marked.
+        offset = _utc_offset(request.args.get("tz", ""))
+        target = next((i.id for i in shown if _local_date(i.created_at, offset) <= day), None)
+        if target is not None:
+            page = next(n for n, i in enumerate(shown) if i.id == target) // PER_PAGE + 1
     if page is None or page < 1 or page > pages:
         abort(404)
-    plan = plan_for_store(store)
-    shown = infos[(page - 1) * PER_PAGE : page * PER_PAGE]
+    first = (page - 1) * PER_PAGE
     return render_template(
         "tablettracker_backups/list.html",
-        backups=shown,
+        backups=shown[first : first + PER_PAGE],
+        first=first + 1,
         # Offsite copy per backup, from the local offsite record (no network).
         offsite=copy_states(store.settings, infos),
-        plan=plan,
+        plan=plan_for_store(store),
         page=page,
         pages=pages,
         total=len(infos),
-        locations=list(store.locations),
+        matching=len(shown),
+        by_kind=Counter(i.kind for i in infos),
+        kind=kind,
+        kinds=KIND_FILTERS,
+        day=day,
+        target=target,
         active=jobs.active_job(store.settings),
     )
 
 
+def _day(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _utc_offset(text: str) -> timedelta | None:
+    """The browser's offset from UTC in minutes (the list's script sends it), if sane."""
+    try:
+        minutes = int(text)
+    except ValueError:
+        return None
+    return timedelta(minutes=minutes) if -18 * 60 <= minutes <= 18 * 60 else None
+
+
+def _local_date(moment: datetime, offset: timedelta | None) -> date:
+    if offset is None:
+        return moment.astimezone().date()  # the server's zone, as the pages show without JS
+    return (moment.astimezone(timezone.utc) + offset).date()
+
+
 def detail(backup_id: str) -> ResponseReturnValue:
-    """One backup's metadata, copies and per-table row counts."""
+    """One backup's metadata, copies, why it is kept, and per-table row counts."""
     store = BackupStore(_settings())
     info = store.get(_backup_id(backup_id))
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
-        offsite=copy_states(store.settings, store.list()),
+        offsite=copy_states(store.settings, [info]),
         reasons=plan_for_store(store).reasons(info.id),
+        newest_verified=_newest_verified(store, info.id),
     )
 
 
+def _newest_verified(store: BackupStore, other_than: str) -> str | None:
+    """A backup to offer instead of a damaged one."""
+    return next((i.id for i in store.list() if i.verified and i.id != other_than), None)
+
+
 def audit_page() -> ResponseReturnValue:
-    """Who did what, when, with what result."""
+    """Who did what, when, with what result: the one log every face writes."""
     return render_template(
         "tablettracker_backups/audit.html", entries=audit.read_entries(_settings(), limit=500)
     )
@@ -354,14 +427,23 @@ def verify_all() -> ResponseReturnValue:
 
 
 def prune_page() -> ResponseReturnValue:
-    """What prune would delete (changes nothing)."""
+    """What prune would delete (changes nothing); after a prune, also what it deleted."""
     return render_template(
-        "tablettracker_backups/prune.html", plan=plan_for_store(BackupStore(_settings()))
+        "tablettracker_backups/prune.html",
+        plan=plan_for_store(BackupStore(_settings())),
+        result=session.pop(PRUNED_KEY, None),
     )
 
 
+#: Where the prune action leaves its result for the page it redirects to (post/redirect/get).
+PRUNED_KEY = "_tablettracker_backups_pruned"
+#: Ids kept in the session for that page: a cookie is small; the audit log has them all.
+PRUNED_SHOWN = 30
+
+
 def prune_confirm() -> ResponseReturnValue:
-    """Delete exactly what the preview showed, or refuse (409) if that changed."""
+    """Delete exactly what the preview showed, or refuse (409) if that changed; then send the
+    browser to the prune page, so reloading the result does not post again."""
     settings = _settings()
     store = BackupStore(settings)
     expected = set(filter(None, request.form.get("expect", "").split(",")))
@@ -376,16 +458,19 @@ def prune_confirm() -> ResponseReturnValue:
                 changed=True,
             ), 409
         result = prune(store)
-    message = f"pruned {len(result.deleted)} backup(s)"
     audit.record(
         settings,
         action="prune",
         actor=_actor(),
         ok=True,
-        message=message,
+        message=f"pruned {len(result.deleted)} backup(s)",
         details={"via": "web", "deleted": list(result.deleted)},
     )
-    return render_template("tablettracker_backups/prune.html", plan=plan, result=result)
+    session[PRUNED_KEY] = {
+        "count": len(result.deleted),
+        "ids": list(result.deleted[:PRUNED_SHOWN]),
+    }
+    return redirect(url_for(f"{BLUEPRINT}.prune"), code=303)
 
 
 def download(backup_id: str) -> ResponseReturnValue:
@@ -425,9 +510,19 @@ def restore_page(backup_id: str) -> ResponseReturnValue:
 
 def restore_confirm(backup_id: str) -> ResponseReturnValue:
     """With the backup id or ``RESTORE`` typed in, restore in a worker process (which first
-    takes a safety snapshot of the live database, so the restore can be undone)."""
+    takes a safety snapshot of the live database, so the restore can be undone).
+
+    A backup known to be damaged (no copy passed its last verification) is refused here: the
+    page does not offer it, and a form from before the damage was found must not restore it.
+    """
     backup_id = _backup_id(backup_id)
-    BackupStore(_settings()).get(backup_id)  # 404 for an unknown backup, before anything else
+    info = BackupStore(_settings()).get(backup_id)  # 404 for an unknown backup
+    if not info.verified:
+        return _restore_form(
+            backup_id,
+            error=f"Nothing was restored: backup {backup_id} is known to be damaged.",
+            status=409,
+        )
     typed = request.form.get("confirm", "").strip()
     if typed in (backup_id, RESTORE_WORD):
         return _start("restore", {"id": backup_id})
@@ -440,14 +535,20 @@ def restore_confirm(backup_id: str) -> ResponseReturnValue:
     )
 
 
-def _restore_form(backup_id: str, *, error: str | None) -> ResponseReturnValue:
+def _restore_form(backup_id: str, *, error: str | None, status: int = 400) -> ResponseReturnValue:
     settings = _settings()
+    store = BackupStore(settings)
+    info = store.get(backup_id)
     preview = preview_restore(settings, backup_id)
     return render_template(
         "tablettracker_backups/restore.html",
+        info=info,
         preview=preview,
+        tables=preview.by_impact(),
+        biggest=biggest_changes(preview.tables),
         backup_id=backup_id,
         restore_word=RESTORE_WORD,
+        newest_verified=_newest_verified(store, backup_id),
         error=error,
         active=jobs.active_job(settings),
-    ), (400 if error else 200)
+    ), (status if error else 200)
