@@ -246,3 +246,23 @@ def test_ok_report_appends_no_alert(healthy: Settings) -> None:
     write_status(healthy, check_health(healthy))
     assert not (healthy.backup_dir / ALERT_LOG).exists()
     assert json.loads((healthy.backup_dir / STATUS_FILE).read_text())["health"]["status"] == "ok"
+
+
+def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
+    healthy: Settings,
+) -> None:
+    """The pages' check: what hashing and quick_check found comes from the saved report."""
+    backup_id = create_backup(healthy).metadata.id
+    store = BackupStore(healthy)
+    flip_byte(store.data_path("primary", backup_id, healthy.compression))
+    light = check_health(healthy, read_data=False)
+    assert "checksum" not in codes(light) and light.data_checked_at is None  # never ran
+    full = check_health(healthy)
+    assert codes(full)["checksum"] == "warning" and full.data_checked_at == full.checked_at
+    write_status(healthy, full)
+    light = check_health(healthy, read_data=False)
+    assert codes(light)["checksum"] == "warning"
+    assert light.data_checked_at == full.checked_at
+    assert {f.message for f in light.findings if f.code == "checksum"} == {
+        f.message for f in full.findings if f.code == "checksum"
+    }

@@ -8,8 +8,10 @@ detached worker processes.
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -1188,3 +1190,67 @@ def test_times_are_one_format_with_the_zone_named(
     dashboard = admin_client.get(f"{P}/").get_data(as_text=True)
     chart = dashboard.split('<svg class="ttb-chart"')[1]
     assert f'data-ttb-utc="{info.created_at:%Y-%m-%dT%H:%M:%SZ}">{shown}</text>' in chart
+
+
+# -- page loads read no backup data -----------------------------------------------------------
+
+#: Files opened and SQLite databases connected to while a test watches (an audit hook sees
+#: every open() and os.open() of this process, and every sqlite3.connect).
+_WATCHED: list[str] | None = None
+
+
+def _watch(event: str, args: tuple[Any, ...]) -> None:
+    if _WATCHED is None or event not in ("open", "sqlite3.connect"):
+        return
+    target = args[0] if args else None
+    if isinstance(target, str | bytes | os.PathLike):
+        _WATCHED.append(f"{event} {os.fsdecode(target)}")
+
+
+sys.addaudithook(_watch)  # hooks cannot be removed; it does nothing unless a test watches
+
+
+def test_page_loads_read_no_backup_data(make_host: Callable[..., Flask]) -> None:
+    """Hashing belongs to run and verify: a page load must not open a backup's data file, and
+    (but for the restore preview, which counts the live rows) not the live database either.
+
+    A minimal host, so that every file the request opens is the blueprint's doing (the demo
+    app loads its users from the live database on every request)."""
+    global _WATCHED
+    app = make_host()
+    admin_client = host_login(app, "admin")
+    settings = settings_of(app)
+    backup_id = create_backup(settings, trigger="test").metadata.id
+    create_backup(settings, trigger="test")
+    _damage(settings, backup_id)  # a damaged one too, as the pages must show it
+    assert app.test_cli_runner().invoke(args=["backups", "health"]).exit_code in (1, 2)
+    store = BackupStore(settings)
+    data_files = {
+        str(store.data_path(location, info.id, settings.compression))
+        for info in store.list()
+        for location in store.locations
+    }
+    assert len(data_files) >= 2
+    pages = [url for url in get_pages(backup_id) if not url.endswith("/restore")]
+    pages += [f"{P}/backups?kind=manual", f"{P}/backups?date=2026-01-01"]
+    _WATCHED = []
+    try:
+        for url in pages:
+            response = admin_client.get(url)
+            assert response.status_code == 200, url
+            response.close()
+        during_pages = list(_WATCHED)
+        _WATCHED.clear()
+        preview = admin_client.get(f"{P}/backups/{backup_id}/restore")
+        assert preview.status_code == 200
+        during_preview = list(_WATCHED)
+    finally:
+        _WATCHED = None
+    assert any(p.endswith(".json") for p in during_pages), "the hook must see the pages' reads"
+    assert not [p for p in during_pages if p.split(" ", 1)[1] in data_files]
+    assert not [p for p in during_pages if p.startswith("sqlite3.connect")]
+    assert not [p for p in during_pages if p.split(" ", 1)[1] == str(settings.database)]
+    assert not [p for p in during_preview if p.split(" ", 1)[1] in data_files]
+    # What the last full check found is still shown, with when it ran.
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "data-ttb-data-checked" in html

@@ -52,7 +52,7 @@ from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status
-from tablettracker_backups.store import BackupStore
+from tablettracker_backups.store import BackupInfo, BackupStore
 from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.headers import security_headers
@@ -155,6 +155,12 @@ def _settings() -> Settings:
     return get_state().settings
 
 
+def _store() -> BackupStore:
+    """The backup folders, with the app's listing cache (pages list on every load)."""
+    state = get_state()
+    return BackupStore(state.settings, cache=state.listing)
+
+
 def _template_context() -> dict[str, Any]:
     state: BackupState = get_state()
     return {
@@ -255,30 +261,46 @@ def _backup_id(value: str) -> str:
 def dashboard() -> ResponseReturnValue:
     """Health, newest backups, the scheduled run, disk, copies agreeing, and the size chart."""
     settings = _settings()
-    report = check_health(settings)
-    infos = BackupStore(settings).list()
-    with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
-    chart = size_chart(
-        [
-            Series("stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]),
-            Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
-        ],
-        label=local_time,
-    )
+    store = _store()
+    # Light: no hashing, no reading the live database; those results come from the last run.
+    report = check_health(settings, store=store, read_data=False)
+    infos = store.list()
     status = read_status(settings)
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
         settings=settings,
-        chart=chart,
-        backups=infos,
-        disagree=[i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)],
+        summary=store.memo(("dashboard",), lambda: _summary(infos)),
         last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
         last_restore=_last_restore(status),
         setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
     )
+
+
+def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
+    """What the dashboard shows about all backups (computed once per listing)."""
+    with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
+    return {
+        "count": len(infos),
+        "chart": size_chart(
+            [
+                Series(
+                    "stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]
+                ),
+                Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
+            ],
+            label=local_time,
+        ),
+        "disagree": [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)][:5],
+        "disagree_count": sum(any(c.state != CopyStatus.OK for c in i.copies) for i in infos),
+        "last_verified": max(
+            (i for i in infos if i.metadata is not None),
+            key=lambda i: i.metadata.verification.verified_at,  # type: ignore[union-attr]
+            default=None,
+        ),
+    }
 
 
 def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
@@ -302,12 +324,16 @@ KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-res
 
 def backup_list() -> ResponseReturnValue:
     """Every backup, newest first, paginated; filter by kind, jump to a date."""
-    store = BackupStore(_settings())
+    store = _store()
     infos = store.list()
     kind = request.args.get("kind", "")
     if kind and kind not in KIND_FILTERS:
         abort(404)
-    shown = [i for i in infos if not kind or i.kind == KIND_FILTERS[kind]]
+    shown = (
+        store.memo(("kind", kind), lambda: [i for i in infos if i.kind == KIND_FILTERS[kind]])
+        if kind
+        else infos
+    )
     pages = max(1, math.ceil(len(shown) / PER_PAGE))
     page = request.args.get("page", 1, type=int)
     day = _day(request.args.get("date", ""))
@@ -326,13 +352,13 @@ def backup_list() -> ResponseReturnValue:
         backups=shown[first : first + PER_PAGE],
         first=first + 1,
         # Offsite copy per backup, from the local offsite record (no network).
-        offsite=copy_states(store.settings, infos),
+        offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         plan=plan_for_store(store),
         page=page,
         pages=pages,
         total=len(infos),
         matching=len(shown),
-        by_kind=Counter(i.kind for i in infos),
+        by_kind=store.memo(("kinds",), lambda: Counter(i.kind for i in infos)),
         kind=kind,
         kinds=KIND_FILTERS,
         day=day,
@@ -365,7 +391,7 @@ def _local_date(moment: datetime, offset: timedelta | None) -> date:
 
 def detail(backup_id: str) -> ResponseReturnValue:
     """One backup's metadata, copies, why it is kept, and per-table row counts."""
-    store = BackupStore(_settings())
+    store = _store()
     info = store.get(_backup_id(backup_id))
     return render_template(
         "tablettracker_backups/detail.html",
@@ -417,7 +443,7 @@ def backup_now() -> ResponseReturnValue:
 def verify_one(backup_id: str) -> ResponseReturnValue:
     """Fully verify one backup in a worker process."""
     backup_id = _backup_id(backup_id)
-    BackupStore(_settings()).get(backup_id)
+    _store().get(backup_id)
     return _start("verify", {"id": backup_id})
 
 
@@ -430,7 +456,7 @@ def prune_page() -> ResponseReturnValue:
     """What prune would delete (changes nothing); after a prune, also what it deleted."""
     return render_template(
         "tablettracker_backups/prune.html",
-        plan=plan_for_store(BackupStore(_settings())),
+        plan=plan_for_store(_store()),
         result=session.pop(PRUNED_KEY, None),
     )
 
@@ -445,7 +471,7 @@ def prune_confirm() -> ResponseReturnValue:
     """Delete exactly what the preview showed, or refuse (409) if that changed; then send the
     browser to the prune page, so reloading the result does not post again."""
     settings = _settings()
-    store = BackupStore(settings)
+    store = BackupStore(settings)  # what gets deleted is decided on a fresh listing
     expected = set(filter(None, request.form.get("expect", "").split(",")))
     with operation_lock(settings):
         plan = plan_for_store(store)
@@ -476,7 +502,7 @@ def prune_confirm() -> ResponseReturnValue:
 def download(backup_id: str) -> ResponseReturnValue:
     """Stream the stored (compressed) file of a backup; primary copy preferred."""
     settings = _settings()
-    store = BackupStore(settings)
+    store = _store()
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
     location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
@@ -516,7 +542,7 @@ def restore_confirm(backup_id: str) -> ResponseReturnValue:
     page does not offer it, and a form from before the damage was found must not restore it.
     """
     backup_id = _backup_id(backup_id)
-    info = BackupStore(_settings()).get(backup_id)  # 404 for an unknown backup
+    info = _store().get(backup_id)  # 404 for an unknown backup
     if not info.verified:
         return _restore_form(
             backup_id,
@@ -537,7 +563,7 @@ def restore_confirm(backup_id: str) -> ResponseReturnValue:
 
 def _restore_form(backup_id: str, *, error: str | None, status: int = 400) -> ResponseReturnValue:
     settings = _settings()
-    store = BackupStore(settings)
+    store = _store()
     info = store.get(backup_id)
     preview = preview_restore(settings, backup_id)
     return render_template(
