@@ -481,7 +481,9 @@ def verify(
         "verify-all" if verify_all else "verify",
         ok=not bad,
         message=(
-            f"verified {len(results)} backup(s)"
+            f"verified {results[0].id}: {'damaged' if bad else 'sound'}"
+            if len(results) == 1
+            else f"verified {len(results)} backups"
             + (f"; damaged: {', '.join(bad)}" if bad else ": all sound")
         ),
     )
