@@ -1,9 +1,11 @@
-"""The admin pages and the scheduled-task endpoint: thin faces over the core.
+"""The admin pages: thin faces over the core (the task endpoint is :mod:`.tasks`).
 
 Every page is for admins only (anonymous users go to the host's login page, other users get
 403); every state change is a POST with a CSRF token and leaves an audit-log entry with the
-user. Long actions (back up, verify, restore) are handed to a detached worker process through
-:mod:`tablettracker_backups.jobs`, and the person watches a job page until it is done.
+user; no other method changes anything. Long actions (back up, verify, restore) are handed to
+a detached worker process through :mod:`tablettracker_backups.jobs`, and the person watches a
+job page until it is done. A page load reads no backup data: listings come through the app's
+listing cache, and what hashing found comes from the last ``run`` or ``health``.
 """
 
 from __future__ import annotations
