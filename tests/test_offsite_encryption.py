@@ -403,6 +403,7 @@ def test_key_rotation_offsite(
 
 
 def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
+    s3_server: SeaweedServer,
     s3_settings: Callable[..., Settings],
     keys: Callable[[str], tuple[Path, str]],
     db_path: Path,
@@ -420,6 +421,20 @@ def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
     identity = open_key(identity_file)
     preview = preview_restore(settings, backup_id, identity=identity)
     assert {t.status for t in preview.tables} == {"same"}
+    runner = CliRunner()
+    env = cli_env(settings, s3_server, BACKUPS_ENCRYPT_TO=recipient)
+    if settings.secondary_dir is not None:
+        env["BACKUPS_SECONDARY_DIR"] = str(settings.secondary_dir)
+    refused = runner.invoke(cli, ["restore", backup_id, "--preview"], env=env)
+    assert refused.exit_code == 2 and "--identity FILE" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    shown = runner.invoke(
+        cli,
+        ["restore", backup_id, "--preview", "--json", "--identity", str(identity_file)],
+        env=env,
+    )
+    assert shown.exit_code == 0, shown.output
+    assert {t["status"] for t in json.loads(shown.output)["tables"]} == {"same"}
 
     # Without the identity the offsite copy is skipped with the reason; nothing is written.
     with pytest.raises(RestoreError, match=f"offsite copy skipped: .*{fingerprint(recipient)}"):
