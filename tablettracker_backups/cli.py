@@ -417,7 +417,7 @@ def verify(
     if verify_all:
         ids = [info.id for info in store.list()]
     else:
-        ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
+        ids = [store.newest().id if not backup_id else _pick(settings, backup_id)]
     results = []
     for index, one in enumerate(ids, start=1):
         result = verify_backup(store, one)

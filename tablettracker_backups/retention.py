@@ -3,8 +3,9 @@
 A pure function of the listed backups and the policy: it reads and deletes nothing. Deleting what
 it does not keep is :mod:`tablettracker_backups.prune`.
 
-For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
-of the last N calendar slots that have one is kept. One backup may fill several slots and is
+For each slot kind (hourly, daily, weekly, monthly, yearly) the newest good backup (faithful, of
+undamaged data) of each of the last N calendar slots that have one is kept. Pinned backups are
+kept whatever their age. One backup may fill several slots and is
 stored once. Slots are counted among the backups that exist, not back from "now", so a clock
 that jumps backwards or a backup dated in the future never makes good backups look expired.
 """
@@ -29,7 +30,16 @@ class Candidate:
     id: str
     created_at: datetime
     kind: str
+    #: The copy is faithful (verified).
     verified: bool
+    #: The snapshot holds damaged data (the live database failed integrity_check).
+    source_damaged: bool = False
+    pinned: bool = False
+
+    @property
+    def good(self) -> bool:
+        """Faithful, and of data that was not damaged."""
+        return self.verified and not self.source_damaged
 
 
 @dataclass(frozen=True)
@@ -90,8 +100,10 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
-    Guarantees: the newest backup and the newest verified backup are always kept; unverified
-    backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
+    Guarantees: the newest backup, the newest verified (faithful) backup of any kind and the
+    newest good regular backup (``latest``) are always kept; pinned backups
+    are always kept; only good backups fill a slot (a snapshot of damaged data must not push
+    good backups out); pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
     is unreadable are never deleted.
@@ -109,7 +121,7 @@ def plan_retention(
     for candidate in ordered:
         if candidate.id in future:
             reasons[candidate.id].append("dated in the future")
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.good and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -128,6 +140,13 @@ def plan_retention(
     newest_verified = next((c for c in ordered if c.verified), None)
     if newest_verified is not None and newest_verified is not ordered[0]:
         reasons[newest_verified.id].append("newest verified backup")
+    # What ``latest`` restores, even when newer snapshots hold damaged data.
+    newest_good = next((c for c in ordered if c.good and c.kind != "pre-restore"), None)
+    if newest_good is not None and newest_good not in (ordered[0], newest_verified):
+        reasons[newest_good.id].append("newest good backup")
+    for candidate in ordered:
+        if candidate.pinned:
+            reasons[candidate.id].append("pinned")
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
@@ -151,4 +170,6 @@ def plan_retention(
 
 def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
     """Retention candidates from listed backups."""
-    return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
+    return [
+        Candidate(i.id, i.created_at, i.kind, i.verified, i.source_damaged, i.pinned) for i in infos
+    ]

@@ -1,18 +1,16 @@
-"""Verifying stored backups: checksum, decompression, integrity, row counts, schema.
+"""Verifying stored backups: is each copy faithful, and do its data checks agree?
 
 A full check of one copy decompresses it to a temporary file (checking the stored SHA-256 as it
-reads), compares the raw SHA-256, runs ``integrity_check`` and ``foreign_key_check``, and
-compares row counts and the schema fingerprint with the metadata.
+reads) and compares the raw SHA-256: equal hashes mean the copy is exactly the snapshot. Then
+``integrity_check``, ``foreign_key_check``, row counts and the schema fingerprint run again and
+must give what the backup recorded (a backup of damaged data is a faithful copy of it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
-import threading
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,11 +27,10 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.metadata import BackupMetadata, Verification
 from tablettracker_backups.snapshot import (
+    UNREADABLE_SCHEMA,
     DatabaseCheck,
     check_sqlite_file,
-    connect,
-    row_counts,
-    schema_fingerprint,
+    inspect_database,
 )
 from tablettracker_backups.store import BackupStore
 
@@ -83,11 +80,19 @@ def extract_verified(
     dest: Path,
     *,
     progress: ByteProgress | None = None,
+    full: bool = True,
 ) -> None:
     """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``.
 
-    On success ``dest`` is a verified copy of the database; on failure it is removed and
-    :class:`VerificationError` says what did not match.
+    Always: the stored file's size and SHA-256 and the decompressed database's SHA-256 must
+    match the metadata, so ``dest`` holds exactly the bytes of the snapshot (a faithful copy),
+    and it must open as SQLite. With ``full`` (``verify``, the drill) the data checks run again
+    too (integrity_check, foreign_key_check, row counts, schema) and must agree with what the
+    backup recorded: a snapshot of damaged data stays a faithful copy of it. Without ``full``
+    (restore) they are skipped: identical bytes cannot give other answers, and on a large
+    database they are most of the time a restore would spend before it writes.
+
+    On failure ``dest`` is removed and :class:`VerificationError` says what did not match.
     """
     try:
         if not data_file.is_file():
@@ -106,80 +111,45 @@ def extract_verified(
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")
-        check = check_in_parallel(dest)
-        if check.integrity != "ok":
-            raise VerificationError(f"integrity_check failed: {check.integrity}")
-        if check.foreign_key_violations:
-            raise VerificationError(
-                f"foreign_key_check found {check.foreign_key_violations} violations"
-            )
-        if check.row_counts != metadata.row_counts:
-            raise VerificationError("row counts differ from its metadata")
-        if check.schema_fingerprint != metadata.schema_fingerprint:
-            raise VerificationError("schema differs from its metadata")
+        unreadable = metadata.schema_fingerprint == UNREADABLE_SCHEMA
+        if full:
+            _compare_findings(_inspect(dest, unreadable=unreadable), metadata)
+        elif not unreadable:
+            try:
+                check_sqlite_file(dest)
+            except DatabaseError as exc:
+                raise VerificationError(str(exc)) from None
     except BaseException:
         remove_quietly(dest)
         raise
 
 
-def check_in_parallel(path: Path) -> DatabaseCheck:
-    """The full check of a private copy, like ``inspect_database(path, full=True)``, faster.
-
-    ``integrity_check`` runs in a worker thread on its own connection while this thread runs
-    ``foreign_key_check``, the row counts and the schema fingerprint on another. SQLite releases
-    the GIL, so on two cores the wall time is about the longer of the two rather than their sum
-    (this is most of the time a restore spends before it writes). Raises
-    :class:`VerificationError` when the file cannot be read as a database.
-    """
+def _inspect(path: Path, *, unreadable: bool) -> DatabaseCheck | None:
+    """The full data check; ``None`` for a kept safety snapshot that never opened as SQLite."""
     try:
-        check_sqlite_file(path)
-    except DatabaseError as exc:
-        raise VerificationError(str(exc)) from None
-    outcome: dict[str, object] = {}
+        return inspect_database(path, full=True, parallel=True)
+    except VerificationError:
+        if unreadable:
+            return None
+        raise
 
-    def integrity() -> None:
-        try:
-            with closing(connect(path, uri_mode="ro")) as conn:
-                conn.execute("PRAGMA cache_size=-32768")
-                rows = conn.execute("PRAGMA integrity_check(20)").fetchall()
-                outcome["messages"] = [str(row[0]) for row in rows]
-        except (sqlite3.Error, DatabaseError) as exc:  # reported by the caller's thread
-            outcome["error"] = exc
 
-    worker = threading.Thread(target=integrity, name="verify-integrity-check", daemon=True)
-    worker.start()
-    other: BaseException | None = None
-    try:
-        with closing(connect(path, uri_mode="ro")) as conn:
-            conn.execute("PRAGMA cache_size=-32768")
-            violations = len(conn.execute("PRAGMA foreign_key_check").fetchall())
-            counts = row_counts(conn)
-            fingerprint = schema_fingerprint(conn)
-            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
-    except (sqlite3.Error, DatabaseError) as exc:
-        other = exc
-    finally:
-        worker.join()
-    error = outcome.get("error")
-    if isinstance(error, BaseException):
-        raise VerificationError(f"{path.name} is not a readable database: {error}") from None
-    messages = outcome["messages"]
-    assert isinstance(messages, list)
-    integrity_result = "ok" if messages == ["ok"] else "; ".join(messages)
-    if other is not None:
-        # A damaged file can make the counts fail; integrity_check then says more about why.
-        if integrity_result != "ok":
-            return DatabaseCheck(integrity_result, 0, {}, "", 0, 0)
-        raise VerificationError(f"{path.name} is not a readable database: {other}") from None
-    return DatabaseCheck(
-        integrity=integrity_result,
-        foreign_key_violations=violations,
-        row_counts=counts if integrity_result == "ok" else {},
-        schema_fingerprint=fingerprint,
-        page_size=page_size,
-        page_count=page_count,
-    )
+def _compare_findings(check: DatabaseCheck | None, metadata: BackupMetadata) -> None:
+    """The data checks of a faithful copy must give what the backup recorded."""
+    recorded = metadata.findings
+    if check is None:
+        return
+    if check.integrity != "ok" and not recorded.source_damaged:
+        raise VerificationError(f"integrity_check failed: {check.integrity}")
+    if check.foreign_key_violations != recorded.foreign_key_violations:
+        raise VerificationError(
+            f"foreign_key_check found {check.foreign_key_violations} violations; the backup "
+            f"recorded {recorded.foreign_key_violations}"
+        )
+    if check.row_counts != metadata.row_counts:
+        raise VerificationError("row counts differ from its metadata")
+    if check.schema_fingerprint != metadata.schema_fingerprint:
+        raise VerificationError("schema differs from its metadata")
 
 
 def verify_copy(
