@@ -390,7 +390,6 @@ def copy_between(store: BackupStore, source: str, location: str, metadata: Backu
     match, :class:`StorageError` when the folder cannot be written."""
     origin = store.data_path(source, metadata.id, metadata.compression)
     final = store.data_path(location, metadata.id, metadata.compression)
-    check_writable_dir(final.parent)
     temp = temp_path(final.parent, final.name)
     try:
         size, digest = copy_file(origin, temp)

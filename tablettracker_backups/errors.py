@@ -53,3 +53,7 @@ class OffsiteError(BackupError):
 
 class IdentityError(BackupError):
     """A backup folder belongs to another database than the one configured."""
+
+
+class InvalidLabel(BackupError):
+    """A backup's label is too long or holds control characters."""

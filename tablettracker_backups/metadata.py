@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from tablettracker_backups.errors import InvalidBackupId, MetadataError
+from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, MetadataError
 
 FORMAT_VERSION = 1
 #: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
@@ -61,7 +61,7 @@ def id_time(backup_id: str) -> datetime:
 def validate_label(value: object) -> str | None:
     """A label as given by a person, trimmed; ``None`` for an empty one.
 
-    Raises :class:`MetadataError` for a label that is too long or holds control characters
+    Raises :class:`InvalidLabel` for a label that is too long or holds control characters
     (it is shown on pages and in terminals).
     """
     if value is None:
@@ -70,9 +70,9 @@ def validate_label(value: object) -> str | None:
     if not text:
         return None
     if len(text) > MAX_LABEL:
-        raise MetadataError(f"a label may be at most {MAX_LABEL} characters long")
+        raise InvalidLabel(f"a label may be at most {MAX_LABEL} characters long")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
-        raise MetadataError("a label may not contain control characters (newlines, tabs ...)")
+        raise InvalidLabel("a label may not contain control characters (newlines, tabs ...)")
     return text
 
 

@@ -108,6 +108,9 @@ def plan_retention(
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
     is unreadable are never deleted.
 
+    While the newest regular backup holds damaged data (source-damaged), nothing is deleted:
+    the older backups are what a recovery may need.
+
     Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
     was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
     backup stamped 2030 would otherwise take the newest slot of every kind), and nothing at all
@@ -154,6 +157,12 @@ def plan_retention(
         for candidate in ordered:
             if candidate.id not in future:
                 reasons[candidate.id].append("retention paused: a backup is dated in the future")
+    newest_regular = next((c for c in ordered if c.kind != "pre-restore" and c.verified), None)
+    if newest_regular is not None and newest_regular.source_damaged:
+        # The damage may have begun before integrity_check could see it: while the newest
+        # snapshot holds damaged data, every older backup may be the one that is needed.
+        for candidate in ordered:
+            reasons[candidate.id].append("retention paused: the live database is damaged")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
     for candidate in ordered:

@@ -513,15 +513,17 @@ def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    use_default: bool = True,
 ) -> Settings:
     """Settings for a process without a Flask app (the CLI, a scheduled task).
 
-    Reads ``config_file`` (or the default config file when it exists), then the environment,
-    then ``overrides`` (``None`` values are ignored). Raises :class:`ConfigError`.
+    Reads ``config_file`` (or, with ``use_default``, the default config file when it exists),
+    then the environment, then ``overrides`` (``None`` values are ignored). Raises
+    :class:`ConfigError`.
     """
     values: dict[str, Any] = {}
     path = config_file
-    if path is None:
+    if path is None and use_default:
         candidate = default_config_path()
         path = candidate if candidate.is_file() else None
     if path is not None:

@@ -371,7 +371,11 @@ def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -
     def run_integrity() -> None:
         try:
             with closing(_private(path)) as conn:
-                outcome["integrity"] = integrity(conn, full=full)
+                try:
+                    outcome["integrity"] = integrity(conn, full=full)
+                except sqlite3.DatabaseError as exc:
+                    # Damage bad enough to stop the check is a finding like any other.
+                    outcome["integrity"] = f"integrity_check stopped: {exc}"
         except (sqlite3.Error, DatabaseError) as exc:  # reported by the caller's thread
             outcome["error"] = exc
 
@@ -394,9 +398,7 @@ def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -
         raise VerificationError(f"{path.name} is not a readable database: {error}") from None
     found = str(outcome["integrity"])
     if isinstance(rest, BaseException):
-        if found != "ok":
-            # A schema too damaged to read: integrity_check says why; nothing else is known.
-            return DatabaseCheck(found, 0, {}, UNREADABLE_SCHEMA, 0, 0)
+        # Not even the schema can be read: this does not open as a database.
         raise VerificationError(f"{path.name} is not a readable database: {rest}") from None
     return dataclasses.replace(rest, integrity=found)
 

@@ -143,7 +143,7 @@ def test_dashboard_shows_health_newest_disk_and_chart(
 ) -> None:
     html = admin_client.get(f"{P}/").get_data(as_text=True)
     assert backup_id in html
-    assert "Newest verified backup" in html
+    assert "Latest good backup" in html
     assert "free" in html and "<meter" in html
     assert "<svg" in html and "ttb-stored" in html and "ttb-raw" in html
     assert "no secondary folder configured" in html
@@ -493,6 +493,7 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
         "error",
         "warnings",
         "offsite",
+        "repaired",
     }
     assert set(body) == expected_keys
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]

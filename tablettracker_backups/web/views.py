@@ -35,6 +35,7 @@ from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
+    InvalidLabel,
     LockedError,
 )
 from tablettracker_backups.health import check_health
@@ -42,11 +43,12 @@ from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
-from tablettracker_backups.store import BackupStore
+from tablettracker_backups.store import BackupStore, newest_good
 from tablettracker_backups.web import csrf, tasks
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.resources import resource_dir
@@ -79,6 +81,8 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/backups/<backup_id>", "detail", detail)
     bp.add_url_rule("/backups/<backup_id>/download", "download", download, methods=["POST"])
     bp.add_url_rule("/backups/<backup_id>/verify", "verify", verify_one, methods=["POST"])
+    bp.add_url_rule("/backups/<backup_id>/pin", "pin", pin_backup, methods=["POST"])
+    bp.add_url_rule("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
     bp.add_url_rule(
         "/backups/<backup_id>/restore", "restore", restore_page, methods=["GET", "POST"]
     )
@@ -159,6 +163,8 @@ def _utc_attribute(moment: datetime | None) -> str:
 def _backup_error(exc: BackupError) -> ResponseReturnValue:
     if isinstance(exc, InvalidBackupId | BackupNotFound):
         status = 404
+    elif isinstance(exc, InvalidLabel):
+        status = 400
     elif isinstance(exc, LockedError):
         status = 409
     else:
@@ -232,6 +238,7 @@ def backup_list() -> ResponseReturnValue:
         # Offsite copy per backup, from the local offsite record (no network).
         offsite=copy_states(store.settings, infos),
         plan=plan,
+        latest=newest_good(infos),
         page=page,
         pages=pages,
         total=len(infos),
@@ -244,10 +251,13 @@ def detail(backup_id: str) -> ResponseReturnValue:
     """One backup's metadata, copies and per-table row counts."""
     store = BackupStore(_settings())
     info = store.get(_backup_id(backup_id))
+    infos = store.list()
+    latest = newest_good(infos)
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
-        offsite=copy_states(store.settings, store.list()),
+        latest=latest is not None and latest.id == info.id,
+        offsite=copy_states(store.settings, infos),
         reasons=plan_for_store(store).reasons(info.id),
     )
 
@@ -290,6 +300,25 @@ def verify_one(backup_id: str) -> ResponseReturnValue:
     backup_id = _backup_id(backup_id)
     BackupStore(_settings()).get(backup_id)
     return _start("verify", {"id": backup_id})
+
+
+def pin_backup(backup_id: str) -> ResponseReturnValue:
+    """Pin a backup (retention keeps it until unpinned), with the label typed beside it."""
+    set_pin(
+        _settings(),
+        _backup_id(backup_id),
+        pinned=True,
+        label=request.form.get("label"),
+        clear_label="label" in request.form and not request.form["label"].strip(),
+        actor=_actor(),
+    )
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
+
+
+def unpin_backup(backup_id: str) -> ResponseReturnValue:
+    """Let retention decide about a pinned backup again (its label stays)."""
+    set_pin(_settings(), _backup_id(backup_id), pinned=False, actor=_actor())
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
 
 
 def verify_all() -> ResponseReturnValue:
