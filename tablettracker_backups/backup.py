@@ -120,10 +120,10 @@ def create_backup(
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
     label = validate_label(label)
-    # Refuse a missing or non-SQLite source before creating any folder for it.
-    check_sqlite_file(settings.database)
     options = _Options(kind, trigger, progress, label, pinned)
     try:
+        # Refuse a missing or non-SQLite source before creating any folder for it.
+        check_sqlite_file(settings.database)
         if not lock:
             result = _create_backup(settings, options)
         else:

@@ -79,6 +79,8 @@ def post_actions(backup_id: str) -> list[str]:
         f"{P}/backups/{backup_id}/verify",
         f"{P}/backups/{backup_id}/download",
         f"{P}/backups/{backup_id}/restore",
+        f"{P}/backups/{backup_id}/pin",
+        f"{P}/backups/{backup_id}/unpin",
     ]
 
 
