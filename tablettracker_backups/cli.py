@@ -44,7 +44,7 @@ from tablettracker_backups.restore import (
     recover_from_offsite,
     restore_backup,
 )
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
     Settings,
@@ -52,6 +52,7 @@ from tablettracker_backups.settings import (
     load_settings,
     settings_from_mapping,
 )
+from tablettracker_backups.states import OffsiteStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 from tablettracker_backups.verify import verify_backup
 from tablettracker_backups.version import __version__
@@ -429,6 +430,15 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
         return
+    _print_list(infos, plan, latest, offsite)
+
+
+def _print_list(
+    infos: list[BackupInfo],
+    plan: RetentionPlan,
+    latest: BackupInfo | None,
+    offsite: dict[str, OffsiteStatus],
+) -> None:
     shown = {
         i.id: " ".join(f"{c.location[:3]}:{c.state}" for c in i.copies)
         + (f" off:{offsite[i.id]}" if offsite else "")
@@ -1013,22 +1023,18 @@ def _restore_settings(
     """Settings as every command resolves them; with ``--to`` and no database configured
     (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
 
-    def resolve(database: Path | None) -> Settings:
-        return resolve_settings(
-            ctx,
-            config=config,
-            database=database,
-            backup_dir=backup_dir,
-            secondary_dir=secondary_dir,
-            database_name=database_name,
-        )
-
+    where: dict[str, Any] = {
+        "config": config,
+        "backup_dir": backup_dir,
+        "secondary_dir": secondary_dir,
+        "database_name": database_name,
+    }
     try:
-        return resolve(database)
+        return resolve_settings(ctx, database=database, **where)
     except ConfigError:
         if database is not None or to is None:
             raise
-        return resolve(to)
+        return resolve_settings(ctx, database=to, **where)
 
 
 def _print_preview(preview: RestorePreview) -> None:

@@ -863,8 +863,9 @@ def recover_from_offsite(
     """Rebuild the database at the new path ``to`` from the offsite store alone.
 
     Needs only the offsite settings and credentials: no local backup folder, no lock, no live
-    database. ``latest`` takes the newest offsite backup that passes every check (size,
-    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
+    database. ``latest`` takes the newest good regular offsite backup that passes every check
+    (size, SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying
+    so; a
     named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
     complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
     :class:`VerificationError` or :class:`OffsiteError`.
@@ -888,6 +889,8 @@ def recover_from_offsite(
         candidates = [backup_id]
     skipped: list[tuple[str, str]] = []
     for candidate in candidates:
+        if backup_id == "latest" and not _good_regular_offsite(offsite, candidate):
+            continue  # latest: never a safety snapshot, never a snapshot of damaged data
         scratch = temp_path(target.parent, target.name)
         try:
             metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
@@ -909,6 +912,20 @@ def recover_from_offsite(
         commit(scratch, target)
         logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
         return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    if not skipped:
+        raise BackupNotFound(
+            f"there is no good regular backup in the offsite store {offsite.where}"
+        )
     raise VerificationError(
         f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
     )
+
+
+def _good_regular_offsite(offsite: OffsiteStore, backup_id: str) -> bool:
+    """Whether an offsite backup can be ``latest`` (its metadata unreadable: let the full
+    check say why, as for any damaged copy)."""
+    try:
+        meta = offsite.read_metadata(backup_id)
+    except (MetadataError, BackupNotFound):
+        return True
+    return meta.kind in REGULAR_KINDS and not meta.source_damaged
