@@ -3,6 +3,7 @@ health that shows every failed backup. Real files, real folders, the real CLI.""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -445,10 +446,21 @@ def test_init_writes_its_config_only_after_the_first_backup(
     roomy: Settings, tmp_path: Path
 ) -> None:
     config = tmp_path / "elsewhere" / "backups.toml"
-    broken = tmp_path / "broken.db"
-    broken.write_bytes(b"y" * 4096)
-    failed = invoke("init", "--database", str(broken), "--config", str(config))
-    assert failed.exit_code == 2 and not config.exists()
+    # A first backup that fails after the database was found readable: the folder given
+    # belongs to another database.
+    other = make_db(tmp_path / "other.db")
+    create_backup(settings_from_mapping({"database": other, "dir": tmp_path / "taken", **ROOMY}))
+    failed = invoke(
+        "init",
+        "--database",
+        str(roomy.database),
+        "--backup-dir",
+        str(tmp_path / "taken"),
+        "--config",
+        str(config),
+    )
+    assert failed.exit_code == 2 and "belongs to database 'other'" in failed.stderr
+    assert not config.exists()
     made = invoke("init", *where(roomy), "--config", str(config), "--interval", "1d")
     assert made.exit_code == 0, made.output
     assert f"Config written:  {config}" in made.stdout
@@ -553,3 +565,24 @@ def test_a_failed_web_backup_shows_on_the_dashboard(demo_app: Any, admin_client:
     assert {f.code for f in report.findings if f.level == "critical"} == {"last-backup-failed"}
     create_backup(settings, trigger="test")
     assert check_health(settings).status == "ok"
+
+
+def test_a_stored_file_that_does_not_decompress_to_the_snapshot_is_not_kept(
+    roomy: Settings, tmp_path: Path
+) -> None:
+    """The proof a backup makes before it counts: its stored file, read back, must decompress
+    to exactly the snapshot (here a real stored file with one flipped byte, and a real one
+    checked against another snapshot's hash)."""
+    from tablettracker_backups.backup import _prove_stored
+    from tablettracker_backups.compression import compress_file
+    from tablettracker_backups.errors import VerificationError
+
+    stored = tmp_path / "x.db.zst"
+    stream = compress_file(roomy.database, stored, algorithm="zstd", level=3)
+    _prove_stored(stored, "zstd", stream)  # the control: a faithful file passes
+    other = dataclasses.replace(stream, raw_sha256="0" * 64)
+    with pytest.raises(VerificationError, match="does not decompress to the snapshot"):
+        _prove_stored(stored, "zstd", other)
+    flip_byte(stored)
+    with pytest.raises(VerificationError):
+        _prove_stored(stored, "zstd", stream)
