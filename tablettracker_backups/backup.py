@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -48,6 +47,7 @@ from tablettracker_backups.metadata import (
     utc_iso,
     validate_label,
 )
+from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     UNREADABLE_SCHEMA,
@@ -62,9 +62,6 @@ from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
-
-#: Called with (stage, done, total): stage is "snapshot" (pages) or "compress" (bytes).
-StageProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -194,7 +191,7 @@ def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -
             settings.database,
             raw_tmp,
             busy_timeout=settings.busy_timeout,
-            progress=(lambda done, total: progress("snapshot", done, total)) if progress else None,
+            progress=for_stage(progress, "snapshot"),
         )
         snapshot_done = time.monotonic()
         check, stream, check_seconds = _check_and_compress(

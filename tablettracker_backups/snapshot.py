@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
@@ -84,6 +85,45 @@ class DatabaseCheck:
         )
 
 
+class SqliteFailure(str, Enum):
+    """What a SQLite error means for us; one classification instead of message matching
+    scattered over the modules. Python 3.11+ names the error code; 3.10 has only the text."""
+
+    BUSY = "busy"
+    READONLY = "readonly"
+    NOT_A_DATABASE = "not-a-database"
+    FULL = "full"
+    OTHER = "other"
+
+
+_FAILURE_BY_CODE = {
+    "SQLITE_BUSY": SqliteFailure.BUSY,
+    "SQLITE_LOCKED": SqliteFailure.BUSY,
+    "SQLITE_READONLY": SqliteFailure.READONLY,
+    "SQLITE_NOTADB": SqliteFailure.NOT_A_DATABASE,
+    "SQLITE_FULL": SqliteFailure.FULL,
+}
+_FAILURE_BY_TEXT = (
+    (("locked", "busy"), SqliteFailure.BUSY),
+    (("readonly",), SqliteFailure.READONLY),
+    (("not a database", "encrypted"), SqliteFailure.NOT_A_DATABASE),
+    (("full", "disk"), SqliteFailure.FULL),
+)
+
+
+def classify_sqlite_error(exc: sqlite3.Error) -> SqliteFailure:
+    """What kind of failure ``exc`` is."""
+    name = str(getattr(exc, "sqlite_errorname", "") or "")
+    for prefix, failure in _FAILURE_BY_CODE.items():
+        if name == prefix or name.startswith(prefix + "_"):
+            return failure
+    text = str(exc)
+    for words, failure in _FAILURE_BY_TEXT:
+        if any(word in text for word in words):
+            return failure
+    return SqliteFailure.OTHER
+
+
 def check_sqlite_file(path: Path) -> None:
     """Raise :class:`DatabaseError` unless ``path`` is a readable, non-empty SQLite file.
 
@@ -118,14 +158,14 @@ def check_sqlite_file(path: Path) -> None:
         # Reads page 1 (the header); a file that is not SQLite fails with SQLITE_NOTADB.
         conn.execute("PRAGMA schema_version").fetchone()
     except sqlite3.Error as exc:
-        text = str(exc)
-        if "locked" in text or "busy" in text or "readonly" in text:
+        failure = classify_sqlite_error(exc)
+        if failure in (SqliteFailure.BUSY, SqliteFailure.READONLY):
             # A writer holds it right now, or a hot journal needs a read-write connection to
             # roll back: the operation itself opens it properly, waits, and reports.
             return
-        if "not a database" in text or "encrypted" in text:
+        if failure is SqliteFailure.NOT_A_DATABASE:
             raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)") from None
-        raise DatabaseError(f"cannot read database {path}: {text}") from None
+        raise DatabaseError(f"cannot read database {path}: {exc}") from None
     finally:
         conn.close()
 
@@ -146,12 +186,12 @@ def connect(
 
 
 def _sqlite_error(path: Path, exc: sqlite3.Error) -> DatabaseError:
-    text = str(exc)
-    if "locked" in text or "busy" in text:
-        return DatabaseError(f"database {path} is locked by another process: {text}")
-    if "not a database" in text or "encrypted" in text:
+    failure = classify_sqlite_error(exc)
+    if failure is SqliteFailure.BUSY:
+        return DatabaseError(f"database {path} is locked by another process: {exc}")
+    if failure is SqliteFailure.NOT_A_DATABASE:
         return DatabaseError(f"{path} is not a SQLite database (or it is encrypted)")
-    return DatabaseError(f"database {path}: {text}")
+    return DatabaseError(f"database {path}: {exc}")
 
 
 @contextmanager
@@ -196,10 +236,9 @@ def copy_database(
     try:
         source.backup(dest, pages=STEP_PAGES, progress=on_step, sleep=0.05)
     except sqlite3.Error as exc:
-        text = str(exc)
-        if "full" in text or "disk" in text:
-            raise StorageError(f"cannot write the copy: {text}") from None
-        raise DatabaseError(f"copying {label} failed: {text}") from None
+        if classify_sqlite_error(exc) is SqliteFailure.FULL:
+            raise StorageError(f"cannot write the copy: {exc}") from None
+        raise DatabaseError(f"copying {label} failed: {exc}") from None
 
 
 def take_snapshot(
