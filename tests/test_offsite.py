@@ -651,8 +651,9 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = s3_settings()
-    # Retention keeps one backup per hour; a safety snapshot is kept by count instead.
-    older = create_backup(settings, kind="pre-restore", trigger="test")
+    # Retention keeps one backup per hour; a pinned one is kept whatever its slot. (A safety
+    # snapshot would be kept by count, but it is never "latest", offsite or not.)
+    older = create_backup(settings, kind="manual", trigger="test", pinned=True)
     newer = run(settings, force=True)
     assert newer.backup is not None
     assert newer.offsite is not None
