@@ -53,3 +53,11 @@ class LockedError(BackupError):
 
 class OffsiteError(BackupError):
     """The offsite object store could not be reached or refused an operation."""
+
+
+class IdentityError(BackupError):
+    """A backup folder belongs to another database than the one configured."""
+
+
+class InvalidLabel(BackupError):
+    """A backup's label is too long or holds control characters."""

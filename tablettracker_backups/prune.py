@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
+from tablettracker_backups.identity import check_folders, claim_folders
 from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
@@ -74,7 +75,8 @@ def current_plan(store: BackupStore, *, now: datetime | None = None) -> Retentio
 
 
 def newest_sound_backup(store: BackupStore) -> str | None:
-    """The newest backup with a copy whose stored file still matches its SHA-256.
+    """The newest good regular backup with a copy whose stored file still matches its SHA-256
+    (what "newest good" means, confirmed on disk).
 
     Listing only compares sizes, so a copy damaged in place (a flipped byte) still looks
     verified; deleting older backups on its strength would leave nothing good. Backups that
@@ -82,7 +84,7 @@ def newest_sound_backup(store: BackupStore) -> str | None:
     failure in their metadata so listing, retention and health stop trusting them.
     """
     for info in store.list():
-        if not info.verified or info.metadata is None:
+        if not info.good or not info.regular or info.metadata is None:
             continue
         for copy in info.copies:
             if copy.state != CopyStatus.OK:
@@ -106,8 +108,13 @@ def prune(
 ) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock.
 
-    Deletes nothing unless some backup is confirmed sound by its checksum first.
+    Deletes nothing unless some backup is confirmed sound by its checksum first, and nothing
+    at all in a folder that belongs to another database (:class:`IdentityError`).
     """
+    if dry_run:
+        check_folders(store.settings)
+    else:
+        claim_folders(store.settings)
     protect = tuple(protect)
     plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []

@@ -53,7 +53,12 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import BackupMetadata, utc_iso, validate_backup_id
+from tablettracker_backups.metadata import (
+    REGULAR_KINDS,
+    BackupMetadata,
+    utc_iso,
+    validate_backup_id,
+)
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
@@ -61,6 +66,7 @@ from tablettracker_backups.snapshot import (
     check_sqlite_file,
     connect,
     copy_database,
+    integrity,
     read_transaction,
     row_counts,
     schema_fingerprint,
@@ -120,12 +126,32 @@ class RestorePreview:
     tables: tuple[TableDiff, ...]
     schema_changed: bool
     live_exists: bool
+    #: Which kind of backup this is: a ``pre-restore`` safety snapshot holds the data as it was
+    #: just before an earlier restore, not a scheduled or manual backup.
+    kind: str = "unknown"
+    label: str | None = None
+    #: The snapshot holds damaged data (the live database failed integrity_check then).
+    source_damaged: bool = False
+    foreign_key_violations: int = 0
+    #: Tables the backup could not count, and why (a virtual table's module not loaded).
+    not_counted: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """What is being restored, in words: ``manual backup``, ``safety snapshot ...``."""
+        if self.kind == "pre-restore":
+            return "safety snapshot (the data as it was just before an earlier restore)"
+        return f"{self.kind} backup"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``restore ID --preview --json``)."""
         return {
             "backup_id": self.backup_id,
             "created_at": utc_iso(self.created_at),
+            "kind": self.kind,
+            "label": self.label,
+            "source_damaged": self.source_damaged,
+            "foreign_key_violations": self.foreign_key_violations,
+            "not_counted": dict(self.not_counted),
             "tables": [table.to_dict() for table in self.tables],
             "schema_changed": self.schema_changed,
             "live_exists": self.live_exists,
@@ -172,16 +198,14 @@ class RestoreResult:
 
 
 def resolve_backup(store: BackupStore, backup_id: str) -> BackupInfo:
-    """The backup named by ``backup_id`` (or the newest verified one for ``latest``).
+    """The backup named by ``backup_id``, or for ``latest`` the newest good regular backup
+    (never a pre-restore safety snapshot, never one of damaged data).
 
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, or :class:`RestoreError` when no
     copy's metadata can be read.
     """
     try:
-        if backup_id == "latest":
-            info = store.latest(verified=True)
-        else:
-            info = store.get(validate_backup_id(backup_id))
+        info = store.latest() if backup_id == "latest" else store.get(validate_backup_id(backup_id))
     except BackupNotFound as missing:
         # No local copy at all: the offsite store, when configured, is the last place to look.
         info = _offsite_info(store.settings, backup_id, missing)
@@ -201,12 +225,13 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         offsite = OffsiteStore.from_settings(settings)
         listed = offsite.complete_ids()
         if backup_id == "latest":
-            if not listed:
+            meta = _newest_good_offsite(offsite, listed)
+            if meta is None:
                 raise missing
-            backup_id = listed[0]
         elif backup_id not in listed:
             raise missing
-        meta = offsite.read_metadata(backup_id)
+        else:
+            meta = offsite.read_metadata(backup_id)
     except (OffsiteError, MetadataError) as exc:
         raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from None
     return BackupInfo(
@@ -216,6 +241,18 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         copies=(CopyState("offsite", CopyStatus.OK),),
         verified=meta.verification.ok,
     )
+
+
+def _newest_good_offsite(offsite: OffsiteStore, listed: list[str]) -> BackupMetadata | None:
+    """``latest`` among offsite backups (newest first): a regular one of undamaged data."""
+    for candidate in listed:
+        try:
+            meta = offsite.read_metadata(candidate)
+        except MetadataError:
+            continue
+        if meta.kind in REGULAR_KINDS and not meta.source_damaged and meta.verification.ok:
+            return meta
+    return None
 
 
 # -- preview -----------------------------------------------------------------------------------
@@ -255,7 +292,18 @@ def preview_restore(settings: Settings, backup_id: str) -> RestorePreview:
         else:
             status = TableChange.SAME if in_backup == in_live else TableChange.CHANGED
         tables.append(TableDiff(name, in_backup, in_live, status))
-    return RestorePreview(info.id, meta.created_at, tuple(tables), schema_changed, live_exists)
+    return RestorePreview(
+        info.id,
+        meta.created_at,
+        tuple(tables),
+        schema_changed,
+        live_exists,
+        kind=meta.kind,
+        label=meta.label,
+        source_damaged=meta.source_damaged,
+        foreign_key_violations=meta.findings.foreign_key_violations,
+        not_counted=dict(meta.findings.not_counted),
+    )
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -425,7 +473,7 @@ def _restore_locked(
             after_write(target)
         begun = time.monotonic()
         try:
-            _check_after(target, meta, timeout=settings.busy_timeout)
+            _check_after(target, meta, timeout=settings.busy_timeout, linked=placed)
         except BackupError as exc:
             attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
             _undo(store, target, existed, safety, str(exc), info.id, attempt, progress)
@@ -468,11 +516,13 @@ def _extract_sound_copy(
                 progress("verify", done, total)
 
         try:
+            # Not full: equal SHA-256s prove the bytes; the data checks are verify's job.
             extract_verified(
                 store.data_path(location, backup_id, meta.compression),
                 meta,
                 scratch,
                 progress=on_bytes,
+                full=False,
             )
         except (VerificationError, StorageError) as exc:
             unchecked += isinstance(exc, StorageError)
@@ -583,7 +633,9 @@ def _undo(
     begun = time.monotonic()
     scratch = temp_path(store.locations["primary"], f"{safety.id}.rollback.db")
     try:
-        extract_verified(store.data_path("primary", safety.id, safety.compression), safety, scratch)
+        extract_verified(
+            store.data_path("primary", safety.id, safety.compression), safety, scratch, full=False
+        )
         _write(
             scratch,
             target,
@@ -656,20 +708,27 @@ def _write(
             logger.warning("checkpoint after restoring into %s did not finish: %s", target, exc)
 
 
-def _check_after(target: Path, meta: BackupMetadata, *, timeout: float) -> None:
+def _check_after(
+    target: Path, meta: BackupMetadata, *, timeout: float, linked: bool = False
+) -> None:
     """quick_check, row counts and schema of ``target`` against ``meta``.
 
     Runs inside a write-locked transaction (``BEGIN IMMEDIATE``) so an app write that lands
-    right after the restore is not mistaken for damage. Raises :class:`VerificationError`, or
+    right after the restore is not mistaken for damage. ``linked``: the target *is* the
+    checked scratch file (a hard link, nothing was copied), whose SHA-256 matched, so no page
+    can differ and quick_check is skipped; the row counts and schema still confirm that the
+    file at the target path is the backup. Raises :class:`VerificationError`, or
     :class:`DatabaseError` when the lock cannot be had within ``timeout`` seconds.
     """
     try:
         with closing(connect(target, busy_timeout=timeout)) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                messages = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
-                if messages != ["ok"]:
-                    raise VerificationError(f"quick_check: {'; '.join(messages)}")
+                # A backup of damaged data is restored as it is: its quick_check cannot say ok.
+                if not meta.source_damaged and not linked:
+                    found = integrity(conn, full=False)
+                    if found != "ok":
+                        raise VerificationError(f"quick_check: {found}")
                 counts = row_counts(conn)
                 if counts != meta.row_counts:
                     differing = sorted(
@@ -833,9 +892,9 @@ def recover_from_offsite(
     """Rebuild the database at the new path ``to`` from the offsite store alone.
 
     Needs only the offsite settings and credentials: no local backup folder, no lock, no live
-    database. ``latest`` takes the newest offsite backup that passes every check (size,
-    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
-    named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
+    database. ``latest`` takes the newest good regular offsite backup that passes every check
+    (size, SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying
+    so; a named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
     complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
     :class:`VerificationError` or :class:`OffsiteError`.
     """
@@ -858,6 +917,8 @@ def recover_from_offsite(
         candidates = [backup_id]
     skipped: list[tuple[str, str]] = []
     for candidate in candidates:
+        if backup_id == "latest" and not _good_regular_offsite(offsite, candidate):
+            continue  # latest: never a safety snapshot, never a snapshot of damaged data
         scratch = temp_path(target.parent, target.name)
         try:
             metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
@@ -879,6 +940,20 @@ def recover_from_offsite(
         commit(scratch, target)
         logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
         return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    if not skipped:
+        raise BackupNotFound(
+            f"there is no good regular backup in the offsite store {offsite.where}"
+        )
     raise VerificationError(
         f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
     )
+
+
+def _good_regular_offsite(offsite: OffsiteStore, backup_id: str) -> bool:
+    """Whether an offsite backup can be ``latest`` (its metadata unreadable: let the full
+    check say why, as for any damaged copy)."""
+    try:
+        meta = offsite.read_metadata(backup_id)
+    except (MetadataError, BackupNotFound):
+        return True
+    return meta.kind in REGULAR_KINDS and not meta.source_damaged

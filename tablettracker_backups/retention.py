@@ -3,8 +3,9 @@
 A pure function of the listed backups and the policy: it reads and deletes nothing. Deleting what
 it does not keep is :mod:`tablettracker_backups.prune`.
 
-For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
-of the last N calendar slots that have one is kept. One backup may fill several slots and is
+For each slot kind (hourly, daily, weekly, monthly, yearly) the newest good backup (faithful, of
+undamaged data) of each of the last N calendar slots that have one is kept. Pinned backups are
+kept whatever their age. One backup may fill several slots and is
 stored once. Slots are counted among the backups that exist, not back from "now", so a clock
 that jumps backwards or a backup dated in the future never makes good backups look expired.
 """
@@ -30,7 +31,16 @@ class Candidate:
     id: str
     created_at: datetime
     kind: str
+    #: The copy is faithful (verified).
     verified: bool
+    #: The snapshot holds damaged data (the live database failed integrity_check).
+    source_damaged: bool = False
+    pinned: bool = False
+
+    @property
+    def good(self) -> bool:
+        """Faithful, and of data that was not damaged."""
+        return self.verified and not self.source_damaged
 
 
 @dataclass(frozen=True)
@@ -94,11 +104,16 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy``.
 
-    Guarantees: the newest backup and the newest verified backup are always kept; unverified
-    backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
+    Guarantees: the newest backup, the newest verified (faithful) backup of any kind and the
+    newest good regular backup (``latest``) are always kept; pinned backups
+    are always kept; only good backups fill a slot (a snapshot of damaged data must not push
+    good backups out); pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
     is unreadable are never deleted.
+
+    While the newest regular backup holds damaged data (source-damaged), nothing is deleted:
+    the older backups are what a recovery may need.
 
     Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
     was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
@@ -113,7 +128,7 @@ def plan_retention(
     for candidate in ordered:
         if candidate.id in future:
             reasons[candidate.id].append("dated in the future")
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.good and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -132,6 +147,13 @@ def plan_retention(
     newest_verified = next((c for c in ordered if c.verified), None)
     if newest_verified is not None and newest_verified is not ordered[0]:
         reasons[newest_verified.id].append("newest verified backup")
+    # What ``latest`` restores, even when newer snapshots hold damaged data.
+    newest_good = next((c for c in ordered if c.good and c.kind != "pre-restore"), None)
+    if newest_good is not None and newest_good not in (ordered[0], newest_verified):
+        reasons[newest_good.id].append("newest good backup")
+    for candidate in ordered:
+        if candidate.pinned:
+            reasons[candidate.id].append("pinned")
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
@@ -139,6 +161,12 @@ def plan_retention(
         for candidate in ordered:
             if candidate.id not in future:
                 reasons[candidate.id].append("retention paused: a backup is dated in the future")
+    newest_regular = next((c for c in ordered if c.kind != "pre-restore" and c.verified), None)
+    if newest_regular is not None and newest_regular.source_damaged:
+        # The damage may have begun before integrity_check could see it: while the newest
+        # snapshot holds damaged data, every older backup may be the one that is needed.
+        for candidate in ordered:
+            reasons[candidate.id].append("retention paused: the live database is damaged")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
     for candidate in ordered:
@@ -155,4 +183,6 @@ def plan_retention(
 
 def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
     """Retention candidates from listed backups."""
-    return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
+    return [
+        Candidate(i.id, i.created_at, i.kind, i.verified, i.source_damaged, i.pinned) for i in infos
+    ]

@@ -19,7 +19,9 @@ from tablettracker_backups.backup import (
     prepare_locations,
 )
 from tablettracker_backups.errors import BackupError
+from tablettracker_backups.heal import Repair, heal_copies
 from tablettracker_backups.health import HealthReport, check_health, save_report
+from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
 from tablettracker_backups.offsite.sync import SyncResult, sync_offsite
@@ -51,6 +53,8 @@ class RunResult:
     warnings: tuple[str, ...] = field(default=())
     #: The offsite sync's outcome; ``None`` when no offsite store is configured.
     offsite: SyncResult | None = None
+    #: Copies rebuilt from a sound copy in another folder or offsite (and any that could not be).
+    repaired: tuple[Repair, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -81,20 +85,21 @@ class RunResult:
             "error": self.error,
             "warnings": list(self.warnings),
             "offsite": self.offsite.to_dict() if self.offsite else None,
+            "repaired": [r.to_dict() for r in self.repaired],
         }
 
 
 def backup_due(store: BackupStore, now: datetime) -> str | None:
-    """``None`` if a backup is due now, else why not."""
+    """``None`` if a backup is due now, else why not (the newest good backup is recent)."""
     interval = timedelta(seconds=store.settings.interval)
     for info in store.list():
-        if info.kind == "pre-restore" or not info.verified:
+        if not info.regular or not info.good:
             continue
         age = now - info.created_at
         if age < -CLOCK_SKEW:
             return None  # dated in the future: the clock went back; take a fresh one
         if age < interval * DUE_FRACTION:
-            return f"newest verified backup {info.id} is only {int(age.total_seconds())}s old"
+            return f"newest good backup {info.id} is only {int(age.total_seconds())}s old"
         return None
     return None
 
@@ -121,71 +126,109 @@ def run(
         # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
         check_sqlite_file(settings.database)
     prepare_locations(settings)
-    store = BackupStore(settings)
-    backup: BackupResult | None = None
-    skipped: str | None = None
-    reverified: VerifyResult | None = None
-    pruned: PruneResult | None = None
-    error: str | None = None
-    warnings: list[str] = []
-    offsite: SyncResult | None = None
     with operation_lock(settings):
+        work = _Work()
         try:
-            # Inside the try, so a missing or replaced database is a recorded failed run that
-            # health reports as critical, not an exception that leaves no trace for it.
-            check_sqlite_file(settings.database)
-            cleanup_debris(settings)
-            # "Now" is taken after the lock: a run that waited for another run's backup must
-            # see that backup as just taken, not as dated in its future (which reads as a
-            # clock that went back and would take a second, redundant backup).
-            skipped = None if force else backup_due(store, datetime.now(timezone.utc))
-            if skipped is None:
-                backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
-                warnings += backup.warnings
-            if reverify:
-                target = _least_recently_verified(store, backup.metadata.id if backup else None)
-                if target is not None:
-                    reverified = verify_backup(store, target)
-                    if not reverified.ok:
-                        warnings += [
-                            f"re-verify of {target}: {c.location}: {c.error}"
-                            for c in reverified.copies
-                            if not c.ok
-                        ]
+            _back_up_and_check(settings, work, force=force, trigger=trigger, reverify=reverify)
         except BackupError as exc:
-            error = str(exc)
+            work.error = str(exc)
             logger.error("scheduled run failed: %s", exc)
         if settings.s3 is not None:
             # After the local backup and before local pruning, so a backup is uploaded before
             # local retention may remove it. Offsite trouble is a warning: the local backup
             # is safe, and the next run retries.
-            offsite = sync_offsite(settings, verify_count=None if reverify else 0)
-            warnings += offsite.warnings()
-        if error is None:
+            work.offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+            work.warnings += work.offsite.warnings()
+        if work.error is None:
             try:
-                pruned = prune(store, protect=[backup.metadata.id] if backup else [])
+                protect = [work.backup.metadata.id] if work.backup else []
+                work.pruned = prune(BackupStore(settings), protect=protect)
             except BackupError as exc:
-                error = str(exc)
+                work.error = str(exc)
                 logger.error("scheduled run failed: %s", exc)
-        try:
-            record_run(
-                settings,
-                at=started,
-                result={
-                    "ok": error is None,
-                    "error": error,
-                    "backup": backup.metadata.id if backup else None,
-                    "offsite": offsite.to_dict() if offsite else None,
-                },
-            )
-        except BackupError as exc:
-            logger.error("could not write the status file: %s", exc)
+        _record(settings, started, work)
         report = check_health(settings)
         try:
             save_report(settings, report)
         except BackupError as exc:
             logger.error("could not write the status file: %s", exc)
-        result = RunResult(
-            started, backup, skipped, reverified, pruned, report, error, tuple(warnings), offsite
+        return work.result(started, report)
+
+
+@dataclass
+class _Work:
+    """What a run has done so far."""
+
+    backup: BackupResult | None = None
+    skipped: str | None = None
+    reverified: VerifyResult | None = None
+    pruned: PruneResult | None = None
+    error: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    offsite: SyncResult | None = None
+    repaired: tuple[Repair, ...] = ()
+
+    def result(self, started: datetime, report: HealthReport) -> RunResult:
+        return RunResult(
+            started,
+            self.backup,
+            self.skipped,
+            self.reverified,
+            self.pruned,
+            report,
+            self.error,
+            tuple(self.warnings),
+            self.offsite,
+            self.repaired,
         )
-    return result
+
+
+def _back_up_and_check(
+    settings: Settings, work: _Work, *, force: bool, trigger: str, reverify: bool
+) -> None:
+    """The local part of a run: back up if due, re-verify one backup, heal broken copies."""
+    # Inside the caller's try, so a missing or replaced database, or a folder of another
+    # database, is a recorded failed run that health reports as critical, not an exception
+    # that leaves no trace for it.
+    check_sqlite_file(settings.database)
+    claim_folders(settings)
+    cleanup_debris(settings)
+    store = BackupStore(settings)
+    # "Now" is taken after the lock: a run that waited for another run's backup must see that
+    # backup as just taken, not as dated in its future (which reads as a clock that went back
+    # and would take a second, redundant backup).
+    work.skipped = None if force else backup_due(store, datetime.now(timezone.utc))
+    if work.skipped is None:
+        work.backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
+        work.warnings += work.backup.warnings
+    if reverify:
+        target = _least_recently_verified(store, work.backup.metadata.id if work.backup else None)
+        if target is not None:
+            work.reverified = verify_backup(store, target)
+            if not work.reverified.ok:
+                work.warnings += [
+                    f"re-verify of {target}: {c.location}: {c.error}"
+                    for c in work.reverified.copies
+                    if not c.ok
+                ]
+    # After the re-verify, so a copy it found damaged is rebuilt in the same run.
+    work.repaired = heal_copies(store, recheck=settings.health_checksum_count)
+    work.warnings += [r.describe() for r in work.repaired if not r.ok]
+
+
+def _record(settings: Settings, started: datetime, work: _Work) -> None:
+    """Remember the run for health: how it ended, and which copies could not be rebuilt."""
+    try:
+        record_run(
+            settings,
+            at=started,
+            result={
+                "ok": work.error is None,
+                "error": work.error,
+                "backup": work.backup.metadata.id if work.backup else None,
+                "offsite": work.offsite.to_dict() if work.offsite else None,
+                "repaired": [r.to_dict() for r in work.repaired],
+            },
+        )
+    except BackupError as exc:
+        logger.error("could not write the status file: %s", exc)

@@ -2,13 +2,16 @@
 
 Every source uses the same names. The Flask config key and the environment variable are
 ``BACKUPS_<NAME>``; in a TOML config file the name is lower-case without the prefix, under a
-``[backups]`` table (``database = "..."``, ``keep_daily = 30``). Precedence, highest first:
-explicit options, environment variables, the config file, the defaults below.
+``[backups]`` table (``database = "..."``, ``keep_daily = 30``), except that the folders follow
+the command-line options there (``backup_dir``, ``secondary_dir``; the older ``dir`` still
+works). Precedence, highest first: explicit options, environment variables, the config file,
+the defaults below.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -90,6 +93,12 @@ class Settings:
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
+    #: The database's name in its backup folder's identity (default: the file's stem).
+    database_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.database_name:
+            object.__setattr__(self, "database_name", default_database_name(self.database))
 
     @property
     def locations(self) -> tuple[Path, ...]:
@@ -102,6 +111,31 @@ class Settings:
     def state_dir(self) -> Path:
         """Where the lock, status file, alert log and audit log live (the primary folder)."""
         return self.backup_dir
+
+
+def default_database_name(database: Path) -> str:
+    """The file's stem (``tablet_counter`` for ``tablet_counter.db``), or its name."""
+    return database.stem or database.name or "database"
+
+
+def validate_database_name(value: Any) -> str:
+    """A database name for a backup folder's identity; raises :class:`ConfigError`.
+
+    It may become a folder name when several databases share one root, so no path separators,
+    no control characters, not ``.`` or ``..``, at most 100 characters.
+    """
+    text = str(value).strip() if value is not None else ""
+    if (
+        not text
+        or len(text) > 100
+        or text in (".", "..")
+        or any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in text)
+    ):
+        raise ConfigError(
+            f"BACKUPS_DATABASE_NAME must be a short name without slashes or control "
+            f"characters, not {str(value)[:60]!r}"
+        )
+    return text
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -213,6 +247,7 @@ def _opt_str(value: Any) -> str | None:
 CORE_KEYS = frozenset(
     {
         "database",
+        "database_name",
         "dir",
         "secondary_dir",
         "compression",
@@ -322,6 +357,8 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["health_checksum_count"] = _int(
             "health_checksum_count", values["health_checksum_count"]
         )
+    if values.get("database_name") is not None:
+        kwargs["database_name"] = validate_database_name(values["database_name"])
     return Settings(
         database=database,
         backup_dir=backup_dir,
@@ -399,26 +436,67 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return found
 
 
+#: TOML keys named after the command-line options, and the key each stands for.
+TOML_ALIASES = {"backup_dir": "dir"}
+TOML_SECTION = "backups"
+
+
 def values_from_toml(path: Path) -> dict[str, Any]:
-    """Settings from a TOML file's ``[backups]`` table; raises :class:`ConfigError`."""
+    """Settings from a TOML file's ``[backups]`` table; raises :class:`ConfigError`.
+
+    An unknown section or key is an error naming the nearest known one: a typo must not be
+    silently ignored (a ``[backup]`` table would otherwise leave every setting at its default).
+    """
     try:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
-    table = document.get("backups", {})
+    for section, content in document.items():
+        if section == TOML_SECTION:
+            continue
+        if isinstance(content, dict):
+            raise ConfigError(
+                f"config file {path}: unknown section [{section}]"
+                + _did_you_mean(section, [TOML_SECTION], f"[{TOML_SECTION}]")
+            )
+        raise ConfigError(
+            f"config file {path}: {section!r} must be under a [{TOML_SECTION}] section"
+        )
+    table = document.get(TOML_SECTION, {})
     if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: [backups] must be a table")
-    unknown = sorted(set(table) - CORE_KEYS)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
-    return dict(table)
+        raise ConfigError(f"config file {path}: [{TOML_SECTION}] must be a table")
+    known = sorted(CORE_KEYS | set(TOML_ALIASES))
+    for key in sorted(table):
+        if key not in CORE_KEYS and key not in TOML_ALIASES:
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r} in [{TOML_SECTION}]"
+                + _did_you_mean(key, known)
+            )
+    values = dict(table)
+    for alias, key in TOML_ALIASES.items():
+        if alias in values:
+            if key in values and values[key] != values[alias]:
+                raise ConfigError(
+                    f"config file {path}: both {alias!r} and {key!r} are set; keep {alias!r}"
+                )
+            values[key] = values.pop(alias)
+    return values
+
+
+def _did_you_mean(word: str, choices: list[str], shown: str | None = None) -> str:
+    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {shown or repr(close[0])}?"
 
 
 def default_config_path() -> Path:
@@ -435,19 +513,26 @@ def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    use_default: bool = True,
 ) -> Settings:
     """Settings for a process without a Flask app (the CLI, a scheduled task).
 
-    Reads ``config_file`` (or the default config file when it exists), then the environment,
-    then ``overrides`` (``None`` values are ignored). Raises :class:`ConfigError`.
+    Reads ``config_file`` (or, with ``use_default``, the default config file when it exists),
+    then the environment, then ``overrides`` (``None`` values are ignored). Raises
+    :class:`ConfigError`.
     """
     values: dict[str, Any] = {}
     path = config_file
-    if path is None:
+    if path is None and use_default:
         candidate = default_config_path()
         path = candidate if candidate.is_file() else None
     if path is not None:
         values.update(values_from_toml(path))
     values.update(values_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if path is not None and values.get("database") is None:
+        raise ConfigError(
+            f'config file {path} names no database (database = "..." under '
+            f"[{TOML_SECTION}]); pass --database PATH or set BACKUPS_DATABASE"
+        )
     return settings_from_mapping(values)

@@ -198,6 +198,7 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
         names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".lock"))
         assert names == sorted(
             [
+                "database.json",
                 f"{meta.id}.db.zst",
                 f"{meta.id}.json",
                 f"{second.metadata.id}.db.zst",

@@ -283,7 +283,7 @@ def test_init(tmp_path: Path, in_git: bool) -> None:
     assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
     values = tomllib.loads(config.read_text())["backups"]
     assert values["database"] == str(db)
-    assert values["dir"] == str(primary)
+    assert values["backup_dir"] == str(primary)
     assert values["interval"] == 86400
     task = f"{sys.executable} -m tablettracker_backups run --config {config}"
     assert f"  {task}\n" in out

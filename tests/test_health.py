@@ -37,7 +37,7 @@ def test_fresh_backup_is_ok(healthy: Settings) -> None:
     report = check_health(healthy)
     assert report.findings == ()
     assert (report.status, report.exit_code) == ("ok", 0)
-    assert report.newest_id == report.newest_verified_id == backup_id
+    assert report.newest_id == report.newest_good_id == backup_id
     assert report.backup_count == 1
     assert report.slot_counts == {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
     assert set(report.disk) == {"primary", "secondary"}
@@ -106,7 +106,7 @@ def test_newest_verified_older_than_newest(healthy: Settings) -> None:
     assert not verify_backup(BackupStore(healthy), new).usable
     report = check_health(healthy)
     assert report.newest_id == new
-    assert report.newest_verified_id == old
+    assert report.newest_good_id == old
     assert codes(report)["verified-backup-age"] == "critical"
     assert report.exit_code == 2
 
@@ -170,23 +170,39 @@ def test_failed_last_run_is_critical(healthy: Settings) -> None:
     assert "disk full" in next(f.message for f in report.findings if f.code == "last-run-failed")
 
 
-def test_damaged_checksum_warning_then_critical(healthy: Settings) -> None:
+def test_damaged_checksum_reported_then_critical(healthy: Settings) -> None:
     backup_id = create_backup(healthy).metadata.id
     flip_byte(healthy.backup_dir / f"{backup_id}.db.zst")
     report = check_health(healthy)
-    assert codes(report)["checksum"] == "warning"  # the secondary copy is still sound
-    assert report.exit_code == 1
+    # The secondary copy is still sound: the next run rebuilds this one, so no alarm.
+    assert codes(report)["checksum"] == "ok"
+    assert "the next run rebuilds it" in str(report.findings)
+    assert report.exit_code == 0
     flip_byte(healthy.secondary_dir / f"{backup_id}.db.zst")  # type: ignore[operator]
     report = check_health(healthy)
     assert codes(report)["checksum"] == "critical"
     assert report.exit_code == 2
 
 
-def test_missing_secondary_copy_is_a_warning(healthy: Settings) -> None:
+def test_missing_secondary_copy_is_reported_while_repairable(healthy: Settings) -> None:
     backup_id = create_backup(healthy).metadata.id
     (healthy.secondary_dir / f"{backup_id}.json").unlink()  # type: ignore[operator]
     report = check_health(healthy)
+    assert codes(report) == {"copies-repairable": "ok"} and report.exit_code == 0
+    # Once a run tried and could not rebuild it, health warns.
+    record_run(
+        healthy,
+        at=datetime.now(timezone.utc),
+        result={
+            "ok": True,
+            "repaired": [
+                {"id": backup_id, "location": "secondary", "ok": False, "error": "disk away"}
+            ],
+        },
+    )
+    report = check_health(healthy)
     assert codes(report) == {"copies-disagree": "warning"}
+    assert "rebuilding it failed: disk away" in report.findings[0].message
 
 
 def test_damaged_metadata_is_reported(healthy: Settings) -> None:

@@ -581,7 +581,7 @@ def test_cli_bad_input_is_one_line(runner: CliRunner, settings: Settings) -> Non
     assert len(bad.stderr.strip().splitlines()) == 1
     no_id = runner.invoke(cli, cli_args(settings))
     assert no_id.exit_code == 2
-    assert "give a backup ID or 'latest'" in no_id.stderr
+    assert "give a backup ID, 'latest' or --undo" in no_id.stderr
 
 
 def test_cli_to_a_new_file_needs_no_confirmation(

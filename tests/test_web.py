@@ -82,6 +82,8 @@ def post_actions(backup_id: str) -> list[str]:
         f"{P}/backups/{backup_id}/verify",
         f"{P}/backups/{backup_id}/download",
         f"{P}/backups/{backup_id}/restore",
+        f"{P}/backups/{backup_id}/pin",
+        f"{P}/backups/{backup_id}/unpin",
     ]
 
 
@@ -173,7 +175,7 @@ def test_dashboard_shows_health_newest_disk_and_chart(
 ) -> None:
     html = admin_client.get(f"{P}/").get_data(as_text=True)
     assert backup_id in html
-    assert "Newest verified backup" in html
+    assert "Latest good backup" in html
     assert "free" in html and "<meter" in html
     assert "<svg" in html and "ttb-stored" in html and "ttb-raw" in html
     assert "no secondary folder configured" in html
@@ -725,6 +727,7 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
         "error",
         "warnings",
         "offsite",
+        "repaired",
     }
     assert set(body) == expected_keys
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]

@@ -40,6 +40,9 @@ class BackupManager:
             )
         #: The live SQLite database (required).
         app.config.setdefault("BACKUPS_DATABASE", None)
+        #: The database's name in its backup folder's identity (``database.json``); default:
+        #: the database file's stem. A folder of another database is refused.
+        app.config.setdefault("BACKUPS_DATABASE_NAME", None)
         #: Primary backup folder; default: a ``backups`` folder beside the database.
         app.config.setdefault("BACKUPS_DIR", None)
         #: Optional second folder (another disk or mount); every backup is written to both.

@@ -42,6 +42,7 @@ from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
+    InvalidLabel,
     LockedError,
 )
 from tablettracker_backups.health import check_health
@@ -49,12 +50,13 @@ from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import parse_utc, validate_backup_id
 from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.headers import security_headers
@@ -99,6 +101,8 @@ def create_blueprint() -> Blueprint:
     # both would run its POST branch for a HEAD with a form body (issue 12). This way only a
     # POST can ever reach code that changes something.
     bp.add_url_rule("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
+    bp.add_url_rule("/backups/<backup_id>/pin", "pin", pin_backup, methods=["POST"])
+    bp.add_url_rule("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
     bp.add_url_rule(
         "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
     )
@@ -194,6 +198,8 @@ def _utc_attribute(moment: datetime | None) -> str:
 def _backup_error(exc: BackupError) -> ResponseReturnValue:
     if isinstance(exc, InvalidBackupId | BackupNotFound):
         status = 404
+    elif isinstance(exc, InvalidLabel):
+        status = 400
     elif isinstance(exc, LockedError):
         status = 409
     else:
@@ -356,6 +362,7 @@ def backup_list() -> ResponseReturnValue:
         # Offsite copy per backup, from the local offsite record (no network).
         offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         plan=plan_for_store(store),
+        latest=newest_good(infos),
         page=page,
         pages=pages,
         total=len(infos),
@@ -395,10 +402,13 @@ def detail(backup_id: str) -> ResponseReturnValue:
     """One backup's metadata, copies, why it is kept, and per-table row counts."""
     store = _store()
     info = store.get(_backup_id(backup_id))
+    infos = store.list()
+    latest = newest_good(infos)
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
-        offsite=copy_states(store.settings, [info]),
+        latest=latest is not None and latest.id == info.id,
+        offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         reasons=plan_for_store(store).reasons(info.id),
         newest_verified=_newest_verified(store, info.id),
     )
@@ -447,6 +457,25 @@ def verify_one(backup_id: str) -> ResponseReturnValue:
     backup_id = _backup_id(backup_id)
     _store().get(backup_id)
     return _start("verify", {"id": backup_id})
+
+
+def pin_backup(backup_id: str) -> ResponseReturnValue:
+    """Pin a backup (retention keeps it until unpinned), with the label typed beside it."""
+    set_pin(
+        _settings(),
+        _backup_id(backup_id),
+        pinned=True,
+        label=request.form.get("label"),
+        clear_label="label" in request.form and not request.form["label"].strip(),
+        actor=_actor(),
+    )
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
+
+
+def unpin_backup(backup_id: str) -> ResponseReturnValue:
+    """Let retention decide about a pinned backup again (its label stays)."""
+    set_pin(_settings(), _backup_id(backup_id), pinned=False, actor=_actor())
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
 
 
 def verify_all() -> ResponseReturnValue:
