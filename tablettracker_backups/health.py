@@ -565,7 +565,7 @@ def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
 def _checksum_findings(
     store: BackupStore, recent: list[BackupInfo], failed: dict[tuple[str, str], str]
 ) -> list[Finding]:
-    findings: list[Finding] = []
+    findings: list[Finding] = _metadata_findings(recent)
     for info in recent:
         if info.metadata is None:
             continue
