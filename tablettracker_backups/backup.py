@@ -59,10 +59,24 @@ class BackupResult:
     warnings: tuple[str, ...] = ()
 
 
-def prepare_locations(settings: Settings) -> None:
-    """Create the backup folders owner-only and check they are writable."""
-    for directory in settings.locations:
-        check_writable_dir(directory)
+def prepare_locations(settings: Settings) -> str | None:
+    """Create the backup folders owner-only and check they are writable.
+
+    Raises :class:`StorageError` for the primary folder. The secondary folder only holds a
+    second copy, so its trouble (a disk that is away, read-only or full) must not stop the
+    backup: it is returned as a one-line reason instead (``None`` when the folder is usable).
+    Its parents are never created: a missing parent is a disk that is not mounted, and a
+    "second copy" written onto the system disk in its place would be no second copy at all.
+    """
+    check_writable_dir(settings.backup_dir)
+    if settings.secondary_dir is None:
+        return None
+    try:
+        check_writable_dir(settings.secondary_dir, parents=False)
+    except StorageError as exc:
+        logger.warning("secondary folder %s is not usable: %s", settings.secondary_dir, exc)
+        return str(exc)
+    return None
 
 
 def cleanup_debris(settings: Settings) -> list[Path]:
@@ -109,7 +123,7 @@ def _create_backup(
     trigger: str,
     progress: StageProgress | None,
 ) -> BackupResult:
-    prepare_locations(settings)
+    secondary_trouble = prepare_locations(settings)
     store = BackupStore(settings)
     started = time.monotonic()
     created_at = datetime.now(timezone.utc)
@@ -181,7 +195,9 @@ def _create_backup(
         raise
     written = ["primary"]
     warnings: list[str] = []
-    if "secondary" in store.locations:
+    if secondary_trouble is not None:
+        warnings.append(f"secondary copy failed: {secondary_trouble}")
+    elif "secondary" in store.locations:
         try:
             _copy_to(store, "secondary", metadata)
             written.append("secondary")

@@ -33,10 +33,13 @@ def describe_os_error(exc: OSError, path: Path | str) -> str:
     return f"{exc.strerror or exc} ({path})"
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) owner-only if missing; raises :class:`StorageError`."""
+def ensure_private_dir(path: Path, *, parents: bool = True) -> None:
+    """Create ``path`` (and, with ``parents``, its parents) owner-only if missing.
+
+    Raises :class:`StorageError`.
+    """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=parents, exist_ok=True)
         if not path.is_dir():
             raise StorageError(f"{path} is not a folder")
     except FileExistsError:
@@ -45,9 +48,16 @@ def ensure_private_dir(path: Path) -> None:
         raise StorageError(describe_os_error(exc, path)) from None
 
 
-def check_writable_dir(path: Path) -> None:
-    """Raise :class:`StorageError` unless ``path`` is a folder this process can write."""
-    ensure_private_dir(path)
+def check_writable_dir(path: Path, *, parents: bool = True) -> None:
+    """Raise :class:`StorageError` unless ``path`` is a folder this process can write.
+
+    The folder is created if missing (its parents too, with ``parents``).
+    """
+    if not parents and not path.parent.is_dir():
+        if path.parent.exists():
+            raise StorageError(f"{path.parent} is not a folder, so {path} cannot be")
+        raise StorageError(f"{path.parent} does not exist (is its disk mounted?)")
+    ensure_private_dir(path, parents=parents)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StorageError(f"permission denied: cannot write to {path}")
 

@@ -183,22 +183,80 @@ def test_unwritable_backup_folders(
     row["detail"] = "; ".join(sorted({d.replace(str(tmp_path), "")[:70] for d in details}))
 
 
-def test_unwritable_secondary_folder_is_a_warning(tmp_path: Path, reliability: Recorder) -> None:
+@pytest.fixture
+def read_only_mount(tmp_path: Path) -> Iterator[Path]:
+    """An empty tmpfs mounted read-only (we run as root); skipped where mounting is refused."""
+    mount_point = tmp_path / "ro"
+    mount_point.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if made.returncode != 0:  # pragma: no cover - only where mounting is not allowed
+        pytest.skip(f"cannot mount a read-only tmpfs: {made.stderr.decode().strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+SECONDARY_TROUBLE = {
+    # case: (what stands in the way, the needle the warning must contain)
+    "under a regular file": ("plainfile", "is not a folder"),
+    "on a disk that is not mounted (parent folder missing)": ("unplugged", "does not exist"),
+    "on a read-only mount": ("ro", "permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(SECONDARY_TROUBLE))
+def test_unwritable_secondary_folder_is_a_warning(
+    tmp_path: Path, reliability: Recorder, request: pytest.FixtureRequest, case: str
+) -> None:
     row = reliability(
-        "secondary folder under a regular file",
+        f"secondary folder {case}",
         trials=1,
-        checked="backup kept in primary; exit 1 with a warning, no traceback",
+        checked="`backup` exits 1 with exactly one stderr line 'Warning: secondary copy failed: "
+        "<reason>'; the primary holds exactly the new backup and it fully verifies; `list` shows "
+        "primary ok, secondary missing; `health` says warning (exit 1), not critical; nothing is "
+        "created where the secondary should be; `run --force` then exits 1 with the same "
+        "warning and stores a new backup that verifies",
     )
+    blocker, needle = SECONDARY_TROUBLE[case]
+    if blocker == "plainfile":
+        (tmp_path / blocker).write_text("x")
+    elif blocker == "ro":
+        request.getfixturevalue("read_only_mount")
+    secondary = tmp_path / blocker / "mirror"
     db = make_db(tmp_path / "t.db")
-    (tmp_path / "plainfile").write_text("x")
-    env = cli_env(db, tmp_path / "b", tmp_path / "plainfile" / "mirror", home=tmp_path)
+    env = cli_env(db, tmp_path / "b", secondary, home=tmp_path)
     result = run_cli(["backup"], env)
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
-    assert result.returncode in (1, 2), output
-    row["detail"] = (
-        f"exit {result.returncode}: " + result.stderr.strip().replace(str(tmp_path), "")[:120]
-    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("Warning: secondary copy failed: ") and needle in warning, warning
+    assert result.stdout.startswith("Backup ") and "stored in primary" in result.stdout
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_copy
+
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b"})
+    store = BackupStore(settings)
+    (info,) = store.list()
+    assert verify_copy(store, "primary", info.id).ok
+    listed = json.loads(run_cli(["list", "--json"], env).stdout)
+    assert [item["copies"] for item in listed] == [{"primary": "ok", "secondary": "missing"}]
+    health = run_cli(["health", "--json"], env)
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert json.loads(health.stdout)["status"] == "warning"
+    assert not secondary.exists()
+    if blocker == "unplugged":
+        assert not (tmp_path / blocker).exists()
+    # The scheduled run goes ahead the same way.
+    scheduled = run_cli(["run", "--force"], env)
+    assert scheduled.returncode == 1, scheduled.stdout + scheduled.stderr
+    assert "Warning: secondary copy failed: " in scheduled.stderr
+    newest = store.list()[0]
+    assert newest.id != info.id and verify_copy(store, "primary", newest.id).ok
+    row["detail"] = f"exit 1: {warning.replace(str(tmp_path), '')[:140]}"
 
 
 # -- malformed configuration ------------------------------------------------------------------
