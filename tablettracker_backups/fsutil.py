@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
@@ -122,10 +123,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def commit(temp: Path, final: Path) -> None:
-    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError."""
+def commit(temp: Path, final: Path, *, crash_stage: Stage | None = None) -> None:
+    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError.
+
+    ``crash_stage`` names the crash point between the fsync and the rename (see crashpoints).
+    """
     try:
         fsync_path(temp)
+        if crash_stage is not None:
+            crash_point(crash_stage)  # pragma: no mutate
         os.replace(temp, final)
         fsync_path(final.parent)
     except OSError as exc:
@@ -133,7 +139,7 @@ def commit(temp: Path, final: Path) -> None:
         raise StorageError(describe_os_error(exc, final)) from None
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> None:
+def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = None) -> None:
     """Write ``data`` to ``final`` atomically, owner-only; raises :class:`StorageError`."""
     temp = temp_path(final.parent, final.name)
     try:
@@ -142,7 +148,7 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
     except OSError as exc:
         remove_quietly(temp)
         raise StorageError(describe_os_error(exc, final)) from None
-    commit(temp, final)
+    commit(temp, final, crash_stage=crash_stage)
 
 
 def remove_quietly(path: Path) -> None:

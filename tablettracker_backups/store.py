@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tablettracker_backups.compression import hash_file
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
@@ -282,7 +283,11 @@ class BackupStore:
 
     def write_metadata(self, location: str, meta: BackupMetadata) -> None:
         """Commit a backup in ``location`` by writing its metadata atomically."""
-        atomic_write_bytes(self.metadata_path(location, meta.id), meta.to_json().encode())
+        atomic_write_bytes(
+            self.metadata_path(location, meta.id),
+            meta.to_json().encode(),
+            crash_stage=Stage.METADATA_WRITE,  # pragma: no mutate
+        )
 
     def delete(self, backup_id: str) -> None:
         """Delete every local copy; metadata first, so a half-deleted backup never lists."""
@@ -295,6 +300,7 @@ class BackupStore:
                 pass  # no copy here (NotADirectoryError: a file where the folder should be)
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, meta_path)) from None
+            crash_point(Stage.PRUNE_DELETE)  # pragma: no mutate
             for compression in EXTENSIONS:
                 remove_quietly(self.data_path(location, backup_id, compression))
 

@@ -31,6 +31,9 @@ REPORT_MD = HERE / "RELIABILITY.md"
 ARTIFACTS = HERE.parent / "test-artifacts"
 
 Recorder = Callable[..., dict[str, Any]]
+#: What a row counts: fault trials (a real fault injected), attacks (hostile requests or files),
+#: fuzz inputs (generated inputs, each checked against a property). Totalled apart.
+KINDS = ("fault", "attack", "fuzz")
 
 _ROWS: dict[str, list[dict[str, Any]]] = {}
 _OUTCOMES: dict[str, str] = {}
@@ -46,9 +49,13 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
     nodeid = request.node.nodeid
     _ROWS.setdefault(nodeid, [])
 
-    def record(fault: str, *, trials: int, checked: str, detail: str = "") -> dict[str, Any]:
+    def record(
+        fault: str, *, trials: int, checked: str, detail: str = "", kind: str = "fault"
+    ) -> dict[str, Any]:
+        assert kind in KINDS, kind
         row: dict[str, Any] = {
             "fault": fault,
+            "kind": kind,
             "trials": int(trials),
             "checked": checked,
             "detail": detail,

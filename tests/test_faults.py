@@ -43,8 +43,6 @@ from tests.faultkit import (
 )
 from tests.reliability import Recorder
 
-pytestmark = pytest.mark.slow
-
 #: Big enough (about 13 MB) that a backup's stages take long enough to be interrupted.
 BIG_SEED = {
     "purchase_orders": 6000,
