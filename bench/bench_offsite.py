@@ -37,7 +37,7 @@ if __package__ in (None, ""):  # run as a script: make the package importable fr
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.offsite import OffsiteStore
+from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.settings import settings_from_mapping
 from tablettracker_backups.store import BackupStore
 from tests.test_offsite import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer, _weed_binary
@@ -66,7 +66,7 @@ def build_database(path: Path, size: int) -> None:
 _CHILD = """
 import json, resource, sys, time
 from pathlib import Path
-from tablettracker_backups.offsite import OffsiteStore
+from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.settings import settings_from_mapping
 from tablettracker_backups.store import BackupStore
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from tablettracker_backups.version import __version__
 
 # A library leaves logging to the application; without a handler of ours, Python's
 # last-resort handler would print every warning to stderr, so a CLI error that should be one
@@ -18,14 +18,14 @@ __version__ = "0.1.0"
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 if TYPE_CHECKING:
-    from tablettracker_backups.extension import BackupManager
+    from tablettracker_backups.web.extension import BackupManager
 
 __all__ = ["BackupManager", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "BackupManager":
-        from tablettracker_backups.extension import BackupManager
+        from tablettracker_backups.web.extension import BackupManager
 
         return BackupManager
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tablettracker_backups.cli import main
+from tablettracker_backups.console import main
 
 if __name__ == "__main__":
     main()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tablettracker_backups import __version__
 from tablettracker_backups.compression import StreamResult, compress_file, copy_file
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import BackupError, StorageError, VerificationError
 from tablettracker_backups.fsutil import (
     check_writable_dir,
@@ -35,6 +34,7 @@ from tablettracker_backups.metadata import (
     data_filename,
     new_backup_id,
 )
+from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     DatabaseCheck,
@@ -43,11 +43,9 @@ from tablettracker_backups.snapshot import (
     take_snapshot,
 )
 from tablettracker_backups.store import BackupStore
+from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
-
-#: Called with (stage, done, total): stage is "snapshot" (pages) or "compress" (bytes).
-StageProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -137,7 +135,7 @@ def _create_backup(
             settings.database,
             raw_tmp,
             busy_timeout=settings.busy_timeout,
-            progress=(lambda done, total: progress("snapshot", done, total)) if progress else None,
+            progress=for_stage(progress, "snapshot"),
         )
         snapshot_done = time.monotonic()
         check, stream, check_seconds = _check_and_compress(settings, raw_tmp, stored_tmp, progress)
@@ -147,6 +145,7 @@ def _create_backup(
                 f"foreign key violations: {check.foreign_key_violations}); no backup was kept"
             )
         commit(stored_tmp, primary / stored_name)
+        crash_point(Stage.DATA_RENAME)  # pragma: no mutate
     except BaseException:
         remove_quietly(stored_tmp)
         raise
@@ -270,7 +269,7 @@ def _copy_to(store: BackupStore, location: str, metadata: BackupMetadata) -> Non
         size, digest = copy_file(source, temp)
         if size != metadata.stored_size or digest != metadata.sha256:
             raise VerificationError(f"the {location} copy does not match what was written")
-        commit(temp, final)
+        commit(temp, final, crash_stage=Stage.SECONDARY_COPY)  # pragma: no mutate
     except BaseException:
         remove_quietly(temp)
         raise
@@ -279,8 +278,3 @@ def _copy_to(store: BackupStore, location: str, metadata: BackupMetadata) -> Non
     except StorageError:
         remove_quietly(final)
         raise
-
-
-def repair_copy(store: BackupStore, location: str, metadata: BackupMetadata) -> None:
-    """Re-create a missing or damaged copy in ``location`` from a sound primary copy."""
-    _copy_to(store, location, metadata)

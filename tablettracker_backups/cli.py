@@ -7,21 +7,54 @@ Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 another operation holds the
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import shlex
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
 
-from tablettracker_backups import __version__
-from tablettracker_backups.errors import BackupError, ConfigError, LockedError
-from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.bootstrap import initialise
+from tablettracker_backups.display import human_age, human_size, local_time
+from tablettracker_backups.errors import (
+    BackupError,
+    ConfigError,
+    LockedError,
+    NoDatabaseConfigured,
+)
+from tablettracker_backups.health import Finding, check_health, save_report
+from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.offsite.client import OffsiteStore
+from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.offsite.sync import verify_offsite
+from tablettracker_backups.progress import StageProgress
+from tablettracker_backups.prune import plan_for_store
+from tablettracker_backups.prune import prune as prune_backups
+from tablettracker_backups.restore import (
+    RestoreResult,
+    preview_restore,
+    recover_from_offsite,
+    restore_backup,
+)
+from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.runner import run
+from tablettracker_backups.settings import (
+    Settings,
+    default_config_path,
+    load_settings,
+    settings_from_mapping,
+)
+from tablettracker_backups.states import Level
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -105,7 +138,12 @@ def resolve_settings(
         merged = dict(app_values)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return settings_from_mapping(merged)
-    return load_settings(config_file=config, overrides=overrides)
+    try:
+        return load_settings(config_file=config, overrides=overrides)
+    except NoDatabaseConfigured:
+        raise ConfigError(
+            "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
+        ) from None
 
 
 def _flask_app_values(ctx: click.Context) -> dict[str, Any] | None:
@@ -154,63 +192,26 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def human_size(size: int | float | None) -> str:
-    """1536 -> '1.5 KiB'."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
-
-
-def local_time(moment: datetime | None) -> str:
-    """A UTC moment shown in the machine's local time zone."""
-    if moment is None:
-        return "-"
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-
-
-def human_age(moment: datetime | None, now: datetime | None = None) -> str:
-    """'3.2 h ago', 'never', or '5 min in the future'."""
-    from tablettracker_backups.health import format_age
-
-    if moment is None:
-        return "never"
-    delta = (now or datetime.now(timezone.utc)) - moment
-    text = format_age(delta)
-    return text if delta.total_seconds() < 0 else f"{text} ago"
-
-
-@contextmanager
-def byte_progress(label: str, total: int, enabled: bool) -> Iterator[Callable[[int], None]]:
-    """A progress bar over bytes when attached to a terminal; a no-op otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        yield lambda _size: None
-        return
-    with click.progressbar(length=total, label=label, file=sys.stderr) as bar:
-        yield bar.update
-
-
-def stage_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
-    """A progress callback for backup stages (snapshot pages, then compressed bytes)."""
+def stage_progress(
+    enabled: bool, *, width: int = 9, end_after: str | None = "compress"
+) -> StageProgress | None:
+    """A progress display on stderr for a terminal, one line per stage; None otherwise."""
     if not enabled or not sys.stderr.isatty():
         return None
-    state: dict[str, Any] = {"stage": None, "last": 0}
+    state: dict[str, Any] = {"stage": None, "percent": -1}
 
     def update(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
         if stage != state["stage"]:
             if state["stage"] is not None:
                 click.echo("", err=True)
             state["stage"] = stage
-        percent = 100 * done // max(total, 1)
-        if percent != state["last"] or done == total:
-            state["last"] = percent
-            click.echo(f"\r{stage:>9}: {percent:3d}%", err=True, nl=False)
-            if done >= total and stage == "compress":
-                click.echo("", err=True)
+        elif percent == state["percent"] and done < total:
+            return
+        state["percent"] = percent
+        click.echo(f"\r{stage:>{width}}: {percent:3d}%", err=True, nl=False)
+        if done >= total and stage == end_after:
+            click.echo("", err=True)
 
     return update
 
@@ -242,7 +243,6 @@ def backup(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups backup --database instance/tablet_counter.db
     """
-    from tablettracker_backups.backup import create_backup
 
     result = create_backup(
         settings, kind="manual", trigger="cli", progress=stage_progress(not as_json)
@@ -283,9 +283,6 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups list --json | jq '.[0].id'
     """
-    from tablettracker_backups.offsite_state import copy_states
-    from tablettracker_backups.retention import candidates_from, plan_retention
-    from tablettracker_backups.store import BackupStore
 
     store = BackupStore(settings)
     store.require_folder()
@@ -330,8 +327,6 @@ def list_backups(settings: Settings, as_json: bool) -> None:
 
 
 def _pick(settings: Settings, backup_id: str) -> str:
-    from tablettracker_backups.metadata import validate_backup_id
-    from tablettracker_backups.store import BackupStore
 
     if backup_id == "latest":
         return BackupStore(settings).latest().id
@@ -349,9 +344,6 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     Example:
       tablettracker-backups show 20261123T201500Z-3f9a1c
     """
-    from tablettracker_backups.offsite_state import copy_states
-    from tablettracker_backups.retention import plan_for_store
-    from tablettracker_backups.store import BackupStore
 
     store = BackupStore(settings)
     info = store.get(_pick(settings, backup_id))
@@ -434,8 +426,6 @@ def verify(
       tablettracker-backups verify --all --json
       tablettracker-backups verify --offsite --all
     """
-    from tablettracker_backups.store import BackupStore
-    from tablettracker_backups.verify import verify_backup
 
     if verify_all and backup_id:
         raise click.UsageError("give an ID or --all, not both")
@@ -468,9 +458,6 @@ def verify(
 def _verify_offsite(
     settings: Settings, backup_id: str | None, verify_all: bool, as_json: bool
 ) -> None:
-    from tablettracker_backups.metadata import validate_backup_id
-    from tablettracker_backups.offsite import OffsiteStore
-    from tablettracker_backups.offsite_sync import verify_offsite
 
     ids: list[str] | None
     if verify_all:
@@ -510,14 +497,11 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
     Example:
       tablettracker-backups prune --dry-run
     """
-    from tablettracker_backups.locking import operation_lock
-    from tablettracker_backups.retention import prune as do_prune
-    from tablettracker_backups.store import BackupStore
 
     store = BackupStore(settings)
     store.require_folder()  # a mistyped --backup-dir: say so, create nothing
     with operation_lock(settings):
-        result = do_prune(store, dry_run=dry_run)
+        result = prune_backups(store, dry_run=dry_run)
     if as_json:
         emit_json(result.to_dict())
         return
@@ -548,20 +532,17 @@ def health(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups health || echo "backups need attention"
     """
-    import dataclasses
-
-    from tablettracker_backups.health import CRITICAL, Finding, check_health, write_status
 
     report = check_health(settings)
     try:
-        write_status(settings, report)
+        save_report(settings, report)
     except BackupError as exc:
         # A full or read-only backup folder is exactly when the report matters most.
         report = dataclasses.replace(
             report,
             findings=(
                 *report.findings,
-                Finding(CRITICAL, "status-file", f"cannot write the status file: {exc}"),
+                Finding(Level.CRITICAL, "status-file", f"cannot write the status file: {exc}"),
             ),
         )
     if as_json:
@@ -581,7 +562,6 @@ def status(settings: Settings, as_json: bool) -> None:
     Example:
       tablettracker-backups status
     """
-    from tablettracker_backups.health import check_health
 
     report = check_health(settings)
     if as_json:
@@ -633,7 +613,6 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
     Example (PythonAnywhere scheduled task or crontab):
       tablettracker-backups run --config /home/me/.config/tablettracker-backups/config.toml
     """
-    from tablettracker_backups.runner import run
 
     result = run(settings, force=force, trigger="scheduled")
     if as_json:
@@ -694,7 +673,6 @@ def init(
       tablettracker-backups init --database ~/tablettracker/instance/tablet_counter.db \\
           --secondary-dir ~/backups-mirror --interval 1d
     """
-    from tablettracker_backups.bootstrap import initialise
 
     outcome = initialise(settings, interval=interval, config_path=config_out, overwrite=overwrite)
     if as_json:
@@ -715,31 +693,11 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
-    from tablettracker_backups.settings import default_config_path
 
     if outcome.config_path != default_config_path().expanduser().absolute():
         click.echo("")
         click.echo("Other commands read this config with --config, or set it once:")
         click.echo(f"  export BACKUPS_CONFIG={outcome.config_path}")
-
-
-@cli.command("job", hidden=True)
-@click.argument("jobs_dir", type=click.Path(path_type=Path, file_okay=False, exists=True))
-@click.argument("job_id")
-@click.option("--detach", is_flag=True, help="Start the worker in the background and return.")
-def job_command(jobs_dir: Path, job_id: str, detach: bool) -> None:
-    """Run one job started from the web pages (the detached worker process; internal)."""
-    import logging
-
-    from tablettracker_backups.jobs import DONE, launch_worker, run_job
-
-    if detach:
-        launch_worker(jobs_dir.absolute(), job_id, detach=False)
-        return
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    finished = run_job(jobs_dir.absolute(), job_id)
-    sys.exit(EXIT_OK if finished.state == DONE else EXIT_CRITICAL)
 
 
 # -- restore -------------------------------------------------------------------------------------
@@ -756,7 +714,6 @@ def _restore_settings(
 ) -> Settings:
     """Settings as every command resolves them; with ``--to`` and no database configured
     (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
-    from tablettracker_backups.errors import ConfigError
 
     common = {"config": config, "backup_dir": backup_dir, "secondary_dir": secondary_dir}
     try:
@@ -784,7 +741,6 @@ def _print_preview(preview: Any) -> None:
 
 def _choose_backup(settings: Settings) -> str:
     """Ask on the terminal which backup to restore; newest first."""
-    from tablettracker_backups.store import BackupStore
 
     infos = BackupStore(settings).list()
     if not infos:
@@ -799,25 +755,6 @@ def _choose_backup(settings: Settings) -> str:
         "Restore which backup (number)", type=click.IntRange(1, len(infos)), default=1
     )
     return infos[int(number) - 1].id
-
-
-def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
-    if not enabled or not sys.stderr.isatty():
-        return None
-    state: dict[str, Any] = {"stage": None, "percent": -1}
-
-    def update(stage: str, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if stage != state["stage"]:
-            if state["stage"] is not None:
-                click.echo("", err=True)
-            state["stage"] = stage
-        elif percent == state["percent"]:
-            return
-        state["percent"] = percent
-        click.echo(f"\r{stage:>15}: {percent:3d}%", err=True, nl=False)
-
-    return update
 
 
 @cli.command()
@@ -872,9 +809,6 @@ def restore(
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
       tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
     """
-    import dataclasses
-
-    from tablettracker_backups.restore import preview_restore, restore_backup
 
     ctx = click.get_current_context()
     settings = _restore_settings(
@@ -904,63 +838,75 @@ def restore(
         else:
             _print_preview(diff)
         return
-    overwrites = target.exists()
-    if overwrites and not yes:
-        if not interactive:
-            click.echo(
-                "Error: refusing to restore without confirmation: standard input is not a "
-                "terminal; pass --yes to confirm",
-                err=True,
-            )
-            sys.exit(EXIT_CRITICAL)
-        _print_preview(preview_restore(preview_settings, backup_id))
-        where = "the LIVE database" if to is None else "the existing file"
-        if not click.confirm(
-            f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
-            default=False,
-        ):
-            click.echo("Cancelled; nothing was changed.")
-            sys.exit(EXIT_WARNING)
+    if target.exists() and not yes:
+        _confirm_restore(preview_settings, backup_id, target, live=to is None)
     result = restore_backup(
-        settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
+        settings,
+        backup_id,
+        to=to,
+        actor="cli",
+        progress=stage_progress(not as_json, width=15, end_after=None),
     )
     if as_json:
         emit_json(result.to_dict())
     else:
-        if sys.stderr.isatty() and not as_json:
-            click.echo("", err=True)
-        for message in result.fell_back:
-            click.echo(f"Warning: {message}", err=True)
-        click.echo(
-            f"Restored {result.backup_id} (from the {result.source_location} copy) into "
-            f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
-        )
-        if result.safety_snapshot_id:
-            # Repeat the options given, so the printed command works when pasted as it is.
-            given = {
-                "--config": config,
-                "--database": database,
-                "--backup-dir": backup_dir,
-                "--secondary-dir": secondary_dir,
-                "--to": to,
-            }
-            undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
-            for option, value in given.items():
-                if value is not None:
-                    undo += [option, str(value)]
-            click.echo(
-                f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
-                f"(undo with: {shlex.join(undo)})"
-            )
+        given = {
+            "--config": config,
+            "--database": database,
+            "--backup-dir": backup_dir,
+            "--secondary-dir": secondary_dir,
+            "--to": to,
+        }
+        _print_restored(result, given)
     if result.fell_back:
         sys.exit(EXIT_WARNING)
+
+
+def _confirm_restore(settings: Settings, backup_id: str, target: Path, *, live: bool) -> None:
+    """Show what would change and ask; exit unless the person says yes on a terminal."""
+    if not sys.stdin.isatty():
+        click.echo(
+            "Error: refusing to restore without confirmation: standard input is not a "
+            "terminal; pass --yes to confirm",
+            err=True,
+        )
+        sys.exit(EXIT_CRITICAL)
+    _print_preview(preview_restore(settings, backup_id))
+    where = "the LIVE database" if live else "the existing file"
+    if not click.confirm(
+        f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
+        default=False,
+    ):
+        click.echo("Cancelled; nothing was changed.")
+        sys.exit(EXIT_WARNING)
+
+
+def _print_restored(result: RestoreResult, given: dict[str, Path | None]) -> None:
+    """The human summary of a restore, with the command that undoes it."""
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    for message in result.fell_back:
+        click.echo(f"Warning: {message}", err=True)
+    click.echo(
+        f"Restored {result.backup_id} (from the {result.source_location} copy) into "
+        f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
+    )
+    if result.safety_snapshot_id:
+        # Repeat the options given, so the printed command works when pasted as it is.
+        undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
+        for option, value in given.items():
+            if value is not None:
+                undo += [option, str(value)]
+        click.echo(
+            f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
+            f"(undo with: {shlex.join(undo)})"
+        )
 
 
 def _recover_from_offsite(
     settings: Settings, backup_id: str, to: Path | None, as_json: bool
 ) -> None:
     """``restore --from-offsite``: a new database file from the offsite store alone."""
-    from tablettracker_backups.offsite import recover_from_offsite
 
     if settings.s3 is None:
         raise click.UsageError(
@@ -990,75 +936,3 @@ def _recover_from_offsite(
         )
     if result.skipped:
         sys.exit(EXIT_WARNING)
-
-
-def main() -> None:
-    """Console-script entry point."""
-    cli.main(prog_name="tablettracker-backups")
-
-
-@cli.command()
-@click.option("--port", default=5000, show_default=True, help="Port to serve on (127.0.0.1).")
-@click.option(
-    "--instance",
-    "instance",
-    type=click.Path(path_type=Path, file_okay=False),
-    default=Path("instance"),
-    show_default=True,
-    help="Instance folder for the demo database and its backups.",
-)
-def demo(port: int, instance: Path) -> None:
-    """Run the demo TabletTracker with the backup pages on a seeded SQLite database.
-
-    Creates the instance folder and its database on first use, prints the address, the admin
-    login and the scheduled-task token, and serves on 127.0.0.1 until Ctrl+C.
-
-    \b
-    Example:
-      tablettracker-backups demo --port 5000 --instance ./instance
-    """
-    from werkzeug.serving import run_simple
-
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.demo import create_app
-    from tablettracker_backups.extension import get_state
-    from tablettracker_backups.store import BackupStore
-
-    if not 0 < port < 65536:
-        raise click.BadParameter("must be between 1 and 65535", param_hint="--port")
-    _check_port_free(port)
-    app = create_app({"INSTANCE_PATH": instance.absolute()})
-    with app.app_context():
-        settings = get_state().settings
-    if not BackupStore(settings).ids():
-        result = create_backup(settings, kind="manual", trigger="demo")
-        click.echo(f"First backup {result.metadata.id} verified in {settings.backup_dir}")
-    url = f"http://127.0.0.1:{port}/"
-    click.echo(f"Database:    {settings.database}")
-    click.echo(f"Backups:     {settings.backup_dir}")
-    click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
-    click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
-    click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
-    click.echo(
-        f"Task URL:    curl -X POST -H 'Authorization: Bearer {app.config['BACKUPS_TASK_TOKEN']}'"
-        f" {url}tasks/backups/run"
-    )
-    click.echo("Press Ctrl+C to stop.")
-    try:
-        run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
-    except OSError as exc:
-        raise ConfigError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
-
-
-def _check_port_free(port: int) -> None:
-    """Fail in one line before printing anything when the port is taken (werkzeug would exit)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve on 127.0.0.1:{port}: {exc.strerror}; choose another with --port"
-            ) from None

@@ -1,15 +1,13 @@
 """Health checks: is the data safe right now? Exit codes 0 ok, 1 warning, 2 critical.
 
-Each check adds findings; the report's status is the worst of them. ``write_status`` keeps a
-status file (JSON) for dashboards and appends warnings and critical findings to an alert log
-(JSON lines) that a person or a mail filter can follow.
+Each check adds findings; the report's status is the worst of them. :func:`save_report` hands
+the report to :mod:`tablettracker_backups.status`, which keeps the status file and alert log.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import shutil
 from collections import Counter
@@ -17,22 +15,19 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tablettracker_backups.audit import append_jsonl
+from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
-from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.metadata import parse_utc, utc_iso
-from tablettracker_backups.offsite_state import OffsiteLag, offsite_lag
+from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
-from tablettracker_backups.store import OK, BackupInfo, BackupStore
+from tablettracker_backups.states import CopyStatus, Level
+from tablettracker_backups.status import read_status, write_status
+from tablettracker_backups.store import BackupInfo, BackupStore
 
 logger = logging.getLogger(__name__)
 
-OK_STATUS, WARNING, CRITICAL = "ok", "warning", "critical"
-LEVELS = {OK_STATUS: 0, WARNING: 1, CRITICAL: 2}
-STATUS_FILE = "status.json"
-ALERT_LOG = "alerts.jsonl"
 #: Leeway on top of the interval before a late backup counts as missed (scheduling jitter).
 GRACE = timedelta(minutes=15)
 
@@ -41,7 +36,7 @@ GRACE = timedelta(minutes=15)
 class Finding:
     """One thing a health check noticed."""
 
-    level: str
+    level: Level
     code: str
     message: str
 
@@ -66,15 +61,14 @@ class HealthReport:
     offsite: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def status(self) -> str:
+    def status(self) -> Level:
         """``ok``, ``warning`` or ``critical``: the worst finding."""
-        worst = max((LEVELS[f.level] for f in self.findings), default=0)
-        return next(name for name, level in LEVELS.items() if level == worst)
+        return max((f.level for f in self.findings), key=lambda lv: lv.exit_code, default=Level.OK)
 
     @property
     def exit_code(self) -> int:
         """0 ok, 1 warning, 2 critical."""
-        return LEVELS[self.status]
+        return self.status.exit_code
 
     def age(self, moment: datetime | None) -> timedelta | None:
         """How long before ``checked_at`` the moment was."""
@@ -106,44 +100,6 @@ class HealthReport:
         }
 
 
-def read_status(settings: Settings) -> dict[str, Any]:
-    """The status file's content, or ``{}`` when missing or unreadable."""
-    try:
-        data = json.loads((settings.state_dir / STATUS_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _update_status(settings: Settings, **changes: Any) -> None:
-    ensure_private_dir(settings.state_dir)
-    status = read_status(settings)
-    status.update(changes)
-    atomic_write_bytes(
-        settings.state_dir / STATUS_FILE,
-        (json.dumps(status, indent=2, sort_keys=True, default=str) + "\n").encode(),
-    )
-
-
-def record_run(settings: Settings, *, at: datetime, result: dict[str, Any]) -> None:
-    """Remember when ``run`` last ran, so health can notice a schedule that stopped."""
-    _update_status(settings, last_run_at=utc_iso(at), last_run=result)
-
-
-def format_age(delta: timedelta) -> str:
-    """``45 s``, ``12 min``, ``3.2 h``, ``4.5 days``; a negative one ``... in the future``."""
-    seconds = delta.total_seconds()
-    if seconds < 0:
-        return f"{format_age(-delta)} in the future"
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86400:.1f} days"
-
-
 def check_health(
     settings: Settings,
     *,
@@ -156,117 +112,27 @@ def check_health(
     store = BackupStore(settings)
     interval = timedelta(seconds=settings.interval)
 
-    try:
-        result = quick_check_live(settings.database, busy_timeout=settings.busy_timeout)
-        if result != "ok":
-            findings.append(Finding(CRITICAL, "database-corrupt", f"quick_check: {result}"))
-    except DatabaseError as exc:
-        findings.append(Finding(CRITICAL, "database-unreadable", str(exc)))
-
+    findings += _live_database_findings(settings)
     try:
         backups = store.list()
     except BackupError as exc:
-        findings.append(Finding(CRITICAL, "backups-unreadable", str(exc)))
+        findings.append(Finding(Level.CRITICAL, "backups-unreadable", str(exc)))
         backups = []
-
     regular = [b for b in backups if b.kind != "pre-restore"]
     newest = regular[0] if regular else None
     newest_verified = next((b for b in regular if b.verified), None)
-    if newest is None:
-        findings.append(Finding(CRITICAL, "no-backups", "there are no backups yet"))
-    elif newest_verified is None:
-        findings.append(Finding(CRITICAL, "no-verified-backup", "no backup has verified"))
-    for label, info, code in (
-        ("newest backup", newest, "backup-age"),
-        ("newest verified backup", newest_verified, "verified-backup-age"),
-    ):
-        if info is None:
-            continue
-        age = now - info.created_at
-        if age < -CLOCK_SKEW:
-            findings.append(
-                Finding(
-                    WARNING,
-                    "clock",
-                    f"{label} {info.id} is dated {format_age(age)}: check the system clock",
-                )
-            )
-        elif age > 3 * interval + GRACE:
-            findings.append(
-                Finding(
-                    CRITICAL,
-                    code,
-                    f"{label} is {format_age(age)} old (expected every {format_age(interval)})",
-                )
-            )
-        elif age > interval + interval / 2 + GRACE:
-            findings.append(
-                Finding(
-                    WARNING,
-                    code,
-                    f"{label} is {format_age(age)} old (expected every {format_age(interval)})",
-                )
-            )
-
+    findings += _freshness_findings(newest, newest_verified, now=now, interval=interval)
     findings += _checksum_findings(store, backups[: settings.health_checksum_count])
-
-    for info in backups:
-        for copy in info.copies:
-            if copy.state != OK:
-                findings.append(
-                    Finding(
-                        WARNING,
-                        "copies-disagree",
-                        f"{copy.location} copy of {info.id} is {copy.state}"
-                        + (f": {copy.detail}" if copy.detail else ""),
-                    )
-                )
-
+    findings += _copy_findings(backups)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
-
-    status = read_status(settings)
-    last_run_at: datetime | None = None
-    next_due: datetime | None = None
-    if status.get("last_run_at"):
-        try:
-            last_run_at = parse_utc(status["last_run_at"], "last_run_at")
-        except BackupError:
-            last_run_at = None
-    last_run = status.get("last_run")
-    if isinstance(last_run, dict) and last_run.get("ok") is False:
-        findings.append(
-            Finding(
-                CRITICAL,
-                "last-run-failed",
-                f"the last scheduled run failed: {str(last_run.get('error'))[:300]}",
-            )
-        )
-    if last_run_at is not None:
-        next_due = last_run_at + interval
-        if now - last_run_at > 2 * interval + GRACE:
-            findings.append(
-                Finding(
-                    WARNING,
-                    "schedule-stopped",
-                    f"the scheduled run last ran {format_age(now - last_run_at)} ago; is the "
-                    "scheduled task still enabled (free PythonAnywhere tasks expire)?",
-                )
-            )
-
+    last_run_at, schedule_findings = _schedule_findings(settings, now=now, interval=interval)
+    findings += schedule_findings
     offsite: dict[str, Any] = {}
     if settings.s3 is not None:
         lag = offsite_lag(settings, backups, now=now)
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
-
-    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
-    slots: Counter[str] = Counter()
-    for decision in plan.keep:
-        for reason in decision.reasons:
-            slot = reason.split(" ")[0]
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"):
-                slots[slot] += 1
 
     return HealthReport(
         checked_at=now,
@@ -276,13 +142,117 @@ def check_health(
         newest_verified_id=newest_verified.id if newest_verified else None,
         newest_verified_at=newest_verified.created_at if newest_verified else None,
         backup_count=len(backups),
-        slot_counts=dict(slots),
+        slot_counts=_slot_counts(settings, backups, now),
         disk=disk,
-        stored_bytes=sum(b.stored_size * sum(c.state == OK for c in b.copies) for b in backups),
+        stored_bytes=sum(
+            b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups
+        ),
         last_run_at=last_run_at,
-        next_run_due=next_due,
+        next_run_due=None if last_run_at is None else last_run_at + interval,
         offsite=offsite,
     )
+
+
+def _live_database_findings(settings: Settings) -> list[Finding]:
+    try:
+        result = quick_check_live(settings.database, busy_timeout=settings.busy_timeout)
+    except DatabaseError as exc:
+        return [Finding(Level.CRITICAL, "database-unreadable", str(exc))]
+    if result != "ok":
+        return [Finding(Level.CRITICAL, "database-corrupt", f"quick_check: {result}")]
+    return []
+
+
+def _freshness_findings(
+    newest: BackupInfo | None,
+    newest_verified: BackupInfo | None,
+    *,
+    now: datetime,
+    interval: timedelta,
+) -> list[Finding]:
+    """Is there a backup, a verified one, and are they as recent as the schedule promises?"""
+    findings: list[Finding] = []
+    if newest is None:
+        findings.append(Finding(Level.CRITICAL, "no-backups", "there are no backups yet"))
+    elif newest_verified is None:
+        findings.append(Finding(Level.CRITICAL, "no-verified-backup", "no backup has verified"))
+    for label, info, code in (
+        ("newest backup", newest, "backup-age"),
+        ("newest verified backup", newest_verified, "verified-backup-age"),
+    ):
+        if info is None:
+            continue
+        age = now - info.created_at
+        late = f"{label} is {format_age(age)} old (expected every {format_age(interval)})"
+        if age < -CLOCK_SKEW:
+            findings.append(
+                Finding(
+                    Level.WARNING,
+                    "clock",
+                    f"{label} {info.id} is dated {format_age(age)}: check the system clock",
+                )
+            )
+        elif age > 3 * interval + GRACE:
+            findings.append(Finding(Level.CRITICAL, code, late))
+        elif age > interval + interval / 2 + GRACE:
+            findings.append(Finding(Level.WARNING, code, late))
+    return findings
+
+
+def _copy_findings(backups: list[BackupInfo]) -> list[Finding]:
+    return [
+        Finding(
+            Level.WARNING,
+            "copies-disagree",
+            f"{copy.location} copy of {info.id} is {copy.state}"
+            + (f": {copy.detail}" if copy.detail else ""),
+        )
+        for info in backups
+        for copy in info.copies
+        if copy.state != CopyStatus.OK
+    ]
+
+
+def _schedule_findings(
+    settings: Settings, *, now: datetime, interval: timedelta
+) -> tuple[datetime | None, list[Finding]]:
+    """When the scheduled run last ran, and whether it failed or seems to have stopped."""
+    findings: list[Finding] = []
+    status = read_status(settings)
+    last_run_at: datetime | None = None
+    if status.get("last_run_at"):
+        with contextlib.suppress(BackupError):
+            last_run_at = parse_utc(status["last_run_at"], "last_run_at")
+    last_run = status.get("last_run")
+    if isinstance(last_run, dict) and last_run.get("ok") is False:
+        findings.append(
+            Finding(
+                Level.CRITICAL,
+                "last-run-failed",
+                f"the last scheduled run failed: {str(last_run.get('error'))[:300]}",
+            )
+        )
+    if last_run_at is not None and now - last_run_at > 2 * interval + GRACE:
+        findings.append(
+            Finding(
+                Level.WARNING,
+                "schedule-stopped",
+                f"the scheduled run last ran {format_age(now - last_run_at)} ago; is the "
+                "scheduled task still enabled (free PythonAnywhere tasks expire)?",
+            )
+        )
+    return last_run_at, findings
+
+
+def _slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
+    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
+    slots: Counter[str] = Counter()
+    for decision in plan.keep:
+        for reason in decision.reasons:
+            slot = reason.split(" ")[0]
+            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"):
+                slots[slot] += 1
+    return dict(slots)
 
 
 def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
@@ -296,19 +266,21 @@ def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
         )
         if lag.last_error:
             message += f"; last error: {lag.last_error[:300]}"
-        findings.append(Finding(WARNING, "offsite-behind", message))
+        findings.append(Finding(Level.WARNING, "offsite-behind", message))
     elif lag.last_error and lag.last_sync_at is not None and lag.last_error_at == lag.last_sync_at:
         findings.append(
-            Finding(WARNING, "offsite-error", f"the last offsite sync failed: {lag.last_error}")
+            Finding(
+                Level.WARNING, "offsite-error", f"the last offsite sync failed: {lag.last_error}"
+            )
         )
     for backup_id in lag.damaged:
         findings.append(
-            Finding(WARNING, "offsite-damaged", f"offsite copy of {backup_id} is damaged")
+            Finding(Level.WARNING, "offsite-damaged", f"offsite copy of {backup_id} is damaged")
         )
     if lag.overdue:
         findings.append(
             Finding(
-                WARNING,
+                Level.WARNING,
                 "offsite-unverified",
                 f"{len(lag.overdue)} offsite cop(ies) not read back within the verify period "
                 f"(oldest {lag.overdue[0]})",
@@ -321,21 +293,23 @@ def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Fin
     findings: list[Finding] = []
     for info in recent:
         if info.metadata is None:
-            findings.append(Finding(WARNING, "metadata", f"{info.id}: {'; '.join(info.problems)}"))
+            findings.append(
+                Finding(Level.WARNING, "metadata", f"{info.id}: {'; '.join(info.problems)}")
+            )
             continue
         sound = 0
         for copy in info.copies:
-            if copy.state != OK:
+            if copy.state != CopyStatus.OK:
                 continue
             try:
                 matches = store.checksum_matches(info, copy.location)
             except BackupError as exc:
-                findings.append(Finding(WARNING, "checksum", f"{info.id}: {exc}"))
+                findings.append(Finding(Level.WARNING, "checksum", f"{info.id}: {exc}"))
                 continue
             if not matches:
                 findings.append(
                     Finding(
-                        WARNING,
+                        Level.WARNING,
                         "checksum",
                         f"{copy.location} copy of {info.id} does not match its SHA-256",
                     )
@@ -344,7 +318,9 @@ def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Fin
                 sound += 1
         if sound == 0:
             findings.append(
-                Finding(CRITICAL, "checksum", f"backup {info.id} has no copy with a good checksum")
+                Finding(
+                    Level.CRITICAL, "checksum", f"backup {info.id} has no copy with a good checksum"
+                )
             )
     return findings
 
@@ -373,13 +349,13 @@ def _disk(
         except OSError as exc:
             # No primary folder means no backups; a secondary that is away only means one
             # copy is missing, and every backup still goes to the primary.
-            level = CRITICAL if name == "primary" else WARNING
+            level = Level.CRITICAL if name == "primary" else Level.WARNING
             findings.append(Finding(level, "disk", f"{name} folder {directory}: {exc.strerror}"))
             continue
         disk[name] = {"total": usage.total, "used": usage.used, "free": usage.free}
         for level, threshold in (
-            (CRITICAL, settings.disk_critical),
-            (WARNING, settings.disk_warning),
+            (Level.CRITICAL, settings.disk_critical),
+            (Level.WARNING, settings.disk_warning),
         ):
             limit = threshold * usage.total if threshold < 1 else threshold
             if usage.free < limit:
@@ -391,7 +367,7 @@ def _disk(
             if usage.free < needed:
                 findings.append(
                     Finding(
-                        CRITICAL,
+                        Level.CRITICAL,
                         "disk",
                         f"{name} folder has {usage.free // 2**20} MiB free; the next backup "
                         f"needs about {needed // 2**20 + 1} MiB",
@@ -400,13 +376,11 @@ def _disk(
     return disk, findings
 
 
-def write_status(settings: Settings, report: HealthReport) -> None:
+def save_report(settings: Settings, report: HealthReport) -> None:
     """Save the report to the status file and append warnings and worse to the alert log."""
-    _update_status(settings, health=report.to_dict())
-    alerts = [f for f in report.findings if f.level != OK_STATUS]
-    if alerts:
-        for finding in alerts:
-            append_jsonl(
-                settings.state_dir / ALERT_LOG,
-                {"at": utc_iso(report.checked_at), **dataclasses.asdict(finding)},
-            )
+    write_status(
+        settings,
+        health=report.to_dict(),
+        alerts=[dataclasses.asdict(f) for f in report.findings if f.level != Level.OK],
+        at=report.checked_at,
+    )

@@ -60,6 +60,15 @@ def metadata_filename(backup_id: str) -> str:
     return validate_backup_id(backup_id) + ".json"
 
 
+def data_file_id(name: str) -> str | None:
+    """The backup id of a data file named ``<id>.db.zst`` or ``<id>.db.gz``; None for any
+    other name (a stray file, a temporary name, another extension)."""
+    for ext in EXTENSIONS.values():
+        if name.endswith(ext) and ID_PATTERN.match(name[: -len(ext)]):
+            return name[: -len(ext)]
+    return None
+
+
 def utc_iso(moment: datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, to the microsecond."""
     return moment.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")

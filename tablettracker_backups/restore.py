@@ -46,6 +46,7 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.fsutil import (
+    commit,
     describe_os_error,
     ensure_private_dir,
     fsync_path,
@@ -54,6 +55,8 @@ from tablettracker_backups.fsutil import (
 )
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import BackupMetadata, utc_iso, validate_backup_id
+from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
+from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     check_sqlite_file,
@@ -63,21 +66,21 @@ from tablettracker_backups.snapshot import (
     row_counts,
     schema_fingerprint,
 )
-from tablettracker_backups.store import OK, BackupInfo, BackupStore, CopyState
+from tablettracker_backups.states import CopyStatus, TableChange
+from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
 from tablettracker_backups.verify import extract_verified
 
 logger = logging.getLogger(__name__)
 
-#: Called with (stage, done, total). Stages, in order: ``verify`` (bytes decompressed),
-#: ``safety-snapshot`` (pages) and ``safety-compress`` (bytes) for the safety snapshot,
-#: ``write`` (pages), ``check`` (0 or 1 of 1); ``rollback`` (pages) only if the check failed.
-RestoreProgress = Callable[[str, int, int], None]
+#: Stages, in order: ``verify`` (bytes decompressed), ``safety-snapshot`` (pages) and
+#: ``safety-compress`` (bytes) for the safety snapshot, ``write`` (pages), ``check`` (0 or 1 of
+#: 1); ``rollback`` (pages) only if the check failed.
+RestoreProgress = StageProgress
 #: Test seam: called with the target path after the write and before the check afterwards.
 AfterWriteHook = Callable[[Path], None]
 
 #: Files SQLite keeps beside a database; a stale one next to a missing database is refused.
 SIDE_FILES = ("-wal", "-shm", "-journal")
-TABLE_STATUSES = ("added", "removed", "changed", "same")
 
 
 @dataclass(frozen=True)
@@ -92,7 +95,7 @@ class TableDiff:
     name: str
     backup_rows: int | None
     live_rows: int | None
-    status: str
+    status: TableChange
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -181,11 +184,9 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
     """The backup as the offsite store has it; re-raises ``missing`` when there is none."""
     if settings.s3 is None:
         raise missing
-    from tablettracker_backups.offsite import OffsiteStore
-
     try:
         offsite = OffsiteStore.from_settings(settings)
-        listed = [o.id for o in offsite.list() if o.complete]
+        listed = offsite.complete_ids()
         if backup_id == "latest":
             if not listed:
                 raise missing
@@ -199,7 +200,7 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         id=meta.id,
         created_at=meta.created_at,
         metadata=meta,
-        copies=(CopyState("offsite", OK),),
+        copies=(CopyState("offsite", CopyStatus.OK),),
         verified=meta.verification.ok,
     )
 
@@ -235,11 +236,11 @@ def preview_restore(settings: Settings, backup_id: str) -> RestorePreview:
         in_backup = meta.row_counts.get(name)
         in_live = live_counts.get(name)
         if in_live is None:
-            status = "added"
+            status = TableChange.ADDED
         elif in_backup is None:
-            status = "removed"
+            status = TableChange.REMOVED
         else:
-            status = "same" if in_backup == in_live else "changed"
+            status = TableChange.SAME if in_backup == in_live else TableChange.CHANGED
         tables.append(TableDiff(name, in_backup, in_live, status))
     return RestorePreview(info.id, meta.created_at, tuple(tables), schema_changed, live_exists)
 
@@ -372,7 +373,7 @@ def _restore_locked(
                     scratch,
                     target,
                     timeout=settings.busy_timeout,
-                    progress=_pages(progress, "write"),
+                    progress=for_stage(progress, "write"),
                     wal_if_new=not existed and wal,
                     stage=Stage.RESTORE_WRITE,  # pragma: no mutate
                 )
@@ -475,8 +476,6 @@ def _extract_offsite_copy(
     settings = store.settings
     if settings.s3 is None:
         return None
-    from tablettracker_backups.offsite import OffsiteStore
-
     ensure_private_dir(settings.backup_dir)
     scratch = temp_path(settings.backup_dir, f"{backup_id}.restore.db")
     done = 0
@@ -558,7 +557,7 @@ def _undo(
             scratch,
             target,
             timeout=store.settings.busy_timeout,
-            progress=_pages(progress, "rollback"),
+            progress=for_stage(progress, "rollback"),
             wal_if_new=False,
         )
         _check_after(target, safety, timeout=store.settings.busy_timeout)
@@ -662,12 +661,6 @@ def _check_after(target: Path, meta: BackupMetadata, *, timeout: float) -> None:
         if "locked" in text or "busy" in text:
             raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {text}") from None
         raise VerificationError(f"{target} is not readable: {text}") from None
-
-
-def _pages(progress: RestoreProgress | None, stage: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(stage, done, total)
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -786,3 +779,78 @@ def _audit(settings: Settings, actor: str, attempt: _Attempt, *, ok: bool, messa
         logger.warning(
             "could not write the audit log entry for restore of %s: %s", attempt.backup_id, exc
         )
+
+
+# -- recovery from the offsite store alone ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecoveryResult:
+    """A database rebuilt from the offsite store alone."""
+
+    id: str
+    path: Path
+    metadata: BackupMetadata
+    #: Newer offsite backups that were damaged and passed over (id, why), newest first.
+    skipped: tuple[tuple[str, str], ...] = ()
+
+
+def recover_from_offsite(
+    settings: Settings,
+    backup_id: str = "latest",
+    *,
+    to: Path,
+    progress: ByteProgress | None = None,
+) -> RecoveryResult:
+    """Rebuild the database at the new path ``to`` from the offsite store alone.
+
+    Needs only the offsite settings and credentials: no local backup folder, no lock, no live
+    database. ``latest`` takes the newest offsite backup that passes every check (size,
+    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
+    named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
+    complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
+    :class:`VerificationError` or :class:`OffsiteError`.
+    """
+    offsite = OffsiteStore.from_settings(settings)
+    target = to.expanduser().absolute()
+    if target.exists() or target.is_symlink():
+        raise RestoreError(
+            f"{target} already exists; recover into a new path, then move it into place"
+        )
+    ensure_private_dir(target.parent)
+    listed = offsite.complete_ids()
+    if backup_id == "latest":
+        if not listed:
+            raise BackupNotFound(f"there are no backups in the offsite store {offsite.where}")
+        candidates = listed
+    else:
+        validate_backup_id(backup_id)
+        if backup_id not in listed:
+            raise BackupNotFound(f"no backup {backup_id} in the offsite store {offsite.where}")
+        candidates = [backup_id]
+    skipped: list[tuple[str, str]] = []
+    for candidate in candidates:
+        scratch = temp_path(target.parent, target.name)
+        try:
+            metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
+        except (VerificationError, MetadataError, BackupNotFound) as exc:
+            remove_quietly(scratch)
+            if backup_id != "latest":
+                raise VerificationError(
+                    f"offsite backup {candidate} failed its checks: {exc}; nothing was written"
+                ) from None
+            logger.warning("offsite backup %s is damaged, trying an older one: %s", candidate, exc)
+            skipped.append((candidate, str(exc)))
+            continue
+        except BaseException:
+            remove_quietly(scratch)
+            raise
+        if target.exists():
+            remove_quietly(scratch)
+            raise RestoreError(f"{target} appeared while recovering; nothing was overwritten")
+        commit(scratch, target)
+        logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
+        return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    raise VerificationError(
+        f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
+    )

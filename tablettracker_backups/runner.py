@@ -19,13 +19,15 @@ from tablettracker_backups.backup import (
     prepare_locations,
 )
 from tablettracker_backups.errors import BackupError
-from tablettracker_backups.health import HealthReport, check_health, record_run, write_status
+from tablettracker_backups.health import HealthReport, check_health, save_report
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
-from tablettracker_backups.offsite_sync import SyncResult, sync_offsite
-from tablettracker_backups.retention import CLOCK_SKEW, PruneResult, prune
+from tablettracker_backups.offsite.sync import SyncResult, sync_offsite
+from tablettracker_backups.prune import PruneResult, prune
+from tablettracker_backups.retention import CLOCK_SKEW
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
+from tablettracker_backups.status import record_run
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import VerifyResult, verify_backup
 
@@ -180,7 +182,7 @@ def run(
             logger.error("could not write the status file: %s", exc)
         report = check_health(settings)
         try:
-            write_status(settings, report)
+            save_report(settings, report)
         except BackupError as exc:
             logger.error("could not write the status file: %s", exc)
         result = RunResult(

@@ -38,11 +38,9 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import CopyStatus
 
 logger = logging.getLogger(__name__)
-
-#: Copy states: the copy is there and matches, is absent, differs from the others, or is broken.
-OK, MISSING, DIFFERS, DAMAGED = "ok", "missing", "differs", "damaged"
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,7 @@ class CopyState:
     """One location's copy of a backup, as seen by a cheap look (no hashing)."""
 
     location: str
-    state: str
+    state: CopyStatus
     detail: str = ""
 
 
@@ -76,12 +74,12 @@ class BackupInfo:
         """Bytes of one stored copy (0 when metadata is lost)."""
         return self.metadata.stored_size if self.metadata else 0
 
-    def copy_state(self, location: str) -> str:
+    def copy_state(self, location: str) -> CopyStatus:
         """The state of the named location's copy."""
         for copy in self.copies:
             if copy.location == location:
                 return copy.state
-        return MISSING
+        return CopyStatus.MISSING
 
     def to_dict(self) -> dict[str, object]:
         """A JSON-ready summary (``list --json``)."""
@@ -190,26 +188,26 @@ class BackupStore:
             try:
                 meta = self.read_metadata(location, backup_id)
             except BackupNotFound:
-                states[location] = CopyState(location, MISSING)
+                states[location] = CopyState(location, CopyStatus.MISSING)
                 continue
             except (MetadataError, StorageError) as exc:
-                states[location] = CopyState(location, DAMAGED, str(exc))
+                states[location] = CopyState(location, CopyStatus.DAMAGED, str(exc))
                 problems.append(str(exc))
                 continue
             data = self.data_path(location, backup_id, meta.compression)
             try:
                 size = data.stat().st_size
             except OSError:
-                states[location] = CopyState(location, DAMAGED, "data file is missing")
+                states[location] = CopyState(location, CopyStatus.DAMAGED, "data file is missing")
                 problems.append(f"{location} copy of {backup_id}: data file is missing")
                 continue
             if size != meta.stored_size:
                 detail = f"data file is {size} bytes, metadata says {meta.stored_size}"
-                states[location] = CopyState(location, DAMAGED, detail)
+                states[location] = CopyState(location, CopyStatus.DAMAGED, detail)
                 problems.append(f"{location} copy of {backup_id}: {detail}")
                 continue
             metas[location] = meta
-            states[location] = CopyState(location, OK)
+            states[location] = CopyState(location, CopyStatus.OK)
         # Prefer a copy whose last verification passed: one bad copy must not hide a good one.
         chosen = next((m for m in metas.values() if m.verification.ok), None)
         chosen = chosen or next(iter(metas.values()), None)
@@ -224,17 +222,19 @@ class BackupStore:
         if chosen is not None:
             for location, meta in metas.items():
                 if meta.sha256 != chosen.sha256:
-                    states[location] = CopyState(location, DIFFERS, "checksum differs")
+                    states[location] = CopyState(location, CopyStatus.DIFFERS, "checksum differs")
                     problems.append(f"{location} copy of {backup_id} differs from the others")
         for location, meta in metas.items():
             if not meta.verification.ok:
-                states[location] = CopyState(location, DAMAGED, meta.verification.error or "")
+                states[location] = CopyState(
+                    location, CopyStatus.DAMAGED, meta.verification.error or ""
+                )
                 problems.append(
                     f"{location} copy of {backup_id} failed verification: "
                     f"{meta.verification.error or 'unknown'}"
                 )
         verified = any(
-            states[location].state == OK and meta.verification.ok
+            states[location].state == CopyStatus.OK and meta.verification.ok
             for location, meta in metas.items()
         )
         created = chosen.created_at if chosen is not None else id_time(backup_id)
@@ -245,7 +245,7 @@ class BackupStore:
         """One backup by id; raises InvalidBackupId or BackupNotFound."""
         validate_backup_id(backup_id)
         info = self._look(backup_id)
-        if all(c.state == MISSING for c in info.copies):
+        if all(c.state == CopyStatus.MISSING for c in info.copies):
             raise BackupNotFound(f"no backup with id {backup_id}")
         return info
 

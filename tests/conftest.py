@@ -128,7 +128,7 @@ def staff_client(demo_app: Flask) -> FlaskClient:
 
 def wait_for_job(settings: Settings, job_id: str, *, limit: float = 120.0) -> Any:
     """Wait (bounded) for a web job's worker process to finish; return the finished job."""
-    from tablettracker_backups.jobs import read_job
+    from tablettracker_backups.jobs.queue import read_job
 
     deadline = time.monotonic() + limit
     while True:

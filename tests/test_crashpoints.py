@@ -266,6 +266,22 @@ def expect_compress(world: World, infos: list[BackupInfo]) -> str:
     return "half-written .tmp-*.db.zst left, nothing new listed"
 
 
+def expect_data_rename(world: World, infos: list[BackupInfo]) -> str:
+    assert not new_ids(world, infos)
+    state = folder_state(world.settings.backup_dir)
+    assert len(set(state["data"]) - set(state["meta"])) == 1, state
+    assert not [n for n in state["tmp"] if n.endswith(".db.zst")], state  # it was renamed
+    return "data file renamed into place without metadata: not listed (an orphan)"
+
+
+def expect_secondary_copy(world: World, infos: list[BackupInfo]) -> str:
+    (new,) = new_ids(world, infos)
+    info = next(i for i in infos if i.id == new)
+    assert info.copy_state("primary") == "ok" and info.copy_state("secondary") == "missing"
+    assert [n for n in temp_names(world.settings.secondary_dir) if n.endswith(".db.zst")]
+    return "listed with primary ok (verifies); secondary: only a .tmp- file, copy missing"
+
+
 def expect_metadata_write(world: World, infos: list[BackupInfo]) -> str:
     assert not new_ids(world, infos)
     state = folder_state(world.settings.backup_dir)
@@ -317,7 +333,9 @@ Expectation = Callable[[World, list[BackupInfo]], str]
 DETERMINISTIC: list[tuple[Trial, Expectation]] = [
     (Trial("backup", Stage.SNAPSHOT_COPY), expect_snapshot_copy),
     (Trial("backup", Stage.COMPRESS), expect_compress),
+    (Trial("backup", Stage.DATA_RENAME), expect_data_rename),
     (Trial("backup", Stage.METADATA_WRITE), expect_metadata_write),
+    (Trial("backup", Stage.SECONDARY_COPY), expect_secondary_copy),
     (Trial("backup", Stage.METADATA_WRITE, hit=2), expect_secondary_metadata_write),
     (Trial("prune", Stage.PRUNE_DELETE), expect_prune_delete),
     (Trial("restore", Stage.RESTORE_WRITE), expect_restore_write),
@@ -360,18 +378,28 @@ REACHABLE: dict[str, dict[Stage, int]] = {
     # snapshot-copy: once per snapshot (the template is two backup-API steps); compress: once
     # per 1 MiB chunk (about 6); metadata-write: primary and secondary, plus the re-verify's
     # records in a run; prune-delete: two backups in two folders.
-    "backup": {Stage.SNAPSHOT_COPY: 1, Stage.COMPRESS: 7, Stage.METADATA_WRITE: 3},
+    "backup": {
+        Stage.SNAPSHOT_COPY: 1,
+        Stage.COMPRESS: 7,
+        Stage.DATA_RENAME: 1,
+        Stage.METADATA_WRITE: 3,
+        Stage.SECONDARY_COPY: 1,
+    },
     "run": {
         Stage.SNAPSHOT_COPY: 1,
         Stage.COMPRESS: 7,
+        Stage.DATA_RENAME: 1,
         Stage.METADATA_WRITE: 5,
+        Stage.SECONDARY_COPY: 1,
         Stage.PRUNE_DELETE: 3,
     },
     "prune": {Stage.PRUNE_DELETE: 5},
     "restore": {
         Stage.SNAPSHOT_COPY: 1,
         Stage.COMPRESS: 7,
+        Stage.DATA_RENAME: 1,
         Stage.METADATA_WRITE: 3,
+        Stage.SECONDARY_COPY: 1,
         Stage.SAFETY_SNAPSHOT: 1,
         Stage.RESTORE_WRITE: 1,
         Stage.RESTORE_POST_CHECK: 1,

@@ -957,9 +957,9 @@ def test_kill_9_restore_at_random_points(
 def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) -> None:
     from flask import Flask
 
-    from tablettracker_backups.extension import get_state
     from tablettracker_backups.verify import verify_backup
-    from tablettracker_backups.views import BLUEPRINT
+    from tablettracker_backups.web.extension import get_state
+    from tablettracker_backups.web.views import BLUEPRINT
     from tests.conftest import csrf_from, login, wait_for_job
 
     assert isinstance(demo_app, Flask)
@@ -1071,30 +1071,31 @@ def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         server.stop()
 
 
-def test_kill_9_run_during_offsite_upload(
+def test_kill_9_run_at_each_offsite_part_upload(
     seaweed: object, tmp_path: Path, reliability: Recorder
 ) -> None:
-    from tablettracker_backups.offsite import OffsiteStore
-    from tablettracker_backups.offsite_sync import verify_offsite
+    from tablettracker_backups.crashpoints import ENV, Stage
+    from tablettracker_backups.offsite.client import OffsiteStore
+    from tablettracker_backups.offsite.sync import verify_offsite
     from tests.test_offsite import ACCESS_KEY, BUCKET, SECRET_KEY, _big_incompressible_db
 
-    trials, seed = 8, 801
+    hits = (1, 2, 3, 1, 2, 3)  # a 12 MiB backup goes up in three 5 MiB parts
     row = reliability(
-        "kill -9 `run` during the offsite (S3) upload, real SeaweedFS server, multipart",
-        trials=trials,
-        checked="only complete offsite copies are listed and each reads back and verifies; "
-        "the next run uploads what was missed, clears orphan parts/objects, and is not behind; "
-        "local backups untouched",
-        detail=f"seed {seed}",
+        "kill -9 `run` at the offsite-part-upload crash point (after part 1, 2 or 3 of 3), "
+        "real SeaweedFS server, multipart",
+        trials=len(hits),
+        checked="killed there each time (SIGKILL); no incomplete copy is listed offsite and "
+        "every complete one reads back and verifies; the next run uploads what was missed, "
+        "aborts the leftover multipart upload, removes orphan objects, and is not behind; "
+        "local backups all verified, no local debris",
     )
-    rng = random.Random(seed)
     db = tmp_path / "instance" / "tablet_counter.db"
     db.parent.mkdir()
     _big_incompressible_db(db, 12 * 2**20)
     s3 = {
         "s3_bucket": BUCKET,
         "s3_endpoint_url": seaweed.endpoint,  # type: ignore[attr-defined]
-        "s3_prefix": f"kill-{seed}/",
+        "s3_prefix": "kill-parts/",
         "s3_region": "us-east-1",
         "s3_addressing_style": "path",
         "s3_access_key_id": ACCESS_KEY,
@@ -1106,38 +1107,21 @@ def test_kill_9_run_during_offsite_upload(
     env = env_for(settings, tmp_path)
     env.update({f"BACKUPS_{k.upper()}": str(v) for k, v in s3.items()})
     offsite = OffsiteStore.from_settings(settings)
-    args = ["run", "--force"]
-    window = 0.0
-    for _ in range(2):  # calibrate: from the local backup being stored to the end
-        proc = spawn_cli(args, env)
-        stored = _wait_for_new_metadata(proc, settings.backup_dir)
-        _out, err = proc.communicate(timeout=180)
-        assert proc.returncode in (0, 1), err
-        assert json.loads(run_cli(["health", "--json"], env).stdout)["status"] != "critical"
-        window = max(window, time.monotonic() - (stored or time.monotonic()))
     outcomes: Counter[str] = Counter()
-    for trial in range(trials):
-        where = f"offsite seed={seed} trial={trial}"
-        proc = spawn_cli(args, env)
-        _wait_for_new_metadata(proc, settings.backup_dir)
-        time.sleep(rng.uniform(0.0, window))
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate(timeout=180)
-        killed = proc.returncode == -signal.SIGKILL
-        listed = offsite.list()
-        complete = [o for o in listed if o.complete]
-        orphans = offsite.orphan_keys()
+    for trial, hit in enumerate(hits):
+        where = f"offsite trial {trial}, part {hit}"
+        result = run_cli(
+            ["run", "--force"], {**env, ENV: f"{Stage.OFFSITE_PART_UPLOAD.value}:{hit}"}
+        )
+        assert result.returncode == -signal.SIGKILL, (where, result.returncode, result.stderr)
+        newest = BackupStore(settings).list()[0].id  # committed locally, upload killed
+        complete = [o for o in offsite.list() if o.complete]
+        assert newest not in [o.id for o in complete], where
         parts = _pending_multipart(seaweed, settings)
-        outcomes[
-            ("killed" if killed else "finished")
-            + (", orphan objects left" if orphans else "")
-            + (", multipart upload left" if parts else "")
-            + (", incomplete listed" if len(complete) != len(listed) else "")
-        ] += 1
+        outcomes[f"after part {hit}: multipart upload left" if parts else f"after part {hit}"] += 1
         # What the listing calls complete reads back and verifies.
-        for result in verify_offsite(settings, [o.id for o in complete]):
-            assert result.ok, (where, result)
+        for checked in verify_offsite(settings, [o.id for o in complete]):
+            assert checked.ok, (where, checked)
         # The next run catches up and cleans up.
         caught_up = run(settings)
         assert caught_up.error is None, (where, caught_up.error)
@@ -1148,7 +1132,7 @@ def test_kill_9_run_during_offsite_upload(
         assert_no_debris(settings.backup_dir, settings.secondary_dir)
         for info in BackupStore(settings).list():
             assert info.verified, (where, info.id)
-    row["detail"] = f"seed {seed}; " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
+    row["detail"] = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
 
 
 def _pending_multipart(server: object, settings: Settings) -> list[str]:

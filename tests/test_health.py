@@ -11,15 +11,10 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.health import (
-    ALERT_LOG,
-    STATUS_FILE,
-    HealthReport,
-    check_health,
-    record_run,
-    write_status,
-)
+from tablettracker_backups.health import HealthReport, check_health
+from tablettracker_backups.health import save_report as write_status
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.status import ALERT_LOG, STATUS_FILE, record_run
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tests.conftest import backdate, flip_byte, rewrite_metadata

@@ -710,7 +710,7 @@ HOSTILE_IDS = {
 
 def _admin_rules(app: Any) -> list[tuple[str, str, str]]:
     """(rule, endpoint, method) for every admin page of the blueprint, from the URL map."""
-    from tablettracker_backups.views import BLUEPRINT
+    from tablettracker_backups.web.views import BLUEPRINT
 
     found = []
     for rule in app.url_map.iter_rules():
@@ -722,7 +722,7 @@ def _admin_rules(app: Any) -> list[tuple[str, str, str]]:
 
 
 def _dashboard(app: Any) -> str:
-    from tablettracker_backups.views import BLUEPRINT
+    from tablettracker_backups.web.views import BLUEPRINT
 
     return next(r.rule for r in app.url_map.iter_rules() if r.endpoint == f"{BLUEPRINT}.dashboard")
 
@@ -733,7 +733,7 @@ def _url(rule: str, backup_id: str, job_id: str = "0123456789abcdef") -> str:
 
 def _web_setup(demo_app: Any) -> tuple[Any, str]:
     from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.web.extension import get_state
 
     with demo_app.app_context():
         settings = get_state().settings
@@ -888,7 +888,7 @@ def test_task_endpoint_tokens(demo_app: Any, reliability: Recorder) -> None:
     settings, _ = _web_setup(demo_app)
     before = _state_of(settings)
     client = demo_app.test_client()
-    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.web.extension import get_state
 
     with demo_app.app_context():
         url = get_state().task_url
@@ -946,7 +946,7 @@ def test_pages_and_logs_never_show_secrets(tmp_path: Path, reliability: Recorder
     for secret in (token, SECRET_KEY, ACCESS_KEY):
         assert secret not in answer.get_data(as_text=True)
     # A web job: its worker process gets the keys through its environment, never a file.
-    from tablettracker_backups.views import BLUEPRINT
+    from tablettracker_backups.web.views import BLUEPRINT
     from tests.conftest import csrf_from, wait_for_job
 
     rules = {r.endpoint: r.rule for r in app.url_map.iter_rules()}

@@ -30,9 +30,11 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
 from tablettracker_backups.errors import OffsiteError, VerificationError
 from tablettracker_backups.health import check_health
-from tablettracker_backups.offsite import OffsiteStore, local_digests, recover_from_offsite
-from tablettracker_backups.offsite_state import copy_states, offsite_lag, read_state
-from tablettracker_backups.offsite_sync import sync_offsite, verify_offsite
+from tablettracker_backups.offsite.client import OffsiteStore, local_digests
+from tablettracker_backups.offsite.policy import copy_states, offsite_lag
+from tablettracker_backups.offsite.record import read_state
+from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
+from tablettracker_backups.restore import recover_from_offsite
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
@@ -358,7 +360,7 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
 def test_an_offsite_copy_that_differs_is_replaced(s3_settings: Callable[..., Settings]) -> None:
     from dataclasses import replace
 
-    from tablettracker_backups.offsite_state import write_state
+    from tablettracker_backups.offsite.record import write_state
 
     settings = s3_settings()
     first = run(settings, force=True)
@@ -409,7 +411,7 @@ def test_half_configured_credentials_are_refused(s3_settings: Callable[..., Sett
 def test_rolling_verify_covers_every_copy_within_the_period(
     make_settings: Callable[..., Settings],
 ) -> None:
-    from tablettracker_backups.offsite_state import rolling_verify_count
+    from tablettracker_backups.offsite.policy import rolling_verify_count
 
     hourly = make_settings(s3_bucket=BUCKET, interval="1h", s3_verify_period_days=30)
     daily = make_settings(s3_bucket=BUCKET, interval="1d", s3_verify_period_days=30)
@@ -842,7 +844,7 @@ def test_full_recovery_from_offsite_alone(
 
 def test_dashboard_and_list_show_offsite_copies(s3_server: SeaweedServer, tmp_path: Path) -> None:
     from tablettracker_backups.demo import create_app
-    from tablettracker_backups.extension import get_state
+    from tablettracker_backups.web.extension import get_state
     from tests.conftest import login
 
     prefix = f"web-{uuid.uuid4().hex[:12]}/"
@@ -882,7 +884,7 @@ def test_dashboard_and_list_show_offsite_copies(s3_server: SeaweedServer, tmp_pa
 def test_verify_offsite_shares_the_lock_with_run(s3_settings: Callable[..., Settings]) -> None:
     from tablettracker_backups.errors import LockedError
     from tablettracker_backups.locking import operation_lock
-    from tablettracker_backups.offsite_state import read_state
+    from tablettracker_backups.offsite.record import read_state
 
     settings = s3_settings(lock_timeout=0.2)
     run(settings)

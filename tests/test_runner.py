@@ -15,11 +15,11 @@ import pytest
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import DatabaseError
-from tablettracker_backups.health import STATUS_FILE
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.retention import plan_for_store
+from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.status import STATUS_FILE
 from tablettracker_backups.store import BackupStore
 from tests.conftest import backdate, flip_byte
 

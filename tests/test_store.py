@@ -13,8 +13,16 @@ from hypothesis import strategies as st
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupNotFound, InvalidBackupId
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.store import DAMAGED, DIFFERS, MISSING, OK, BackupStore
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupStore
 from tests.conftest import flip_byte, rewrite_metadata
+
+OK, MISSING, DIFFERS, DAMAGED = (
+    CopyStatus.OK,
+    CopyStatus.MISSING,
+    CopyStatus.DIFFERS,
+    CopyStatus.DAMAGED,
+)
 
 
 @pytest.fixture

@@ -21,12 +21,12 @@ from flask_login import LoginManager, UserMixin, login_user
 
 from tablettracker_backups import BackupManager, audit
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.extension import get_state
 from tablettracker_backups.fsutil import ensure_private_dir
-from tablettracker_backups.jobs import QUEUED, RUNNING, Job, _write, jobs_dir, read_job
+from tablettracker_backups.jobs.queue import QUEUED, RUNNING, Job, jobs_dir, read_job, write_job
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
+from tablettracker_backups.web.extension import get_state
 from tests.conftest import csrf_from, wait_for_job
 
 P = "/admin/backups"
@@ -57,7 +57,7 @@ def put_job(settings: Settings, job: Job) -> None:
     """Write a job file as a worker would (to fake a running or dead worker)."""
     ensure_private_dir(settings.state_dir)
     ensure_private_dir(jobs_dir(settings))
-    _write(jobs_dir(settings), job)
+    write_job(jobs_dir(settings), job)
 
 
 def get_pages(backup_id: str) -> list[str]:
@@ -662,7 +662,7 @@ def test_flask_backups_cli_group_is_added(demo_app: Flask) -> None:
 
 
 def test_size_chart_shapes_and_escaping() -> None:
-    from tablettracker_backups.charts import Series, size_chart
+    from tablettracker_backups.web.charts import Series, size_chart
 
     assert "No backups yet" in size_chart([Series("s", "a", [])])
     moment = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
@@ -700,7 +700,7 @@ def test_a_killed_worker_is_reported_and_releases_the_lock(
     import signal
     import time
 
-    from tablettracker_backups.jobs import launch_worker
+    from tablettracker_backups.jobs.queue import launch_worker
     from tablettracker_backups.locking import is_locked
 
     settings = settings_of(demo_app)

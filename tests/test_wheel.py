@@ -131,7 +131,7 @@ def test_wheel_contains_templates_and_static(installed: Installed) -> None:
 def test_package_is_imported_from_the_venv(installed: Installed) -> None:
     code = (
         "import json, tablettracker_backups as t\n"
-        "from tablettracker_backups.resources import resource_dir\n"
+        "from tablettracker_backups.web.resources import resource_dir\n"
         "print(json.dumps({'file': t.__file__, 'templates': str(resource_dir('templates')),"
         " 'static': str(resource_dir('static'))}))"
     )
@@ -170,10 +170,10 @@ def test_wheel_renders_the_dashboard(installed: Installed, tmp_path: Path) -> No
     """The demo app from the wheel serves the dashboard with the wheel's templates and CSS."""
     code = (
         "import json, re, sys\n"
-        "import tablettracker_backups.views as views\n"
+        "import tablettracker_backups.web.views as views\n"
         "from tablettracker_backups.demo import create_app\n"
         "from tablettracker_backups.backup import create_backup\n"
-        "from tablettracker_backups.extension import get_state\n"
+        "from tablettracker_backups.web.extension import get_state\n"
         "app = create_app({'INSTANCE_PATH': sys.argv[1], 'TESTING': True})\n"
         "with app.app_context():\n"
         "    create_backup(get_state().settings)\n"

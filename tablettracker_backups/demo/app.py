@@ -33,10 +33,10 @@ from flask.typing import ResponseReturnValue
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from tablettracker_backups import csrf
 from tablettracker_backups.demo.schema import create_demo_database
-from tablettracker_backups.extension import BackupManager
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
+from tablettracker_backups.web import csrf
+from tablettracker_backups.web.extension import BackupManager
 
 logger = logging.getLogger(__name__)
 

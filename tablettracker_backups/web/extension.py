@@ -3,40 +3,19 @@
 It reads the ``BACKUPS_*`` config keys (defaults set with ``setdefault``), validates them into
 one frozen :class:`Settings` at start-up so a typo fails now rather than at 2 a.m., registers
 itself in ``app.extensions["tablettracker_backups"]``, mounts the admin blueprint and the
-scheduled-task endpoint (:mod:`tablettracker_backups.views`), and adds the ``flask backups``
+scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), and adds the ``flask backups``
 commands.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 
-from tablettracker_backups.settings import CORE_KEYS, PREFIX, Settings, settings_from_mapping
-
-EXTENSION_KEY = "tablettracker_backups"
-
-
-def default_is_admin(user: Any) -> bool:
-    """The default admin check: the user's ``is_admin`` attribute (False if absent)."""
-    return bool(getattr(user, "is_admin", False))
-
-
-@dataclass(frozen=True)
-class BackupState:
-    """What ``init_app`` stores in ``app.extensions``: validated settings and web options."""
-
-    settings: Settings
-    #: The validated core values, lower-case and prefix-less (the CLI re-validates overrides).
-    values: dict[str, Any]
-    url_prefix: str
-    is_admin: Callable[[Any], bool]
-    task_token: str | None
-    base_template: str
-    task_url: str
+from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
+from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
+from tablettracker_backups.web.views import register_blueprints
 
 
 class BackupManager:
@@ -108,17 +87,16 @@ class BackupManager:
         app.extensions[EXTENSION_KEY] = BackupState(
             settings=settings,
             values=values,
-            url_prefix=prefix,
             is_admin=is_admin,
             task_token=token,
             base_template=base_template,
             task_url=task_url,
         )
 
-        from tablettracker_backups.views import register_blueprints
-
         register_blueprints(app, prefix=prefix, task_url=task_url)
 
+        # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
+        # ``current_app.extensions`` and never imports this module back.
         from tablettracker_backups.cli import cli
 
         app.cli.add_command(cli, name="backups")
@@ -130,7 +108,4 @@ def _url_path(key: str, value: Any) -> str:
     return value.rstrip("/") or "/"
 
 
-def get_state() -> BackupState:
-    """The current app's :class:`BackupState` (inside an app context)."""
-    state: BackupState = current_app.extensions[EXTENSION_KEY]
-    return state
+__all__ = ["BackupManager", "BackupState", "get_state"]

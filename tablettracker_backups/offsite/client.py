@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
     ConfigError,
@@ -51,6 +52,7 @@ from tablettracker_backups.metadata import (
     ID_PATTERN,
     MAX_METADATA_BYTES,
     BackupMetadata,
+    data_file_id,
     data_filename,
     id_time,
     metadata_filename,
@@ -202,6 +204,10 @@ def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _part_uploaded(**_: Any) -> None:
+    crash_point(Stage.OFFSITE_PART_UPLOAD)  # pragma: no mutate
+
+
 class OffsiteStore:
     """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
     a one-line message when the store cannot be reached or refuses."""
@@ -209,6 +215,11 @@ class OffsiteStore:
     def __init__(self, s3: S3Settings, *, client: Any = None) -> None:
         self.s3 = s3
         self._client: S3Client = client if client is not None else make_client(s3)
+        # boto3 sends the parts of a multipart upload from its own threads; this runs after
+        # each part is stored. unique_id keeps one registration per client.
+        self._client.meta.events.register(
+            "after-call.s3.UploadPart", _part_uploaded, unique_id="ttb-part-uploaded"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OffsiteStore:
@@ -329,9 +340,9 @@ class OffsiteStore:
                     if name.endswith(".json") and ID_PATTERN.match(name[:-5]):
                         metas[name[:-5]] = (key, item["LastModified"])
                         continue
-                    stem, _, _ = name.partition(".")
-                    if ID_PATTERN.match(stem) and name[len(stem) :] in (".db.zst", ".db.gz"):
-                        datas[stem] = (key, int(item.get("Size", 0)))
+                    data_id = data_file_id(name)
+                    if data_id is not None:
+                        datas[data_id] = (key, int(item.get("Size", 0)))
         found = []
         for backup_id, (meta_key, modified) in metas.items():
             data = datas.get(backup_id)
@@ -347,6 +358,10 @@ class OffsiteStore:
             )
         return sorted(found, key=lambda o: o.id, reverse=True)
 
+    def complete_ids(self) -> builtins.list[str]:
+        """Ids of the backups whose data and metadata are both stored, newest first."""
+        return [o.id for o in self.list() if o.complete]
+
     def orphan_keys(self) -> builtins.list[str]:
         """Data objects without metadata (from an interrupted upload)."""
         listed = {o.id for o in self.list()}
@@ -356,12 +371,8 @@ class OffsiteStore:
             for page in paginator.paginate(Bucket=self.s3.bucket, Prefix=self.s3.prefix):
                 for item in page.get("Contents", []):
                     name = item["Key"][len(self.s3.prefix) :]
-                    stem = name.partition(".")[0]
-                    if (
-                        ID_PATTERN.match(stem)
-                        and name[len(stem) :] in (".db.zst", ".db.gz")
-                        and stem not in listed
-                    ):
+                    data_id = data_file_id(name)
+                    if data_id is not None and data_id not in listed:
                         orphans.append(item["Key"])
         return orphans
 
@@ -378,8 +389,7 @@ class OffsiteStore:
             for page in paginator.paginate(Bucket=self.s3.bucket, Prefix=self.s3.prefix):
                 for upload in page.get("Uploads", []):
                     name = upload["Key"][len(self.s3.prefix) :]
-                    stem = name.partition(".")[0]
-                    if ID_PATTERN.match(stem) and name[len(stem) :] in (".db.zst", ".db.gz"):
+                    if data_file_id(name) is not None:
                         self._client.abort_multipart_upload(
                             Bucket=self.s3.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                         )
@@ -676,78 +686,3 @@ def make_client(s3: S3Settings) -> Any:
         return boto3.session.Session().client("s3", **kwargs)
     except Exception as exc:  # botocore raises ValueError and its own errors for bad config
         raise ConfigError(f"cannot set up the offsite client: {type(exc).__name__}") from None
-
-
-@dataclass(frozen=True)
-class RecoveryResult:
-    """A database rebuilt from the offsite store alone."""
-
-    id: str
-    path: Path
-    metadata: BackupMetadata
-    #: Newer offsite backups that were damaged and passed over (id, why), newest first.
-    skipped: tuple[tuple[str, str], ...] = ()
-
-
-def recover_from_offsite(
-    settings: Settings,
-    backup_id: str = "latest",
-    *,
-    to: Path,
-    progress: ByteProgress | None = None,
-) -> RecoveryResult:
-    """Rebuild the database at the new path ``to`` from the offsite store alone.
-
-    Needs only the offsite settings and credentials: no local backup folder, no lock, no live
-    database. ``latest`` takes the newest offsite backup that passes every check (size,
-    SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
-    named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
-    complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
-    :class:`VerificationError` or :class:`OffsiteError`.
-    """
-    from tablettracker_backups.errors import RestoreError
-    from tablettracker_backups.fsutil import commit, ensure_private_dir
-
-    offsite = OffsiteStore.from_settings(settings)
-    target = to.expanduser().absolute()
-    if target.exists() or target.is_symlink():
-        raise RestoreError(
-            f"{target} already exists; recover into a new path, then move it into place"
-        )
-    ensure_private_dir(target.parent)
-    listing = [o for o in offsite.list() if o.complete]
-    if backup_id == "latest":
-        if not listing:
-            raise BackupNotFound(f"there are no backups in the offsite store {offsite.where}")
-        candidates = [o.id for o in listing]
-    else:
-        validate_backup_id(backup_id)
-        if backup_id not in {o.id for o in listing}:
-            raise BackupNotFound(f"no backup {backup_id} in the offsite store {offsite.where}")
-        candidates = [backup_id]
-    skipped: list[tuple[str, str]] = []
-    for candidate in candidates:
-        scratch = temp_path(target.parent, target.name)
-        try:
-            metadata = offsite.fetch_verified(candidate, scratch, progress=progress)
-        except (VerificationError, MetadataError, BackupNotFound) as exc:
-            remove_quietly(scratch)
-            if backup_id != "latest":
-                raise VerificationError(
-                    f"offsite backup {candidate} failed its checks: {exc}; nothing was written"
-                ) from None
-            logger.warning("offsite backup %s is damaged, trying an older one: %s", candidate, exc)
-            skipped.append((candidate, str(exc)))
-            continue
-        except BaseException:
-            remove_quietly(scratch)
-            raise
-        if target.exists():
-            remove_quietly(scratch)
-            raise RestoreError(f"{target} appeared while recovering; nothing was overwritten")
-        commit(scratch, target)
-        logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
-        return RecoveryResult(candidate, target, metadata, tuple(skipped))
-    raise VerificationError(
-        f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
-    )

@@ -20,24 +20,27 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.offsite import (
+from tablettracker_backups.offsite.client import (
     OffsiteObject,
     OffsiteStore,
     OffsiteVerification,
     UploadResult,
 )
-from tablettracker_backups.offsite_state import (
-    OffsiteCopy,
-    OffsiteState,
+from tablettracker_backups.offsite.policy import (
     offsite_plan,
     pending_uploads,
+    rolling_verify_choice,
+)
+from tablettracker_backups.offsite.record import (
+    OffsiteCopy,
+    OffsiteState,
     read_state,
     record_copy_result,
-    rolling_verify_choice,
     write_state,
 )
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.store import OK, BackupInfo, BackupStore
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupInfo, BackupStore
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +134,7 @@ def _upload_one(offsite: OffsiteStore, store: BackupStore, info: BackupInfo) -> 
     """Upload one backup from the first local copy that still matches its metadata."""
     problems: list[str] = []
     for copy in info.copies:
-        if copy.state != OK:
+        if copy.state != CopyStatus.OK:
             continue
         try:
             meta = store.read_metadata(copy.location, info.id)

@@ -8,6 +8,8 @@ from datetime import datetime
 
 from markupsafe import Markup, escape
 
+from tablettracker_backups.display import human_size
+
 
 @dataclass(frozen=True)
 class Series:
@@ -16,14 +18,6 @@ class Series:
     label: str
     css_class: str
     points: Sequence[tuple[datetime, float]]
-
-
-def _human_bytes(value: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover
 
 
 def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220) -> Markup:
@@ -58,7 +52,7 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
         value = vmax * fraction
         parts.append(
             f'<text class="ttb-tick" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
-            f"{escape(_human_bytes(value))}</text>"
+            f"{escape(human_size(value))}</text>"
         )
     first, last = min(p[0] for p in points), max(p[0] for p in points)
     if span < 3600:
@@ -86,7 +80,7 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
         for t, v in ordered:
             parts.append(
                 f'<circle class="ttb-dot {css}" cx="{x(t):.1f}" cy="{y(v):.1f}" r="3">'
-                f"<title>{escape(one.label)}: {escape(_human_bytes(v))}</title></circle>"
+                f"<title>{escape(one.label)}: {escape(human_size(v))}</title></circle>"
             )
         legend_x = left + 10 + index * 170
         parts.append(

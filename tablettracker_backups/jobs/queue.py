@@ -3,7 +3,8 @@
 A web request must not run a backup, verification or restore itself: a large database outlives
 the web worker's request timeout, and PythonAnywhere's web workers do not run background threads
 reliably. So the request only records a *job file* (``<state dir>/jobs/<job id>.json``) and
-starts ``python -m tablettracker_backups job <jobs dir> <job id>`` in a new session; that worker
+starts ``python -m tablettracker_backups.jobs.worker <jobs dir> <job id>`` in a new session
+(:mod:`.worker`); that worker
 does the work and keeps the job file up to date with its stage, progress and a heartbeat. The
 page polls the job file. A worker that dies stops its heartbeat, and the job is then shown as
 failed; the OS file lock it held is released with it, so nothing stays blocked.
@@ -22,9 +23,7 @@ import secrets
 import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -32,24 +31,23 @@ from typing import Any
 
 import filelock
 
-from tablettracker_backups import audit
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     LockedError,
-    RestoreError,
     StorageError,
 )
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir, remove_quietly
-from tablettracker_backups.locking import is_locked, operation_lock
+from tablettracker_backups.locking import is_locked
 from tablettracker_backups.metadata import parse_utc, utc_iso, validate_backup_id
-from tablettracker_backups.settings import Settings, settings_from_mapping, values_from_env
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import JobState
 
 logger = logging.getLogger(__name__)
 
 JOBS_DIR = "jobs"
 JOB_ID_PATTERN = re.compile(r"^[0-9a-f]{16}$")
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+QUEUED, RUNNING, DONE, FAILED = JobState.QUEUED, JobState.RUNNING, JobState.DONE, JobState.FAILED
 #: The actions a job can run, and what the pages call them.
 ACTIONS = {
     "backup": "Back up now",
@@ -75,7 +73,7 @@ class Job:
     action: str
     params: dict[str, str]
     actor: str
-    state: str
+    state: JobState
     created_at: datetime
     updated_at: datetime
     message: str = ""
@@ -188,7 +186,7 @@ def _from_document(raw: bytes, job_id: str) -> Job:
             action=str(doc["action"]),
             params={str(k): str(v) for k, v in dict(doc.get("params") or {}).items()},
             actor=str(doc["actor"]),
-            state=str(doc["state"]),
+            state=JobState(str(doc["state"])),
             created_at=parse_utc(doc["created_at"], "created_at"),
             updated_at=parse_utc(doc["updated_at"], "updated_at"),
             message=str(doc.get("message") or ""),
@@ -204,11 +202,11 @@ def _from_document(raw: bytes, job_id: str) -> Job:
         raise StorageError(f"job file for {job_id} is unreadable") from None
 
 
-def _write(directory: Path, job: Job) -> None:
+def write_job(directory: Path, job: Job) -> None:
     atomic_write_bytes(_job_path(directory, job.id), _to_document(job))
 
 
-def _load(directory: Path, job_id: str) -> Job:
+def load_job(directory: Path, job_id: str) -> Job:
     path = _job_path(directory, job_id)
     try:
         raw = path.read_bytes()
@@ -220,7 +218,7 @@ def _load(directory: Path, job_id: str) -> Job:
 
 
 @contextlib.contextmanager
-def _queue_lock(directory: Path) -> Iterator[None]:
+def queue_lock(directory: Path) -> Iterator[None]:
     """A short lock around reading and changing job files (not the operation lock)."""
     # Parent first: mkdir(parents=True) would create a missing backup folder world-readable.
     ensure_private_dir(directory.parent)
@@ -250,7 +248,7 @@ def _reap(directory: Path, job: Job, now: datetime) -> Job:
             "lock was released; check the backup list and try again."
         ),
     )
-    _write(directory, dead)
+    write_job(directory, dead)
     logger.warning("job %s (%s) was abandoned by its worker", job.id, job.action)
     return dead
 
@@ -266,7 +264,7 @@ def _all_jobs(directory: Path) -> list[Job]:
     for name in names:
         if name.endswith(".json") and JOB_ID_PATTERN.match(name[:-5]):
             try:
-                jobs.append(_load(directory, name[:-5]))
+                jobs.append(load_job(directory, name[:-5]))
             except BackupError:
                 continue
     jobs.sort(key=lambda j: j.created_at, reverse=True)
@@ -277,8 +275,8 @@ def read_job(settings: Settings, job_id: str) -> Job:
     """One job by id, marked failed first if its worker died; raises BackupNotFound."""
     directory = jobs_dir(settings)
     validate_job_id(job_id)
-    with _queue_lock(directory):
-        return _reap(directory, _load(directory, job_id), datetime.now(timezone.utc))
+    with queue_lock(directory):
+        return _reap(directory, load_job(directory, job_id), datetime.now(timezone.utc))
 
 
 def active_job(settings: Settings) -> Job | None:
@@ -286,7 +284,7 @@ def active_job(settings: Settings) -> Job | None:
     directory = jobs_dir(settings)
     if not directory.is_dir():
         return None
-    with _queue_lock(directory):
+    with queue_lock(directory):
         now = datetime.now(timezone.utc)
         for job in _all_jobs(directory):
             job = _reap(directory, job, now)
@@ -338,7 +336,7 @@ def _worker_env(values: Mapping[str, Any]) -> dict[str, str]:
         if values.get(key) is not None:
             env[f"BACKUPS_{key.upper()}"] = str(values[key])
     # A source checkout that is not installed (the tests) must still be importable.
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file():
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH")]))
     return env
@@ -365,7 +363,7 @@ def start_job(
         validate_backup_id(params["id"])
     directory = jobs_dir(settings)
     now = datetime.now(timezone.utc)
-    with _queue_lock(directory):
+    with queue_lock(directory):
         jobs = _all_jobs(directory)
         for other in jobs:
             other = _reap(directory, other, now)
@@ -390,14 +388,14 @@ def start_job(
             message="waiting for the worker to start",
             settings=_portable_values(values),
         )
-        _write(directory, job)
+        write_job(directory, job)
         _prune_finished(directory, jobs)
     try:
         launch_worker(directory, job.id, env=_worker_env(values), detach=True)
     except (OSError, subprocess.SubprocessError) as exc:
         failed = replace(job, state=FAILED, message=f"could not start the worker: {exc}")
-        with _queue_lock(directory):
-            _write(directory, failed)
+        with queue_lock(directory):
+            write_job(directory, failed)
         raise StorageError(f"could not start the worker process: {exc}") from None
     logger.info("started job %s (%s)", job.id, action)
     return job
@@ -405,7 +403,8 @@ def start_job(
 
 def worker_command(directory: Path, job_id: str, *, detach: bool) -> list[str]:
     """The command line of the worker (``detach``: of the launcher that starts it)."""
-    command = [python_executable(), "-m", "tablettracker_backups", "job", str(directory), job_id]
+    module = "tablettracker_backups.jobs.worker"
+    command = [python_executable(), "-m", module, str(directory), job_id]
     return [*command, "--detach"] if detach else command
 
 
@@ -443,183 +442,3 @@ def launch_worker(
             raise subprocess.SubprocessError(
                 f"the launcher exited with status {code}" + (f": {said[0][:300]}" if said else "")
             )
-
-
-# -- the worker side ---------------------------------------------------------------------------
-
-
-class _Reporter:
-    """The worker's view of its job file: progress updates and a heartbeat, thread-safe."""
-
-    def __init__(self, directory: Path, job: Job) -> None:
-        self.directory = directory
-        self.job = job
-        self._lock = threading.Lock()
-        self._last_write = 0.0
-
-    def update(self, *, force: bool = False, **changes: Any) -> None:
-        with self._lock:
-            now = datetime.now(timezone.utc)
-            self.job = replace(self.job, updated_at=now, **changes)
-            # Progress arrives per MiB; the file is rewritten at most a few times a second.
-            if force or time.monotonic() - self._last_write >= 0.5:
-                self._last_write = time.monotonic()
-                try:
-                    _write(self.directory, self.job)
-                except BackupError as exc:
-                    logger.warning("could not update job file: %s", exc)
-
-    def stage(self, stage: str, done: int, total: int) -> None:
-        self.update(stage=stage, done=done, total=total, force=stage != self.job.stage)
-
-
-def _heartbeat(reporter: _Reporter, stop: threading.Event) -> None:
-    while not stop.wait(HEARTBEAT_SECONDS):
-        reporter.update(force=True)
-
-
-Action = Callable[[Settings, Job, _Reporter], tuple[str, dict[str, Any]]]
-
-
-def _do_backup(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
-    from tablettracker_backups.backup import create_backup
-
-    result = create_backup(
-        settings, kind="manual", trigger=f"web:{job.actor}", progress=reporter.stage
-    )
-    meta = result.metadata
-    message = f"backup {meta.id} verified and stored in {', '.join(result.locations)}"
-    if result.warnings:
-        message += "; " + "; ".join(result.warnings)
-    return message, {
-        "id": meta.id,
-        "size": meta.stored_size,
-        "raw_size": meta.raw_size,
-        "locations": list(result.locations),
-        "warnings": list(result.warnings),
-    }
-
-
-def _do_verify(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
-    from tablettracker_backups.store import BackupStore
-    from tablettracker_backups.verify import verify_backup
-
-    store = BackupStore(settings)
-    single = job.action == "verify"
-    ids = [validate_backup_id(job.params.get("id"))] if single else store.ids()
-    results = []
-    # Verification rewrites metadata; the lock keeps prune and restore out meanwhile.
-    with operation_lock(settings):
-        for index, backup_id in enumerate(ids):
-            reporter.stage(f"verifying {backup_id}", index, len(ids))
-            results.append(verify_backup(store, backup_id).to_dict())
-        reporter.stage("verified", len(ids), len(ids))
-    bad = [str(r["id"]) for r in results if not r["ok"]]
-    if bad:
-        raise _JobFailed(
-            f"{len(bad)} of {len(ids)} backup(s) failed verification: {', '.join(bad)}",
-            {"results": results},
-        )
-    return f"{len(ids)} backup(s) verified: every copy is sound", {"results": results}
-
-
-def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
-    from tablettracker_backups.restore import restore_backup
-
-    backup_id = validate_backup_id(job.params.get("id"))
-    # restore_backup writes its own audit entry (with this actor) for every outcome it reaches.
-    result = restore_backup(settings, backup_id, actor=job.actor, progress=reporter.stage)
-    message = f"restored backup {result.backup_id} into {result.target}"
-    if result.safety_snapshot_id:
-        message += (
-            f"; the database as it was is kept as safety snapshot {result.safety_snapshot_id}"
-        )
-    if result.fell_back:
-        message += (
-            f" (restored from the {result.source_location} copy: {'; '.join(result.fell_back)})"
-        )
-    return message, result.to_dict()
-
-
-class _JobFailed(Exception):
-    """An action finished but its outcome is a failure (with a result to show)."""
-
-    def __init__(self, message: str, result: dict[str, Any]) -> None:
-        super().__init__(message)
-        self.result = result
-
-
-_ACTIONS: dict[str, Action] = {
-    "backup": _do_backup,
-    "verify": _do_verify,
-    "verify-all": _do_verify,
-    "restore": _do_restore,
-}
-
-
-def _worker_settings(job: Job, environ: Mapping[str, str]) -> Settings:
-    values = dict(job.settings)
-    secrets_from_env = {k: v for k, v in values_from_env(environ).items() if k in SECRET_KEYS}
-    values.update(secrets_from_env)
-    return settings_from_mapping(values)
-
-
-def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None = None) -> Job:
-    """Run a queued job to the end (the worker process); returns the finished job.
-
-    Never raises for the action's own failure: that is recorded in the job file and the audit
-    log. Raises :class:`BackupNotFound` or :class:`LockedError` when the job is not runnable.
-    """
-    with _queue_lock(directory):
-        job = _load(directory, job_id)
-        if job.state != QUEUED:
-            raise LockedError(f"job {job_id} is {job.state}, not waiting to run")
-        job = replace(
-            job,
-            state=RUNNING,
-            pid=os.getpid(),
-            host=socket.gethostname(),
-            updated_at=datetime.now(timezone.utc),
-            message="running",
-        )
-        _write(directory, job)
-    reporter = _Reporter(directory, job)
-    stop = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(reporter, stop), daemon=True)
-    beat.start()
-    settings: Settings | None = None
-    failure: BaseException | None = None
-    try:
-        settings = _worker_settings(job, os.environ if environ is None else environ)
-        action = _ACTIONS.get(job.action)
-        if action is None:
-            raise BackupError(f"this version cannot run {job.action!r} jobs")
-        message, result = action(settings, job, reporter)
-        state, ok = DONE, True
-    except _JobFailed as exc:
-        message, result, state, ok = str(exc), exc.result, FAILED, False
-    except BackupError as exc:
-        message, result, state, ok, failure = str(exc), {}, FAILED, False, exc
-    except Exception as exc:  # the page must say something rather than hang at "running"
-        logger.exception("job %s crashed", job_id)
-        message, result, state, ok, failure = f"unexpected error: {exc}", {}, FAILED, False, exc
-    finally:
-        stop.set()
-        beat.join()
-    # Audit first, then mark the job finished: whoever waits for "done" must find the entry.
-    # A restore records its own outcome, except when refused before it started (lock, bad id).
-    core_audited = job.action == "restore" and (ok or isinstance(failure, RestoreError))
-    if settings is not None and not core_audited:
-        try:
-            audit.record(
-                settings,
-                action=job.action,
-                actor=job.actor,
-                ok=ok,
-                message=message,
-                details={"via": "web", "job": job.id, **job.params},
-            )
-        except BackupError as exc:
-            logger.error("could not write the audit log: %s", exc)
-    reporter.update(force=True, state=state, message=message, result=result)
-    return reporter.job

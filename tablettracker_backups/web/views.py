@@ -8,7 +8,6 @@ user. Long actions (back up, verify, restore) are handed to a detached worker pr
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 from datetime import datetime, timezone
@@ -30,30 +29,32 @@ from flask import (
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
 
-from tablettracker_backups import audit, csrf, jobs
-from tablettracker_backups.charts import Series, size_chart
-from tablettracker_backups.cli import human_age, human_size, local_time
+from tablettracker_backups import audit
+from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
     LockedError,
 )
-from tablettracker_backups.extension import BackupState, get_state
 from tablettracker_backups.health import check_health
+from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
-from tablettracker_backups.offsite_state import copy_states
-from tablettracker_backups.resources import resource_dir
+from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
-from tablettracker_backups.retention import plan_for_store, prune
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.store import OK, BackupStore
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.web import csrf, tasks
+from tablettracker_backups.web.charts import Series, size_chart
+from tablettracker_backups.web.resources import resource_dir
+from tablettracker_backups.web.state import BackupState, get_state
 
 logger = logging.getLogger(__name__)
 
 BLUEPRINT = "tablettracker_backups"
-TASK_BLUEPRINT = "tablettracker_backups_task"
 PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
@@ -90,17 +91,10 @@ def create_blueprint() -> Blueprint:
     return bp
 
 
-def create_task_blueprint(task_url: str) -> Blueprint:
-    """The token-authenticated scheduled-task endpoint (no session, no CSRF)."""
-    bp = Blueprint(TASK_BLUEPRINT, __name__)
-    bp.add_url_rule(task_url, "run", task_run, methods=["POST"])
-    return bp
-
-
 def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
     """Mount the pages and the endpoint; exempt only the endpoint from Flask-WTF's CSRF."""
     app.register_blueprint(create_blueprint(), url_prefix=None if prefix == "/" else prefix)
-    task_bp = create_task_blueprint(task_url)
+    task_bp = tasks.create_task_blueprint(task_url)
     app.register_blueprint(task_bp)
     wtf = app.extensions.get("csrf")
     if wtf is not None:
@@ -110,7 +104,7 @@ def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
     @app.before_request
     def _exempt_task_endpoint() -> None:
         late = current_app.extensions.get("csrf")
-        if late is not None and request.blueprint == TASK_BLUEPRINT:
+        if late is not None and request.blueprint == tasks.TASK_BLUEPRINT:
             late.exempt(task_bp)
 
 
@@ -209,7 +203,7 @@ def dashboard() -> ResponseReturnValue:
             ),
         ]
     )
-    disagree = [i for i in infos if any(c.state != OK for c in i.copies)]
+    disagree = [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)]
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
@@ -339,7 +333,7 @@ def download(backup_id: str) -> ResponseReturnValue:
     store = BackupStore(settings)
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
-    location = next((c.location for c in info.copies if c.state == OK), None)
+    location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
     if meta is None or location is None:
         raise BackupNotFound(f"backup {info.id} has no sound copy to download")
     path = store.data_path(location, info.id, meta.compression)
@@ -389,64 +383,3 @@ def restore_page(backup_id: str) -> ResponseReturnValue:
         error=error,
         active=jobs.active_job(settings),
     ), (400 if error else 200)
-
-
-# -- scheduled-task endpoint -------------------------------------------------------------------
-
-
-def _bearer_ok(expected: str) -> bool:
-    header = request.headers.get("Authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given.strip():
-        # Still compare, so a missing header costs the same as a wrong one.
-        hmac.compare_digest(b"-", expected.encode())
-        return False
-    return hmac.compare_digest(given.strip().encode(), expected.encode())
-
-
-def task_run() -> ResponseReturnValue:
-    """``POST /tasks/backups/run`` with ``Authorization: Bearer <BACKUPS_TASK_TOKEN>``.
-
-    Answers 404 when no token is configured, 401 for a missing or wrong token, 409 when another
-    operation holds the lock, else the same JSON as ``tablettracker-backups run --json``.
-    """
-    state = get_state()
-    if state.task_token is None:
-        abort(404)
-    if not _bearer_ok(state.task_token):
-        response = jsonify({"ok": False, "error": "missing or wrong bearer token"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tablettracker-backups"'
-        return response
-    from tablettracker_backups.runner import run
-
-    try:
-        result = run(state.settings, trigger="scheduled")
-    except LockedError as exc:
-        return jsonify({"ok": False, "exit_code": 3, "error": str(exc)}), 409
-    except BackupError as exc:
-        _audit_task(state.settings, ok=False, message=str(exc))
-        return jsonify({"ok": False, "exit_code": 2, "error": str(exc)}), 500
-    body = result.to_dict()
-    _audit_task(
-        state.settings,
-        ok=result.error is None,
-        message=result.error
-        or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
-    )
-    return jsonify(body)
-
-
-def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
-    """Leave a trace of runs triggered over HTTP (the page shows who and what)."""
-    try:
-        audit.record(
-            settings,
-            action="run",
-            actor="task endpoint",
-            ok=ok,
-            message=message,
-            details={"via": "http", "remote": request.remote_addr or ""},
-        )
-    except BackupError as exc:
-        logger.error("could not write the audit log: %s", exc)

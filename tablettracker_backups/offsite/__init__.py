@@ -1,0 +1,3 @@
+"""Offsite copies in an S3-compatible store: the client (:mod:`.client`), the local record of
+what is offsite (:mod:`.record`), what should be offsite and how far behind it is
+(:mod:`.policy`), and the sync that uploads, checks and prunes (:mod:`.sync`)."""

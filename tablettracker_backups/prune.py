@@ -1,0 +1,106 @@
+"""Prune: delete the backups retention no longer keeps ("where are old backups deleted").
+
+Retention (:mod:`tablettracker_backups.retention`) decides; this module checks that a sound
+backup exists first, then deletes through the store, metadata first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from tablettracker_backups.errors import BackupError
+from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupStore
+from tablettracker_backups.verify import verify_backup
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What prune decided, and what it actually deleted (nothing on a dry run)."""
+
+    plan: RetentionPlan
+    deleted: tuple[str, ...]
+    dry_run: bool
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form."""
+        return {
+            "dry_run": self.dry_run,
+            "deleted": list(self.deleted),
+            "would_delete": [d.id for d in self.plan.delete] if self.dry_run else [],
+            "kept": [{"id": d.id, "reasons": list(d.reasons)} for d in self.plan.keep],
+        }
+
+
+def plan_for_store(
+    store: BackupStore,
+    *,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+    sound: str | None = None,
+) -> RetentionPlan:
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
+    return plan_retention(
+        candidates_from(store.list()),
+        store.settings.retention,
+        protect=protect,
+        now=now or datetime.now(timezone.utc),
+        sound=sound,
+    )
+
+
+def newest_sound_backup(store: BackupStore) -> str | None:
+    """The newest backup with a copy whose stored file still matches its SHA-256.
+
+    Listing only compares sizes, so a copy damaged in place (a flipped byte) still looks
+    verified; deleting older backups on its strength would leave nothing good. Backups that
+    look verified but have no matching copy are fully verified here, which records the
+    failure in their metadata so listing, retention and health stop trusting them.
+    """
+    for info in store.list():
+        if not info.verified or info.metadata is None:
+            continue
+        for copy in info.copies:
+            if copy.state != CopyStatus.OK:
+                continue
+            try:
+                if store.checksum_matches(info, copy.location):
+                    return info.id
+            except BackupError:
+                continue
+        logger.warning("backup %s looked verified but no copy matches its checksum", info.id)
+        verify_backup(store, info.id)
+    return None
+
+
+def prune(
+    store: BackupStore,
+    *,
+    dry_run: bool = False,
+    protect: Iterable[str] = (),
+    now: datetime | None = None,
+) -> PruneResult:
+    """Delete the backups retention does not keep. The caller holds the operation lock.
+
+    Deletes nothing unless some backup is confirmed sound by its checksum first.
+    """
+    protect = tuple(protect)
+    plan = plan_for_store(store, protect=protect, now=now)
+    deleted: list[str] = []
+    if not dry_run and plan.delete:
+        sound = newest_sound_backup(store)
+        plan = plan_for_store(store, protect=protect, now=now, sound=sound)
+        if sound is None:
+            logger.warning("no backup has a copy matching its checksum; pruned nothing")
+            return PruneResult(plan, (), dry_run)
+        for decision in plan.delete:
+            store.delete(decision.id)
+            deleted.append(decision.id)
+            logger.info("pruned backup %s", decision.id)
+    return PruneResult(plan, tuple(deleted), dry_run)

@@ -1,0 +1,155 @@
+"""Imports run one way: faces (CLI, web, demo) import the core; the core imports no face.
+
+The graph is read from the source (every import statement, function-level ones included), so a
+cycle hidden inside a function still fails here. Whether a core module loads Flask is checked
+in a fresh interpreter, by what ends up in ``sys.modules``.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "tablettracker_backups"
+NAME = "tablettracker_backups"
+FACES = ("web", "cli", "console", "demo", "__main__")
+WEB_LIBRARIES = ("flask", "click", "werkzeug", "jinja2", "markupsafe", "flask_login")
+#: The one edge the house style allows against the grain: the extension registers its CLI
+#: group inside ``init_app`` (as Flask-SQLAlchemy does). It creates no cycle while the CLI
+#: never imports the web face, which is checked below.
+ALLOWED_FACE_EDGES = {("web.extension", "cli")}
+
+
+def module_name(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def short(module: str) -> str:
+    return module[len(NAME) + 1 :] if module != NAME else "__init__"
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module (short name) -> the package modules it imports, anywhere in its source."""
+    modules = {module_name(p, package.parent): p for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {short(m): set() for m in modules}
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                # ``from pkg import sub`` names a submodule when one exists.
+                targets = [
+                    f"{node.module}.{a.name}"
+                    if f"{node.module}.{a.name}" in modules
+                    else node.module
+                    for a in node.names
+                ]
+            for target in targets:
+                if target.startswith(NAME) and target != module:
+                    graph[short(module)].add(short(target))
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as a path (first == last), or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return None
+
+
+def is_face(module: str) -> bool:
+    return module.split(".")[0] in FACES
+
+
+def core_modules() -> list[str]:
+    return sorted(m for m in import_graph() if not is_face(m) and m != "__init__")
+
+
+def test_no_import_cycle_anywhere() -> None:
+    assert find_cycle(import_graph()) is None, " -> ".join(find_cycle(import_graph()) or [])
+
+
+def test_the_cycle_finder_finds_a_planted_cycle(tmp_path: Path) -> None:
+    # The check above is only worth something if it can fail: plant cli -> web -> cli.
+    package = tmp_path / NAME
+    (package / "web").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "web" / "__init__.py").write_text("")
+    (package / "cli.py").write_text("def f():\n    from tablettracker_backups.web import views\n")
+    (package / "web" / "views.py").write_text("from tablettracker_backups.cli import f\n")
+    cycle = find_cycle(import_graph(package))
+    assert cycle is not None and "cli" in cycle and "web.views" in cycle
+
+
+def test_the_core_imports_no_face() -> None:
+    graph = import_graph()
+    wrong = {
+        (module, target) for module in core_modules() for target in graph[module] if is_face(target)
+    }
+    assert not wrong, f"core modules import faces: {sorted(wrong)}"
+
+
+def test_faces_do_not_import_each_other_against_the_grain() -> None:
+    # The CLI is usable without the web face; the web face without the demo.
+    graph = import_graph()
+    wrong = {
+        (module, target)
+        for module, targets in graph.items()
+        for target in targets
+        if module.split(".")[0] in ("cli", "web")
+        and target.split(".")[0] in ("web", "demo", "console", "cli")
+        and module.split(".")[0] != target.split(".")[0]
+        and (module, target) not in ALLOWED_FACE_EDGES
+    }
+    assert not wrong, f"faces import each other: {sorted(wrong)}"
+
+
+def test_display_helpers_are_a_leaf() -> None:
+    assert import_graph()["display"] == set()
+
+
+@pytest.mark.parametrize("module", core_modules())
+def test_core_module_loads_no_web_library(module: str) -> None:
+    code = (
+        f"import sys, json, {NAME}.{module}\n"
+        f"print(json.dumps(sorted(m for m in {WEB_LIBRARIES!r} if m in sys.modules)))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(result.stdout) == [], f"{module} loads {result.stdout.strip()}"
+
+
+def test_the_library_check_sees_flask_when_it_is_loaded() -> None:
+    # The face does load Flask: proof that the subprocess check above can fail.
+    code = f"import sys, {NAME}.web.views\nprint('flask' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "True"
