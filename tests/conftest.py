@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,6 +191,37 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     index = len(data) // 2 if offset is None else offset
     data[index] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+# -- a small real file system to fill up ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        yield mount_point, "rlimit"
+        return
+    try:
+        yield mount_point, "tmpfs"
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+@pytest.fixture
+def full_fs(tiny_fs: tuple[Path, str]) -> Path:
+    """The tiny mount, for tests that need a real file system to fill (no RLIMIT fallback)."""
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    return mount_point
 
 
 # The reliability report (tests/RELIABILITY.md): fixture and hooks live in tests/reliability.py.

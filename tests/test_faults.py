@@ -294,34 +294,6 @@ def test_lock_is_exclusive_while_held(tmp_path: Path) -> None:
 # -- a file system that fills up mid-backup ---------------------------------------------------
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
-    mount_point = tmp_path / "tiny"
-    mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        yield mount_point, "rlimit"
-        return
-    try:
-        yield mount_point, "tmpfs"
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
-@pytest.fixture
-def full_fs(tiny_fs: tuple[Path, str]) -> Path:
-    """The tiny mount, for tests that need a real file system to fill (no RLIMIT fallback)."""
-    mount_point, how = tiny_fs
-    if how != "tmpfs":  # pragma: no cover
-        pytest.skip("needs a real full file system")
-    return mount_point
-
-
 def grow(db: Path, rng: random.Random, size: int) -> None:
     """Add about ``size`` bytes of hard-to-compress notes to the live database."""
     conn = sqlite3.connect(db)
