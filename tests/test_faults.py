@@ -1,6 +1,8 @@
-"""Real faults: kill -9 at random points, a full file system, damaged files, concurrent writers,
-clock trouble. Real processes and real files only; every random choice comes from a seeded
-``random.Random``, so a failing trial can be replayed from the seed printed in its message.
+"""Real faults: kill -9 after random delays, a full file system, damaged files, concurrent
+writers, clock trouble. Real processes and real files only. Random choices come from a seeded
+``random.Random``, but a kill after a delay lands wherever the process happens to be by then
+(machine load, a writer's timing), so the kill -9 rows here are not replayable from their seed;
+the named crash points in ``test_crashpoints.py`` are the deterministic, replayable version.
 """
 
 from __future__ import annotations
@@ -265,7 +267,8 @@ def test_kill_9_at_random_points(
     seed: int,
 ) -> None:
     row = reliability(
-        f"kill -9 `{command}` ({mode} journal, writer committing)",
+        f"kill -9 `{command}` after a random delay ({mode} journal, writer committing; "
+        "timing-dependent, not replayable)",
         trials=trials,
         checked="live DB integrity_check + every committed row + totals balance; only complete "
         "verified backups listed/counted; lock free; next run cleans .tmp-*/orphans and succeeds",
@@ -276,7 +279,7 @@ def test_kill_9_at_random_points(
     )
     assert sum(stages.values()) == trials
     row["detail"] = (
-        f"seed {seed}; stages hit: "
+        f"delays seeded {seed}; left behind (classified after each kill): "
         + ", ".join(f"{k} {v}" for k, v in sorted(stages.items()))
         + f"; debris left and cleaned in {debris}"
     )
@@ -837,7 +840,8 @@ def test_kill_9_restore_at_random_points(
     seed: int,
 ) -> None:
     row = reliability(
-        f"kill -9 `restore --yes` ({mode} journal)",
+        f"kill -9 `restore --yes` after a random delay ({mode} journal; timing-dependent, not "
+        "replayable)",
         trials=trials,
         checked="live DB passes integrity_check and is entirely the old or entirely the new "
         "state (row counts + content checksum); once anything was written, a verified "
@@ -992,15 +996,27 @@ def test_web_backup_and_runs_at_once(demo_app: object, reliability: Recorder) ->
     row["detail"] = ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
 
 
+@pytest.mark.parametrize("room", ["none", "for the check, not the safety snapshot"])
 def test_restore_with_a_full_backup_folder(
-    full_fs: Path, tmp_path: Path, reliability: Recorder
+    full_fs: Path, tmp_path: Path, reliability: Recorder, room: str
 ) -> None:
     mount_point = full_fs
+    checking = room == "none"
     row = reliability(
-        "restore while the backup folder is full (no room for the safety snapshot)",
+        "restore while the backup folder is full: "
+        + (
+            "no room to check the backup"
+            if checking
+            else "room to check the backup, none for the pre-restore safety snapshot"
+        ),
         trials=1,
-        checked="exit 2 with one line saying nothing was changed; live DB unchanged and "
-        "intact; no debris; after freeing space the restore works",
+        checked="exit 2 with one line saying nothing was changed and naming the failed step ("
+        + (
+            "the check: 'could not check', not 'no sound copy'"
+            if checking
+            else "'could not take a safety snapshot'"
+        )
+        + "); live DB unchanged and intact; no debris; after freeing space the restore works",
     )
     db = make_db(tmp_path / "instance.db")
     backups = mount_point / "backups"
@@ -1010,10 +1026,24 @@ def test_restore_with_a_full_backup_folder(
     backup_id = json.loads(taken.stdout)["id"]
     make_old_state(db)
     before = db_state(db)
-    fill(mount_point / "filler")
+    if checking:
+        fill(mount_point / "filler")
+    else:
+        # Leave room for the checked copy of the backup (its raw size) and 64 KiB more: the
+        # check passes, and the safety snapshot of the (as large) live database cannot fit.
+        raw = json.loads(taken.stdout)["raw_size"]
+        stats = os.statvfs(mount_point)
+        spare = stats.f_bavail * stats.f_frsize - raw - 64 * 1024
+        assert spare > 0 and db.stat().st_size > 64 * 1024
+        with (mount_point / "filler").open("wb") as filler:
+            filler.write(b"\0" * spare)
     result = run_cli(["restore", backup_id, "--yes"], env)
-    line = assert_one_line_error(result, "nothing was changed", "no space left")
-    assert "no sound copy" not in line, line  # the backup is fine; the disk is full
+    if checking:
+        line = assert_one_line_error(result, "nothing was changed", "no space left")
+        assert "could not check backup" in line and "no sound copy" not in line, line
+    else:
+        line = assert_one_line_error(result, "nothing was changed", "no space left")
+        assert "could not take a safety snapshot" in line, line
     assert db_state(db) == before
     (mount_point / "filler").unlink()
     assert_no_debris(backups)
