@@ -51,21 +51,30 @@ KEEP_NEWEST_ONLY = {
 }
 
 
+#: Stages that need the big template: a copy of more than one backup-API step, a stored file
+#: of several 1 MiB chunks. Every other stage runs on the small one, which is much faster.
+NEEDS_BIG = ("snapshot-copy", "restore-write", "compress")
+
+
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Live databases made once: 1 KiB pages, so the ~6 MB file is more than one backup-API
-    step (4096 pages) and a crash can land between two steps of a copy."""
+    """Live databases made once, per journal mode: "big" has 1 KiB pages, so the ~6 MB file is
+    more than one backup-API step (4096 pages) and a crash can land between two steps of a
+    copy; "small" is the default demo database."""
     folder = tmp_path_factory.mktemp("crash-templates")
     made = {}
     for mode in ("delete", "wal"):
-        path = make_db(folder / f"{mode}.db", purchase_orders=1500, note_bytes=300)
-        with closing(sqlite3.connect(path)) as conn:
+        big = make_db(folder / f"{mode}-big.db", purchase_orders=1500, note_bytes=300)
+        small = make_db(folder / f"{mode}-small.db")
+        with closing(sqlite3.connect(big)) as conn:
             conn.execute("PRAGMA page_size=1024")
             conn.execute("VACUUM")
-            if mode == "wal":
-                conn.execute("PRAGMA journal_mode=WAL")
             assert conn.execute("PRAGMA page_count").fetchone()[0] > 4096
-        made[mode] = path
+        for path in (big, small):
+            if mode == "wal":
+                with closing(sqlite3.connect(path)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")
+        made[f"{mode}-big"], made[f"{mode}-small"] = big, small
     return made
 
 
@@ -150,7 +159,8 @@ def make_world(trial: Trial, root: Path, templates: dict[str, Path]) -> World:
     """Prepare what the trial's command needs: backups to prune, a changed live database."""
     (root / "instance").mkdir(parents=True)
     db = root / "instance" / "tablet_counter.db"
-    shutil.copyfile(templates[trial.journal], db)
+    size = "big" if trial.stage.value in NEEDS_BIG else "small"
+    shutil.copyfile(templates[f"{trial.journal}-{size}"], db)
     settings = settings_from_mapping(
         {"database": db, "dir": root / "backups", "secondary_dir": root / "mirror"}
     )
