@@ -81,11 +81,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def demo_app(tmp_path: Path) -> Flask:
+def app(tmp_path: Path) -> Flask:
     """The demo TabletTracker app on a fresh instance folder (Flask-WTF CSRF on).
 
-    Not called ``app``: pytest-flask would push one request context around the whole test,
-    so every client request would share ``g`` (and Flask-WTF's cached token).
+    Named ``app`` for pytest-flask, which builds its ``client`` and ``live_server`` fixtures
+    on it. Its request-context push is switched off below.
     """
     from tablettracker_backups.demo import create_app
 
@@ -93,6 +93,21 @@ def demo_app(tmp_path: Path) -> Flask:
     return create_app(
         {"INSTANCE_PATH": tmp_path / "instance-demo", "TESTING": True, "BACKUPS_LOCK_TIMEOUT": 0}
     )
+
+
+@pytest.fixture
+def demo_app(app: Flask) -> Flask:
+    """The same app, under the name the web tests were written with."""
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _push_request_context() -> None:
+    """Overrides pytest-flask's fixture of this name, which pushes one request context around
+    every test that uses ``app``. Every client request would then reuse that context's app
+    context, so all sessions would share ``g``, and with it Flask-WTF's cached CSRF token: one
+    session's token would be rendered into another's pages. Each request gets its own here.
+    """
 
 
 def csrf_from(html: str) -> str:
@@ -112,18 +127,18 @@ def login(client: FlaskClient, username: str, password: str) -> None:
 
 
 @pytest.fixture
-def admin_client(demo_app: Flask) -> FlaskClient:
+def admin_client(app: Flask) -> FlaskClient:
     """A test client logged in as the demo's admin."""
-    client = demo_app.test_client()
-    login(client, "admin", demo_app.config["DEMO_PASSWORD"])
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
     return client
 
 
 @pytest.fixture
-def staff_client(demo_app: Flask) -> FlaskClient:
+def staff_client(app: Flask) -> FlaskClient:
     """A test client logged in as a non-admin employee."""
-    client = demo_app.test_client()
-    login(client, "staff", demo_app.config["DEMO_PASSWORD"])
+    client = app.test_client()
+    login(client, "staff", app.config["DEMO_PASSWORD"])
     return client
 
 

@@ -85,8 +85,7 @@ def post_actions(backup_id: str) -> list[str]:
 # -- access ------------------------------------------------------------------------------------
 
 
-def test_anonymous_is_sent_to_login(demo_app: Flask, backup_id: str) -> None:
-    client = demo_app.test_client()
+def test_anonymous_is_sent_to_login(demo_app: Flask, client: FlaskClient, backup_id: str) -> None:
     job_pages = [f"{P}/jobs/0123456789abcdef", f"{P}/jobs/0123456789abcdef.json"]
     for url in [*get_pages(backup_id), *job_pages]:
         response = client.get(url)
@@ -129,8 +128,7 @@ def test_admin_sees_every_page_inside_host_layout(
         assert 'src="http' not in html and 'href="http' not in html, "no internet assets"
 
 
-def test_static_files_are_served_by_the_blueprint(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_static_files_are_served_by_the_blueprint(client: FlaskClient) -> None:
     for name in ("backups.css", "backups.js"):
         response = client.get(f"{P}/_static/{name}")
         assert response.status_code == 200
@@ -465,8 +463,7 @@ def test_restore_refused_while_busy(
 # -- the scheduled-task endpoint ---------------------------------------------------------------
 
 
-def test_task_endpoint_tokens(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_task_endpoint_tokens(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     url = "/tasks/backups/run"
     assert client.post(url).status_code == 401
@@ -514,12 +511,10 @@ def test_task_endpoint_is_404_without_a_token(make_host: Callable[..., Flask]) -
     )
 
 
-def test_task_endpoint_busy_is_409(demo_app: Flask) -> None:
+def test_task_endpoint_busy_is_409(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     with operation_lock(settings_of(demo_app)):
-        response = demo_app.test_client().post(
-            "/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
-        )
+        response = client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 409
     assert response.get_json()["exit_code"] == 3
 
