@@ -96,7 +96,10 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("prune.py",),
         ("tests/test_retention.py", "tests/test_runner.py", "tests/test_durability.py", CLI),
     ),
-    "health": (("health.py",), ("tests/test_health.py", "tests/test_runner.py", CLI)),
+    "health": (
+        ("health.py",),
+        ("tests/test_health.py", "tests/test_runner.py", CLI, "tests/test_offsite.py"),
+    ),
     "locking": (
         ("locking.py",),
         ("tests/test_locking.py", "tests/test_runner.py"),
