@@ -242,6 +242,7 @@ def full_fs(tiny_fs: tuple[Path, str]) -> Path:
 # The reliability report (tests/RELIABILITY.md): fixture and hooks live in tests/reliability.py.
 from tests.reliability import (  # noqa: E402, F401
     pytest_collection_finish,
+    pytest_deselected,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     reliability,

@@ -42,6 +42,7 @@ _STARTED: dict[str, float] = {}
 _DURATIONS: dict[str, float] = {}
 _COLLECTED_FILES: set[str] = set()
 _COLLECTED_IDS: set[str] = set()
+_DESELECTED: set[str] = set()
 
 
 @pytest.fixture
@@ -67,6 +68,11 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
         return row
 
     return record
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    # Deselected (``-m 'not slow'``): not run this time, so their rows from before are kept.
+    _DESELECTED.update(item.nodeid for item in items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -120,7 +126,9 @@ def _merge(results_json: Path) -> list[dict[str, Any]]:
         if row["test"] not in _ROWS
         # A test of a file collected this time that was not collected is gone (or renamed).
         and not (
-            row["test"].split("::", 1)[0] in _COLLECTED_FILES and row["test"] not in _COLLECTED_IDS
+            row["test"].split("::", 1)[0] in _COLLECTED_FILES
+            and row["test"] not in _COLLECTED_IDS
+            and row["test"] not in _DESELECTED
         )
     ]
     fresh = [
