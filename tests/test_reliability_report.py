@@ -12,7 +12,8 @@ from tests.faultkit import ROOT
 
 CONFTEST = """
 from tests.reliability import (
-    pytest_collection_finish, pytest_runtest_makereport, pytest_sessionfinish, reliability,
+    pytest_collection_finish, pytest_deselected, pytest_runtest_makereport, pytest_sessionfinish,
+    reliability,
 )
 import pytest
 
