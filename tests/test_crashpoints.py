@@ -42,7 +42,7 @@ from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupInfo, BackupStore
 from tablettracker_backups.verify import verify_copy
 from tests.conftest import make_db
-from tests.faultkit import ROOT, assert_no_debris, cli_command, cli_env, folder_state
+from tests.faultkit import ROOT, assert_no_debris, cli_env, folder_state, run_cli
 from tests.reliability import Recorder
 
 #: Retention that keeps only the newest backup, so `prune` always has something to delete.
@@ -144,15 +144,7 @@ class World:
         env = dict(self.env)
         if crash is not None:
             env[ENV] = crash
-        return subprocess.run(
-            cli_command(*args),
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
+        return run_cli(args, env, timeout=180)
 
 
 def make_world(trial: Trial, root: Path, templates: dict[str, Path]) -> World:

@@ -192,24 +192,6 @@ def test_unwritable_backup_folders(
     row["detail"] = "; ".join(sorted({d.replace(str(tmp_path), "")[:70] for d in details}))
 
 
-@pytest.fixture
-def read_only_mount(tmp_path: Path) -> Iterator[Path]:
-    """An empty tmpfs mounted read-only (we run as root); skipped where mounting is refused."""
-    mount_point = tmp_path / "ro"
-    mount_point.mkdir()
-    made = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if made.returncode != 0:  # pragma: no cover - only where mounting is not allowed
-        pytest.skip(f"cannot mount a read-only tmpfs: {made.stderr.decode().strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
-
-
 SECONDARY_TROUBLE = {
     # case: (what stands in the way, the needle the warning must contain)
     "under a regular file": ("plainfile", "is not a folder"),
@@ -234,8 +216,8 @@ def test_unwritable_secondary_folder_is_a_warning(
     blocker, needle = SECONDARY_TROUBLE[case]
     if blocker == "plainfile":
         (tmp_path / blocker).write_text("x")
-    elif blocker == "ro":
-        request.getfixturevalue("read_only_mount")
+    elif blocker == "ro" and request.getfixturevalue("read_only_dir") is None:
+        pytest.skip("cannot mount a read-only tmpfs here")
     secondary = tmp_path / blocker / "mirror"
     db = make_db(tmp_path / "t.db")
     env = cli_env(db, tmp_path / "b", secondary, home=tmp_path)
