@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -214,20 +213,17 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
     """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
+    from tests.faultkit import mount_tmpfs, unmount
+
     mount_point = tmp_path / "tiny"
     mount_point.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=6m,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:
+    if not mount_tmpfs(mount_point, "size=6m,mode=0700"):
         yield mount_point, "rlimit"
         return
     try:
         yield mount_point, "tmpfs"
     finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=False)
+        unmount(mount_point)
 
 
 @pytest.fixture

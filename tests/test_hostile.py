@@ -27,7 +27,7 @@ from tablettracker_backups.errors import ConfigError, InvalidBackupId, MetadataE
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
 from tablettracker_backups.settings import CORE_KEYS, settings_from_mapping
 from tests.conftest import make_db
-from tests.faultkit import ROOT, assert_one_line_error, cli_env, run_cli
+from tests.faultkit import ROOT, assert_one_line_error, cli_env, mount_tmpfs, run_cli, unmount
 from tests.reliability import Recorder
 
 #: What this file's reliability rows count, unless a row says otherwise (fuzz targets do).
@@ -145,18 +145,13 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path | None]:
     """A read-only tmpfs mount (root ignores file modes, not a read-only file system)."""
     target = tmp_path / "ro"
     target.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:  # pragma: no cover - not root
+    if not mount_tmpfs(target, "ro,size=1m"):  # pragma: no cover - not root
         yield None
         return
     try:
         yield target
     finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
+        unmount(target)
 
 
 def test_unwritable_backup_folders(
