@@ -210,7 +210,26 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report_md.write_text(render(rows), encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m tests.reliability: re-render the markdown from the JSON
+def merge_files(paths: list[Path]) -> None:
+    """Add the rows of other runs' reliability.json files (e.g. the slow crash trials, run in
+    slices elsewhere) to the committed results: a row replaces one with the same test and
+    fault name, so re-merging a slice updates it."""
+    rows = json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]
+    for path in paths:
+        extra = json.loads(path.read_text(encoding="utf-8"))["rows"]
+        keys = {(r["test"], r["fault"]) for r in extra}
+        rows = [r for r in rows if (r["test"], r["fault"]) not in keys] + extra
+    rows.sort(key=lambda r: (r["test"].split("::", 1)[0], r["fault"]))
+    RESULTS_JSON.write_text(json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    # python -m tests.reliability [--merge RESULTS.json ...]: (merge, then) re-render the
+    # markdown from the JSON.
+    import sys
+
+    if sys.argv[1:2] == ["--merge"]:
+        merge_files([Path(p) for p in sys.argv[2:]])
     REPORT_MD.write_text(
         render(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]), encoding="utf-8"
     )
