@@ -249,6 +249,10 @@ def s3_settings(
             "s3_addressing_style": "path",
             "s3_access_key_id": ACCESS_KEY,
             "s3_secret_access_key": SECRET_KEY,
+            # Thresholds any test machine passes: a shared disk 90% full is not what these
+            # tests are about (exit codes and health status are asserted below).
+            "disk_warning": "1MB",
+            "disk_critical": "1MB",
         }
         values.update(overrides)
         return make_settings(**values)
@@ -335,6 +339,8 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
             "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
             "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
             "BACKUPS_S3_ADDRESSING_STYLE": "path",
+            "BACKUPS_DISK_WARNING": "1MB",
+            "BACKUPS_DISK_CRITICAL": "1MB",
         }
     )
     listed = runner.invoke(cli, ["list", "--json"], env=env)
