@@ -329,6 +329,10 @@ def markdown(records: list[dict[str, object]]) -> str:
         "",
         table(records),
         "",
+        "Not run yet (no saved result): "
+        + (", ".join(m for m in MODULES if m not in {r["module"] for r in records}) or "none")
+        + ".",
+        "",
         "## Survivors",
         "",
         "Each with its reason: a rule (the shape of the change) or a hand-written reason in",

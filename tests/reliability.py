@@ -160,7 +160,9 @@ def render(rows: list[dict[str, Any]]) -> str:
     """The markdown report."""
     failed = [r for r in rows if r["result"] not in ("pass", "skipped")]
     skipped = [r for r in rows if r["result"] == "skipped"]
-    minutes = sum({r["test"]: r["seconds"] for r in rows if r.get("kind") != "fuzz"}.values()) / 60
+    here = [r for r in rows if not r.get("apart")]
+    apart = [r for r in rows if r.get("apart")]
+    minutes = sum({r["test"]: r["seconds"] for r in here if r.get("kind") != "fuzz"}.values()) / 60
     counts = []
     for kind, label in (("fault", "fault trials"), ("attack", "attacks"), ("fuzz", "fuzz inputs")):
         mine = [r for r in rows if r.get("kind", "fault") == kind]
@@ -177,7 +179,14 @@ def render(rows: list[dict[str, Any]]) -> str:
         f"- Classes: {len(rows)}; not passing: {len(failed)}; skipped this run (0 trials "
         f"counted): {len(skipped)}",
         f"- Time in the tests that recorded rows: {minutes:.1f} min (the fuzz tests not "
-        "counted), measured on a machine shared with other test runs",
+        "counted), measured on a machine shared with other test runs"
+        + (
+            f"; rows run apart and merged in (`python -m tests.reliability --merge`, e.g. the "
+            f"slow crash trials): {len(apart)} rows, {sum(r['trials'] for r in apart)} trials, "
+            f"{sum(r['seconds'] for r in apart) / 60:.1f} min"
+            if apart
+            else ""
+        ),
         f"- Last regenerated: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
@@ -216,7 +225,9 @@ def merge_files(paths: list[Path]) -> None:
     fault name, so re-merging a slice updates it."""
     rows = json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]
     for path in paths:
-        extra = json.loads(path.read_text(encoding="utf-8"))["rows"]
+        extra = [
+            dict(row, apart=True) for row in json.loads(path.read_text(encoding="utf-8"))["rows"]
+        ]
         keys = {(r["test"], r["fault"]) for r in extra}
         rows = [r for r in rows if (r["test"], r["fault"]) not in keys] + extra
     rows.sort(key=lambda r: (r["test"].split("::", 1)[0], r["fault"]))
