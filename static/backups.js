@@ -1,19 +1,37 @@
 /* Optional improvements for the backup pages; everything works without this file.
    - job pages: poll the JSON status and update the progress bar instead of reloading;
    - forms: refuse a double submit, ask before destructive posts;
-   - restore: enable the button only once the confirmation is typed correctly. */
+   - restore: enable the button only once the confirmation is typed correctly;
+   - times: the same format as the server writes, in the reader's zone. */
 (function () {
   "use strict";
-  // Times: the server shows its own local time; the browser knows the reader's.
-  document.querySelectorAll(".ttb time[datetime]").forEach(function (el) {
-    var moment = new Date(el.getAttribute("datetime"));
-    if (!isNaN(moment.getTime())) {
-      el.textContent = moment.toLocaleString(undefined, {
-        year: "numeric", month: "2-digit", day: "2-digit",
-        hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"
-      });
-    }
+  // Times: the server writes its own local time, "2026-11-25 09:15:00 CET"; the browser knows
+  // the reader's zone, so every time (chart labels included) is rewritten in the same format.
+  var two = function (n) { return (n < 10 ? "0" : "") + n; };
+  var zoneName = function (moment) {
+    try {
+      var parts = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" }).formatToParts(moment);
+      for (var i = 0; i < parts.length; i++) {
+        if (parts[i].type === "timeZoneName") { return parts[i].value; }
+      }
+    } catch (e) { /* an old browser: fall through */ }
+    var offset = -moment.getTimezoneOffset();
+    return "UTC" + (offset < 0 ? "-" : "+") + two(Math.floor(Math.abs(offset) / 60)) + ":" + two(Math.abs(offset) % 60);
+  };
+  var format = function (moment) {
+    return moment.getFullYear() + "-" + two(moment.getMonth() + 1) + "-" + two(moment.getDate()) + " " +
+      two(moment.getHours()) + ":" + two(moment.getMinutes()) + ":" + two(moment.getSeconds()) + " " + zoneName(moment);
+  };
+  document.querySelectorAll(".ttb time[datetime], .ttb [data-ttb-utc]").forEach(function (el) {
+    var moment = new Date(el.getAttribute("datetime") || el.getAttribute("data-ttb-utc"));
+    if (!isNaN(moment.getTime())) { el.textContent = format(moment); }
   });
+  // "Jump to date" means the reader's date: tell the server the reader's offset from UTC.
+  document.querySelectorAll("[data-ttb-tz]").forEach(function (input) {
+    input.value = String(-new Date().getTimezoneOffset());
+  });
+  var target = document.querySelector(".ttb .ttb-target");
+  if (target && target.scrollIntoView) { target.scrollIntoView({ block: "center" }); }
   var root = document.querySelector("[data-ttb-job]");
   if (root && root.getAttribute("data-ttb-finished") === "no") {
     var refresh = document.querySelector('meta[http-equiv="refresh"]');

@@ -112,6 +112,25 @@ def keep_out_of_git(folder: Path) -> bool:
     return True
 
 
+def interval_text(seconds: int) -> str:
+    """``3600`` -> ``1h``: how ``--interval`` and the config file spell an interval."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return str(seconds)
+
+
+def setup_command(settings: Settings) -> str:
+    """The ``init`` command that sets up the scheduled run for these settings (it writes the
+    config file, takes a verified backup and prints the task's exact command)."""
+    words = ["tablettracker-backups", "init", "--database", str(settings.database)]
+    if settings.backup_dir != settings.database.parent / "backups":
+        words += ["--backup-dir", str(settings.backup_dir)]
+    if settings.secondary_dir is not None:
+        words += ["--secondary-dir", str(settings.secondary_dir)]
+    return shlex.join([*words, "--interval", interval_text(settings.interval)])
+
+
 def initialise(
     settings: Settings,
     *,

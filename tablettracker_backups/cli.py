@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import getpass
 import json
 import shlex
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from tablettracker_backups import audit
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import initialise
 from tablettracker_backups.display import human_age, human_size, local_time
@@ -59,6 +61,40 @@ from tablettracker_backups.version import __version__
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_LOCKED = 0, 1, 2, 3
+#: Where a command leaves its resolved settings, for the group to audit a failure.
+SETTINGS_META = "tablettracker_backups.settings"
+#: Commands that change the backups, and so leave an audit-log entry (restore writes its own).
+AUDITED = {"backup": "backup", "verify": "verify", "prune": "prune", "run": "run", "init": "init"}
+
+
+def cli_actor() -> str:
+    """Who ran a command, for the audit log the pages show."""
+    try:
+        return f"{getpass.getuser()} (command line)"
+    except (KeyError, OSError):  # no user name for this uid (a bare container)
+        return "command line"
+
+
+def audit_command(
+    settings: Settings, action: str, *, ok: bool, message: str, **details: Any
+) -> None:
+    """Write the command's outcome to the one audit log every face writes; a log that cannot
+    be written is a warning, not a failed backup. After a failure the error line has said
+    what is wrong (usually the same folder), so that stays the one line printed."""
+    if not settings.state_dir.is_dir():
+        return  # a mistyped folder: the command refused; logging must not create it
+    try:
+        audit.record(
+            settings,
+            action=action,
+            actor=cli_actor(),
+            ok=ok,
+            message=message,
+            details={"via": "cli", **details},
+        )
+    except BackupError as exc:
+        if ok:
+            click.echo(f"Warning: could not write the audit log: {exc}", err=True)
 
 
 class BackupsGroup(click.Group):
@@ -72,6 +108,10 @@ class BackupsGroup(click.Group):
             ctx.exit(EXIT_LOCKED)
         except BackupError as exc:
             click.echo(f"Error: {exc}", err=True)
+            action = AUDITED.get(ctx.invoked_subcommand or "")
+            settings = ctx.meta.get(SETTINGS_META)
+            if action is not None and isinstance(settings, Settings):
+                audit_command(settings, action, ok=False, message=str(exc))
             ctx.exit(EXIT_CRITICAL)
         except OSError as exc:
             click.echo(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
@@ -182,6 +222,7 @@ def settings_command(func: F) -> F:
             backup_dir=backup_dir,
             secondary_dir=secondary_dir,
         )
+        ctx.meta[SETTINGS_META] = settings
         return func(settings, **kwargs)
 
     return cast(F, wrapper)
@@ -248,6 +289,12 @@ def backup(settings: Settings, as_json: bool) -> None:
         settings, kind="manual", trigger="cli", progress=stage_progress(not as_json)
     )
     meta = result.metadata
+    audit_command(
+        settings,
+        "backup",
+        ok=True,
+        message=f"backed up {meta.id} ({human_size(meta.stored_size)} stored)",
+    )
     if as_json:
         emit_json(
             {
@@ -447,6 +494,18 @@ def verify(
             for copy in result.copies:
                 if not copy.ok:
                     click.echo(f"    {copy.location}: {copy.error}")
+    bad = [r.id for r in results if not r.ok]
+    audit_command(
+        settings,
+        "verify-all" if verify_all else "verify",
+        ok=not bad,
+        message=(
+            f"verified {results[0].id}: {'damaged' if bad else 'sound'}"
+            if len(results) == 1
+            else f"verified {len(results)} backups"
+            + (f"; damaged: {', '.join(bad)}" if bad else ": all sound")
+        ),
+    )
     if as_json:
         emit_json([r.to_dict() for r in results])
     if any(not r.usable for r in results):
@@ -502,6 +561,14 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
     store.require_folder()  # a mistyped --backup-dir: say so, create nothing
     with operation_lock(settings):
         result = prune_backups(store, dry_run=dry_run)
+    if not dry_run:
+        audit_command(
+            settings,
+            "prune",
+            ok=True,
+            message=f"pruned {len(result.deleted)} backup(s)",
+            deleted=list(result.deleted),
+        )
     if as_json:
         emit_json(result.to_dict())
         return
@@ -598,6 +665,20 @@ def status(settings: Settings, as_json: bool) -> None:
     sys.exit(report.exit_code)
 
 
+def run_summary(result: Any) -> str:
+    """One line for the audit log: what a scheduled run did."""
+    if result.error:
+        return str(result.error)
+    parts = [f"backed up {result.backup.metadata.id}" if result.backup else "no backup due"]
+    if result.reverified:
+        parts.append(
+            f"re-verified {result.reverified.id}: {'ok' if result.reverified.ok else 'DAMAGED'}"
+        )
+    if result.pruned and result.pruned.deleted:
+        parts.append(f"pruned {len(result.pruned.deleted)}")
+    return "; ".join(parts)
+
+
 @cli.command("run")
 @click.option("--force", is_flag=True, help="Back up even if the newest backup is recent.")
 @settings_command
@@ -615,6 +696,7 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
     """
 
     result = run(settings, force=force, trigger="scheduled")
+    audit_command(settings, "run", ok=result.error is None, message=run_summary(result))
     if as_json:
         emit_json(result.to_dict())
         sys.exit(result.exit_code)
@@ -675,6 +757,12 @@ def init(
     """
 
     outcome = initialise(settings, interval=interval, config_path=config_out, overwrite=overwrite)
+    audit_command(
+        settings,
+        "init",
+        ok=True,
+        message=f"set up with a first backup {outcome.backup_id}; config {outcome.config_path}",
+    )
     if as_json:
         emit_json(outcome.to_dict())
         return
@@ -844,7 +932,7 @@ def restore(
         settings,
         backup_id,
         to=to,
-        actor="cli",
+        actor=cli_actor(),
         progress=stage_progress(not as_json, width=15, end_after=None),
     )
     if as_json:

@@ -19,7 +19,8 @@ from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
-from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
+from tablettracker_backups.prune import current_plan
+from tablettracker_backups.retention import CLOCK_SKEW
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.states import CopyStatus, Level
@@ -59,6 +60,10 @@ class HealthReport:
     next_run_due: datetime | None = None
     #: The offsite copy's standing (:meth:`OffsiteLag.to_dict`); empty when not configured.
     offsite: dict[str, Any] = field(default_factory=dict)
+    #: When the checks that read data (the live database's quick_check, the newest backups'
+    #: SHA-256) last ran: ``checked_at`` for a full check, the saved report's time for a light
+    #: one (:func:`check_health` with ``read_data=False``), None if they never ran.
+    data_checked_at: datetime | None = None
 
     @property
     def status(self) -> Level:
@@ -100,19 +105,39 @@ class HealthReport:
         }
 
 
+#: Findings only a check that reads data can make; a light check repeats the saved ones.
+DATA_CODES = frozenset({"database-unreadable", "database-corrupt", "checksum"})
+
+
 def check_health(
     settings: Settings,
     *,
     now: datetime | None = None,
     extra_findings: tuple[Finding, ...] = (),
+    store: BackupStore | None = None,
+    read_data: bool = True,
 ) -> HealthReport:
-    """Run every health check; never raises for a finding, only reports it."""
+    """Run every health check; never raises for a finding, only reports it.
+
+    ``read_data=False`` is the light check for a page load: it reads no backup data and not
+    the live database (a 1 GB database would mean reading a gigabyte per page view). The
+    live database's quick_check and the newest backups' SHA-256 are then not redone; their
+    findings are those of the last full check, saved by ``run`` or ``health``
+    (:func:`save_report`), and ``data_checked_at`` says when that was. Everything else
+    (ages, copies by size, disk, the schedule, offsite lag) is checked as usual. ``store`` may
+    carry a listing cache.
+    """
     now = now or datetime.now(timezone.utc)
     findings: list[Finding] = list(extra_findings)
-    store = BackupStore(settings)
+    store = store or BackupStore(settings)
     interval = timedelta(seconds=settings.interval)
 
-    findings += _live_database_findings(settings)
+    data_checked_at: datetime | None = now
+    if read_data:
+        findings += _live_database_findings(settings)
+    else:
+        data_checked_at, saved = _saved_data_findings(settings)
+        findings += saved
     try:
         backups = store.list()
     except BackupError as exc:
@@ -122,11 +147,26 @@ def check_health(
     newest = regular[0] if regular else None
     newest_verified = next((b for b in regular if b.verified), None)
     findings += _freshness_findings(newest, newest_verified, now=now, interval=interval)
-    findings += _checksum_findings(store, backups[: settings.health_checksum_count])
-    findings += _copy_findings(backups)
+    recent = backups[: settings.health_checksum_count]
+    if read_data:
+        findings += _checksum_findings(store, recent)
+    else:
+        findings += _metadata_findings(recent)
+    # Per listing, not per call: a page load with 1,000 backups must not walk them all.
+    copy_findings, stored_bytes = store.memo(
+        ("health",),
+        lambda: (
+            _copy_findings(backups),
+            sum(b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups),
+        ),
+    )
+    findings += copy_findings
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
-    last_run_at, schedule_findings = _schedule_findings(settings, now=now, interval=interval)
+    first = regular[-1].created_at if regular else None
+    last_run_at, schedule_findings = _schedule_findings(
+        settings, now=now, interval=interval, first_backup_at=first
+    )
     findings += schedule_findings
     offsite: dict[str, Any] = {}
     if settings.s3 is not None:
@@ -142,15 +182,43 @@ def check_health(
         newest_verified_id=newest_verified.id if newest_verified else None,
         newest_verified_at=newest_verified.created_at if newest_verified else None,
         backup_count=len(backups),
-        slot_counts=_slot_counts(settings, backups, now),
+        slot_counts=_slot_counts(store, now),
         disk=disk,
-        stored_bytes=sum(
-            b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups
-        ),
+        stored_bytes=stored_bytes,
         last_run_at=last_run_at,
         next_run_due=None if last_run_at is None else last_run_at + interval,
         offsite=offsite,
+        data_checked_at=data_checked_at,
     )
+
+
+def _saved_data_findings(settings: Settings) -> tuple[datetime | None, list[Finding]]:
+    """The data-reading findings of the last saved full check, and when it ran."""
+    saved = read_status(settings).get("health")
+    if not isinstance(saved, dict):
+        return None, []
+    try:
+        at = parse_utc(saved.get("checked_at"), "checked_at")
+    except BackupError:
+        return None, []
+    findings: list[Finding] = []
+    for item in saved.get("findings") or []:
+        if not isinstance(item, dict) or item.get("code") not in DATA_CODES:
+            continue
+        try:
+            level = Level(item.get("level"))
+        except ValueError:
+            continue
+        findings.append(Finding(level, str(item["code"]), str(item.get("message", ""))))
+    return at, findings
+
+
+def _metadata_findings(recent: list[BackupInfo]) -> list[Finding]:
+    return [
+        Finding(Level.WARNING, "metadata", f"{info.id}: {'; '.join(info.problems)}")
+        for info in recent
+        if info.metadata is None
+    ]
 
 
 def _live_database_findings(settings: Settings) -> list[Finding]:
@@ -214,9 +282,14 @@ def _copy_findings(backups: list[BackupInfo]) -> list[Finding]:
 
 
 def _schedule_findings(
-    settings: Settings, *, now: datetime, interval: timedelta
+    settings: Settings, *, now: datetime, interval: timedelta, first_backup_at: datetime | None
 ) -> tuple[datetime | None, list[Finding]]:
-    """When the scheduled run last ran, and whether it failed or seems to have stopped."""
+    """When the scheduled run last ran, and whether it failed, stopped, or was never set up.
+
+    A fresh install (``init`` took the first backup) has had no scheduled run yet: that is no
+    finding until one interval has passed since the first backup (the pages say it as a note),
+    then a warning, since nothing will take the next backup.
+    """
     findings: list[Finding] = []
     status = read_status(settings)
     last_run_at: datetime | None = None
@@ -232,6 +305,17 @@ def _schedule_findings(
                 f"the last scheduled run failed: {str(last_run.get('error'))[:300]}",
             )
         )
+    if last_run_at is None and first_backup_at is not None:
+        waited = now - first_backup_at
+        if waited > interval + GRACE:
+            findings.append(
+                Finding(
+                    Level.WARNING,
+                    "no-scheduled-run",
+                    f"no scheduled run yet, {format_age(waited)} after the first backup: set up "
+                    "the scheduled task (tablettracker-backups init prints its command)",
+                )
+            )
     if last_run_at is not None and now - last_run_at > 2 * interval + GRACE:
         findings.append(
             Finding(
@@ -244,8 +328,8 @@ def _schedule_findings(
     return last_run_at, findings
 
 
-def _slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
-    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
+def _slot_counts(store: BackupStore, now: datetime) -> dict[str, int]:
+    plan = current_plan(store, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:
@@ -290,12 +374,9 @@ def _offsite_findings(lag: OffsiteLag, now: datetime) -> list[Finding]:
 
 
 def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Finding]:
-    findings: list[Finding] = []
+    findings: list[Finding] = _metadata_findings(recent)
     for info in recent:
         if info.metadata is None:
-            findings.append(
-                Finding(Level.WARNING, "metadata", f"{info.id}: {'; '.join(info.problems)}")
-            )
             continue
         sound = 0
         for copy in info.copies:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -67,6 +67,7 @@ from tablettracker_backups.snapshot import (
     schema_fingerprint,
 )
 from tablettracker_backups.states import CopyStatus, TableChange
+from tablettracker_backups.status import update_status
 from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
 from tablettracker_backups.verify import extract_verified
 
@@ -97,6 +98,11 @@ class TableDiff:
     live_rows: int | None
     status: TableChange
 
+    @property
+    def delta(self) -> int:
+        """Rows the restore adds (positive) or takes out of the live database (negative)."""
+        return (self.backup_rows or 0) - (self.live_rows or 0)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return dataclasses.asdict(self)
@@ -125,6 +131,14 @@ class RestorePreview:
             "schema_changed": self.schema_changed,
             "live_exists": self.live_exists,
         }
+
+    def by_impact(self) -> list[TableDiff]:
+        """The tables, those the restore changes most first (a dropped or brought-back table
+        counts with all its rows); tables it leaves at the same row count last, by name."""
+        return sorted(
+            self.tables,
+            key=lambda t: (t.status == TableChange.SAME, -abs(t.delta), t.name),
+        )
 
 
 @dataclass(frozen=True)
@@ -324,8 +338,29 @@ def restore_backup(
             durations=dict(attempt.durations),
         )
         _audit(settings, actor, attempt, ok=True, message=f"restored {info.id} into {target}")
+        if is_live:
+            _remember_live_restore(settings, result, actor)
         logger.info("restored %s into %s", info.id, target)
         return result
+
+
+def _remember_live_restore(settings: Settings, result: RestoreResult, actor: str) -> None:
+    """Note in the status file which backup the live database now comes from (the dashboard
+    shows it without reading the audit log); a failure here must not fail the restore."""
+    try:
+        update_status(
+            settings,
+            last_restore={
+                "backup_id": result.backup_id,
+                "at": utc_iso(datetime.now(timezone.utc)),
+                "actor": actor,
+                "safety_snapshot_id": result.safety_snapshot_id,
+            },
+        )
+    except StorageError as exc:
+        logger.warning(
+            "could not note the restore of %s in the status file: %s", result.backup_id, exc
+        )
 
 
 def _restore_locked(

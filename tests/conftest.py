@@ -185,7 +185,10 @@ def rewrite_metadata(settings: Settings, backup_id: str, **changes: object) -> N
         document = json.loads(path.read_text())
         for key, value in changes.items():
             document[key] = utc_iso(value) if isinstance(value, datetime) else value
-        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        # By rename, as every writer of metadata does (the pages' listing cache relies on it).
+        partial = path.with_name(path.name + ".edit")
+        partial.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+        partial.replace(path)
 
 
 def backdate(settings: Settings, backup_id: str, delta: object) -> None:

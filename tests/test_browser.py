@@ -1,8 +1,8 @@
 """What a person does, in a real headless Chromium against the demo served on 127.0.0.1.
 
 The demo runs as a real process (``python -m tablettracker_backups demo``), and the long
-actions run in its real detached worker processes. Screenshots of the dashboard and the restore
-confirmation go to ``test-artifacts/``.
+actions run in its real detached worker processes. Screenshots go to ``test-artifacts/``: the
+dashboard and the restore confirmation, and every page in every state at 390 and 1280 px.
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_admin_backs_up_edits_and_restores(demo: Demo, browser: object) -> None:
     # It is listed, verified.
     page.click("nav.ttb-nav >> text=All backups")
     row = page.locator(f"tr[data-backup-id='{backup_id}']")
-    assert "yes" in row.locator("td").nth(4).inner_text()
+    assert "yes" in row.locator("td[data-label=Verified]").inner_text()
     page.screenshot(path=str(ARTIFACTS / "backup-list.png"), full_page=True)
 
     page.goto(f"{demo.url}/admin/backups/")
@@ -169,7 +169,7 @@ def test_admin_backs_up_edits_and_restores(demo: Demo, browser: object) -> None:
     # Restore the earlier backup: one click from the list, a preview, a typed confirmation.
     page.goto(f"{demo.url}/admin/backups/backups")
     page.locator(f"tr[data-backup-id='{backup_id}'] >> text=Restore…").click()
-    page.wait_for_selector("table.ttb-diff")
+    page.wait_for_selector("[data-ttb-same]")  # only an edit: every table keeps its row count
     button = page.locator("button:has-text('Restore this backup')")
     assert button.is_disabled()  # the script enables it only once the id is typed
     page.fill("#ttb-confirm", backup_id)
@@ -218,6 +218,12 @@ def test_pages_work_without_javascript(demo: Demo, browser: object) -> None:
     assert "Done:" in _wait_done(page)
     page.goto(f"{demo.url}/admin/backups/backups")
     backup_id = page.get_attribute("tr[data-backup-id]", "data-backup-id")
+    # The list's filter and date jump are a plain GET form.
+    page.select_option("select[name=kind]", "manual")
+    page.fill("input[name=date]", "2099-01-01")
+    page.click("button:has-text('Show')")
+    assert "kind=manual" in page.url and "date=2099-01-01" in page.url
+    assert page.get_attribute("tr.ttb-target", "data-backup-id") == backup_id
     page.locator(f"tr[data-backup-id='{backup_id}'] >> text=Restore…").click()
     page.fill("#ttb-confirm", "wrong")
     page.click("button:has-text('Restore this backup')")
@@ -225,4 +231,156 @@ def test_pages_work_without_javascript(demo: Demo, browser: object) -> None:
     page.fill("#ttb-confirm", "RESTORE")
     page.click("button:has-text('Restore this backup')")
     assert "Done:" in _wait_done(page)
+    context.close()
+
+
+# -- every page, every state, phone and desktop widths -----------------------------------------
+
+WIDTHS = (390, 1280)
+
+
+def _demo_settings(demo: Demo) -> object:
+    from tablettracker_backups.settings import settings_from_mapping
+
+    return settings_from_mapping({"database": demo.instance / "tablet_counter.db"})
+
+
+def _check_pages(page: object, demo: Demo, state: str, pages: dict[str, str]) -> dict[str, int]:
+    """Visit each page at each width: no sideways scroll; a screenshot each. Returns the
+    median height of the list's rows at each width (0 when the list is not among the pages)."""
+    heights: dict[str, int] = {}
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
+        for name, path in pages.items():
+            response = page.goto(f"{demo.url}{path}")  # type: ignore[attr-defined]
+            expected = 404 if name == "not-found" else 200
+            assert response is not None and response.status == expected, (state, name)
+            page.wait_for_load_state("load")  # type: ignore[attr-defined]
+            scroll = page.evaluate("document.scrollingElement.scrollWidth")  # type: ignore[attr-defined]
+            inner = page.evaluate("innerWidth")  # type: ignore[attr-defined]
+            shot = ARTIFACTS / f"{state}-{name}-{width}.png"
+            page.screenshot(path=str(shot), full_page=True)  # type: ignore[attr-defined]
+            assert scroll <= inner, f"{state} {name} at {width} px scrolls sideways: {scroll}"
+            if name == "list":
+                rows = page.evaluate(  # type: ignore[attr-defined]
+                    "[...document.querySelectorAll('tr[data-backup-id]')]"
+                    ".map(r => r.getBoundingClientRect().height).sort((a, b) => a - b)"
+                )
+                heights[f"{width}"] = int(rows[len(rows) // 2]) if rows else 0  # the median
+    return heights
+
+
+def test_no_page_scrolls_sideways_at_phone_or_desktop_width(demo: Demo, browser: object) -> None:
+    from datetime import datetime, timezone
+
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.fsutil import ensure_private_dir
+    from tablettracker_backups.jobs.queue import FAILED, RUNNING, Job, jobs_dir, write_job
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_backup
+    from tests.conftest import flip_byte
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    context = browser.new_context()  # type: ignore[attr-defined]
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    _login(page, demo, "admin")
+    prefix = "/admin/backups"
+    everywhere = {
+        "dashboard": f"{prefix}/",
+        "list": f"{prefix}/backups",
+        "prune": f"{prefix}/prune",
+        "audit": f"{prefix}/audit",
+    }
+
+    # Empty: a fresh install, no backup yet.
+    _check_pages(page, demo, "empty", everywhere)
+
+    # Many backups of every kind, one damaged, the live database changed since; the audit
+    # log has the pages', the command line's and a restore's entries.
+    settings = _demo_settings(demo)
+    from datetime import timedelta
+
+    from tests.conftest import backdate
+
+    kinds = ["manual"] + ["scheduled"] * 22 + ["pre-restore"]
+    ids = []
+    for hours, kind in enumerate(kinds):  # one a day back, newest first
+        backup_id = create_backup(settings, kind=kind, trigger="browser-test").metadata.id  # type: ignore[arg-type]
+        backdate(settings, backup_id, timedelta(hours=24 * hours + 1))
+        ids.append(backup_id)
+    store = BackupStore(settings)  # type: ignore[arg-type]
+    damaged = ids[3]
+    flip_byte(store.data_path("primary", damaged, "zstd"))
+    verify_backup(store, damaged)
+    import sqlite3
+
+    conn = sqlite3.connect(settings.database)  # type: ignore[attr-defined]
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE id <= 200")
+        conn.execute("CREATE TABLE a_table_with_a_rather_long_name_for_a_phone (x)")
+    conn.close()
+    subprocess.run(  # an entry from the command line in the audit log
+        [
+            sys.executable,
+            "-m",
+            "tablettracker_backups",
+            "verify",
+            ids[0],
+            "--database",
+            str(settings.database),
+        ],  # type: ignore[attr-defined]
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=True,
+        capture_output=True,
+    )
+    # Jobs: one running (the pages are busy), one failed.
+    now = datetime.now(timezone.utc)
+    folder = jobs_dir(settings)  # type: ignore[arg-type]
+    ensure_private_dir(folder)
+    write_job(
+        folder,
+        Job(
+            "00000000000000f1",
+            "verify",
+            {"id": damaged},
+            "ada",
+            FAILED,
+            now,
+            now,
+            message=f"backup {damaged} failed verification: primary copy is damaged",
+        ),
+    )
+    write_job(
+        folder,
+        Job(
+            "00000000000000f2",
+            "backup",
+            {},
+            "ada",
+            RUNNING,
+            now,
+            now,
+            stage="compress",
+            done=40,
+            total=100,
+        ),
+    )
+    sound = BackupStore(settings).list()[0].id  # type: ignore[arg-type]
+    pages = {
+        **everywhere,
+        "list-page-2": f"{prefix}/backups?page=2",
+        "list-safety": f"{prefix}/backups?kind=safety",
+        "detail": f"{prefix}/backups/{sound}",
+        "detail-damaged": f"{prefix}/backups/{damaged}",
+        "restore": f"{prefix}/backups/{sound}/restore",
+        "restore-damaged": f"{prefix}/backups/{damaged}/restore",
+        "job-running": f"{prefix}/jobs/00000000000000f2",
+        "job-failed": f"{prefix}/jobs/00000000000000f1",
+        "not-found": f"{prefix}/backups/20200101T000000Z-abcdef",
+    }
+    heights = _check_pages(page, demo, "busy", pages)
+    # Compact rows: a backup is a line or two on a desktop, a short card on a phone.
+    assert 0 < heights["1280"] <= 80, heights
+    assert 0 < heights["390"] <= 200, heights
     context.close()

@@ -67,6 +67,8 @@ def test_age_of_the_newest_backup(
     settings = make_settings(interval=interval, **ROOMY)
     backup_id = create_backup(settings).metadata.id
     backdate(settings, backup_id, age)
+    # The schedule runs (it just did not take a backup): only the backup's age is judged here.
+    record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
     report = check_health(settings)
     found = codes(report)
     if expected is None:
@@ -75,6 +77,23 @@ def test_age_of_the_newest_backup(
         assert found["backup-age"] == expected
         assert found["verified-backup-age"] == expected
         assert report.exit_code == {"warning": 1, "critical": 2}[expected]
+
+
+def test_no_scheduled_run_is_a_warning_after_one_interval(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(interval="1h", **ROOMY)
+    backup_id = create_backup(settings).metadata.id
+    backdate(settings, backup_id, timedelta(minutes=50))
+    assert "no-scheduled-run" not in codes(check_health(settings))  # just set up: a note only
+    backdate(settings, backup_id, timedelta(minutes=30))  # 80 min: one interval and the grace
+    report = check_health(settings)
+    assert codes(report)["no-scheduled-run"] == "warning"
+    assert "tablettracker-backups init" in next(
+        f.message for f in report.findings if f.code == "no-scheduled-run"
+    )
+    record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
+    assert "no-scheduled-run" not in codes(check_health(settings))
 
 
 def test_newest_verified_older_than_newest(healthy: Settings) -> None:
@@ -368,3 +387,23 @@ def test_room_for_the_next_backup_is_sized_from_the_live_database(
     ) in findings(report)
     assert report.disk["primary"] == {"total": usage.total, "used": usage.used, "free": usage.free}
     os.remove(full_fs / "filler")
+
+
+def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
+    healthy: Settings,
+) -> None:
+    """The pages' check: what hashing and quick_check found comes from the saved report."""
+    backup_id = create_backup(healthy).metadata.id
+    store = BackupStore(healthy)
+    flip_byte(store.data_path("primary", backup_id, healthy.compression))
+    light = check_health(healthy, read_data=False)
+    assert "checksum" not in codes(light) and light.data_checked_at is None  # never ran
+    full = check_health(healthy)
+    assert codes(full)["checksum"] == "warning" and full.data_checked_at == full.checked_at
+    write_status(healthy, full)
+    light = check_health(healthy, read_data=False)
+    assert codes(light)["checksum"] == "warning"
+    assert light.data_checked_at == full.checked_at
+    assert {f.message for f in light.findings if f.code == "checksum"} == {
+        f.message for f in full.findings if f.code == "checksum"
+    }

@@ -329,3 +329,51 @@ def test_metadata_that_cannot_be_deleted_stops_the_delete(settings: Settings, ta
     with pytest.raises(StorageError, match=f"{meta}"):
         store.delete(taken)
     assert store.data_path("primary", taken, "zstd").exists()  # nothing deleted after it
+
+
+def _settle(settings: Settings, seconds: float = 60.0) -> None:
+    """Date the folders' modification time back, as if nothing had changed for a while."""
+    import os
+    import time
+
+    for folder in settings.locations:
+        moment = time.time() - seconds
+        os.utime(folder, (moment, moment))
+
+
+def test_listing_cache_reuses_a_listing_only_while_the_folders_are_unchanged(
+    settings: Settings,
+) -> None:
+    from tablettracker_backups.store import ListingCache
+    from tablettracker_backups.verify import verify_backup
+
+    first = create_backup(settings).metadata.id
+    cache = ListingCache()
+    store = BackupStore(settings, cache=cache)
+    _settle(settings)
+    assert [i.id for i in store.list()] == [first]
+    # Unchanged folders: the cached listing is used, so an in-place edit (no rename, which
+    # nothing of ours does) is not seen: proof that the folders were not read again.
+    path = settings.backup_dir / f"{first}.json"
+    document = json.loads(path.read_text())
+    document["kind"] = "pre-restore"
+    path.write_text(json.dumps(document))
+    assert store.list()[0].kind == "manual"
+    assert BackupStore(settings).list()[0].kind == "pre-restore"  # no cache: read
+    # A new backup changes the folders: listed at once, and not cached while the folders'
+    # time is too fresh to trust.
+    second = create_backup(settings).metadata.id
+    assert {i.id for i in store.list()} == {first, second}
+    assert ListingCache.stamp(settings.locations) is None
+    _settle(settings)
+    assert {i.id for i in store.list()} == {first, second}
+    # Verification rewrites metadata by renaming: the next listing sees its outcome.
+    flip_byte(settings.backup_dir / f"{second}.db.zst")
+    verify_backup(BackupStore(settings), second)
+    _settle(settings, 30)
+    damaged = next(i for i in store.list() if i.id == second)
+    assert damaged.copy_state("primary") == CopyStatus.DAMAGED
+    # Deleting a backup changes the folder too.
+    BackupStore(settings).delete(second)
+    _settle(settings, 20)
+    assert [i.id for i in store.list()] == [first]

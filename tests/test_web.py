@@ -8,7 +8,10 @@ detached worker processes.
 from __future__ import annotations
 
 import json
+import os
+import re
 import sqlite3
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -124,8 +127,35 @@ def test_admin_sees_every_page_inside_host_layout(
         assert response.status_code == 200, url
         html = response.get_data(as_text=True)
         assert '<a class="brand"' in html, "page does not extend the host's base template"
-        assert f"{P}/_static/backups.css" in html
+        assert html.count(f"{P}/_static/backups.css") == 1, url
+        assert html.count('<nav class="ttb-nav"') == 1, url
         assert 'src="http' not in html and 'href="http' not in html, "no internet assets"
+
+
+def test_every_page_template_extends_the_one_layout() -> None:
+    """Frame, assets and navigation live in _page.html only (issue 9): pages just fill it."""
+    from jinja2 import Environment, nodes
+
+    from tablettracker_backups.web.resources import resource_dir
+
+    folder = resource_dir("templates") / "tablettracker_backups"
+    pages = [
+        p for p in folder.glob("*.html") if not p.name.startswith("_") and p.name != "base.html"
+    ]
+    assert len(pages) >= 8
+    for path in pages:
+        source = path.read_text()
+        extends = Environment().parse(source).find(nodes.Extends)
+        assert extends is not None and isinstance(extends.template, nodes.Const), path.name
+        assert extends.template.value == "tablettracker_backups/_page.html", path.name
+        for repeated in (
+            "backups_base",
+            "backups.css",
+            "backups.js",
+            "ttb.nav(",
+            '<div class="ttb"',
+        ):
+            assert repeated not in source, (path.name, repeated)
 
 
 def test_static_files_are_served_by_the_blueprint(client: FlaskClient) -> None:
@@ -215,6 +245,204 @@ def test_posts_without_or_with_wrong_csrf_token_change_nothing(
     assert BackupStore(settings).ids() == [backup_id]
     assert not jobs_dir(settings).exists() or not list(jobs_dir(settings).glob("*.json"))
     assert audit.read_entries(settings) == []
+
+
+# -- only POST changes anything ---------------------------------------------------------------
+
+#: Every method but POST. Flask answers HEAD and OPTIONS on its own for every rule; the HEAD
+#: bypass of issue 12 ran a prune because HEAD reached a view that served GET and POST.
+OTHER_METHODS = ["HEAD", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def files_state(settings: Settings) -> dict[str, tuple[str, int]]:
+    """Every file of the backup folders (backups, audit log, jobs, status) and of the database,
+    with its SHA-256 and modification time: what a request must leave as it was."""
+    import hashlib
+
+    roots = [*settings.locations, settings.database.parent]
+    state: dict[str, tuple[str, int]] = {}
+    for root in roots:
+        for path in sorted(root.rglob("*")) if root.is_dir() else []:
+            if path.is_file() and path.name != "secret_key.txt":
+                stat = path.stat()
+                state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_mtime_ns)
+    return state
+
+
+@pytest.mark.parametrize("csrf_kind", ["flask-wtf", "own-token"])
+def test_no_method_but_post_with_a_token_changes_anything(
+    tmp_path: Path, make_host: Callable[..., Flask], csrf_kind: str
+) -> None:
+    keep_one = {
+        f"BACKUPS_KEEP_{slot}": 1 for slot in ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+    }
+    if csrf_kind == "flask-wtf":
+        from tablettracker_backups.demo import create_app
+
+        app = create_app({"INSTANCE_PATH": tmp_path / "instance-demo", "TESTING": True, **keep_one})
+        client = app.test_client()
+        login_page = client.get("/login").get_data(as_text=True)
+        response = client.post(
+            "/login",
+            data={
+                "username": "admin",
+                "password": app.config["DEMO_PASSWORD"],
+                "csrf_token": csrf_from(login_page),
+            },
+        )
+        assert response.status_code == 303
+    else:
+        app = make_host(**keep_one)
+        client = host_login(app, "admin")
+    settings = settings_of(app)
+    ids = [create_backup(settings, trigger="test").metadata.id for _ in range(3)]
+    # Prune would delete something: the state in which the HEAD bypass deleted backups.
+    assert client.get(f"{P}/prune").status_code == 200
+    token = csrf_from(client.get(f"{P}/").get_data(as_text=True))
+    before = files_state(settings)
+    assert any(path.endswith(f"{ids[0]}.json") for path in before)
+    task_token = app.config["BACKUPS_TASK_TOKEN"]
+    routes = [*post_actions(ids[-1]), "/tasks/backups/run"]
+    # A body a forger would send: the ids prune expects, the restore confirmation, and even a
+    # valid token (a method that is not POST must change nothing whatever it carries).
+    body = {"csrf_token": token, "expect": ",".join(ids), "confirm": "RESTORE"}
+    for url in routes:
+        headers = {"Authorization": f"Bearer {task_token}"} if url.startswith("/tasks") else {}
+        for method in OTHER_METHODS:
+            response = client.open(url, method=method, data=body, headers=headers)
+            assert response.status_code in (200, 405), (method, url, response.status_code)
+            response.close()
+        if not url.startswith("/tasks"):
+            without = {k: v for k, v in body.items() if k != "csrf_token"}
+            for forged in (without, {**body, "csrf_token": "forged"}):
+                response = client.post(url, data=forged)
+                assert response.status_code == 400, (url, forged, response.status_code)
+    assert files_state(settings) == before
+    assert BackupStore(settings).ids() == sorted(ids, reverse=True)
+    assert audit.read_entries(settings) == []
+    assert not jobs_dir(settings).exists() or not list(jobs_dir(settings).glob("*.json"))
+
+
+def test_pages_send_security_headers(
+    admin_client: FlaskClient, demo_app: Flask, backup_id: str
+) -> None:
+    token = csrf_from(admin_client.get(f"{P}/").get_data(as_text=True))
+    responses = {url: admin_client.get(url) for url in get_pages(backup_id)}
+    responses["404 page"] = admin_client.get(f"{P}/backups/{MISSING_ID}")
+    responses["download"] = admin_client.post(
+        f"{P}/backups/{backup_id}/download", data={"csrf_token": token}
+    )
+    responses["task JSON"] = demo_app.test_client().post(
+        "/tasks/backups/run", headers={"Authorization": "Bearer wrong"}
+    )
+    for name, response in responses.items():
+        headers = response.headers
+        assert headers.get("X-Content-Type-Options") == "nosniff", name
+        assert headers.get("X-Frame-Options") == "DENY", name
+        assert headers.get("Cache-Control") == "no-store", name
+        response.close()
+    # Static files may be cached (they hold no backup data), but are not sniffed either.
+    static = admin_client.get(f"{P}/_static/backups.css")
+    assert static.headers["X-Content-Type-Options"] == "nosniff"
+    assert "no-store" not in static.headers.get("Cache-Control", "")
+    static.close()
+
+
+def test_headers_the_host_set_are_kept(make_host: Callable[..., Flask]) -> None:
+    from flask import after_this_request
+
+    app = make_host()
+
+    @app.before_request
+    def host_headers() -> None:
+        # A host policy applied before the blueprint's hook sees the response.
+        @after_this_request
+        def apply(response: Any) -> Any:
+            response.headers["Cache-Control"] = "private, max-age=0"
+            response.headers["Content-Security-Policy"] = "frame-ancestors 'self'"
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+    response = host_login(app, "admin").get(f"{P}/")
+    assert response.status_code == 200
+    assert response.headers["Cache-Control"] == "private, max-age=0"
+    assert response.headers["Content-Security-Policy"] == "frame-ancestors 'self'"
+    assert "X-Frame-Options" not in response.headers  # the host's CSP decides framing
+    assert response.headers.getlist("X-Content-Type-Options") == ["nosniff"]
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/\\evil.example",
+        "/\\/evil.example",
+        "\\\\evil.example",
+        "/\t/evil.example",
+        "/\n/evil.example",
+        "/ /evil.example",
+        "//evil.example",
+        "https://evil.example/",
+        "javascript:alert(1)",
+        "",
+        None,
+    ],
+)
+def test_safe_next_refuses_other_hosts(demo_app: Flask, target: str | None) -> None:
+    from tablettracker_backups.demo.app import _safe_next
+
+    with demo_app.test_request_context("/login"):
+        assert _safe_next(target) == "/"
+
+
+def test_safe_next_keeps_local_paths(demo_app: Flask) -> None:
+    from tablettracker_backups.demo.app import _safe_next
+
+    with demo_app.test_request_context("/login"):
+        for target in ("/po/1", "/admin/backups/?x=1", "/admin/backups/backups?page=2#top"):
+            assert _safe_next(target) == target
+
+
+# -- error pages -------------------------------------------------------------------------------
+
+
+def test_an_expired_form_says_so_in_the_layout_with_a_way_back(
+    admin_client: FlaskClient, make_host: Callable[..., Flask]
+) -> None:
+    host_client = host_login(make_host(), "admin")
+    for client, layout in ((admin_client, '<a class="brand"'), (host_client, "HOST LAYOUT")):
+        client.get(f"{P}/")
+        response = client.post(
+            f"{P}/verify-all",
+            data={"csrf_token": "left-open-since-yesterday"},
+            headers={"Referer": f"http://localhost{P}/prune"},
+        )
+        assert response.status_code == 400
+        html = response.get_data(as_text=True)
+        assert layout in html and 'class="ttb-nav"' in html
+        assert "This form expired; reload and try again" in html
+        assert f'href="{P}/prune">Reload the form' in html
+        assert f'href="{P}/">Backups dashboard' in html
+
+
+def test_not_found_and_forbidden_pages_are_in_the_layout(
+    admin_client: FlaskClient, staff_client: FlaskClient
+) -> None:
+    response = admin_client.get(f"{P}/backups/{MISSING_ID}")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 404
+    assert '<a class="brand"' in html and "<h1>Not found</h1>" in html
+    assert f"no backup with id {MISSING_ID}" in html and f'href="{P}/"' in html
+    response = staff_client.get(f"{P}/audit")
+    html = response.get_data(as_text=True)
+    assert response.status_code == 403
+    assert '<a class="brand"' in html and "Administrators only" in html
+    assert 'class="ttb-nav"' not in html, "a non-admin must not see the admin navigation"
+    assert '<a class="ttb-button" href="/">Home page</a>' in html
+    # A link from another site is not offered as the way back.
+    html = admin_client.get(
+        f"{P}/backups/{MISSING_ID}", headers={"Referer": "https://evil.example/x"}
+    ).get_data(as_text=True)
+    assert "evil.example" not in html
 
 
 # -- actions -----------------------------------------------------------------------------------
@@ -350,7 +578,11 @@ def test_prune_previews_then_deletes_exactly_that(
     assert len(BackupStore(settings).ids()) == 3
     expect = ",".join(sorted(ids[:2]))
     done = client.post(f"{P}/prune", data={"csrf_token": token, "expect": expect})
-    assert done.status_code == 200
+    # Post/redirect/get: the result is a page the browser can reload without deleting again.
+    assert done.status_code == 303 and done.location == f"{P}/prune"
+    result = client.get(done.location).get_data(as_text=True)
+    assert 'data-ttb-pruned="' in result and "Deleted" in result
+    assert "Deleted" not in client.get(f"{P}/prune").get_data(as_text=True)  # shown once
     entry = audit.read_entries(settings)[0]
     assert entry.action == "prune" and entry.actor == "admin"
     deleted = set(entry.details["deleted"])
@@ -657,17 +889,34 @@ def test_flask_backups_cli_group_is_added(demo_app: Flask) -> None:
 
 
 def test_size_chart_shapes_and_escaping() -> None:
-    from tablettracker_backups.web.charts import Series, size_chart
+    from tablettracker_backups.display import local_time
+    from tablettracker_backups.web.charts import MAX_POINTS, Series, size_chart
 
-    assert "No backups yet" in size_chart([Series("s", "a", [])])
+    assert "No backups yet" in size_chart([Series("s", "a", [])], label=local_time)
     moment = datetime(2026, 11, 25, 8, 0, tzinfo=timezone.utc)
-    one = size_chart([Series("<script>", 'x"y', [(moment, 1000.0)])])
+    one = size_chart([Series("<script>", 'x"y', [(moment, 1000.0)])], label=local_time)
     assert "<svg" in one and "<script>" not in one and "&lt;script&gt;" in one
     assert 'x"y' not in one
     week = [(moment - timedelta(days=d), 1000.0 + d) for d in range(7)]
-    chart = size_chart([Series("stored size", "ttb-stored", week)])
+    chart = size_chart([Series("stored size", "ttb-stored", week)], label=local_time)
     assert chart.count("<circle") == 7 and "<polyline" in chart
-    assert "2026-11-19" in chart and "2026-11-25" in chart  # first and last day labelled
+    # First and last moment labelled in the pages' one time format, with the UTC time for the
+    # script that shows the reader's zone.
+    first, last = moment - timedelta(days=6), moment
+    assert local_time(first) in chart and local_time(last) in chart
+    assert (
+        'data-ttb-utc="2026-11-19T08:00:00Z"' in chart
+        and 'data-ttb-utc="2026-11-25T08:00:00Z"' in chart
+    )
+    # A thousand backups draw no more points than a hundred and twenty, spikes kept.
+    many = [
+        (moment - timedelta(hours=h), 1000.0 + (5000.0 if h == 500 else 0.0)) for h in range(1000)
+    ]
+    big = size_chart([Series("stored size", "ttb-stored", many)], label=local_time)
+    assert "<circle" not in big
+    polyline = big.split('points="')[1].split('"')[0]
+    assert len(polyline.split()) <= MAX_POINTS
+    assert min(float(xy.split(",")[1]) for xy in polyline.split()) < 60  # the spike's height
 
 
 def test_task_endpoint_exempt_when_csrfprotect_comes_after(
@@ -724,3 +973,279 @@ def test_a_killed_worker_is_reported_and_releases_the_lock(
     response = admin_client.post(f"{P}/backup-now", data={"csrf_token": token})
     assert response.status_code == 303
     assert wait_for_job(settings, response.location.rsplit("/", 1)[1]).state == "done"
+
+
+# -- what an admin sees (issue 12) ------------------------------------------------------------
+
+
+def test_every_state_has_a_css_rule() -> None:
+    """The pages' class names come from the states' values; each must be styled."""
+    from tablettracker_backups.states import CopyStatus, Level, OffsiteStatus, TableChange
+    from tablettracker_backups.web.resources import resource_dir
+
+    css = (resource_dir("static") / "backups.css").read_text()
+    for states in (Level, CopyStatus, OffsiteStatus, TableChange):
+        for state in states:
+            if states is CopyStatus and state == CopyStatus.OK:
+                continue  # the plain .ttb-copy look is the ok look
+            if states is OffsiteStatus and state == OffsiteStatus.OK:
+                continue
+            assert f".{state.css_class}" in css, state.css_class
+
+
+def _reshape_live(settings: Settings) -> None:
+    """Change the live database after a backup: fewer rows, a new table, a dropped one."""
+    conn = sqlite3.connect(settings.database)
+    with conn:
+        conn.execute("DELETE FROM count_sessions WHERE id <= 300")
+        conn.execute("DELETE FROM employees WHERE username = 'staff'")
+        conn.execute("CREATE TABLE scratch (x)")
+        conn.executemany("INSERT INTO scratch VALUES (?)", [(n,) for n in range(7)])
+        conn.execute("DROP TABLE tablet_types")
+    conn.close()
+
+
+def test_restore_preview_says_what_happens_biggest_first(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    settings = settings_of(demo_app)
+    with sqlite3.connect(settings.database) as conn:
+        sessions = conn.execute("SELECT count(*) FROM count_sessions").fetchone()[0]
+    _reshape_live(settings)
+    html = admin_client.get(f"{P}/backups/{backup_id}/restore").get_data(as_text=True)
+    rows = re.findall(r'<tr class="([^"]*)" data-table="([^"]+)">(.*?)</tr>', html, re.S)
+    by_name = {name: (classes, body) for classes, name, body in rows}
+    assert "will be dropped (7 rows now)" in by_name["scratch"][1]
+    assert "ttb-table-removed" in by_name["scratch"][0]
+    assert "will be brought back (6 rows)" in by_name["tablet_types"][1]
+    assert "ttb-table-added" in by_name["tablet_types"][0]
+    assert f"rows: {sessions - 300:,} → {sessions:,}" in by_name["count_sessions"][1]
+    # The biggest change comes first and stands out; small ones do not.
+    assert rows[0][1] == "count_sessions" and "ttb-big" in rows[0][0]
+    assert "ttb-big" not in by_name["employees"][0] and "ttb-big" not in by_name["scratch"][0]
+    assert "removed" not in re.sub(r'class="[^"]*"', "", html.split("<h2>What happens")[1])
+    # Tables the restore leaves at the same row count are one line, not rows to read through.
+    assert "po_lines" not in by_name and "po_lines" in html.split("data-ttb-same")[1]
+
+
+def _damage(settings: Settings, backup_id: str) -> None:
+    """Flip a byte of the stored file and verify it, as run or verify would find it."""
+    from tablettracker_backups.verify import verify_backup
+    from tests.conftest import flip_byte
+
+    store = BackupStore(settings)
+    flip_byte(store.data_path("primary", backup_id, settings.compression))
+    assert not verify_backup(store, backup_id).ok
+
+
+def test_a_damaged_backup_is_not_offered_for_restore(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    settings = settings_of(demo_app)
+    sound = create_backup(settings, trigger="test").metadata.id
+    _damage(settings, backup_id)
+    restore_url = f"{P}/backups/{backup_id}/restore"
+    listing = admin_client.get(f"{P}/backups").get_data(as_text=True)
+    assert f'href="{restore_url}"' not in listing
+    assert f'href="{P}/backups/{sound}/restore"' in listing
+    detail = admin_client.get(f"{P}/backups/{backup_id}").get_data(as_text=True)
+    assert "data-ttb-damaged" in detail and f'href="{restore_url}"' not in detail
+    assert f'href="{P}/backups/{sound}"' in detail  # the sound one is offered instead
+    page = admin_client.get(restore_url)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and "known to be damaged" in html
+    assert 'name="confirm"' not in html
+    # A form from before the damage was found: refused, nothing restored, no job started.
+    token = csrf_from(admin_client.get(f"{P}/").get_data(as_text=True))
+    before = _supplier(settings)
+    _set_supplier(settings, "Changed")
+    response = admin_client.post(restore_url, data={"csrf_token": token, "confirm": backup_id})
+    assert response.status_code == 409 and "Nothing was restored" in response.get_data(as_text=True)
+    assert _supplier(settings) == "Changed" != before
+    assert not jobs_dir(settings).exists() or not list(jobs_dir(settings).glob("*.json"))
+
+
+def test_restore_is_a_destructive_secondary_action(
+    admin_client: FlaskClient, backup_id: str
+) -> None:
+    for url in (f"{P}/backups/{backup_id}", f"{P}/backups"):
+        html = admin_client.get(url).get_data(as_text=True)
+        link = re.search(rf'<a class="([^"]+)" href="{P}/backups/{backup_id}/restore"', html)
+        assert link and "ttb-destructive" in link.group(1) and "ttb-primary" not in link.group(1)
+        actions = html.split('class="ttb-row-actions">')[-1] if url.endswith("backups") else html
+        assert actions.index("Verify") < actions.index("Download") < actions.index("Restore")
+
+
+def test_list_filters_by_kind_jumps_to_a_date_and_counts(
+    demo_app: Flask, admin_client: FlaskClient
+) -> None:
+    from tests.conftest import backdate
+
+    settings = settings_of(demo_app)
+    ids = []
+    for day in range(25):
+        kind = "manual" if day % 5 == 0 else "scheduled"
+        backup = create_backup(settings, kind=kind, trigger="test").metadata.id
+        backdate(settings, backup, timedelta(days=day, hours=1))
+        ids.append(backup)
+    html = admin_client.get(f"{P}/backups").get_data(as_text=True)
+    assert "1\N{EN DASH}20 of 25 backups · page 1 of 2" in html
+    assert '<option value="manual">manual (5)</option>' in html
+    # Reasons are short chips; the full text is in the title.
+    assert '<span class="ttb-chip" title="daily ' in html and ">day</span>" in html
+    manual = admin_client.get(f"{P}/backups?kind=manual").get_data(as_text=True)
+    listed = re.findall(r'data-backup-id="([^"]+)"', manual)
+    assert listed == [ids[d] for d in range(0, 25, 5)]
+    assert "1\N{EN DASH}5 of 5 manual backups (25 in all)" in manual
+    assert admin_client.get(f"{P}/backups?kind=pinned").status_code == 404
+    # Jump to a date: the page holding the newest backup of that day (or before), marked.
+    info = BackupStore(settings).get(ids[22])
+    day = info.created_at.astimezone(timezone.utc).date().isoformat()
+    jumped = admin_client.get(f"{P}/backups?date={day}&tz=0").get_data(as_text=True)
+    assert "page 2 of 2" in jumped
+    assert re.search(rf'<tr id="b-{ids[22]}" class="[^"]*ttb-target', jumped)
+    assert admin_client.get(f"{P}/backups?date=not-a-date").status_code == 200
+
+
+def test_dashboard_says_no_scheduled_run_yet_with_the_command(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    from tablettracker_backups.status import record_run
+    from tests.conftest import backdate
+
+    settings = settings_of(demo_app)
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "Everything is fine" not in html
+    note = html.split('data-ttb-schedule="none"')[1].split("</div>")[0]
+    assert "No scheduled run yet" in note
+    assert f"tablettracker-backups init --database {settings.database}" in note
+    assert "ttb-info" in html.split('data-ttb-schedule="none"')[0][-60:]  # a note, for now
+    backdate(settings, backup_id, timedelta(hours=2))  # one interval (1h) and more has passed
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "ttb-warning" in html.split('data-ttb-schedule="none"')[0][-60:]
+    assert "no scheduled run yet" in html and "ttb-badge ttb-warning" in html
+    record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
+    create_backup(settings, trigger="test")
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "No scheduled run yet" not in html and "last ran" in html
+
+
+def test_audit_log_has_every_face_in_words_with_links(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    settings = settings_of(demo_app)
+    runner = demo_app.test_cli_runner()
+    taken = runner.invoke(args=["backups", "backup", "--json"])
+    assert taken.exit_code == 0, taken.output
+    cli_id = json.loads(taken.output)["id"]
+    assert runner.invoke(args=["backups", "verify", cli_id]).exit_code == 0
+    runner.invoke(args=["backups", "run"])  # the scheduled task's command (exit 1: no secondary)
+    token = demo_app.config["BACKUPS_TASK_TOKEN"]
+    task = demo_app.test_client().post(
+        "/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert task.status_code == 200
+    entries = audit.read_entries(settings)
+    faces = {(e.action, e.details.get("via")) for e in entries}
+    assert {("backup", "cli"), ("verify", "cli"), ("run", "cli"), ("run", "http")} <= faces
+    assert all(e.actor.endswith("(command line)") for e in entries if e.details.get("via") == "cli")
+    html = admin_client.get(f"{P}/audit").get_data(as_text=True)
+    table = html.split("<tbody>")[1]
+    assert "{" not in table and "'via'" not in table, "details must be words, not dicts"
+    assert "from the command line" in table and "through the scheduled-task URL" in table
+    assert f'<a class="ttb-id" href="{P}/backups/{cli_id}">{cli_id}</a>' in table
+
+
+def test_dashboard_names_the_backup_the_live_database_came_from(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    from tablettracker_backups.restore import restore_backup
+
+    settings = settings_of(demo_app)
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "never restored from these backups" in html
+    result = restore_backup(settings, backup_id, actor="ada")
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    fact = html.split("data-ttb-last-restore>")[1].split("</dd>")[0]
+    assert f'restored from <a class="ttb-id" href="{P}/backups/{backup_id}">' in fact
+    assert "by ada" in fact and str(result.safety_snapshot_id) in fact and "<time" in fact
+
+
+def test_times_are_one_format_with_the_zone_named(
+    demo_app: Flask, admin_client: FlaskClient, backup_id: str
+) -> None:
+    from tablettracker_backups.display import local_time
+
+    info = BackupStore(settings_of(demo_app)).get(backup_id)
+    shown = local_time(info.created_at)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \S+", shown)  # the zone is named
+    for url in (f"{P}/", f"{P}/backups", f"{P}/backups/{backup_id}"):
+        html = admin_client.get(url).get_data(as_text=True)
+        assert shown in html, url
+    dashboard = admin_client.get(f"{P}/").get_data(as_text=True)
+    chart = dashboard.split('<svg class="ttb-chart"')[1]
+    assert f'data-ttb-utc="{info.created_at:%Y-%m-%dT%H:%M:%SZ}">{shown}</text>' in chart
+
+
+# -- page loads read no backup data -----------------------------------------------------------
+
+#: Files opened and SQLite databases connected to while a test watches (an audit hook sees
+#: every open() and os.open() of this process, and every sqlite3.connect).
+_WATCHED: list[str] | None = None
+
+
+def _watch(event: str, args: tuple[Any, ...]) -> None:
+    if _WATCHED is None or event not in ("open", "sqlite3.connect"):
+        return
+    target = args[0] if args else None
+    if isinstance(target, str | bytes | os.PathLike):
+        _WATCHED.append(f"{event} {os.fsdecode(target)}")
+
+
+sys.addaudithook(_watch)  # hooks cannot be removed; it does nothing unless a test watches
+
+
+def test_page_loads_read_no_backup_data(make_host: Callable[..., Flask]) -> None:
+    """Hashing belongs to run and verify: a page load must not open a backup's data file, and
+    (but for the restore preview, which counts the live rows) not the live database either.
+
+    A minimal host, so that every file the request opens is the blueprint's doing (the demo
+    app loads its users from the live database on every request)."""
+    global _WATCHED
+    app = make_host()
+    admin_client = host_login(app, "admin")
+    settings = settings_of(app)
+    backup_id = create_backup(settings, trigger="test").metadata.id
+    create_backup(settings, trigger="test")
+    _damage(settings, backup_id)  # a damaged one too, as the pages must show it
+    assert app.test_cli_runner().invoke(args=["backups", "health"]).exit_code in (1, 2)
+    store = BackupStore(settings)
+    data_files = {
+        str(store.data_path(location, info.id, settings.compression))
+        for info in store.list()
+        for location in store.locations
+    }
+    assert len(data_files) >= 2
+    pages = [url for url in get_pages(backup_id) if not url.endswith("/restore")]
+    pages += [f"{P}/backups?kind=manual", f"{P}/backups?date=2026-01-01"]
+    _WATCHED = []
+    try:
+        for url in pages:
+            response = admin_client.get(url)
+            assert response.status_code == 200, url
+            response.close()
+        during_pages = list(_WATCHED)
+        _WATCHED.clear()
+        preview = admin_client.get(f"{P}/backups/{backup_id}/restore")
+        assert preview.status_code == 200
+        during_preview = list(_WATCHED)
+    finally:
+        _WATCHED = None
+    assert any(p.endswith(".json") for p in during_pages), "the hook must see the pages' reads"
+    assert not [p for p in during_pages if p.split(" ", 1)[1] in data_files]
+    assert not [p for p in during_pages if p.startswith("sqlite3.connect")]
+    assert not [p for p in during_pages if p.split(" ", 1)[1] == str(settings.database)]
+    assert not [p for p in during_preview if p.split(" ", 1)[1] in data_files]
+    # What the last full check found is still shown, with when it ran.
+    html = admin_client.get(f"{P}/").get_data(as_text=True)
+    assert "data-ttb-data-checked" in html

@@ -199,7 +199,20 @@ def edit_order(po_id: int) -> ResponseReturnValue:
 
 
 def _safe_next(target: str | None) -> str:
-    if target and target.startswith("/") and not target.startswith("//"):
+    r"""``target`` if it is a path on this site, else the index.
+
+    Browsers read a backslash as a slash and drop tabs and newlines inside a URL, so ``/\x``
+    and ``/<tab>/x`` both mean ``//x``: another host. Refuse any of them here rather than rely on
+    the redirect's escaping.
+    """
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith("//")
+        and "\\" not in target
+        and target.isprintable()
+        and not any(ch.isspace() for ch in target)
+    ):
         parts = urlsplit(target)
         if not parts.scheme and not parts.netloc:
             return target

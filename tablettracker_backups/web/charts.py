@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 
 from markupsafe import Markup, escape
 
@@ -20,17 +20,55 @@ class Series:
     points: Sequence[tuple[datetime, float]]
 
 
-def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220) -> Markup:
-    """An SVG chart of byte sizes over time; an explanatory note when there is no data."""
-    points = [p for s in series for p in s.points]
+#: More points than this per line are thinned out: a 480-unit-wide plot cannot show them, and
+#: a page with 1,000 backups must not grow with every one of them.
+MAX_POINTS = 120
+#: Dots are drawn only up to this many points; beyond, the line alone reads better.
+MAX_DOTS = 60
+
+
+def thin(
+    points: Sequence[tuple[datetime, float]], limit: int = MAX_POINTS
+) -> list[tuple[datetime, float]]:
+    """At most ``limit`` points, in time order: the largest value of each of ``limit`` equal
+    runs (so a spike stays visible), the newest point always included."""
+    ordered = sorted(points)
+    if len(ordered) <= limit:
+        return ordered
+    size = len(ordered) / limit
+    runs = [ordered[int(i * size) : int((i + 1) * size)] for i in range(limit)]
+    kept = [max(run, key=lambda p: p[1]) for run in runs if run]
+    if kept[-1] != ordered[-1]:
+        kept[-1] = ordered[-1]
+    return kept
+
+
+def _utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def size_chart(
+    series: Sequence[Series],
+    *,
+    label: Callable[[datetime], str],
+    width: int = 480,
+    height: int = 200,
+) -> Markup:
+    """An SVG chart of byte sizes over time; an explanatory note when there is no data.
+
+    ``label`` writes a moment for the time axis (the pages' one time format); each label also
+    carries its UTC time in ``data-ttb-utc``, so the pages' script can show the browser's zone,
+    as it does for every other time.
+    """
+    lines = [Series(s.label, s.css_class, thin(s.points)) for s in series]
+    points = [p for s in lines for p in s.points]
     if len(points) < 1:
         return Markup('<p class="ttb-muted">No backups yet, so nothing to chart.</p>')
     # The legend sits in the top margin, above the plot, so it never covers a line.
-    left, right, top, bottom = 70, 12, 30, 36
+    left, right, top, bottom = 64, 14, 30, 34
     plot_w, plot_h = width - left - right, height - top - bottom
-    t0 = min(p[0] for p in points).timestamp()
-    t1 = max(p[0] for p in points).timestamp()
-    span = t1 - t0
+    first, last = min(p[0] for p in points), max(p[0] for p in points)
+    t0, span = first.timestamp(), last.timestamp() - first.timestamp()
     vmax = max(max(p[1] for p in points), 1.0) * 1.1
 
     def x(moment: datetime) -> float:
@@ -54,35 +92,30 @@ def size_chart(series: Sequence[Series], *, width: int = 640, height: int = 220)
             f'<text class="ttb-tick" x="{left - 6}" y="{y(value) + 4:.1f}" text-anchor="end">'
             f"{escape(human_size(value))}</text>"
         )
-    first, last = min(p[0] for p in points), max(p[0] for p in points)
-    if span < 3600:
-        # Everything within the hour (a fresh install): one label, or the two would collide.
-        text = first.astimezone().strftime("%Y-%m-%d %H:%M:%S")
-        if span >= 1:
-            text += " to " + last.astimezone().strftime("%H:%M:%S")
-        ticks = [(left + plot_w / 2, "middle", text)]
-    else:
-        ticks = [
-            (x(first), "start", first.astimezone().strftime("%Y-%m-%d %H:%M")),
-            (x(last), "end", last.astimezone().strftime("%Y-%m-%d %H:%M")),
-        ]
-    for position, anchor, label in ticks:
+    # Everything within the hour (a fresh install): one label, or the two would collide.
+    ticks = (
+        [(left, "start", first)]
+        if span < 3600
+        else [(left, "start", first), (left + plot_w, "end", last)]
+    )
+    for position, anchor, moment in ticks:
         parts.append(
-            f'<text class="ttb-tick" x="{position:.1f}" y="{height - 14}" '
-            f'text-anchor="{anchor}">{escape(label)}</text>'
+            f'<text class="ttb-tick" x="{position:.1f}" y="{height - 12}" text-anchor="{anchor}" '
+            f'data-ttb-utc="{_utc(moment)}">{escape(label(moment))}</text>'
         )
-    for index, one in enumerate(series):
-        ordered = sorted(one.points)
+    for index, one in enumerate(lines):
         css = escape(one.css_class)
-        if len(ordered) > 1:
-            coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in ordered)
+        if len(one.points) > 1:
+            coords = " ".join(f"{x(t):.1f},{y(v):.1f}" for t, v in one.points)
             parts.append(f'<polyline class="ttb-line {css}" points="{coords}"/>')
-        for t, v in ordered:
-            parts.append(
-                f'<circle class="ttb-dot {css}" cx="{x(t):.1f}" cy="{y(v):.1f}" r="3">'
-                f"<title>{escape(one.label)}: {escape(human_size(v))}</title></circle>"
-            )
-        legend_x = left + 10 + index * 170
+        if len(one.points) <= MAX_DOTS:
+            for t, v in one.points:
+                parts.append(
+                    f'<circle class="ttb-dot {css}" cx="{x(t):.1f}" cy="{y(v):.1f}" r="3">'
+                    f"<title>{escape(one.label)}: {escape(human_size(v))}, "
+                    f"{escape(label(t))}</title></circle>"
+                )
+        legend_x = left + index * 170
         parts.append(
             f'<rect class="ttb-key {css}" x="{legend_x}" y="6" width="12" height="12"/>'
             f'<text class="ttb-legend" x="{legend_x + 18}" y="16">{escape(one.label)}</text>'

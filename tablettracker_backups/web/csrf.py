@@ -12,10 +12,28 @@ import hmac
 import secrets
 from typing import Any
 
-from flask import abort, current_app, request, session
+from flask import current_app, request, session
+from werkzeug.exceptions import BadRequest
 
 SESSION_KEY = "_tablettracker_backups_csrf"
 FIELD = "csrf_token"
+
+
+class CSRFTokenError(BadRequest):
+    """A POST without the form's token, or with a wrong or expired one (HTTP 400)."""
+
+    description = "The form's security token is missing or expired."
+
+
+def is_token_failure(error: BaseException) -> bool:
+    """Whether a 400 was a refused form token (ours, or Flask-WTF's ``CSRFError``)."""
+    if isinstance(error, CSRFTokenError):
+        return True
+    try:
+        from flask_wtf.csrf import CSRFError
+    except ImportError:  # Flask-WTF is optional
+        return False
+    return isinstance(error, CSRFError)
 
 
 def _flask_wtf() -> Any | None:
@@ -63,4 +81,4 @@ def protect() -> None:
         or not given
         or not hmac.compare_digest(given.encode(), expected.encode())
     ):
-        abort(400, description="The form's security token is missing or expired. Reload the page.")
+        raise CSRFTokenError()

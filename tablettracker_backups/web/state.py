@@ -7,12 +7,13 @@ state, do not import each other.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from flask import current_app
 
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import ListingCache
 
 EXTENSION_KEY = "tablettracker_backups"
 
@@ -33,6 +34,8 @@ class BackupState:
     task_token: str | None
     base_template: str
     task_url: str
+    #: The folders' listing, reused by page loads while the folders are unchanged.
+    listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
 
 
 def get_state() -> BackupState:

@@ -17,6 +17,7 @@ from tablettracker_backups import audit
 from tablettracker_backups.errors import BackupError, LockedError
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.state import get_state
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ TASK_BLUEPRINT = "tablettracker_backups_task"
 def create_task_blueprint(task_url: str) -> Blueprint:
     """The token-authenticated scheduled-task endpoint (no session, no CSRF)."""
     bp = Blueprint(TASK_BLUEPRINT, __name__)
+    bp.after_request(security_headers)
     bp.add_url_rule(task_url, "run", task_run, methods=["POST"])
     return bp
 

@@ -1,17 +1,21 @@
-"""The admin pages and the scheduled-task endpoint: thin faces over the core.
+"""The admin pages: thin faces over the core (the task endpoint is :mod:`.tasks`).
 
 Every page is for admins only (anonymous users go to the host's login page, other users get
 403); every state change is a POST with a CSRF token and leaves an audit-log entry with the
-user. Long actions (back up, verify, restore) are handed to a detached worker process through
-:mod:`tablettracker_backups.jobs`, and the person watches a job page until it is done.
+user; no other method changes anything. Long actions (back up, verify, restore) are handed to
+a detached worker process through :mod:`tablettracker_backups.jobs`, and the person watches a
+job page until it is done. A page load reads no backup data: listings come through the app's
+listing cache, and what hashing found comes from the last ``run`` or ``health``.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from collections import Counter
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import (
     Blueprint,
@@ -24,12 +28,15 @@ from flask import (
     render_template,
     request,
     send_file,
+    session,
     url_for,
 )
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
+from werkzeug.exceptions import HTTPException
 
 from tablettracker_backups import audit
+from tablettracker_backups.bootstrap import setup_command
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
     BackupError,
@@ -40,17 +47,20 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.health import check_health
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.metadata import parse_utc, validate_backup_id
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
-from tablettracker_backups.store import BackupStore
-from tablettracker_backups.web import csrf, tasks
+from tablettracker_backups.status import read_status
+from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
+from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.resources import resource_dir
 from tablettracker_backups.web.state import BackupState, get_state
+from tablettracker_backups.web.wording import biggest_changes
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +68,8 @@ BLUEPRINT = "tablettracker_backups"
 PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
+#: HTTP errors shown as the blueprint's own page (401 stays the host's login handling).
+ERROR_CODES = (400, 403, 404, 409)
 
 
 def create_blueprint() -> Blueprint:
@@ -72,19 +84,28 @@ def create_blueprint() -> Blueprint:
         static_url_path="/_static",
     )
     bp.before_request(_guard)
+    bp.after_request(security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
+    for code in ERROR_CODES:
+        bp.register_error_handler(code, _http_error)
     bp.add_url_rule("/", "dashboard", dashboard)
     bp.add_url_rule("/backups", "backups", backup_list)
     bp.add_url_rule("/backups/<backup_id>", "detail", detail)
     bp.add_url_rule("/backups/<backup_id>/download", "download", download, methods=["POST"])
     bp.add_url_rule("/backups/<backup_id>/verify", "verify", verify_one, methods=["POST"])
+    # A page that previews an action and the action itself are separate rules: Flask answers
+    # HEAD (and OPTIONS) on every GET rule, and CSRF checks skip HEAD, so a view that served
+    # both would run its POST branch for a HEAD with a form body (issue 12). This way only a
+    # POST can ever reach code that changes something.
+    bp.add_url_rule("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
     bp.add_url_rule(
-        "/backups/<backup_id>/restore", "restore", restore_page, methods=["GET", "POST"]
+        "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
     )
     bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
     bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
-    bp.add_url_rule("/prune", "prune", prune_page, methods=["GET", "POST"])
+    bp.add_url_rule("/prune", "prune", prune_page, methods=["GET"])
+    bp.add_url_rule("/prune", "prune_confirm", prune_confirm, methods=["POST"])
     bp.add_url_rule("/jobs/<job_id>", "job", job_page)
     bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
     bp.add_url_rule("/audit", "audit", audit_page)
@@ -136,6 +157,12 @@ def _settings() -> Settings:
     return get_state().settings
 
 
+def _store() -> BackupStore:
+    """The backup folders, with the app's listing cache (pages list on every load)."""
+    state = get_state()
+    return BackupStore(state.settings, cache=state.listing)
+
+
 def _template_context() -> dict[str, Any]:
     state: BackupState = get_state()
     return {
@@ -146,6 +173,14 @@ def _template_context() -> dict[str, Any]:
         "ttb_age": human_age,
         "ttb_size": human_size,
         "ttb_utc": _utc_attribute,
+        "ttb_chip": wording.reason_chip,
+        "ttb_change": wording.table_change,
+        "ttb_facts": wording.audit_facts,
+        "ttb_action": wording.action_name,
+        "ttb_kind": lambda kind: wording.KIND_NAMES.get(kind, kind),
+        "ttb_links": lambda text: wording.link_ids(
+            text, lambda backup_id: url_for(f"{BLUEPRINT}.detail", backup_id=backup_id)
+        ),
     }
 
 
@@ -171,8 +206,50 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
         except BackupError:
             active = None
     return render_template(
-        "tablettracker_backups/error.html", message=str(exc), status=status, active=active
+        "tablettracker_backups/error.html",
+        message=str(exc),
+        status=status,
+        active=active,
+        expired=False,
+        back=_same_site_referrer(),
+        admin=True,
     ), status
+
+
+def _http_error(exc: HTTPException) -> ResponseReturnValue:
+    """An HTTP error as a page in the blueprint's layout, with a way back."""
+    status = exc.code or 500
+    expired = status == 400 and csrf.is_token_failure(exc)
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=status,
+        message=exc.description if not expired else None,
+        expired=expired,
+        back=_same_site_referrer(),
+        # A non-admin (403) or anonymous visitor must not be shown the admin navigation.
+        admin=_is_admin(),
+        active=None,
+    ), status
+
+
+def _is_admin() -> bool:
+    return bool(
+        current_user.is_authenticated and get_state().is_admin(current_user._get_current_object())
+    )
+
+
+def _same_site_referrer() -> str | None:
+    """The page the person came from, if it is on this site (for "go back" and "reload")."""
+    referrer = request.referrer
+    if not referrer:
+        return None
+    parts = urlsplit(referrer)
+    if parts.netloc != request.host or parts.scheme not in ("http", "https"):
+        return None
+    path = parts.path or "/"
+    if not path.startswith("/") or path.startswith("//") or "\\" in path:
+        return None
+    return path + (f"?{parts.query}" if parts.query else "")
 
 
 def _backup_id(value: str) -> str:
@@ -184,76 +261,156 @@ def _backup_id(value: str) -> str:
 
 
 def dashboard() -> ResponseReturnValue:
-    """Health, newest backups, next run, disk, copies agreeing, and the size chart."""
+    """Health, newest backups, the scheduled run, disk, copies agreeing, and the size chart."""
     settings = _settings()
-    report = check_health(settings)
-    infos = BackupStore(settings).list()
-    with_meta = [i for i in infos if i.metadata is not None]
-    chart = size_chart(
-        [
-            Series(
-                "stored size",
-                "ttb-stored",
-                [(i.created_at, float(i.metadata.stored_size)) for i in with_meta if i.metadata],
-            ),
-            Series(
-                "database size",
-                "ttb-raw",
-                [(i.created_at, float(i.metadata.raw_size)) for i in with_meta if i.metadata],
-            ),
-        ]
-    )
-    disagree = [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)]
+    store = _store()
+    # Light: no hashing, no reading the live database; those results come from the last run.
+    report = check_health(settings, store=store, read_data=False)
+    infos = store.list()
+    status = read_status(settings)
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
         settings=settings,
-        chart=chart,
-        backups=infos,
-        disagree=disagree,
+        summary=store.memo(("dashboard",), lambda: _summary(infos)),
+        last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
+        last_restore=_last_restore(status),
+        setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
     )
 
 
+def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
+    """What the dashboard shows about all backups (computed once per listing)."""
+    with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
+    return {
+        "count": len(infos),
+        "chart": size_chart(
+            [
+                Series(
+                    "stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]
+                ),
+                Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
+            ],
+            label=local_time,
+        ),
+        "disagree": [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)][:5],
+        "disagree_count": sum(any(c.state != CopyStatus.OK for c in i.copies) for i in infos),
+        "last_verified": max(
+            (i for i in infos if i.metadata is not None),
+            key=lambda i: i.metadata.verification.verified_at,  # type: ignore[union-attr]
+            default=None,
+        ),
+    }
+
+
+def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
+    """Which backup the live database was last restored from, as the restore noted it."""
+    noted = status.get("last_restore")
+    if not isinstance(noted, dict):
+        return None
+    try:
+        return {
+            **noted,
+            "backup_id": validate_backup_id(noted.get("backup_id")),
+            "at": parse_utc(noted.get("at"), "at"),
+        }
+    except BackupError:
+        return None
+
+
+#: The list's filter: kind on the page -> kind in the metadata.
+KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-restore"}
+
+
 def backup_list() -> ResponseReturnValue:
-    """Every backup, newest first, paginated, with why each is kept and its copies."""
-    store = BackupStore(_settings())
+    """Every backup, newest first, paginated; filter by kind, jump to a date."""
+    store = _store()
     infos = store.list()
-    pages = max(1, math.ceil(len(infos) / PER_PAGE))
+    kind = request.args.get("kind", "")
+    if kind and kind not in KIND_FILTERS:
+        abort(404)
+    shown = (
+        store.memo(("kind", kind), lambda: [i for i in infos if i.kind == KIND_FILTERS[kind]])
+        if kind
+        else infos
+    )
+    pages = max(1, math.ceil(len(shown) / PER_PAGE))
     page = request.args.get("page", 1, type=int)
+    day = _day(request.args.get("date", ""))
+    target: str | None = None
+    if day is not None:
+        # The newest backup taken on that day or before it: its page, and it is marked.
+        offset = _utc_offset(request.args.get("tz", ""))
+        target = next((i.id for i in shown if _local_date(i.created_at, offset) <= day), None)
+        if target is not None:
+            page = next(n for n, i in enumerate(shown) if i.id == target) // PER_PAGE + 1
     if page is None or page < 1 or page > pages:
         abort(404)
-    plan = plan_for_store(store)
-    shown = infos[(page - 1) * PER_PAGE : page * PER_PAGE]
+    first = (page - 1) * PER_PAGE
     return render_template(
         "tablettracker_backups/list.html",
-        backups=shown,
+        backups=shown[first : first + PER_PAGE],
+        first=first + 1,
         # Offsite copy per backup, from the local offsite record (no network).
-        offsite=copy_states(store.settings, infos),
-        plan=plan,
+        offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
+        plan=plan_for_store(store),
         page=page,
         pages=pages,
         total=len(infos),
-        locations=list(store.locations),
+        matching=len(shown),
+        by_kind=store.memo(("kinds",), lambda: Counter(i.kind for i in infos)),
+        kind=kind,
+        kinds=KIND_FILTERS,
+        day=day,
+        target=target,
         active=jobs.active_job(store.settings),
     )
 
 
+def _day(text: str) -> date | None:
+    try:
+        return date.fromisoformat(text) if text else None
+    except ValueError:
+        return None
+
+
+def _utc_offset(text: str) -> timedelta | None:
+    """The browser's offset from UTC in minutes (the list's script sends it), if sane."""
+    try:
+        minutes = int(text)
+    except ValueError:
+        return None
+    return timedelta(minutes=minutes) if -18 * 60 <= minutes <= 18 * 60 else None
+
+
+def _local_date(moment: datetime, offset: timedelta | None) -> date:
+    if offset is None:
+        return moment.astimezone().date()  # the server's zone, as the pages show without JS
+    return (moment.astimezone(timezone.utc) + offset).date()
+
+
 def detail(backup_id: str) -> ResponseReturnValue:
-    """One backup's metadata, copies and per-table row counts."""
-    store = BackupStore(_settings())
+    """One backup's metadata, copies, why it is kept, and per-table row counts."""
+    store = _store()
     info = store.get(_backup_id(backup_id))
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
-        offsite=copy_states(store.settings, store.list()),
+        offsite=copy_states(store.settings, [info]),
         reasons=plan_for_store(store).reasons(info.id),
+        newest_verified=_newest_verified(store, info.id),
     )
 
 
+def _newest_verified(store: BackupStore, other_than: str) -> str | None:
+    """A backup to offer instead of a damaged one."""
+    return next((i.id for i in store.list() if i.verified and i.id != other_than), None)
+
+
 def audit_page() -> ResponseReturnValue:
-    """Who did what, when, with what result."""
+    """Who did what, when, with what result: the one log every face writes."""
     return render_template(
         "tablettracker_backups/audit.html", entries=audit.read_entries(_settings(), limit=500)
     )
@@ -288,7 +445,7 @@ def backup_now() -> ResponseReturnValue:
 def verify_one(backup_id: str) -> ResponseReturnValue:
     """Fully verify one backup in a worker process."""
     backup_id = _backup_id(backup_id)
-    BackupStore(_settings()).get(backup_id)
+    _store().get(backup_id)
     return _start("verify", {"id": backup_id})
 
 
@@ -298,11 +455,25 @@ def verify_all() -> ResponseReturnValue:
 
 
 def prune_page() -> ResponseReturnValue:
-    """GET: what prune would delete. POST: delete exactly that, or refuse if it changed."""
+    """What prune would delete (changes nothing); after a prune, also what it deleted."""
+    return render_template(
+        "tablettracker_backups/prune.html",
+        plan=plan_for_store(_store()),
+        result=session.pop(PRUNED_KEY, None),
+    )
+
+
+#: Where the prune action leaves its result for the page it redirects to (post/redirect/get).
+PRUNED_KEY = "_tablettracker_backups_pruned"
+#: Ids kept in the session for that page: a cookie is small; the audit log has them all.
+PRUNED_SHOWN = 30
+
+
+def prune_confirm() -> ResponseReturnValue:
+    """Delete exactly what the preview showed, or refuse (409) if that changed; then send the
+    browser to the prune page, so reloading the result does not post again."""
     settings = _settings()
-    store = BackupStore(settings)
-    if request.method == "GET":
-        return render_template("tablettracker_backups/prune.html", plan=plan_for_store(store))
+    store = BackupStore(settings)  # what gets deleted is decided on a fresh listing
     expected = set(filter(None, request.form.get("expect", "").split(",")))
     with operation_lock(settings):
         plan = plan_for_store(store)
@@ -315,22 +486,25 @@ def prune_page() -> ResponseReturnValue:
                 changed=True,
             ), 409
         result = prune(store)
-    message = f"pruned {len(result.deleted)} backup(s)"
     audit.record(
         settings,
         action="prune",
         actor=_actor(),
         ok=True,
-        message=message,
+        message=f"pruned {len(result.deleted)} backup(s)",
         details={"via": "web", "deleted": list(result.deleted)},
     )
-    return render_template("tablettracker_backups/prune.html", plan=plan, result=result)
+    session[PRUNED_KEY] = {
+        "count": len(result.deleted),
+        "ids": list(result.deleted[:PRUNED_SHOWN]),
+    }
+    return redirect(url_for(f"{BLUEPRINT}.prune"), code=303)
 
 
 def download(backup_id: str) -> ResponseReturnValue:
     """Stream the stored (compressed) file of a backup; primary copy preferred."""
     settings = _settings()
-    store = BackupStore(settings)
+    store = _store()
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
     location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
@@ -358,28 +532,51 @@ def download(backup_id: str) -> ResponseReturnValue:
 
 
 def restore_page(backup_id: str) -> ResponseReturnValue:
-    """GET: the differences a restore would make, and the typed confirmation.
+    """The differences a restore would make, and the typed confirmation (changes nothing)."""
+    return _restore_form(_backup_id(backup_id), error=None)
 
-    POST: with the backup id or ``RESTORE`` typed in, restore in a worker process (which first
+
+def restore_confirm(backup_id: str) -> ResponseReturnValue:
+    """With the backup id or ``RESTORE`` typed in, restore in a worker process (which first
     takes a safety snapshot of the live database, so the restore can be undone).
+
+    A backup known to be damaged (no copy passed its last verification) is refused here: the
+    page does not offer it, and a form from before the damage was found must not restore it.
     """
     backup_id = _backup_id(backup_id)
-    settings = _settings()
-    preview = preview_restore(settings, backup_id)
-    error = None
-    if request.method == "POST":
-        typed = request.form.get("confirm", "").strip()
-        if typed in (backup_id, RESTORE_WORD):
-            return _start("restore", {"id": backup_id})
-        error = (
+    info = _store().get(backup_id)  # 404 for an unknown backup
+    if not info.verified:
+        return _restore_form(
+            backup_id,
+            error=f"Nothing was restored: backup {backup_id} is known to be damaged.",
+            status=409,
+        )
+    typed = request.form.get("confirm", "").strip()
+    if typed in (backup_id, RESTORE_WORD):
+        return _start("restore", {"id": backup_id})
+    return _restore_form(
+        backup_id,
+        error=(
             f"Nothing was restored: type the backup id {backup_id} or the word {RESTORE_WORD} "
             "to confirm."
-        )
+        ),
+    )
+
+
+def _restore_form(backup_id: str, *, error: str | None, status: int = 400) -> ResponseReturnValue:
+    settings = _settings()
+    store = _store()
+    info = store.get(backup_id)
+    preview = preview_restore(settings, backup_id)
     return render_template(
         "tablettracker_backups/restore.html",
+        info=info,
         preview=preview,
+        tables=preview.by_impact(),
+        biggest=biggest_changes(preview.tables),
         backup_id=backup_id,
         restore_word=RESTORE_WORD,
+        newest_verified=_newest_verified(store, backup_id),
         error=error,
         active=jobs.active_job(settings),
-    ), (400 if error else 200)
+    ), (status if error else 200)
