@@ -22,6 +22,7 @@ from tablettracker_backups.compression import (
     copy_file,
     decompress_file,
 )
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupError,
     LockedError,
@@ -73,10 +74,24 @@ class BackupResult:
     warnings: tuple[str, ...] = ()
 
 
-def prepare_locations(settings: Settings) -> None:
-    """Create the backup folders owner-only and check they are writable."""
-    for directory in settings.locations:
-        check_writable_dir(directory)
+def prepare_locations(settings: Settings) -> str | None:
+    """Create the backup folders owner-only and check they are writable.
+
+    Raises :class:`StorageError` for the primary folder. The secondary folder only holds a
+    second copy, so its trouble (a disk that is away, read-only or full) must not stop the
+    backup: it is returned as a one-line reason instead (``None`` when the folder is usable).
+    Its parents are never created: a missing parent is a disk that is not mounted, and a
+    "second copy" written onto the system disk in its place would be no second copy at all.
+    """
+    check_writable_dir(settings.backup_dir)
+    if settings.secondary_dir is None:
+        return None
+    try:
+        check_writable_dir(settings.secondary_dir, parents=False)
+    except StorageError as exc:
+        logger.warning("secondary folder %s is not usable: %s", settings.secondary_dir, exc)
+        return str(exc)
+    return None
 
 
 def cleanup_debris(settings: Settings) -> list[Path]:
@@ -158,7 +173,7 @@ class _Stored:
 
 
 def _create_backup(settings: Settings, options: _Options) -> BackupResult:
-    prepare_locations(settings)
+    secondary_trouble = prepare_locations(settings)
     if options.kind != "pre-restore":
         # A safety snapshot is of whatever the restore overwrites; everything else must be
         # of the database this folder belongs to.
@@ -174,7 +189,7 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
     except BackupError:
         remove_quietly(store.data_path("primary", backup_id, metadata.compression))
         raise
-    written, warnings = _copy_to_others(store, metadata)
+    written, warnings = _copy_to_others(store, metadata, secondary_trouble)
     logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
     return BackupResult(metadata, tuple(written), tuple(warnings))
 
@@ -200,6 +215,7 @@ def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -
         compress_done = time.monotonic()
         _prove_stored(stored_tmp, settings.compression, stream)
         commit(stored_tmp, primary / stored_name)
+        crash_point(Stage.DATA_RENAME)  # pragma: no mutate
     except BaseException:
         remove_quietly(stored_tmp)
         raise
@@ -268,13 +284,19 @@ def _build_metadata(
     )
 
 
-def _copy_to_others(store: BackupStore, metadata: BackupMetadata) -> tuple[list[str], list[str]]:
-    """Copy a committed backup to the other folders; a failure there is a warning (``run``
-    rebuilds the missing copy later), never a reason to lose the primary one."""
+def _copy_to_others(
+    store: BackupStore, metadata: BackupMetadata, secondary_trouble: str | None
+) -> tuple[list[str], list[str]]:
+    """Copy a committed backup to the other folders; a failure there, or a secondary folder
+    that is away (``secondary_trouble``), is a warning (``run`` rebuilds the missing copy
+    later), never a reason to lose the primary one."""
     written = ["primary"]
     warnings: list[str] = []
     for location in store.locations:
         if location == "primary":
+            continue
+        if location == "secondary" and secondary_trouble is not None:
+            warnings.append(f"secondary copy failed: {secondary_trouble}")
             continue
         try:
             copy_between(store, "primary", location, metadata)
@@ -395,7 +417,7 @@ def copy_between(store: BackupStore, source: str, location: str, metadata: Backu
                 f"the {location} copy of {metadata.id} does not match its metadata "
                 f"(the {source} copy it came from is damaged)"
             )
-        commit(temp, final)
+        commit(temp, final, crash_stage=Stage.SECONDARY_COPY)  # pragma: no mutate
     except BaseException:
         remove_quietly(temp)
         raise

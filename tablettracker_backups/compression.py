@@ -17,6 +17,7 @@ from typing import BinaryIO, cast
 
 import zstandard
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError, VerificationError
 from tablettracker_backups.fsutil import (
     CHUNK,
@@ -102,6 +103,7 @@ def compress_file(
                     raw_digest.update(chunk)
                     raw_size += len(chunk)
                     stream.write(chunk)
+                    crash_point(Stage.COMPRESS)  # pragma: no mutate
                     if progress is not None:
                         progress(len(chunk))
             raw_out.flush()

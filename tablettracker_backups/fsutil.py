@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
@@ -33,10 +34,13 @@ def describe_os_error(exc: OSError, path: Path | str) -> str:
     return f"{exc.strerror or exc} ({path})"
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) owner-only if missing; raises :class:`StorageError`."""
+def ensure_private_dir(path: Path, *, parents: bool = True) -> None:
+    """Create ``path`` (and, with ``parents``, its parents) owner-only if missing.
+
+    Raises :class:`StorageError`.
+    """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=parents, exist_ok=True)
         if not path.is_dir():
             raise StorageError(f"{path} is not a folder")
     except FileExistsError:
@@ -45,9 +49,16 @@ def ensure_private_dir(path: Path) -> None:
         raise StorageError(describe_os_error(exc, path)) from None
 
 
-def check_writable_dir(path: Path) -> None:
-    """Raise :class:`StorageError` unless ``path`` is a folder this process can write."""
-    ensure_private_dir(path)
+def check_writable_dir(path: Path, *, parents: bool = True) -> None:
+    """Raise :class:`StorageError` unless ``path`` is a folder this process can write.
+
+    The folder is created if missing (its parents too, with ``parents``).
+    """
+    if not parents and not path.parent.is_dir():
+        if path.parent.exists():
+            raise StorageError(f"{path.parent} is not a folder, so {path} cannot be")
+        raise StorageError(f"{path.parent} does not exist (is its disk mounted?)")
+    ensure_private_dir(path, parents=parents)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StorageError(f"permission denied: cannot write to {path}")
 
@@ -112,10 +123,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def commit(temp: Path, final: Path) -> None:
-    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError."""
+def commit(temp: Path, final: Path, *, crash_stage: Stage | None = None) -> None:
+    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError.
+
+    ``crash_stage`` names the crash point between the fsync and the rename (see crashpoints).
+    """
     try:
         fsync_path(temp)
+        if crash_stage is not None:
+            crash_point(crash_stage)  # pragma: no mutate
         os.replace(temp, final)
         fsync_path(final.parent)
     except OSError as exc:
@@ -123,7 +139,7 @@ def commit(temp: Path, final: Path) -> None:
         raise StorageError(describe_os_error(exc, final)) from None
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> None:
+def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = None) -> None:
     """Write ``data`` to ``final`` atomically, owner-only; raises :class:`StorageError`."""
     temp = temp_path(final.parent, final.name)
     try:
@@ -132,7 +148,7 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
     except OSError as exc:
         remove_quietly(temp)
         raise StorageError(describe_os_error(exc, final)) from None
-    commit(temp, final)
+    commit(temp, final, crash_stage=crash_stage)
 
 
 def remove_quietly(path: Path) -> None:

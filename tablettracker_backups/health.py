@@ -630,9 +630,10 @@ def _disk(
         try:
             usage = shutil.disk_usage(directory)
         except OSError as exc:
-            findings.append(
-                Finding(Level.CRITICAL, "disk", f"{name} folder {directory}: {exc.strerror}")
-            )
+            # No primary folder means no backups; a secondary that is away only means one
+            # copy is missing, and every backup still goes to the primary.
+            level = Level.CRITICAL if name == "primary" else Level.WARNING
+            findings.append(Finding(level, "disk", f"{name} folder {directory}: {exc.strerror}"))
             continue
         disk[name] = {"total": usage.total, "used": usage.used, "free": usage.free}
         for level, threshold in (

@@ -17,12 +17,11 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 
 
-@contextmanager
-def operation_lock(settings: Settings, *, timeout: float | None = None) -> Iterator[None]:
-    """Hold the backup folder's lock for the block.
+def acquire_lock(settings: Settings, *, timeout: float | None = None) -> filelock.FileLock:
+    """Take the backup folder's lock and return it (the caller releases it).
 
     Waits up to ``timeout`` seconds (default: the configured lock timeout), then raises
-    :class:`LockedError`. The lock is an OS file lock, so a killed process releases it.
+    :class:`LockedError`; raises :class:`StorageError` when the lock file cannot be made.
     """
     ensure_private_dir(settings.state_dir)
     wait = settings.lock_timeout if timeout is None else timeout
@@ -36,6 +35,17 @@ def operation_lock(settings: Settings, *, timeout: float | None = None) -> Itera
         ) from None
     except OSError as exc:
         raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
+    return lock
+
+
+@contextmanager
+def operation_lock(settings: Settings, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the backup folder's lock for the block (see :func:`acquire_lock`).
+
+    The lock is an OS file lock, so a killed process releases it.
+    """
+    # The work is in an undecorated function: mutmut 3 does not mutate decorated ones.
+    lock = acquire_lock(settings, timeout=timeout)
     try:
         yield
     finally:

@@ -33,6 +33,7 @@ from typing import Any, NoReturn
 
 from tablettracker_backups import audit
 from tablettracker_backups.backup import cleanup_debris, create_backup
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
@@ -457,6 +458,7 @@ def _restore_locked(
                     timeout=settings.busy_timeout,
                     progress=for_stage(progress, "write"),
                     wal_if_new=not existed and wal,
+                    stage=Stage.RESTORE_WRITE,  # pragma: no mutate
                 )
         except BaseException as exc:
             # The backup API rolled its transaction back, so only a file we created remains.
@@ -471,6 +473,7 @@ def _restore_locked(
         attempt.durations["write"] = round(time.monotonic() - begun, 4)
         if after_write is not None:
             after_write(target)
+        crash_point(Stage.RESTORE_POST_CHECK)  # pragma: no mutate
         begun = time.monotonic()
         try:
             _check_after(target, meta, timeout=settings.busy_timeout, linked=placed)
@@ -607,6 +610,7 @@ def _safety_snapshot(
         ) from None
     for warning in result.warnings:
         logger.warning("safety snapshot %s: %s", result.metadata.id, warning)
+    crash_point(Stage.SAFETY_SNAPSHOT)  # pragma: no mutate
     return result.metadata
 
 
@@ -669,6 +673,7 @@ def _write(
     timeout: float,
     progress: Callable[[int, int], None] | None,
     wal_if_new: bool,
+    stage: Stage | None = None,
 ) -> None:
     """Copy every page of the checked file ``source`` into ``target`` with the backup API.
 
@@ -695,7 +700,9 @@ def _write(
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open {target}: {exc}") from None
         with read_transaction(src, source):
-            copy_database(src, dst, timeout=timeout, progress=progress, label=f"{target}")
+            copy_database(
+                src, dst, timeout=timeout, progress=progress, label=f"{target}", stage=stage
+            )
         try:
             if wal_if_new:
                 dst.execute("PRAGMA journal_mode=WAL")

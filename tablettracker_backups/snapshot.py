@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.fsutil import describe_os_error
 from tablettracker_backups.metadata import FK_SAMPLES, Findings, ForeignKeySample
@@ -216,11 +217,13 @@ def copy_database(
     timeout: float,
     progress: PageProgress | None = None,
     label: str = "database",
+    stage: Stage | None = None,
 ) -> None:
     """Copy every page of ``source`` into ``dest`` with the backup API.
 
     The caller holds a read transaction on ``source`` so that the steps all see one state. A
-    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`.
+    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`. ``stage`` names
+    the crash point reached between two steps (see :mod:`crashpoints`).
     """
     deadline = time.monotonic() + timeout
 
@@ -230,8 +233,11 @@ def copy_database(
                 raise DatabaseError(
                     f"{label} stayed locked by another process for {timeout:g}s; gave up"
                 )
-        elif progress is not None:
+            return
+        if progress is not None:
             progress(total - remaining, total)
+        if stage is not None and remaining > 0:
+            crash_point(stage)  # pragma: no mutate
 
     try:
         source.backup(dest, pages=STEP_PAGES, progress=on_step, sleep=0.05)
@@ -277,7 +283,12 @@ def take_snapshot(
             page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
             try:
                 copy_database(
-                    src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
+                    src,
+                    dst,
+                    timeout=busy_timeout,
+                    progress=progress,
+                    label=f"database {database}",
+                    stage=Stage.SNAPSHOT_COPY,  # pragma: no mutate
                 )
             except StorageError as exc:
                 # SQLite only says "database or disk is full"; say where, and how much.

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tablettracker_backups.compression import hash_file
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
@@ -286,7 +287,9 @@ class BackupStore:
                 if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                     raise MetadataError(f"{location} copy of {backup_id}: not a regular file")
                 text = handle.read(MAX_METADATA_BYTES + 1)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: a file stands where the folder should be (a secondary disk
+            # that is away); there is no copy here, which is not the same as a damaged one.
             raise BackupNotFound(f"no backup {backup_id} in {location} folder") from None
         except OSError as exc:
             raise StorageError(describe_os_error(exc, path)) from None
@@ -298,12 +301,17 @@ class BackupStore:
     def ids(self) -> list[str]:
         """Every backup id with a metadata file in any folder, newest first."""
         found: set[str] = set()
-        for directory in self.locations.values():
+        for location, directory in self.locations.items():
             try:
                 names = os.listdir(directory)
             except FileNotFoundError:
                 continue
             except OSError as exc:
+                if location != "primary":
+                    # A secondary folder that cannot be read hides only its own copies (they
+                    # list as missing or damaged); the primary's backups must still list.
+                    logger.warning("cannot list the %s folder: %s", location, exc)
+                    continue
                 raise StorageError(describe_os_error(exc, directory)) from None
             for name in names:
                 if name.endswith(".json") and is_backup_id(name[:-5]):
@@ -452,7 +460,11 @@ class BackupStore:
 
     def write_metadata(self, location: str, meta: BackupMetadata) -> None:
         """Commit a backup in ``location`` by writing its metadata atomically."""
-        atomic_write_bytes(self.metadata_path(location, meta.id), meta.to_json().encode())
+        atomic_write_bytes(
+            self.metadata_path(location, meta.id),
+            meta.to_json().encode(),
+            crash_stage=Stage.METADATA_WRITE,  # pragma: no mutate
+        )
 
     def delete(self, backup_id: str) -> None:
         """Delete every local copy; metadata first, so a half-deleted backup never lists."""
@@ -461,10 +473,11 @@ class BackupStore:
             meta_path = self.metadata_path(location, backup_id)
             try:
                 meta_path.unlink()
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # no copy here (NotADirectoryError: a file where the folder should be)
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, meta_path)) from None
+            crash_point(Stage.PRUNE_DELETE)  # pragma: no mutate
             for compression in EXTENSIONS:
                 remove_quietly(self.data_path(location, backup_id, compression))
 

@@ -264,6 +264,147 @@ def test_ok_report_appends_no_alert(healthy: Settings) -> None:
     assert json.loads((healthy.backup_dir / STATUS_FILE).read_text())["health"]["status"] == "ok"
 
 
+# -- exact findings: level, code and the words a person reads -----------------------------------
+
+
+def findings(report: HealthReport) -> list[tuple[str, str, str]]:
+    return [(f.level.value, f.code, f.message) for f in report.findings]
+
+
+@pytest.mark.parametrize(
+    ("minutes_late", "expected"),
+    [
+        # interval 1 h, grace 15 min: warning past 1.5 h + 15 min, critical past 3 h + 15 min.
+        (105, []),
+        (106, [("warning", "backup-age", "newest backup is 106 min old (expected every 60 min)")]),
+        (195, [("warning", "backup-age", "newest backup is 3.2 h old (expected every 60 min)")]),
+        (196, [("critical", "backup-age", "newest backup is 3.3 h old (expected every 60 min)")]),
+    ],
+)
+def test_freshness_boundaries_and_words(
+    healthy: Settings, minutes_late: int, expected: list[tuple[str, str, str]]
+) -> None:
+    backup = create_backup(healthy).metadata
+    now = backup.created_at + timedelta(minutes=minutes_late)
+    verified_too = [
+        (lv, "verified-" + code, "newest verified" + text[6:]) for lv, code, text in expected
+    ]
+    assert findings(check_health(healthy, now=now)) == expected + verified_too
+
+
+def test_clock_boundary_and_words(healthy: Settings) -> None:
+    backup = create_backup(healthy).metadata
+    at_limit = backup.created_at - timedelta(minutes=5)  # dated exactly CLOCK_SKEW ahead
+    assert findings(check_health(healthy, now=at_limit)) == []
+    report = check_health(healthy, now=at_limit - timedelta(minutes=1))
+    assert findings(report)[0] == (
+        "warning",
+        "clock",
+        f"newest backup {backup.id} is dated 6 min in the future: check the system clock",
+    )
+
+
+def test_no_verified_backup_words(healthy: Settings) -> None:
+    backup = create_backup(healthy).metadata
+    rewrite_metadata(
+        healthy,
+        backup.id,
+        verification={**json.loads(backup.to_json())["verification"], "ok": False, "error": "x"},
+    )
+    assert ("critical", "no-verified-backup", "no backup has verified") in findings(
+        check_health(healthy)
+    )
+    assert ("critical", "no-backups", "there are no backups yet") not in findings(
+        check_health(healthy)
+    )
+
+
+def test_checksum_and_copy_findings_words(healthy: Settings) -> None:
+    store = BackupStore(healthy)
+    first = create_backup(healthy).metadata.id
+    second = create_backup(healthy).metadata.id
+    flip_byte(store.data_path("primary", first, "zstd"))  # one copy bad: a warning
+    for location in ("primary", "secondary"):  # every copy bad: critical
+        flip_byte(store.data_path(location, second, "zstd"))
+    store.metadata_path("secondary", first).unlink()
+    got = findings(check_health(healthy))
+    assert got == [
+        ("warning", "checksum", f"primary copy of {second} does not match its SHA-256"),
+        ("warning", "checksum", f"secondary copy of {second} does not match its SHA-256"),
+        ("critical", "checksum", f"backup {second} has no copy with a good checksum"),
+        ("warning", "checksum", f"primary copy of {first} does not match its SHA-256"),
+        ("critical", "checksum", f"backup {first} has no copy with a good checksum"),
+        ("warning", "copies-disagree", f"secondary copy of {first} is missing"),
+    ]
+
+
+def test_a_damaged_copy_and_lost_metadata_words(healthy: Settings) -> None:
+    store = BackupStore(healthy)
+    backup = create_backup(healthy).metadata
+    lost = create_backup(healthy).metadata.id
+    data = store.data_path("primary", backup.id, "zstd")
+    data.write_bytes(data.read_bytes()[:10])
+    for location in ("primary", "secondary"):
+        store.metadata_path(location, lost).write_text("{")
+    report = check_health(healthy)
+    got = findings(report)
+    problems = store.get(lost).problems
+    assert len(problems) == 2  # both copies' problems, joined into one finding
+    assert ("warning", "metadata", f"{lost}: {'; '.join(problems)}") in got
+    assert (
+        "warning",
+        "copies-disagree",
+        f"primary copy of {backup.id} is damaged: data file is 10 bytes, metadata says "
+        f"{backup.stored_size}",
+    ) in got
+    assert report.backup_count == 2
+
+
+def test_secondary_folder_away_is_a_warning_primary_missing_is_critical(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    (tmp_path / "plainfile").write_text("x")
+    away = make_settings(secondary_dir=tmp_path / "plainfile" / "mirror", **ROOMY)
+    create_backup(away)
+    disk = [f for f in check_health(away).findings if f.code == "disk"]
+    assert [(f.level.value, f.message) for f in disk] == [
+        ("warning", f"secondary folder {tmp_path / 'plainfile' / 'mirror'}: Not a directory")
+    ]
+    gone = make_settings(dir=tmp_path / "never-made", secondary_dir=None, **ROOMY)
+    disk = [f for f in check_health(gone).findings if f.code == "disk"]
+    assert [(f.level.value, f.message) for f in disk] == [
+        ("critical", f"primary folder {tmp_path / 'never-made'}: No such file or directory")
+    ]
+
+
+def test_room_for_the_next_backup_is_sized_from_the_live_database(
+    make_settings: Callable[..., Settings], full_fs: Path
+) -> None:
+    import os
+    import shutil
+
+    settings = make_settings(
+        dir=full_fs / "backups", secondary_dir=None, disk_warning="1KB", disk_critical="1KB"
+    )
+    meta = create_backup(settings).metadata
+    raw = max(meta.raw_size, settings.database.stat().st_size)
+    needed = raw + int(raw * meta.stored_size / meta.raw_size)
+    free = shutil.disk_usage(full_fs).free
+    with (full_fs / "filler").open("wb") as filler:  # leave less than one backup's room
+        filler.write(b"\0" * (free - needed + 8192))
+    usage = shutil.disk_usage(full_fs)
+    assert usage.free < needed
+    report = check_health(settings)
+    assert (
+        "critical",
+        "disk",
+        f"primary folder has {usage.free // 2**20} MiB free; the next backup needs about "
+        f"{needed // 2**20 + 1} MiB",
+    ) in findings(report)
+    assert report.disk["primary"] == {"total": usage.total, "used": usage.used, "free": usage.free}
+    os.remove(full_fs / "filler")
+
+
 def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
     healthy: Settings,
 ) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -345,3 +346,79 @@ def test_a_future_backup_keeps_last_years_backup() -> None:
     # Without knowing "now", the 2030 backup takes a slot of every kind and evicts 2025's.
     assert "old" in deleted(plan_retention([old, new, wild], policy))
     assert plan.reasons("wild") == ("dated in the future", "newest backup")
+
+
+# -- each keep rule, alone (every slot count 0), with the reason it gives ---------------------
+
+NOTHING = RetentionPolicy(hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0)
+
+
+def reasons_of(plan: RetentionPlan) -> dict[str, tuple[str, ...]]:
+    return {d.id: d.reasons for d in plan.decisions}
+
+
+def test_each_rule_keeps_its_backup_with_its_reason() -> None:
+    day = timedelta(days=1)
+    candidates = [
+        Candidate("unverified-newest", NOW, "scheduled", False),
+        Candidate("verified", NOW - day, "scheduled", True),
+        Candidate("sound", NOW - 2 * day, "scheduled", True),
+        Candidate("protected", NOW - 3 * day, "scheduled", True),
+        Candidate("lost-metadata", NOW - 4 * day, "unknown", False),
+        Candidate("plain-old", NOW - 5 * day, "scheduled", True),
+    ]
+    plan = plan_retention(candidates, NOTHING, protect=["protected"], now=NOW, sound="sound")
+    assert reasons_of(plan) == {
+        "unverified-newest": ("newest backup",),
+        "verified": ("newest verified backup",),
+        "sound": ("newest backup with a good checksum",),
+        "protected": ("just taken",),
+        "lost-metadata": ("unreadable, kept for inspection",),
+        "plain-old": (),
+    }
+    assert deleted(plan) == {"plain-old"}
+    # Decisions carry the candidates' times, newest first.
+    assert [d.created_at for d in plan.decisions] == [c.created_at for c in candidates]
+    # A sound id that is not among the candidates changes nothing.
+    again = plan_retention(candidates, NOTHING, protect=["protected"], now=NOW, sound="gone")
+    assert reasons_of(again)["sound"] == ()
+
+
+def test_a_backup_exactly_at_the_skew_limit_is_not_in_the_future() -> None:
+    older = Candidate("older", NOW - timedelta(days=3), "scheduled", True)
+    at_limit = Candidate("at-limit", NOW + CLOCK_SKEW, "scheduled", True)
+    plan = plan_retention([older, at_limit], NOTHING, now=NOW)
+    assert deleted(plan) == {"older"}  # nothing paused: the newest is not dated in the future
+    beyond = Candidate("beyond", NOW + CLOCK_SKEW + timedelta(seconds=1), "scheduled", True)
+    paused = plan_retention([older, beyond], NOTHING, now=NOW)
+    assert deleted(paused) == set()
+    assert "retention paused: a backup is dated in the future" in reasons_of(paused)["older"]
+
+
+def test_slots_are_calendar_slots_in_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    # 23:30 and 00:30 UTC are one day apart in UTC, the same day in New York (UTC-5).
+    late = Candidate("late", datetime(2026, 3, 10, 23, 30, tzinfo=timezone.utc), "scheduled", True)
+    early = Candidate("early", datetime(2026, 3, 11, 0, 30, tzinfo=timezone.utc), "scheduled", True)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        policy = RetentionPolicy(hourly=0, daily=2, weekly=0, monthly=0, yearly=0, pre_restore=0)
+        plan = plan_retention([late, early], policy, now=early.created_at)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert deleted(plan) == set()
+    assert reasons_of(plan)["late"] == ("daily 2026-03-10",)
+
+
+def test_candidates_keep_the_kind_of_their_backup() -> None:
+    from tablettracker_backups.retention import candidates_from
+    from tablettracker_backups.store import BackupInfo
+
+    info = BackupInfo("20261123T201500Z-3f9a1c", NOW, None, (), verified=True)
+    (candidate,) = candidates_from([info])
+    assert candidate == Candidate(info.id, NOW, "unknown", True)

@@ -90,8 +90,7 @@ def post_actions(backup_id: str) -> list[str]:
 # -- access ------------------------------------------------------------------------------------
 
 
-def test_anonymous_is_sent_to_login(demo_app: Flask, backup_id: str) -> None:
-    client = demo_app.test_client()
+def test_anonymous_is_sent_to_login(demo_app: Flask, client: FlaskClient, backup_id: str) -> None:
     job_pages = [f"{P}/jobs/0123456789abcdef", f"{P}/jobs/0123456789abcdef.json"]
     for url in [*get_pages(backup_id), *job_pages]:
         response = client.get(url)
@@ -161,8 +160,7 @@ def test_every_page_template_extends_the_one_layout() -> None:
             assert repeated not in source, (path.name, repeated)
 
 
-def test_static_files_are_served_by_the_blueprint(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_static_files_are_served_by_the_blueprint(client: FlaskClient) -> None:
     for name in ("backups.css", "backups.js"):
         response = client.get(f"{P}/_static/{name}")
         assert response.status_code == 200
@@ -699,8 +697,7 @@ def test_restore_refused_while_busy(
 # -- the scheduled-task endpoint ---------------------------------------------------------------
 
 
-def test_task_endpoint_tokens(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_task_endpoint_tokens(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     url = "/tasks/backups/run"
     assert client.post(url).status_code == 401
@@ -749,12 +746,10 @@ def test_task_endpoint_is_404_without_a_token(make_host: Callable[..., Flask]) -
     )
 
 
-def test_task_endpoint_busy_is_409(demo_app: Flask) -> None:
+def test_task_endpoint_busy_is_409(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     with operation_lock(settings_of(demo_app)):
-        response = demo_app.test_client().post(
-            "/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
-        )
+        response = client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 409
     assert response.get_json()["exit_code"] == 3
 

@@ -32,6 +32,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
     ConfigError,
@@ -203,6 +204,10 @@ def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _part_uploaded(**_: Any) -> None:
+    crash_point(Stage.OFFSITE_PART_UPLOAD)  # pragma: no mutate
+
+
 class OffsiteStore:
     """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
     a one-line message when the store cannot be reached or refuses."""
@@ -210,6 +215,11 @@ class OffsiteStore:
     def __init__(self, s3: S3Settings, *, client: Any = None) -> None:
         self.s3 = s3
         self._client: S3Client = client if client is not None else make_client(s3)
+        # boto3 sends the parts of a multipart upload from its own threads; this runs after
+        # each part is stored. unique_id keeps one registration per client.
+        self._client.meta.events.register(
+            "after-call.s3.UploadPart", _part_uploaded, unique_id="ttb-part-uploaded"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OffsiteStore:
