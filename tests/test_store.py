@@ -270,6 +270,10 @@ def test_to_dict_is_the_list_json_entry(settings: Settings, taken: str) -> None:
         "sha256": meta.sha256,
         "copies": {"primary": "ok", "secondary": "ok"},
         "problems": [],
+        "good": True,
+        "label": None,
+        "pinned": False,
+        "findings": meta.findings.to_dict(),
     }
     assert info.to_dict()["verified_at"].endswith("Z")
 
@@ -281,7 +285,7 @@ def test_latest_by_verification_and_kind(settings: Settings) -> None:
 
     store = BackupStore(settings)
     with pytest.raises(BackupNotFound, match=r"^no backups yet$"):
-        store.latest(verified=False)
+        store.newest()
     with pytest.raises(BackupNotFound, match=r"^there is no verified backup yet$"):
         store.latest()
     old = create_backup(settings).metadata.id
@@ -291,10 +295,10 @@ def test_latest_by_verification_and_kind(settings: Settings) -> None:
     backdate(settings, safety, timedelta(hours=1))
     meta = json.loads(store.metadata_path("primary", newest).read_text())
     rewrite_metadata(settings, newest, verification={**meta["verification"], "ok": False})
-    assert store.latest(verified=False).id == newest
-    assert store.latest().id == safety  # newest verified, whatever its kind
-    assert store.latest(kinds=("manual", "scheduled")).id == old
-    assert store.latest(kinds=("pre-restore",)).id == safety
+    assert store.newest().id == newest
+    # latest: the newest good regular backup, never the safety snapshot (the trust issue)
+    assert store.latest().id == old
+    assert store.newest_safety_snapshot().id == safety
 
 
 def test_orphans_are_cleaned_in_the_secondary_when_the_primary_folder_is_missing(
