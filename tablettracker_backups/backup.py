@@ -8,6 +8,7 @@ metadata is written last, in each folder, as the commit marker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,8 +17,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups import notify
+from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
 from tablettracker_backups.compression import StreamResult, compress_file, copy_file
-from tablettracker_backups.errors import BackupError, StorageError, VerificationError
+from tablettracker_backups.display import human_size
+from tablettracker_backups.errors import BackupError, LockedError, StorageError, VerificationError
 from tablettracker_backups.fsutil import (
     check_writable_dir,
     cleanup_temp_files,
@@ -57,6 +61,8 @@ class BackupResult:
     metadata: BackupMetadata
     locations: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    #: What changed suspiciously since the previous good backup (also in the metadata).
+    anomalies: tuple[Anomaly, ...] = ()
 
 
 def prepare_locations(settings: Settings) -> None:
@@ -83,23 +89,69 @@ def create_backup(
     trigger: str = "cli",
     progress: StageProgress | None = None,
     lock: bool = True,
+    notify_owner: bool = True,
 ) -> BackupResult:
     """Take, verify and store one backup of the live database.
 
     ``lock=False`` is for callers that already hold the operation lock (restore, run).
+    With ``notify_owner`` (the default) a failure, the anomalies and, with
+    ``BACKUPS_NOTIFY_ON=all``, the success are sent to the owner after the lock is released;
+    ``run`` and restore pass False and report in their own message.
     Raises :class:`DatabaseError`, :class:`StorageError`, :class:`VerificationError` or
     :class:`LockedError`; on any error nothing new is listed as a backup.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
-    # Refuse a missing or non-SQLite source before creating any folder for it.
-    check_sqlite_file(settings.database)
-    if not lock:
-        return _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
-    prepare_locations(settings)
-    with operation_lock(settings):
-        cleanup_debris(settings)
-        return _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
+    try:
+        # Refuse a missing or non-SQLite source before creating any folder for it.
+        check_sqlite_file(settings.database)
+        if not lock:
+            result = _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
+        else:
+            prepare_locations(settings)
+            with operation_lock(settings):
+                cleanup_debris(settings)
+                result = _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
+    except BackupError as exc:
+        if notify_owner and not isinstance(exc, LockedError):
+            notify.send(settings, [notify.backup_failed(settings, str(exc), trigger=trigger)])
+        raise
+    if notify_owner:
+        notify.send(settings, backup_events(settings, result))
+    return result
+
+
+def backup_events(settings: Settings, result: BackupResult) -> list[notify.Event]:
+    """What the owner hears of a backup that was taken: its anomalies, and the success."""
+    meta = result.metadata
+    events = [
+        notify.anomaly(
+            settings,
+            notify.Severity.INFO if found.info_only else notify.Severity.WARNING,
+            f"backup {meta.id}: {found.message}",
+            found.previous_id,
+        )
+        for found in result.anomalies
+    ]
+    events.append(notify.backup_ok(settings, meta.id, human_size(meta.stored_size)))
+    return events
+
+
+def _anomalies(
+    settings: Settings, store: BackupStore, current: BackupMetadata
+) -> tuple[Anomaly, ...]:
+    """Compare with the previous good backup; trouble reading the folder only skips this."""
+    try:
+        previous = previous_good(store.list())
+    except BackupError as exc:
+        logger.warning("could not compare with the previous backup: %s", exc)
+        return ()
+    if previous is None or previous.metadata is None:
+        return ()
+    found = find_anomalies(previous.metadata, current, drop=settings.anomaly_drop)
+    for item in found:
+        logger.warning("anomaly in backup %s: %s", current.id, item.message)
+    return found
 
 
 def _create_backup(
@@ -174,6 +226,11 @@ def _create_backup(
             foreign_key_violations=check.foreign_key_violations,
         ),
     )
+    anomalies = _anomalies(settings, store, metadata)
+    if anomalies:
+        metadata = dataclasses.replace(
+            metadata, extra={**metadata.extra, EXTRA_KEY: [a.to_dict() for a in anomalies]}
+        )
     try:
         store.write_metadata("primary", metadata)
     except BackupError:
@@ -189,7 +246,7 @@ def _create_backup(
             warnings.append(f"secondary copy failed: {exc}")
             logger.warning("secondary copy of %s failed: %s", backup_id, exc)
     logger.info("backup %s stored (%d bytes) in %s", backup_id, stream.stored_size, written)
-    return BackupResult(metadata, tuple(written), tuple(warnings))
+    return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 
 def _check_and_compress(

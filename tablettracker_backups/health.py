@@ -18,6 +18,7 @@ from typing import Any
 from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.metadata import parse_utc, utc_iso
+from tablettracker_backups.notify import notifier_problems
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
 from tablettracker_backups.settings import Settings
@@ -133,6 +134,8 @@ def check_health(
         lag = offsite_lag(settings, backups, now=now)
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
+    # The owner cannot hear of any of the above while notifications fail.
+    findings += [Finding(Level.WARNING, code, text) for code, text in notifier_problems(settings)]
 
     return HealthReport(
         checked_at=now,
@@ -142,7 +145,7 @@ def check_health(
         newest_verified_id=newest_verified.id if newest_verified else None,
         newest_verified_at=newest_verified.created_at if newest_verified else None,
         backup_count=len(backups),
-        slot_counts=_slot_counts(settings, backups, now),
+        slot_counts=slot_counts(settings, backups, now),
         disk=disk,
         stored_bytes=sum(
             b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups
@@ -244,7 +247,8 @@ def _schedule_findings(
     return last_run_at, findings
 
 
-def _slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
+def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
+    """How many backups retention keeps in each slot (hourly ... yearly, pre-restore)."""
     plan = plan_retention(candidates_from(backups), settings.retention, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
