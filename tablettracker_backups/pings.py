@@ -70,7 +70,9 @@ def ping(
 
     def send() -> None:
         try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+            # A fresh opener reads HTTPS_PROXY/HTTP_PROXY now; urlopen() keeps the first it made.
+            opener = urllib.request.build_opener()
+            with opener.open(request, timeout=timeout) as response:
                 outcome["error"] = (
                     None if 200 <= response.status < 300 else f"HTTP {response.status}"
                 )

@@ -35,9 +35,9 @@ S3_CHECKSUMS = ("sha256", "off")
 NOTIFY_ON = ("problems", "all")
 #: An Apprise URL: a scheme, ``://``, and no white space.
 _NOTIFY_URL = re.compile(r"\A[a-z][a-z0-9+.-]*://\S+\Z", re.IGNORECASE)
-#: Where one URL ends in ``BACKUPS_NOTIFY``: white space or commas before the next ``scheme://``
+#: Where one URL ends in ``BACKUPS_NOTIFY``: white space, or commas before the next ``scheme://``
 #: (a comma inside a URL, as in ``?to=a@x.org,b@x.org``, is not followed by a scheme).
-_NOTIFY_SPLIT = re.compile(r"[\s,]+(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+_NOTIFY_SPLIT = re.compile(r"\s+|,[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
