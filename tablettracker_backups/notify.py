@@ -201,7 +201,7 @@ def _fix(settings: Settings, code: str) -> str:
         )
     if code.startswith("notifier"):
         return f"check BACKUPS_NOTIFY, then try each target: {command(settings, 'notify-test')}"
-    if code in ("database-unreadable", "database-corrupt"):
+    if code in ("database-unreadable", "database-corrupt", "source-damaged"):
         return (
             f"check the live database {settings.database}; if it is damaged, compare the newest "
             f"backup with it: {command(settings, 'restore', 'latest', '--preview')}"

@@ -306,6 +306,34 @@ def test_verification_failure_and_restore_are_told(
     assert messages(hook)[2]["type"] == "failure"
 
 
+def test_health_command_tells_of_a_schedule_that_stopped(
+    make_settings: Callable[..., Settings], hook: HttpSink
+) -> None:
+    settings = make_settings()
+    run(settings)
+    status_file = settings.backup_dir / "status.json"
+    status = json.loads(status_file.read_text())
+    status["last_run_at"] = "2020-01-01T00:00:00Z"
+    status_file.write_text(json.dumps(status))
+    args = [
+        "health",
+        "--database",
+        str(settings.database),
+        "--backup-dir",
+        str(settings.backup_dir),
+    ]
+    outcome = CliRunner().invoke(cli, args, env={"BACKUPS_NOTIFY": json_url(hook)})
+    assert outcome.exit_code == 1
+    [sent] = wait_messages(hook, 1)
+    assert "scheduled run last ran" in sent["title"]
+    assert (
+        "Tasks tab" in sent["message"] and "tablettracker-backups run --database" in sent["message"]
+    )
+    CliRunner().invoke(cli, args, env={"BACKUPS_NOTIFY": json_url(hook)})
+    time.sleep(0.3)
+    assert len(messages(hook)) == 1  # told once, not at every check
+
+
 # -- a notifier must never break a backup ------------------------------------------------------
 
 
@@ -493,6 +521,18 @@ def test_a_large_row_drop_is_an_anomaly_naming_the_backup_that_has_the_rows(
     [sent] = messages(hook)
     assert "count_sessions" in sent["title"] and sent["type"] == "warning"
     assert f"restore {previous} --preview" in sent["message"]
+    shown = CliRunner().invoke(
+        cli,
+        [
+            "show",
+            third.metadata.id,
+            "--database",
+            str(db_path),
+            "--backup-dir",
+            str(settings.backup_dir),
+        ],
+    )
+    assert "anomaly:     table count_sessions has 68 rows" in shown.output
 
 
 def test_schema_change_is_info_only_and_foreign_key_rise_is_caught(
