@@ -9,6 +9,7 @@ checks found in the data, is written last, in each folder, as the commit marker.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups import notify
+from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
 from tablettracker_backups.compression import (
     StreamResult,
     compress_file,
@@ -23,6 +26,7 @@ from tablettracker_backups.compression import (
     decompress_file,
 )
 from tablettracker_backups.crashpoints import Stage, crash_point
+from tablettracker_backups.display import human_size
 from tablettracker_backups.errors import (
     BackupError,
     LockedError,
@@ -72,6 +76,8 @@ class BackupResult:
     metadata: BackupMetadata
     locations: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    #: What changed suspiciously since the previous good backup (also in the metadata).
+    anomalies: tuple[Anomaly, ...] = ()
 
 
 def prepare_locations(settings: Settings) -> str | None:
@@ -114,6 +120,7 @@ def create_backup(
     lock: bool = True,
     label: str | None = None,
     pinned: bool = False,
+    notify_owner: bool = True,
 ) -> BackupResult:
     """Take, check and store one backup of the live database.
 
@@ -123,6 +130,9 @@ def create_backup(
     throw the copy away. ``label`` is a note shown with it; ``pinned`` keeps it out of
     retention until unpinned. ``lock=False`` is for callers that already hold the operation
     lock (restore, run).
+    With ``notify_owner`` (the default) a failure, the anomalies and, with
+    ``BACKUPS_NOTIFY_ON=all``, the success are sent to the owner after the lock is released;
+    ``run`` and restore pass False and report in their own message.
 
     Raises :class:`DatabaseError`, :class:`StorageError`, :class:`VerificationError`,
     :class:`IdentityError` (the folder belongs to another database) or :class:`LockedError`;
@@ -147,9 +157,46 @@ def create_backup(
         raise
     except BackupError as exc:
         _note_failure(settings, options, exc)
+        if notify_owner:
+            notify.send(settings, [notify.backup_failed(settings, str(exc), trigger=trigger)])
         raise
     _note_success(settings, options)
+    if notify_owner:
+        notify.send(settings, backup_events(settings, result))
     return result
+
+
+def backup_events(settings: Settings, result: BackupResult) -> list[notify.Event]:
+    """What the owner hears of a backup that was taken: its anomalies, and the success."""
+    meta = result.metadata
+    events = [
+        notify.anomaly(
+            settings,
+            notify.Severity.INFO if found.info_only else notify.Severity.WARNING,
+            f"backup {meta.id}: {found.message}",
+            found.previous_id,
+        )
+        for found in result.anomalies
+    ]
+    events.append(notify.backup_ok(settings, meta.id, human_size(meta.stored_size)))
+    return events
+
+
+def _anomalies(
+    settings: Settings, store: BackupStore, current: BackupMetadata
+) -> tuple[Anomaly, ...]:
+    """Compare with the previous good backup; trouble reading the folder only skips this."""
+    try:
+        previous = previous_good(store.list())
+    except BackupError as exc:
+        logger.warning("could not compare with the previous backup: %s", exc)
+        return ()
+    if previous is None or previous.metadata is None:
+        return ()
+    found = find_anomalies(previous.metadata, current, drop=settings.anomaly_drop)
+    for item in found:
+        logger.warning("anomaly in backup %s: %s", current.id, item.message)
+    return found
 
 
 @dataclass(frozen=True)
@@ -184,6 +231,11 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
     stored = _snapshot_and_store(settings, backup_id, options)
     metadata = _build_metadata(settings, backup_id, created_at, options, stored, started)
     store = BackupStore(settings)
+    anomalies = _anomalies(settings, store, metadata)
+    if anomalies:
+        metadata = dataclasses.replace(
+            metadata, extra={**metadata.extra, EXTRA_KEY: [a.to_dict() for a in anomalies]}
+        )
     try:
         store.write_metadata("primary", metadata)
     except BackupError:
@@ -191,7 +243,7 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
         raise
     written, warnings = _copy_to_others(store, metadata, secondary_trouble)
     logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
-    return BackupResult(metadata, tuple(written), tuple(warnings))
+    return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 
 def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -> _Stored:

@@ -23,7 +23,8 @@ from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
+from tablettracker_backups.anomaly import recorded_anomalies
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import InitResult, initialise
 from tablettracker_backups.display import human_age, human_size, local_time
@@ -61,7 +62,7 @@ from tablettracker_backups.settings import (
 )
 from tablettracker_backups.states import OffsiteStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
-from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.verify import failure_event, verify_backup
 from tablettracker_backups.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -405,6 +406,7 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
                 "findings": meta.findings.to_dict(),
                 "locations": list(result.locations),
                 "warnings": list(result.warnings),
+                "anomalies": [a.to_dict() for a in result.anomalies],
             }
         )
     else:
@@ -416,6 +418,8 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
         _print_findings(meta, err=True)
         for warning in result.warnings:
             click.echo(f"Warning: {warning}", err=True)
+        for found in result.anomalies:
+            click.echo(f"Anomaly: {found.message}", err=True)
     if meta.source_damaged:
         sys.exit(EXIT_CRITICAL)
     if result.warnings:
@@ -607,6 +611,8 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     meta = info.metadata
     if meta is not None:
         _show_metadata(meta)
+        for found in recorded_anomalies(meta):
+            click.echo(f"  anomaly:     {found.get('message')}")
     for problem in info.problems:
         click.echo(f"  ! {problem}")
     _fail_without_metadata(info)
@@ -683,7 +689,8 @@ def verify(
         ids = [store.newest().id if not backup_id else _pick(settings, backup_id)]
     results = []
     for index, one in enumerate(ids, start=1):
-        result = verify_backup(store, one)
+        # One message for the whole command, not one per damaged backup.
+        result = verify_backup(store, one, notify_owner=False)
         results.append(result)
         if not as_json:
             mark = "ok" if result.ok else ("DAMAGED COPY" if result.usable else "FAILED")
@@ -704,6 +711,7 @@ def verify(
             + (f"; damaged: {', '.join(bad)}" if bad else ": all sound")
         ),
     )
+    notify.send(settings, [failure_event(settings, r) for r in results if not r.ok])
     if as_json:
         emit_json([r.to_dict() for r in results])
     if any(not r.usable for r in results):
@@ -802,7 +810,8 @@ def health(settings: Settings, as_json: bool) -> None:
 
     Checks the live database (quick_check), the age of the newest (verified) backup against the
     interval, recent checksums, free disk space, retention slots, copies agreeing, and whether
-    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl.
+    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl,
+    and tells the owner what changed since the last check (BACKUPS_NOTIFY).
 
     \b
     Example:
@@ -810,6 +819,8 @@ def health(settings: Settings, as_json: bool) -> None:
     """
 
     report = current_report(settings)
+    # A second scheduled task running ``health`` is what notices a run that stopped altogether.
+    notify.observe(settings, report.findings)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -909,6 +920,8 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     else:
         click.echo(f"No backup due: {result.skipped_reason}")
+    for found in result.backup.anomalies if result.backup else ():
+        click.echo(f"Anomaly: {found.message}", err=True)
     if result.reverified:
         click.echo(
             f"Re-verified: {result.reverified.id}: {'ok' if result.reverified.ok else 'PROBLEM'}"
@@ -929,6 +942,64 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         click.echo(f"Warning: {warning}", err=True)
     _print_health(result.health)
     sys.exit(result.exit_code)
+
+
+@cli.command("notify-test")
+@settings_command
+@json_option
+def notify_test(settings: Settings, as_json: bool) -> None:
+    """Send a test message to every notification target and show how each went.
+
+    Targets are the Apprise URLs in BACKUPS_NOTIFY (shown here with secrets masked). Exit 0
+    when every target accepted the message, 2 when any failed or none is configured.
+
+    \b
+    Example:
+      BACKUPS_NOTIFY='mailtos://me:app-password@gmail.com' tablettracker-backups notify-test
+    """
+
+    if not settings.notify:
+        raise ConfigError(
+            "no notification targets: set BACKUPS_NOTIFY to one or more Apprise URLs "
+            "(mailtos://, slack://, tgram://, ntfy://, json:// ...)"
+        )
+    results = notify.send_test(settings)
+    if as_json:
+        emit_json([dataclasses.asdict(r) for r in results])
+    else:
+        for result in results:
+            outcome = f"ok ({result.seconds:.1f}s)" if result.ok else f"FAILED: {result.error}"
+            click.echo(f"{result.target}: {outcome}")
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_CRITICAL)
+
+
+@cli.command()
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the metrics to this file atomically (node_exporter's textfile collector) "
+    "instead of printing them.",
+)
+@settings_command
+def metrics(settings: Settings, textfile: Path | None) -> None:
+    """Print the Prometheus metrics, or write them for node_exporter.
+
+    Read from the backup folder and status file now; nothing is hashed or sent anywhere.
+
+    \b
+    Examples:
+      tablettracker-backups metrics
+      tablettracker-backups metrics --textfile /var/lib/node_exporter/textfile/backups.prom
+    """
+
+    from tablettracker_backups import metrics as prometheus
+
+    BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
+    if textfile is None:
+        click.echo(prometheus.render(settings).decode(), nl=False)
+        return
+    prometheus.write_textfile(settings, textfile.expanduser().absolute())
 
 
 @cli.command()

@@ -20,10 +20,16 @@ from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.identity import check_folders
 from tablettracker_backups.metadata import parse_utc, utc_iso
+from tablettracker_backups.notify import notifier_problems
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.prune import current_plan
-from tablettracker_backups.retention import CLOCK_SKEW
+from tablettracker_backups.retention import (
+    CLOCK_SKEW,
+    RetentionPlan,
+    candidates_from,
+    plan_retention,
+)
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.states import CopyStatus, Level
@@ -190,6 +196,8 @@ def check_health(
         lag = offsite_lag(settings, backups, now=now)
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
+    # The owner cannot hear of any of the above while notifications fail.
+    findings += [Finding(Level.WARNING, code, text) for code, text in notifier_problems(settings)]
 
     return HealthReport(
         checked_at=now,
@@ -517,8 +525,17 @@ def _schedule_findings(
     return last_run_at, findings
 
 
+def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
+    """How many backups retention keeps in each slot (hourly ... yearly, pre-restore)."""
+    return _count_slots(plan_retention(candidates_from(backups), settings.retention, now=now))
+
+
 def _slot_counts(store: BackupStore, now: datetime) -> dict[str, int]:
-    plan = current_plan(store, now=now)
+    """:func:`slot_counts` from the store's (cached) retention plan."""
+    return _count_slots(current_plan(store, now=now))
+
+
+def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:

@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
 from tablettracker_backups.backup import cleanup_debris, create_backup
 from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
@@ -349,8 +349,33 @@ def restore_backup(
     afterwards, so tests can inject a real fault there; applications never pass it.
 
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`LockedError`, or
-    :class:`RestoreError` whose message says what state the target is in.
+    :class:`RestoreError` whose message says what state the target is in. Either outcome of a
+    restore that started is sent to the owner (after the lock is released).
     """
+    try:
+        result = _restore(settings, backup_id, to, actor, progress, _after_write)
+    except RestoreError as exc:
+        notify.send(settings, [notify.restore_failed(settings, backup_id, str(exc))])
+        raise
+    notify.send(
+        settings,
+        [
+            notify.restore_done(
+                settings, result.backup_id, str(result.target), result.safety_snapshot_id
+            )
+        ],
+    )
+    return result
+
+
+def _restore(
+    settings: Settings,
+    backup_id: str,
+    to: Path | None,
+    actor: str,
+    progress: RestoreProgress | None,
+    _after_write: AfterWriteHook | None,
+) -> RestoreResult:
     started = time.monotonic()
     target = _target(settings, to)
     is_live = _same_file(target, settings.database)
@@ -598,7 +623,12 @@ def _safety_snapshot(
     )
     try:
         result = create_backup(
-            source_settings, kind="pre-restore", trigger=actor, progress=stage, lock=False
+            source_settings,
+            kind="pre-restore",
+            trigger=actor,
+            progress=stage,
+            lock=False,
+            notify_owner=False,
         )
     except LockedError:
         raise

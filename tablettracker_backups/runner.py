@@ -12,31 +12,38 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tablettracker_backups import notify
 from tablettracker_backups.backup import (
     BackupResult,
+    backup_events,
     cleanup_debris,
     create_backup,
     prepare_locations,
 )
-from tablettracker_backups.errors import BackupError
+from tablettracker_backups.display import human_size
+from tablettracker_backups.errors import BackupError, LockedError
 from tablettracker_backups.heal import Repair, heal_copies
 from tablettracker_backups.health import HealthReport, check_health, save_report
 from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
+from tablettracker_backups.notifiers import Budget
 from tablettracker_backups.offsite.sync import SyncResult, sync_offsite
+from tablettracker_backups.pings import PING_TIMEOUT, ping
 from tablettracker_backups.prune import PruneResult, prune
 from tablettracker_backups.retention import CLOCK_SKEW
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
 from tablettracker_backups.status import record_run
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import VerifyResult, verify_backup
+from tablettracker_backups.verify import VerifyResult, failure_event, verify_backup
 
 logger = logging.getLogger(__name__)
 
 #: A run this close to the interval counts as due, so a daily task at a fixed time never skips.
 DUE_FRACTION = 0.9
+#: The exit code of a run that found another operation holding the lock (as the CLI exits).
+LOCKED_EXIT_CODE = 3
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class RunResult:
                     "id": self.backup.metadata.id,
                     "size": self.backup.metadata.stored_size,
                     "locations": list(self.backup.locations),
+                    "anomalies": [a.to_dict() for a in self.backup.anomalies],
                 }
                 if self.backup
                 else None
@@ -87,6 +95,31 @@ class RunResult:
             "offsite": self.offsite.to_dict() if self.offsite else None,
             "repaired": [r.to_dict() for r in self.repaired],
         }
+
+    def summary(self) -> str:
+        """A few lines of plain text: what the run did and the health verdict (the body of the
+        dead-man finish ping)."""
+        lines = [
+            f"tablettracker-backups run started {utc_iso(self.started_at)}: exit {self.exit_code}"
+        ]
+        if self.error:
+            lines.append(f"FAILED: {self.error}")
+        if self.backup:
+            meta = self.backup.metadata
+            lines.append(f"backed up {meta.id} ({human_size(meta.stored_size)})")
+            lines += [f"anomaly: {a.message}" for a in self.backup.anomalies]
+        elif self.skipped_reason:
+            lines.append(f"no backup due: {self.skipped_reason}")
+        if self.reverified:
+            lines.append(
+                f"re-verified {self.reverified.id}: {'ok' if self.reverified.ok else 'PROBLEM'}"
+            )
+        if self.pruned and self.pruned.deleted:
+            lines.append(f"pruned {len(self.pruned.deleted)} backup(s)")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"health: {self.health.status}")
+        lines += [f"  [{f.level}] {f.message}" for f in self.health.findings]
+        return "\n".join(lines)
 
 
 def backup_due(store: BackupStore, now: datetime) -> str | None:
@@ -119,46 +152,41 @@ def run(
     trigger: str = "scheduled",
     reverify: bool = True,
 ) -> RunResult:
-    """Do one scheduled run. Raises only :class:`LockedError` (another operation is running);
-    every other failure is reported in the result, and recorded for ``health``."""
-    started = datetime.now(timezone.utc)
-    if not settings.state_dir.is_dir():
-        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
-        check_sqlite_file(settings.database)
-    prepare_locations(settings)
-    with operation_lock(settings):
-        work = _Work()
-        try:
-            _back_up_and_check(settings, work, force=force, trigger=trigger, reverify=reverify)
-        except BackupError as exc:
-            work.error = str(exc)
-            logger.error("scheduled run failed: %s", exc)
-        if settings.s3 is not None:
-            # After the local backup and before local pruning, so a backup is uploaded before
-            # local retention may remove it. Offsite trouble is a warning: the local backup
-            # is safe, and the next run retries.
-            work.offsite = sync_offsite(settings, verify_count=None if reverify else 0)
-            work.warnings += work.offsite.warnings()
-        if work.error is None:
-            try:
-                protect = [work.backup.metadata.id] if work.backup else []
-                work.pruned = prune(BackupStore(settings), protect=protect)
-            except BackupError as exc:
-                work.error = str(exc)
-                logger.error("scheduled run failed: %s", exc)
-        _record(settings, started, work)
-        report = check_health(settings)
-        try:
-            save_report(settings, report)
-        except BackupError as exc:
-            logger.error("could not write the status file: %s", exc)
-        return work.result(started, report)
+    """Do one scheduled run. Raises only :class:`LockedError` (another operation is running)
+    or, before any backup folder exists, the error that stops it from being created; every
+    other failure is reported in the result, and recorded for ``health``.
+
+    Around the run: dead-man pings (``BACKUPS_PING_URL``) at the start and the end, and after
+    the lock is released one message to the owner with what changed. Together they take at
+    most :data:`notify.BUDGET_SECONDS`, and never change the outcome.
+    """
+    budget = Budget(notify.BUDGET_SECONDS)
+    ping(settings, "start", budget=budget)
+    try:
+        result = _run_locked(settings, force=force, trigger=trigger, reverify=reverify)
+    except BackupError as exc:
+        code = LOCKED_EXIT_CODE if isinstance(exc, LockedError) else 2
+        ping(settings, str(code), f"run did not start: {exc}", budget=budget)
+        raise
+    # Keep time for the finish ping: it is what tells the dead-man service the run ended.
+    reserve = PING_TIMEOUT if settings.ping_url else 0.0
+    notify.observe(
+        settings,
+        result.health.findings,
+        extra=_events(settings, result),
+        budget=Budget(max(0.0, budget.left() - reserve)),
+    )
+    ping(
+        settings, str(result.exit_code) if result.exit_code else "", result.summary(), budget=budget
+    )
+    return result
 
 
 @dataclass
-class _Work:
-    """What a run has done so far."""
+class _Progress:
+    """What a run has done so far; each step fills in its part."""
 
+    started: datetime
     backup: BackupResult | None = None
     skipped: str | None = None
     reverified: VerifyResult | None = None
@@ -168,9 +196,13 @@ class _Work:
     offsite: SyncResult | None = None
     repaired: tuple[Repair, ...] = ()
 
-    def result(self, started: datetime, report: HealthReport) -> RunResult:
+    def fail(self, exc: BackupError) -> None:
+        self.error = str(exc)
+        logger.error("scheduled run failed: %s", exc)
+
+    def result(self, report: HealthReport) -> RunResult:
         return RunResult(
-            started,
+            self.started,
             self.backup,
             self.skipped,
             self.reverified,
@@ -183,52 +215,118 @@ class _Work:
         )
 
 
-def _back_up_and_check(
-    settings: Settings, work: _Work, *, force: bool, trigger: str, reverify: bool
-) -> None:
-    """The local part of a run: back up if due, re-verify one backup, heal broken copies."""
-    # Inside the caller's try, so a missing or replaced database, or a folder of another
-    # database, is a recorded failed run that health reports as critical, not an exception
-    # that leaves no trace for it.
-    check_sqlite_file(settings.database)
-    claim_folders(settings)
-    cleanup_debris(settings)
+def _run_locked(settings: Settings, *, force: bool, trigger: str, reverify: bool) -> RunResult:
+    """The run itself: every step under the operation lock."""
+    progress = _Progress(started=datetime.now(timezone.utc))
+    if not settings.state_dir.is_dir():
+        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
+        check_sqlite_file(settings.database)
+    prepare_locations(settings)
     store = BackupStore(settings)
-    # "Now" is taken after the lock: a run that waited for another run's backup must see that
-    # backup as just taken, not as dated in its future (which reads as a clock that went back
-    # and would take a second, redundant backup).
-    work.skipped = None if force else backup_due(store, datetime.now(timezone.utc))
-    if work.skipped is None:
-        work.backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
-        work.warnings += work.backup.warnings
-    if reverify:
-        target = _least_recently_verified(store, work.backup.metadata.id if work.backup else None)
-        if target is not None:
-            work.reverified = verify_backup(store, target)
-            if not work.reverified.ok:
-                work.warnings += [
+    with operation_lock(settings):
+        _back_up_and_reverify(
+            settings, store, progress, force=force, trigger=trigger, reverify=reverify
+        )
+        if settings.s3 is not None:
+            _sync_offsite(settings, progress, reverify=reverify)
+        if progress.error is None:
+            _prune(store, progress)
+        _record(settings, progress)
+        return progress.result(_check_health(settings))
+
+
+def _back_up_and_reverify(
+    settings: Settings,
+    store: BackupStore,
+    progress: _Progress,
+    *,
+    force: bool,
+    trigger: str,
+    reverify: bool,
+) -> None:
+    """Back up if one is due, then fully re-check the least recently verified backup."""
+    try:
+        # Inside the try, so a missing or replaced database, or a folder of another database,
+        # is a recorded failed run that health reports as critical, not an exception that
+        # leaves no trace for it.
+        check_sqlite_file(settings.database)
+        claim_folders(settings)
+        cleanup_debris(settings)
+        # "Now" is taken after the lock: a run that waited for another run's backup must
+        # see that backup as just taken, not as dated in its future (which reads as a
+        # clock that went back and would take a second, redundant backup).
+        progress.skipped = None if force else backup_due(store, datetime.now(timezone.utc))
+        if progress.skipped is None:
+            progress.backup = create_backup(
+                settings, kind="scheduled", trigger=trigger, lock=False, notify_owner=False
+            )
+            progress.warnings += progress.backup.warnings
+        if reverify:
+            new_id = progress.backup.metadata.id if progress.backup else None
+            target = _least_recently_verified(store, new_id)
+            if target is not None:
+                progress.reverified = verify_backup(store, target, notify_owner=False)
+                progress.warnings += [
                     f"re-verify of {target}: {c.location}: {c.error}"
-                    for c in work.reverified.copies
+                    for c in progress.reverified.copies
                     if not c.ok
                 ]
-    # After the re-verify, so a copy it found damaged is rebuilt in the same run.
-    work.repaired = heal_copies(store, recheck=settings.health_checksum_count)
-    work.warnings += [r.describe() for r in work.repaired if not r.ok]
+        # After the re-verify, so a copy it found damaged is rebuilt in the same run.
+        progress.repaired = heal_copies(store, recheck=settings.health_checksum_count)
+        progress.warnings += [r.describe() for r in progress.repaired if not r.ok]
+    except BackupError as exc:
+        progress.fail(exc)
 
 
-def _record(settings: Settings, started: datetime, work: _Work) -> None:
-    """Remember the run for health: how it ended, and which copies could not be rebuilt."""
+def _sync_offsite(settings: Settings, progress: _Progress, *, reverify: bool) -> None:
+    """Upload to the offsite store, after the local backup and before local pruning, so a
+    backup is uploaded before local retention may remove it. Offsite trouble is a warning:
+    the local backup is safe, and the next run retries."""
+    progress.offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+    progress.warnings += progress.offsite.warnings()
+
+
+def _prune(store: BackupStore, progress: _Progress) -> None:
+    """Apply retention, never deleting the backup just taken."""
+    try:
+        progress.pruned = prune(
+            store, protect=[progress.backup.metadata.id] if progress.backup else []
+        )
+    except BackupError as exc:
+        progress.fail(exc)
+
+
+def _record(settings: Settings, progress: _Progress) -> None:
+    """Remember that the run happened and how it ended (health reads it)."""
     try:
         record_run(
             settings,
-            at=started,
+            at=progress.started,
             result={
-                "ok": work.error is None,
-                "error": work.error,
-                "backup": work.backup.metadata.id if work.backup else None,
-                "offsite": work.offsite.to_dict() if work.offsite else None,
-                "repaired": [r.to_dict() for r in work.repaired],
+                "ok": progress.error is None,
+                "error": progress.error,
+                "backup": progress.backup.metadata.id if progress.backup else None,
+                "offsite": progress.offsite.to_dict() if progress.offsite else None,
+                "repaired": [r.to_dict() for r in progress.repaired],
             },
         )
     except BackupError as exc:
         logger.error("could not write the status file: %s", exc)
+
+
+def _check_health(settings: Settings) -> HealthReport:
+    """The health report after the run, saved for the pages and ``status``."""
+    report = check_health(settings)
+    try:
+        save_report(settings, report)
+    except BackupError as exc:
+        logger.error("could not write the status file: %s", exc)
+    return report
+
+
+def _events(settings: Settings, result: RunResult) -> list[notify.Event]:
+    """The run's one-off news for the owner; lasting conditions come from its health report."""
+    events = backup_events(settings, result.backup) if result.backup else []
+    if result.reverified is not None and not result.reverified.ok:
+        events.append(failure_event(settings, result.reverified))
+    return events

@@ -34,6 +34,13 @@ MAX_DURATION = 366 * 86400
 COMPRESSIONS = ("zstd", "gzip")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 S3_CHECKSUMS = ("sha256", "off")
+#: ``problems``: failures, warnings and their recovery; ``all``: also each success.
+NOTIFY_ON = ("problems", "all")
+#: An Apprise URL: a scheme, ``://``, and no white space.
+_NOTIFY_URL = re.compile(r"\A[a-z][a-z0-9+.-]*://\S+\Z", re.IGNORECASE)
+#: Where one URL ends in ``BACKUPS_NOTIFY``: white space, or commas before the next ``scheme://``
+#: (a comma inside a URL, as in ``?to=a@x.org,b@x.org``, is not followed by a scheme).
+_NOTIFY_SPLIT = re.compile(r"\s+|,[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,15 @@ class Settings:
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
+    #: Apprise URLs notifications go to (they hold passwords and tokens: never shown unmasked).
+    notify: tuple[str, ...] = field(default=(), repr=False)
+    #: ``problems`` or ``all`` (see :data:`NOTIFY_ON`).
+    notify_on: str = "problems"
+    #: Dead-man ping base URL (healthchecks.io style); ``run`` pings it at start and end.
+    ping_url: str | None = field(default=None, repr=False)
+    #: A table that lost more than this fraction of its rows since the previous good backup
+    #: is an anomaly (tables of at least :data:`anomaly.MIN_ROWS` rows).
+    anomaly_drop: float = 0.20
     #: The database's name in its backup folder's identity (default: the file's stem).
     database_name: str = ""
 
@@ -283,6 +299,10 @@ CORE_KEYS = frozenset(
         "s3_verify_per_run",
         "s3_verify_period_days",
         "s3_checksum",
+        "notify",
+        "notify_on",
+        "ping_url",
+        "anomaly_drop",
     }
 )
 
@@ -359,6 +379,7 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         )
     if values.get("database_name") is not None:
         kwargs["database_name"] = validate_database_name(values["database_name"])
+    kwargs.update(_notify_settings(values))
     return Settings(
         database=database,
         backup_dir=backup_dir,
@@ -369,6 +390,66 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         s3=_s3_settings(values, retention),
         **kwargs,
     )
+
+
+def split_notify_urls(value: Any) -> tuple[str, ...]:
+    """The URLs in ``BACKUPS_NOTIFY``: a list, or one string separated by white space or commas.
+
+    Raises :class:`ConfigError` for anything that is not ``scheme://...``; the message shows
+    only the scheme, since the rest may hold a password.
+    """
+    if isinstance(value, str):
+        parts = _NOTIFY_SPLIT.split(value.strip())
+    elif isinstance(value, list | tuple):
+        parts = [p for item in value for p in _NOTIFY_SPLIT.split(str(item).strip())]
+    else:
+        raise ConfigError("BACKUPS_NOTIFY must be Apprise URLs separated by spaces or commas")
+    urls = tuple(p.strip().rstrip(",") for p in parts if p.strip().rstrip(","))
+    for number, url in enumerate(urls, start=1):
+        if not _NOTIFY_URL.match(url):
+            shown = url.split("://", 1)[0][:20] if "://" in url else "no scheme://"
+            raise ConfigError(
+                f"BACKUPS_NOTIFY: URL {number} is not an Apprise URL like "
+                f"mailtos://user:pass@example.com or json://host/path ({shown})"
+            )
+    return urls
+
+
+def parse_fraction(name: str, value: Any) -> float:
+    """A fraction from ``"20%"``, ``0.2`` or ``20`` (read as percent); raises ConfigError."""
+    wrong = f"{PREFIX}{name.upper()} must be a percentage like 20% (or a fraction like 0.2)"
+    if isinstance(value, bool):
+        raise ConfigError(wrong)
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        number = float(text[:-1] if percent else text)
+    except ValueError:
+        raise ConfigError(f"{wrong}, not {value!r}") from None
+    if percent or number >= 1:
+        number /= 100
+    if not math.isfinite(number) or not 0 < number < 1:
+        raise ConfigError(f"{wrong} between 0% and 100%, not {value!r}")
+    return number
+
+
+def _notify_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if values.get("notify") is not None:
+        found["notify"] = split_notify_urls(values["notify"])
+    if values.get("notify_on") is not None:
+        notify_on = str(values["notify_on"]).strip().lower()
+        if notify_on not in NOTIFY_ON:
+            raise ConfigError(f"BACKUPS_NOTIFY_ON must be one of {', '.join(NOTIFY_ON)}")
+        found["notify_on"] = notify_on
+    ping = _opt_str(values.get("ping_url"))
+    if ping is not None:
+        if not re.match(r"\Ahttps?://[^/\s?#]+[^\s]*\Z", ping, re.IGNORECASE):
+            raise ConfigError("BACKUPS_PING_URL must be an http:// or https:// URL")
+        found["ping_url"] = ping.rstrip("/")
+    if values.get("anomaly_drop") is not None:
+        found["anomaly_drop"] = parse_fraction("anomaly_drop", values["anomaly_drop"])
+    return found
 
 
 def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Settings | None:

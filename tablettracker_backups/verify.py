@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups import notify
 from tablettracker_backups.compression import decompress_file
 from tablettracker_backups.errors import (
     BackupError,
@@ -26,6 +27,7 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.metadata import BackupMetadata, Verification
+from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     UNREADABLE_SCHEMA,
     DatabaseCheck,
@@ -206,8 +208,13 @@ def verify_backup(
     backup_id: str,
     *,
     progress: ByteProgress | None = None,
+    notify_owner: bool = True,
 ) -> VerifyResult:
-    """Fully check every local copy of ``backup_id``; raises :class:`BackupNotFound`."""
+    """Fully check every local copy of ``backup_id``; raises :class:`BackupNotFound`.
+
+    With ``notify_owner`` a failed check is sent to the owner; callers that check many backups
+    or report in a message of their own (``run``, ``verify --all``) pass False.
+    """
     info = store.get(backup_id)
     results = []
     for copy in info.copies:
@@ -217,4 +224,13 @@ def verify_backup(
         results.append(verify_copy(store, copy.location, backup_id, progress=progress))
     if not results:
         raise BackupNotFound(f"no backup with id {backup_id}")
-    return VerifyResult(backup_id, tuple(results))
+    result = VerifyResult(backup_id, tuple(results))
+    if notify_owner and not result.ok:
+        notify.send(store.settings, [failure_event(store.settings, result)])
+    return result
+
+
+def failure_event(settings: Settings, result: VerifyResult) -> notify.Event:
+    """The owner's news of a verification that found damaged copies."""
+    failed = [(c.location, c.error or "failed") for c in result.copies if not c.ok]
+    return notify.verify_failed(settings, result.id, failed, usable=result.usable)

@@ -62,7 +62,8 @@ HEARTBEAT_SECONDS = 5.0
 #: Finished job files kept for the pages; older ones are deleted when a new job starts.
 KEEP_FINISHED = 50
 #: Settings never written into a job file; the worker gets them through its environment.
-SECRET_KEYS = frozenset({"s3_access_key_id", "s3_secret_access_key"})
+#: Notification and ping URLs carry passwords and tokens.
+SECRET_KEYS = frozenset({"s3_access_key_id", "s3_secret_access_key", "notify", "ping_url"})
 
 
 @dataclass(frozen=True)
@@ -333,8 +334,11 @@ def python_executable() -> str:
 def _worker_env(values: Mapping[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
     for key in SECRET_KEYS:
-        if values.get(key) is not None:
-            env[f"BACKUPS_{key.upper()}"] = str(values[key])
+        value = values.get(key)
+        if value is not None:
+            # A list (BACKUPS_NOTIFY in Flask config) travels as one space-separated string.
+            text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            env[f"BACKUPS_{key.upper()}"] = text
     # A source checkout that is not installed (the tests) must still be importable.
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file():

@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupError, LockedError, RestoreError
 from tablettracker_backups.jobs.queue import (
@@ -41,7 +41,7 @@ from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.restore import restore_backup
 from tablettracker_backups.settings import Settings, settings_from_mapping, values_from_env
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.verify import failure_event, verify_backup
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +100,16 @@ def _do_verify(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, 
     store = BackupStore(settings)
     single = job.action == "verify"
     ids = [validate_backup_id(job.params.get("id"))] if single else store.ids()
-    results = []
+    checked = []
     # Verification rewrites metadata; the lock keeps prune and restore out meanwhile.
     with operation_lock(settings):
         for index, backup_id in enumerate(ids):
             reporter.stage(f"verifying {backup_id}", index, len(ids))
-            results.append(verify_backup(store, backup_id).to_dict())
+            checked.append(verify_backup(store, backup_id, notify_owner=False))
         reporter.stage("verified", len(ids), len(ids))
+    # One message for the whole job, after the lock is released.
+    notify.send(settings, [failure_event(settings, r) for r in checked if not r.ok])
+    results = [r.to_dict() for r in checked]
     bad = [str(r["id"]) for r in results if not r["ok"]]
     if bad:
         raise _JobFailed(

@@ -57,6 +57,16 @@ class BackupManager:
         app.config.setdefault("BACKUPS_BASE_TEMPLATE", "tablettracker_backups/base.html")
         #: URL of the scheduled-task endpoint.
         app.config.setdefault("BACKUPS_TASK_URL", "/tasks/backups/run")
+        #: URL of the Prometheus metrics (GET, same bearer token as the task endpoint).
+        app.config.setdefault("BACKUPS_METRICS_URL", "/tasks/backups/metrics")
+        #: Apprise URLs to notify (a list, or one string separated by spaces or commas).
+        app.config.setdefault("BACKUPS_NOTIFY", None)
+        #: ``problems`` (failures, warnings, recoveries) or ``all`` (also each success).
+        app.config.setdefault("BACKUPS_NOTIFY_ON", None)
+        #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
+        app.config.setdefault("BACKUPS_PING_URL", None)
+        #: Row-count drop since the previous good backup that counts as an anomaly (20%).
+        app.config.setdefault("BACKUPS_ANOMALY_DROP", None)
         #: Offsite copies: the S3 bucket; None turns offsite copies off.
         app.config.setdefault("BACKUPS_S3_BUCKET", None)
         #: Endpoint of an S3-compatible provider (B2, R2, MinIO ...); None means AWS.
@@ -84,6 +94,7 @@ class BackupManager:
             raise RuntimeError("BACKUPS_TASK_TOKEN must be a string of at least 16 characters")
         prefix = _url_path("BACKUPS_URL_PREFIX", app.config["BACKUPS_URL_PREFIX"])
         task_url = _url_path("BACKUPS_TASK_URL", app.config["BACKUPS_TASK_URL"])
+        metrics_url = _url_path("BACKUPS_METRICS_URL", app.config["BACKUPS_METRICS_URL"])
         base_template = app.config["BACKUPS_BASE_TEMPLATE"]
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
@@ -96,7 +107,7 @@ class BackupManager:
             task_url=task_url,
         )
 
-        register_blueprints(app, prefix=prefix, task_url=task_url)
+        register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
 
         # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
         # ``current_app.extensions`` and never imports this module back.

@@ -23,6 +23,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    flash,
     jsonify,
     redirect,
     render_template,
@@ -35,7 +36,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
 from tablettracker_backups.bootstrap import setup_command
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
@@ -49,6 +50,7 @@ from tablettracker_backups.health import check_health
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import parse_utc, validate_backup_id
+from tablettracker_backups.notifiers import apprise_available, mask_url
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
@@ -113,13 +115,14 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/jobs/<job_id>", "job", job_page)
     bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
     bp.add_url_rule("/audit", "audit", audit_page)
+    bp.add_url_rule("/notify-test", "notify_test", notify_test, methods=["POST"])
     return bp
 
 
-def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
-    """Mount the pages and the endpoint; exempt only the endpoint from Flask-WTF's CSRF."""
+def register_blueprints(app: Flask, *, prefix: str, task_url: str, metrics_url: str) -> None:
+    """Mount the pages and the endpoints; exempt only the endpoints from Flask-WTF's CSRF."""
     app.register_blueprint(create_blueprint(), url_prefix=None if prefix == "/" else prefix)
-    task_bp = tasks.create_task_blueprint(task_url)
+    task_bp = tasks.create_task_blueprint(task_url, metrics_url)
     app.register_blueprint(task_bp)
     wtf = app.extensions.get("csrf")
     if wtf is not None:
@@ -284,6 +287,7 @@ def dashboard() -> ResponseReturnValue:
         setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
+        notifications=_notifications(settings),
     )
 
 
@@ -328,6 +332,41 @@ def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
 
 #: The list's filter: kind on the page -> kind in the metadata.
 KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-restore"}
+
+
+def _notifications(settings: Settings) -> dict[str, Any]:
+    """Where notifications go (masked) and how the last ones went, for the dashboard."""
+    ping = notify.last_ping(settings)
+    return {
+        "targets": notify.target_statuses(settings),
+        "notify_on": settings.notify_on,
+        "ping_url": mask_url(settings.ping_url) if settings.ping_url else None,
+        "ping": ping,
+        "ping_at": notify.parse_time(ping.get("at")) if ping else None,
+        "apprise_missing": bool(settings.notify) and not apprise_available(),
+    }
+
+
+def notify_test() -> ResponseReturnValue:
+    """Send a test message to every target now (at most 10 s) and show each result."""
+    settings = _settings()
+    results = notify.send_test(settings)
+    if not results:
+        flash("No notification targets: set BACKUPS_NOTIFY to one or more Apprise URLs.", "warning")
+    for result in results:
+        if result.ok:
+            flash(f"Test message sent to {result.target}.", "ok")
+        else:
+            flash(f"Test message to {result.target} failed: {result.error}", "critical")
+    audit.record(
+        settings,
+        action="notify-test",
+        actor=_actor(),
+        ok=bool(results) and all(r.ok for r in results),
+        message=f"{sum(r.ok for r in results)} of {len(results)} target(s) accepted a test message",
+        details={"via": "web", "targets": [r.target for r in results]},
+    )
+    return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
 
 
 def backup_list() -> ResponseReturnValue:
