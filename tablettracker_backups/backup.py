@@ -151,6 +151,7 @@ def _create_backup(
             page_count=snap.page_count,
             journal_mode=snap.journal_mode,
             sqlite_version=snap.sqlite_version,
+            signature=snap.signature,
         ),
         tool_version=__version__,
         schema_fingerprint=check.schema_fingerprint,

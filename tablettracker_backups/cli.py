@@ -32,7 +32,7 @@ from tablettracker_backups.offsite.sync import verify_offsite
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import preview_restore, recover_from_offsite, restore_backup
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.retention import plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
     Settings,
@@ -268,9 +268,7 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     store = BackupStore(settings)
     store.require_folder()
     infos = store.list()
-    plan = plan_retention(
-        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
-    )
+    plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
 

@@ -19,7 +19,7 @@ from tablettracker_backups.display import format_age
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
-from tablettracker_backups.retention import CLOCK_SKEW, candidates_from, plan_retention
+from tablettracker_backups.retention import CLOCK_SKEW, plan_for_backups
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import quick_check_live
 from tablettracker_backups.states import CopyStatus, Level
@@ -245,12 +245,12 @@ def _schedule_findings(
 
 
 def _slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
-    plan = plan_retention(candidates_from(backups), settings.retention, now=now)
+    plan = plan_for_backups(settings, backups, now=now)
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:
-            slot = reason.split(" ")[0]
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"):
+            slot = reason.split(" ")[0].rstrip(",")
+            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore"):
                 slots[slot] += 1
     return dict(slots)
 

@@ -14,13 +14,15 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tablettracker_backups.changes import SourceSignature
 from tablettracker_backups.errors import InvalidBackupId, MetadataError
 
 FORMAT_VERSION = 1
 #: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
 #: newline, and ``\d`` matches any Unicode digit): a file name in a backup folder is input.
 ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
-KINDS = ("scheduled", "manual", "pre-restore")
+#: ``auto`` is a write-triggered snapshot (:mod:`tablettracker_backups.autosnapshot`).
+KINDS = ("scheduled", "manual", "auto", "pre-restore")
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
 MAX_METADATA_BYTES = 1024 * 1024
@@ -101,6 +103,9 @@ class SourceInfo:
     page_count: int
     journal_mode: str
     sqlite_version: str
+    #: ``stat()`` of the database files just before the snapshot's read transaction, so a
+    #: later "changed since this backup?" needs no file opened (absent in older metadata).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -197,6 +202,7 @@ class BackupMetadata:
                 page_count=_nonneg(source, "page_count"),
                 journal_mode=_str(source, "journal_mode"),
                 sqlite_version=_str(source, "sqlite_version"),
+                signature=SourceSignature.from_dict(source.get("signature")),
             ),
             tool_version=_str(doc, "tool_version"),
             schema_fingerprint=_hex(doc, "schema_fingerprint"),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
-from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
+from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
@@ -46,9 +46,9 @@ def plan_for_store(
     sound: str | None = None,
 ) -> RetentionPlan:
     """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
-    return plan_retention(
-        candidates_from(store.list()),
-        store.settings.retention,
+    return plan_for_backups(
+        store.settings,
+        store.list(),
         protect=protect,
         now=now or datetime.now(timezone.utc),
         sound=sound,

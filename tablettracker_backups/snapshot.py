@@ -18,6 +18,7 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from tablettracker_backups.changes import SourceSignature, source_signature
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.fsutil import describe_os_error
 
@@ -40,6 +41,9 @@ class SnapshotInfo:
     journal_mode: str
     sqlite_version: str
     seconds: float
+    #: The database files' ``stat()`` just before the read transaction began: anything written
+    #: later changes it, so a match later means "nothing written since" (see :mod:`.changes`).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -192,6 +196,12 @@ def take_snapshot(
     """
     check_sqlite_file(database)
     started = time.monotonic()
+    # Before our own connection opens: in WAL mode the last connection to close deletes the
+    # -wal file, so a signature taken while ours is open would never match again.
+    try:
+        signature: SourceSignature | None = source_signature(database)
+    except OSError:
+        signature = None  # the snapshot below reports a missing file properly
     try:
         dest.touch(mode=0o600, exist_ok=False)
     except OSError as exc:
@@ -233,6 +243,7 @@ def take_snapshot(
         journal_mode=journal_mode,
         sqlite_version=sqlite3.sqlite_version,
         seconds=time.monotonic() - started,
+        signature=signature,
     )
 
 

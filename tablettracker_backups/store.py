@@ -11,6 +11,7 @@ import builtins
 import logging
 import os
 import stat
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -65,8 +66,17 @@ class BackupInfo:
 
     @property
     def kind(self) -> str:
-        """``scheduled``, ``manual``, ``pre-restore``, or ``unknown`` when metadata is lost."""
+        """``scheduled``, ``manual``, ``auto``, ``pre-restore``, or ``unknown`` when metadata
+        is lost."""
         return self.metadata.kind if self.metadata else "unknown"
+
+    @property
+    def good(self) -> bool:
+        """A copy is faithful (present, unchanged, verified) and its source was not damaged.
+
+        Until source damage is recorded in the metadata (the trust issue), verified is good.
+        """
+        return self.verified
 
     @property
     def stored_size(self) -> int:
@@ -98,6 +108,12 @@ class BackupInfo:
             "copies": {c.location: c.state for c in self.copies},
             "problems": list(self.problems),
         }
+
+
+def newest_good(infos: Iterable[BackupInfo], *, regular: bool = True) -> BackupInfo | None:
+    """The newest good backup of ``infos``; with ``regular`` never a ``pre-restore`` snapshot."""
+    candidates = [i for i in infos if i.good and not (regular and i.kind == "pre-restore")]
+    return max(candidates, key=lambda i: (i.created_at, i.id), default=None)
 
 
 def is_backup_id(name: str) -> bool:
