@@ -1,0 +1,436 @@
+"""Write-triggered snapshots: a recovery point of minutes without a daemon.
+
+After a web request that may have written, the blueprint calls :func:`after_write` once the
+response has gone out. It decides from ``stat()`` alone (:mod:`.changes`) whether the database
+changed since the newest good backup, and whether that backup is older than the effective
+interval: the larger of ``BACKUPS_SNAPSHOT_AFTER_WRITE`` and :data:`COST_FACTOR` times the
+newest backup's duration, so snapshots take at most about 5% of the time. Then:
+
+- due, and the database small (:data:`IN_PROCESS_MAX_BYTES`): an ordinary verified backup of
+  kind ``auto``, right here, in the thread that served the request;
+- due, and larger (or an offsite copy should follow at once): the detached job worker does it;
+- changed but not yet due, or busy: a *waiting* worker (one at most) sleeps until it is due,
+  checks again, and snapshots if something is still unsaved. That catches the tail of a burst
+  of writes, which no later request may come to trigger.
+
+Never two at once: decisions are taken under a short file lock (:data:`DECISION_LOCK`), a
+snapshot under the operation lock without waiting (busy: a waiting worker checks later), and
+a snapshot re-checks after taking the lock. Writes made outside web requests are caught by
+the next scheduled ``run``, which also backs up when the signature changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.changes import SourceSignature, changed_since, source_signature
+from tablettracker_backups.errors import (
+    BackupError,
+    BackupNotFound,
+    LockedError,
+    MetadataError,
+    StorageError,
+)
+from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir, remove_quietly
+from tablettracker_backups.jobs import queue as jobs
+from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.metadata import BackupMetadata, parse_utc, utc_iso
+from tablettracker_backups.offsite.sync import sync_offsite
+from tablettracker_backups.retention import CLOCK_SKEW
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import State
+from tablettracker_backups.status import read_status, update_status
+from tablettracker_backups.store import BackupStore
+
+logger = logging.getLogger(__name__)
+
+#: Snapshots may take at most 1/COST_FACTOR of the time: the interval grows with their duration.
+COST_FACTOR = 20
+#: Largest database (with its -wal) snapshotted inside the web process. A full backup of 8 MiB
+#: of TabletTracker data took 0.11-0.16 s here (bench/bench_autosnapshot.py), well under 1 s
+#: even with the other core busy; larger ones go to the detached worker.
+IN_PROCESS_MAX_BYTES = 8 * 1024 * 1024
+#: ... and only while the newest backup took no longer than this (a slow disk, a loaded host).
+IN_PROCESS_MAX_SECONDS = 0.5
+#: Automatic snapshots this small go offsite at once (by the worker); larger ones at the next
+#: scheduled run.
+OFFSITE_RIGHT_AWAY_BYTES = 8 * 1024 * 1024
+#: Newest backup ids whose metadata the cheap check reads before giving up.
+SCAN_LIMIT = 20
+#: The decision lock, and the record of the waiting worker, in the state folder.
+DECISION_LOCK = ".auto.lock"
+PENDING_FILE = "auto-pending.json"
+#: How long a decision waits for another decision (they take milliseconds).
+DECISION_WAIT = 2.0
+#: A waiting worker gives up after this many snapshots (the next write starts another).
+MAX_ROUNDS = 50
+STATUS_KEY = "last_auto"
+
+# One decision at a time inside this process; the file lock covers other processes.
+_in_process = threading.Lock()
+
+
+class Outcome(State):
+    """What one trigger did."""
+
+    OFF = "off"
+    UNCHANGED = "unchanged"
+    WAITING = "waiting"
+    BUSY = "busy"
+    TAKEN = "taken"
+    HANDED_OFF = "handed-off"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class Check:
+    """The cheap look: has the database changed since the newest good backup, is one due?"""
+
+    checked_at: datetime
+    signature: SourceSignature
+    newest: BackupMetadata | None
+    changed: bool
+    #: The effective interval in seconds (the setting, or more for slow snapshots).
+    interval: float
+    #: When a snapshot becomes due (None: no backup yet, due now).
+    due_at: datetime | None
+
+    @property
+    def due(self) -> bool:
+        """Changed, and the newest good backup is at least one interval old."""
+        return self.changed and (self.due_at is None or self.due_at <= self.checked_at)
+
+    @property
+    def size(self) -> int:
+        """Bytes of the database and its -wal: what a snapshot has to read."""
+        wal = self.signature.wal.size if self.signature.wal else 0
+        return self.signature.database.size + wal
+
+
+@dataclass(frozen=True)
+class TriggerResult:
+    """The outcome of :func:`after_write`, with the backup taken (if any)."""
+
+    outcome: Outcome
+    detail: str = ""
+    backup_id: str | None = None
+
+
+def effective_interval(settings: Settings, newest: BackupMetadata | None) -> float:
+    """The larger of the setting and :data:`COST_FACTOR` times the newest backup's duration."""
+    base = float(settings.snapshot_after_write or 0)
+    last = newest.durations.get("total", 0.0) if newest is not None else 0.0
+    return max(base, COST_FACTOR * last)
+
+
+def newest_good_metadata(store: BackupStore) -> BackupMetadata | None:
+    """The newest verified, regular backup's metadata, reading as few files as possible.
+
+    Ids sort by time, so the newest is found with a folder listing and one small JSON file
+    (a full :meth:`BackupStore.list` reads every backup's metadata).
+    """
+    for backup_id in store.ids()[:SCAN_LIMIT]:
+        for location in store.locations:
+            try:
+                meta = store.read_metadata(location, backup_id)
+            except (BackupNotFound, MetadataError, StorageError):
+                continue
+            if meta.kind != "pre-restore" and meta.verification.ok:
+                return meta
+            break
+    return None
+
+
+def evaluate(settings: Settings, *, now: datetime | None = None, when_unsure: bool = True) -> Check:
+    """Look (``stat()`` and one metadata file) without opening the database.
+
+    Raises :class:`StorageError` when the backup folder cannot be listed, ``OSError`` when the
+    database cannot be looked at.
+    """
+    now = now or datetime.now(timezone.utc)
+    signature = source_signature(settings.database)
+    newest = newest_good_metadata(BackupStore(settings))
+    recorded = newest.source.signature if newest is not None else None
+    changed = changed_since(recorded, signature, when_unsure=when_unsure)
+    interval = effective_interval(settings, newest)
+    due_at = None
+    if newest is not None and newest.created_at <= now + CLOCK_SKEW:
+        # A backup dated in the future means the clock went back: due now.
+        due_at = newest.created_at + timedelta(seconds=interval)
+    return Check(now, signature, newest, changed, interval, due_at)
+
+
+def _runs_in_process(settings: Settings, check: Check) -> bool:
+    last = check.newest.durations.get("total", 0.0) if check.newest is not None else 0.0
+    return (
+        check.size <= IN_PROCESS_MAX_BYTES
+        and last <= IN_PROCESS_MAX_SECONDS
+        # An offsite upload right after would hold the web worker for a network round trip.
+        and settings.s3 is None
+    )
+
+
+@contextlib.contextmanager
+def decision_lock(settings: Settings, *, timeout: float = DECISION_WAIT) -> Iterator[None]:
+    """Hold the short lock around deciding what to do; raises :class:`LockedError`."""
+    ensure_private_dir(settings.state_dir)
+    lock = filelock.FileLock(str(settings.state_dir / DECISION_LOCK), mode=0o600)
+    try:
+        lock.acquire(timeout=timeout)
+    except filelock.Timeout:
+        raise LockedError("another automatic snapshot is deciding") from None
+    except OSError as exc:
+        raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+# -- the trigger (in the web process) ----------------------------------------------------------
+
+
+def after_write(
+    settings: Settings, values: Mapping[str, Any], *, trigger: str = "web"
+) -> TriggerResult:
+    """Snapshot if due, after a request that may have written. Called after the response.
+
+    ``values`` are the lower-case core settings a worker process rebuilds :class:`Settings`
+    from. Returns what happened; a failed snapshot is also recorded in the status file.
+    Raises only on trouble outside the snapshot (an unreadable backup folder); the web face
+    logs that and carries on.
+    """
+    if settings.snapshot_after_write is None:
+        return TriggerResult(Outcome.OFF)
+    if not _in_process.acquire(blocking=False):
+        # Another request of this process is on it, and re-checks when it is done.
+        return TriggerResult(Outcome.BUSY, "another request of this process is checking")
+    try:
+        try:
+            with decision_lock(settings):
+                check = evaluate(settings)
+                if not check.changed:
+                    return TriggerResult(Outcome.UNCHANGED)
+                if not check.due or not _runs_in_process(settings, check):
+                    return _ensure_worker(settings, values, check)
+        except LockedError as exc:
+            return TriggerResult(Outcome.BUSY, str(exc))
+        result = _take_in_process(settings, trigger)
+        if result.outcome in (Outcome.TAKEN, Outcome.BUSY):
+            # Writes that landed during the snapshot (or while someone else held the lock)
+            # are saved by a waiting worker, since no later request may come to trigger one.
+            with decision_lock(settings):
+                again = evaluate(settings)
+                if again.changed:
+                    _ensure_worker(settings, values, again)
+        return result
+    finally:
+        _in_process.release()
+
+
+def _take_in_process(settings: Settings, trigger: str) -> TriggerResult:
+    try:
+        with operation_lock(settings, timeout=0):
+            check = evaluate(settings)  # someone may have backed up since the decision
+            if not check.due:
+                return TriggerResult(Outcome.UNCHANGED, "backed up meanwhile")
+            return _snapshot(settings, trigger=trigger, where="in-process")
+    except LockedError as exc:
+        return TriggerResult(Outcome.BUSY, str(exc))
+
+
+def _snapshot(settings: Settings, *, trigger: str, where: str) -> TriggerResult:
+    """Take one ``auto`` backup (the caller holds the operation lock) and record how it went."""
+    started = time.monotonic()
+    try:
+        result = create_backup(settings, kind="auto", trigger=trigger, lock=False)
+    except BackupError as exc:
+        logger.error("automatic snapshot failed: %s", exc)
+        record(settings, ok=False, where=where, seconds=time.monotonic() - started, error=str(exc))
+        return TriggerResult(Outcome.FAILED, str(exc))
+    meta = result.metadata
+    record(settings, ok=True, where=where, seconds=time.monotonic() - started, backup=meta.id)
+    logger.info("automatic snapshot %s taken %s", meta.id, where)
+    return TriggerResult(Outcome.TAKEN, "; ".join(result.warnings), meta.id)
+
+
+def record(
+    settings: Settings,
+    *,
+    ok: bool,
+    where: str,
+    seconds: float,
+    backup: str | None = None,
+    error: str | None = None,
+) -> None:
+    """Remember the last automatic snapshot in the status file (for health and the pages)."""
+    try:
+        update_status(
+            settings,
+            **{
+                STATUS_KEY: {
+                    "at": utc_iso(datetime.now(timezone.utc)),
+                    "ok": ok,
+                    "where": where,
+                    "seconds": round(seconds, 4),
+                    "backup": backup,
+                    "error": error,
+                }
+            },
+        )
+    except BackupError as exc:
+        logger.error("could not write the status file: %s", exc)
+
+
+def last_auto(settings: Settings) -> dict[str, Any] | None:
+    """What :func:`record` last wrote, or None."""
+    value = read_status(settings).get(STATUS_KEY)
+    return value if isinstance(value, dict) else None
+
+
+# -- the waiting worker --------------------------------------------------------------------------
+
+
+def _pending_path(settings: Settings) -> Path:
+    return settings.state_dir / PENDING_FILE
+
+
+def _pending_job(settings: Settings) -> jobs.Job | None:
+    """The live waiting worker's job, if any (the caller holds the decision lock)."""
+    try:
+        document = json.loads(_pending_path(settings).read_text(encoding="utf-8"))
+        job = jobs.read_job(settings, str(document["job"]))
+    except (OSError, ValueError, KeyError, TypeError, BackupError):
+        return None
+    return None if job.finished else job
+
+
+def _ensure_worker(settings: Settings, values: Mapping[str, Any], check: Check) -> TriggerResult:
+    """Make sure a worker will snapshot once due (the caller holds the decision lock)."""
+    pending = _pending_job(settings)
+    if pending is not None:
+        return TriggerResult(Outcome.WAITING, f"worker {pending.id} will check again")
+    params = {} if check.due_at is None else {"not_before": utc_iso(check.due_at)}
+    try:
+        job = jobs.start_job(settings, values, action="auto", actor="automatic", params=params)
+    except LockedError as exc:
+        return TriggerResult(Outcome.BUSY, str(exc))
+    atomic_write_bytes(_pending_path(settings), json.dumps({"job": job.id}).encode())
+    if check.due:
+        return TriggerResult(Outcome.HANDED_OFF, f"worker {job.id} takes it now")
+    return TriggerResult(Outcome.WAITING, f"worker {job.id} checks at {params['not_before']}")
+
+
+#: Called with (stage, done, total) while the worker waits and snapshots.
+Progress = Callable[[str, int, int], None]
+
+
+def run_worker(
+    settings: Settings,
+    job_id: str,
+    *,
+    not_before: datetime | None,
+    progress: Progress | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[str, dict[str, Any]]:
+    """The ``auto`` job: wait until due, snapshot while anything is unsaved, then stop.
+
+    Returns a message and the ids taken. Offsite copies of small snapshots go at once.
+    """
+    taken: list[str] = []
+    failures: list[str] = []
+    wake = not_before
+    for _ in range(MAX_ROUNDS):
+        if wake is not None:
+            _wait_until(wake, progress, sleep)
+        try:
+            with decision_lock(settings, timeout=settings.lock_timeout + DECISION_WAIT):
+                check = evaluate(settings)
+                if not check.changed:
+                    _clear_pending(settings, job_id)
+                    break
+        except LockedError:
+            wake = datetime.now(timezone.utc) + timedelta(seconds=1)
+            continue
+        if not check.due:
+            wake = check.due_at
+            continue
+        try:
+            with operation_lock(settings):
+                outcome = _snapshot_and_upload(settings, check, progress)
+        except LockedError:
+            # Another backup, restore or prune: look again once it is over.
+            wake = datetime.now(timezone.utc) + timedelta(seconds=settings.lock_timeout or 1)
+            continue
+        if outcome.backup_id is not None:
+            taken.append(outcome.backup_id)
+        elif outcome.outcome == Outcome.FAILED:
+            failures.append(outcome.detail)
+            with decision_lock(settings, timeout=settings.lock_timeout + DECISION_WAIT):
+                _clear_pending(settings, job_id)
+            break
+        wake = None
+    else:
+        with decision_lock(settings, timeout=settings.lock_timeout + DECISION_WAIT):
+            _clear_pending(settings, job_id)
+    if failures:
+        raise BackupError(f"automatic snapshot failed: {failures[0]}")
+    if not taken:
+        return "nothing unsaved: no snapshot needed", {"taken": []}
+    return f"automatic snapshot {', '.join(taken)} taken", {"taken": taken}
+
+
+def _snapshot_and_upload(
+    settings: Settings, decided: Check, progress: Progress | None
+) -> TriggerResult:
+    check = evaluate(settings)  # re-check under the operation lock
+    if not check.due:
+        return TriggerResult(Outcome.UNCHANGED, "backed up meanwhile")
+    if progress is not None:
+        progress("snapshot", 0, 1)
+    result = _snapshot(settings, trigger="web:auto", where="worker")
+    if result.backup_id is not None and settings.s3 is not None:
+        meta = BackupStore(settings).read_metadata("primary", result.backup_id)
+        if meta.stored_size <= OFFSITE_RIGHT_AWAY_BYTES:
+            sync = sync_offsite(settings, verify_count=0)
+            for warning in sync.warnings():
+                logger.warning("%s", warning)
+    return result
+
+
+def _clear_pending(settings: Settings, job_id: str) -> None:
+    """Forget the waiting worker (the caller holds the decision lock), if it is this one."""
+    try:
+        document = json.loads(_pending_path(settings).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    if isinstance(document, dict) and document.get("job") == job_id:
+        remove_quietly(_pending_path(settings))
+
+
+def _wait_until(wake: datetime, progress: Progress | None, sleep: Callable[[float], None]) -> None:
+    while True:
+        left = (wake - datetime.now(timezone.utc)).total_seconds()
+        if left <= 0:
+            return
+        if progress is not None:
+            progress(f"waiting until {utc_iso(wake)}", 0, 1)
+        sleep(min(left, 5.0))
+
+
+def parse_not_before(params: Mapping[str, str]) -> datetime | None:
+    """The ``not_before`` job parameter; raises :class:`MetadataError` when malformed."""
+    value = params.get("not_before")
+    return None if value is None else parse_utc(value, "not_before")
