@@ -23,7 +23,7 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import initialise
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import BackupError, ConfigError, LockedError
-from tablettracker_backups.health import Finding, check_health, save_report
+from tablettracker_backups.health import Finding, check_health, describe_recovery, save_report
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
@@ -32,6 +32,7 @@ from tablettracker_backups.offsite.sync import verify_offsite
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import preview_restore, recover_from_offsite, restore_backup
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at
 from tablettracker_backups.retention import plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
@@ -565,6 +566,8 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    for label, text in describe_recovery(report.recovery):
+        click.echo(f"{label + ':':<17}{text}")
     offsite = report.offsite
     if offsite:
         behind = (
@@ -763,6 +766,13 @@ def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Restore into this file instead of the live database (which is left alone).",
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Restore the state as of TIME (ISO 8601, e.g. 2026-11-23T20:15; no zone: local time): "
+    "the newest good backup taken at or before it.",
+)
 @click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
 @click.option(
@@ -781,6 +791,7 @@ def restore(
     secondary_dir: Path | None,
     backup_id: str | None,
     to: Path | None,
+    at: str | None,
     yes: bool,
     preview: bool,
     from_offsite: bool,
@@ -799,9 +810,13 @@ def restore(
     With --from-offsite the database is rebuilt from the offsite store alone into a file that
     does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
 
+    With --at TIME instead of an ID, the newest good backup taken at or before TIME is restored
+    (automatic snapshots make these minutes apart). A TIME without a zone is local time.
+
     \b
     Examples:
       tablettracker-backups restore latest --preview
+      tablettracker-backups restore --at 2026-11-23T14:05 --preview
       tablettracker-backups restore 20261123T201500Z-3f9a1c
       tablettracker-backups restore latest --yes --json
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
@@ -817,6 +832,18 @@ def restore(
         secondary_dir=secondary_dir,
         to=to,
     )
+    moment = None
+    if at is not None:
+        if backup_id is not None or from_offsite:
+            raise click.UsageError("--at chooses the backup: give no ID and no --from-offsite")
+        moment = parse_moment(at)
+        chosen = point_at(BackupStore(settings).list(), moment.at, now=datetime.now(timezone.utc))
+        backup_id = chosen.id
+        if not as_json:
+            click.echo(
+                f"The state as of {moment.describe()}: backup {chosen.id}, taken "
+                f"{local_time(chosen.created_at)} ({chosen.kind})."
+            )
     if from_offsite:
         if preview:
             raise click.UsageError("--preview compares with local backups; not with --from-offsite")
@@ -829,10 +856,11 @@ def restore(
         backup_id = _choose_backup(settings)
     target = (to if to is not None else settings.database).expanduser().absolute()
     preview_settings = dataclasses.replace(settings, database=target)
+    asked = {} if moment is None else _moment_json(moment)
     if preview:
         diff = preview_restore(preview_settings, backup_id)
         if as_json:
-            emit_json(diff.to_dict())
+            emit_json({**diff.to_dict(), **asked})
         else:
             _print_preview(diff)
         return
@@ -857,7 +885,7 @@ def restore(
         settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
     )
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **asked})
     else:
         if sys.stderr.isatty() and not as_json:
             click.echo("", err=True)
@@ -886,6 +914,11 @@ def restore(
             )
     if result.fell_back:
         sys.exit(EXIT_WARNING)
+
+
+def _moment_json(moment: Moment) -> dict[str, Any]:
+    """What ``--at`` asked for, in ``--json`` output."""
+    return {"at": moment.at, "at_zone": "given" if moment.zone_given else "local"}
 
 
 def _recover_from_offsite(

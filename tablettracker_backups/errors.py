@@ -49,3 +49,7 @@ class LockedError(BackupError):
 
 class OffsiteError(BackupError):
     """The offsite object store could not be reached or refused an operation."""
+
+
+class InvalidTime(BackupError):
+    """A moment to restore to is not an ISO 8601 date and time."""

@@ -323,3 +323,18 @@ def quick_check_live(path: Path, *, busy_timeout: float) -> str:
         except sqlite3.Error as exc:
             raise _sqlite_error(path, exc) from None
     return "ok" if messages == ["ok"] else "; ".join(messages)
+
+
+def live_journal_mode(path: Path) -> str | None:
+    """The live database's journal mode (``wal``, ``delete`` ...) from ``PRAGMA journal_mode``,
+    which reads the header and writes nothing; None when it cannot be read.
+
+    Through SQLite, so no lock a host app in this process holds is dropped; and on an
+    ordinary connection, which as the last one to close removes the -wal and -shm files it
+    made (a read-only one would leave them, and the database would look changed).
+    """
+    try:
+        with closing(connect(path, busy_timeout=1.0)) as conn:
+            return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    except (sqlite3.Error, DatabaseError):
+        return None

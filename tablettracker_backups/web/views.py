@@ -35,15 +35,17 @@ from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
+    InvalidTime,
     LockedError,
 )
-from tablettracker_backups.health import check_health
+from tablettracker_backups.health import check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at, points_around
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
@@ -82,6 +84,7 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule(
         "/backups/<backup_id>/restore", "restore", restore_page, methods=["GET", "POST"]
     )
+    bp.add_url_rule("/restore-at", "restore_at", restore_at_page)
     bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
     bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
     bp.add_url_rule("/prune", "prune", prune_page, methods=["GET", "POST"])
@@ -207,6 +210,7 @@ def dashboard() -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
+        recovery_lines=describe_recovery(report.recovery),
         settings=settings,
         chart=chart,
         backups=infos,
@@ -355,6 +359,33 @@ def download(backup_id: str) -> ResponseReturnValue:
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def restore_at_page() -> ResponseReturnValue:
+    """ "The state as of ...": a time picker (a GET form, so it works without JavaScript) and
+    the restore points around the chosen time, each leading to the usual restore page."""
+    now = datetime.now(timezone.utc)
+    text = request.args.get("at", "").strip()
+    infos = BackupStore(_settings()).list()
+    error = None
+    moment = None
+    try:
+        moment = parse_moment(text) if text else Moment(now, zone_given=False)
+        point_at(infos, moment.at, now=now)
+    except InvalidTime as exc:
+        error, moment = str(exc), None
+    except BackupNotFound as exc:
+        error = str(exc)
+    at = moment.at if moment is not None else now
+    return render_template(
+        "tablettracker_backups/restore_at.html",
+        at=at,
+        # datetime-local wants local time without a zone, to the minute.
+        picker_value=at.astimezone().strftime("%Y-%m-%dT%H:%M"),
+        zone=at.astimezone().strftime("%Z (UTC%z)"),
+        around=points_around(infos, at) if moment is not None else None,
+        error=error,
+    ), (400 if error and moment is None else 200)
 
 
 def restore_page(backup_id: str) -> ResponseReturnValue:
