@@ -78,8 +78,12 @@ DECISION_WAIT = 2.0
 MAX_ROUNDS = 50
 STATUS_KEY = "last_auto"
 
-# One decision at a time inside this process; the file lock covers other processes.
-_in_process = threading.Lock()
+# One decision at a time inside this process (the file lock covers other processes). A
+# request that finds one under way does not wait: it marks it missed, and the running one
+# decides once more before it stops, so no write goes unseen.
+_flags = threading.Lock()
+_busy = False
+_missed = False
 
 
 class Outcome(State):
@@ -214,30 +218,46 @@ def after_write(
     """
     if settings.snapshot_after_write is None:
         return TriggerResult(Outcome.OFF)
-    if not _in_process.acquire(blocking=False):
-        # Another request of this process is on it, and re-checks when it is done.
-        return TriggerResult(Outcome.BUSY, "another request of this process is checking")
+    global _busy, _missed
+    with _flags:
+        if _busy:
+            # Another request of this process is deciding; it decides once more for us.
+            _missed = True
+            return TriggerResult(Outcome.BUSY, "another request of this process is checking")
+        _busy = True
     try:
-        try:
-            with decision_lock(settings):
-                check = evaluate(settings)
-                if not check.changed:
-                    return TriggerResult(Outcome.UNCHANGED)
-                if not check.due or not _runs_in_process(settings, check):
-                    return _ensure_worker(settings, values, check)
-        except LockedError as exc:
-            return TriggerResult(Outcome.BUSY, str(exc))
-        result = _take_in_process(settings, trigger)
-        if result.outcome in (Outcome.TAKEN, Outcome.BUSY):
-            # Writes that landed during the snapshot (or while someone else held the lock)
-            # are saved by a waiting worker, since no later request may come to trigger one.
-            with decision_lock(settings):
-                again = evaluate(settings)
-                if again.changed:
-                    _ensure_worker(settings, values, again)
-        return result
-    finally:
-        _in_process.release()
+        while True:
+            result = _decide(settings, values, trigger)
+            with _flags:
+                if not _missed:
+                    _busy = False
+                    return result
+                _missed = False
+    except BaseException:
+        with _flags:
+            _busy = _missed = False
+        raise
+
+
+def _decide(settings: Settings, values: Mapping[str, Any], trigger: str) -> TriggerResult:
+    try:
+        with decision_lock(settings):
+            check = evaluate(settings)
+            if not check.changed:
+                return TriggerResult(Outcome.UNCHANGED)
+            if not check.due or not _runs_in_process(settings, check):
+                return _ensure_worker(settings, values, check)
+    except LockedError as exc:
+        return TriggerResult(Outcome.BUSY, str(exc))
+    result = _take_in_process(settings, trigger)
+    if result.outcome in (Outcome.TAKEN, Outcome.BUSY):
+        # Writes that landed during the snapshot (or while someone else held the lock) are
+        # saved by a waiting worker, since no later request may come to trigger one.
+        with decision_lock(settings):
+            again = evaluate(settings)
+            if again.changed:
+                _ensure_worker(settings, values, again)
+    return result
 
 
 def _take_in_process(settings: Settings, trigger: str) -> TriggerResult:
