@@ -13,13 +13,14 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 from tablettracker_backups.autosnapshot import effective_interval, last_auto
 from tablettracker_backups.changes import changed_since, source_signature
 from tablettracker_backups.display import format_age, human_size
 from tablettracker_backups.errors import BackupError, DatabaseError
-from tablettracker_backups.fsutil import filesystem_type
+from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.retention import CLOCK_SKEW, RetentionPlan, plan_for_backups
@@ -130,7 +131,7 @@ def check_health(
     findings += _freshness_findings(newest, newest_verified, now=now, interval=interval)
     findings += _checksum_findings(store, backups[: settings.health_checksum_count])
     findings += _copy_findings(backups)
-    findings += _network_wal_findings(settings)
+    findings += network_wal_findings(settings)
     findings += _auto_findings(settings, newest)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
@@ -261,9 +262,10 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
-def _network_wal_findings(settings: Settings) -> list[Finding]:
-    """Warn when the database is in WAL mode on a network file system."""
-    fstype = filesystem_type(settings.database)
+def network_wal_findings(settings: Settings, mounts: Path = PROC_MOUNTS) -> list[Finding]:
+    """Warn when the database is in WAL mode on a network file system (the type from
+    ``mounts``; the journal mode from ``PRAGMA journal_mode``, see :func:`live_journal_mode`)."""
+    fstype = filesystem_type(settings.database, mounts)
     if fstype not in NETWORK_FILESYSTEMS and not (fstype or "").startswith("fuse.sshfs"):
         return []
     mode = live_journal_mode(settings.database)
