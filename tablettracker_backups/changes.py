@@ -168,7 +168,11 @@ def source_signature(database: Path) -> SourceSignature:
     main = _stat(database)
     if main is None:
         raise FileNotFoundError(2, "No such file or directory", str(database))
+    # An empty side file holds nothing: a read-only connection to a WAL database leaves an
+    # empty -wal behind and the next read-write one removes it, with no change to the data.
+    # (Every commit in rollback-journal mode writes the database file itself.)
     sides = [_stat(Path(f"{database}{suffix}")) for suffix in SIDE_SUFFIXES]
+    sides = [side if side is not None and side.size > 0 else None for side in sides]
     return SourceSignature(main, sides[0], sides[1], taken, resolution)
 
 

@@ -476,3 +476,18 @@ def test_a_large_database_goes_to_the_worker(tmp_path: Path) -> None:
 
 def recent_jobs_all(settings: Settings) -> list[dict[str, Any]]:
     return sorted(_auto_jobs(settings), key=lambda j: str(j["created_at"]), reverse=True)
+
+
+def test_a_quiet_wal_database_stays_unchanged_after_its_snapshot(tmp_path: Path) -> None:
+    # A snapshot's own connections (a read-only check, then a read-write copy) create and
+    # remove an empty -wal: that must not look like a change, or snapshots would go on
+    # forever once the writes stop.
+    database = make_db(tmp_path / "wal.db", wal=True)
+    settings = settings_from_mapping(
+        {"database": database, "dir": tmp_path / "b", "snapshot_after_write": "1s"}
+    )
+    _write(database, "last write")
+    create_backup(settings, kind="auto")
+    assert not evaluate(settings).changed
+    create_backup(settings, kind="auto")
+    assert not evaluate(settings).changed
