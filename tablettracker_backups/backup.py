@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +33,7 @@ from tablettracker_backups.metadata import (
     data_filename,
     new_backup_id,
 )
+from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     DatabaseCheck,
@@ -45,9 +45,6 @@ from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
-
-#: Called with (stage, done, total): stage is "snapshot" (pages) or "compress" (bytes).
-StageProgress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -123,7 +120,7 @@ def _create_backup(
             settings.database,
             raw_tmp,
             busy_timeout=settings.busy_timeout,
-            progress=(lambda done, total: progress("snapshot", done, total)) if progress else None,
+            progress=for_stage(progress, "snapshot"),
         )
         snapshot_done = time.monotonic()
         check, stream, check_seconds = _check_and_compress(settings, raw_tmp, stored_tmp, progress)
@@ -264,8 +261,3 @@ def _copy_to(store: BackupStore, location: str, metadata: BackupMetadata) -> Non
     except StorageError:
         remove_quietly(final)
         raise
-
-
-def repair_copy(store: BackupStore, location: str, metadata: BackupMetadata) -> None:
-    """Re-create a missing or damaged copy in ``location`` from a sound primary copy."""
-    _copy_to(store, location, metadata)

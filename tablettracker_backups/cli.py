@@ -22,16 +22,27 @@ import click
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import initialise
 from tablettracker_backups.display import human_age, human_size, local_time
-from tablettracker_backups.errors import BackupError, ConfigError, LockedError
+from tablettracker_backups.errors import (
+    BackupError,
+    ConfigError,
+    LockedError,
+    NoDatabaseConfigured,
+)
 from tablettracker_backups.health import Finding, check_health, describe_recovery, save_report
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.offsite.sync import verify_offsite
+from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
-from tablettracker_backups.restore import preview_restore, recover_from_offsite, restore_backup
+from tablettracker_backups.restore import (
+    RestoreResult,
+    preview_restore,
+    recover_from_offsite,
+    restore_backup,
+)
 from tablettracker_backups.restore_points import Moment, parse_moment, point_at
 from tablettracker_backups.retention import plan_for_backups
 from tablettracker_backups.runner import run
@@ -128,7 +139,12 @@ def resolve_settings(
         merged = dict(app_values)
         merged.update({k: v for k, v in overrides.items() if v is not None})
         return settings_from_mapping(merged)
-    return load_settings(config_file=config, overrides=overrides)
+    try:
+        return load_settings(config_file=config, overrides=overrides)
+    except NoDatabaseConfigured:
+        raise ConfigError(
+            "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
+        ) from None
 
 
 def _flask_app_values(ctx: click.Context) -> dict[str, Any] | None:
@@ -177,23 +193,26 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
 
 
-def stage_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
-    """A progress callback for backup stages (snapshot pages, then compressed bytes)."""
+def stage_progress(
+    enabled: bool, *, width: int = 9, end_after: str | None = "compress"
+) -> StageProgress | None:
+    """A progress display on stderr for a terminal, one line per stage; None otherwise."""
     if not enabled or not sys.stderr.isatty():
         return None
-    state: dict[str, Any] = {"stage": None, "last": 0}
+    state: dict[str, Any] = {"stage": None, "percent": -1}
 
     def update(stage: str, done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
         if stage != state["stage"]:
             if state["stage"] is not None:
                 click.echo("", err=True)
             state["stage"] = stage
-        percent = 100 * done // max(total, 1)
-        if percent != state["last"] or done == total:
-            state["last"] = percent
-            click.echo(f"\r{stage:>9}: {percent:3d}%", err=True, nl=False)
-            if done >= total and stage == "compress":
-                click.echo("", err=True)
+        elif percent == state["percent"] and done < total:
+            return
+        state["percent"] = percent
+        click.echo(f"\r{stage:>{width}}: {percent:3d}%", err=True, nl=False)
+        if done >= total and stage == end_after:
+            click.echo("", err=True)
 
     return update
 
@@ -739,25 +758,6 @@ def _choose_backup(settings: Settings) -> str:
     return infos[int(number) - 1].id
 
 
-def _restore_progress(enabled: bool) -> Callable[[str, int, int], None] | None:
-    if not enabled or not sys.stderr.isatty():
-        return None
-    state: dict[str, Any] = {"stage": None, "percent": -1}
-
-    def update(stage: str, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if stage != state["stage"]:
-            if state["stage"] is not None:
-                click.echo("", err=True)
-            state["stage"] = stage
-        elif percent == state["percent"]:
-            return
-        state["percent"] = percent
-        click.echo(f"\r{stage:>15}: {percent:3d}%", err=True, nl=False)
-
-    return update
-
-
 @cli.command()
 @click.argument("backup_id", metavar="[ID|latest]", required=False)
 @click.option(
@@ -864,54 +864,26 @@ def restore(
         else:
             _print_preview(diff)
         return
-    overwrites = target.exists()
-    if overwrites and not yes:
-        if not interactive:
-            click.echo(
-                "Error: refusing to restore without confirmation: standard input is not a "
-                "terminal; pass --yes to confirm",
-                err=True,
-            )
-            sys.exit(EXIT_CRITICAL)
-        _print_preview(preview_restore(preview_settings, backup_id))
-        where = "the LIVE database" if to is None else "the existing file"
-        if not click.confirm(
-            f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
-            default=False,
-        ):
-            click.echo("Cancelled; nothing was changed.")
-            sys.exit(EXIT_WARNING)
+    if target.exists() and not yes:
+        _confirm_restore(preview_settings, backup_id, target, live=to is None)
     result = restore_backup(
-        settings, backup_id, to=to, actor="cli", progress=_restore_progress(not as_json)
+        settings,
+        backup_id,
+        to=to,
+        actor="cli",
+        progress=stage_progress(not as_json, width=15, end_after=None),
     )
     if as_json:
         emit_json({**result.to_dict(), **asked})
     else:
-        if sys.stderr.isatty() and not as_json:
-            click.echo("", err=True)
-        for message in result.fell_back:
-            click.echo(f"Warning: {message}", err=True)
-        click.echo(
-            f"Restored {result.backup_id} (from the {result.source_location} copy) into "
-            f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
-        )
-        if result.safety_snapshot_id:
-            # Repeat the options given, so the printed command works when pasted as it is.
-            given = {
-                "--config": config,
-                "--database": database,
-                "--backup-dir": backup_dir,
-                "--secondary-dir": secondary_dir,
-                "--to": to,
-            }
-            undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
-            for option, value in given.items():
-                if value is not None:
-                    undo += [option, str(value)]
-            click.echo(
-                f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
-                f"(undo with: {shlex.join(undo)})"
-            )
+        given = {
+            "--config": config,
+            "--database": database,
+            "--backup-dir": backup_dir,
+            "--secondary-dir": secondary_dir,
+            "--to": to,
+        }
+        _print_restored(result, given)
     if result.fell_back:
         sys.exit(EXIT_WARNING)
 
@@ -919,6 +891,47 @@ def restore(
 def _moment_json(moment: Moment) -> dict[str, Any]:
     """What ``--at`` asked for, in ``--json`` output."""
     return {"at": moment.at, "at_zone": "given" if moment.zone_given else "local"}
+
+
+def _confirm_restore(settings: Settings, backup_id: str, target: Path, *, live: bool) -> None:
+    """Show what would change and ask; exit unless the person says yes on a terminal."""
+    if not sys.stdin.isatty():
+        click.echo(
+            "Error: refusing to restore without confirmation: standard input is not a "
+            "terminal; pass --yes to confirm",
+            err=True,
+        )
+        sys.exit(EXIT_CRITICAL)
+    _print_preview(preview_restore(settings, backup_id))
+    where = "the LIVE database" if live else "the existing file"
+    if not click.confirm(
+        f"Replace {where} {target} with this backup? (a safety snapshot is taken first)",
+        default=False,
+    ):
+        click.echo("Cancelled; nothing was changed.")
+        sys.exit(EXIT_WARNING)
+
+
+def _print_restored(result: RestoreResult, given: dict[str, Path | None]) -> None:
+    """The human summary of a restore, with the command that undoes it."""
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    for message in result.fell_back:
+        click.echo(f"Warning: {message}", err=True)
+    click.echo(
+        f"Restored {result.backup_id} (from the {result.source_location} copy) into "
+        f"{result.target} in {result.durations.get('total', 0.0):.2f}s."
+    )
+    if result.safety_snapshot_id:
+        # Repeat the options given, so the printed command works when pasted as it is.
+        undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
+        for option, value in given.items():
+            if value is not None:
+                undo += [option, str(value)]
+        click.echo(
+            f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
+            f"(undo with: {shlex.join(undo)})"
+        )
 
 
 def _recover_from_offsite(

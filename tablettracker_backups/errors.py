@@ -15,6 +15,10 @@ class ConfigError(BackupError):
     """A setting is missing or has a value that cannot be used."""
 
 
+class NoDatabaseConfigured(ConfigError):
+    """No live database is configured; each face says how to name one."""
+
+
 class DatabaseError(BackupError):
     """The live database is missing, unreadable, locked, or not a SQLite database."""
 

@@ -55,6 +55,7 @@ from tablettracker_backups.fsutil import (
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import BackupMetadata, utc_iso, validate_backup_id
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
+from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     check_sqlite_file,
@@ -64,22 +65,21 @@ from tablettracker_backups.snapshot import (
     row_counts,
     schema_fingerprint,
 )
-from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.states import CopyStatus, TableChange
 from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
 from tablettracker_backups.verify import extract_verified
 
 logger = logging.getLogger(__name__)
 
-#: Called with (stage, done, total). Stages, in order: ``verify`` (bytes decompressed),
-#: ``safety-snapshot`` (pages) and ``safety-compress`` (bytes) for the safety snapshot,
-#: ``write`` (pages), ``check`` (0 or 1 of 1); ``rollback`` (pages) only if the check failed.
-RestoreProgress = Callable[[str, int, int], None]
+#: Stages, in order: ``verify`` (bytes decompressed), ``safety-snapshot`` (pages) and
+#: ``safety-compress`` (bytes) for the safety snapshot, ``write`` (pages), ``check`` (0 or 1 of
+#: 1); ``rollback`` (pages) only if the check failed.
+RestoreProgress = StageProgress
 #: Test seam: called with the target path after the write and before the check afterwards.
 AfterWriteHook = Callable[[Path], None]
 
 #: Files SQLite keeps beside a database; a stale one next to a missing database is refused.
 SIDE_FILES = ("-wal", "-shm", "-journal")
-TABLE_STATUSES = ("added", "removed", "changed", "same")
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ class TableDiff:
     name: str
     backup_rows: int | None
     live_rows: int | None
-    status: str
+    status: TableChange
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -185,7 +185,7 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         raise missing
     try:
         offsite = OffsiteStore.from_settings(settings)
-        listed = [o.id for o in offsite.list() if o.complete]
+        listed = offsite.complete_ids()
         if backup_id == "latest":
             if not listed:
                 raise missing
@@ -235,11 +235,11 @@ def preview_restore(settings: Settings, backup_id: str) -> RestorePreview:
         in_backup = meta.row_counts.get(name)
         in_live = live_counts.get(name)
         if in_live is None:
-            status = "added"
+            status = TableChange.ADDED
         elif in_backup is None:
-            status = "removed"
+            status = TableChange.REMOVED
         else:
-            status = "same" if in_backup == in_live else "changed"
+            status = TableChange.SAME if in_backup == in_live else TableChange.CHANGED
         tables.append(TableDiff(name, in_backup, in_live, status))
     return RestorePreview(info.id, meta.created_at, tuple(tables), schema_changed, live_exists)
 
@@ -372,7 +372,7 @@ def _restore_locked(
                     scratch,
                     target,
                     timeout=settings.busy_timeout,
-                    progress=_pages(progress, "write"),
+                    progress=for_stage(progress, "write"),
                     wal_if_new=not existed and wal,
                 )
         except BaseException as exc:
@@ -553,7 +553,7 @@ def _undo(
             scratch,
             target,
             timeout=store.settings.busy_timeout,
-            progress=_pages(progress, "rollback"),
+            progress=for_stage(progress, "rollback"),
             wal_if_new=False,
         )
         _check_after(target, safety, timeout=store.settings.busy_timeout)
@@ -654,12 +654,6 @@ def _check_after(target: Path, meta: BackupMetadata, *, timeout: float) -> None:
         if "locked" in text or "busy" in text:
             raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {text}") from None
         raise VerificationError(f"{target} is not readable: {text}") from None
-
-
-def _pages(progress: RestoreProgress | None, stage: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    return lambda done, total: progress(stage, done, total)
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -817,14 +811,14 @@ def recover_from_offsite(
             f"{target} already exists; recover into a new path, then move it into place"
         )
     ensure_private_dir(target.parent)
-    listing = [o for o in offsite.list() if o.complete]
+    listed = offsite.complete_ids()
     if backup_id == "latest":
-        if not listing:
+        if not listed:
             raise BackupNotFound(f"there are no backups in the offsite store {offsite.where}")
-        candidates = [o.id for o in listing]
+        candidates = listed
     else:
         validate_backup_id(backup_id)
-        if backup_id not in {o.id for o in listing}:
+        if backup_id not in listed:
             raise BackupNotFound(f"no backup {backup_id} in the offsite store {offsite.where}")
         candidates = [backup_id]
     skipped: list[tuple[str, str]] = []

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.errors import ConfigError, NoDatabaseConfigured
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -298,8 +298,8 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
     if unknown:
         raise ConfigError(f"unknown setting {PREFIX}{unknown[0].upper()}")
     if values.get("database") is None:
-        raise ConfigError(
-            "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
+        raise NoDatabaseConfigured(
+            "no database configured: set BACKUPS_DATABASE or `database` in the config file"
         )
     database = _path("database", values["database"])
     backup_dir = (

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
-import threading
 from collections.abc import Callable
-from contextlib import closing
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -21,20 +18,13 @@ from tablettracker_backups.compression import decompress_file
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
-    DatabaseError,
     MetadataError,
     StorageError,
     VerificationError,
 )
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.metadata import BackupMetadata, Verification
-from tablettracker_backups.snapshot import (
-    DatabaseCheck,
-    check_sqlite_file,
-    connect,
-    row_counts,
-    schema_fingerprint,
-)
+from tablettracker_backups.snapshot import inspect_database
 from tablettracker_backups.store import BackupStore
 
 logger = logging.getLogger(__name__)
@@ -106,7 +96,7 @@ def extract_verified(
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")
-        check = check_in_parallel(dest)
+        check = inspect_database(dest, parallel=True)
         if check.integrity != "ok":
             raise VerificationError(f"integrity_check failed: {check.integrity}")
         if check.foreign_key_violations:
@@ -120,66 +110,6 @@ def extract_verified(
     except BaseException:
         remove_quietly(dest)
         raise
-
-
-def check_in_parallel(path: Path) -> DatabaseCheck:
-    """The full check of a private copy, like ``inspect_database(path, full=True)``, faster.
-
-    ``integrity_check`` runs in a worker thread on its own connection while this thread runs
-    ``foreign_key_check``, the row counts and the schema fingerprint on another. SQLite releases
-    the GIL, so on two cores the wall time is about the longer of the two rather than their sum
-    (this is most of the time a restore spends before it writes). Raises
-    :class:`VerificationError` when the file cannot be read as a database.
-    """
-    try:
-        check_sqlite_file(path)
-    except DatabaseError as exc:
-        raise VerificationError(str(exc)) from None
-    outcome: dict[str, object] = {}
-
-    def integrity() -> None:
-        try:
-            with closing(connect(path, uri_mode="ro")) as conn:
-                conn.execute("PRAGMA cache_size=-32768")
-                rows = conn.execute("PRAGMA integrity_check(20)").fetchall()
-                outcome["messages"] = [str(row[0]) for row in rows]
-        except (sqlite3.Error, DatabaseError) as exc:  # reported by the caller's thread
-            outcome["error"] = exc
-
-    worker = threading.Thread(target=integrity, name="verify-integrity-check", daemon=True)
-    worker.start()
-    other: BaseException | None = None
-    try:
-        with closing(connect(path, uri_mode="ro")) as conn:
-            conn.execute("PRAGMA cache_size=-32768")
-            violations = len(conn.execute("PRAGMA foreign_key_check").fetchall())
-            counts = row_counts(conn)
-            fingerprint = schema_fingerprint(conn)
-            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-            page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
-    except (sqlite3.Error, DatabaseError) as exc:
-        other = exc
-    finally:
-        worker.join()
-    error = outcome.get("error")
-    if isinstance(error, BaseException):
-        raise VerificationError(f"{path.name} is not a readable database: {error}") from None
-    messages = outcome["messages"]
-    assert isinstance(messages, list)
-    integrity_result = "ok" if messages == ["ok"] else "; ".join(messages)
-    if other is not None:
-        # A damaged file can make the counts fail; integrity_check then says more about why.
-        if integrity_result != "ok":
-            return DatabaseCheck(integrity_result, 0, {}, "", 0, 0)
-        raise VerificationError(f"{path.name} is not a readable database: {other}") from None
-    return DatabaseCheck(
-        integrity=integrity_result,
-        foreign_key_violations=violations,
-        row_counts=counts if integrity_result == "ok" else {},
-        schema_fingerprint=fingerprint,
-        page_size=page_size,
-        page_count=page_count,
-    )
 
 
 def verify_copy(

@@ -348,6 +348,10 @@ class OffsiteStore:
             )
         return sorted(found, key=lambda o: o.id, reverse=True)
 
+    def complete_ids(self) -> builtins.list[str]:
+        """Ids of the backups whose data and metadata are both stored, newest first."""
+        return [o.id for o in self.list() if o.complete]
+
     def orphan_keys(self) -> builtins.list[str]:
         """Data objects without metadata (from an interrupted upload)."""
         listed = {o.id for o in self.list()}
