@@ -26,13 +26,11 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
-
-import filelock
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.changes import SourceSignature, changed_since, source_signature
@@ -43,9 +41,9 @@ from tablettracker_backups.errors import (
     MetadataError,
     StorageError,
 )
-from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir, remove_quietly
+from tablettracker_backups.fsutil import atomic_write_bytes, remove_quietly
 from tablettracker_backups.jobs import queue as jobs
-from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.locking import folder_lock, operation_lock
 from tablettracker_backups.metadata import BackupMetadata, parse_utc, utc_iso
 from tablettracker_backups.offsite.sync import sync_offsite
 from tablettracker_backups.retention import CLOCK_SKEW
@@ -186,21 +184,13 @@ def _runs_in_process(settings: Settings, check: Check) -> bool:
     )
 
 
-@contextlib.contextmanager
-def decision_lock(settings: Settings, *, timeout: float = DECISION_WAIT) -> Iterator[None]:
-    """Hold the short lock around deciding what to do; raises :class:`LockedError`."""
-    ensure_private_dir(settings.state_dir)
-    lock = filelock.FileLock(str(settings.state_dir / DECISION_LOCK), mode=0o600)
-    try:
-        lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        raise LockedError("another automatic snapshot is deciding") from None
-    except OSError as exc:
-        raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
-    try:
-        yield
-    finally:
-        lock.release()
+def decision_lock(
+    settings: Settings, *, timeout: float = DECISION_WAIT
+) -> contextlib.AbstractContextManager[None]:
+    """The short lock around deciding what to do; raises :class:`LockedError` when busy."""
+    return folder_lock(
+        settings, DECISION_LOCK, timeout=timeout, busy="another automatic snapshot is deciding"
+    )
 
 
 # -- the trigger (in the web process) ----------------------------------------------------------
@@ -253,10 +243,11 @@ def _decide(settings: Settings, values: Mapping[str, Any], trigger: str) -> Trig
     if result.outcome in (Outcome.TAKEN, Outcome.BUSY):
         # Writes that landed during the snapshot (or while someone else held the lock) are
         # saved by a waiting worker, since no later request may come to trigger one.
-        with decision_lock(settings):
-            again = evaluate(settings)
-            if again.changed:
-                _ensure_worker(settings, values, again)
+        with contextlib.suppress(LockedError):  # busy: that decision sees the change
+            with decision_lock(settings):
+                again = evaluate(settings)
+                if again.changed:
+                    _ensure_worker(settings, values, again)
     return result
 
 

@@ -24,16 +24,25 @@ def operation_lock(settings: Settings, *, timeout: float | None = None) -> Itera
     Waits up to ``timeout`` seconds (default: the configured lock timeout), then raises
     :class:`LockedError`. The lock is an OS file lock, so a killed process releases it.
     """
-    ensure_private_dir(settings.state_dir)
     wait = settings.lock_timeout if timeout is None else timeout
-    lock = filelock.FileLock(str(settings.state_dir / LOCK_NAME), mode=0o600)
+    busy = (
+        f"another backup, restore or prune is in progress (waited {wait:g}s); "
+        "try again when it has finished"
+    )
+    with folder_lock(settings, LOCK_NAME, timeout=wait, busy=busy):
+        yield
+
+
+@contextmanager
+def folder_lock(settings: Settings, name: str, *, timeout: float, busy: str) -> Iterator[None]:
+    """Hold the OS file lock ``name`` in the state folder for the block; after ``timeout``
+    seconds raise :class:`LockedError` with the message ``busy``."""
+    ensure_private_dir(settings.state_dir)
+    lock = filelock.FileLock(str(settings.state_dir / name), mode=0o600)
     try:
-        lock.acquire(timeout=wait)
+        lock.acquire(timeout=timeout)
     except filelock.Timeout:
-        raise LockedError(
-            f"another backup, restore or prune is in progress (waited {wait:g}s); "
-            "try again when it has finished"
-        ) from None
+        raise LockedError(busy) from None
     except OSError as exc:
         raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
     try:
