@@ -243,11 +243,11 @@ def _decide(settings: Settings, values: Mapping[str, Any], trigger: str) -> Trig
     if result.outcome in (Outcome.TAKEN, Outcome.BUSY):
         # Writes that landed during the snapshot (or while someone else held the lock) are
         # saved by a waiting worker, since no later request may come to trigger one.
-        with contextlib.suppress(LockedError):  # busy: that decision sees the change
-            with decision_lock(settings):
-                again = evaluate(settings)
-                if again.changed:
-                    _ensure_worker(settings, values, again)
+        # Busy: the decision holding the lock sees the change itself.
+        with contextlib.suppress(LockedError), decision_lock(settings):
+            again = evaluate(settings)
+            if again.changed:
+                _ensure_worker(settings, values, again)
     return result
 
 
