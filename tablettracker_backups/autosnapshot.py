@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -82,6 +83,10 @@ STATUS_KEY = "last_auto"
 _flags = threading.Lock()
 _busy = False
 _missed = False
+# Only touched by the one decision under way in this process (see _busy): the newest backup's
+# metadata per backup folder state, and until when a waiting worker has not looked yet.
+_newest_cache: dict[str, tuple[tuple[tuple[str, int], ...], BackupMetadata | None]] = {}
+_waiting_until: dict[str, datetime] = {}
 
 
 class Outcome(State):
@@ -137,12 +142,29 @@ def effective_interval(settings: Settings, newest: BackupMetadata | None) -> flo
     return max(base, COST_FACTOR * last)
 
 
-def newest_good_metadata(store: BackupStore) -> BackupMetadata | None:
+def newest_good_metadata(store: BackupStore, *, cached: bool = False) -> BackupMetadata | None:
     """The newest verified, regular backup's metadata, reading as few files as possible.
 
     Ids sort by time, so the newest is found with a folder listing and one small JSON file
-    (a full :meth:`BackupStore.list` reads every backup's metadata).
+    (a full :meth:`BackupStore.list` reads every backup's metadata). ``cached``: reuse the
+    last answer while no backup folder's modification time moved (every backup, deletion and
+    metadata rewrite renames a file into the folder), so a request costs a few ``stat()``s.
     """
+    if not cached:
+        return _newest_good_metadata(store)
+    try:
+        key = tuple((str(path), os.stat(path).st_mtime_ns) for path in store.locations.values())
+    except OSError:
+        return _newest_good_metadata(store)
+    hit = _newest_cache.get(key[0][0])
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    found = _newest_good_metadata(store)
+    _newest_cache[key[0][0]] = (key, found)
+    return found
+
+
+def _newest_good_metadata(store: BackupStore) -> BackupMetadata | None:
     for backup_id in store.ids()[:SCAN_LIMIT]:
         for location in store.locations:
             try:
@@ -155,15 +177,22 @@ def newest_good_metadata(store: BackupStore) -> BackupMetadata | None:
     return None
 
 
-def evaluate(settings: Settings, *, now: datetime | None = None, when_unsure: bool = True) -> Check:
-    """Look (``stat()`` and one metadata file) without opening the database.
+def evaluate(
+    settings: Settings,
+    *,
+    now: datetime | None = None,
+    when_unsure: bool = True,
+    cached: bool = False,
+) -> Check:
+    """Look (``stat()`` and one metadata file) without opening the database; ``cached``: see
+    :func:`newest_good_metadata` (only for the one decision under way in this process).
 
     Raises :class:`StorageError` when the backup folder cannot be listed, ``OSError`` when the
     database cannot be looked at.
     """
     now = now or datetime.now(timezone.utc)
     signature = source_signature(settings.database)
-    newest = newest_good_metadata(BackupStore(settings))
+    newest = newest_good_metadata(BackupStore(settings), cached=cached)
     recorded = newest.source.signature if newest is not None else None
     changed = changed_since(recorded, signature, when_unsure=when_unsure)
     interval = effective_interval(settings, newest)
@@ -230,6 +259,14 @@ def after_write(
 
 
 def _decide(settings: Settings, values: Mapping[str, Any], trigger: str) -> TriggerResult:
+    # The common case on a busy day, without any lock: nothing new, or a waiting worker that
+    # has not looked yet and so will see this write when it does.
+    quick = evaluate(settings, cached=True)
+    if not quick.changed:
+        return TriggerResult(Outcome.UNCHANGED)
+    waiting = _waiting_until.get(str(settings.state_dir))
+    if not quick.due and waiting is not None and quick.checked_at < waiting:
+        return TriggerResult(Outcome.WAITING, f"a worker checks at {utc_iso(waiting)}")
     try:
         with decision_lock(settings):
             check = evaluate(settings)
@@ -318,28 +355,47 @@ def _pending_path(settings: Settings) -> Path:
     return settings.state_dir / PENDING_FILE
 
 
-def _pending_job(settings: Settings) -> jobs.Job | None:
-    """The live waiting worker's job, if any (the caller holds the decision lock)."""
+def _pending(settings: Settings) -> tuple[jobs.Job, datetime | None] | None:
+    """The live waiting worker's job and when it looks next (None: now), if there is one."""
     try:
         document = json.loads(_pending_path(settings).read_text(encoding="utf-8"))
         job = jobs.read_job(settings, str(document["job"]))
-    except (OSError, ValueError, KeyError, TypeError, BackupError):
+        until = document.get("until")
+        wake = None if until is None else parse_utc(until, "until")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, BackupError):
         return None
-    return None if job.finished else job
+    return None if job.finished else (job, wake)
+
+
+def _set_pending(settings: Settings, job_id: str, until: datetime | None) -> None:
+    """Record the waiting worker, and until when it has not looked yet: it sees every write
+    made before then (the caller holds the decision lock)."""
+    document = {"job": job_id, "until": None if until is None else utc_iso(until)}
+    atomic_write_bytes(_pending_path(settings), json.dumps(document).encode())
+    _remember_wait(settings, until)
+
+
+def _remember_wait(settings: Settings, until: datetime | None) -> None:
+    if until is None:
+        _waiting_until.pop(str(settings.state_dir), None)
+    else:
+        _waiting_until[str(settings.state_dir)] = until
 
 
 def _ensure_worker(settings: Settings, values: Mapping[str, Any], check: Check) -> TriggerResult:
     """Make sure a worker will snapshot once due (the caller holds the decision lock)."""
-    pending = _pending_job(settings)
+    pending = _pending(settings)
     if pending is not None:
-        return TriggerResult(Outcome.WAITING, f"worker {pending.id} will check again")
-    params = {} if check.due_at is None else {"not_before": utc_iso(check.due_at)}
+        _remember_wait(settings, pending[1])
+        return TriggerResult(Outcome.WAITING, f"worker {pending[0].id} will check again")
+    wake = None if check.due else (check.due_at or check.checked_at)
+    params = {} if wake is None else {"not_before": utc_iso(wake)}
     try:
         job = jobs.start_job(settings, values, action="auto", actor="automatic", params=params)
     except LockedError as exc:
         return TriggerResult(Outcome.BUSY, str(exc))
-    atomic_write_bytes(_pending_path(settings), json.dumps({"job": job.id}).encode())
-    if check.due:
+    _set_pending(settings, job.id, wake)
+    if wake is None:
         return TriggerResult(Outcome.HANDED_OFF, f"worker {job.id} takes it now")
     return TriggerResult(Outcome.WAITING, f"worker {job.id} checks at {params['not_before']}")
 
@@ -372,11 +428,12 @@ def run_worker(
                 if not check.changed:
                     _clear_pending(settings, job_id)
                     break
+                wake = None if check.due else check.due_at
+                _set_pending(settings, job_id, wake)
         except LockedError:
             wake = datetime.now(timezone.utc) + timedelta(seconds=1)
             continue
-        if not check.due:
-            wake = check.due_at
+        if wake is not None:
             continue
         try:
             with operation_lock(settings):
