@@ -57,9 +57,11 @@ logger = logging.getLogger(__name__)
 
 #: Snapshots may take at most 1/COST_FACTOR of the time: the interval grows with their duration.
 COST_FACTOR = 20
-#: Largest database (with its -wal) snapshotted inside the web process. A full backup of 8 MiB
-#: of TabletTracker data took 0.11-0.16 s here (bench/bench_autosnapshot.py), well under 1 s
-#: even with the other core busy; larger ones go to the detached worker.
+#: Largest database (with its -wal) snapshotted inside the web process. On this project's
+#: 2-core test machine (bench/bench_autosnapshot.py, other work running beside it) a full
+#: backup of 6.9 MiB of TabletTracker data took 0.14-0.17 s (median; 0.39 s at most with one
+#: core kept busy), 13.8 MiB 0.45-0.82 s (1.18 s at most): so up to 8 MiB in-process, larger
+#: ones in the detached worker. The demo database (84 KiB) takes 10-20 ms.
 IN_PROCESS_MAX_BYTES = 8 * 1024 * 1024
 #: ... and only while the newest backup took no longer than this (a slow disk, a loaded host).
 IN_PROCESS_MAX_SECONDS = 0.5
