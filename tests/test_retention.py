@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,8 +18,10 @@ from tablettracker_backups.retention import (
     _slot_keys,
     candidates_from,
     plan_retention,
+    recent_tier_for,
 )
-from tablettracker_backups.settings import RetentionPolicy
+from tablettracker_backups.settings import RetentionPolicy, settings_from_mapping
+from tablettracker_backups.store import BackupInfo
 
 BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
 NOW = BASE + timedelta(days=700)
@@ -449,8 +452,16 @@ def test_calendar_slots_cost_the_tier_nothing_and_safety_snapshots_stay_outside(
 
 
 def test_candidates_carry_the_cost_function() -> None:
-    from tablettracker_backups.store import BackupInfo
-
     info = BackupInfo("20261123T201500Z-3f9a1c", NOW, None, ())
     (candidate,) = candidates_from([info], cost=lambda i: 42)
     assert candidate.cost == 42
+
+
+def test_default_budget_is_ten_times_the_newest_backups_cost(tmp_path: Path) -> None:
+    history = [*five_minute_day(cost=10)[1:], Candidate("new", NOW, "auto", True, 70)]
+    settings = settings_from_mapping({"database": tmp_path / "a.db"})
+    assert recent_tier_for(settings, history) == RecentTier(DAY, 700)
+    fixed = settings_from_mapping({"database": tmp_path / "a.db", "recent_budget": "1kB"})
+    assert recent_tier_for(fixed, history) == RecentTier(DAY, 1000)
+    off = settings_from_mapping({"database": tmp_path / "a.db", "keep_recent": "0"})
+    assert recent_tier_for(off, history) is None
