@@ -439,7 +439,7 @@ def run_worker(
             continue
         try:
             with operation_lock(settings):
-                outcome = _snapshot_and_upload(settings, check, progress)
+                outcome = _snapshot_and_upload(settings, progress)
         except LockedError:
             # Another backup, restore or prune: look again once it is over.
             wake = datetime.now(timezone.utc) + timedelta(seconds=settings.lock_timeout or 1)
@@ -462,9 +462,7 @@ def run_worker(
     return f"automatic snapshot {', '.join(taken)} taken", {"taken": taken}
 
 
-def _snapshot_and_upload(
-    settings: Settings, decided: Check, progress: Progress | None
-) -> TriggerResult:
+def _snapshot_and_upload(settings: Settings, progress: Progress | None) -> TriggerResult:
     check = evaluate(settings)  # re-check under the operation lock
     if not check.due:
         return TriggerResult(Outcome.UNCHANGED, "backed up meanwhile")
