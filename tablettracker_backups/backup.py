@@ -313,6 +313,7 @@ def _build_metadata(
             page_count=snap.page_count,
             journal_mode=snap.journal_mode,
             sqlite_version=snap.sqlite_version,
+            signature=snap.signature,
         ),
         tool_version=__version__,
         schema_fingerprint=check.schema_fingerprint,

@@ -34,7 +34,11 @@ from tablettracker_backups.errors import (
     LockedError,
     NoDatabaseConfigured,
 )
-from tablettracker_backups.health import check_health, current_report
+from tablettracker_backups.health import (
+    check_health,
+    current_report,
+    describe_recovery,
+)
 from tablettracker_backups.identity import adopt_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
@@ -52,7 +56,8 @@ from tablettracker_backups.restore import (
     recover_from_offsite,
     restore_backup,
 )
-from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at
+from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
     Settings,
@@ -482,9 +487,7 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     store = BackupStore(settings)
     store.require_folder()
     infos = store.list()
-    plan = plan_retention(
-        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
-    )
+    plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
     latest = newest_good(infos)
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
@@ -864,6 +867,8 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    for label, text in describe_recovery(report.recovery):
+        click.echo(f"{label + ':':<17}{text}")
     offsite = report.offsite
     if offsite:
         behind = (
@@ -1277,6 +1282,13 @@ def _choose_backup(settings: Settings) -> str:
     type=click.Path(path_type=Path, dir_okay=False),
     help="Restore into this file instead of the live database (which is left alone).",
 )
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Restore the state as of TIME (ISO 8601, e.g. 2026-11-23T20:15; no zone: local time): "
+    "the newest good backup taken at or before it.",
+)
 @click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
 @click.option(
@@ -1297,6 +1309,7 @@ def restore(
     backup_id: str | None,
     undo: bool,
     to: Path | None,
+    at: str | None,
     yes: bool,
     preview: bool,
     from_offsite: bool,
@@ -1319,9 +1332,13 @@ def restore(
     With --from-offsite the database is rebuilt from the offsite store alone into a file that
     does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
 
+    With --at TIME instead of an ID, the newest good backup taken at or before TIME is restored
+    (automatic snapshots make these minutes apart). A TIME without a zone is local time.
+
     \b
     Examples:
       tablettracker-backups restore latest --preview
+      tablettracker-backups restore --at 2026-11-23T14:05 --preview
       tablettracker-backups restore 20261123T201500Z-3f9a1c
       tablettracker-backups restore --undo
       tablettracker-backups restore latest --yes --json
@@ -1347,6 +1364,18 @@ def restore(
         secondary_dir=secondary_dir,
         to=to,
     )
+    moment = None
+    if at is not None:
+        if backup_id is not None or from_offsite:
+            raise click.UsageError("--at chooses the backup: give no ID and no --from-offsite")
+        moment = parse_moment(at)
+        chosen = point_at(BackupStore(settings).list(), moment.at, now=datetime.now(timezone.utc))
+        backup_id = chosen.id
+        if not as_json:
+            click.echo(
+                f"The state as of {moment.describe()}: backup {chosen.id}, taken "
+                f"{local_time(chosen.created_at)} ({chosen.kind})."
+            )
     if from_offsite:
         if preview or undo:
             raise click.UsageError("--from-offsite takes an ID or 'latest' (no --preview, --undo)")
@@ -1355,9 +1384,13 @@ def restore(
     backup_id = _restore_choice(settings, backup_id, undo=undo, as_json=as_json)
     target = (to if to is not None else settings.database).expanduser().absolute()
     preview_settings = dataclasses.replace(settings, database=target)
+    asked = {} if moment is None else _moment_json(moment)
     if preview:
         diff = preview_restore(preview_settings, backup_id)
-        emit_json(diff.to_dict()) if as_json else _print_preview(diff)
+        if as_json:
+            emit_json({**diff.to_dict(), **asked})
+        else:
+            _print_preview(diff)
         return
     if target.exists() and not yes:
         _confirm_restore(preview_settings, backup_id, target, live=to is None)
@@ -1369,7 +1402,7 @@ def restore(
         progress=stage_progress(not as_json, width=15, end_after=None),
     )
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **asked})
     else:
         _print_restored(result, given)
     if result.fell_back:
@@ -1390,6 +1423,11 @@ def _restore_choice(settings: Settings, backup_id: str | None, *, undo: bool, as
             "give a backup ID, 'latest' or --undo (see: tablettracker-backups list)"
         )
     return _choose_backup(settings)
+
+
+def _moment_json(moment: Moment) -> dict[str, Any]:
+    """What ``--at`` asked for, in ``--json`` output."""
+    return {"at": moment.at, "at_zone": "given" if moment.zone_given else "local"}
 
 
 def _confirm_restore(settings: Settings, backup_id: str, target: Path, *, live: bool) -> None:

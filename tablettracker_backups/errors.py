@@ -61,3 +61,7 @@ class IdentityError(BackupError):
 
 class InvalidLabel(BackupError):
     """A backup's label is too long or holds control characters."""
+
+
+class InvalidTime(BackupError):
+    """A moment to restore to is not an ISO 8601 date and time."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -173,3 +174,33 @@ def cleanup_temp_files(directory: Path) -> list[Path]:
             remove_quietly(entry)
             removed.append(entry)
     return removed
+
+
+#: Where Linux lists mounted file systems.
+PROC_MOUNTS = Path("/proc/mounts")
+
+
+def _unescape_mount_field(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mounts: Path = PROC_MOUNTS) -> str | None:
+    """The type (``ext4``, ``nfs4``, ``fuse.sshfs`` ...) of the file system holding ``path``,
+    from the longest mount point that contains it; None when ``mounts`` cannot be read."""
+    try:
+        lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount_field(fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        # Later lines win a tie: a file system mounted over another hides it.
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fields[2])
+    return None if best is None else best[1]

@@ -14,10 +14,14 @@ import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
-from tablettracker_backups.display import format_age
+from tablettracker_backups.autosnapshot import effective_interval, last_auto
+from tablettracker_backups.changes import changed_since, source_signature
+from tablettracker_backups.display import format_age, human_size
 from tablettracker_backups.errors import BackupError, DatabaseError
+from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
 from tablettracker_backups.identity import check_folders
 from tablettracker_backups.metadata import parse_utc, utc_iso
 from tablettracker_backups.notify import notifier_problems
@@ -31,7 +35,7 @@ from tablettracker_backups.retention import (
     plan_retention,
 )
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.snapshot import quick_check_live
+from tablettracker_backups.snapshot import live_journal_mode, quick_check_live
 from tablettracker_backups.states import CopyStatus, Level
 from tablettracker_backups.status import read_status, write_status
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
@@ -75,6 +79,8 @@ class HealthReport:
     #: SHA-256) last ran: ``checked_at`` for a full check, the saved report's time for a light
     #: one (:func:`check_health` with ``read_data=False``), None if they never ran.
     data_checked_at: datetime | None = None
+    #: Recovery point and restore-point granularity (:func:`recovery_summary`).
+    recovery: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> Level:
@@ -118,6 +124,7 @@ class HealthReport:
             "last_run_at": iso(self.last_run_at),
             "next_run_due": iso(self.next_run_due),
             "offsite": self.offsite or None,
+            "recovery": self.recovery or None,
         }
 
 
@@ -183,6 +190,8 @@ def check_health(
         ),
     )
     findings += copy_findings
+    findings += network_wal_findings(settings)
+    findings += _auto_findings(settings, newest)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
     first = regular[-1].created_at if regular else None
@@ -191,6 +200,7 @@ def check_health(
     )
     findings += schedule_findings
     findings += _backup_failure_findings(status)
+    plan = current_plan(store, now=now)
     offsite: dict[str, Any] = {}
     if settings.s3 is not None:
         lag = offsite_lag(settings, backups, now=now)
@@ -207,14 +217,133 @@ def check_health(
         newest_good_id=good.id if good else None,
         newest_good_at=good.created_at if good else None,
         backup_count=len(backups),
-        slot_counts=_slot_counts(store, now),
+        slot_counts=_count_slots(plan),
         disk=disk,
         stored_bytes=stored_bytes,
         last_run_at=last_run_at,
         next_run_due=None if last_run_at is None else last_run_at + interval,
         offsite=offsite,
         data_checked_at=data_checked_at,
+        recovery=recovery_summary(settings, backups, plan),
     )
+
+
+def recovery_summary(
+    settings: Settings, backups: list[BackupInfo], plan: RetentionPlan
+) -> dict[str, Any]:
+    """The recovery point achieved, and the restore-point granularity retention leaves.
+
+    ``achieved_seconds`` is the age of the newest good backup at the moment of the latest
+    write (0 when no write came after it): what a lost disk would cost right now. The latest
+    write is the newest modification time of the database files (``stat()`` only).
+    """
+    newest = newest_good(backups)
+    meta = newest.metadata if newest is not None else None
+    summary: dict[str, Any] = {
+        "snapshot_after_write": settings.snapshot_after_write,
+        "effective_interval": (
+            effective_interval(settings, meta) if settings.snapshot_after_write else None
+        ),
+        "last_auto": last_auto(settings),
+        "latest_write_at": None,
+        "unsaved_writes": None,
+        "achieved_seconds": None,
+        "recent": plan.recent.to_dict() if plan.recent is not None else None,
+    }
+    try:
+        current = source_signature(settings.database)
+    except OSError:
+        return summary
+    latest = datetime.fromtimestamp(current.latest_write_ns / 1e9, timezone.utc)
+    summary["latest_write_at"] = utc_iso(latest)
+    if newest is None or meta is None:
+        return summary
+    unsaved = changed_since(meta.source.signature, current, when_unsure=False)
+    summary["unsaved_writes"] = unsaved
+    summary["achieved_seconds"] = (
+        max(0.0, (latest - newest.created_at).total_seconds()) if unsaved else 0.0
+    )
+    return summary
+
+
+def describe_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, sentence) pairs a person reads about :func:`recovery_summary`'s output: the
+    recovery point achieved, the automatic snapshots, the restore points kept."""
+    lines: list[tuple[str, str]] = []
+    achieved = recovery.get("achieved_seconds")
+    if achieved is None:
+        lines.append(("Recovery point", "unknown (no good backup, or the database is missing)"))
+    elif achieved == 0:
+        lines.append(("Recovery point", "every write so far is in a backup"))
+    else:
+        lines.append(
+            (
+                "Recovery point",
+                f"{format_age(timedelta(seconds=achieved))}: the latest write came that long "
+                "after the newest good backup, and is not in a backup yet",
+            )
+        )
+    every = recovery.get("snapshot_after_write")
+    if not every:
+        lines.append(("Automatic snapshots", "off (BACKUPS_SNAPSHOT_AFTER_WRITE=off)"))
+    else:
+        text = f"after web writes, at most every {format_age(timedelta(seconds=every))}"
+        effective = recovery.get("effective_interval") or every
+        if effective > every:
+            text += f" (now {format_age(timedelta(seconds=effective))}: 20x the last backup)"
+        last = recovery.get("last_auto")
+        if isinstance(last, dict) and last.get("at"):
+            outcome = "took" if last.get("ok") else "FAILED after"
+            text += f"; the last {outcome} {last.get('seconds', 0):.2f} s ({last.get('where')})"
+        lines.append(("Automatic snapshots", text))
+    recent = recovery.get("recent")
+    if isinstance(recent, dict):
+        window = format_age(timedelta(seconds=recent["window"]))
+        gap = recent.get("granularity")
+        widest = f"; widest gap {format_age(timedelta(seconds=gap))}" if gap else ""
+        budget = f"{human_size(recent['cost'])} of {human_size(recent['budget'])} budget"
+        if not recent["thinned"]:
+            text = f"every backup of the last {window} is kept ({recent['kept']}, {budget})"
+        else:
+            spacing = recent.get("spacing")
+            older = (
+                f"older ones one per {format_age(timedelta(seconds=spacing))}"
+                if spacing
+                else "older ones only in the calendar slots"
+            )
+            text = (
+                f"{recent['kept']} of {recent['total']} backups of the last {window} kept to "
+                f"fit the budget ({budget}): the newest all, {older}"
+            )
+        lines.append(("Restore points", text + widest))
+    return lines
+
+
+#: File system types that share files between hosts over a network: SQLite's WAL mode needs
+#: shared memory on one host, so it is unsafe there (PythonAnywhere's web and task servers).
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs", "afs"}
+)
+
+
+def network_wal_findings(settings: Settings, mounts: Path = PROC_MOUNTS) -> list[Finding]:
+    """Warn when the database is in WAL mode on a network file system (the type from
+    ``mounts``; the journal mode from ``PRAGMA journal_mode``, see :func:`live_journal_mode`)."""
+    fstype = filesystem_type(settings.database, mounts)
+    if fstype not in NETWORK_FILESYSTEMS and not (fstype or "").startswith("fuse.sshfs"):
+        return []
+    mode = live_journal_mode(settings.database)
+    if mode != "wal":
+        return []
+    return [
+        Finding(
+            Level.WARNING,
+            "wal-network-fs",
+            f"the database is in WAL mode on a network file system ({fstype}): WAL needs "
+            "shared memory on one machine, and web apps and scheduled tasks may run on "
+            "different ones (PythonAnywhere); switch back with PRAGMA journal_mode=DELETE",
+        )
+    ]
 
 
 def _saved_data_findings(settings: Settings) -> tuple[datetime | None, list[Finding]]:
@@ -364,6 +493,26 @@ def _backup_failure_findings(status: dict[str, Any]) -> list[Finding]:
             "last-backup-failed",
             f"the last {failure.get('kind', 'manual')} backup ({failure.get('trigger', '?')}) "
             f"failed at {failure.get('at', '?')}: {str(failure.get('error'))[:300]}",
+        )
+    ]
+
+
+def _auto_findings(settings: Settings, newest: BackupInfo | None) -> list[Finding]:
+    """Warn when the last automatic snapshot failed and nothing has succeeded since."""
+    last = last_auto(settings)
+    if last is None or last.get("ok") is not False:
+        return []
+    try:
+        at = parse_utc(last.get("at"), "last_auto.at")
+    except BackupError:
+        return []
+    if newest is not None and newest.created_at >= at:
+        return []
+    return [
+        Finding(
+            Level.WARNING,
+            "auto-snapshot-failed",
+            f"the last automatic snapshot failed: {str(last.get('error'))[:300]}",
         )
     ]
 
@@ -539,8 +688,8 @@ def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:
-            slot = reason.split(" ")[0]
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"):
+            slot = reason.split(" ")[0].rstrip(",")
+            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore"):
                 slots[slot] += 1
     return dict(slots)
 

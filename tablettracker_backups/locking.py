@@ -23,19 +23,35 @@ def acquire_lock(settings: Settings, *, timeout: float | None = None) -> fileloc
     Waits up to ``timeout`` seconds (default: the configured lock timeout), then raises
     :class:`LockedError`; raises :class:`StorageError` when the lock file cannot be made.
     """
-    ensure_private_dir(settings.state_dir)
     wait = settings.lock_timeout if timeout is None else timeout
-    lock = filelock.FileLock(str(settings.state_dir / LOCK_NAME), mode=0o600)
+    busy = (
+        f"another backup, restore or prune is in progress (waited {wait:g}s); "
+        "try again when it has finished"
+    )
+    return _acquire(settings, LOCK_NAME, timeout=wait, busy=busy)
+
+
+def _acquire(settings: Settings, name: str, *, timeout: float, busy: str) -> filelock.FileLock:
+    ensure_private_dir(settings.state_dir)
+    lock = filelock.FileLock(str(settings.state_dir / name), mode=0o600)
     try:
-        lock.acquire(timeout=wait)
+        lock.acquire(timeout=timeout)
     except filelock.Timeout:
-        raise LockedError(
-            f"another backup, restore or prune is in progress (waited {wait:g}s); "
-            "try again when it has finished"
-        ) from None
+        raise LockedError(busy) from None
     except OSError as exc:
         raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
     return lock
+
+
+@contextmanager
+def folder_lock(settings: Settings, name: str, *, timeout: float, busy: str) -> Iterator[None]:
+    """Hold the OS file lock ``name`` in the state folder for the block; after ``timeout``
+    seconds raise :class:`LockedError` with the message ``busy``."""
+    lock = _acquire(settings, name, timeout=timeout, busy=busy)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from tablettracker_backups.changes import SourceSignature
 from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, MetadataError
 
 FORMAT_VERSION = 1
@@ -127,6 +128,9 @@ class SourceInfo:
     page_count: int
     journal_mode: str
     sqlite_version: str
+    #: ``stat()`` of the database files just before the snapshot's read transaction, so a
+    #: later "changed since this backup?" needs no file opened (absent in older metadata).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -329,6 +333,7 @@ class BackupMetadata:
                 page_count=_nonneg(source, "page_count"),
                 journal_mode=_str(source, "journal_mode"),
                 sqlite_version=_str(source, "sqlite_version"),
+                signature=SourceSignature.from_dict(source.get("signature")),
             ),
             tool_version=_str(doc, "tool_version"),
             schema_fingerprint=_hex(doc, "schema_fingerprint"),

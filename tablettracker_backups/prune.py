@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
 from tablettracker_backups.identity import check_folders, claim_folders
-from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
+from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
@@ -49,9 +49,9 @@ def plan_for_store(
     """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
     if now is None and sound is None and not protect:
         return current_plan(store)
-    return plan_retention(
-        candidates_from(store.list()),
-        store.settings.retention,
+    return plan_for_backups(
+        store.settings,
+        store.list(),
         protect=protect,
         now=now or datetime.now(timezone.utc),
         sound=sound,
@@ -68,10 +68,7 @@ def current_plan(store: BackupStore, *, now: datetime | None = None) -> Retentio
     """
     infos = store.list()
     minute = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
-    policy = store.settings.retention
-    return store.memo(
-        ("plan", minute), lambda: plan_retention(candidates_from(infos), policy, now=minute)
-    )
+    return store.memo(("plan", minute), lambda: plan_for_backups(store.settings, infos, now=minute))
 
 
 def newest_sound_backup(store: BackupStore) -> str | None:

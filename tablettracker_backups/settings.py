@@ -100,6 +100,13 @@ class Settings:
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
+    #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
+    snapshot_after_write: int | None = 300
+    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing.
+    keep_recent: int = 86400
+    #: Bytes the recent tier may hold beyond the calendar slots; None: 10x the newest backup's
+    #: stored size.
+    recent_budget: int | None = None
     #: Apprise URLs notifications go to (they hold passwords and tokens: never shown unmasked).
     notify: tuple[str, ...] = field(default=(), repr=False)
     #: ``problems`` or ``all`` (see :data:`NOTIFY_ON`).
@@ -188,6 +195,21 @@ def parse_duration(name: str, value: Any) -> int:
     if seconds > MAX_DURATION:
         raise ConfigError(f"{PREFIX}{name.upper()} must be at most a year, not {value!r}")
     return int(seconds)
+
+
+#: Words that turn a duration setting off.
+OFF_WORDS = frozenset({"off", "0", "false", "no", "none"})
+
+
+def _optional_duration(name: str, value: Any) -> int | None:
+    """A duration, or None for ``off`` (or ``0``/``false``); raises :class:`ConfigError`."""
+    if value is False or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    ):
+        return None
+    if isinstance(value, str) and value.strip().lower() in OFF_WORDS:
+        return None
+    return parse_duration(name, value)
 
 
 def parse_space(name: str, value: Any) -> float:
@@ -280,6 +302,9 @@ CORE_KEYS = frozenset(
         "disk_critical",
         "health_checksum_count",
         "busy_timeout",
+        "snapshot_after_write",
+        "keep_recent",
+        "recent_budget",
         "s3_bucket",
         "s3_endpoint_url",
         "s3_prefix",
@@ -380,6 +405,17 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
     if values.get("database_name") is not None:
         kwargs["database_name"] = validate_database_name(values["database_name"])
     kwargs.update(_notify_settings(values))
+    if values.get("snapshot_after_write") is not None:
+        kwargs["snapshot_after_write"] = _optional_duration(
+            "snapshot_after_write", values["snapshot_after_write"]
+        )
+    if values.get("keep_recent") is not None:
+        kwargs["keep_recent"] = _optional_duration("keep_recent", values["keep_recent"]) or 0
+    if values.get("recent_budget") is not None:
+        budget = parse_space("recent_budget", values["recent_budget"])
+        if 0 < budget < 1:
+            raise ConfigError("BACKUPS_RECENT_BUDGET must be a size like 2GB, not a percentage")
+        kwargs["recent_budget"] = int(budget)
     return Settings(
         database=database,
         backup_dir=backup_dir,

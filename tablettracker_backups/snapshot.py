@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from tablettracker_backups.changes import SourceSignature, source_signature
 from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.fsutil import describe_os_error
@@ -48,6 +49,9 @@ class SnapshotInfo:
     journal_mode: str
     sqlite_version: str
     seconds: float
+    #: The database files' ``stat()`` just before the read transaction began: anything written
+    #: later changes it, so a match later means "nothing written since" (see :mod:`.changes`).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -262,6 +266,12 @@ def take_snapshot(
     """
     check_sqlite_file(database)
     started = time.monotonic()
+    # Before our own connection opens: in WAL mode the last connection to close deletes the
+    # -wal file, so a signature taken while ours is open would never match again.
+    try:
+        signature: SourceSignature | None = source_signature(database)
+    except OSError:
+        signature = None  # the snapshot below reports a missing file properly
     try:
         dest.touch(mode=0o600, exist_ok=False)
     except OSError as exc:
@@ -308,6 +318,7 @@ def take_snapshot(
         journal_mode=journal_mode,
         sqlite_version=sqlite3.sqlite_version,
         seconds=time.monotonic() - started,
+        signature=signature,
     )
 
 
@@ -493,3 +504,18 @@ def quick_check_live(path: Path, *, busy_timeout: float) -> str:
         except sqlite3.Error as exc:
             raise _sqlite_error(path, exc) from None
     return "ok" if messages == ["ok"] else "; ".join(messages)
+
+
+def live_journal_mode(path: Path) -> str | None:
+    """The live database's journal mode (``wal``, ``delete`` ...) from ``PRAGMA journal_mode``,
+    which reads the header and writes nothing; None when it cannot be read.
+
+    Through SQLite, so no lock a host app in this process holds is dropped; and on an
+    ordinary connection, which as the last one to close removes the -wal and -shm files it
+    made (a read-only one would leave them, and the database would look changed).
+    """
+    try:
+        with closing(connect(path, busy_timeout=1.0)) as conn:
+            return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    except (sqlite3.Error, DatabaseError):
+        return None

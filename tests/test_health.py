@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import stat
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.health import HealthReport, check_health
+from tablettracker_backups.fsutil import filesystem_type
+from tablettracker_backups.health import (
+    HealthReport,
+    check_health,
+    describe_recovery,
+    network_wal_findings,
+)
 from tablettracker_backups.health import save_report as write_status
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.status import ALERT_LOG, STATUS_FILE, record_run
@@ -425,3 +432,67 @@ def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
     assert {f.message for f in light.findings if f.code == "checksum"} == {
         f.message for f in full.findings if f.code == "checksum"
     }
+
+
+# -- PythonAnywhere: WAL on a network file system; recovery point ----------------------------
+
+
+def mounts_file(tmp_path: Path, folder: Path, fstype: str) -> Path:
+    """A /proc/mounts-shaped file: the root, and ``folder`` (space escaped) as ``fstype``."""
+    escaped = str(folder).replace(" ", "\\040")
+    path = tmp_path / "mounts"
+    path.write_text(
+        "/dev/vda1 / ext4 rw,relatime 0 0\n"
+        f"server:/home {escaped} {fstype} rw,relatime 0 0\n"
+        "proc /proc proc rw 0 0\n"
+    )
+    return path
+
+
+def test_filesystem_type_takes_the_longest_mount_point(tmp_path: Path) -> None:
+    folder = tmp_path / "home dir"
+    folder.mkdir()
+    mounts = mounts_file(tmp_path, folder, "nfs4")
+    assert filesystem_type(folder / "app.db", mounts) == "nfs4"
+    assert filesystem_type(tmp_path / "elsewhere.db", mounts) == "ext4"
+    assert filesystem_type(tmp_path, tmp_path / "missing") is None
+    # The real table knows this folder's file system.
+    assert filesystem_type(tmp_path) not in (None, "nfs4")
+
+
+@pytest.mark.parametrize("fstype", ["nfs4", "fuse.sshfs", "ext4"])
+def test_wal_on_a_network_file_system_is_a_warning(
+    tmp_path: Path, healthy: Settings, journal_mode: str, fstype: str
+) -> None:
+    with sqlite3.connect(healthy.database) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    mounts = mounts_file(tmp_path, healthy.database.parent, fstype)
+    found = network_wal_findings(healthy, mounts)
+    if journal_mode == "wal" and fstype != "ext4":
+        assert [f.code for f in found] == ["wal-network-fs"]
+        assert found[0].level == "warning" and fstype in found[0].message
+    else:
+        assert found == []
+    # Looking left no -wal or -shm file behind (they would look like a change).
+    if journal_mode == "delete":
+        assert sorted(p.name for p in healthy.database.parent.iterdir()) == ["tablet_counter.db"]
+
+
+def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
+    create_backup(healthy, kind="auto")
+    report = check_health(healthy)
+    assert report.recovery["achieved_seconds"] == 0.0
+    assert report.recovery["unsaved_writes"] is False
+    lines = dict(describe_recovery(report.recovery))
+    assert lines["Recovery point"] == "every write so far is in a backup"
+    assert "at most every 5 min" in lines["Automatic snapshots"]
+    assert lines["Restore points"].startswith("every backup of the last 24.0 h is kept (1")
+    backup_id = BackupStore(healthy).list()[0].id
+    backdate(healthy, backup_id, timedelta(minutes=10))
+    with sqlite3.connect(healthy.database) as conn:
+        conn.execute("UPDATE purchase_orders SET notes = 'unsaved' WHERE id = 1")
+    report = check_health(healthy)
+    assert report.recovery["unsaved_writes"] is True
+    assert 590 < report.recovery["achieved_seconds"] < 660
+    assert report.to_dict()["recovery"]["achieved_seconds"] == report.recovery["achieved_seconds"]
+    assert "not in a backup yet" in dict(describe_recovery(report.recovery))["Recovery point"]

@@ -48,7 +48,9 @@ def test_run_is_idempotent(roomy: Settings) -> None:
     assert status["health"]["status"] == "ok"
 
 
-def test_force_takes_another(roomy: Settings) -> None:
+def test_force_takes_another(make_settings: Callable[..., Settings]) -> None:
+    # Without the recent tier, which would keep both (tests/test_autosnapshot.py).
+    roomy = make_settings(**ROOMY, keep_recent="0")
     first = run(roomy)
     forced = run(roomy, force=True)
     assert first.backup is not None and forced.backup is not None

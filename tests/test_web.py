@@ -568,6 +568,7 @@ def test_prune_previews_then_deletes_exactly_that(
         BACKUPS_KEEP_WEEKLY=1,
         BACKUPS_KEEP_MONTHLY=1,
         BACKUPS_KEEP_YEARLY=1,
+        BACKUPS_KEEP_RECENT="0",  # the recent tier would keep all three
     )
     settings = settings_of(app)
     ids = [create_backup(settings, trigger="test").metadata.id for _ in range(3)]

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from tablettracker_backups import audit, notify
+from tablettracker_backups.autosnapshot import parse_not_before, run_worker
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupError, LockedError, RestoreError
 from tablettracker_backups.jobs.queue import (
+    AUTO,
     DONE,
     FAILED,
     HEARTBEAT_SECONDS,
@@ -135,6 +137,12 @@ def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str,
     return message, result.to_dict()
 
 
+def _do_auto(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
+    return run_worker(
+        settings, job.id, not_before=parse_not_before(job.params), progress=reporter.stage
+    )
+
+
 class _JobFailed(Exception):
     """An action finished but its outcome is a failure (with a result to show)."""
 
@@ -148,6 +156,7 @@ _ACTIONS: dict[str, Action] = {
     "verify": _do_verify,
     "verify-all": _do_verify,
     "restore": _do_restore,
+    "auto": _do_auto,
 }
 
 
@@ -203,7 +212,8 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
     # Audit first, then mark the job finished: whoever waits for "done" must find the entry.
     # A restore records its own outcome, except when refused before it started (lock, bad id).
     core_audited = job.action == "restore" and (ok or isinstance(failure, RestoreError))
-    if settings is not None and not core_audited:
+    # Automatic snapshots leave their trace in the status file (every few minutes, nobody's).
+    if settings is not None and not core_audited and job.action != AUTO:
         try:
             audit.record(
                 settings,

@@ -3,8 +3,8 @@
 It reads the ``BACKUPS_*`` config keys (defaults set with ``setdefault``), validates them into
 one frozen :class:`Settings` at start-up so a typo fails now rather than at 2 a.m., registers
 itself in ``app.extensions["tablettracker_backups"]``, mounts the admin blueprint and the
-scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), and adds the ``flask backups``
-commands.
+scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), hooks in the write trigger
+(:mod:`.autosnapshot`), and adds the ``flask backups`` commands.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 from flask import Flask
 
 from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
+from tablettracker_backups.web import autosnapshot
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
-from tablettracker_backups.web.views import register_blueprints
+from tablettracker_backups.web.tasks import TASK_BLUEPRINT
+from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
 
 
 class BackupManager:
@@ -78,6 +80,14 @@ class BackupManager:
         #: Explicit offsite keys (both or neither); None means boto3's usual credential chain.
         app.config.setdefault("BACKUPS_S3_ACCESS_KEY_ID", None)
         app.config.setdefault("BACKUPS_S3_SECRET_ACCESS_KEY", None)
+        #: After a write request, snapshot when the newest backup is this old: ``5m``,
+        #: ``30s``, ``1h``, or ``off``.
+        app.config.setdefault("BACKUPS_SNAPSHOT_AFTER_WRITE", "5m")
+        #: Every backup younger than this is kept (budget allowing); ``0`` turns the tier off.
+        app.config.setdefault("BACKUPS_KEEP_RECENT", "24h")
+        #: Most the recent tier may store beyond the calendar slots (``2GB``); None means
+        #: 10x the newest backup's stored size.
+        app.config.setdefault("BACKUPS_RECENT_BUDGET", None)
 
         values = {
             key[len(PREFIX) :].lower(): value
@@ -108,6 +118,7 @@ class BackupManager:
         )
 
         register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
+        autosnapshot.install(app, skip_blueprints=frozenset({BLUEPRINT, TASK_BLUEPRINT}))
 
         # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
         # ``current_app.extensions`` and never imports this module back.

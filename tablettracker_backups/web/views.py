@@ -44,9 +44,10 @@ from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
     InvalidLabel,
+    InvalidTime,
     LockedError,
 )
-from tablettracker_backups.health import check_health
+from tablettracker_backups.health import check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import parse_utc, validate_backup_id
@@ -55,6 +56,7 @@ from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at, points_around
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status
@@ -108,6 +110,7 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule(
         "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
     )
+    bp.add_url_rule("/restore-at", "restore_at", restore_at_page)
     bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
     bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
     bp.add_url_rule("/prune", "prune", prune_page, methods=["GET"])
@@ -280,6 +283,7 @@ def dashboard() -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
+        recovery_lines=describe_recovery(report.recovery),
         settings=settings,
         summary=store.memo(("dashboard",), lambda: _summary(infos)),
         last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
@@ -597,6 +601,33 @@ def download(backup_id: str) -> ResponseReturnValue:
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def restore_at_page() -> ResponseReturnValue:
+    """ "The state as of ...": a time picker (a GET form, so it works without JavaScript) and
+    the restore points around the chosen time, each leading to the usual restore page."""
+    now = datetime.now(timezone.utc)
+    text = request.args.get("at", "").strip()
+    infos = BackupStore(_settings()).list()
+    error = None
+    moment = None
+    try:
+        moment = parse_moment(text) if text else Moment(now, zone_given=False)
+        point_at(infos, moment.at, now=now)
+    except InvalidTime as exc:
+        error, moment = str(exc), None
+    except BackupNotFound as exc:
+        error = str(exc)
+    at = moment.at if moment is not None else now
+    return render_template(
+        "tablettracker_backups/restore_at.html",
+        at=at,
+        # datetime-local wants local time without a zone, to the minute.
+        picker_value=at.astimezone().strftime("%Y-%m-%dT%H:%M"),
+        zone=at.astimezone().strftime("%Z (UTC%z)"),
+        around=points_around(infos, at) if moment is not None else None,
+        error=error,
+    ), (400 if error and moment is None else 200)
 
 
 def restore_page(backup_id: str) -> ResponseReturnValue:
