@@ -44,11 +44,11 @@ class Candidate:
     kind: str
     #: The copy is faithful (verified).
     verified: bool
+    #: What keeping it costs (bytes of one stored copy today); only the recent tier counts it.
+    cost: int = 0
     #: The snapshot holds damaged data (the live database failed integrity_check).
     source_damaged: bool = False
     pinned: bool = False
-    #: What keeping it costs (bytes of one stored copy today); only the recent tier counts it.
-    cost: int = 0
 
     @property
     def good(self) -> bool:
@@ -325,7 +325,15 @@ def candidates_from(
 ) -> list[Candidate]:
     """Retention candidates from listed backups, each with its ``cost``."""
     return [
-        Candidate(i.id, i.created_at, i.kind, i.verified, i.source_damaged, i.pinned, cost(i))
+        Candidate(
+            i.id,
+            i.created_at,
+            i.kind,
+            i.verified,
+            cost(i),
+            source_damaged=i.source_damaged,
+            pinned=i.pinned,
+        )
         for i in infos
     ]
 

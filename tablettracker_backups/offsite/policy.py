@@ -40,7 +40,12 @@ def offsite_plan(
         if not info.verified:
             continue
         candidates[info.id] = Candidate(
-            info.id, info.created_at, info.kind, True, info.source_damaged, info.pinned
+            info.id,
+            info.created_at,
+            info.kind,
+            True,
+            source_damaged=info.source_damaged,
+            pinned=info.pinned,
         )
     return plan_retention(
         candidates.values(), offsite_policy(settings), now=datetime.now(timezone.utc)
