@@ -1,9 +1,10 @@
-"""Taking a backup: snapshot, verify, compress, store in every folder, commit.
+"""Taking a backup: snapshot, check, compress, prove, store in every folder, commit.
 
-Order matters for "complete and verified or it does not exist": the snapshot goes to a
+Order matters for "complete and faithful or it does not exist": the snapshot goes to a
 temporary file; integrity and foreign-key checks run on it while it is compressed and hashed
-(the two overlap on two cores); the stored file is fsynced and renamed into each folder; the
-metadata is written last, in each folder, as the commit marker.
+(the two overlap on two cores); the stored file is read back to prove it decompresses to
+exactly the snapshot; it is fsynced and renamed into each folder; the metadata, with what the
+checks found in the data, is written last, in each folder, as the commit marker.
 """
 
 from __future__ import annotations
@@ -16,9 +17,28 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tablettracker_backups.compression import StreamResult, compress_file, copy_file
-from tablettracker_backups.encryption import encrypt_file, encrypted_metadata, require_pyrage
-from tablettracker_backups.errors import BackupError, StorageError, VerificationError
+from tablettracker_backups import notify
+from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
+from tablettracker_backups.compression import (
+    StreamResult,
+    compress_file,
+    copy_file,
+    decompress_file,
+)
+from tablettracker_backups.crashpoints import Stage, crash_point
+from tablettracker_backups.display import human_size
+from tablettracker_backups.encryption import (
+    SealResult,
+    encrypt_file,
+    encrypted_metadata,
+    require_pyrage,
+)
+from tablettracker_backups.errors import (
+    BackupError,
+    LockedError,
+    StorageError,
+    VerificationError,
+)
 from tablettracker_backups.fsutil import (
     check_writable_dir,
     cleanup_temp_files,
@@ -26,6 +46,7 @@ from tablettracker_backups.fsutil import (
     remove_quietly,
     temp_path,
 )
+from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     KINDS,
@@ -34,16 +55,20 @@ from tablettracker_backups.metadata import (
     Verification,
     data_filename,
     new_backup_id,
+    utc_iso,
+    validate_label,
 )
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
+    UNREADABLE_SCHEMA,
     DatabaseCheck,
     SnapshotInfo,
     check_sqlite_file,
     inspect_database,
     take_snapshot,
 )
+from tablettracker_backups.status import read_status, update_status
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
@@ -57,12 +82,28 @@ class BackupResult:
     metadata: BackupMetadata
     locations: tuple[str, ...]
     warnings: tuple[str, ...] = ()
+    #: What changed suspiciously since the previous good backup (also in the metadata).
+    anomalies: tuple[Anomaly, ...] = ()
 
 
-def prepare_locations(settings: Settings) -> None:
-    """Create the backup folders owner-only and check they are writable."""
-    for directory in settings.locations:
-        check_writable_dir(directory)
+def prepare_locations(settings: Settings) -> str | None:
+    """Create the backup folders owner-only and check they are writable.
+
+    Raises :class:`StorageError` for the primary folder. The secondary folder only holds a
+    second copy, so its trouble (a disk that is away, read-only or full) must not stop the
+    backup: it is returned as a one-line reason instead (``None`` when the folder is usable).
+    Its parents are never created: a missing parent is a disk that is not mounted, and a
+    "second copy" written onto the system disk in its place would be no second copy at all.
+    """
+    check_writable_dir(settings.backup_dir)
+    if settings.secondary_dir is None:
+        return None
+    try:
+        check_writable_dir(settings.secondary_dir, parents=False)
+    except StorageError as exc:
+        logger.warning("secondary folder %s is not usable: %s", settings.secondary_dir, exc)
+        return str(exc)
+    return None
 
 
 def cleanup_debris(settings: Settings) -> list[Path]:
@@ -83,43 +124,149 @@ def create_backup(
     trigger: str = "cli",
     progress: StageProgress | None = None,
     lock: bool = True,
+    label: str | None = None,
+    pinned: bool = False,
+    notify_owner: bool = True,
 ) -> BackupResult:
-    """Take, verify and store one backup of the live database.
+    """Take, check and store one backup of the live database.
 
-    ``lock=False`` is for callers that already hold the operation lock (restore, run).
-    Raises :class:`DatabaseError`, :class:`StorageError`, :class:`VerificationError` or
-    :class:`LockedError`; on any error nothing new is listed as a backup.
+    The backup is kept when its stored file decompresses to exactly the snapshot and the
+    snapshot opens as SQLite; what the checks find in the data (integrity messages, foreign-key
+    violations, tables that could not be counted) is recorded as findings, never a reason to
+    throw the copy away. ``label`` is a note shown with it; ``pinned`` keeps it out of
+    retention until unpinned. ``lock=False`` is for callers that already hold the operation
+    lock (restore, run).
+    With ``notify_owner`` (the default) a failure, the anomalies and, with
+    ``BACKUPS_NOTIFY_ON=all``, the success are sent to the owner after the lock is released;
+    ``run`` and restore pass False and report in their own message.
+
+    Raises :class:`DatabaseError`, :class:`StorageError`, :class:`VerificationError`,
+    :class:`IdentityError` (the folder belongs to another database) or :class:`LockedError`;
+    on any error nothing new is listed as a backup. A failed manual or automatic backup is
+    recorded for ``health`` (a scheduled one is recorded by ``run``).
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
-    # Refuse a missing or non-SQLite source before creating any folder for it.
-    check_sqlite_file(settings.database)
-    if settings.encryption is not None and settings.encryption.local:
-        # BACKUPS_ENCRYPT=all without the library: fail loudly, never store plaintext instead.
-        require_pyrage()
-    if not lock:
-        return _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
-    prepare_locations(settings)
-    with operation_lock(settings):
-        cleanup_debris(settings)
-        return _create_backup(settings, kind=kind, trigger=trigger, progress=progress)
+    label = validate_label(label)
+    options = _Options(kind, trigger, progress, label, pinned)
+    try:
+        # Refuse a missing or non-SQLite source before creating any folder for it.
+        check_sqlite_file(settings.database)
+        if settings.encryption is not None and settings.encryption.local:
+            # BACKUPS_ENCRYPT=all without the library: fail loudly, never store plaintext.
+            require_pyrage()
+        if not lock:
+            result = _create_backup(settings, options)
+        else:
+            prepare_locations(settings)
+            with operation_lock(settings):
+                cleanup_debris(settings)
+                result = _create_backup(settings, options)
+    except LockedError:
+        raise
+    except BackupError as exc:
+        _note_failure(settings, options, exc)
+        if notify_owner:
+            notify.send(settings, [notify.backup_failed(settings, str(exc), trigger=trigger)])
+        raise
+    _note_success(settings, options)
+    if notify_owner:
+        notify.send(settings, backup_events(settings, result))
+    return result
 
 
-def _create_backup(
-    settings: Settings,
-    *,
-    kind: str,
-    trigger: str,
-    progress: StageProgress | None,
-) -> BackupResult:
-    prepare_locations(settings)
-    store = BackupStore(settings)
+def backup_events(settings: Settings, result: BackupResult) -> list[notify.Event]:
+    """What the owner hears of a backup that was taken: its anomalies, and the success."""
+    meta = result.metadata
+    events = [
+        notify.anomaly(
+            settings,
+            notify.Severity.INFO if found.info_only else notify.Severity.WARNING,
+            f"backup {meta.id}: {found.message}",
+            found.previous_id,
+        )
+        for found in result.anomalies
+    ]
+    events.append(notify.backup_ok(settings, meta.id, human_size(meta.stored_size)))
+    return events
+
+
+def _anomalies(
+    settings: Settings, store: BackupStore, current: BackupMetadata
+) -> tuple[Anomaly, ...]:
+    """Compare with the previous good backup; trouble reading the folder only skips this."""
+    try:
+        previous = previous_good(store.list())
+    except BackupError as exc:
+        logger.warning("could not compare with the previous backup: %s", exc)
+        return ()
+    if previous is None or previous.metadata is None:
+        return ()
+    found = find_anomalies(previous.metadata, current, drop=settings.anomaly_drop)
+    for item in found:
+        logger.warning("anomaly in backup %s: %s", current.id, item.message)
+    return found
+
+
+@dataclass(frozen=True)
+class _Options:
+    kind: str
+    trigger: str
+    progress: StageProgress | None
+    label: str | None
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class _Stored:
+    """A snapshot taken, checked, compressed, proven to decompress to itself, and committed
+    as a data file in the primary folder (not yet listed: its metadata comes next)."""
+
+    snap: SnapshotInfo
+    check: DatabaseCheck
+    stream: StreamResult
+    durations: dict[str, float]
+    #: The encrypted form that was committed instead (``BACKUPS_ENCRYPT=all``), or None.
+    sealed: SealResult | None = None
+
+
+def _create_backup(settings: Settings, options: _Options) -> BackupResult:
+    secondary_trouble = prepare_locations(settings)
+    if options.kind != "pre-restore":
+        # A safety snapshot is of whatever the restore overwrites; everything else must be
+        # of the database this folder belongs to.
+        claim_folders(settings)
     started = time.monotonic()
     created_at = datetime.now(timezone.utc)
     backup_id = new_backup_id(created_at)
+    stored = _snapshot_and_store(settings, backup_id, options)
+    metadata = _build_metadata(settings, backup_id, created_at, options, stored, started)
+    store = BackupStore(settings)
+    anomalies = _anomalies(settings, store, metadata)
+    if anomalies:
+        metadata = dataclasses.replace(
+            metadata, extra={**metadata.extra, EXTRA_KEY: [a.to_dict() for a in anomalies]}
+        )
+    if stored.sealed is not None and settings.encryption is not None:
+        # Last, so the sealed details include the anomalies (their messages name tables).
+        metadata = encrypted_metadata(metadata, stored.sealed, settings.encryption.recipients)
+    try:
+        store.write_metadata("primary", metadata)
+    except BackupError:
+        remove_quietly(store.data_path_for("primary", metadata))
+        raise
+    written, warnings = _copy_to_others(store, metadata, secondary_trouble)
+    logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
+    return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
+
+
+def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -> _Stored:
+    """Snapshot to a temporary file, check and compress it, prove the stored file, commit it."""
     primary = settings.backup_dir
     raw_tmp = temp_path(primary, f"{backup_id}.db")
-    stored_tmp = temp_path(primary, data_filename(backup_id, settings.compression))
+    stored_name = data_filename(backup_id, settings.compression)
+    stored_tmp = temp_path(primary, stored_name)
+    progress = options.progress
     sealed_tmp = temp_path(primary, data_filename(backup_id, settings.compression, encrypted=True))
     try:
         snap = take_snapshot(
@@ -129,29 +276,14 @@ def _create_backup(
             progress=for_stage(progress, "snapshot"),
         )
         snapshot_done = time.monotonic()
-        check, stream, check_seconds = _check_and_compress(settings, raw_tmp, stored_tmp, progress)
-        if not check.ok:
-            raise VerificationError(
-                f"the snapshot failed its checks (integrity: {check.integrity}; "
-                f"foreign key violations: {check.foreign_key_violations}); no backup was kept"
-            )
-        remove_quietly(raw_tmp)
-        compress_done = time.monotonic()
-        metadata = _describe(
-            settings,
-            backup_id,
-            created_at,
-            kind=kind,
-            trigger=trigger,
-            snap=snap,
-            check=check,
-            stream=stream,
+        check, stream, check_seconds = _check_and_compress(
+            settings, raw_tmp, stored_tmp, progress, keep_unreadable=options.kind == "pre-restore"
         )
-        durations = {
-            "snapshot": round(snap.seconds, 4),
-            "verify": round(check_seconds, 4),
-            "compress": round(compress_done - snapshot_done, 4),
-        }
+        compress_done = time.monotonic()
+        _prove_stored(stored_tmp, settings.compression, stream)
+        prove_done = time.monotonic()
+        sealed: SealResult | None = None
+        encrypt_seconds = 0.0
         if settings.encryption is not None and settings.encryption.local:
             # Only after the plain snapshot passed every check: what is encrypted is verified.
             sealed = encrypt_file(
@@ -161,53 +293,52 @@ def _create_backup(
                 expected_sha256=stream.sha256,
             )
             remove_quietly(stored_tmp)
-            metadata = encrypted_metadata(metadata, sealed, settings.encryption.recipients)
             stored_tmp = sealed_tmp
-            durations["encrypt"] = round(time.monotonic() - compress_done, 4)
-        durations["total"] = round(time.monotonic() - started, 4)
-        metadata = dataclasses.replace(metadata, durations=durations)
-        commit(stored_tmp, primary / metadata.data_file)
+            stored_name = data_filename(backup_id, settings.compression, encrypted=True)
+            encrypt_seconds = round(time.monotonic() - prove_done, 4)
+        commit(stored_tmp, primary / stored_name)
+        crash_point(Stage.DATA_RENAME)  # pragma: no mutate
     except BaseException:
         remove_quietly(stored_tmp)
         remove_quietly(sealed_tmp)
         raise
     finally:
         remove_quietly(raw_tmp)
-    try:
-        store.write_metadata("primary", metadata)
-    except BackupError:
-        remove_quietly(primary / metadata.data_file)
-        raise
-    written = ["primary"]
-    warnings: list[str] = []
-    if "secondary" in store.locations:
-        try:
-            _copy_to(store, "secondary", metadata)
-            written.append("secondary")
-        except BackupError as exc:
-            warnings.append(f"secondary copy failed: {exc}")
-            logger.warning("secondary copy of %s failed: %s", backup_id, exc)
-    logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
-    return BackupResult(metadata, tuple(written), tuple(warnings))
+    durations = {
+        "snapshot": round(snap.seconds, 4),
+        "verify": round(check_seconds, 4),
+        "compress": round(compress_done - snapshot_done, 4),
+        "prove": round(prove_done - compress_done, 4),
+    }
+    if sealed is not None:
+        durations["encrypt"] = encrypt_seconds
+    return _Stored(snap, check, stream, durations, sealed)
 
 
-def _describe(
+def _prove_stored(stored: Path, algorithm: str, stream: StreamResult) -> None:
+    """The stored file must decompress to exactly the snapshot: the definition of a faithful
+    copy. Compression computed both hashes as it went; this reads the file back to prove it."""
+    proof = decompress_file(stored, None, algorithm=algorithm, expected_sha256=stream.sha256)
+    if proof.raw_sha256 != stream.raw_sha256 or proof.raw_size != stream.raw_size:
+        raise VerificationError(
+            "the stored file does not decompress to the snapshot; no backup was kept"
+        )
+
+
+def _build_metadata(
     settings: Settings,
     backup_id: str,
     created_at: datetime,
-    *,
-    kind: str,
-    trigger: str,
-    snap: SnapshotInfo,
-    check: DatabaseCheck,
-    stream: StreamResult,
+    options: _Options,
+    stored: _Stored,
+    started: float,
 ) -> BackupMetadata:
-    """The metadata of a verified snapshot compressed as ``stream`` (durations filled later)."""
+    snap, check, stream = stored.snap, stored.check, stored.stream
     return BackupMetadata(
         id=backup_id,
         created_at=created_at,
-        kind=kind,
-        trigger=trigger,
+        kind=options.kind,
+        trigger=options.trigger,
         source=SourceInfo(
             path=str(settings.database),
             size=snap.source_size,
@@ -215,6 +346,7 @@ def _describe(
             page_count=snap.page_count,
             journal_mode=snap.journal_mode,
             sqlite_version=snap.sqlite_version,
+            signature=snap.signature,
         ),
         tool_version=__version__,
         schema_fingerprint=check.schema_fingerprint,
@@ -225,14 +357,67 @@ def _describe(
         sha256=stream.sha256,
         compression=settings.compression,
         compression_level=settings.compression_level,
-        durations={},
+        durations={**stored.durations, "total": round(time.monotonic() - started, 4)},
         verification=Verification(
             ok=True,
             verified_at=datetime.now(timezone.utc),
             integrity_check=check.integrity,
             foreign_key_violations=check.foreign_key_violations,
         ),
+        findings=check.findings(),
+        label=options.label,
+        pinned=options.pinned,
     )
+
+
+def _copy_to_others(
+    store: BackupStore, metadata: BackupMetadata, secondary_trouble: str | None
+) -> tuple[list[str], list[str]]:
+    """Copy a committed backup to the other folders; a failure there, or a secondary folder
+    that is away (``secondary_trouble``), is a warning (``run`` rebuilds the missing copy
+    later), never a reason to lose the primary one."""
+    written = ["primary"]
+    warnings: list[str] = []
+    for location in store.locations:
+        if location == "primary":
+            continue
+        if location == "secondary" and secondary_trouble is not None:
+            warnings.append(f"secondary copy failed: {secondary_trouble}")
+            continue
+        try:
+            copy_between(store, "primary", location, metadata)
+            written.append(location)
+        except BackupError as exc:
+            warnings.append(f"{location} copy failed: {exc}")
+            logger.warning("%s copy of %s failed: %s", location, metadata.id, exc)
+    return written, warnings
+
+
+def _note_failure(settings: Settings, options: _Options, exc: BackupError) -> None:
+    """Remember a failed manual or automatic backup, so health shows it like a failed run."""
+    if options.kind not in ("manual", "auto") or not settings.state_dir.is_dir():
+        return  # run records its own; a restore reports its safety snapshot; no folder: typo
+    try:
+        update_status(
+            settings,
+            last_backup_failure={
+                "at": utc_iso(datetime.now(timezone.utc)),
+                "kind": options.kind,
+                "trigger": options.trigger,
+                "error": str(exc)[:500],
+            },
+        )
+    except BackupError as status_error:
+        logger.error("could not record the failed backup: %s", status_error)
+
+
+def _note_success(settings: Settings, options: _Options) -> None:
+    if options.kind == "pre-restore" or not read_status(settings).get("last_backup_failure"):
+        return
+    try:
+        update_status(settings, last_backup_failure=None)
+    except BackupError as exc:
+        logger.error("could not clear the failed backup from the status file: %s", exc)
 
 
 def _check_and_compress(
@@ -240,18 +425,21 @@ def _check_and_compress(
     raw: Path,
     stored_tmp: Path,
     progress: StageProgress | None,
+    *,
+    keep_unreadable: bool,
 ) -> tuple[DatabaseCheck, StreamResult, float]:
     """Run the integrity checks in a thread while the main thread compresses and hashes.
 
     Both release the GIL (SQLite and zstd are C), so on two cores the wall time is roughly
-    the longer of the two rather than their sum.
+    the longer of the two rather than their sum. A snapshot that does not open as SQLite is
+    refused, unless ``keep_unreadable`` (a safety snapshot is kept whatever it holds).
     """
     outcome: dict[str, object] = {}
 
     def check() -> None:
         begun = time.monotonic()
         try:
-            outcome["check"] = inspect_database(raw, full=True)
+            outcome["check"] = _inspect_snapshot(raw, keep_unreadable=keep_unreadable)
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - begun
@@ -288,16 +476,34 @@ def _check_and_compress(
     return check_result, stream, seconds
 
 
-def _copy_to(store: BackupStore, location: str, metadata: BackupMetadata) -> None:
-    """Copy a committed backup from the primary folder to ``location`` and commit it there."""
-    source = store.data_path_for("primary", metadata)
+def _inspect_snapshot(raw: Path, *, keep_unreadable: bool) -> DatabaseCheck:
+    try:
+        return inspect_database(raw, full=True)
+    except VerificationError as exc:
+        if not keep_unreadable:
+            raise VerificationError(
+                f"the snapshot does not open as a SQLite database ({exc}); no backup was kept"
+            ) from None
+        # The bytes are kept exactly as they were; their findings say they are unreadable.
+        return DatabaseCheck(f"unreadable: {exc}", 0, {}, UNREADABLE_SCHEMA, 0, 0)
+
+
+def copy_between(store: BackupStore, source: str, location: str, metadata: BackupMetadata) -> None:
+    """Copy a committed backup from the ``source`` folder into ``location`` and commit it
+    there: data under a temporary name, checked against the metadata's SHA-256, fsynced and
+    renamed, then the metadata. Raises :class:`VerificationError` when the bytes written do not
+    match, :class:`StorageError` when the folder cannot be written."""
+    origin = store.data_path_for(source, metadata)
     final = store.data_path_for(location, metadata)
     temp = temp_path(final.parent, final.name)
     try:
-        size, digest = copy_file(source, temp)
+        size, digest = copy_file(origin, temp)
         if size != metadata.stored_size or digest != metadata.sha256:
-            raise VerificationError(f"the {location} copy does not match what was written")
-        commit(temp, final)
+            raise VerificationError(
+                f"the {location} copy of {metadata.id} does not match its metadata "
+                f"(the {source} copy it came from is damaged)"
+            )
+        commit(temp, final, crash_stage=Stage.SECONDARY_COPY)  # pragma: no mutate
     except BaseException:
         remove_quietly(temp)
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import sys
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ def render_config(settings: Settings, interval: int) -> str:
         "# Every key can also be set as an environment variable BACKUPS_<KEY>.",
         "[backups]",
         f"database = {_toml_string(str(settings.database))}",
-        f"dir = {_toml_string(str(settings.backup_dir))}",
+        f"database_name = {_toml_string(settings.database_name)}",
+        f"backup_dir = {_toml_string(str(settings.backup_dir))}",
     ]
     if settings.secondary_dir is not None:
         lines.append(f"secondary_dir = {_toml_string(str(settings.secondary_dir))}")
@@ -151,22 +153,26 @@ def initialise(
     config_path: Path | None = None,
     overwrite: bool = False,
 ) -> InitResult:
-    """Write the config file, create folders, take a first verified backup.
+    """Create folders, take a first verified backup, then write the config file.
 
-    Raises :class:`ConfigError` if the config file exists and ``overwrite`` is false, and the
-    usual backup errors if the database cannot be backed up.
+    The config is written only once the first backup succeeded: a config for a setup that
+    cannot back up would send the scheduled task into failing runs. Raises
+    :class:`ConfigError` if the config file exists and ``overwrite`` is false, and the usual
+    backup errors if the database cannot be backed up.
     """
     seconds = parse_duration("interval", interval)
     check_sqlite_file(settings.database)
     target = (config_path or default_config_path()).expanduser().absolute()
     if target.exists() and not overwrite:
         raise ConfigError(f"config file {target} exists; pass --overwrite to replace it")
+    if target.is_dir():
+        raise ConfigError(f"config file {target} is a folder")
     prepare_locations(settings)
     gitignored = tuple(f for f in settings.locations if keep_out_of_git(f))
-    ensure_private_dir(target.parent)
-    final = Settings(**{**settings.__dict__, "interval": seconds})
-    atomic_write_bytes(target, render_config(final, seconds).encode())
+    final = dataclasses.replace(settings, interval=seconds)
     result = create_backup(final, kind="manual", trigger="init")
+    ensure_private_dir(target.parent)
+    atomic_write_bytes(target, render_config(final, seconds).encode())
     command = shlex.join(
         [sys.executable, "-m", "tablettracker_backups", "run", "--config", str(target)]
     )

@@ -2,27 +2,31 @@
 ``flask backups``. Each command parses options, calls one core function and turns its result
 into text (or ``--json``) and an exit code. Only this module ends the process.
 
-Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 another operation holds the lock.
+Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 another operation holds the lock; 141
+when standard output was closed early (``... | head -1``), which is not an error.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import getpass
 import json
+import os
 import shlex
 import sys
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NoReturn, TypeVar, cast
 
 import click
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
+from tablettracker_backups.anomaly import recorded_anomalies
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.bootstrap import initialise
+from tablettracker_backups.bootstrap import InitResult, initialise
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import (
     Identity,
@@ -32,29 +36,37 @@ from tablettracker_backups.encryption import (
     load_identity,
 )
 from tablettracker_backups.errors import (
+    AgeIdentityError,
     BackupError,
     ConfigError,
-    IdentityError,
     LockedError,
     NoDatabaseConfigured,
 )
-from tablettracker_backups.health import Finding, check_health, save_report
+from tablettracker_backups.health import (
+    check_health,
+    current_report,
+    describe_recovery,
+)
+from tablettracker_backups.identity import adopt_folders
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import validate_backup_id
+from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import verify_offsite
+from tablettracker_backups.pins import set_pin
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import (
+    RestorePreview,
     RestoreResult,
     preview_restore,
     recover_from_offsite,
     restore_backup,
 )
-from tablettracker_backups.retention import candidates_from, plan_retention
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at
+from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
     Settings,
@@ -62,9 +74,9 @@ from tablettracker_backups.settings import (
     load_settings,
     settings_from_mapping,
 )
-from tablettracker_backups.states import CheckDepth, Level
-from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.states import CheckDepth, OffsiteStatus
+from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
+from tablettracker_backups.verify import failure_event, verify_backup
 from tablettracker_backups.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -106,28 +118,86 @@ def audit_command(
             click.echo(f"Warning: could not write the audit log: {exc}", err=True)
 
 
-class BackupsGroup(click.Group):
-    """A click group that turns library errors into one line and an exit code."""
+#: 128 + SIGPIPE, what the shell reports for a program whose reader went away.
+EXIT_CLOSED_PIPE = 141
+
+
+def failure(exc: BaseException) -> tuple[str, int] | None:
+    """The one-line message and exit code for an error a command may end with; ``None`` for
+    anything that is not such an error (a bug: let it show)."""
+    if isinstance(exc, LockedError):
+        return f"Busy: {exc}", EXIT_LOCKED
+    if isinstance(exc, BackupError):
+        return f"Error: {exc}", EXIT_CRITICAL
+    if isinstance(exc, click.ClickException):
+        return f"Error: {exc.format_message()}", exc.exit_code
+    if isinstance(exc, OSError):
+        return f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_CRITICAL
+    return None
+
+
+def closed_pipe() -> NoReturn:
+    """Standard output's reader went away (``| head``): stop quietly, no traceback. Python
+    would flush stdout again at exit and complain; point it at /dev/null first."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    sys.exit(EXIT_CLOSED_PIPE)
+
+
+def audit_failure(ctx: click.Context, command: str | None, exc: BaseException) -> None:
+    """A failed command that changes the backups leaves its audit entry too (not a busy one:
+    nothing was done)."""
+    if not isinstance(exc, BackupError) or isinstance(exc, LockedError):
+        return
+    action = AUDITED.get(command or "")
+    settings = ctx.meta.get(SETTINGS_META)
+    if action is not None and isinstance(settings, Settings):
+        audit_command(settings, action, ok=False, message=str(exc))
+
+
+class BackupsCommand(click.Command):
+    """A command whose errors are JSON too when it was given ``--json``."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except LockedError as exc:
-            click.echo(f"Busy: {exc}", err=True)
-            ctx.exit(EXIT_LOCKED)
-        except BackupError as exc:
-            click.echo(f"Error: {exc}", err=True)
-            action = AUDITED.get(ctx.invoked_subcommand or "")
-            settings = ctx.meta.get(SETTINGS_META)
-            if action is not None and isinstance(settings, Settings):
-                audit_command(settings, action, ok=False, message=str(exc))
-            ctx.exit(EXIT_CRITICAL)
-        except OSError as exc:
-            click.echo(f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), err=True)
-            ctx.exit(EXIT_CRITICAL)
+        except BrokenPipeError:
+            closed_pipe()
+        except Exception as exc:
+            outcome = failure(exc)
+            if outcome is None or not ctx.params.get("as_json"):
+                raise
+            message, code = outcome
+            # The line for a person's log on stderr, the same error for a script on stdout.
+            click.echo(message, err=True)
+            audit_failure(ctx, ctx.info_name, exc)
+            error = message.split(": ", 1)[1] if ": " in message else message
+            emit_json({"error": error, "exit_code": code})
+            ctx.exit(code)
+
+
+class BackupsGroup(click.Group):
+    """A click group that turns library errors into one line and an exit code."""
+
+    command_class = BackupsCommand
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            closed_pipe()
         except KeyboardInterrupt:
             click.echo("Interrupted; nothing partial was kept.", err=True)
             ctx.exit(130)
+        except Exception as exc:
+            outcome = failure(exc)
+            if outcome is None or isinstance(exc, click.ClickException):
+                raise  # click prints its own errors (with the usage line)
+            message, code = outcome
+            click.echo(message, err=True)
+            audit_failure(ctx, ctx.invoked_subcommand, exc)
+            ctx.exit(code)
 
 
 def common_options(func: F) -> F:
@@ -146,6 +216,12 @@ def common_options(func: F) -> F:
             type=click.Path(path_type=Path),
             envvar="BACKUPS_DATABASE",
             help="The live SQLite database. [env: BACKUPS_DATABASE]",
+        ),
+        click.option(
+            "--database-name",
+            envvar="BACKUPS_DATABASE_NAME",
+            help="The database's name in its backup folder (default: the file's stem). "
+            "[env: BACKUPS_DATABASE_NAME]",
         ),
         click.option(
             "--backup-dir",
@@ -199,7 +275,7 @@ def open_identity(path: Path | None) -> Identity | None:
         try:
             return str(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
         except click.Abort:
-            raise IdentityError(f"no passphrase given for the identity file {path}") from None
+            raise AgeIdentityError(f"no passphrase given for the identity file {path}") from None
 
     return load_identity(path.expanduser().absolute(), passphrase=ask)
 
@@ -211,9 +287,15 @@ def resolve_settings(
     database: Path | None,
     backup_dir: Path | None,
     secondary_dir: Path | None,
+    database_name: str | None = None,
 ) -> Settings:
     """Settings from the host Flask app (under ``flask backups``) or from config/env/options."""
-    overrides = {"database": database, "dir": backup_dir, "secondary_dir": secondary_dir}
+    overrides = {
+        "database": database,
+        "dir": backup_dir,
+        "secondary_dir": secondary_dir,
+        "database_name": database_name,
+    }
     app_values = _flask_app_values(ctx)
     if app_values is not None:
         merged = dict(app_values)
@@ -251,6 +333,7 @@ def settings_command(func: F) -> F:
     def wrapper(
         config: Path | None,
         database: Path | None,
+        database_name: str | None,
         backup_dir: Path | None,
         secondary_dir: Path | None,
         **kwargs: Any,
@@ -262,6 +345,7 @@ def settings_command(func: F) -> F:
             database=database,
             backup_dir=backup_dir,
             secondary_dir=secondary_dir,
+            database_name=database_name,
         )
         ctx.meta[SETTINGS_META] = settings
         return func(settings, **kwargs)
@@ -316,18 +400,35 @@ def cli() -> None:
 
 
 @cli.command()
+@click.option("--label", help='A note shown with this backup, e.g. "before the migration".')
+@click.option(
+    "--keep",
+    is_flag=True,
+    help="Pin it: retention never deletes it until 'unpin ID'.",
+)
 @settings_command
 @json_option
-def backup(settings: Settings, as_json: bool) -> None:
-    """Take, verify and store a backup now.
+def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> None:
+    """Take, check and store a backup now.
+
+    The backup is kept when its stored file decompresses to exactly the snapshot. What the
+    checks find in the data (foreign-key violations, damage, tables that cannot be counted)
+    is recorded with it and shown by list and show. Exit 2 when the live database itself
+    failed integrity_check (the copy is kept, flagged source-damaged).
 
     \b
-    Example:
+    Examples:
       tablettracker-backups backup --database instance/tablet_counter.db
+      tablettracker-backups backup --label "before the migration" --keep
     """
 
     result = create_backup(
-        settings, kind="manual", trigger="cli", progress=stage_progress(not as_json)
+        settings,
+        kind="manual",
+        trigger="cli",
+        progress=stage_progress(not as_json),
+        label=label,
+        pinned=keep,
     )
     meta = result.metadata
     audit_command(
@@ -345,20 +446,69 @@ def backup(settings: Settings, as_json: bool) -> None:
                 "raw_size": meta.raw_size,
                 "sha256": meta.sha256,
                 "verified": meta.verification.ok,
+                "good": not meta.source_damaged,
+                "label": meta.label,
+                "pinned": meta.pinned,
+                "findings": meta.findings.to_dict(),
                 "locations": list(result.locations),
                 "warnings": list(result.warnings),
+                "anomalies": [a.to_dict() for a in result.anomalies],
             }
         )
     else:
         click.echo(
             f"Backup {meta.id} verified and stored in {', '.join(result.locations)} "
             f"({human_size(meta.raw_size)} database, {human_size(meta.stored_size)} stored, "
-            f"{meta.durations['total']:.2f}s)."
+            f"{meta.durations['total']:.2f}s)." + (" Pinned." if meta.pinned else "")
         )
+        _print_findings(meta, err=True)
         for warning in result.warnings:
             click.echo(f"Warning: {warning}", err=True)
+        for found in result.anomalies:
+            click.echo(f"Anomaly: {found.message}", err=True)
+    if meta.source_damaged:
+        sys.exit(EXIT_CRITICAL)
     if result.warnings:
         sys.exit(EXIT_WARNING)
+
+
+def _print_findings(meta: BackupMetadata, *, err: bool = False, indent: str = "") -> None:
+    """What the checks found in the data, if anything, in a few lines."""
+    found = meta.findings
+    if found.source_damaged:
+        click.echo(
+            f"{indent}Warning: the live database failed integrity_check "
+            f"({found.integrity.splitlines()[0][:200]}); this copy is kept, flagged "
+            "source-damaged, and is never 'latest'",
+            err=err,
+        )
+    if found.foreign_key_violations:
+        samples = "; ".join(
+            f"{s.table}" + (f" rowid {s.rowid}" if s.rowid is not None else "") + f" -> {s.parent}"
+            for s in found.foreign_key_samples
+        )
+        click.echo(
+            f"{indent}Note: {found.foreign_key_violations} foreign-key violation(s) in the data "
+            f"(kept as they are; e.g. {samples})",
+            err=err,
+        )
+    for table, reason in sorted(found.not_counted.items()):
+        click.echo(f"{indent}Note: table {table}: {reason}", err=err)
+
+
+def _zone_note(moments: list[datetime]) -> str | None:
+    """When the local zone is not UTC, say which zone the times are in, and that slot names
+    (``daily 2026-11-23``) are UTC dates, which can differ near midnight."""
+    if not moments:
+        return None
+    local = moments[0].astimezone()
+    offset = local.utcoffset()
+    if offset is not None and not offset and local.tzname() in ("UTC", "GMT", "Z"):
+        return None
+    return (
+        f"Times are local ({local.tzname()}, UTC{local:%z}); retention slot names "
+        "(hourly/daily/...) use UTC dates and hours."
+    )
 
 
 @cli.command("list")
@@ -366,6 +516,9 @@ def backup(settings: Settings, as_json: bool) -> None:
 @json_option
 def list_backups(settings: Settings, as_json: bool) -> None:
     """List backups, newest first, with why each is kept and where its copies are.
+
+    The backup marked * is 'latest': the newest good regular backup, what 'show latest' and
+    'restore latest' take (never a pre-restore safety snapshot, never a source-damaged one).
 
     \b
     Example:
@@ -375,16 +528,19 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     store = BackupStore(settings)
     store.require_folder()
     infos = store.list()
-    plan = plan_retention(
-        candidates_from(infos), settings.retention, now=datetime.now(timezone.utc)
-    )
+    plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
+    latest = newest_good(infos)
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
 
     record = read_state(settings) if offsite else None
 
-    def as_dict(info: Any) -> dict[str, Any]:
-        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(plan.reasons(info.id)))
+    def as_dict(info: BackupInfo) -> dict[str, Any]:
+        document: dict[str, Any] = dict(
+            info.to_dict(),
+            kept_because=list(plan.reasons(info.id)),
+            latest=latest is not None and info.id == latest.id,
+        )
         if offsite:
             document["copies"]["offsite"] = offsite[info.id]
             copy = record.copies.get(info.id) if record else None
@@ -397,6 +553,15 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     if not infos:
         click.echo("No backups yet. Take one with: tablettracker-backups backup")
         return
+    _print_list(infos, plan, latest, offsite)
+
+
+def _print_list(
+    infos: list[BackupInfo],
+    plan: RetentionPlan,
+    latest: BackupInfo | None,
+    offsite: dict[str, OffsiteStatus],
+) -> None:
     shown = {
         i.id: " ".join(f"{c.location[:3]}:{c.state}" for c in i.copies)
         + (f" off:{offsite[i.id]}" if offsite else "")
@@ -404,18 +569,41 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     }
     width = max(22, *(len(text) for text in shown.values()))
     click.echo(
-        f"{'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
-        f"{'VERIFIED':<8} {'COPIES':<{width}} KEPT BECAUSE"
+        f"  {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
+        f"{'VERIFIED':<8} {'DATA':<14} {'COPIES':<{width}} KEPT BECAUSE"
     )
     for info in infos:
         reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
+        mark = "*" if latest is not None and info.id == latest.id else " "
         click.echo(
-            f"{info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
+            f"{mark} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
             f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
-            f"{shown[info.id]:<{width}} {reasons}"
+            f"{_data_column(info):<14} {shown[info.id]:<{width}} {reasons}"
         )
+        if info.label:
+            click.echo(f"    label: {info.label}" + (" (pinned)" if info.pinned else ""))
         for problem in info.problems:
             click.echo(f"    ! {problem}")
+    click.echo(
+        f"* latest: {latest.id}" if latest else "* latest: none (no good regular backup yet)"
+    )
+    note = _zone_note([i.created_at for i in infos])
+    if note:
+        click.echo(note)
+
+
+def _data_column(info: BackupInfo) -> str:
+    """What the checks found in the data, in a few characters."""
+    if info.metadata is None:
+        return "?"
+    found = info.metadata.findings
+    if found.source_damaged:
+        return "DAMAGED"
+    if found.foreign_key_violations:
+        return f"fk:{found.foreign_key_violations}"
+    if found.not_counted:
+        return f"ok ({len(found.not_counted)} n/c)"
+    return "ok"
 
 
 def _pick(settings: Settings, backup_id: str) -> str:
@@ -430,7 +618,9 @@ def _pick(settings: Settings, backup_id: str) -> str:
 @settings_command
 @json_option
 def show(settings: Settings, backup_id: str, as_json: bool) -> None:
-    """Show one backup's metadata, copies and per-table row counts. ID may be 'latest'.
+    """Show one backup's metadata, findings, copies and per-table row counts.
+
+    ID may be 'latest' (the newest good regular backup, as marked in list).
 
     \b
     Example:
@@ -439,10 +629,14 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
 
     store = BackupStore(settings)
     info = store.get(_pick(settings, backup_id))
+    infos = store.list()
     reasons = plan_for_store(store).reasons(info.id)
-    offsite = copy_states(settings, store.list()).get(info.id)
+    offsite = copy_states(settings, infos).get(info.id)
+    latest = newest_good(infos)
+    is_latest = latest is not None and latest.id == info.id
     if as_json:
         document: dict[str, Any] = dict(info.to_dict(), kept_because=list(reasons))
+        document["latest"] = is_latest
         if offsite is not None:
             document["copies"]["offsite"] = offsite
         if info.metadata is not None:
@@ -450,10 +644,13 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
         emit_json(document)
         _fail_without_metadata(info)
         return
-    click.echo(f"Backup {info.id}")
+    click.echo(f"Backup {info.id}" + (" (latest)" if is_latest else ""))
+    if info.label:
+        click.echo(f"  label:       {info.label}")
     click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
     click.echo(f"  kind:        {info.kind}")
     click.echo(f"  verified:    {'yes' if info.verified else 'NO'}")
+    click.echo(f"  data:        {info.metadata.findings.summary() if info.metadata else '?'}")
     click.echo(
         f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}"
         + (f", offsite {offsite}" if offsite is not None else "")
@@ -461,29 +658,38 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
     meta = info.metadata
     if meta is not None:
-        click.echo(f"  trigger:     {meta.trigger}")
-        click.echo(
-            f"  source:      {meta.source.path} ({meta.source.journal_mode} mode, "
-            f"{meta.source.page_count} pages of {meta.source.page_size} B)"
-        )
-        click.echo(
-            f"  sizes:       {human_size(meta.raw_size)} database, "
-            f"{human_size(meta.stored_size)} stored ({meta.compression} "
-            f"level {meta.compression_level})"
-        )
-        click.echo(f"  sha256:      {meta.sha256}")
-        if meta.encryption is not None:
-            click.echo(f"  encrypted:   age, opened by {describe_keys(meta.encryption.recipients)}")
-        click.echo(
-            f"  verified at: {local_time(meta.verification.verified_at)}"
-            + (f" ({meta.verification.error})" if meta.verification.error else "")
-        )
-        click.echo("  rows:")
-        for table, count in sorted(meta.row_counts.items()):
-            click.echo(f"    {table:<28} {count:>12,}")
+        _show_metadata(meta)
+        for found in recorded_anomalies(meta):
+            click.echo(f"  anomaly:     {found.get('message')}")
     for problem in info.problems:
         click.echo(f"  ! {problem}")
     _fail_without_metadata(info)
+
+
+def _show_metadata(meta: BackupMetadata) -> None:
+    click.echo(f"  trigger:     {meta.trigger}")
+    click.echo(
+        f"  source:      {meta.source.path} ({meta.source.journal_mode} mode, "
+        f"{meta.source.page_count} pages of {meta.source.page_size} B)"
+    )
+    click.echo(
+        f"  sizes:       {human_size(meta.raw_size)} database, "
+        f"{human_size(meta.stored_size)} stored ({meta.compression} "
+        f"level {meta.compression_level})"
+    )
+    click.echo(f"  sha256:      {meta.sha256}")
+    if meta.encryption is not None:
+        click.echo(f"  encrypted:   age, opened by {describe_keys(meta.encryption.recipients)}")
+    click.echo(
+        f"  verified at: {local_time(meta.verification.verified_at)}"
+        + (f" ({meta.verification.error})" if meta.verification.error else "")
+    )
+    _print_findings(meta, indent="  ")
+    click.echo("  rows:")
+    for table, count in sorted(meta.row_counts.items()):
+        click.echo(f"    {table:<28} {count:>12,}")
+    for table in sorted(meta.findings.not_counted):
+        click.echo(f"    {table:<28} {'not counted':>12}")
 
 
 def _fail_without_metadata(info: Any) -> None:
@@ -544,15 +750,21 @@ def verify(
     if verify_all:
         ids = [info.id for info in store.list()]
     else:
-        ids = [store.latest(verified=False).id if not backup_id else _pick(settings, backup_id)]
+        ids = [store.newest().id if not backup_id else _pick(settings, backup_id)]
     results = []
     for index, one in enumerate(ids, start=1):
-        result = verify_backup(store, one, identity=identity)
+        # One message for the whole command, not one per damaged backup.
+        result = verify_backup(store, one, identity=identity, notify_owner=False)
         results.append(result)
         if not as_json:
             mark = "ok" if result.ok else ("DAMAGED COPY" if result.usable else "FAILED")
+            data = _data_note(store, one)
             sealed = any(c.depth == CheckDepth.SEALED for c in result.copies)
-            click.echo(f"[{index}/{len(ids)}] {one}: {mark}" + (SEALED_NOTE if sealed else ""))
+            click.echo(
+                f"[{index}/{len(ids)}] {one}: {mark}"
+                + (f" ({data})" if data else "")
+                + (SEALED_NOTE if sealed else "")
+            )
             for copy in result.copies:
                 if not copy.ok:
                     click.echo(f"    {copy.location}: {copy.error}")
@@ -570,6 +782,7 @@ def verify(
             + (f"; damaged: {', '.join(bad)}" if bad else ": all sound")
         ),
     )
+    notify.send(settings, [failure_event(settings, r) for r in results if not r.ok])
     if as_json:
         emit_json([r.to_dict() for r in results])
     if any(not r.usable for r in results):
@@ -580,6 +793,17 @@ def verify(
 
 #: Said of an encrypted copy checked without its identity.
 SEALED_NOTE = " (encrypted: ciphertext checked; --identity FILE for the full check)"
+
+
+def _data_note(store: BackupStore, backup_id: str) -> str:
+    """What a faithful copy holds, when it is worth saying (``verify`` checks copies)."""
+    try:
+        meta = store.get(backup_id).metadata
+    except BackupError:
+        return ""
+    if meta is None or meta.findings.summary() == "ok":
+        return ""
+    return f"faithful copy; data: {meta.findings.summary()}"
 
 
 def _verify_offsite(
@@ -676,25 +900,17 @@ def health(settings: Settings, as_json: bool) -> None:
 
     Checks the live database (quick_check), the age of the newest (verified) backup against the
     interval, recent checksums, free disk space, retention slots, copies agreeing, and whether
-    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl.
+    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl,
+    and tells the owner what changed since the last check (BACKUPS_NOTIFY).
 
     \b
     Example:
       tablettracker-backups health || echo "backups need attention"
     """
 
-    report = check_health(settings)
-    try:
-        save_report(settings, report)
-    except BackupError as exc:
-        # A full or read-only backup folder is exactly when the report matters most.
-        report = dataclasses.replace(
-            report,
-            findings=(
-                *report.findings,
-                Finding(Level.CRITICAL, "status-file", f"cannot write the status file: {exc}"),
-            ),
-        )
+    report = current_report(settings)
+    # A second scheduled task running ``health`` is what notices a run that stopped altogether.
+    notify.observe(settings, report.findings)
     if as_json:
         emit_json(report.to_dict())
     else:
@@ -707,6 +923,9 @@ def health(settings: Settings, as_json: bool) -> None:
 @json_option
 def status(settings: Settings, as_json: bool) -> None:
     """A short summary: newest backups, counts per slot, disk use, health.
+
+    The same checks as 'health' (which also saves them to status.json), so the two never
+    disagree.
 
     \b
     Example:
@@ -724,8 +943,7 @@ def status(settings: Settings, as_json: bool) -> None:
     )
     click.echo(f"Newest:          {report.newest_id or '-'} ({human_age(report.newest_at)})")
     click.echo(
-        f"Newest verified: {report.newest_verified_id or '-'} "
-        f"({human_age(report.newest_verified_at)})"
+        f"Latest (good):   {report.newest_good_id or '-'} ({human_age(report.newest_good_at)})"
     )
     slots = ", ".join(f"{k} {v}" for k, v in report.slot_counts.items()) or "-"
     click.echo(f"Slots filled:    {slots}")
@@ -736,6 +954,8 @@ def status(settings: Settings, as_json: bool) -> None:
             f"{human_size(primary['free'])} free"
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
+    for label, text in describe_recovery(report.recovery):
+        click.echo(f"{label + ':':<17}{text}")
     offsite = report.offsite
     if offsite:
         behind = (
@@ -826,10 +1046,15 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     else:
         click.echo(f"No backup due: {result.skipped_reason}")
+    for found in result.backup.anomalies if result.backup else ():
+        click.echo(f"Anomaly: {found.message}", err=True)
     if result.reverified:
         click.echo(
             f"Re-verified: {result.reverified.id}: {'ok' if result.reverified.ok else 'PROBLEM'}"
         )
+    for repair in result.repaired:
+        if repair.ok:
+            click.echo(f"Repaired: {repair.describe()}")
     if result.pruned and result.pruned.deleted:
         click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
     if result.offsite is not None:
@@ -845,6 +1070,64 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
     sys.exit(result.exit_code)
 
 
+@cli.command("notify-test")
+@settings_command
+@json_option
+def notify_test(settings: Settings, as_json: bool) -> None:
+    """Send a test message to every notification target and show how each went.
+
+    Targets are the Apprise URLs in BACKUPS_NOTIFY (shown here with secrets masked). Exit 0
+    when every target accepted the message, 2 when any failed or none is configured.
+
+    \b
+    Example:
+      BACKUPS_NOTIFY='mailtos://me:app-password@gmail.com' tablettracker-backups notify-test
+    """
+
+    if not settings.notify:
+        raise ConfigError(
+            "no notification targets: set BACKUPS_NOTIFY to one or more Apprise URLs "
+            "(mailtos://, slack://, tgram://, ntfy://, json:// ...)"
+        )
+    results = notify.send_test(settings)
+    if as_json:
+        emit_json([dataclasses.asdict(r) for r in results])
+    else:
+        for result in results:
+            outcome = f"ok ({result.seconds:.1f}s)" if result.ok else f"FAILED: {result.error}"
+            click.echo(f"{result.target}: {outcome}")
+    if not all(r.ok for r in results):
+        sys.exit(EXIT_CRITICAL)
+
+
+@cli.command()
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the metrics to this file atomically (node_exporter's textfile collector) "
+    "instead of printing them.",
+)
+@settings_command
+def metrics(settings: Settings, textfile: Path | None) -> None:
+    """Print the Prometheus metrics, or write them for node_exporter.
+
+    Read from the backup folder and status file now; nothing is hashed or sent anywhere.
+
+    \b
+    Examples:
+      tablettracker-backups metrics
+      tablettracker-backups metrics --textfile /var/lib/node_exporter/textfile/backups.prom
+    """
+
+    from tablettracker_backups import metrics as prometheus
+
+    BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
+    if textfile is None:
+        click.echo(prometheus.render(settings).decode(), nl=False)
+        return
+    prometheus.write_textfile(settings, textfile.expanduser().absolute())
+
+
 @cli.command()
 @click.option(
     "--interval",
@@ -856,16 +1139,28 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
     "--write-config",
     "config_out",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="Where to write the config file (default: ~/.config/tablettracker-backups/config.toml).",
+    hidden=True,  # the older name of --config for init
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing config file.")
-@settings_command
+@common_options
 @json_option
 def init(
-    settings: Settings, interval: str, config_out: Path | None, overwrite: bool, as_json: bool
+    config: Path | None,
+    database: Path | None,
+    database_name: str | None,
+    backup_dir: Path | None,
+    secondary_dir: Path | None,
+    interval: str,
+    config_out: Path | None,
+    overwrite: bool,
+    as_json: bool,
 ) -> None:
-    """One-time set-up: config file, owner-only folders, a first verified backup, and the
-    command to paste into a PythonAnywhere scheduled task or a crontab.
+    """One-time set-up: owner-only folders, a first verified backup, then the config file,
+    and the command to paste into a PythonAnywhere scheduled task or a crontab.
+
+    --config FILE says where to write the config (default:
+    ~/.config/tablettracker-backups/config.toml). It is written only once the first backup
+    has succeeded, so a failed init leaves no config behind.
 
     \b
     Example:
@@ -873,7 +1168,32 @@ def init(
           --secondary-dir ~/backups-mirror --interval 1d
     """
 
-    outcome = initialise(settings, interval=interval, config_path=config_out, overwrite=overwrite)
+    ctx = click.get_current_context()
+    target = (config_out or config or default_config_path()).expanduser().absolute()
+    overrides = {
+        "database": database,
+        "database_name": database_name,
+        "dir": backup_dir,
+        "secondary_dir": secondary_dir,
+    }
+    if _flask_app_values(ctx) is not None:
+        settings = resolve_settings(
+            ctx,
+            config=None,
+            database=database,
+            database_name=database_name,
+            backup_dir=backup_dir,
+            secondary_dir=secondary_dir,
+        )
+    else:
+        # The file to write is read only if it exists (with --overwrite its settings are the
+        # starting point); a new --config path is not an input.
+        settings = load_settings(
+            config_file=target if target.is_file() else None,
+            overrides=overrides,
+            use_default=False,
+        )
+    outcome = initialise(settings, interval=interval, config_path=target, overwrite=overwrite)
     audit_command(
         settings,
         "init",
@@ -883,12 +1203,16 @@ def init(
     if as_json:
         emit_json(outcome.to_dict())
         return
-    click.echo(f"Config written:  {outcome.config_path}")
+    _print_init(outcome)
+
+
+def _print_init(outcome: InitResult) -> None:
     for folder in outcome.folders:
         click.echo(f"Folder (0700):   {folder}")
     for ignored in outcome.gitignored:
         click.echo(f"Kept out of git: {ignored}")
     click.echo(f"First backup:    {outcome.backup_id} (verified)")
+    click.echo(f"Config written:  {outcome.config_path}")
     click.echo("")
     click.echo(
         "PythonAnywhere: Tasks tab -> scheduled task "
@@ -898,7 +1222,6 @@ def init(
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
-
     if outcome.config_path != default_config_path().expanduser().absolute():
         click.echo("")
         click.echo("Other commands read this config with --config, or set it once:")
@@ -963,6 +1286,94 @@ def keygen(output: Path, passphrase: bool) -> None:
     )
 
 
+# -- pinning and the folder's database ---------------------------------------------------------
+
+
+@cli.command()
+@click.argument("backup_id", metavar="ID")
+@click.option("--label", help="Set its label too (a note shown in list, show and the pages).")
+@settings_command
+@json_option
+def pin(settings: Settings, backup_id: str, label: str | None, as_json: bool) -> None:
+    """Keep a backup out of retention until 'unpin ID'. ID may be 'latest'.
+
+    \b
+    Example:
+      tablettracker-backups pin 20261123T201500Z-3f9a1c --label "before the migration"
+    """
+
+    info = set_pin(settings, _pick(settings, backup_id), pinned=True, label=label)
+    _print_pin(info, as_json)
+
+
+@cli.command()
+@click.argument("backup_id", metavar="ID")
+@settings_command
+@json_option
+def unpin(settings: Settings, backup_id: str, as_json: bool) -> None:
+    """Let retention treat a pinned backup like any other again (its label stays).
+
+    \b
+    Example:
+      tablettracker-backups unpin 20261123T201500Z-3f9a1c
+    """
+
+    info = set_pin(settings, validate_backup_id(backup_id), pinned=False)
+    _print_pin(info, as_json)
+
+
+def _print_pin(info: BackupInfo, as_json: bool) -> None:
+    if as_json:
+        emit_json({"id": info.id, "pinned": info.pinned, "label": info.label})
+        return
+    state = "pinned: retention keeps it" if info.pinned else "unpinned: retention decides"
+    click.echo(f"Backup {info.id} {state}" + (f" ({info.label})" if info.label else "") + ".")
+
+
+@cli.command()
+@settings_command
+@json_option
+def adopt(settings: Settings, as_json: bool) -> None:
+    """Hand the backup folders to the configured database after moving or renaming it.
+
+    A backup folder belongs to one database (its name and path are recorded in database.json
+    on first use); a backup, run or prune of another database there is refused. When the
+    database was moved or renamed on purpose, this records the configured one instead. Its
+    existing backups stay as they are.
+
+    \b
+    Example:
+      tablettracker-backups adopt --database /home/me/new/tablet_counter.db
+    """
+
+    with operation_lock(settings):
+        changed = adopt_folders(settings)
+    audit.record(
+        settings,
+        action="adopt",
+        actor="cli",
+        ok=True,
+        message=f"backup folders now belong to {settings.database_name} ({settings.database})",
+        details={"before": {str(f): b.describe() if b else None for f, b in changed}},
+    )
+    if as_json:
+        emit_json(
+            {
+                "name": settings.database_name,
+                "path": str(settings.database),
+                "folders": [
+                    {"folder": str(f), "before": b.describe() if b else None} for f, b in changed
+                ],
+            }
+        )
+        return
+    for folder, before in changed:
+        was = f" (was {before.describe()})" if before else ""
+        click.echo(
+            f"{folder} now belongs to {settings.database_name!r} ({settings.database}){was}."
+        )
+
+
 # -- restore -------------------------------------------------------------------------------------
 
 
@@ -971,6 +1382,7 @@ def _restore_settings(
     *,
     config: Path | None,
     database: Path | None,
+    database_name: str | None,
     backup_dir: Path | None,
     secondary_dir: Path | None,
     to: Path | None,
@@ -978,19 +1390,29 @@ def _restore_settings(
     """Settings as every command resolves them; with ``--to`` and no database configured
     (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
 
-    common = {"config": config, "backup_dir": backup_dir, "secondary_dir": secondary_dir}
+    where: dict[str, Any] = {
+        "config": config,
+        "backup_dir": backup_dir,
+        "secondary_dir": secondary_dir,
+        "database_name": database_name,
+    }
     try:
-        return resolve_settings(ctx, database=database, **common)
+        return resolve_settings(ctx, database=database, **where)
     except ConfigError:
         if database is not None or to is None:
             raise
-        return resolve_settings(ctx, database=to, **common)
+        return resolve_settings(ctx, database=to, **where)
 
 
-def _print_preview(preview: Any) -> None:
+def _print_preview(preview: RestorePreview) -> None:
+    what = preview.describe()
     click.echo(
-        f"Backup {preview.backup_id} (taken {local_time(preview.created_at)}, "
-        f"{human_age(preview.created_at)}) against "
+        f"{what[0].upper()}{what[1:]} {preview.backup_id} (taken "
+        f"{local_time(preview.created_at)}, {human_age(preview.created_at)})"
+        + (f", label: {preview.label}" if preview.label else "")
+    )
+    click.echo(
+        "  against "
         + ("the current database:" if preview.live_exists else "no database (it does not exist):")
     )
     click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
@@ -998,8 +1420,14 @@ def _print_preview(preview: Any) -> None:
         backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
         live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
         click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.status}")
+    for name, reason in sorted(preview.not_counted.items()):
+        click.echo(f"  {name:<28} {reason}")
     if preview.schema_changed:
         click.echo("  ! the schema differs: the restore brings back the backup's schema")
+    if preview.source_damaged:
+        click.echo("  ! this backup holds damaged data (source-damaged): it is restored as it is")
+    if preview.foreign_key_violations:
+        click.echo(f"  ! it holds {preview.foreign_key_violations} foreign-key violation(s)")
 
 
 def _choose_backup(settings: Settings) -> str:
@@ -1023,10 +1451,22 @@ def _choose_backup(settings: Settings) -> str:
 @cli.command()
 @click.argument("backup_id", metavar="[ID|latest]", required=False)
 @click.option(
+    "--undo",
+    is_flag=True,
+    help="Restore the newest safety snapshot: the database as it was before the last restore.",
+)
+@click.option(
     "--to",
     "to",
     type=click.Path(path_type=Path, dir_okay=False),
     help="Restore into this file instead of the live database (which is left alone).",
+)
+@click.option(
+    "--at",
+    "at",
+    metavar="TIME",
+    help="Restore the state as of TIME (ISO 8601, e.g. 2026-11-23T20:15; no zone: local time): "
+    "the newest good backup taken at or before it.",
 )
 @click.option("--yes", "-y", "yes", is_flag=True, help="Do not ask for confirmation (scripts).")
 @click.option("--preview", is_flag=True, help="Show per-table changes; restore nothing.")
@@ -1044,10 +1484,13 @@ def _choose_backup(settings: Settings) -> str:
 def restore(
     config: Path | None,
     database: Path | None,
+    database_name: str | None,
     backup_dir: Path | None,
     secondary_dir: Path | None,
     backup_id: str | None,
+    undo: bool,
     to: Path | None,
+    at: str | None,
     yes: bool,
     preview: bool,
     from_offsite: bool,
@@ -1056,13 +1499,17 @@ def restore(
 ) -> None:
     """Restore a backup into the live database (or into --to PATH).
 
-    The backup is fully checked first (a damaged primary copy falls back to the secondary), a
-    pre-restore safety snapshot of the current database is taken, the data is written through
-    SQLite's backup API (open connections stay valid), and checked again; if that check fails
-    the safety snapshot is put back. ID may be 'latest' (the newest verified backup). Without
-    ID on a terminal you choose from a list. Asks for confirmation unless --yes; refuses
-    without a terminal and without --yes. When no local copy is sound and an offsite store is
-    configured, the offsite copy is downloaded and checked as the last fallback.
+    ID 'latest' is the newest good regular backup (never a pre-restore safety snapshot, never
+    one of damaged data); --undo restores the newest safety snapshot, undoing the last restore.
+    Without ID on a terminal you choose from a list. The preview (and the question before a
+    restore) says which kind of backup it is.
+
+    The backup's stored and decompressed SHA-256 are checked first (a damaged primary copy
+    falls back to the secondary, then to the offsite copy), a safety snapshot of the current
+    database is taken (whatever its data holds), the data is written through SQLite's backup
+    API (open connections stay valid), and checked again; if that check fails the safety
+    snapshot is put back. Asks for confirmation unless --yes; refuses without a terminal and
+    without --yes.
 
     With --from-offsite the database is rebuilt from the offsite store alone into a file that
     does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
@@ -1071,42 +1518,65 @@ def restore(
     decrypted into a scratch file that any error removes; a missing or wrong identity stops
     with one line naming the keys that would open the backup, and nothing is changed.
 
+    With --at TIME instead of an ID, the newest good backup taken at or before TIME is restored
+    (automatic snapshots make these minutes apart). A TIME without a zone is local time.
+
     \b
     Examples:
       tablettracker-backups restore latest --preview
+      tablettracker-backups restore --at 2026-11-23T14:05 --preview
       tablettracker-backups restore 20261123T201500Z-3f9a1c
+      tablettracker-backups restore --undo
       tablettracker-backups restore latest --yes --json
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
       tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
       tablettracker-backups restore latest --from-offsite --identity key.txt --to new.db
     """
 
+    given = {
+        "--config": config,
+        "--database": database,
+        "--database-name": database_name,
+        "--backup-dir": backup_dir,
+        "--secondary-dir": secondary_dir,
+        "--to": to,
+    }
     ctx = click.get_current_context()
     settings = _restore_settings(
         ctx,
         config=config,
         database=database,
+        database_name=database_name,
         backup_dir=backup_dir,
         secondary_dir=secondary_dir,
         to=to,
     )
     identity = open_identity(identity_file)
+    moment = None
+    if at is not None:
+        if backup_id is not None or from_offsite:
+            raise click.UsageError("--at chooses the backup: give no ID and no --from-offsite")
+        moment = parse_moment(at)
+        chosen = point_at(BackupStore(settings).list(), moment.at, now=datetime.now(timezone.utc))
+        backup_id = chosen.id
+        if not as_json:
+            click.echo(
+                f"The state as of {moment.describe()}: backup {chosen.id}, taken "
+                f"{local_time(chosen.created_at)} ({chosen.kind})."
+            )
     if from_offsite:
-        if preview:
-            raise click.UsageError("--preview compares with local backups; not with --from-offsite")
+        if preview or undo:
+            raise click.UsageError("--from-offsite takes an ID or 'latest' (no --preview, --undo)")
         _recover_from_offsite(settings, backup_id or "latest", to, identity, as_json)
         return
-    interactive = sys.stdin.isatty()
-    if backup_id is None:
-        if not interactive or as_json:
-            raise click.UsageError("give a backup ID or 'latest' (see: tablettracker-backups list)")
-        backup_id = _choose_backup(settings)
+    backup_id = _restore_choice(settings, backup_id, undo=undo, as_json=as_json)
     target = (to if to is not None else settings.database).expanduser().absolute()
     preview_settings = dataclasses.replace(settings, database=target)
+    asked = {} if moment is None else _moment_json(moment)
     if preview:
         diff = preview_restore(preview_settings, backup_id, identity=identity)
         if as_json:
-            emit_json(diff.to_dict())
+            emit_json({**diff.to_dict(), **asked})
         else:
             _print_preview(diff)
         return
@@ -1121,18 +1591,32 @@ def restore(
         progress=stage_progress(not as_json, width=15, end_after=None),
     )
     if as_json:
-        emit_json(result.to_dict())
+        emit_json({**result.to_dict(), **asked})
     else:
-        given = {
-            "--config": config,
-            "--database": database,
-            "--backup-dir": backup_dir,
-            "--secondary-dir": secondary_dir,
-            "--to": to,
-        }
         _print_restored(result, given)
     if result.fell_back:
         sys.exit(EXIT_WARNING)
+
+
+def _restore_choice(settings: Settings, backup_id: str | None, *, undo: bool, as_json: bool) -> str:
+    """The backup to restore: the ID given, the newest safety snapshot for --undo, or one
+    chosen from a list on a terminal."""
+    if undo:
+        if backup_id is not None:
+            raise click.UsageError("give an ID or --undo, not both")
+        return BackupStore(settings).newest_safety_snapshot().id
+    if backup_id is not None:
+        return backup_id
+    if not sys.stdin.isatty() or as_json:
+        raise click.UsageError(
+            "give a backup ID, 'latest' or --undo (see: tablettracker-backups list)"
+        )
+    return _choose_backup(settings)
+
+
+def _moment_json(moment: Moment) -> dict[str, Any]:
+    """What ``--at`` asked for, in ``--json`` output."""
+    return {"at": moment.at, "at_zone": "given" if moment.zone_given else "local"}
 
 
 def _confirm_restore(
@@ -1156,7 +1640,7 @@ def _confirm_restore(
         sys.exit(EXIT_WARNING)
 
 
-def _print_restored(result: RestoreResult, given: dict[str, Path | None]) -> None:
+def _print_restored(result: RestoreResult, given: dict[str, Path | str | None]) -> None:
     """The human summary of a restore, with the command that undoes it."""
     if sys.stderr.isatty():
         click.echo("", err=True)

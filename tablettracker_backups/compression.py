@@ -10,12 +10,14 @@ import gzip
 import hashlib
 import os
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, cast
 
 import zstandard
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError, VerificationError
 from tablettracker_backups.fsutil import (
     CHUNK,
@@ -141,6 +143,7 @@ def compress_file(
                     raw_digest.update(chunk)
                     raw_size += len(chunk)
                     stream.write(chunk)
+                    crash_point(Stage.COMPRESS)  # pragma: no mutate
                     if progress is not None:
                         progress(len(chunk))
             raw_out.flush()
@@ -156,15 +159,25 @@ def open_decompressed(handle: BinaryIO, algorithm: str) -> BinaryIO:
     return cast(BinaryIO, gzip.GzipFile(fileobj=handle, mode="rb"))
 
 
+class _Discard:
+    """A sink for :func:`decompress_file` when only the hashes are wanted."""
+
+    def write(self, data: bytes) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
 def decompress_file(
     source: Path,
-    dest: Path,
+    dest: Path | None,
     *,
     algorithm: str,
     expected_sha256: str | None = None,
     progress: Progress | None = None,
 ) -> StreamResult:
-    """Decompress ``source`` into a new owner-only file ``dest``.
+    """Decompress ``source`` into a new owner-only file ``dest`` (``None``: hash only).
 
     Checks the stored file's SHA-256 as it reads when ``expected_sha256`` is given. Raises
     :class:`VerificationError` for a damaged file, :class:`StorageError` for I/O trouble.
@@ -172,7 +185,10 @@ def decompress_file(
     raw = hashlib.sha256()
     raw_size = 0
     try:
-        with source.open("rb") as handle, open_private(dest) as out:
+        with (
+            source.open("rb") as handle,
+            open_private(dest) if dest is not None else nullcontext(_Discard()) as out,
+        ):
             reader = HashingReader(handle)
             try:
                 stream = open_decompressed(cast(BinaryIO, reader), algorithm)
@@ -196,7 +212,7 @@ def decompress_file(
                 raise VerificationError(f"{source.name} does not decompress: {exc}") from None
             out.flush()
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, dest)) from None
+        raise StorageError(describe_os_error(exc, dest or source)) from None
     result = StreamResult(raw_size, raw.hexdigest(), reader.size, reader.digest.hexdigest())
     if expected_sha256 is not None and result.sha256 != expected_sha256:
         raise VerificationError(f"{source.name}: SHA-256 does not match its metadata")

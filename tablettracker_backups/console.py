@@ -6,7 +6,7 @@ here, where nothing imports it back.
 
 from __future__ import annotations
 
-from tablettracker_backups.cli import BackupsGroup, cli
+from tablettracker_backups.cli import BackupsGroup, cli, closed_pipe
 from tablettracker_backups.demo.command import demo
 
 console = BackupsGroup(
@@ -20,7 +20,10 @@ console = BackupsGroup(
 
 def main() -> None:
     """Console-script entry point."""
-    console.main(prog_name="tablettracker-backups")
+    try:
+        console.main(prog_name="tablettracker-backups")
+    except BrokenPipeError:  # e.g. `--help | head -1`, outside any command
+        closed_pipe()
 
 
 __all__ = ["console", "main"]

@@ -36,14 +36,15 @@ from typing import Any, BinaryIO, cast
 
 from tablettracker_backups.compression import HashingReader, HashingWriter, Progress, hash_file
 from tablettracker_backups.errors import (
+    AgeIdentityError,
     ConfigError,
     EncryptionUnavailable,
-    IdentityError,
+    MetadataError,
     StorageError,
     VerificationError,
 )
 from tablettracker_backups.fsutil import describe_os_error, open_private, remove_quietly
-from tablettracker_backups.metadata import BackupMetadata, EncryptionInfo, utc_iso
+from tablettracker_backups.metadata import BackupMetadata, EncryptionInfo, Findings, utc_iso
 
 logger = logging.getLogger(__name__)
 
@@ -189,7 +190,7 @@ def load_identity(path: Path, *, passphrase: PassphraseSource | None = None) -> 
     passphrase-protected one (``age -p``, binary or armored), asking ``passphrase()`` for its
     passphrase only when the file is protected.
 
-    Raises :class:`IdentityError` with one line (the file's secret is never quoted), or
+    Raises :class:`AgeIdentityError` with one line (the file's secret is never quoted), or
     :class:`EncryptionUnavailable`.
     """
     age = _pyrage()
@@ -199,26 +200,28 @@ def load_identity(path: Path, *, passphrase: PassphraseSource | None = None) -> 
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
-        raise IdentityError(f"{path} is not an age identity file (not text)") from None
+        raise AgeIdentityError(f"{path} is not an age identity file (not text)") from None
     keys: list[Any] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         if line.upper().startswith("AGE-PLUGIN-"):
-            raise IdentityError(f"line {number} of {path} is an age plugin identity: unsupported")
+            raise AgeIdentityError(
+                f"line {number} of {path} is an age plugin identity: unsupported"
+            )
         if not line.upper().startswith("AGE-SECRET-KEY-1"):
-            raise IdentityError(
+            raise AgeIdentityError(
                 f"line {number} of {path} is not an age identity (AGE-SECRET-KEY-1...)"
             )
         try:
             keys.append(age.x25519.Identity.from_str(line))
         except age.IdentityError:
-            raise IdentityError(
+            raise AgeIdentityError(
                 f"line {number} of {path} is not a valid age identity (damaged or mistyped)"
             ) from None
     if not keys:
-        raise IdentityError(f"{path} holds no age identity (AGE-SECRET-KEY-1...)")
+        raise AgeIdentityError(f"{path} holds no age identity (AGE-SECRET-KEY-1...)")
     prints = tuple(fingerprint(str(key.to_public())) for key in keys)
     return Identity(path=path, fingerprints=prints, keys=tuple(keys))
 
@@ -228,20 +231,20 @@ def _read_identity_file(path: Path) -> bytes:
         with path.open("rb") as handle:
             data = handle.read(MAX_IDENTITY_BYTES + 1)
     except FileNotFoundError:
-        raise IdentityError(f"identity file {path} does not exist") from None
+        raise AgeIdentityError(f"identity file {path} does not exist") from None
     except IsADirectoryError:
-        raise IdentityError(f"identity file {path} is a folder") from None
+        raise AgeIdentityError(f"identity file {path} is a folder") from None
     except OSError as exc:
-        raise IdentityError(f"cannot read identity file {path}: {exc.strerror or exc}") from None
+        raise AgeIdentityError(f"cannot read identity file {path}: {exc.strerror or exc}") from None
     if len(data) > MAX_IDENTITY_BYTES:
-        raise IdentityError(f"{path} is too large to be an age identity file")
+        raise AgeIdentityError(f"{path} is too large to be an age identity file")
     return data
 
 
 def _unlock(age: ModuleType, data: bytes, path: Path, passphrase: PassphraseSource | None) -> bytes:
     """The identity inside a passphrase-protected age file."""
     if passphrase is None:
-        raise IdentityError(
+        raise AgeIdentityError(
             f"identity file {path} is passphrase-protected; its passphrase is asked for on a "
             "terminal"
         )
@@ -249,10 +252,10 @@ def _unlock(age: ModuleType, data: bytes, path: Path, passphrase: PassphraseSour
         return cast(bytes, age.passphrase.decrypt(data, passphrase()))
     except age.DecryptError as exc:
         if "No matching keys" in str(exc):
-            raise IdentityError(
+            raise AgeIdentityError(
                 f"{path} is an age file encrypted to a key, not a passphrase-protected identity"
             ) from None
-        raise IdentityError(f"wrong passphrase for identity file {path}") from None
+        raise AgeIdentityError(f"wrong passphrase for identity file {path}") from None
 
 
 def create_identity_file(path: Path, *, passphrase: str | None = None) -> str:
@@ -381,17 +384,17 @@ def _recipient_keys(age: ModuleType, recipients: Iterable[str]) -> list[Any]:
     return keys
 
 
-def missing_identity(label: str, info: EncryptionInfo) -> IdentityError:
+def missing_identity(label: str, info: EncryptionInfo) -> AgeIdentityError:
     """The one-line error for an encrypted backup opened without an identity."""
-    return IdentityError(
+    return AgeIdentityError(
         f"{label} is encrypted: give --identity FILE (or BACKUPS_IDENTITY_FILE) with the "
         f"identity of {describe_keys(info.recipients)}"
     )
 
 
-def wrong_identity(label: str, info: EncryptionInfo, identity: Identity) -> IdentityError:
+def wrong_identity(label: str, info: EncryptionInfo, identity: Identity) -> AgeIdentityError:
     """The one-line error for an identity that is not among a backup's recipients."""
-    return IdentityError(
+    return AgeIdentityError(
         f"identity {identity.path} ({describe_keys(identity.fingerprints)}) cannot open "
         f"{label}: it was encrypted to {describe_keys(info.recipients)}"
     )
@@ -410,8 +413,9 @@ def decrypt_file(
     check it: the ciphertext's size and SHA-256, and the plaintext's against the metadata.
 
     On any error ``dest`` is removed, so no partial plaintext outlives the call. Raises
-    :class:`IdentityError` (no identity, or not one of the recipients), :class:`VerificationError`
-    (damaged: flipped, truncated or appended bytes), :class:`StorageError`.
+    :class:`AgeIdentityError` (no identity, or not one of the recipients),
+    :class:`VerificationError` (damaged: flipped, truncated or appended bytes),
+    :class:`StorageError`.
     """
     info = metadata.encryption
     if info is None:
@@ -518,13 +522,25 @@ def encrypted_metadata(
     )
 
 
+#: The metadata ``extra`` key of a backup's anomalies (:data:`anomaly.EXTRA_KEY`); their
+#: messages name tables, so an encrypted copy keeps them sealed.
+ANOMALIES_KEY = "anomalies"
+
+
 def _seal_details(metadata: BackupMetadata, recipients: list[str]) -> str:
     """The schema-naming parts of the metadata, encrypted to ``recipients`` (base64).
 
     A few KiB at most, so pyrage's in-memory ``encrypt`` is fine here.
     """
     age = _pyrage()
-    document = {"row_counts": metadata.row_counts, "source_path": metadata.source.path}
+    document: dict[str, Any] = {
+        "row_counts": metadata.row_counts,
+        "source_path": metadata.source.path,
+        # Findings and anomalies name tables too (issues 10 and 13).
+        "findings": metadata.findings.to_dict(),
+    }
+    if ANOMALIES_KEY in metadata.extra:
+        document["anomalies"] = metadata.extra[ANOMALIES_KEY]
     blob = age.encrypt(
         json.dumps(document, sort_keys=True).encode(), _recipient_keys(age, recipients)
     )
@@ -536,10 +552,15 @@ def public_metadata(metadata: BackupMetadata) -> BackupMetadata:
     table names and row counts and the source path (they are in ``encryption.sealed``)."""
     if metadata.encryption is None:
         raise ValueError(f"backup {metadata.id} is not encrypted")
+    findings = metadata.findings
     return dataclasses.replace(
         metadata,
         row_counts={},
         source=dataclasses.replace(metadata.source, path=""),
+        findings=dataclasses.replace(
+            findings, foreign_key_samples=(), foreign_key_tables={}, not_counted={}
+        ),
+        extra={k: v for k, v in metadata.extra.items() if k != ANOMALIES_KEY},
     )
 
 
@@ -559,14 +580,24 @@ def unseal_metadata(metadata: BackupMetadata, identity: Identity) -> BackupMetad
             raise TypeError
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in counts.values()):
             raise TypeError
+        findings = metadata.findings
+        if "findings" in document:  # sealed before issue 13's findings: keep what is shown
+            if not isinstance(document["findings"], dict):
+                raise TypeError
+            findings = Findings.from_dict(document["findings"])
+        extra = dict(metadata.extra)
+        if "anomalies" in document:
+            extra[ANOMALIES_KEY] = document["anomalies"]
     except age.DecryptError as exc:
         if "No matching keys" in str(exc):
             raise wrong_identity(label, info, identity) from None
         raise VerificationError(f"{label} does not decrypt: it is damaged") from None
-    except (ValueError, TypeError, KeyError):
+    except (ValueError, TypeError, KeyError, MetadataError):
         raise VerificationError(f"{label} is malformed") from None
     return dataclasses.replace(
         metadata,
         row_counts={str(k): int(v) for k, v in counts.items()},
         source=dataclasses.replace(metadata.source, path=path),
+        findings=findings,
+        extra=extra,
     )

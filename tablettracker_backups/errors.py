@@ -59,6 +59,18 @@ class EncryptionUnavailable(ConfigError):
     """Encryption is configured but the age library (pyrage) is not installed."""
 
 
-class IdentityError(BackupError):
+class AgeIdentityError(BackupError):
     """An encrypted backup needs an identity that was not given, or the one given cannot open
     it, or the identity file cannot be read."""
+
+
+class IdentityError(BackupError):
+    """A backup folder belongs to another database than the one configured."""
+
+
+class InvalidLabel(BackupError):
+    """A backup's label is too long or holds control characters."""
+
+
+class InvalidTime(BackupError):
+    """A moment to restore to is not an ISO 8601 date and time."""

@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
@@ -33,10 +35,13 @@ def describe_os_error(exc: OSError, path: Path | str) -> str:
     return f"{exc.strerror or exc} ({path})"
 
 
-def ensure_private_dir(path: Path) -> None:
-    """Create ``path`` (and parents) owner-only if missing; raises :class:`StorageError`."""
+def ensure_private_dir(path: Path, *, parents: bool = True) -> None:
+    """Create ``path`` (and, with ``parents``, its parents) owner-only if missing.
+
+    Raises :class:`StorageError`.
+    """
     try:
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=parents, exist_ok=True)
         if not path.is_dir():
             raise StorageError(f"{path} is not a folder")
     except FileExistsError:
@@ -45,9 +50,16 @@ def ensure_private_dir(path: Path) -> None:
         raise StorageError(describe_os_error(exc, path)) from None
 
 
-def check_writable_dir(path: Path) -> None:
-    """Raise :class:`StorageError` unless ``path`` is a folder this process can write."""
-    ensure_private_dir(path)
+def check_writable_dir(path: Path, *, parents: bool = True) -> None:
+    """Raise :class:`StorageError` unless ``path`` is a folder this process can write.
+
+    The folder is created if missing (its parents too, with ``parents``).
+    """
+    if not parents and not path.parent.is_dir():
+        if path.parent.exists():
+            raise StorageError(f"{path.parent} is not a folder, so {path} cannot be")
+        raise StorageError(f"{path.parent} does not exist (is its disk mounted?)")
+    ensure_private_dir(path, parents=parents)
     if not os.access(path, os.W_OK | os.X_OK):
         raise StorageError(f"permission denied: cannot write to {path}")
 
@@ -112,10 +124,15 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def commit(temp: Path, final: Path) -> None:
-    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError."""
+def commit(temp: Path, final: Path, *, crash_stage: Stage | None = None) -> None:
+    """fsync ``temp``, rename it to ``final`` and fsync the folder; raises StorageError.
+
+    ``crash_stage`` names the crash point between the fsync and the rename (see crashpoints).
+    """
     try:
         fsync_path(temp)
+        if crash_stage is not None:
+            crash_point(crash_stage)  # pragma: no mutate
         os.replace(temp, final)
         fsync_path(final.parent)
     except OSError as exc:
@@ -123,7 +140,7 @@ def commit(temp: Path, final: Path) -> None:
         raise StorageError(describe_os_error(exc, final)) from None
 
 
-def atomic_write_bytes(final: Path, data: bytes) -> None:
+def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = None) -> None:
     """Write ``data`` to ``final`` atomically, owner-only; raises :class:`StorageError`."""
     temp = temp_path(final.parent, final.name)
     try:
@@ -132,7 +149,7 @@ def atomic_write_bytes(final: Path, data: bytes) -> None:
     except OSError as exc:
         remove_quietly(temp)
         raise StorageError(describe_os_error(exc, final)) from None
-    commit(temp, final)
+    commit(temp, final, crash_stage=crash_stage)
 
 
 def remove_quietly(path: Path) -> None:
@@ -157,3 +174,33 @@ def cleanup_temp_files(directory: Path) -> list[Path]:
             remove_quietly(entry)
             removed.append(entry)
     return removed
+
+
+#: Where Linux lists mounted file systems.
+PROC_MOUNTS = Path("/proc/mounts")
+
+
+def _unescape_mount_field(field: str) -> str:
+    # /proc/mounts writes space, tab, newline and backslash as octal escapes (\040 ...).
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def filesystem_type(path: Path, mounts: Path = PROC_MOUNTS) -> str | None:
+    """The type (``ext4``, ``nfs4``, ``fuse.sshfs`` ...) of the file system holding ``path``,
+    from the longest mount point that contains it; None when ``mounts`` cannot be read."""
+    try:
+        lines = mounts.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    target = os.path.realpath(path)
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = _unescape_mount_field(fields[1])
+        inside = target == point or target.startswith(point.rstrip("/") + "/")
+        # Later lines win a tie: a file system mounted over another hides it.
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fields[2])
+    return None if best is None else best[1]

@@ -9,25 +9,37 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import shlex
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
-from tablettracker_backups.display import format_age
+from tablettracker_backups.autosnapshot import effective_interval, last_auto
+from tablettracker_backups.changes import changed_since, source_signature
+from tablettracker_backups.display import format_age, human_size
 from tablettracker_backups.errors import BackupError, DatabaseError
+from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
+from tablettracker_backups.identity import check_folders
 from tablettracker_backups.keys import EncryptionStatus, encryption_status
 from tablettracker_backups.metadata import parse_utc, utc_iso
+from tablettracker_backups.notify import notifier_problems
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.prune import current_plan
-from tablettracker_backups.retention import CLOCK_SKEW
+from tablettracker_backups.retention import (
+    CLOCK_SKEW,
+    RetentionPlan,
+    candidates_from,
+    plan_retention,
+)
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.snapshot import quick_check_live
+from tablettracker_backups.snapshot import live_journal_mode, quick_check_live
 from tablettracker_backups.states import CopyStatus, Level
 from tablettracker_backups.status import read_status, write_status
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +62,12 @@ class HealthReport:
 
     checked_at: datetime
     findings: tuple[Finding, ...]
+    #: The newest regular backup, whatever its state.
     newest_id: str | None = None
     newest_at: datetime | None = None
-    newest_verified_id: str | None = None
-    newest_verified_at: datetime | None = None
+    #: ``latest``: the newest good regular backup (faithful copy of undamaged data).
+    newest_good_id: str | None = None
+    newest_good_at: datetime | None = None
     backup_count: int = 0
     slot_counts: dict[str, int] = field(default_factory=dict)
     disk: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -69,6 +83,8 @@ class HealthReport:
     #: SHA-256) last ran: ``checked_at`` for a full check, the saved report's time for a light
     #: one (:func:`check_health` with ``read_data=False``), None if they never ran.
     data_checked_at: datetime | None = None
+    #: Recovery point and restore-point granularity (:func:`recovery_summary`).
+    recovery: dict[str, Any] = field(default_factory=dict)
 
     @property
     def status(self) -> Level:
@@ -96,9 +112,14 @@ class HealthReport:
             "checked_at": iso(self.checked_at),
             "findings": [dataclasses.asdict(f) for f in self.findings],
             "newest_backup": {"id": self.newest_id, "created_at": iso(self.newest_at)},
+            "newest_good_backup": {
+                "id": self.newest_good_id,
+                "created_at": iso(self.newest_good_at),
+            },
+            # The name older scripts read; it means the same as newest_good_backup.
             "newest_verified_backup": {
-                "id": self.newest_verified_id,
-                "created_at": iso(self.newest_verified_at),
+                "id": self.newest_good_id,
+                "created_at": iso(self.newest_good_at),
             },
             "backup_count": self.backup_count,
             "slot_counts": self.slot_counts,
@@ -108,6 +129,7 @@ class HealthReport:
             "next_run_due": iso(self.next_run_due),
             "offsite": self.offsite or None,
             "encryption": self.encryption or None,
+            "recovery": self.recovery or None,
         }
 
 
@@ -137,6 +159,7 @@ def check_health(
     findings: list[Finding] = list(extra_findings)
     store = store or BackupStore(settings)
     interval = timedelta(seconds=settings.interval)
+    status = read_status(settings)
 
     data_checked_at: datetime | None = now
     if read_data:
@@ -144,36 +167,45 @@ def check_health(
     else:
         data_checked_at, saved = _saved_data_findings(settings)
         findings += saved
+    findings += _identity_findings(settings)
     try:
         backups = store.list()
     except BackupError as exc:
         findings.append(Finding(Level.CRITICAL, "backups-unreadable", str(exc)))
         backups = []
+    # Unknown (metadata lost) counts as regular here: a backup exists, it is just not good.
     regular = [b for b in backups if b.kind != "pre-restore"]
     newest = regular[0] if regular else None
-    newest_verified = next((b for b in regular if b.verified), None)
-    findings += _freshness_findings(newest, newest_verified, now=now, interval=interval)
+    good = newest_good(regular)
+    findings += _freshness_findings(newest, good, now=now, interval=interval)
+    findings += _source_findings(settings, regular, good)
+    findings += _foreign_key_findings(regular)
+    failed = _failed_repairs(status)
     recent = backups[: settings.health_checksum_count]
     if read_data:
-        findings += _checksum_findings(store, recent)
+        findings += _checksum_findings(store, recent, failed)
     else:
         findings += _metadata_findings(recent)
     # Per listing, not per call: a page load with 1,000 backups must not walk them all.
     copy_findings, stored_bytes = store.memo(
-        ("health",),
+        ("health", tuple(sorted(failed.items()))),
         lambda: (
-            _copy_findings(backups),
+            _copy_findings(settings, backups, failed),
             sum(b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups),
         ),
     )
     findings += copy_findings
+    findings += network_wal_findings(settings)
+    findings += _auto_findings(settings, newest)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
     first = regular[-1].created_at if regular else None
     last_run_at, schedule_findings = _schedule_findings(
-        settings, now=now, interval=interval, first_backup_at=first
+        status, now=now, interval=interval, first_backup_at=first
     )
     findings += schedule_findings
+    findings += _backup_failure_findings(status)
+    plan = current_plan(store, now=now)
     offsite: dict[str, Any] = {}
     state = read_state(settings) if settings.s3 is not None else None
     if settings.s3 is not None:
@@ -182,16 +214,18 @@ def check_health(
         findings += _offsite_findings(lag, now)
     keys = encryption_status(settings, backups, state)
     findings += _encryption_findings(keys, now)
+    # The owner cannot hear of any of the above while notifications fail.
+    findings += [Finding(Level.WARNING, code, text) for code, text in notifier_problems(settings)]
 
     return HealthReport(
         checked_at=now,
         findings=tuple(findings),
         newest_id=newest.id if newest else None,
         newest_at=newest.created_at if newest else None,
-        newest_verified_id=newest_verified.id if newest_verified else None,
-        newest_verified_at=newest_verified.created_at if newest_verified else None,
+        newest_good_id=good.id if good else None,
+        newest_good_at=good.created_at if good else None,
         backup_count=len(backups),
-        slot_counts=_slot_counts(store, now),
+        slot_counts=_count_slots(plan),
         disk=disk,
         stored_bytes=stored_bytes,
         last_run_at=last_run_at,
@@ -199,7 +233,126 @@ def check_health(
         offsite=offsite,
         encryption=keys.to_dict() if keys.configured or keys.needs else {},
         data_checked_at=data_checked_at,
+        recovery=recovery_summary(settings, backups, plan),
     )
+
+
+def recovery_summary(
+    settings: Settings, backups: list[BackupInfo], plan: RetentionPlan
+) -> dict[str, Any]:
+    """The recovery point achieved, and the restore-point granularity retention leaves.
+
+    ``achieved_seconds`` is the age of the newest good backup at the moment of the latest
+    write (0 when no write came after it): what a lost disk would cost right now. The latest
+    write is the newest modification time of the database files (``stat()`` only).
+    """
+    newest = newest_good(backups)
+    meta = newest.metadata if newest is not None else None
+    summary: dict[str, Any] = {
+        "snapshot_after_write": settings.snapshot_after_write,
+        "effective_interval": (
+            effective_interval(settings, meta) if settings.snapshot_after_write else None
+        ),
+        "last_auto": last_auto(settings),
+        "latest_write_at": None,
+        "unsaved_writes": None,
+        "achieved_seconds": None,
+        "recent": plan.recent.to_dict() if plan.recent is not None else None,
+    }
+    try:
+        current = source_signature(settings.database)
+    except OSError:
+        return summary
+    latest = datetime.fromtimestamp(current.latest_write_ns / 1e9, timezone.utc)
+    summary["latest_write_at"] = utc_iso(latest)
+    if newest is None or meta is None:
+        return summary
+    unsaved = changed_since(meta.source.signature, current, when_unsure=False)
+    summary["unsaved_writes"] = unsaved
+    summary["achieved_seconds"] = (
+        max(0.0, (latest - newest.created_at).total_seconds()) if unsaved else 0.0
+    )
+    return summary
+
+
+def describe_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, sentence) pairs a person reads about :func:`recovery_summary`'s output: the
+    recovery point achieved, the automatic snapshots, the restore points kept."""
+    lines: list[tuple[str, str]] = []
+    achieved = recovery.get("achieved_seconds")
+    if achieved is None:
+        lines.append(("Recovery point", "unknown (no good backup, or the database is missing)"))
+    elif achieved == 0:
+        lines.append(("Recovery point", "every write so far is in a backup"))
+    else:
+        lines.append(
+            (
+                "Recovery point",
+                f"{format_age(timedelta(seconds=achieved))}: the latest write came that long "
+                "after the newest good backup, and is not in a backup yet",
+            )
+        )
+    every = recovery.get("snapshot_after_write")
+    if not every:
+        lines.append(("Automatic snapshots", "off (BACKUPS_SNAPSHOT_AFTER_WRITE=off)"))
+    else:
+        text = f"after web writes, at most every {format_age(timedelta(seconds=every))}"
+        effective = recovery.get("effective_interval") or every
+        if effective > every:
+            text += f" (now {format_age(timedelta(seconds=effective))}: 20x the last backup)"
+        last = recovery.get("last_auto")
+        if isinstance(last, dict) and last.get("at"):
+            outcome = "took" if last.get("ok") else "FAILED after"
+            text += f"; the last {outcome} {last.get('seconds', 0):.2f} s ({last.get('where')})"
+        lines.append(("Automatic snapshots", text))
+    recent = recovery.get("recent")
+    if isinstance(recent, dict):
+        window = format_age(timedelta(seconds=recent["window"]))
+        gap = recent.get("granularity")
+        widest = f"; widest gap {format_age(timedelta(seconds=gap))}" if gap else ""
+        budget = f"{human_size(recent['cost'])} of {human_size(recent['budget'])} budget"
+        if not recent["thinned"]:
+            text = f"every backup of the last {window} is kept ({recent['kept']}, {budget})"
+        else:
+            spacing = recent.get("spacing")
+            older = (
+                f"older ones one per {format_age(timedelta(seconds=spacing))}"
+                if spacing
+                else "older ones only in the calendar slots"
+            )
+            text = (
+                f"{recent['kept']} of {recent['total']} backups of the last {window} kept to "
+                f"fit the budget ({budget}): the newest all, {older}"
+            )
+        lines.append(("Restore points", text + widest))
+    return lines
+
+
+#: File system types that share files between hosts over a network: SQLite's WAL mode needs
+#: shared memory on one host, so it is unsafe there (PythonAnywhere's web and task servers).
+NETWORK_FILESYSTEMS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "9p", "fuse.sshfs", "ceph", "glusterfs", "afs"}
+)
+
+
+def network_wal_findings(settings: Settings, mounts: Path = PROC_MOUNTS) -> list[Finding]:
+    """Warn when the database is in WAL mode on a network file system (the type from
+    ``mounts``; the journal mode from ``PRAGMA journal_mode``, see :func:`live_journal_mode`)."""
+    fstype = filesystem_type(settings.database, mounts)
+    if fstype not in NETWORK_FILESYSTEMS and not (fstype or "").startswith("fuse.sshfs"):
+        return []
+    mode = live_journal_mode(settings.database)
+    if mode != "wal":
+        return []
+    return [
+        Finding(
+            Level.WARNING,
+            "wal-network-fs",
+            f"the database is in WAL mode on a network file system ({fstype}): WAL needs "
+            "shared memory on one machine, and web apps and scheduled tasks may run on "
+            "different ones (PythonAnywhere); switch back with PRAGMA journal_mode=DELETE",
+        )
+    ]
 
 
 def _saved_data_findings(settings: Settings) -> tuple[datetime | None, list[Finding]]:
@@ -231,6 +384,148 @@ def _metadata_findings(recent: list[BackupInfo]) -> list[Finding]:
     ]
 
 
+def current_report(settings: Settings) -> HealthReport:
+    """The report ``health``, ``status`` and the dashboard show: checked now and saved, so the
+    three never disagree. A status file that cannot be written is itself a critical finding
+    (a full or read-only backup folder is exactly when the report matters most)."""
+    report = check_health(settings)
+    if not settings.state_dir.is_dir():
+        return report  # a mistyped folder: report "no backups" without creating it
+    try:
+        save_report(settings, report)
+    except BackupError as exc:
+        report = dataclasses.replace(
+            report,
+            findings=(
+                *report.findings,
+                Finding(Level.CRITICAL, "status-file", f"cannot write the status file: {exc}"),
+            ),
+        )
+    return report
+
+
+def restore_command(settings: Settings, backup_id: str) -> str:
+    """The exact command that restores ``backup_id`` into the live database, with the
+    folders spelled out so it works pasted as it is, whatever config file is in use."""
+    words = [
+        "tablettracker-backups",
+        "restore",
+        backup_id,
+        "--database",
+        str(settings.database),
+        "--backup-dir",
+        str(settings.backup_dir),
+    ]
+    if settings.secondary_dir is not None:
+        words += ["--secondary-dir", str(settings.secondary_dir)]
+    return shlex.join(words)
+
+
+def _identity_findings(settings: Settings) -> list[Finding]:
+    try:
+        check_folders(settings)
+    except BackupError as exc:
+        return [Finding(Level.CRITICAL, "folder-identity", str(exc))]
+    return []
+
+
+def _source_findings(
+    settings: Settings, regular: list[BackupInfo], good: BackupInfo | None
+) -> list[Finding]:
+    """The newest snapshot holds damaged data: say which backup to restore, and how."""
+    newest = next((b for b in regular if b.verified), None)
+    if newest is None or not newest.source_damaged or newest.metadata is None:
+        return []
+    damage = newest.metadata.findings.integrity.splitlines()[0][:200]
+    message = (
+        f"the live database failed integrity_check when backup {newest.id} was taken "
+        f"({damage}); that backup is kept, flagged source-damaged"
+    )
+    if good is None:
+        message += "; there is no good backup to restore from"
+    else:
+        message += (
+            f"; the newest good backup is {good.id} (taken {good.created_at:%Y-%m-%d %H:%M} UTC): "
+            f"restore it with: {restore_command(settings, good.id)}"
+        )
+    return [Finding(Level.CRITICAL, "source-damaged", message)]
+
+
+def _foreign_key_findings(regular: list[BackupInfo]) -> list[Finding]:
+    """Foreign-key violations in the newest backup: a warning when the count rose since the
+    previous backup, naming the tables; a steady count is reported, not alarmed on."""
+    faithful = [b for b in regular if b.verified and b.metadata is not None]
+    if not faithful:
+        return []
+    newest = faithful[0].metadata
+    assert newest is not None
+    now_count = newest.findings.foreign_key_violations
+    previous = faithful[1].metadata if len(faithful) > 1 else None
+    if previous is not None and now_count > previous.findings.foreign_key_violations:
+        before = previous.findings.foreign_key_tables
+        rose = sorted(
+            table
+            for table, count in newest.findings.foreign_key_tables.items()
+            if count > before.get(table, 0)
+        )
+        return [
+            Finding(
+                Level.WARNING,
+                "foreign-keys-rose",
+                f"foreign-key violations rose from {previous.findings.foreign_key_violations} "
+                f"to {now_count} between backups {previous.id} and {newest.id}"
+                + (f", in {', '.join(rose)}" if rose else ""),
+            )
+        ]
+    if now_count == 0:
+        return []
+    tables = ", ".join(sorted(newest.findings.foreign_key_tables)) or "unknown tables"
+    trend = "" if previous is None else " (not more than in the previous backup)"
+    return [
+        Finding(
+            Level.OK,
+            "foreign-keys",
+            f"{now_count} foreign-key violation(s) in {tables} in backup {newest.id}{trend}; "
+            "SQLite enforces foreign keys only where the app turns them on",
+        )
+    ]
+
+
+def _backup_failure_findings(status: dict[str, Any]) -> list[Finding]:
+    """A failed manual or web backup is shown like a failed scheduled run, until one works."""
+    failure = status.get("last_backup_failure")
+    if not isinstance(failure, dict):
+        return []
+    return [
+        Finding(
+            Level.CRITICAL,
+            "last-backup-failed",
+            f"the last {failure.get('kind', 'manual')} backup ({failure.get('trigger', '?')}) "
+            f"failed at {failure.get('at', '?')}: {str(failure.get('error'))[:300]}",
+        )
+    ]
+
+
+def _auto_findings(settings: Settings, newest: BackupInfo | None) -> list[Finding]:
+    """Warn when the last automatic snapshot failed and nothing has succeeded since."""
+    last = last_auto(settings)
+    if last is None or last.get("ok") is not False:
+        return []
+    try:
+        at = parse_utc(last.get("at"), "last_auto.at")
+    except BackupError:
+        return []
+    if newest is not None and newest.created_at >= at:
+        return []
+    return [
+        Finding(
+            Level.WARNING,
+            "auto-snapshot-failed",
+            f"the last automatic snapshot failed: {str(last.get('error'))[:300]}",
+        )
+    ]
+
+
 def _live_database_findings(settings: Settings) -> list[Finding]:
     try:
         result = quick_check_live(settings.database, busy_timeout=settings.busy_timeout)
@@ -243,20 +538,22 @@ def _live_database_findings(settings: Settings) -> list[Finding]:
 
 def _freshness_findings(
     newest: BackupInfo | None,
-    newest_verified: BackupInfo | None,
+    good: BackupInfo | None,
     *,
     now: datetime,
     interval: timedelta,
 ) -> list[Finding]:
-    """Is there a backup, a verified one, and are they as recent as the schedule promises?"""
+    """Is there a backup, a good one, and are they as recent as the schedule promises?"""
     findings: list[Finding] = []
     if newest is None:
         findings.append(Finding(Level.CRITICAL, "no-backups", "there are no backups yet"))
-    elif newest_verified is None:
-        findings.append(Finding(Level.CRITICAL, "no-verified-backup", "no backup has verified"))
+    elif good is None:
+        findings.append(
+            Finding(Level.CRITICAL, "no-verified-backup", "no backup is verified and good")
+        )
     for label, info, code in (
         ("newest backup", newest, "backup-age"),
-        ("newest verified backup", newest_verified, "verified-backup-age"),
+        ("newest good backup", good, "verified-backup-age"),
     ):
         if info is None:
             continue
@@ -277,22 +574,71 @@ def _freshness_findings(
     return findings
 
 
-def _copy_findings(backups: list[BackupInfo]) -> list[Finding]:
-    return [
-        Finding(
-            Level.WARNING,
-            "copies-disagree",
-            f"{copy.location} copy of {info.id} is {copy.state}"
-            + (f": {copy.detail}" if copy.detail else ""),
+def _failed_repairs(status: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(backup id, location) -> why the last run could not rebuild that copy."""
+    last_run = status.get("last_run")
+    repairs = last_run.get("repaired") if isinstance(last_run, dict) else None
+    return {
+        (str(r.get("id")), str(r.get("location"))): str(r.get("error"))
+        for r in (repairs if isinstance(repairs, list) else [])
+        if isinstance(r, dict) and not r.get("ok")
+    }
+
+
+def _copy_findings(
+    settings: Settings, backups: list[BackupInfo], failed: dict[tuple[str, str], str]
+) -> list[Finding]:
+    """Copies that are missing, damaged or differ. One that ``run`` can rebuild from a sound
+    copy elsewhere is reported, not warned about; a warning means a repair is impossible."""
+    offsite_sound: set[str] = set()
+    if settings.s3 is not None:
+        offsite_sound = {c.id for c in read_state(settings).copies.values() if c.ok}
+    findings: list[Finding] = []
+    pending: dict[str, list[str]] = {}
+    for info in backups:
+        for copy in info.copies:
+            if copy.state == CopyStatus.OK:
+                continue
+            text = f"{copy.location} copy of {info.id} is {copy.state}" + (
+                f": {copy.detail}" if copy.detail else ""
+            )
+            elsewhere = info.id in offsite_sound or any(
+                c.state == CopyStatus.OK for c in info.copies if c.location != copy.location
+            )
+            if copy.state == CopyStatus.DIFFERS:
+                findings.append(Finding(Level.WARNING, "copies-disagree", text))
+            elif (info.id, copy.location) in failed:
+                reason = failed[(info.id, copy.location)]
+                findings.append(
+                    Finding(
+                        Level.WARNING, "copies-disagree", f"{text}; rebuilding it failed: {reason}"
+                    )
+                )
+            elif info.metadata is None or not elsewhere:
+                findings.append(
+                    Finding(
+                        Level.WARNING,
+                        "copies-disagree",
+                        f"{text}; no sound copy to rebuild it from",
+                    )
+                )
+            else:
+                pending.setdefault(copy.location, []).append(info.id)
+    for location, ids in pending.items():
+        shown = ", ".join(ids[:3]) + (", ..." if len(ids) > 3 else "")
+        findings.append(
+            Finding(
+                Level.OK,
+                "copies-repairable",
+                f"{len(ids)} {location} cop(ies) missing or damaged ({shown}); the next run "
+                "rebuilds them from a sound copy",
+            )
         )
-        for info in backups
-        for copy in info.copies
-        if copy.state != CopyStatus.OK
-    ]
+    return findings
 
 
 def _schedule_findings(
-    settings: Settings, *, now: datetime, interval: timedelta, first_backup_at: datetime | None
+    status: dict[str, Any], *, now: datetime, interval: timedelta, first_backup_at: datetime | None
 ) -> tuple[datetime | None, list[Finding]]:
     """When the scheduled run last ran, and whether it failed, stopped, or was never set up.
 
@@ -301,7 +647,6 @@ def _schedule_findings(
     then a warning, since nothing will take the next backup.
     """
     findings: list[Finding] = []
-    status = read_status(settings)
     last_run_at: datetime | None = None
     if status.get("last_run_at"):
         with contextlib.suppress(BackupError):
@@ -338,13 +683,22 @@ def _schedule_findings(
     return last_run_at, findings
 
 
+def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
+    """How many backups retention keeps in each slot (hourly ... yearly, pre-restore)."""
+    return _count_slots(plan_retention(candidates_from(backups), settings.retention, now=now))
+
+
 def _slot_counts(store: BackupStore, now: datetime) -> dict[str, int]:
-    plan = current_plan(store, now=now)
+    """:func:`slot_counts` from the store's (cached) retention plan."""
+    return _count_slots(current_plan(store, now=now))
+
+
+def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     slots: Counter[str] = Counter()
     for decision in plan.keep:
         for reason in decision.reasons:
-            slot = reason.split(" ")[0]
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"):
+            slot = reason.split(" ")[0].rstrip(",")
+            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore"):
                 slots[slot] += 1
     return dict(slots)
 
@@ -427,12 +781,15 @@ def _encryption_findings(keys: EncryptionStatus, now: datetime) -> list[Finding]
     return findings
 
 
-def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Finding]:
+def _checksum_findings(
+    store: BackupStore, recent: list[BackupInfo], failed: dict[tuple[str, str], str]
+) -> list[Finding]:
     findings: list[Finding] = _metadata_findings(recent)
     for info in recent:
         if info.metadata is None:
             continue
         sound = 0
+        mismatched: list[str] = []
         for copy in info.copies:
             if copy.state != CopyStatus.OK:
                 continue
@@ -442,15 +799,25 @@ def _checksum_findings(store: BackupStore, recent: list[BackupInfo]) -> list[Fin
                 findings.append(Finding(Level.WARNING, "checksum", f"{info.id}: {exc}"))
                 continue
             if not matches:
+                mismatched.append(copy.location)
+            else:
+                sound += 1
+        for location in mismatched:
+            # With a sound copy beside it, the next run rebuilds this one: reported, not alarmed.
+            text = f"{location} copy of {info.id} does not match its SHA-256"
+            reason = failed.get((info.id, location))
+            if reason is not None:
+                findings.append(
+                    Finding(Level.WARNING, "checksum", f"{text}; rebuilding it failed: {reason}")
+                )
+            elif sound:
                 findings.append(
                     Finding(
-                        Level.WARNING,
-                        "checksum",
-                        f"{copy.location} copy of {info.id} does not match its SHA-256",
+                        Level.OK, "checksum", f"{text}; the next run rebuilds it from a sound copy"
                     )
                 )
             else:
-                sound += 1
+                findings.append(Finding(Level.WARNING, "checksum", text))
         if sound == 0:
             findings.append(
                 Finding(
@@ -482,9 +849,10 @@ def _disk(
         try:
             usage = shutil.disk_usage(directory)
         except OSError as exc:
-            findings.append(
-                Finding(Level.CRITICAL, "disk", f"{name} folder {directory}: {exc.strerror}")
-            )
+            # No primary folder means no backups; a secondary that is away only means one
+            # copy is missing, and every backup still goes to the primary.
+            level = Level.CRITICAL if name == "primary" else Level.WARNING
+            findings.append(Finding(level, "disk", f"{name} folder {directory}: {exc.strerror}"))
             continue
         disk[name] = {"total": usage.total, "used": usage.used, "free": usage.free}
         for level, threshold in (

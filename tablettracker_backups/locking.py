@@ -17,25 +17,51 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 
 
-@contextmanager
-def operation_lock(settings: Settings, *, timeout: float | None = None) -> Iterator[None]:
-    """Hold the backup folder's lock for the block.
+def acquire_lock(settings: Settings, *, timeout: float | None = None) -> filelock.FileLock:
+    """Take the backup folder's lock and return it (the caller releases it).
 
     Waits up to ``timeout`` seconds (default: the configured lock timeout), then raises
-    :class:`LockedError`. The lock is an OS file lock, so a killed process releases it.
+    :class:`LockedError`; raises :class:`StorageError` when the lock file cannot be made.
     """
-    ensure_private_dir(settings.state_dir)
     wait = settings.lock_timeout if timeout is None else timeout
-    lock = filelock.FileLock(str(settings.state_dir / LOCK_NAME), mode=0o600)
+    busy = (
+        f"another backup, restore or prune is in progress (waited {wait:g}s); "
+        "try again when it has finished"
+    )
+    return _acquire(settings, LOCK_NAME, timeout=wait, busy=busy)
+
+
+def _acquire(settings: Settings, name: str, *, timeout: float, busy: str) -> filelock.FileLock:
+    ensure_private_dir(settings.state_dir)
+    lock = filelock.FileLock(str(settings.state_dir / name), mode=0o600)
     try:
-        lock.acquire(timeout=wait)
+        lock.acquire(timeout=timeout)
     except filelock.Timeout:
-        raise LockedError(
-            f"another backup, restore or prune is in progress (waited {wait:g}s); "
-            "try again when it has finished"
-        ) from None
+        raise LockedError(busy) from None
     except OSError as exc:
         raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
+    return lock
+
+
+@contextmanager
+def folder_lock(settings: Settings, name: str, *, timeout: float, busy: str) -> Iterator[None]:
+    """Hold the OS file lock ``name`` in the state folder for the block; after ``timeout``
+    seconds raise :class:`LockedError` with the message ``busy``."""
+    lock = _acquire(settings, name, timeout=timeout, busy=busy)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def operation_lock(settings: Settings, *, timeout: float | None = None) -> Iterator[None]:
+    """Hold the backup folder's lock for the block (see :func:`acquire_lock`).
+
+    The lock is an OS file lock, so a killed process releases it.
+    """
+    # The work is in an undecorated function: mutmut 3 does not mutate decorated ones.
+    lock = acquire_lock(settings, timeout=timeout)
     try:
         yield
     finally:

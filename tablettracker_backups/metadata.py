@@ -14,13 +14,22 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from tablettracker_backups.errors import InvalidBackupId, MetadataError
+from tablettracker_backups.changes import SourceSignature
+from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, MetadataError
 
 FORMAT_VERSION = 1
 #: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
 #: newline, and ``\d`` matches any Unicode digit): a file name in a backup folder is input.
 ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
-KINDS = ("scheduled", "manual", "pre-restore")
+#: ``auto`` is a write-triggered snapshot; ``pre-restore`` the safety snapshot a restore takes.
+KINDS = ("scheduled", "manual", "auto", "pre-restore")
+#: Kinds that can be ``latest``: every kind but the safety snapshot, which holds the data a
+#: restore just replaced.
+REGULAR_KINDS = ("scheduled", "manual", "auto")
+#: Foreign-key violations recorded by example (the count is always complete).
+FK_SAMPLES = 5
+#: Longest label a person may give a backup.
+MAX_LABEL = 200
 EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
 #: Appended to the data file's name when it is an age file (``<id>.db.zst.age``), so a person
 #: (or ``age -d``) can tell at a glance what it is.
@@ -53,6 +62,24 @@ def validate_backup_id(value: object) -> str:
 def id_time(backup_id: str) -> datetime:
     """The UTC time encoded in a (syntactically valid) backup id; raises ``ValueError``."""
     return datetime.strptime(backup_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc)
+
+
+def validate_label(value: object) -> str | None:
+    """A label as given by a person, trimmed; ``None`` for an empty one.
+
+    Raises :class:`InvalidLabel` for a label that is too long or holds control characters
+    (it is shown on pages and in terminals).
+    """
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text:
+        return None
+    if len(text) > MAX_LABEL:
+        raise InvalidLabel(f"a label may be at most {MAX_LABEL} characters long")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
+        raise InvalidLabel("a label may not contain control characters (newlines, tabs ...)")
+    return text
 
 
 def data_filename(backup_id: str, compression: str, *, encrypted: bool = False) -> str:
@@ -109,6 +136,9 @@ class SourceInfo:
     page_count: int
     journal_mode: str
     sqlite_version: str
+    #: ``stat()`` of the database files just before the snapshot's read transaction, so a
+    #: later "changed since this backup?" needs no file opened (absent in older metadata).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -142,6 +172,81 @@ class EncryptionInfo:
 
 
 @dataclass(frozen=True)
+class ForeignKeySample:
+    """One foreign-key violation: the child row and the table it should point into."""
+
+    table: str
+    rowid: int | None
+    parent: str
+
+
+@dataclass(frozen=True)
+class Findings:
+    """What the checks found in the *data* of the snapshot.
+
+    None of this makes a copy unfaithful; only ``source_damaged`` (the live database failed
+    ``integrity_check``, so the snapshot holds damaged data) keeps a faithful copy from
+    counting as a good backup.
+    """
+
+    integrity: str = "ok"
+    foreign_key_violations: int = 0
+    foreign_key_samples: tuple[ForeignKeySample, ...] = ()
+    #: Violations per child table (to name the tables whose count rose).
+    foreign_key_tables: dict[str, int] = field(default_factory=dict)
+    #: Tables whose rows could not be counted, and why (a virtual table's module not loaded).
+    not_counted: dict[str, str] = field(default_factory=dict)
+    source_damaged: bool = False
+
+    def summary(self) -> str:
+        """One short phrase: ``ok``, ``source-damaged``, ``12 foreign-key violations``, ..."""
+        parts = []
+        if self.source_damaged:
+            parts.append("source-damaged")
+        if self.foreign_key_violations:
+            parts.append(f"{self.foreign_key_violations} foreign-key violation(s)")
+        if self.not_counted:
+            parts.append(f"{len(self.not_counted)} table(s) not counted")
+        return ", ".join(parts) or "ok"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (the ``findings`` object of the metadata)."""
+        return {
+            "integrity": self.integrity,
+            "foreign_key_violations": self.foreign_key_violations,
+            "foreign_key_samples": [asdict(sample) for sample in self.foreign_key_samples],
+            "foreign_key_tables": dict(self.foreign_key_tables),
+            "not_counted": dict(self.not_counted),
+            "source_damaged": self.source_damaged,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Findings:
+        """Validate a decoded ``findings`` object; raises :class:`MetadataError`."""
+        samples = doc.get("foreign_key_samples", [])
+        if not isinstance(samples, list) or len(samples) > 100:
+            raise MetadataError("metadata field 'foreign_key_samples' must be a short list")
+        parsed = []
+        for sample in samples:
+            if not isinstance(sample, dict):
+                raise MetadataError("a foreign-key sample must be an object")
+            rowid = sample.get("rowid")
+            if rowid is not None and (not isinstance(rowid, int) or isinstance(rowid, bool)):
+                raise MetadataError("a foreign-key sample's rowid must be an integer or null")
+            parsed.append(ForeignKeySample(_str(sample, "table"), rowid, _str(sample, "parent")))
+        tables = _obj(doc, "foreign_key_tables") if "foreign_key_tables" in doc else {}
+        not_counted = _obj(doc, "not_counted") if "not_counted" in doc else {}
+        return cls(
+            integrity=_str(doc, "integrity"),
+            foreign_key_violations=_nonneg(doc, "foreign_key_violations"),
+            foreign_key_samples=tuple(parsed),
+            foreign_key_tables={str(k): _nonneg(tables, k) for k in tables},
+            not_counted={str(k): _str(not_counted, k) for k in not_counted},
+            source_damaged=_bool(doc, "source_damaged"),
+        )
+
+
+@dataclass(frozen=True)
 class BackupMetadata:
     """The JSON document stored beside each backup's data file."""
 
@@ -161,10 +266,20 @@ class BackupMetadata:
     compression_level: int
     durations: dict[str, float]
     verification: Verification
+    findings: Findings = field(default_factory=Findings)
+    #: A person's note ("before the migration"); shown in list, detail and ``--json``.
+    label: str | None = None
+    #: Never pruned while true (``backup --keep``, ``pin ID``; ``unpin ID`` ends it).
+    pinned: bool = False
     format_version: int = FORMAT_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
     #: Set when the data file is an age file; ``None`` for a plain one.
     encryption: EncryptionInfo | None = None
+
+    @property
+    def source_damaged(self) -> bool:
+        """The live database failed ``integrity_check`` when this snapshot was taken."""
+        return self.findings.source_damaged
 
     @property
     def data_file(self) -> str:
@@ -186,6 +301,7 @@ class BackupMetadata:
         if self.encryption is None:
             # Plain backups keep the document they always had.
             del document["encryption"]
+        document["findings"] = self.findings.to_dict()
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -225,6 +341,26 @@ class BackupMetadata:
         extra = doc.get("extra", {})
         if not isinstance(extra, dict):
             raise MetadataError("metadata field 'extra' must be an object")
+        checked = Verification(
+            ok=_bool(verification, "ok"),
+            verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
+            integrity_check=_str(verification, "integrity_check"),
+            foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
+            error=_opt_str(verification, "error"),
+        )
+        # Older files have no findings: what their checks recorded is all there is (and they
+        # were only kept when the data was clean).
+        findings = (
+            Findings.from_dict(_obj(doc, "findings"))
+            if doc.get("findings") is not None
+            else Findings(checked.integrity_check, checked.foreign_key_violations)
+        )
+        label = _opt_str(doc, "label")
+        if label is not None and len(label) > MAX_LABEL:
+            raise MetadataError(f"metadata field 'label' is longer than {MAX_LABEL} characters")
+        pinned = doc.get("pinned", False)
+        if not isinstance(pinned, bool):
+            raise MetadataError("metadata field 'pinned' must be true or false")
         return cls(
             id=backup_id,
             created_at=parse_utc(doc.get("created_at"), "created_at"),
@@ -237,6 +373,7 @@ class BackupMetadata:
                 page_count=_nonneg(source, "page_count"),
                 journal_mode=_str(source, "journal_mode"),
                 sqlite_version=_str(source, "sqlite_version"),
+                signature=SourceSignature.from_dict(source.get("signature")),
             ),
             tool_version=_str(doc, "tool_version"),
             schema_fingerprint=_hex(doc, "schema_fingerprint"),
@@ -248,13 +385,10 @@ class BackupMetadata:
             compression=compression,
             compression_level=_nonneg(doc, "compression_level"),
             durations={str(k): _number(durations, k) for k in durations},
-            verification=Verification(
-                ok=_bool(verification, "ok"),
-                verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
-                integrity_check=_str(verification, "integrity_check"),
-                foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
-                error=_opt_str(verification, "error"),
-            ),
+            verification=checked,
+            findings=findings,
+            label=label,
+            pinned=pinned,
             extra=extra,
             encryption=encryption,
         )

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
-from tablettracker_backups.retention import RetentionPlan, candidates_from, plan_retention
+from tablettracker_backups.identity import check_folders, claim_folders
+from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
@@ -48,9 +49,9 @@ def plan_for_store(
     """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
     if now is None and sound is None and not protect:
         return current_plan(store)
-    return plan_retention(
-        candidates_from(store.list()),
-        store.settings.retention,
+    return plan_for_backups(
+        store.settings,
+        store.list(),
         protect=protect,
         now=now or datetime.now(timezone.utc),
         sound=sound,
@@ -67,14 +68,12 @@ def current_plan(store: BackupStore, *, now: datetime | None = None) -> Retentio
     """
     infos = store.list()
     minute = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
-    policy = store.settings.retention
-    return store.memo(
-        ("plan", minute), lambda: plan_retention(candidates_from(infos), policy, now=minute)
-    )
+    return store.memo(("plan", minute), lambda: plan_for_backups(store.settings, infos, now=minute))
 
 
 def newest_sound_backup(store: BackupStore) -> str | None:
-    """The newest backup with a copy whose stored file still matches its SHA-256.
+    """The newest good regular backup with a copy whose stored file still matches its SHA-256
+    (what "newest good" means, confirmed on disk).
 
     Listing only compares sizes, so a copy damaged in place (a flipped byte) still looks
     verified; deleting older backups on its strength would leave nothing good. Backups that
@@ -82,7 +81,7 @@ def newest_sound_backup(store: BackupStore) -> str | None:
     failure in their metadata so listing, retention and health stop trusting them.
     """
     for info in store.list():
-        if not info.verified or info.metadata is None:
+        if not info.good or not info.regular or info.metadata is None:
             continue
         for copy in info.copies:
             if copy.state != CopyStatus.OK:
@@ -93,7 +92,7 @@ def newest_sound_backup(store: BackupStore) -> str | None:
             except BackupError:
                 continue
         logger.warning("backup %s looked verified but no copy matches its checksum", info.id)
-        verify_backup(store, info.id)
+        verify_backup(store, info.id, notify_owner=False)  # the run's health reports it
     return None
 
 
@@ -106,8 +105,13 @@ def prune(
 ) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock.
 
-    Deletes nothing unless some backup is confirmed sound by its checksum first.
+    Deletes nothing unless some backup is confirmed sound by its checksum first, and nothing
+    at all in a folder that belongs to another database (:class:`IdentityError`).
     """
+    if dry_run:
+        check_folders(store.settings)
+    else:
+        claim_folders(store.settings)
     protect = tuple(protect)
     plan = plan_for_store(store, protect=protect, now=now)
     deleted: list[str] = []

@@ -31,14 +31,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NoReturn
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
 from tablettracker_backups.backup import cleanup_debris, create_backup
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.encryption import Identity, missing_identity, unseal_metadata
 from tablettracker_backups.errors import (
+    AgeIdentityError,
     BackupError,
     BackupNotFound,
     DatabaseError,
-    IdentityError,
     LockedError,
     MetadataError,
     OffsiteError,
@@ -55,7 +56,12 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import BackupMetadata, utc_iso, validate_backup_id
+from tablettracker_backups.metadata import (
+    REGULAR_KINDS,
+    BackupMetadata,
+    utc_iso,
+    validate_backup_id,
+)
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
@@ -63,6 +69,7 @@ from tablettracker_backups.snapshot import (
     check_sqlite_file,
     connect,
     copy_database,
+    integrity,
     read_transaction,
     row_counts,
     schema_fingerprint,
@@ -122,12 +129,32 @@ class RestorePreview:
     tables: tuple[TableDiff, ...]
     schema_changed: bool
     live_exists: bool
+    #: Which kind of backup this is: a ``pre-restore`` safety snapshot holds the data as it was
+    #: just before an earlier restore, not a scheduled or manual backup.
+    kind: str = "unknown"
+    label: str | None = None
+    #: The snapshot holds damaged data (the live database failed integrity_check then).
+    source_damaged: bool = False
+    foreign_key_violations: int = 0
+    #: Tables the backup could not count, and why (a virtual table's module not loaded).
+    not_counted: dict[str, str] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        """What is being restored, in words: ``manual backup``, ``safety snapshot ...``."""
+        if self.kind == "pre-restore":
+            return "safety snapshot (the data as it was just before an earlier restore)"
+        return f"{self.kind} backup"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``restore ID --preview --json``)."""
         return {
             "backup_id": self.backup_id,
             "created_at": utc_iso(self.created_at),
+            "kind": self.kind,
+            "label": self.label,
+            "source_damaged": self.source_damaged,
+            "foreign_key_violations": self.foreign_key_violations,
+            "not_counted": dict(self.not_counted),
             "tables": [table.to_dict() for table in self.tables],
             "schema_changed": self.schema_changed,
             "live_exists": self.live_exists,
@@ -174,16 +201,14 @@ class RestoreResult:
 
 
 def resolve_backup(store: BackupStore, backup_id: str) -> BackupInfo:
-    """The backup named by ``backup_id`` (or the newest verified one for ``latest``).
+    """The backup named by ``backup_id``, or for ``latest`` the newest good regular backup
+    (never a pre-restore safety snapshot, never one of damaged data).
 
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, or :class:`RestoreError` when no
     copy's metadata can be read.
     """
     try:
-        if backup_id == "latest":
-            info = store.latest(verified=True)
-        else:
-            info = store.get(validate_backup_id(backup_id))
+        info = store.latest() if backup_id == "latest" else store.get(validate_backup_id(backup_id))
     except BackupNotFound as missing:
         # No local copy at all: the offsite store, when configured, is the last place to look.
         info = _offsite_info(store.settings, backup_id, missing)
@@ -203,12 +228,13 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         offsite = OffsiteStore.from_settings(settings)
         listed = offsite.complete_ids()
         if backup_id == "latest":
-            if not listed:
+            meta = _newest_good_offsite(offsite, listed)
+            if meta is None:
                 raise missing
-            backup_id = listed[0]
         elif backup_id not in listed:
             raise missing
-        meta = offsite.read_metadata(backup_id)
+        else:
+            meta = offsite.read_metadata(backup_id)
     except (OffsiteError, MetadataError) as exc:
         raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from None
     return BackupInfo(
@@ -218,6 +244,18 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         copies=(CopyState("offsite", CopyStatus.OK),),
         verified=meta.verification.ok,
     )
+
+
+def _newest_good_offsite(offsite: OffsiteStore, listed: list[str]) -> BackupMetadata | None:
+    """``latest`` among offsite backups (newest first): a regular one of undamaged data."""
+    for candidate in listed:
+        try:
+            meta = offsite.read_metadata(candidate)
+        except MetadataError:
+            continue
+        if meta.kind in REGULAR_KINDS and not meta.source_damaged and meta.verification.ok:
+            return meta
+    return None
 
 
 # -- preview -----------------------------------------------------------------------------------
@@ -231,7 +269,7 @@ def preview_restore(
     An encrypted backup known only from the offsite store keeps its row counts sealed:
     ``identity`` opens them. Changes nothing and takes no lock. Raises
     :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`RestoreError` (unreadable
-    metadata), :class:`IdentityError` (sealed counts without a fitting identity) or
+    metadata), :class:`AgeIdentityError` (sealed counts without a fitting identity) or
     :class:`DatabaseError` (live database unreadable).
     """
     BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
@@ -267,7 +305,18 @@ def preview_restore(
         else:
             status = TableChange.SAME if in_backup == in_live else TableChange.CHANGED
         tables.append(TableDiff(name, in_backup, in_live, status))
-    return RestorePreview(info.id, meta.created_at, tuple(tables), schema_changed, live_exists)
+    return RestorePreview(
+        info.id,
+        meta.created_at,
+        tuple(tables),
+        schema_changed,
+        live_exists,
+        kind=meta.kind,
+        label=meta.label,
+        source_damaged=meta.source_damaged,
+        foreign_key_violations=meta.findings.foreign_key_violations,
+        not_counted=dict(meta.findings.not_counted),
+    )
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -315,12 +364,38 @@ def restore_backup(
     afterwards, so tests can inject a real fault there; applications never pass it.
 
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`LockedError`,
-    :class:`IdentityError` (nothing was changed), or :class:`RestoreError` whose message says
-    what state the target is in.
+    :class:`AgeIdentityError` (nothing was changed), or :class:`RestoreError` whose message says
+    what state the target is in. Either outcome of a restore that started is sent to the owner
+    (after the lock is released).
     """
+    try:
+        result = _restore(settings, backup_id, to, actor, identity, progress, _after_write)
+    except RestoreError as exc:
+        notify.send(settings, [notify.restore_failed(settings, backup_id, str(exc))])
+        raise
+    notify.send(
+        settings,
+        [
+            notify.restore_done(
+                settings, result.backup_id, str(result.target), result.safety_snapshot_id
+            )
+        ],
+    )
+    return result
+
+
+def _restore(
+    settings: Settings,
+    backup_id: str,
+    to: Path | None,
+    actor: str,
+    identity: Identity | None,
+    progress: RestoreProgress | None,
+    _after_write: AfterWriteHook | None,
+) -> RestoreResult:
     started = time.monotonic()
     if identity is None and settings.encryption is not None and settings.encryption.local:
-        raise IdentityError(
+        raise AgeIdentityError(
             "backups are encrypted (BACKUPS_ENCRYPT=all): restoring needs --identity FILE (or "
             "BACKUPS_IDENTITY_FILE), also to undo the restore from its encrypted safety "
             "snapshot; nothing was changed"
@@ -348,7 +423,7 @@ def restore_backup(
                 progress,
                 _after_write,
             )
-        except (LockedError, IdentityError):
+        except (LockedError, AgeIdentityError):
             raise
         except BaseException as exc:
             attempt.durations["total"] = round(time.monotonic() - started, 4)
@@ -441,6 +516,7 @@ def _restore_locked(
                     timeout=settings.busy_timeout,
                     progress=for_stage(progress, "write"),
                     wal_if_new=not existed and wal,
+                    stage=Stage.RESTORE_WRITE,  # pragma: no mutate
                 )
         except BaseException as exc:
             # The backup API rolled its transaction back, so only a file we created remains.
@@ -455,9 +531,10 @@ def _restore_locked(
         attempt.durations["write"] = round(time.monotonic() - begun, 4)
         if after_write is not None:
             after_write(target)
+        crash_point(Stage.RESTORE_POST_CHECK)  # pragma: no mutate
         begun = time.monotonic()
         try:
-            _check_after(target, meta, timeout=settings.busy_timeout)
+            _check_after(target, meta, timeout=settings.busy_timeout, linked=placed)
         except BackupError as exc:
             attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
             _undo(store, target, existed, safety, str(exc), info.id, attempt, identity, progress)
@@ -478,7 +555,7 @@ def _extract_sound_copy(
     """Decompress and fully check copies, primary first, until one is sound.
 
     Returns (scratch file, location, that copy's metadata). Raises :class:`RestoreError` when
-    no copy is sound, :class:`IdentityError` when an encrypted local copy cannot be opened
+    no copy is sound, :class:`AgeIdentityError` when an encrypted local copy cannot be opened
     (a missing or wrong key is not a damaged copy); nothing outside the backup folders has
     been touched then.
     """
@@ -503,12 +580,14 @@ def _extract_sound_copy(
                 progress("verify", done, total)
 
         try:
+            # Not full: equal SHA-256s prove the bytes; the data checks are verify's job.
             extract_verified(
                 store.data_path_for(location, meta),
                 meta,
                 scratch,
                 identity=identity,
                 progress=on_bytes,
+                full=False,
             )
         except (VerificationError, StorageError) as exc:
             unchecked += isinstance(exc, StorageError)
@@ -567,7 +646,7 @@ def _extract_offsite_copy(
         BackupNotFound,
         OffsiteError,
         StorageError,
-        IdentityError,
+        AgeIdentityError,
     ) as exc:
         remove_quietly(scratch)
         attempt.fell_back.append(f"offsite copy skipped: {exc}")
@@ -590,7 +669,12 @@ def _safety_snapshot(
     )
     try:
         result = create_backup(
-            source_settings, kind="pre-restore", trigger=actor, progress=stage, lock=False
+            source_settings,
+            kind="pre-restore",
+            trigger=actor,
+            progress=stage,
+            lock=False,
+            notify_owner=False,
         )
     except LockedError:
         raise
@@ -602,6 +686,7 @@ def _safety_snapshot(
         ) from None
     for warning in result.warnings:
         logger.warning("safety snapshot %s: %s", result.metadata.id, warning)
+    crash_point(Stage.SAFETY_SNAPSHOT)  # pragma: no mutate
     return result.metadata
 
 
@@ -629,7 +714,9 @@ def _undo(
     begun = time.monotonic()
     scratch = temp_path(store.locations["primary"], f"{safety.id}.rollback.db")
     try:
-        extract_verified(store.data_path_for("primary", safety), safety, scratch, identity=identity)
+        extract_verified(
+            store.data_path_for("primary", safety), safety, scratch, identity=identity, full=False
+        )
         _write(
             scratch,
             target,
@@ -663,6 +750,7 @@ def _write(
     timeout: float,
     progress: Callable[[int, int], None] | None,
     wal_if_new: bool,
+    stage: Stage | None = None,
 ) -> None:
     """Copy every page of the checked file ``source`` into ``target`` with the backup API.
 
@@ -689,7 +777,9 @@ def _write(
         except sqlite3.Error as exc:
             raise DatabaseError(f"cannot open {target}: {exc}") from None
         with read_transaction(src, source):
-            copy_database(src, dst, timeout=timeout, progress=progress, label=f"{target}")
+            copy_database(
+                src, dst, timeout=timeout, progress=progress, label=f"{target}", stage=stage
+            )
         try:
             if wal_if_new:
                 dst.execute("PRAGMA journal_mode=WAL")
@@ -702,20 +792,27 @@ def _write(
             logger.warning("checkpoint after restoring into %s did not finish: %s", target, exc)
 
 
-def _check_after(target: Path, meta: BackupMetadata, *, timeout: float) -> None:
+def _check_after(
+    target: Path, meta: BackupMetadata, *, timeout: float, linked: bool = False
+) -> None:
     """quick_check, row counts and schema of ``target`` against ``meta``.
 
     Runs inside a write-locked transaction (``BEGIN IMMEDIATE``) so an app write that lands
-    right after the restore is not mistaken for damage. Raises :class:`VerificationError`, or
+    right after the restore is not mistaken for damage. ``linked``: the target *is* the
+    checked scratch file (a hard link, nothing was copied), whose SHA-256 matched, so no page
+    can differ and quick_check is skipped; the row counts and schema still confirm that the
+    file at the target path is the backup. Raises :class:`VerificationError`, or
     :class:`DatabaseError` when the lock cannot be had within ``timeout`` seconds.
     """
     try:
         with closing(connect(target, busy_timeout=timeout)) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                messages = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
-                if messages != ["ok"]:
-                    raise VerificationError(f"quick_check: {'; '.join(messages)}")
+                # A backup of damaged data is restored as it is: its quick_check cannot say ok.
+                if not meta.source_damaged and not linked:
+                    found = integrity(conn, full=False)
+                    if found != "ok":
+                        raise VerificationError(f"quick_check: {found}")
                 counts = row_counts(conn)
                 if counts != meta.row_counts:
                     differing = sorted(
@@ -881,9 +978,9 @@ def recover_from_offsite(
 
     Needs only the offsite settings and credentials (and, for encrypted backups, ``identity``):
     no local backup folder, no lock, no live database. A missing or wrong identity stops at
-    once with :class:`IdentityError` naming the keys that would open the backup: that is not
+    once with :class:`AgeIdentityError` naming the keys that would open the backup: that is not
     damage, so ``latest`` does not pass over to an older backup for it.
-    ``latest`` takes the newest offsite backup that passes every check (size,
+    ``latest`` takes the newest good regular offsite backup that passes every check (size,
     SHA-256, integrity_check, row counts, schema), passing over damaged ones and saying so; a
     named id must pass or nothing is written. ``to`` must not exist yet; it appears only once
     complete and verified. Raises :class:`RestoreError`, :class:`BackupNotFound`,
@@ -908,6 +1005,8 @@ def recover_from_offsite(
         candidates = [backup_id]
     skipped: list[tuple[str, str]] = []
     for candidate in candidates:
+        if backup_id == "latest" and not _good_regular_offsite(offsite, candidate):
+            continue  # latest: never a safety snapshot, never a snapshot of damaged data
         scratch = temp_path(target.parent, target.name)
         try:
             metadata = offsite.fetch_verified(
@@ -931,6 +1030,20 @@ def recover_from_offsite(
         commit(scratch, target)
         logger.info("recovered backup %s from %s into %s", candidate, offsite.where, target)
         return RecoveryResult(candidate, target, metadata, tuple(skipped))
+    if not skipped:
+        raise BackupNotFound(
+            f"there is no good regular backup in the offsite store {offsite.where}"
+        )
     raise VerificationError(
         f"every offsite backup failed its checks (newest {skipped[0][0]}: {skipped[0][1]})"
     )
+
+
+def _good_regular_offsite(offsite: OffsiteStore, backup_id: str) -> bool:
+    """Whether an offsite backup can be ``latest`` (its metadata unreadable: let the full
+    check say why, as for any damaged copy)."""
+    try:
+        meta = offsite.read_metadata(backup_id)
+    except (MetadataError, BackupNotFound):
+        return True
+    return meta.kind in REGULAR_KINDS and not meta.source_damaged

@@ -3,10 +3,20 @@
 A pure function of the listed backups and the policy: it reads and deletes nothing. Deleting what
 it does not keep is :mod:`tablettracker_backups.prune`.
 
-For each slot kind (hourly, daily, weekly, monthly, yearly) the newest verified backup of each
-of the last N calendar slots that have one is kept. One backup may fill several slots and is
+For each slot kind (hourly, daily, weekly, monthly, yearly) the newest good backup (faithful, of
+undamaged data) of each of the last N calendar slots that have one is kept. Pinned backups are
+kept whatever their age. One backup may fill several slots and is
 stored once. Slots are counted among the backups that exist, not back from "now", so a clock
 that jumps backwards or a backup dated in the future never makes good backups look expired.
+
+On top of the slots, the *recent tier* keeps every backup younger than ``BACKUPS_KEEP_RECENT``
+(write-triggered snapshots, mostly), as long as what it keeps beyond the slots costs no more
+than ``BACKUPS_RECENT_BUDGET``. Over budget it thins: the newest backups stay dense (up to half
+the budget), older ones are kept one per time bucket, the narrowest bucket width that fits.
+Buckets are aligned to the epoch and their widths are 15 s times a power of two, so a coarser
+width keeps a subset of what a finer one kept and thinning never has to change its mind.
+What a backup costs is a function given by the caller (:func:`stored_cost` today); a
+page-level incremental store would pass the bytes of a snapshot's changed pages instead.
 """
 
 from __future__ import annotations
@@ -16,8 +26,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
+from itertools import pairwise
 
-from tablettracker_backups.settings import RetentionPolicy
+from tablettracker_backups.display import format_age
+from tablettracker_backups.settings import RetentionPolicy, Settings
 from tablettracker_backups.store import BackupInfo
 
 logger = logging.getLogger(__name__)
@@ -30,7 +42,70 @@ class Candidate:
     id: str
     created_at: datetime
     kind: str
+    #: The copy is faithful (verified).
     verified: bool
+    #: What keeping it costs (bytes of one stored copy today); only the recent tier counts it.
+    cost: int = 0
+    #: The snapshot holds damaged data (the live database failed integrity_check).
+    source_damaged: bool = False
+    pinned: bool = False
+
+    @property
+    def good(self) -> bool:
+        """Faithful, and of data that was not damaged."""
+        return self.verified and not self.source_damaged
+
+
+@dataclass(frozen=True)
+class RecentTier:
+    """Keep every backup younger than ``window``, within ``budget`` beyond the calendar slots."""
+
+    window: timedelta
+    budget: int
+
+
+#: The narrowest bucket when the recent tier thins; each wider one is twice the last.
+BASE_SPACING = timedelta(seconds=15)
+
+
+@dataclass(frozen=True)
+class RecentSummary:
+    """What the recent tier kept, and the restore-point granularity that leaves."""
+
+    window: timedelta
+    budget: int
+    #: Cost of what only the recent tier keeps, and of keeping everything it could.
+    cost: int
+    wanted: int
+    #: Backups in the window, and how many of them are kept (for any reason).
+    total: int
+    kept: int
+    #: Over budget: everything newer than ``dense_since`` is kept (None: not even the newest
+    #: fitted), older ones one per ``spacing`` (None: none of them fitted).
+    thinned: bool = False
+    dense_since: datetime | None = None
+    spacing: timedelta | None = None
+    #: The widest gap between two kept restore points in the window (None: fewer than two).
+    granularity: timedelta | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (seconds for durations)."""
+
+        def seconds(value: timedelta | None) -> float | None:
+            return None if value is None else value.total_seconds()
+
+        return {
+            "window": seconds(self.window),
+            "budget": self.budget,
+            "cost": self.cost,
+            "wanted": self.wanted,
+            "total": self.total,
+            "kept": self.kept,
+            "thinned": self.thinned,
+            "dense_since": None if self.dense_since is None else self.dense_since.isoformat(),
+            "spacing": seconds(self.spacing),
+            "granularity": seconds(self.granularity),
+        }
 
 
 @dataclass(frozen=True)
@@ -48,6 +123,8 @@ class RetentionPlan:
     """Decisions for every candidate, newest first."""
 
     decisions: tuple[Decision, ...]
+    #: The recent tier's outcome; None when no tier was asked for.
+    recent: RecentSummary | None = None
 
     @property
     def keep(self) -> list[Decision]:
@@ -91,14 +168,20 @@ def plan_retention(
     protect: Iterable[str] = (),
     now: datetime | None = None,
     sound: str | None = None,
+    recent: RecentTier | None = None,
 ) -> RetentionPlan:
-    """Decide which backups to keep under ``policy``.
+    """Decide which backups to keep under ``policy`` (and the ``recent`` tier, given ``now``).
 
-    Guarantees: the newest backup and the newest verified backup are always kept; unverified
-    backups never fill a slot; pre-restore snapshots are kept by their own count; ids in
+    Guarantees: the newest backup, the newest verified (faithful) backup of any kind and the
+    newest good regular backup (``latest``) are always kept; pinned backups
+    are always kept; only good backups fill a slot (a snapshot of damaged data must not push
+    good backups out); pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
     is ``sound`` (the newest backup whose checksum prune re-checked); backups whose metadata
     is unreadable are never deleted.
+
+    While the newest regular backup holds damaged data (source-damaged), nothing is deleted:
+    the older backups are what a recovery may need.
 
     Given ``now``, a backup dated more than :data:`CLOCK_SKEW` after it means the clock is (or
     was) wrong, so the real order of the backups is unknown: such a backup fills no slot (a
@@ -113,7 +196,7 @@ def plan_retention(
     for candidate in ordered:
         if candidate.id in future:
             reasons[candidate.id].append("dated in the future")
-    regular = [c for c in ordered if c.kind != "pre-restore" and c.verified and c.id not in future]
+    regular = [c for c in ordered if c.kind != "pre-restore" and c.good and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
         seen: set[str] = set()
@@ -132,6 +215,13 @@ def plan_retention(
     newest_verified = next((c for c in ordered if c.verified), None)
     if newest_verified is not None and newest_verified is not ordered[0]:
         reasons[newest_verified.id].append("newest verified backup")
+    # What ``latest`` restores, even when newer snapshots hold damaged data.
+    newest_good = next((c for c in ordered if c.good and c.kind != "pre-restore"), None)
+    if newest_good is not None and newest_good not in (ordered[0], newest_verified):
+        reasons[newest_good.id].append("newest good backup")
+    for candidate in ordered:
+        if candidate.pinned:
+            reasons[candidate.id].append("pinned")
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
@@ -139,6 +229,12 @@ def plan_retention(
         for candidate in ordered:
             if candidate.id not in future:
                 reasons[candidate.id].append("retention paused: a backup is dated in the future")
+    newest_regular = next((c for c in ordered if c.kind != "pre-restore" and c.verified), None)
+    if newest_regular is not None and newest_regular.source_damaged:
+        # The damage may have begun before integrity_check could see it: while the newest
+        # snapshot holds damaged data, every older backup may be the one that is needed.
+        for candidate in ordered:
+            reasons[candidate.id].append("retention paused: the live database is damaged")
     if sound is not None and sound in reasons:
         reasons[sound].append("newest backup with a good checksum")
     for candidate in ordered:
@@ -146,13 +242,130 @@ def plan_retention(
             # Its metadata is unreadable in every copy, but its data may be intact: a person
             # decides (health and list report it); retention never deletes what it can't read.
             reasons[candidate.id].append("unreadable, kept for inspection")
+    summary = None
+    if recent is not None and now is not None:
+        summary = _recent_tier(regular, reasons, recent, now)
     return RetentionPlan(
         tuple(
             Decision(c.id, c.created_at, bool(reasons[c.id]), tuple(reasons[c.id])) for c in ordered
-        )
+        ),
+        summary,
     )
 
 
-def candidates_from(infos: Iterable[BackupInfo]) -> list[Candidate]:
-    """Retention candidates from listed backups."""
-    return [Candidate(i.id, i.created_at, i.kind, i.verified) for i in infos]
+def _recent_tier(
+    regular: list[Candidate], reasons: dict[str, list[str]], tier: RecentTier, now: datetime
+) -> RecentSummary:
+    """Add the recent tier's reasons (``regular`` is newest first); the caller's slots,
+    protections and newest backup are already in ``reasons`` and cost the tier nothing."""
+    inside = [c for c in regular if c.created_at > now - tier.window]
+    free = [c for c in inside if not reasons[c.id]]
+    wanted = sum(c.cost for c in free)
+    thinned = wanted > tier.budget
+    dense, spread = free, []
+    dense_since: datetime | None = None
+    spacing: timedelta | None = None
+    if thinned:
+        dense, spent = [], 0
+        for candidate in free:
+            if spent + candidate.cost > tier.budget // 2:
+                break
+            dense.append(candidate)
+            spent += candidate.cost
+        dense_since = dense[-1].created_at if dense else None
+        rest = free[len(dense) :]
+        width = BASE_SPACING
+        while rest and width <= 2 * tier.window:
+            picks = _one_per_bucket(rest, width)
+            if sum(c.cost for c in picks) <= tier.budget - spent:
+                spread, spacing = picks, width
+                break
+            width *= 2
+    for candidate in dense:
+        reasons[candidate.id].append("recent")
+    for candidate in spread:
+        assert spacing is not None
+        reasons[candidate.id].append(f"recent, one per {format_age(spacing)}")
+    kept = sorted((c.created_at for c in inside if reasons[c.id]), reverse=True)
+    gaps = [newer - older for newer, older in pairwise(kept)]
+    return RecentSummary(
+        window=tier.window,
+        budget=tier.budget,
+        cost=sum(c.cost for c in (*dense, *spread)),
+        wanted=wanted,
+        total=len(inside),
+        kept=len(kept),
+        thinned=thinned,
+        dense_since=dense_since,
+        spacing=spacing,
+        granularity=max(gaps, default=None),
+    )
+
+
+def _one_per_bucket(candidates: list[Candidate], width: timedelta) -> list[Candidate]:
+    """The newest candidate of each epoch-aligned bucket of ``width`` (input newest first)."""
+    seen: set[int] = set()
+    picks: list[Candidate] = []
+    step = width.total_seconds()
+    for candidate in candidates:
+        bucket = int(candidate.created_at.timestamp() // step)
+        if bucket not in seen:
+            seen.add(bucket)
+            picks.append(candidate)
+    return picks
+
+
+def stored_cost(info: BackupInfo) -> int:
+    """What keeping a backup costs today: one stored copy's bytes (a full snapshot)."""
+    return info.stored_size
+
+
+def candidates_from(
+    infos: Iterable[BackupInfo], cost: Callable[[BackupInfo], int] = stored_cost
+) -> list[Candidate]:
+    """Retention candidates from listed backups, each with its ``cost``."""
+    return [
+        Candidate(
+            i.id,
+            i.created_at,
+            i.kind,
+            i.verified,
+            cost(i),
+            source_damaged=i.source_damaged,
+            pinned=i.pinned,
+        )
+        for i in infos
+    ]
+
+
+def recent_tier_for(settings: Settings, candidates: Iterable[Candidate]) -> RecentTier | None:
+    """The recent tier the settings ask for; the default budget is 10x what the newest
+    verified backup costs. None when ``BACKUPS_KEEP_RECENT`` is 0."""
+    if settings.keep_recent <= 0:
+        return None
+    budget = settings.recent_budget
+    if budget is None:
+        regular = [c for c in candidates if c.verified and c.kind != "pre-restore"]
+        newest = max(regular, key=lambda c: (c.created_at, c.id), default=None)
+        budget = 10 * newest.cost if newest is not None else 0
+    return RecentTier(timedelta(seconds=settings.keep_recent), budget)
+
+
+def plan_for_backups(
+    settings: Settings,
+    infos: Iterable[BackupInfo],
+    *,
+    now: datetime,
+    protect: Iterable[str] = (),
+    sound: str | None = None,
+) -> RetentionPlan:
+    """The local retention plan for listed backups under ``settings``: slots and recent tier."""
+    candidates = candidates_from(infos)
+    return plan_retention(
+        candidates,
+        settings.retention,
+        protect=protect,
+        now=now,
+        sound=sound,
+        recent=recent_tier_for(settings, candidates),
+    )

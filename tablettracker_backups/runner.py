@@ -12,29 +12,39 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+from tablettracker_backups import notify
 from tablettracker_backups.backup import (
     BackupResult,
+    backup_events,
     cleanup_debris,
     create_backup,
     prepare_locations,
 )
-from tablettracker_backups.errors import BackupError
+from tablettracker_backups.changes import changed_since, source_signature
+from tablettracker_backups.display import human_size
+from tablettracker_backups.errors import BackupError, LockedError
+from tablettracker_backups.heal import Repair, heal_copies
 from tablettracker_backups.health import HealthReport, check_health, save_report
+from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import utc_iso
+from tablettracker_backups.notifiers import Budget
 from tablettracker_backups.offsite.sync import SyncResult, sync_offsite
+from tablettracker_backups.pings import PING_TIMEOUT, ping
 from tablettracker_backups.prune import PruneResult, prune
 from tablettracker_backups.retention import CLOCK_SKEW
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import check_sqlite_file
 from tablettracker_backups.status import record_run
-from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import VerifyResult, verify_backup
+from tablettracker_backups.store import BackupStore, newest_good
+from tablettracker_backups.verify import VerifyResult, failure_event, verify_backup
 
 logger = logging.getLogger(__name__)
 
 #: A run this close to the interval counts as due, so a daily task at a fixed time never skips.
 DUE_FRACTION = 0.9
+#: The exit code of a run that found another operation holding the lock (as the CLI exits).
+LOCKED_EXIT_CODE = 3
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,8 @@ class RunResult:
     warnings: tuple[str, ...] = field(default=())
     #: The offsite sync's outcome; ``None`` when no offsite store is configured.
     offsite: SyncResult | None = None
+    #: Copies rebuilt from a sound copy in another folder or offsite (and any that could not be).
+    repaired: tuple[Repair, ...] = ()
 
     @property
     def exit_code(self) -> int:
@@ -70,6 +82,7 @@ class RunResult:
                     "id": self.backup.metadata.id,
                     "size": self.backup.metadata.stored_size,
                     "locations": list(self.backup.locations),
+                    "anomalies": [a.to_dict() for a in self.backup.anomalies],
                 }
                 if self.backup
                 else None
@@ -81,22 +94,63 @@ class RunResult:
             "error": self.error,
             "warnings": list(self.warnings),
             "offsite": self.offsite.to_dict() if self.offsite else None,
+            "repaired": [r.to_dict() for r in self.repaired],
         }
+
+    def summary(self) -> str:
+        """A few lines of plain text: what the run did and the health verdict (the body of the
+        dead-man finish ping)."""
+        lines = [
+            f"tablettracker-backups run started {utc_iso(self.started_at)}: exit {self.exit_code}"
+        ]
+        if self.error:
+            lines.append(f"FAILED: {self.error}")
+        if self.backup:
+            meta = self.backup.metadata
+            lines.append(f"backed up {meta.id} ({human_size(meta.stored_size)})")
+            lines += [f"anomaly: {a.message}" for a in self.backup.anomalies]
+        elif self.skipped_reason:
+            lines.append(f"no backup due: {self.skipped_reason}")
+        if self.reverified:
+            lines.append(
+                f"re-verified {self.reverified.id}: {'ok' if self.reverified.ok else 'PROBLEM'}"
+            )
+        if self.pruned and self.pruned.deleted:
+            lines.append(f"pruned {len(self.pruned.deleted)} backup(s)")
+        lines += [f"warning: {w}" for w in self.warnings]
+        lines.append(f"health: {self.health.status}")
+        lines += [f"  [{f.level}] {f.message}" for f in self.health.findings]
+        return "\n".join(lines)
 
 
 def backup_due(store: BackupStore, now: datetime) -> str | None:
-    """``None`` if a backup is due now, else why not."""
+    """``None`` if a backup is due now, else why not.
+
+    Due when the newest good backup is an interval old; with write-triggered snapshots on, also
+    when the database changed since it (a write the web trigger never saw, such as a console
+    script's), so the next run catches it whatever the interval.
+    """
     interval = timedelta(seconds=store.settings.interval)
-    for info in store.list():
-        if info.kind == "pre-restore" or not info.verified:
-            continue
-        age = now - info.created_at
-        if age < -CLOCK_SKEW:
-            return None  # dated in the future: the clock went back; take a fresh one
-        if age < interval * DUE_FRACTION:
-            return f"newest verified backup {info.id} is only {int(age.total_seconds())}s old"
+    info = newest_good(store.list())
+    if info is None:
         return None
-    return None
+    age = now - info.created_at
+    if age < -CLOCK_SKEW:
+        return None  # dated in the future: the clock went back; take a fresh one
+    if age >= interval * DUE_FRACTION:
+        return None
+    if store.settings.snapshot_after_write is not None and info.metadata is not None:
+        try:
+            current = source_signature(store.settings.database)
+        except OSError:
+            current = None  # the backup step reports a missing database properly
+        # Not sure (a same-tick write on a coarse clock) counts as unchanged here: the
+        # interval still catches it, and every run would otherwise back up.
+        if current is not None and changed_since(
+            info.metadata.source.signature, current, when_unsure=False
+        ):
+            return None
+    return f"newest good backup {info.id} is only {int(age.total_seconds())}s old"
 
 
 def _least_recently_verified(store: BackupStore, skip: str | None) -> str | None:
@@ -114,78 +168,181 @@ def run(
     trigger: str = "scheduled",
     reverify: bool = True,
 ) -> RunResult:
-    """Do one scheduled run. Raises only :class:`LockedError` (another operation is running);
-    every other failure is reported in the result, and recorded for ``health``."""
-    started = datetime.now(timezone.utc)
-    if not settings.state_dir.is_dir():
-        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
-        check_sqlite_file(settings.database)
-    prepare_locations(settings)
-    store = BackupStore(settings)
+    """Do one scheduled run. Raises only :class:`LockedError` (another operation is running)
+    or, before any backup folder exists, the error that stops it from being created; every
+    other failure is reported in the result, and recorded for ``health``.
+
+    Around the run: dead-man pings (``BACKUPS_PING_URL``) at the start and the end, and after
+    the lock is released one message to the owner with what changed. Together they take at
+    most :data:`notify.BUDGET_SECONDS`, and never change the outcome.
+    """
+    budget = Budget(notify.BUDGET_SECONDS)
+    ping(settings, "start", budget=budget)
+    try:
+        result = _run_locked(settings, force=force, trigger=trigger, reverify=reverify)
+    except BackupError as exc:
+        code = LOCKED_EXIT_CODE if isinstance(exc, LockedError) else 2
+        ping(settings, str(code), f"run did not start: {exc}", budget=budget)
+        raise
+    # Keep time for the finish ping: it is what tells the dead-man service the run ended.
+    reserve = PING_TIMEOUT if settings.ping_url else 0.0
+    notify.observe(
+        settings,
+        result.health.findings,
+        extra=_events(settings, result),
+        budget=Budget(max(0.0, budget.left() - reserve)),
+    )
+    ping(
+        settings, str(result.exit_code) if result.exit_code else "", result.summary(), budget=budget
+    )
+    return result
+
+
+@dataclass
+class _Progress:
+    """What a run has done so far; each step fills in its part."""
+
+    started: datetime
     backup: BackupResult | None = None
     skipped: str | None = None
     reverified: VerifyResult | None = None
     pruned: PruneResult | None = None
     error: str | None = None
-    warnings: list[str] = []
+    warnings: list[str] = field(default_factory=list)
     offsite: SyncResult | None = None
-    with operation_lock(settings):
-        try:
-            # Inside the try, so a missing or replaced database is a recorded failed run that
-            # health reports as critical, not an exception that leaves no trace for it.
-            check_sqlite_file(settings.database)
-            cleanup_debris(settings)
-            # "Now" is taken after the lock: a run that waited for another run's backup must
-            # see that backup as just taken, not as dated in its future (which reads as a
-            # clock that went back and would take a second, redundant backup).
-            skipped = None if force else backup_due(store, datetime.now(timezone.utc))
-            if skipped is None:
-                backup = create_backup(settings, kind="scheduled", trigger=trigger, lock=False)
-                warnings += backup.warnings
-            if reverify:
-                target = _least_recently_verified(store, backup.metadata.id if backup else None)
-                if target is not None:
-                    reverified = verify_backup(store, target)
-                    if not reverified.ok:
-                        warnings += [
-                            f"re-verify of {target}: {c.location}: {c.error}"
-                            for c in reverified.copies
-                            if not c.ok
-                        ]
-        except BackupError as exc:
-            error = str(exc)
-            logger.error("scheduled run failed: %s", exc)
-        if settings.s3 is not None:
-            # After the local backup and before local pruning, so a backup is uploaded before
-            # local retention may remove it. Offsite trouble is a warning: the local backup
-            # is safe, and the next run retries.
-            offsite = sync_offsite(settings, verify_count=None if reverify else 0)
-            warnings += offsite.warnings()
-        if error is None:
-            try:
-                pruned = prune(store, protect=[backup.metadata.id] if backup else [])
-            except BackupError as exc:
-                error = str(exc)
-                logger.error("scheduled run failed: %s", exc)
-        try:
-            record_run(
-                settings,
-                at=started,
-                result={
-                    "ok": error is None,
-                    "error": error,
-                    "backup": backup.metadata.id if backup else None,
-                    "offsite": offsite.to_dict() if offsite else None,
-                },
-            )
-        except BackupError as exc:
-            logger.error("could not write the status file: %s", exc)
-        report = check_health(settings)
-        try:
-            save_report(settings, report)
-        except BackupError as exc:
-            logger.error("could not write the status file: %s", exc)
-        result = RunResult(
-            started, backup, skipped, reverified, pruned, report, error, tuple(warnings), offsite
+    repaired: tuple[Repair, ...] = ()
+
+    def fail(self, exc: BackupError) -> None:
+        self.error = str(exc)
+        logger.error("scheduled run failed: %s", exc)
+
+    def result(self, report: HealthReport) -> RunResult:
+        return RunResult(
+            self.started,
+            self.backup,
+            self.skipped,
+            self.reverified,
+            self.pruned,
+            report,
+            self.error,
+            tuple(self.warnings),
+            self.offsite,
+            self.repaired,
         )
-    return result
+
+
+def _run_locked(settings: Settings, *, force: bool, trigger: str, reverify: bool) -> RunResult:
+    """The run itself: every step under the operation lock."""
+    progress = _Progress(started=datetime.now(timezone.utc))
+    if not settings.state_dir.is_dir():
+        # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
+        check_sqlite_file(settings.database)
+    prepare_locations(settings)
+    store = BackupStore(settings)
+    with operation_lock(settings):
+        _back_up_and_reverify(
+            settings, store, progress, force=force, trigger=trigger, reverify=reverify
+        )
+        if settings.s3 is not None:
+            _sync_offsite(settings, progress, reverify=reverify)
+        if progress.error is None:
+            _prune(store, progress)
+        _record(settings, progress)
+        return progress.result(_check_health(settings))
+
+
+def _back_up_and_reverify(
+    settings: Settings,
+    store: BackupStore,
+    progress: _Progress,
+    *,
+    force: bool,
+    trigger: str,
+    reverify: bool,
+) -> None:
+    """Back up if one is due, then fully re-check the least recently verified backup."""
+    try:
+        # Inside the try, so a missing or replaced database, or a folder of another database,
+        # is a recorded failed run that health reports as critical, not an exception that
+        # leaves no trace for it.
+        check_sqlite_file(settings.database)
+        claim_folders(settings)
+        cleanup_debris(settings)
+        # "Now" is taken after the lock: a run that waited for another run's backup must
+        # see that backup as just taken, not as dated in its future (which reads as a
+        # clock that went back and would take a second, redundant backup).
+        progress.skipped = None if force else backup_due(store, datetime.now(timezone.utc))
+        if progress.skipped is None:
+            progress.backup = create_backup(
+                settings, kind="scheduled", trigger=trigger, lock=False, notify_owner=False
+            )
+            progress.warnings += progress.backup.warnings
+        if reverify:
+            new_id = progress.backup.metadata.id if progress.backup else None
+            target = _least_recently_verified(store, new_id)
+            if target is not None:
+                progress.reverified = verify_backup(store, target, notify_owner=False)
+                progress.warnings += [
+                    f"re-verify of {target}: {c.location}: {c.error}"
+                    for c in progress.reverified.copies
+                    if not c.ok
+                ]
+        # After the re-verify, so a copy it found damaged is rebuilt in the same run.
+        progress.repaired = heal_copies(store, recheck=settings.health_checksum_count)
+        progress.warnings += [r.describe() for r in progress.repaired if not r.ok]
+    except BackupError as exc:
+        progress.fail(exc)
+
+
+def _sync_offsite(settings: Settings, progress: _Progress, *, reverify: bool) -> None:
+    """Upload to the offsite store, after the local backup and before local pruning, so a
+    backup is uploaded before local retention may remove it. Offsite trouble is a warning:
+    the local backup is safe, and the next run retries."""
+    progress.offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+    progress.warnings += progress.offsite.warnings()
+
+
+def _prune(store: BackupStore, progress: _Progress) -> None:
+    """Apply retention, never deleting the backup just taken."""
+    try:
+        progress.pruned = prune(
+            store, protect=[progress.backup.metadata.id] if progress.backup else []
+        )
+    except BackupError as exc:
+        progress.fail(exc)
+
+
+def _record(settings: Settings, progress: _Progress) -> None:
+    """Remember that the run happened and how it ended (health reads it)."""
+    try:
+        record_run(
+            settings,
+            at=progress.started,
+            result={
+                "ok": progress.error is None,
+                "error": progress.error,
+                "backup": progress.backup.metadata.id if progress.backup else None,
+                "offsite": progress.offsite.to_dict() if progress.offsite else None,
+                "repaired": [r.to_dict() for r in progress.repaired],
+            },
+        )
+    except BackupError as exc:
+        logger.error("could not write the status file: %s", exc)
+
+
+def _check_health(settings: Settings) -> HealthReport:
+    """The health report after the run, saved for the pages and ``status``."""
+    report = check_health(settings)
+    try:
+        save_report(settings, report)
+    except BackupError as exc:
+        logger.error("could not write the status file: %s", exc)
+    return report
+
+
+def _events(settings: Settings, result: RunResult) -> list[notify.Event]:
+    """The run's one-off news for the owner; lasting conditions come from its health report."""
+    events = backup_events(settings, result.backup) if result.backup else []
+    if result.reverified is not None and not result.reverified.ok:
+        events.append(failure_event(settings, result.reverified))
+    return events

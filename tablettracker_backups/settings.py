@@ -2,13 +2,16 @@
 
 Every source uses the same names. The Flask config key and the environment variable are
 ``BACKUPS_<NAME>``; in a TOML config file the name is lower-case without the prefix, under a
-``[backups]`` table (``database = "..."``, ``keep_daily = 30``). Precedence, highest first:
-explicit options, environment variables, the config file, the defaults below.
+``[backups]`` table (``database = "..."``, ``keep_daily = 30``), except that the folders follow
+the command-line options there (``backup_dir``, ``secondary_dir``; the older ``dir`` still
+works). Precedence, highest first: explicit options, environment variables, the config file,
+the defaults below.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import os
 import re
@@ -33,6 +36,13 @@ MAX_DURATION = 366 * 86400
 COMPRESSIONS = ("zstd", "gzip")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 S3_CHECKSUMS = ("sha256", "off")
+#: ``problems``: failures, warnings and their recovery; ``all``: also each success.
+NOTIFY_ON = ("problems", "all")
+#: An Apprise URL: a scheme, ``://``, and no white space.
+_NOTIFY_URL = re.compile(r"\A[a-z][a-z0-9+.-]*://\S+\Z", re.IGNORECASE)
+#: Where one URL ends in ``BACKUPS_NOTIFY``: white space, or commas before the next ``scheme://``
+#: (a comma inside a URL, as in ``?to=a@x.org,b@x.org``, is not followed by a scheme).
+_NOTIFY_SPLIT = re.compile(r"\s+|,[\s,]*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,28 @@ class Settings:
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
     encryption: EncryptionSettings | None = None
+    #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
+    snapshot_after_write: int | None = 300
+    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing.
+    keep_recent: int = 86400
+    #: Bytes the recent tier may hold beyond the calendar slots; None: 10x the newest backup's
+    #: stored size.
+    recent_budget: int | None = None
+    #: Apprise URLs notifications go to (they hold passwords and tokens: never shown unmasked).
+    notify: tuple[str, ...] = field(default=(), repr=False)
+    #: ``problems`` or ``all`` (see :data:`NOTIFY_ON`).
+    notify_on: str = "problems"
+    #: Dead-man ping base URL (healthchecks.io style); ``run`` pings it at start and end.
+    ping_url: str | None = field(default=None, repr=False)
+    #: A table that lost more than this fraction of its rows since the previous good backup
+    #: is an anomaly (tables of at least :data:`anomaly.MIN_ROWS` rows).
+    anomaly_drop: float = 0.20
+    #: The database's name in its backup folder's identity (default: the file's stem).
+    database_name: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.database_name:
+            object.__setattr__(self, "database_name", default_database_name(self.database))
 
     @property
     def locations(self) -> tuple[Path, ...]:
@@ -121,6 +153,31 @@ class Settings:
     def state_dir(self) -> Path:
         """Where the lock, status file, alert log and audit log live (the primary folder)."""
         return self.backup_dir
+
+
+def default_database_name(database: Path) -> str:
+    """The file's stem (``tablet_counter`` for ``tablet_counter.db``), or its name."""
+    return database.stem or database.name or "database"
+
+
+def validate_database_name(value: Any) -> str:
+    """A database name for a backup folder's identity; raises :class:`ConfigError`.
+
+    It may become a folder name when several databases share one root, so no path separators,
+    no control characters, not ``.`` or ``..``, at most 100 characters.
+    """
+    text = str(value).strip() if value is not None else ""
+    if (
+        not text
+        or len(text) > 100
+        or text in (".", "..")
+        or any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in text)
+    ):
+        raise ConfigError(
+            f"BACKUPS_DATABASE_NAME must be a short name without slashes or control "
+            f"characters, not {str(value)[:60]!r}"
+        )
+    return text
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
@@ -157,6 +214,21 @@ def parse_duration(name: str, value: Any) -> int:
     if seconds > MAX_DURATION:
         raise ConfigError(f"{PREFIX}{name.upper()} must be at most a year, not {value!r}")
     return int(seconds)
+
+
+#: Words that turn a duration setting off.
+OFF_WORDS = frozenset({"off", "0", "false", "no", "none"})
+
+
+def _optional_duration(name: str, value: Any) -> int | None:
+    """A duration, or None for ``off`` (or ``0``/``false``); raises :class:`ConfigError`."""
+    if value is False or (
+        isinstance(value, int | float) and not isinstance(value, bool) and value == 0
+    ):
+        return None
+    if isinstance(value, str) and value.strip().lower() in OFF_WORDS:
+        return None
+    return parse_duration(name, value)
 
 
 def parse_space(name: str, value: Any) -> float:
@@ -232,6 +304,7 @@ def _opt_str(value: Any) -> str | None:
 CORE_KEYS = frozenset(
     {
         "database",
+        "database_name",
         "dir",
         "secondary_dir",
         "compression",
@@ -248,6 +321,9 @@ CORE_KEYS = frozenset(
         "disk_critical",
         "health_checksum_count",
         "busy_timeout",
+        "snapshot_after_write",
+        "keep_recent",
+        "recent_budget",
         "s3_bucket",
         "s3_endpoint_url",
         "s3_prefix",
@@ -269,6 +345,10 @@ CORE_KEYS = frozenset(
         "s3_checksum",
         "encrypt_to",
         "encrypt",
+        "notify",
+        "notify_on",
+        "ping_url",
+        "anomaly_drop",
     }
 )
 
@@ -343,6 +423,20 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["health_checksum_count"] = _int(
             "health_checksum_count", values["health_checksum_count"]
         )
+    if values.get("database_name") is not None:
+        kwargs["database_name"] = validate_database_name(values["database_name"])
+    kwargs.update(_notify_settings(values))
+    if values.get("snapshot_after_write") is not None:
+        kwargs["snapshot_after_write"] = _optional_duration(
+            "snapshot_after_write", values["snapshot_after_write"]
+        )
+    if values.get("keep_recent") is not None:
+        kwargs["keep_recent"] = _optional_duration("keep_recent", values["keep_recent"]) or 0
+    if values.get("recent_budget") is not None:
+        budget = parse_space("recent_budget", values["recent_budget"])
+        if 0 < budget < 1:
+            raise ConfigError("BACKUPS_RECENT_BUDGET must be a size like 2GB, not a percentage")
+        kwargs["recent_budget"] = int(budget)
     return Settings(
         database=database,
         backup_dir=backup_dir,
@@ -372,6 +466,66 @@ def _encryption_settings(values: Mapping[str, Any]) -> EncryptionSettings | None
     except ValueError:
         raise ConfigError(f"BACKUPS_ENCRYPT must be one of {choices}, not {mode_text!r}") from None
     return EncryptionSettings(recipients=recipients, mode=mode)
+
+
+def split_notify_urls(value: Any) -> tuple[str, ...]:
+    """The URLs in ``BACKUPS_NOTIFY``: a list, or one string separated by white space or commas.
+
+    Raises :class:`ConfigError` for anything that is not ``scheme://...``; the message shows
+    only the scheme, since the rest may hold a password.
+    """
+    if isinstance(value, str):
+        parts = _NOTIFY_SPLIT.split(value.strip())
+    elif isinstance(value, list | tuple):
+        parts = [p for item in value for p in _NOTIFY_SPLIT.split(str(item).strip())]
+    else:
+        raise ConfigError("BACKUPS_NOTIFY must be Apprise URLs separated by spaces or commas")
+    urls = tuple(p.strip().rstrip(",") for p in parts if p.strip().rstrip(","))
+    for number, url in enumerate(urls, start=1):
+        if not _NOTIFY_URL.match(url):
+            shown = url.split("://", 1)[0][:20] if "://" in url else "no scheme://"
+            raise ConfigError(
+                f"BACKUPS_NOTIFY: URL {number} is not an Apprise URL like "
+                f"mailtos://user:pass@example.com or json://host/path ({shown})"
+            )
+    return urls
+
+
+def parse_fraction(name: str, value: Any) -> float:
+    """A fraction from ``"20%"``, ``0.2`` or ``20`` (read as percent); raises ConfigError."""
+    wrong = f"{PREFIX}{name.upper()} must be a percentage like 20% (or a fraction like 0.2)"
+    if isinstance(value, bool):
+        raise ConfigError(wrong)
+    text = str(value).strip()
+    percent = text.endswith("%")
+    try:
+        number = float(text[:-1] if percent else text)
+    except ValueError:
+        raise ConfigError(f"{wrong}, not {value!r}") from None
+    if percent or number >= 1:
+        number /= 100
+    if not math.isfinite(number) or not 0 < number < 1:
+        raise ConfigError(f"{wrong} between 0% and 100%, not {value!r}")
+    return number
+
+
+def _notify_settings(values: Mapping[str, Any]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    if values.get("notify") is not None:
+        found["notify"] = split_notify_urls(values["notify"])
+    if values.get("notify_on") is not None:
+        notify_on = str(values["notify_on"]).strip().lower()
+        if notify_on not in NOTIFY_ON:
+            raise ConfigError(f"BACKUPS_NOTIFY_ON must be one of {', '.join(NOTIFY_ON)}")
+        found["notify_on"] = notify_on
+    ping = _opt_str(values.get("ping_url"))
+    if ping is not None:
+        if not re.match(r"\Ahttps?://[^/\s?#]+[^\s]*\Z", ping, re.IGNORECASE):
+            raise ConfigError("BACKUPS_PING_URL must be an http:// or https:// URL")
+        found["ping_url"] = ping.rstrip("/")
+    if values.get("anomaly_drop") is not None:
+        found["anomaly_drop"] = parse_fraction("anomaly_drop", values["anomaly_drop"])
+    return found
 
 
 def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Settings | None:
@@ -439,26 +593,67 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     return found
 
 
+#: TOML keys named after the command-line options, and the key each stands for.
+TOML_ALIASES = {"backup_dir": "dir"}
+TOML_SECTION = "backups"
+
+
 def values_from_toml(path: Path) -> dict[str, Any]:
-    """Settings from a TOML file's ``[backups]`` table; raises :class:`ConfigError`."""
+    """Settings from a TOML file's ``[backups]`` table; raises :class:`ConfigError`.
+
+    An unknown section or key is an error naming the nearest known one: a typo must not be
+    silently ignored (a ``[backup]`` table would otherwise leave every setting at its default).
+    """
     try:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a folder") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
-    table = document.get("backups", {})
+    for section, content in document.items():
+        if section == TOML_SECTION:
+            continue
+        if isinstance(content, dict):
+            raise ConfigError(
+                f"config file {path}: unknown section [{section}]"
+                + _did_you_mean(section, [TOML_SECTION], f"[{TOML_SECTION}]")
+            )
+        raise ConfigError(
+            f"config file {path}: {section!r} must be under a [{TOML_SECTION}] section"
+        )
+    table = document.get(TOML_SECTION, {})
     if not isinstance(table, dict):
-        raise ConfigError(f"config file {path}: [backups] must be a table")
-    unknown = sorted(set(table) - CORE_KEYS)
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown setting {unknown[0]!r}")
-    return dict(table)
+        raise ConfigError(f"config file {path}: [{TOML_SECTION}] must be a table")
+    known = sorted(CORE_KEYS | set(TOML_ALIASES))
+    for key in sorted(table):
+        if key not in CORE_KEYS and key not in TOML_ALIASES:
+            raise ConfigError(
+                f"config file {path}: unknown setting {key!r} in [{TOML_SECTION}]"
+                + _did_you_mean(key, known)
+            )
+    values = dict(table)
+    for alias, key in TOML_ALIASES.items():
+        if alias in values:
+            if key in values and values[key] != values[alias]:
+                raise ConfigError(
+                    f"config file {path}: both {alias!r} and {key!r} are set; keep {alias!r}"
+                )
+            values[key] = values.pop(alias)
+    return values
+
+
+def _did_you_mean(word: str, choices: list[str], shown: str | None = None) -> str:
+    close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
+    if not close:
+        return ""
+    return f"; did you mean {shown or repr(close[0])}?"
 
 
 def default_config_path() -> Path:
@@ -475,19 +670,26 @@ def load_settings(
     config_file: Path | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    use_default: bool = True,
 ) -> Settings:
     """Settings for a process without a Flask app (the CLI, a scheduled task).
 
-    Reads ``config_file`` (or the default config file when it exists), then the environment,
-    then ``overrides`` (``None`` values are ignored). Raises :class:`ConfigError`.
+    Reads ``config_file`` (or, with ``use_default``, the default config file when it exists),
+    then the environment, then ``overrides`` (``None`` values are ignored). Raises
+    :class:`ConfigError`.
     """
     values: dict[str, Any] = {}
     path = config_file
-    if path is None:
+    if path is None and use_default:
         candidate = default_config_path()
         path = candidate if candidate.is_file() else None
     if path is not None:
         values.update(values_from_toml(path))
     values.update(values_from_env(environ))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    if path is not None and values.get("database") is None:
+        raise ConfigError(
+            f'config file {path} names no database (database = "..." under '
+            f"[{TOML_SECTION}]); pass --database PATH or set BACKUPS_DATABASE"
+        )
     return settings_from_mapping(values)

@@ -8,20 +8,25 @@ copy. In rollback-journal mode writers wait for that read transaction; in WAL mo
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
+import re
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 
+from tablettracker_backups.changes import SourceSignature, source_signature
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.fsutil import describe_os_error
+from tablettracker_backups.metadata import FK_SAMPLES, Findings, ForeignKeySample
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,8 @@ MIN_DATABASE_SIZE = 512
 #: Pages copied per backup step: small enough for a smooth progress bar, large enough to be fast.
 STEP_PAGES = 4096
 PageProgress = Callable[[int, int], None]
+#: The schema fingerprint recorded when a damaged snapshot's schema cannot be read at all.
+UNREADABLE_SCHEMA = hashlib.sha256(b"").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -42,11 +49,18 @@ class SnapshotInfo:
     journal_mode: str
     sqlite_version: str
     seconds: float
+    #: The database files' ``stat()`` just before the read transaction began: anything written
+    #: later changes it, so a match later means "nothing written since" (see :mod:`.changes`).
+    signature: SourceSignature | None = None
 
 
 @dataclass(frozen=True)
 class DatabaseCheck:
-    """Result of checking a database file: integrity, foreign keys, row counts, schema."""
+    """Result of checking a database file: integrity, foreign keys, row counts, schema.
+
+    Everything here describes the *data*; none of it says whether a stored copy is faithful
+    (that is the SHA-256 comparison in :mod:`tablettracker_backups.verify`).
+    """
 
     integrity: str
     foreign_key_violations: int
@@ -54,11 +68,26 @@ class DatabaseCheck:
     schema_fingerprint: str
     page_size: int
     page_count: int
+    foreign_key_samples: tuple[ForeignKeySample, ...] = ()
+    foreign_key_tables: dict[str, int] = field(default_factory=dict)
+    #: Tables whose rows could not be counted, and why.
+    not_counted: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
         """True when integrity_check said ``ok`` and no foreign key is violated."""
         return self.integrity == "ok" and self.foreign_key_violations == 0
+
+    def findings(self) -> Findings:
+        """The data findings recorded in a backup's metadata."""
+        return Findings(
+            integrity=self.integrity,
+            foreign_key_violations=self.foreign_key_violations,
+            foreign_key_samples=self.foreign_key_samples,
+            foreign_key_tables=dict(self.foreign_key_tables),
+            not_counted=dict(self.not_counted),
+            source_damaged=self.integrity != "ok",
+        )
 
 
 class SqliteFailure(str, Enum):
@@ -192,11 +221,13 @@ def copy_database(
     timeout: float,
     progress: PageProgress | None = None,
     label: str = "database",
+    stage: Stage | None = None,
 ) -> None:
     """Copy every page of ``source`` into ``dest`` with the backup API.
 
     The caller holds a read transaction on ``source`` so that the steps all see one state. A
-    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`.
+    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`. ``stage`` names
+    the crash point reached between two steps (see :mod:`crashpoints`).
     """
     deadline = time.monotonic() + timeout
 
@@ -206,8 +237,11 @@ def copy_database(
                 raise DatabaseError(
                     f"{label} stayed locked by another process for {timeout:g}s; gave up"
                 )
-        elif progress is not None:
+            return
+        if progress is not None:
             progress(total - remaining, total)
+        if stage is not None and remaining > 0:
+            crash_point(stage)  # pragma: no mutate
 
     try:
         source.backup(dest, pages=STEP_PAGES, progress=on_step, sleep=0.05)
@@ -232,6 +266,12 @@ def take_snapshot(
     """
     check_sqlite_file(database)
     started = time.monotonic()
+    # Before our own connection opens: in WAL mode the last connection to close deletes the
+    # -wal file, so a signature taken while ours is open would never match again.
+    try:
+        signature: SourceSignature | None = source_signature(database)
+    except OSError:
+        signature = None  # the snapshot below reports a missing file properly
     try:
         dest.touch(mode=0o600, exist_ok=False)
     except OSError as exc:
@@ -253,7 +293,12 @@ def take_snapshot(
             page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
             try:
                 copy_database(
-                    src, dst, timeout=busy_timeout, progress=progress, label=f"database {database}"
+                    src,
+                    dst,
+                    timeout=busy_timeout,
+                    progress=progress,
+                    label=f"database {database}",
+                    stage=Stage.SNAPSHOT_COPY,  # pragma: no mutate
                 )
             except StorageError as exc:
                 # SQLite only says "database or disk is full"; say where, and how much.
@@ -273,6 +318,7 @@ def take_snapshot(
         journal_mode=journal_mode,
         sqlite_version=sqlite3.sqlite_version,
         seconds=time.monotonic() - started,
+        signature=signature,
     )
 
 
@@ -302,88 +348,151 @@ def table_names(conn: sqlite3.Connection) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+def count_rows(conn: sqlite3.Connection) -> tuple[dict[str, int], dict[str, str]]:
+    """Rows per user table, and the tables that could not be counted with the reason.
+
+    A virtual table whose module is not loaded in this process (SpatiaLite, sqlite-vec, an
+    app's own extension) cannot be read here, but its data lives in ordinary shadow tables,
+    which are counted (and covered by integrity_check) like any other.
+    """
+    counts: dict[str, int] = {}
+    not_counted: dict[str, str] = {}
+    for name in table_names(conn):
+        try:
+            row = conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()
+        except sqlite3.DatabaseError as exc:
+            not_counted[name] = _uncountable(str(exc))
+            continue
+        counts[name] = int(row[0])
+    return counts, not_counted
+
+
+def _uncountable(text: str) -> str:
+    module = re.match(r"no such module: (.+)", text)
+    if module:
+        return f"not counted: module {module.group(1)} not loaded"
+    return f"not counted: {text}"
+
+
 def row_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    """Rows per user table."""
-    return {
-        name: int(conn.execute(f"SELECT count(*) FROM {quote_identifier(name)}").fetchone()[0])
-        for name in table_names(conn)
-    }
+    """Rows per user table that can be counted (see :func:`count_rows`)."""
+    return count_rows(conn)[0]
+
+
+def integrity(conn: sqlite3.Connection, *, full: bool = True) -> str:
+    """``integrity_check`` (or ``quick_check``): ``"ok"`` or the first problems found."""
+    pragma = "integrity_check" if full else "quick_check"
+    messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
+    return "ok" if messages == ["ok"] else "; ".join(messages)
+
+
+@dataclass(frozen=True)
+class ForeignKeyCheck:
+    """What ``foreign_key_check`` found: the full count, per table, and the first few."""
+
+    violations: int = 0
+    tables: dict[str, int] = field(default_factory=dict)
+    samples: tuple[ForeignKeySample, ...] = ()
+
+
+def foreign_keys(conn: sqlite3.Connection) -> ForeignKeyCheck:
+    """Run ``foreign_key_check`` over the whole database, streaming (a database with many
+    violations is counted without holding them all)."""
+    total = 0
+    tables: dict[str, int] = {}
+    samples: list[ForeignKeySample] = []
+    for row in conn.execute("PRAGMA foreign_key_check"):
+        table, rowid, parent = str(row[0]), row[1], str(row[2])
+        total += 1
+        tables[table] = tables.get(table, 0) + 1
+        if len(samples) < FK_SAMPLES:
+            key = rowid if isinstance(rowid, int) else None  # WITHOUT ROWID tables have none
+            samples.append(ForeignKeySample(table, key, parent))
+    return ForeignKeyCheck(total, tables, tuple(samples))
 
 
 def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -> DatabaseCheck:
-    """Check a database file that nobody else is using (a backup copy).
+    """The one full check of a database file that nobody else is using (a backup copy).
 
     ``full`` runs ``integrity_check`` and ``foreign_key_check``; otherwise ``quick_check``.
-    ``parallel`` runs the integrity check on its own connection in a worker thread while this
-    thread counts rows and fingerprints the schema: SQLite releases the GIL, so on two cores the
-    wall time is about the longer of the two (most of what a restore spends before it writes).
-    Raises :class:`VerificationError` when the file cannot even be read as a database.
+    ``parallel`` runs the integrity check on a second connection in a thread while this one
+    does the rest: SQLite releases the GIL, so on two cores the wall time is about the longer
+    of the two instead of their sum (worth it when nothing else is running beside it).
+
+    Findings in the data (integrity messages, violations, uncountable tables) are returned,
+    never raised. Raises :class:`VerificationError` only when the file cannot be read as a
+    database at all.
     """
     try:
         check_sqlite_file(path)
     except DatabaseError as exc:
         raise VerificationError(str(exc)) from None
-    pragma = "integrity_check" if full else "quick_check"
-    facts: tuple[int, dict[str, int], str, int, int] | None = None
-    facts_error: Exception | None = None
-    try:
-        if parallel:
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="integrity") as pool:
-                pending = pool.submit(_integrity, path, pragma)
+    outcome: dict[str, object] = {}
+
+    def run_integrity() -> None:
+        try:
+            with closing(_private(path)) as conn:
                 try:
-                    facts = _facts(path, foreign_keys=full)
-                except (sqlite3.Error, DatabaseError) as exc:
-                    facts_error = exc
-                integrity = pending.result()
-        else:
-            integrity = _integrity(path, pragma)
-            try:
-                facts = _facts(path, foreign_keys=full)
-            except (sqlite3.Error, DatabaseError) as exc:
-                facts_error = exc
+                    outcome["integrity"] = integrity(conn, full=full)
+                except sqlite3.DatabaseError as exc:
+                    # Damage bad enough to stop the check is a finding like any other.
+                    outcome["integrity"] = f"integrity_check stopped: {exc}"
+        except (sqlite3.Error, DatabaseError) as exc:  # reported by the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run_integrity, name="integrity-check", daemon=True)
+    if parallel:
+        worker.start()
+    else:
+        run_integrity()
+    rest: DatabaseCheck | BaseException
+    try:
+        with closing(_private(path)) as conn:
+            rest = _inspect_rest(conn, full=full)
     except (sqlite3.Error, DatabaseError) as exc:
-        raise VerificationError(f"{path.name} is not a readable database: {exc}") from None
-    if facts is None:
-        # A damaged file can make the counts fail; integrity_check then says more about why.
-        if integrity != "ok":
-            return DatabaseCheck(integrity, 0, {}, "", 0, 0)
-        raise VerificationError(f"{path.name} is not a readable database: {facts_error}")
-    violations, counts, fingerprint, page_size, page_count = facts
-    return DatabaseCheck(
-        integrity=integrity,
-        foreign_key_violations=violations,
-        row_counts=counts if integrity == "ok" else {},
-        schema_fingerprint=fingerprint,
-        page_size=page_size,
-        page_count=page_count,
-    )
+        rest = exc
+    finally:
+        if parallel:
+            worker.join()
+    error = outcome.get("error")
+    if isinstance(error, BaseException):
+        raise VerificationError(f"{path.name} is not a readable database: {error}") from None
+    found = str(outcome["integrity"])
+    if isinstance(rest, BaseException):
+        # Not even the schema can be read: this does not open as a database.
+        raise VerificationError(f"{path.name} is not a readable database: {rest}") from None
+    return dataclasses.replace(rest, integrity=found)
 
 
-def _private_connection(path: Path) -> sqlite3.Connection:
+def _private(path: Path) -> sqlite3.Connection:
     conn = connect(path, uri_mode="ro")
-    # A private copy: a bigger page cache makes the checks faster; memory stays bounded.
+    # A private copy: a bigger page cache makes the checks faster, memory stays bounded.
     conn.execute("PRAGMA cache_size=-32768")
     return conn
 
 
-def _integrity(path: Path, pragma: str) -> str:
-    """``ok``, or up to 20 problems joined by ``; ``."""
-    with closing(_private_connection(path)) as conn:
-        messages = [str(r[0]) for r in conn.execute(f"PRAGMA {pragma}(20)").fetchall()]
-    return "ok" if messages == ["ok"] else "; ".join(messages)
-
-
-def _facts(path: Path, *, foreign_keys: bool) -> tuple[int, dict[str, int], str, int, int]:
-    """Foreign key violations, row counts, schema fingerprint, page size and count."""
-    with closing(_private_connection(path)) as conn:
-        violations = len(conn.execute("PRAGMA foreign_key_check").fetchall()) if foreign_keys else 0
-        return (
-            violations,
-            row_counts(conn),
-            schema_fingerprint(conn),
-            int(conn.execute("PRAGMA page_size").fetchone()[0]),
-            int(conn.execute("PRAGMA page_count").fetchone()[0]),
-        )
+def _inspect_rest(conn: sqlite3.Connection, *, full: bool) -> DatabaseCheck:
+    """Everything but the integrity check (its field is filled in by the caller)."""
+    fingerprint = schema_fingerprint(conn)  # the schema must be readable, else: not a database
+    fk = ForeignKeyCheck()
+    if full:
+        try:
+            fk = foreign_keys(conn)
+        except sqlite3.DatabaseError as exc:
+            # Damaged pages can stop the scan; integrity_check reports the damage itself.
+            logger.warning("foreign_key_check stopped: %s", exc)
+    counts, not_counted = count_rows(conn)
+    return DatabaseCheck(
+        integrity="",
+        foreign_key_violations=fk.violations,
+        row_counts=counts,
+        schema_fingerprint=fingerprint,
+        page_size=int(conn.execute("PRAGMA page_size").fetchone()[0]),
+        page_count=int(conn.execute("PRAGMA page_count").fetchone()[0]),
+        foreign_key_samples=fk.samples,
+        foreign_key_tables=fk.tables,
+        not_counted=not_counted,
+    )
 
 
 def quick_check_live(path: Path, *, busy_timeout: float) -> str:
@@ -395,3 +504,18 @@ def quick_check_live(path: Path, *, busy_timeout: float) -> str:
         except sqlite3.Error as exc:
             raise _sqlite_error(path, exc) from None
     return "ok" if messages == ["ok"] else "; ".join(messages)
+
+
+def live_journal_mode(path: Path) -> str | None:
+    """The live database's journal mode (``wal``, ``delete`` ...) from ``PRAGMA journal_mode``,
+    which reads the header and writes nothing; None when it cannot be read.
+
+    Through SQLite, so no lock a host app in this process holds is dropped; and on an
+    ordinary connection, which as the last one to close removes the -wal and -shm files it
+    made (a read-only one would leave them, and the database would look changed).
+    """
+    try:
+        with closing(connect(path, busy_timeout=1.0)) as conn:
+            return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+    except (sqlite3.Error, DatabaseError):
+        return None

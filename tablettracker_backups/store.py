@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from tablettracker_backups.compression import hash_file
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
@@ -36,6 +37,7 @@ from tablettracker_backups.metadata import (
     DATA_SUFFIXES,
     EXTENSIONS,
     MAX_METADATA_BYTES,
+    REGULAR_KINDS,
     BackupMetadata,
     data_filename,
     id_time,
@@ -66,13 +68,41 @@ class BackupInfo:
     metadata: BackupMetadata | None
     copies: tuple[CopyState, ...]
     problems: tuple[str, ...] = field(default=())
-    #: At least one copy is present, unchanged, and passed its last verification.
+    #: At least one copy is present, unchanged, and passed its last verification: the stored
+    #: file decompresses to exactly the snapshot (the copy is *faithful*).
     verified: bool = False
 
     @property
     def kind(self) -> str:
-        """``scheduled``, ``manual``, ``pre-restore``, or ``unknown`` when metadata is lost."""
+        """``scheduled``, ``manual``, ``auto``, ``pre-restore``, or ``unknown`` when metadata
+        is lost."""
         return self.metadata.kind if self.metadata else "unknown"
+
+    @property
+    def source_damaged(self) -> bool:
+        """The live database failed ``integrity_check`` when this snapshot was taken."""
+        return self.metadata is not None and self.metadata.source_damaged
+
+    @property
+    def good(self) -> bool:
+        """A faithful copy of data that was not damaged: what ``latest``, freshness and
+        retention's "newest good" count. Foreign-key violations do not make a backup bad."""
+        return self.verified and not self.source_damaged
+
+    @property
+    def regular(self) -> bool:
+        """Any kind but a pre-restore safety snapshot (and not unknown)."""
+        return self.kind in REGULAR_KINDS
+
+    @property
+    def pinned(self) -> bool:
+        """Kept out of retention until unpinned."""
+        return self.metadata is not None and self.metadata.pinned
+
+    @property
+    def label(self) -> str | None:
+        """A person's note on this backup, if any."""
+        return self.metadata.label if self.metadata else None
 
     @property
     def stored_size(self) -> int:
@@ -107,7 +137,23 @@ class BackupInfo:
             ),
             "copies": {c.location: c.state for c in self.copies},
             "problems": list(self.problems),
+            "good": self.good,
+            "label": self.label,
+            "pinned": self.pinned,
+            "findings": meta.findings.to_dict() if meta else None,
         }
+
+
+def newest_good(infos: Iterable[BackupInfo], *, regular: bool = True) -> BackupInfo | None:
+    """The newest good backup (``infos`` newest first, as :meth:`BackupStore.list` gives them).
+
+    With ``regular`` (the default) never a pre-restore safety snapshot: it holds the data a
+    restore just replaced. This is what ``latest`` means everywhere.
+    """
+    for info in infos:
+        if info.good and (info.regular or not regular):
+            return info
+    return None
 
 
 def is_backup_id(name: str) -> bool:
@@ -254,7 +300,9 @@ class BackupStore:
                 if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                     raise MetadataError(f"{location} copy of {backup_id}: not a regular file")
                 text = handle.read(MAX_METADATA_BYTES + 1)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            # NotADirectoryError: a file stands where the folder should be (a secondary disk
+            # that is away); there is no copy here, which is not the same as a damaged one.
             raise BackupNotFound(f"no backup {backup_id} in {location} folder") from None
         except OSError as exc:
             raise StorageError(describe_os_error(exc, path)) from None
@@ -266,12 +314,17 @@ class BackupStore:
     def ids(self) -> list[str]:
         """Every backup id with a metadata file in any folder, newest first."""
         found: set[str] = set()
-        for directory in self.locations.values():
+        for location, directory in self.locations.items():
             try:
                 names = os.listdir(directory)
             except FileNotFoundError:
                 continue
             except OSError as exc:
+                if location != "primary":
+                    # A secondary folder that cannot be read hides only its own copies (they
+                    # list as missing or damaged); the primary's backups must still list.
+                    logger.warning("cannot list the %s folder: %s", location, exc)
+                    continue
                 raise StorageError(describe_os_error(exc, directory)) from None
             for name in names:
                 if name.endswith(".json") and is_backup_id(name[:-5]):
@@ -374,15 +427,35 @@ class BackupStore:
             return compute()
         return self.cache.memo((self.generation, key), compute)
 
-    def latest(self, *, verified: bool = True, kinds: tuple[str, ...] | None = None) -> BackupInfo:
-        """The newest (verified) backup; raises :class:`BackupNotFound` when there is none."""
+    def latest(self) -> BackupInfo:
+        """``latest``: the newest good regular backup (:func:`newest_good`).
+
+        Raises :class:`BackupNotFound` when there is none.
+        """
+        infos = self.list()
+        found = newest_good(infos)
+        if found is None:
+            if any(i.verified and i.regular for i in infos):
+                raise BackupNotFound(
+                    "there is no good backup: every verified backup holds damaged data "
+                    "(source-damaged); give a backup id to restore one anyway"
+                )
+            raise BackupNotFound("there is no verified backup yet")
+        return found
+
+    def newest(self) -> BackupInfo:
+        """The newest backup of any kind and state; raises :class:`BackupNotFound`."""
+        infos = self.list()
+        if not infos:
+            raise BackupNotFound("no backups yet")
+        return infos[0]
+
+    def newest_safety_snapshot(self) -> BackupInfo:
+        """The newest verified pre-restore snapshot (what ``restore --undo`` restores)."""
         for info in self.list():
-            if verified and not info.verified:
-                continue
-            if kinds is not None and info.kind not in kinds:
-                continue
-            return info
-        raise BackupNotFound("there is no verified backup yet" if verified else "no backups yet")
+            if info.kind == "pre-restore" and info.verified:
+                return info
+        raise BackupNotFound("there is no verified safety snapshot: no restore has been made")
 
     def checksum_matches(self, info: BackupInfo, location: str) -> bool:
         """Whether ``location``'s data file still hashes to the metadata's SHA-256.
@@ -400,7 +473,11 @@ class BackupStore:
 
     def write_metadata(self, location: str, meta: BackupMetadata) -> None:
         """Commit a backup in ``location`` by writing its metadata atomically."""
-        atomic_write_bytes(self.metadata_path(location, meta.id), meta.to_json().encode())
+        atomic_write_bytes(
+            self.metadata_path(location, meta.id),
+            meta.to_json().encode(),
+            crash_stage=Stage.METADATA_WRITE,  # pragma: no mutate
+        )
 
     def delete(self, backup_id: str) -> None:
         """Delete every local copy; metadata first, so a half-deleted backup never lists."""
@@ -409,10 +486,11 @@ class BackupStore:
             meta_path = self.metadata_path(location, backup_id)
             try:
                 meta_path.unlink()
-            except FileNotFoundError:
-                pass
+            except (FileNotFoundError, NotADirectoryError):
+                pass  # no copy here (NotADirectoryError: a file where the folder should be)
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, meta_path)) from None
+            crash_point(Stage.PRUNE_DELETE)  # pragma: no mutate
             for compression in EXTENSIONS:
                 for encrypted in (False, True):
                     remove_quietly(

@@ -1,8 +1,9 @@
-"""Verifying stored backups: checksum, decompression, integrity, row counts, schema.
+"""Verifying stored backups: is each copy faithful, and do its data checks agree?
 
 A full check of one copy decompresses it to a temporary file (checking the stored SHA-256 as it
-reads), compares the raw SHA-256, runs ``integrity_check`` and ``foreign_key_check``, and
-compares row counts and the schema fingerprint with the metadata.
+reads) and compares the raw SHA-256: equal hashes mean the copy is exactly the snapshot. Then
+``integrity_check``, ``foreign_key_check``, row counts and the schema fingerprint run again and
+must give what the backup recorded (a backup of damaged data is a faithful copy of it).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups import notify
 from tablettracker_backups.compression import decompress_file
 from tablettracker_backups.encryption import (
     Identity,
@@ -24,6 +26,7 @@ from tablettracker_backups.encryption import (
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
+    DatabaseError,
     MetadataError,
     StorageError,
     VerificationError,
@@ -31,7 +34,13 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
 from tablettracker_backups.metadata import BackupMetadata, Verification
-from tablettracker_backups.snapshot import inspect_database
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.snapshot import (
+    UNREADABLE_SCHEMA,
+    DatabaseCheck,
+    check_sqlite_file,
+    inspect_database,
+)
 from tablettracker_backups.states import CheckDepth
 from tablettracker_backups.store import BackupStore
 
@@ -86,13 +95,22 @@ def extract_verified(
     *,
     identity: Identity | None = None,
     progress: ByteProgress | None = None,
+    full: bool = True,
 ) -> None:
     """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``.
 
+    Always: the stored file's size and SHA-256 and the decompressed database's SHA-256 must
+    match the metadata, so ``dest`` holds exactly the bytes of the snapshot (a faithful copy),
+    and it must open as SQLite. With ``full`` (``verify``, the drill) the data checks run again
+    too (integrity_check, foreign_key_check, row counts, schema) and must agree with what the
+    backup recorded: a snapshot of damaged data stays a faithful copy of it. Without ``full``
+    (restore) they are skipped: identical bytes cannot give other answers, and on a large
+    database they are most of the time a restore would spend before it writes.
+
     An encrypted ``data_file`` is first decrypted with ``identity`` into a scratch file beside
-    ``dest`` (removed afterwards, whatever happens). On success ``dest`` is a verified copy of
-    the database; on failure it is removed and :class:`VerificationError` says what did not
-    match, or :class:`IdentityError` that the identity is missing or not a recipient.
+    ``dest`` (removed afterwards, whatever happens). On failure ``dest`` is removed and
+    :class:`VerificationError` says what did not match, or :class:`AgeIdentityError` that the
+    identity is missing or not a recipient.
     """
     plain = temp_path(dest.parent, f"{metadata.id}.decrypted")
     try:
@@ -116,22 +134,47 @@ def extract_verified(
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")
-        check = inspect_database(dest, parallel=True)
-        if check.integrity != "ok":
-            raise VerificationError(f"integrity_check failed: {check.integrity}")
-        if check.foreign_key_violations:
-            raise VerificationError(
-                f"foreign_key_check found {check.foreign_key_violations} violations"
-            )
-        if check.row_counts != metadata.row_counts:
-            raise VerificationError("row counts differ from its metadata")
-        if check.schema_fingerprint != metadata.schema_fingerprint:
-            raise VerificationError("schema differs from its metadata")
+        unreadable = metadata.schema_fingerprint == UNREADABLE_SCHEMA
+        if full:
+            _compare_findings(_inspect(dest, unreadable=unreadable), metadata)
+        elif not unreadable:
+            try:
+                check_sqlite_file(dest)
+            except DatabaseError as exc:
+                raise VerificationError(str(exc)) from None
     except BaseException:
         remove_quietly(dest)
         raise
     finally:
         remove_quietly(plain)
+
+
+def _inspect(path: Path, *, unreadable: bool) -> DatabaseCheck | None:
+    """The full data check; ``None`` for a kept safety snapshot that never opened as SQLite."""
+    try:
+        return inspect_database(path, full=True, parallel=True)
+    except VerificationError:
+        if unreadable:
+            return None
+        raise
+
+
+def _compare_findings(check: DatabaseCheck | None, metadata: BackupMetadata) -> None:
+    """The data checks of a faithful copy must give what the backup recorded."""
+    recorded = metadata.findings
+    if check is None:
+        return
+    if check.integrity != "ok" and not recorded.source_damaged:
+        raise VerificationError(f"integrity_check failed: {check.integrity}")
+    if check.foreign_key_violations != recorded.foreign_key_violations:
+        raise VerificationError(
+            f"foreign_key_check found {check.foreign_key_violations} violations; the backup "
+            f"recorded {recorded.foreign_key_violations}"
+        )
+    if check.row_counts != metadata.row_counts:
+        raise VerificationError("row counts differ from its metadata")
+    if check.schema_fingerprint != metadata.schema_fingerprint:
+        raise VerificationError("schema differs from its metadata")
 
 
 def verify_copy(
@@ -223,9 +266,14 @@ def verify_backup(
     *,
     identity: Identity | None = None,
     progress: ByteProgress | None = None,
+    notify_owner: bool = True,
 ) -> VerifyResult:
     """Fully check every local copy of ``backup_id`` (``identity`` opens encrypted copies);
-    raises :class:`BackupNotFound`, or :class:`IdentityError` for an identity that does not fit.
+    raises :class:`BackupNotFound`, or :class:`AgeIdentityError` for an identity that does not
+    fit.
+
+    With ``notify_owner`` a failed check is sent to the owner; callers that check many backups
+    or report in a message of their own (``run``, ``verify --all``) pass False.
     """
     info = store.get(backup_id)
     results = []
@@ -238,4 +286,13 @@ def verify_backup(
         )
     if not results:
         raise BackupNotFound(f"no backup with id {backup_id}")
-    return VerifyResult(backup_id, tuple(results))
+    result = VerifyResult(backup_id, tuple(results))
+    if notify_owner and not result.ok:
+        notify.send(store.settings, [failure_event(store.settings, result)])
+    return result
+
+
+def failure_event(settings: Settings, result: VerifyResult) -> notify.Event:
+    """The owner's news of a verification that found damaged copies."""
+    failed = [(c.location, c.error or "failed") for c in result.copies if not c.ok]
+    return notify.verify_failed(settings, result.id, failed, usable=result.usable)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,11 +80,11 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-def demo_app(tmp_path: Path) -> Flask:
+def app(tmp_path: Path) -> Flask:
     """The demo TabletTracker app on a fresh instance folder (Flask-WTF CSRF on).
 
-    Not called ``app``: pytest-flask would push one request context around the whole test,
-    so every client request would share ``g`` (and Flask-WTF's cached token).
+    Named ``app`` for pytest-flask, which builds its ``client`` and ``live_server`` fixtures
+    on it. Its request-context push is switched off below.
     """
     from tablettracker_backups.demo import create_app
 
@@ -92,6 +92,21 @@ def demo_app(tmp_path: Path) -> Flask:
     return create_app(
         {"INSTANCE_PATH": tmp_path / "instance-demo", "TESTING": True, "BACKUPS_LOCK_TIMEOUT": 0}
     )
+
+
+@pytest.fixture
+def demo_app(app: Flask) -> Flask:
+    """The same app, under the name the web tests were written with."""
+    return app
+
+
+@pytest.fixture(autouse=True)
+def _push_request_context() -> None:
+    """Overrides pytest-flask's fixture of this name, which pushes one request context around
+    every test that uses ``app``. Every client request would then reuse that context's app
+    context, so all sessions would share ``g``, and with it Flask-WTF's cached CSRF token: one
+    session's token would be rendered into another's pages. Each request gets its own here.
+    """
 
 
 def csrf_from(html: str) -> str:
@@ -111,18 +126,18 @@ def login(client: FlaskClient, username: str, password: str) -> None:
 
 
 @pytest.fixture
-def admin_client(demo_app: Flask) -> FlaskClient:
+def admin_client(app: Flask) -> FlaskClient:
     """A test client logged in as the demo's admin."""
-    client = demo_app.test_client()
-    login(client, "admin", demo_app.config["DEMO_PASSWORD"])
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
     return client
 
 
 @pytest.fixture
-def staff_client(demo_app: Flask) -> FlaskClient:
+def staff_client(app: Flask) -> FlaskClient:
     """A test client logged in as a non-admin employee."""
-    client = demo_app.test_client()
-    login(client, "staff", demo_app.config["DEMO_PASSWORD"])
+    client = app.test_client()
+    login(client, "staff", app.config["DEMO_PASSWORD"])
     return client
 
 
@@ -210,9 +225,38 @@ def flip_byte(path: Path, offset: int | None = None) -> None:
     path.write_bytes(bytes(data))
 
 
+# -- a small real file system to fill up ---------------------------------------------------
+
+
+@pytest.fixture
+def tiny_fs(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A small tmpfs mount (we run as root); RLIMIT_FSIZE is the fallback elsewhere."""
+    from tests.faultkit import mount_tmpfs, unmount
+
+    mount_point = tmp_path / "tiny"
+    mount_point.mkdir()
+    if not mount_tmpfs(mount_point, "size=6m,mode=0700"):
+        yield mount_point, "rlimit"
+        return
+    try:
+        yield mount_point, "tmpfs"
+    finally:
+        unmount(mount_point)
+
+
+@pytest.fixture
+def full_fs(tiny_fs: tuple[Path, str]) -> Path:
+    """The tiny mount, for tests that need a real file system to fill (no RLIMIT fallback)."""
+    mount_point, how = tiny_fs
+    if how != "tmpfs":  # pragma: no cover
+        pytest.skip("needs a real full file system")
+    return mount_point
+
+
 # The reliability report (tests/RELIABILITY.md): fixture and hooks live in tests/reliability.py.
 from tests.reliability import (  # noqa: E402, F401
     pytest_collection_finish,
+    pytest_deselected,
     pytest_runtest_makereport,
     pytest_sessionfinish,
     reliability,

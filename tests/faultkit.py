@@ -105,6 +105,20 @@ def kill_when_written(
     return caught
 
 
+def mount_tmpfs(target: Path, options: str) -> bool:
+    """Mount a tmpfs at ``target`` (we run as root); False where mounting is not allowed."""
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)],
+        capture_output=True,
+        check=False,
+    )
+    return done.returncode == 0
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", "-l", str(target)], check=False)
+
+
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
     """Non-zero exit, no traceback, and one error line that mentions every needle."""
     output = result.stdout + result.stderr

@@ -31,13 +31,18 @@ REPORT_MD = HERE / "RELIABILITY.md"
 ARTIFACTS = HERE.parent / "test-artifacts"
 
 Recorder = Callable[..., dict[str, Any]]
+#: What a row counts: fault trials (a real fault injected), attacks (hostile requests or files),
+#: fuzz inputs (generated inputs, each checked against a property). Totalled apart.
+KINDS = ("fault", "attack", "fuzz")
 
 _ROWS: dict[str, list[dict[str, Any]]] = {}
 _OUTCOMES: dict[str, str] = {}
+_SKIP_REASONS: dict[str, str] = {}
 _STARTED: dict[str, float] = {}
 _DURATIONS: dict[str, float] = {}
 _COLLECTED_FILES: set[str] = set()
 _COLLECTED_IDS: set[str] = set()
+_DESELECTED: set[str] = set()
 
 
 @pytest.fixture
@@ -46,9 +51,15 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
     nodeid = request.node.nodeid
     _ROWS.setdefault(nodeid, [])
 
-    def record(fault: str, *, trials: int, checked: str, detail: str = "") -> dict[str, Any]:
+    def record(
+        fault: str, *, trials: int, checked: str, detail: str = "", kind: str | None = None
+    ) -> dict[str, Any]:
+        # Default: the test module's RELIABILITY_KIND (test_hostile.py: "attack"), else "fault".
+        kind = kind or getattr(request.module, "RELIABILITY_KIND", "fault")
+        assert kind in KINDS, kind
         row: dict[str, Any] = {
             "fault": fault,
+            "kind": kind,
             "trials": int(trials),
             "checked": checked,
             "detail": detail,
@@ -57,6 +68,11 @@ def reliability(request: pytest.FixtureRequest) -> Recorder:
         return row
 
     return record
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    # Deselected (``-m 'not slow'``): not run this time, so their rows from before are kept.
+    _DESELECTED.update(item.nodeid for item in items)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
@@ -74,6 +90,12 @@ def pytest_runtest_makereport(
         _STARTED[item.nodeid] = time.monotonic()
     if report.failed:
         _OUTCOMES[item.nodeid] = "FAIL"
+    elif report.skipped:
+        # In a fixture (setup) or in the test: either way its rows were not checked this time.
+        _OUTCOMES[item.nodeid] = "skipped"
+        longrepr = report.longrepr
+        reason = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        _SKIP_REASONS[item.nodeid] = reason.removeprefix("Skipped: ")
     elif report.when == "call" and report.passed:
         _OUTCOMES.setdefault(item.nodeid, "pass")
     if report.when == "teardown" and item.nodeid in _STARTED:
@@ -86,27 +108,32 @@ def _targets() -> tuple[Path, Path]:
     leaves the work tree clean; ``RELIABILITY_UPDATE=1`` writes the committed copy in tests/."""
     if os.environ.get("RELIABILITY_UPDATE") == "1":
         return RESULTS_JSON, REPORT_MD
-    return ARTIFACTS / RESULTS_JSON.name, ARTIFACTS / REPORT_MD.name
+    # RELIABILITY_ARTIFACTS: another folder (the report's own test uses a scratch one).
+    folder = Path(os.environ.get("RELIABILITY_ARTIFACTS") or ARTIFACTS)
+    return folder / RESULTS_JSON.name, folder / REPORT_MD.name
 
 
 def _merge(results_json: Path) -> list[dict[str, Any]]:
-    source = results_json if results_json.exists() else RESULTS_JSON
+    scratch = bool(os.environ.get("RELIABILITY_ARTIFACTS"))
+    source = results_json if results_json.exists() or scratch else RESULTS_JSON
     try:
         previous = json.loads(source.read_text(encoding="utf-8"))["rows"]
     except (OSError, ValueError, KeyError, TypeError):
         previous = []
     kept = [
-        row
+        _skipped(row) if _OUTCOMES.get(row["test"]) == "skipped" else row
         for row in previous
         if row["test"] not in _ROWS
         # A test of a file collected this time that was not collected is gone (or renamed).
         and not (
-            row["test"].split("::", 1)[0] in _COLLECTED_FILES and row["test"] not in _COLLECTED_IDS
+            row["test"].split("::", 1)[0] in _COLLECTED_FILES
+            and row["test"] not in _COLLECTED_IDS
+            and row["test"] not in _DESELECTED
         )
     ]
     fresh = [
         dict(
-            row,
+            _skipped(row, nodeid) if _OUTCOMES.get(nodeid) == "skipped" else row,
             test=nodeid,
             result=_OUTCOMES.get(nodeid, "not run"),
             seconds=round(_DURATIONS.get(nodeid, 0.0), 1),
@@ -117,15 +144,29 @@ def _merge(results_json: Path) -> list[dict[str, Any]]:
     return sorted(kept + fresh, key=lambda r: (r["test"].split("::", 1)[0], r["fault"]))
 
 
+def _skipped(row: dict[str, Any], nodeid: str | None = None) -> dict[str, Any]:
+    """A row whose test was skipped this run: no trials were checked, whatever ran before."""
+    test = nodeid or row["test"]
+    return dict(
+        row, result="skipped", trials=0, detail=f"skipped: {_SKIP_REASONS.get(test, '')}"[:200]
+    )
+
+
 def _cell(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
 def render(rows: list[dict[str, Any]]) -> str:
     """The markdown report."""
-    total = sum(r["trials"] for r in rows)
-    failed = [r for r in rows if r["result"] != "pass"]
-    minutes = sum({r["test"]: r["seconds"] for r in rows}.values()) / 60
+    failed = [r for r in rows if r["result"] not in ("pass", "skipped")]
+    skipped = [r for r in rows if r["result"] == "skipped"]
+    here = [r for r in rows if not r.get("apart")]
+    apart = [r for r in rows if r.get("apart")]
+    minutes = sum({r["test"]: r["seconds"] for r in here if r.get("kind") != "fuzz"}.values()) / 60
+    counts = []
+    for kind, label in (("fault", "fault trials"), ("attack", "attacks"), ("fuzz", "fuzz inputs")):
+        mine = [r for r in rows if r.get("kind", "fault") == kind]
+        counts.append(f"{label}: {sum(r['trials'] for r in mine)} in {len(mine)} classes")
     lines = [
         "# Reliability and security report",
         "",
@@ -133,20 +174,33 @@ def render(rows: list[dict[str, Any]]) -> str:
         "test did; do not edit by hand). Every run of the tests writes it to `test-artifacts/`;",
         "`RELIABILITY_UPDATE=1 python -m pytest` (the whole suite) regenerates this copy.",
         "",
-        f"- Classes: {len(rows)}, trials in total: {total}, not passing: {len(failed)}",
+        f"- {'; '.join(counts)} (counted apart: a fuzz input is one generated input checked "
+        "against a property, a fault trial is one injected fault checked end to end)",
+        f"- Classes: {len(rows)}; not passing: {len(failed)}; skipped this run (0 trials "
+        f"counted): {len(skipped)}",
         f"- Time in the tests that recorded rows: {minutes:.1f} min (the fuzz tests not "
-        "counted), measured on a machine shared with other test runs",
+        "counted), measured on a machine shared with other test runs"
+        + (
+            f"; rows run apart and merged in (`python -m tests.reliability --merge`, e.g. the "
+            f"slow crash trials): {len(apart)} rows, {sum(r['trials'] for r in apart)} trials, "
+            f"{sum(r['seconds'] for r in apart) / 60:.1f} min"
+            if apart
+            else ""
+        ),
         f"- Last regenerated: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on "
         f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         "",
-        "| Fault or attack class | Trials | What was checked | Result | Details | Test (seconds) |",
-        "| --- | ---: | --- | --- | --- | --- |",
+        "| Kind | Fault, attack or fuzz target | Trials | What the test asserts | Result | Details "
+        "| Test (seconds) |",
+        "| --- | --- | ---: | --- | --- | --- | --- |",
     ]
-    for row in rows:
+    order = {kind: index for index, kind in enumerate(KINDS)}
+    for row in sorted(rows, key=lambda r: order.get(r.get("kind", "fault"), 0)):
         test = row["test"].split("/")[-1]
         lines.append(
-            f"| {_cell(row['fault'])} | {row['trials']} | {_cell(row['checked'])} | "
+            f"| {row.get('kind', 'fault')} | {_cell(row['fault'])} | {row['trials']} | "
+            f"{_cell(row['checked'])} | "
             f"{_cell(row['result'])} | {_cell(row['detail'])} | `{_cell(test)}` "
             f"({row['seconds']}) |"
         )
@@ -165,7 +219,28 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     report_md.write_text(render(rows), encoding="utf-8")
 
 
-if __name__ == "__main__":  # python -m tests.reliability: re-render the markdown from the JSON
+def merge_files(paths: list[Path]) -> None:
+    """Add the rows of other runs' reliability.json files (e.g. the slow crash trials, run in
+    slices elsewhere) to the committed results: a row replaces one with the same test and
+    fault name, so re-merging a slice updates it."""
+    rows = json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]
+    for path in paths:
+        extra = [
+            dict(row, apart=True) for row in json.loads(path.read_text(encoding="utf-8"))["rows"]
+        ]
+        keys = {(r["test"], r["fault"]) for r in extra}
+        rows = [r for r in rows if (r["test"], r["fault"]) not in keys] + extra
+    rows.sort(key=lambda r: (r["test"].split("::", 1)[0], r["fault"]))
+    RESULTS_JSON.write_text(json.dumps({"rows": rows}, indent=1, sort_keys=True) + "\n")
+
+
+if __name__ == "__main__":
+    # python -m tests.reliability [--merge RESULTS.json ...]: (merge, then) re-render the
+    # markdown from the JSON.
+    import sys
+
+    if sys.argv[1:2] == ["--merge"]:
+        merge_files([Path(p) for p in sys.argv[2:]])
     REPORT_MD.write_text(
         render(json.loads(RESULTS_JSON.read_text(encoding="utf-8"))["rows"]), encoding="utf-8"
     )

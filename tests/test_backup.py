@@ -169,18 +169,23 @@ def test_failed_secondary_copy_is_a_warning_and_primary_stays(
 ) -> None:
     settings = settings_from_mapping({"database": db_path, "dir": tmp_path / "b"})
     first = create_backup(settings)
-    # Make the secondary folder a file now, after preparation would have created it.
+    # A file now stands where the secondary folder should be (its disk is away).
     blocker = tmp_path / "mirror"
     blocker.write_text("not a folder")
     with_secondary = settings_from_mapping(
         {"database": db_path, "dir": tmp_path / "b", "secondary_dir": blocker}
     )
-    with pytest.raises(StorageError):
-        create_backup(with_secondary)
-    # Nothing half-made: only the first backup lists, and it is intact.
-    infos = BackupStore(settings).list()
-    assert [i.id for i in infos] == [first.metadata.id]
+    second = create_backup(with_secondary)
+    assert second.locations == ("primary",)
+    (warning,) = second.warnings
+    assert warning.startswith("secondary copy failed: ") and str(blocker) in warning
+    # The new backup is committed and sound in the primary folder; its copy lists as missing.
+    store = BackupStore(with_secondary)
+    assert [i.id for i in store.list()] == [second.metadata.id, first.metadata.id]
+    assert store.get(second.metadata.id).copy_state("secondary") == "missing"
+    assert verify_backup(BackupStore(settings), second.metadata.id).ok
     assert not [p for p in (tmp_path / "b").iterdir() if p.name.startswith(".tmp-")]
+    assert blocker.read_text() == "not a folder"
 
 
 def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> None:
@@ -198,6 +203,7 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
         names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".lock"))
         assert names == sorted(
             [
+                "database.json",
                 f"{meta.id}.db.zst",
                 f"{meta.id}.json",
                 f"{second.metadata.id}.db.zst",

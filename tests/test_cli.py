@@ -21,6 +21,7 @@ from tests.conftest import backdate, flip_byte, make_db, rewrite_metadata
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMY = {"BACKUPS_DISK_WARNING": "1MB", "BACKUPS_DISK_CRITICAL": "1MB"}
+NO_RECENT = {"BACKUPS_KEEP_RECENT": "0"}
 
 
 @pytest.fixture
@@ -143,16 +144,18 @@ def test_verify_damaged_copies(
 
 def test_prune_dry_run_deletes_nothing(invoke: Callable[..., Result], backup_dir: Path) -> None:
     first = str(backup_json(invoke)["id"])
-    second = str(backup_json(invoke)["id"])  # same hour: supersedes the first everywhere
+    # Same hour: supersedes the first in every slot (the recent tier, which would keep both,
+    # is off here; tests/test_autosnapshot.py covers it).
+    second = str(backup_json(invoke)["id"])
     before = sorted(p.name for p in backup_dir.iterdir())
-    result = ok(invoke("prune", "--dry-run"))
+    result = ok(invoke("prune", "--dry-run", env=NO_RECENT))
     assert "Would delete 1 backup(s); keeping 1." in result.stdout
     assert first in result.stdout
     assert sorted(p.name for p in backup_dir.iterdir()) == before
-    dry = json.loads(ok(invoke("prune", "--dry-run", "--json")).stdout)
+    dry = json.loads(ok(invoke("prune", "--dry-run", "--json", env=NO_RECENT)).stdout)
     assert dry["would_delete"] == [first] and dry["deleted"] == []
     assert sorted(p.name for p in backup_dir.iterdir()) == before
-    real = json.loads(ok(invoke("prune", "--json")).stdout)
+    real = json.loads(ok(invoke("prune", "--json", env=NO_RECENT)).stdout)
     assert real["deleted"] == [first]
     assert [k["id"] for k in real["kept"]] == [second]
     assert not (backup_dir / f"{first}.json").exists()
@@ -283,7 +286,7 @@ def test_init(tmp_path: Path, in_git: bool) -> None:
     assert stat.S_IMODE(config.parent.stat().st_mode) == 0o700
     values = tomllib.loads(config.read_text())["backups"]
     assert values["database"] == str(db)
-    assert values["dir"] == str(primary)
+    assert values["backup_dir"] == str(primary)
     assert values["interval"] == 86400
     task = f"{sys.executable} -m tablettracker_backups run --config {config}"
     assert f"  {task}\n" in out

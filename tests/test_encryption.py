@@ -34,9 +34,9 @@ from tablettracker_backups.encryption import (
     parse_recipients,
 )
 from tablettracker_backups.errors import (
+    AgeIdentityError,
     ConfigError,
     EncryptionUnavailable,
-    IdentityError,
     RestoreError,
     VerificationError,
 )
@@ -178,9 +178,9 @@ def test_passphrase_protected_identity_files(tmp_path: Path) -> None:
     opened = load_identity(target, passphrase=lambda: "correct horse")
     assert opened.fingerprints == (fingerprint(recipient),)
 
-    with pytest.raises(IdentityError, match="wrong passphrase"):
+    with pytest.raises(AgeIdentityError, match="wrong passphrase"):
         load_identity(target, passphrase=lambda: "wrong")
-    with pytest.raises(IdentityError, match="passphrase-protected"):
+    with pytest.raises(AgeIdentityError, match="passphrase-protected"):
         load_identity(target)
 
     # age's binary form (age -p without -a), made with age's own passphrase encryption.
@@ -211,7 +211,7 @@ def test_identity_file_problems_are_one_line(tmp_path: Path) -> None:
         other: "line 1 .* is not an age identity",
     }
     for path, message in cases.items():
-        with pytest.raises(IdentityError, match=message) as caught:
+        with pytest.raises(AgeIdentityError, match=message) as caught:
             load_identity(path)
         assert "\n" not in str(caught.value)
         assert "NOTAREALKEY" not in str(caught.value)
@@ -289,7 +289,7 @@ def test_missing_and_wrong_identity_get_one_line_and_change_nothing(
         env={**env, "BACKUPS_IDENTITY_FILE": str(stranger_file)},
     )
     assert by_env.exit_code == 2 and fingerprint(stranger) in by_env.stderr
-    with pytest.raises(IdentityError, match=fingerprint(recipient)):
+    with pytest.raises(AgeIdentityError, match=fingerprint(recipient)):
         restore_backup(settings, meta.id, to=target, identity=load_identity(stranger_file))
     assert not target.exists()
 
@@ -476,7 +476,8 @@ def test_kill_9_during_encryption_leaves_nothing_listed(
     done = create_backup(settings)
     assert [i.id for i in store.list()] == [done.metadata.id]
     names = sorted(p.name for p in settings.backup_dir.iterdir() if not p.name.startswith("."))
-    assert names == sorted([done.metadata.data_file, f"{done.metadata.id}.json"])
+    # database.json is the folder's identity (issue 13), not a backup.
+    assert names == sorted([done.metadata.data_file, f"{done.metadata.id}.json", "database.json"])
     assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
 
 

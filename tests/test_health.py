@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import stat
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
@@ -11,7 +12,13 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.health import HealthReport, check_health
+from tablettracker_backups.fsutil import filesystem_type
+from tablettracker_backups.health import (
+    HealthReport,
+    check_health,
+    describe_recovery,
+    network_wal_findings,
+)
 from tablettracker_backups.health import save_report as write_status
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.status import ALERT_LOG, STATUS_FILE, record_run
@@ -37,7 +44,7 @@ def test_fresh_backup_is_ok(healthy: Settings) -> None:
     report = check_health(healthy)
     assert report.findings == ()
     assert (report.status, report.exit_code) == ("ok", 0)
-    assert report.newest_id == report.newest_verified_id == backup_id
+    assert report.newest_id == report.newest_good_id == backup_id
     assert report.backup_count == 1
     assert report.slot_counts == {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
     assert set(report.disk) == {"primary", "secondary"}
@@ -106,7 +113,7 @@ def test_newest_verified_older_than_newest(healthy: Settings) -> None:
     assert not verify_backup(BackupStore(healthy), new).usable
     report = check_health(healthy)
     assert report.newest_id == new
-    assert report.newest_verified_id == old
+    assert report.newest_good_id == old
     assert codes(report)["verified-backup-age"] == "critical"
     assert report.exit_code == 2
 
@@ -170,23 +177,39 @@ def test_failed_last_run_is_critical(healthy: Settings) -> None:
     assert "disk full" in next(f.message for f in report.findings if f.code == "last-run-failed")
 
 
-def test_damaged_checksum_warning_then_critical(healthy: Settings) -> None:
+def test_damaged_checksum_reported_then_critical(healthy: Settings) -> None:
     backup_id = create_backup(healthy).metadata.id
     flip_byte(healthy.backup_dir / f"{backup_id}.db.zst")
     report = check_health(healthy)
-    assert codes(report)["checksum"] == "warning"  # the secondary copy is still sound
-    assert report.exit_code == 1
+    # The secondary copy is still sound: the next run rebuilds this one, so no alarm.
+    assert codes(report)["checksum"] == "ok"
+    assert "the next run rebuilds it" in str(report.findings)
+    assert report.exit_code == 0
     flip_byte(healthy.secondary_dir / f"{backup_id}.db.zst")  # type: ignore[operator]
     report = check_health(healthy)
     assert codes(report)["checksum"] == "critical"
     assert report.exit_code == 2
 
 
-def test_missing_secondary_copy_is_a_warning(healthy: Settings) -> None:
+def test_missing_secondary_copy_is_reported_while_repairable(healthy: Settings) -> None:
     backup_id = create_backup(healthy).metadata.id
     (healthy.secondary_dir / f"{backup_id}.json").unlink()  # type: ignore[operator]
     report = check_health(healthy)
+    assert codes(report) == {"copies-repairable": "ok"} and report.exit_code == 0
+    # Once a run tried and could not rebuild it, health warns.
+    record_run(
+        healthy,
+        at=datetime.now(timezone.utc),
+        result={
+            "ok": True,
+            "repaired": [
+                {"id": backup_id, "location": "secondary", "ok": False, "error": "disk away"}
+            ],
+        },
+    )
+    report = check_health(healthy)
     assert codes(report) == {"copies-disagree": "warning"}
+    assert "rebuilding it failed: disk away" in report.findings[0].message
 
 
 def test_damaged_metadata_is_reported(healthy: Settings) -> None:
@@ -248,6 +271,155 @@ def test_ok_report_appends_no_alert(healthy: Settings) -> None:
     assert json.loads((healthy.backup_dir / STATUS_FILE).read_text())["health"]["status"] == "ok"
 
 
+# -- exact findings: level, code and the words a person reads -----------------------------------
+
+
+def findings(report: HealthReport) -> list[tuple[str, str, str]]:
+    return [(f.level.value, f.code, f.message) for f in report.findings]
+
+
+@pytest.mark.parametrize(
+    ("minutes_late", "expected"),
+    [
+        # interval 1 h, grace 15 min: warning past 1.5 h + 15 min, critical past 3 h + 15 min.
+        (105, []),
+        (106, [("warning", "backup-age", "newest backup is 106 min old (expected every 60 min)")]),
+        (195, [("warning", "backup-age", "newest backup is 3.2 h old (expected every 60 min)")]),
+        (196, [("critical", "backup-age", "newest backup is 3.3 h old (expected every 60 min)")]),
+    ],
+)
+def test_freshness_boundaries_and_words(
+    healthy: Settings, minutes_late: int, expected: list[tuple[str, str, str]]
+) -> None:
+    backup = create_backup(healthy).metadata
+    now = backup.created_at + timedelta(minutes=minutes_late)
+    verified_too = [
+        (lv, "verified-" + code, "newest good" + text[6:]) for lv, code, text in expected
+    ]
+    # Only the freshness findings: the schedule's own findings have their own tests.
+    got = [f for f in findings(check_health(healthy, now=now)) if f[1].endswith("backup-age")]
+    assert got == expected + verified_too
+
+
+def test_clock_boundary_and_words(healthy: Settings) -> None:
+    backup = create_backup(healthy).metadata
+    at_limit = backup.created_at - timedelta(minutes=5)  # dated exactly CLOCK_SKEW ahead
+    assert findings(check_health(healthy, now=at_limit)) == []
+    report = check_health(healthy, now=at_limit - timedelta(minutes=1))
+    assert findings(report)[0] == (
+        "warning",
+        "clock",
+        f"newest backup {backup.id} is dated 6 min in the future: check the system clock",
+    )
+
+
+def test_no_verified_backup_words(healthy: Settings) -> None:
+    backup = create_backup(healthy).metadata
+    rewrite_metadata(
+        healthy,
+        backup.id,
+        verification={**json.loads(backup.to_json())["verification"], "ok": False, "error": "x"},
+    )
+    assert ("critical", "no-verified-backup", "no backup is verified and good") in findings(
+        check_health(healthy)
+    )
+    assert ("critical", "no-backups", "there are no backups yet") not in findings(
+        check_health(healthy)
+    )
+
+
+def test_checksum_and_copy_findings_words(healthy: Settings) -> None:
+    store = BackupStore(healthy)
+    first = create_backup(healthy).metadata.id
+    second = create_backup(healthy).metadata.id
+    flip_byte(store.data_path("primary", first, "zstd"))  # one copy bad: a warning
+    for location in ("primary", "secondary"):  # every copy bad: critical
+        flip_byte(store.data_path(location, second, "zstd"))
+    store.metadata_path("secondary", first).unlink()
+    got = findings(check_health(healthy))
+    assert got == [
+        ("warning", "checksum", f"primary copy of {second} does not match its SHA-256"),
+        ("warning", "checksum", f"secondary copy of {second} does not match its SHA-256"),
+        ("critical", "checksum", f"backup {second} has no copy with a good checksum"),
+        ("warning", "checksum", f"primary copy of {first} does not match its SHA-256"),
+        ("critical", "checksum", f"backup {first} has no copy with a good checksum"),
+        (
+            "ok",
+            "copies-repairable",
+            f"1 secondary cop(ies) missing or damaged ({first}); the next run rebuilds them "
+            "from a sound copy",
+        ),
+    ]
+
+
+def test_a_damaged_copy_and_lost_metadata_words(healthy: Settings) -> None:
+    store = BackupStore(healthy)
+    backup = create_backup(healthy).metadata
+    lost = create_backup(healthy).metadata.id
+    data = store.data_path("primary", backup.id, "zstd")
+    data.write_bytes(data.read_bytes()[:10])
+    for location in ("primary", "secondary"):
+        store.metadata_path(location, lost).write_text("{")
+    report = check_health(healthy)
+    got = findings(report)
+    problems = store.get(lost).problems
+    assert len(problems) == 2  # both copies' problems, joined into one finding
+    assert ("warning", "metadata", f"{lost}: {'; '.join(problems)}") in got
+    # The secondary copy is sound: the run rebuilds the primary one (copies heal).
+    assert (
+        "ok",
+        "copies-repairable",
+        f"1 primary cop(ies) missing or damaged ({backup.id}); the next run rebuilds them "
+        "from a sound copy",
+    ) in got
+    assert report.backup_count == 2
+
+
+def test_secondary_folder_away_is_a_warning_primary_missing_is_critical(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    (tmp_path / "plainfile").write_text("x")
+    away = make_settings(secondary_dir=tmp_path / "plainfile" / "mirror", **ROOMY)
+    create_backup(away)
+    disk = [f for f in check_health(away).findings if f.code == "disk"]
+    assert [(f.level.value, f.message) for f in disk] == [
+        ("warning", f"secondary folder {tmp_path / 'plainfile' / 'mirror'}: Not a directory")
+    ]
+    gone = make_settings(dir=tmp_path / "never-made", secondary_dir=None, **ROOMY)
+    disk = [f for f in check_health(gone).findings if f.code == "disk"]
+    assert [(f.level.value, f.message) for f in disk] == [
+        ("critical", f"primary folder {tmp_path / 'never-made'}: No such file or directory")
+    ]
+
+
+def test_room_for_the_next_backup_is_sized_from_the_live_database(
+    make_settings: Callable[..., Settings], full_fs: Path
+) -> None:
+    import os
+    import shutil
+
+    settings = make_settings(
+        dir=full_fs / "backups", secondary_dir=None, disk_warning="1KB", disk_critical="1KB"
+    )
+    meta = create_backup(settings).metadata
+    raw = max(meta.raw_size, settings.database.stat().st_size)
+    needed = raw + int(raw * meta.stored_size / meta.raw_size)
+    free = shutil.disk_usage(full_fs).free
+    with (full_fs / "filler").open("wb") as filler:  # leave less than one backup's room
+        filler.write(b"\0" * (free - needed + 8192))
+    usage = shutil.disk_usage(full_fs)
+    assert usage.free < needed
+    report = check_health(settings)
+    assert (
+        "critical",
+        "disk",
+        f"primary folder has {usage.free // 2**20} MiB free; the next backup needs about "
+        f"{needed // 2**20 + 1} MiB",
+    ) in findings(report)
+    assert report.disk["primary"] == {"total": usage.total, "used": usage.used, "free": usage.free}
+    os.remove(full_fs / "filler")
+
+
 def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
     healthy: Settings,
 ) -> None:
@@ -258,11 +430,77 @@ def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
     light = check_health(healthy, read_data=False)
     assert "checksum" not in codes(light) and light.data_checked_at is None  # never ran
     full = check_health(healthy)
-    assert codes(full)["checksum"] == "warning" and full.data_checked_at == full.checked_at
+    # With a sound secondary copy beside it, the damaged primary is reported (the next run
+    # rebuilds it), not warned about: the trust issue's "copies heal".
+    assert codes(full)["checksum"] == "ok" and full.data_checked_at == full.checked_at
     write_status(healthy, full)
     light = check_health(healthy, read_data=False)
-    assert codes(light)["checksum"] == "warning"
+    assert codes(light)["checksum"] == "ok"
     assert light.data_checked_at == full.checked_at
     assert {f.message for f in light.findings if f.code == "checksum"} == {
         f.message for f in full.findings if f.code == "checksum"
     }
+
+
+# -- PythonAnywhere: WAL on a network file system; recovery point ----------------------------
+
+
+def mounts_file(tmp_path: Path, folder: Path, fstype: str) -> Path:
+    """A /proc/mounts-shaped file: the root, and ``folder`` (space escaped) as ``fstype``."""
+    escaped = str(folder).replace(" ", "\\040")
+    path = tmp_path / "mounts"
+    path.write_text(
+        "/dev/vda1 / ext4 rw,relatime 0 0\n"
+        f"server:/home {escaped} {fstype} rw,relatime 0 0\n"
+        "proc /proc proc rw 0 0\n"
+    )
+    return path
+
+
+def test_filesystem_type_takes_the_longest_mount_point(tmp_path: Path) -> None:
+    folder = tmp_path / "home dir"
+    folder.mkdir()
+    mounts = mounts_file(tmp_path, folder, "nfs4")
+    assert filesystem_type(folder / "app.db", mounts) == "nfs4"
+    assert filesystem_type(tmp_path / "elsewhere.db", mounts) == "ext4"
+    assert filesystem_type(tmp_path, tmp_path / "missing") is None
+    # The real table knows this folder's file system.
+    assert filesystem_type(tmp_path) not in (None, "nfs4")
+
+
+@pytest.mark.parametrize("fstype", ["nfs4", "fuse.sshfs", "ext4"])
+def test_wal_on_a_network_file_system_is_a_warning(
+    tmp_path: Path, healthy: Settings, journal_mode: str, fstype: str
+) -> None:
+    with sqlite3.connect(healthy.database) as conn:
+        conn.execute(f"PRAGMA journal_mode={journal_mode}")
+    mounts = mounts_file(tmp_path, healthy.database.parent, fstype)
+    found = network_wal_findings(healthy, mounts)
+    if journal_mode == "wal" and fstype != "ext4":
+        assert [f.code for f in found] == ["wal-network-fs"]
+        assert found[0].level == "warning" and fstype in found[0].message
+    else:
+        assert found == []
+    # Looking left no -wal or -shm file behind (they would look like a change).
+    if journal_mode == "delete":
+        assert sorted(p.name for p in healthy.database.parent.iterdir()) == ["tablet_counter.db"]
+
+
+def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
+    create_backup(healthy, kind="auto")
+    report = check_health(healthy)
+    assert report.recovery["achieved_seconds"] == 0.0
+    assert report.recovery["unsaved_writes"] is False
+    lines = dict(describe_recovery(report.recovery))
+    assert lines["Recovery point"] == "every write so far is in a backup"
+    assert "at most every 5 min" in lines["Automatic snapshots"]
+    assert lines["Restore points"].startswith("every backup of the last 24.0 h is kept (1")
+    backup_id = BackupStore(healthy).list()[0].id
+    backdate(healthy, backup_id, timedelta(minutes=10))
+    with sqlite3.connect(healthy.database) as conn:
+        conn.execute("UPDATE purchase_orders SET notes = 'unsaved' WHERE id = 1")
+    report = check_health(healthy)
+    assert report.recovery["unsaved_writes"] is True
+    assert 590 < report.recovery["achieved_seconds"] < 660
+    assert report.to_dict()["recovery"]["achieved_seconds"] == report.recovery["achieved_seconds"]
+    assert "not in a backup yet" in dict(describe_recovery(report.recovery))["Recovery point"]

@@ -6,8 +6,8 @@ Every bad input must give one line of error and a non-zero exit, never a traceba
 
 from __future__ import annotations
 
-import contextlib
 import json
+import math
 import os
 import sqlite3
 import stat
@@ -27,8 +27,11 @@ from tablettracker_backups.errors import ConfigError, InvalidBackupId, MetadataE
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
 from tablettracker_backups.settings import CORE_KEYS, settings_from_mapping
 from tests.conftest import make_db
-from tests.faultkit import assert_one_line_error, cli_env, run_cli
+from tests.faultkit import ROOT, assert_one_line_error, cli_env, mount_tmpfs, run_cli, unmount
 from tests.reliability import Recorder
+
+#: What this file's reliability rows count, unless a row says otherwise (fuzz targets do).
+RELIABILITY_KIND = "attack"
 
 # -- the database -----------------------------------------------------------------------------
 
@@ -67,8 +70,10 @@ def test_bad_databases(tmp_path: Path, reliability: Recorder) -> None:
         "bad live database: " + ", ".join(cases),
         trials=len(cases) * len(commands),
         checked=f"{', '.join(c[0] for c in commands)}: exit 2, one-line 'Error:' naming the "
-        "problem, no traceback; nothing created beside the database",
+        "problem (verify: any one line), no traceback; nothing created beside the database, "
+        "no configured backup folder created, no config file written",
     )
+    beside = sorted(p.name for p in (tmp_path / "dbs").iterdir())
     jobs = []
     for _name, (path, _needle) in cases.items():
         for command in commands:
@@ -84,7 +89,11 @@ def test_bad_databases(tmp_path: Path, reliability: Recorder) -> None:
             line = assert_one_line_error(result)
             if command[0] != "verify":  # verify has no backup to look at: says so
                 assert needle.lower() in line.lower(), (name, command, line)
-    assert not (tmp_path / "dbs" / "backups").exists()
+    # Nothing beside the databases, none of the backup folders the commands were given, and no
+    # config file (init was told to write c.toml in the repository root, its working folder).
+    assert sorted(p.name for p in (tmp_path / "dbs").iterdir()) == beside
+    assert not (tmp_path / "b").exists()
+    assert not (ROOT / "c.toml").exists()
     row["detail"] = "e.g. " + assert_one_line_error(results[4]).replace(str(tmp_path), "")
 
 
@@ -136,18 +145,13 @@ def read_only_dir(tmp_path: Path) -> Iterator[Path | None]:
     """A read-only tmpfs mount (root ignores file modes, not a read-only file system)."""
     target = tmp_path / "ro"
     target.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(target)],
-        capture_output=True,
-        check=False,
-    )
-    if done.returncode != 0:  # pragma: no cover - not root
+    if not mount_tmpfs(target, "ro,size=1m"):  # pragma: no cover - not root
         yield None
         return
     try:
         yield target
     finally:
-        subprocess.run(["umount", "-l", str(target)], check=False)
+        unmount(target)
 
 
 def test_unwritable_backup_folders(
@@ -183,22 +187,62 @@ def test_unwritable_backup_folders(
     row["detail"] = "; ".join(sorted({d.replace(str(tmp_path), "")[:70] for d in details}))
 
 
-def test_unwritable_secondary_folder_is_a_warning(tmp_path: Path, reliability: Recorder) -> None:
+SECONDARY_TROUBLE = {
+    # case: (what stands in the way, the needle the warning must contain)
+    "under a regular file": ("plainfile", "is not a folder"),
+    "on a disk that is not mounted (parent folder missing)": ("unplugged", "does not exist"),
+    "on a read-only mount": ("ro", "permission denied"),
+}
+
+
+@pytest.mark.parametrize("case", list(SECONDARY_TROUBLE))
+def test_unwritable_secondary_folder_is_a_warning(
+    tmp_path: Path, reliability: Recorder, request: pytest.FixtureRequest, case: str
+) -> None:
     row = reliability(
-        "secondary folder under a regular file",
+        f"secondary folder {case}",
         trials=1,
-        checked="backup kept in primary; exit 1 with a warning, no traceback",
+        checked="`backup` exits 1 with exactly one stderr line 'Warning: secondary copy failed: "
+        "<reason>'; the primary holds exactly the new backup and it fully verifies; `list` shows "
+        "primary ok, secondary missing; `health` says warning (exit 1), not critical; nothing is "
+        "created where the secondary should be; `run --force` then exits 1 with the same "
+        "warning and stores a new backup that verifies",
     )
+    blocker, needle = SECONDARY_TROUBLE[case]
+    if blocker == "plainfile":
+        (tmp_path / blocker).write_text("x")
+    elif blocker == "ro" and request.getfixturevalue("read_only_dir") is None:
+        pytest.skip("cannot mount a read-only tmpfs here")
+    secondary = tmp_path / blocker / "mirror"
     db = make_db(tmp_path / "t.db")
-    (tmp_path / "plainfile").write_text("x")
-    env = cli_env(db, tmp_path / "b", tmp_path / "plainfile" / "mirror", home=tmp_path)
+    env = cli_env(db, tmp_path / "b", secondary, home=tmp_path)
     result = run_cli(["backup"], env)
-    output = result.stdout + result.stderr
-    assert "Traceback" not in output
-    assert result.returncode in (1, 2), output
-    row["detail"] = (
-        f"exit {result.returncode}: " + result.stderr.strip().replace(str(tmp_path), "")[:120]
-    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("Warning: secondary copy failed: ") and needle in warning, warning
+    assert result.stdout.startswith("Backup ") and "stored in primary" in result.stdout
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_copy
+
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b"})
+    store = BackupStore(settings)
+    (info,) = store.list()
+    assert verify_copy(store, "primary", info.id).ok
+    listed = json.loads(run_cli(["list", "--json"], env).stdout)
+    assert [item["copies"] for item in listed] == [{"primary": "ok", "secondary": "missing"}]
+    health = run_cli(["health", "--json"], env)
+    assert health.returncode == 1, health.stdout + health.stderr
+    assert json.loads(health.stdout)["status"] == "warning"
+    assert not secondary.exists()
+    if blocker == "unplugged":
+        assert not (tmp_path / blocker).exists()
+    # The scheduled run goes ahead the same way.
+    scheduled = run_cli(["run", "--force"], env)
+    assert scheduled.returncode == 1, scheduled.stdout + scheduled.stderr
+    assert "Warning: secondary copy failed: " in scheduled.stderr
+    newest = store.list()[0]
+    assert newest.id != info.id and verify_copy(store, "primary", newest.id).ok
+    row["detail"] = f"exit 1: {warning.replace(str(tmp_path), '')[:140]}"
 
 
 # -- malformed configuration ------------------------------------------------------------------
@@ -401,19 +445,48 @@ def _count(name: str) -> None:
     _FUZZ_COUNT[name] = _FUZZ_COUNT.get(name, 0) + 1
 
 
+_VALID_BYTES = json.dumps(_DOC, indent=2, sort_keys=True).encode()
+
+
+def _edited(edit: tuple[int, int, bytes]) -> bytes:
+    """The valid document's bytes with one span replaced: many edits still parse."""
+    start, length, insert = edit
+    return _VALID_BYTES[:start] + insert + _VALID_BYTES[start + length :]
+
+
+def _assert_parses_back_or_one_line(data: bytes | str, name: str) -> None:
+    """The property every metadata fuzz input must have: accepted input round-trips; rejected
+    input raises MetadataError with a one-line message (what the CLI prints after 'Error:')."""
+    try:
+        parsed = BackupMetadata.from_json(data)
+    except MetadataError as exc:
+        _count(f"{name}: rejected")
+        message = str(exc)
+        assert message and "\n" not in message and len(message) < 400, repr(message)
+        return
+    _count(f"{name}: accepted")
+    assert BackupMetadata.from_json(parsed.to_json()) == parsed
+
+
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
-@given(st.binary(max_size=2048))
+@given(
+    st.one_of(
+        st.binary(max_size=2048),
+        st.tuples(
+            st.integers(0, len(_VALID_BYTES) - 1),
+            st.integers(0, 3),
+            st.binary(max_size=3) | st.sampled_from([b"0", b"9", b"a", b"Z", b" ", b"\\u00e9"]),
+        ).map(_edited),
+    )
+)
 def test_fuzz_metadata_bytes(data: bytes) -> None:
-    _count("metadata reader: arbitrary bytes")
-    with contextlib.suppress(MetadataError):
-        BackupMetadata.from_json(data)
+    _assert_parses_back_or_one_line(data, "metadata reader: random bytes or an edited document")
 
 
 @pytest.mark.parametrize("path", FIELD_PATHS, ids=".".join)
 @_FUZZ
 @given(value=JSON_VALUES, drop=st.booleans())
 def test_fuzz_metadata_fields(path: tuple[str, ...], value: Any, drop: bool) -> None:
-    _count("metadata reader: one field replaced or removed")
     document = _valid_document()
     target = document
     for key in path[:-1]:
@@ -422,12 +495,9 @@ def test_fuzz_metadata_fields(path: tuple[str, ...], value: Any, drop: bool) -> 
         target.pop(path[-1])
     else:
         target[path[-1]] = value
-    try:
-        parsed = BackupMetadata.from_json(json.dumps(document))
-    except MetadataError:
-        return
-    # Whatever parses must serialise and parse back to the same thing.
-    assert BackupMetadata.from_json(parsed.to_json()) == parsed
+    _assert_parses_back_or_one_line(
+        json.dumps(document), "metadata reader: one field replaced or removed"
+    )
 
 
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
@@ -439,7 +509,6 @@ def test_fuzz_metadata_fields(path: tuple[str, ...], value: Any, drop: bool) -> 
     )
 )
 def test_fuzz_backup_id(value: str) -> None:
-    _count("backup id parser and file-name pattern")
     from tablettracker_backups.metadata import ID_PATTERN
 
     if ID_PATTERN.match(value):
@@ -447,8 +516,11 @@ def test_fuzz_backup_id(value: str) -> None:
         assert len(value) == 23 and value.isascii(), repr(value)
     try:
         checked = validate_backup_id(value)
-    except InvalidBackupId:
+    except InvalidBackupId as exc:
+        _count("backup id parser: rejected")
+        assert "\n" not in str(exc) and str(exc), repr(str(exc))
         return
+    _count("backup id parser: accepted")
     assert checked == value and checked.isascii() and len(checked) == 23
     assert "/" not in checked and "\x00" not in checked and "\n" not in checked
 
@@ -457,39 +529,126 @@ def test_fuzz_backup_id(value: str) -> None:
 @_FUZZ
 @given(value=JSON_VALUES)
 def test_fuzz_settings(key: str, value: Any) -> None:
-    _count("settings: every key with hostile values")
-    with contextlib.suppress(ConfigError):
-        settings_from_mapping({"database": "/tmp/x.db", key: value})
+    _assert_sane_or_one_line(key, value)
+
+
+#: Keys the CLI fuzz sets through the environment (folders and the offsite store left out:
+#: `list` must be able to run against the prepared folder).
+_CLI_KEYS = sorted(
+    k for k in CORE_KEYS if k not in ("database", "dir", "secondary_dir") and "s3" not in k
+)
+_CLI_VALUES = st.sampled_from(
+    [str(v) for v in SPECIALS if isinstance(v, (str, int, float)) and "\x00" not in str(v)]
+) | st.text(alphabet=st.characters(blacklist_characters="\x00"), max_size=12)
+
+
+@pytest.fixture(scope="module")
+def cli_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database and an empty backup folder, shared by the CLI fuzz examples."""
+    folder = tmp_path_factory.mktemp("cli-fuzz")
+    make_db(folder / "t.db")
+    (folder / "backups").mkdir()
+    return folder
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None)
+@given(key=st.sampled_from(_CLI_KEYS), value=_CLI_VALUES)
+def test_fuzz_settings_through_the_cli(cli_folder: Path, key: str, value: str) -> None:
+    from click.testing import CliRunner
+
+    from tablettracker_backups.cli import cli
+    from tablettracker_backups.settings import values_from_env
+
+    variable = f"BACKUPS_{key.upper()}"
+    env = {
+        "BACKUPS_DATABASE": str(cli_folder / "t.db"),
+        "BACKUPS_DIR": str(cli_folder / "backups"),
+        variable: value,
+    }
+    try:
+        settings_from_mapping(values_from_env(env))
+        valid = True
+    except ConfigError:
+        valid = False
+    result = CliRunner().invoke(cli, ["list", "--json"], env=env)
+    if valid:
+        _count("CLI settings through the environment: accepted")
+        assert result.exit_code == 0, (variable, value, result.output)
+        assert json.loads(result.stdout) == []
+    else:
+        _count("CLI settings through the environment: rejected")
+        assert result.exit_code == 2, (variable, value, result.output)
+        assert result.stdout == ""
+        (line,) = result.stderr.splitlines()
+        assert line.startswith("Error: ") and variable in line, line
+
+
+def _assert_sane_or_one_line(key: str, value: Any) -> None:
+    """Accepted settings are sane (every number finite and not negative, every path absolute
+    without NUL); rejected ones raise ConfigError in one line naming BACKUPS_<KEY>."""
+    try:
+        built = settings_from_mapping({"database": "/tmp/x.db", key: value})
+    except ConfigError as exc:
+        _count("settings: every key with hostile values: rejected")
+        message = str(exc)
+        assert "\n" not in message and f"BACKUPS_{key.upper()}" in message, (key, message)
+        return
+    _count("settings: every key with hostile values: accepted")
+    for section in (built, built.retention, built.s3):
+        if section is None:
+            continue
+        for name, field_value in vars(section).items():
+            if isinstance(field_value, (int, float)) and not isinstance(field_value, bool):
+                assert math.isfinite(field_value) and field_value >= 0, (key, name, field_value)
+            if isinstance(field_value, Path):
+                assert field_value.is_absolute() and "\x00" not in str(field_value), (key, name)
 
 
 def test_every_key_with_every_special_value() -> None:
     """The exhaustive grid behind the random fuzzing: each field and key, each nasty value."""
     for path in FIELD_PATHS:
         for value in SPECIALS:
-            _count("metadata reader: one field replaced or removed")
             document = _valid_document()
             target = document
             for key in path[:-1]:
                 target = target[key]
             target[path[-1]] = value
-            with contextlib.suppress(MetadataError):
-                BackupMetadata.from_json(json.dumps(document))
+            _assert_parses_back_or_one_line(
+                json.dumps(document), "metadata reader: one field replaced or removed"
+            )
     for name in sorted(CORE_KEYS):
         for value in SPECIALS:
-            _count("settings: every key with hostile values")
-            with contextlib.suppress(ConfigError):
-                settings_from_mapping({"database": "/tmp/x.db", name: value})
+            _assert_sane_or_one_line(name, value)
+
+
+FUZZ_PROPERTIES = {
+    "metadata reader": "accepted: parses back to the same metadata after to_json; rejected: "
+    "MetadataError in one line",
+    "backup id parser": "accepted: the same 23 ASCII characters, no '/', NUL or newline; the "
+    "listing pattern accepts only 23-character ASCII names; rejected: InvalidBackupId in one line",
+    "settings": "accepted: every number finite and >= 0, every path absolute without NUL; "
+    "rejected: ConfigError in one line naming BACKUPS_<KEY>",
+    "CLI settings": "accepted: `list --json` exits 0 and prints []; rejected: exit 2, exactly one "
+    "stderr line 'Error: ...' naming BACKUPS_<KEY>, no traceback",
+}
 
 
 def test_fuzz_report(reliability: Recorder) -> None:
-    """Runs after the fuzz tests above (file order) and reports how many inputs they tried."""
-    for name, count in sorted(_FUZZ_COUNT.items()):
+    """Runs after the fuzz tests above (file order) and reports how many inputs they tried,
+    how many were accepted and how many rejected (both sides must be exercised)."""
+    targets = sorted({name.rsplit(": ", 1)[0] for name in _FUZZ_COUNT})
+    for target in targets:
+        accepted = _FUZZ_COUNT.get(f"{target}: accepted", 0)
+        rejected = _FUZZ_COUNT.get(f"{target}: rejected", 0)
+        prop = next(v for k, v in FUZZ_PROPERTIES.items() if target.startswith(k))
         reliability(
-            f"hypothesis fuzz (derandomized): {name}",
-            trials=count,
-            checked="only MetadataError / InvalidBackupId / ConfigError escape; what parses "
-            "round-trips; ids the folder listing accepts are 23 ASCII characters",
+            f"hypothesis fuzz (derandomized): {target}",
+            trials=accepted + rejected,
+            checked=prop,
+            detail=f"accepted {accepted}, rejected {rejected}",
+            kind="fuzz",
         )
+        assert accepted and rejected, (target, accepted, rejected)
 
 
 # -- hostile files in the backup folder -------------------------------------------------------

@@ -249,6 +249,10 @@ def s3_settings(
             "s3_addressing_style": "path",
             "s3_access_key_id": ACCESS_KEY,
             "s3_secret_access_key": SECRET_KEY,
+            # Exit codes here are about offsite; a shared test disk that is 90% full must not
+            # turn them into a disk warning.
+            "disk_warning": "1MB",
+            "disk_critical": "1MB",
         }
         values.update(overrides)
         return make_settings(**values)
@@ -335,6 +339,8 @@ def test_run_uploads_and_list_shows_offsite(s3_settings: Callable[..., Settings]
             "BACKUPS_S3_ACCESS_KEY_ID": ACCESS_KEY,
             "BACKUPS_S3_SECRET_ACCESS_KEY": SECRET_KEY,
             "BACKUPS_S3_ADDRESSING_STYLE": "path",
+            "BACKUPS_DISK_WARNING": "1MB",
+            "BACKUPS_DISK_CRITICAL": "1MB",
         }
     )
     listed = runner.invoke(cli, ["list", "--json"], env=env)
@@ -651,8 +657,9 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = s3_settings()
-    # Retention keeps one backup per hour; a safety snapshot is kept by count instead.
-    older = create_backup(settings, kind="pre-restore", trigger="test")
+    # Retention keeps one backup per hour; a pinned one is kept whatever its slot. (A safety
+    # snapshot would be kept by count, but it is never "latest", offsite or not.)
+    older = create_backup(settings, kind="manual", trigger="test", pinned=True)
     newer = run(settings, force=True)
     assert newer.backup is not None
     assert newer.offsite is not None

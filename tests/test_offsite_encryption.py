@@ -24,7 +24,7 @@ from tablettracker_backups.cli import cli
 from tablettracker_backups.encryption import AGE_HEADER, fingerprint
 from tablettracker_backups.encryption import load_identity as open_key
 from tablettracker_backups.errors import (
-    IdentityError,
+    AgeIdentityError,
     OffsiteError,
     RestoreError,
     VerificationError,
@@ -395,7 +395,7 @@ def test_key_rotation_offsite(
     assert (results[second.id].ok, results[second.id].depth) == (True, "full")
     assert (results[older.id].ok, results[older.id].depth) == (True, "sealed")
     assert fingerprint(old) in (results[older.id].note or "")
-    with pytest.raises(IdentityError, match=fingerprint(old)):
+    with pytest.raises(AgeIdentityError, match=fingerprint(old)):
         recover_from_offsite(settings, older.id, to=tmp_path / "x.db", identity=open_key(new_file))
     recover_from_offsite(settings, older.id, to=tmp_path / "old.db", identity=open_key(old_file))
     assert _row_counts(tmp_path / "old.db") == older.row_counts
@@ -416,7 +416,7 @@ def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
     target = tmp_path / "restored.db"
 
     # Its preview needs the sealed row counts, and so the identity.
-    with pytest.raises(IdentityError, match="--identity FILE"):
+    with pytest.raises(AgeIdentityError, match="--identity FILE"):
         preview_restore(dataclasses.replace(settings, database=target), backup_id)
     identity = open_key(identity_file)
     preview = preview_restore(settings, backup_id, identity=identity)

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import Counter
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tablettracker_backups.retention import (
     CLOCK_SKEW,
     Candidate,
+    RecentTier,
     RetentionPlan,
     _slot_keys,
+    candidates_from,
     plan_retention,
+    recent_tier_for,
 )
-from tablettracker_backups.settings import RetentionPolicy
+from tablettracker_backups.settings import RetentionPolicy, settings_from_mapping
+from tablettracker_backups.store import BackupInfo
 
 BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
 NOW = BASE + timedelta(days=700)
@@ -345,3 +352,193 @@ def test_a_future_backup_keeps_last_years_backup() -> None:
     # Without knowing "now", the 2030 backup takes a slot of every kind and evicts 2025's.
     assert "old" in deleted(plan_retention([old, new, wild], policy))
     assert plan.reasons("wild") == ("dated in the future", "newest backup")
+
+
+# -- each keep rule, alone (every slot count 0), with the reason it gives ---------------------
+
+NOTHING = RetentionPolicy(hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0)
+
+
+def reasons_of(plan: RetentionPlan) -> dict[str, tuple[str, ...]]:
+    return {d.id: d.reasons for d in plan.decisions}
+
+
+def test_each_rule_keeps_its_backup_with_its_reason() -> None:
+    day = timedelta(days=1)
+    candidates = [
+        Candidate("unverified-newest", NOW, "scheduled", False),
+        Candidate("verified", NOW - day, "scheduled", True),
+        Candidate("sound", NOW - 2 * day, "scheduled", True),
+        Candidate("protected", NOW - 3 * day, "scheduled", True),
+        Candidate("lost-metadata", NOW - 4 * day, "unknown", False),
+        Candidate("plain-old", NOW - 5 * day, "scheduled", True),
+    ]
+    plan = plan_retention(candidates, NOTHING, protect=["protected"], now=NOW, sound="sound")
+    assert reasons_of(plan) == {
+        "unverified-newest": ("newest backup",),
+        "verified": ("newest verified backup",),
+        "sound": ("newest backup with a good checksum",),
+        "protected": ("just taken",),
+        "lost-metadata": ("unreadable, kept for inspection",),
+        "plain-old": (),
+    }
+    assert deleted(plan) == {"plain-old"}
+    # Decisions carry the candidates' times, newest first.
+    assert [d.created_at for d in plan.decisions] == [c.created_at for c in candidates]
+    # A sound id that is not among the candidates changes nothing.
+    again = plan_retention(candidates, NOTHING, protect=["protected"], now=NOW, sound="gone")
+    assert reasons_of(again)["sound"] == ()
+
+
+def test_a_backup_exactly_at_the_skew_limit_is_not_in_the_future() -> None:
+    older = Candidate("older", NOW - timedelta(days=3), "scheduled", True)
+    at_limit = Candidate("at-limit", NOW + CLOCK_SKEW, "scheduled", True)
+    plan = plan_retention([older, at_limit], NOTHING, now=NOW)
+    assert deleted(plan) == {"older"}  # nothing paused: the newest is not dated in the future
+    beyond = Candidate("beyond", NOW + CLOCK_SKEW + timedelta(seconds=1), "scheduled", True)
+    paused = plan_retention([older, beyond], NOTHING, now=NOW)
+    assert deleted(paused) == set()
+    assert "retention paused: a backup is dated in the future" in reasons_of(paused)["older"]
+
+
+def test_slots_are_calendar_slots_in_utc_whatever_the_local_zone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import time
+
+    # 23:30 and 00:30 UTC are one day apart in UTC, the same day in New York (UTC-5).
+    late = Candidate("late", datetime(2026, 3, 10, 23, 30, tzinfo=timezone.utc), "scheduled", True)
+    early = Candidate("early", datetime(2026, 3, 11, 0, 30, tzinfo=timezone.utc), "scheduled", True)
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        policy = RetentionPolicy(hourly=0, daily=2, weekly=0, monthly=0, yearly=0, pre_restore=0)
+        plan = plan_retention([late, early], policy, now=early.created_at)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert deleted(plan) == set()
+    assert reasons_of(plan)["late"] == ("daily 2026-03-10",)
+
+
+def test_candidates_keep_the_kind_of_their_backup() -> None:
+    from tablettracker_backups.retention import candidates_from
+    from tablettracker_backups.store import BackupInfo
+
+    info = BackupInfo("20261123T201500Z-3f9a1c", NOW, None, (), verified=True)
+    (candidate,) = candidates_from([info])
+    assert candidate == Candidate(info.id, NOW, "unknown", True)
+
+
+# -- the recent tier (write-triggered snapshots) ----------------------------------------------
+
+
+FIVE_MIN = timedelta(minutes=5)
+DAY = timedelta(hours=24)
+
+
+def five_minute_day(cost: int = 10, *, end: datetime = NOW) -> list[Candidate]:
+    """24 h of five-minute snapshots (288), newest at ``end``, each costing ``cost``."""
+    return [Candidate(f"a{i:03d}", end - i * FIVE_MIN, "auto", True, cost) for i in range(288)]
+
+
+def recent_ids(plan: RetentionPlan) -> set[str]:
+    return {d.id for d in plan.decisions if any(r.startswith("recent") for r in d.reasons)}
+
+
+def test_recent_tier_keeps_every_snapshot_within_budget() -> None:
+    history = five_minute_day()
+    # No calendar slots at all: only the tier (and "newest backup") keep anything.
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    plan = plan_retention(history, policy, now=NOW, recent=RecentTier(DAY, 10_000))
+    assert not plan.delete
+    assert plan.recent is not None and not plan.recent.thinned
+    assert plan.recent.kept == 288 and plan.recent.granularity == FIVE_MIN
+    # Older than the window: only the calendar slots can keep it.
+    old = Candidate("old", NOW - DAY - FIVE_MIN, "auto", True, 10)
+    again = plan_retention([*history, old], policy, now=NOW, recent=RecentTier(DAY, 10_000))
+    assert [d.id for d in again.delete] == ["old"]
+
+
+def test_recent_tier_thins_to_its_budget_newest_dense_older_evenly() -> None:
+    history = five_minute_day(cost=10)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    tier = RecentTier(DAY, 500)  # room for 50 of 288 snapshots
+    plan = plan_retention(history, policy, now=NOW, recent=tier)
+    summary = plan.recent
+    assert summary is not None and summary.thinned
+    kept = recent_ids(plan)
+    assert sum(10 for _ in kept) <= 500 and summary.cost <= 500
+    # The newest half of the budget: every snapshot, no gaps.
+    newest = [c.id for c in history[1:26]]  # history[0] is kept as "newest backup"
+    assert set(newest) <= kept
+    # Older ones: one per epoch-aligned bucket of the reported spacing, evenly spread.
+    assert summary.spacing is not None and summary.spacing > FIVE_MIN
+    older = sorted(
+        (c.created_at for c in history if c.id in kept and c.id not in newest), reverse=True
+    )
+    buckets = [int(t.timestamp() // summary.spacing.total_seconds()) for t in older]
+    assert len(buckets) == len(set(buckets)) and len(older) >= 10
+    gaps = [a - b for a, b in itertools.pairwise(older)]
+    assert max(gaps) <= 2 * summary.spacing
+    every = sorted((c.created_at for c in history if c.id in kept or c is history[0]), reverse=True)
+    assert summary.granularity == max(a - b for a, b in itertools.pairwise(every))
+
+
+def test_thinning_never_changes_its_mind() -> None:
+    # Re-planning what survived deletes nothing more, and an hour later it only thins
+    # further among what it kept (never needs a snapshot it already deleted).
+    history = five_minute_day(cost=10)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    tier = RecentTier(DAY, 500)
+    kept = {d.id for d in plan_retention(history, policy, now=NOW, recent=tier).keep}
+    survivors = [c for c in history if c.id in kept]
+    assert not plan_retention(survivors, policy, now=NOW, recent=tier).delete
+    later = NOW + timedelta(hours=1)
+    newer = [Candidate(f"n{i:02d}", later - i * FIVE_MIN, "auto", True, 10) for i in range(12)]
+    plan = plan_retention([*newer, *survivors], policy, now=later, recent=tier)
+    assert sum(10 for d in plan.keep if any(r.startswith("recent") for r in d.reasons)) <= 500
+
+
+def test_recent_tier_counts_cost_given_per_snapshot() -> None:
+    # A later page-level incremental store passes each snapshot's own cost: cheap snapshots
+    # all fit where full-size ones would be thinned.
+    full = five_minute_day(cost=1000)
+    cheap = [Candidate(c.id, c.created_at, c.kind, c.verified, 1) for c in full]
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    tier = RecentTier(DAY, 10_000)
+    assert plan_retention(full, policy, now=NOW, recent=tier).recent.thinned  # type: ignore[union-attr]
+    assert not plan_retention(cheap, policy, now=NOW, recent=tier).delete
+
+
+def test_calendar_slots_cost_the_tier_nothing_and_safety_snapshots_stay_outside() -> None:
+    history = five_minute_day(cost=10)
+    safety = Candidate("safety", NOW - timedelta(minutes=7), "pre-restore", True, 10)
+    unverified = Candidate("bad", NOW - timedelta(minutes=3), "auto", False, 10)
+    plan = plan_retention(
+        [*history, safety, unverified],
+        RetentionPolicy(hourly=24, pre_restore=1),
+        now=NOW,
+        recent=RecentTier(DAY, 300),
+    )
+    assert "safety" not in recent_ids(plan) and "pre-restore #1" in plan.reasons("safety")
+    assert "bad" not in recent_ids(plan)
+    hourly = {d.id for d in plan.keep if any(r.startswith("hourly") for r in d.reasons)}
+    assert len(hourly) == 24 and not hourly & recent_ids(plan)
+    assert plan.recent is not None and plan.recent.cost <= 300
+
+
+def test_candidates_carry_the_cost_function() -> None:
+    info = BackupInfo("20261123T201500Z-3f9a1c", NOW, None, ())
+    (candidate,) = candidates_from([info], cost=lambda i: 42)
+    assert candidate.cost == 42
+
+
+def test_default_budget_is_ten_times_the_newest_backups_cost(tmp_path: Path) -> None:
+    history = [*five_minute_day(cost=10)[1:], Candidate("new", NOW, "auto", True, 70)]
+    settings = settings_from_mapping({"database": tmp_path / "a.db"})
+    assert recent_tier_for(settings, history) == RecentTier(DAY, 700)
+    fixed = settings_from_mapping({"database": tmp_path / "a.db", "recent_budget": "1kB"})
+    assert recent_tier_for(fixed, history) == RecentTier(DAY, 1000)
+    off = settings_from_mapping({"database": tmp_path / "a.db", "keep_recent": "0"})
+    assert recent_tier_for(off, history) is None

@@ -48,7 +48,9 @@ def test_run_is_idempotent(roomy: Settings) -> None:
     assert status["health"]["status"] == "ok"
 
 
-def test_force_takes_another(roomy: Settings) -> None:
+def test_force_takes_another(make_settings: Callable[..., Settings]) -> None:
+    # Without the recent tier, which would keep both (tests/test_autosnapshot.py).
+    roomy = make_settings(**ROOMY, keep_recent="0")
     first = run(roomy)
     forced = run(roomy, force=True)
     assert first.backup is not None and forced.backup is not None
@@ -85,23 +87,28 @@ def test_prune_only_after_the_new_backup_verified(make_settings: Callable[..., S
     old = _history(settings, 3)
     # Retention would delete two of the three old backups...
     assert len(plan_for_store(BackupStore(settings)).delete) == 2
-    # ...but the live database is now corrupt, so the run's backup fails: nothing is pruned.
+    # ...but the live database is now corrupt: the run keeps its snapshot, flagged
+    # source-damaged, and prunes nothing (the older backups are what a recovery needs).
     data = bytearray(settings.database.read_bytes())
     data[4096 + 8 : 4096 + 400] = b"\xaa" * 392
     good = bytes(settings.database.read_bytes())
     settings.database.write_bytes(bytes(data))
-    failed = run(settings)
-    assert failed.error is not None
-    assert failed.backup is None and failed.pruned is None
-    assert failed.exit_code == 2
-    assert sorted(i.id for i in BackupStore(settings).list()) == sorted(old)
+    damaged = run(settings)
+    assert damaged.error is None and damaged.backup is not None
+    assert damaged.backup.metadata.source_damaged
+    assert damaged.pruned is not None and damaged.pruned.deleted == ()
+    assert damaged.exit_code == 2
+    assert "source-damaged" in {f.code for f in damaged.health.findings}
+    kept = sorted(i.id for i in BackupStore(settings).list())
+    assert kept == sorted([*old, damaged.backup.metadata.id])
+    assert BackupStore(settings).latest().id == old[-1]
     status = json.loads((settings.backup_dir / STATUS_FILE).read_text())
-    assert status["last_run"]["ok"] is False
+    assert status["health"]["status"] == "critical"
     # With the database healthy again the run backs up, verifies, then prunes.
     settings.database.write_bytes(good)
     ok = run(settings)
     assert ok.error is None and ok.backup is not None and ok.pruned is not None
-    assert len(ok.pruned.deleted) == 3
+    assert len(ok.pruned.deleted) == 4
     assert [i.id for i in BackupStore(settings).list()] == [ok.backup.metadata.id]
 
 
@@ -204,7 +211,8 @@ def test_a_run_while_another_holds_the_lock_exits_3(make_settings: Callable[...,
     assert err.startswith("Busy: another backup")
     assert len(err.strip().splitlines()) == 1
     assert "Traceback" not in err
-    assert out == ""
+    # --json: the error is JSON on standard output too.
+    assert json.loads(out) == {"error": err.strip()[len("Busy: ") :], "exit_code": 3}
     # Nothing was touched while it was busy.
     assert sorted(p.name for p in settings.backup_dir.iterdir()) == before
     assert all(i.verified for i in BackupStore(settings).list())

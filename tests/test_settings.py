@@ -180,3 +180,36 @@ def test_toml_backups_must_be_a_table_and_file_must_exist(tmp_path: Path) -> Non
         load_settings(config_file=config, environ={})
     with pytest.raises(ConfigError, match="does not exist"):
         load_settings(config_file=tmp_path / "missing.toml", environ={})
+
+
+def test_write_trigger_and_recent_tier_settings(tmp_path: Path) -> None:
+    base = {"database": tmp_path / "app.db"}
+    defaults = settings_from_mapping(base)
+    assert defaults.snapshot_after_write == 300
+    assert defaults.keep_recent == 86400 and defaults.recent_budget is None
+    tuned = settings_from_mapping(
+        {**base, "snapshot_after_write": "30s", "keep_recent": "6h", "recent_budget": "2GB"}
+    )
+    assert (tuned.snapshot_after_write, tuned.keep_recent) == (30, 6 * 3600)
+    assert tuned.recent_budget == 2 * 1000**3
+    off = settings_from_mapping({**base, "snapshot_after_write": "off", "keep_recent": "0"})
+    assert off.snapshot_after_write is None and off.keep_recent == 0
+    assert settings_from_mapping({**base, "recent_budget": "512MiB"}).recent_budget == 512 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "named"),
+    [
+        ("snapshot_after_write", "soon", "BACKUPS_SNAPSHOT_AFTER_WRITE"),
+        ("snapshot_after_write", "-5m", "BACKUPS_SNAPSHOT_AFTER_WRITE"),
+        ("keep_recent", "forever", "BACKUPS_KEEP_RECENT"),
+        ("recent_budget", "lots", "BACKUPS_RECENT_BUDGET"),
+        ("recent_budget", "10%", "BACKUPS_RECENT_BUDGET"),
+    ],
+)
+def test_bad_write_trigger_settings_are_one_line_errors(
+    tmp_path: Path, key: str, value: str, named: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        settings_from_mapping({"database": tmp_path / "app.db", key: value})
+    assert named in str(caught.value) and "\n" not in str(caught.value)

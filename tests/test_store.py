@@ -251,6 +251,91 @@ def test_secondary_symlink_to_primary_is_refused(db_path: Path, tmp_path: Path) 
         )
 
 
+# -- what `list --json` prints, and the less travelled paths (mutation survivors) -------------
+
+
+def test_to_dict_is_the_list_json_entry(settings: Settings, taken: str) -> None:
+    info = BackupStore(settings).get(taken)
+    meta = info.metadata
+    assert meta is not None
+    assert info.to_dict() == {
+        "id": taken,
+        "created_at": meta.created_at.isoformat().replace("+00:00", "Z"),
+        "kind": "manual",
+        "size": meta.stored_size,
+        "raw_size": meta.raw_size,
+        "verified": True,
+        "verified_at": meta.verification.verified_at.isoformat().replace("+00:00", "Z"),
+        "compression": "zstd",
+        "sha256": meta.sha256,
+        "copies": {"primary": "ok", "secondary": "ok"},
+        "problems": [],
+        "good": True,
+        "label": None,
+        "pinned": False,
+        "findings": meta.findings.to_dict(),
+        "encrypted_to": None,
+    }
+    assert info.to_dict()["verified_at"].endswith("Z")
+
+
+def test_latest_by_verification_and_kind(settings: Settings) -> None:
+    from datetime import timedelta
+
+    from tests.conftest import backdate
+
+    store = BackupStore(settings)
+    with pytest.raises(BackupNotFound, match=r"^no backups yet$"):
+        store.newest()
+    with pytest.raises(BackupNotFound, match=r"^there is no verified backup yet$"):
+        store.latest()
+    old = create_backup(settings).metadata.id
+    safety = create_backup(settings, kind="pre-restore").metadata.id
+    newest = create_backup(settings).metadata.id
+    backdate(settings, old, timedelta(hours=2))
+    backdate(settings, safety, timedelta(hours=1))
+    meta = json.loads(store.metadata_path("primary", newest).read_text())
+    rewrite_metadata(settings, newest, verification={**meta["verification"], "ok": False})
+    assert store.newest().id == newest
+    # latest: the newest good regular backup, never the safety snapshot (the trust issue)
+    assert store.latest().id == old
+    assert store.newest_safety_snapshot().id == safety
+
+
+def test_orphans_are_cleaned_in_the_secondary_when_the_primary_folder_is_missing(
+    settings: Settings,
+) -> None:
+    settings.secondary_dir.mkdir()  # type: ignore[union-attr]
+    orphan = settings.secondary_dir / "20200101T000000Z-abcdef.db.zst"  # type: ignore[operator]
+    orphan.write_bytes(b"half a backup")
+    assert BackupStore(settings).cleanup_orphans() == [orphan]
+    assert not orphan.exists()
+
+
+def test_an_unreadable_primary_folder_is_an_error_not_an_empty_list(
+    make_settings: object, tmp_path: Path
+) -> None:
+    from tablettracker_backups.errors import StorageError
+
+    assert callable(make_settings)
+    (tmp_path / "plainfile").write_text("x")
+    settings = make_settings(dir=tmp_path / "plainfile")
+    with pytest.raises(StorageError, match="plainfile"):
+        BackupStore(settings).ids()
+
+
+def test_metadata_that_cannot_be_deleted_stops_the_delete(settings: Settings, taken: str) -> None:
+    from tablettracker_backups.errors import StorageError
+
+    store = BackupStore(settings)
+    meta = store.metadata_path("primary", taken)
+    meta.unlink()
+    meta.mkdir()  # a folder where the metadata file was: unlink fails (not "missing")
+    with pytest.raises(StorageError, match=f"{meta}"):
+        store.delete(taken)
+    assert store.data_path("primary", taken, "zstd").exists()  # nothing deleted after it
+
+
 def _settle(settings: Settings, seconds: float = 60.0) -> None:
     """Date the folders' modification time back, as if nothing had changed for a while."""
     import os

@@ -82,14 +82,15 @@ def post_actions(backup_id: str) -> list[str]:
         f"{P}/backups/{backup_id}/verify",
         f"{P}/backups/{backup_id}/download",
         f"{P}/backups/{backup_id}/restore",
+        f"{P}/backups/{backup_id}/pin",
+        f"{P}/backups/{backup_id}/unpin",
     ]
 
 
 # -- access ------------------------------------------------------------------------------------
 
 
-def test_anonymous_is_sent_to_login(demo_app: Flask, backup_id: str) -> None:
-    client = demo_app.test_client()
+def test_anonymous_is_sent_to_login(demo_app: Flask, client: FlaskClient, backup_id: str) -> None:
     job_pages = [f"{P}/jobs/0123456789abcdef", f"{P}/jobs/0123456789abcdef.json"]
     for url in [*get_pages(backup_id), *job_pages]:
         response = client.get(url)
@@ -159,8 +160,7 @@ def test_every_page_template_extends_the_one_layout() -> None:
             assert repeated not in source, (path.name, repeated)
 
 
-def test_static_files_are_served_by_the_blueprint(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_static_files_are_served_by_the_blueprint(client: FlaskClient) -> None:
     for name in ("backups.css", "backups.js"):
         response = client.get(f"{P}/_static/{name}")
         assert response.status_code == 200
@@ -173,7 +173,7 @@ def test_dashboard_shows_health_newest_disk_and_chart(
 ) -> None:
     html = admin_client.get(f"{P}/").get_data(as_text=True)
     assert backup_id in html
-    assert "Newest verified backup" in html
+    assert "Latest good backup" in html
     assert "free" in html and "<meter" in html
     assert "<svg" in html and "ttb-stored" in html and "ttb-raw" in html
     assert "no secondary folder configured" in html
@@ -568,6 +568,7 @@ def test_prune_previews_then_deletes_exactly_that(
         BACKUPS_KEEP_WEEKLY=1,
         BACKUPS_KEEP_MONTHLY=1,
         BACKUPS_KEEP_YEARLY=1,
+        BACKUPS_KEEP_RECENT="0",  # the recent tier would keep all three
     )
     settings = settings_of(app)
     ids = [create_backup(settings, trigger="test").metadata.id for _ in range(3)]
@@ -697,8 +698,7 @@ def test_restore_refused_while_busy(
 # -- the scheduled-task endpoint ---------------------------------------------------------------
 
 
-def test_task_endpoint_tokens(demo_app: Flask) -> None:
-    client = demo_app.test_client()
+def test_task_endpoint_tokens(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     url = "/tasks/backups/run"
     assert client.post(url).status_code == 401
@@ -725,6 +725,7 @@ def test_task_endpoint_tokens(demo_app: Flask) -> None:
         "error",
         "warnings",
         "offsite",
+        "repaired",
     }
     assert set(body) == expected_keys
     assert BackupStore(settings_of(demo_app)).ids() == [body["backup"]["id"]]
@@ -746,12 +747,10 @@ def test_task_endpoint_is_404_without_a_token(make_host: Callable[..., Flask]) -
     )
 
 
-def test_task_endpoint_busy_is_409(demo_app: Flask) -> None:
+def test_task_endpoint_busy_is_409(demo_app: Flask, client: FlaskClient) -> None:
     token = demo_app.config["BACKUPS_TASK_TOKEN"]
     with operation_lock(settings_of(demo_app)):
-        response = demo_app.test_client().post(
-            "/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
-        )
+        response = client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
     assert response.status_code == 409
     assert response.get_json()["exit_code"] == 3
 

@@ -1,15 +1,20 @@
 """The built wheel, installed in a fresh virtual environment, works on its own.
 
 The package must come from the wheel, not from this checkout: everything runs from a working
-directory outside the repository and checks where the module was imported from. The venv
-uses --system-site-packages only so that the dependencies (Flask, zstandard, ...) need no
-network; the project itself is installed from the wheel with --no-deps --no-index.
+directory outside the repository and checks where the module was imported from. The
+dependencies (Flask, zstandard, ...) come from the environment running the tests, so they need
+no network, however that environment was made: a virtual environment (as the README's command
+makes), the system Python, a user install. Its package folders are listed in a ``.pth`` file
+of the new venv (``--system-site-packages`` would see the *base* interpreter's packages
+instead, missing everything installed in an outer venv); the project itself is installed from
+the wheel with --no-deps --no-index, and its own folder comes first on the path.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 import zipfile
@@ -90,13 +95,14 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     _check(
         subprocess.run(
             # --without-pip (ensurepip is the slow part): this pip installs into it below.
-            [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+            [sys.executable, "-m", "venv", "--without-pip", str(venv)],
             capture_output=True,
             text=True,
             timeout=300,
             check=False,
         )
     )
+    _see_outer_packages(venv)
     workdir = base / "elsewhere"
     workdir.mkdir()
     result = Installed(wheel, venv, workdir)
@@ -116,6 +122,42 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         )
     )
     return result
+
+
+def outer_package_folders() -> list[str]:
+    """Where the running environment's packages are: its site folders as this interpreter
+    sees them (a venv's own, or the system's and the user's), never this checkout."""
+    folders = [*site.getsitepackages(), site.getusersitepackages(), *sys.path]
+    found: list[str] = []
+    for folder in folders:
+        path = Path(folder)
+        if not path.name.endswith(("site-packages", "dist-packages")) or not path.is_dir():
+            continue
+        if str(path.resolve()).startswith(str(ROOT)) or str(path) in found:
+            continue
+        found.append(str(path))
+    return found
+
+
+def _see_outer_packages(venv: Path) -> None:
+    """Let the new venv import the running environment's packages, after its own.
+
+    Plain folder lines in a ``.pth`` file are appended to ``sys.path``; the ``.pth`` files
+    inside those folders are not run, so an editable install of this project there (a path
+    finder pointing at the checkout) stays invisible, and the wheel is what gets imported.
+    """
+    purelib = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['purelib'])",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
+    Path(purelib, "outer-environment.pth").write_text("\n".join(outer_package_folders()) + "\n")
 
 
 def test_wheel_contains_templates_and_static(installed: Installed) -> None:
@@ -196,3 +238,15 @@ def test_wheel_renders_the_dashboard(installed: Installed, tmp_path: Path) -> No
     assert found["css"] == 200
     assert "Size over time" in found["html"] and "<svg" in found["html"]
     assert '<a class="brand"' in found["html"]  # inside the demo's layout
+
+
+def test_dependencies_come_from_the_environment_running_the_tests(installed: Installed) -> None:
+    """Inside a virtual environment (the README's test command makes one), the wheel's venv
+    must see that environment's packages, not the base interpreter's (on a stock Debian the
+    base has no Flask at all)."""
+    import flask
+    import zstandard
+
+    code = "import json, flask, zstandard; print(json.dumps([flask.__file__, zstandard.__file__]))"
+    found = json.loads(_check(installed.run(installed.python, "-c", code)).stdout)
+    assert found == [flask.__file__, zstandard.__file__]

@@ -54,15 +54,22 @@ ACTIONS = {
     "verify": "Verify backup",
     "verify-all": "Verify all backups",
     "restore": "Restore",
+    "auto": "Automatic snapshot",
 }
+#: Write-triggered snapshots (:mod:`tablettracker_backups.autosnapshot`): they never make a
+#: person's action wait, and are not listed among the actions taken from the pages.
+AUTO = "auto"
 #: A job whose worker has not written its heartbeat for this long is considered dead.
 STALE_AFTER = timedelta(seconds=60)
 #: How often the worker's heartbeat thread touches the job file.
 HEARTBEAT_SECONDS = 5.0
 #: Finished job files kept for the pages; older ones are deleted when a new job starts.
 KEEP_FINISHED = 50
+#: ... and finished automatic snapshot jobs (one every few minutes on a busy day).
+KEEP_FINISHED_AUTO = 10
 #: Settings never written into a job file; the worker gets them through its environment.
-SECRET_KEYS = frozenset({"s3_access_key_id", "s3_secret_access_key"})
+#: Notification and ping URLs carry passwords and tokens.
+SECRET_KEYS = frozenset({"s3_access_key_id", "s3_secret_access_key", "notify", "ping_url"})
 
 
 @dataclass(frozen=True)
@@ -280,7 +287,7 @@ def read_job(settings: Settings, job_id: str) -> Job:
 
 
 def active_job(settings: Settings) -> Job | None:
-    """The job that is queued or running right now, if any."""
+    """The job a person started that is queued or running right now, if any."""
     directory = jobs_dir(settings)
     if not directory.is_dir():
         return None
@@ -288,19 +295,20 @@ def active_job(settings: Settings) -> Job | None:
         now = datetime.now(timezone.utc)
         for job in _all_jobs(directory):
             job = _reap(directory, job, now)
-            if not job.finished:
+            if not job.finished and job.action != AUTO:
                 return job
     return None
 
 
 def recent_jobs(settings: Settings, *, limit: int = 10) -> list[Job]:
-    """The newest jobs, newest first."""
-    return _all_jobs(jobs_dir(settings))[:limit]
+    """The newest jobs people started, newest first."""
+    return [j for j in _all_jobs(jobs_dir(settings)) if j.action != AUTO][:limit]
 
 
 def _prune_finished(directory: Path, jobs: list[Job]) -> None:
-    finished = [j for j in jobs if j.finished]
-    for job in finished[KEEP_FINISHED:]:
+    finished = [j for j in jobs if j.finished and j.action != AUTO]
+    automatic = [j for j in jobs if j.finished and j.action == AUTO]
+    for job in [*finished[KEEP_FINISHED:], *automatic[KEEP_FINISHED_AUTO:]]:
         remove_quietly(_job_path(directory, job.id))
         remove_quietly(directory / f"{job.id}.log")
 
@@ -333,8 +341,11 @@ def python_executable() -> str:
 def _worker_env(values: Mapping[str, Any]) -> dict[str, str]:
     env = dict(os.environ)
     for key in SECRET_KEYS:
-        if values.get(key) is not None:
-            env[f"BACKUPS_{key.upper()}"] = str(values[key])
+        value = values.get(key)
+        if value is not None:
+            # A list (BACKUPS_NOTIFY in Flask config) travels as one space-separated string.
+            text = " ".join(map(str, value)) if isinstance(value, list | tuple) else str(value)
+            env[f"BACKUPS_{key.upper()}"] = text
     # A source checkout that is not installed (the tests) must still be importable.
     root = Path(__file__).resolve().parents[2]
     if (root / "pyproject.toml").is_file():
@@ -354,7 +365,9 @@ def start_job(
 
     ``values`` are the lower-case core settings the worker rebuilds :class:`Settings` from.
     Raises :class:`LockedError` when another job or any other backup, restore or prune is
-    running, and :class:`StorageError` when the worker cannot be started.
+    running, and :class:`StorageError` when the worker cannot be started. An unfinished
+    automatic snapshot job makes no other job wait, and an ``auto`` job does not ask for the
+    operation lock up front (its worker takes it when due).
     """
     if action not in ACTIONS:
         raise ValueError(f"unknown job action {action!r}")
@@ -367,12 +380,12 @@ def start_job(
         jobs = _all_jobs(directory)
         for other in jobs:
             other = _reap(directory, other, now)
-            if not other.finished:
+            if not other.finished and (action == AUTO or other.action != AUTO):
                 raise LockedError(
                     f"{other.title.lower()} started by {other.actor} at "
                     f"{other.created_at:%H:%M:%S} UTC is still running; wait until it has finished"
                 )
-        if is_locked(settings):
+        if action != AUTO and is_locked(settings):
             raise LockedError(
                 "another backup, restore or prune is running (a scheduled task or a console); "
                 "try again when it has finished"

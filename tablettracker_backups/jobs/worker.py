@@ -20,10 +20,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
+from tablettracker_backups.autosnapshot import parse_not_before, run_worker
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupError, LockedError, RestoreError
 from tablettracker_backups.jobs.queue import (
+    AUTO,
     DONE,
     FAILED,
     HEARTBEAT_SECONDS,
@@ -41,7 +43,7 @@ from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.restore import restore_backup
 from tablettracker_backups.settings import Settings, settings_from_mapping, values_from_env
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import verify_backup
+from tablettracker_backups.verify import failure_event, verify_backup
 
 logger = logging.getLogger(__name__)
 
@@ -100,13 +102,16 @@ def _do_verify(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, 
     store = BackupStore(settings)
     single = job.action == "verify"
     ids = [validate_backup_id(job.params.get("id"))] if single else store.ids()
-    results = []
+    checked = []
     # Verification rewrites metadata; the lock keeps prune and restore out meanwhile.
     with operation_lock(settings):
         for index, backup_id in enumerate(ids):
             reporter.stage(f"verifying {backup_id}", index, len(ids))
-            results.append(verify_backup(store, backup_id).to_dict())
+            checked.append(verify_backup(store, backup_id, notify_owner=False))
         reporter.stage("verified", len(ids), len(ids))
+    # One message for the whole job, after the lock is released.
+    notify.send(settings, [failure_event(settings, r) for r in checked if not r.ok])
+    results = [r.to_dict() for r in checked]
     bad = [str(r["id"]) for r in results if not r["ok"]]
     if bad:
         raise _JobFailed(
@@ -132,6 +137,12 @@ def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str,
     return message, result.to_dict()
 
 
+def _do_auto(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
+    return run_worker(
+        settings, job.id, not_before=parse_not_before(job.params), progress=reporter.stage
+    )
+
+
 class _JobFailed(Exception):
     """An action finished but its outcome is a failure (with a result to show)."""
 
@@ -145,6 +156,7 @@ _ACTIONS: dict[str, Action] = {
     "verify": _do_verify,
     "verify-all": _do_verify,
     "restore": _do_restore,
+    "auto": _do_auto,
 }
 
 
@@ -200,7 +212,8 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
     # Audit first, then mark the job finished: whoever waits for "done" must find the entry.
     # A restore records its own outcome, except when refused before it started (lock, bad id).
     core_audited = job.action == "restore" and (ok or isinstance(failure, RestoreError))
-    if settings is not None and not core_audited:
+    # Automatic snapshots leave their trace in the status file (every few minutes, nobody's).
+    if settings is not None and not core_audited and job.action != AUTO:
         try:
             audit.record(
                 settings,

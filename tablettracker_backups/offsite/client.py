@@ -39,6 +39,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.encryption import (
     AGE_HEADER,
     Identity,
@@ -226,6 +227,10 @@ def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
+def _part_uploaded(**_: Any) -> None:
+    crash_point(Stage.OFFSITE_PART_UPLOAD)  # pragma: no mutate
+
+
 class OffsiteStore:
     """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
     a one-line message when the store cannot be reached or refuses."""
@@ -237,6 +242,11 @@ class OffsiteStore:
         self._client: S3Client = client if client is not None else make_client(s3)
         #: Refuse to upload anything but age files with sealed metadata.
         self.require_encryption = require_encryption
+        # boto3 sends the parts of a multipart upload from its own threads; this runs after
+        # each part is stored. unique_id keeps one registration per client.
+        self._client.meta.events.register(
+            "after-call.s3.UploadPart", _part_uploaded, unique_id="ttb-part-uploaded"
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OffsiteStore:
@@ -653,7 +663,7 @@ class OffsiteStore:
         decrypted with ``identity`` first, and its sealed metadata opened.
 
         Scratch files go beside ``dest``. Raises :class:`VerificationError` for a damaged
-        copy, :class:`IdentityError` (before downloading) when ``identity`` is missing or is
+        copy, :class:`AgeIdentityError` (before downloading) when ``identity`` is missing or is
         not a recipient, :class:`BackupNotFound`, :class:`MetadataError` or
         :class:`OffsiteError`.
         """

@@ -39,7 +39,14 @@ def offsite_plan(
     for info in infos:
         if not info.verified:
             continue
-        candidates[info.id] = Candidate(info.id, info.created_at, info.kind, True)
+        candidates[info.id] = Candidate(
+            info.id,
+            info.created_at,
+            info.kind,
+            True,
+            source_damaged=info.source_damaged,
+            pinned=info.pinned,
+        )
     return plan_retention(
         candidates.values(), offsite_policy(settings), now=datetime.now(timezone.utc)
     )

@@ -3,8 +3,8 @@
 It reads the ``BACKUPS_*`` config keys (defaults set with ``setdefault``), validates them into
 one frozen :class:`Settings` at start-up so a typo fails now rather than at 2 a.m., registers
 itself in ``app.extensions["tablettracker_backups"]``, mounts the admin blueprint and the
-scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), and adds the ``flask backups``
-commands.
+scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), hooks in the write trigger
+(:mod:`.autosnapshot`), and adds the ``flask backups`` commands.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from typing import Any
 from flask import Flask
 
 from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
+from tablettracker_backups.web import autosnapshot
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
-from tablettracker_backups.web.views import register_blueprints
+from tablettracker_backups.web.tasks import TASK_BLUEPRINT
+from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
 
 
 class BackupManager:
@@ -40,6 +42,9 @@ class BackupManager:
             )
         #: The live SQLite database (required).
         app.config.setdefault("BACKUPS_DATABASE", None)
+        #: The database's name in its backup folder's identity (``database.json``); default:
+        #: the database file's stem. A folder of another database is refused.
+        app.config.setdefault("BACKUPS_DATABASE_NAME", None)
         #: Primary backup folder; default: a ``backups`` folder beside the database.
         app.config.setdefault("BACKUPS_DIR", None)
         #: Optional second folder (another disk or mount); every backup is written to both.
@@ -54,6 +59,16 @@ class BackupManager:
         app.config.setdefault("BACKUPS_BASE_TEMPLATE", "tablettracker_backups/base.html")
         #: URL of the scheduled-task endpoint.
         app.config.setdefault("BACKUPS_TASK_URL", "/tasks/backups/run")
+        #: URL of the Prometheus metrics (GET, same bearer token as the task endpoint).
+        app.config.setdefault("BACKUPS_METRICS_URL", "/tasks/backups/metrics")
+        #: Apprise URLs to notify (a list, or one string separated by spaces or commas).
+        app.config.setdefault("BACKUPS_NOTIFY", None)
+        #: ``problems`` (failures, warnings, recoveries) or ``all`` (also each success).
+        app.config.setdefault("BACKUPS_NOTIFY_ON", None)
+        #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
+        app.config.setdefault("BACKUPS_PING_URL", None)
+        #: Row-count drop since the previous good backup that counts as an anomaly (20%).
+        app.config.setdefault("BACKUPS_ANOMALY_DROP", None)
         #: Offsite copies: the S3 bucket; None turns offsite copies off.
         app.config.setdefault("BACKUPS_S3_BUCKET", None)
         #: Endpoint of an S3-compatible provider (B2, R2, MinIO ...); None means AWS.
@@ -70,6 +85,14 @@ class BackupManager:
         app.config.setdefault("BACKUPS_ENCRYPT_TO", None)
         #: ``offsite`` (the default once recipients are set) or ``all`` (local folders too).
         app.config.setdefault("BACKUPS_ENCRYPT", None)
+        #: After a write request, snapshot when the newest backup is this old: ``5m``,
+        #: ``30s``, ``1h``, or ``off``.
+        app.config.setdefault("BACKUPS_SNAPSHOT_AFTER_WRITE", "5m")
+        #: Every backup younger than this is kept (budget allowing); ``0`` turns the tier off.
+        app.config.setdefault("BACKUPS_KEEP_RECENT", "24h")
+        #: Most the recent tier may store beyond the calendar slots (``2GB``); None means
+        #: 10x the newest backup's stored size.
+        app.config.setdefault("BACKUPS_RECENT_BUDGET", None)
 
         values = {
             key[len(PREFIX) :].lower(): value
@@ -86,6 +109,7 @@ class BackupManager:
             raise RuntimeError("BACKUPS_TASK_TOKEN must be a string of at least 16 characters")
         prefix = _url_path("BACKUPS_URL_PREFIX", app.config["BACKUPS_URL_PREFIX"])
         task_url = _url_path("BACKUPS_TASK_URL", app.config["BACKUPS_TASK_URL"])
+        metrics_url = _url_path("BACKUPS_METRICS_URL", app.config["BACKUPS_METRICS_URL"])
         base_template = app.config["BACKUPS_BASE_TEMPLATE"]
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
@@ -98,7 +122,8 @@ class BackupManager:
             task_url=task_url,
         )
 
-        register_blueprints(app, prefix=prefix, task_url=task_url)
+        register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
+        autosnapshot.install(app, skip_blueprints=frozenset({BLUEPRINT, TASK_BLUEPRINT}))
 
         # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
         # ``current_app.extensions`` and never imports this module back.

@@ -1,8 +1,8 @@
-"""The scheduled-task endpoint: ``POST /tasks/backups/run`` with a bearer token.
+"""The token endpoints: ``POST /tasks/backups/run`` and ``GET /tasks/backups/metrics``.
 
-For hosts whose scheduler can call a URL but not a command. No session and no CSRF (the token
-is the authentication); the token is compared in constant time, and a missing header costs the
-same as a wrong one.
+For hosts whose scheduler can call a URL but not a command, and for a Prometheus server that
+scrapes. No session and no CSRF (the bearer token is the authentication); the token is
+compared in constant time, and a missing header costs the same as a wrong one.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, abort, jsonify, request
+from flask import Blueprint, Response, abort, jsonify, request
 from flask.typing import ResponseReturnValue
 
 from tablettracker_backups import audit
@@ -25,11 +25,12 @@ logger = logging.getLogger(__name__)
 TASK_BLUEPRINT = "tablettracker_backups_task"
 
 
-def create_task_blueprint(task_url: str) -> Blueprint:
-    """The token-authenticated scheduled-task endpoint (no session, no CSRF)."""
+def create_task_blueprint(task_url: str, metrics_url: str) -> Blueprint:
+    """The token-authenticated endpoints (no session, no CSRF)."""
     bp = Blueprint(TASK_BLUEPRINT, __name__)
     bp.after_request(security_headers)
     bp.add_url_rule(task_url, "run", task_run, methods=["POST"])
+    bp.add_url_rule(metrics_url, "metrics", task_metrics, methods=["GET"])
     return bp
 
 
@@ -43,20 +44,29 @@ def _bearer_ok(expected: str) -> bool:
     return hmac.compare_digest(given.strip().encode(), expected.encode())
 
 
+def _refuse() -> Response | None:
+    """404 without a configured token, 401 for a missing or wrong one; None when allowed."""
+    state = get_state()
+    if state.task_token is None:
+        abort(404)
+    if _bearer_ok(state.task_token):
+        return None
+    response = jsonify({"ok": False, "error": "missing or wrong bearer token"})
+    response.status_code = 401
+    response.headers["WWW-Authenticate"] = 'Bearer realm="tablettracker-backups"'
+    return response
+
+
 def task_run() -> ResponseReturnValue:
     """``POST /tasks/backups/run`` with ``Authorization: Bearer <BACKUPS_TASK_TOKEN>``.
 
     Answers 404 when no token is configured, 401 for a missing or wrong token, 409 when another
     operation holds the lock, else the same JSON as ``tablettracker-backups run --json``.
     """
+    refused = _refuse()
+    if refused is not None:
+        return refused
     state = get_state()
-    if state.task_token is None:
-        abort(404)
-    if not _bearer_ok(state.task_token):
-        response = jsonify({"ok": False, "error": "missing or wrong bearer token"})
-        response.status_code = 401
-        response.headers["WWW-Authenticate"] = 'Bearer realm="tablettracker-backups"'
-        return response
     try:
         result = run(state.settings, trigger="scheduled")
     except LockedError as exc:
@@ -72,6 +82,31 @@ def task_run() -> ResponseReturnValue:
         or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
     )
     return jsonify(body)
+
+
+def task_metrics() -> ResponseReturnValue:
+    """``GET /tasks/backups/metrics`` with the same bearer token: Prometheus' text format,
+    read from the backup folder at this moment (every worker answers the same).
+
+    404 when no token is configured, 401 for a missing or wrong token, 503 when the
+    ``prometheus_client`` package is missing or the folder cannot be read.
+    """
+    refused = _refuse()
+    if refused is not None:
+        return refused
+    try:
+        from tablettracker_backups import metrics
+
+        body = metrics.render(get_state().settings)
+    except BackupError as exc:
+        logger.error("metrics failed: %s", exc)
+        return Response(f"{exc}\n", status=503, mimetype="text/plain")
+    from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+    response = Response(body, status=200)
+    response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:

@@ -23,6 +23,7 @@ from flask import (
     Response,
     abort,
     current_app,
+    flash,
     jsonify,
     redirect,
     render_template,
@@ -35,26 +36,31 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
-from tablettracker_backups import audit
+from tablettracker_backups import audit, notify
 from tablettracker_backups.bootstrap import setup_command
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
     BackupError,
     BackupNotFound,
     InvalidBackupId,
+    InvalidLabel,
+    InvalidTime,
     LockedError,
 )
-from tablettracker_backups.health import check_health
+from tablettracker_backups.health import check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import parse_utc, validate_backup_id
+from tablettracker_backups.notifiers import apprise_available, mask_url
 from tablettracker_backups.offsite.policy import copy_states
+from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at, points_around
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.headers import security_headers
@@ -99,9 +105,12 @@ def create_blueprint() -> Blueprint:
     # both would run its POST branch for a HEAD with a form body (issue 12). This way only a
     # POST can ever reach code that changes something.
     bp.add_url_rule("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
+    bp.add_url_rule("/backups/<backup_id>/pin", "pin", pin_backup, methods=["POST"])
+    bp.add_url_rule("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
     bp.add_url_rule(
         "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
     )
+    bp.add_url_rule("/restore-at", "restore_at", restore_at_page)
     bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
     bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
     bp.add_url_rule("/prune", "prune", prune_page, methods=["GET"])
@@ -109,13 +118,14 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/jobs/<job_id>", "job", job_page)
     bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
     bp.add_url_rule("/audit", "audit", audit_page)
+    bp.add_url_rule("/notify-test", "notify_test", notify_test, methods=["POST"])
     return bp
 
 
-def register_blueprints(app: Flask, *, prefix: str, task_url: str) -> None:
-    """Mount the pages and the endpoint; exempt only the endpoint from Flask-WTF's CSRF."""
+def register_blueprints(app: Flask, *, prefix: str, task_url: str, metrics_url: str) -> None:
+    """Mount the pages and the endpoints; exempt only the endpoints from Flask-WTF's CSRF."""
     app.register_blueprint(create_blueprint(), url_prefix=None if prefix == "/" else prefix)
-    task_bp = tasks.create_task_blueprint(task_url)
+    task_bp = tasks.create_task_blueprint(task_url, metrics_url)
     app.register_blueprint(task_bp)
     wtf = app.extensions.get("csrf")
     if wtf is not None:
@@ -194,6 +204,8 @@ def _utc_attribute(moment: datetime | None) -> str:
 def _backup_error(exc: BackupError) -> ResponseReturnValue:
     if isinstance(exc, InvalidBackupId | BackupNotFound):
         status = 404
+    elif isinstance(exc, InvalidLabel):
+        status = 400
     elif isinstance(exc, LockedError):
         status = 409
     else:
@@ -271,6 +283,7 @@ def dashboard() -> ResponseReturnValue:
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
+        recovery_lines=describe_recovery(report.recovery),
         settings=settings,
         summary=store.memo(("dashboard",), lambda: _summary(infos)),
         last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
@@ -278,6 +291,7 @@ def dashboard() -> ResponseReturnValue:
         setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
+        notifications=_notifications(settings),
     )
 
 
@@ -324,6 +338,41 @@ def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
 KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-restore"}
 
 
+def _notifications(settings: Settings) -> dict[str, Any]:
+    """Where notifications go (masked) and how the last ones went, for the dashboard."""
+    ping = notify.last_ping(settings)
+    return {
+        "targets": notify.target_statuses(settings),
+        "notify_on": settings.notify_on,
+        "ping_url": mask_url(settings.ping_url) if settings.ping_url else None,
+        "ping": ping,
+        "ping_at": notify.parse_time(ping.get("at")) if ping else None,
+        "apprise_missing": bool(settings.notify) and not apprise_available(),
+    }
+
+
+def notify_test() -> ResponseReturnValue:
+    """Send a test message to every target now (at most 10 s) and show each result."""
+    settings = _settings()
+    results = notify.send_test(settings)
+    if not results:
+        flash("No notification targets: set BACKUPS_NOTIFY to one or more Apprise URLs.", "warning")
+    for result in results:
+        if result.ok:
+            flash(f"Test message sent to {result.target}.", "ok")
+        else:
+            flash(f"Test message to {result.target} failed: {result.error}", "critical")
+    audit.record(
+        settings,
+        action="notify-test",
+        actor=_actor(),
+        ok=bool(results) and all(r.ok for r in results),
+        message=f"{sum(r.ok for r in results)} of {len(results)} target(s) accepted a test message",
+        details={"via": "web", "targets": [r.target for r in results]},
+    )
+    return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
+
+
 def backup_list() -> ResponseReturnValue:
     """Every backup, newest first, paginated; filter by kind, jump to a date."""
     store = _store()
@@ -356,6 +405,7 @@ def backup_list() -> ResponseReturnValue:
         # Offsite copy per backup, from the local offsite record (no network).
         offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         plan=plan_for_store(store),
+        latest=newest_good(infos),
         page=page,
         pages=pages,
         total=len(infos),
@@ -395,10 +445,13 @@ def detail(backup_id: str) -> ResponseReturnValue:
     """One backup's metadata, copies, why it is kept, and per-table row counts."""
     store = _store()
     info = store.get(_backup_id(backup_id))
+    infos = store.list()
+    latest = newest_good(infos)
     return render_template(
         "tablettracker_backups/detail.html",
         info=info,
-        offsite=copy_states(store.settings, [info]),
+        latest=latest is not None and latest.id == info.id,
+        offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         reasons=plan_for_store(store).reasons(info.id),
         newest_verified=_newest_verified(store, info.id),
     )
@@ -447,6 +500,25 @@ def verify_one(backup_id: str) -> ResponseReturnValue:
     backup_id = _backup_id(backup_id)
     _store().get(backup_id)
     return _start("verify", {"id": backup_id})
+
+
+def pin_backup(backup_id: str) -> ResponseReturnValue:
+    """Pin a backup (retention keeps it until unpinned), with the label typed beside it."""
+    set_pin(
+        _settings(),
+        _backup_id(backup_id),
+        pinned=True,
+        label=request.form.get("label"),
+        clear_label="label" in request.form and not request.form["label"].strip(),
+        actor=_actor(),
+    )
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
+
+
+def unpin_backup(backup_id: str) -> ResponseReturnValue:
+    """Let retention decide about a pinned backup again (its label stays)."""
+    set_pin(_settings(), _backup_id(backup_id), pinned=False, actor=_actor())
+    return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
 
 
 def verify_all() -> ResponseReturnValue:
@@ -529,6 +601,33 @@ def download(backup_id: str) -> ResponseReturnValue:
     )
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+def restore_at_page() -> ResponseReturnValue:
+    """ "The state as of ...": a time picker (a GET form, so it works without JavaScript) and
+    the restore points around the chosen time, each leading to the usual restore page."""
+    now = datetime.now(timezone.utc)
+    text = request.args.get("at", "").strip()
+    infos = BackupStore(_settings()).list()
+    error = None
+    moment = None
+    try:
+        moment = parse_moment(text) if text else Moment(now, zone_given=False)
+        point_at(infos, moment.at, now=now)
+    except InvalidTime as exc:
+        error, moment = str(exc), None
+    except BackupNotFound as exc:
+        error = str(exc)
+    at = moment.at if moment is not None else now
+    return render_template(
+        "tablettracker_backups/restore_at.html",
+        at=at,
+        # datetime-local wants local time without a zone, to the minute.
+        picker_value=at.astimezone().strftime("%Y-%m-%dT%H:%M"),
+        zone=at.astimezone().strftime("%Z (UTC%z)"),
+        around=points_around(infos, at) if moment is not None else None,
+        error=error,
+    ), (400 if error and moment is None else 200)
 
 
 def restore_page(backup_id: str) -> ResponseReturnValue:

@@ -1,0 +1,460 @@
+"""Mutation testing of the core modules with mutmut 3, one module at a time, each time-capped.
+
+    pip install -e '.[mutation]'
+    python bench/mutation.py                      # every module, 20 minutes each
+    python bench/mutation.py store verify --cap 600
+    python bench/mutation.py --survivors store    # re-run last survivors against today's tests
+    python bench/mutation.py --report             # the table from the saved results only
+
+For each module a scratch copy of the package and the tests is made under ``--workdir``
+(default ``/tmp/ttb-mutation/<module>``), a ``[tool.mutmut]`` table naming that one module and
+its relevant test files is appended to the copy's pyproject.toml, and ``mutmut run`` is started
+there. mutmut runs the selected tests once to learn which test reaches which function, then runs
+each mutant against only the tests that reach the mutated function. A module that exceeds its cap
+is stopped; mutants not reached by then are reported as "not checked", never as killed.
+
+Results go to ``bench/results/mutation-<module>.json`` (git-ignored) and a table to stdout.
+Score = killed / (killed + survived + no tests): a mutant that no selected test reaches counts
+against the score. Timeouts are listed apart (a mutant that makes the tests hang is detected,
+but by the time limit, not by an assertion). Nothing here runs in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+
+CLI = "tests/test_cli.py"
+#: Module -> (candidate source paths, first existing wins; the test files that exercise it).
+#: Only tests that call the module in-process can be selected per mutant (mutmut learns the
+#: mapping in-process), so each list favours fast in-process tests; a test that also runs the
+#: CLI as a subprocess still catches a mutant, because the subprocess imports the mutated copy.
+MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "snapshot": (
+        ("snapshot.py",),
+        ("tests/test_backup.py", "tests/test_restore.py", "tests/test_verify.py", CLI),
+    ),
+    "verify": (
+        ("verify.py",),
+        (
+            "tests/test_verify.py",
+            "tests/test_backup.py",
+            "tests/test_store.py",
+            "tests/test_restore.py",
+            "tests/test_runner.py",
+            CLI,
+        ),
+    ),
+    "store": (
+        ("store.py",),
+        (
+            "tests/test_store.py",
+            "tests/test_backup.py",
+            "tests/test_verify.py",
+            "tests/test_retention.py",
+            "tests/test_durability.py",
+            "tests/test_health.py",
+            "tests/test_hostile.py",
+            CLI,
+        ),
+    ),
+    # fsutil is called by nearly every test: only the fast ones that check it directly, or
+    # each mutant runs hundreds of tests (13 mutants in 10 minutes with the wider list).
+    "fsutil": (
+        ("fsutil.py",),
+        ("tests/test_durability.py", "tests/test_store.py", "tests/test_locking.py"),
+    ),
+    "backup": (
+        ("backup.py",),
+        (
+            "tests/test_backup.py",
+            "tests/test_durability.py",
+            "tests/test_verify.py",
+            "tests/test_crashpoints.py",
+            CLI,
+        ),
+    ),
+    "restore": (("restore.py",), ("tests/test_restore.py", "tests/test_verify.py", CLI)),
+    "retention": (("retention.py",), ("tests/test_retention.py", "tests/test_runner.py", CLI)),
+    "prune": (
+        ("prune.py",),
+        ("tests/test_retention.py", "tests/test_runner.py", "tests/test_durability.py", CLI),
+    ),
+    "health": (
+        ("health.py",),
+        ("tests/test_health.py", "tests/test_runner.py", CLI, "tests/test_offsite.py"),
+    ),
+    "locking": (
+        ("locking.py",),
+        ("tests/test_locking.py", "tests/test_runner.py"),
+    ),
+    "offsite_sync": (("offsite/sync.py", "offsite_sync.py"), ("tests/test_offsite.py",)),
+}
+
+STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
+STATUS.update({code: "timeout" for code in (36, 24, -24, 152, 255)})
+STATUS.update({37: "type check", -11: "segfault", -9: "segfault"})
+
+
+def source_of(module: str) -> Path:
+    """The module's file in the package (the first candidate path that exists)."""
+    for candidate in MODULES[module][0]:
+        path = ROOT / "tablettracker_backups" / candidate
+        if path.exists():
+            return path
+    raise SystemExit(f"no source file for {module}: {MODULES[module][0]}")
+
+
+def prepare(module: str, workdir: Path, children: int) -> None:
+    """A fresh scratch copy with a [tool.mutmut] table for ``module``."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("tablettracker_backups", "tests", "templates", "static"):
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, workdir / name)
+    relative = source_of(module).relative_to(ROOT).as_posix()
+    tests = [t for t in MODULES[module][1] if (ROOT / t.split("::")[0]).exists()]
+    table = {
+        "source_paths": ["tablettracker_backups/"],
+        "only_mutate": [relative],
+        "also_copy": ["templates/", "static/", "README.md"],
+        "pytest_add_cli_args_test_selection": tests,
+        # -x: the first failing test kills the mutant; the others need not run.
+        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"],
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    with (workdir / "pyproject.toml").open("a", encoding="utf-8") as handle:
+        handle.write("\n".join(lines) + "\n")
+    (workdir / "source.sha256").write_text(digest(source_of(module)))
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+#: Starts mutmut with no other checkout on sys.path: an editable install of another checkout
+#: puts its folder there, and its ``tests`` package would shadow the scratch copy's (mutmut
+#: itself puts ``mutants/`` first, ahead of any installed copy of the package).
+BOOT = """
+import os, sys
+keep = os.path.join(os.getcwd(), "mutants")
+sys.path[:] = [
+    p for p in sys.path
+    if os.path.abspath(p or ".") == keep
+    or not os.path.isfile(os.path.join(p or ".", "tests", "conftest.py"))
+]
+from mutmut.__main__ import cli
+sys.argv[0] = "mutmut"
+cli()
+"""
+
+
+def run_mutmut(workdir: Path, args: list[str], cap: float, log: Path) -> tuple[bool, float]:
+    """Run ``mutmut ARGS`` in ``workdir`` for at most ``cap`` seconds; (finished, seconds)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKUPS_", "TTB_"))}
+    env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first; the CLI tests set their own
+    started = time.monotonic()
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", BOOT, *args],
+            cwd=workdir,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            proc.wait(timeout=cap)
+            finished = True
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own session: mutmut and its workers
+            proc.wait()
+            finished = False
+    return finished, time.monotonic() - started
+
+
+def collect(module: str, workdir: Path) -> dict[str, str]:
+    """Mutant name -> status, from mutmut's per-file record (saved after every mutant)."""
+    relative = source_of(module).relative_to(ROOT).as_posix()
+    meta = workdir / "mutants" / f"{relative}.meta"
+    if not meta.exists():
+        return {}
+    codes = json.loads(meta.read_text(encoding="utf-8"))["exit_code_by_key"]
+    return {
+        name: "not checked" if code is None else STATUS.get(code, "suspicious")
+        for name, code in codes.items()
+    }
+
+
+def score(statuses: dict[str, str]) -> tuple[Counter[str], float | None]:
+    counts = Counter(statuses.values())
+    judged = counts["killed"] + counts["survived"] + counts["no tests"]
+    return counts, (100.0 * counts["killed"] / judged) if judged else None
+
+
+def save(
+    module: str, statuses: dict[str, str], finished: bool, seconds: float
+) -> dict[str, object]:
+    counts, percent = score(statuses)
+    record = {
+        "module": module,
+        "source": source_of(module).relative_to(ROOT).as_posix(),
+        "tests": list(MODULES[module][1]),
+        "finished": finished,
+        "seconds": round(seconds, 1),
+        "counts": dict(counts),
+        "score": None if percent is None else round(percent, 1),
+        "survivors": sorted(n for n, s in statuses.items() if s in ("survived", "no tests")),
+        "statuses": statuses,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def diff_of(workdir: Path, name: str) -> str:
+    """The changed lines of one mutant (``mutmut show``), '-' then '+'."""
+    done = subprocess.run(
+        [sys.executable, "-c", BOOT, "show", name],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    lines = (done.stdout or done.stderr).splitlines()
+    return "\n".join(line for line in lines if line.startswith(("- ", "+ ", "-\t", "+\t")))
+
+
+def show(workdir: Path, names: list[str]) -> None:
+    """Print each mutant's diff."""
+    for name in names:
+        print(f"# {name}\n{diff_of(workdir, name)}")
+
+
+#: Reasons given by hand for survivors no test can or should kill, by mutant name.
+REASONS_FILE = ROOT / "bench" / "mutation_reasons.json"
+#: Survivors of these shapes are explained by rule (first match wins); each rule says why.
+RULES: list[tuple[str, Callable[[str, str], bool]]] = [
+    (
+        "equivalent: SQL keywords and pragma names are case-insensitive",
+        lambda old, new: old != new and old.lower() == new.lower() and "PRAGMA" in old.upper(),
+    ),
+    (
+        "log text only: the message goes to the log, no result depends on it",
+        lambda old, new: "logger." in old and "logger." in new,
+    ),
+    (
+        "equivalent: a thread's name is cosmetic",
+        lambda old, new: (
+            "thread_name_prefix" in old
+            or ("Thread(" in old and _without(old, "name") == _without(new, "name"))
+        ),
+    ),
+    (
+        "equivalent: the thread is always joined before the function returns",
+        lambda old, new: "Thread(" in old and _without(old, "daemon") == _without(new, "daemon"),
+    ),
+    (
+        "equivalent: the page-cache size changes speed only",
+        lambda old, new: "cache_size" in old,
+    ),
+    (
+        "equivalent: zip's strict=False is the default, and None is as false",
+        lambda old, new: "strict=False" in old and "strict=" not in new.replace("strict=None", ""),
+    ),
+    (
+        "wording only: no test asserts this text word for word",
+        lambda old, new: ("Error(" in old or "Finding(" in old) and _literal_only(old, new),
+    ),
+]
+
+
+def _without(text: str, keyword: str) -> str:
+    """``text`` without the keyword argument ``keyword=...`` (to see what else changed)."""
+    import re
+
+    return re.sub(rf",?\s*{keyword}=[^,)]*", "", text)
+
+
+def _literal_only(old: str, new: str) -> bool:
+    """True when the mutation only changed (or dropped) a string literal's text."""
+    import re
+
+    def strip(text: str) -> str:
+        return re.sub(r'f?"(?:[^"\\]|\\.)*"', '""', text).replace("None", '""')
+
+    return old != new and strip(old) == strip(new)
+
+
+def reason_for(name: str, diff: str, hand: dict[str, str]) -> str:
+    if name in hand:
+        return hand[name]
+    old = " ".join(line[2:].strip() for line in diff.splitlines() if line.startswith("- "))
+    new = " ".join(line[2:].strip() for line in diff.splitlines() if line.startswith("+ "))
+    for reason, applies in RULES:
+        if applies(old, new):
+            return reason
+    return "NOT EXPLAINED: needs a test or a reason"
+
+
+def markdown(records: list[dict[str, object]]) -> str:
+    """bench/MUTATION.md: the table, then every survivor with its diff and reason."""
+    hand = json.loads(REASONS_FILE.read_text()) if REASONS_FILE.exists() else {}
+    out = [
+        "# Mutation testing of the core",
+        "",
+        "Generated by `python bench/mutation.py --markdown` from the last run of each module",
+        "(`bench/results/`, git-ignored). mutmut 3; each mutant runs against the tests that reach",
+        "the mutated function (the module's test files are listed in `bench/mutation.py`).",
+        'Score = killed / (killed + survived + no tests); timeouts are listed apart; "not',
+        "checked\" means the module's time cap ran out first. mutmut 3 does not mutate decorated",
+        "functions (properties, context managers), so those are not counted at all.",
+        "",
+        table(records),
+        "",
+        "Not run yet (no saved result): "
+        + (", ".join(m for m in MODULES if m not in {r["module"] for r in records}) or "none")
+        + ".",
+        "",
+        "## Survivors",
+        "",
+        "Each with its reason: a rule (the shape of the change) or a hand-written reason in",
+        '`bench/mutation_reasons.json`. "NOT EXPLAINED" ones are open work.',
+        "",
+    ]
+    for record in records:
+        diffs = record.get("diffs", {})
+        assert isinstance(diffs, dict)
+        survivors = record["survivors"]
+        assert isinstance(survivors, list)
+        if not survivors:
+            continue
+        out.append(f"### {record['module']} ({len(survivors)})")
+        out.append("")
+        for name in survivors:
+            diff = str(diffs.get(name, ""))
+            short = name.split(".x", 1)[-1]
+            change = " / ".join(
+                line.strip()[:90] for line in diff.splitlines() if line.startswith(("- ", "+ "))
+            )[:200]
+            out.append(
+                f"- `{short}` ({record['statuses'][name]}): {reason_for(name, diff, hand)}"  # type: ignore[index]
+                f" — `{change.replace('`', '')}`"
+            )
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+def table(records: list[dict[str, object]]) -> str:
+    head = (
+        "| module | mutants | killed | survived | no tests | timeout | not checked | score | "
+        "run |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+    )
+    rows = [head]
+    for record in records:
+        counts = record["counts"]
+        assert isinstance(counts, dict)
+        total = sum(counts.values())
+        percent = record["score"]
+        run = f"{record['seconds']}s" + ("" if record["finished"] else " (cap hit)")
+        rows.append(
+            f"| {record['module']} | {total} | {counts.get('killed', 0)} | "
+            f"{counts.get('survived', 0)} | {counts.get('no tests', 0)} | "
+            f"{counts.get('timeout', 0)} | {counts.get('not checked', 0)} | "
+            f"{'-' if percent is None else f'{percent}%'} | {run} |"
+        )
+    killed = sum(int(r["counts"].get("killed", 0)) for r in records)  # type: ignore[union-attr]
+    judged = sum(
+        sum(int(r["counts"].get(k, 0)) for k in ("killed", "survived", "no tests"))  # type: ignore[union-attr]
+        for r in records
+    )
+    if judged:
+        rows.append(
+            f"\nAll modules: {killed} of {judged} judged mutants killed "
+            f"({100.0 * killed / judged:.1f}%)."
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("modules", nargs="*", metavar="MODULE", help=", ".join(MODULES))
+    parser.add_argument("--cap", type=float, default=1200.0, help="seconds per module")
+    parser.add_argument("--children", type=int, default=2, help="mutants run in parallel")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ttb-mutation"))
+    parser.add_argument("--survivors", action="store_true", help="re-run the last survivors")
+    parser.add_argument("--show", action="store_true", help="print the survivors' diffs")
+    parser.add_argument("--report", action="store_true", help="only print the saved results")
+    parser.add_argument(
+        "--markdown", action="store_true", help="write bench/MUTATION.md from the saved results"
+    )
+    options = parser.parse_args()
+    unknown = set(options.modules) - set(MODULES)
+    if unknown:
+        parser.error(f"unknown module(s): {', '.join(sorted(unknown))}")
+    modules = [
+        m
+        for m in (options.modules or list(MODULES))
+        if any((ROOT / "tablettracker_backups" / c).exists() for c in MODULES[m][0])
+    ]
+    records = []
+    for module in modules:
+        workdir = options.workdir / module
+        saved = RESULTS / f"mutation-{module}.json"
+        if options.report or options.show or options.markdown:
+            if saved.exists():
+                records.append(json.loads(saved.read_text()))
+                if options.show:
+                    show(workdir, records[-1]["survivors"])
+                if options.markdown and "diffs" not in records[-1] and workdir.exists():
+                    records[-1]["diffs"] = {
+                        n: diff_of(workdir, n) for n in records[-1]["survivors"]
+                    }
+            continue
+        if options.survivors:
+            if not saved.exists() or not workdir.exists():
+                sys.exit(f"{module}: no earlier run to take survivors from")
+            if (workdir / "source.sha256").read_text() != digest(source_of(module)):
+                sys.exit(f"{module}: the source changed since its run; run it afresh")
+            for copy in (workdir / "tests", workdir / "mutants" / "tests"):
+                shutil.rmtree(copy)
+                shutil.copytree(ROOT / "tests", copy)
+            names = json.loads(saved.read_text())["survivors"]
+            args = ["run", f"--max-children={options.children}", *names]
+            previous = collect(module, workdir)
+        else:
+            prepare(module, workdir, options.children)
+            args = ["run", f"--max-children={options.children}"]
+            previous = {}
+        print(f"{module}: mutating {source_of(module).relative_to(ROOT)} ...", flush=True)
+        finished, seconds = run_mutmut(workdir, args, options.cap, workdir / "mutmut.log")
+        statuses = {**previous, **collect(module, workdir)}
+        record = save(module, statuses, finished, seconds)
+        record["diffs"] = {name: diff_of(workdir, name) for name in record["survivors"]}
+        (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
+        records.append(record)
+        print(table(records[-1:]), flush=True)
+    if options.markdown:
+        (ROOT / "bench" / "MUTATION.md").write_text(markdown(records))
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()

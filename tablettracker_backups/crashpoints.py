@@ -1,0 +1,62 @@
+"""Named crash points: a test-only switch that makes the process SIGKILL itself at one stage.
+
+The fault tests set ``TTB_CRASH_AT`` to a stage name (``compress``), or to a stage and a count
+(``compress:3``, the third time that stage is reached), and run a real command: the process
+kills itself with SIGKILL right there, the deterministic version of pulling the plug. The tests
+then check what each stage leaves behind. Without the variable (always, outside the tests)
+:func:`crash_point` costs one environment look-up and does nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+from enum import Enum
+
+#: The environment variable that names the stage (and optionally the count) to crash at.
+ENV = "TTB_CRASH_AT"
+
+
+class Stage(str, Enum):
+    """Where a process can be made to crash, in the order a backup or restore reaches them."""
+
+    #: The snapshot is half copied into its temporary file (after the first backup-API step).
+    SNAPSHOT_COPY = "snapshot-copy"
+    #: The stored file is half written (after its first compressed chunk).
+    COMPRESS = "compress"
+    #: The data file is renamed into the primary folder and fsynced; no metadata yet.
+    DATA_RENAME = "data-rename"
+    #: A metadata document (the commit marker) is written and fsynced under its temporary
+    #: name, not yet renamed into place.
+    METADATA_WRITE = "metadata-write"
+    #: The secondary folder's data file is written under its temporary name, not committed.
+    SECONDARY_COPY = "secondary-copy"
+    #: Prune removed one copy's metadata and not yet its data file.
+    PRUNE_DELETE = "prune-delete"
+    #: One part of a multipart offsite upload has been sent; the upload is not complete.
+    OFFSITE_PART_UPLOAD = "offsite-part-upload"
+    #: A restore is half way through writing pages into the target (its transaction is open).
+    RESTORE_WRITE = "restore-write"
+    #: A restore has written and committed; the check afterwards has not run.
+    RESTORE_POST_CHECK = "restore-post-check"
+    #: A restore's safety snapshot is committed; nothing has been written to the target yet.
+    SAFETY_SNAPSHOT = "safety-snapshot"
+
+
+# Times each stage was reached in this process: "stage:N" crashes at the Nth. Only ever
+# touched when the variable is set, i.e. in a test's child process.
+_reached: Counter[str] = Counter()
+
+
+def crash_point(stage: Stage) -> None:
+    """SIGKILL this process if ``TTB_CRASH_AT`` names ``stage`` (at this count); else nothing."""
+    wanted = os.environ.get(ENV)
+    if not wanted:
+        return
+    name, _, count = wanted.partition(":")
+    if name != stage.value:
+        return
+    _reached[name] += 1
+    if _reached[name] == int(count or 1):
+        os.kill(os.getpid(), signal.SIGKILL)

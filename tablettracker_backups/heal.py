@@ -1,0 +1,181 @@
+"""Copies heal: rebuild a missing or damaged copy of a backup from one that checks out.
+
+A backup killed between its primary and secondary copies, a secondary disk that was away, or a
+copy that a re-verify found damaged would otherwise stay broken until the backup ages out (for
+a monthly slot, months of warnings). ``run`` calls :func:`heal_copies` under the operation lock:
+each broken copy is rebuilt from another folder whose copy still hashes to its metadata's
+SHA-256, or else downloaded from the offsite store, and the rebuilt file is hashed again before
+it counts. What could not be repaired is recorded, so health warns only while a repair is
+impossible.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tablettracker_backups.backup import copy_between
+from tablettracker_backups.compression import hash_file
+from tablettracker_backups.errors import BackupError, StorageError, VerificationError
+from tablettracker_backups.fsutil import commit, ensure_private_dir, remove_quietly, temp_path
+from tablettracker_backups.metadata import BackupMetadata
+from tablettracker_backups.offsite.client import OffsiteStore
+from tablettracker_backups.offsite.record import read_state
+from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.store import BackupInfo, BackupStore
+
+logger = logging.getLogger(__name__)
+
+#: Copy states a repair rebuilds. A copy that *differs* (another file under the same id,
+#: each matching its own metadata) needs a person: neither side is known to be wrong.
+REPAIRABLE = (CopyStatus.MISSING, CopyStatus.DAMAGED)
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One copy that was rebuilt (``ok``), or could not be (``error`` says why)."""
+
+    id: str
+    location: str
+    source: str | None
+    ok: bool
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``run --json``, the status file)."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line for a person."""
+        if self.ok:
+            return f"rebuilt the {self.location} copy of {self.id} from the {self.source} copy"
+        return f"could not rebuild the {self.location} copy of {self.id}: {self.error}"
+
+
+def broken_copies(
+    store: BackupStore, infos: list[BackupInfo], *, recheck: int = 0
+) -> list[tuple[BackupInfo, str]]:
+    """(backup, location) for each copy that is missing or damaged.
+
+    Listing compares sizes only; the ``recheck`` newest backups also have every copy hashed,
+    so a copy damaged in place (a flipped byte) is found as soon as health would see it.
+    """
+    found = []
+    for index, info in enumerate(infos):
+        if info.metadata is None:
+            continue  # metadata lost everywhere: nothing to rebuild it from
+        for copy in info.copies:
+            if copy.state in REPAIRABLE:
+                found.append((info, copy.location))
+            elif copy.state == CopyStatus.OK and index < recheck:
+                try:
+                    matches = store.checksum_matches(info, copy.location)
+                except BackupError:
+                    matches = False
+                if not matches:
+                    found.append((info, copy.location))
+    return found
+
+
+def heal_copies(store: BackupStore, *, recheck: int = 0) -> tuple[Repair, ...]:
+    """Rebuild every missing or damaged copy that can be rebuilt; the caller holds the lock.
+
+    Never raises for one copy's trouble: each outcome is a :class:`Repair`.
+    """
+    infos = store.list()
+    repairs = []
+    offsite: _Offsite | None = None
+    for info, location in broken_copies(store, infos, recheck=recheck):
+        if offsite is None:
+            offsite = _Offsite(store)
+        repair = _repair_one(store, info, location, offsite)
+        (logger.info if repair.ok else logger.warning)("%s", repair.describe())
+        repairs.append(repair)
+    return tuple(repairs)
+
+
+def _repair_one(store: BackupStore, info: BackupInfo, location: str, offsite: _Offsite) -> Repair:
+    folder = store.locations[location]
+    trouble = _folder_trouble(folder)
+    if trouble is not None:
+        return Repair(info.id, location, None, False, trouble)
+    for source in store.locations:
+        if source == location or info.copy_state(source) != CopyStatus.OK:
+            continue
+        try:
+            if not store.checksum_matches(info, source):
+                continue
+            metadata = store.read_metadata(source, info.id)
+            copy_between(store, source, location, metadata)
+            _confirm(store, info, location)
+        except BackupError as exc:
+            return Repair(info.id, location, source, False, str(exc))
+        return Repair(info.id, location, source, True)
+    return offsite.rebuild(info, location)
+
+
+def _folder_trouble(folder: Path) -> str | None:
+    """Why copies cannot be written into ``folder`` now, or ``None``. A folder whose parent is
+    missing is a disk that is not mounted: nothing is created in its place."""
+    if not folder.is_dir():
+        if not folder.parent.is_dir():
+            return f"the folder {folder} is not there (is its disk mounted?)"
+        try:
+            ensure_private_dir(folder)
+        except StorageError as exc:
+            return str(exc)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"permission denied: cannot write to {folder}"
+    return None
+
+
+def _confirm(store: BackupStore, info: BackupInfo, location: str) -> None:
+    """The rebuilt file, read back from disk, must hash to the metadata's SHA-256."""
+    if not store.checksum_matches(info, location):
+        raise VerificationError(f"the rebuilt {location} copy of {info.id} does not match")
+
+
+class _Offsite:
+    """The offsite store as a last source, opened only when a repair needs it."""
+
+    def __init__(self, store: BackupStore) -> None:
+        self.store = store
+        settings = store.settings
+        self.sound: set[str] = set()
+        self.client: OffsiteStore | None = None
+        if settings.s3 is not None:
+            self.sound = {c.id for c in read_state(settings).copies.values() if c.ok}
+
+    def rebuild(self, info: BackupInfo, location: str) -> Repair:
+        if info.id not in self.sound or info.metadata is None:
+            return Repair(info.id, location, None, False, "no other copy checks out")
+        final = self.store.data_path(location, info.id, info.metadata.compression)
+        temp = temp_path(final.parent, final.name)
+        try:
+            if self.client is None:
+                self.client = OffsiteStore.from_settings(self.store.settings)
+            metadata = self.client.read_metadata(info.id)
+            self.client.download(info.id, metadata.compression, temp)
+            _commit_download(self.store, location, metadata, temp, final)
+            _confirm(self.store, info, location)
+        except BackupError as exc:
+            remove_quietly(temp)
+            return Repair(info.id, location, "offsite", False, str(exc))
+        return Repair(info.id, location, "offsite", True)
+
+
+def _commit_download(
+    store: BackupStore, location: str, metadata: BackupMetadata, temp: Path, final: Path
+) -> None:
+    size, digest = hash_file(temp)
+    if size != metadata.stored_size or digest != metadata.sha256:
+        raise VerificationError(f"the offsite copy of {metadata.id} does not match its metadata")
+    commit(temp, final)
+    try:
+        store.write_metadata(location, metadata)
+    except StorageError:
+        remove_quietly(final)
+        raise

@@ -1,0 +1,211 @@
+"""Prometheus metrics, read from the backup folder and the status file at scrape time.
+
+There are no in-process counters: every value comes from what is on disk when asked, so every
+web worker, the CLI and a node_exporter text file give the same answer, and a restart loses
+nothing. Nothing here hashes or opens a backup (a scrape must stay cheap): ages and sizes come
+from the metadata, the health verdict from the report the last ``run`` or ``health`` saved.
+
+``prometheus_client`` (the ``metrics`` extra) is imported only when metrics are made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tablettracker_backups.errors import BackupError, ConfigError, StorageError
+from tablettracker_backups.fsutil import commit, describe_os_error, remove_quietly
+from tablettracker_backups.health import slot_counts
+from tablettracker_backups.metadata import parse_utc
+from tablettracker_backups.offsite.policy import offsite_lag
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import Level
+from tablettracker_backups.status import read_status
+from tablettracker_backups.store import BackupInfo, BackupStore
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
+    from prometheus_client.registry import CollectorRegistry
+
+PREFIX = "tablettracker_backups_"
+SLOTS = ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore")
+MISSING_CLIENT = (
+    "metrics need the prometheus_client package: pip install 'tablettracker-backups[metrics]'"
+)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The values behind the metrics, at one moment. Timestamps are Unix seconds; 0 = never."""
+
+    last_success: float = 0.0
+    last_verified: float = 0.0
+    last_attempt: float = 0.0
+    last_duration: float | None = None
+    last_size: int | None = None
+    slots: dict[str, int] = field(default_factory=dict)
+    health_status: int | None = None
+    offsite_behind: int | None = None
+    disk_free: dict[str, int] = field(default_factory=dict)
+
+
+def _good(info: BackupInfo) -> bool:
+    # ``good`` (the trust issue's stricter verdict) where the store has it, else verified.
+    return bool(getattr(info, "good", info.verified))
+
+
+def _stamp(moment: datetime | None) -> float:
+    return moment.timestamp() if moment is not None else 0.0
+
+
+def read_snapshot(settings: Settings, *, now: datetime | None = None) -> Snapshot:
+    """Read the folder and status file; raises :class:`StorageError` if the folder cannot be
+    listed."""
+    now = now or datetime.now(timezone.utc)
+    infos = BackupStore(settings).list()
+    regular = [i for i in infos if i.kind != "pre-restore"]
+    newest = next((i for i in regular if i.metadata is not None), None)
+    good = next((i for i in regular if _good(i)), None)
+    verified_at = [
+        i.metadata.verification.verified_at
+        for i in infos
+        if i.metadata is not None and i.verified and i.metadata.verification.ok
+    ]
+    status = read_status(settings)
+    attempts = [i.created_at for i in regular[:1]]
+    failure = status.get("last_backup_failure")  # the trust issue's record of a failed backup
+    for value in (
+        status.get("last_run_at"),
+        failure.get("at") if isinstance(failure, dict) else None,
+    ):
+        if value:
+            with contextlib.suppress(BackupError):
+                attempts.append(parse_utc(value, "last attempt"))
+    health = status.get("health")
+    level = health.get("status") if isinstance(health, dict) else None
+    counts = slot_counts(settings, infos, now)
+    disk: dict[str, int] = {}
+    for name, folder in zip(("primary", "secondary"), settings.locations, strict=False):
+        try:
+            disk[name] = shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return Snapshot(
+        last_success=_stamp(good.created_at if good else None),
+        last_verified=_stamp(max(verified_at, default=None)),
+        last_attempt=_stamp(max(attempts, default=None)),
+        last_duration=newest.metadata.durations.get("total")
+        if newest and newest.metadata
+        else None,
+        last_size=newest.metadata.stored_size if newest and newest.metadata else None,
+        slots={slot: counts.get(slot, 0) for slot in SLOTS},
+        health_status=[str(v) for v in Level].index(level) if level in list(Level) else None,
+        offsite_behind=len(offsite_lag(settings, infos, now=now).behind) if settings.s3 else None,
+        disk_free=disk,
+    )
+
+
+class BackupsCollector:
+    """A ``prometheus_client`` collector: each ``collect()`` reads the folder afresh."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def collect(self) -> Iterator[Metric]:
+        """The metrics, from a :class:`Snapshot` taken now."""
+        from prometheus_client.core import GaugeMetricFamily
+
+        snap = read_snapshot(self.settings)
+
+        def gauge(name: str, doc: str, value: float | None, unit: str = "") -> Iterator[Metric]:
+            if value is not None:
+                yield GaugeMetricFamily(PREFIX + name, doc, value=value, unit=unit)
+
+        yield from gauge(
+            "last_success_timestamp_seconds",
+            "When the newest good backup was taken (0: never).",
+            snap.last_success,
+        )
+        yield from gauge(
+            "last_verified_timestamp_seconds",
+            "When a backup last passed a full verification (0: never).",
+            snap.last_verified,
+        )
+        yield from gauge(
+            "last_attempt_timestamp_seconds",
+            "When a backup or scheduled run was last attempted (0: never).",
+            snap.last_attempt,
+        )
+        yield from gauge(
+            "last_duration_seconds", "How long the newest backup took.", snap.last_duration
+        )
+        yield from gauge("last_size_bytes", "Stored size of the newest backup.", snap.last_size)
+        slots = GaugeMetricFamily(
+            PREFIX + "backups", "Backups kept per retention slot.", labels=["slot"]
+        )
+        for slot, count in snap.slots.items():
+            slots.add_metric([slot], count)
+        yield slots
+        yield from gauge(
+            "health_status",
+            "The last saved health verdict: 0 ok, 1 warning, 2 critical.",
+            snap.health_status,
+        )
+        yield from gauge(
+            "offsite_behind",
+            "Verified backups not yet uploaded to the offsite store.",
+            snap.offsite_behind,
+        )
+        free = GaugeMetricFamily(
+            PREFIX + "disk_free_bytes", "Free space where backups are kept.", labels=["folder"]
+        )
+        for folder, value in snap.disk_free.items():
+            free.add_metric([folder], value)
+        yield free
+
+
+def registry(settings: Settings) -> CollectorRegistry:
+    """A registry holding only this package's collector; raises :class:`ConfigError` when
+    ``prometheus_client`` is not installed."""
+    try:
+        from prometheus_client.registry import CollectorRegistry
+    except ImportError:
+        raise ConfigError(MISSING_CLIENT) from None
+    found = CollectorRegistry(auto_describe=False)
+    found.register(BackupsCollector(settings))
+    return found
+
+
+def render(settings: Settings) -> bytes:
+    """The metrics in Prometheus' text format; raises :class:`ConfigError` when
+    ``prometheus_client`` is not installed."""
+    found = registry(settings)
+    from prometheus_client.exposition import generate_latest
+
+    return generate_latest(found)
+
+
+def write_textfile(settings: Settings, path: Path) -> None:
+    """Write the metrics to ``path`` atomically, for node_exporter's textfile collector.
+
+    The temporary name does not end in ``.prom``, so the collector never reads a half-written
+    file; the file is world-readable (0644) because node_exporter usually runs as another user.
+    Raises :class:`StorageError`.
+    """
+    data = render(settings)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.chmod(temp, 0o644)  # the umask may have taken bits away
+    except OSError as exc:
+        remove_quietly(temp)
+        raise StorageError(describe_os_error(exc, path)) from None
+    commit(temp, path)

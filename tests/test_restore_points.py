@@ -1,0 +1,168 @@
+"""Restore to a moment: ``restore --at TIME`` and the pages' "state as of" picker."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
+from tablettracker_backups.restore_points import parse_moment
+from tablettracker_backups.settings import Settings
+from tests.conftest import backdate
+
+HOURS = (5, 3, 1)  # backups taken this many hours ago, each with its own note
+
+
+@pytest.fixture
+def berlin() -> Iterator[None]:
+    """Local time is Europe/Berlin (UTC+1 in November): "no zone" must mean local time."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    yield
+    if old is None:
+        del os.environ["TZ"]
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+def _note(database: Path, text: str) -> None:
+    with closing(sqlite3.connect(database)) as conn:
+        conn.execute("UPDATE purchase_orders SET notes = ? WHERE id = 1", (text,))
+        conn.commit()
+
+
+@pytest.fixture
+def history(settings: Settings) -> dict[int, tuple[str, datetime]]:
+    """Three auto backups, 5, 3 and 1 hour(s) old, of three different states."""
+    taken = {}
+    for hours in HOURS:
+        _note(settings.database, f"state {hours}h ago")
+        meta = create_backup(settings, kind="auto").metadata
+        backdate(settings, meta.id, timedelta(hours=hours))
+        taken[hours] = (meta.id, meta.created_at - timedelta(hours=hours))
+    _note(settings.database, "now")
+    return taken
+
+
+def invoke(settings: Settings, *args: str) -> tuple[int, str, str]:
+    where = ["--database", str(settings.database), "--backup-dir", str(settings.backup_dir)]
+    where += ["--secondary-dir", str(settings.secondary_dir)]
+    result = CliRunner().invoke(cli, ["restore", *where, *args])
+    assert "Traceback" not in result.output
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_parse_moment_reads_a_time_without_zone_as_local(berlin: None) -> None:
+    local = parse_moment("2026-11-23T20:15")
+    assert not local.zone_given
+    assert local.at == datetime(2026, 11, 23, 19, 15, tzinfo=timezone.utc)
+    assert "no time zone given: read as local time" in local.describe()
+    given = parse_moment("2026-11-23T20:15Z")
+    assert given.zone_given and given.at == datetime(2026, 11, 23, 20, 15, tzinfo=timezone.utc)
+    assert parse_moment("2026-11-23 21:15:30+01:00").at.hour == 20
+
+
+def test_restore_at_picks_the_newest_good_backup_at_or_before(
+    settings: Settings, history: dict[int, tuple[str, datetime]], berlin: None
+) -> None:
+    three_id, three_at = history[3]
+    between = three_at + timedelta(minutes=30)  # after the 3 h backup, before the 1 h one
+    code, out, err = invoke(settings, "--at", between.isoformat(), "--preview", "--json")
+    assert code == 0, err
+    preview = json.loads(out)
+    assert preview["backup_id"] == three_id and preview["at_zone"] == "given"
+    # Without a zone it is local time (Berlin, UTC+1), and the output says so. Half an hour
+    # before the 3 h backup: read as UTC, it would be half an hour after it.
+    five_id = history[5][0]
+    local = (three_at - timedelta(minutes=30)).astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+    code, out, err = invoke(settings, "--at", local, "--to", str(settings.database.parent / "x.db"))
+    assert code == 0, err
+    assert "no time zone given: read as local time" in out and five_id in out
+    with closing(sqlite3.connect(settings.database.parent / "x.db")) as conn:
+        notes = conn.execute("SELECT notes FROM purchase_orders WHERE id = 1").fetchone()[0]
+    assert notes == "state 5h ago"
+    # Exactly at a backup's time is "at or before": that backup.
+    code, out, _ = invoke(settings, "--at", three_at.isoformat(), "--preview", "--json")
+    assert json.loads(out)["backup_id"] == three_id
+
+
+def test_restore_at_outside_the_range_names_the_nearest_points(
+    settings: Settings, history: dict[int, tuple[str, datetime]]
+) -> None:
+    oldest_id, oldest_at = history[5]
+    code, out, err = invoke(settings, "--at", (oldest_at - timedelta(hours=1)).isoformat())
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("Error: no restore point at or before")
+    assert oldest_id in err and history[3][0] in err
+    future = datetime.now(timezone.utc) + timedelta(days=1)
+    code, _, err = invoke(settings, "--at", future.isoformat())
+    assert code == 2 and "in the future" in err and history[1][0] in err
+    code, _, err = invoke(settings, "--at", "last tuesday")
+    assert code == 2 and err.count("\n") == 1 and "ISO 8601" in err
+    code, _, err = invoke(settings, "--at", oldest_at.isoformat(), oldest_id)
+    assert code == 2 and "--at chooses the backup" in err
+
+
+def test_list_json_has_each_backups_kind(
+    settings: Settings, history: dict[int, tuple[str, datetime]]
+) -> None:
+    create_backup(settings, kind="manual")
+    where = ["--database", str(settings.database), "--backup-dir", str(settings.backup_dir)]
+    where += ["--secondary-dir", str(settings.secondary_dir)]
+    result = CliRunner().invoke(cli, ["list", *where, "--json"])
+    kinds = [b["kind"] for b in json.loads(result.stdout)]
+    assert kinds == ["manual", "auto", "auto", "auto"]
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+
+def test_state_as_of_page_shows_points_around_the_chosen_time(
+    demo_app: Flask, admin_client: FlaskClient
+) -> None:
+    settings: Settings = demo_app.extensions["tablettracker_backups"].settings
+    ids = []
+    for hours in (4, 3, 2, 1):
+        meta = create_backup(settings, kind="auto").metadata
+        backdate(settings, meta.id, timedelta(hours=hours))
+        ids.append(meta.id)
+    chosen_at = datetime.now(timezone.utc) - timedelta(hours=2, minutes=30)
+    # What a datetime-local input sends: local time, to the minute, no zone.
+    picked = chosen_at.astimezone().strftime("%Y-%m-%dT%H:%M")
+    response = admin_client.get(f"/admin/backups/restore-at?at={picked}")
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert 'type="datetime-local"' in html and 'method="get"' in html
+    rows = re.findall(r'<tr class="(ttb-chosen)?" data-backup-id="([^"]+)"', html)
+    assert [backup_id for _, backup_id in rows] == ids  # every point, oldest first
+    assert [backup_id for chosen, backup_id in rows if chosen] == [ids[1]]  # the 3 h one
+    # Each leads to the existing restore page (preview, typed confirmation, POST + CSRF).
+    assert f'href="/admin/backups/backups/{ids[1]}/restore"' in html
+    before = admin_client.get("/admin/backups/restore-at?at=2001-01-01T00:00")
+    assert before.status_code == 200 and "no restore point at or before" in before.get_data(
+        as_text=True
+    )
+    assert admin_client.get("/admin/backups/restore-at?at=soon").status_code == 400
+    dashboard = admin_client.get("/admin/backups/").get_data(as_text=True)
+    assert "Recovery point" in dashboard and "/admin/backups/restore-at" in dashboard
+
+
+def test_state_as_of_page_is_for_admins_only(demo_app: Flask, staff_client: FlaskClient) -> None:
+    assert staff_client.get("/admin/backups/restore-at").status_code == 403
+    anonymous = demo_app.test_client().get("/admin/backups/restore-at")
+    assert anonymous.status_code == 302 and "/login" in anonymous.location
