@@ -160,73 +160,106 @@ def sync_offsite(
     """
     now = now or datetime.now(timezone.utc)
     store = BackupStore(settings)
-    state = read_state(settings)
-    uploaded: list[UploadResult] = []
-    pruned: list[str] = []
-    verified: list[OffsiteVerification] = []
-    errors: list[str] = []
+    sync = _Sync(settings, read_state(settings))
     infos = store.list()
     try:
         offsite = OffsiteStore.from_settings(settings)
-        listing = offsite.list()
-        state = _reconcile(offsite, state, listing, now)
-        state = replace(state, listed_at=now)
-        write_state(settings, state)
-        for info in pending_uploads(settings, infos, state):
-            try:
-                result = _upload_one(offsite, store, info)
-            except VerificationError as exc:
-                errors.append(str(exc))
-                continue
-            uploaded.append(result)
-            assert info.metadata is not None
-            state = state.with_copy(
-                OffsiteCopy(
-                    id=info.id,
-                    kind=info.kind,
-                    size=result.size,
-                    sha256=info.metadata.sha256,
-                    uploaded_at=datetime.now(timezone.utc),
-                    upload_check=result.check,
-                )
-            )
-            write_state(settings, state)
-        pruned = _prune(settings, offsite, infos, state)
-        state = state.without(pruned)
-        for key in offsite.orphan_keys():
-            offsite.delete_key(key)
-            logger.info("removed interrupted offsite upload %s", key)
-        for key in offsite.abort_interrupted_uploads():
-            logger.info("aborted the interrupted multipart upload of %s", key)
-        write_state(settings, state)
-        for backup_id in rolling_verify_choice(settings, state)[:verify_count]:
-            outcome = offsite.verify(backup_id, scratch_dir=settings.state_dir)
-            verified.append(outcome)
-            state = record_copy_result(
-                state,
+        sync.save(replace(_reconcile(offsite, sync.state, offsite.list(), now), listed_at=now))
+        _upload_pending(sync, offsite, store, infos)
+        _prune_and_clean(sync, offsite, infos)
+        _read_back(sync, offsite, verify_count)
+    except BackupError as exc:
+        sync.errors.append(str(exc))
+        logger.warning("offsite sync failed: %s", exc)
+    return _finish(sync, infos)
+
+
+@dataclass
+class _Sync:
+    """A sync in progress: the offsite record as it stands, and what was done so far."""
+
+    settings: Settings
+    state: OffsiteState
+    uploaded: list[UploadResult] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    verified: list[OffsiteVerification] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def save(self, state: OffsiteState) -> None:
+        """Record a step at once, so an interrupted run loses at most the step it was in."""
+        self.state = state
+        write_state(self.settings, state)
+
+
+def _upload_pending(
+    sync: _Sync, offsite: OffsiteStore, store: BackupStore, infos: list[BackupInfo]
+) -> None:
+    for info in pending_uploads(sync.settings, infos, sync.state):
+        try:
+            result = _upload_one(offsite, store, info)
+        except VerificationError as exc:
+            sync.errors.append(str(exc))
+            continue
+        sync.uploaded.append(result)
+        assert info.metadata is not None
+        copy = OffsiteCopy(
+            id=info.id,
+            kind=info.kind,
+            size=result.size,
+            sha256=info.metadata.sha256,
+            uploaded_at=datetime.now(timezone.utc),
+            upload_check=result.check,
+        )
+        sync.save(sync.state.with_copy(copy))
+
+
+def _prune_and_clean(sync: _Sync, offsite: OffsiteStore, infos: list[BackupInfo]) -> None:
+    """Offsite retention, then what interrupted uploads left behind."""
+    sync.pruned = _prune(sync.settings, offsite, infos, sync.state)
+    sync.state = sync.state.without(sync.pruned)
+    for key in offsite.orphan_keys():
+        offsite.delete_key(key)
+        logger.info("removed interrupted offsite upload %s", key)
+    for key in offsite.abort_interrupted_uploads():
+        logger.info("aborted the interrupted multipart upload of %s", key)
+    sync.save(sync.state)
+
+
+def _read_back(sync: _Sync, offsite: OffsiteStore, verify_count: int | None) -> None:
+    """Download and fully check the copies confirmed longest ago."""
+    for backup_id in rolling_verify_choice(sync.settings, sync.state)[:verify_count]:
+        outcome = offsite.verify(backup_id, scratch_dir=sync.settings.state_dir)
+        sync.verified.append(outcome)
+        sync.save(
+            record_copy_result(
+                sync.state,
                 backup_id,
                 ok=outcome.ok,
                 error=outcome.error,
                 at=datetime.now(timezone.utc),
             )
-            write_state(settings, state)
-    except BackupError as exc:
-        errors.append(str(exc))
-        logger.warning("offsite sync failed: %s", exc)
-    behind = tuple(i.id for i in pending_uploads(settings, infos, state))
+        )
+
+
+def _finish(sync: _Sync, infos: list[BackupInfo]) -> SyncResult:
+    """Record how the sync ended, and say what it did."""
+    behind = tuple(i.id for i in pending_uploads(sync.settings, infos, sync.state))
     finished = datetime.now(timezone.utc)
+    errors = sync.errors
     state = replace(
-        state,
+        sync.state,
         last_sync_at=finished,
         last_sync_ok=not errors,
         last_error=errors[0] if errors else None,
-        last_error_at=finished if errors else state.last_error_at,
+        last_error_at=finished if errors else sync.state.last_error_at,
     )
     try:
-        write_state(settings, state)
+        write_state(sync.settings, state)
     except BackupError as exc:
         errors.append(f"could not save the offsite record: {exc}")
-    return SyncResult(tuple(uploaded), tuple(pruned), tuple(verified), behind, tuple(errors))
+    return SyncResult(
+        tuple(sync.uploaded), tuple(sync.pruned), tuple(sync.verified), behind, tuple(errors)
+    )
 
 
 def _prune(
