@@ -195,7 +195,7 @@ def check_health(
         ),
     )
     findings += copy_findings
-    findings += network_wal_findings(settings)
+    findings += network_wal_findings(settings, query=read_data)
     findings += _auto_findings(settings, newest)
     disk, disk_findings = _disk(settings, newest)
     findings += disk_findings
@@ -335,14 +335,22 @@ NETWORK_FILESYSTEMS = frozenset(
 )
 
 
-def network_wal_findings(settings: Settings, mounts: Path = PROC_MOUNTS) -> list[Finding]:
+def network_wal_findings(
+    settings: Settings, mounts: Path = PROC_MOUNTS, *, query: bool = True
+) -> list[Finding]:
     """Warn when the database is in WAL mode on a network file system (the type from
-    ``mounts``; the journal mode from ``PRAGMA journal_mode``, see :func:`live_journal_mode`)."""
+    ``mounts``). The journal mode comes from ``PRAGMA journal_mode`` (see
+    :func:`live_journal_mode`); with ``query=False`` (a page load, which opens no live
+    database) from the ``-wal`` file's presence alone, which misses a WAL database nobody has
+    open."""
     fstype = filesystem_type(settings.database, mounts)
     if fstype not in NETWORK_FILESYSTEMS and not (fstype or "").startswith("fuse.sshfs"):
         return []
-    mode = live_journal_mode(settings.database)
-    if mode != "wal":
+    if query:
+        wal = live_journal_mode(settings.database) == "wal"
+    else:
+        wal = Path(f"{settings.database}-wal").exists()
+    if not wal:
         return []
     return [
         Finding(

@@ -133,6 +133,8 @@ def check_folders(settings: Settings) -> None:
     Reads only; a folder without a record passes (see :func:`claim_folders`).
     """
     for folder in settings.locations:
+        if not folder.is_dir():
+            continue  # a folder that is away has no record to disagree with (disk findings say so)
         recorded = read_identity(folder)
         if recorded is not None and not same_database(recorded, settings):
             raise IdentityError(mismatch_message(folder, recorded, settings))

@@ -47,7 +47,8 @@ from tests.reliability import Recorder
 
 #: Retention that keeps only the newest backup, so `prune` always has something to delete.
 KEEP_NEWEST_ONLY = {
-    f"BACKUPS_KEEP_{slot}": "0" for slot in ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY")
+    f"BACKUPS_KEEP_{slot}": "0"
+    for slot in ("HOURLY", "DAILY", "WEEKLY", "MONTHLY", "YEARLY", "RECENT")
 }
 
 

@@ -138,6 +138,7 @@ def test_prune_deletes_the_commit_marker_before_the_data(
         BACKUPS_KEEP_WEEKLY="0",
         BACKUPS_KEEP_MONTHLY="0",
         BACKUPS_KEEP_YEARLY="0",
+        BACKUPS_KEEP_RECENT="0",
     )
     calls = traced_cli(["prune"], env, tmp_path / "prune.trace")
     remaining = [info.id for info in BackupStore(settings).list()]

@@ -578,9 +578,10 @@ def test_fuzz_settings_through_the_cli(cli_folder: Path, key: str, value: str) -
     else:
         _count("CLI settings through the environment: rejected")
         assert result.exit_code == 2, (variable, value, result.output)
-        assert result.stdout == ""
+        # With --json the error is JSON on stdout too (the trust issue), the same one line.
         (line,) = result.stderr.splitlines()
         assert line.startswith("Error: ") and variable in line, line
+        assert json.loads(result.stdout) == {"error": line[len("Error: ") :], "exit_code": 2}
 
 
 def _assert_sane_or_one_line(key: str, value: Any) -> None:

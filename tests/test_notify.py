@@ -554,7 +554,7 @@ def test_schema_change_is_info_only_and_foreign_key_rise_is_caught(
 
     # More foreign-key violations than the previous good backup had.
     before = first.metadata
-    worse = replace(before, verification=replace(before.verification, foreign_key_violations=7))
+    worse = replace(before, findings=replace(before.findings, foreign_key_violations=7))
     [rose] = find_anomalies(before, worse, drop=0.2)
     assert rose.kind == AnomalyKind.FOREIGN_KEYS_ROSE
     assert "from 0" in rose.message and "to 7" in rose.message

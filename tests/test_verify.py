@@ -202,7 +202,14 @@ def test_each_database_check_fails_verify_and_restore(
     # No scratch file is left behind by a failed check.
     for folder in settings.locations:
         assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
-    with pytest.raises(RestoreError, match="nothing was changed"):
+    # Since the trust issue a restore whose stored and decompressed hashes both match does not
+    # repeat the full checks before the write (verify is the drill); what they would catch is
+    # caught by the check after the write, which puts the safety snapshot back. Foreign-key
+    # violations are findings, not failures: faithful bytes are restored as they are.
+    if case == "two broken foreign keys":
+        restore_backup(settings, backup.id)
+        return
+    with pytest.raises(RestoreError, match="nothing was changed|was put back"):
         restore_backup(settings, backup.id)
     assert dump(settings.database) == live_before
 
