@@ -209,7 +209,7 @@ def test_each_database_check_fails_verify_and_restore(
     if case == "two broken foreign keys":
         restore_backup(settings, backup.id)
         return
-    with pytest.raises(RestoreError, match="nothing was changed|was put back"):
+    with pytest.raises(RestoreError, match=r"nothing was changed|was put back"):
         restore_backup(settings, backup.id)
     assert dump(settings.database) == live_before
 
