@@ -133,7 +133,9 @@ def outer_package_folders() -> list[str]:
         path = Path(folder)
         if not path.name.endswith(("site-packages", "dist-packages")) or not path.is_dir():
             continue
-        if str(path.resolve()).startswith(str(ROOT)) or str(path) in found:
+        # A venv inside the checkout (the README's .venv) is an environment like any other;
+        # only the checkout's own folder must never be seen.
+        if path.resolve() == ROOT or str(path) in found:
             continue
         found.append(str(path))
     return found
