@@ -456,7 +456,7 @@ def _encryption_settings(values: Mapping[str, Any]) -> EncryptionSettings | None
     if not recipients:
         if mode_text is not None:
             raise ConfigError(
-                f"BACKUPS_ENCRYPT={mode_text} needs BACKUPS_ENCRYPT_TO (an age1... public key; "
+                f"BACKUPS_ENCRYPT={mode_text!r} needs BACKUPS_ENCRYPT_TO (an age1... public key; "
                 "make one with: tablettracker-backups keygen)"
             )
         return None
