@@ -241,8 +241,15 @@ def test_verify_records_each_outcome_in_that_copy(settings: Settings) -> None:
         "id": backup.id,
         "ok": False,
         "copies": [
-            {"location": "primary", "ok": False, "error": result.copies[0].error},
-            {"location": "secondary", "ok": True, "error": None},
+            # depth: how far the check went (an encrypted copy without its key stops short).
+            {
+                "location": "primary",
+                "ok": False,
+                "error": result.copies[0].error,
+                "depth": "full",
+                "note": None,
+            },
+            {"location": "secondary", "ok": True, "error": None, "depth": "full", "note": None},
         ],
     }
 
