@@ -204,12 +204,12 @@ def newest_supplier(settings: Settings, po: int = 1) -> str | None:
 
 
 def wait_until_due(settings: Settings) -> None:
-    """Wait until the newest backup is older than the interval (so any change is due)."""
-    interval = timedelta(seconds=settings.snapshot_after_write or 0)
+    """Wait until the newest backup is older than the effective interval (the setting, or 20x
+    the newest backup's duration), so that any change is due."""
 
     def due() -> bool:
-        info = newest_good(backups(settings))
-        return info is None or datetime.now(timezone.utc) - info.created_at > interval
+        check = evaluate(settings)
+        return check.due_at is None or check.due_at < datetime.now(timezone.utc)
 
     wait_until(due, "the newest backup to age past the interval")
 
@@ -289,10 +289,14 @@ def test_an_exception_in_the_trigger_never_reaches_the_response(
     assert blocker.read_text() == "in the way\n"
 
 
-def test_concurrent_requests_start_only_one_snapshot(serve: Callable[..., Served]) -> None:
+def test_concurrent_requests_start_only_one_snapshot(
+    serve: Callable[..., Served], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="tablettracker_backups.web.autosnapshot")
     site = serve(BACKUPS_SNAPSHOT_AFTER_WRITE="3s")
     settings, client = site.settings, site.client
     wait_until_due(settings)
+    caplog.clear()  # the login's own check is not one of the eight
     before = {i.id for i in backups(settings)}
     tokens = [client.token(f"/po/{po}/edit") for po in range(1, 9)]
     barrier = threading.Barrier(8)
@@ -309,6 +313,18 @@ def test_concurrent_requests_start_only_one_snapshot(serve: Callable[..., Served
     for thread in threads:
         thread.join()
     assert statuses == [303] * 8
+
+    def checks_done() -> int:
+        return sum(
+            r.name == "tablettracker_backups.web.autosnapshot"
+            and r.getMessage().startswith("automatic snapshot check:")
+            for r in caplog.records
+        )
+
+    # Each trigger runs after its response was sent, so "idle" right after the responses
+    # proves nothing: first wait until all eight have decided (one of them snapshots, the
+    # others find it busy), and only then for any worker it started.
+    wait_until(lambda: checks_done() >= 8, "all eight triggers to decide")
     wait_until(lambda: idle(settings), "the snapshot and any waiting worker")
     new = [i for i in backups(settings) if i.id not in before]
     in_process = [i for i in new if i.metadata and i.metadata.trigger == "web"]
@@ -319,6 +335,63 @@ def test_concurrent_requests_start_only_one_snapshot(serve: Callable[..., Served
     assert newest is not None
     assert [supplier_in(settings, newest, po) for po in range(1, 9)] == [
         f"Concurrent {po}" for po in range(1, 9)
+    ]
+
+
+def test_writes_during_an_in_process_snapshot_are_saved_by_the_next(
+    serve: Callable[..., Served], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The case CI once caught by chance: writes that commit while the in-process snapshot
+    is being taken are not in it, and no later request may come; a waiting worker saves them."""
+    caplog.set_level(logging.DEBUG, logger="tablettracker_backups.web.autosnapshot")
+    # zstd's level 19 over 2 MiB of incompressible rows: still snapshotted in-process (the
+    # demo database's first backup is quick), but for long enough (about a second here) that
+    # all seven writes below land, and their triggers run, while it is under way.
+    site = serve(
+        BACKUPS_SNAPSHOT_AFTER_WRITE="3s", BACKUPS_COMPRESSION="zstd", BACKUPS_COMPRESSION_LEVEL=19
+    )
+    settings, client = site.settings, site.client
+    with contextlib.closing(sqlite3.connect(settings.database)) as conn:
+        conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
+        rows = [(os.urandom(64 * 1024),) for _ in range(32)]
+        conn.executemany("INSERT INTO attachments (body) VALUES (?)", rows)
+        conn.commit()
+    wait_until_due(settings)
+    caplog.clear()
+    before = {i.id for i in backups(settings)}
+    tokens = [client.token(f"/po/{po}/edit") for po in range(1, 9)]
+
+    def write(po: int) -> None:
+        data = {"supplier": f"During {po}", "status": "open", "csrf_token": tokens[po - 1]}
+        assert client.request("POST", f"/po/{po}/edit", data) == 303
+
+    write(1)
+    # Its trigger runs after the response: wait until the snapshot's temporary file exists
+    # (the source signature is already taken), then write seven more while it runs.
+    wait_until(
+        lambda: any(p.name.startswith(".tmp-") for p in settings.backup_dir.iterdir()),
+        "the in-process snapshot to start",
+    )
+    threads = [threading.Thread(target=write, args=(po,)) for po in range(2, 9)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    def checks_done() -> int:
+        return sum(r.getMessage().startswith("automatic snapshot check:") for r in caplog.records)
+
+    wait_until(lambda: checks_done() >= 8, "all eight triggers to decide")
+    wait_until(lambda: idle(settings), "the waiting worker")
+    new = sorted((i for i in backups(settings) if i.id not in before), key=lambda i: i.id)
+    assert [i.metadata.trigger if i.metadata else None for i in new][:1] == ["web"]
+    first = [supplier_in(settings, new[0], po) for po in range(1, 9)]
+    assert first[0] == "During 1"
+    assert first[1:] != [f"During {po}" for po in range(2, 9)]  # the case really happened
+    newest = newest_good(backups(settings))
+    assert newest is not None and newest.id != new[0].id
+    assert [supplier_in(settings, newest, po) for po in range(1, 9)] == [
+        f"During {po}" for po in range(1, 9)
     ]
 
 
