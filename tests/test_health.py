@@ -20,6 +20,8 @@ from tablettracker_backups.health import (
     network_wal_findings,
 )
 from tablettracker_backups.health import save_report as write_status
+from tablettracker_backups.metadata import utc_iso
+from tablettracker_backups.offsite.policy import OffsiteLag
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.status import ALERT_LOG, STATUS_FILE, record_run
 from tablettracker_backups.store import BackupStore
@@ -504,3 +506,102 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     assert 590 < report.recovery["achieved_seconds"] < 660
     assert report.to_dict()["recovery"]["achieved_seconds"] == report.recovery["achieved_seconds"]
     assert "not in a backup yet" in dict(describe_recovery(report.recovery))["Recovery point"]
+
+
+# -- the findings from the offsite record and the schedule, word for word ---------------------
+# (pure functions over a record: every branch, boundary and message, without a server)
+
+
+def test_offsite_findings_say_how_far_behind_since_when_and_why() -> None:
+    from tablettracker_backups.health import _offsite_findings
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    since = now - timedelta(hours=5, minutes=30)
+    error = "E" * 299 + "FG"  # only the first 300 characters are kept
+    lag = OffsiteLag(
+        configured=True,
+        behind=("b3", "b2", "b1"),
+        behind_since=since,
+        damaged=("d1", "d2"),
+        overdue=("o-oldest", "o-newer"),
+        last_sync_at=now - timedelta(hours=1),
+        last_error=error,
+        last_error_at=now - timedelta(hours=1),
+    )
+    assert [(f.level, f.code, f.message) for f in _offsite_findings(lag, now)] == [
+        (
+            "warning",
+            "offsite-behind",
+            "offsite copy is 3 backup(s) behind since 2026-11-27 06:30 UTC (5.5 h); "
+            f"last error: {'E' * 299}F",
+        ),
+        ("warning", "offsite-damaged", "offsite copy of d1 is damaged"),
+        ("warning", "offsite-damaged", "offsite copy of d2 is damaged"),
+        (
+            "warning",
+            "offsite-unverified",
+            "2 offsite cop(ies) not read back within the verify period (oldest o-oldest)",
+        ),
+    ]
+    # Behind with no date recorded: since now; no error, no tail.
+    only = OffsiteLag(configured=True, behind=("b1",))
+    assert [f.message for f in _offsite_findings(only, now)] == [
+        "offsite copy is 1 backup(s) behind since 2026-11-27 12:00 UTC (0 s)"
+    ]
+
+
+def test_offsite_error_only_when_the_last_sync_itself_failed() -> None:
+    from tablettracker_backups.health import _offsite_findings
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    at = now - timedelta(minutes=10)
+    failed = OffsiteLag(configured=True, last_sync_at=at, last_error="timed out", last_error_at=at)
+    assert [(f.level, f.code, f.message) for f in _offsite_findings(failed, now)] == [
+        ("warning", "offsite-error", "the last offsite sync failed: timed out")
+    ]
+    # An old error, with a good sync after it; an error before any sync; no error at all.
+    for lag in (
+        OffsiteLag(
+            configured=True,
+            last_sync_at=at,
+            last_error="timed out",
+            last_error_at=at - timedelta(hours=1),
+        ),
+        OffsiteLag(configured=True, last_error="timed out", last_error_at=at),
+        OffsiteLag(configured=True, last_sync_at=at, last_error_at=at),
+        OffsiteLag(configured=True),
+    ):
+        assert _offsite_findings(lag, now) == [], lag
+
+
+def test_schedule_findings_boundaries_and_words() -> None:
+    from tablettracker_backups.health import GRACE, _schedule_findings
+
+    now = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    hour = timedelta(hours=1)
+
+    def found(status: dict[str, object]) -> tuple[datetime | None, list[tuple[str, str, str]]]:
+        at, findings = _schedule_findings(status, now=now, interval=hour, first_backup_at=None)
+        return at, [(f.level, f.code, f.message) for f in findings]
+
+    edge = now - (2 * hour + GRACE)
+    assert found({"last_run_at": utc_iso(edge)}) == (edge, [])  # exactly at the limit: fine
+    late = edge - timedelta(seconds=1)
+    assert found({"last_run_at": utc_iso(late)}) == (
+        late,
+        [
+            (
+                "warning",
+                "schedule-stopped",
+                "the scheduled run last ran 2.3 h ago; is the scheduled task still enabled "
+                "(free PythonAnywhere tasks expire)?",
+            )
+        ],
+    )
+    # A malformed time is no time (and no crash); a failed run says why, cut at 300 characters.
+    assert found({"last_run_at": "yesterday"}) == (None, [])
+    assert found({"last_run": {"ok": False, "error": "x" * 301}}) == (
+        None,
+        [("critical", "last-run-failed", f"the last scheduled run failed: {'x' * 300}")],
+    )
+    assert found({"last_run": {"ok": True, "error": "old"}}) == (None, [])
