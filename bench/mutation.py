@@ -45,7 +45,13 @@ CLI = "tests/test_cli.py"
 MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "snapshot": (
         ("snapshot.py",),
-        ("tests/test_backup.py", "tests/test_restore.py", "tests/test_verify.py", CLI),
+        (
+            "tests/test_snapshot.py",
+            "tests/test_backup.py",
+            "tests/test_restore.py",
+            "tests/test_verify.py",
+            CLI,
+        ),
     ),
     "verify": (
         ("verify.py",),
