@@ -696,11 +696,6 @@ def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) ->
     return _count_slots(plan_retention(candidates_from(backups), settings.retention, now=now))
 
 
-def _slot_counts(store: BackupStore, now: datetime) -> dict[str, int]:
-    """:func:`slot_counts` from the store's (cached) retention plan."""
-    return _count_slots(current_plan(store, now=now))
-
-
 def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     slots: Counter[str] = Counter()
     for decision in plan.keep:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 import stat
@@ -14,10 +15,14 @@ import pytest
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.fsutil import filesystem_type
 from tablettracker_backups.health import (
+    DATA_CODES,
     HealthReport,
     check_health,
+    current_report,
     describe_recovery,
     network_wal_findings,
+    restore_command,
+    slot_counts,
 )
 from tablettracker_backups.health import save_report as write_status
 from tablettracker_backups.metadata import utc_iso
@@ -605,3 +610,154 @@ def test_schedule_findings_boundaries_and_words() -> None:
         [("critical", "last-run-failed", f"the last scheduled run failed: {'x' * 300}")],
     )
     assert found({"last_run": {"ok": True, "error": "old"}}) == (None, [])
+
+
+def test_describe_recovery_word_for_word() -> None:
+    unknown = {"achieved_seconds": None, "snapshot_after_write": None}
+    assert describe_recovery(unknown) == [
+        ("Recovery point", "unknown (no good backup, or the database is missing)"),
+        ("Automatic snapshots", "off (BACKUPS_SNAPSHOT_AFTER_WRITE=off)"),
+    ]
+    busy = {
+        "achieved_seconds": 180.0,
+        "snapshot_after_write": 300,
+        "effective_interval": 600.0,
+        "last_auto": {"at": "2026-11-27T12:00:00Z", "ok": False, "seconds": 1.234, "where": "w"},
+        "recent": {
+            "window": 86400,
+            "granularity": 7200,
+            "cost": 3 * 2**20,
+            "budget": 10 * 2**20,
+            "thinned": True,
+            "kept": 7,
+            "total": 90,
+            "spacing": 1800,
+        },
+    }
+    assert describe_recovery(busy) == [
+        (
+            "Recovery point",
+            "3 min: the latest write came that long after the newest good backup, and is "
+            "not in a backup yet",
+        ),
+        (
+            "Automatic snapshots",
+            "after web writes, at most every 5 min (now 10 min: 20x the last backup); "
+            "the last FAILED after 1.23 s (w)",
+        ),
+        (
+            "Restore points",
+            "7 of 90 backups of the last 24.0 h kept to fit the budget (3.0 MiB of 10.0 MiB "
+            "budget): the newest all, older ones one per 30 min; widest gap 2.0 h",
+        ),
+    ]
+    calm = {
+        "achieved_seconds": 0,
+        "snapshot_after_write": 300,
+        "effective_interval": 300.0,
+        "last_auto": {"at": "2026-11-27T12:00:00Z", "ok": True, "seconds": 0.02, "where": "w"},
+        "recent": {"window": 86400, "cost": 1, "budget": 2, "thinned": False, "kept": 3},
+    }
+    assert describe_recovery(calm) == [
+        ("Recovery point", "every write so far is in a backup"),
+        ("Automatic snapshots", "after web writes, at most every 5 min; the last took 0.02 s (w)"),
+        ("Restore points", "every backup of the last 24.0 h is kept (3, 1 B of 2 B budget)"),
+    ]
+    thinned = dict(calm, recent={**calm["recent"], "thinned": True, "total": 9, "spacing": None})
+    assert describe_recovery(thinned)[2] == (
+        "Restore points",
+        "3 of 9 backups of the last 24.0 h kept to fit the budget (1 B of 2 B budget): the "
+        "newest all, older ones only in the calendar slots",
+    )
+
+
+def test_restore_command_spells_out_every_folder_and_quotes(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    odd = tmp_path / "my backups"
+    settings = make_settings(dir=odd, secondary_dir=None)
+    assert restore_command(settings, "20261127T120000Z-abcdef") == (
+        f"tablettracker-backups restore 20261127T120000Z-abcdef --database {settings.database} "
+        f"--backup-dir '{odd}'"
+    )
+    both = make_settings(dir=tmp_path / "a", secondary_dir=tmp_path / "b")
+    assert restore_command(both, "x").endswith(
+        f"--backup-dir {tmp_path / 'a'} --secondary-dir {tmp_path / 'b'}"
+    )
+
+
+def test_current_report_is_saved_and_a_status_file_it_cannot_write_is_critical(
+    healthy: Settings, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    create_backup(healthy)
+    report = current_report(healthy)
+    saved = json.loads((healthy.backup_dir / STATUS_FILE).read_text())["health"]
+    assert saved == json.loads(json.dumps(report.to_dict()))
+    # A status file that cannot be replaced (a folder in its place).
+    (healthy.backup_dir / STATUS_FILE).unlink()
+    (healthy.backup_dir / STATUS_FILE).mkdir()
+    broken = current_report(healthy)
+    assert broken.findings[-1].level == "critical" and broken.findings[-1].code == "status-file"
+    assert broken.findings[-1].message.startswith("cannot write the status file: ")
+    assert broken.exit_code == 2
+    # A mistyped folder: "no backups", and the folder is not created.
+    typo = make_settings(dir=tmp_path / "typo", secondary_dir=None, **ROOMY)
+    assert current_report(typo).exit_code == 2
+    assert not (tmp_path / "typo").exists()
+
+
+def test_the_light_check_repeats_only_well_formed_data_findings(healthy: Settings) -> None:
+    create_backup(healthy)
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    kept = {"level": "critical", "code": "database-corrupt", "message": "page 2 is bad"}
+    items = [
+        kept,
+        {"level": "warning", "code": "checksum", "message": "a copy differs"},
+        {"level": "warning", "code": "disk", "message": "not a data finding"},
+        {"level": "dreadful", "code": "checksum", "message": "no such level"},
+        "not a finding",
+    ]
+    write_status(healthy, HealthReport(checked_at=at, findings=()))
+    status = json.loads((healthy.backup_dir / STATUS_FILE).read_text())
+    status["health"]["findings"] = items
+    (healthy.backup_dir / STATUS_FILE).write_text(json.dumps(status))
+    report = check_health(healthy, read_data=False)
+    assert report.data_checked_at == at
+    data = [(f.level, f.code, f.message) for f in report.findings if f.code in DATA_CODES]
+    assert data == [
+        ("critical", "database-corrupt", "page 2 is bad"),
+        ("warning", "checksum", "a copy differs"),
+    ]
+    assert "not a data finding" not in [f.message for f in report.findings]  # checked anew
+    status["health"]["checked_at"] = "not a time"
+    (healthy.backup_dir / STATUS_FILE).write_text(json.dumps(status))
+    report = check_health(healthy, read_data=False)
+    assert report.data_checked_at is None
+    assert not [f for f in report.findings if f.code in DATA_CODES]
+
+
+def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
+    first = create_backup(healthy).metadata.id
+    create_backup(healthy)
+    backdate(healthy, first, timedelta(days=3))
+    old, new = sorted(info.created_at for info in BackupStore(healthy).list())
+
+    # Both in their own hour and day; week, month and year depend on today's date (UTC).
+    expected = {
+        "hourly": 2,
+        "daily": 2,
+        "weekly": 1 if old.isocalendar()[:2] == new.isocalendar()[:2] else 2,
+        "monthly": 1 if (old.year, old.month) == (new.year, new.month) else 2,
+        "yearly": 1 if old.year == new.year else 2,
+    }
+    settings = dataclasses.replace(healthy, keep_recent=0)
+    now = datetime.now(timezone.utc)
+    assert check_health(settings, now=now).slot_counts == expected
+    assert slot_counts(settings, BackupStore(settings).list(), now) == expected
+
+
+def test_report_age() -> None:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    report = HealthReport(checked_at=at, findings=())
+    assert report.age(None) is None
+    assert report.age(at - timedelta(minutes=5)) == timedelta(minutes=5)
