@@ -16,6 +16,7 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.fsutil import filesystem_type
 from tablettracker_backups.health import (
     DATA_CODES,
+    Finding,
     HealthReport,
     check_health,
     current_report,
@@ -28,6 +29,7 @@ from tablettracker_backups.health import save_report as write_status
 from tablettracker_backups.metadata import utc_iso
 from tablettracker_backups.offsite.policy import OffsiteLag
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import Level
 from tablettracker_backups.status import ALERT_LOG, STATUS_FILE, record_run
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
@@ -761,3 +763,63 @@ def test_report_age() -> None:
     report = HealthReport(checked_at=at, findings=())
     assert report.age(None) is None
     assert report.age(at - timedelta(minutes=5)) == timedelta(minutes=5)
+
+
+def test_report_to_dict_names_every_field() -> None:
+    at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
+    report = HealthReport(
+        checked_at=at,
+        findings=(
+            Finding(Level.WARNING, "disk", "low"),
+            Finding(Level.OK, "checksum", "rebuilt next run"),
+        ),
+        newest_id="n",
+        newest_at=at - timedelta(hours=2),
+        newest_good_id="g",
+        newest_good_at=at - timedelta(hours=3),
+        backup_count=4,
+        slot_counts={"hourly": 2},
+        disk={"primary": {"total": 10, "used": 4, "free": 6}},
+        stored_bytes=123,
+        last_run_at=at - timedelta(minutes=30),
+        next_run_due=at + timedelta(minutes=30),
+        offsite={"configured": True},
+        encryption={"configured": False},
+        recovery={"achieved_seconds": 0.0},
+    )
+    good = {"id": "g", "created_at": "2026-11-27T09:00:00Z"}
+    assert report.to_dict() == {
+        "status": "warning",
+        "exit_code": 1,
+        "checked_at": "2026-11-27T12:00:00Z",
+        "findings": [
+            {"level": "warning", "code": "disk", "message": "low"},
+            {"level": "ok", "code": "checksum", "message": "rebuilt next run"},
+        ],
+        "newest_backup": {"id": "n", "created_at": "2026-11-27T10:00:00Z"},
+        "newest_good_backup": good,
+        "newest_verified_backup": good,
+        "backup_count": 4,
+        "slot_counts": {"hourly": 2},
+        "disk": {"primary": {"total": 10, "used": 4, "free": 6}},
+        "stored_bytes": 123,
+        "last_run_at": "2026-11-27T11:30:00Z",
+        "next_run_due": "2026-11-27T12:30:00Z",
+        "offsite": {"configured": True},
+        "encryption": {"configured": False},
+        "recovery": {"achieved_seconds": 0.0},
+    }
+    empty = HealthReport(checked_at=at, findings=()).to_dict()
+    assert (empty["status"], empty["exit_code"]) == ("ok", 0)
+    assert empty["newest_backup"] == empty["newest_good_backup"] == {"id": None, "created_at": None}
+    assert [empty[k] for k in ("last_run_at", "next_run_due")] == [None, None]
+    assert [empty[k] for k in ("offsite", "encryption", "recovery")] == [None, None, None]
+    worst = HealthReport(
+        checked_at=at,
+        findings=(
+            Finding(Level.OK, "a", ""),
+            Finding(Level.CRITICAL, "b", ""),
+            Finding(Level.WARNING, "c", ""),
+        ),
+    )
+    assert (worst.status, worst.exit_code) == ("critical", 2)
