@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import sqlite3
@@ -235,9 +236,36 @@ def test_unreadable_live_database_is_critical(healthy: Settings) -> None:
     create_backup(healthy)
     healthy.database.write_bytes(b"not a database any more")
     report = check_health(healthy)
-    assert codes(report)["database-unreadable"] == "critical"
+    assert (
+        "critical",
+        "database-unreadable",
+        f"{healthy.database} is not a SQLite database (23 bytes)",
+    ) in findings(report)
     healthy.database.unlink()
-    assert codes(check_health(healthy))["database-unreadable"] == "critical"
+    assert (
+        "critical",
+        "database-unreadable",
+        f"database {healthy.database} does not exist",
+    ) in findings(check_health(healthy))
+
+
+def test_what_quick_check_finds_is_quoted(healthy: Settings) -> None:
+    create_backup(healthy)
+    # A NOT NULL added by editing the schema over a row that holds NULL (as some migration
+    # tools do): quick_check reports it.
+    with contextlib.closing(sqlite3.connect(healthy.database, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO suppliers (name) VALUES (NULL)")
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'suppliers'",
+            ("CREATE TABLE suppliers (id INTEGER PRIMARY KEY, name TEXT NOT NULL)",),
+        )
+    assert (
+        "critical",
+        "database-corrupt",
+        "quick_check: NULL value in suppliers.name",
+    ) in findings(check_health(healthy))
 
 
 def test_corrupt_live_database_is_critical(healthy: Settings, tmp_path: Path) -> None:
@@ -382,6 +410,34 @@ def test_a_damaged_copy_and_lost_metadata_words(healthy: Settings) -> None:
         "from a sound copy",
     ) in got
     assert report.backup_count == 2
+
+
+def test_checksums_are_read_past_lost_metadata_and_missing_copies(healthy: Settings) -> None:
+    store = BackupStore(healthy)
+    oldest = create_backup(healthy).metadata.id
+    middle = create_backup(healthy).metadata.id
+    newest = create_backup(healthy).metadata.id
+    # A backup with no metadata is dated by its id (whole seconds): the others go back, so
+    # that it lists first, as it would a moment later.
+    backdate(healthy, oldest, timedelta(minutes=10))
+    backdate(healthy, middle, timedelta(minutes=5))
+    store.data_path("primary", oldest, "zstd").unlink()  # not listed as OK: not read
+    flip_byte(store.data_path("secondary", oldest, "zstd"))
+    flip_byte(store.data_path("primary", middle, "zstd"))
+    for location in ("primary", "secondary"):
+        store.metadata_path(location, newest).write_text("{")
+    assert [i.id for i in store.list()] == [newest, middle, oldest]
+    got = [f for f in findings(check_health(healthy)) if f[1] == "checksum"]
+    assert got == [
+        (
+            "ok",
+            "checksum",
+            f"primary copy of {middle} does not match its SHA-256; the next run rebuilds it "
+            "from a sound copy",
+        ),
+        ("warning", "checksum", f"secondary copy of {oldest} does not match its SHA-256"),
+        ("critical", "checksum", f"backup {oldest} has no copy with a good checksum"),
+    ]
 
 
 def test_secondary_folder_away_is_a_warning_primary_missing_is_critical(
@@ -665,6 +721,8 @@ def test_describe_recovery_word_for_word() -> None:
         ("Automatic snapshots", "after web writes, at most every 5 min; the last took 0.02 s (w)"),
         ("Restore points", "every backup of the last 24.0 h is kept (3, 1 B of 2 B budget)"),
     ]
+    no_time = dict(calm, last_auto={"at": "2026-11-27T12:00:00Z", "ok": True, "where": "w"})
+    assert describe_recovery(no_time)[1][1].endswith("; the last took 0.00 s (w)")
     thinned = dict(calm, recent={**calm["recent"], "thinned": True, "total": 9, "spacing": None})
     assert describe_recovery(thinned)[2] == (
         "Restore points",
@@ -712,12 +770,13 @@ def test_the_light_check_repeats_only_well_formed_data_findings(healthy: Setting
     create_backup(healthy)
     at = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)
     kept = {"level": "critical", "code": "database-corrupt", "message": "page 2 is bad"}
+    # The skipped ones come first: each is passed over, never the end of the list.
     items = [
-        kept,
-        {"level": "warning", "code": "checksum", "message": "a copy differs"},
-        {"level": "warning", "code": "disk", "message": "not a data finding"},
-        {"level": "dreadful", "code": "checksum", "message": "no such level"},
         "not a finding",
+        {"level": "warning", "code": "disk", "message": "not a data finding"},
+        kept,
+        {"level": "dreadful", "code": "checksum", "message": "no such level"},
+        {"level": "warning", "code": "checksum"},
     ]
     write_status(healthy, HealthReport(checked_at=at, findings=()))
     status = json.loads((healthy.backup_dir / STATUS_FILE).read_text())
@@ -728,7 +787,7 @@ def test_the_light_check_repeats_only_well_formed_data_findings(healthy: Setting
     data = [(f.level, f.code, f.message) for f in report.findings if f.code in DATA_CODES]
     assert data == [
         ("critical", "database-corrupt", "page 2 is bad"),
-        ("warning", "checksum", "a copy differs"),
+        ("warning", "checksum", ""),
     ]
     assert "not a data finding" not in [f.message for f in report.findings]  # checked anew
     status["health"]["checked_at"] = "not a time"
@@ -756,6 +815,10 @@ def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
     now = datetime.now(timezone.utc)
     assert check_health(settings, now=now).slot_counts == expected
     assert slot_counts(settings, BackupStore(settings).list(), now) == expected
+    # Seen from two days ago, the newest backup is dated in the future and fills no slot.
+    before = now - timedelta(days=2)
+    only_old = {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
+    assert slot_counts(settings, BackupStore(settings).list(), before) == only_old
 
 
 def test_report_age() -> None:
