@@ -81,7 +81,12 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     # each mutant runs hundreds of tests (13 mutants in 10 minutes with the wider list).
     "fsutil": (
         ("fsutil.py",),
-        ("tests/test_durability.py", "tests/test_store.py", "tests/test_locking.py"),
+        (
+            "tests/test_fsutil.py",
+            "tests/test_durability.py",
+            "tests/test_store.py",
+            "tests/test_locking.py",
+        ),
     ),
     "backup": (
         ("backup.py",),

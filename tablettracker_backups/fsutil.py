@@ -69,12 +69,13 @@ def temp_path(directory: Path, name: str) -> Path:
     return directory / f"{TEMP_PREFIX}{secrets.token_hex(4)}-{name}"
 
 
-def open_private(path: Path) -> BinaryIO:
-    """Create ``path`` exclusively, mode 0600, for binary writing."""
+def open_private(path: Path, *, shown: Path | None = None) -> BinaryIO:
+    """Create ``path`` exclusively, mode 0600, for binary writing. Errors name ``shown``
+    (default ``path``): a temporary file's errors should name the file it becomes."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, shown or path)) from None
     return os.fdopen(fd, "wb")
 
 
@@ -144,7 +145,7 @@ def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = 
     """Write ``data`` to ``final`` atomically, owner-only; raises :class:`StorageError`."""
     temp = temp_path(final.parent, final.name)
     try:
-        with open_private(temp) as handle:
+        with open_private(temp, shown=final) as handle:
             handle.write(data)
     except OSError as exc:
         remove_quietly(temp)
