@@ -4,6 +4,7 @@
     python bench/mutation.py                      # every module, 20 minutes each
     python bench/mutation.py store verify --cap 600
     python bench/mutation.py --survivors store    # re-run last survivors against today's tests
+    python bench/mutation.py --resume health      # ... and the mutants a cap left unchecked
     python bench/mutation.py --report             # the table from the saved results only
 
 For each module a scratch copy of the package and the tests is made under ``--workdir``
@@ -61,6 +62,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_store.py",
             "tests/test_restore.py",
             "tests/test_runner.py",
+            "tests/test_encryption.py",  # the sealed (age) checks
             CLI,
         ),
     ),
@@ -95,10 +97,22 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_durability.py",
             "tests/test_verify.py",
             "tests/test_crashpoints.py",
+            "tests/test_encryption.py",
+            "tests/test_trust.py",
             CLI,
         ),
     ),
-    "restore": (("restore.py",), ("tests/test_restore.py", "tests/test_verify.py", CLI)),
+    "restore": (
+        ("restore.py",),
+        (
+            "tests/test_restore.py",
+            "tests/test_restore_points.py",
+            "tests/test_trust.py",
+            "tests/test_encryption.py",
+            "tests/test_verify.py",
+            CLI,
+        ),
+    ),
     "retention": (("retention.py",), ("tests/test_retention.py", "tests/test_runner.py", CLI)),
     "prune": (
         ("prune.py",),
@@ -234,6 +248,7 @@ def save(
         "score": None if percent is None else round(percent, 1),
         "survivors": sorted(n for n, s in statuses.items() if s in ("survived", "no tests")),
         "statuses": statuses,
+        "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -385,6 +400,7 @@ def table(records: list[dict[str, object]]) -> str:
         total = sum(counts.values())
         percent = record["score"]
         run = f"{record['seconds']}s" + ("" if record["finished"] else " (cap hit)")
+        run += f", {record.get('at', 'date not recorded')}"
         rows.append(
             f"| {record['module']} | {total} | {counts.get('killed', 0)} | "
             f"{counts.get('survived', 0)} | {counts.get('no tests', 0)} | "
@@ -411,6 +427,11 @@ def main() -> None:
     parser.add_argument("--children", type=int, default=2, help="mutants run in parallel")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/ttb-mutation"))
     parser.add_argument("--survivors", action="store_true", help="re-run the last survivors")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="re-run the last survivors and the mutants a time cap left unchecked",
+    )
     parser.add_argument("--show", action="store_true", help="print the survivors' diffs")
     parser.add_argument("--report", action="store_true", help="only print the saved results")
     parser.add_argument(
@@ -432,6 +453,9 @@ def main() -> None:
         if options.report or options.show or options.markdown:
             if saved.exists():
                 records.append(json.loads(saved.read_text()))
+                # Older records carry no date: the file was written when the run ended.
+                ended = time.gmtime(saved.stat().st_mtime)
+                records[-1].setdefault("at", time.strftime("%Y-%m-%d %H:%M UTC", ended))
                 if options.show:
                     show(workdir, records[-1]["survivors"])
                 if options.markdown and "diffs" not in records[-1] and workdir.exists():
@@ -439,7 +463,7 @@ def main() -> None:
                         n: diff_of(workdir, n) for n in records[-1]["survivors"]
                     }
             continue
-        if options.survivors:
+        if options.survivors or options.resume:
             if not saved.exists() or not workdir.exists():
                 sys.exit(f"{module}: no earlier run to take survivors from")
             if (workdir / "source.sha256").read_text() != digest(source_of(module)):
@@ -447,7 +471,10 @@ def main() -> None:
             for copy in (workdir / "tests", workdir / "mutants" / "tests"):
                 shutil.rmtree(copy)
                 shutil.copytree(ROOT / "tests", copy)
-            names = json.loads(saved.read_text())["survivors"]
+            last = json.loads(saved.read_text())
+            names = list(last["survivors"])
+            if options.resume:
+                names += [n for n, status in last["statuses"].items() if status == "not checked"]
             args = ["run", f"--max-children={options.children}", *names]
             previous = collect(module, workdir)
         else:
