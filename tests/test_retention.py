@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tablettracker_backups.retention import (
     plan_retention,
     recent_tier_for,
 )
-from tablettracker_backups.settings import RetentionPolicy, settings_from_mapping
+from tablettracker_backups.settings import RetentionPolicy, Settings, settings_from_mapping
 from tablettracker_backups.store import BackupInfo
 
 BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
@@ -542,3 +543,157 @@ def test_default_budget_is_ten_times_the_newest_backups_cost(tmp_path: Path) -> 
     assert recent_tier_for(fixed, history) == RecentTier(DAY, 1000)
     off = settings_from_mapping({"database": tmp_path / "a.db", "keep_recent": "0"})
     assert recent_tier_for(off, history) is None
+
+
+# -- the recent tier and the guarantees, worked out by hand ------------------------------------
+
+NOON = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # a multiple of every bucket width
+NO_SLOTS = RetentionPolicy(hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0)
+
+
+def ago(seconds: int, name: str, **extra: object) -> Candidate:
+    return Candidate(name, NOON - timedelta(seconds=seconds), "auto", True, 10, **extra)  # type: ignore[arg-type]
+
+
+def kept(plan: RetentionPlan) -> dict[str, tuple[str, ...]]:
+    return {d.id: d.reasons for d in plan.keep}
+
+
+def test_over_budget_the_newest_stay_dense_and_older_ones_thin_out() -> None:
+    # Nine snapshots 20 s apart, 10 bytes each; the newest is kept as the newest backup.
+    backups = [ago(20 * k, f"c{k}") for k in range(9)]
+    plan = plan_retention(
+        backups, NO_SLOTS, now=NOON, recent=RecentTier(timedelta(hours=1), budget=60)
+    )
+    # Half the budget (30) keeps c1-c3 dense (exactly 30: still in); 30 is left for the rest.
+    # One per 15 s or 30 s costs 50 or 40; one per 60 s keeps c4 and c7 (20).
+    assert kept(plan) == {
+        "c0": ("newest backup",),
+        "c1": ("recent",),
+        "c2": ("recent",),
+        "c3": ("recent",),
+        "c4": ("recent, one per 60 s",),
+        "c7": ("recent, one per 60 s",),
+    }
+    assert plan.recent is not None
+    assert plan.recent.to_dict() == {
+        "window": 3600.0,
+        "budget": 60,
+        "cost": 50,
+        "wanted": 80,
+        "total": 9,
+        "kept": 6,
+        "thinned": True,
+        "dense_since": (NOON - timedelta(seconds=60)).isoformat(),
+        "spacing": 60.0,
+        "granularity": 60.0,  # c4 to c7
+    }
+    assert plan.reasons("c5") == () and plan.reasons("no-such-id") == ()
+
+
+def test_within_budget_every_recent_backup_stays_and_the_window_is_exclusive() -> None:
+    backups = [ago(20 * k, f"c{k}") for k in range(9)] + [ago(3600, "edge")]
+    plan = plan_retention(
+        backups, NO_SLOTS, now=NOON, recent=RecentTier(timedelta(hours=1), budget=80)
+    )
+    assert set(kept(plan)) == {f"c{k}" for k in range(9)}  # wanted 80 = budget: all fit
+    assert plan.reasons("edge") == ()  # exactly one window old: outside
+    assert plan.recent is not None
+    assert plan.recent.to_dict() == {
+        "window": 3600.0,
+        "budget": 80,
+        "cost": 80,
+        "wanted": 80,
+        "total": 9,
+        "kept": 9,
+        "thinned": False,
+        "dense_since": None,
+        "spacing": None,
+        "granularity": 20.0,
+    }
+
+
+def test_the_widest_bucket_tried_is_twice_the_window() -> None:
+    at = {"new": 20, "f1": 30, "r1": 45, "r2": 55, "r3": 65, "r4": 75}  # seconds before noon
+    backups = [Candidate(n, NOON - timedelta(seconds=s), "auto", True, 10) for n, s in at.items()]
+    now = NOON - timedelta(seconds=20)
+    plan = plan_retention(backups, NO_SLOTS, now=now, recent=RecentTier(timedelta(minutes=1), 20))
+    # f1 is the dense half (10). r1-r4 straddle a minute boundary, so only a 2-minute bucket
+    # (twice the window: the last width tried) holds them all within the 10 bytes left.
+    assert kept(plan) == {
+        "new": ("newest backup",),
+        "f1": ("recent",),
+        "r1": ("recent, one per 2 min",),
+    }
+
+
+def test_latest_pins_and_damage_each_keep_what_they_promise() -> None:
+    damaged_newest = Candidate("d", NOON, "auto", True, source_damaged=True)
+    good = Candidate("g", NOON - timedelta(hours=1), "auto", True)
+    pinned = Candidate("p", NOON - timedelta(days=400), "manual", True, pinned=True)
+    old = Candidate("o", NOON - timedelta(days=500), "manual", True)
+    plan = plan_retention([damaged_newest, good, pinned, old], NO_SLOTS, now=NOON)
+    paused = "retention paused: the live database is damaged"
+    assert kept(plan) == {
+        "d": ("newest backup", paused),
+        "g": ("newest good backup", paused),
+        "p": ("pinned", paused),
+        "o": (paused,),
+    }
+    # A damaged safety snapshot (pre-restore) is not "the live database": nothing pauses.
+    safety = Candidate("s", NOON, "pre-restore", True, source_damaged=True)
+    plan = plan_retention([safety, good, pinned, old], NO_SLOTS, now=NOON)
+    assert kept(plan) == {
+        "s": ("newest backup",),
+        "g": ("newest good backup",),
+        "p": ("pinned",),
+    }
+
+
+def test_the_recent_tier_the_settings_ask_for(tmp_path: Path) -> None:
+    def tier(keep_recent: str, candidates: list[Candidate]) -> RecentTier | None:
+        values = {"database": tmp_path / "a.db", "dir": tmp_path / "b"}
+        return recent_tier_for(
+            settings_from_mapping({**values, "keep_recent": keep_recent}), candidates
+        )
+
+    assert tier("0", []) is None
+    assert tier("1s", []) == RecentTier(timedelta(seconds=1), 0)
+    history = [
+        Candidate("unverified", NOON, "auto", False, 999),
+        Candidate("safety", NOON - timedelta(seconds=1), "pre-restore", True, 888),
+        Candidate("newest", NOON - timedelta(seconds=2), "auto", True, 7),
+        Candidate("older", NOON - timedelta(seconds=3), "auto", True, 5),
+    ]
+    assert tier("24h", history) == RecentTier(timedelta(hours=24), 70)  # 10x the newest good
+
+
+def test_plan_for_backups_passes_on_pins_protection_sound_now_and_the_tier(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.retention import plan_for_backups
+    from tablettracker_backups.store import BackupStore
+
+    settings = make_settings(
+        secondary_dir=None,
+        keep_hourly=1,
+        keep_daily=0,
+        keep_weekly=0,
+        keep_monthly=0,
+        keep_yearly=0,
+        keep_recent="1h",
+    )
+    pinned = create_backup(settings, pinned=True).metadata.id
+    protected, checked, newest = (create_backup(settings).metadata.id for _ in range(3))
+    infos = BackupStore(settings).list()
+    now = datetime.now(timezone.utc)
+    plain = plan_for_backups(settings, infos, now=now)
+    assert "pinned" in plain.reasons(pinned)
+    assert plain.recent is not None and plain.recent.total == 4
+    plan = plan_for_backups(settings, infos, now=now, protect=[protected], sound=checked)
+    assert "just taken" in plan.reasons(protected)
+    assert "newest backup with a good checksum" in plan.reasons(checked)
+    # Seen from an hour ago every backup is dated in the future: nothing fills a slot.
+    early = plan_for_backups(settings, infos, now=now - timedelta(hours=1))
+    assert "dated in the future" in early.reasons(newest)
