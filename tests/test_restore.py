@@ -260,7 +260,13 @@ def smash_a_page(target: Path) -> None:
 
 @pytest.mark.parametrize(
     ("fault", "reported"),
-    [(delete_rows, "row counts differ"), (smash_a_page, "check afterwards failed")],
+    [
+        (
+            delete_rows,
+            "check afterwards failed: row counts differ from the backup's in count_sessions;",
+        ),
+        (smash_a_page, "check afterwards failed: "),
+    ],
 )
 def test_failed_check_after_write_puts_the_safety_snapshot_back(
     wal_settings: Settings,
@@ -773,3 +779,42 @@ def test_new_file_is_the_checked_copy_or_a_page_copy(
     # Nothing else holds the file: the scratch name in the backup folder is gone.
     assert target.stat().st_nlink == 1
     assert not [p for p in wal_settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_the_json_of_a_preview_and_a_restore_names_every_field(settings: Settings) -> None:
+    backup = create_backup(settings, label="before the count", pinned=True).metadata
+    change(settings.database)
+    preview = preview_restore(settings, backup.id).to_dict()
+    tables = preview.pop("tables")
+    assert preview == {
+        "backup_id": backup.id,
+        "created_at": backup.created_at.isoformat().replace("+00:00", "Z"),
+        "kind": "manual",
+        "label": "before the count",
+        "source_damaged": False,
+        "foreign_key_violations": 0,
+        "not_counted": {},
+        "schema_changed": False,
+        "live_exists": True,
+    }
+    assert {t["name"] for t in tables} == set(backup.row_counts)
+    result = restore_backup(settings, backup.id)
+    done = result.to_dict()
+    durations = done.pop("durations")
+    assert done == {
+        "backup_id": backup.id,
+        "source_location": "primary",
+        "target": str(settings.database),
+        "safety_snapshot_id": result.safety_snapshot_id,
+        "fell_back": [],
+    }
+    assert result.safety_snapshot_id is not None
+    assert {"safety_snapshot", "write", "post_check"} <= set(durations)
+    # Where the live database was last restored from, for the dashboard.
+    status = json.loads((settings.backup_dir / "status.json").read_text())
+    assert {k: v for k, v in status["last_restore"].items() if k != "at"} == {
+        "backup_id": backup.id,
+        "actor": "cli",
+        "safety_snapshot_id": result.safety_snapshot_id,
+    }
+    assert status["last_restore"]["at"].endswith("Z")
