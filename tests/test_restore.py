@@ -219,6 +219,53 @@ def test_flipped_byte_in_primary_falls_back_to_secondary(settings: Settings) -> 
     assert dump(settings.database) == before
 
 
+@pytest.mark.parametrize("loss", ["missing", "unreadable"])
+def test_a_primary_copy_without_usable_metadata_falls_back_to_secondary(
+    settings: Settings, loss: str
+) -> None:
+    with closing(sqlite3.connect(settings.database)) as conn:  # a few MiB: several chunks
+        conn.execute("CREATE TABLE scans (id INTEGER PRIMARY KEY, image BLOB)")
+        conn.executemany("INSERT INTO scans (image) VALUES (?)", [(os.urandom(2**20),)] * 3)
+        conn.commit()
+    backup = create_backup(settings).metadata
+    before = dump(settings.database)
+    change(settings.database)
+    meta = BackupStore(settings).metadata_path("primary", backup.id)
+    if loss == "missing":
+        meta.unlink()
+        data_file(settings, "primary", backup.id).unlink()
+    else:
+        meta.write_text("{")
+    steps: list[tuple[str, int, int]] = []
+
+    result = restore_backup(settings, backup.id, progress=lambda *step: steps.append(step))
+
+    assert result.source_location == "secondary"
+    if loss == "missing":
+        assert result.fell_back == ("primary copy is missing",)
+    else:
+        (reason,) = result.fell_back
+        assert reason.startswith("primary copy skipped: ")
+    assert dump(settings.database) == before
+    # Reading the copy back reports its bytes as they go, up to the snapshot's size.
+    read = [(done, total) for stage, done, total in steps if stage == "verify"]
+    assert read and all(total == backup.raw_size for _, total in read)
+    assert len(read) >= 3
+    assert [done for done, _ in read] == sorted({done for done, _ in read})
+    assert read[-1][0] == backup.raw_size
+
+
+def test_an_empty_file_at_the_target_needs_no_safety_snapshot(
+    settings: Settings, tmp_path: Path
+) -> None:
+    backup = create_backup(settings).metadata
+    target = tmp_path / "empty.db"
+    target.touch()
+    result = restore_backup(settings, backup.id, to=target)
+    assert result.safety_snapshot_id is None
+    assert dump(target) == dump(settings.database)
+
+
 def test_flipped_byte_in_both_copies_refuses_and_touches_nothing(settings: Settings) -> None:
     backup = create_backup(settings).metadata
     change(settings.database)
