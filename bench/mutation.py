@@ -178,7 +178,7 @@ def digest(path: Path) -> str:
 #: Starts mutmut with no other checkout on sys.path: an editable install of another checkout
 #: puts its folder there, and its ``tests`` package would shadow the scratch copy's (mutmut
 #: itself puts ``mutants/`` first, ahead of any installed copy of the package).
-BOOT = """
+SYS_PATH = """
 import os, sys
 keep = os.path.join(os.getcwd(), "mutants")
 sys.path[:] = [
@@ -186,10 +186,15 @@ sys.path[:] = [
     if os.path.abspath(p or ".") == keep
     or not os.path.isfile(os.path.join(p or ".", "tests", "conftest.py"))
 ]
+"""
+BOOT = (
+    SYS_PATH
+    + """
 from mutmut.__main__ import cli
 sys.argv[0] = "mutmut"
 cli()
 """
+)
 
 
 def run_mutmut(workdir: Path, args: list[str], cap: float, log: Path) -> tuple[bool, float]:
@@ -267,6 +272,47 @@ def diff_of(workdir: Path, name: str) -> str:
     )
     lines = (done.stdout or done.stderr).splitlines()
     return "\n".join(line for line in lines if line.startswith(("- ", "+ ", "-\t", "+\t")))
+
+
+#: Prints {name: diff} as JSON for the names on stdin: one process for all (``mutmut show``
+#: starts a process per mutant, about a second each).
+DIFFS = (
+    SYS_PATH
+    + """
+import json
+from mutmut.__main__ import find_mutant, get_diff_for_mutant
+out = {}
+for name in json.load(sys.stdin):
+    try:
+        out[name] = get_diff_for_mutant(name, path=find_mutant(name).path)
+    except Exception as exc:  # a name mutmut no longer knows: say so, keep going
+        out[name] = f"(no diff: {exc})"
+print(json.dumps(out))
+"""
+)
+
+
+def diffs_of(workdir: Path, names: list[str]) -> dict[str, str]:
+    """The changed lines of each mutant (as :func:`diff_of`), from one process."""
+    if not names:
+        return {}
+    done = subprocess.run(
+        [sys.executable, "-c", DIFFS],
+        cwd=workdir,
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        found = json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return {name: diff_of(workdir, name) for name in names}  # the slow way
+    keep = ("- ", "+ ", "-\t", "+\t")
+    return {
+        name: "\n".join(line for line in str(text).splitlines() if line.startswith(keep))
+        for name, text in found.items()
+    }
 
 
 def show(workdir: Path, names: list[str]) -> None:
@@ -460,9 +506,7 @@ def main() -> None:
                 if options.show:
                     show(workdir, records[-1]["survivors"])
                 if options.markdown and "diffs" not in records[-1] and workdir.exists():
-                    records[-1]["diffs"] = {
-                        n: diff_of(workdir, n) for n in records[-1]["survivors"]
-                    }
+                    records[-1]["diffs"] = diffs_of(workdir, records[-1]["survivors"])
             continue
         if options.survivors or options.resume:
             if not saved.exists() or not workdir.exists():
@@ -486,7 +530,7 @@ def main() -> None:
         finished, seconds = run_mutmut(workdir, args, options.cap, workdir / "mutmut.log")
         statuses = {**previous, **collect(module, workdir)}
         record = save(module, statuses, finished, seconds)
-        record["diffs"] = {name: diff_of(workdir, name) for name in record["survivors"]}
+        record["diffs"] = diffs_of(workdir, record["survivors"])
         (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
         records.append(record)
         print(table(records[-1:]), flush=True)
