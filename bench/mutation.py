@@ -117,7 +117,13 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "retention": (("retention.py",), ("tests/test_retention.py", "tests/test_runner.py", CLI)),
     "prune": (
         ("prune.py",),
-        ("tests/test_retention.py", "tests/test_runner.py", "tests/test_durability.py", CLI),
+        (
+            "tests/test_prune.py",
+            "tests/test_retention.py",
+            "tests/test_runner.py",
+            "tests/test_durability.py",
+            CLI,
+        ),
     ),
     "health": (
         ("health.py",),

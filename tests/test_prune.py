@@ -1,0 +1,92 @@
+"""Prune on real backup folders: what a dry run reports, what a real one deletes, and the
+sound backup it insists on first (a copy damaged in place must not count as good)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tablettracker_backups.backup import create_backup
+from tablettracker_backups.prune import newest_sound_backup, prune
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import BackupStore
+from tests.conftest import flip_byte
+
+ONE_SLOT = {
+    "keep_hourly": 1,
+    "keep_daily": 0,
+    "keep_weekly": 0,
+    "keep_monthly": 0,
+    "keep_yearly": 0,
+    "keep_recent": "0",
+}
+
+
+@pytest.fixture
+def tight(make_settings: Callable[..., Settings]) -> Settings:
+    """Keep one hourly slot and nothing else: three backups in one hour leave one."""
+    return make_settings(**ONE_SLOT)
+
+
+def take(settings: Settings, count: int) -> list[str]:
+    """Backup ids, oldest first."""
+    return [create_backup(settings).metadata.id for _ in range(count)]
+
+
+def test_a_dry_run_says_what_it_would_delete_and_deletes_nothing(tight: Settings) -> None:
+    first, second, newest = take(tight, 3)
+    result = prune(BackupStore(tight), dry_run=True)
+    assert result.to_dict() == {
+        "dry_run": True,
+        "deleted": [],
+        "would_delete": [second, first],
+        "kept": [{"id": newest, "reasons": [result.plan.reasons(newest)[0], "newest backup"]}],
+    }
+    assert result.plan.reasons(newest)[0].startswith("hourly ")
+    assert BackupStore(tight).ids() == [newest, second, first]
+
+
+def test_a_real_prune_deletes_every_copy_of_what_retention_drops(tight: Settings) -> None:
+    first, second, newest = take(tight, 3)
+    result = prune(BackupStore(tight))
+    assert result.to_dict()["deleted"] == [second, first]
+    assert result.to_dict()["would_delete"] == []
+    assert BackupStore(tight).ids() == [newest]
+    for folder in tight.locations:
+        assert sorted(p.name.split(".")[0] for p in folder.iterdir() if p.name[0] == "2") == [
+            newest,
+            newest,
+        ]
+
+
+def test_a_copy_damaged_in_place_does_not_make_a_backup_sound(tight: Settings) -> None:
+    store = BackupStore(tight)
+    older, newest = take(tight, 2)
+    flip_byte(store.data_path("primary", newest, "zstd"))
+    # One copy still matches: the newest is sound.
+    assert newest_sound_backup(store) == newest
+    flip_byte(store.data_path("secondary", newest, "zstd"))
+    # No copy matches: the failure is recorded, and the older backup is the sound one.
+    assert newest_sound_backup(store) == older
+    assert store.get(newest).verified is False
+    assert store.get(newest).good is False
+
+
+def test_with_no_sound_backup_nothing_is_deleted(tight: Settings) -> None:
+    store = BackupStore(tight)
+    ids = take(tight, 3)
+    for backup_id in ids:
+        for location in ("primary", "secondary"):
+            flip_byte(store.data_path(location, backup_id, "zstd"))
+    result = prune(store)
+    assert result.deleted == ()
+    assert sorted(store.ids()) == sorted(ids)
+
+
+def test_a_safety_snapshot_is_never_the_sound_backup(tight: Settings) -> None:
+    store = BackupStore(tight)
+    (regular,) = take(tight, 1)
+    create_backup(tight, kind="pre-restore")
+    assert store.list()[0].kind == "pre-restore"
+    assert newest_sound_backup(store) == regular
