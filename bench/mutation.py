@@ -159,8 +159,15 @@ def prepare(module: str, workdir: Path, children: int) -> None:
     for name in ("tablettracker_backups", "tests", "templates", "static"):
         if (ROOT / name).exists():
             shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, workdir / name)
+    shutil.copy(ROOT / "README.md", workdir / "README.md")
+    write_config(module, workdir)
+    (workdir / "source.sha256").write_text(digest(source_of(module)))
+
+
+def write_config(module: str, workdir: Path) -> None:
+    """The project's pyproject.toml with a [tool.mutmut] table naming ``module`` and today's
+    test selection (mutmut collects stats for tests new to the selection on its next run)."""
+    shutil.copy(ROOT / "pyproject.toml", workdir / "pyproject.toml")
     relative = source_of(module).relative_to(ROOT).as_posix()
     tests = [t for t in MODULES[module][1] if (ROOT / t.split("::")[0]).exists()]
     table = {
@@ -174,7 +181,6 @@ def prepare(module: str, workdir: Path, children: int) -> None:
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     with (workdir / "pyproject.toml").open("a", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
-    (workdir / "source.sha256").write_text(digest(source_of(module)))
 
 
 def digest(path: Path) -> str:
@@ -522,6 +528,7 @@ def main() -> None:
             for copy in (workdir / "tests", workdir / "mutants" / "tests"):
                 shutil.rmtree(copy)
                 shutil.copytree(ROOT / "tests", copy)
+            write_config(module, workdir)
             last = json.loads(saved.read_text())
             names = list(last["survivors"])
             if options.resume:
