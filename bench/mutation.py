@@ -111,6 +111,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_encryption.py",
             "tests/test_verify.py",
             "tests/test_offsite.py",  # recover_from_offsite and the offsite fallback
+            "tests/test_notify.py",  # a restore's own notifications
             CLI,
         ),
     ),
