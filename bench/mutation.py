@@ -63,6 +63,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_restore.py",
             "tests/test_runner.py",
             "tests/test_encryption.py",  # the sealed (age) checks
+            "tests/test_notify.py",  # a failed verify tells the owner
             CLI,
         ),
     ),
@@ -99,6 +100,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_crashpoints.py",
             "tests/test_encryption.py",
             "tests/test_trust.py",
+            "tests/test_notify.py",
             CLI,
         ),
     ),
