@@ -509,6 +509,7 @@ def main() -> None:
         if any((ROOT / "tablettracker_backups" / c).exists() for c in MODULES[m][0])
     ]
     records = []
+    failures = 0
     for module in modules:
         workdir = options.workdir / module
         saved = RESULTS / f"mutation-{module}.json"
@@ -544,6 +545,13 @@ def main() -> None:
             previous = {}
         print(f"{module}: mutating {source_of(module).relative_to(ROOT)} ...", flush=True)
         finished, seconds = run_mutmut(workdir, args, options.cap, workdir / "mutmut.log")
+        log = (workdir / "mutmut.log").read_text(encoding="utf-8", errors="replace")
+        if "failed to collect stats" in log:
+            # A test failed before any mutant ran: keep the last result, say why.
+            failing = [line for line in log.splitlines() if line.startswith("FAILED ")]
+            print(f"{module}: not run, the selected tests fail unmutated: {failing[:3]}")
+            failures += 1
+            continue
         statuses = {**previous, **collect(module, workdir)}
         record = save(module, statuses, finished, seconds)
         record["diffs"] = diffs_of(workdir, record["survivors"])
@@ -553,6 +561,8 @@ def main() -> None:
     if options.markdown:
         (ROOT / "bench" / "MUTATION.md").write_text(markdown(records))
     print(table(records))
+    if failures:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
