@@ -3,14 +3,17 @@ sound backup it insists on first (a copy damaged in place must not count as good
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.prune import newest_sound_backup, prune
+from tablettracker_backups.prune import current_plan, newest_sound_backup, prune
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.store import BackupStore
+from tablettracker_backups.store import BackupStore, ListingCache
 from tests.conftest import flip_byte
 
 ONE_SLOT = {
@@ -91,3 +94,61 @@ def test_a_safety_snapshot_is_never_the_sound_backup(tight: Settings) -> None:
     create_backup(tight, kind="pre-restore")
     assert store.list()[0].kind == "pre-restore"
     assert newest_sound_backup(store) == regular
+
+
+def test_protected_backups_stay_and_the_sound_one_is_named(tight: Settings) -> None:
+    first, second, newest = take(tight, 3)
+    store = BackupStore(tight)
+    dry = prune(store, dry_run=True, protect=[first])
+    assert [d.id for d in dry.plan.delete] == [second]
+    assert "just taken" in dry.plan.reasons(first)
+    result = prune(store, protect=[first])
+    assert result.deleted == (second,)
+    assert result.plan.reasons(newest)[-1] == "newest backup with a good checksum"
+    assert "just taken" in result.plan.reasons(first)
+    assert set(store.ids()) == {first, newest}
+
+
+def test_a_clock_that_went_back_pauses_prune(tight: Settings) -> None:
+    ids = take(tight, 3)
+    earlier = datetime.now(timezone.utc) - timedelta(hours=1)
+    assert prune(BackupStore(tight), dry_run=True, now=earlier).plan.delete == []
+    result = prune(BackupStore(tight), now=earlier)
+    assert result.deleted == ()
+    assert set(BackupStore(tight).ids()) == set(ids)
+    assert all(result.plan.reasons(i)[0] == "dated in the future" for i in ids)
+
+
+def test_a_prune_that_finds_nothing_sound_still_reports_its_plan(tight: Settings) -> None:
+    store = BackupStore(tight)
+    ids = take(tight, 2)
+    for backup_id in ids:
+        for location in ("primary", "secondary"):
+            flip_byte(store.data_path(location, backup_id, "zstd"))
+    result = prune(store)
+    assert (result.deleted, result.dry_run) == ((), False)
+    assert [d.id for d in result.plan.delete] == [ids[0]]  # what it would have deleted
+    assert result.to_dict()["deleted"] == []
+
+
+def test_a_missing_copy_is_passed_over_for_the_next(tight: Settings) -> None:
+    store = BackupStore(tight)
+    _, newest = take(tight, 2)
+    store.data_path("primary", newest, "zstd").unlink()
+    assert newest_sound_backup(store) == newest  # its secondary copy matches
+
+
+def test_the_current_plan_is_computed_once_a_minute(
+    make_settings: Callable[..., Settings],
+) -> None:
+    settings = make_settings(**{**ONE_SLOT, "keep_recent": "24h"})
+    take(settings, 2)
+    for folder in settings.locations:  # settled: a listing younger than 2 s is not cached
+        os.utime(folder, (time.time() - 10, time.time() - 10))
+    store = BackupStore(settings, cache=ListingCache())
+    minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
+    plan = current_plan(store, now=minute + timedelta(seconds=10))
+    assert current_plan(store, now=minute + timedelta(seconds=50)) is plan
+    later = current_plan(store, now=minute + timedelta(minutes=1))
+    assert later is not plan
+    assert plan.recent is not None and plan.recent.total == 2  # the tier, as of that minute
