@@ -136,7 +136,10 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("locking.py",),
         ("tests/test_locking.py", "tests/test_runner.py"),
     ),
-    "offsite_sync": (("offsite/sync.py", "offsite_sync.py"), ("tests/test_offsite.py",)),
+    "offsite_sync": (
+        ("offsite/sync.py", "offsite_sync.py"),
+        ("tests/test_offsite.py", "tests/test_offsite_encryption.py"),
+    ),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}

@@ -908,3 +908,40 @@ def test_verify_offsite_shares_the_lock_with_run(s3_settings: Callable[..., Sett
         verify_offsite(settings)
     assert read_state(settings) == before
     assert all(r.ok for r in verify_offsite(settings))
+
+
+def test_the_sync_json_and_what_verify_offsite_records(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    from tablettracker_backups.errors import BackupNotFound
+
+    settings = s3_settings()
+    result = run(settings, force=True)
+    assert result.offsite is not None and result.backup is not None
+    backup_id = result.backup.metadata.id
+    (upload,) = result.offsite.uploaded
+    assert result.offsite.to_dict() == {
+        "ok": True,
+        "uploaded": [
+            {"id": backup_id, "size": upload.size, "check": upload.check, "parts": upload.parts}
+        ],
+        "pruned": [],
+        "verified": [{"id": backup_id, "ok": True, "error": None}],
+        "behind": [],
+        "errors": [],
+    }
+    assert upload.size == result.backup.metadata.stored_size
+    with pytest.raises(BackupNotFound, match="no backup 20200101T000000Z-000000 in the offsite"):
+        verify_offsite(settings, ["20200101T000000Z-000000"])
+    # Damaged offsite: verify (of every copy, by default) says so and the record keeps it.
+    assert settings.s3 is not None
+    key = f"{settings.s3.prefix}{backup_id}.db.zst"
+    client = s3_server.client()
+    body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    (checked,) = verify_offsite(settings)
+    assert (checked.id, checked.ok) == (backup_id, False) and checked.error
+    copy = read_state(settings).copies[backup_id]
+    assert copy.ok is False and copy.error == checked.error
+    assert copy.read_back_at is not None
