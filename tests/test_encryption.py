@@ -317,8 +317,12 @@ def test_damaged_ciphertext_is_rejected_with_nothing_written(
     assert not target.exists()
     leftovers = [p for p in tmp_path.rglob("*") if p.name.startswith(".tmp-")]
     assert leftovers == []
-    # Without the identity the ciphertext check sees it too.
-    assert not verify_backup(BackupStore(settings), meta.id).ok
+    # Without the identity the ciphertext check sees it too, and records it.
+    store = BackupStore(settings)
+    (copy,) = verify_backup(store, meta.id).copies
+    assert (copy.location, copy.ok, copy.depth, copy.note) == ("primary", False, "sealed", None)
+    assert copy.error and f"primary copy of {meta.id}" in copy.error
+    assert store.read_metadata("primary", meta.id).verification.ok is False
 
 
 def test_a_failed_decryption_removes_the_plaintext_it_already_wrote(
