@@ -191,20 +191,85 @@ def test_cleanup_removes_only_temporary_files(tmp_path: Path) -> None:
 
 def test_filesystem_type_from_the_mount_table(tmp_path: Path) -> None:
     mounts = tmp_path / "mounts"
-    mounts.write_text(
-        "rootfs / ext4 rw 0 0\n"
-        "short line\n"
-        "server:/data /mnt/data nfs4 rw 0 0\n"
-        "tmpfs /mnt/data tmpfs rw 0 0\n"  # mounted over it: the later line wins
-        "me@host: /mnt/my\\040files fuse.sshfs rw 0 0\n"
-        "cifs /mnt/database/deep cifs rw 0 0\n"
+    mounts.write_bytes(
+        (
+            b"rootfs / ext4 rw 0 0\n"
+            b"short line\n"
+            b"server:/data /mnt/data nfs4 rw 0 0\n"
+            b"tmpfs /mnt/data tmpfs rw 0 0\n"  # mounted over it: the later line wins
+            b"me@host: /mnt/my\\040files fuse.sshfs rw 0 0\n"
+            b"cifs /mnt/database/deep cifs rw 0 0\n"
+            b"server:/three /mnt/three nfs\n"  # three fields are enough
+            b"box /mnt/BOX ext3 rw 0 0\n"
+        )
+        + b"bad /mnt/\xff\xfe vfat rw 0 0\n"  # not UTF-8: replaced, never an error
     )
     assert filesystem_type(Path("/mnt/data/x.db"), mounts) == "tmpfs"
     assert filesystem_type(Path("/mnt/data"), mounts) == "tmpfs"
     assert filesystem_type(Path("/mnt/database/x.db"), mounts) == "ext4"  # not /mnt/data
     assert filesystem_type(Path("/mnt/database/deep/x.db"), mounts) == "cifs"
     assert filesystem_type(Path("/mnt/my files/x.db"), mounts) == "fuse.sshfs"
+    assert filesystem_type(Path("/mnt/three/x.db"), mounts) == "nfs"
+    assert filesystem_type(Path("/mnt/BOX/x.db"), mounts) == "ext3"
     assert filesystem_type(Path("/mnt/data/x.db"), tmp_path / "no-such-file") is None
     only_nfs = tmp_path / "only"
     only_nfs.write_text("server:/data /mnt/data nfs4 rw 0 0\n")
     assert filesystem_type(Path("/elsewhere"), only_nfs) is None
+
+
+def test_a_full_disk_while_writing_names_the_file_and_leaves_nothing(full_fs: Path) -> None:
+    final = full_fs / "status.json"
+    with pytest.raises(StorageError) as caught:
+        atomic_write_bytes(final, b"x" * (8 * 2**20))  # more than the 6 MiB file system
+    assert str(caught.value) == f"no space left on the device holding {final}"
+    assert list(full_fs.iterdir()) == []
+
+
+def test_a_read_only_folder_is_refused(tmp_path: Path) -> None:
+    from tests.faultkit import mount_tmpfs, unmount
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if not mount_tmpfs(folder, "size=1m,ro"):  # pragma: no cover
+        pytest.skip("cannot mount a read-only file system here")
+    try:
+        with pytest.raises(StorageError) as caught:
+            check_writable_dir(folder)
+        assert str(caught.value) == f"permission denied: cannot write to {folder}"
+    finally:
+        unmount(folder)
+
+
+CRASH_WRITE = """
+import sys
+from pathlib import Path
+from tablettracker_backups.crashpoints import Stage
+from tablettracker_backups.fsutil import atomic_write_bytes
+stage = Stage.METADATA_WRITE if sys.argv[2] == "staged" else None
+atomic_write_bytes(Path(sys.argv[1]), b"{}", crash_stage=stage)
+"""
+
+
+@pytest.mark.parametrize("staged", ["staged", "unstaged"])
+def test_the_crash_point_sits_between_fsync_and_rename(tmp_path: Path, staged: str) -> None:
+    import subprocess
+    import sys
+
+    final = tmp_path / "b.json"
+    env = {**os.environ, "TTB_CRASH_AT": "metadata-write", "PYTHONPATH": str(Path.cwd())}
+    done = subprocess.run(
+        [sys.executable, "-c", CRASH_WRITE, str(final), staged],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if staged == "staged":  # killed with the temporary file written, nothing renamed
+        assert done.returncode == -9, done.stderr
+        assert not final.exists()
+        (left,) = tmp_path.iterdir()
+        assert left.name.startswith(TEMP_PREFIX) and left.read_bytes() == b"{}"
+    else:  # a write that names no stage never stops there
+        assert done.returncode == 0, done.stderr
+        assert final.read_bytes() == b"{}"
