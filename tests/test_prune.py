@@ -147,8 +147,23 @@ def test_the_current_plan_is_computed_once_a_minute(
         os.utime(folder, (time.time() - 10, time.time() - 10))
     store = BackupStore(settings, cache=ListingCache())
     minute = datetime.now(timezone.utc).replace(second=0, microsecond=0)
-    plan = current_plan(store, now=minute + timedelta(seconds=10))
-    assert current_plan(store, now=minute + timedelta(seconds=50)) is plan
+    plan = current_plan(store, now=minute + timedelta(seconds=10, microseconds=123))
+    assert current_plan(store, now=minute + timedelta(seconds=50, microseconds=456)) is plan
     later = current_plan(store, now=minute + timedelta(minutes=1))
     assert later is not plan
     assert plan.recent is not None and plan.recent.total == 2  # the tier, as of that minute
+
+
+def test_both_plans_of_a_prune_are_as_of_the_same_moment(
+    make_settings: Callable[..., Settings],
+) -> None:
+    # Seen from two hours on, the last hour's snapshots are no longer "recent": the one
+    # hourly slot keeps the newest, the others go. Both plans (before and after the sound
+    # backup is found) must look from that moment, or the second keeps them all.
+    settings = make_settings(**{**ONE_SLOT, "keep_recent": "1h"})
+    first, second, newest = take(settings, 3)
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+    assert prune(BackupStore(settings)).deleted == ()  # now: all three are recent
+    result = prune(BackupStore(settings), now=later)
+    assert result.deleted == (second, first)
+    assert BackupStore(settings).ids() == [newest]
