@@ -345,7 +345,7 @@ REASONS_FILE = ROOT / "bench" / "mutation_reasons.json"
 RULES: list[tuple[str, Callable[[str, str], bool]]] = [
     (
         "equivalent: SQL keywords and pragma names are case-insensitive",
-        lambda old, new: old != new and old.lower() == new.lower() and "PRAGMA" in old.upper(),
+        lambda old, new: _sql_case_only(old, new),
     ),
     (
         "log text only: the message goes to the log, no result depends on it",
@@ -375,6 +375,20 @@ RULES: list[tuple[str, Callable[[str, str], bool]]] = [
         lambda old, new: ("Error(" in old or "Finding(" in old) and _literal_only(old, new),
     ),
 ]
+
+
+def _sql_case_only(old: str, new: str) -> bool:
+    """True when only the case of SQL changed: keywords and names, not a quoted value (one
+    after LIKE aside, which ignores ASCII case)."""
+    import re
+
+    if old == new or old.lower() != new.lower():
+        return False
+    if not re.search(r"\b(PRAGMA|SELECT|BEGIN|ROLLBACK|ORDER BY)\b", old, re.IGNORECASE):
+        return False
+    quoted = r"(\bLIKE\s+)?'[^']*'"
+    pairs = zip(re.finditer(quoted, old, re.I), re.finditer(quoted, new, re.I), strict=False)
+    return all(a.group(0) == b.group(0) or a.group(1) for a, b in pairs)
 
 
 def _without(text: str, keyword: str) -> str:

@@ -17,11 +17,15 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.errors import DatabaseError, StorageError
+from tablettracker_backups.metadata import ForeignKeySample
 from tablettracker_backups.snapshot import (
     STEP_PAGES,
     SqliteFailure,
     classify_sqlite_error,
+    inspect_database,
+    live_journal_mode,
     quick_check_live,
+    quote_identifier,
     take_snapshot,
 )
 
@@ -199,3 +203,55 @@ def test_quick_check_of_a_locked_database_says_so(tmp_path: Path) -> None:
         quick_check_live(db, busy_timeout=0.2)
     assert time.monotonic() - started < 5
     assert str(caught.value) == f"database {db} is locked by another process: database is locked"
+
+
+# -- what a check finds in the data ---------------------------------------------------------------
+
+
+def test_the_findings_of_a_database_as_real_apps_leave_it(tmp_path: Path) -> None:
+    db = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE orders (id INTEGER PRIMARY KEY, "
+            "customer INTEGER REFERENCES customers(id))"
+        )
+        conn.executemany("INSERT INTO orders (customer) VALUES (?)", [(7,), (8,), (None,)])
+        conn.execute("CREATE TABLE zebra (id INTEGER PRIMARY KEY)")
+        conn.execute("INSERT INTO zebra DEFAULT VALUES")
+        # A virtual table of a module this process does not have (sqlite-vec, SpatiaLite):
+        # it sorts first, so every table after it must still be counted.
+        conn.execute("PRAGMA writable_schema=ON")
+        conn.execute(
+            "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES "
+            "('table', 'a_vectors', 'a_vectors', 0, 'CREATE VIRTUAL TABLE a_vectors USING vec0(x)')"
+        )
+    check = inspect_database(db)
+    assert check.row_counts == {"customers": 0, "orders": 3, "zebra": 1}
+    assert check.not_counted == {"a_vectors": "not counted: module vec0 not loaded"}
+    found = check.findings()
+    assert (found.integrity, found.source_damaged) == ("ok", False)
+    assert found.foreign_key_violations == 2
+    assert found.foreign_key_tables == {"orders": 2}
+    assert found.foreign_key_samples == (
+        ForeignKeySample("orders", 1, "customers"),
+        ForeignKeySample("orders", 2, "customers"),
+    )
+    assert found.not_counted == check.not_counted
+
+
+def test_the_live_journal_mode(tmp_path: Path) -> None:
+    plain = make_database(tmp_path / "plain.db")
+    wal = make_database(tmp_path / "wal.db")
+    with contextlib.closing(sqlite3.connect(wal)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"x" * 4096)
+    assert live_journal_mode(plain) == "delete"
+    assert live_journal_mode(wal) == "wal"
+    assert live_journal_mode(junk) is None
+
+
+def test_identifiers_are_quoted_with_their_quotes_doubled() -> None:
+    assert quote_identifier('odd "name"') == '"odd ""name"""'
+    assert quote_identifier("plain") == '"plain"'
