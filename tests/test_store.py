@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -382,3 +384,34 @@ def test_listing_cache_reuses_a_listing_only_while_the_folders_are_unchanged(
     BackupStore(settings).delete(second)
     _settle(settings, 20)
     assert [i.id for i in store.list()] == [first]
+
+
+def test_a_secondary_folder_that_cannot_be_listed_hides_only_its_own_copies(
+    make_settings: Callable[..., Settings], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = make_settings(secondary_dir=None)
+    taken = create_backup(settings).metadata.id
+    (tmp_path / "not-a-folder").write_text("x")
+    both = make_settings(secondary_dir=tmp_path / "not-a-folder")
+    caplog.set_level(logging.WARNING, logger="tablettracker_backups.store")
+    store = BackupStore(both)
+    assert store.ids() == [taken]
+    assert "cannot list the secondary folder" in caplog.text
+    (info,) = store.list()
+    assert info.copy_state("primary") == "ok" and info.copy_state("secondary") == "missing"
+
+
+def test_latest_says_why_when_every_verified_backup_holds_damaged_data(
+    settings: Settings,
+) -> None:
+    backup = create_backup(settings).metadata
+    document = json.loads(BackupStore(settings).metadata_path("primary", backup.id).read_text())
+    rewrite_metadata(settings, backup.id, findings={**document["findings"], "source_damaged": True})
+    with pytest.raises(BackupNotFound) as caught:
+        BackupStore(settings).latest()
+    assert str(caught.value) == (
+        "there is no good backup: every verified backup holds damaged data (source-damaged); "
+        "give a backup id to restore one anyway"
+    )
+    with pytest.raises(BackupNotFound, match=r"^there is no verified safety snapshot"):
+        BackupStore(settings).newest_safety_snapshot()
