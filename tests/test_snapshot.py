@@ -216,27 +216,40 @@ def test_the_findings_of_a_database_as_real_apps_leave_it(tmp_path: Path) -> Non
             "CREATE TABLE orders (id INTEGER PRIMARY KEY, "
             "customer INTEGER REFERENCES customers(id))"
         )
-        conn.executemany("INSERT INTO orders (customer) VALUES (?)", [(7,), (8,), (None,)])
-        conn.execute("CREATE TABLE zebra (id INTEGER PRIMARY KEY)")
-        conn.execute("INSERT INTO zebra DEFAULT VALUES")
-        # A virtual table of a module this process does not have (sqlite-vec, SpatiaLite):
-        # it sorts first, so every table after it must still be counted.
+        # Seven orders of customers that are gone (and one with none): more than the samples.
+        conn.executemany(
+            "INSERT INTO orders (customer) VALUES (?)", [(c,) for c in range(100, 107)] + [(None,)]
+        )
+        conn.execute(
+            "CREATE TABLE lines (sku TEXT PRIMARY KEY, po INTEGER REFERENCES orders(id)) "
+            "WITHOUT ROWID"
+        )
+        conn.execute("INSERT INTO lines VALUES ('A-1', 999)")
+        conn.execute("CREATE TABLE zebra (id INTEGER PRIMARY KEY, note TEXT)")
+        conn.executemany("INSERT INTO zebra (note) VALUES (?)", [(None,), ("x",), (None,)])
         conn.execute("PRAGMA writable_schema=ON")
+        # A NOT NULL added over rows that hold NULL (integrity_check reports each row) ...
+        conn.execute(
+            "UPDATE sqlite_master SET sql = ? WHERE name = 'zebra'",
+            ("CREATE TABLE zebra (id INTEGER PRIMARY KEY, note TEXT NOT NULL)",),
+        )
+        # ... and a virtual table of a module this process does not have (sqlite-vec):
+        # it sorts first, so every table after it must still be counted.
         conn.execute(
             "INSERT INTO sqlite_master (type, name, tbl_name, rootpage, sql) VALUES "
             "('table', 'a_vectors', 'a_vectors', 0, 'CREATE VIRTUAL TABLE a_vectors USING vec0(x)')"
         )
     check = inspect_database(db)
-    assert check.row_counts == {"customers": 0, "orders": 3, "zebra": 1}
+    assert check.row_counts == {"customers": 0, "lines": 1, "orders": 8, "zebra": 3}
     assert check.not_counted == {"a_vectors": "not counted: module vec0 not loaded"}
     found = check.findings()
-    assert (found.integrity, found.source_damaged) == ("ok", False)
-    assert found.foreign_key_violations == 2
-    assert found.foreign_key_tables == {"orders": 2}
-    assert found.foreign_key_samples == (
-        ForeignKeySample("orders", 1, "customers"),
-        ForeignKeySample("orders", 2, "customers"),
-    )
+    assert found.integrity == "NULL value in zebra.note; NULL value in zebra.note"
+    assert found.source_damaged is True
+    assert found.foreign_key_violations == 8
+    assert found.foreign_key_tables == {"lines": 1, "orders": 7}
+    assert len(found.foreign_key_samples) == 5
+    assert ForeignKeySample("lines", None, "orders") in found.foreign_key_samples  # no rowid
+    assert ForeignKeySample("orders", 1, "customers") in found.foreign_key_samples
     assert found.not_counted == check.not_counted
 
 
