@@ -259,7 +259,7 @@ def score(statuses: dict[str, str]) -> tuple[Counter[str], float | None]:
 
 
 def save(
-    module: str, statuses: dict[str, str], finished: bool, seconds: float
+    module: str, statuses: dict[str, str], finished: bool, seconds: float, mode: str = "full"
 ) -> dict[str, object]:
     counts, percent = score(statuses)
     record = {
@@ -273,6 +273,9 @@ def save(
         "survivors": sorted(n for n, s in statuses.items() if s in ("survived", "no tests")),
         "statuses": statuses,
         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        #: full: every mutant from a fresh copy; survivors/resume: an earlier run's survivors
+        #: (and unchecked mutants) run again against today's tests, the rest kept.
+        "mode": mode,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -479,6 +482,8 @@ def table(records: list[dict[str, object]]) -> str:
         total = sum(counts.values())
         percent = record["score"]
         run = f"{record['seconds']}s" + ("" if record["finished"] else " (cap hit)")
+        if record.get("mode", "full") != "full":
+            run += f" ({record['mode']} re-run)"
         run += f", {record.get('at', 'date not recorded')}"
         rows.append(
             f"| {record['module']} | {total} | {counts.get('killed', 0)} | "
@@ -570,7 +575,8 @@ def main() -> None:
             failures += 1
             continue
         statuses = {**previous, **collect(module, workdir)}
-        record = save(module, statuses, finished, seconds)
+        mode = "resume" if options.resume else "survivors" if options.survivors else "full"
+        record = save(module, statuses, finished, seconds, mode)
         record["diffs"] = diffs_of(workdir, record["survivors"])
         (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")
         records.append(record)
