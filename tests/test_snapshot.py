@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tablettracker_backups.errors import DatabaseError, StorageError
+from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.metadata import ForeignKeySample
 from tablettracker_backups.snapshot import (
     STEP_PAGES,
@@ -268,3 +268,21 @@ def test_the_live_journal_mode(tmp_path: Path) -> None:
 def test_identifiers_are_quoted_with_their_quotes_doubled() -> None:
     assert quote_identifier('odd "name"') == '"odd ""name"""'
     assert quote_identifier("plain") == '"plain"'
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_copy_whose_schema_page_is_damaged_is_not_a_database(
+    tmp_path: Path, parallel: bool
+) -> None:
+    db = make_database(tmp_path / "copy.db", rows=400, blob=300)
+    healthy = inspect_database(db, parallel=parallel)
+    assert (healthy.integrity, healthy.page_size) == ("ok", 4096)
+    assert healthy.page_count * healthy.page_size == db.stat().st_size
+    data = bytearray(db.read_bytes())
+    data[100:4096] = b"\xaa" * (4096 - 100)  # page 1 past the file header: the schema
+    db.write_bytes(bytes(data))
+    with pytest.raises(VerificationError) as caught:
+        inspect_database(db, parallel=parallel)
+    assert (
+        str(caught.value) == "copy.db is not a readable database: database disk image is malformed"
+    )
