@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -415,3 +417,81 @@ def test_latest_says_why_when_every_verified_backup_holds_damaged_data(
     )
     with pytest.raises(BackupNotFound, match=r"^there is no verified safety snapshot"):
         BackupStore(settings).newest_safety_snapshot()
+
+
+def _settled(settings: Settings) -> None:
+    """Folders older than the listing cache's settle time (2 s), as they are between runs."""
+    for folder in settings.locations:
+        if folder.exists():
+            os.utime(folder, (time.time() - 10, time.time() - 10))
+
+
+def test_values_derived_from_a_listing_are_remembered_per_listing(settings: Settings) -> None:
+    from tablettracker_backups.store import ListingCache
+
+    create_backup(settings)
+    _settled(settings)
+    store = BackupStore(settings, cache=ListingCache())
+    store.list()
+    first = store.memo("plan", object)
+    assert store.memo("plan", object) is first
+    assert store.memo("other", object) is not first
+    # The oldest of too many keys is forgotten; one used again is kept.
+    for number in range(ListingCache.MEMO_SIZE):
+        store.memo(("filler", number), object)
+        store.memo("plan", object)
+    assert store.memo("plan", object) is first
+    # A new backup is a new listing: everything is computed again.
+    create_backup(settings)
+    _settled(settings)
+    store.list()
+    assert store.memo("plan", object) is not first
+    # Without a cache nothing is remembered.
+    plain = BackupStore(settings)
+    plain.list()
+    assert plain.memo("plan", object) is not plain.memo("plan", object)
+
+
+def test_only_a_verified_regular_backup_makes_latest_say_damaged(settings: Settings) -> None:
+    backup = create_backup(settings).metadata
+    document = json.loads(BackupStore(settings).metadata_path("primary", backup.id).read_text())
+    rewrite_metadata(settings, backup.id, verification={**document["verification"], "ok": False})
+    with pytest.raises(BackupNotFound, match=r"^there is no verified backup yet$"):
+        BackupStore(settings).latest()
+
+
+def test_delete_removes_encrypted_copies_and_to_dict_names_their_keys(
+    make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    from tablettracker_backups.encryption import fingerprint
+
+    _, recipient = keys("owner")
+    settings = make_settings(encrypt_to=recipient, encrypt="all")
+    backup = create_backup(settings).metadata
+    store = BackupStore(settings)
+    (info,) = store.list()
+    assert info.to_dict()["encrypted_to"] == [fingerprint(recipient)]
+    store.delete(backup.id)
+    for folder in settings.locations:
+        assert [p.name for p in folder.iterdir() if p.name.startswith(backup.id)] == []
+
+
+def test_the_memo_keeps_the_newest_sixteen(settings: Settings) -> None:
+    from tablettracker_backups.store import ListingCache
+
+    cache = ListingCache()
+    values = {n: cache.memo(n, object) for n in range(ListingCache.MEMO_SIZE)}
+    assert all(cache.memo(n, object) is values[n] for n in values)  # all sixteen kept
+    newest = cache.memo("one more", object)
+    assert cache.memo("one more", object) is newest
+    assert cache.memo(0, object) is not values[0]  # the least recently used went
+
+
+def test_a_listing_too_fresh_to_trust_remembers_nothing(settings: Settings) -> None:
+    from tablettracker_backups.store import ListingCache
+
+    create_backup(settings)  # the folders changed just now
+    store = BackupStore(settings, cache=ListingCache())
+    store.list()
+    assert store.generation is None
+    assert store.memo("plan", object) is not store.memo("plan", object)
