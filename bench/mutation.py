@@ -71,6 +71,7 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
         ("store.py",),
         (
             "tests/test_store.py",
+            "tests/test_prune.py",
             "tests/test_backup.py",
             "tests/test_verify.py",
             "tests/test_retention.py",
