@@ -182,8 +182,13 @@ def write_config(module: str, workdir: Path) -> None:
         "only_mutate": [relative],
         "also_copy": ["templates/", "static/", "README.md"],
         "pytest_add_cli_args_test_selection": tests,
-        # -x: the first failing test kills the mutant; the others need not run.
-        "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q", "-x"],
+        # -x: the first failing test kills the mutant; the others need not run. Each mutant's
+        # pytest session removes its tmp_path folders when it ends: left in place they filled
+        # 74 GB of disk in 90 minutes, and a test failing for want of space counts as a kill.
+        "pytest_add_cli_args": [
+            *("-p", "no:cacheprovider", "-q", "-x"),
+            *("-o", "tmp_path_retention_policy=none"),
+        ],
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
     with (workdir / "pyproject.toml").open("a", encoding="utf-8") as handle:
