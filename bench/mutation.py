@@ -100,7 +100,8 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_verify.py",
             "tests/test_crashpoints.py",
             "tests/test_encryption.py",
-            "tests/test_trust.py",
+            # Not test_trust.py: its web-job tests start the job worker as a subprocess,
+            # which fails for its own reasons under mutmut's layout (seen: the stats run).
             "tests/test_notify.py",
             CLI,
         ),
