@@ -210,3 +210,44 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
                 f"{second.metadata.id}.json",
             ]
         )
+
+
+@pytest.mark.parametrize(("kind", "trigger"), [("manual", "web:admin"), ("auto", "web")])
+def test_a_failed_manual_or_automatic_backup_is_remembered_until_one_succeeds(
+    settings: Settings, kind: str, trigger: str
+) -> None:
+    import json
+
+    from tablettracker_backups.status import STATUS_FILE
+
+    create_backup(settings)  # the folder exists: a failure has somewhere to be noted
+    live = settings.database.read_bytes()
+    settings.database.write_bytes(b"")  # an empty file is no database
+    with pytest.raises(DatabaseError) as caught:
+        create_backup(settings, kind=kind, trigger=trigger)
+    status = json.loads((settings.backup_dir / STATUS_FILE).read_text())
+    noted = status["last_backup_failure"]
+    assert {k: noted[k] for k in ("kind", "trigger", "error")} == {
+        "kind": kind,
+        "trigger": trigger,
+        "error": str(caught.value),
+    }
+    assert noted["at"].endswith("Z")
+    settings.database.write_bytes(live)
+    create_backup(settings, kind=kind, trigger=trigger)
+    status = json.loads((settings.backup_dir / STATUS_FILE).read_text())
+    assert status.get("last_backup_failure") is None
+
+
+def test_a_failed_scheduled_backup_is_left_to_the_run_to_note(settings: Settings) -> None:
+    import json
+
+    from tablettracker_backups.status import STATUS_FILE
+
+    create_backup(settings)
+    settings.database.write_bytes(b"")
+    with pytest.raises(DatabaseError):
+        create_backup(settings, kind="scheduled", trigger="run")
+    status_file = settings.backup_dir / STATUS_FILE
+    status = json.loads(status_file.read_text()) if status_file.exists() else {}
+    assert status.get("last_backup_failure") is None
