@@ -581,7 +581,13 @@ def main() -> None:
             print(f"{module}: not run, the selected tests fail unmutated: {failing[:3]}")
             failures += 1
             continue
-        statuses = {**previous, **collect(module, workdir)}
+        # Only what this run judged replaces the last result: mutmut forgets every exit code
+        # when its configuration changes, and a mutant not run now is not "not checked".
+        fresh = collect(module, workdir)
+        statuses = {
+            **previous,
+            **{k: v for k, v in fresh.items() if v != "not checked" or k not in previous},
+        }
         mode = "resume" if options.resume else "survivors" if options.survivors else "full"
         record = save(module, statuses, finished, seconds, mode)
         record["diffs"] = diffs_of(workdir, record["survivors"])
