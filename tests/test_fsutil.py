@@ -256,7 +256,8 @@ def test_the_crash_point_sits_between_fsync_and_rename(tmp_path: Path, staged: s
     import sys
 
     final = tmp_path / "b.json"
-    env = {**os.environ, "TTB_CRASH_AT": "metadata-write", "PYTHONPATH": str(Path.cwd())}
+    checkout = Path(__file__).resolve().parent.parent  # wherever pytest was started
+    env = {**os.environ, "TTB_CRASH_AT": "metadata-write", "PYTHONPATH": str(checkout)}
     done = subprocess.run(
         [sys.executable, "-c", CRASH_WRITE, str(final), staged],
         env=env,
