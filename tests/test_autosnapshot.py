@@ -105,6 +105,18 @@ class Served:
     client: Client
 
 
+class _Decisions(logging.Handler):
+    """Counts the trigger's decisions (it logs one per check, whatever the outcome)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.getMessage().startswith("automatic snapshot check"):
+            self.count += 1
+
+
 @pytest.fixture
 def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     """Start the demo app on a free port with the given config; stop it (and any automatic
@@ -112,6 +124,11 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
     from tablettracker_backups.demo import create_app
 
     running: list[tuple[Any, threading.Thread, Settings]] = []
+    trigger_logger = logging.getLogger("tablettracker_backups.web.autosnapshot")
+    level = trigger_logger.level
+    decisions = _Decisions()
+    trigger_logger.addHandler(decisions)
+    trigger_logger.setLevel(logging.DEBUG)
 
     def start(*, settle: bool = True, **config: Any) -> Served:
         app = create_app({"INSTANCE_PATH": tmp_path / f"site{len(running)}", **config})
@@ -121,14 +138,20 @@ def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
         settings = app.extensions["tablettracker_backups"].settings
         running.append((server, thread, settings))
         client = Client(f"http://127.0.0.1:{server.server_port}")
+        seen = decisions.count
         client.login(app.config["DEMO_PASSWORD"])
         if settle:
             # Logging in is a POST too: its snapshot (the first backup) comes after the
-            # response; wait for it, and for any worker, so tests start from quiet.
+            # response. Wait until its trigger has decided, not only until the backup exists:
+            # the trigger looks at the database once more after the snapshot, and a test's own
+            # write in that moment would start a worker the test did not ask for.
+            wait_until(lambda: decisions.count > seen, "the login's trigger to decide")
             wait_until(lambda: bool(backups(settings)) and idle(settings), "the first snapshot")
         return Served(app, settings, client)
 
     yield start
+    trigger_logger.removeHandler(decisions)
+    trigger_logger.setLevel(level)
     for server, thread, settings in running:
         server.shutdown()
         thread.join(timeout=30)

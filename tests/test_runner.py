@@ -154,7 +154,15 @@ def test_a_daily_cadence_gives_correct_daily_slots(make_settings: Callable[..., 
         assert result.error is None
         for backup_id in taken:
             backdate(settings, backup_id, timedelta(hours=23 if day % 2 else 25))
+    # The runs' times of day now alternate between the clock's hour and the one after; run
+    # between 23:00 and midnight, that pair straddles midnight (two backups on one date, none
+    # on the next). A real task scheduled for 23:30 does exactly that; this test is about one
+    # run a day, so move the whole week back until the newest run was at yesterday's noon.
     store = BackupStore(settings)
+    newest = max(i.created_at for i in store.list())
+    noon = (newest - timedelta(days=1)).replace(hour=12, minute=0, second=0, microsecond=0)
+    for backup_id in taken:
+        backdate(settings, backup_id, newest - noon)
     plan = plan_for_store(store)
     assert not plan.delete
     daily = [r for d in plan.keep for r in d.reasons if r.startswith("daily ")]
