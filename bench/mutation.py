@@ -477,17 +477,40 @@ def markdown(records: list[dict[str, object]]) -> str:
     return "\n".join(out) + "\n"
 
 
+def equivalent_count(record: dict[str, object], hand: dict[str, str]) -> int:
+    """Survivors whose reason says the mutant behaves exactly as the original ("equivalent:"):
+    no test can kill those, so the usual mutation score leaves them out. Survivors with any
+    other reason (wording, unreachable, untestable here) still count against the score."""
+    diffs = record.get("diffs", {})
+    assert isinstance(diffs, dict)
+    survivors = record["survivors"]
+    assert isinstance(survivors, list)
+    return sum(
+        reason_for(name, str(diffs.get(name, "")), hand).startswith("equivalent")
+        for name in survivors
+        if record["statuses"][name] == "survived"  # type: ignore[index]
+    )
+
+
 def table(records: list[dict[str, object]]) -> str:
+    hand = json.loads(REASONS_FILE.read_text()) if REASONS_FILE.exists() else {}
     head = (
         "| module | mutants | killed | survived | no tests | timeout | not checked | score | "
-        "run |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "equivalent | score without them | run |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
     rows = [head]
+    equivalents_in_all = 0
     for record in records:
         counts = record["counts"]
         assert isinstance(counts, dict)
         total = sum(counts.values())
         percent = record["score"]
+        equivalents = equivalent_count(record, hand)
+        equivalents_in_all += equivalents
+        judged_here = sum(int(counts.get(k, 0)) for k in ("killed", "survived", "no tests"))
+        rest = judged_here - equivalents
+        without = f"{100.0 * int(counts.get('killed', 0)) / rest:.1f}%" if rest else "-"
         run = f"{record['seconds']}s" + ("" if record["finished"] else " (cap hit)")
         if record.get("mode", "full") != "full":
             run += f" ({record['mode']} re-run)"
@@ -496,7 +519,7 @@ def table(records: list[dict[str, object]]) -> str:
             f"| {record['module']} | {total} | {counts.get('killed', 0)} | "
             f"{counts.get('survived', 0)} | {counts.get('no tests', 0)} | "
             f"{counts.get('timeout', 0)} | {counts.get('not checked', 0)} | "
-            f"{'-' if percent is None else f'{percent}%'} | {run} |"
+            f"{'-' if percent is None else f'{percent}%'} | {equivalents} | {without} | {run} |"
         )
     killed = sum(int(r["counts"].get("killed", 0)) for r in records)  # type: ignore[union-attr]
     judged = sum(
@@ -506,7 +529,9 @@ def table(records: list[dict[str, object]]) -> str:
     if judged:
         rows.append(
             f"\nAll modules: {killed} of {judged} judged mutants killed "
-            f"({100.0 * killed / judged:.1f}%)."
+            f"({100.0 * killed / judged:.1f}%); {equivalents_in_all} survivors are equivalent "
+            f"mutants, and without them {killed} of {judged - equivalents_in_all} "
+            f"({100.0 * killed / (judged - equivalents_in_all):.1f}%)."
         )
     return "\n".join(rows)
 
