@@ -697,3 +697,54 @@ def test_plan_for_backups_passes_on_pins_protection_sound_now_and_the_tier(
     # Seen from an hour ago every backup is dated in the future: nothing fills a slot.
     early = plan_for_backups(settings, infos, now=now - timedelta(hours=1))
     assert "dated in the future" in early.reasons(newest)
+
+
+def test_a_budget_too_small_for_one_snapshot_keeps_none_and_says_so() -> None:
+    # 20 bytes each against a budget of 10: not even the dense half (5) holds the first one,
+    # and no bucket width, however wide, picks fewer than one. The search stops at twice
+    # the window; the tier keeps nothing beyond the newest backup.
+    backups = [
+        Candidate(f"c{k}", NOON - timedelta(seconds=20 * k), "auto", True, 20) for k in range(4)
+    ]
+    plan = plan_retention(
+        backups, NO_SLOTS, now=NOON, recent=RecentTier(timedelta(hours=1), budget=10)
+    )
+    assert kept(plan) == {"c0": ("newest backup",)}
+    assert plan.recent is not None
+    assert plan.recent.to_dict() == {
+        "window": 3600.0,
+        "budget": 10,
+        "cost": 0,
+        "wanted": 60,
+        "total": 4,
+        "kept": 1,
+        "thinned": True,
+        "dense_since": None,
+        "spacing": None,
+        "granularity": None,
+    }
+
+
+def test_no_bucket_wider_than_twice_the_window_is_tried() -> None:
+    # A 50 s window: widths 15, 30 and 60 s are tried; 120 s is more than twice the window.
+    # r1-r3 straddle a minute boundary (NOON + 60 s) but sit in one 2-minute bucket, so only
+    # a 120 s bucket would keep one of them within the 10 bytes left after the dense half.
+    at = {"new": 90, "f1": 85, "r1": 70, "r2": 55, "r3": 45}  # seconds after noon
+    backups = [Candidate(n, NOON + timedelta(seconds=s), "auto", True, 10) for n, s in at.items()]
+    now = NOON + timedelta(seconds=90)
+    plan = plan_retention(backups, NO_SLOTS, now=now, recent=RecentTier(timedelta(seconds=50), 20))
+    assert kept(plan) == {"new": ("newest backup",), "f1": ("recent",)}
+    assert plan.recent is not None
+    assert (plan.recent.thinned, plan.recent.spacing, plan.recent.cost) == (True, None, 10)
+
+
+def test_a_safety_snapshot_is_never_the_newest_good_backup() -> None:
+    # What `latest` restores is a regular backup: a newer good pre-restore snapshot (the
+    # database as it was before a restore) must not take that place, or the regular one
+    # loses its only reason to stay.
+    damaged = Candidate("d", NOON, "auto", True, source_damaged=True)
+    safety = Candidate("s", NOON - timedelta(minutes=1), "pre-restore", True)
+    good = Candidate("g", NOON - timedelta(hours=1), "auto", True)
+    plan = plan_retention([damaged, safety, good], NO_SLOTS, now=NOON)
+    assert "newest good backup" in plan.reasons("g")
+    assert "newest good backup" not in plan.reasons("s")
