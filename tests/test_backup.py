@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tablettracker_backups.backup import create_backup
-from tablettracker_backups.errors import DatabaseError, StorageError
+from tablettracker_backups.backup import cleanup_debris, copy_between, create_backup
+from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import extract_verified, verify_backup
@@ -210,6 +210,62 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
                 f"{second.metadata.id}.json",
             ]
         )
+
+
+def test_cleanup_reports_every_file_it_removed(settings: Settings) -> None:
+    kept = create_backup(settings).metadata
+    expected = []
+    for folder in settings.locations:
+        for name in (".tmp-1234abcd-x.db", "20200101T000000Z-abcdef.db.zst"):
+            (folder / name).write_bytes(b"debris")
+            expected.append(folder / name)
+    assert sorted(cleanup_debris(settings)) == sorted(expected)
+    assert not any(p.exists() for p in expected)
+    assert BackupStore(settings).get(kept.id).good
+    assert cleanup_debris(settings) == []
+
+
+def _secondary_files(settings: Settings) -> list[str]:
+    assert settings.secondary_dir is not None
+    return sorted(
+        p.name for p in settings.secondary_dir.iterdir() if not p.name.startswith(".lock")
+    )
+
+
+def test_a_copy_from_a_damaged_source_is_refused_and_leaves_nothing(settings: Settings) -> None:
+    meta = create_backup(settings).metadata
+    store = BackupStore(settings)
+    store.data_path_for("secondary", meta).unlink()
+    store.metadata_path("secondary", meta.id).unlink()
+    before = _secondary_files(settings)
+    # One flipped byte: the size is right, only the SHA-256 tells.
+    source = store.data_path_for("primary", meta)
+    data = bytearray(source.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    source.write_bytes(bytes(data))
+    with pytest.raises(VerificationError) as caught:
+        copy_between(store, "primary", "secondary", meta)
+    assert str(caught.value) == (
+        f"the secondary copy of {meta.id} does not match its metadata "
+        "(the primary copy it came from is damaged)"
+    )
+    assert _secondary_files(settings) == before  # no data file, no temporary file
+
+
+def test_a_copy_whose_metadata_cannot_be_written_takes_its_data_back(settings: Settings) -> None:
+    meta = create_backup(settings).metadata
+    store = BackupStore(settings)
+    store.data_path_for("secondary", meta).unlink()
+    metadata = store.metadata_path("secondary", meta.id)
+    metadata.unlink()
+    metadata.mkdir()  # something in the way of the commit marker
+    with pytest.raises(StorageError):
+        copy_between(store, "primary", "secondary", meta)
+    assert not store.data_path_for("secondary", meta).exists()
+    assert _secondary_files(settings) == sorted(["database.json", metadata.name])
+    metadata.rmdir()
+    copy_between(store, "primary", "secondary", meta)  # once it is out of the way
+    assert store.get(meta.id).copy_state("secondary") == "ok"
 
 
 @pytest.mark.parametrize(("kind", "trigger"), [("manual", "web:admin"), ("auto", "web")])
