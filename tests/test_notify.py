@@ -32,6 +32,7 @@ from tablettracker_backups.anomaly import (
 )
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
+from tablettracker_backups.display import human_size
 from tablettracker_backups.errors import ConfigError, DatabaseError, LockedError, RestoreError
 from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
@@ -550,7 +551,8 @@ def test_schema_change_is_info_only_and_foreign_key_rise_is_caught(
     third = create_backup(replace(settings, notify_on="all"))
     [sent] = wait_messages(hook, 1)
     assert "schema changed" in sent["message"] and "new tables: more" in sent["message"]
-    assert f"backup {third.metadata.id} taken and verified" in sent["message"]
+    size = human_size(third.metadata.stored_size)
+    assert f"backup {third.metadata.id} taken and verified ({size})" in sent["message"]
 
     # More foreign-key violations than the previous good backup had.
     before = first.metadata
