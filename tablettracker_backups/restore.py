@@ -712,11 +712,12 @@ def _undo(
         _empty_database(target)
         raise RestoreError(f"{first}; {target} was emptied again, as it was before")
     begun = time.monotonic()
-    scratch = temp_path(store.locations["primary"], f"{safety.id}.rollback.db")
+    rollback = _Attempt(safety.id, target)
+    scratch: Path | None = None
     try:
-        extract_verified(
-            store.data_path_for("primary", safety), safety, scratch, identity=identity, full=False
-        )
+        # Any sound copy will do, as for a restore: the snapshot was verified moments ago,
+        # but a folder may have failed since, and the owner's data depends on this one.
+        scratch, _, _ = _extract_sound_copy(store, safety.id, rollback, identity, None)
         _write(
             scratch,
             target,
@@ -732,7 +733,9 @@ def _undo(
             f"(tablettracker-backups restore {safety.id})"
         ) from None
     finally:
-        remove_quietly(scratch)
+        if scratch is not None:
+            remove_quietly(scratch)
+        attempt.fell_back += [f"rollback: {note}" for note in rollback.fell_back]
         attempt.durations["rollback"] = round(time.monotonic() - begun, 4)
     raise RestoreError(
         f"{first}; the safety snapshot {safety.id} was put back, so {target} is as it was "

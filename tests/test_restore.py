@@ -342,6 +342,93 @@ def test_failed_check_after_write_puts_the_safety_snapshot_back(
     assert "rollback" in entry.details["durations"]
 
 
+def _damage_safety_snapshot(settings: Settings, locations: tuple[str, ...]) -> str:
+    """Flip a byte in the given copies of the restore's safety snapshot; returns its id."""
+    (safety,) = [i for i in BackupStore(settings).list() if i.kind == "pre-restore"]
+    for location in locations:
+        flip_byte(data_file(settings, location, safety.id))
+    return safety.id
+
+
+def test_a_rollback_puts_back_any_sound_copy_of_the_safety_snapshot(wal_settings: Settings) -> None:
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    change(db)
+    before_restore = dump(db)
+    damaged: list[str] = []
+    progress: list[tuple[str, int, int]] = []
+
+    def fault(target: Path) -> None:
+        damaged.append(_damage_safety_snapshot(wal_settings, ("primary",)))
+        delete_rows(target)
+
+    started = time.monotonic()
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(
+            wal_settings,
+            backup.id,
+            _after_write=fault,
+            progress=lambda *step: progress.append(step),
+        )
+    took = time.monotonic() - started
+    (safety_id,) = damaged
+    assert str(caught.value).endswith(
+        f"; the safety snapshot {safety_id} was put back, so {db} is as it was before the restore"
+    )
+    assert dump(db) == before_restore  # from its secondary copy
+    details = read_entries(wal_settings)[0].details
+    (note,) = details["fell_back"]
+    assert note.startswith("rollback: primary copy skipped: ")
+    assert 0 < details["durations"]["rollback"] <= took
+    assert round(details["durations"]["rollback"], 4) == details["durations"]["rollback"]
+    assert progress[-1][0] == "rollback"  # the owner sees the rollback happen
+    for folder in wal_settings.locations:  # the scratch copies are gone
+        assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_rollback_that_fails_too_says_how_to_finish_it_by_hand(wal_settings: Settings) -> None:
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    change(db)
+    damaged: list[str] = []
+
+    def fault(target: Path) -> None:
+        damaged.append(_damage_safety_snapshot(wal_settings, ("primary", "secondary")))
+        delete_rows(target)
+
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(wal_settings, backup.id, _after_write=fault)
+    (safety_id,) = damaged
+    message = str(caught.value)
+    assert (
+        f"; putting the safety snapshot {safety_id} back ALSO failed: no sound copy of" in message
+    )
+    assert message.endswith(
+        f". {db} may be damaged: restore {safety_id} by hand "
+        f"(tablettracker-backups restore {safety_id})"
+    )
+    details = read_entries(wal_settings)[0].details
+    assert [n.split(":")[:2] for n in details["fell_back"]] == [
+        ["rollback", " primary copy skipped"],
+        ["rollback", " secondary copy skipped"],
+    ]
+
+
+def test_a_failed_check_in_an_empty_database_empties_it_again(
+    wal_settings: Settings, journal_mode: str, tmp_path: Path
+) -> None:
+    # An empty file has nothing to keep, so no safety snapshot: undoing means emptying it.
+    backup = create_backup(wal_settings).metadata
+    target = tmp_path / "empty.db"
+    target.touch(mode=0o600)
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(wal_settings, backup.id, to=target, _after_write=delete_rows)
+    assert str(caught.value).endswith(f"; {target} was emptied again, as it was before")
+    assert target.stat().st_size == 0
+    assert side_files(target) == []
+    assert read_entries(wal_settings)[0].details["safety_snapshot_id"] is None
+
+
 def test_restore_into_a_database_that_does_not_exist_yet(
     tmp_path: Path, wal_settings: Settings, journal_mode: str
 ) -> None:
@@ -817,6 +904,7 @@ def test_new_file_is_the_checked_copy_or_a_page_copy(
             assert journal(folder / "new.db") == journal_mode
             assert result.safety_snapshot_id is None
             assert os.stat(folder / "new.db").st_dev != os.stat(wal_settings.backup_dir).st_dev
+            assert stat.S_IMODE(os.stat(folder / "new.db").st_mode) == 0o600
         return
     target = folder / "new.db"
     assert result.safety_snapshot_id is None
@@ -825,7 +913,8 @@ def test_new_file_is_the_checked_copy_or_a_page_copy(
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     # Nothing else holds the file: the scratch name in the backup folder is gone.
     assert target.stat().st_nlink == 1
-    assert not [p for p in wal_settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+    for folder in wal_settings.locations:  # the scratch copies are gone
+        assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_the_json_of_a_preview_and_a_restore_names_every_field(settings: Settings) -> None:
