@@ -115,6 +115,8 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "tests/test_encryption.py",
             "tests/test_verify.py",
             "tests/test_offsite.py",  # recover_from_offsite and the offsite fallback
+            "tests/test_offsite_encryption.py",  # sealed previews and encrypted recovery
+            "tests/test_corpus.py",  # previews of databases as real apps leave them
             "tests/test_notify.py",  # a restore's own notifications
             CLI,
         ),

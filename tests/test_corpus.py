@@ -120,6 +120,8 @@ def test_corpus_database_is_backed_up_verified_and_restored(name: str, tmp_path:
         change(settings.database)
     preview = preview_restore(settings, meta.id)
     assert preview.kind == "manual" and preview.source_damaged is expected.source_damaged
+    assert preview.foreign_key_violations == expected.foreign_key_violations
+    assert preview.not_counted == expected.not_counted
     done = restore_backup(settings, meta.id)
     assert_holds(settings.database, expected, original_schema)
     assert done.safety_snapshot_id is not None
