@@ -176,12 +176,16 @@ def decompress_file(
     algorithm: str,
     expected_sha256: str | None = None,
     progress: Progress | None = None,
+    shown: str | None = None,
 ) -> StreamResult:
     """Decompress ``source`` into a new owner-only file ``dest`` (``None``: hash only).
 
     Checks the stored file's SHA-256 as it reads when ``expected_sha256`` is given. Raises
     :class:`VerificationError` for a damaged file, :class:`StorageError` for I/O trouble.
+    Errors name ``shown`` (default: the file's name): a scratch file (a download, a decrypted
+    copy) should be named as what the owner knows.
     """
+    name = source.name if shown is None else shown
     raw = hashlib.sha256()
     raw_size = 0
     try:
@@ -206,16 +210,16 @@ def decompress_file(
                 reader.drain()
                 if expected_sha256 is not None and reader.digest.hexdigest() != expected_sha256:
                     raise VerificationError(
-                        f"{source.name}: SHA-256 does not match its metadata (the file is "
+                        f"{name}: SHA-256 does not match its metadata (the file is "
                         f"damaged; it does not decompress: {exc})"
                     ) from None
-                raise VerificationError(f"{source.name} does not decompress: {exc}") from None
+                raise VerificationError(f"{name} does not decompress: {exc}") from None
             out.flush()
     except OSError as exc:
         raise StorageError(describe_os_error(exc, dest or source)) from None
     result = StreamResult(raw_size, raw.hexdigest(), reader.size, reader.digest.hexdigest())
     if expected_sha256 is not None and result.sha256 != expected_sha256:
-        raise VerificationError(f"{source.name}: SHA-256 does not match its metadata")
+        raise VerificationError(f"{name}: SHA-256 does not match its metadata")
     return result
 
 

@@ -96,6 +96,7 @@ def extract_verified(
     identity: Identity | None = None,
     progress: ByteProgress | None = None,
     full: bool = True,
+    shown: str | None = None,
 ) -> None:
     """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``.
 
@@ -110,8 +111,10 @@ def extract_verified(
     An encrypted ``data_file`` is first decrypted with ``identity`` into a scratch file beside
     ``dest`` (removed afterwards, whatever happens). On failure ``dest`` is removed and
     :class:`VerificationError` says what did not match, or :class:`AgeIdentityError` that the
-    identity is missing or not a recipient.
+    identity is missing or not a recipient. Errors name ``shown`` (default: the data file's
+    name), never a scratch file.
     """
+    shown = data_file.name if shown is None else shown
     plain = temp_path(dest.parent, f"{metadata.id}.decrypted")
     try:
         if not data_file.is_file():
@@ -131,6 +134,7 @@ def extract_verified(
             algorithm=metadata.compression,
             expected_sha256=metadata.content_sha256,
             progress=progress,
+            shown=shown,
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")

@@ -28,7 +28,12 @@ from click.testing import CliRunner
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
-from tablettracker_backups.errors import OffsiteError, VerificationError
+from tablettracker_backups.errors import (
+    BackupNotFound,
+    OffsiteError,
+    RestoreError,
+    VerificationError,
+)
 from tablettracker_backups.health import check_health
 from tablettracker_backups.offsite.client import OffsiteStore, local_digests
 from tablettracker_backups.offsite.policy import copy_states, offsite_lag
@@ -695,6 +700,67 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     assert repaired.offsite is not None
     assert newer_id in {u.id for u in repaired.offsite.uploaded}
     assert all(r.ok for r in verify_offsite(settings, [newer_id]))
+
+
+def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = s3_settings()
+    where = OffsiteStore.from_settings(settings).where
+    target = tmp_path / "recovered" / "tablet_counter.db"
+
+    def refused(error: type[Exception], backup_id: str = "latest", to: Path = target) -> str:
+        with pytest.raises(error) as caught:
+            recover_from_offsite(settings, backup_id, to=to)
+        assert not to.exists()
+        return str(caught.value)
+
+    assert refused(BackupNotFound) == f"there are no backups in the offsite store {where}"
+    # A safety snapshot is never "latest", offsite or not.
+    create_backup(settings, kind="pre-restore")
+    sync_offsite(settings)
+    assert refused(BackupNotFound) == (
+        f"there is no good regular backup in the offsite store {where}"
+    )
+    time.sleep(1.1)  # ids order backups by the second: the regular one is newer ...
+    regular = create_backup(settings, pinned=True).metadata
+    time.sleep(1.1)  # ... and a second safety snapshot newer still, to be passed over
+    create_backup(settings, kind="pre-restore")
+    assert {u.id for u in sync_offsite(settings).uploaded} >= {regular.id}
+    unknown = "20200101T000000Z-000000"
+    assert refused(BackupNotFound, unknown) == f"no backup {unknown} in the offsite store {where}"
+
+    steps: list[int] = []
+    recovered = recover_from_offsite(settings, to=target, progress=steps.append)
+    assert (recovered.id, recovered.path, recovered.skipped) == (regular.id, target, ())
+    assert sum(steps) > 0  # the download was reported
+    assert _row_counts(target) == regular.row_counts
+    # The path must be new: an existing file, or a link to one that is not there yet.
+    exists = f"{target} already exists; recover into a new path, then move it into place"
+    with pytest.raises(RestoreError) as caught:
+        recover_from_offsite(settings, to=target)
+    assert str(caught.value) == exists
+    link = tmp_path / "recovered" / "link.db"
+    link.symlink_to(tmp_path / "nowhere.db")
+    with pytest.raises(RestoreError) as caught:
+        recover_from_offsite(settings, to=link)
+    assert str(caught.value) == exists.replace(str(target), str(link))
+    assert not (tmp_path / "nowhere.db").exists()
+
+    # The only regular backup damaged: named, it fails with its reason; latest says which.
+    key = OffsiteStore.from_settings(settings).data_key(regular.id, "zstd")
+    _flip_offsite_byte(s3_server, key)
+    again = tmp_path / "again.db"
+    named = refused(VerificationError, regular.id, to=again)
+    prefix, suffix = f"offsite backup {regular.id} failed its checks: ", "; nothing was written"
+    assert named.startswith(prefix) and named.endswith(suffix)
+    reason = named[len(prefix) : -len(suffix)]
+    # Named as the owner knows it (the object), never as the scratch download.
+    assert reason.startswith(f"offsite {key}: SHA-256 does not match its metadata")
+    assert refused(VerificationError, to=again) == (
+        f"every offsite backup failed its checks (newest {regular.id}: {reason})"
+    )
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
 def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(

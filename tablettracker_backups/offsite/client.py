@@ -687,7 +687,10 @@ class OffsiteStore:
                 encrypted=metadata.encryption is not None,
                 progress=progress,
             )
-            extract_verified(scratch, metadata, dest, identity=identity)
+            key = self.data_key(
+                backup_id, metadata.compression, encrypted=metadata.encryption is not None
+            )
+            extract_verified(scratch, metadata, dest, identity=identity, shown=f"offsite {key}")
         finally:
             remove_quietly(scratch)
         return metadata
