@@ -123,6 +123,27 @@ def test_restore_round_trip(wal_settings: Settings, journal_mode: str) -> None:
     assert json.loads(json.dumps(result.to_dict()))["target"] == str(db)
 
 
+def test_a_restore_into_a_wal_database_reports_pages_and_leaves_no_wal_to_replay(
+    tmp_path: Path,
+) -> None:
+    # Another connection of the app stays open, so SQLite does not fold the -wal back on
+    # close: the restore must checkpoint it itself, or the whole restored database sits in
+    # the -wal for every reader to replay.
+    db = make_db(tmp_path / "live.db", wal=True)
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b"})
+    backup = create_backup(settings).metadata
+    change(db)
+    steps: list[tuple[str, int, int]] = []
+    with closing(sqlite3.connect(db)) as app:
+        app.execute("SELECT count(*) FROM employees").fetchone()
+        restore_backup(settings, backup.id, progress=lambda *step: steps.append(step))
+        assert Path(f"{db}-wal").stat().st_size == 0
+        rows = app.execute("SELECT count(*) FROM count_sessions").fetchone()[0]
+        assert rows == backup.row_counts["count_sessions"]
+    writes = [(done, total) for stage, done, total in steps if stage == "write"]
+    assert len(writes) >= 1 and writes[-1][0] == writes[-1][1] > 1  # every page, counted
+
+
 READER = textwrap.dedent(
     """
     import json, sqlite3, sys, os
@@ -530,8 +551,12 @@ def test_a_writer_holding_the_database_gets_a_clear_error(tmp_path: Path) -> Non
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
-        with pytest.raises(RestoreError, match=r"locked.*was not changed"):
+        with pytest.raises(RestoreError) as caught:
             restore_backup(settings, backup.id)
+        assert str(caught.value) == (
+            f"could not write backup {backup.id} into {db}: {db} stayed locked by another "
+            f"process for 0.3s; gave up; {db} was not changed"
+        )
     finally:
         holder.communicate("\n", timeout=PROCESS_WAIT)
     assert dump(db) == before
