@@ -307,6 +307,25 @@ def test_verification_failure_and_restore_are_told(
     assert messages(hook)[2]["type"] == "failure"
 
 
+def test_a_restores_safety_snapshot_is_not_told_as_a_backup_of_its_own(
+    make_settings: Callable[..., Settings], hook: HttpSink
+) -> None:
+    # Even with every success told, a restore is one message: its safety snapshot is part
+    # of it (named there, as the way back), not a backup the owner took.
+    settings = make_settings(notify=json_url(hook), notify_on="all")
+    backup = create_backup(settings).metadata
+    restored = restore_backup(settings, backup.id)
+    titles = [m["title"] for m in wait_messages(hook, 2)]
+    time.sleep(0.5)  # anything more would have been sent by now (sending is synchronous)
+    assert len(messages(hook)) == 2
+    assert f"backup {backup.id} taken and verified" in messages(hook)[0]["message"]
+    assert f"backup {backup.id} was restored into" in titles[1]
+    assert restored.safety_snapshot_id is not None
+    assert not any(
+        f"backup {restored.safety_snapshot_id} taken" in m["message"] for m in messages(hook)
+    )
+
+
 def test_health_command_tells_of_a_schedule_that_stopped(
     make_settings: Callable[..., Settings], hook: HttpSink
 ) -> None:

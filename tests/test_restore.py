@@ -142,6 +142,10 @@ def test_a_restore_into_a_wal_database_reports_pages_and_leaves_no_wal_to_replay
         assert rows == backup.row_counts["count_sessions"]
     writes = [(done, total) for stage, done, total in steps if stage == "write"]
     assert len(writes) >= 1 and writes[-1][0] == writes[-1][1] > 1  # every page, counted
+    # The safety snapshot's own stages come first, named apart, with their counts.
+    safety = [step for step in steps if step[0].startswith("safety-")]
+    assert safety and steps.index(safety[-1]) < steps.index(("write", *writes[0]))
+    assert all(isinstance(done, int) and isinstance(total, int) for _, done, total in safety)
 
 
 READER = textwrap.dedent(
@@ -528,7 +532,7 @@ HOLDER = textwrap.dedent(
     """
     import sqlite3, sys
     conn = sqlite3.connect(sys.argv[1], isolation_level=None)
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(f"BEGIN {sys.argv[2] if len(sys.argv) > 2 else 'IMMEDIATE'}")
     conn.execute("INSERT INTO employees (username, full_name, password_hash) VALUES ('w','W','')")
     print("holding", flush=True)
     sys.stdin.readline()
@@ -560,6 +564,37 @@ def test_a_writer_holding_the_database_gets_a_clear_error(tmp_path: Path) -> Non
     finally:
         holder.communicate("\n", timeout=PROCESS_WAIT)
     assert dump(db) == before
+
+
+def test_a_database_nobody_may_read_gets_no_restore_and_says_what_to_do(tmp_path: Path) -> None:
+    # A rollback-journal database held in an exclusive transaction cannot even be read: no
+    # safety snapshot, so no restore. (move-aside is the way out for a damaged one.)
+    db = make_db(tmp_path / "live.db")
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b", "busy_timeout": 0.3})
+    backup = create_backup(settings).metadata
+    change(db)
+    before = dump(db)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(db), "EXCLUSIVE"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+        with pytest.raises(RestoreError) as caught:
+            restore_backup(settings, backup.id)
+    finally:
+        holder.communicate("\n", timeout=PROCESS_WAIT)
+    message = str(caught.value)
+    assert message.startswith(f"could not take a safety snapshot of {db} (")
+    assert message.endswith(
+        "); nothing was changed. If that database is damaged beyond a snapshot, move it aside "
+        "(with any -wal, -shm and -journal file beside it) and restore again"
+    )
+    assert "locked" in message
+    assert dump(db) == before
+    assert [i.kind for i in BackupStore(settings).list()] == ["manual"]
 
 
 def test_bad_ids_and_missing_backups(settings: Settings) -> None:
