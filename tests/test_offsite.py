@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -764,11 +765,16 @@ def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
 
 
 def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
-    s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
 ) -> None:
     from tablettracker_backups.restore import restore_backup
 
     settings = s3_settings()
+    with sqlite3.connect(db_path) as conn:  # 2.5 MiB that does not compress: several chunks
+        conn.execute("CREATE TABLE attachments (body BLOB)")
+        conn.executemany(
+            "INSERT INTO attachments VALUES (?)", [(os.urandom(65536),) for _ in range(40)]
+        )
     taken = run(settings, force=True)
     assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
     meta = taken.backup.metadata
@@ -776,10 +782,32 @@ def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
     # Real damage to both local copies (same size, one bit flipped): restore must not use them.
     for location in store.locations:
         flip_byte(store.data_path(location, meta.id, meta.compression))
-    result = restore_backup(settings, meta.id, to=tmp_path / "a.db")
+    steps: list[tuple[str, int, int]] = []
+    result = restore_backup(
+        settings, meta.id, to=tmp_path / "a.db", progress=lambda *step: steps.append(step)
+    )
     assert result.source_location == "offsite"
-    assert any(m.startswith("primary copy skipped") for m in result.fell_back)
+    assert [m.split(":")[0] for m in result.fell_back] == [
+        "primary copy skipped",
+        "secondary copy skipped",
+        "restored from the offsite copy",
+    ]
     assert _row_counts(tmp_path / "a.db") == _row_counts(db_path)
+    # The download is reported against the stored size, and adds up to it.
+    downloads = [(done, total) for stage, done, total in steps if stage == "download"]
+    assert downloads and downloads[-1] == (meta.stored_size, meta.stored_size)
+    assert all(a[0] < b[0] for a, b in pairwise(downloads))
+
+    # The offsite copy damaged too: nothing is written, and each copy says why.
+    key = OffsiteStore.from_settings(settings).data_key(meta.id, meta.compression)
+    original = s3_server.client().get_object(Bucket=BUCKET, Key=key)["Body"].read()
+    _flip_offsite_byte(s3_server, key)
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, meta.id, to=tmp_path / "none.db")
+    assert str(caught.value).startswith(f"no sound copy of backup {meta.id}; nothing was changed (")
+    assert f"; offsite copy skipped: offsite {key}: SHA-256 does not match" in str(caught.value)
+    assert not (tmp_path / "none.db").exists()
+    s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=original)
 
     # Local copies gone altogether: "latest" and the id both come from the offsite store.
     store.delete(meta.id)
