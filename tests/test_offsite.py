@@ -764,6 +764,29 @@ def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
 
 
+def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
+    s3_settings: Callable[..., Settings],
+) -> None:
+    from tablettracker_backups.restore import resolve_backup
+    from tablettracker_backups.store import CopyState, CopyStatus
+
+    settings = s3_settings()
+    taken = run(settings, force=True)
+    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
+    meta = taken.backup.metadata
+    store = BackupStore(settings)
+    store.delete(meta.id)
+    for name in (meta.id, "latest"):
+        info = resolve_backup(BackupStore(settings), name)
+        assert (info.id, info.created_at, info.verified) == (meta.id, meta.created_at, True)
+        assert info.copies == (CopyState("offsite", CopyStatus.OK),)
+        assert info.metadata is not None and info.metadata.sha256 == meta.sha256
+    unknown = "20200101T000000Z-000000"
+    with pytest.raises(BackupNotFound) as caught:
+        resolve_backup(store, unknown)
+    assert str(caught.value) == f"no backup with id {unknown}"  # the local answer, as it was
+
+
 def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path, db_path: Path
 ) -> None:

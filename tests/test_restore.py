@@ -330,12 +330,25 @@ def smash_a_page(target: Path) -> None:
         handle.write(b"\xff" * page)
 
 
+def swap_a_table(target: Path) -> None:
+    """A real fault after the write: one table dropped, another one created."""
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("DROP TABLE tablet_types")
+        conn.execute("CREATE TABLE extra (x)")
+        conn.execute("INSERT INTO extra VALUES (1)")
+        conn.commit()
+
+
 @pytest.mark.parametrize(
     ("fault", "reported"),
     [
         (
             delete_rows,
             "check afterwards failed: row counts differ from the backup's in count_sessions;",
+        ),
+        (
+            swap_a_table,
+            "check afterwards failed: row counts differ from the backup's in extra, tablet_types;",
         ),
         (smash_a_page, "check afterwards failed: "),
     ],
@@ -595,6 +608,72 @@ def test_a_database_nobody_may_read_gets_no_restore_and_says_what_to_do(tmp_path
     assert "locked" in message
     assert dump(db) == before
     assert [i.kind for i in BackupStore(settings).list()] == ["manual"]
+
+
+def test_a_writer_between_the_write_and_the_check_is_reported_as_a_lock(tmp_path: Path) -> None:
+    # The check afterwards needs the write lock for a moment; a writer that holds it past the
+    # busy timeout is a lock (retry), not damage. It still holds it when the rollback tries,
+    # so the owner is told exactly where things stand.
+    db = make_db(tmp_path / "live.db", wal=True)
+    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b", "busy_timeout": 0.3})
+    backup = create_backup(settings).metadata
+    change(db)
+    holders: list[subprocess.Popen[str]] = []
+
+    def hold(target: Path) -> None:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLDER, str(target)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        holders.append(holder)
+        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
+
+    try:
+        with pytest.raises(RestoreError) as caught:
+            restore_backup(settings, backup.id, _after_write=hold)
+    finally:
+        for holder in holders:
+            holder.communicate("\n", timeout=PROCESS_WAIT)
+    message = str(caught.value)
+    assert message.startswith(
+        f"backup {backup.id} was written into {db} but the check afterwards failed: "
+        f"{db} stayed locked for 0.3s: database is locked; putting the safety snapshot "
+    )
+    assert "back ALSO failed: " in message and "stayed locked by another process" in message
+    assert dump(db) == dump_of_backup(settings, backup.id, tmp_path)  # what was written stays
+
+
+def dump_of_backup(settings: Settings, backup_id: str, scratch: Path) -> str:
+    """The content of a backup, restored into a new file of its own."""
+    copy = scratch / f"copy-{backup_id}.db"
+    restore_backup(settings, backup_id, to=copy)
+    return dump(copy)
+
+
+def test_tables_by_impact_the_biggest_change_first() -> None:
+    from datetime import datetime, timezone
+
+    from tablettracker_backups.restore import RestorePreview, TableChange, TableDiff
+
+    tables = (
+        TableDiff("a_same", 5, 5, TableChange.SAME),
+        TableDiff("b_small", 10, 8, TableChange.CHANGED),
+        TableDiff("c_dropped", None, 40, TableChange.REMOVED),
+        TableDiff("d_back", 40, None, TableChange.ADDED),
+        TableDiff("e_big", 1000, 10, TableChange.CHANGED),
+        TableDiff("f_empty_same", 0, 0, TableChange.SAME),
+    )
+    preview = RestorePreview("x", datetime.now(timezone.utc), tables, False, True)
+    assert [t.name for t in preview.by_impact()] == [
+        "e_big",  # 990 rows
+        "c_dropped",  # 40 rows go
+        "d_back",  # 40 rows come back (a tie: by name)
+        "b_small",
+        "a_same",  # unchanged counts last, by name
+        "f_empty_same",
+    ]
 
 
 def test_bad_ids_and_missing_backups(settings: Settings) -> None:
