@@ -43,7 +43,7 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.health import check_health
 from tablettracker_backups.keys import DRILLS
 from tablettracker_backups.metadata import BackupMetadata, SourceInfo, Verification
-from tablettracker_backups.restore import restore_backup
+from tablettracker_backups.restore import preview_restore, restore_backup
 from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
 from tablettracker_backups.status import update_status
 from tablettracker_backups.store import BackupStore
@@ -253,6 +253,30 @@ def test_all_mode_round_trip(
     safety = [i for i in store.list() if i.kind == "pre-restore"]
     assert len(safety) == 1 and safety[0].metadata is not None
     assert safety[0].metadata.encryption is not None
+
+
+def test_all_mode_previews_without_the_identity_and_rolls_back_with_it(
+    encrypted_all: tuple[Settings, Path, str], db_path: Path, tmp_path: Path
+) -> None:
+    settings, identity_file, _ = encrypted_all
+    meta = create_backup(settings).metadata
+    # Local metadata keeps its row counts in the clear: a preview needs no key.
+    preview = preview_restore(settings, meta.id)
+    assert {t.name: t.backup_rows for t in preview.tables} == row_counts(db_path)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("DELETE FROM count_sessions")
+    before = row_counts(db_path)
+
+    def fault(target: Path) -> None:
+        with sqlite3.connect(target) as conn:
+            conn.execute("DELETE FROM employees")
+
+    # The check after the write fails: the encrypted safety snapshot is opened with the
+    # identity given for the restore, and put back.
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, meta.id, identity=load_identity(identity_file), _after_write=fault)
+    assert str(caught.value).endswith("is as it was before the restore")
+    assert row_counts(db_path) == before
 
 
 def test_missing_and_wrong_identity_get_one_line_and_change_nothing(

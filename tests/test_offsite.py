@@ -771,11 +771,27 @@ def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
     from tablettracker_backups.store import CopyState, CopyStatus
 
     settings = s3_settings()
-    taken = run(settings, force=True)
-    assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
-    meta = taken.backup.metadata
+    meta = create_backup(settings, pinned=True).metadata  # pinned: offsite retention keeps it
+    # Newer ones that cannot be "latest": a safety snapshot, and one whose metadata object
+    # will be unreadable. ids order backups by the second.
+    time.sleep(1.1)
+    safety = create_backup(settings, kind="pre-restore").metadata
+    time.sleep(1.1)
+    unreadable = create_backup(settings).metadata
+    assert sync_offsite(settings).ok
+    offsite = OffsiteStore.from_settings(settings)
+    assert offsite.complete_ids()[:3] == [unreadable.id, safety.id, meta.id]
     store = BackupStore(settings)
-    store.delete(meta.id)
+    for made in (meta, safety, unreadable):
+        store.delete(made.id)
+    client = boto3.client(
+        "s3",
+        endpoint_url=settings.s3.endpoint_url,  # type: ignore[union-attr]
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+        region_name="us-east-1",
+    )
+    client.put_object(Bucket=BUCKET, Key=offsite.metadata_key(unreadable.id), Body=b"{")
     for name in (meta.id, "latest"):
         info = resolve_backup(BackupStore(settings), name)
         assert (info.id, info.created_at, info.verified) == (meta.id, meta.created_at, True)

@@ -3,6 +3,7 @@ failure. Real database files, real backup folders, real reader and writer proces
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -391,6 +392,7 @@ def _damage_safety_snapshot(settings: Settings, locations: tuple[str, ...]) -> s
 def test_a_rollback_puts_back_any_sound_copy_of_the_safety_snapshot(wal_settings: Settings) -> None:
     db = wal_settings.database
     backup = create_backup(wal_settings).metadata
+    flip_byte(data_file(wal_settings, "primary", backup.id))  # restored from the secondary
     change(db)
     before_restore = dump(db)
     damaged: list[str] = []
@@ -415,8 +417,12 @@ def test_a_rollback_puts_back_any_sound_copy_of_the_safety_snapshot(wal_settings
     )
     assert dump(db) == before_restore  # from its secondary copy
     details = read_entries(wal_settings)[0].details
-    (note,) = details["fell_back"]
-    assert note.startswith("rollback: primary copy skipped: ")
+    # The restore's own fallback and the rollback's, each said once, in order.
+    assert [n.split(": ")[0] for n in details["fell_back"]] == [
+        "primary copy skipped",
+        "rollback",
+    ]
+    assert details["fell_back"][1].startswith("rollback: primary copy skipped: ")
     assert 0 < details["durations"]["rollback"] <= took
     assert round(details["durations"]["rollback"], 4) == details["durations"]["rollback"]
     assert progress[-1][0] == "rollback"  # the owner sees the rollback happen
@@ -650,6 +656,18 @@ def dump_of_backup(settings: Settings, backup_id: str, scratch: Path) -> str:
     copy = scratch / f"copy-{backup_id}.db"
     restore_backup(settings, backup_id, to=copy)
     return dump(copy)
+
+
+def test_a_preview_with_no_live_database_brings_every_table_back(
+    settings: Settings, tmp_path: Path
+) -> None:
+    backup = create_backup(settings).metadata
+    gone = dataclasses.replace(settings, database=tmp_path / "gone" / "tablet_counter.db")
+    preview = preview_restore(gone, backup.id).to_dict()
+    assert (preview["live_exists"], preview["schema_changed"]) == (False, False)
+    assert {t["name"]: (t["status"], t["live_rows"]) for t in preview["tables"]} == {
+        name: ("added", None) for name in backup.row_counts
+    }
 
 
 def test_tables_by_impact_the_biggest_change_first() -> None:
