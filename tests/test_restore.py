@@ -26,7 +26,12 @@ from click.testing import CliRunner
 from tablettracker_backups.audit import read_entries
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
-from tablettracker_backups.errors import BackupNotFound, InvalidBackupId, RestoreError
+from tablettracker_backups.errors import (
+    BackupNotFound,
+    DatabaseError,
+    InvalidBackupId,
+    RestoreError,
+)
 from tablettracker_backups.restore import preview_restore, restore_backup
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupStore
@@ -607,6 +612,10 @@ def test_a_database_nobody_may_read_gets_no_restore_and_says_what_to_do(tmp_path
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
         with pytest.raises(RestoreError) as caught:
             restore_backup(settings, backup.id)
+        started = time.monotonic()  # the preview, too, waits the owner's busy timeout
+        with pytest.raises(DatabaseError, match="locked"):
+            preview_restore(settings, backup.id)
+        assert time.monotonic() - started < 8  # not SQLite's default 10 s (loose bound)
     finally:
         holder.communicate("\n", timeout=PROCESS_WAIT)
     message = str(caught.value)
