@@ -87,6 +87,8 @@ logger = logging.getLogger(__name__)
 RestoreProgress = StageProgress
 #: Test seam: called with the target path after the write and before the check afterwards.
 AfterWriteHook = Callable[[Path], None]
+#: How the rollback's notes start in a failed restore's ``fell_back`` (after the restore's own).
+ROLLBACK_NOTE = "rollback: "
 
 #: Files SQLite keeps beside a database; a stale one next to a missing database is refused.
 SIDE_FILES = ("-wal", "-shm", "-journal")
@@ -551,8 +553,11 @@ def _extract_sound_copy(
     attempt: _Attempt,
     identity: Identity | None,
     progress: RestoreProgress | None,
+    *,
+    use_offsite: bool = True,
 ) -> tuple[Path, str, BackupMetadata]:
-    """Decompress and fully check copies, primary first, until one is sound.
+    """Decompress and fully check copies, primary first, then (``use_offsite``) the offsite
+    copy, until one is sound.
 
     Returns (scratch file, location, that copy's metadata). Raises :class:`RestoreError` when
     no copy is sound, :class:`AgeIdentityError` when an encrypted local copy cannot be opened
@@ -595,7 +600,11 @@ def _extract_sound_copy(
             logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
             continue
         return scratch, location, meta
-    offsite = _extract_offsite_copy(store, backup_id, attempt, identity, progress)
+    offsite = (
+        _extract_offsite_copy(store, backup_id, attempt, identity, progress)
+        if use_offsite
+        else None
+    )
     if offsite is not None:
         return offsite
     if unchecked and unchecked == len(attempt.fell_back):
@@ -715,9 +724,20 @@ def _undo(
     rollback = _Attempt(safety.id, target)
     scratch: Path | None = None
     try:
-        # Any sound copy will do, as for a restore: the snapshot was verified moments ago,
-        # but a folder may have failed since, and the owner's data depends on this one.
-        scratch, _, _ = _extract_sound_copy(store, safety.id, rollback, identity, None)
+        # Any sound local copy will do, as for a restore: the snapshot was verified moments
+        # ago, but a folder may have failed since. Not offsite: it was never uploaded, and
+        # asking an unreachable store would keep the database in its failed state longer.
+        try:
+            scratch, _, _ = _extract_sound_copy(
+                store, safety.id, rollback, identity, None, use_offsite=False
+            )
+        except RestoreError:
+            raise RestoreError(
+                f"{first}; the safety snapshot {safety.id} could not be put back: no copy of it "
+                f"could be read as sound ({'; '.join(rollback.fell_back)}). {target} holds "
+                f"what was written from backup {backup_id}: check it (tablettracker-backups "
+                "health), or restore another backup (tablettracker-backups list)"
+            ) from None
         _write(
             scratch,
             target,
@@ -726,6 +746,8 @@ def _undo(
             wal_if_new=False,
         )
         _check_after(target, safety, timeout=store.settings.busy_timeout)
+    except RestoreError:
+        raise
     except BackupError as exc:
         raise RestoreError(
             f"{first}; putting the safety snapshot {safety.id} back ALSO failed: {exc}. "
@@ -735,7 +757,7 @@ def _undo(
     finally:
         if scratch is not None:
             remove_quietly(scratch)
-        attempt.fell_back += [f"rollback: {note}" for note in rollback.fell_back]
+        attempt.fell_back += [f"{ROLLBACK_NOTE}{note}" for note in rollback.fell_back]
         attempt.durations["rollback"] = round(time.monotonic() - begun, 4)
     raise RestoreError(
         f"{first}; the safety snapshot {safety.id} was put back, so {target} is as it was "

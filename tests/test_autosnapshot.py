@@ -106,7 +106,8 @@ class Served:
 
 
 class _Decisions(logging.Handler):
-    """Counts the trigger's decisions (it logs one per check, whatever the outcome)."""
+    """Counts the trigger's decisions (it logs one per check, whatever the outcome). One
+    count for every server the fixture starts: a test that starts two must not rely on it."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)

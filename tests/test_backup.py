@@ -17,7 +17,7 @@ from tablettracker_backups.errors import DatabaseError, StorageError, Verificati
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import extract_verified, verify_backup
-from tests.conftest import make_db
+from tests.conftest import flip_byte, make_db
 
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
@@ -239,10 +239,7 @@ def test_a_copy_from_a_damaged_source_is_refused_and_leaves_nothing(settings: Se
     store.metadata_path("secondary", meta.id).unlink()
     before = _secondary_files(settings)
     # One flipped byte: the size is right, only the SHA-256 tells.
-    source = store.data_path_for("primary", meta)
-    data = bytearray(source.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    source.write_bytes(bytes(data))
+    flip_byte(store.data_path_for("primary", meta))
     with pytest.raises(VerificationError) as caught:
         copy_between(store, "primary", "secondary", meta)
     assert str(caught.value) == (

@@ -13,6 +13,7 @@ import sqlite3
 import stat
 import sys
 from collections.abc import Callable
+from contextlib import closing
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -263,13 +264,15 @@ def test_all_mode_previews_without_the_identity_and_rolls_back_with_it(
     # Local metadata keeps its row counts in the clear: a preview needs no key.
     preview = preview_restore(settings, meta.id)
     assert {t.name: t.backup_rows for t in preview.tables} == row_counts(db_path)
-    with sqlite3.connect(db_path) as conn:
+    with closing(sqlite3.connect(db_path)) as conn:
         conn.execute("DELETE FROM count_sessions")
+        conn.commit()
     before = row_counts(db_path)
 
     def fault(target: Path) -> None:
-        with sqlite3.connect(target) as conn:
+        with closing(sqlite3.connect(target)) as conn:
             conn.execute("DELETE FROM employees")
+            conn.commit()
 
     # The check after the write fails: the encrypted safety snapshot is opened with the
     # identity given for the restore, and put back.

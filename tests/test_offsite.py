@@ -20,6 +20,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from tablettracker_backups.audit import read_entries
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
 from tablettracker_backups.errors import (
@@ -734,7 +736,7 @@ def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
     steps: list[int] = []
     recovered = recover_from_offsite(settings, to=target, progress=steps.append)
     assert (recovered.id, recovered.path, recovered.skipped) == (regular.id, target, ())
-    assert sum(steps) > 0  # the download was reported
+    assert sum(steps) == regular.stored_size  # the download, reported as it came
     assert _row_counts(target) == regular.row_counts
     # The path must be new: an existing file, or a link to one that is not there yet.
     exists = f"{target} already exists; recover into a new path, then move it into place"
@@ -765,7 +767,7 @@ def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
 
 
 def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
-    s3_settings: Callable[..., Settings],
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
 ) -> None:
     from tablettracker_backups.restore import resolve_backup
     from tablettracker_backups.store import CopyState, CopyStatus
@@ -784,14 +786,7 @@ def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
     store = BackupStore(settings)
     for made in (meta, safety, unreadable):
         store.delete(made.id)
-    client = boto3.client(
-        "s3",
-        endpoint_url=settings.s3.endpoint_url,  # type: ignore[union-attr]
-        aws_access_key_id=ACCESS_KEY,
-        aws_secret_access_key=SECRET_KEY,
-        region_name="us-east-1",
-    )
-    client.put_object(Bucket=BUCKET, Key=offsite.metadata_key(unreadable.id), Body=b"{")
+    s3_server.client().put_object(Bucket=BUCKET, Key=offsite.metadata_key(unreadable.id), Body=b"{")
     for name in (meta.id, "latest"):
         info = resolve_backup(BackupStore(settings), name)
         assert (info.id, info.created_at, info.verified) == (meta.id, meta.created_at, True)
@@ -809,11 +804,12 @@ def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
     from tablettracker_backups.restore import restore_backup
 
     settings = s3_settings()
-    with sqlite3.connect(db_path) as conn:  # 2.5 MiB that does not compress: several chunks
+    with closing(sqlite3.connect(db_path)) as conn:  # 2.5 MiB that does not compress
         conn.execute("CREATE TABLE attachments (body BLOB)")
         conn.executemany(
             "INSERT INTO attachments VALUES (?)", [(os.urandom(65536),) for _ in range(40)]
         )
+        conn.commit()
     taken = run(settings, force=True)
     assert taken.backup is not None and taken.offsite is not None and taken.offsite.ok
     meta = taken.backup.metadata
@@ -864,6 +860,30 @@ def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(
     with pytest.raises(BackupNotFound, match="cannot reach the offsite store"):
         restore_backup(unreachable, meta.id, to=tmp_path / "c.db")
     assert not (tmp_path / "c.db").exists()
+
+
+def test_a_rollback_never_asks_the_offsite_store(
+    s3_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    # The safety snapshot was taken seconds ago and never uploaded: with no sound local copy
+    # the rollback stops at once, even with an offsite store configured (here unreachable).
+    from tablettracker_backups.restore import restore_backup
+
+    settings = s3_settings(s3_endpoint_url=f"http://127.0.0.1:{_free_ports(1)[0]}")
+    backup = create_backup(settings).metadata
+
+    def fault(target: Path) -> None:
+        (safety,) = [i for i in BackupStore(settings).list() if i.kind == "pre-restore"]
+        for location in BackupStore(settings).locations:
+            flip_byte(BackupStore(settings).data_path(location, safety.id, "zstd"))
+        with closing(sqlite3.connect(target)) as conn:
+            conn.execute("DELETE FROM employees")
+            conn.commit()
+
+    with pytest.raises(RestoreError, match="could not be put back"):
+        restore_backup(settings, backup.id, _after_write=fault)
+    entry = read_entries(settings)[0]
+    assert not [n for n in entry.details["fell_back"] if "offsite" in n]
 
 
 def test_offsite_retention_keeps_its_own_counts(s3_settings: Callable[..., Settings]) -> None:

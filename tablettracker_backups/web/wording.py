@@ -16,7 +16,7 @@ from markupsafe import Markup, escape
 
 from tablettracker_backups.audit import AuditEntry
 from tablettracker_backups.display import format_age
-from tablettracker_backups.restore import TableDiff
+from tablettracker_backups.restore import ROLLBACK_NOTE, TableDiff
 from tablettracker_backups.states import TableChange
 
 #: A backup id anywhere in a text (the strict form is checked again by the detail page).
@@ -119,8 +119,15 @@ def audit_facts(entry: AuditEntry) -> list[str]:
     if details.get("safety_snapshot_id"):
         facts.append(f"safety snapshot {details['safety_snapshot_id']} (restore it to undo)")
     fell_back = details.get("fell_back")
-    if isinstance(fell_back, list) and fell_back:
-        facts.append("other copies were damaged: " + "; ".join(str(x) for x in fell_back))
+    if isinstance(fell_back, list):
+        # The restore's own fallbacks, then the rollback's (restore.py prefixes those).
+        notes = [str(x) for x in fell_back]
+        restore = [n for n in notes if not n.startswith(ROLLBACK_NOTE)]
+        rollback = [n.removeprefix(ROLLBACK_NOTE) for n in notes if n.startswith(ROLLBACK_NOTE)]
+        if restore:
+            facts.append("copies passed over: " + "; ".join(restore))
+        if rollback:
+            facts.append("putting the safety snapshot back passed over: " + "; ".join(rollback))
     deleted = details.get("deleted")
     if isinstance(deleted, list):
         facts.append(
