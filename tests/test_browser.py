@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -86,6 +87,20 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             match = re.search(r"Admin login: admin / (\S+)", _read(log))
             password = match.group(1) if match else None
             time.sleep(0.1)
+        # The command it prints for the shell finds the demo's database and first backup.
+        printed = re.search(r"From a shell: tablettracker-backups (.+)", _read(log))
+        first = re.search(r"First backup (\S+) verified", _read(log))
+        assert printed and first, _read(log)
+        listed = subprocess.run(
+            [sys.executable, "-m", "tablettracker_backups", *shlex.split(printed.group(1))],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert listed.returncode == 0 and first.group(1) in listed.stdout, listed
         yield Demo(f"http://127.0.0.1:{port}", password, instance)
     finally:
         os.killpg(process.pid, signal.SIGTERM)

@@ -50,6 +50,8 @@ def demo(port: int, instance: Path) -> None:
     url = f"http://127.0.0.1:{port}/"
     click.echo(f"Database:    {settings.database}")
     click.echo(f"Backups:     {settings.backup_dir}")
+    # The CLI has no app to read its settings from: it needs the database named.
+    click.echo(f"From a shell: tablettracker-backups list --database {settings.database}")
     click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
     click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
     click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
