@@ -767,7 +767,7 @@ def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
 
 
 def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
-    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     from tablettracker_backups.restore import resolve_backup
     from tablettracker_backups.store import CopyState, CopyStatus
@@ -796,6 +796,11 @@ def test_a_backup_kept_only_offsite_resolves_as_its_offsite_copy(
     with pytest.raises(BackupNotFound) as caught:
         resolve_backup(store, unknown)
     assert str(caught.value) == f"no backup with id {unknown}"  # the local answer, as it was
+    # Recovery says why it passed over the unreadable one (the safety snapshot is simply
+    # never a candidate).
+    recovered = recover_from_offsite(settings, to=tmp_path / "recovered.db")
+    assert recovered.id == meta.id
+    assert [skipped for skipped, _ in recovered.skipped] == [unreadable.id]
 
 
 def test_restore_falls_back_to_offsite_when_local_copies_are_bad_or_gone(

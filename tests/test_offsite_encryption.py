@@ -416,8 +416,12 @@ def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
     target = tmp_path / "restored.db"
 
     # Its preview needs the sealed row counts, and so the identity.
-    with pytest.raises(AgeIdentityError, match="--identity FILE"):
+    with pytest.raises(AgeIdentityError) as caught:
         preview_restore(dataclasses.replace(settings, database=target), backup_id)
+    assert str(caught.value).startswith(
+        f"offsite backup {backup_id} is encrypted: give --identity FILE (or "
+        "BACKUPS_IDENTITY_FILE) with the identity of "
+    )
     identity = open_key(identity_file)
     preview = preview_restore(settings, backup_id, identity=identity)
     assert {t.status for t in preview.tables} == {"same"}
