@@ -554,9 +554,15 @@ def test_refuses_to_overwrite_a_file_that_is_not_a_database(
 
 def test_refuses_a_stale_wal_beside_a_missing_database(tmp_path: Path, settings: Settings) -> None:
     backup = create_backup(settings).metadata
-    Path(f"{tmp_path / 'gone.db'}-wal").write_bytes(b"leftover")
-    with pytest.raises(RestoreError, match="move it aside"):
-        restore_backup(settings, backup.id, to=tmp_path / "gone.db")
+    gone = tmp_path / "gone.db"
+    for suffix in ("-wal", "-shm"):
+        Path(f"{gone}{suffix}").write_bytes(b"leftover")
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id, to=gone)
+    assert str(caught.value) == (
+        f"{gone} does not exist but {gone}-wal, {gone}-shm does; SQLite could mix that "
+        "leftover into the restored database: move it aside first"
+    )
     assert not (tmp_path / "gone.db").exists()
 
 
@@ -657,9 +663,12 @@ def test_a_writer_between_the_write_and_the_check_is_reported_as_a_lock(tmp_path
         holders.append(holder)
         assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
 
+    started = time.monotonic()
     try:
         with pytest.raises(RestoreError) as caught:
             restore_backup(settings, backup.id, _after_write=hold)
+        # Each wait is the owner's busy timeout (0.3 s), not SQLite's default 10 s (loose).
+        assert time.monotonic() - started < 8
     finally:
         for holder in holders:
             holder.communicate("\n", timeout=PROCESS_WAIT)
