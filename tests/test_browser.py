@@ -88,7 +88,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             password = match.group(1) if match else None
             time.sleep(0.1)
         # The command it prints for the shell finds the demo's database and first backup.
-        printed = re.search(r"From a shell: tablettracker-backups (.+)", _read(log))
+        printed = re.search(r"From a shell: \S*tablettracker-backups (.+)", _read(log))
         first = re.search(r"First backup (\S+) verified", _read(log))
         assert printed and first, _read(log)
         listed = subprocess.run(

@@ -7,6 +7,7 @@ host app has no use for a demo of itself.
 from __future__ import annotations
 
 import socket
+import sys
 from pathlib import Path
 
 import click
@@ -50,8 +51,11 @@ def demo(port: int, instance: Path) -> None:
     url = f"http://127.0.0.1:{port}/"
     click.echo(f"Database:    {settings.database}")
     click.echo(f"Backups:     {settings.backup_dir}")
-    # The CLI has no app to read its settings from: it needs the database named.
-    click.echo(f"From a shell: tablettracker-backups list --database {settings.database}")
+    # The CLI has no app to read its settings from: it needs the database named. And the
+    # program as it was started (.venv/bin/...), which need not be on PATH.
+    started_as = sys.argv[0] if Path(sys.argv[0]).name == "tablettracker-backups" else None
+    program = started_as or "tablettracker-backups"
+    click.echo(f"From a shell: {program} list --database {settings.database}")
     click.echo(f"Open:        {url}  (backups at {url}admin/backups/)")
     click.echo(f"Admin login: {app.config['DEMO_ADMIN']} / {app.config['DEMO_PASSWORD']}")
     click.echo(f"Non-admin:   staff / {app.config['DEMO_PASSWORD']}")
