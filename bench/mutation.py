@@ -6,6 +6,7 @@
     python bench/mutation.py --survivors store    # re-run last survivors against today's tests
     python bench/mutation.py --resume health      # ... and the mutants a cap left unchecked
     python bench/mutation.py --report             # the table from the saved results only
+    python bench/mutation.py --sample 80 backup   # 80 mutants drawn at random (seeded), all judged
 
 For each module a scratch copy of the package and the tests is made under ``--workdir``
 (default ``/tmp/ttb-mutation/<module>``), a ``[tool.mutmut]`` table naming that one module and
@@ -18,6 +19,12 @@ Results go to ``bench/results/mutation-<module>.json`` (git-ignored) and a table
 Score = killed / (killed + survived + no tests): a mutant that no selected test reaches counts
 against the score. Timeouts are listed apart (a mutant that makes the tests hang is detected,
 but by the time limit, not by an assertion). Nothing here runs in CI.
+
+A time cap is biased: mutmut runs the mutants with the fastest tests first, so the ones a cap
+leaves unchecked are those in the big functions every test reaches. ``--sample N`` instead draws
+N mutants uniformly at random (``--seed``, so a run can be replayed) and judges every one of them,
+with no cap; the score is then an estimate for the whole module, and the report gives its 95%
+interval (and, across modules, a stratified estimate weighted by each module's mutant count).
 """
 
 from __future__ import annotations
@@ -25,7 +32,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -191,6 +200,9 @@ def write_config(module: str, workdir: Path) -> None:
         "pytest_add_cli_args": [
             *("-p", "no:cacheprovider", "-q", "-x"),
             *("-o", "tmp_path_retention_policy=none"),
+            # A mutant killed for its time limit leaves a test's tmpfs mounted (tiny_fs), and
+            # pytest's sweep of old folders warns (an error here) on it: the sweep is not a test.
+            *("-W", "ignore:(rm_rf) error removing:pytest.PytestWarning"),
         ],
     }
     lines = ["", "[tool.mutmut]"] + [f"{k} = {json.dumps(v)}" for k, v in table.items()]
@@ -224,10 +236,47 @@ cli()
 )
 
 
+#: Generates the mutants (as ``mutmut run`` does first) and stops: the names to sample from.
+GENERATE = (
+    SYS_PATH
+    + """
+from pathlib import Path
+from mutmut import __main__ as m
+m.set_mutant_under_test("mutant_generation")
+Path("mutants").mkdir(exist_ok=True)
+m.copy_src_dir()
+m.copy_also_copy_files()
+m.setup_source_paths()
+m.store_lines_covered_by_tests()
+m.create_mutants(2)
+"""
+)
+
+
+def generate(workdir: Path) -> None:
+    """Write the mutants (and mutmut's per-file record, every mutant unchecked) in ``workdir``."""
+    done = subprocess.run(
+        [sys.executable, "-c", GENERATE], cwd=workdir, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        sys.exit(f"mutant generation failed: {(done.stderr or done.stdout).strip()[-500:]}")
+
+
+def sample_of(names: list[str], size: int, seed: int, module: str) -> list[str]:
+    """``size`` names drawn uniformly from ``names``; the same seed and module give the same."""
+    if size >= len(names):
+        return sorted(names)
+    return sorted(random.Random(f"{seed}:{module}").sample(sorted(names), size))
+
+
 def run_mutmut(workdir: Path, args: list[str], cap: float, log: Path) -> tuple[bool, float]:
     """Run ``mutmut ARGS`` in ``workdir`` for at most ``cap`` seconds; (finished, seconds)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("BACKUPS_", "TTB_"))}
     env.pop("PYTHONPATH", None)  # mutmut puts mutants/ first; the CLI tests set their own
+    # Each module's pytest folders apart, so one run's leftovers never reach another's.
+    temproot = workdir / "pytest-tmp"
+    temproot.mkdir(exist_ok=True)
+    env["PYTEST_DEBUG_TEMPROOT"] = str(temproot)
     started = time.monotonic()
     with log.open("w", encoding="utf-8") as out:
         proc = subprocess.Popen(
@@ -245,7 +294,22 @@ def run_mutmut(workdir: Path, args: list[str], cap: float, log: Path) -> tuple[b
             os.killpg(proc.pid, signal.SIGKILL)  # our own session: mutmut and its workers
             proc.wait()
             finished = False
+        finally:
+            unmount_under(temproot)
     return finished, time.monotonic() - started
+
+
+def unmount_under(folder: Path) -> None:
+    """Unmount what the tests mounted under ``folder`` and a killed mutant left behind."""
+    try:
+        mounts = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return
+    inside = str(folder.resolve()) + "/"
+    for line in mounts:
+        point = line.split()[1].replace("\\040", " ")
+        if point.startswith(inside):
+            subprocess.run(["umount", "-l", point], check=False, capture_output=True)
 
 
 def collect(module: str, workdir: Path) -> dict[str, str]:
@@ -497,46 +561,98 @@ def equivalent_count(record: dict[str, object], hand: dict[str, str]) -> int:
     )
 
 
+JUDGED = ("killed", "survived", "no tests")
+
+
+def wilson(killed: int, judged: int) -> tuple[float, float]:
+    """The 95% Wilson interval of a sampled score, in percent."""
+    z = 1.96
+    p = killed / judged
+    centre = (p + z * z / (2 * judged)) / (1 + z * z / judged)
+    half = (
+        z * math.sqrt(p * (1 - p) / judged + z * z / (4 * judged * judged)) / (1 + z * z / judged)
+    )
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def stratified(strata: list[tuple[int, int, int]]) -> tuple[float, float]:
+    """Estimate and 95% half-width (percent) of the score over every mutant of every module,
+    from (mutants in the module, judged, killed) per module: each module's sample score is
+    weighted by its size; the variance uses (killed+2)/(judged+4), so that a module whose
+    sample was all killed still adds its share of doubt, and the finite-population correction."""
+    population = sum(size for size, judged, _ in strata if judged)
+    estimate = variance = 0.0
+    for size, judged, killed in strata:
+        if not judged:
+            continue
+        weight = size / population
+        estimate += weight * killed / judged
+        shrunk = (killed + 2) / (judged + 4)
+        correction = (size - judged) / size if size > 1 else 0.0
+        variance += weight * weight * shrunk * (1 - shrunk) / judged * correction
+    return 100.0 * estimate, 100.0 * 1.96 * math.sqrt(variance)
+
+
 def table(records: list[dict[str, object]]) -> str:
     hand = json.loads(REASONS_FILE.read_text()) if REASONS_FILE.exists() else {}
     head = (
-        "| module | mutants | killed | survived | no tests | timeout | not checked | score | "
-        "equivalent | score without them | run |\n"
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
+        "| module | mutants | judged | killed | survived | no tests | timeout | not checked | "
+        "score (95% interval if sampled) | equivalent | score without them | run |\n"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
     )
     rows = [head]
     equivalents_in_all = 0
+    strata: list[tuple[int, int, int]] = []
+    strata_without: list[tuple[int, int, int]] = []
+    sampled = False
     for record in records:
         counts = record["counts"]
         assert isinstance(counts, dict)
         total = sum(counts.values())
-        percent = record["score"]
+        killed = int(counts.get("killed", 0))
+        judged_here = sum(int(counts.get(k, 0)) for k in JUDGED)
         equivalents = equivalent_count(record, hand)
         equivalents_in_all += equivalents
-        judged_here = sum(int(counts.get(k, 0)) for k in ("killed", "survived", "no tests"))
         rest = judged_here - equivalents
-        without = f"{100.0 * int(counts.get('killed', 0)) / rest:.1f}%" if rest else "-"
+        if not judged_here:
+            score_cell = "-"
+        else:
+            score_cell = f"{100.0 * killed / judged_here:.1f}%"
+            if counts.get("not sampled"):
+                sampled = True
+                low, high = wilson(killed, judged_here)
+                score_cell += f" ({low:.0f}-{high:.0f}%)"
+        without = f"{100.0 * killed / rest:.1f}%" if rest else "-"
+        strata.append((total, judged_here, killed))
+        # The module's equivalent share, seen in its sample, taken out of its size as well.
+        size_without = round(total * rest / judged_here) if judged_here else 0
+        strata_without.append((size_without, rest, killed))
         run = f"{record['seconds']}s" + ("" if record["finished"] else " (cap hit)")
         if record.get("mode", "full") != "full":
-            run += f" ({record['mode']} re-run)"
+            run += f" ({record['mode']})"
         run += f", {record.get('at', 'date not recorded')}"
         rows.append(
-            f"| {record['module']} | {total} | {counts.get('killed', 0)} | "
+            f"| {record['module']} | {total} | {judged_here} | {killed} | "
             f"{counts.get('survived', 0)} | {counts.get('no tests', 0)} | "
             f"{counts.get('timeout', 0)} | {counts.get('not checked', 0)} | "
-            f"{'-' if percent is None else f'{percent}%'} | {equivalents} | {without} | {run} |"
+            f"{score_cell} | {equivalents} | {without} | {run} |"
         )
-    killed = sum(int(r["counts"].get("killed", 0)) for r in records)  # type: ignore[union-attr]
-    judged = sum(
-        sum(int(r["counts"].get(k, 0)) for k in ("killed", "survived", "no tests"))  # type: ignore[union-attr]
-        for r in records
-    )
+    killed = sum(k for _, _, k in strata)
+    judged = sum(j for _, j, _ in strata)
     if judged:
         rows.append(
             f"\nAll modules: {killed} of {judged} judged mutants killed "
             f"({100.0 * killed / judged:.1f}%); {equivalents_in_all} survivors are equivalent "
             f"mutants, and without them {killed} of {judged - equivalents_in_all} "
             f"({100.0 * killed / (judged - equivalents_in_all):.1f}%)."
+        )
+    if sampled:
+        estimate, half = stratified(strata)
+        estimate_without, half_without = stratified(strata_without)
+        rows.append(
+            f"\nEstimated over all {sum(t for t, _, _ in strata)} mutants (each module's sample "
+            f"weighted by its size): {estimate:.1f}% killed (95% interval ±{half:.1f}); "
+            f"leaving out equivalent mutants, {estimate_without:.1f}% (±{half_without:.1f})."
         )
     return "\n".join(rows)
 
@@ -553,6 +669,13 @@ def main() -> None:
         action="store_true",
         help="re-run the last survivors and the mutants a time cap left unchecked",
     )
+    parser.add_argument(
+        "--sample",
+        type=int,
+        metavar="N",
+        help="judge N mutants drawn at random (no cap) instead of all of them under a cap",
+    )
+    parser.add_argument("--seed", type=int, default=20261207, help="the --sample draw's seed")
     parser.add_argument("--show", action="store_true", help="print the survivors' diffs")
     parser.add_argument("--report", action="store_true", help="only print the saved results")
     parser.add_argument(
@@ -598,6 +721,13 @@ def main() -> None:
                 names += [n for n, status in last["statuses"].items() if status == "not checked"]
             args = ["run", f"--max-children={options.children}", *names]
             previous = collect(module, workdir)
+        elif options.sample:
+            prepare(module, workdir, options.children)
+            generate(workdir)
+            population = sorted(collect(module, workdir))
+            drawn = sample_of(population, options.sample, options.seed, module)
+            args = ["run", f"--max-children={options.children}", *drawn]
+            previous = {name: "not sampled" for name in population if name not in drawn}
         else:
             prepare(module, workdir, options.children)
             args = ["run", f"--max-children={options.children}"]
@@ -614,11 +744,23 @@ def main() -> None:
         # Only what this run judged replaces the last result: mutmut forgets every exit code
         # when its configuration changes, and a mutant not run now is not "not checked".
         fresh = collect(module, workdir)
+        if finished and all(status == "not checked" for status in fresh.values()):
+            # mutmut stopped before judging anything (seen: its clean test run failing on a
+            # folder left mounted): keep the last result, say why, never record it as a run.
+            tail = [line for line in log.replace("\r", "\n").splitlines() if line.strip()]
+            print(f"{module}: not run, mutmut judged nothing: {tail[-2:]}")
+            failures += 1
+            continue
         statuses = {
             **previous,
             **{k: v for k, v in fresh.items() if v != "not checked" or k not in previous},
         }
         mode = "resume" if options.resume else "survivors" if options.survivors else "full"
+        if options.sample:
+            mode = f"sample of {options.sample}, seed {options.seed}"
+        elif mode != "full":
+            base = str(json.loads(saved.read_text()).get("mode", "full"))
+            mode = f"{mode} re-run of " + base.split(" re-run of ")[-1]
         record = save(module, statuses, finished, seconds, mode)
         record["diffs"] = diffs_of(workdir, record["survivors"])
         (RESULTS / f"mutation-{module}.json").write_text(json.dumps(record, indent=1) + "\n")

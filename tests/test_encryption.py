@@ -352,6 +352,26 @@ def test_damaged_ciphertext_is_rejected_with_nothing_written(
     assert store.read_metadata("primary", meta.id).verification.ok is False
 
 
+def test_a_sealed_copy_that_cannot_be_read_is_not_marked_bad(
+    encrypted_all: tuple[Settings, Path, str],
+) -> None:
+    """A read error (a real EIO: the data file made a link to /proc/self/mem) says "could
+    not check"; the copy itself is not judged, so its recorded verification stays good."""
+    settings, _, _ = encrypted_all
+    meta = create_backup(settings).metadata
+    data = settings.backup_dir / meta.data_file
+    data.unlink()
+    data.symlink_to("/proc/self/mem")
+    store = BackupStore(settings)
+    result = verify_backup(store, meta.id)
+    (copy,) = result.copies
+    assert (copy.location, copy.ok, copy.depth, copy.note) == ("primary", False, "sealed", None)
+    assert copy.error is not None and copy.error.startswith("could not check: ")
+    assert str(data) in copy.error
+    assert not result.ok
+    assert store.read_metadata("primary", meta.id).verification.ok is True
+
+
 def test_a_failed_decryption_removes_the_plaintext_it_already_wrote(
     tmp_path: Path, keys: Callable[[str], tuple[Path, str]]
 ) -> None:
