@@ -3,7 +3,8 @@
 Each builder writes one SQLite file and returns what the tests should then find in it. None of
 them is exotic: apps that never turn foreign keys on, extensions this process has not loaded,
 full-text and spatial indexes, strict and WITHOUT ROWID tables, big pages, header fields, odd
-table names, and a file with one damaged index page.
+table names, a file with one damaged index page (integrity_check stops on it), and one whose
+index is out of step with its table (integrity_check lists it and runs on).
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Expected:
     foreign_key_tables: dict[str, int] = field(default_factory=dict)
     not_counted: dict[str, str] = field(default_factory=dict)
     source_damaged: bool = False
+    #: The damage makes integrity_check give up (an error, not a list of problems).
+    integrity_stops: bool = False
+    #: integrity_check's report word for word, where the test knows it.
+    integrity: str | None = None
     page_size: int = 4096
     user_version: int = 0
     application_id: int = 0
@@ -154,7 +159,8 @@ def odd_table_names(path: Path) -> Expected:
 
 
 def damaged_index(path: Path) -> Expected:
-    """One index page scribbled over: the table's rows are intact, integrity_check is not."""
+    """One index page scribbled over: the table's rows are intact; integrity_check stops
+    ("database disk image is malformed")."""
     with closing(_connect(path)) as conn:
         conn.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT)")
         conn.execute("CREATE INDEX people_name ON people(name)")
@@ -168,7 +174,32 @@ def damaged_index(path: Path) -> Expected:
         )
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
     damage_page(path, root, page_size)
-    return Expected(rows={"people": 2000}, source_damaged=True)
+    return Expected(rows={"people": 2000}, source_damaged=True, integrity_stops=True)
+
+
+def index_out_of_step(path: Path) -> Expected:
+    """One name changed inside the table's page and not in its index: integrity_check lists
+    the row missing from the index (a finding, the check runs to the end), rows still count."""
+    with closing(_connect(path)) as conn:
+        conn.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("CREATE INDEX people_name ON people(name)")
+        conn.executemany(
+            "INSERT INTO people (name) VALUES (?)", [(f"name-{i:05d}",) for i in range(2000)]
+        )
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    data = bytearray(path.read_bytes())
+    at = -1
+    while True:
+        at = data.index(b"name-00042", at + 1)
+        if data[at - at % page_size] == 0x0D:  # a table leaf page, not the index's copy
+            break
+    data[at + 5] = ord("X")
+    path.write_bytes(bytes(data))
+    return Expected(
+        rows={"people": 2000},
+        source_damaged=True,
+        integrity="row 43 missing from index people_name",
+    )
 
 
 def damage_page(path: Path, page: int, page_size: int) -> None:
@@ -189,4 +220,5 @@ CORPUS: dict[str, Callable[[Path], Expected]] = {
     "user-version-and-application-id": header_fields,
     "odd-table-names": odd_table_names,
     "damaged-index": damaged_index,
+    "index-out-of-step": index_out_of_step,
 }

@@ -98,6 +98,10 @@ def test_corpus_database_is_backed_up_verified_and_restored(name: str, tmp_path:
     assert found.not_counted == expected.not_counted
     assert found.source_damaged is expected.source_damaged
     assert (found.integrity == "ok") is not expected.source_damaged
+    stopped = found.integrity.startswith("integrity_check stopped: database disk image")
+    assert stopped is expected.integrity_stops, found.integrity
+    if expected.integrity is not None:
+        assert found.integrity == expected.integrity
     assert meta.source.page_size == expected.page_size
 
     store = BackupStore(settings)

@@ -22,6 +22,7 @@ from tablettracker_backups.snapshot import (
     STEP_PAGES,
     SqliteFailure,
     classify_sqlite_error,
+    connect,
     inspect_database,
     live_journal_mode,
     quick_check_live,
@@ -263,6 +264,19 @@ def test_the_live_journal_mode(tmp_path: Path) -> None:
     assert live_journal_mode(plain) == "delete"
     assert live_journal_mode(wal) == "wal"
     assert live_journal_mode(junk) is None
+
+
+@pytest.mark.parametrize("uri_mode", [None, "rw"])
+def test_connections_are_autocommit(tmp_path: Path, uri_mode: str | None) -> None:
+    """connect() promises autocommit (BEGIN is always ours): a write is seen by another
+    connection at once, and closing commits nothing behind anyone's back."""
+    db = make_database(tmp_path / "app.db", rows=1)
+    with contextlib.closing(connect(db, uri_mode=uri_mode)) as conn:
+        assert conn.in_transaction is False
+        conn.execute("INSERT INTO t (body) VALUES (x'00')")
+        assert conn.in_transaction is False
+        with contextlib.closing(sqlite3.connect(db, timeout=0)) as other:
+            assert other.execute("SELECT count(*) FROM t").fetchone()[0] == 2
 
 
 def test_identifiers_are_quoted_with_their_quotes_doubled() -> None:
