@@ -32,6 +32,7 @@ from tablettracker_backups.errors import (
     DatabaseError,
     InvalidBackupId,
     RestoreError,
+    VerificationError,
 )
 from tablettracker_backups.restore import (
     RestorePreview,
@@ -541,15 +542,17 @@ def test_to_leaves_the_live_database_alone(tmp_path: Path, settings: Settings) -
     assert file_sha(settings.database) == live_sha
 
 
+@pytest.mark.parametrize("content", ["my notes\n", "x"], ids=["notes", "one-byte"])
 def test_refuses_to_overwrite_a_file_that_is_not_a_database(
-    tmp_path: Path, settings: Settings
+    tmp_path: Path, settings: Settings, content: str
 ) -> None:
+    """However small: only an empty file counts as no data (SQLite's own new database)."""
     backup = create_backup(settings).metadata
     notes = tmp_path / "notes.txt"
-    notes.write_text("my notes\n")
-    with pytest.raises(RestoreError, match="refusing to overwrite"):
+    notes.write_text(content)
+    with pytest.raises(RestoreError, match=f"^refusing to overwrite {notes}: "):
         restore_backup(settings, backup.id, to=notes)
-    assert notes.read_text() == "my notes\n"
+    assert notes.read_text() == content
 
 
 def test_refuses_a_stale_wal_beside_a_missing_database(tmp_path: Path, settings: Settings) -> None:
@@ -1151,3 +1154,17 @@ def test_the_audit_page_tells_the_restores_fallbacks_from_the_rollbacks() -> Non
         "putting the safety snapshot back passed over: primary copy skipped: data file is missing"
         in facts
     )
+
+
+def test_the_check_after_a_restore_tells_damage_from_a_lock(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """Only a busy or locked database is "stayed locked" (the owner may retry); a file that
+    does not read as a database is damage, and that is what triggers the rollback."""
+    from tablettracker_backups.restore import _check_after
+
+    meta = create_backup(settings).metadata
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"\x07" * 4096)
+    with pytest.raises(VerificationError, match=f"^{garbage} is not readable: file is not a"):
+        _check_after(garbage, meta, timeout=0.1)
