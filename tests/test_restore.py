@@ -1067,12 +1067,23 @@ def test_new_file_is_the_checked_copy_or_a_page_copy(
     # page-by-page copy when the target is on another file system; both end up the same.
     backup = create_backup(wal_settings).metadata
     expected = dump(wal_settings.database)
+    steps: list[tuple[str, int, int]] = []
+
+    def progress(*step: object) -> None:
+        steps.append(step)  # type: ignore[arg-type]
+
     if where == "same file system":
         folder = tmp_path / "restored"
-        result = restore_backup(wal_settings, backup.id, to=folder / "new.db")
+        result = restore_backup(wal_settings, backup.id, to=folder / "new.db", progress=progress)
+        # The write stage is still reported, as one step: nothing was copied page by page.
+        assert [step for step in steps if step[0] == "write"] == [("write", 1, 1)]
     else:
         with other_file_system(tmp_path / "elsewhere") as folder:
-            result = restore_backup(wal_settings, backup.id, to=folder / "new.db")
+            result = restore_backup(
+                wal_settings, backup.id, to=folder / "new.db", progress=progress
+            )
+            writes = [(done, total) for stage, done, total in steps if stage == "write"]
+            assert writes and writes[-1][0] == writes[-1][1] > 1  # every page, counted
             assert dump(folder / "new.db") == expected
             assert journal(folder / "new.db") == journal_mode
             assert result.safety_snapshot_id is None
