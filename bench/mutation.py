@@ -145,7 +145,13 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "health": (
         ("health.py",),
-        ("tests/test_health.py", "tests/test_runner.py", CLI, "tests/test_offsite.py"),
+        (
+            "tests/test_health.py",
+            "tests/test_runner.py",
+            CLI,
+            "tests/test_offsite.py",
+            "tests/test_encryption.py",  # the key drill and encryption findings
+        ),
     ),
     "locking": (
         ("locking.py",),

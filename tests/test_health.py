@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
+from tablettracker_backups.errors import DatabaseError
 from tablettracker_backups.fsutil import filesystem_type
 from tablettracker_backups.health import (
     DATA_CODES,
@@ -560,7 +561,22 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     assert lines["Recovery point"] == "every write so far is in a backup"
     assert "at most every 5 min" in lines["Automatic snapshots"]
     assert lines["Restore points"].startswith("every backup of the last 24.0 h is kept (1")
-    backup_id = BackupStore(healthy).list()[0].id
+    (newest,) = BackupStore(healthy).list()
+    assert newest.metadata is not None and healthy.snapshot_after_write == 300
+    assert set(report.to_dict()["recovery"]) == {
+        "snapshot_after_write",
+        "effective_interval",
+        "last_auto",
+        "latest_write_at",
+        "unsaved_writes",
+        "achieved_seconds",
+        "recent",
+    }
+    # The interval the automatic snapshots now keep: the setting, or 20x the last backup.
+    assert report.recovery["effective_interval"] == max(
+        300.0, 20 * newest.metadata.durations["total"]
+    )
+    backup_id = newest.id
     backdate(healthy, backup_id, timedelta(minutes=10))
     with sqlite3.connect(healthy.database) as conn:
         conn.execute("UPDATE purchase_orders SET notes = 'unsaved' WHERE id = 1")
@@ -569,6 +585,22 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     assert 590 < report.recovery["achieved_seconds"] < 660
     assert report.to_dict()["recovery"]["achieved_seconds"] == report.recovery["achieved_seconds"]
     assert "not in a backup yet" in dict(describe_recovery(report.recovery))["Recovery point"]
+
+
+@pytest.mark.parametrize(("kind", "trigger"), [("manual", "cli"), ("auto", "web")])
+def test_a_failed_backup_is_critical_word_for_word(
+    healthy: Settings, kind: str, trigger: str
+) -> None:
+    create_backup(healthy)
+    live = healthy.database.read_bytes()
+    healthy.database.write_bytes(b"x" * 4096)  # not a database any more
+    with pytest.raises(DatabaseError) as caught:
+        create_backup(healthy, kind=kind, trigger=trigger)
+    healthy.database.write_bytes(live)
+    at = json.loads((healthy.backup_dir / STATUS_FILE).read_text())["last_backup_failure"]["at"]
+    [finding] = [f for f in check_health(healthy).findings if f.code == "last-backup-failed"]
+    assert finding.level == "critical"
+    assert finding.message == (f"the last {kind} backup ({trigger}) failed at {at}: {caught.value}")
 
 
 # -- the findings from the offsite record and the schedule, word for word ---------------------
