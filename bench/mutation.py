@@ -7,6 +7,7 @@
     python bench/mutation.py --resume health      # ... and the mutants a cap left unchecked
     python bench/mutation.py --report             # the table from the saved results only
     python bench/mutation.py --sample 80 backup   # 80 mutants drawn at random (seeded), all judged
+    python bench/mutation.py --extend 40 backup   # ... and 40 more, from those not drawn yet
 
 For each module a scratch copy of the package and the tests is made under ``--workdir``
 (default ``/tmp/ttb-mutation/<module>``), a ``[tool.mutmut]`` table naming that one module and
@@ -234,8 +235,30 @@ sys.path[:] = [
     or not os.path.isfile(os.path.join(p or ".", "tests", "conftest.py"))
 ]
 """
+#: Each pytest session (one per mutant, two at a time) gets a folder of its own for its
+#: tmp_path folders. In one shared temporary root, one session's sweep of old folders removed
+#: another's running test's files, and the test failed: a mutant counted as killed that no
+#: assertion caught (seen: five of six survivors re-run at once all "killed" this way).
+OWN_BASETEMP = """
+import shutil
+from mutmut.runners.harness import PytestRunner
+_args = PytestRunner._pytest_args_regular_run
+_run = PytestRunner.run_tests
+def _own(pid):
+    return os.path.join(os.environ["PYTEST_DEBUG_TEMPROOT"], f"session-{pid}")
+def _args_with_own_basetemp(self, tests):
+    return [*_args(self, tests), f"--basetemp={_own(os.getpid())}"]
+def _run_and_clean(self, *, mutant_name, tests):
+    try:
+        return _run(self, mutant_name=mutant_name, tests=tests)
+    finally:
+        shutil.rmtree(_own(os.getpid()), ignore_errors=True)
+PytestRunner._pytest_args_regular_run = _args_with_own_basetemp
+PytestRunner.run_tests = _run_and_clean
+"""
 BOOT = (
     SYS_PATH
+    + OWN_BASETEMP
     + """
 from mutmut.__main__ import cli
 sys.argv[0] = "mutmut"
@@ -695,6 +718,12 @@ def main() -> None:
         help="judge N mutants drawn at random (no cap) instead of all of them under a cap",
     )
     parser.add_argument("--seed", type=int, default=20261207, help="the --sample draw's seed")
+    parser.add_argument(
+        "--extend",
+        type=int,
+        metavar="N",
+        help="judge N more mutants of the last sample, drawn from those not drawn yet",
+    )
     parser.add_argument("--show", action="store_true", help="print the survivors' diffs")
     parser.add_argument("--report", action="store_true", help="only print the saved results")
     parser.add_argument(
@@ -725,7 +754,7 @@ def main() -> None:
                 if options.markdown and "diffs" not in records[-1] and workdir.exists():
                     records[-1]["diffs"] = diffs_of(workdir, records[-1]["survivors"])
             continue
-        if options.survivors or options.resume:
+        if options.survivors or options.resume or options.extend:
             if not saved.exists() or not workdir.exists():
                 sys.exit(f"{module}: no earlier run to take survivors from")
             if (workdir / "source.sha256").read_text() != digest(source_of(module)):
@@ -738,8 +767,17 @@ def main() -> None:
             names = list(last["survivors"])
             if options.resume:
                 names += [n for n, status in last["statuses"].items() if status == "not checked"]
+            if options.extend:
+                rest = sorted(
+                    n for n, status in last["statuses"].items() if status == "not sampled"
+                )
+                judged = len(last["statuses"]) - len(rest)
+                # A uniform draw from the mutants not drawn yet: the union is still a uniform
+                # sample of the module (sampling without replacement, in two steps).
+                names = sample_of(rest, options.extend, options.seed, f"{module}:{judged}")
             args = ["run", f"--max-children={options.children}", *names]
-            previous = collect(module, workdir)
+            # The saved record, not mutmut's own: that one has no "not sampled".
+            previous = dict(last["statuses"])
         elif options.sample:
             prepare(module, workdir, options.children)
             generate(workdir)
@@ -777,6 +815,9 @@ def main() -> None:
         mode = "resume" if options.resume else "survivors" if options.survivors else "full"
         if options.sample:
             mode = f"sample of {options.sample}, seed {options.seed}"
+        elif options.extend:
+            judged = sum(1 for status in statuses.values() if status != "not sampled")
+            mode = f"sample of {judged} (extended), seed {options.seed}"
         elif mode != "full":
             base = str(json.loads(saved.read_text()).get("mode", "full"))
             mode = f"{mode} re-run of " + base.split(" re-run of ")[-1]
