@@ -66,7 +66,9 @@ from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
+    SqliteFailure,
     check_sqlite_file,
+    classify_sqlite_error,
     connect,
     copy_database,
     integrity,
@@ -853,10 +855,9 @@ def _check_after(
             finally:
                 conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
-        text = str(exc)
-        if "locked" in text or "busy" in text:
-            raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {text}") from None
-        raise VerificationError(f"{target} is not readable: {text}") from None
+        if classify_sqlite_error(exc) is SqliteFailure.BUSY:
+            raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {exc}") from None
+        raise VerificationError(f"{target} is not readable: {exc}") from None
 
 
 # -- targets -------------------------------------------------------------------------------------
