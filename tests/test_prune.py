@@ -3,6 +3,7 @@ sound backup it insists on first (a copy damaged in place must not count as good
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -58,9 +59,23 @@ def test_a_dry_run_says_what_it_would_delete_and_deletes_nothing(tight: Settings
     assert set(BackupStore(tight).ids()) == {newest, second, first}
 
 
-def test_a_real_prune_deletes_every_copy_of_what_retention_drops(tight: Settings) -> None:
+def logged(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
+    """What prune logged at ``level``: the lines a scheduled task's log shows the owner."""
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tablettracker_backups.prune" and r.levelno == level
+    ]
+
+
+def test_a_real_prune_deletes_every_copy_of_what_retention_drops(
+    tight: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     first, second, newest = take(tight, 3)
-    result = prune(BackupStore(tight))
+    with caplog.at_level(logging.INFO, logger="tablettracker_backups.prune"):
+        result = prune(BackupStore(tight))
+    # The task's log names every backup it deleted.
+    assert logged(caplog, logging.INFO) == [f"pruned backup {second}", f"pruned backup {first}"]
     assert result.to_dict()["deleted"] == [second, first]
     assert result.to_dict()["would_delete"] == []
     assert BackupStore(tight).ids() == [newest]
@@ -71,7 +86,9 @@ def test_a_real_prune_deletes_every_copy_of_what_retention_drops(tight: Settings
         ]
 
 
-def test_a_copy_damaged_in_place_does_not_make_a_backup_sound(tight: Settings) -> None:
+def test_a_copy_damaged_in_place_does_not_make_a_backup_sound(
+    tight: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     store = BackupStore(tight)
     older, newest = take(tight, 2)
     flip_byte(store.data_path("primary", newest, "zstd"))
@@ -79,17 +96,28 @@ def test_a_copy_damaged_in_place_does_not_make_a_backup_sound(tight: Settings) -
     assert newest_sound_backup(store) == newest
     flip_byte(store.data_path("secondary", newest, "zstd"))
     # No copy matches: the failure is recorded, and the older backup is the sound one.
-    assert newest_sound_backup(store) == older
+    with caplog.at_level(logging.WARNING, logger="tablettracker_backups.prune"):
+        assert newest_sound_backup(store) == older
+    assert logged(caplog, logging.WARNING) == [
+        f"backup {newest} looked verified but no copy matches its checksum"
+    ]
     assert store.get(newest).verified is False
     assert store.get(newest).good is False
 
 
-def test_with_no_sound_backup_nothing_is_deleted(tight: Settings) -> None:
+def test_with_no_sound_backup_nothing_is_deleted(
+    tight: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     store = BackupStore(tight)
     ids = take(tight, 3)
     damage_every_copy(store, ids)
-    result = prune(store)
+    with caplog.at_level(logging.INFO, logger="tablettracker_backups.prune"):
+        result = prune(store)
     assert result.deleted == ()
+    assert logged(caplog, logging.INFO) == []
+    assert logged(caplog, logging.WARNING)[-1] == (
+        "no backup has a copy matching its checksum; pruned nothing"
+    )
     assert sorted(store.ids()) == sorted(ids)
 
 
