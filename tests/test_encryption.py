@@ -241,7 +241,7 @@ def test_all_mode_round_trip(
 
     store = BackupStore(settings)
     sealed = verify_backup(store, meta.id)
-    assert sealed.ok and [c.depth for c in sealed.copies] == ["sealed"]
+    assert sealed.ok and [(c.location, c.depth) for c in sealed.copies] == [("primary", "sealed")]
     identity = load_identity(identity_file)
     full = verify_backup(store, meta.id, identity=identity)
     assert full.ok and [c.depth for c in full.copies] == ["full"]
@@ -353,11 +353,11 @@ def test_damaged_ciphertext_is_rejected_with_nothing_written(
 
 
 def test_a_sealed_copy_that_cannot_be_read_is_not_marked_bad(
-    encrypted_all: tuple[Settings, Path, str],
+    encrypted_all: tuple[Settings, Path, str], keys: Callable[[str], tuple[Path, str]]
 ) -> None:
     """A read error (a real EIO: the data file made a link to /proc/self/mem) says "could
     not check"; the copy itself is not judged, so its recorded verification stays good."""
-    settings, _, _ = encrypted_all
+    settings, _, recipient = encrypted_all
     meta = create_backup(settings).metadata
     data = settings.backup_dir / meta.data_file
     data.unlink()
@@ -370,6 +370,38 @@ def test_a_sealed_copy_that_cannot_be_read_is_not_marked_bad(
     assert str(data) in copy.error
     assert not result.ok
     assert store.read_metadata("primary", meta.id).verification.ok is True
+    # With a key that does not open it, the note still names the key it needs.
+    stranger_file, _ = keys("stranger")
+    (copy,) = verify_backup(store, meta.id, identity=load_identity(stranger_file)).copies
+    assert copy.error is not None and copy.error.startswith("could not check: ")
+    assert copy.note is not None and fingerprint(recipient) in copy.note
+
+
+def test_a_damaged_inner_file_is_named_as_the_file_the_owner_knows(
+    encrypted_all: tuple[Settings, Path, str], tmp_path: Path
+) -> None:
+    """Ciphertext intact, but what it holds does not decompress: the error names the stored
+    file, never the decrypted scratch copy (a .tmp- name nobody has seen)."""
+    settings, identity_file, recipient = encrypted_all
+    meta = create_backup(settings).metadata
+    data = settings.backup_dir / meta.data_file
+    identity = load_identity(identity_file)
+    inner = tmp_path / "inner.db.zst"
+    decrypt_file(data, inner, meta, identity, label="the test's copy")
+    flip_byte(inner)
+    resealed = encrypt_file(inner, tmp_path / "resealed.age", [recipient])
+    (tmp_path / "resealed.age").replace(data)
+    path = settings.backup_dir / f"{meta.id}.json"
+    document = json.loads(path.read_text())
+    document.update(stored_size=resealed.size, sha256=resealed.sha256)
+    document["encryption"].update(
+        inner_size=resealed.inner_size, inner_sha256=resealed.inner_sha256
+    )
+    path.write_text(json.dumps(document))
+    (copy,) = verify_backup(BackupStore(settings), meta.id, identity=identity).copies
+    assert copy.ok is False and copy.error is not None
+    assert copy.error.startswith(f"{meta.data_file} does not decompress: "), copy.error
+    assert ".tmp-" not in copy.error
 
 
 def test_a_failed_decryption_removes_the_plaintext_it_already_wrote(
