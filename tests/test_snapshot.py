@@ -21,6 +21,7 @@ from tablettracker_backups.metadata import ForeignKeySample
 from tablettracker_backups.snapshot import (
     STEP_PAGES,
     SqliteFailure,
+    check_sqlite_file,
     classify_sqlite_error,
     connect,
     inspect_database,
@@ -264,6 +265,28 @@ def test_the_live_journal_mode(tmp_path: Path) -> None:
     assert live_journal_mode(plain) == "delete"
     assert live_journal_mode(wal) == "wal"
     assert live_journal_mode(junk) is None
+
+
+def test_the_smallest_database_is_one_512_byte_page(tmp_path: Path) -> None:
+    """SQLite's smallest page is 512 bytes: a database of one such page (no tables yet) is a
+    database, and is checked like one; a byte less cannot be."""
+    db = tmp_path / "small.db"
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA page_size=512")
+        conn.execute("PRAGMA user_version=7")  # writes page 1
+    assert db.stat().st_size == 512
+    check_sqlite_file(db)
+    found = inspect_database(db)
+    assert (found.integrity, found.page_size, found.page_count, found.row_counts) == (
+        "ok",
+        512,
+        1,
+        {},
+    )
+    db.write_bytes(db.read_bytes()[:511])
+    with pytest.raises(DatabaseError) as caught:
+        check_sqlite_file(db)
+    assert str(caught.value) == f"{db} is not a SQLite database (511 bytes)"
 
 
 @pytest.mark.parametrize("uri_mode", [None, "rw"])
