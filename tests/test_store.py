@@ -18,7 +18,7 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupNotFound, InvalidBackupId
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
-from tablettracker_backups.store import BackupStore
+from tablettracker_backups.store import BackupStore, CopyState
 from tests.conftest import flip_byte, rewrite_metadata
 
 OK, MISSING, DIFFERS, DAMAGED = (
@@ -495,3 +495,85 @@ def test_a_listing_too_fresh_to_trust_remembers_nothing(settings: Settings) -> N
     store.list()
     assert store.generation is None
     assert store.memo("plan", object) is not store.memo("plan", object)
+
+
+# -- what one look at a backup says about each copy, word for word ----------------------------
+
+
+def fail_verification(folder: Path, backup_id: str, error: str) -> None:
+    """One copy's metadata says its last verification failed (an on-disk edit)."""
+    path = folder / f"{backup_id}.json"
+    document = json.loads(path.read_text())
+    document["verification"].update(ok=False, error=error)
+    path.write_text(json.dumps(document))
+
+
+def test_a_damaged_metadata_copy_says_why(settings: Settings, taken: str) -> None:
+    (settings.backup_dir / f"{taken}.json").write_text("{broken")
+    info = BackupStore(settings).get(taken)
+    primary = info.copies[0]
+    assert (primary.location, primary.state) == ("primary", DAMAGED)
+    assert primary.detail == info.problems[0]
+    assert primary.detail.startswith(f"primary copy of {taken}: ")
+
+
+def test_a_copy_that_failed_verification_says_why_and_the_sound_one_is_shown(
+    settings: Settings, taken: str
+) -> None:
+    fail_verification(settings.backup_dir, taken, "decompressed database's SHA-256 differs")
+    info = BackupStore(settings).get(taken)
+    assert info.copies[0] == CopyState(
+        "primary", DAMAGED, "decompressed database's SHA-256 differs"
+    )
+    assert info.copies[1] == CopyState("secondary", OK)
+    assert info.problems == (
+        f"primary copy of {taken} failed verification: decompressed database's SHA-256 differs",
+    )
+    # The metadata shown is the secondary's, whose verification passed.
+    assert info.metadata is not None and info.metadata.verification.ok
+    assert info.verified
+
+
+def test_with_no_verified_copy_the_metadata_shown_is_of_a_copy_whose_data_is_there(
+    settings: Settings, taken: str
+) -> None:
+    BackupStore(settings).data_path("primary", taken, "zstd").unlink()
+    assert settings.secondary_dir is not None
+    fail_verification(settings.secondary_dir, taken, "row counts differ from its metadata")
+    info = BackupStore(settings).get(taken)
+    assert [c.state for c in info.copies] == [DAMAGED, DAMAGED]
+    assert info.metadata is not None
+    assert info.metadata.verification.error == "row counts differ from its metadata"
+    assert not info.verified
+
+
+def test_ids_are_newest_first(settings: Settings) -> None:
+    """Ids begin with their UTC time, so the reverse sort is newest first."""
+    made = [create_backup(settings).metadata.id for _ in range(3)]
+    assert BackupStore(settings).ids() == sorted(made, reverse=True)
+
+
+def test_metadata_that_is_not_utf8_is_damage_not_a_crash(settings: Settings, taken: str) -> None:
+    (settings.backup_dir / f"{taken}.json").write_bytes(b'{"id": "\xff\xfe"}')
+    assert states(settings, taken) == {"primary": DAMAGED, "secondary": OK}
+
+
+def test_metadata_that_cannot_be_opened_is_damage_not_a_crash(
+    settings: Settings, taken: str
+) -> None:
+    loop = settings.backup_dir / f"{taken}.json"
+    loop.unlink()
+    loop.symlink_to(loop.name)  # a link to itself: opening it fails with ELOOP
+    info = BackupStore(settings).get(taken)
+    assert states(settings, taken) == {"primary": DAMAGED, "secondary": OK}
+    assert str(loop) in info.copies[0].detail
+
+
+def test_metadata_under_another_backups_name_is_damage(settings: Settings) -> None:
+    first = create_backup(settings).metadata.id
+    second = create_backup(settings).metadata.id
+    for folder in settings.locations:
+        (folder / f"{second}.json").write_text((folder / f"{first}.json").read_text())
+    info = BackupStore(settings).get(second)
+    assert [c.state for c in info.copies] == [DAMAGED, DAMAGED]
+    assert info.metadata is None
