@@ -303,7 +303,8 @@ def test_verification_failure_and_restore_are_told(
     with pytest.raises(RestoreError):
         restore_backup(settings, info.id, to=folder)
     hook.wait_for(3)
-    assert "restoring backup" in messages(hook)[2]["title"]
+    assert f"restoring backup {info.id} failed: " in messages(hook)[2]["title"]
+    assert f"restore {info.id} --preview" in messages(hook)[2]["message"]
     assert messages(hook)[2]["type"] == "failure"
 
 

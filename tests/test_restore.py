@@ -3,6 +3,7 @@ failure. Real database files, real backup folders, real reader and writer proces
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from tablettracker_backups.audit import read_entries
+from tablettracker_backups.audit import AUDIT_LOG, read_entries
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
 from tablettracker_backups.errors import (
@@ -122,6 +123,8 @@ def test_restore_round_trip(wal_settings: Settings, journal_mode: str) -> None:
     assert result.fell_back == ()
     assert result.target == db
     assert set(result.durations) >= {"verify", "safety_snapshot", "write", "post_check", "total"}
+    # Seconds to a tenth of a millisecond: enough to compare, short in the audit log.
+    assert all(isinstance(v, float) and round(v, 4) == v for v in result.durations.values())
     # The safety snapshot holds exactly what was there before, and restores like any backup.
     assert result.safety_snapshot_id is not None
     safety = BackupStore(wal_settings).get(result.safety_snapshot_id)
@@ -157,6 +160,7 @@ def test_a_restore_into_a_wal_database_reports_pages_and_leaves_no_wal_to_replay
         assert rows == backup.row_counts["count_sessions"]
     writes = [(done, total) for stage, done, total in steps if stage == "write"]
     assert len(writes) >= 1 and writes[-1][0] == writes[-1][1] > 1  # every page, counted
+    assert steps[-1] == ("check", 1, 1)  # the check afterwards, done, is the last step
     # The safety snapshot's own stages come first, named apart, with their counts.
     safety = [step for step in steps if step[0].startswith("safety-")]
     assert safety and steps.index(safety[-1]) < steps.index(("write", *writes[0]))
@@ -393,6 +397,12 @@ def test_failed_check_after_write_puts_the_safety_snapshot_back(
     assert entry.ok is False
     assert entry.details["safety_snapshot_id"] is not None
     assert "rollback" in entry.details["durations"]
+    assert all(
+        isinstance(v, float) and round(v, 4) == v for v in entry.details["durations"].values()
+    )
+    # The log is JSON lines others may read: a failure is written as false, not null.
+    last = (wal_settings.state_dir / AUDIT_LOG).read_text().splitlines()[-1]
+    assert json.loads(last)["ok"] is False
 
 
 def _damage_safety_snapshot(settings: Settings, locations: tuple[str, ...]) -> str:
@@ -1179,3 +1189,42 @@ def test_the_check_after_a_restore_tells_damage_from_a_lock(
     garbage.write_bytes(b"\x07" * 4096)
     with pytest.raises(VerificationError, match=f"^{garbage} is not readable: file is not a"):
         _check_after(garbage, meta, timeout=0.1)
+
+
+def test_the_live_database_named_through_a_link_is_snapshotted_as_the_live_database(
+    tmp_path: Path, settings: Settings
+) -> None:
+    """``--to`` may name the live database by another path (here a symbolic link): it is
+    still the live database, so its safety snapshot is taken of the configured path."""
+    backup = create_backup(settings).metadata
+    change(settings.database)
+    alias = tmp_path / "alias.db"
+    alias.symlink_to(settings.database)
+    result = restore_backup(settings, backup.id, to=alias)
+    assert result.safety_snapshot_id is not None
+    safety = BackupStore(settings).get(result.safety_snapshot_id).metadata
+    assert safety is not None and safety.source.path == str(settings.database)
+    assert dump(settings.database) == dump_of_backup(settings, backup.id, tmp_path / "scratch")
+
+
+def test_when_no_copy_can_be_checked_for_want_of_room_every_copy_is_named(
+    full_fs: Path, tmp_path: Path
+) -> None:
+    db = make_db(tmp_path / "live.db")
+    settings = settings_from_mapping(
+        {"database": db, "dir": full_fs / "one", "secondary_dir": full_fs / "two"}
+    )
+    backup = create_backup(settings).metadata
+    change(db)
+    before = file_sha(db)
+    # No room left for a scratch copy of the backup in either folder.
+    with (full_fs / "filler").open("wb") as filler, contextlib.suppress(OSError):
+        while True:
+            filler.write(b"\0" * 65536)
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id)
+    message = str(caught.value)
+    assert message.startswith(f"could not check backup {backup.id} (no room or I/O trouble; ")
+    assert "nothing was changed (primary copy " in message
+    assert "; secondary copy " in message and "\n" not in message
+    assert file_sha(db) == before
