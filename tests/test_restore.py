@@ -1228,3 +1228,11 @@ def test_when_no_copy_can_be_checked_for_want_of_room_every_copy_is_named(
     assert "nothing was changed (primary copy " in message
     assert "; secondary copy " in message and "\n" not in message
     assert file_sha(db) == before
+
+
+@pytest.mark.parametrize("to", ["bad\x00name.db", "   "], ids=["nul", "blank"])
+def test_an_invalid_target_path_is_refused_in_one_line(settings: Settings, to: str) -> None:
+    backup = create_backup(settings).metadata
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id, to=Path(to))
+    assert str(caught.value) == f"invalid target path {to!r}"
