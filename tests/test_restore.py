@@ -1236,3 +1236,21 @@ def test_an_invalid_target_path_is_refused_in_one_line(settings: Settings, to: s
     with pytest.raises(RestoreError) as caught:
         restore_backup(settings, backup.id, to=Path(to))
     assert str(caught.value) == f"invalid target path {to!r}"
+
+
+def test_a_backup_with_no_readable_metadata_is_refused_naming_each_copys_problem(
+    settings: Settings,
+) -> None:
+    backup = create_backup(settings).metadata
+    for folder in settings.locations:
+        (folder / f"{backup.id}.json").write_text("{")
+    before = file_sha(settings.database)
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id)
+    message = str(caught.value)
+    assert message.startswith(
+        f"backup {backup.id} cannot be restored: no copy has readable metadata "
+        f"(primary copy of {backup.id}: "
+    )
+    assert f"; secondary copy of {backup.id}: " in message and message.endswith(")")
+    assert file_sha(settings.database) == before
