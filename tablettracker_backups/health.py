@@ -33,6 +33,7 @@ from tablettracker_backups.retention import (
     CLOCK_SKEW,
     RetentionPlan,
     candidates_from,
+    plan_for_backups,
     plan_retention,
 )
 from tablettracker_backups.settings import Settings
@@ -168,11 +169,13 @@ def check_health(
         data_checked_at, saved = _saved_data_findings(settings)
         findings += saved
     findings += _identity_findings(settings)
+    listed = True
     try:
         backups = store.list()
     except BackupError as exc:
         findings.append(Finding(Level.CRITICAL, "backups-unreadable", str(exc)))
         backups = []
+        listed = False
     # Unknown (metadata lost) counts as regular here: a backup exists, it is just not good.
     regular = [b for b in backups if b.kind != "pre-restore"]
     newest = regular[0] if regular else None
@@ -205,7 +208,9 @@ def check_health(
     )
     findings += schedule_findings
     findings += _backup_failure_findings(status)
-    plan = current_plan(store, now=now)
+    # The plan lists the folder again: with no listing, it is the plan for no backups (else
+    # the error just reported would escape, and a health check must never raise for it).
+    plan = current_plan(store, now=now) if listed else plan_for_backups(settings, [], now=now)
     offsite: dict[str, Any] = {}
     state = read_state(settings) if settings.s3 is not None else None
     if settings.s3 is not None:

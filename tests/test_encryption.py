@@ -42,7 +42,7 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.health import check_health
-from tablettracker_backups.keys import DRILLS
+from tablettracker_backups.keys import DEFAULT_DRILL_DAYS, DRILLS
 from tablettracker_backups.metadata import BackupMetadata, SourceInfo, Verification
 from tablettracker_backups.restore import preview_restore, restore_backup
 from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
@@ -525,7 +525,11 @@ def test_health_reminds_of_the_drill_with_the_identity(
         found = [f for f in check_health(settings).findings if f.code == "encryption-drill"]
         return found[0].message if found else None
 
-    assert "never done" in (drill_finding() or "")
+    assert drill_finding() == (
+        f"no full check of an encrypted backup with its identity within {DEFAULT_DRILL_DAYS} "
+        "days (never done): run 'tablettracker-backups verify --identity FILE' where the "
+        "identity is kept, to prove it still opens them"
+    )
     verify_backup(BackupStore(settings), meta.id)  # without the identity: no drill
     assert drill_finding() is not None
     verify_backup(BackupStore(settings), meta.id, identity=load_identity(identity_file))

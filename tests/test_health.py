@@ -467,14 +467,20 @@ def test_room_for_the_next_backup_is_sized_from_the_live_database(
     settings = make_settings(
         dir=full_fs / "backups", secondary_dir=None, disk_warning="1KB", disk_critical="1KB"
     )
+    # About 2 MiB that does not compress: the free MiB the message gives are then not 0.
+    with contextlib.closing(sqlite3.connect(settings.database)) as conn:
+        conn.execute("CREATE TABLE ballast (b BLOB)")
+        conn.executemany("INSERT INTO ballast VALUES (?)", [(os.urandom(4096),)] * 500)
+        conn.commit()
     meta = create_backup(settings).metadata
     raw = max(meta.raw_size, settings.database.stat().st_size)
     needed = raw + int(raw * meta.stored_size / meta.raw_size)
     free = shutil.disk_usage(full_fs).free
-    with (full_fs / "filler").open("wb") as filler:  # leave less than one backup's room
-        filler.write(b"\0" * (free - needed + 8192))
+    if free >= needed:
+        with (full_fs / "filler").open("wb") as filler:  # leave less than one backup's room
+            filler.write(b"\0" * (free - needed + 8192))
     usage = shutil.disk_usage(full_fs)
-    assert usage.free < needed
+    assert 2**20 <= usage.free < needed
     report = check_health(settings)
     assert (
         "critical",
@@ -483,7 +489,6 @@ def test_room_for_the_next_backup_is_sized_from_the_live_database(
         f"{needed // 2**20 + 1} MiB",
     ) in findings(report)
     assert report.disk["primary"] == {"total": usage.total, "used": usage.used, "free": usage.free}
-    os.remove(full_fs / "filler")
 
 
 def test_the_light_check_reads_no_data_and_repeats_the_last_full_findings(
@@ -918,3 +923,38 @@ def test_report_to_dict_names_every_field() -> None:
         ),
     )
     assert (worst.status, worst.exit_code) == ("critical", 2)
+
+
+def test_a_primary_folder_that_cannot_be_listed_is_critical_and_says_why(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    (tmp_path / "plainfile").write_text("x")  # a file where the backup folder should be
+    settings = make_settings(dir=tmp_path / "plainfile", secondary_dir=None)
+    report = check_health(settings)
+    [finding] = [f for f in report.findings if f.code == "backups-unreadable"]
+    assert finding.level == "critical" and str(tmp_path / "plainfile") in finding.message
+    assert report.exit_code == 2
+
+
+def test_a_copy_that_could_not_be_rebuilt_says_why(healthy: Settings) -> None:
+    from tablettracker_backups.runner import run
+
+    create_backup(healthy)  # an older good backup: no new one is due
+    newest = create_backup(healthy).metadata.id
+    store = BackupStore(healthy)
+    for location in ("primary", "secondary"):
+        flip_byte(store.data_path(location, newest, healthy.compression))
+    result = run(healthy)
+    assert sorted((r.location, r.ok, r.error) for r in result.repaired) == [
+        ("primary", False, "no other copy checks out"),
+        ("secondary", False, "no other copy checks out"),
+    ]
+    checksum = [
+        (f.level, f.message) for f in check_health(healthy).findings if f.code == "checksum"
+    ]
+    text = "copy of {} does not match its SHA-256; rebuilding it failed: no other copy checks out"
+    assert checksum == [
+        ("warning", f"primary {text.format(newest)}"),
+        ("warning", f"secondary {text.format(newest)}"),
+        ("critical", f"backup {newest} has no copy with a good checksum"),
+    ]
