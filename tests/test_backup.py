@@ -304,3 +304,26 @@ def test_a_failed_scheduled_backup_is_left_to_the_run_to_note(settings: Settings
     status_file = settings.backup_dir / STATUS_FILE
     status = json.loads(status_file.read_text()) if status_file.exists() else {}
     assert status.get("last_backup_failure") is None
+
+
+def test_the_read_back_proof_checks_the_stored_bytes_not_only_what_they_decompress_to(
+    tmp_path: Path,
+) -> None:
+    """A gzip header byte (its mtime) can change and the file still decompresses to the same
+    snapshot: the proof after writing compares the stored file's own SHA-256 too."""
+    from tablettracker_backups.backup import _prove_stored
+    from tablettracker_backups.compression import compress_file
+
+    raw = make_db(tmp_path / "snapshot.db")
+    stored = tmp_path / "snapshot.db.gz"
+    stream = compress_file(raw, stored, algorithm="gzip", level=6)
+    _prove_stored(stored, "gzip", stream)  # as written: proven
+    flip_byte(stored, offset=5)
+    with pytest.raises(VerificationError, match="SHA-256 does not match its metadata"):
+        _prove_stored(stored, "gzip", stream)
+
+
+def test_a_backups_durations_are_seconds_to_a_tenth_of_a_millisecond(settings: Settings) -> None:
+    durations = create_backup(settings).metadata.durations
+    assert {"snapshot", "total"} <= set(durations)
+    assert all(isinstance(v, float) and round(v, 4) == v for v in durations.values()), durations
