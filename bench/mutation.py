@@ -220,6 +220,21 @@ def write_config(module: str, workdir: Path) -> None:
         handle.write("\n".join(lines) + "\n")
 
 
+def refresh_package(module: str, workdir: Path) -> None:
+    """Today's code for every module but the mutated one (whose source the caller checked is
+    unchanged), in the scratch copy and in mutmut's: today's tests may need today's code."""
+    package = ROOT / "tablettracker_backups"
+    mutated = source_of(module).relative_to(package)
+    for source in package.rglob("*"):
+        relative = source.relative_to(package)
+        if source.is_dir() or relative == mutated or "__pycache__" in relative.parts:
+            continue
+        for copy in (workdir, workdir / "mutants"):
+            target = copy / "tablettracker_backups" / relative
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -763,6 +778,7 @@ def main() -> None:
             for copy in (workdir / "tests", workdir / "mutants" / "tests"):
                 shutil.rmtree(copy)
                 shutil.copytree(ROOT / "tests", copy)
+            refresh_package(module, workdir)
             write_config(module, workdir)
             last = json.loads(saved.read_text())
             names = list(last["survivors"])
