@@ -327,3 +327,4 @@ def test_a_backups_durations_are_seconds_to_a_tenth_of_a_millisecond(settings: S
     durations = create_backup(settings).metadata.durations
     assert {"snapshot", "total"} <= set(durations)
     assert all(isinstance(v, float) and round(v, 4) == v for v in durations.values()), durations
+    assert all(0 <= v <= durations["total"] < 60 for v in durations.values()), durations
