@@ -328,3 +328,24 @@ def test_a_backups_durations_are_seconds_to_a_tenth_of_a_millisecond(settings: S
     assert {"snapshot", "total"} <= set(durations)
     assert all(isinstance(v, float) and round(v, 4) == v for v in durations.values()), durations
     assert all(0 <= v <= durations["total"] < 60 for v in durations.values()), durations
+
+
+def test_a_label_and_pin_are_kept_and_the_log_names_each_backup_stored(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="tablettracker_backups.backup"):
+        meta = create_backup(settings, label="before the count", pinned=True).metadata
+    assert (meta.label, meta.pinned) == ("before the count", True)
+    listed = BackupStore(settings).get(meta.id).metadata
+    assert listed is not None and (listed.label, listed.pinned) == ("before the count", True)
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "tablettracker_backups.backup" and r.levelno == logging.INFO
+    ]
+    # The scheduled task's log names each backup, its size and where it went.
+    [stored] = [line for line in lines if line.startswith(f"backup {meta.id} stored ")]
+    assert stored.startswith(f"backup {meta.id} stored ({meta.stored_size} bytes) in ")
+    assert "primary" in stored and "secondary" in stored
