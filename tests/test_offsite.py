@@ -1103,3 +1103,37 @@ def test_the_sync_json_and_what_verify_offsite_records(
     copy = read_state(settings).copies[backup_id]
     assert copy.ok is False and copy.error == checked.error
     assert copy.read_back_at is not None
+
+
+def test_reconcile_records_what_the_listing_shows_it_cannot_use(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """A record rebuilt from a listing alone (say, a new machine): an object whose data is
+    gone, and one whose metadata does not read, are both recorded as not sound, as of now."""
+    from datetime import datetime, timezone
+
+    from tablettracker_backups.offsite.record import OffsiteState
+    from tablettracker_backups.offsite.sync import _reconcile
+
+    settings = s3_settings()
+    result = run(settings, force=True)
+    assert result.backup is not None
+    gone = result.backup.metadata.id
+    offsite = OffsiteStore.from_settings(settings)
+    client = s3_server.client()
+    client.delete_object(Bucket=BUCKET, Key=offsite.data_key(gone, "zstd"))
+    unreadable = "20200101T000000Z-000000"
+    client.put_object(Bucket=BUCKET, Key=offsite.metadata_key(unreadable), Body=b"{")
+    client.put_object(Bucket=BUCKET, Key=offsite.data_key(unreadable, "zstd"), Body=b"x")
+    now = datetime.now(timezone.utc)
+    state = _reconcile(offsite, OffsiteState(), offsite.list(), now)
+    missing, damaged = state.copies[gone], state.copies[unreadable]
+    assert (missing.kind, missing.size, missing.ok, missing.error) == (
+        "scheduled",
+        0,
+        False,
+        "data object missing",
+    )
+    assert missing.read_back_at == now
+    assert (damaged.kind, damaged.size, damaged.ok) == ("scheduled", 0, False)
+    assert damaged.read_back_at == now and damaged.error
