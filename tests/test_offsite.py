@@ -1116,8 +1116,10 @@ def test_reconcile_records_what_the_listing_shows_it_cannot_use(
     from tablettracker_backups.offsite.sync import _reconcile
 
     settings = s3_settings()
+    kept = create_backup(settings, kind="manual", trigger="test", pinned=True).metadata
     result = run(settings, force=True)
-    assert result.backup is not None
+    assert result.backup is not None and result.offsite is not None
+    assert {u.id for u in result.offsite.uploaded} == {kept.id, result.backup.metadata.id}
     gone = result.backup.metadata.id
     offsite = OffsiteStore.from_settings(settings)
     client = s3_server.client()
@@ -1135,5 +1137,14 @@ def test_reconcile_records_what_the_listing_shows_it_cannot_use(
         "data object missing",
     )
     assert missing.read_back_at == now
-    assert (damaged.kind, damaged.size, damaged.ok) == ("scheduled", 0, False)
-    assert damaged.read_back_at == now and damaged.error
+    assert (damaged.kind, damaged.size, damaged.sha256, damaged.ok) == ("scheduled", 0, "", False)
+    assert damaged.upload_check == "" and damaged.read_back_at == now and damaged.error
+    # The sound one is learned from its metadata, as listed, never read back yet.
+    learned = state.copies[kept.id]
+    assert (learned.kind, learned.size, learned.upload_check, learned.ok) == (
+        "manual",
+        kept.stored_size,
+        "listed",
+        True,
+    )
+    assert learned.read_back_at is None and learned.error is None
