@@ -549,7 +549,12 @@ def test_wal_on_a_network_file_system_is_a_warning(
     found = network_wal_findings(healthy, mounts)
     if journal_mode == "wal" and fstype != "ext4":
         assert [f.code for f in found] == ["wal-network-fs"]
-        assert found[0].level == "warning" and fstype in found[0].message
+        assert found[0].level == "warning"
+        assert found[0].message == (
+            f"the database is in WAL mode on a network file system ({fstype}): WAL needs "
+            "shared memory on one machine, and web apps and scheduled tasks may run on "
+            "different ones (PythonAnywhere); switch back with PRAGMA journal_mode=DELETE"
+        )
     else:
         assert found == []
     # Looking left no -wal or -shm file behind (they would look like a change).
