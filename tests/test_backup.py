@@ -212,14 +212,19 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
         )
 
 
-def test_cleanup_reports_every_file_it_removed(settings: Settings) -> None:
+def test_cleanup_reports_every_file_it_removed(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
     kept = create_backup(settings).metadata
     expected = []
     for folder in settings.locations:
         for name in (".tmp-1234abcd-x.db", "20200101T000000Z-abcdef.db.zst"):
             (folder / name).write_bytes(b"debris")
             expected.append(folder / name)
-    assert sorted(cleanup_debris(settings)) == sorted(expected)
+    with caplog.at_level("INFO", logger="tablettracker_backups.backup"):
+        assert sorted(cleanup_debris(settings)) == sorted(expected)
+    logged = [r.getMessage() for r in caplog.records if r.name == "tablettracker_backups.backup"]
+    assert "removed 4 leftover temporary files" in logged
     assert not any(p.exists() for p in expected)
     assert BackupStore(settings).get(kept.id).good
     assert cleanup_debris(settings) == []
