@@ -1148,3 +1148,20 @@ def test_reconcile_records_what_the_listing_shows_it_cannot_use(
         True,
     )
     assert learned.read_back_at is None and learned.error is None
+
+
+def test_a_failed_sync_is_recorded_with_its_time_and_error(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """The record health reads: a sync that failed says when and why (a bucket that does not
+    exist: the listing itself fails)."""
+    from tablettracker_backups.locking import operation_lock
+
+    settings = s3_settings(s3_bucket="no-such-bucket-here")
+    create_backup(settings)
+    with operation_lock(settings):
+        result = sync_offsite(settings)
+    assert result.errors and not result.ok
+    state = read_state(settings)
+    assert state.last_sync_ok is False and state.last_error == result.errors[0]
+    assert state.last_error_at is not None and state.last_error_at == state.last_sync_at
