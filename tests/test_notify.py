@@ -502,7 +502,10 @@ def delete_rows(db_path: Path, sql: str) -> None:
 
 
 def test_a_large_row_drop_is_an_anomaly_naming_the_backup_that_has_the_rows(
-    make_settings: Callable[..., Settings], db_path: Path, hook: HttpSink
+    make_settings: Callable[..., Settings],
+    db_path: Path,
+    hook: HttpSink,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = make_settings(notify=json_url(hook))
     conn = sqlite3.connect(db_path)
@@ -522,8 +525,12 @@ def test_a_large_row_drop_is_an_anomaly_naming_the_backup_that_has_the_rows(
     assert messages(hook) == []
 
     delete_rows(db_path, "DELETE FROM count_sessions WHERE id > 100")
-    third = create_backup(settings)
+    with caplog.at_level("WARNING", logger="tablettracker_backups.backup"):
+        third = create_backup(settings)
     [found] = third.anomalies
+    # The task's log says it too, naming the new backup.
+    logged = [r.getMessage() for r in caplog.records if r.name == "tablettracker_backups.backup"]
+    assert logged == [f"anomaly in backup {third.metadata.id}: {found.message}"]
     previous = second.metadata.id
     assert (found.kind, found.table, found.before, found.after) == (
         AnomalyKind.ROWS_DROPPED,
