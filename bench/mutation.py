@@ -165,6 +165,9 @@ MODULES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
 }
 
+#: The statuses a score counts (a timeout is listed apart; "not checked" and "not sampled" were
+#: never judged).
+JUDGED = ("killed", "survived", "no tests")
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped"}
 STATUS.update({code: "timeout" for code in (36, 24, -24, 152, 255)})
 STATUS.update({37: "type check", -11: "segfault", -9: "segfault"})
@@ -374,7 +377,7 @@ def collect(module: str, workdir: Path) -> dict[str, str]:
 
 def score(statuses: dict[str, str]) -> tuple[Counter[str], float | None]:
     counts = Counter(statuses.values())
-    judged = counts["killed"] + counts["survived"] + counts["no tests"]
+    judged = sum(counts[k] for k in JUDGED)
     return counts, (100.0 * counts["killed"] / judged) if judged else None
 
 
@@ -617,9 +620,6 @@ def equivalent_count(record: dict[str, object], hand: dict[str, str]) -> int:
         for name in survivors
         if record["statuses"][name] == "survived"  # type: ignore[index]
     )
-
-
-JUDGED = ("killed", "survived", "no tests")
 
 
 def wilson(killed: int, judged: int) -> tuple[float, float]:
