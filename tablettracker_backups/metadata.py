@@ -275,6 +275,9 @@ class BackupMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Set when the data file is an age file; ``None`` for a plain one.
     encryption: EncryptionInfo | None = None
+    #: When the run that took it started (``created_at`` is when its read transaction began,
+    #: the moment the data is as of); absent in older metadata.
+    started_at: datetime | None = None
 
     @property
     def source_damaged(self) -> bool:
@@ -296,6 +299,10 @@ class BackupMetadata:
         """Serialise to the on-disk JSON text."""
         document = asdict(self)
         document["created_at"] = utc_iso(self.created_at)
+        if self.started_at is None:
+            del document["started_at"]
+        else:
+            document["started_at"] = utc_iso(self.started_at)
         document["verification"]["verified_at"] = utc_iso(self.verification.verified_at)
         document["data_file"] = self.data_file
         if self.encryption is None:
@@ -361,9 +368,11 @@ class BackupMetadata:
         pinned = doc.get("pinned", False)
         if not isinstance(pinned, bool):
             raise MetadataError("metadata field 'pinned' must be true or false")
+        started_at = doc.get("started_at")
         return cls(
             id=backup_id,
             created_at=parse_utc(doc.get("created_at"), "created_at"),
+            started_at=None if started_at is None else parse_utc(started_at, "started_at"),
             kind=_choice(doc, "kind", KINDS),
             trigger=_str(doc, "trigger"),
             source=SourceInfo(

@@ -19,12 +19,18 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 
 from tablettracker_backups.changes import SourceSignature, source_signature
 from tablettracker_backups.crashpoints import Stage, crash_point
-from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
+from tablettracker_backups.errors import (
+    DatabaseBusy,
+    DatabaseError,
+    StorageError,
+    VerificationError,
+)
 from tablettracker_backups.fsutil import describe_os_error
 from tablettracker_backups.metadata import FK_SAMPLES, Findings, ForeignKeySample
 
@@ -52,6 +58,9 @@ class SnapshotInfo:
     #: The database files' ``stat()`` just before the read transaction began: anything written
     #: later changes it, so a match later means "nothing written since" (see :mod:`.changes`).
     signature: SourceSignature | None = None
+    #: When the read transaction that pinned this state began: the moment the copy holds the
+    #: database as of (a copy that waited for a writer holds that writer's data too).
+    began_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -193,7 +202,7 @@ def connect(
 def _sqlite_error(path: Path, exc: sqlite3.Error) -> DatabaseError:
     failure = classify_sqlite_error(exc)
     if failure is SqliteFailure.BUSY:
-        return DatabaseError(f"database {path} is locked by another process: {exc}")
+        return DatabaseBusy(f"database {path} is locked by another process: {exc}")
     if failure is SqliteFailure.NOT_A_DATABASE:
         return DatabaseError(f"{path} is not a SQLite database (or it is encrypted)")
     return DatabaseError(f"database {path}: {exc}")
@@ -222,8 +231,9 @@ def copy_database(
     progress: PageProgress | None = None,
     label: str = "database",
     stage: Stage | None = None,
+    pages: int = STEP_PAGES,
 ) -> None:
-    """Copy every page of ``source`` into ``dest`` with the backup API.
+    """Copy every page of ``source`` into ``dest`` with the backup API, ``pages`` a step.
 
     The caller holds a read transaction on ``source`` so that the steps all see one state. A
     lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`. ``stage`` names
@@ -234,7 +244,7 @@ def copy_database(
     def on_step(status: int, remaining: int, total: int) -> None:
         if status in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             if time.monotonic() > deadline:
-                raise DatabaseError(
+                raise DatabaseBusy(
                     f"{label} stayed locked by another process for {timeout:g}s; gave up"
                 )
             return
@@ -244,7 +254,7 @@ def copy_database(
             crash_point(stage)  # pragma: no mutate
 
     try:
-        source.backup(dest, pages=STEP_PAGES, progress=on_step, sleep=0.05)
+        source.backup(dest, pages=pages, progress=on_step, sleep=0.05)
     except sqlite3.Error as exc:
         if classify_sqlite_error(exc) is SqliteFailure.FULL:
             raise StorageError(f"cannot write the copy: {exc}") from None
@@ -272,54 +282,99 @@ def take_snapshot(
         signature: SourceSignature | None = source_signature(database)
     except OSError:
         signature = None  # the snapshot below reports a missing file properly
+    with (
+        closing(connect(database, busy_timeout=busy_timeout)) as src,
+        read_transaction(src, database),
+    ):
+        began_at = datetime.now(timezone.utc)
+        info = copy_out(
+            src,
+            dest,
+            label=f"database {database}",
+            busy_timeout=busy_timeout,
+            progress=progress,
+            stage=Stage.SNAPSHOT_COPY,  # pragma: no mutate
+        )
+    return dataclasses.replace(
+        info, seconds=time.monotonic() - started, signature=signature, began_at=began_at
+    )
+
+
+def copy_out(
+    src: sqlite3.Connection,
+    dest: Path,
+    *,
+    label: str,
+    busy_timeout: float,
+    progress: PageProgress | None = None,
+    stage: Stage | None = None,
+    what: str = "snapshot",
+) -> SnapshotInfo:
+    """Copy the database open on ``src`` page by page into the new file ``dest``.
+
+    The caller holds a lock or read transaction on ``src`` so the copy is one state; this never
+    opens a file descriptor on the source outside SQLite. ``dest`` is created owner-only and
+    ends up a self-contained rollback-journal file, not yet fsynced. Raises
+    :class:`DatabaseError` for the source, :class:`StorageError` for ``dest``.
+    """
+    started = time.monotonic()
     try:
         dest.touch(mode=0o600, exist_ok=False)
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, dest)) from None
-    with (
-        closing(connect(database, busy_timeout=busy_timeout)) as src,
-        closing(connect(dest)) as dst,
-    ):
+        raise StorageError(describe_os_error(exc, dest)) from exc
+    try:
+        journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0])
+        page_size = int(src.execute("PRAGMA page_size").fetchone()[0])
+        page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
+    except sqlite3.Error as exc:
+        raise DatabaseError(f"{label}: {exc}") from exc
+    with closing(connect(dest)) as dst:
         try:
-            # The copy is throw-away until verified, so no journal and no fsync inside the
-            # source's lock: the caller fsyncs what it keeps, after the lock is released.
+            # The copy is throw-away until checked, so no journal and no fsync inside the
+            # source's lock: whoever keeps it fsyncs it.
             dst.execute("PRAGMA journal_mode=OFF")
             dst.execute("PRAGMA synchronous=OFF")
-            journal_mode = str(src.execute("PRAGMA journal_mode").fetchone()[0])
-            page_size = int(src.execute("PRAGMA page_size").fetchone()[0])
         except sqlite3.Error as exc:
-            raise _sqlite_error(database, exc) from None
-        with read_transaction(src, database):
-            page_count = int(src.execute("PRAGMA page_count").fetchone()[0])
-            try:
-                copy_database(
-                    src,
-                    dst,
-                    timeout=busy_timeout,
-                    progress=progress,
-                    label=f"database {database}",
-                    stage=Stage.SNAPSHOT_COPY,  # pragma: no mutate
-                )
-            except StorageError as exc:
-                # SQLite only says "database or disk is full"; say where, and how much.
-                raise StorageError(
-                    f"no space left on the device holding {dest.parent} for the "
-                    f"{page_size * page_count // 2**20 + 1} MiB snapshot ({exc})"
-                ) from None
+            raise StorageError(f"cannot write the copy {dest}: {exc}") from exc
+        try:
+            copy_database(
+                src, dst, timeout=busy_timeout, progress=progress, label=label, stage=stage
+            )
+        except StorageError as exc:
+            # SQLite only says "database or disk is full"; say where, and how much.
+            raise StorageError(
+                f"no space left on the device holding {dest.parent} for the "
+                f"{page_size * page_count // 2**20 + 1} MiB {what} ({exc})"
+            ) from exc
         try:
             # A WAL source leaves the WAL flag in the copy's header; make it self-contained.
             dst.execute("PRAGMA journal_mode=DELETE")
         except sqlite3.Error as exc:
-            raise StorageError(f"cannot finish the copy {dest}: {exc}") from None
+            raise StorageError(f"cannot finish the copy {dest}: {exc}") from exc
+    return _copied(page_size, page_count, journal_mode, time.monotonic() - started)
+
+
+def _copied(page_size: int, page_count: int, journal_mode: str, seconds: float) -> SnapshotInfo:
     return SnapshotInfo(
         source_size=page_size * page_count,
         page_size=page_size,
         page_count=page_count,
         journal_mode=journal_mode,
         sqlite_version=sqlite3.sqlite_version,
-        seconds=time.monotonic() - started,
-        signature=signature,
+        seconds=seconds,
     )
+
+
+def describe_copy(path: Path, *, journal_mode: str) -> SnapshotInfo:
+    """The details of a copy already taken (a restore's safety copy found after a kill), read
+    from the file itself; ``journal_mode`` is the source's, which the copy no longer shows."""
+    with closing(connect(path, uri_mode="ro")) as conn:
+        try:
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise VerificationError(f"{path.name} is not a readable database: {exc}") from exc
+    return _copied(page_size, page_count, journal_mode, 0.0)
 
 
 def quote_identifier(name: str) -> str:
