@@ -56,7 +56,13 @@ from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.pins import set_pin
 from tablettracker_backups.prune import plan_for_store, prune
 from tablettracker_backups.restore import preview_restore
-from tablettracker_backups.restore_points import Moment, parse_moment, point_at, points_around
+from tablettracker_backups.restore_points import (
+    Moment,
+    parse_moment,
+    point_at,
+    points_around,
+    restore_events,
+)
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status
@@ -609,11 +615,12 @@ def restore_at_page() -> ResponseReturnValue:
     now = datetime.now(timezone.utc)
     text = request.args.get("at", "").strip()
     infos = BackupStore(_settings()).list()
+    events = restore_events(_settings())
     error = None
     moment = None
     try:
         moment = parse_moment(text) if text else Moment(now, zone_given=False)
-        point_at(infos, moment.at, now=now)
+        point_at(infos, moment.at, now=now, events=events)
     except InvalidTime as exc:
         error, moment = str(exc), None
     except BackupNotFound as exc:
@@ -625,7 +632,7 @@ def restore_at_page() -> ResponseReturnValue:
         # datetime-local wants local time without a zone, to the minute.
         picker_value=at.astimezone().strftime("%Y-%m-%dT%H:%M"),
         zone=at.astimezone().strftime("%Z (UTC%z)"),
-        around=points_around(infos, at) if moment is not None else None,
+        around=points_around(infos, at, events=events) if moment is not None else None,
         error=error,
     ), (400 if error and moment is None else 200)
 
