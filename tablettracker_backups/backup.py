@@ -9,6 +9,7 @@ checks found in the data, is written last, in each folder, as the commit marker.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import threading
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tablettracker_backups import notify
+from tablettracker_backups import audit, intent, notify
 from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
 from tablettracker_backups.compression import (
     StreamResult,
@@ -40,10 +41,13 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.fsutil import (
+    TEMP_PREFIX,
     check_writable_dir,
     cleanup_temp_files,
     commit,
+    keep_beside,
     remove_quietly,
+    remove_stale_scratch_dirs,
     temp_path,
 )
 from tablettracker_backups.identity import claim_folders
@@ -65,6 +69,7 @@ from tablettracker_backups.snapshot import (
     DatabaseCheck,
     SnapshotInfo,
     check_sqlite_file,
+    describe_copy,
     inspect_database,
     take_snapshot,
 )
@@ -107,14 +112,122 @@ def prepare_locations(settings: Settings) -> str | None:
 
 
 def cleanup_debris(settings: Settings) -> list[Path]:
-    """Remove temporary files and uncommitted data files left by a killed run (under the lock)."""
+    """Remove temporary files and uncommitted data files left by a killed run, and finish
+    after a killed restore (under the lock: no restore of these folders is running)."""
+    record = intent.read(settings)
+    pending = record is not None and record.found_at is None
+    freed = _temp_bytes(settings) if pending else 0
     removed: list[Path] = []
     for directory in settings.locations:
         removed += cleanup_temp_files(directory)
     removed += BackupStore(settings).cleanup_orphans()
+    freed += remove_stale_scratch_dirs(settings.backup_dir)
     if removed:
         logger.info("removed %d leftover temporary files", len(removed))
+    if pending and record is not None:
+        _settle_restore(settings, record, freed)
     return removed
+
+
+def _temp_bytes(settings: Settings) -> int:
+    """Bytes held by leftover temporary files (a killed restore's decompressed copy)."""
+    total = 0
+    for directory in settings.locations:
+        with contextlib.suppress(OSError):
+            for entry in directory.iterdir():
+                if entry.name.startswith(TEMP_PREFIX):
+                    with contextlib.suppress(OSError):
+                        total += entry.stat().st_size
+    return total
+
+
+def _settle_restore(settings: Settings, record: intent.RestoreIntent, freed: int) -> None:
+    """A restore was killed: keep its complete safety copies (filed as ``pre-restore``
+    backups, or beside a ``--to`` target), remove its scratch files, note what the target
+    holds, and audit it. The record stays, so health says so until the owner has looked."""
+    before = intent.before_shape(record)
+    kept = record.safety_kept
+    notes: list[str] = []
+    copies = [
+        (record.safety_copy, record.safety_copied, kept is not None),
+        (record.extra.get("after_failed"), bool(record.extra.get("after_failed_done")), False),
+    ]
+    for name, complete, filed in copies:
+        if not isinstance(name, str) or not Path(name).is_file():
+            continue
+        copy = Path(name)
+        size = copy.stat().st_size
+        if complete and not filed:
+            try:
+                kept_as = _keep_safety_copy(settings, record, copy)
+            except BackupError as exc:
+                notes.append(f"its safety copy {copy} could not be kept yet: {exc}")
+                logger.error("after the interrupted restore: %s", notes[-1])
+                continue
+            kept = kept or kept_as
+            if kept_as != kept:
+                notes.append(f"what its rollback overwrote is kept as {kept_as}")
+        elif not complete:
+            notes.append(f"an incomplete copy of the target ({human_size(size)}) was removed")
+        remove_quietly(copy)
+        freed += size
+    record = dataclasses.replace(
+        record,
+        found_at=datetime.now(timezone.utc),
+        freed=freed,
+        safety_kept=kept,
+        extra={**record.extra, **({"before": before} if before is not None else {})},
+    )
+    record = dataclasses.replace(record, state=intent.describe_state(settings, record))
+    intent.save(settings, record)
+    message = (
+        f"the restore of {record.backup_id} into {record.target} was interrupted at stage "
+        f"{record.stage} ({utc_iso(record.stage_at)}); {record.state}; "
+        + (f"the data from before it is kept as {kept}; " if kept else "")
+        + (f"{'; '.join(notes)}; " if notes else "")
+        + f"freed {human_size(freed)}"
+    )
+    logger.warning("%s", message)
+    try:
+        audit.record(
+            settings,
+            action="restore",
+            actor="cleanup",
+            ok=False,
+            message=message,
+            details={
+                "backup_id": record.backup_id,
+                "target": record.target,
+                "stage": record.stage,
+                "interrupted": True,
+                "safety_kept": kept,
+                "freed": freed,
+            },
+        )
+    except StorageError as exc:
+        logger.warning("could not audit the interrupted restore: %s", exc)
+
+
+def _keep_safety_copy(settings: Settings, record: intent.RestoreIntent, copy: Path) -> str:
+    """File a killed restore's complete safety copy where the restore would have; returns
+    the backup id (or the file it was kept as, beside a ``--to`` target)."""
+    target = Path(record.target)
+    if record.extra.get("kept_beside_target"):
+        return str(keep_beside(target, copy, "before-restore"))
+    folder = Path(str(record.extra.get("safety_dir") or settings.backup_dir))
+    own = (
+        settings
+        if folder == settings.backup_dir
+        else dataclasses.replace(
+            settings, database=target, backup_dir=folder, secondary_dir=None, database_name=""
+        )
+    )
+    snap = describe_copy(copy, journal_mode=record.journal_mode or "delete")
+    snap = dataclasses.replace(snap, began_at=record.started_at)
+    result = file_snapshot(
+        own, copy, snap, kind="pre-restore", trigger="interrupted-restore", source=target
+    )
+    return result.metadata.id
 
 
 def create_backup(
@@ -237,10 +350,69 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
         # of the database this folder belongs to.
         claim_folders(settings)
     started = time.monotonic()
-    created_at = datetime.now(timezone.utc)
-    backup_id = new_backup_id(created_at)
-    stored = _snapshot_and_store(settings, backup_id, options)
-    metadata = _build_metadata(settings, backup_id, created_at, options, stored, started)
+    started_at = datetime.now(timezone.utc)
+    backup_id = new_backup_id(started_at)
+    raw_tmp = temp_path(settings.backup_dir, f"{backup_id}.db")
+    try:
+        snap = take_snapshot(
+            settings.database,
+            raw_tmp,
+            busy_timeout=settings.busy_timeout,
+            progress=for_stage(options.progress, "snapshot"),
+        )
+        return _file_raw(
+            settings, backup_id, raw_tmp, snap, options, started, started_at, secondary_trouble
+        )
+    finally:
+        remove_quietly(raw_tmp)
+
+
+def file_snapshot(
+    settings: Settings,
+    raw: Path,
+    snap: SnapshotInfo,
+    *,
+    kind: str,
+    trigger: str,
+    source: Path | None = None,
+) -> BackupResult:
+    """Check, compress, prove and store a copy already taken (``raw``, described by ``snap``)
+    as a backup; ``raw`` is left in place (the caller removes it once this returns).
+
+    For a restore's safety snapshot, copied under the restore's own lock and filed after it
+    is released. The caller holds the operation lock. ``source`` is the database the copy is
+    of (default: the configured one). Raises what :func:`create_backup` raises.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown backup kind {kind!r}")
+    options = _Options(kind, trigger, None, None, False)
+    secondary_trouble = prepare_locations(settings)
+    started_at = snap.began_at or datetime.now(timezone.utc)
+    where = settings if source is None else dataclasses.replace(settings, database=source)
+    return _file_raw(
+        where,
+        new_backup_id(started_at),
+        raw,
+        snap,
+        options,
+        time.monotonic() - snap.seconds,
+        started_at,
+        secondary_trouble,
+    )
+
+
+def _file_raw(
+    settings: Settings,
+    backup_id: str,
+    raw: Path,
+    snap: SnapshotInfo,
+    options: _Options,
+    started: float,
+    started_at: datetime,
+    secondary_trouble: str | None,
+) -> BackupResult:
+    stored = _store_raw(settings, backup_id, raw, snap, options)
+    metadata = _build_metadata(settings, backup_id, started_at, options, stored, started)
     store = BackupStore(settings)
     anomalies = _anomalies(settings, store, metadata)
     if anomalies:
@@ -260,24 +432,19 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
     return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 
-def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -> _Stored:
-    """Snapshot to a temporary file, check and compress it, prove the stored file, commit it."""
+def _store_raw(
+    settings: Settings, backup_id: str, raw: Path, snap: SnapshotInfo, options: _Options
+) -> _Stored:
+    """Check and compress the snapshot ``raw``, prove the stored file, commit it."""
     primary = settings.backup_dir
-    raw_tmp = temp_path(primary, f"{backup_id}.db")
     stored_name = data_filename(backup_id, settings.compression)
     stored_tmp = temp_path(primary, stored_name)
     progress = options.progress
     sealed_tmp = temp_path(primary, data_filename(backup_id, settings.compression, encrypted=True))
     try:
-        snap = take_snapshot(
-            settings.database,
-            raw_tmp,
-            busy_timeout=settings.busy_timeout,
-            progress=for_stage(progress, "snapshot"),
-        )
         snapshot_done = time.monotonic()
         check, stream, check_seconds = _check_and_compress(
-            settings, raw_tmp, stored_tmp, progress, keep_unreadable=options.kind == "pre-restore"
+            settings, raw, stored_tmp, progress, keep_unreadable=options.kind == "pre-restore"
         )
         compress_done = time.monotonic()
         _prove_stored(stored_tmp, settings.compression, stream)
@@ -302,8 +469,6 @@ def _snapshot_and_store(settings: Settings, backup_id: str, options: _Options) -
         remove_quietly(stored_tmp)
         remove_quietly(sealed_tmp)
         raise
-    finally:
-        remove_quietly(raw_tmp)
     durations = {
         "snapshot": round(snap.seconds, 4),
         "verify": round(check_seconds, 4),
@@ -328,7 +493,7 @@ def _prove_stored(stored: Path, algorithm: str, stream: StreamResult) -> None:
 def _build_metadata(
     settings: Settings,
     backup_id: str,
-    created_at: datetime,
+    started_at: datetime,
     options: _Options,
     stored: _Stored,
     started: float,
@@ -336,7 +501,10 @@ def _build_metadata(
     snap, check, stream = stored.snap, stored.check, stored.stream
     return BackupMetadata(
         id=backup_id,
-        created_at=created_at,
+        # The state the copy holds is as of its read transaction, which may have waited for
+        # a writer: stamping the run's start would date that writer's rows too early.
+        created_at=snap.began_at or started_at,
+        started_at=started_at,
         kind=options.kind,
         trigger=options.trigger,
         source=SourceInfo(

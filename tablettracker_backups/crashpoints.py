@@ -36,11 +36,19 @@ class Stage(str, Enum):
     PRUNE_DELETE = "prune-delete"
     #: One part of a multipart offsite upload has been sent; the upload is not complete.
     OFFSITE_PART_UPLOAD = "offsite-part-upload"
+    #: A restore holds the write lock on a live rollback-journal database; nothing copied yet.
+    RESTORE_HOLD = "restore-hold"
+    #: A restore's safety copy of the live database is half written (under the write lock).
+    SAFETY_COPY = "safety-copy"
     #: A restore is half way through writing pages into the target (its transaction is open).
     RESTORE_WRITE = "restore-write"
     #: A restore has written and committed; the check afterwards has not run.
     RESTORE_POST_CHECK = "restore-post-check"
-    #: A restore's safety snapshot is committed; nothing has been written to the target yet.
+    #: A failed restore is half way through writing the safety copy back.
+    RESTORE_ROLLBACK = "restore-rollback"
+    #: A restore has released the write lock; its safety copy is not filed as a backup yet.
+    RESTORE_RELEASED = "restore-released"
+    #: A restore's safety snapshot is filed as a backup; its scratch copy is not removed yet.
     SAFETY_SNAPSHOT = "safety-snapshot"
 
 

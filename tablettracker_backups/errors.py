@@ -23,6 +23,11 @@ class DatabaseError(BackupError):
     """The live database is missing, unreadable, locked, or not a SQLite database."""
 
 
+class DatabaseBusy(DatabaseError):
+    """The database stayed locked by another connection for longer than the busy timeout: a
+    reason to try again later, never a sign of damage."""
+
+
 class InvalidBackupId(BackupError):
     """A backup id is malformed (and so could not name a file inside the backup folder)."""
 

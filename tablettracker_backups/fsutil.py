@@ -11,7 +11,9 @@ import errno
 import os
 import re
 import secrets
+import shutil
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
@@ -19,6 +21,9 @@ from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import StorageError
 
 TEMP_PREFIX = ".tmp-"
+#: Scratch folders of operations that take no lock (a restore preview): ``<prefix><pid>-<x>``,
+#: so a later clean-up can tell one whose process is gone.
+SCRATCH_DIR_PREFIX = ".scratch-"
 CHUNK = 1024 * 1024
 
 
@@ -153,6 +158,31 @@ def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = 
     commit(temp, final, crash_stage=crash_stage)
 
 
+def keep_beside(target: Path, copy: Path, tag: str) -> Path:
+    """Rename the file ``copy`` (on the same file system) to ``<target>.<tag>-<UTC time>.db``
+    beside ``target``, never over an existing file; returns the new path."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    final = target.with_name(f"{target.name}.{tag}-{stamp}.db")
+    while final.exists():
+        final = target.with_name(f"{target.name}.{tag}-{stamp}-{secrets.token_hex(2)}.db")
+    commit(copy, final)
+    return final
+
+
+def write_replace(final: Path, data: bytes) -> None:
+    """Write ``data`` to ``final`` by a rename (readers see the old or the new text, a killed
+    process leaves one of them) but without fsync: for notes that need not outlive a power cut
+    and must not cost one. Raises :class:`StorageError`."""
+    temp = temp_path(final.parent, final.name)
+    try:
+        with open_private(temp, shown=final) as handle:
+            handle.write(data)
+        os.replace(temp, final)
+    except OSError as exc:
+        remove_quietly(temp)
+        raise StorageError(describe_os_error(exc, final)) from exc
+
+
 def remove_quietly(path: Path) -> None:
     """Delete ``path`` if it exists; errors are ignored (used on cleanup paths only)."""
     with contextlib.suppress(OSError):
@@ -175,6 +205,37 @@ def cleanup_temp_files(directory: Path) -> list[Path]:
             remove_quietly(entry)
             removed.append(entry)
     return removed
+
+
+def remove_stale_scratch_dirs(directory: Path) -> int:
+    """Remove the scratch folders (:data:`SCRATCH_DIR_PREFIX`) whose process is gone; returns
+    the bytes freed."""
+    freed = 0
+    try:
+        entries = list(directory.iterdir())
+    except OSError:
+        return 0
+    for entry in entries:
+        if not entry.name.startswith(SCRATCH_DIR_PREFIX) or not entry.is_dir():
+            continue
+        pid = entry.name[len(SCRATCH_DIR_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and _process_exists(int(pid)):
+            continue
+        for item in entry.iterdir():
+            with contextlib.suppress(OSError):
+                freed += item.stat().st_size
+        shutil.rmtree(entry, ignore_errors=True)
+    return freed
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's
+    return True
 
 
 #: Where Linux lists mounted file systems.

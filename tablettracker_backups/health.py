@@ -17,15 +17,16 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
+from tablettracker_backups import intent
 from tablettracker_backups.autosnapshot import effective_interval, last_auto
 from tablettracker_backups.changes import changed_since, source_signature
-from tablettracker_backups.display import format_age, human_size
+from tablettracker_backups.display import format_age, human_size, local_time
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
 from tablettracker_backups.identity import check_folders
 from tablettracker_backups.keys import EncryptionStatus, encryption_status
 from tablettracker_backups.metadata import parse_utc, utc_iso
-from tablettracker_backups.notify import notifier_problems
+from tablettracker_backups.notify import command, notifier_problems
 from tablettracker_backups.offsite.policy import OffsiteLag, offsite_lag
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.prune import current_plan
@@ -169,6 +170,7 @@ def check_health(
         data_checked_at, saved = _saved_data_findings(settings)
         findings += saved
     findings += _identity_findings(settings)
+    findings += restore_findings(settings)
     listed = True
     try:
         backups = store.list()
@@ -432,6 +434,50 @@ def restore_command(settings: Settings, backup_id: str) -> str:
     if settings.secondary_dir is not None:
         words += ["--secondary-dir", str(settings.secondary_dir)]
     return shlex.join(words)
+
+
+def restore_findings(settings: Settings) -> list[Finding]:
+    """A restore that was killed (critical until the owner has looked), one that left work for
+    the next run (a warning), or one running now (informational)."""
+    try:
+        record = intent.read(settings)
+    except BackupError as exc:
+        return [Finding(Level.CRITICAL, "restore-interrupted", str(exc))]
+    if record is None:
+        return []
+    if record.found_at is None and record.unfinished is None and intent.alive(record):
+        return [
+            Finding(
+                Level.OK,
+                "restore-running",
+                f"a restore of backup {record.backup_id} into {record.target} is running "
+                f"(stage {record.stage}, since {local_time(record.started_at)})",
+            )
+        ]
+    state = record.state or intent.describe_state(settings, record)
+    dismiss = command(settings, "restore", "--dismiss")
+    if record.unfinished is not None and record.found_at is None:
+        return [
+            Finding(
+                Level.WARNING,
+                "restore-unfinished",
+                f"the restore of backup {record.backup_id} into {record.target} is done, but "
+                f"{record.unfinished}; the next run finishes it",
+            )
+        ]
+    kept = (
+        f"; the data from before it is kept as {record.safety_kept}" if record.safety_kept else ""
+    )
+    return [
+        Finding(
+            Level.CRITICAL,
+            "restore-interrupted",
+            f"the restore of backup {record.backup_id} into {record.target} was interrupted at "
+            f"stage {record.stage} ({local_time(record.stage_at)}): {state}{kept or ''}. Restore "
+            f"again ({command(settings, 'restore', record.backup_id)}) or, once the "
+            f"database is as it should be, dismiss this: {dismiss}",
+        )
+    ]
 
 
 def _identity_findings(settings: Settings) -> list[Finding]:

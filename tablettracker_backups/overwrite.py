@@ -1,0 +1,342 @@
+"""Overwriting a database that an app has open, under one hold of SQLite's write lock.
+
+A restore into a live database copies what is there now (the safety copy), writes the
+backup's pages, and checks the result. No app write may land between those steps: a row the
+app commits after the safety copy and before the write is in neither the restored database
+nor the safety copy, and a row it commits before the check can fail the check, whose rollback
+would then throw the restore away. So the three run under one hold of the write lock.
+
+SQLite's backup API is the only way to write whole pages into a database that others have
+open (their connections stay valid and see the old or the new content, never a mix), and it
+refuses a destination connection with a transaction open: a ``BEGIN IMMEDIATE`` cannot simply
+be kept open around it. How the lock is held therefore depends on the journal mode:
+
+- **Rollback journal.** The connection sets ``PRAGMA locking_mode=EXCLUSIVE``, in which SQLite
+  never gives back a file lock it took, and runs ``BEGIN IMMEDIATE; ROLLBACK``: the RESERVED
+  lock stays, so app writers wait while app readers go on. The safety copy reads through this
+  same connection (a source with no transaction open is allowed). The write escalates to the
+  EXCLUSIVE lock, which stays through the check and any rollback; setting the mode back to
+  NORMAL and reading once gives everything back.
+- **WAL.** Exclusive locking mode would need an EXCLUSIVE lock on the database file, which no
+  one gets while the app has any connection open (WAL connections keep a SHARED lock for their
+  whole life). Here the backup API's own write transaction is the hold: the write goes in at
+  least two steps, and after the first (the WAL write lock is taken, nothing is committed) a
+  second connection copies the database, which it sees exactly as it was when the lock was
+  taken. After the commit, ``BEGIN IMMEDIATE`` takes the lock back at once for the check; an
+  app writer that wakes in that instant can slip one transaction in. Nothing is lost then
+  either (every overwrite copies what it overwrites, the rollback's too), but the check can
+  fail on it; SQLite offers no way to keep the WAL write lock across the backup API's commit.
+
+Every copy and write here goes through SQLite: no file descriptor is opened on the target, so
+none can be closed under the locks of another connection in this process.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from tablettracker_backups.crashpoints import Stage, crash_point
+from tablettracker_backups.errors import DatabaseBusy, DatabaseError
+from tablettracker_backups.fsutil import fsync_path
+from tablettracker_backups.snapshot import (
+    STEP_PAGES,
+    PageProgress,
+    SnapshotInfo,
+    SqliteFailure,
+    classify_sqlite_error,
+    connect,
+    copy_database,
+    copy_out,
+    read_transaction,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+#: The longest the checkpoint after a write into a WAL database may wait for app readers: it
+#: keeps new writers out while it waits, and a large -wal left behind is only slower, not wrong.
+CHECKPOINT_WAIT = 2.0
+
+
+class HeldDatabase:
+    """An existing database file under one hold of its write lock (a context manager).
+
+    ``replace`` overwrites it with another database file, first copying what it holds;
+    ``check`` reads it under the same hold. Leaving the block gives the lock back (closing the
+    connection undoes anything unfinished). Raises :class:`DatabaseError` when the lock cannot
+    be had within ``busy_timeout`` seconds or the database cannot be written.
+    """
+
+    def __init__(self, target: Path, *, busy_timeout: float) -> None:
+        self.target = target
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self.journal_mode = ""
+        #: Seconds the write lock has been held, from :meth:`__enter__` (rollback journal) or
+        #: the first write step (WAL) to the release; filled in on leaving.
+        self.held_seconds = 0.0
+        self._held_since: float | None = None
+        self._wrote = False
+        #: WAL mode: the write lock taken back (an open BEGIN IMMEDIATE) right after a write.
+        self._relocked = False
+
+    @property
+    def wal(self) -> bool:
+        """The target is in WAL mode."""
+        return self.journal_mode == "wal"
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("HeldDatabase used outside its with-block")
+        return self._conn
+
+    def __enter__(self) -> HeldDatabase:
+        self._conn = connect(self.target, busy_timeout=self.busy_timeout)
+        try:
+            self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if not self.wal:
+                self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+                self._conn.execute("BEGIN IMMEDIATE")
+                # Kept after the ROLLBACK in exclusive locking mode: writers wait, readers go on.
+                self._conn.execute("ROLLBACK")
+                self._held_since = time.monotonic()
+                crash_point(Stage.RESTORE_HOLD)  # pragma: no mutate
+        except sqlite3.Error as exc:
+            self._conn.close()
+            self._conn = None
+            raise _lock_error(self.target, exc, self.busy_timeout) from exc
+        except BaseException:
+            self._conn.close()
+            self._conn = None
+            raise
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._conn is None:
+            return
+        try:
+            self._unlock()
+        finally:
+            conn, self._conn = self._conn, None
+        try:
+            if not self.wal:
+                try:
+                    # The mode change takes effect at the next access, which releases the lock.
+                    conn.execute("PRAGMA locking_mode=NORMAL")
+                    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                except sqlite3.Error as exc:
+                    logger.warning("releasing the lock on %s: %s", self.target, exc)
+            self._note_released()
+            if self.wal and self._wrote and kind is None:
+                _checkpoint(conn, self.target)
+        finally:
+            conn.close()  # gives back any lock still held, and undoes an unfinished write
+            self._note_released()
+
+    def _note_released(self) -> None:
+        if self._held_since is not None:
+            self.held_seconds += time.monotonic() - self._held_since
+            self._held_since = None
+
+    def replace(
+        self,
+        source: Path,
+        *,
+        capture: Path | None,
+        progress: PageProgress | None = None,
+        capture_progress: PageProgress | None = None,
+        on_captured: Callable[[SnapshotInfo], None] | None = None,
+        stage: Stage | None = None,
+    ) -> SnapshotInfo | None:
+        """Overwrite the database with every page of the checked file ``source``.
+
+        With ``capture``, what the database holds just before the write (as of the moment the
+        write lock was taken) is first copied into that new file and fsynced: the write
+        cannot start before the copy is safe; ``on_captured`` is called with it then. Returns
+        the copy's details (None without one).
+        The write is one transaction: on any error the database is unchanged. ``stage`` names
+        the crash point between write steps. Raises :class:`DatabaseError` or
+        :class:`StorageError`.
+        """
+        conn = self.conn
+        self._unlock()  # the backup API refuses a destination with a transaction open
+        with closing(connect(source, uri_mode="ro")) as src:
+            try:
+                pages = int(src.execute("PRAGMA page_count").fetchone()[0])
+                source_size = int(src.execute("PRAGMA page_size").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise DatabaseError(f"cannot read {source}: {exc}") from exc
+            if self.wal:
+                target_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                if source_size != target_size:
+                    # SQLite can only write a backup through a WAL whose page size matches.
+                    raise DatabaseError(
+                        f"{self.target} is in WAL mode with {target_size}-byte pages but the "
+                        f"backup has {source_size}-byte pages; switch it to "
+                        "journal_mode=DELETE first"
+                    )
+            captured: list[SnapshotInfo] = []
+            copy_it: Callable[[sqlite3.Connection], None] | None = None
+            if capture is not None:
+                into = capture
+
+                def copy_it(from_conn: sqlite3.Connection) -> None:
+                    info = self._capture(from_conn, into, capture_progress)
+                    captured.append(info)
+                    if on_captured is not None:
+                        on_captured(info)
+
+            if copy_it is not None and not self.wal:
+                copy_it(conn)  # under the RESERVED lock taken on entering
+            self._wrote = True
+            if self.wal:
+                self._write_wal(src, pages, copy_it, progress, stage)
+            else:
+                with read_transaction(src, source):
+                    copy_database(
+                        src,
+                        conn,
+                        timeout=self.busy_timeout,
+                        progress=progress,
+                        label=str(self.target),
+                        stage=stage,
+                    )
+        return captured[0] if captured else None
+
+    def _capture(
+        self, conn: sqlite3.Connection, capture: Path, progress: PageProgress | None
+    ) -> SnapshotInfo:
+        info = copy_out(
+            conn,
+            capture,
+            label=str(self.target),
+            busy_timeout=self.busy_timeout,
+            progress=progress,
+            stage=Stage.SAFETY_COPY,  # pragma: no mutate
+            what="safety snapshot",
+        )
+        # Durable before a single page of the target is overwritten.
+        fsync_path(capture)
+        fsync_path(capture.parent)
+        return info
+
+    def _write_wal(
+        self,
+        src: sqlite3.Connection,
+        pages: int,
+        copy_it: Callable[[sqlite3.Connection], None] | None,
+        progress: PageProgress | None,
+        stage: Stage | None,
+    ) -> None:
+        """The backup API's write into a WAL database, the capture made after its first step."""
+        pending = copy_it
+
+        def capture_now() -> None:
+            nonlocal pending
+            if pending is None:
+                return
+            run, pending = pending, None
+            # A second connection: it sees the database as committed when the first step
+            # took the write lock, which no app writer can have since.
+            with (
+                closing(connect(self.target, busy_timeout=self.busy_timeout)) as reader,
+                read_transaction(reader, self.target),
+            ):
+                run(reader)
+
+        def on_step(done: int, total: int) -> None:
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+            if done < total:
+                capture_now()
+            if progress is not None:
+                progress(done, total)
+
+        if pages <= 1 and pending is not None:
+            # One step writes and commits at once; a one-page database has no table, so the
+            # copy taken just before is all the app could have had.
+            capture_now()
+        # At least two steps, so the first returns before the commit.
+        per_step = max(1, min(STEP_PAGES, math.ceil(pages / 2)))
+        with read_transaction(src, self.target):
+            copy_database(
+                src,
+                self.conn,
+                timeout=self.busy_timeout,
+                progress=on_step,
+                label=str(self.target),
+                stage=stage,
+                pages=per_step,
+            )
+        # The commit gave the write lock back: take it again at once, before anything else
+        # (even a record of the stage reached), to keep the gap to an instant.
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._relocked = True
+        except sqlite3.Error as exc:
+            raise _busy_or(self.target, exc, self.busy_timeout, "check") from exc
+
+    def check(self, read: Callable[[sqlite3.Connection], T]) -> T:
+        """``read(conn)`` on the database under the hold (in WAL mode, in the write
+        transaction taken back right after the write). ``read`` must not write."""
+        conn = self.conn
+        if not self.wal:
+            return read(conn)
+        if not self._relocked:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.Error as exc:
+                raise _busy_or(self.target, exc, self.busy_timeout, "check") from exc
+            self._relocked = True
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+        try:
+            return read(conn)
+        finally:
+            self._unlock()
+            self._note_released()
+
+    def _unlock(self) -> None:
+        """End the write transaction taken back after a write in WAL mode, if open."""
+        if self._relocked:
+            self._relocked = False
+            try:
+                self.conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                logger.warning("ending the check's transaction on %s: %s", self.target, exc)
+
+
+def _busy_or(target: Path, exc: sqlite3.Error, timeout: float, doing: str) -> DatabaseError:
+    if classify_sqlite_error(exc) is SqliteFailure.BUSY:
+        return DatabaseBusy(f"{target} stayed locked for {timeout:g}s: {exc}")
+    return DatabaseError(f"cannot {doing} {target}: {exc}")
+
+
+def _lock_error(target: Path, exc: sqlite3.Error, timeout: float) -> DatabaseError:
+    if classify_sqlite_error(exc) is SqliteFailure.BUSY:
+        return DatabaseBusy(f"{target} stayed locked by another connection for {timeout:g}s")
+    return DatabaseError(f"cannot write {target}: {exc}")
+
+
+def _checkpoint(conn: sqlite3.Connection, target: Path) -> None:
+    """Fold the restored pages into the main file so no large -wal is left to replay; readers
+    still on an old snapshot make it partial, which is safe."""
+    try:
+        conn.execute(f"PRAGMA busy_timeout={int(CHECKPOINT_WAIT * 1000)}")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    except sqlite3.Error as exc:
+        logger.warning("checkpoint after writing %s did not finish: %s", target, exc)
