@@ -100,8 +100,12 @@ class TableChange(State):
 
     ADDED = "added"
     REMOVED = "removed"
+    #: Its content differs (whatever the row counts).
     CHANGED = "changed"
+    #: Identical content.
     SAME = "same"
+    #: Equal row counts; the content was not compared (time budget, or no copy to read).
+    UNCHECKED = "unchecked"
 
     @classmethod
     def css_prefix(cls) -> str:

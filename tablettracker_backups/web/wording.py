@@ -59,24 +59,18 @@ def reason_chip(reason: str) -> str:
 
 
 def table_change(table: TableDiff) -> str:
-    """What restoring does to one table, in words."""
-    if table.status == TableChange.ADDED:
-        return f"will be brought back ({table.backup_rows or 0:,} rows)"
-    if table.status == TableChange.REMOVED:
-        return f"will be dropped ({table.live_rows or 0:,} rows now)"
-    if table.status == TableChange.CHANGED:
-        return f"rows: {table.live_rows or 0:,} → {table.backup_rows or 0:,}"
-    return f"same row count ({table.live_rows or 0:,})"
+    """What restoring does to one table, in words (the CLI's preview says the same)."""
+    return table.describe()
 
 
 def biggest_changes(tables: Iterable[TableDiff], *, share: float = 0.5) -> set[str]:
     """Names of the tables whose change is at least ``share`` of the largest one: the rows the
     restore page makes stand out."""
-    changed = [t for t in tables if t.status != TableChange.SAME and t.delta != 0]
+    changed = [t for t in tables if t.status == TableChange.CHANGED and t.rows_touched]
     if not changed:
         return set()
-    largest = max(abs(t.delta) for t in changed)
-    return {t.name for t in changed if abs(t.delta) >= share * largest}
+    largest = max(t.rows_touched for t in changed)
+    return {t.name for t in changed if t.rows_touched >= share * largest}
 
 
 def link_ids(text: object, link: Callable[[str], str]) -> Markup:
