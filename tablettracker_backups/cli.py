@@ -61,11 +61,12 @@ from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import (
     RestorePreview,
     RestoreResult,
+    dismiss_interrupted,
     preview_restore,
     recover_from_offsite,
     restore_backup,
 )
-from tablettracker_backups.restore_points import Moment, parse_moment, point_at
+from tablettracker_backups.restore_points import Moment, parse_moment, point_at, restore_events
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import (
@@ -1416,10 +1417,12 @@ def _print_preview(preview: RestorePreview) -> None:
         + ("the current database:" if preview.live_exists else "no database (it does not exist):")
     )
     click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
-    for table in preview.tables:
+    for table in preview.by_impact():
         backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
         live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
-        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.status}")
+        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.describe()}")
+    if preview.compare_note:
+        click.echo(f"  ({preview.compare_note})")
     for name, reason in sorted(preview.not_counted.items()):
         click.echo(f"  {name:<28} {reason}")
     if preview.schema_changed:
@@ -1478,6 +1481,19 @@ def _choose_backup(settings: Settings) -> str:
     "needs only the BACKUPS_S3_* settings and credentials (and --identity for encrypted "
     "backups), no local backup folder.",
 )
+@click.option(
+    "--from-database",
+    "from_database",
+    metavar="NAME",
+    help="Restore a backup of another database (the one the backup folder belongs to, by "
+    "name) into this one, on purpose; its safety snapshot goes to this database's own "
+    "backup folder.",
+)
+@click.option(
+    "--dismiss",
+    is_flag=True,
+    help="Forget an interrupted restore that health reports, once the database is checked.",
+)
 @identity_option
 @common_options
 @json_option
@@ -1494,6 +1510,8 @@ def restore(
     yes: bool,
     preview: bool,
     from_offsite: bool,
+    from_database: str | None,
+    dismiss: bool,
     identity_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -1505,11 +1523,17 @@ def restore(
     restore) says which kind of backup it is.
 
     The backup's stored and decompressed SHA-256 are checked first (a damaged primary copy
-    falls back to the secondary, then to the offsite copy), a safety snapshot of the current
+    falls back to the secondary, then to the offsite copy). Then, under one hold of the
+    database's write lock (the app's writes wait, none is lost), a safety copy of the current
     database is taken (whatever its data holds), the data is written through SQLite's backup
-    API (open connections stay valid), and checked again; if that check fails the safety
-    snapshot is put back. Asks for confirmation unless --yes; refuses without a terminal and
-    without --yes.
+    API (open connections stay valid), and checked again; if that check fails the safety copy
+    is put back. The safety copy is filed as a pre-restore backup afterwards (with --to an
+    existing file, it is kept beside that file instead). Asks for confirmation unless --yes;
+    refuses without a terminal and without --yes.
+
+    The backup folder must belong to the database restored into (database.json); to restore
+    another database's backup into it on purpose, name that database with --from-database.
+    A restore that was killed leaves health critical until a restore succeeds or --dismiss.
 
     With --from-offsite the database is rebuilt from the offsite store alone into a file that
     does not exist yet ('latest' passes over damaged offsite backups to the newest sound one).
@@ -1518,8 +1542,10 @@ def restore(
     decrypted into a scratch file that any error removes; a missing or wrong identity stops
     with one line naming the keys that would open the backup, and nothing is changed.
 
-    With --at TIME instead of an ID, the newest good backup taken at or before TIME is restored
-    (automatic snapshots make these minutes apart). A TIME without a zone is local time.
+    With --at TIME instead of an ID, the state as of TIME is restored: the newest good backup
+    taken at or before it, or the backup a later restore brought back. A TIME without a zone is
+    local time; a time covers the whole second (or minute, or day) it is written to, so a time
+    that list prints, typed back, gives that backup.
 
     \b
     Examples:
@@ -1531,6 +1557,9 @@ def restore(
       tablettracker-backups restore latest --backup-dir /mnt/usb/backups --to tablet_counter.db
       tablettracker-backups restore latest --from-offsite --to instance/tablet_counter.db
       tablettracker-backups restore latest --from-offsite --identity key.txt --to new.db
+      tablettracker-backups restore latest --database shop.db --backup-dir /srv/tablets-backups \
+          --from-database tablet_counter
+      tablettracker-backups restore --dismiss
     """
 
     given = {
@@ -1551,13 +1580,34 @@ def restore(
         secondary_dir=secondary_dir,
         to=to,
     )
+    if dismiss:
+        if backup_id is not None or undo or at is not None or preview or from_offsite:
+            raise click.UsageError(
+                "--dismiss takes no ID, --undo, --at, --preview or --from-offsite"
+            )
+        record = dismiss_interrupted(settings, actor=cli_actor())
+        if as_json:
+            emit_json({"dismissed": {"backup_id": record.backup_id, "target": record.target}})
+        else:
+            click.echo(
+                f"Dismissed the interrupted restore of {record.backup_id} into {record.target} "
+                f"(it stopped at {record.stage})."
+            )
+        return
     identity = open_identity(identity_file)
     moment = None
     if at is not None:
-        if backup_id is not None or from_offsite:
-            raise click.UsageError("--at chooses the backup: give no ID and no --from-offsite")
+        if backup_id is not None or from_offsite or undo:
+            raise click.UsageError(
+                "--at chooses the backup: give no ID, no --undo and no --from-offsite"
+            )
         moment = parse_moment(at)
-        chosen = point_at(BackupStore(settings).list(), moment.at, now=datetime.now(timezone.utc))
+        chosen = point_at(
+            BackupStore(settings).list(),
+            moment.at,
+            now=datetime.now(timezone.utc),
+            events=restore_events(settings),
+        )
         backup_id = chosen.id
         if not as_json:
             click.echo(
@@ -1582,6 +1632,13 @@ def restore(
         return
     if target.exists() and not yes:
         _confirm_restore(preview_settings, backup_id, target, identity, live=to is None)
+    target_settings = None
+    if from_database is not None:
+        # The target's own folders: the configuration's, without the options naming the
+        # other database's folder.
+        target_settings = resolve_settings(
+            ctx, config=config, database=target, backup_dir=None, secondary_dir=None
+        )
     result = restore_backup(
         settings,
         backup_id,
@@ -1589,12 +1646,14 @@ def restore(
         actor=cli_actor(),
         identity=identity,
         progress=stage_progress(not as_json, width=15, end_after=None),
+        from_database=from_database,
+        target_settings=target_settings,
     )
     if as_json:
         emit_json({**result.to_dict(), **asked})
     else:
         _print_restored(result, given)
-    if result.fell_back:
+    if result.fell_back or result.warnings:
         sys.exit(EXIT_WARNING)
 
 
@@ -1644,7 +1703,7 @@ def _print_restored(result: RestoreResult, given: dict[str, Path | str | None]) 
     """The human summary of a restore, with the command that undoes it."""
     if sys.stderr.isatty():
         click.echo("", err=True)
-    for message in result.fell_back:
+    for message in (*result.fell_back, *result.warnings):
         click.echo(f"Warning: {message}", err=True)
     click.echo(
         f"Restored {result.backup_id} (from the {result.source_location} copy) into "
@@ -1660,6 +1719,8 @@ def _print_restored(result: RestoreResult, given: dict[str, Path | str | None]) 
             f"Safety snapshot of what was there before: {result.safety_snapshot_id} "
             f"(undo with: {shlex.join(undo)})"
         )
+    if result.safety_kept:
+        click.echo(f"What {result.target} held before is kept beside it: {result.safety_kept}")
 
 
 def _recover_from_offsite(

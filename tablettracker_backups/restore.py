@@ -1,48 +1,54 @@
-"""Restoring a backup: check it first, keep a safety snapshot, write through SQLite, check after.
+"""Restoring a backup: check it first, then one lock hold for the safety copy, the write
+and the check, then file the safety copy.
 
 Order matters, because this is the one operation that overwrites data:
 
-1. Under the operation lock (backup, prune and run wait), pick a sound copy: each copy is
-   decompressed to a scratch file in its own folder and fully checked (SHA-256, integrity,
-   foreign keys, row counts, schema). A damaged primary falls back to the secondary, and says
-   so; with no sound copy nothing is touched.
-2. Take a ``pre-restore`` safety snapshot of the target, unless it does not exist yet (recovery
-   on a fresh machine) or is an empty file.
-3. Write the checked copy into the target with SQLite's online backup API. The app's open
-   connections stay valid: they see the old data until the write commits, then the new data,
-   never a mix; in WAL mode the pages go through the WAL, so no stale ``-wal`` can undo them.
-4. Check again (quick_check, row counts and schema against the metadata) while holding the write
-   lock, so an app write right after the restore cannot be mistaken for damage. On failure the
-   safety snapshot is written back the same way, and both failures are reported.
-5. Append the outcome to the audit log.
+1. Under the operation lock (backup, prune and run wait), refuse a backup folder that belongs
+   to another database than the one restored into (unless that is asked for by name), write
+   the restore's record (:mod:`.intent`: a killed restore is never silent), and pick a sound
+   copy: each is decompressed to a scratch file in its own folder and fully checked (SHA-256,
+   integrity, foreign keys, row counts, schema). A damaged primary falls back to the secondary,
+   then the offsite copy, and says so; with no sound copy nothing is touched.
+2. Take the target's write lock once (:mod:`.overwrite` says how, per journal mode) and keep
+   it while a plain page copy of what the target holds is made and fsynced (the safety copy),
+   the checked copy is written in with SQLite's backup API (open connections stay valid and
+   see the old or the new data, never a mix), and quick_check, row counts and schema are
+   checked on the same connection. If that check fails, the safety copy is written back under
+   the same hold. No app write can land between these steps, so none is lost; app writers
+   wait meanwhile (the blueprint answers the host's write requests with 503).
+3. After the lock is released, compress, hash and file the safety copy as a ``pre-restore``
+   backup in the target's own folder (a ``--to`` target keeps its previous content beside it
+   as a plain file), append the outcome to the audit log, and put the restore on the timeline
+   that ``--at`` reads.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
+import secrets
 import sqlite3
+import stat
 import time
-from collections.abc import Callable
-from contextlib import closing
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
-from tablettracker_backups import audit, notify
-from tablettracker_backups.backup import cleanup_debris, create_backup
+from tablettracker_backups import audit, intent, notify
+from tablettracker_backups.backup import cleanup_debris, file_snapshot
 from tablettracker_backups.crashpoints import Stage, crash_point
-from tablettracker_backups.encryption import Identity, missing_identity, unseal_metadata
+from tablettracker_backups.encryption import Identity
 from tablettracker_backups.errors import (
     AgeIdentityError,
     BackupError,
     BackupNotFound,
+    DatabaseBusy,
     DatabaseError,
     LockedError,
     MetadataError,
-    OffsiteError,
     RestoreError,
     StorageError,
     VerificationError,
@@ -52,9 +58,18 @@ from tablettracker_backups.fsutil import (
     describe_os_error,
     ensure_private_dir,
     fsync_path,
+    keep_beside,
     remove_quietly,
     temp_path,
 )
+from tablettracker_backups.identity import (
+    DatabaseIdentity,
+    claim_folders,
+    configured_identity,
+    read_identity,
+    same_database,
+)
+from tablettracker_backups.intent import RestoreIntent
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     REGULAR_KINDS,
@@ -63,23 +78,28 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
+from tablettracker_backups.overwrite import HeldDatabase
+from tablettracker_backups.preview import RestorePreview, TableDiff, preview_restore
 from tablettracker_backups.progress import StageProgress, for_stage
-from tablettracker_backups.settings import Settings
+from tablettracker_backups.restore_points import RestoreEvent, record_restore
+from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.snapshot import (
+    SnapshotInfo,
     SqliteFailure,
     check_sqlite_file,
     classify_sqlite_error,
     connect,
     copy_database,
+    describe_copy,
+    inspect_database,
     integrity,
     read_transaction,
     row_counts,
     schema_fingerprint,
 )
-from tablettracker_backups.states import CopyStatus, TableChange
+from tablettracker_backups.sound_copy import extract_sound_copy, resolve_backup
 from tablettracker_backups.status import update_status
-from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
-from tablettracker_backups.verify import extract_verified
+from tablettracker_backups.store import BackupInfo, BackupStore
 
 logger = logging.getLogger(__name__)
 
@@ -87,90 +107,14 @@ logger = logging.getLogger(__name__)
 #: ``safety-compress`` (bytes) for the safety snapshot, ``write`` (pages), ``check`` (0 or 1 of
 #: 1); ``rollback`` (pages) only if the check failed.
 RestoreProgress = StageProgress
-#: Test seam: called with the target path after the write and before the check afterwards.
-AfterWriteHook = Callable[[Path], None]
+#: Test seam: called under the restore's lock after the write and before the check, with the
+#: target and the connection holding the lock (None for a new or empty target, not held).
+AfterWriteHook = Callable[[Path, "sqlite3.Connection | None"], None]
 #: How the rollback's notes start in a failed restore's ``fell_back`` (after the restore's own).
 ROLLBACK_NOTE = "rollback: "
 
 #: Files SQLite keeps beside a database; a stale one next to a missing database is refused.
 SIDE_FILES = ("-wal", "-shm", "-journal")
-
-
-@dataclass(frozen=True)
-class TableDiff:
-    """One table's row counts in the backup and in the live database.
-
-    ``status`` is ``added`` (only in the backup: the restore brings it back), ``removed`` (only
-    in the live database: the restore drops it), ``changed`` (row counts differ) or ``same``
-    (equal row counts; the rows themselves may still differ).
-    """
-
-    name: str
-    backup_rows: int | None
-    live_rows: int | None
-    status: TableChange
-
-    @property
-    def delta(self) -> int:
-        """Rows the restore adds (positive) or takes out of the live database (negative)."""
-        return (self.backup_rows or 0) - (self.live_rows or 0)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return dataclasses.asdict(self)
-
-
-@dataclass(frozen=True)
-class RestorePreview:
-    """What restoring a backup would change, computed without changing anything.
-
-    ``schema_changed`` is true when the live database exists and its schema fingerprint differs
-    from the backup's.
-    """
-
-    backup_id: str
-    created_at: datetime
-    tables: tuple[TableDiff, ...]
-    schema_changed: bool
-    live_exists: bool
-    #: Which kind of backup this is: a ``pre-restore`` safety snapshot holds the data as it was
-    #: just before an earlier restore, not a scheduled or manual backup.
-    kind: str = "unknown"
-    label: str | None = None
-    #: The snapshot holds damaged data (the live database failed integrity_check then).
-    source_damaged: bool = False
-    foreign_key_violations: int = 0
-    #: Tables the backup could not count, and why (a virtual table's module not loaded).
-    not_counted: dict[str, str] = field(default_factory=dict)
-
-    def describe(self) -> str:
-        """What is being restored, in words: ``manual backup``, ``safety snapshot ...``."""
-        if self.kind == "pre-restore":
-            return "safety snapshot (the data as it was just before an earlier restore)"
-        return f"{self.kind} backup"
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (``restore ID --preview --json``)."""
-        return {
-            "backup_id": self.backup_id,
-            "created_at": utc_iso(self.created_at),
-            "kind": self.kind,
-            "label": self.label,
-            "source_damaged": self.source_damaged,
-            "foreign_key_violations": self.foreign_key_violations,
-            "not_counted": dict(self.not_counted),
-            "tables": [table.to_dict() for table in self.tables],
-            "schema_changed": self.schema_changed,
-            "live_exists": self.live_exists,
-        }
-
-    def by_impact(self) -> list[TableDiff]:
-        """The tables, those the restore changes most first (a dropped or brought-back table
-        counts with all its rows); tables it leaves at the same row count last, by name."""
-        return sorted(
-            self.tables,
-            key=lambda t: (t.status == TableChange.SAME, -abs(t.delta), t.name),
-        )
 
 
 @dataclass(frozen=True)
@@ -188,6 +132,10 @@ class RestoreResult:
     safety_snapshot_id: str | None
     fell_back: tuple[str, ...]
     durations: dict[str, float]
+    #: A ``--to`` target's previous content, kept beside it (a plain SQLite file).
+    safety_kept: str | None = None
+    #: Done, but with something left for the next run (a safety copy not filed yet).
+    warnings: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (``restore --json``, the web pages, the audit log)."""
@@ -196,131 +144,11 @@ class RestoreResult:
             "source_location": self.source_location,
             "target": str(self.target),
             "safety_snapshot_id": self.safety_snapshot_id,
+            "safety_kept": self.safety_kept,
             "fell_back": list(self.fell_back),
+            "warnings": list(self.warnings),
             "durations": dict(self.durations),
         }
-
-
-# -- choosing the backup ---------------------------------------------------------------------
-
-
-def resolve_backup(store: BackupStore, backup_id: str) -> BackupInfo:
-    """The backup named by ``backup_id``, or for ``latest`` the newest good regular backup
-    (never a pre-restore safety snapshot, never one of damaged data).
-
-    Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, or :class:`RestoreError` when no
-    copy's metadata can be read.
-    """
-    try:
-        info = store.latest() if backup_id == "latest" else store.get(validate_backup_id(backup_id))
-    except BackupNotFound as missing:
-        # No local copy at all: the offsite store, when configured, is the last place to look.
-        info = _offsite_info(store.settings, backup_id, missing)
-    if info.metadata is None:
-        raise RestoreError(
-            f"backup {info.id} cannot be restored: no copy has readable metadata "
-            f"({'; '.join(info.problems) or 'unknown problem'})"
-        )
-    return info
-
-
-def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -> BackupInfo:
-    """The backup as the offsite store has it; re-raises ``missing`` when there is none."""
-    if settings.s3 is None:
-        raise missing
-    try:
-        offsite = OffsiteStore.from_settings(settings)
-        listed = offsite.complete_ids()
-        if backup_id == "latest":
-            meta = _newest_good_offsite(offsite, listed)
-            if meta is None:
-                raise missing
-        elif backup_id not in listed:
-            raise missing
-        else:
-            meta = offsite.read_metadata(backup_id)
-    except (OffsiteError, MetadataError) as exc:
-        raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from None
-    return BackupInfo(
-        id=meta.id,
-        created_at=meta.created_at,
-        metadata=meta,
-        copies=(CopyState("offsite", CopyStatus.OK),),
-        verified=meta.verification.ok,
-    )
-
-
-def _newest_good_offsite(offsite: OffsiteStore, listed: list[str]) -> BackupMetadata | None:
-    """``latest`` among offsite backups (newest first): a regular one of undamaged data."""
-    for candidate in listed:
-        try:
-            meta = offsite.read_metadata(candidate)
-        except MetadataError:
-            continue
-        if meta.kind in REGULAR_KINDS and not meta.source_damaged and meta.verification.ok:
-            return meta
-    return None
-
-
-# -- preview -----------------------------------------------------------------------------------
-
-
-def preview_restore(
-    settings: Settings, backup_id: str, *, identity: Identity | None = None
-) -> RestorePreview:
-    """Per-table row counts of a backup (from its metadata) against the live database.
-
-    An encrypted backup known only from the offsite store keeps its row counts sealed:
-    ``identity`` opens them. Changes nothing and takes no lock. Raises
-    :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`RestoreError` (unreadable
-    metadata), :class:`AgeIdentityError` (sealed counts without a fitting identity) or
-    :class:`DatabaseError` (live database unreadable).
-    """
-    BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
-    info = resolve_backup(BackupStore(settings), backup_id)
-    meta = info.metadata
-    assert meta is not None  # resolve_backup guarantees it
-    if meta.encryption is not None and not meta.row_counts and not meta.source.path:
-        # The offsite copy's public metadata: without its sealed counts every live table
-        # would look "removed".
-        if identity is None:
-            raise missing_identity(f"offsite backup {meta.id}", meta.encryption)
-        meta = unseal_metadata(meta, identity)
-    live = settings.database
-    live_exists = _has_data(live)
-    live_counts: dict[str, int] = {}
-    schema_changed = False
-    if live_exists:
-        check_sqlite_file(live)
-        try:
-            with closing(connect(live, busy_timeout=settings.busy_timeout, uri_mode="ro")) as conn:
-                live_counts = row_counts(conn)
-                schema_changed = schema_fingerprint(conn) != meta.schema_fingerprint
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot read the live database {live}: {exc}") from None
-    tables = []
-    for name in sorted(set(meta.row_counts) | set(live_counts)):
-        in_backup = meta.row_counts.get(name)
-        in_live = live_counts.get(name)
-        if in_live is None:
-            status = TableChange.ADDED
-        elif in_backup is None:
-            status = TableChange.REMOVED
-        else:
-            status = TableChange.SAME if in_backup == in_live else TableChange.CHANGED
-        tables.append(TableDiff(name, in_backup, in_live, status))
-    return RestorePreview(
-        info.id,
-        meta.created_at,
-        tuple(tables),
-        schema_changed,
-        live_exists,
-        kind=meta.kind,
-        label=meta.label,
-        source_damaged=meta.source_damaged,
-        foreign_key_violations=meta.findings.foreign_key_violations,
-        not_counted=dict(meta.findings.not_counted),
-    )
 
 
 # -- restore -----------------------------------------------------------------------------------
@@ -334,8 +162,12 @@ class _Attempt:
     target: Path
     source_location: str | None = None
     safety_snapshot_id: str | None = None
+    #: A ``--to`` target's previous content, kept beside it as a plain SQLite file.
+    safety_kept: str | None = None
     fell_back: list[str] = field(default_factory=list)
     durations: dict[str, float] = field(default_factory=dict)
+    #: Trouble after the restore itself succeeded (its safety copy could not be filed yet).
+    warnings: list[str] = field(default_factory=list)
 
     def details(self) -> dict[str, Any]:
         return {
@@ -343,9 +175,26 @@ class _Attempt:
             "target": str(self.target),
             "source_location": self.source_location,
             "safety_snapshot_id": self.safety_snapshot_id,
+            "safety_kept": self.safety_kept,
             "fell_back": list(self.fell_back),
             "durations": dict(self.durations),
         }
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One restore's fixed facts, passed down the steps below."""
+
+    settings: Settings
+    #: The folders the target's safety snapshot is filed in: the target's own (None for a
+    #: ``--to`` target, whose previous content is kept beside it).
+    own: Settings | None
+    target: Path
+    live: bool
+    actor: str
+    identity: Identity | None
+    progress: RestoreProgress | None
+    after_write: AfterWriteHook | None
 
 
 def restore_backup(
@@ -356,16 +205,23 @@ def restore_backup(
     actor: str = "cli",
     identity: Identity | None = None,
     progress: RestoreProgress | None = None,
+    from_database: str | None = None,
+    target_settings: Settings | None = None,
     _after_write: AfterWriteHook | None = None,
 ) -> RestoreResult:
     """Restore ``backup_id`` (or ``latest``) into the live database, or into ``to``.
 
     ``to`` names another file (new, or an existing SQLite file that is overwritten the same
-    safe way); the live database is then left alone. ``actor`` is recorded in the audit log.
-    ``identity`` opens encrypted copies; with ``BACKUPS_ENCRYPT=all`` it is required up front,
-    since the safety snapshot is encrypted too and undoing a failed restore must open it.
-    ``_after_write`` is a test seam only: it runs after the write and before the check
-    afterwards, so tests can inject a real fault there; applications never pass it.
+    safe way, its previous content kept beside it); the live database is then left alone.
+    The backup folder must belong to the database restored into (its ``database.json``), as for
+    a backup; restoring another database's backup into it is deliberate: ``from_database``
+    names the database the folder belongs to, and the target's safety snapshot is filed in
+    the target's own folders (``target_settings``; default: the target's default folder).
+    ``actor`` is recorded in the audit log. ``identity`` opens encrypted copies; with
+    ``BACKUPS_ENCRYPT=all`` it is required up front, since the safety snapshot is encrypted too
+    and undoing a failed restore must open it. ``_after_write`` is a test seam only: it runs
+    under the restore's lock after the write and before the check, given the target and the
+    connection holding the lock, so tests can inject a real fault there.
 
     Raises :class:`InvalidBackupId`, :class:`BackupNotFound`, :class:`LockedError`,
     :class:`AgeIdentityError` (nothing was changed), or :class:`RestoreError` whose message says
@@ -373,7 +229,17 @@ def restore_backup(
     (after the lock is released).
     """
     try:
-        result = _restore(settings, backup_id, to, actor, identity, progress, _after_write)
+        result = _restore(
+            settings,
+            backup_id,
+            to,
+            actor,
+            identity,
+            progress,
+            from_database,
+            target_settings,
+            _after_write,
+        )
     except RestoreError as exc:
         notify.send(settings, [notify.restore_failed(settings, backup_id, str(exc))])
         raise
@@ -395,7 +261,9 @@ def _restore(
     actor: str,
     identity: Identity | None,
     progress: RestoreProgress | None,
-    _after_write: AfterWriteHook | None,
+    from_database: str | None,
+    target_settings: Settings | None,
+    after_write: AfterWriteHook | None,
 ) -> RestoreResult:
     started = time.monotonic()
     if identity is None and settings.encryption is not None and settings.encryption.local:
@@ -409,33 +277,43 @@ def _restore(
     if backup_id != "latest":
         validate_backup_id(backup_id)
     BackupStore(settings).require_folder()  # a typo in the folder: refuse, create nothing
-    with operation_lock(settings):
+    _check_target_kind(target)
+    own = _own_folders(
+        settings, target, is_live and _has_data(target), from_database, target_settings
+    )
+    with ExitStack() as locks:
+        locks.enter_context(operation_lock(settings))
         cleanup_debris(settings)
+        if own is not None and own.backup_dir != settings.backup_dir:
+            # Another database's folder is read; the target's own folder gets its safety
+            # snapshot, so nothing may run there meanwhile either.
+            locks.enter_context(operation_lock(own))
+            cleanup_debris(own)
+            claim_folders(own)
         store = BackupStore(settings)
         info = resolve_backup(store, backup_id)
+        job = _Job(settings, own, target, is_live, actor, identity, progress, after_write)
         attempt = _Attempt(info.id, target)
         try:
-            _restore_locked(
-                settings,
-                store,
-                info,
-                target,
-                is_live,
-                attempt,
-                actor,
-                identity,
-                progress,
-                _after_write,
-            )
+            record = intent.begin(settings, backup_id=info.id, target=target, live=is_live)
+        except StorageError as exc:
+            # A restore that a kill could leave untraced must not start.
+            raise RestoreError(
+                f"could not record the restore in {settings.state_dir} ({exc}); nothing was changed"
+            ) from exc
+        try:
+            record = _restore_locked(job, store, info, attempt, record)
         except (LockedError, AgeIdentityError):
+            _clear_unless_unfinished(settings)
             raise
         except BaseException as exc:
             attempt.durations["total"] = round(time.monotonic() - started, 4)
             message = str(exc) if isinstance(exc, BackupError) else f"interrupted: {exc!r}"
             _audit(settings, actor, attempt, ok=False, message=message)
+            _clear_unless_unfinished(settings)
             if isinstance(exc, RestoreError) or not isinstance(exc, BackupError):
                 raise
-            raise RestoreError(f"restore of {info.id} failed: {exc}") from None
+            raise RestoreError(f"restore of {info.id} failed: {exc}") from exc
         attempt.durations["total"] = round(time.monotonic() - started, 4)
         assert attempt.source_location is not None
         result = RestoreResult(
@@ -445,27 +323,105 @@ def _restore(
             safety_snapshot_id=attempt.safety_snapshot_id,
             fell_back=tuple(attempt.fell_back),
             durations=dict(attempt.durations),
+            safety_kept=attempt.safety_kept,
+            warnings=tuple(attempt.warnings),
         )
         _audit(settings, actor, attempt, ok=True, message=f"restored {info.id} into {target}")
         if is_live:
             _remember_live_restore(settings, result, actor)
+        if record.unfinished is None:
+            intent.clear(settings)
         logger.info("restored %s into %s", info.id, target)
         return result
 
 
+def _clear_unless_unfinished(settings: Settings) -> None:
+    """The restore ended and said how: forget its record, unless it left work for the next
+    run (a safety copy it could not file)."""
+    try:
+        record = intent.read(settings)
+    except StorageError:
+        record = None
+    if record is None or record.unfinished is None:
+        intent.clear(settings)
+
+
+def _own_folders(
+    settings: Settings,
+    target: Path,
+    overwrites_live: bool,
+    from_database: str | None,
+    target_settings: Settings | None,
+) -> Settings | None:
+    """The settings whose folders get the target's safety snapshot (None for a ``--to`` file).
+
+    Refuses, in one line naming both, a backup folder that belongs to another database than
+    the live one it would overwrite, unless ``from_database`` names that database: restoring
+    one database's backup into another is done on purpose, never by a mistyped folder. A live
+    database that does not exist yet (or is empty) is being recovered: any folder will do.
+    """
+    is_live = overwrites_live
+    recorded = _folder_owner(settings)
+    if from_database is not None:
+        if recorded is None or recorded.name != from_database:
+            owner = recorded.describe() if recorded else "no database (it has no database.json)"
+            raise RestoreError(
+                f"--from-database {from_database}: backup folder {settings.backup_dir} belongs "
+                f"to {owner}; nothing was changed"
+            )
+        if not is_live:
+            return None
+        own = target_settings or own_settings(settings, target)
+        if os.path.realpath(own.backup_dir) == os.path.realpath(settings.backup_dir):
+            raise RestoreError(
+                f"the safety snapshot of {target} would go into {settings.backup_dir}, which "
+                f"belongs to {recorded.describe()}; give {target}'s own backup folder "
+                "(BACKUPS_DIR); nothing was changed"
+            )
+        return own
+    if not is_live:
+        return None
+    if recorded is not None and not same_database(recorded, settings):
+        raise RestoreError(
+            f"backup folder {settings.backup_dir} belongs to database {recorded.describe()}, not "
+            f"{configured_identity(settings).describe()}; nothing was changed. To restore a "
+            f"backup of {recorded.name!r} into it on purpose: add --from-database "
+            f"{recorded.name}"
+        )
+    return settings
+
+
+def _folder_owner(settings: Settings) -> DatabaseIdentity | None:
+    try:
+        return read_identity(settings.backup_dir)
+    except StorageError as exc:
+        raise RestoreError(f"{exc}; nothing was changed") from exc
+
+
+def own_settings(settings: Settings, database: Path) -> Settings:
+    """Settings for ``database`` in its own default backup folder (no secondary, no offsite):
+    where its safety snapshot goes when another database's backup is restored into it."""
+    return settings_from_mapping(
+        {"database": database, "busy_timeout": settings.busy_timeout, "compression": "zstd"}
+    )
+
+
 def _remember_live_restore(settings: Settings, result: RestoreResult, actor: str) -> None:
     """Note in the status file which backup the live database now comes from (the dashboard
-    shows it without reading the audit log); a failure here must not fail the restore."""
+    shows it without reading the audit log), and put the restore on the timeline ``--at``
+    reads; a failure here must not fail the restore."""
+    now = datetime.now(timezone.utc)
     try:
         update_status(
             settings,
             last_restore={
                 "backup_id": result.backup_id,
-                "at": utc_iso(datetime.now(timezone.utc)),
+                "at": utc_iso(now),
                 "actor": actor,
                 "safety_snapshot_id": result.safety_snapshot_id,
             },
         )
+        record_restore(settings, RestoreEvent(now, result.backup_id, result.safety_snapshot_id))
     except StorageError as exc:
         logger.warning(
             "could not note the restore of %s in the status file: %s", result.backup_id, exc
@@ -473,17 +429,13 @@ def _remember_live_restore(settings: Settings, result: RestoreResult, actor: str
 
 
 def _restore_locked(
-    settings: Settings,
+    job: _Job,
     store: BackupStore,
     info: BackupInfo,
-    target: Path,
-    is_live: bool,
     attempt: _Attempt,
-    actor: str,
-    identity: Identity | None,
-    progress: RestoreProgress | None,
-    after_write: AfterWriteHook | None,
-) -> None:
+    record: RestoreIntent,
+) -> RestoreIntent:
+    target = job.target
     # Refuse an unusable target before spending time on the backup.
     existed = target.exists()
     if existed:
@@ -491,279 +443,341 @@ def _restore_locked(
     else:
         _check_no_leftovers(target)
     begun = time.monotonic()
-    scratch, location, meta = _extract_sound_copy(store, info.id, attempt, identity, progress)
+    scratch, location, meta = extract_sound_copy(
+        store, info.id, attempt.fell_back, job.identity, job.progress
+    )
     attempt.source_location = location
     attempt.durations["verify"] = round(time.monotonic() - begun, 4)
     try:
-        wal = meta.source.journal_mode.lower() == "wal"
-        begun = time.monotonic()
-        # A file that did not exist has no reader to keep consistent: the checked scratch file
-        # itself becomes it (a hard link), saving a page-by-page copy of the whole database.
-        placed = not existed and _link_into_place(scratch, target, wal=wal)
-        if not existed and not placed:
-            _create_empty(target)
-        safety: BackupMetadata | None = None
         if existed and _has_data(target):
-            begun = time.monotonic()
-            safety = _safety_snapshot(settings, target, is_live, actor, progress)
-            attempt.safety_snapshot_id = safety.id
-            attempt.durations["safety_snapshot"] = round(time.monotonic() - begun, 4)
-            begun = time.monotonic()
-        try:
-            if placed:
-                if progress is not None:
-                    progress("write", 1, 1)
-            else:
-                _write(
-                    scratch,
-                    target,
-                    timeout=settings.busy_timeout,
-                    progress=for_stage(progress, "write"),
-                    wal_if_new=not existed and wal,
-                    stage=Stage.RESTORE_WRITE,  # pragma: no mutate
-                )
-        except BaseException as exc:
-            # The backup API rolled its transaction back, so only a file we created remains.
-            if not existed:
-                _remove_database(target)
-            if not isinstance(exc, BackupError):
-                raise
-            state = "the new file was removed" if not existed else f"{target} was not changed"
-            raise RestoreError(
-                f"could not write backup {info.id} into {target}: {exc}; {state}"
-            ) from None
-        attempt.durations["write"] = round(time.monotonic() - begun, 4)
-        if after_write is not None:
-            after_write(target)
-        crash_point(Stage.RESTORE_POST_CHECK)  # pragma: no mutate
-        begun = time.monotonic()
-        try:
-            _check_after(target, meta, timeout=settings.busy_timeout, linked=placed)
-        except BackupError as exc:
-            attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
-            _undo(store, target, existed, safety, str(exc), info.id, attempt, identity, progress)
-        attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
-        if progress is not None:
-            progress("check", 1, 1)
+            return _restore_over(job, scratch, meta, attempt, record)
+        _restore_into_empty(job, scratch, meta, attempt, existed=existed)
+        return record
     finally:
         remove_quietly(scratch)
 
 
-def _extract_sound_copy(
-    store: BackupStore,
-    backup_id: str,
-    attempt: _Attempt,
-    identity: Identity | None,
-    progress: RestoreProgress | None,
-    *,
-    use_offsite: bool = True,
-) -> tuple[Path, str, BackupMetadata]:
-    """Decompress and fully check copies, primary first, then (``use_offsite``) the offsite
-    copy, until one is sound.
-
-    Returns (scratch file, location, that copy's metadata). Raises :class:`RestoreError` when
-    no copy is sound, :class:`AgeIdentityError` when an encrypted local copy cannot be opened
-    (a missing or wrong key is not a damaged copy); nothing outside the backup folders has
-    been touched then.
-    """
-    # Copies that could not be checked for lack of space or I/O trouble are not "unsound".
-    unchecked = 0
-    for location, folder in store.locations.items():
-        try:
-            meta = store.read_metadata(location, backup_id)
-        except BackupNotFound:
-            attempt.fell_back.append(f"{location} copy is missing")
-            continue
-        except (MetadataError, StorageError) as exc:
-            attempt.fell_back.append(f"{location} copy skipped: {exc}")
-            continue
-        scratch = temp_path(folder, f"{backup_id}.restore.db")
-        done = 0
-
-        def on_bytes(size: int, total: int = meta.raw_size) -> None:
-            nonlocal done
-            done += size
+def _restore_into_empty(
+    job: _Job, scratch: Path, meta: BackupMetadata, attempt: _Attempt, *, existed: bool
+) -> None:
+    """A new file, or an empty one: there is nothing to keep, so no safety copy and no hold."""
+    target, settings, progress = job.target, job.settings, job.progress
+    wal = meta.source.journal_mode.lower() == "wal"
+    begun = time.monotonic()
+    # A file that did not exist has no reader to keep consistent: the checked scratch file
+    # itself becomes it (a hard link), saving a page-by-page copy of the whole database.
+    placed = not existed and _link_into_place(scratch, target, wal=wal)
+    if not existed and not placed:
+        _create_empty(target)
+    try:
+        if placed:
             if progress is not None:
-                progress("verify", done, total)
-
-        try:
-            # Not full: equal SHA-256s prove the bytes; the data checks are verify's job.
-            extract_verified(
-                store.data_path_for(location, meta),
-                meta,
+                progress("write", 1, 1)
+        else:
+            _write(
                 scratch,
-                identity=identity,
-                progress=on_bytes,
-                full=False,
+                target,
+                timeout=settings.busy_timeout,
+                progress=for_stage(progress, "write"),
+                wal_if_new=not existed and wal,
+                stage=Stage.RESTORE_WRITE,  # pragma: no mutate
             )
-        except (VerificationError, StorageError) as exc:
-            unchecked += isinstance(exc, StorageError)
-            attempt.fell_back.append(f"{location} copy skipped: {exc}")
-            logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
-            continue
-        return scratch, location, meta
-    offsite = (
-        _extract_offsite_copy(store, backup_id, attempt, identity, progress)
-        if use_offsite
-        else None
-    )
-    if offsite is not None:
-        return offsite
-    if unchecked and unchecked == len(attempt.fell_back):
+    except BaseException as exc:
+        # The backup API rolled its transaction back, so only a file we created remains.
+        if not existed:
+            _remove_database(target)
+        if not isinstance(exc, BackupError):
+            raise
+        state = "the new file was removed" if not existed else f"{target} was not changed"
         raise RestoreError(
-            f"could not check backup {backup_id} (no room or I/O trouble; the backup itself "
-            "was not found damaged); nothing was changed (" + "; ".join(attempt.fell_back) + ")"
-        )
-    raise RestoreError(
-        f"no sound copy of backup {backup_id}; nothing was changed ("
-        + "; ".join(attempt.fell_back or ["no copies"])
-        + ")"
-    )
-
-
-def _extract_offsite_copy(
-    store: BackupStore,
-    backup_id: str,
-    attempt: _Attempt,
-    identity: Identity | None,
-    progress: RestoreProgress | None,
-) -> tuple[Path, str, BackupMetadata] | None:
-    """The last fallback: download the offsite copy and check it like a local one.
-
-    Returns ``None`` (and notes why in ``attempt``) when there is no usable offsite copy,
-    including an encrypted one that ``identity`` (missing or another key) cannot open.
-    """
-    settings = store.settings
-    if settings.s3 is None:
-        return None
-    ensure_private_dir(settings.backup_dir)
-    scratch = temp_path(settings.backup_dir, f"{backup_id}.restore.db")
-    done = 0
-    total = 1
-
-    def on_bytes(size: int) -> None:
-        nonlocal done
-        done += size
-        if progress is not None:
-            progress("download", done, total)
-
+            f"could not write backup {meta.id} into {target}: {exc}; {state}"
+        ) from exc
+    attempt.durations["write"] = round(time.monotonic() - begun, 4)
+    if job.after_write is not None:
+        job.after_write(target, None)
+    crash_point(Stage.RESTORE_POST_CHECK)  # pragma: no mutate
+    begun = time.monotonic()
     try:
-        offsite = OffsiteStore.from_settings(settings)
-        total = max(offsite.read_metadata(backup_id).stored_size, 1)
-        meta = offsite.fetch_verified(backup_id, scratch, identity=identity, progress=on_bytes)
-    except (
-        VerificationError,
-        MetadataError,
-        BackupNotFound,
-        OffsiteError,
-        StorageError,
-        AgeIdentityError,
-    ) as exc:
-        remove_quietly(scratch)
-        attempt.fell_back.append(f"offsite copy skipped: {exc}")
-        logger.warning("restore of %s: the offsite copy is not usable: %s", backup_id, exc)
-        return None
-    attempt.fell_back.append("restored from the offsite copy")
-    return scratch, "offsite", meta
-
-
-def _safety_snapshot(
-    settings: Settings,
-    target: Path,
-    is_live: bool,
-    actor: str,
-    progress: RestoreProgress | None,
-) -> BackupMetadata:
-    source_settings = settings if is_live else dataclasses.replace(settings, database=target)
-    stage = (
-        (lambda name, done, total: progress(f"safety-{name}", done, total)) if progress else None
-    )
-    try:
-        result = create_backup(
-            source_settings,
-            kind="pre-restore",
-            trigger=actor,
-            progress=stage,
-            lock=False,
-            notify_owner=False,
-        )
-    except LockedError:
-        raise
+        _check_after(target, meta, timeout=settings.busy_timeout, linked=placed)
     except BackupError as exc:
-        raise RestoreError(
-            f"could not take a safety snapshot of {target} ({exc}); nothing was changed. "
-            "If that database is damaged beyond a snapshot, move it aside (with any -wal, -shm "
+        attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
+        first = f"backup {meta.id} was written into {target} but the check afterwards failed: {exc}"
+        if not existed:
+            _remove_database(target)
+            raise RestoreError(f"{first}; the new file was removed") from exc
+        _empty_database(target)
+        raise RestoreError(f"{first}; {target} was emptied again, as it was before") from exc
+    attempt.durations["post_check"] = round(time.monotonic() - begun, 4)
+    if progress is not None:
+        progress("check", 1, 1)
+
+
+def _restore_over(
+    job: _Job, scratch: Path, meta: BackupMetadata, attempt: _Attempt, record: RestoreIntent
+) -> RestoreIntent:
+    """Overwrite a database that has data, under one hold of its write lock: copy what it
+    holds, write the backup, check it (or put the copy back), release; then file the copy."""
+    settings, target, progress = job.settings, job.target, job.progress
+    folder = job.own.backup_dir if job.own is not None else target.parent
+    if job.own is not None:
+        ensure_private_dir(folder)
+    safety = _scratch_copy(folder, "before")
+    record = intent.advance(
+        settings,
+        record,
+        intent.HOLD,
+        safety_copy=str(safety),
+        extra={"safety_dir": str(folder), "kept_beside_target": job.own is None},
+    )
+    failure: BackupError | None = None
+    undo_failure: BackupError | None = None
+    after_failed: Path | None = None
+    copied: SnapshotInfo | None = None
+    written = False
+    try:
+        with _held(target, settings.busy_timeout) as held:
+            stage_begun = time.monotonic()
+
+            def on_captured(info: SnapshotInfo) -> None:
+                nonlocal record, stage_begun, copied
+                copied = info
+                now = time.monotonic()
+                attempt.durations["safety_snapshot"] = round(now - stage_begun, 4)
+                stage_begun = now
+                record = intent.advance(
+                    settings,
+                    record,
+                    intent.WRITE,
+                    safety_copied=True,
+                    journal_mode=held.journal_mode,
+                )
+
+            record = intent.advance(
+                settings,
+                record,
+                intent.SAFETY_COPY,
+                journal_mode=held.journal_mode,
+                durable=False,  # the app waits; the record of "hold" already says enough
+            )
+            try:
+                held.replace(
+                    scratch,
+                    capture=safety,
+                    progress=for_stage(progress, "write"),
+                    capture_progress=for_stage(progress, "safety-snapshot"),
+                    on_captured=on_captured,
+                    stage=Stage.RESTORE_WRITE,  # pragma: no mutate
+                )
+            except BackupError as exc:
+                raise _not_written(meta.id, target, exc, captured=copied is not None) from exc
+            written = True
+            attempt.durations["write"] = round(time.monotonic() - stage_begun, 4)
+            if job.after_write is not None:
+                job.after_write(target, held.conn)
+            crash_point(Stage.RESTORE_POST_CHECK)  # pragma: no mutate
+            record = intent.advance(settings, record, intent.CHECK, durable=False)
+            stage_begun = time.monotonic()
+            try:
+                held.check(lambda conn: _verify_restored(conn, meta, target))
+            except BackupError as exc:
+                failure = exc
+                attempt.durations["post_check"] = round(time.monotonic() - stage_begun, 4)
+                record = intent.advance(settings, record, intent.ROLLBACK)
+                stage_begun = time.monotonic()
+                # In WAL mode an app write may have slipped in after the commit: copy what is
+                # overwritten now too, so even that is never lost.
+                after_failed = _scratch_copy(folder, "after-failed-restore") if held.wal else None
+                record = intent.advance(
+                    settings,
+                    record,
+                    intent.ROLLBACK,
+                    extra={**record.extra, "after_failed": after_failed and str(after_failed)},
+                )
+
+                def on_rollback_captured(_: SnapshotInfo) -> None:
+                    nonlocal record
+                    record = intent.advance(
+                        settings,
+                        record,
+                        intent.ROLLBACK,
+                        extra={**record.extra, "after_failed_done": True},
+                    )
+
+                try:
+                    _put_back(held, safety, after_failed, progress, on_rollback_captured)
+                except BackupError as second:
+                    undo_failure = second
+                attempt.durations["rollback"] = round(time.monotonic() - stage_begun, 4)
+            else:
+                attempt.durations["post_check"] = round(time.monotonic() - stage_begun, 4)
+                if progress is not None:
+                    progress("check", 1, 1)
+        attempt.durations["hold"] = round(held.held_seconds, 4)
+    except BaseException:
+        if not written or copied is None:
+            # Nothing was written (the write's transaction rolled back): the copy of the
+            # unchanged database is not needed.
+            remove_quietly(safety)
+            raise
+        # The target was overwritten: whatever went wrong since, what it held is kept.
+        _keep_copies(job, attempt, record, safety, copied, after_failed)
+        raise
+    record = intent.advance(settings, record, intent.RELEASED)
+    crash_point(Stage.RESTORE_RELEASED)  # pragma: no mutate
+    begun = time.monotonic()
+    if copied is None:  # pragma: no cover - replace() returns only after the copy
+        raise RestoreError(f"the safety copy of {target} was not made")
+    record = _keep_copies(job, attempt, record, safety, copied, after_failed)
+    attempt.durations["safety_file"] = round(time.monotonic() - begun, 4)
+    if failure is not None:
+        raise RestoreError(_failure_message(meta.id, target, failure, undo_failure, attempt))
+    return record
+
+
+@contextmanager
+def _held(target: Path, busy_timeout: float) -> Iterator[HeldDatabase]:
+    """The target under the restore's write lock; a lock that cannot be had is one line."""
+    held = HeldDatabase(target, busy_timeout=busy_timeout)
+    try:
+        held.__enter__()
+    except DatabaseBusy as exc:
+        raise _not_written("", target, exc, captured=False) from exc
+    except DatabaseError as exc:
+        raise RestoreError(f"cannot restore into {target}: {exc}; nothing was changed") from exc
+    try:
+        yield held
+    except BaseException as exc:
+        held.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    held.__exit__(None, None, None)
+
+
+def _not_written(backup_id: str, target: Path, exc: BackupError, *, captured: bool) -> RestoreError:
+    """Why a restore wrote nothing: the lock, the safety copy, or the write itself."""
+    text = str(exc)
+    if isinstance(exc, DatabaseBusy):
+        # Busy is not damage: no advice to move a live database aside.
+        return RestoreError(
+            f"{text}; nothing was changed: try again when the app is less busy (or raise "
+            "BACKUPS_BUSY_TIMEOUT)"
+        )
+    if not captured:
+        return RestoreError(
+            f"could not take a safety snapshot of {target} ({text}); nothing was changed. If "
+            "that database is damaged beyond a snapshot, move it aside (with any -wal, -shm "
             "and -journal file beside it) and restore again"
-        ) from None
-    for warning in result.warnings:
-        logger.warning("safety snapshot %s: %s", result.metadata.id, warning)
-    crash_point(Stage.SAFETY_SNAPSHOT)  # pragma: no mutate
-    return result.metadata
+        )
+    return RestoreError(
+        f"could not write backup {backup_id} into {target}: {text}; {target} was not changed"
+    )
 
 
-def _undo(
-    store: BackupStore,
-    target: Path,
-    existed: bool,
-    safety: BackupMetadata | None,
-    failure: str,
-    backup_id: str,
-    attempt: _Attempt,
-    identity: Identity | None,
+def _scratch_copy(folder: Path, tag: str) -> Path:
+    """A new scratch name for a copy of the target (never ``.tmp-*``: see intent.SAFETY_PREFIX)."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return folder / f"{intent.SAFETY_PREFIX}{stamp}-{secrets.token_hex(3)}-{tag}.db"
+
+
+def _put_back(
+    held: HeldDatabase,
+    safety: Path,
+    capture: Path | None,
     progress: RestoreProgress | None,
-) -> NoReturn:
-    """Put the target back as it was after a failed check; always raises RestoreError."""
+    on_captured: Callable[[SnapshotInfo], None],
+) -> None:
+    """Write the safety copy back under the same hold and check it; raises BackupError."""
+    expected = inspect_database(safety, full=False)
+    held.replace(
+        safety,
+        capture=capture,
+        progress=for_stage(progress, "rollback"),
+        on_captured=on_captured,
+        stage=Stage.RESTORE_ROLLBACK,  # pragma: no mutate
+    )
+
+    def verify(conn: sqlite3.Connection) -> None:
+        _compare(conn, held.target, expected.row_counts, expected.schema_fingerprint, quick=True)
+
+    held.check(verify)
+
+
+def _keep_copies(
+    job: _Job,
+    attempt: _Attempt,
+    record: RestoreIntent,
+    safety: Path,
+    copied: SnapshotInfo,
+    after_failed: Path | None,
+) -> RestoreIntent:
+    """File the safety copy as a ``pre-restore`` backup in the target's own folder (or keep a
+    ``--to`` target's beside it), then remove the scratch; trouble leaves the copy and the
+    record, for the next run to finish, and is a warning (the restore itself is done)."""
+    settings = job.settings
+    record = intent.advance(settings, record, intent.FILING)
+    try:
+        if job.own is None:
+            kept = keep_beside(job.target, safety, "before-restore")
+            attempt.safety_kept = str(kept)
+            record = intent.advance(settings, record, intent.FILING, safety_kept=str(kept))
+        else:
+            result = file_snapshot(job.own, safety, copied, kind="pre-restore", trigger=job.actor)
+            attempt.safety_snapshot_id = result.metadata.id
+            record = intent.advance(settings, record, intent.FILING, safety_kept=result.metadata.id)
+            for warning in result.warnings:
+                logger.warning("safety snapshot %s: %s", result.metadata.id, warning)
+            crash_point(Stage.SAFETY_SNAPSHOT)  # pragma: no mutate
+        remove_quietly(safety)
+        if after_failed is not None and after_failed.exists():
+            _file_after_failed(job, attempt, after_failed)
+    except BackupError as exc:
+        note = f"the safety copy of {job.target} could not be kept yet ({exc}); it is at {safety}"
+        logger.warning("%s", note)
+        attempt.warnings.append(f"{note}; the next run files it")
+        return intent.advance(settings, record, intent.FILING, unfinished=note)
+    return record
+
+
+def _file_after_failed(job: _Job, attempt: _Attempt, copy: Path) -> None:
+    """What a failed restore's rollback overwrote (WAL mode), kept in case the app slipped a
+    write in; never needed otherwise, never thrown away."""
+    if job.own is None:
+        kept = keep_beside(job.target, copy, "after-failed-restore")
+        attempt.fell_back.append(f"{ROLLBACK_NOTE}what was overwritten is kept at {kept}")
+        return
+    snap = describe_copy(copy, journal_mode="wal")
+    result = file_snapshot(job.own, copy, snap, kind="pre-restore", trigger=job.actor)
+    remove_quietly(copy)
+    attempt.fell_back.append(
+        f"{ROLLBACK_NOTE}what was overwritten is kept as backup {result.metadata.id}"
+    )
+
+
+def _failure_message(
+    backup_id: str,
+    target: Path,
+    failure: BackupError,
+    undo_failure: BackupError | None,
+    attempt: _Attempt,
+) -> str:
     first = (
         f"backup {backup_id} was written into {target} but the check afterwards failed: {failure}"
     )
-    if safety is None:
-        if not existed:
-            _remove_database(target)
-            raise RestoreError(f"{first}; the new file was removed")
-        _empty_database(target)
-        raise RestoreError(f"{first}; {target} was emptied again, as it was before")
-    begun = time.monotonic()
-    rollback = _Attempt(safety.id, target)
-    scratch: Path | None = None
-    try:
-        # Any sound local copy will do, as for a restore: the snapshot was verified moments
-        # ago, but a folder may have failed since. Not offsite: it was never uploaded, and
-        # asking an unreachable store would keep the database in its failed state longer.
-        try:
-            scratch, _, _ = _extract_sound_copy(
-                store, safety.id, rollback, identity, None, use_offsite=False
-            )
-        except RestoreError:
-            raise RestoreError(
-                f"{first}; the safety snapshot {safety.id} could not be put back: no copy of it "
-                f"could be read as sound ({'; '.join(rollback.fell_back)}). {target} holds "
-                f"what was written from backup {backup_id}: check it (tablettracker-backups "
-                "health), or restore another backup (tablettracker-backups list)"
-            ) from None
-        _write(
-            scratch,
-            target,
-            timeout=store.settings.busy_timeout,
-            progress=for_stage(progress, "rollback"),
-            wal_if_new=False,
-        )
-        _check_after(target, safety, timeout=store.settings.busy_timeout)
-    except RestoreError:
-        raise
-    except BackupError as exc:
-        raise RestoreError(
-            f"{first}; putting the safety snapshot {safety.id} back ALSO failed: {exc}. "
-            f"{target} may be damaged: restore {safety.id} by hand "
-            f"(tablettracker-backups restore {safety.id})"
-        ) from None
-    finally:
-        if scratch is not None:
-            remove_quietly(scratch)
-        attempt.fell_back += [f"{ROLLBACK_NOTE}{note}" for note in rollback.fell_back]
-        attempt.durations["rollback"] = round(time.monotonic() - begun, 4)
-    raise RestoreError(
-        f"{first}; the safety snapshot {safety.id} was put back, so {target} is as it was "
-        "before the restore"
+    if attempt.safety_snapshot_id:
+        where = f"the safety snapshot {attempt.safety_snapshot_id}"
+    elif attempt.safety_kept:
+        where = f"the safety copy {attempt.safety_kept}"
+    else:
+        where = "the safety copy"
+    if undo_failure is None:
+        return f"{first}; {where} was put back, so {target} is as it was before the restore"
+    hint = (
+        f" (tablettracker-backups restore {attempt.safety_snapshot_id})"
+        if attempt.safety_snapshot_id
+        else ""
+    )
+    return (
+        f"{first}; putting {where} back ALSO failed: {undo_failure}. {target} may be damaged: "
+        f"restore it by hand{hint}"
     )
 
 
@@ -779,85 +793,89 @@ def _write(
     wal_if_new: bool,
     stage: Stage | None = None,
 ) -> None:
-    """Copy every page of the checked file ``source`` into ``target`` with the backup API.
-
-    The backup API writes inside one write transaction on ``target``, so other connections see
-    the old or the new content, never a mix; on any error it rolls back and ``target`` is
-    unchanged. Raises :class:`DatabaseError` (busy for ``timeout`` seconds, or refused) or
-    :class:`StorageError`.
-    """
+    """Copy every page of the checked file ``source`` into the new or empty file ``target``
+    with the backup API (one write transaction: on any error ``target`` is unchanged).
+    Raises :class:`DatabaseError` or :class:`StorageError`."""
     with (
         closing(connect(source, uri_mode="ro")) as src,
         closing(connect(target, busy_timeout=timeout)) as dst,
     ):
-        try:
-            mode = str(dst.execute("PRAGMA journal_mode").fetchone()[0]).lower()
-            if mode == "wal":
-                # SQLite can only write a backup through a WAL whose page size matches.
-                source_size = int(src.execute("PRAGMA page_size").fetchone()[0])
-                target_size = int(dst.execute("PRAGMA page_size").fetchone()[0])
-                if source_size != target_size:
-                    raise DatabaseError(
-                        f"{target} is in WAL mode with {target_size}-byte pages but the backup "
-                        f"has {source_size}-byte pages; switch it to journal_mode=DELETE first"
-                    )
-        except sqlite3.Error as exc:
-            raise DatabaseError(f"cannot open {target}: {exc}") from None
         with read_transaction(src, source):
             copy_database(
                 src, dst, timeout=timeout, progress=progress, label=f"{target}", stage=stage
             )
+        if not wal_if_new:
+            return
         try:
-            if wal_if_new:
-                dst.execute("PRAGMA journal_mode=WAL")
-                mode = "wal"
-            if mode == "wal":
-                # Fold the restored pages into the main file now, so no large -wal is left to
-                # replay; readers still on the old snapshot make this partial, which is safe.
-                dst.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            dst.execute("PRAGMA journal_mode=WAL")
         except sqlite3.Error as exc:
-            logger.warning("checkpoint after restoring into %s did not finish: %s", target, exc)
+            logger.warning("could not put %s back in WAL mode: %s", target, exc)
+
+
+def _verify_restored(conn: sqlite3.Connection, meta: BackupMetadata, target: Path) -> None:
+    """The check after the write, on the connection holding the lock: quick_check (unless the
+    backup holds damaged data, whose quick_check cannot say ok), row counts, schema."""
+    _compare(conn, target, meta.row_counts, meta.schema_fingerprint, quick=not meta.source_damaged)
+
+
+def _compare(
+    conn: sqlite3.Connection,
+    target: Path,
+    counts: dict[str, int],
+    fingerprint: str,
+    *,
+    quick: bool,
+) -> None:
+    """Raise :class:`VerificationError` unless the database on ``conn`` passes quick_check
+    (when ``quick``) and has exactly these row counts and this schema; a lock is not damage:
+    it raises :class:`DatabaseBusy`."""
+    try:
+        if quick:
+            found = integrity(conn, full=False)
+            if found != "ok":
+                raise VerificationError(f"quick_check: {found}")
+        now = row_counts(conn)
+        if now != counts:
+            differing = sorted(
+                name for name in set(now) | set(counts) if now.get(name) != counts.get(name)
+            )
+            raise VerificationError(
+                f"row counts differ from the backup's in {', '.join(differing)}"
+            )
+        if schema_fingerprint(conn) != fingerprint:
+            raise VerificationError("schema differs from the backup's")
+    except sqlite3.DatabaseError as exc:
+        if classify_sqlite_error(exc) is SqliteFailure.BUSY:
+            raise DatabaseBusy(f"{target} stayed locked: {exc}") from exc
+        raise VerificationError(f"{target} is not readable: {exc}") from exc
 
 
 def _check_after(
     target: Path, meta: BackupMetadata, *, timeout: float, linked: bool = False
 ) -> None:
-    """quick_check, row counts and schema of ``target`` against ``meta``.
-
-    Runs inside a write-locked transaction (``BEGIN IMMEDIATE``) so an app write that lands
-    right after the restore is not mistaken for damage. ``linked``: the target *is* the
-    checked scratch file (a hard link, nothing was copied), whose SHA-256 matched, so no page
-    can differ and quick_check is skipped; the row counts and schema still confirm that the
-    file at the target path is the backup. Raises :class:`VerificationError`, or
+    """The check of a new or emptied target, on a connection of its own under
+    ``BEGIN IMMEDIATE``. ``linked``: the target *is* the checked scratch file (a hard link),
+    whose SHA-256 matched, so quick_check is skipped; the row counts and schema still confirm
+    that the file at the target path is the backup. Raises :class:`VerificationError`, or
     :class:`DatabaseError` when the lock cannot be had within ``timeout`` seconds.
     """
     try:
         with closing(connect(target, busy_timeout=timeout)) as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                # A backup of damaged data is restored as it is: its quick_check cannot say ok.
-                if not meta.source_damaged and not linked:
-                    found = integrity(conn, full=False)
-                    if found != "ok":
-                        raise VerificationError(f"quick_check: {found}")
-                counts = row_counts(conn)
-                if counts != meta.row_counts:
-                    differing = sorted(
-                        name
-                        for name in set(counts) | set(meta.row_counts)
-                        if counts.get(name) != meta.row_counts.get(name)
-                    )
-                    raise VerificationError(
-                        f"row counts differ from the backup's in {', '.join(differing)}"
-                    )
-                if schema_fingerprint(conn) != meta.schema_fingerprint:
-                    raise VerificationError("schema differs from the backup's")
+                _compare(
+                    conn,
+                    target,
+                    meta.row_counts,
+                    meta.schema_fingerprint,
+                    quick=not meta.source_damaged and not linked,
+                )
             finally:
                 conn.execute("ROLLBACK")
     except sqlite3.DatabaseError as exc:
         if classify_sqlite_error(exc) is SqliteFailure.BUSY:
-            raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {exc}") from None
-        raise VerificationError(f"{target} is not readable: {exc}") from None
+            raise DatabaseError(f"{target} stayed locked for {timeout:g}s: {exc}") from exc
+        raise VerificationError(f"{target} is not readable: {exc}") from exc
 
 
 # -- targets -------------------------------------------------------------------------------------
@@ -869,6 +887,28 @@ def _target(settings: Settings, to: Path | None) -> Path:
     if "\x00" in str(to) or not str(to).strip():
         raise RestoreError(f"invalid target path {str(to)[:60]!r}")
     return Path(to).expanduser().absolute()
+
+
+def _check_target_kind(target: Path) -> None:
+    """Only a regular file (or a new one in a folder) can be restored into: SQLite would
+    create its journal beside anything else (``/dev/null-journal``) and fail obscurely."""
+    try:
+        mode = target.stat().st_mode
+    except FileNotFoundError as exc:
+        if target.parent.exists() and not target.parent.is_dir():
+            raise RestoreError(
+                f"cannot restore into {target}: {target.parent} is not a folder"
+            ) from exc
+        return
+    except OSError as exc:
+        raise RestoreError(f"cannot restore into {target}: {exc.strerror}") from exc
+    if stat.S_ISDIR(mode):
+        raise RestoreError(f"{target} is a folder, not a database file")
+    if not stat.S_ISREG(mode):
+        raise RestoreError(
+            f"refusing to restore into {target}: it is not a regular file (a device, pipe or "
+            "socket); give a database file's path"
+        )
 
 
 def _same_file(one: Path, other: Path) -> bool:
@@ -890,10 +930,19 @@ def _check_overwritable(target: Path) -> None:
         raise RestoreError(f"{target} is a folder, not a database file")
     if not _has_data(target):
         return
+    if not os.access(target, os.W_OK) or not os.access(target.parent, os.W_OK):
+        # SQLite opens such a file read-only and fails at the first write with "attempt to
+        # write a readonly database", or, in WAL mode, "unable to open database file".
+        what = target if not os.access(target, os.W_OK) else target.parent
+        raise RestoreError(
+            f"cannot restore into {target}: {what} is not writable (a read-only file system, "
+            "or permissions; SQLite also needs to create its -journal, -wal and -shm files "
+            "beside it); nothing was changed"
+        )
     try:
         check_sqlite_file(target)
     except DatabaseError as exc:
-        raise RestoreError(f"refusing to overwrite {target}: {exc}") from None
+        raise RestoreError(f"refusing to overwrite {target}: {exc}") from exc
 
 
 def _check_no_leftovers(target: Path) -> None:
@@ -913,7 +962,7 @@ def _create_empty(target: Path) -> None:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
     except OSError as exc:
-        raise RestoreError(f"cannot create {target}: {describe_os_error(exc, target)}") from None
+        raise RestoreError(f"cannot create {target}: {describe_os_error(exc, target)}") from exc
 
 
 def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
@@ -927,8 +976,8 @@ def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
     try:
         fsync_path(scratch)
         os.link(scratch, target)
-    except FileExistsError:
-        raise RestoreError(f"{target} appeared while restoring; it was not changed") from None
+    except FileExistsError as exc:
+        raise RestoreError(f"{target} appeared while restoring; it was not changed") from exc
     except OSError as exc:
         logger.info("copying pages into %s instead of linking: %s", target, exc)
         return False
@@ -939,7 +988,7 @@ def _link_into_place(scratch: Path, target: Path, *, wal: bool) -> bool:
                 conn.execute("PRAGMA journal_mode=WAL")
     except (OSError, sqlite3.Error) as exc:
         _remove_database(target)
-        raise RestoreError(f"cannot finish {target}: {exc}; the new file was removed") from None
+        raise RestoreError(f"cannot finish {target}: {exc}; the new file was removed") from exc
     return True
 
 
@@ -976,6 +1025,30 @@ def _audit(settings: Settings, actor: str, attempt: _Attempt, *, ok: bool, messa
         logger.warning(
             "could not write the audit log entry for restore of %s: %s", attempt.backup_id, exc
         )
+
+
+def dismiss_interrupted(settings: Settings, *, actor: str) -> RestoreIntent:
+    """Forget the record of an interrupted restore, after the owner has checked the database
+    (health stops reporting it). Raises :class:`BackupNotFound` when there is none, and
+    :class:`LockedError` while another operation runs."""
+    with operation_lock(settings):
+        cleanup_debris(settings)  # files its safety copy first, if that is still to do
+        record = intent.read(settings)
+        if record is None:
+            raise BackupNotFound("there is no interrupted restore to dismiss")
+        intent.clear(settings)
+    audit.record(
+        settings,
+        action="restore",
+        actor=actor,
+        ok=True,
+        message=(
+            f"dismissed the interrupted restore of {record.backup_id} into {record.target} "
+            f"(stopped at {record.stage})"
+        ),
+        details={"backup_id": record.backup_id, "target": record.target, "stage": record.stage},
+    )
+    return record
 
 
 # -- recovery from the offsite store alone ---------------------------------------------------
@@ -1073,3 +1146,17 @@ def _good_regular_offsite(offsite: OffsiteStore, backup_id: str) -> bool:
     except (MetadataError, BackupNotFound):
         return True
     return meta.kind in REGULAR_KINDS and not meta.source_damaged
+
+
+#: Kept importable from here, where they used to live.
+__all__ = [
+    "RecoveryResult",
+    "RestorePreview",
+    "RestoreResult",
+    "TableDiff",
+    "dismiss_interrupted",
+    "preview_restore",
+    "recover_from_offsite",
+    "resolve_backup",
+    "restore_backup",
+]

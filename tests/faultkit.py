@@ -258,7 +258,8 @@ def folder_state(directory: Path | None) -> dict[str, list[str]]:
     if directory is None or not directory.is_dir():
         return state
     for name in sorted(os.listdir(directory)):
-        if name.startswith(".tmp-"):
+        # A restore's safety copy is scratch too, until it is filed as a backup.
+        if name.startswith((".tmp-", ".restore-safety-")):
             state["tmp"].append(name)
         elif name.endswith(".json") and ID_PATTERN.match(name[:-5]):
             state["meta"].append(name[:-5])

@@ -20,6 +20,7 @@ replayed exactly by its seed and index (``TTB_CRASH_SEED``, ``TTB_CRASH_TRIALS``
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -54,7 +55,7 @@ KEEP_NEWEST_ONLY = {
 
 #: Stages that need the big template: a copy of more than one backup-API step, a stored file
 #: of several 1 MiB chunks. Every other stage runs on the small one, which is much faster.
-NEEDS_BIG = ("snapshot-copy", "restore-write", "compress")
+NEEDS_BIG = ("snapshot-copy", "restore-write", "compress", "safety-copy")
 
 
 @pytest.fixture(scope="module")
@@ -220,12 +221,42 @@ def check_after_crash(trial: Trial, world: World, where: str) -> list[BackupInfo
     return infos
 
 
+def check_restore_reported(world: World, where: str) -> None:
+    """A killed restore is never silent: health is critical and names it."""
+    done = world.run(["health", "--json"], None)
+    assert done.returncode == 2, (where, done.stdout, done.stderr)
+    findings = {f["code"]: f["message"] for f in json.loads(done.stdout)["findings"]}
+    message = findings["restore-interrupted"]
+    assert world.restore_id in message and str(world.settings.database) in message, message
+    assert f"at stage {restore_record(world)['stage']} (" in message, message
+    # It says which state the database holds and how that was found.
+    assert "row counts and schema compared" in message, message
+
+
+def check_nothing_lost(world: World, infos: list[BackupInfo], where: str) -> None:
+    """The data from before the restore is in the live database or in a backup."""
+    if fingerprint(world.settings.database) == world.live_before:
+        return
+    held = []
+    for info in pre_restore(infos):
+        copy = world.root / f"check-{info.id}.db"
+        done = world.run(["restore", info.id, "--to", str(copy), "--yes"], None)
+        assert done.returncode == 0, (where, done.stderr)
+        held.append(fingerprint(copy))
+    assert world.live_before in held, f"{where}: the data from before the restore is lost"
+
+
 def recover(trial: Trial, world: World, where: str) -> None:
     """The next command, without the crash, succeeds and cleans up after the killed one."""
     if trial.command == "restore":
+        check_restore_reported(world, where)
         done = world.run(args_for(trial, world), None)
         assert done.returncode == 0, (where, done.stderr)
         assert fingerprint(world.settings.database) == world.restored, where
+        check_nothing_lost(world, world.store.list(), where)
+        # A restore that succeeded ends the report of the one killed before it.
+        health = json.loads(world.run(["health", "--json"], None).stdout)
+        assert "restore-interrupted" not in {f["code"] for f in health["findings"]}, where
     done = world.run(["run", "--force"], None)
     assert done.returncode in (0, 1), (where, done.stdout, done.stderr)
     assert "Traceback" not in done.stderr, (where, done.stderr)
@@ -310,26 +341,72 @@ def expect_prune_delete(world: World, infos: list[BackupInfo]) -> str:
     return "victim: primary metadata gone, data left (not listed there); secondary copy verifies"
 
 
+def restore_record(world: World) -> dict[str, object]:
+    """The killed restore's record (``restore-intent.json``)."""
+    record = json.loads((world.settings.backup_dir / "restore-intent.json").read_text())
+    assert isinstance(record, dict)
+    return record
+
+
+def safety_copies(world: World) -> list[Path]:
+    return sorted(world.settings.backup_dir.glob(".restore-safety-*"))
+
+
+def pre_restore(infos: list[BackupInfo]) -> list[BackupInfo]:
+    return [i for i in infos if i.kind == "pre-restore"]
+
+
+def expect_restore_hold(world: World, infos: list[BackupInfo]) -> str:
+    assert fingerprint(world.settings.database) == world.live_before
+    assert not pre_restore(infos) and not safety_copies(world)
+    assert restore_record(world)["stage"] == "hold"
+    return "live DB untouched (the lock went with the process); record at 'hold'; no copy yet"
+
+
+def expect_safety_copy(world: World, infos: list[BackupInfo]) -> str:
+    assert fingerprint(world.settings.database) == world.live_before
+    record = restore_record(world)
+    assert record["stage"] == "safety-copy" and record["safety_copied"] is False
+    assert [str(p) for p in safety_copies(world)] == [record["safety_copy"]]
+    assert not pre_restore(infos)
+    return "live DB untouched; a half-written safety copy the record marks incomplete"
+
+
 def expect_restore_write(world: World, infos: list[BackupInfo]) -> str:
     assert fingerprint(world.settings.database) == world.live_before
-    safety = [i for i in infos if i.kind == "pre-restore"]
-    assert len(safety) == 1, infos
+    record = restore_record(world)
+    assert record["stage"] == "write" and record["safety_copied"] is True
+    (copy,) = safety_copies(world)
+    assert fingerprint(copy) == world.live_before  # complete and durable before the write
+    assert not pre_restore(infos)
     return (
-        "live DB entirely the old state (the half-written transaction rolled back); safety "
-        "snapshot listed"
+        "live DB entirely the old state (the half-written transaction rolled back); the "
+        "complete safety copy kept, named by the record"
     )
 
 
 def expect_restore_post_check(world: World, infos: list[BackupInfo]) -> str:
     assert fingerprint(world.settings.database) == world.restored
-    assert len([i for i in infos if i.kind == "pre-restore"]) == 1
-    return "live DB entirely the new state; safety snapshot listed"
+    (copy,) = safety_copies(world)
+    assert fingerprint(copy) == world.live_before
+    assert restore_record(world)["safety_copied"] is True
+    return "live DB entirely the new state; the old state in the complete safety copy"
+
+
+def expect_restore_released(world: World, infos: list[BackupInfo]) -> str:
+    assert fingerprint(world.settings.database) == world.restored
+    assert restore_record(world)["stage"] == "released"
+    (copy,) = safety_copies(world)
+    assert fingerprint(copy) == world.live_before and not pre_restore(infos)
+    return "lock released, live DB the new state; safety copy not filed yet, named by the record"
 
 
 def expect_safety_snapshot(world: World, infos: list[BackupInfo]) -> str:
-    assert fingerprint(world.settings.database) == world.live_before
-    assert len([i for i in infos if i.kind == "pre-restore"]) == 1
-    return "live DB untouched; safety snapshot listed and verifies"
+    assert fingerprint(world.settings.database) == world.restored
+    (safety,) = pre_restore(infos)
+    assert restore_record(world)["safety_kept"] == safety.id
+    assert len(safety_copies(world)) == 1  # filed (and verified above), scratch not removed
+    return "live DB the new state; safety snapshot listed and verifies; its scratch left"
 
 
 Expectation = Callable[[World, list[BackupInfo]], str]
@@ -342,9 +419,14 @@ DETERMINISTIC: list[tuple[Trial, Expectation]] = [
     (Trial("backup", Stage.SECONDARY_COPY), expect_secondary_copy),
     (Trial("backup", Stage.METADATA_WRITE, hit=2), expect_secondary_metadata_write),
     (Trial("prune", Stage.PRUNE_DELETE), expect_prune_delete),
+    (Trial("restore", Stage.RESTORE_HOLD), expect_restore_hold),
+    (Trial("restore", Stage.SAFETY_COPY), expect_safety_copy),
+    (Trial("restore", Stage.SAFETY_COPY, journal="wal"), expect_safety_copy),
     (Trial("restore", Stage.RESTORE_WRITE), expect_restore_write),
     (Trial("restore", Stage.RESTORE_WRITE, journal="wal"), expect_restore_write),
     (Trial("restore", Stage.RESTORE_POST_CHECK), expect_restore_post_check),
+    (Trial("restore", Stage.RESTORE_POST_CHECK, journal="wal"), expect_restore_post_check),
+    (Trial("restore", Stage.RESTORE_RELEASED), expect_restore_released),
     (Trial("restore", Stage.SAFETY_SNAPSHOT), expect_safety_snapshot),
 ]
 
@@ -374,6 +456,73 @@ def test_kill_at_named_crash_point(
     recover(trial, world, str(trial))
 
 
+ROLLBACK_SCRIPT = """
+import sqlite3, sys
+from pathlib import Path
+from tablettracker_backups.restore import restore_backup
+from tablettracker_backups.settings import settings_from_mapping
+
+settings = settings_from_mapping({"database": sys.argv[1], "dir": sys.argv[2]})
+
+def fault(target, held):
+    (held or sqlite3.connect(target)).execute("DELETE FROM count_sessions WHERE id % 2 = 0")
+
+restore_backup(settings, sys.argv[3], _after_write=fault)
+"""
+
+
+@pytest.mark.parametrize("journal", ["delete", "wal"])
+def test_kill_while_putting_the_safety_copy_back(
+    journal: str, templates: dict[str, Path], tmp_path: Path, reliability: Recorder
+) -> None:
+    """The rollback after a failed check is a write like the restore's: a kill in the middle
+    of it leaves the database wholly in one state, and the data from before in the copy."""
+    row = reliability(
+        f"kill -9 at crash point restore-rollback (restore with a failed check, {journal} journal)",
+        trials=1,
+        checked="live DB integrity ok and wholly the state the rollback was undoing; the "
+        "complete safety copy named by the record; health critical; the next restore succeeds "
+        "and the data from before is kept as a backup",
+        kind="fault",
+    )
+    trial = Trial("restore", Stage.RESTORE_ROLLBACK, journal=journal)
+    world = make_world(
+        trial, tmp_path, {**templates, f"{journal}-small": templates[f"{journal}-big"]}
+    )
+    env = {**world.env, ENV: f"{Stage.RESTORE_ROLLBACK.value}:1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            ROLLBACK_SCRIPT,
+            str(world.settings.database),
+            str(world.settings.backup_dir),
+            world.restore_id,
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    db = world.settings.database
+    assert integrity(db) == "ok"
+    # The faulty restored state (rows deleted after the write): the rollback had not committed.
+    assert fingerprint(db) not in (world.live_before, world.restored)
+    record = restore_record(world)
+    assert record["stage"] == "rollback" and record["safety_copied"] is True
+    copy = Path(str(record["safety_copy"]))
+    assert fingerprint(copy) == world.live_before
+    check_restore_reported(world, str(trial))
+    row["detail"] = "live DB wholly the state being rolled back; the old state in the safety copy"
+    done = world.run(["restore", world.restore_id, "--yes"], None)
+    assert done.returncode == 0, done.stderr
+    check_nothing_lost(world, world.store.list(), str(trial))
+    assert_no_debris(world.settings.backup_dir, world.settings.secondary_dir)
+
+
 # -- the slow run: 1,000 seeded random trials ------------------------------------------------
 
 #: Stages each command can reach, with how many times at most (a larger count just lets the
@@ -399,7 +548,8 @@ REACHABLE: dict[str, dict[Stage, int]] = {
     },
     "prune": {Stage.PRUNE_DELETE: 5},
     "restore": {
-        Stage.SNAPSHOT_COPY: 1,
+        Stage.RESTORE_HOLD: 1,
+        Stage.SAFETY_COPY: 1,
         Stage.COMPRESS: 7,
         Stage.DATA_RENAME: 1,
         Stage.METADATA_WRITE: 3,
@@ -407,6 +557,7 @@ REACHABLE: dict[str, dict[Stage, int]] = {
         Stage.SAFETY_SNAPSHOT: 1,
         Stage.RESTORE_WRITE: 1,
         Stage.RESTORE_POST_CHECK: 1,
+        Stage.RESTORE_RELEASED: 1,
     },
 }
 
@@ -488,3 +639,38 @@ def test_the_switch_kills_at_the_named_stage_and_count(
     )
     assert done.returncode == (-signal.SIGKILL if killed else 0), done.stderr
     assert done.stdout.split() == printed.split()
+
+
+def test_a_killed_restore_is_cleaned_up_audited_and_dismissed(
+    templates: dict[str, Path], tmp_path: Path
+) -> None:
+    """After a kill: the next run files the safety copy, removes the scratch, says how much it
+    freed, and audits the kill; health stays critical until the owner dismisses it."""
+    trial = Trial("restore", Stage.RESTORE_RELEASED)
+    world = make_world(trial, tmp_path, templates)
+    assert crash(trial, world)
+    (copy,) = safety_copies(world)
+    size = copy.stat().st_size
+    done = world.run(["run", "--json"], None)
+    assert done.returncode == 2, done.stderr  # the run itself went well; health is critical
+    assert "restore-interrupted" in done.stdout
+    assert not safety_copies(world)
+    (safety,) = pre_restore(world.store.list())
+    record = restore_record(world)
+    assert record["safety_kept"] == safety.id and record["freed"] >= size
+    audit = [
+        json.loads(line)
+        for line in (world.settings.backup_dir / "audit.jsonl").read_text().splitlines()
+    ]
+    (killed,) = [a for a in audit if a["details"].get("interrupted")]
+    assert killed["ok"] is False and killed["actor"] == "cleanup"
+    assert "interrupted at stage released" in killed["message"]
+    assert "freed" in killed["message"] and safety.id in killed["message"]
+    check_restore_reported(world, "after the run")  # still critical: nobody has looked yet
+    done = world.run(["restore", "--dismiss"], None)
+    assert done.returncode == 0, done.stderr
+    assert "Dismissed the interrupted restore" in done.stdout
+    health = json.loads(world.run(["health", "--json"], None).stdout)
+    assert "restore-interrupted" not in {f["code"] for f in health["findings"]}
+    again = world.run(["restore", "--dismiss"], None)
+    assert again.returncode != 0 and "no interrupted restore" in again.stderr

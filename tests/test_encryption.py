@@ -249,11 +249,12 @@ def test_all_mode_round_trip(
     target = tmp_path / "restored.db"
     restore_backup(settings, meta.id, to=target, identity=identity)
     assert row_counts(target) == row_counts(db_path)
-    # Into an existing file: the safety snapshot is encrypted too, and still listed.
-    restore_backup(settings, meta.id, to=target, identity=identity)
+    # Over the live database: the safety snapshot is encrypted too, and listed.
+    restore_backup(settings, meta.id, identity=identity)
     safety = [i for i in store.list() if i.kind == "pre-restore"]
     assert len(safety) == 1 and safety[0].metadata is not None
     assert safety[0].metadata.encryption is not None
+    assert not list(settings.backup_dir.glob("*.db.zst"))  # no plain copy left beside it
 
 
 def test_all_mode_previews_without_the_identity_and_rolls_back_with_it(
@@ -269,17 +270,18 @@ def test_all_mode_previews_without_the_identity_and_rolls_back_with_it(
         conn.commit()
     before = row_counts(db_path)
 
-    def fault(target: Path) -> None:
-        with closing(sqlite3.connect(target)) as conn:
-            conn.execute("DELETE FROM employees")
-            conn.commit()
+    def fault(target: Path, held: sqlite3.Connection | None) -> None:
+        assert held is not None  # the restore's own connection, under its lock
+        held.execute("DELETE FROM employees")
 
-    # The check after the write fails: the encrypted safety snapshot is opened with the
-    # identity given for the restore, and put back.
+    # The check after the write fails: the safety copy taken under the same lock is put
+    # back, then filed encrypted like every local backup.
     with pytest.raises(RestoreError) as caught:
         restore_backup(settings, meta.id, identity=load_identity(identity_file), _after_write=fault)
     assert str(caught.value).endswith("is as it was before the restore")
     assert row_counts(db_path) == before
+    (safety,) = [i for i in BackupStore(settings).list() if i.kind == "pre-restore"]
+    assert safety.metadata is not None and safety.metadata.encryption is not None
 
 
 def test_missing_and_wrong_identity_get_one_line_and_change_nothing(

@@ -905,9 +905,16 @@ def test_kill_9_restore_at_random_points(
         new_safety = [
             i for i in store.list() if i.kind == "pre-restore" and i.id not in safety_before
         ]
+        record_path = settings.backup_dir / "restore-intent.json"
+        record = json.loads(record_path.read_text()) if record_path.exists() else None
         if state == new_state:
-            assert new_safety, f"{where}: new state without a safety snapshot"
-            assert verify_copy(store, "primary", new_safety[0].id).ok, where
+            # The old state is safe: filed as a safety snapshot, or (killed before filing it)
+            # in the complete safety copy the restore's record names.
+            if not new_safety:
+                assert record is not None and record["safety_copied"], where
+                assert db_state(Path(record["safety_copy"])) == old_state, where
+            else:
+                assert verify_copy(store, "primary", new_safety[0].id).ok, where
         for info in new_safety:  # a safety snapshot holds the old state
             assert info.metadata is not None
             assert info.metadata.row_counts["employees"] == old_state[3], where
@@ -919,13 +926,22 @@ def test_kill_9_restore_at_random_points(
         )
         if state == old_state and new_safety:
             label += ", safety snapshot taken"
+        if record is not None:
+            label += f", killed at {record['stage']}"
         if hot:
             label += ", hot journal rolled back"
         outcomes[label] += 1
-        # The next restore cleans up after the killed one and succeeds.
+        # The next restore cleans up after the killed one (filing its safety copy) and
+        # succeeds; the old state is then in a safety snapshot whatever the kill hit.
         restore_backup(settings, backup_id)
         assert db_state(db) == new_state, where
         assert_no_debris(settings.backup_dir, settings.secondary_dir)
+        held = [
+            i.metadata.row_counts["employees"]
+            for i in BackupStore(settings).list()
+            if i.kind == "pre-restore" and i.id not in safety_before and i.metadata
+        ]
+        assert old_state[3] in held, where
         reset()
     row["detail"] = f"seed {seed}; " + ", ".join(f"{k}: {v}" for k, v in sorted(outcomes.items()))
 
@@ -1012,7 +1028,7 @@ def test_restore_with_a_full_backup_folder(
         trials=1,
         checked="exit 2 with one line saying nothing was changed and naming the failed step ("
         + (
-            "the check: 'could not check', not 'no sound copy'"
+            "the restore's record: 'could not record the restore', not 'no sound copy'"
             if checking
             else "'could not take a safety snapshot'"
         )
@@ -1040,7 +1056,7 @@ def test_restore_with_a_full_backup_folder(
     result = run_cli(["restore", backup_id, "--yes"], env)
     if checking:
         line = assert_one_line_error(result, "nothing was changed", "no space left")
-        assert "could not check backup" in line and "no sound copy" not in line, line
+        assert "could not record the restore" in line and "no sound copy" not in line, line
     else:
         line = assert_one_line_error(result, "nothing was changed", "no space left")
         assert "could not take a safety snapshot" in line, line

@@ -332,30 +332,52 @@ def test_flipped_byte_in_both_copies_refuses_and_touches_nothing(settings: Setti
     assert "no sound copy" in entry.message
 
 
-def delete_rows(target: Path) -> None:
-    """A real fault after the write: another connection removes rows the check will count."""
+def _on(target: Path, held: sqlite3.Connection | None, *sql: str) -> None:
+    """Run ``sql`` on the restore's own connection when it holds the lock (no other one can
+    write then), else on a new one."""
+    if held is not None:
+        for statement in sql:
+            held.execute(statement)
+        return
     with closing(sqlite3.connect(target)) as conn:
-        conn.execute("DELETE FROM count_sessions WHERE id % 2 = 0")
+        for statement in sql:
+            conn.execute(statement)
         conn.commit()
 
 
-def smash_a_page(target: Path) -> None:
+def delete_rows(target: Path, held: sqlite3.Connection | None = None) -> None:
+    """A real fault after the write: rows the check will count are removed."""
+    _on(target, held, "DELETE FROM count_sessions WHERE id % 2 = 0")
+
+
+def smash_a_page(target: Path, held: sqlite3.Connection | None = None) -> None:
     """A real fault after the write: page 2 of the file overwritten with garbage on disk."""
+    relocked = held is not None and held.in_transaction
+    if relocked:
+        assert held is not None
+        held.execute("ROLLBACK")  # WAL: a checkpoint cannot run in the check's transaction
+    _on(target, held, "PRAGMA wal_checkpoint(TRUNCATE)")
+    if relocked:
+        assert held is not None
+        held.execute("BEGIN IMMEDIATE")
     with closing(sqlite3.connect(target)) as conn:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         page = int(conn.execute("PRAGMA page_size").fetchone()[0])
     with target.open("r+b") as handle:
         handle.seek(page)
         handle.write(b"\xff" * page)
+    if held is not None:
+        held.execute("PRAGMA shrink_memory")  # read the page from disk again
 
 
-def swap_a_table(target: Path) -> None:
+def swap_a_table(target: Path, held: sqlite3.Connection | None = None) -> None:
     """A real fault after the write: one table dropped, another one created."""
-    with closing(sqlite3.connect(target)) as conn:
-        conn.execute("DROP TABLE tablet_types")
-        conn.execute("CREATE TABLE extra (x)")
-        conn.execute("INSERT INTO extra VALUES (1)")
-        conn.commit()
+    _on(
+        target,
+        held,
+        "DROP TABLE tablet_types",
+        "CREATE TABLE extra (x)",
+        "INSERT INTO extra VALUES (1)",
+    )
 
 
 @pytest.mark.parametrize(
@@ -405,26 +427,25 @@ def test_failed_check_after_write_puts_the_safety_snapshot_back(
     assert json.loads(last)["ok"] is False
 
 
-def _damage_safety_snapshot(settings: Settings, locations: tuple[str, ...]) -> str:
-    """Flip a byte in the given copies of the restore's safety snapshot; returns its id."""
-    (safety,) = [i for i in BackupStore(settings).list() if i.kind == "pre-restore"]
-    for location in locations:
-        flip_byte(data_file(settings, location, safety.id))
-    return safety.id
-
-
-def test_a_rollback_puts_back_any_sound_copy_of_the_safety_snapshot(wal_settings: Settings) -> None:
+def test_the_rollback_is_checked_too_and_a_bad_one_says_where_things_stand(
+    wal_settings: Settings, journal_mode: str
+) -> None:
+    """The safety copy is written back under the same hold and checked like the restore; when
+    that check fails too, the message says so, names the safety snapshot it is filed as, and
+    does not claim the database is as it was."""
     db = wal_settings.database
     backup = create_backup(wal_settings).metadata
-    flip_byte(data_file(wal_settings, "primary", backup.id))  # restored from the secondary
     change(db)
-    before_restore = dump(db)
-    damaged: list[str] = []
     progress: list[tuple[str, int, int]] = []
 
-    def fault(target: Path) -> None:
-        damaged.append(_damage_safety_snapshot(wal_settings, ("primary",)))
-        delete_rows(target)
+    def fault(target: Path, held: sqlite3.Connection | None) -> None:
+        (copy,) = wal_settings.backup_dir.glob(".restore-safety-*-before.db")
+        with closing(sqlite3.connect(copy)) as conn:
+            page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        with copy.open("r+b") as handle:  # our scratch copy, not the live database
+            handle.seek(page)
+            handle.write(b"\xff" * page)
+        delete_rows(target, held)
 
     started = time.monotonic()
     with pytest.raises(RestoreError) as caught:
@@ -435,51 +456,25 @@ def test_a_rollback_puts_back_any_sound_copy_of_the_safety_snapshot(wal_settings
             progress=lambda *step: progress.append(step),
         )
     took = time.monotonic() - started
-    (safety_id,) = damaged
-    assert str(caught.value).endswith(
-        f"; the safety snapshot {safety_id} was put back, so {db} is as it was before the restore"
-    )
-    assert dump(db) == before_restore  # from its secondary copy
-    details = read_entries(wal_settings)[0].details
-    # The restore's own fallback and the rollback's, each said once, in order.
-    assert [n.split(": ")[0] for n in details["fell_back"]] == [
-        "primary copy skipped",
-        "rollback",
-    ]
-    assert details["fell_back"][1].startswith("rollback: primary copy skipped: ")
-    assert 0 < details["durations"]["rollback"] <= took
-    assert progress[-1][0] == "rollback"  # the owner sees the rollback happen
-    assert_no_debris(*wal_settings.locations)  # the scratch copies are gone
-
-
-def test_a_safety_snapshot_with_no_sound_copy_is_not_put_back_and_says_so(
-    wal_settings: Settings,
-) -> None:
-    db = wal_settings.database
-    backup = create_backup(wal_settings).metadata
-    change(db)
-    damaged: list[str] = []
-
-    def fault(target: Path) -> None:
-        damaged.append(_damage_safety_snapshot(wal_settings, ("primary", "secondary")))
-        delete_rows(target)
-
-    with pytest.raises(RestoreError) as caught:
-        restore_backup(wal_settings, backup.id, _after_write=fault)
-    (safety_id,) = damaged
     message = str(caught.value)
-    notes = read_entries(wal_settings)[0].details["fell_back"]
-    assert [n.split(": ")[:2] for n in notes] == [
-        ["rollback", "primary copy skipped"],
-        ["rollback", "secondary copy skipped"],
-    ]
-    assert message.endswith(
-        f"; the safety snapshot {safety_id} could not be put back: no copy of it could be read "
-        f"as sound ({'; '.join(n.removeprefix('rollback: ') for n in notes)}). {db} holds what "
-        f"was written from backup {backup.id}: check it (tablettracker-backups health), or "
-        "restore another backup (tablettracker-backups list)"
+    kept = [i for i in BackupStore(wal_settings).list() if i.kind == "pre-restore"]
+    # In WAL mode what the rollback overwrote is kept too (an app write may have slipped in
+    # between the write's commit and the check); the older one is the safety snapshot.
+    assert len(kept) == (2 if journal_mode == "wal" else 1)
+    safety = kept[-1]
+    assert message.startswith(
+        f"backup {backup.id} was written into {db} but the check afterwards failed: row counts "
+        "differ from the backup's in count_sessions; putting the safety snapshot "
+        f"{safety.id} back ALSO failed: "
     )
-    assert "nothing was changed" not in message  # it was: the backup was written
+    assert message.endswith(
+        f"{db} may be damaged: restore it by hand (tablettracker-backups restore {safety.id})"
+    )
+    assert "as it was before" not in message
+    details = read_entries(wal_settings)[0].details
+    assert 0 < details["durations"]["rollback"] <= took
+    assert any(step[0] == "rollback" for step in progress)  # the owner sees the rollback
+    assert_no_debris(*wal_settings.locations)  # the scratch copies are gone
 
 
 def test_a_failed_check_in_an_empty_database_empties_it_again(
@@ -542,14 +537,21 @@ def test_to_leaves_the_live_database_alone(tmp_path: Path, settings: Settings) -
     assert file_sha(settings.database) == live_sha
     assert BackupStore(settings).ids() == ids
 
-    # Overwriting an existing file goes the same safe way, with a snapshot of that file.
+    # Overwriting an existing file goes the same safe way: what it held is kept beside it, as
+    # a plain SQLite file, and never filed as a backup of the live database (whose --undo,
+    # --at and retention would otherwise pick it up).
     change(tmp_path / "copy.db")
+    changed = dump(tmp_path / "copy.db")
     again = restore_backup(settings, backup.id, to=tmp_path / "copy.db")
-    assert again.safety_snapshot_id is not None
-    safety = BackupStore(settings).get(again.safety_snapshot_id).metadata
-    assert safety is not None and safety.source.path == str(tmp_path / "copy.db")
+    assert again.safety_snapshot_id is None
+    assert again.safety_kept is not None
+    kept = Path(again.safety_kept)
+    assert kept.parent == tmp_path and kept.name.startswith("copy.db.before-restore-")
+    assert dump(kept) == changed
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
     assert dump(tmp_path / "copy.db") == expected
     assert file_sha(settings.database) == live_sha
+    assert BackupStore(settings).ids() == ids
 
 
 @pytest.mark.parametrize("content", ["my notes\n", "x"], ids=["notes", "one-byte"])
@@ -613,8 +615,8 @@ def test_a_writer_holding_the_database_gets_a_clear_error(tmp_path: Path) -> Non
         # the bound is loose on purpose: a shared machine is slow, never 10 s slow here.
         assert time.monotonic() - started < 8
         assert str(caught.value) == (
-            f"could not write backup {backup.id} into {db}: {db} stayed locked by another "
-            f"process for 0.3s; gave up; {db} was not changed"
+            f"{db} stayed locked by another process for 0.3s; gave up; nothing was changed: "
+            "try again when the app is less busy (or raise BACKUPS_BUSY_TIMEOUT)"
         )
     finally:
         holder.communicate("\n", timeout=PROCESS_WAIT)
@@ -646,52 +648,13 @@ def test_a_database_nobody_may_read_gets_no_restore_and_says_what_to_do(tmp_path
     finally:
         holder.communicate("\n", timeout=PROCESS_WAIT)
     message = str(caught.value)
-    assert message.startswith(f"could not take a safety snapshot of {db} (")
-    assert message.endswith(
-        "); nothing was changed. If that database is damaged beyond a snapshot, move it aside "
-        "(with any -wal, -shm and -journal file beside it) and restore again"
+    # Busy is not damage: the owner is told to retry, never to move a live database aside.
+    assert message == (
+        f"{db} stayed locked by another connection for 0.3s; nothing was changed: try again "
+        "when the app is less busy (or raise BACKUPS_BUSY_TIMEOUT)"
     )
-    assert "locked" in message
     assert dump(db) == before
     assert [i.kind for i in BackupStore(settings).list()] == ["manual"]
-
-
-def test_a_writer_between_the_write_and_the_check_is_reported_as_a_lock(tmp_path: Path) -> None:
-    # The check afterwards needs the write lock for a moment; a writer that holds it past the
-    # busy timeout is a lock (retry), not damage. It still holds it when the rollback tries,
-    # so the owner is told exactly where things stand.
-    db = make_db(tmp_path / "live.db", wal=True)
-    settings = settings_from_mapping({"database": db, "dir": tmp_path / "b", "busy_timeout": 0.3})
-    backup = create_backup(settings).metadata
-    change(db)
-    holders: list[subprocess.Popen[str]] = []
-
-    def hold(target: Path) -> None:
-        holder = subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(target)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        holders.append(holder)
-        assert holder.stdout is not None and holder.stdout.readline() == "holding\n"
-
-    started = time.monotonic()
-    try:
-        with pytest.raises(RestoreError) as caught:
-            restore_backup(settings, backup.id, _after_write=hold)
-        # Each wait is the owner's busy timeout (0.3 s), not SQLite's default 10 s (loose).
-        assert time.monotonic() - started < 8
-    finally:
-        for holder in holders:
-            holder.communicate("\n", timeout=PROCESS_WAIT)
-    message = str(caught.value)
-    assert message.startswith(
-        f"backup {backup.id} was written into {db} but the check afterwards failed: "
-        f"{db} stayed locked for 0.3s: database is locked; putting the safety snapshot "
-    )
-    assert "back ALSO failed: " in message and "stayed locked by another process" in message
-    assert dump(db) == dump_of_backup(settings, backup.id, tmp_path)  # what was written stays
 
 
 def dump_of_backup(settings: Settings, backup_id: str, scratch: Path) -> str:
@@ -755,6 +718,94 @@ def test_preview_compares_row_counts_and_schema(settings: Settings) -> None:
     assert read_entries(settings) == []
     document = json.loads(json.dumps(preview.to_dict()))
     assert document["tables"][0]["name"] == "count_sessions"
+    # Its scratch copies are gone, and it took no lock and wrote no record.
+    assert sorted(p.name for p in settings.backup_dir.iterdir() if p.name.startswith(".")) == [
+        ".lock"
+    ]
+
+
+def test_preview_tells_changed_content_from_the_same_row_count(settings: Settings) -> None:
+    """Every received quantity doubled: the same row counts, different content. The preview
+    says the table changed and how many rows the restore changes back, brings back and takes
+    out, by rowid; a table whose content is identical is "same"."""
+    backup = create_backup(settings).metadata
+    with closing(sqlite3.connect(settings.database)) as conn:
+        changed = conn.execute(
+            "UPDATE po_lines SET quantity_received = quantity_received * 2 + 1"
+        ).rowcount
+        conn.execute("DELETE FROM count_sessions WHERE id % 7 = 0")
+        conn.execute(
+            "INSERT INTO employees (username, full_name, password_hash) VALUES ('z', 'Z', '')"
+        )
+        deleted = conn.execute("SELECT count(*) FROM count_sessions").fetchone()[0]
+        conn.commit()
+    by_name = {t.name: t for t in preview_restore(settings, backup.id).tables}
+    lines = by_name["po_lines"]
+    assert lines.backup_rows == lines.live_rows  # the row counts alone would say "same"
+    assert lines.status == "changed"
+    assert (lines.rows_added, lines.rows_removed, lines.rows_changed) == (0, 0, changed)
+    sessions = by_name["count_sessions"]
+    back = backup.row_counts["count_sessions"] - deleted
+    assert (sessions.rows_added, sessions.rows_removed, sessions.rows_changed) == (back, 0, 0)
+    assert sessions.describe() == f"rows {back:,} brought back"
+    staff = by_name["employees"]
+    assert (staff.rows_added, staff.rows_removed, staff.rows_changed) == (0, 1, 0)
+    assert by_name["purchase_orders"].status == "same"
+    assert by_name["purchase_orders"].describe().startswith("no change: same content")
+
+
+def test_a_change_in_one_row_is_seen_and_a_table_without_rowid_too(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The smallest change there is (one value in one row) is "changed", in a rowid table
+    and in a WITHOUT ROWID table matched by its primary key."""
+    with closing(sqlite3.connect(settings.database)) as conn:
+        conn.execute(
+            "CREATE TABLE prices (sku TEXT, shop TEXT, cents INT, "
+            "PRIMARY KEY (sku, shop)) WITHOUT ROWID"
+        )
+        conn.executemany(
+            "INSERT INTO prices VALUES (?, ?, ?)", [(f"s{i}", "a", i) for i in range(50)]
+        )
+        conn.commit()
+    backup = create_backup(settings).metadata
+    with closing(sqlite3.connect(settings.database)) as conn:
+        conn.execute("UPDATE prices SET cents = 999 WHERE sku = 's7'")
+        conn.execute("UPDATE tablet_types SET name = name || ' ' WHERE id = 1")
+        conn.commit()
+    by_name = {t.name: t for t in preview_restore(settings, backup.id).tables}
+    assert (by_name["prices"].status, by_name["prices"].rows_changed) == ("changed", 1)
+    assert (by_name["tablet_types"].status, by_name["tablet_types"].rows_changed) == ("changed", 1)
+    assert by_name["product_details"].status == "same"
+
+
+def test_past_its_time_budget_the_preview_says_what_it_did_not_compare(
+    settings: Settings,
+) -> None:
+    backup = create_backup(settings).metadata
+    preview = preview_restore(settings, backup.id, budget=0.0)
+    assert preview.compared
+    assert preview.compare_note is not None and "time budget ran out" in preview.compare_note
+    # Equal counts cannot be called "same" without comparing the rows.
+    assert {t.status for t in preview.tables} == {"unchecked"}
+    assert {t.describe().split(";")[1].strip() for t in preview.tables} == {"content not compared"}
+    assert {t.status for t in preview_restore(settings, backup.id, budget=60).tables} == {"same"}
+
+
+def test_without_a_readable_local_copy_the_preview_falls_back_to_row_counts(
+    settings: Settings,
+) -> None:
+    backup = create_backup(settings).metadata
+    for folder in settings.locations:
+        flip_byte(folder / backup.data_file)
+    change(settings.database)
+    preview = preview_restore(settings, backup.id)
+    assert not preview.compared
+    assert preview.compare_note is not None
+    assert preview.compare_note.startswith("content not compared (no sound copy of backup ")
+    by_name = {t.name: t for t in preview.tables}
+    assert by_name["count_sessions"].status == "changed"
+    assert by_name["tablet_types"].status == "unchecked"
 
 
 def test_preview_without_a_live_database(tmp_path: Path, settings: Settings) -> None:
@@ -1126,8 +1177,19 @@ def test_the_json_of_a_preview_and_a_restore_names_every_field(settings: Setting
         "not_counted": {},
         "schema_changed": False,
         "live_exists": True,
+        "compared": True,
+        "compare_note": None,
     }
     assert {t["name"] for t in tables} == set(backup.row_counts)
+    assert set(tables[0]) == {
+        "name",
+        "backup_rows",
+        "live_rows",
+        "status",
+        "rows_added",
+        "rows_removed",
+        "rows_changed",
+    }
     result = restore_backup(settings, backup.id)
     done = result.to_dict()
     durations = done.pop("durations")
@@ -1136,11 +1198,23 @@ def test_the_json_of_a_preview_and_a_restore_names_every_field(settings: Setting
         "source_location": "primary",
         "target": str(settings.database),
         "safety_snapshot_id": result.safety_snapshot_id,
+        "safety_kept": None,
         "fell_back": [],
+        "warnings": [],
     }
     assert result.safety_snapshot_id is not None
-    # Seconds each step took: measured from its own start, to 0.1 ms.
-    assert set(durations) == {"verify", "safety_snapshot", "write", "post_check", "total"}
+    # Seconds each step took: measured from its own start, to 0.1 ms. The hold spans the
+    # safety snapshot, the write and the check; filing the safety snapshot comes after it.
+    assert set(durations) == {
+        "verify",
+        "safety_snapshot",
+        "write",
+        "post_check",
+        "hold",
+        "safety_file",
+        "total",
+    }
+    assert durations["hold"] >= durations["write"] + durations["post_check"]
     assert all(isinstance(v, float) and 0 <= v < 60 for v in durations.values()), durations
     # Where the live database was last restored from, for the dashboard.
     status = json.loads((settings.backup_dir / "status.json").read_text())
@@ -1217,10 +1291,12 @@ def test_when_no_copy_can_be_checked_for_want_of_room_every_copy_is_named(
     backup = create_backup(settings).metadata
     change(db)
     before = file_sha(db)
-    # No room left for a scratch copy of the backup in either folder.
+    # No room left for a scratch copy of the backup in either folder; room for the restore's
+    # small record (a full disk stops the restore at its record: test_faults.py).
     with (full_fs / "filler").open("wb") as filler, contextlib.suppress(OSError):
         while True:
             filler.write(b"\0" * 65536)
+    os.truncate(full_fs / "filler", (full_fs / "filler").stat().st_size - 65536)
     with pytest.raises(RestoreError) as caught:
         restore_backup(settings, backup.id)
     message = str(caught.value)
@@ -1254,3 +1330,75 @@ def test_a_backup_with_no_readable_metadata_is_refused_naming_each_copys_problem
     )
     assert f"; secondary copy of {backup.id}: " in message and message.endswith(")")
     assert file_sha(settings.database) == before
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_a_target_that_is_not_a_regular_file_is_refused_and_nothing_is_made_beside_it(
+    settings: Settings, tmp_path: Path, kind: str
+) -> None:
+    backup = create_backup(settings).metadata
+    if kind == "device":
+        target = Path("/dev/null")
+    else:
+        target = tmp_path / "pipe.db"
+        os.mkfifo(target)
+    before = set(target.parent.iterdir())
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id, to=target)
+    assert str(caught.value) == (
+        f"refusing to restore into {target}: it is not a regular file (a device, pipe or "
+        "socket); give a database file's path"
+    )
+    assert set(target.parent.iterdir()) == before  # no -journal beside it
+    assert read_entries(settings) == []  # refused before it started
+
+
+def test_a_read_only_wal_database_says_what_to_fix(settings: Settings, tmp_path: Path) -> None:
+    """SQLite says only "unable to open database file" (it cannot make its -shm); the owner
+    is told which file or folder is not writable, and nothing is changed."""
+    from tests.faultkit import mount_tmpfs, unmount
+
+    backup = create_backup(settings).metadata
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if not mount_tmpfs(mount, "size=8m,mode=0700"):
+        pytest.skip("needs a tmpfs mount (root)")
+    try:
+        target = mount / "live.db"
+        make_db(target, wal=True)
+        change(target)
+        before = file_sha(target)
+        done = subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=False)
+        assert done.returncode == 0
+        with pytest.raises(RestoreError) as caught:
+            restore_backup(settings, backup.id, to=target)
+        assert str(caught.value) == (
+            f"cannot restore into {target}: {target} is not writable (a read-only file system, "
+            "or permissions; SQLite also needs to create its -journal, -wal and -shm files "
+            "beside it); nothing was changed"
+        )
+        assert file_sha(target) == before
+    finally:
+        unmount(mount)
+
+
+def test_whatever_goes_wrong_after_the_write_the_data_it_replaced_is_kept(
+    wal_settings: Settings, journal_mode: str
+) -> None:
+    """An error that is no restore failure (a bug, an interrupt) after the write committed:
+    the safety copy is still filed, so the data the write replaced is never lost."""
+    db = wal_settings.database
+    backup = create_backup(wal_settings).metadata
+    change(db)
+    before = dump(db)
+
+    def explode(target: Path, held: sqlite3.Connection | None) -> None:
+        raise RuntimeError("a bug after the write")
+
+    with pytest.raises(RuntimeError, match="a bug after the write"):
+        restore_backup(wal_settings, backup.id, _after_write=explode)
+    (safety,) = [i for i in BackupStore(wal_settings).list() if i.kind == "pre-restore"]
+    assert dump_of_backup(wal_settings, safety.id, db.parent) == before
+    assert_no_debris(*wal_settings.locations)
+    (entry,) = [e for e in read_entries(wal_settings) if e.details["target"] == str(db)]
+    assert entry.ok is False and entry.message.startswith("interrupted: RuntimeError")
