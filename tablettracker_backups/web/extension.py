@@ -14,7 +14,7 @@ from typing import Any
 from flask import Flask
 
 from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
-from tablettracker_backups.web import autosnapshot
+from tablettracker_backups.web import autosnapshot, restoregate
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
 from tablettracker_backups.web.tasks import TASK_BLUEPRINT
 from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
@@ -93,6 +93,10 @@ class BackupManager:
         #: Most the recent tier may store beyond the calendar slots (``2GB``); None means
         #: 10x the newest backup's stored size.
         app.config.setdefault("BACKUPS_RECENT_BUDGET", None)
+        #: While a restore of the database runs, answer the app's write requests with 503 and
+        #: Retry-After (and, once it writes in rollback-journal mode, its reads too) instead of
+        #: letting them wait on the lock and fail; False lets them through.
+        app.config.setdefault("BACKUPS_RESTORE_GATE", True)
 
         values = {
             key[len(PREFIX) :].lower(): value
@@ -110,6 +114,9 @@ class BackupManager:
         prefix = _url_path("BACKUPS_URL_PREFIX", app.config["BACKUPS_URL_PREFIX"])
         task_url = _url_path("BACKUPS_TASK_URL", app.config["BACKUPS_TASK_URL"])
         metrics_url = _url_path("BACKUPS_METRICS_URL", app.config["BACKUPS_METRICS_URL"])
+        restore_gate = app.config["BACKUPS_RESTORE_GATE"]
+        if not isinstance(restore_gate, bool):
+            raise RuntimeError("BACKUPS_RESTORE_GATE must be True or False")
         base_template = app.config["BACKUPS_BASE_TEMPLATE"]
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
@@ -120,10 +127,13 @@ class BackupManager:
             task_token=token,
             base_template=base_template,
             task_url=task_url,
+            restore_gate=restore_gate,
         )
 
         register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
-        autosnapshot.install(app, skip_blueprints=frozenset({BLUEPRINT, TASK_BLUEPRINT}))
+        ours = frozenset({BLUEPRINT, TASK_BLUEPRINT})
+        restoregate.install(app, skip_blueprints=ours)
+        autosnapshot.install(app, skip_blueprints=ours)
 
         # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
         # ``current_app.extensions`` and never imports this module back.

@@ -34,6 +34,8 @@ class BackupState:
     task_token: str | None
     base_template: str
     task_url: str
+    #: Answer the host's write requests with 503 while a restore runs (BACKUPS_RESTORE_GATE).
+    restore_gate: bool = True
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
 
