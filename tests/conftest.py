@@ -276,5 +276,6 @@ from tests.reliability import (  # noqa: E402, F401
     pytest_deselected,
     pytest_runtest_makereport,
     pytest_sessionfinish,
+    pytest_testnodedown,
     reliability,
 )
