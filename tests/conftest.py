@@ -19,6 +19,17 @@ if TYPE_CHECKING:
     from flask.testing import FlaskClient
 
 
+def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginManager) -> None:
+    """pyproject.toml's ``addopts`` spread the suite over pytest-xdist workers
+    (``--numprocesses``, ``--dist``). Without xdist (``-p no:xdist``, or not installed) those
+    options would be unknown; here they are accepted and do nothing: one process runs all."""
+    if pluginmanager.has_plugin("xdist"):
+        return
+    group = parser.getgroup("xdist", "pytest-xdist is not loaded: these options are ignored")
+    group.addoption("--numprocesses", dest="numprocesses", default=None)
+    group.addoption("--dist", dest="dist", default="no")
+
+
 def make_db(path: Path, *, wal: bool = False, **seed: object) -> Path:
     """Create a seeded TabletTracker database, optionally in WAL mode."""
     create_demo_database(str(path), **seed)
@@ -276,5 +287,6 @@ from tests.reliability import (  # noqa: E402, F401
     pytest_deselected,
     pytest_runtest_makereport,
     pytest_sessionfinish,
+    pytest_testnodedown,
     reliability,
 )

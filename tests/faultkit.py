@@ -227,12 +227,12 @@ def check_live(database: Path, committed: list[int], expected_invariant: int) ->
     conn = sqlite3.connect(database, timeout=60)
     try:
         try:
-            conn.execute("PRAGMA integrity_check").fetchall()
+            integrity = conn.execute("PRAGMA integrity_check").fetchall()
         except sqlite3.Error as exc:
             raise AssertionError(
                 f"{exc} {getattr(exc, 'sqlite_errorname', '')} {os.listdir(database.parent)}"
             ) from exc
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        assert integrity == [("ok",)]
         assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
         if committed:
             present = {

@@ -9,6 +9,10 @@ of the session the rows are merged into ``tests/reliability.json`` (rows of test
 run this time are kept, so running one file updates only its rows) and the markdown table is
 written from that file. Nobody edits the markdown by hand.
 
+Under pytest-xdist each worker collects the rows of the tests it ran and hands them to the
+controller at its end (``config.workeroutput``, read in :func:`pytest_testnodedown`); only the
+controller merges and writes, once, so the report is the same however the tests were spread.
+
 The hooks are imported into ``tests/conftest.py``.
 """
 
@@ -207,7 +211,49 @@ def render(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: What a worker hands the controller (see the module docstring).
+WORKER_OUTPUT = "reliability"
+
+
+def _collected() -> dict[str, Any]:
+    """This process's rows, outcomes and collection, as plain JSON-able values."""
+    return {
+        "rows": _ROWS,
+        "outcomes": _OUTCOMES,
+        "skip_reasons": _SKIP_REASONS,
+        "durations": _DURATIONS,
+        "collected_files": sorted(_COLLECTED_FILES),
+        "collected_ids": sorted(_COLLECTED_IDS),
+        "deselected": sorted(_DESELECTED),
+    }
+
+
+def _absorb(collected: dict[str, Any]) -> None:
+    """Add a worker's :func:`_collected` to this (the controller's) process."""
+    for nodeid, rows in collected["rows"].items():
+        _ROWS.setdefault(nodeid, []).extend(rows)
+    _OUTCOMES.update(collected["outcomes"])
+    _SKIP_REASONS.update(collected["skip_reasons"])
+    _DURATIONS.update(collected["durations"])
+    _COLLECTED_FILES.update(collected["collected_files"])
+    _COLLECTED_IDS.update(collected["collected_ids"])
+    _DESELECTED.update(collected["deselected"])
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: unknown when xdist is not loaded
+def pytest_testnodedown(node: Any, error: object) -> None:
+    # On the controller, as each worker ends: its rows (a worker that crashed sends none; its
+    # crashed test fails the run anyway).
+    output = getattr(node, "workeroutput", {}).get(WORKER_OUTPUT)
+    if output:
+        _absorb(json.loads(output))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # an xdist worker: the controller writes the report
+        workeroutput[WORKER_OUTPUT] = json.dumps(_collected())
+        return
     if not _ROWS:
         return
     results_json, report_md = _targets()

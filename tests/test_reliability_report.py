@@ -1,4 +1,5 @@
-"""The report generator itself: skipped tests show as skipped, kinds are totalled apart."""
+"""The report generator itself: skipped tests show as skipped, kinds are totalled apart, and
+under pytest-xdist the rows of every worker reach the one report."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from tests.faultkit import ROOT
 CONFTEST = """
 from tests.reliability import (
     pytest_collection_finish, pytest_deselected, pytest_runtest_makereport, pytest_sessionfinish,
-    reliability,
+    pytest_testnodedown, reliability,
 )
 import pytest
 
@@ -72,3 +73,26 @@ def test_a_test_skipped_in_a_fixture_shows_as_skipped(tmp_path: Path) -> None:
     # A deselected test (-k, -m 'not slow') did not run: its row from before is kept as it was.
     third = {r["fault"]: r for r in run(folder, SECOND, artifacts, "-k", "not fuzz")}
     assert third["a fuzz target"] == second["a fuzz target"]
+
+
+def test_rows_from_every_xdist_worker_are_written_once(tmp_path: Path) -> None:
+    """Three tests on two workers (xdist hands them out one by one, so both workers run some):
+    the controller writes every row with its outcome and skip reason, as one process does
+    (the test above)."""
+    folder = tmp_path / "suite"
+    folder.mkdir()
+    (folder / "conftest.py").write_text(CONFTEST)
+    (folder / "pytest.ini").write_text("[pytest]\n")
+    artifacts = tmp_path / "artifacts"
+    first = run(folder, FIRST, artifacts, "-n", "2")
+    assert [(r["fault"], r["result"], r["trials"]) for r in first] == [
+        ("a fault", "pass", 3),
+        ("a fuzz target", "pass", 50),
+        ("needs a device", "pass", 2),
+    ]
+    second = run(folder, SECOND, artifacts, "-n", "2")
+    assert [r["result"] for r in second] == ["pass", "pass", "skipped"]
+    assert second[2]["detail"] == "skipped: no such device here"
+    report = (artifacts / "RELIABILITY.md").read_text()
+    assert "fault trials: 3 in 2 classes; attacks: 0 in 0 classes; fuzz inputs: 50 in 1" in report
+    assert "not passing: 0; skipped this run (0 trials counted): 1" in report

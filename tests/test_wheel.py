@@ -27,6 +27,9 @@ from tests.conftest import make_db
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One worker runs the module under pytest-xdist, so the wheel is built and installed once.
+pytestmark = pytest.mark.xdist_group("wheel")
+
 
 @dataclass(frozen=True)
 class Installed:
