@@ -303,13 +303,13 @@ NO_DATABASE = (
 )
 
 
-def given_options(ctx: click.Context, **params: Any) -> dict[str, Any]:
+def given_options(ctx: click.Context) -> dict[str, Any]:
     """The common options given on the command line, as settings. One read from the
     environment (``envvar``) is left to the environment's own place in the precedence."""
     return {
-        OPTION_KEYS[name]: value
-        for name, value in params.items()
-        if value is not None
+        key: ctx.params[name]
+        for name, key in OPTION_KEYS.items()
+        if ctx.params.get(name) is not None
         and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     }
 
@@ -379,13 +379,7 @@ def settings_command(func: F) -> F:
         **kwargs: Any,
     ) -> Any:
         ctx = click.get_current_context()
-        options = given_options(
-            ctx,
-            database=database,
-            database_name=database_name,
-            backup_dir=backup_dir,
-            secondary_dir=secondary_dir,
-        )
+        options = given_options(ctx)
         settings = resolve_settings(ctx, config=config, options=options)
         ctx.meta[SETTINGS_META] = settings
         return func(settings, **kwargs)
@@ -1239,13 +1233,7 @@ def init(
     """
 
     ctx = click.get_current_context()
-    options = given_options(
-        ctx,
-        database=database,
-        database_name=database_name,
-        backup_dir=backup_dir,
-        secondary_dir=secondary_dir,
-    )
+    options = given_options(ctx)
     app = _flask_app(ctx)
     if app is not None:
         if config_out is not None or overwrite or config is not None:
@@ -1524,13 +1512,7 @@ def _restore_settings(
     """Settings as every command resolves them; with ``--to`` and no database configured
     (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
 
-    options = given_options(
-        ctx,
-        database=database,
-        database_name=database_name,
-        backup_dir=backup_dir,
-        secondary_dir=secondary_dir,
-    )
+    options = given_options(ctx)
     try:
         return resolve_settings(ctx, config=config, options=options)
     except ConfigError:
