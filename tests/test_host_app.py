@@ -297,7 +297,12 @@ def test_pages_behind_the_hosts_own_login_and_admin_rule(
     assert client.get(f"{P}/").status_code == 403
     boss = host_app().test_client()
     log_in(boss, "boss")
-    assert boss.get(f"{P}/").status_code == 200
+    page = boss.get(f"{P}/")
+    assert page.status_code == 200
+    # Before any run, the hints name the host app's own commands.
+    text = page.get_data(as_text=True)
+    assert "<code>flask backups health</code>" in text
+    assert ">flask backups init</code>" in text
 
 
 def test_a_403_for_want_of_an_admin_rule_is_logged_once_with_the_reason(
