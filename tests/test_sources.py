@@ -4,6 +4,7 @@ the cosmetic promises of ``status`` (a restore's recovery point, "newest")."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sqlite3
@@ -317,3 +318,29 @@ def test_the_restore_undo_hint_names_the_command_in_use(db_path: Path) -> None:
     assert result.safety_snapshot_id
     undo = invoke("restore", backup_id, "--yes", "--database", str(db_path))
     assert "(undo with: tablettracker-backups restore " in undo.stdout
+
+
+def test_hints_name_the_command_in_use(tmp_path: Path, db_path: Path) -> None:
+    """Under a host app, ``flask backups …`` (its config says where everything is); the
+    standalone tool repeats what it needs to find the same folders."""
+    standalone = load_settings(options={"database": db_path}, environ={})
+    create_backup(standalone)
+    other = make_db(tmp_path / "other.db")
+    for command, adopt in (
+        ("tablettracker-backups", f"tablettracker-backups adopt --database {other}"),
+        ("flask backups", "flask backups adopt"),
+    ):
+        moved = resolve(
+            merge(option_layer({"database": other, "dir": standalone.backup_dir})),
+            command=command,
+        )
+        with pytest.raises(IdentityError) as caught:
+            create_backup(moved)
+        assert str(caught.value).endswith(f"renamed on purpose: {adopt}")
+    flask = dataclasses.replace(standalone, command="flask backups")
+    assert flask.command_line("restore", "latest", "--preview") == (
+        "flask backups restore latest --preview"
+    )
+    assert standalone.command_line("health") == (
+        f"tablettracker-backups health --database {db_path} --backup-dir {standalone.backup_dir}"
+    )
