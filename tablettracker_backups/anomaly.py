@@ -89,15 +89,20 @@ def previous_good(infos: Iterable[BackupInfo]) -> BackupInfo | None:
 
 
 def find_anomalies(
-    previous: BackupMetadata, current: BackupMetadata, *, drop: float
+    previous: BackupMetadata,
+    current: BackupMetadata,
+    *,
+    drop: float,
+    command: str = "tablettracker-backups",
 ) -> tuple[Anomaly, ...]:
     """What changed suspiciously from ``previous`` to ``current``.
 
     A table of at least :data:`MIN_ROWS` rows that lost more than ``drop`` (a fraction) of
     them, a table that is gone, more foreign-key violations, a different schema (information).
+    ``command`` is the tool the hint names (``flask backups`` under a host app).
     """
     found: list[Anomaly] = []
-    preview = f"tablettracker-backups restore {previous.id} --preview"
+    preview = f"{command} restore {previous.id} --preview"
     for table, before in sorted(previous.row_counts.items()):
         if before < MIN_ROWS:
             continue

@@ -315,7 +315,9 @@ def _anomalies(
         return ()
     if previous is None or previous.metadata is None:
         return ()
-    found = find_anomalies(previous.metadata, current, drop=settings.anomaly_drop)
+    found = find_anomalies(
+        previous.metadata, current, drop=settings.anomaly_drop, command=settings.command
+    )
     for item in found:
         logger.warning("anomaly in backup %s: %s", current.id, item.message)
     return found

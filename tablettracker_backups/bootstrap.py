@@ -1,17 +1,23 @@
-"""``init``: the one-time set-up of a machine for scheduled backups."""
+"""``init``: the one-time set-up of a machine for scheduled backups.
+
+Standalone, ``init`` writes a TOML config file and the scheduled task names it with
+``--config``. Inside a host app (``flask backups init``) the app's config is the configuration:
+nothing is written, and the task is ``flask --app <app> backups run``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tablettracker_backups.backup import create_backup, prepare_locations
 from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
-from tablettracker_backups.settings import Settings, default_config_path, parse_duration
+from tablettracker_backups.settings import Settings, default_backup_dir, parse_duration
 from tablettracker_backups.snapshot import check_sqlite_file
 
 
@@ -19,7 +25,8 @@ from tablettracker_backups.snapshot import check_sqlite_file
 class InitResult:
     """What ``init`` set up."""
 
-    config_path: Path
+    #: The config file written; None inside a host app (its config is the configuration).
+    config_path: Path | None
     folders: tuple[Path, ...]
     gitignored: tuple[Path, ...]
     backup_id: str
@@ -30,7 +37,7 @@ class InitResult:
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
         return {
-            "config_path": str(self.config_path),
+            "config_path": None if self.config_path is None else str(self.config_path),
             "folders": [str(f) for f in self.folders],
             "gitignored": [str(g) for g in self.gitignored],
             "backup_id": self.backup_id,
@@ -48,7 +55,8 @@ def render_config(settings: Settings, interval: int) -> str:
     """The TOML config file ``init`` writes."""
     lines = [
         "# tablettracker-backups configuration, written by `tablettracker-backups init`.",
-        "# Every key can also be set as an environment variable BACKUPS_<KEY>.",
+        "# Read only when named: run --config THIS_FILE, or set BACKUPS_CONFIG to it.",
+        "# Every key can also be set as an environment variable BACKUPS_<KEY>, which wins.",
         "[backups]",
         f"database = {_toml_string(str(settings.database))}",
         f"database_name = {_toml_string(settings.database_name)}",
@@ -136,24 +144,37 @@ def interval_text(seconds: int) -> str:
 
 
 def setup_command(settings: Settings) -> str:
-    """The ``init`` command that sets up the scheduled run for these settings (it writes the
-    config file, takes a verified backup and prints the task's exact command)."""
+    """The ``init`` command that sets up the scheduled run for these settings (it takes a
+    verified backup and prints the task's exact command; standalone, it writes the config
+    file first). Inside a host app that is ``flask backups init``: the app's config holds
+    the rest."""
+    if settings.under_flask:
+        return settings.command_line("init")
     words = ["tablettracker-backups", "init", "--database", str(settings.database)]
-    if settings.backup_dir != settings.database.parent / "backups":
+    if settings.backup_dir != default_backup_dir(settings.database, settings.database_name):
         words += ["--backup-dir", str(settings.backup_dir)]
     if settings.secondary_dir is not None:
         words += ["--secondary-dir", str(settings.secondary_dir)]
     return shlex.join([*words, "--interval", interval_text(settings.interval)])
 
 
+def standalone_task(config_path: Path) -> list[str]:
+    """The scheduled task's command for a config file: this interpreter (the virtualenv's,
+    so the task needs no activated environment) running ``run --config FILE``."""
+    return [sys.executable, "-m", "tablettracker_backups", "run", "--config", str(config_path)]
+
+
 def initialise(
     settings: Settings,
     *,
+    task: Sequence[str],
     interval: str | int = "1h",
     config_path: Path | None = None,
     overwrite: bool = False,
 ) -> InitResult:
-    """Create folders, take a first verified backup, then write the config file.
+    """Create folders, take a first verified backup, then write the config file (none when
+    ``config_path`` is None: a host app's config is the configuration). ``task`` is the
+    scheduled task's command, as words.
 
     The config is written only once the first backup succeeded: a config for a setup that
     cannot back up would send the scheduled task into failing runs. Raises
@@ -162,20 +183,19 @@ def initialise(
     """
     seconds = parse_duration("interval", interval)
     check_sqlite_file(settings.database)
-    target = (config_path or default_config_path()).expanduser().absolute()
-    if target.exists() and not overwrite:
+    target = None if config_path is None else config_path.expanduser().absolute()
+    if target is not None and target.exists() and not overwrite:
         raise ConfigError(f"config file {target} exists; pass --overwrite to replace it")
-    if target.is_dir():
+    if target is not None and target.is_dir():
         raise ConfigError(f"config file {target} is a folder")
     prepare_locations(settings)
     gitignored = tuple(f for f in settings.locations if keep_out_of_git(f))
     final = dataclasses.replace(settings, interval=seconds)
     result = create_backup(final, kind="manual", trigger="init")
-    ensure_private_dir(target.parent)
-    atomic_write_bytes(target, render_config(final, seconds).encode())
-    command = shlex.join(
-        [sys.executable, "-m", "tablettracker_backups", "run", "--config", str(target)]
-    )
+    if target is not None:
+        ensure_private_dir(target.parent)
+        atomic_write_bytes(target, render_config(final, seconds).encode())
+    command = shlex.join(task)
     log = settings.backup_dir / "run.log"
     schedule = "17 * * * *" if seconds < 86400 else "17 3 * * *"
     return InitResult(

@@ -14,6 +14,7 @@ import functools
 import getpass
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Callable
@@ -26,7 +27,12 @@ import click
 from tablettracker_backups import audit, notify
 from tablettracker_backups.anomaly import recorded_anomalies
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.bootstrap import InitResult, initialise
+from tablettracker_backups.bootstrap import (
+    InitResult,
+    initialise,
+    interval_text,
+    standalone_task,
+)
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import (
     Identity,
@@ -40,7 +46,6 @@ from tablettracker_backups.errors import (
     BackupError,
     ConfigError,
     LockedError,
-    NoDatabaseConfigured,
 )
 from tablettracker_backups.health import (
     check_health,
@@ -69,11 +74,17 @@ from tablettracker_backups.restore import (
 from tablettracker_backups.restore_points import Moment, parse_moment, point_at, restore_events
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
-from tablettracker_backups.settings import (
-    Settings,
-    default_config_path,
+from tablettracker_backups.settings import Settings, parse_duration
+from tablettracker_backups.sources import (
+    FLASK_COMMAND,
+    Layer,
+    describe_origins,
     load_settings,
-    settings_from_mapping,
+    merge,
+    option_layer,
+    resolve,
+    unread_config_hint,
+    user_config_path,
 )
 from tablettracker_backups.states import CheckDepth, OffsiteStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
@@ -209,8 +220,8 @@ def common_options(func: F) -> F:
             "config",
             type=click.Path(path_type=Path, dir_okay=False),
             envvar="BACKUPS_CONFIG",
-            help="TOML config file ([backups] table). Default: "
-            "~/.config/tablettracker-backups/config.toml if it exists.",
+            help="TOML config file ([backups] table; relative paths in it are relative to "
+            "it). Read only when named here or in BACKUPS_CONFIG. [env: BACKUPS_CONFIG]",
         ),
         click.option(
             "--database",
@@ -281,37 +292,70 @@ def open_identity(path: Path | None) -> Identity | None:
     return load_identity(path.expanduser().absolute(), passphrase=ask)
 
 
-def resolve_settings(
-    ctx: click.Context,
-    *,
-    config: Path | None,
-    database: Path | None,
-    backup_dir: Path | None,
-    secondary_dir: Path | None,
-    database_name: str | None = None,
-) -> Settings:
-    """Settings from the host Flask app (under ``flask backups``) or from config/env/options."""
-    overrides = {
-        "database": database,
-        "dir": backup_dir,
-        "secondary_dir": secondary_dir,
-        "database_name": database_name,
+#: Each common option's parameter name, and the setting it gives.
+OPTION_KEYS = {
+    "database": "database",
+    "database_name": "database_name",
+    "backup_dir": "dir",
+    "secondary_dir": "secondary_dir",
+}
+NO_DATABASE = (
+    "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
+)
+
+
+def given_options(ctx: click.Context) -> dict[str, Any]:
+    """The common options given on the command line, as settings. One read from the
+    environment (``envvar``) is left to the environment's own place in the precedence."""
+    return {
+        key: ctx.params[name]
+        for name, key in OPTION_KEYS.items()
+        if ctx.params.get(name) is not None
+        and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
     }
-    app_values = _flask_app_values(ctx)
-    if app_values is not None:
-        merged = dict(app_values)
-        merged.update({k: v for k, v in overrides.items() if v is not None})
-        return settings_from_mapping(merged)
-    try:
-        return load_settings(config_file=config, overrides=overrides)
-    except NoDatabaseConfigured:
-        raise ConfigError(
-            "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
-        ) from None
 
 
-def _flask_app_values(ctx: click.Context) -> dict[str, Any] | None:
-    """The host app's BACKUPS_* values when running as ``flask backups``; else None."""
+def resolve_settings(
+    ctx: click.Context, *, config: Path | None, options: dict[str, Any]
+) -> Settings:
+    """Settings in the one precedence (see :mod:`tablettracker_backups.sources`): the options
+    given, the environment, then the host app's config (under ``flask backups``) or the named
+    config file, then the defaults."""
+    app_layers = _flask_app_layers(ctx)
+    if app_layers is not None:
+        if config is not None and ctx.get_parameter_source("config") == (
+            click.core.ParameterSource.COMMANDLINE
+        ):
+            raise click.UsageError(
+                "flask backups reads the app's config; --config is for the standalone "
+                "tablettracker-backups command"
+            )
+        return resolve(merge(app_layers, option_layer(options)), command=FLASK_COMMAND)
+    hint = unread_config_hint() if config is None else None
+    settings = load_settings(
+        config_file=config,
+        options=options,
+        missing_database=NO_DATABASE + (f"; {hint}" if hint else ""),
+    )
+    if hint is not None:
+        click.echo(f"Note: {hint}", err=True)
+    return settings
+
+
+def _flask_app_layers(ctx: click.Context) -> Layer | None:
+    """The host app's settings with their origins when running as ``flask backups``."""
+    app = _flask_app(ctx)
+    if app is None:
+        return None
+    state = app.extensions.get("tablettracker_backups")
+    if state is None:
+        raise click.UsageError("this Flask app has not called BackupManager.init_app(app)")
+    layers: Layer = state.layers
+    return layers
+
+
+def _flask_app(ctx: click.Context) -> Any:
+    """The host app when running as ``flask backups``; else None."""
     try:
         from flask.cli import ScriptInfo
     except ImportError:  # pragma: no cover - Flask is a dependency
@@ -319,11 +363,7 @@ def _flask_app_values(ctx: click.Context) -> dict[str, Any] | None:
     info = ctx.find_object(ScriptInfo)
     if info is None:
         return None
-    app = info.load_app()
-    state = app.extensions.get("tablettracker_backups")
-    if state is None:
-        raise click.UsageError("this Flask app has not called BackupManager.init_app(app)")
-    return dict(state.values)
+    return info.load_app()
 
 
 def settings_command(func: F) -> F:
@@ -340,14 +380,8 @@ def settings_command(func: F) -> F:
         **kwargs: Any,
     ) -> Any:
         ctx = click.get_current_context()
-        settings = resolve_settings(
-            ctx,
-            config=config,
-            database=database,
-            backup_dir=backup_dir,
-            secondary_dir=secondary_dir,
-            database_name=database_name,
-        )
+        options = given_options(ctx)
+        settings = resolve_settings(ctx, config=config, options=options)
         ctx.meta[SETTINGS_META] = settings
         return func(settings, **kwargs)
 
@@ -389,9 +423,14 @@ def cli() -> None:
     """Verified, rotated, restorable backups of TabletTracker's SQLite database.
 
     \b
-    First time:      tablettracker-backups init --database instance/tablet_counter.db
-    Scheduled task:  tablettracker-backups run --config ~/.config/tablettracker-backups/config.toml
-    Check:           tablettracker-backups status
+    In a Flask app (its config is the configuration):
+      First time:      flask --app tablettracker backups init
+      Scheduled task:  flask --app /home/me/tablettracker backups run  (init prints it)
+      Check:           flask --app tablettracker backups status
+    Standalone (a config file is read only where named):
+      First time:      tablettracker-backups init --database instance/tablet_counter.db
+      Scheduled task:  tablettracker-backups run --config ~/backups.toml  (init prints it)
+      Check:           tablettracker-backups status --config ~/backups.toml
 
     Exit codes: 0 ok, 1 warning, 2 critical or failed, 3 busy (another operation holds the lock).
     """
@@ -552,7 +591,7 @@ def list_backups(settings: Settings, as_json: bool) -> None:
         emit_json([as_dict(i) for i in infos])
         return
     if not infos:
-        click.echo("No backups yet. Take one with: tablettracker-backups backup")
+        click.echo(f"No backups yet. Take one with: {settings.command_line('backup', where=False)}")
         return
     _print_list(infos, plan, latest, offsite)
 
@@ -722,7 +761,8 @@ def verify(
 ) -> None:
     """Fully check backups: checksum, decompression, integrity_check, row counts.
 
-    Without ID, checks the newest backup. Exit 0 when every copy passed, 1 when some copy is
+    Without ID, checks the newest backup (the newest regular one, as in status; a safety
+    snapshot is checked by its ID or with --all). Exit 0 when every copy passed, 1 when some copy is
     damaged but another is sound, 2 when a backup has no sound copy. With --offsite, checks
     the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
     damaged.
@@ -923,10 +963,12 @@ def health(settings: Settings, as_json: bool) -> None:
 @settings_command
 @json_option
 def status(settings: Settings, as_json: bool) -> None:
-    """A short summary: newest backups, counts per slot, disk use, health.
+    """A short summary: newest backups, counts per slot, disk use, the settings, health.
 
     The same checks as 'health' (which also saves them to status.json), so the two never
-    disagree.
+    disagree. 'Newest' is the newest regular backup whatever its state, 'latest' the newest
+    good one; neither is ever a pre-restore safety snapshot. Each setting that is not a
+    default is shown with where it came from (option, environment, app config, file).
 
     \b
     Example:
@@ -934,8 +976,14 @@ def status(settings: Settings, as_json: bool) -> None:
     """
 
     report = check_health(settings)
+    shown = describe_origins(settings)
     if as_json:
-        emit_json(report.to_dict())
+        emit_json(
+            {
+                **report.to_dict(),
+                "settings": {key: {"value": v, "origin": o} for key, v, o in shown},
+            }
+        )
         sys.exit(report.exit_code)
     click.echo(f"Database:        {settings.database}")
     click.echo(
@@ -956,7 +1004,7 @@ def status(settings: Settings, as_json: bool) -> None:
         )
     click.echo(f"Last run:        {human_age(report.last_run_at)}")
     for label, text in describe_recovery(report.recovery):
-        click.echo(f"{label + ':':<17}{text}")
+        click.echo(f"{label + ':':<16} {text}")
     offsite = report.offsite
     if offsite:
         behind = (
@@ -966,8 +1014,18 @@ def status(settings: Settings, as_json: bool) -> None:
         )
         click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
     _print_encryption(report.encryption)
+    _print_origins(shown)
     _print_health(report)
     sys.exit(report.exit_code)
+
+
+def _print_origins(shown: list[tuple[str, str, str]]) -> None:
+    """Each setting that is not a default, and the folders, with where it came from (as
+    ``git config --show-origin`` prints them)."""
+    click.echo("Settings (where each comes from; the rest are defaults):")
+    width = max(len(key) for key, _value, _origin in shown)
+    for key, value, origin in shown:
+        click.echo(f"  {key:<{width}} = {value}  [{origin}]")
 
 
 def _print_encryption(encryption: dict[str, Any]) -> None:
@@ -1156,55 +1214,115 @@ def init(
     overwrite: bool,
     as_json: bool,
 ) -> None:
-    """One-time set-up: owner-only folders, a first verified backup, then the config file,
-    and the command to paste into a PythonAnywhere scheduled task or a crontab.
+    """One-time set-up: owner-only folders, a first verified backup, and the command to paste
+    into a PythonAnywhere scheduled task or a crontab.
 
-    --config FILE says where to write the config (default:
-    ~/.config/tablettracker-backups/config.toml). It is written only once the first backup
-    has succeeded, so a failed init leaves no config behind.
+    Inside a Flask app (flask --app APP backups init) the app's config is the configuration:
+    nothing is written, and the scheduled task is 'flask --app APP backups run' with every
+    path spelled out, so it works from any folder. The interval is BACKUPS_INTERVAL there.
+
+    Standalone, it also writes a config file (--config FILE; default:
+    ~/.config/tablettracker-backups/config.toml), only once the first backup has succeeded,
+    so a failed init leaves no config behind. The file is read only where named: the task's
+    command passes --config FILE.
 
     \b
-    Example:
+    Examples:
+      flask --app tablettracker backups init
       tablettracker-backups init --database ~/tablettracker/instance/tablet_counter.db \\
           --secondary-dir ~/backups-mirror --interval 1d
     """
 
     ctx = click.get_current_context()
-    target = (config_out or config or default_config_path()).expanduser().absolute()
-    overrides = {
-        "database": database,
-        "database_name": database_name,
-        "dir": backup_dir,
-        "secondary_dir": secondary_dir,
-    }
-    if _flask_app_values(ctx) is not None:
-        settings = resolve_settings(
-            ctx,
-            config=None,
-            database=database,
-            database_name=database_name,
-            backup_dir=backup_dir,
-            secondary_dir=secondary_dir,
-        )
+    options = given_options(ctx)
+    app = _flask_app(ctx)
+    if app is not None:
+        if config_out is not None or overwrite or config is not None:
+            raise click.UsageError(
+                "inside a Flask app, init writes no config file: the app's config is the "
+                "configuration (no --config or --overwrite)"
+            )
+        settings = resolve_settings(ctx, config=None, options=options)
+        given = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
+        if given and parse_duration("interval", interval) != settings.interval:
+            raise click.UsageError(
+                f"the interval is BACKUPS_INTERVAL in the app's config (now "
+                f"{interval_text(settings.interval)}); set BACKUPS_INTERVAL = {interval!r} "
+                "there, then run init again"
+            )
+        outcome = initialise(settings, task=flask_task(ctx, app), interval=settings.interval)
     else:
+        target = (config_out or config or user_config_path()).expanduser().absolute()
         # The file to write is read only if it exists (with --overwrite its settings are the
         # starting point); a new --config path is not an input.
         settings = load_settings(
             config_file=target if target.is_file() else None,
-            overrides=overrides,
-            use_default=False,
+            options=options,
+            missing_database=NO_DATABASE,
         )
-    outcome = initialise(settings, interval=interval, config_path=target, overwrite=overwrite)
+        outcome = initialise(
+            settings,
+            task=standalone_task(target),
+            interval=interval,
+            config_path=target,
+            overwrite=overwrite,
+        )
     audit_command(
         settings,
         "init",
         ok=True,
-        message=f"set up with a first backup {outcome.backup_id}; config {outcome.config_path}",
+        message=f"set up with a first backup {outcome.backup_id}; "
+        + (f"config {outcome.config_path}" if outcome.config_path else "the app's config"),
     )
     if as_json:
         emit_json(outcome.to_dict())
         return
     _print_init(outcome)
+
+
+def flask_task(ctx: click.Context, app: Any) -> list[str]:
+    """``flask --app APP backups run`` for a scheduled task: the virtualenv's ``flask`` and
+    the app as an absolute path, so it needs neither an activated environment nor a folder."""
+    from flask.cli import ScriptInfo
+
+    info = ctx.find_object(ScriptInfo)
+    flask = Path(sys.executable).parent / "flask"
+    program = [str(flask)] if flask.is_file() else [sys.executable, "-m", "flask"]
+    where = app_reference(info.app_import_path if info else None, app)
+    return [*program, "--app", where, "backups", "run"]
+
+
+def app_reference(import_path: str | None, app: Any) -> str:
+    """What ``--app`` must say from any folder: the app's module or package as an absolute
+    path, with the factory or variable name kept as given (``/home/me/tt:create_app``)."""
+    name: str | None = None
+    module = None
+    if import_path:
+        # Flask's own split: a colon not followed by a path separator (C:\ on Windows).
+        parts = re.split(r":(?![\\/])", import_path, maxsplit=1)
+        path, name = parts[0], (parts[1] if len(parts) > 1 else None)
+        if path.endswith(".py") or os.sep in path or os.path.isdir(path):
+            return _with_name(os.path.abspath(path), name)
+        module = sys.modules.get(path)
+    else:  # found by Flask in the current folder, as wsgi.py or app.py
+        for candidate in ("wsgi", "app"):
+            found = sys.modules.get(candidate)
+            file = getattr(found, "__file__", None)
+            if file and Path(file).absolute().parent == Path.cwd():
+                module = found
+                break
+    module = module or sys.modules.get(app.import_name)
+    file = getattr(module, "__file__", None)
+    if not file:
+        return _with_name(app.import_name, name)
+    location = Path(file).absolute()
+    if location.name == "__init__.py":
+        location = location.parent
+    return _with_name(str(location), name)
+
+
+def _with_name(path: str, name: str | None) -> str:
+    return f"{path}:{name}" if name else path
 
 
 def _print_init(outcome: InitResult) -> None:
@@ -1213,7 +1331,11 @@ def _print_init(outcome: InitResult) -> None:
     for ignored in outcome.gitignored:
         click.echo(f"Kept out of git: {ignored}")
     click.echo(f"First backup:    {outcome.backup_id} (verified)")
-    click.echo(f"Config written:  {outcome.config_path}")
+    if outcome.config_path is None:
+        click.echo("Config:          the app's config (no file written; 'status' shows each")
+        click.echo("                 setting and where it comes from)")
+    else:
+        click.echo(f"Config written:  {outcome.config_path}")
     click.echo("")
     click.echo(
         "PythonAnywhere: Tasks tab -> scheduled task "
@@ -1223,10 +1345,10 @@ def _print_init(outcome: InitResult) -> None:
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
-    if outcome.config_path != default_config_path().expanduser().absolute():
+    if outcome.config_path is not None:
         click.echo("")
-        click.echo("Other commands read this config with --config, or set it once:")
-        click.echo(f"  export BACKUPS_CONFIG={outcome.config_path}")
+        click.echo("Other commands read this config only when named: --config, or set it once:")
+        click.echo(f"  export BACKUPS_CONFIG={shlex.quote(str(outcome.config_path))}")
 
 
 @cli.command()
@@ -1391,18 +1513,13 @@ def _restore_settings(
     """Settings as every command resolves them; with ``--to`` and no database configured
     (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
 
-    where: dict[str, Any] = {
-        "config": config,
-        "backup_dir": backup_dir,
-        "secondary_dir": secondary_dir,
-        "database_name": database_name,
-    }
+    options = given_options(ctx)
     try:
-        return resolve_settings(ctx, database=database, **where)
+        return resolve_settings(ctx, config=config, options=options)
     except ConfigError:
         if database is not None or to is None:
             raise
-        return resolve_settings(ctx, database=to, **where)
+        return resolve_settings(ctx, config=config, options={**options, "database": to})
 
 
 def _print_preview(preview: RestorePreview) -> None:
@@ -1636,9 +1753,7 @@ def restore(
     if from_database is not None:
         # The target's own folders: the configuration's, without the options naming the
         # other database's folder.
-        target_settings = resolve_settings(
-            ctx, config=config, database=target, backup_dir=None, secondary_dir=None
-        )
+        target_settings = resolve_settings(ctx, config=config, options={"database": target})
     result = restore_backup(
         settings,
         backup_id,
@@ -1652,7 +1767,7 @@ def restore(
     if as_json:
         emit_json({**result.to_dict(), **asked})
     else:
-        _print_restored(result, given)
+        _print_restored(settings, result, given)
     if result.fell_back or result.warnings:
         sys.exit(EXIT_WARNING)
 
@@ -1668,7 +1783,8 @@ def _restore_choice(settings: Settings, backup_id: str | None, *, undo: bool, as
         return backup_id
     if not sys.stdin.isatty() or as_json:
         raise click.UsageError(
-            "give a backup ID, 'latest' or --undo (see: tablettracker-backups list)"
+            "give a backup ID, 'latest' or --undo (see: "
+            f"{settings.command_line('list', where=False)})"
         )
     return _choose_backup(settings)
 
@@ -1699,7 +1815,9 @@ def _confirm_restore(
         sys.exit(EXIT_WARNING)
 
 
-def _print_restored(result: RestoreResult, given: dict[str, Path | str | None]) -> None:
+def _print_restored(
+    settings: Settings, result: RestoreResult, given: dict[str, Path | str | None]
+) -> None:
     """The human summary of a restore, with the command that undoes it."""
     if sys.stderr.isatty():
         click.echo("", err=True)
@@ -1711,7 +1829,7 @@ def _print_restored(result: RestoreResult, given: dict[str, Path | str | None]) 
     )
     if result.safety_snapshot_id:
         # Repeat the options given, so the printed command works when pasted as it is.
-        undo = ["tablettracker-backups", "restore", result.safety_snapshot_id]
+        undo = [*shlex.split(settings.command), "restore", result.safety_snapshot_id]
         for option, value in given.items():
             if value is not None:
                 undo += [option, str(value)]

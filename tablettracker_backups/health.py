@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import shlex
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
@@ -206,7 +205,11 @@ def check_health(
     findings += disk_findings
     first = regular[-1].created_at if regular else None
     last_run_at, schedule_findings = _schedule_findings(
-        status, now=now, interval=interval, first_backup_at=first
+        status,
+        now=now,
+        interval=interval,
+        first_backup_at=first,
+        setup=settings.command_line("init", where=False),
     )
     findings += schedule_findings
     findings += _backup_failure_findings(status)
@@ -275,11 +278,34 @@ def recovery_summary(
     if newest is None or meta is None:
         return summary
     unsaved = changed_since(meta.source.signature, current, when_unsure=False)
+    restored = _restored_unchanged(settings, backups, latest) if unsaved else None
+    if restored is not None:
+        # A restore rewrote the file (new times), but what it holds is that backup's data.
+        unsaved = False
+        summary["restored_from"] = restored
     summary["unsaved_writes"] = unsaved
     summary["achieved_seconds"] = (
         max(0.0, (latest - newest.created_at).total_seconds()) if unsaved else 0.0
     )
     return summary
+
+
+def _restored_unchanged(
+    settings: Settings, backups: list[BackupInfo], latest_write: datetime
+) -> str | None:
+    """The backup the live database was last restored from, when nothing was written since
+    (the latest write is not after the restore noted itself) and that backup still exists."""
+    noted = read_status(settings).get("last_restore")
+    if not isinstance(noted, dict):
+        return None
+    try:
+        at = parse_utc(noted.get("at"), "at")
+    except BackupError:
+        return None
+    backup_id = noted.get("backup_id")
+    if latest_write > at or not any(b.id == backup_id and b.good for b in backups):
+        return None
+    return str(backup_id)
 
 
 def describe_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
@@ -290,7 +316,14 @@ def describe_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
     if achieved is None:
         lines.append(("Recovery point", "unknown (no good backup, or the database is missing)"))
     elif achieved == 0:
-        lines.append(("Recovery point", "every write so far is in a backup"))
+        restored = recovery.get("restored_from")
+        lines.append(
+            (
+                "Recovery point",
+                "every write so far is in a backup"
+                + (f" (the database is as restored from backup {restored})" if restored else ""),
+            )
+        )
     else:
         lines.append(
             (
@@ -422,18 +455,7 @@ def current_report(settings: Settings) -> HealthReport:
 def restore_command(settings: Settings, backup_id: str) -> str:
     """The exact command that restores ``backup_id`` into the live database, with the
     folders spelled out so it works pasted as it is, whatever config file is in use."""
-    words = [
-        "tablettracker-backups",
-        "restore",
-        backup_id,
-        "--database",
-        str(settings.database),
-        "--backup-dir",
-        str(settings.backup_dir),
-    ]
-    if settings.secondary_dir is not None:
-        words += ["--secondary-dir", str(settings.secondary_dir)]
-    return shlex.join(words)
+    return settings.command_line("restore", backup_id)
 
 
 def restore_findings(settings: Settings) -> list[Finding]:
@@ -697,7 +719,12 @@ def _copy_findings(
 
 
 def _schedule_findings(
-    status: dict[str, Any], *, now: datetime, interval: timedelta, first_backup_at: datetime | None
+    status: dict[str, Any],
+    *,
+    now: datetime,
+    interval: timedelta,
+    first_backup_at: datetime | None,
+    setup: str = "tablettracker-backups init",
 ) -> tuple[datetime | None, list[Finding]]:
     """When the scheduled run last ran, and whether it failed, stopped, or was never set up.
 
@@ -727,7 +754,7 @@ def _schedule_findings(
                     Level.WARNING,
                     "no-scheduled-run",
                     f"no scheduled run yet, {format_age(waited)} after the first backup: set up "
-                    "the scheduled task (tablettracker-backups init prints its command)",
+                    f"the scheduled task ({setup} prints its command)",
                 )
             )
     if last_run_at is not None and now - last_run_at > 2 * interval + GRACE:

@@ -17,9 +17,11 @@ their newest backup came from this database (same path or same name), and nothin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
+import shlex
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -46,8 +48,6 @@ logger = logging.getLogger(__name__)
 
 IDENTITY_FILE = "database.json"
 IDENTITY_VERSION = 1
-#: The one documented way to hand a folder to a moved or renamed database.
-ADOPT_COMMAND = "tablettracker-backups adopt"
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,39 @@ def mismatch_message(folder: Path, recorded: DatabaseIdentity, settings: Setting
     return (
         f"backup folder {folder} belongs to database {recorded.describe()}, not "
         f"{current.describe()}; use another backup folder, or if this database was moved or "
-        f"renamed on purpose: {ADOPT_COMMAND} --database {settings.database}"
+        f"renamed on purpose: {adopt_command(settings)}"
     )
+
+
+def holds_database(folder: Path, settings: Settings) -> bool:
+    """Whether ``folder`` already holds the backups of the database ``settings`` names.
+
+    Yes when its ``database.json`` has this database's name or file (a moved database is then
+    refused with the ``adopt`` hint, not handed an empty folder), or, for a folder from a
+    version before ``database.json``, when its newest backup came from this database. A
+    record that cannot be read counts as yes: whoever uses the folder is told what is wrong.
+    Reads only.
+    """
+    if not (folder / IDENTITY_FILE).exists() and not folder.is_dir():
+        return False
+    try:
+        recorded = read_identity(folder)
+    except StorageError:
+        return True
+    if recorded is not None:
+        return recorded.name == settings.database_name or same_database(recorded, settings)
+    here = dataclasses.replace(settings, backup_dir=folder, secondary_dir=None)
+    newest = _newest_source(BackupStore(here), "primary")
+    return newest is not None and _same_source(newest, settings)
+
+
+def adopt_command(settings: Settings) -> str:
+    """The one documented way to hand a folder to a moved or renamed database, in the tool
+    being used (``flask backups adopt`` under a host app, whose config names the database)."""
+    if settings.under_flask:
+        return settings.command_line("adopt")
+    words = settings.command_line("adopt", where=False)
+    return f"{words} --database {shlex.quote(str(settings.database))}"
 
 
 def check_folders(settings: Settings) -> None:
@@ -192,16 +223,18 @@ def _write(folder: Path, identity: DatabaseIdentity) -> None:
 def _refuse_foreign_legacy(folder: Path, location: str, settings: Settings) -> None:
     """An older version's folder: adopt it only if its newest backup is of this database."""
     newest = _newest_source(BackupStore(settings), location)
-    if newest is None:
-        return
-    same_path = os.path.realpath(newest.source.path) == os.path.realpath(settings.database)
-    same_name = default_database_name(Path(newest.source.path)) == settings.database_name
-    if same_path or same_name:
+    if newest is None or _same_source(newest, settings):
         return
     other = DatabaseIdentity(
         default_database_name(Path(newest.source.path)), newest.source.path, newest.created_at
     )
     raise IdentityError(mismatch_message(folder, other, settings))
+
+
+def _same_source(meta: BackupMetadata, settings: Settings) -> bool:
+    """Whether a backup was taken of the configured database (same file, or same name)."""
+    same_path = os.path.realpath(meta.source.path) == os.path.realpath(settings.database)
+    return same_path or default_database_name(Path(meta.source.path)) == settings.database_name
 
 
 def _newest_source(store: BackupStore, location: str) -> BackupMetadata | None:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shlex
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -39,7 +37,7 @@ from tablettracker_backups.notifiers import (
     mask_url,
     target_key,
 )
-from tablettracker_backups.settings import Settings, default_config_path
+from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import State
 from tablettracker_backups.version import __version__
 
@@ -156,16 +154,7 @@ def database_name(settings: Settings) -> str:
 def command(settings: Settings, *words: str) -> str:
     """The exact command to paste: with ``--config`` when a config file is in use, else with
     the database and folder options, so it works from any directory."""
-    argv = ["tablettracker-backups", *words]
-    explicit = os.environ.get("BACKUPS_CONFIG")
-    config = default_config_path() if explicit or default_config_path().is_file() else None
-    if config is not None:
-        argv += ["--config", str(config)]
-    else:
-        argv += ["--database", str(settings.database), "--backup-dir", str(settings.backup_dir)]
-        if settings.secondary_dir is not None:
-            argv += ["--secondary-dir", str(settings.secondary_dir)]
-    return shlex.join(argv)
+    return settings.command_line(*words)
 
 
 _CODE_KINDS = {

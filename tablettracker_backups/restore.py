@@ -630,7 +630,9 @@ def _restore_over(
     record = _keep_copies(job, attempt, record, safety, copied, after_failed)
     attempt.durations["safety_file"] = round(time.monotonic() - begun, 4)
     if failure is not None:
-        raise RestoreError(_failure_message(meta.id, target, failure, undo_failure, attempt))
+        raise RestoreError(
+            _failure_message(settings, meta.id, target, failure, undo_failure, attempt)
+        )
     return record
 
 
@@ -753,6 +755,7 @@ def _file_after_failed(job: _Job, attempt: _Attempt, copy: Path) -> None:
 
 
 def _failure_message(
+    settings: Settings,
     backup_id: str,
     target: Path,
     failure: BackupError,
@@ -771,7 +774,7 @@ def _failure_message(
     if undo_failure is None:
         return f"{first}; {where} was put back, so {target} is as it was before the restore"
     hint = (
-        f" (tablettracker-backups restore {attempt.safety_snapshot_id})"
+        f" ({settings.command_line('restore', attempt.safety_snapshot_id)})"
         if attempt.safety_snapshot_id
         else ""
     )

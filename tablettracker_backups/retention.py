@@ -211,7 +211,11 @@ def plan_retention(
     for index, candidate in enumerate(safety[: policy.pre_restore]):
         reasons[candidate.id].append(f"pre-restore #{index + 1}")
     if ordered:
-        reasons[ordered[0].id].append("newest backup")
+        # Kept whatever its kind; but "newest backup" means a regular one everywhere.
+        top = ordered[0]
+        reasons[top.id].append(
+            "newest safety snapshot" if top.kind == "pre-restore" else "newest backup"
+        )
     newest_verified = next((c for c in ordered if c.verified), None)
     if newest_verified is not None and newest_verified is not ordered[0]:
         reasons[newest_verified.id].append("newest verified backup")

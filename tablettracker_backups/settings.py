@@ -4,8 +4,8 @@ Every source uses the same names. The Flask config key and the environment varia
 ``BACKUPS_<NAME>``; in a TOML config file the name is lower-case without the prefix, under a
 ``[backups]`` table (``database = "..."``, ``keep_daily = 30``), except that the folders follow
 the command-line options there (``backup_dir``, ``secondary_dir``; the older ``dir`` still
-works). Precedence, highest first: explicit options, environment variables, the config file,
-the defaults below.
+works). Which source wins, and where relative paths are anchored, is :mod:`.sources`; this
+module turns the winning values into :class:`Settings` and refuses bad ones.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import difflib
 import math
 import os
 import re
+import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,15 @@ class Settings:
     anomaly_drop: float = 0.20
     #: The database's name in its backup folder's identity (default: the file's stem).
     database_name: str = ""
+    #: The command hints name: ``tablettracker-backups``, or ``flask backups`` under a host app
+    #: (whose config then needs no options repeated).
+    command: str = "tablettracker-backups"
+    #: The TOML file the settings were read from, if any (hints then pass ``--config`` to it).
+    config_file: Path | None = None
+    #: Each setting that is not a default (and the folders), by lower-case key: its value as
+    #: shown (secrets masked) and where it came from; ``status`` shows them, as
+    #: ``git config --show-origin`` does. Filled in by :func:`.sources.resolve`.
+    origins: Mapping[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.database_name:
@@ -154,10 +164,45 @@ class Settings:
         """Where the lock, status file, alert log and audit log live (the primary folder)."""
         return self.backup_dir
 
+    @property
+    def under_flask(self) -> bool:
+        """Whether these settings are a host app's (hints then say ``flask backups``)."""
+        return self.command != "tablettracker-backups"
+
+    def command_line(self, *words: str, where: bool = True) -> str:
+        """The command to paste for ``words`` (``restore ID``), in the tool being used.
+
+        Under a host app, ``flask backups ...``: its config says where everything is. The
+        standalone tool repeats ``--config FILE`` when a file was read, else (with ``where``)
+        the database and folder options, so the command works from any folder.
+        """
+        argv = [*shlex.split(self.command), *words]
+        if self.under_flask or not where:
+            return shlex.join(argv)
+        if self.config_file is not None:
+            return shlex.join([*argv, "--config", str(self.config_file)])
+        argv += ["--database", str(self.database), "--backup-dir", str(self.backup_dir)]
+        if self.secondary_dir is not None:
+            argv += ["--secondary-dir", str(self.secondary_dir)]
+        return shlex.join(argv)
+
 
 def default_database_name(database: Path) -> str:
     """The file's stem (``tablet_counter`` for ``tablet_counter.db``), or its name."""
     return database.stem or database.name or "database"
+
+
+#: The folder beside the database that holds the default backup folders, one per database.
+DEFAULT_BACKUPS_FOLDER = "backups"
+
+
+def default_backup_dir(database: Path, name: str) -> Path:
+    """``backups/<name>/`` beside the database: two databases in one folder get one each.
+
+    (Earlier versions used ``backups/`` itself; :mod:`.sources` keeps using that folder where
+    it already holds this database's backups.)
+    """
+    return database.parent / DEFAULT_BACKUPS_FOLDER / name
 
 
 def validate_database_name(value: Any) -> str:
@@ -372,16 +417,24 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
     """
     unknown = sorted(set(values) - CORE_KEYS)
     if unknown:
-        raise ConfigError(f"unknown setting {PREFIX}{unknown[0].upper()}")
+        raise ConfigError(
+            f"unknown setting {PREFIX}{unknown[0].upper()}"
+            + did_you_mean(unknown[0], sorted(CORE_KEYS), formatter=lambda k: PREFIX + k.upper())
+        )
     if values.get("database") is None:
         raise NoDatabaseConfigured(
             "no database configured: set BACKUPS_DATABASE or `database` in the config file"
         )
     database = _path("database", values["database"])
+    name = (
+        validate_database_name(values["database_name"])
+        if values.get("database_name") is not None
+        else default_database_name(database)
+    )
     backup_dir = (
         _path("dir", values["dir"])
         if values.get("dir") is not None
-        else database.parent / "backups"
+        else default_backup_dir(database, name)
     )
     secondary = (
         _path("secondary_dir", values["secondary_dir"])
@@ -423,8 +476,7 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["health_checksum_count"] = _int(
             "health_checksum_count", values["health_checksum_count"]
         )
-    if values.get("database_name") is not None:
-        kwargs["database_name"] = validate_database_name(values["database_name"])
+    kwargs["database_name"] = name
     kwargs.update(_notify_settings(values))
     if values.get("snapshot_after_write") is not None:
         kwargs["snapshot_after_write"] = _optional_duration(
@@ -623,7 +675,7 @@ def values_from_toml(path: Path) -> dict[str, Any]:
         if isinstance(content, dict):
             raise ConfigError(
                 f"config file {path}: unknown section [{section}]"
-                + _did_you_mean(section, [TOML_SECTION], f"[{TOML_SECTION}]")
+                + did_you_mean(section, [TOML_SECTION], f"[{TOML_SECTION}]")
             )
         raise ConfigError(
             f"config file {path}: {section!r} must be under a [{TOML_SECTION}] section"
@@ -636,7 +688,7 @@ def values_from_toml(path: Path) -> dict[str, Any]:
         if key not in CORE_KEYS and key not in TOML_ALIASES:
             raise ConfigError(
                 f"config file {path}: unknown setting {key!r} in [{TOML_SECTION}]"
-                + _did_you_mean(key, known)
+                + did_you_mean(key, known)
             )
     values = dict(table)
     for alias, key in TOML_ALIASES.items():
@@ -649,47 +701,15 @@ def values_from_toml(path: Path) -> dict[str, Any]:
     return values
 
 
-def _did_you_mean(word: str, choices: list[str], shown: str | None = None) -> str:
+def did_you_mean(
+    word: str,
+    choices: list[str],
+    shown: str | None = None,
+    *,
+    formatter: Callable[[str], str] = repr,
+) -> str:
+    """``"; did you mean 'keep_daily'?"`` for the nearest of ``choices``, or ``""``."""
     close = difflib.get_close_matches(word.lower(), choices, n=1, cutoff=0.6)
     if not close:
         return ""
-    return f"; did you mean {shown or repr(close[0])}?"
-
-
-def default_config_path() -> Path:
-    """``$BACKUPS_CONFIG``, else ``$XDG_CONFIG_HOME/tablettracker-backups/config.toml``."""
-    explicit = os.environ.get("BACKUPS_CONFIG")
-    if explicit:
-        return Path(explicit).expanduser()
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "tablettracker-backups" / "config.toml"
-
-
-def load_settings(
-    *,
-    config_file: Path | None = None,
-    overrides: Mapping[str, Any] | None = None,
-    environ: Mapping[str, str] | None = None,
-    use_default: bool = True,
-) -> Settings:
-    """Settings for a process without a Flask app (the CLI, a scheduled task).
-
-    Reads ``config_file`` (or, with ``use_default``, the default config file when it exists),
-    then the environment, then ``overrides`` (``None`` values are ignored). Raises
-    :class:`ConfigError`.
-    """
-    values: dict[str, Any] = {}
-    path = config_file
-    if path is None and use_default:
-        candidate = default_config_path()
-        path = candidate if candidate.is_file() else None
-    if path is not None:
-        values.update(values_from_toml(path))
-    values.update(values_from_env(environ))
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if path is not None and values.get("database") is None:
-        raise ConfigError(
-            f'config file {path} names no database (database = "..." under '
-            f"[{TOML_SECTION}]); pass --database PATH or set BACKUPS_DATABASE"
-        )
-    return settings_from_mapping(values)
+    return f"; did you mean {shown or formatter(close[0])}?"

@@ -444,11 +444,17 @@ class BackupStore:
         return found
 
     def newest(self) -> BackupInfo:
-        """The newest backup of any kind and state; raises :class:`BackupNotFound`."""
+        """The newest backup: the newest regular one (scheduled, manual, ``auto``), whatever
+        its state, never a pre-restore safety snapshot. What ``newest`` means everywhere
+        (``status``, ``health``, the dashboard, ``verify`` without an id). Raises
+        :class:`BackupNotFound`."""
         infos = self.list()
-        if not infos:
-            raise BackupNotFound("no backups yet")
-        return infos[0]
+        found = next((info for info in infos if info.kind != "pre-restore"), None)
+        if found is None:
+            raise BackupNotFound(
+                "no backups yet" if not infos else "no backups yet besides safety snapshots"
+            )
+        return found
 
     def newest_safety_snapshot(self) -> BackupInfo:
         """The newest verified pre-restore snapshot (what ``restore --undo`` restores)."""

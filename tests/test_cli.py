@@ -15,7 +15,8 @@ import tomllib
 from click.testing import CliRunner, Result
 
 from tablettracker_backups.cli import cli
-from tablettracker_backups.settings import Settings, load_settings
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.sources import load_settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import backdate, flip_byte, make_db, rewrite_metadata
 
@@ -265,7 +266,7 @@ def test_init(tmp_path: Path, in_git: bool) -> None:
     ]
     result = ok(CliRunner().invoke(cli, args))
     out = result.stdout
-    primary = project / "backups"
+    primary = project / "backups" / "tablet_counter"  # one folder per database
     for folder in (primary, project / "mirror"):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         assert f"Folder (0700):   {folder}" in out

@@ -45,7 +45,8 @@ from tablettracker_backups.health import check_health
 from tablettracker_backups.keys import DEFAULT_DRILL_DAYS, DRILLS
 from tablettracker_backups.metadata import BackupMetadata, SourceInfo, Verification
 from tablettracker_backups.restore import preview_restore, restore_backup
-from tablettracker_backups.settings import Settings, load_settings, settings_from_mapping
+from tablettracker_backups.settings import Settings, settings_from_mapping
+from tablettracker_backups.sources import load_settings
 from tablettracker_backups.status import update_status
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup

@@ -40,7 +40,8 @@ from tablettracker_backups.notifiers import mask_url
 from tablettracker_backups.pings import MAX_BODY, clip, ping_address
 from tablettracker_backups.restore import restore_backup
 from tablettracker_backups.runner import run
-from tablettracker_backups.settings import Settings, load_settings, split_notify_urls
+from tablettracker_backups.settings import Settings, split_notify_urls
+from tablettracker_backups.sources import load_settings
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tests.conftest import csrf_from, flip_byte

@@ -468,7 +468,8 @@ def test_the_rollback_is_checked_too_and_a_bad_one_says_where_things_stand(
         f"{safety.id} back ALSO failed: "
     )
     assert message.endswith(
-        f"{db} may be damaged: restore it by hand (tablettracker-backups restore {safety.id})"
+        f"{db} may be damaged: restore it by hand "
+        f"({wal_settings.command_line('restore', safety.id)})"
     )
     assert "as it was before" not in message
     details = read_entries(wal_settings)[0].details

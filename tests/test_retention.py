@@ -147,7 +147,7 @@ def test_unverified_backups_never_fill_a_slot(
     unverified = {c.id for c in candidates if not c.verified}
     for decision in plan.decisions:
         if decision.id in unverified:
-            assert set(decision.reasons) <= {"newest backup"}
+            assert set(decision.reasons) <= {"newest backup", "newest safety snapshot"}
     pre = [c for c in candidates if c.kind == "pre-restore" and c.verified]
     kept_pre = [d for d in plan.decisions if any(r.startswith("pre-restore #") for r in d.reasons)]
     assert len(kept_pre) == min(len(pre), policy.pre_restore)
@@ -644,7 +644,7 @@ def test_latest_pins_and_damage_each_keep_what_they_promise() -> None:
     safety = Candidate("s", NOON, "pre-restore", True, source_damaged=True)
     plan = plan_retention([safety, good, pinned, old], NO_SLOTS, now=NOON)
     assert kept(plan) == {
-        "s": ("newest backup",),
+        "s": ("newest safety snapshot",),  # kept all the same; "newest backup" is a regular one
         "g": ("newest good backup",),
         "p": ("pinned",),
     }

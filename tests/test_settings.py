@@ -7,11 +7,8 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.errors import ConfigError
-from tablettracker_backups.settings import (
-    RetentionPolicy,
-    load_settings,
-    settings_from_mapping,
-)
+from tablettracker_backups.settings import RetentionPolicy, settings_from_mapping
+from tablettracker_backups.sources import load_settings
 
 
 def write_toml(path: Path, body: str) -> Path:
@@ -22,7 +19,8 @@ def write_toml(path: Path, body: str) -> Path:
 def test_defaults(tmp_path: Path) -> None:
     settings = settings_from_mapping({"database": tmp_path / "app.db"})
     assert settings.database == tmp_path / "app.db"
-    assert settings.backup_dir == tmp_path / "backups"
+    # One folder per database: two databases in one folder do not share one.
+    assert settings.backup_dir == tmp_path / "backups" / "app"
     assert settings.secondary_dir is None
     assert settings.compression == "zstd"
     assert settings.compression_level == 6
@@ -30,7 +28,7 @@ def test_defaults(tmp_path: Path) -> None:
     assert settings.interval == 3600
     assert settings.disk_warning == pytest.approx(0.10)
     assert settings.disk_critical == pytest.approx(0.02)
-    assert settings.locations == (tmp_path / "backups",)
+    assert settings.locations == (tmp_path / "backups" / "app",)
     assert settings_from_mapping({"database": "x.db", "compression": "gzip"}).compression_level == 6
 
 
@@ -50,7 +48,7 @@ def test_precedence_options_over_env_over_file_over_defaults(tmp_path: Path) -> 
         "UNRELATED": "ignored",
     }
     options = {"database": tmp_path / "opt.db", "dir": None, "secondary_dir": None}
-    settings = load_settings(config_file=config, overrides=options, environ=env)
+    settings = load_settings(config_file=config, options=options, environ=env)
     assert settings.database == tmp_path / "opt.db"  # option beats env and file
     assert settings.backup_dir == tmp_path / "env-dir"  # env beats file (option unset)
     assert settings.interval == 7200  # env beats file
@@ -66,22 +64,25 @@ def test_precedence_options_over_env_over_file_over_defaults(tmp_path: Path) -> 
     assert only_env.compression == "zstd"
 
 
-def test_default_config_file_is_read_when_present(
+def test_the_user_config_file_is_read_only_when_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A file under ~/.config covers every app of the account: it must never be picked up
+    unasked (it once sent another database's backup to its folder)."""
     xdg = tmp_path / "xdg"
     (xdg / "tablettracker-backups").mkdir(parents=True)
-    write_toml(xdg / "tablettracker-backups" / "config.toml", 'database = "/srv/a.db"\n')
+    user_file = write_toml(
+        xdg / "tablettracker-backups" / "config.toml", 'database = "/srv/a.db"\n'
+    )
     monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
-    assert load_settings(environ={}).database == Path("/srv/a.db")
-    monkeypatch.setenv("BACKUPS_CONFIG", str(tmp_path / "other.toml"))
-    write_toml(tmp_path / "other.toml", 'database = "/srv/b.db"\n')
-    assert load_settings(environ={}).database == Path("/srv/b.db")
+    with pytest.raises(ConfigError, match="no database configured"):
+        load_settings(environ={})
+    assert load_settings(config_file=user_file, environ={}).database == Path("/srv/a.db")
 
 
 def test_empty_environment_values_are_unset(tmp_path: Path) -> None:
     settings = load_settings(
-        overrides={"database": tmp_path / "a.db"},
+        options={"database": tmp_path / "a.db"},
         environ={"BACKUPS_SECONDARY_DIR": "", "BACKUPS_INTERVAL": ""},
     )
     assert settings.secondary_dir is None
@@ -150,7 +151,7 @@ def test_missing_database_is_a_config_error() -> None:
 def test_bad_environment_value_names_the_variable(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="BACKUPS_KEEP_MONTHLY"):
         load_settings(
-            overrides={"database": tmp_path / "a.db"}, environ={"BACKUPS_KEEP_MONTHLY": "-1"}
+            options={"database": tmp_path / "a.db"}, environ={"BACKUPS_KEEP_MONTHLY": "-1"}
         )
 
 

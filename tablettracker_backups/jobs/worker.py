@@ -42,6 +42,7 @@ from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.restore import restore_backup
 from tablettracker_backups.settings import Settings, settings_from_mapping, values_from_env
+from tablettracker_backups.sources import FLASK_COMMAND
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import failure_event, verify_backup
 
@@ -164,7 +165,8 @@ def _worker_settings(job: Job, environ: Mapping[str, str]) -> Settings:
     values = dict(job.settings)
     secrets_from_env = {k: v for k, v in values_from_env(environ).items() if k in SECRET_KEYS}
     values.update(secrets_from_env)
-    return settings_from_mapping(values)
+    # Jobs are started by a host app's pages: their hints name its command.
+    return replace(settings_from_mapping(values), command=FLASK_COMMAND)
 
 
 def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None = None) -> Job:

@@ -9,15 +9,42 @@ scheduled-task endpoint (:mod:`.views`, :mod:`.tasks`), hooks in the write trigg
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
 
-from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
+from tablettracker_backups.sources import (
+    FLASK_COMMAND,
+    app_layer,
+    effective_values,
+    environment_layer,
+    merge,
+    resolve,
+)
 from tablettracker_backups.web import autosnapshot, restoregate
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
 from tablettracker_backups.web.tasks import TASK_BLUEPRINT
 from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
+
+#: The extension's own keys (everything else under BACKUPS_* is a setting of the core, see
+#: :data:`settings.CORE_KEYS`); read from the app's config only.
+WEB_KEYS = frozenset(
+    {
+        "url_prefix",
+        "is_admin",
+        "task_token",
+        "base_template",
+        "task_url",
+        "metrics_url",
+        "restore_gate",
+    }
+)
+NO_DATABASE = (
+    "no database configured: set BACKUPS_DATABASE in the app's config (a relative path is "
+    "inside the instance folder: 'instance/tablet_counter.db') or in the environment"
+)
 
 
 class BackupManager:
@@ -30,8 +57,11 @@ class BackupManager:
     def init_app(self, app: Flask) -> None:
         """Validate config, register the extension, blueprint and CLI on ``app``.
 
-        Raises :class:`RuntimeError` if registered twice or if the app has no Flask-Login
-        ``LoginManager``; :class:`ConfigError` for a bad ``BACKUPS_*`` value.
+        Settings come from the app's config, with ``BACKUPS_*`` environment variables over it;
+        relative paths in the app's config are inside ``app.instance_path`` (see
+        :mod:`tablettracker_backups.sources`). Raises :class:`RuntimeError` if registered twice
+        or if the app has no Flask-Login ``LoginManager``; :class:`ConfigError` for an unknown
+        ``BACKUPS_*`` key (naming the nearest known one) or a bad value.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError("BackupManager is already registered on this app")
@@ -40,6 +70,8 @@ class BackupManager:
                 "BackupManager needs Flask-Login: create a LoginManager and call "
                 "login_manager.init_app(app) before BackupManager(app)"
             )
+        # What the app set itself, before the defaults below: their origin is "app config".
+        given = {key: app.config[key] for key in app.config if key.startswith("BACKUPS_")}
         #: The live SQLite database (required).
         app.config.setdefault("BACKUPS_DATABASE", None)
         #: The database's name in its backup folder's identity (``database.json``); default:
@@ -98,13 +130,13 @@ class BackupManager:
         #: letting them wait on the lock and fail; False lets them through.
         app.config.setdefault("BACKUPS_RESTORE_GATE", True)
 
-        values = {
-            key[len(PREFIX) :].lower(): value
-            for key, value in app.config.items()
-            if key.startswith(PREFIX) and key[len(PREFIX) :].lower() in CORE_KEYS
-        }
-        values = {k: v for k, v in values.items() if v is not None}
-        settings = settings_from_mapping(values)
+        # The app's config, then the environment over it (the one precedence every face
+        # shares); an unknown or bad BACKUPS_* key fails here, at start-up.
+        layers = merge(
+            app_layer(given, instance_path=Path(app.instance_path), other_keys=WEB_KEYS),
+            environment_layer(os.environ, relative="refuse"),
+        )
+        settings = resolve(layers, command=FLASK_COMMAND, missing_database=NO_DATABASE)
         is_admin = app.config["BACKUPS_IS_ADMIN"]
         if not callable(is_admin):
             raise RuntimeError("BACKUPS_IS_ADMIN must be a callable taking the current user")
@@ -122,7 +154,8 @@ class BackupManager:
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
         app.extensions[EXTENSION_KEY] = BackupState(
             settings=settings,
-            values=values,
+            values=effective_values(settings, layers),
+            layers=layers,
             is_admin=is_admin,
             task_token=token,
             base_template=base_template,

@@ -6,6 +6,7 @@ state, do not import each other.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +14,10 @@ from typing import Any
 from flask import current_app
 
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.sources import Layer
 from tablettracker_backups.store import ListingCache
+
+logger = logging.getLogger(__name__)
 
 EXTENSION_KEY = "tablettracker_backups"
 
@@ -28,8 +32,12 @@ class BackupState:
     """What ``init_app`` stores in ``app.extensions``: validated settings and web options."""
 
     settings: Settings
-    #: The validated core values, lower-case and prefix-less (the CLI re-validates overrides).
+    #: The effective core values, lower-case and prefix-less, folders resolved (a web job's
+    #: worker rebuilds the same settings from them).
     values: dict[str, Any]
+    #: Every value with its origin (app config, environment): ``flask backups`` puts its
+    #: command-line options over them.
+    layers: Layer
     is_admin: Callable[[Any], bool]
     task_token: str | None
     base_template: str
@@ -38,6 +46,24 @@ class BackupState:
     restore_gate: bool = True
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
+    #: What has been logged once already (``explain_forbidden``).
+    logged: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    def explain_forbidden(self, user: Any) -> None:
+        """Log, once per app, why every user gets 403: the default admin check reads
+        ``user.is_admin``, and this app's user has none. A real admin turned away with no
+        clue would otherwise have nothing to go on."""
+        if self.is_admin is not default_is_admin or hasattr(user, "is_admin"):
+            return
+        if "no-is-admin" in self.logged:
+            return
+        self.logged.add("no-is-admin")
+        logger.warning(
+            "403 on the backup pages: %s has no is_admin attribute and BACKUPS_IS_ADMIN is not "
+            "set, so no user can see them; set BACKUPS_IS_ADMIN = lambda user: ... in the "
+            "app's config, or give the user class an is_admin property (logged once)",
+            type(user).__name__,
+        )
 
 
 def get_state() -> BackupState:

@@ -154,7 +154,9 @@ def _guard() -> ResponseReturnValue | None:
     if not current_user.is_authenticated:
         response: ResponseReturnValue = current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
         return response
-    if not get_state().is_admin(current_user._get_current_object()):
+    state, user = get_state(), current_user._get_current_object()
+    if not state.is_admin(user):
+        state.explain_forbidden(user)
         abort(403, description="Only administrators can see the backup pages.")
     csrf.protect()
     return None

@@ -35,6 +35,7 @@ _REASON_CHIPS = (
     ("newest backup with a good checksum", "checked"),
     ("newest verified backup", "newest verified"),
     ("newest backup", "newest"),
+    ("newest safety snapshot", "newest"),
     ("just taken", "just taken"),
     ("dated in the future", "future date"),
     ("retention paused", "paused"),
