@@ -30,6 +30,7 @@ from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
+from tests import faultkit
 from tests.conftest import backdate, flip_byte, make_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +301,50 @@ def test_run_rebuilds_a_damaged_primary_copy_from_the_secondary(roomy: Settings)
     info = BackupStore(roomy).get(backup_id)
     assert BackupStore(roomy).checksum_matches(info, "primary")
     assert result.health.exit_code == 0, result.health.findings
+
+
+def test_a_rebuilt_copy_damaged_before_its_rename_is_not_kept(
+    roomy: Settings, tmp_path: Path
+) -> None:
+    """heal's last check on its own: the rebuilt file is hashed again from disk. The copy is
+    damaged after it was written and its own hash (taken while copying) matched, just before
+    its rename: only that re-hash can see it. A copy that fails it is taken away again."""
+    backup_id = create_backup(roomy).metadata.id
+    assert roomy.secondary_dir is not None
+    for name in (f"{backup_id}.db.zst", f"{backup_id}.json"):
+        (roomy.secondary_dir / name).unlink()
+    env = faultkit.cli_env(
+        roomy.database,
+        roomy.backup_dir,
+        roomy.secondary_dir,
+        home=tmp_path / "home",
+        BACKUPS_DISK_WARNING="1MB",
+        BACKUPS_DISK_CRITICAL="1MB",
+        TTB_CRASH_AT="secondary-copy",
+        TTB_CRASH_SIGNAL="STOP",
+    )
+    proc = faultkit.spawn_cli(["run", "--json"], env)
+    try:
+        assert faultkit.stopped_at(proc), "the run never reached the rebuilt copy's rename"
+        [written] = [p for p in roomy.secondary_dir.iterdir() if p.name.startswith(".tmp-")]
+        flip_byte(written)  # same size: the listing cannot tell
+    finally:
+        code, out, err = faultkit.resume(proc)
+    report = json.loads(out)
+    assert [(r["location"], r["ok"]) for r in report["repaired"]] == [("secondary", False)], err
+    assert "does not match" in report["repaired"][0]["error"]
+    assert code == 1
+    # Not left behind looking sound: the copy is missing again, and health says why.
+    info = BackupStore(roomy).get(backup_id)
+    assert info.copy_state("secondary") == CopyStatus.MISSING
+    assert any(
+        f.code == "copies-disagree" and "rebuilding it failed" in f.message
+        for f in check_health(roomy).findings
+    )
+    # The next run, with nothing in the way, rebuilds it.
+    healed = run(roomy)
+    assert [(r.location, r.ok) for r in healed.repaired] == [("secondary", True)]
+    assert BackupStore(roomy).checksum_matches(BackupStore(roomy).get(backup_id), "secondary")
 
 
 def test_health_warns_while_a_repair_is_impossible(roomy: Settings) -> None:
