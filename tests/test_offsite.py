@@ -47,6 +47,7 @@ from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import flip_byte, make_db
+from tests.netkit import recording_proxy
 
 boto3 = pytest.importorskip("boto3")
 
@@ -459,6 +460,85 @@ def test_init_config_names_the_offsite_store_but_not_its_keys(
     assert values["s3_endpoint_url"] == "https://s3.example.test"
     assert values["s3_addressing_style"] == "path"
     assert values["s3_prefix"] == "tablettracker-backups/"
+
+
+# -- each check of an upload on its own ---------------------------------------------------------
+
+
+def test_a_local_copy_damaged_in_place_is_never_sent(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """The local SHA-256 check before an upload, on its own: the checks after the upload
+    compare the stored object with the local file, so a damaged file would pass them all
+    and go offsite as a good copy. Watched through a recording proxy: nothing is sent."""
+    with recording_proxy(s3_server.endpoint) as proxy:
+        settings = s3_settings(s3_endpoint_url=f"http://{proxy.base}")
+        meta = create_backup(settings).metadata
+        data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+        flip_byte(data)  # same size: the listing still calls the copy ok
+        offsite = OffsiteStore.from_settings(settings)
+        with pytest.raises(VerificationError, match="does not match its metadata; not uploading"):
+            offsite.upload(data, meta)
+        assert [r for r in proxy.requests if r.method in ("PUT", "POST")] == []
+        # A sync takes the sound secondary copy instead.
+        result = sync_offsite(settings)
+        assert [u.id for u in result.uploaded] == [meta.id], result
+        assert offsite.verify(meta.id, scratch_dir=settings.backup_dir).ok
+
+
+@pytest.mark.parametrize(
+    ("stored", "with_checksum", "error"),
+    [
+        ("truncated", False, r"is \d+ bytes after upload, expected"),
+        ("one byte changed", True, "has a different SHA-256 than the local backup"),
+        ("one byte changed", False, "read back differently than it was uploaded"),
+    ],
+)
+def test_each_check_after_an_upload_on_its_own(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    stored: str,
+    with_checksum: bool,
+    error: str,
+) -> None:
+    """What the provider holds after an upload differs from the local file: shorter; same
+    size with the provider's own SHA-256; same size with no checksum (read back). Each is
+    refused by its own check, in its own words."""
+    settings = s3_settings()
+    meta = create_backup(settings).metadata
+    assert settings.s3 is not None
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    body = bytearray(data.read_bytes())
+    if stored == "truncated":
+        del body[-1]
+    else:
+        body[len(body) // 2] ^= 0xFF
+    key = settings.s3.prefix + meta.data_file
+    extra = {"ChecksumAlgorithm": "SHA256"} if with_checksum else {}
+    s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=bytes(body), **extra)
+    offsite = OffsiteStore.from_settings(settings)
+    digests = local_digests(
+        data,
+        multipart_threshold=settings.s3.multipart_threshold,
+        chunksize=settings.s3.multipart_chunksize,
+    )
+    with pytest.raises(OffsiteError, match=error):
+        offsite._check_uploaded(key, meta, digests)
+
+
+def test_only_keys_under_the_prefix_are_deleted(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    settings = s3_settings()
+    assert settings.s3 is not None
+    outside = f"elsewhere-{settings.s3.prefix}20261123T201500Z-3f9a1c.db.zst"
+    client = s3_server.client()
+    client.put_object(Bucket=BUCKET, Key=outside, Body=b"not ours")
+    offsite = OffsiteStore.from_settings(settings)
+    with pytest.raises(ValueError, match="outside the prefix"):
+        offsite.delete_key(outside)
+    assert client.get_object(Bucket=BUCKET, Key=outside)["Body"].read() == b"not ours"
+    client.delete_object(Bucket=BUCKET, Key=outside)
 
 
 # -- multipart ---------------------------------------------------------------------------------

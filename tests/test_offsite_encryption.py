@@ -25,6 +25,7 @@ from tablettracker_backups.cli import cli
 from tablettracker_backups.encryption import (
     AGE_HEADER,
     SealResult,
+    encrypt_file,
     encrypted_metadata,
     fingerprint,
     public_metadata,
@@ -372,6 +373,36 @@ def test_no_plaintext_byte_is_sent_for_a_mislabelled_file(
         assert isinstance(refused.value, VerificationError), refused.value
         assert "it is not an age file" in str(refused.value)
         assert meta.id not in {o.id for o in offsite.list()}
+
+
+def test_metadata_that_names_the_schema_is_never_sent(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    """The sealed-metadata check before an upload, on its own: a real age file, offered with
+    its metadata before the table names and row counts were sealed away. Nothing after the
+    upload reads the metadata, so only this check keeps the schema from the provider."""
+    _, recipient = keys("owner")
+    with recording_proxy(s3_server.endpoint) as proxy:
+        settings = s3_settings(encrypt_to=recipient, s3_endpoint_url=f"http://{proxy.base}")
+        meta = create_backup(settings).metadata
+        plain = BackupStore(settings).data_path_for("primary", meta)
+        sealed_file = tmp_path / f"{meta.id}.db.zst.age"
+        seal = encrypt_file(plain, sealed_file, [recipient], expected_sha256=meta.sha256)
+        unsealed = encrypted_metadata(meta, seal, [recipient])  # not public_metadata()
+        assert unsealed.row_counts
+        offsite = OffsiteStore.from_settings(settings)
+        with pytest.raises(BackupError) as refused:
+            offsite.upload(sealed_file, unsealed)
+        assert [r for r in proxy.requests if r.method in ("PUT", "POST")] == []
+        for name in table_names(db_path):
+            assert not [r for r in proxy.requests if name.encode() in r.body], name
+        assert isinstance(refused.value, VerificationError), refused.value
+        assert "it names the schema" in str(refused.value)
+        assert offsite.list() == []
 
 
 def test_kill_9_during_upload_encryption_leaves_nothing_listed(
