@@ -6,6 +6,7 @@ process killed with SIGKILL. The offsite side (SeaweedFS) is in test_offsite_enc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -452,6 +453,52 @@ def _plain_meta(path: Path, sealed: SealResult) -> BackupMetadata:
         durations={},
         verification=Verification(True, now, "ok", 0),
     )
+
+
+def test_each_check_of_encrypt_and_decrypt_on_its_own(
+    tmp_path: Path, keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    """Every check of encrypt_file and decrypt_file, each from the state it guards against,
+    with the checks after it in place (the decryption itself would pass in each case)."""
+    identity_file, recipient = keys("owner")
+    identity = load_identity(identity_file)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(256 * 1024))
+    sealed = tmp_path / "sealed.age"
+    seal = encrypt_file(plain, sealed, [recipient])
+    meta = encrypted_metadata(_plain_meta(plain, seal), seal, [recipient])
+    out = tmp_path / "out.bin"
+    decrypt_file(sealed, out, meta, identity, label="the control")  # all checks pass
+    out.unlink()
+
+    # encrypt: the file changed since it was verified (a different SHA-256 was expected).
+    with pytest.raises(VerificationError, match="no longer matches the SHA-256"):
+        encrypt_file(plain, tmp_path / "again.age", [recipient], expected_sha256="0" * 64)
+    assert not (tmp_path / "again.age").exists()
+
+    # decrypt: a plain file under metadata that matches it (only the header tells).
+    mislabelled = dataclasses.replace(meta, stored_size=seal.inner_size, sha256=seal.inner_sha256)
+    with pytest.raises(VerificationError, match="is not an age file"):
+        decrypt_file(plain, out, mislabelled, identity, label="plain")
+    assert not out.exists()
+
+    # decrypt: the same content encrypted again: it decrypts to the right bytes, but it is
+    # not the ciphertext that was stored and checked.
+    other = tmp_path / "other.age"
+    encrypt_file(plain, other, [recipient])
+    with pytest.raises(VerificationError, match="the ciphertext's SHA-256 does not match"):
+        decrypt_file(other, out, meta, identity, label="re-encrypted")
+    assert not out.exists()
+
+    # decrypt: other content whose ciphertext the metadata describes (inner hash stale).
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(os.urandom(256 * 1024))
+    swapped = tmp_path / "swapped.age"
+    reseal = encrypt_file(changed, swapped, [recipient])
+    stale = dataclasses.replace(meta, stored_size=reseal.size, sha256=reseal.sha256)
+    with pytest.raises(VerificationError, match="the decrypted data does not match"):
+        decrypt_file(swapped, out, stale, identity, label="swapped")
+    assert not out.exists()
 
 
 def test_key_rotation_keeps_old_backups_listed_with_their_keys(
