@@ -27,6 +27,7 @@ from tablettracker_backups.encryption import (
     AGE_HEADER,
     ARMOR_HEADER,
     SealResult,
+    check_sealed,
     create_identity_file,
     decrypt_file,
     encrypt_file,
@@ -489,6 +490,16 @@ def test_each_check_of_encrypt_and_decrypt_on_its_own(
     with pytest.raises(VerificationError, match="the ciphertext's SHA-256 does not match"):
         decrypt_file(other, out, meta, identity, label="re-encrypted")
     assert not out.exists()
+
+    # The check without the key (sealed): the plain file, and a flipped byte (same size).
+    with pytest.raises(VerificationError, match="is not an age file"):
+        check_sealed(plain, mislabelled, label="plain")
+    flipped = tmp_path / "flipped.age"
+    flipped.write_bytes(sealed.read_bytes())
+    flip_byte(flipped)
+    with pytest.raises(VerificationError, match="the ciphertext's SHA-256 does not match"):
+        check_sealed(flipped, meta, label="flipped")
+    check_sealed(sealed, meta, label="the control")
 
     # decrypt: other content whose ciphertext the metadata describes (inner hash stale).
     changed = tmp_path / "changed.bin"
