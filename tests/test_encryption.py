@@ -511,6 +511,10 @@ def test_each_check_of_encrypt_and_decrypt_on_its_own(
         decrypt_file(swapped, out, stale, identity, label="swapped")
     assert not out.exists()
 
+    # The metadata of an encrypted form must be built from that form's own seal.
+    with pytest.raises(VerificationError, match="is not of this backup"):
+        encrypted_metadata(_plain_meta(plain, seal), reseal, [recipient])
+
 
 def test_key_rotation_keeps_old_backups_listed_with_their_keys(
     make_settings: Callable[..., Settings],

@@ -347,6 +347,22 @@ def test_a_rebuilt_copy_damaged_before_its_rename_is_not_kept(
     assert BackupStore(roomy).checksum_matches(BackupStore(roomy).get(backup_id), "secondary")
 
 
+def test_a_repair_never_creates_the_folder_of_a_disk_that_is_away(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The secondary folder's parent is gone (its disk unplugged): a copy rebuilt into a
+    folder made in its place would be on the system disk, no second copy at all."""
+    disk = tmp_path / "usb-disk"
+    disk.mkdir()
+    settings = make_settings(secondary_dir=disk / "mirror", **ROOMY)
+    backup_id = create_backup(settings).metadata.id
+    shutil.rmtree(disk)
+    result = run(settings)
+    assert [(r.id, r.location, r.ok) for r in result.repaired] == [(backup_id, "secondary", False)]
+    assert "is not there (is its disk mounted?)" in (result.repaired[0].error or "")
+    assert not disk.exists()
+
+
 def test_health_warns_while_a_repair_is_impossible(roomy: Settings) -> None:
     backup_id = create_backup(roomy).metadata.id
     assert roomy.secondary_dir is not None
