@@ -567,6 +567,8 @@ def test_encryption_configured_without_pyrage_never_stores_plaintext(
     hint = r"pip install 'tablettracker-backups\[encrypt\]'"
     with pytest.raises(EncryptionUnavailable, match=hint):
         create_backup(settings)
+    # Refused up front: no folder made, no plain snapshot written even for a moment.
+    assert not settings.backup_dir.exists()
     assert BackupStore(settings).list() == []
     assert not list(settings.backup_dir.glob("*.db.zst"))
     finding = next(f for f in check_health(settings).findings if f.code == "encryption-unavailable")

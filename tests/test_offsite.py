@@ -785,6 +785,31 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     assert all(r.ok for r in verify_offsite(settings, [newer_id]))
 
 
+def test_a_repair_passes_over_a_damaged_local_copy_to_the_offsite_one(
+    s3_settings: Callable[..., Settings],
+) -> None:
+    """heal checks a source before copying from it: the secondary copy is damaged in place
+    (same size, so the listing calls it ok), so the missing primary is rebuilt from the
+    offsite copy instead; then the damaged secondary too."""
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None and first.offsite is not None and first.offsite.ok
+    backup_id = first.backup.metadata.id
+    assert settings.secondary_dir is not None
+    for name in (f"{backup_id}.db.zst", f"{backup_id}.json"):
+        (settings.backup_dir / name).unlink()
+    flip_byte(settings.secondary_dir / f"{backup_id}.db.zst")
+    result = run(settings)
+    assert [(r.location, r.source, r.ok) for r in result.repaired if r.id == backup_id] == [
+        ("primary", "offsite", True),
+        ("secondary", "offsite", True),
+    ], result.repaired
+    info = BackupStore(settings).get(backup_id)
+    assert all(
+        BackupStore(settings).checksum_matches(info, where) for where in ("primary", "secondary")
+    )
+
+
 def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
