@@ -810,6 +810,36 @@ def test_a_repair_passes_over_a_damaged_local_copy_to_the_offsite_one(
     )
 
 
+def test_a_repair_refuses_a_damaged_download_before_it_is_committed(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """heal hashes a downloaded copy before its rename: a damaged offsite object is refused
+    in those words (the re-hash after the rename would only say the rebuilt copy differs)."""
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None and first.offsite is not None and first.offsite.ok
+    meta = first.backup.metadata
+    assert settings.s3 is not None and settings.secondary_dir is not None
+    client = s3_server.client()
+    key = settings.s3.prefix + meta.data_file
+    body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    for name in (f"{meta.id}.db.zst", f"{meta.id}.json"):
+        (settings.backup_dir / name).unlink()
+    flip_byte(settings.secondary_dir / f"{meta.id}.db.zst")
+    result = run(settings)
+    failed = [r for r in result.repaired if r.id == meta.id]
+    assert [(r.location, r.source, r.ok) for r in failed] == [
+        ("primary", "offsite", False),
+        ("secondary", "offsite", False),
+    ], failed
+    assert all(
+        r.error == f"the offsite copy of {meta.id} does not match its metadata" for r in failed
+    ), failed
+    assert not (settings.backup_dir / f"{meta.id}.db.zst").exists()
+
+
 def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
