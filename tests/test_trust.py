@@ -363,6 +363,37 @@ def test_a_repair_never_creates_the_folder_of_a_disk_that_is_away(
     assert not disk.exists()
 
 
+def test_a_copy_that_differs_is_left_for_a_person(roomy: Settings) -> None:
+    """Two copies under one id, each a faithful copy of what its own metadata describes,
+    but of different data: neither is known to be wrong, so a run rebuilds neither, changes
+    neither, and health warns."""
+    backup_id = create_backup(roomy).metadata.id
+    with closing(sqlite3.connect(roomy.database)) as conn:
+        conn.execute(
+            "DELETE FROM count_sessions WHERE id IN (SELECT id FROM count_sessions LIMIT 3)"
+        )
+        conn.commit()
+    other = create_backup(roomy).metadata
+    assert roomy.secondary_dir is not None
+    # The secondary copy of the first backup becomes the other backup's data, under its id.
+    document = json.loads((roomy.secondary_dir / f"{other.id}.json").read_text())
+    mine = json.loads((roomy.secondary_dir / f"{backup_id}.json").read_text())
+    document.update(id=backup_id, created_at=mine["created_at"], data_file=mine["data_file"])
+    (roomy.secondary_dir / f"{backup_id}.json").write_text(json.dumps(document))
+    shutil.copy(
+        roomy.secondary_dir / f"{other.id}.db.zst", roomy.secondary_dir / f"{backup_id}.db.zst"
+    )
+    data = roomy.secondary_dir / f"{backup_id}.db.zst"
+    before = data.read_bytes()
+    info = BackupStore(roomy).get(backup_id)
+    assert info.copy_state("secondary") == CopyStatus.DIFFERS, info.problems
+    result = run(roomy)
+    assert [r for r in result.repaired if r.id == backup_id] == []
+    assert data.read_bytes() == before  # (a re-verify may note its result in the metadata)
+    assert BackupStore(roomy).get(backup_id).copy_state("secondary") == CopyStatus.DIFFERS
+    assert any(f.code == "copies-disagree" for f in result.health.findings)
+
+
 def test_health_warns_while_a_repair_is_impossible(roomy: Settings) -> None:
     backup_id = create_backup(roomy).metadata.id
     assert roomy.secondary_dir is not None
