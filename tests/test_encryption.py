@@ -323,6 +323,23 @@ def test_missing_and_wrong_identity_get_one_line_and_change_nothing(
     assert not target.exists()
 
 
+def test_all_mode_restore_of_a_plain_backup_needs_the_identity_up_front(
+    make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    """A backup taken before BACKUPS_ENCRYPT=all was turned on opens without a key, but the
+    safety snapshot the restore takes is encrypted, and undoing a failed restore must open
+    it: so the identity is asked for before anything happens, not found missing too late."""
+    _, recipient = keys("owner")
+    plain = make_settings(secondary_dir=None)
+    backup_id = create_backup(plain).metadata.id
+    settings = make_settings(secondary_dir=None, encrypt_to=recipient, encrypt="all")
+    live = settings.database.read_bytes()
+    with pytest.raises(AgeIdentityError, match="restoring needs --identity FILE"):
+        restore_backup(settings, backup_id)
+    assert settings.database.read_bytes() == live
+    assert BackupStore(settings).ids() == [backup_id]  # no safety snapshot either
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
 def test_damaged_ciphertext_is_rejected_with_nothing_written(
     encrypted_all: tuple[Settings, Path, str], tmp_path: Path, damage: str
