@@ -358,9 +358,17 @@ def swap_a_table(target: Path) -> None:
         conn.commit()
 
 
+def add_an_index(target: Path) -> None:
+    """A real fault after the write: the schema changes while every row count stays."""
+    with closing(sqlite3.connect(target)) as conn:
+        conn.execute("CREATE INDEX extra_index ON tablet_types (name)")
+        conn.commit()
+
+
 @pytest.mark.parametrize(
     ("fault", "reported"),
     [
+        (add_an_index, "check afterwards failed: schema differs from the backup's;"),
         (
             delete_rows,
             "check afterwards failed: row counts differ from the backup's in count_sessions;",
