@@ -14,7 +14,7 @@ import contextlib
 import http.client
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
@@ -88,10 +88,13 @@ def _handler(sink_box: list[HttpSink]) -> type[BaseHTTPRequestHandler]:
 
 
 @contextlib.contextmanager
-def http_sink() -> Iterator[HttpSink]:
-    """A recording HTTP server on 127.0.0.1, stopped on exit."""
+def _serving(
+    handler: Callable[[list[HttpSink]], type[BaseHTTPRequestHandler]],
+) -> Iterator[HttpSink]:
+    """A server on 127.0.0.1 with ``handler(box)`` answering (``box[0]`` is the sink that
+    records), in a thread of its own; stopped on exit."""
     box: list[HttpSink] = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(box))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler(box))
     server.daemon_threads = True
     sink = HttpSink(server)
     box.append(sink)
@@ -105,6 +108,13 @@ def http_sink() -> Iterator[HttpSink]:
         server.shutdown()
         server.server_close()
         thread.join(5)
+
+
+@contextlib.contextmanager
+def http_sink() -> Iterator[HttpSink]:
+    """A recording HTTP server on 127.0.0.1, stopped on exit."""
+    with _serving(_handler) as sink:
+        yield sink
 
 
 @contextlib.contextmanager
@@ -205,8 +215,15 @@ def recording_proxy(upstream: str) -> Iterator[HttpSink]:
     still verify upstream. Bodies are held in memory: for small test objects only.
     """
     target = urlsplit(upstream)
-    box: list[HttpSink] = []
 
+    def proxy(box: list[HttpSink]) -> type[BaseHTTPRequestHandler]:
+        return _proxy_handler(box, target.hostname or "127.0.0.1", target.port or 80)
+
+    with _serving(proxy) as sink:
+        yield sink
+
+
+def _proxy_handler(box: list[HttpSink], host: str, port: int) -> type[BaseHTTPRequestHandler]:
     class Proxy(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -219,9 +236,7 @@ def recording_proxy(upstream: str) -> Iterator[HttpSink]:
             with sink.arrived:
                 sink.requests.append(Seen(self.command, self.path, dict(headers), body))
                 sink.arrived.notify_all()
-            upstream_conn = http.client.HTTPConnection(
-                target.hostname or "127.0.0.1", target.port or 80, timeout=60
-            )
+            upstream_conn = http.client.HTTPConnection(host, port, timeout=60)
             try:
                 upstream_conn.putrequest(
                     self.command, self.path, skip_host=True, skip_accept_encoding=True
@@ -251,16 +266,4 @@ def recording_proxy(upstream: str) -> Iterator[HttpSink]:
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
-    server.daemon_threads = True
-    sink = HttpSink(server)
-    box.append(sink)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.daemon = True
-    thread.start()
-    try:
-        yield sink
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+    return Proxy
