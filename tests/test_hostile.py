@@ -1029,6 +1029,43 @@ def test_a_fresh_client_cannot_post_anywhere(
     row["detail"] = ", ".join(endpoint for _rule, endpoint in posts)
 
 
+def test_admin_posts_need_the_token_when_the_host_turned_flask_wtfs_default_check_off(
+    tmp_path: Path,
+) -> None:
+    """A host may set WTF_CSRF_CHECK_DEFAULT=False and protect its own views one by one:
+    the blueprint's pages then call Flask-WTF's check themselves."""
+    from tablettracker_backups.demo import create_app
+    from tests.conftest import csrf_from, login
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "inst",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "WTF_CSRF_CHECK_DEFAULT": False,
+        }
+    )
+    settings, backup_id = _web_setup(app)
+    admin = app.test_client()
+    login(admin, "admin", app.config["DEMO_PASSWORD"])
+    real = csrf_from(admin.get(_dashboard(app)).get_data(as_text=True))
+    before = _state_of(settings)
+    for rule, endpoint, _method in [r for r in _admin_rules(app) if r[2] == "POST"]:
+        for token in (None, "", "forged-" + real[7:]):
+            data = (
+                {"confirm": backup_id}
+                if token is None
+                else {"confirm": backup_id, "csrf_token": token}
+            )
+            response = admin.post(_url(rule, backup_id), data=data)
+            assert response.status_code == 400, (endpoint, token, response.status_code)
+    assert _state_of(settings) == before
+    download = next(r for r, e, _m in _admin_rules(app) if e.endswith(".download"))
+    response = admin.post(_url(download, backup_id), data={"csrf_token": real})
+    assert response.status_code == 200
+    response.close()
+
+
 def test_hostile_backup_ids_in_urls(
     demo_app: Any, admin_client: Any, reliability: Recorder
 ) -> None:
