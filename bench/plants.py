@@ -416,7 +416,10 @@ PLANTS: tuple[Plant, ...] = (
         "offsite/client.py",
         "            if self.require_encryption:\n",
         "            if False:\n",
-        (T + "test_offsite_encryption.py",),
+        (
+            T
+            + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
+        ),
     ),
     Plant(
         "offsite-metadata-is-sealed",
@@ -458,7 +461,10 @@ PLANTS: tuple[Plant, ...] = (
         "offsite/client.py",
         "        if not is_age(first):\n",
         "        if False:\n",
-        (T + "test_offsite_encryption.py",),
+        (
+            T
+            + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
+        ),
     ),
     Plant(
         "offsite-delete-inside-prefix",
@@ -472,7 +478,10 @@ PLANTS: tuple[Plant, ...] = (
         "offsite/sync.py",
         "            require_pyrage()\n",
         "            pass\n",
-        (T + "test_offsite_encryption.py",),
+        (
+            T
+            + "test_offsite_encryption.py::test_without_pyrage_nothing_is_uploaded_and_health_is_critical",
+        ),
     ),
     Plant(
         "offsite-encrypt-the-verified-file",

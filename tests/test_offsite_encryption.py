@@ -307,6 +307,8 @@ def test_without_pyrage_nothing_is_uploaded_and_health_is_critical(
     result = run(settings, force=True)
     assert result.backup is not None  # the local backup is taken (offsite mode) ...
     assert result.offsite is not None and result.offsite.uploaded == ()
+    # Refused before any upload is tried (encrypting would refuse too, one backup later).
+    assert result.offsite.errors[0].startswith("1 backup(s) not uploaded: ")
     assert "pyrage" in result.offsite.errors[0]
     assert stored_objects(s3_server, settings) == {}  # ... and nothing goes offsite
     finding = next(f for f in result.health.findings if f.code == "encryption-unavailable")
