@@ -3,8 +3,11 @@
 The fault tests set ``TTB_CRASH_AT`` to a stage name (``compress``), or to a stage and a count
 (``compress:3``, the third time that stage is reached), and run a real command: the process
 kills itself with SIGKILL right there, the deterministic version of pulling the plug. The tests
-then check what each stage leaves behind. Without the variable (always, outside the tests)
-:func:`crash_point` costs one environment look-up and does nothing.
+then check what each stage leaves behind. With ``TTB_CRASH_SIGNAL=STOP`` as well, the process
+stops (SIGSTOP) there instead: the test changes the world at that exact point (damages a file
+just written) and lets it go on with SIGCONT, so a check can be tested alone, the checks before
+it already passed. Without the variable (always, outside the tests) :func:`crash_point` costs
+one environment look-up and does nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from enum import Enum
 
 #: The environment variable that names the stage (and optionally the count) to crash at.
 ENV = "TTB_CRASH_AT"
+#: ``STOP``: stop the process at that stage (SIGSTOP) instead of killing it.
+SIGNAL_ENV = "TTB_CRASH_SIGNAL"
 
 
 class Stage(str, Enum):
@@ -58,7 +63,8 @@ _reached: Counter[str] = Counter()
 
 
 def crash_point(stage: Stage) -> None:
-    """SIGKILL this process if ``TTB_CRASH_AT`` names ``stage`` (at this count); else nothing."""
+    """SIGKILL (or SIGSTOP, see :data:`SIGNAL_ENV`) this process if ``TTB_CRASH_AT`` names
+    ``stage`` (at this count); else nothing."""
     wanted = os.environ.get(ENV)
     if not wanted:
         return
@@ -67,4 +73,5 @@ def crash_point(stage: Stage) -> None:
         return
     _reached[name] += 1
     if _reached[name] == int(count or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+        stop = os.environ.get(SIGNAL_ENV) == "STOP"
+        os.kill(os.getpid(), signal.SIGSTOP if stop else signal.SIGKILL)

@@ -133,8 +133,16 @@ def _folder_trouble(folder: Path) -> str | None:
 
 
 def _confirm(store: BackupStore, info: BackupInfo, location: str) -> None:
-    """The rebuilt file, read back from disk, must hash to the metadata's SHA-256."""
+    """The rebuilt file, read back from disk, must hash to the metadata's SHA-256.
+
+    One that does not is taken away again, metadata first: it is already committed, and a
+    copy that failed its check must not list as sound (sizes alone would pass it). The next
+    run tries again.
+    """
     if not store.checksum_matches(info, location):
+        assert info.metadata is not None  # checksum_matches needs it
+        remove_quietly(store.metadata_path(location, info.id))
+        remove_quietly(store.data_path_for(location, info.metadata))
         raise VerificationError(f"the rebuilt {location} copy of {info.id} does not match")
 
 

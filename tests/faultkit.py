@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -103,6 +104,29 @@ def kill_when_written(
         proc.kill()
         proc.communicate(timeout=30)
     return caught
+
+
+def stopped_at(proc: subprocess.Popen[bytes], *, limit: float = 60) -> bool:
+    """Wait (bounded) until ``proc`` stopped itself at a crash point run with
+    ``TTB_CRASH_SIGNAL=STOP``; False when it ended (or the time ran out) first."""
+    deadline = time.monotonic() + limit
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            # /proc/PID/stat: "pid (comm) STATE ..."; the name may hold spaces and parentheses.
+            state = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            state = ""
+        if state == "T":
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def resume(proc: subprocess.Popen[bytes], *, timeout: float = 120) -> tuple[int, str, str]:
+    """SIGCONT a stopped ``proc`` and let it finish: (exit code, stdout, stderr)."""
+    os.kill(proc.pid, signal.SIGCONT)
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 def mount_tmpfs(target: Path, options: str) -> bool:

@@ -31,6 +31,8 @@ from werkzeug.serving import make_server
 
 from tablettracker_backups.autosnapshot import (
     COST_FACTOR,
+    IN_PROCESS_MAX_BYTES,
+    IN_PROCESS_MAX_SECONDS,
     PENDING_FILE,
     Outcome,
     after_write,
@@ -580,6 +582,67 @@ def test_a_large_database_goes_to_the_worker(tmp_path: Path) -> None:
     assert info.metadata.trigger == "web:auto"
     # Not listed among the actions people took from the pages.
     assert recent_jobs(settings) == []
+
+
+def _database_of_pages(path: Path, pages: int) -> Path:
+    """A rollback-journal database of exactly ``pages`` 4 KiB pages (no -wal: its size is
+    the file's)."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA page_size=4096")
+        conn.execute("CREATE TABLE filler (id INTEGER PRIMARY KEY, data BLOB)")
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO filler (data) VALUES (zeroblob(?))", ((pages - 40) * 4000,))
+        while conn.execute("PRAGMA page_count").fetchone()[0] < pages:
+            conn.execute("INSERT INTO filler (data) VALUES (randomblob(200))")
+        conn.execute("COMMIT")
+    assert path.stat().st_size == pages * 4096
+    return path
+
+
+@pytest.mark.parametrize(
+    ("pages", "where"),
+    [(2048, Outcome.TAKEN), (2049, Outcome.HANDED_OFF)],
+    ids=["exactly-8MiB-in-process", "one-page-more-to-the-worker"],
+)
+def test_the_in_process_size_limit_at_its_edge(tmp_path: Path, pages: int, where: Outcome) -> None:
+    database = _database_of_pages(tmp_path / "edge.db", pages)
+    assert IN_PROCESS_MAX_BYTES == 2048 * 4096
+    values = {"database": str(database), "dir": str(tmp_path / "b"), "snapshot_after_write": "1s"}
+    settings = settings_from_mapping(values)
+    result = after_write(settings, values)
+    assert result.outcome == where, result
+    if where == Outcome.HANDED_OFF:
+        job = next(j for j in recent_jobs_all(settings))
+        assert wait_for_job(settings, job["id"]).state == "done"
+    assert [i.kind for i in backups(settings)] == ["auto"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "where"),
+    [(0.5, Outcome.TAKEN), (0.5001, Outcome.HANDED_OFF)],
+    ids=["exactly-0.5s-in-process", "just-over-to-the-worker"],
+)
+def test_the_in_process_duration_limit_at_its_edge(
+    auto_settings: Settings, seconds: float, where: Outcome
+) -> None:
+    """In-process only while the newest backup took at most IN_PROCESS_MAX_SECONDS."""
+    assert IN_PROCESS_MAX_SECONDS == 0.5
+    first = create_backup(auto_settings, kind="auto").metadata
+    # It "took" this long, an hour ago (so a snapshot is due however the interval stretched).
+    rewrite_metadata(
+        auto_settings,
+        first.id,
+        durations={**first.durations, "total": seconds},
+        created_at=first.created_at - timedelta(hours=1),
+    )
+    _write(auto_settings.database)
+    values = {"database": str(auto_settings.database), "dir": str(auto_settings.backup_dir)}
+    result = after_write(auto_settings, values)
+    assert result.outcome == where, result
+    if where == Outcome.HANDED_OFF:
+        job = next(j for j in recent_jobs_all(auto_settings))
+        assert wait_for_job(auto_settings, job["id"]).state == "done"
+    assert len(backups(auto_settings)) == 2
 
 
 def recent_jobs_all(settings: Settings) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ process killed with SIGKILL. The offsite side (SeaweedFS) is in test_offsite_enc
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -26,6 +27,7 @@ from tablettracker_backups.encryption import (
     AGE_HEADER,
     ARMOR_HEADER,
     SealResult,
+    check_sealed,
     create_identity_file,
     decrypt_file,
     encrypt_file,
@@ -324,6 +326,23 @@ def test_missing_and_wrong_identity_get_one_line_and_change_nothing(
     assert not target.exists()
 
 
+def test_all_mode_restore_of_a_plain_backup_needs_the_identity_up_front(
+    make_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    """A backup taken before BACKUPS_ENCRYPT=all was turned on opens without a key, but the
+    safety snapshot the restore takes is encrypted, and undoing a failed restore must open
+    it: so the identity is asked for before anything happens, not found missing too late."""
+    _, recipient = keys("owner")
+    plain = make_settings(secondary_dir=None)
+    backup_id = create_backup(plain).metadata.id
+    settings = make_settings(secondary_dir=None, encrypt_to=recipient, encrypt="all")
+    live = settings.database.read_bytes()
+    with pytest.raises(AgeIdentityError, match="restoring needs --identity FILE"):
+        restore_backup(settings, backup_id)
+    assert settings.database.read_bytes() == live
+    assert BackupStore(settings).ids() == [backup_id]  # no safety snapshot either
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "append"])
 def test_damaged_ciphertext_is_rejected_with_nothing_written(
     encrypted_all: tuple[Settings, Path, str], tmp_path: Path, damage: str
@@ -457,6 +476,66 @@ def _plain_meta(path: Path, sealed: SealResult) -> BackupMetadata:
     )
 
 
+def test_each_check_of_encrypt_and_decrypt_on_its_own(
+    tmp_path: Path, keys: Callable[[str], tuple[Path, str]]
+) -> None:
+    """Every check of encrypt_file and decrypt_file, each from the state it guards against,
+    with the checks after it in place (the decryption itself would pass in each case)."""
+    identity_file, recipient = keys("owner")
+    identity = load_identity(identity_file)
+    plain = tmp_path / "plain.bin"
+    plain.write_bytes(os.urandom(256 * 1024))
+    sealed = tmp_path / "sealed.age"
+    seal = encrypt_file(plain, sealed, [recipient])
+    meta = encrypted_metadata(_plain_meta(plain, seal), seal, [recipient])
+    out = tmp_path / "out.bin"
+    decrypt_file(sealed, out, meta, identity, label="the control")  # all checks pass
+    out.unlink()
+
+    # encrypt: the file changed since it was verified (a different SHA-256 was expected).
+    with pytest.raises(VerificationError, match="no longer matches the SHA-256"):
+        encrypt_file(plain, tmp_path / "again.age", [recipient], expected_sha256="0" * 64)
+    assert not (tmp_path / "again.age").exists()
+
+    # decrypt: a plain file under metadata that matches it (only the header tells).
+    mislabelled = dataclasses.replace(meta, stored_size=seal.inner_size, sha256=seal.inner_sha256)
+    with pytest.raises(VerificationError, match="is not an age file"):
+        decrypt_file(plain, out, mislabelled, identity, label="plain")
+    assert not out.exists()
+
+    # decrypt: the same content encrypted again: it decrypts to the right bytes, but it is
+    # not the ciphertext that was stored and checked.
+    other = tmp_path / "other.age"
+    encrypt_file(plain, other, [recipient])
+    with pytest.raises(VerificationError, match="the ciphertext's SHA-256 does not match"):
+        decrypt_file(other, out, meta, identity, label="re-encrypted")
+    assert not out.exists()
+
+    # The check without the key (sealed): the plain file, and a flipped byte (same size).
+    with pytest.raises(VerificationError, match="is not an age file"):
+        check_sealed(plain, mislabelled, label="plain")
+    flipped = tmp_path / "flipped.age"
+    flipped.write_bytes(sealed.read_bytes())
+    flip_byte(flipped)
+    with pytest.raises(VerificationError, match="the ciphertext's SHA-256 does not match"):
+        check_sealed(flipped, meta, label="flipped")
+    check_sealed(sealed, meta, label="the control")
+
+    # decrypt: other content whose ciphertext the metadata describes (inner hash stale).
+    changed = tmp_path / "changed.bin"
+    changed.write_bytes(os.urandom(256 * 1024))
+    swapped = tmp_path / "swapped.age"
+    reseal = encrypt_file(changed, swapped, [recipient])
+    stale = dataclasses.replace(meta, stored_size=reseal.size, sha256=reseal.sha256)
+    with pytest.raises(VerificationError, match="the decrypted data does not match"):
+        decrypt_file(swapped, out, stale, identity, label="swapped")
+    assert not out.exists()
+
+    # The metadata of an encrypted form must be built from that form's own seal.
+    with pytest.raises(VerificationError, match="is not of this backup"):
+        encrypted_metadata(_plain_meta(plain, seal), reseal, [recipient])
+
+
 def test_key_rotation_keeps_old_backups_listed_with_their_keys(
     make_settings: Callable[..., Settings],
     keys: Callable[[str], tuple[Path, str]],
@@ -508,6 +587,8 @@ def test_encryption_configured_without_pyrage_never_stores_plaintext(
     hint = r"pip install 'tablettracker-backups\[encrypt\]'"
     with pytest.raises(EncryptionUnavailable, match=hint):
         create_backup(settings)
+    # Refused up front: no folder made, no plain snapshot written even for a moment.
+    assert not settings.backup_dir.exists()
     assert BackupStore(settings).list() == []
     assert not list(settings.backup_dir.glob("*.db.zst"))
     finding = next(f for f in check_health(settings).findings if f.code == "encryption-unavailable")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sqlite3
 import stat
 from collections.abc import Callable
@@ -164,6 +165,36 @@ def test_disk_thresholds(
     assert codes(report)["disk"] == level
     assert report.exit_code == {"warning": 1, "critical": 2}[level]
     assert report.disk["primary"]["free"] > 0
+
+
+def test_disk_thresholds_at_their_edges(
+    make_settings: Callable[..., Settings], full_fs: Path
+) -> None:
+    """Free space exactly at a threshold is not below it; one byte more of threshold is.
+    On a tmpfs of our own, so no other writer moves the free space between the two looks."""
+    folder = full_fs / "backups"
+    base = make_settings(dir=folder, secondary_dir=None, **ROOMY)
+    create_backup(base)
+    usage = shutil.disk_usage(folder)
+    free, total = usage.free, usage.total
+
+    def disk(warning: float, critical: float) -> list[str]:
+        settings = dataclasses.replace(base, disk_warning=warning, disk_critical=critical)
+        found = [f.level for f in check_health(settings).findings if f.code == "disk"]
+        assert shutil.disk_usage(folder).free == free  # the check itself wrote nothing
+        return found
+
+    # In bytes.
+    assert disk(1, 0) == []  # 1 is one byte, not the whole disk
+    assert disk(free, 0) == []
+    assert disk(free + 1, 0) == ["warning"]
+    assert disk(free + 1, free) == ["warning"]
+    assert disk(free + 1, free + 1) == ["critical"]
+    # As a share of the disk (a threshold below 1 is a fraction of the total).
+    assert disk((free - 1) / total, 0) == []
+    assert disk((free + 1) / total, 0) == ["warning"]
+    assert disk((free + 1) / total, (free - 1) / total) == ["warning"]
+    assert disk((free + 1) / total, (free + 1) / total) == ["critical"]
 
 
 def test_stopped_schedule_is_a_warning(healthy: Settings) -> None:

@@ -934,6 +934,138 @@ def test_every_admin_post_needs_the_csrf_token(
     row["detail"] = f"{len(posts)} POST routes"
 
 
+def _post_rules(app: Any) -> list[tuple[str, str]]:
+    """(rule, endpoint) of every POST route of the app: the host's and the blueprint's."""
+    return sorted(
+        (rule.rule, rule.endpoint)
+        for rule in app.url_map.iter_rules()
+        if "POST" in (rule.methods or ()) and not rule.endpoint.endswith("static")
+    )
+
+
+def _orders(settings: Any) -> list[tuple[Any, ...]]:
+    with sqlite3.connect(settings.database) as conn:
+        return conn.execute("SELECT id, supplier, status, notes FROM purchase_orders").fetchall()
+
+
+@pytest.mark.parametrize("own_tokens", [False, True], ids=["flask-wtf", "blueprint-csrf"])
+def test_a_fresh_client_cannot_post_anywhere(
+    tmp_path: Path, reliability: Recorder, own_tokens: bool
+) -> None:
+    """Clients that never loaded a page: no cookie, so no session and no token in it. Every
+    POST route, with the token field absent and empty; then a logged-in admin whose session
+    holds no token yet (a session from before tokens, or one the host cleared)."""
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.web.csrf import SESSION_KEY
+    from tests.conftest import login
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "inst",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "DEMO_USE_FLASK_WTF": not own_tokens,
+        }
+    )
+    posts = _post_rules(app)
+    row = reliability(
+        "web: every POST route from a fresh client (no session, no cookie) and from an admin "
+        f"session with no token yet, token absent or empty "
+        f"({'blueprint tokens' if own_tokens else 'Flask-WTF'})",
+        trials=4 * len(posts),
+        checked="fresh: login refused (400), every other route 400, 401 or a redirect to the "
+        "login page, and still logged out; admin without a token: 400 on every page's POST; "
+        "no backup, audit entry or database change",
+    )
+    settings, backup_id = _web_setup(app)
+    from tablettracker_backups.web.extension import get_state
+
+    with app.app_context():
+        task_url = get_state().task_url
+    before = (_state_of(settings), _orders(settings))
+    form = {
+        "confirm": backup_id,
+        "expect": "",
+        "username": "admin",
+        "password": app.config["DEMO_PASSWORD"],  # right credentials: only the token is wrong
+        "supplier": "Forged Supplies",
+        "status": "closed",
+    }
+    dashboard = _dashboard(app)
+    for rule, endpoint in posts:
+        url = _url(rule.replace("<int:po_id>", "1"), backup_id)
+        for token in (None, ""):
+            fresh = app.test_client()
+            data = dict(form) if token is None else {**form, "csrf_token": token}
+            response = fresh.post(url, data=data)
+            status = response.status_code
+            if rule == task_url:
+                assert status == 401, (endpoint, token, status)
+            elif endpoint in ("demo.login", "demo.logout"):
+                assert status == 400, (endpoint, token, status)  # the only ones before login
+            else:
+                assert status in (302, 303, 400), (endpoint, token, status)
+                if status != 400:
+                    assert "/login" in response.headers["Location"], (endpoint, token)
+            # Not logged in by it either.
+            assert fresh.get(dashboard).status_code in (302, 303), (endpoint, token)
+
+    # A logged-in admin whose session holds no token yet.
+    admin = app.test_client()
+    login(admin, "admin", app.config["DEMO_PASSWORD"])
+    for rule, endpoint in posts:
+        if rule == task_url or endpoint == "demo.login":
+            continue
+        url = _url(rule.replace("<int:po_id>", "1"), backup_id)
+        for token in (None, ""):
+            with admin.session_transaction() as session:
+                session.pop("csrf_token", None)  # Flask-WTF's key
+                session.pop(SESSION_KEY, None)  # the blueprint's own
+            data = dict(form) if token is None else {**form, "csrf_token": token}
+            response = admin.post(url, data=data)
+            assert response.status_code == 400, (endpoint, token, response.status_code)
+    assert admin.get(dashboard).status_code == 200  # still logged in: logout was refused too
+    assert (_state_of(settings), _orders(settings)) == before
+    row["detail"] = ", ".join(endpoint for _rule, endpoint in posts)
+
+
+def test_admin_posts_need_the_token_when_the_host_turned_flask_wtfs_default_check_off(
+    tmp_path: Path,
+) -> None:
+    """A host may set WTF_CSRF_CHECK_DEFAULT=False and protect its own views one by one:
+    the blueprint's pages then call Flask-WTF's check themselves."""
+    from tablettracker_backups.demo import create_app
+    from tests.conftest import csrf_from, login
+
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "inst",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "WTF_CSRF_CHECK_DEFAULT": False,
+        }
+    )
+    settings, backup_id = _web_setup(app)
+    admin = app.test_client()
+    login(admin, "admin", app.config["DEMO_PASSWORD"])
+    real = csrf_from(admin.get(_dashboard(app)).get_data(as_text=True))
+    before = _state_of(settings)
+    for rule, endpoint, _method in [r for r in _admin_rules(app) if r[2] == "POST"]:
+        for token in (None, "", "forged-" + real[7:]):
+            data = (
+                {"confirm": backup_id}
+                if token is None
+                else {"confirm": backup_id, "csrf_token": token}
+            )
+            response = admin.post(_url(rule, backup_id), data=data)
+            assert response.status_code == 400, (endpoint, token, response.status_code)
+    assert _state_of(settings) == before
+    download = next(r for r, e, _m in _admin_rules(app) if e.endswith(".download"))
+    response = admin.post(_url(download, backup_id), data={"csrf_token": real})
+    assert response.status_code == 200
+    response.close()
+
+
 def test_hostile_backup_ids_in_urls(
     demo_app: Any, admin_client: Any, reliability: Recorder
 ) -> None:

@@ -111,3 +111,26 @@ def test_a_lock_file_that_cannot_be_opened_is_a_storage_error(settings: Settings
     (settings.state_dir / LOCK_NAME).mkdir(parents=True)  # a folder where the lock file goes
     with pytest.raises(StorageError, match=f"^cannot take the lock in {settings.state_dir}: "):
         acquire_lock(settings, timeout=0)
+
+
+def test_backup_and_restore_each_wait_for_the_lock(make_settings: object) -> None:
+    """Each takes the lock itself (not only ``run``): with another process holding it, each
+    is refused and nothing changes, the live database included."""
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.restore import restore_backup
+    from tablettracker_backups.store import BackupStore
+
+    assert callable(make_settings)
+    settings = make_settings(lock_timeout=0)
+    backup_id = create_backup(settings).metadata.id
+    live = settings.database.read_bytes()
+    holder = hold_in_another_process(settings)
+    try:
+        with pytest.raises(LockedError):
+            create_backup(settings)
+        with pytest.raises(LockedError):
+            restore_backup(settings, backup_id)
+    finally:
+        stop(holder)
+    assert BackupStore(settings).ids() == [backup_id]
+    assert settings.database.read_bytes() == live

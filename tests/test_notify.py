@@ -36,6 +36,7 @@ from tablettracker_backups.display import human_size
 from tablettracker_backups.errors import ConfigError, DatabaseError, LockedError, RestoreError
 from tablettracker_backups.health import check_health
 from tablettracker_backups.locking import operation_lock
+from tablettracker_backups.metadata import BackupMetadata
 from tablettracker_backups.notifiers import mask_url
 from tablettracker_backups.pings import MAX_BODY, clip, ping_address
 from tablettracker_backups.restore import restore_backup
@@ -596,6 +597,42 @@ def test_schema_change_is_info_only_and_foreign_key_rise_is_caught(
     assert rose.kind == AnomalyKind.FOREIGN_KEYS_ROSE
     assert "from 0" in rose.message and "to 7" in rose.message
     assert find_anomalies(worse, before, drop=0.2) == ()
+
+
+def _counts(meta: BackupMetadata, **counts: int) -> BackupMetadata:
+    """The same backup's metadata with other row counts (schema and findings unchanged)."""
+    return replace(meta, row_counts=counts)
+
+
+def test_anomaly_minimum_table_size_at_its_edge(settings: Settings) -> None:
+    # MIN_ROWS is 100: a table of exactly 100 rows is checked, one of 99 is not.
+    meta = create_backup(settings).metadata
+    before = _counts(meta, at_edge=100, below=99)
+    emptied = _counts(meta, at_edge=0, below=0)
+    found = find_anomalies(before, emptied, drop=0.2)
+    assert [(a.kind, a.table, a.before, a.after) for a in found] == [
+        (AnomalyKind.ROWS_DROPPED, "at_edge", 100, 0)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "drop", "flagged"),
+    [
+        (100, 80, 0.2, False),  # exactly 20% lost: at the threshold, not over it
+        (100, 79, 0.2, True),  # 21%: just over
+        (1000, 500, 0.5, False),
+        (1000, 499, 0.5, True),  # one row past half
+        (250, 0, 0.99, True),  # every row gone
+    ],
+)
+def test_anomaly_drop_share_at_its_edge(
+    settings: Settings, before: int, after: int, drop: float, flagged: bool
+) -> None:
+    meta = create_backup(settings).metadata
+    found = find_anomalies(_counts(meta, orders=before), _counts(meta, orders=after), drop=drop)
+    assert [(a.table, a.before, a.after) for a in found] == (
+        [("orders", before, after)] if flagged else []
+    )
 
 
 # -- notify-test: CLI and dashboard ------------------------------------------------------------

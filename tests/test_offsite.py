@@ -47,6 +47,7 @@ from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import flip_byte, make_db
+from tests.netkit import recording_proxy
 
 boto3 = pytest.importorskip("boto3")
 
@@ -459,6 +460,85 @@ def test_init_config_names_the_offsite_store_but_not_its_keys(
     assert values["s3_prefix"] == "tablettracker-backups/"
 
 
+# -- each check of an upload on its own ---------------------------------------------------------
+
+
+def test_a_local_copy_damaged_in_place_is_never_sent(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """The local SHA-256 check before an upload, on its own: the checks after the upload
+    compare the stored object with the local file, so a damaged file would pass them all
+    and go offsite as a good copy. Watched through a recording proxy: nothing is sent."""
+    with recording_proxy(s3_server.endpoint) as proxy:
+        settings = s3_settings(s3_endpoint_url=f"http://{proxy.base}")
+        meta = create_backup(settings).metadata
+        data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+        flip_byte(data)  # same size: the listing still calls the copy ok
+        offsite = OffsiteStore.from_settings(settings)
+        with pytest.raises(VerificationError, match="does not match its metadata; not uploading"):
+            offsite.upload(data, meta)
+        assert [r for r in proxy.requests if r.method in ("PUT", "POST")] == []
+        # A sync takes the sound secondary copy instead.
+        result = sync_offsite(settings)
+        assert [u.id for u in result.uploaded] == [meta.id], result
+        assert offsite.verify(meta.id, scratch_dir=settings.backup_dir).ok
+
+
+@pytest.mark.parametrize(
+    ("stored", "with_checksum", "error"),
+    [
+        ("truncated", False, r"is \d+ bytes after upload, expected"),
+        ("one byte changed", True, "has a different SHA-256 than the local backup"),
+        ("one byte changed", False, "read back differently than it was uploaded"),
+    ],
+)
+def test_each_check_after_an_upload_on_its_own(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    stored: str,
+    with_checksum: bool,
+    error: str,
+) -> None:
+    """What the provider holds after an upload differs from the local file: shorter; same
+    size with the provider's own SHA-256; same size with no checksum (read back). Each is
+    refused by its own check, in its own words."""
+    settings = s3_settings()
+    meta = create_backup(settings).metadata
+    assert settings.s3 is not None
+    data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
+    body = bytearray(data.read_bytes())
+    if stored == "truncated":
+        del body[-1]
+    else:
+        body[len(body) // 2] ^= 0xFF
+    key = settings.s3.prefix + meta.data_file
+    extra = {"ChecksumAlgorithm": "SHA256"} if with_checksum else {}
+    s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=bytes(body), **extra)
+    offsite = OffsiteStore.from_settings(settings)
+    digests = local_digests(
+        data,
+        multipart_threshold=settings.s3.multipart_threshold,
+        chunksize=settings.s3.multipart_chunksize,
+    )
+    with pytest.raises(OffsiteError, match=error):
+        offsite._check_uploaded(key, meta, digests)
+
+
+def test_only_keys_under_the_prefix_are_deleted(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    settings = s3_settings()
+    assert settings.s3 is not None
+    outside = f"elsewhere-{settings.s3.prefix}20261123T201500Z-3f9a1c.db.zst"
+    client = s3_server.client()
+    client.put_object(Bucket=BUCKET, Key=outside, Body=b"not ours")
+    offsite = OffsiteStore.from_settings(settings)
+    with pytest.raises(ValueError, match="outside the prefix"):
+        offsite.delete_key(outside)
+    assert client.get_object(Bucket=BUCKET, Key=outside)["Body"].read() == b"not ours"
+    client.delete_object(Bucket=BUCKET, Key=outside)
+
+
 # -- multipart ---------------------------------------------------------------------------------
 
 
@@ -701,6 +781,62 @@ def test_flipped_byte_is_detected_and_recovery_uses_another_copy(
     assert repaired.offsite is not None
     assert newer_id in {u.id for u in repaired.offsite.uploaded}
     assert all(r.ok for r in verify_offsite(settings, [newer_id]))
+
+
+def test_a_repair_passes_over_a_damaged_local_copy_to_the_offsite_one(
+    s3_settings: Callable[..., Settings],
+) -> None:
+    """heal checks a source before copying from it: the secondary copy is damaged in place
+    (same size, so the listing calls it ok), so the missing primary is rebuilt from the
+    offsite copy instead; then the damaged secondary too."""
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None and first.offsite is not None and first.offsite.ok
+    backup_id = first.backup.metadata.id
+    assert settings.secondary_dir is not None
+    for name in (f"{backup_id}.db.zst", f"{backup_id}.json"):
+        (settings.backup_dir / name).unlink()
+    flip_byte(settings.secondary_dir / f"{backup_id}.db.zst")
+    # No re-verify first: it would mark the copy damaged, and heal would skip it for that.
+    result = run(settings, reverify=False)
+    assert [(r.location, r.source, r.ok) for r in result.repaired if r.id == backup_id] == [
+        ("primary", "offsite", True),
+        ("secondary", "offsite", True),
+    ], result.repaired
+    info = BackupStore(settings).get(backup_id)
+    assert all(
+        BackupStore(settings).checksum_matches(info, where) for where in ("primary", "secondary")
+    )
+
+
+def test_a_repair_refuses_a_damaged_download_before_it_is_committed(
+    s3_server: SeaweedServer, s3_settings: Callable[..., Settings]
+) -> None:
+    """heal hashes a downloaded copy before its rename: a damaged offsite object is refused
+    in those words (the re-hash after the rename would only say the rebuilt copy differs)."""
+    settings = s3_settings()
+    first = run(settings, force=True)
+    assert first.backup is not None and first.offsite is not None and first.offsite.ok
+    meta = first.backup.metadata
+    assert settings.s3 is not None and settings.secondary_dir is not None
+    client = s3_server.client()
+    key = settings.s3.prefix + meta.data_file
+    body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+    body[len(body) // 2] ^= 0xFF
+    client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+    for name in (f"{meta.id}.db.zst", f"{meta.id}.json"):
+        (settings.backup_dir / name).unlink()
+    flip_byte(settings.secondary_dir / f"{meta.id}.db.zst")
+    result = run(settings)
+    failed = [r for r in result.repaired if r.id == meta.id]
+    assert [(r.location, r.source, r.ok) for r in failed] == [
+        ("primary", "offsite", False),
+        ("secondary", "offsite", False),
+    ], failed
+    assert all(
+        r.error == f"the offsite copy of {meta.id} does not match its metadata" for r in failed
+    ), failed
+    assert not (settings.backup_dir / f"{meta.id}.db.zst").exists()
 
 
 def test_recovery_from_offsite_refuses_and_passes_over_word_for_word(

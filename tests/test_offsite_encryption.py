@@ -9,6 +9,7 @@ recovery on an empty machine runs the real command in a fresh process.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import sqlite3
 import subprocess
@@ -21,10 +22,18 @@ from click.testing import CliRunner
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
-from tablettracker_backups.encryption import AGE_HEADER, fingerprint
+from tablettracker_backups.encryption import (
+    AGE_HEADER,
+    SealResult,
+    encrypt_file,
+    encrypted_metadata,
+    fingerprint,
+    public_metadata,
+)
 from tablettracker_backups.encryption import load_identity as open_key
 from tablettracker_backups.errors import (
     AgeIdentityError,
+    BackupError,
     OffsiteError,
     RestoreError,
     VerificationError,
@@ -38,6 +47,7 @@ from tablettracker_backups.runner import RunResult, run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
 from tests import faultkit, test_offsite
+from tests.netkit import recording_proxy
 from tests.test_offsite import (
     ACCESS_KEY,
     BUCKET,
@@ -297,6 +307,8 @@ def test_without_pyrage_nothing_is_uploaded_and_health_is_critical(
     result = run(settings, force=True)
     assert result.backup is not None  # the local backup is taken (offsite mode) ...
     assert result.offsite is not None and result.offsite.uploaded == ()
+    # Refused before any upload is tried (encrypting would refuse too, one backup later).
+    assert result.offsite.errors[0].startswith("1 backup(s) not uploaded: ")
     assert "pyrage" in result.offsite.errors[0]
     assert stored_objects(s3_server, settings) == {}  # ... and nothing goes offsite
     finding = next(f for f in result.health.findings if f.code == "encryption-unavailable")
@@ -324,6 +336,75 @@ def test_the_store_refuses_plaintext_and_checks_what_it_stored(
     s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=data.read_bytes())
     with pytest.raises(OffsiteError, match="does not start with the age header"):
         offsite._check_stored_header(key, meta.id)
+
+
+def test_no_plaintext_byte_is_sent_for_a_mislabelled_file(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+) -> None:
+    """The age-header check before an upload, on its own. A plain file is offered as an
+    encrypted one: its metadata says encrypted, matches the file byte for byte (so the local
+    SHA-256 check passes) and names no table (so the sealed-metadata check passes). The
+    bucket is watched through a recording proxy: not one byte of the file may be sent, not
+    even for the read-back check after the upload to delete again."""
+    _, recipient = keys("owner")
+    with recording_proxy(s3_server.endpoint) as proxy:
+        settings = s3_settings(encrypt_to=recipient, s3_endpoint_url=f"http://{proxy.base}")
+        # The control: a real encrypted upload through the proxy is seen, body and all.
+        result = run(settings, force=True)
+        assert result.offsite is not None and result.offsite.ok, result.offsite
+        writes = [r for r in proxy.requests if r.method in ("PUT", "POST")]
+        assert any(AGE_HEADER in r.body for r in writes), [(r.method, r.path) for r in writes]
+        del proxy.requests[:]
+
+        meta = create_backup(settings).metadata  # plain locally (offsite mode)
+        plain = BackupStore(settings).data_path_for("primary", meta)
+        body = plain.read_bytes()
+        assert not body.startswith(AGE_HEADER)
+        seal = SealResult(len(body), hashlib.sha256(body).hexdigest(), len(body), meta.sha256)
+        mislabelled = public_metadata(encrypted_metadata(meta, seal, [recipient]))
+        offsite = OffsiteStore.from_settings(settings)
+        with pytest.raises(BackupError) as refused:
+            offsite.upload(plain, mislabelled)
+
+        # What the provider was sent decides, whatever a later check did about it.
+        sent = [r for r in proxy.requests if r.method in ("PUT", "POST")]
+        assert sent == [], [(r.method, r.path) for r in sent]
+        assert not [r for r in proxy.requests if body[:512] in r.body]
+        assert isinstance(refused.value, VerificationError), refused.value
+        assert "it is not an age file" in str(refused.value)
+        assert meta.id not in {o.id for o in offsite.list()}
+
+
+def test_metadata_that_names_the_schema_is_never_sent(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    """The sealed-metadata check before an upload, on its own: a real age file, offered with
+    its metadata before the table names and row counts were sealed away. Nothing after the
+    upload reads the metadata, so only this check keeps the schema from the provider."""
+    _, recipient = keys("owner")
+    with recording_proxy(s3_server.endpoint) as proxy:
+        settings = s3_settings(encrypt_to=recipient, s3_endpoint_url=f"http://{proxy.base}")
+        meta = create_backup(settings).metadata
+        plain = BackupStore(settings).data_path_for("primary", meta)
+        sealed_file = tmp_path / f"{meta.id}.db.zst.age"
+        seal = encrypt_file(plain, sealed_file, [recipient], expected_sha256=meta.sha256)
+        unsealed = encrypted_metadata(meta, seal, [recipient])  # not public_metadata()
+        assert unsealed.row_counts
+        offsite = OffsiteStore.from_settings(settings)
+        with pytest.raises(BackupError) as refused:
+            offsite.upload(sealed_file, unsealed)
+        assert [r for r in proxy.requests if r.method in ("PUT", "POST")] == []
+        for name in table_names(db_path):
+            assert not [r for r in proxy.requests if name.encode() in r.body], name
+        assert isinstance(refused.value, VerificationError), refused.value
+        assert "it names the schema" in str(refused.value)
+        assert offsite.list() == []
 
 
 def test_kill_9_during_upload_encryption_leaves_nothing_listed(

@@ -380,9 +380,15 @@ def swap_a_table(target: Path, held: sqlite3.Connection | None = None) -> None:
     )
 
 
+def add_an_index(target: Path, held: sqlite3.Connection | None = None) -> None:
+    """A real fault after the write: the schema changes while every row count stays."""
+    _on(target, held, "CREATE INDEX extra_index ON tablet_types (name)")
+
+
 @pytest.mark.parametrize(
     ("fault", "reported"),
     [
+        (add_an_index, "check afterwards failed: schema differs from the backup's;"),
         (
             delete_rows,
             "check afterwards failed: row counts differ from the backup's in count_sessions;",
@@ -1403,3 +1409,71 @@ def test_whatever_goes_wrong_after_the_write_the_data_it_replaced_is_kept(
     assert_no_debris(*wal_settings.locations)
     (entry,) = [e for e in read_entries(wal_settings) if e.details["target"] == str(db)]
     assert entry.ok is False and entry.message.startswith("interrupted: RuntimeError")
+
+
+def test_a_folder_of_another_database_is_refused_unless_named(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The issue's example: a backup folder of the tablets database, restored into shop.db by
+    a mistyped option, is refused in one line naming both; --from-database makes it
+    deliberate, and shop.db's safety snapshot then goes to shop.db's own folder."""
+    tablets = create_backup(settings).metadata
+    (tmp_path / "shop").mkdir()
+    shop = make_db(tmp_path / "shop" / "shop.db")
+    change(shop)
+    before = dump(shop)
+    mixed = settings_from_mapping({"database": shop, "dir": settings.backup_dir})
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(mixed, "latest")
+    assert str(caught.value) == (
+        f"backup folder {settings.backup_dir} belongs to database 'tablet_counter' "
+        f"({settings.database}), not 'shop' ({shop}); nothing was changed. To restore a backup "
+        "of 'tablet_counter' into it on purpose: add --from-database tablet_counter"
+    )
+    assert dump(shop) == before
+    with pytest.raises(RestoreError, match="^--from-database shop: backup folder .* belongs to"):
+        restore_backup(mixed, "latest", from_database="shop")
+    assert [i.kind for i in BackupStore(settings).list()] == ["manual"]  # nothing filed there
+
+    result = restore_backup(mixed, "latest", from_database="tablet_counter")
+    assert result.backup_id == tablets.id
+    assert dump(shop) == dump(settings.database)
+    # The safety snapshot is shop.db's, in shop.db's own (default) folder, under its name.
+    own = BackupStore(settings_from_mapping({"database": shop}))
+    (safety,) = own.list()
+    assert safety.id == result.safety_snapshot_id and safety.kind == "pre-restore"
+    assert safety.metadata is not None and safety.metadata.source.path == str(shop)
+    assert dump_of_backup(settings_from_mapping({"database": shop}), safety.id, tmp_path) == before
+    assert [i.kind for i in BackupStore(settings).list()] == ["manual"]
+
+    # From the command line, as the issue typed it.
+    change(shop)
+    done = CliRunner().invoke(
+        cli,
+        [
+            "restore",
+            "latest",
+            "--database",
+            str(shop),
+            "--backup-dir",
+            str(settings.backup_dir),
+            "--yes",
+        ],
+    )
+    assert done.exit_code == 2 and "add --from-database tablet_counter" in done.stderr
+    done = CliRunner().invoke(
+        cli,
+        [
+            "restore",
+            "latest",
+            "--database",
+            str(shop),
+            "--backup-dir",
+            str(settings.backup_dir),
+            "--from-database",
+            "tablet_counter",
+            "--yes",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert len(own.list()) == 2

@@ -613,6 +613,17 @@ def test_within_budget_every_recent_backup_stays_and_the_window_is_exclusive() -
     }
 
 
+def test_one_byte_over_budget_the_recent_tier_thins() -> None:
+    # The same nine snapshots as above (80 bytes wanted): a budget of 79 is just outside.
+    backups = [ago(20 * k, f"c{k}") for k in range(9)]
+    plan = plan_retention(
+        backups, NO_SLOTS, now=NOON, recent=RecentTier(timedelta(hours=1), budget=79)
+    )
+    assert plan.recent is not None and plan.recent.thinned
+    assert plan.recent.wanted == 80 and plan.recent.cost <= 79
+    assert len(kept(plan)) < 9
+
+
 def test_the_widest_bucket_tried_is_twice_the_window() -> None:
     at = {"new": 20, "f1": 30, "r1": 45, "r2": 55, "r3": 65, "r4": 75}  # seconds before noon
     backups = [Candidate(n, NOON - timedelta(seconds=s), "auto", True, 10) for n, s in at.items()]

@@ -30,6 +30,7 @@ from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupStore
+from tests import faultkit
 from tests.conftest import backdate, flip_byte, make_db
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +301,97 @@ def test_run_rebuilds_a_damaged_primary_copy_from_the_secondary(roomy: Settings)
     info = BackupStore(roomy).get(backup_id)
     assert BackupStore(roomy).checksum_matches(info, "primary")
     assert result.health.exit_code == 0, result.health.findings
+
+
+def test_a_rebuilt_copy_damaged_before_its_rename_is_not_kept(
+    roomy: Settings, tmp_path: Path
+) -> None:
+    """heal's last check on its own: the rebuilt file is hashed again from disk. The copy is
+    damaged after it was written and its own hash (taken while copying) matched, just before
+    its rename: only that re-hash can see it. A copy that fails it is taken away again."""
+    backup_id = create_backup(roomy).metadata.id
+    assert roomy.secondary_dir is not None
+    for name in (f"{backup_id}.db.zst", f"{backup_id}.json"):
+        (roomy.secondary_dir / name).unlink()
+    env = faultkit.cli_env(
+        roomy.database,
+        roomy.backup_dir,
+        roomy.secondary_dir,
+        home=tmp_path / "home",
+        BACKUPS_DISK_WARNING="1MB",
+        BACKUPS_DISK_CRITICAL="1MB",
+        TTB_CRASH_AT="secondary-copy",
+        TTB_CRASH_SIGNAL="STOP",
+    )
+    proc = faultkit.spawn_cli(["run", "--json"], env)
+    try:
+        assert faultkit.stopped_at(proc), "the run never reached the rebuilt copy's rename"
+        [written] = [p for p in roomy.secondary_dir.iterdir() if p.name.startswith(".tmp-")]
+        flip_byte(written)  # same size: the listing cannot tell
+    finally:
+        code, out, err = faultkit.resume(proc)
+    report = json.loads(out)
+    assert [(r["location"], r["ok"]) for r in report["repaired"]] == [("secondary", False)], err
+    assert "does not match" in report["repaired"][0]["error"]
+    assert code == 1
+    # Not left behind looking sound: the copy is missing again, and health says why.
+    info = BackupStore(roomy).get(backup_id)
+    assert info.copy_state("secondary") == CopyStatus.MISSING
+    assert any(
+        f.code == "copies-disagree" and "rebuilding it failed" in f.message
+        for f in check_health(roomy).findings
+    )
+    # The next run, with nothing in the way, rebuilds it.
+    healed = run(roomy)
+    assert [(r.location, r.ok) for r in healed.repaired] == [("secondary", True)]
+    assert BackupStore(roomy).checksum_matches(BackupStore(roomy).get(backup_id), "secondary")
+
+
+def test_a_repair_never_creates_the_folder_of_a_disk_that_is_away(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The secondary folder's parent is gone (its disk unplugged): a copy rebuilt into a
+    folder made in its place would be on the system disk, no second copy at all."""
+    disk = tmp_path / "usb-disk"
+    disk.mkdir()
+    settings = make_settings(secondary_dir=disk / "mirror", **ROOMY)
+    backup_id = create_backup(settings).metadata.id
+    shutil.rmtree(disk)
+    result = run(settings)
+    assert [(r.id, r.location, r.ok) for r in result.repaired] == [(backup_id, "secondary", False)]
+    assert "is not there (is its disk mounted?)" in (result.repaired[0].error or "")
+    assert not disk.exists()
+
+
+def test_a_copy_that_differs_is_left_for_a_person(roomy: Settings) -> None:
+    """Two copies under one id, each a faithful copy of what its own metadata describes,
+    but of different data: neither is known to be wrong, so a run rebuilds neither, changes
+    neither, and health warns."""
+    backup_id = create_backup(roomy).metadata.id
+    with closing(sqlite3.connect(roomy.database)) as conn:
+        conn.execute(
+            "DELETE FROM count_sessions WHERE id IN (SELECT id FROM count_sessions LIMIT 3)"
+        )
+        conn.commit()
+    other = create_backup(roomy).metadata
+    assert roomy.secondary_dir is not None
+    # The secondary copy of the first backup becomes the other backup's data, under its id.
+    document = json.loads((roomy.secondary_dir / f"{other.id}.json").read_text())
+    mine = json.loads((roomy.secondary_dir / f"{backup_id}.json").read_text())
+    document.update(id=backup_id, created_at=mine["created_at"], data_file=mine["data_file"])
+    (roomy.secondary_dir / f"{backup_id}.json").write_text(json.dumps(document))
+    shutil.copy(
+        roomy.secondary_dir / f"{other.id}.db.zst", roomy.secondary_dir / f"{backup_id}.db.zst"
+    )
+    data = roomy.secondary_dir / f"{backup_id}.db.zst"
+    before = data.read_bytes()
+    info = BackupStore(roomy).get(backup_id)
+    assert info.copy_state("secondary") == CopyStatus.DIFFERS, info.problems
+    result = run(roomy)
+    assert [r for r in result.repaired if r.id == backup_id] == []
+    assert data.read_bytes() == before  # (a re-verify may note its result in the metadata)
+    assert BackupStore(roomy).get(backup_id).copy_state("secondary") == CopyStatus.DIFFERS
+    assert any(f.code == "copies-disagree" for f in result.health.findings)
 
 
 def test_health_warns_while_a_repair_is_impossible(roomy: Settings) -> None:

@@ -1,0 +1,797 @@
+# ruff: noqa: E501  (test node ids are long; the table reads better one per line)
+"""Planted bugs: each safety check removed on its own, and the test that must notice.
+
+    python bench/plants.py                    # every plant
+    python bench/plants.py heal-confirm csrf-empty-token
+    python bench/plants.py --list             # ids, checks and tests, nothing run
+    python bench/plants.py --clean heal-confirm   # the same tests without the plant (must pass)
+
+Each plant is one exact text replacement in one source file: the check it removes (or moves
+just past its edge) and nothing else, so every later check is still in place. It is applied
+to a scratch copy of the package and the tests under ``--workdir`` (default
+``/tmp/ttb-plants/<id>``), never to the working tree, and the named tests run there
+(``PYTHONPATH`` points at the copy, so CLI subprocesses import the planted code too). A plant
+is *killed* when a named test fails; *survived* when they all pass. The replacement must
+match exactly once, so a plant that no longer fits the code is reported, not silently skipped.
+
+``tests/SAFETY.md`` lists the same plants with the check each removes. Nothing here runs in
+CI: it proves that the suite's tests fail without each check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = "tablettracker_backups/"
+
+
+@dataclass(frozen=True)
+class Plant:
+    id: str
+    #: The file (under the package) and the exact text the plant replaces.
+    file: str
+    old: str
+    new: str
+    #: Test node ids (or files) that must fail with the plant in place.
+    tests: tuple[str, ...]
+    #: Set for a plant no test can kill without faking a library: why (it must survive).
+    survives: str = ""
+
+
+T = "tests/"
+
+PLANTS: tuple[Plant, ...] = (
+    # -- the four plants of issue 25 ------------------------------------------------------
+    Plant(
+        "heal-confirm",
+        "heal.py",
+        "    if not store.checksum_matches(info, location):\n",
+        "    if False and not store.checksum_matches(info, location):\n",
+        (T + "test_trust.py::test_a_rebuilt_copy_damaged_before_its_rename_is_not_kept",),
+    ),
+    Plant(
+        "anomaly-min-rows",
+        "anomaly.py",
+        "        if before < MIN_ROWS:\n",
+        "        if before <= MIN_ROWS:\n",
+        (T + "test_notify.py::test_anomaly_minimum_table_size_at_its_edge",),
+    ),
+    Plant(
+        "anomaly-drop-share",
+        "anomaly.py",
+        "if lost <= 0 or lost / before <= drop:",
+        "if lost <= 0 or (lost - 1) / before <= drop:",
+        (T + "test_notify.py::test_anomaly_drop_share_at_its_edge",),
+    ),
+    Plant(
+        "csrf-empty-token",
+        "web/csrf.py",
+        "    expected = session.get(SESSION_KEY)\n"
+        '    given = request.form.get(FIELD, "")\n'
+        "    if (\n"
+        "        not isinstance(expected, str)\n"
+        "        or not given\n"
+        "        or not hmac.compare_digest(given.encode(), expected.encode())\n"
+        "    ):",
+        '    expected = session.get(SESSION_KEY, "")\n'
+        '    given = request.form.get(FIELD, "")\n'
+        "    if not isinstance(expected, str) or not hmac.compare_digest(\n"
+        "        given.encode(), expected.encode()\n"
+        "    ):",
+        (T + "test_hostile.py::test_a_fresh_client_cannot_post_anywhere",),
+    ),
+    Plant(
+        "offsite-age-header-before-upload",
+        "offsite/client.py",
+        "        if not is_age(read_header(data_file)):\n",
+        "        if False and not is_age(read_header(data_file)):\n",
+        (T + "test_offsite_encryption.py::test_no_plaintext_byte_is_sent_for_a_mislabelled_file",),
+    ),
+    # -- backup -------------------------------------------------------------------------------
+    Plant(
+        "backup-source-is-sqlite",
+        "backup.py",
+        "        check_sqlite_file(settings.database)\n        if settings.encryption is not None",
+        "        if settings.encryption is not None",
+        (T + "test_backup.py::test_missing_database_creates_nothing",),
+    ),
+    Plant(
+        "backup-require-pyrage",
+        "backup.py",
+        "            require_pyrage()\n",
+        "            pass\n",
+        (
+            T
+            + "test_encryption.py::test_encryption_configured_without_pyrage_never_stores_plaintext",
+        ),
+    ),
+    Plant(
+        "backup-snapshot-opens",
+        "backup.py",
+        "        if not keep_unreadable:\n",
+        "        if False:\n",
+        (T + "test_corpus.py::test_corpus_database_is_backed_up_verified_and_restored",),
+    ),
+    Plant(
+        "backup-prove-stored",
+        "backup.py",
+        "    proof = decompress_file(stored, None, algorithm=algorithm, "
+        "expected_sha256=stream.sha256)\n"
+        "    if proof.raw_sha256 != stream.raw_sha256 or proof.raw_size != stream.raw_size:\n",
+        "    return\n    proof = decompress_file(stored, None, algorithm=algorithm)\n"
+        "    if proof.raw_sha256 != stream.raw_sha256 or proof.raw_size != stream.raw_size:\n",
+        (
+            T
+            + "test_backup.py::test_the_read_back_proof_checks_the_stored_bytes_not_only_what_they_decompress_to",
+        ),
+    ),
+    Plant(
+        "backup-copy-matches-metadata",
+        "backup.py",
+        "        if size != metadata.stored_size or digest != metadata.sha256:\n",
+        "        if False:\n",
+        (T + "test_backup.py::test_a_copy_from_a_damaged_source_is_refused_and_leaves_nothing",),
+    ),
+    Plant(
+        "backup-folder-identity",
+        "backup.py",
+        "        claim_folders(settings)\n",
+        "        pass\n",
+        (T + "test_trust.py::test_a_folder_belongs_to_one_database",),
+    ),
+    Plant(
+        "backup-operation-lock",
+        "backup.py",
+        "            with operation_lock(settings):\n",
+        '            with __import__("contextlib").nullcontext():\n',
+        (T + "test_locking.py::test_backup_and_restore_each_wait_for_the_lock",),
+    ),
+    # -- verify -------------------------------------------------------------------------------
+    Plant(
+        "verify-data-file-present",
+        "verify.py",
+        "        if not data_file.is_file():\n",
+        "        if False:\n",
+        (T + "test_verify.py::test_missing_and_truncated_data_files_are_named",),
+    ),
+    Plant(
+        "verify-stored-size",
+        "verify.py",
+        "        if size != metadata.stored_size:\n",
+        "        if False:\n",
+        (T + "test_verify.py::test_missing_and_truncated_data_files_are_named",),
+    ),
+    Plant(
+        "verify-stored-sha256",
+        "verify.py",
+        "            expected_sha256=metadata.content_sha256,\n",
+        "            expected_sha256=None,\n",
+        (T + "test_verify.py::test_flipped_gzip_header_byte_fails_verify",),
+    ),
+    Plant(
+        "verify-raw-sha256",
+        "verify.py",
+        "        if stream.raw_sha256 != metadata.raw_sha256:\n",
+        "        if False:\n",
+        (T + "test_verify.py::test_decompressed_hash_mismatch_fails_verify",),
+    ),
+    Plant(
+        "verify-opens-as-sqlite",
+        "verify.py",
+        "        elif not unreadable:\n",
+        "        elif False:\n",
+        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+    ),
+    Plant(
+        "verify-integrity-agrees",
+        "verify.py",
+        '    if check.integrity != "ok" and not recorded.source_damaged:\n',
+        "    if False:\n",
+        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+    ),
+    Plant(
+        "verify-foreign-keys-agree",
+        "verify.py",
+        "    if check.foreign_key_violations != recorded.foreign_key_violations:\n",
+        "    if False:\n",
+        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+    ),
+    Plant(
+        "verify-row-counts-agree",
+        "verify.py",
+        "    if check.row_counts != metadata.row_counts:\n",
+        "    if False:\n",
+        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+    ),
+    Plant(
+        "verify-schema-agrees",
+        "verify.py",
+        "    if check.schema_fingerprint != metadata.schema_fingerprint:\n",
+        "    if False:\n",
+        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+    ),
+    # -- encryption -----------------------------------------------------------------------------
+    Plant(
+        "encrypt-source-unchanged",
+        "encryption.py",
+        "        if expected_sha256 is not None and reader.digest.hexdigest() != "
+        "expected_sha256:\n",
+        "        if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "encrypt-output-is-age",
+        "encryption.py",
+        "        if not is_age(read_header(dest)):\n",
+        "        if False:\n",
+        (T + "test_encryption.py",),
+        survives="pyrage always writes the age header; no real fault changes the file "
+        "between its write and this read (a fake pyrage would be needed)",
+    ),
+    Plant(
+        "decrypt-input-is-age",
+        "encryption.py",
+        "    if not is_age(read_header(source)):\n",
+        "    if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "decrypt-ciphertext-sha256",
+        "encryption.py",
+        "        if reader.size != metadata.stored_size or reader.digest.hexdigest() != "
+        "metadata.sha256:\n",
+        "        if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "decrypt-plaintext-sha256",
+        "encryption.py",
+        "        if writer.size != info.inner_size or writer.digest.hexdigest() != "
+        "info.inner_sha256:\n",
+        "        if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "sealed-check-header",
+        "encryption.py",
+        "    if not is_age(read_header(path)):\n",
+        "    if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "sealed-check-sha256",
+        "encryption.py",
+        "    if digest != metadata.sha256:\n",
+        "    if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "sealed-form-is-of-this-backup",
+        "encryption.py",
+        "    if sealed.inner_sha256 != metadata.sha256 or sealed.inner_size != "
+        "metadata.stored_size:\n",
+        "    if False:\n",
+        (T + "test_encryption.py::test_each_check_of_encrypt_and_decrypt_on_its_own",),
+    ),
+    Plant(
+        "recipients-are-valid",
+        "encryption.py",
+        "            if not _bech32_valid(text):\n",
+        "            if False:\n",
+        (T + "test_encryption.py::test_recipients_are_checked_at_start_up",),
+    ),
+    # -- heal ---------------------------------------------------------------------------------
+    Plant(
+        "heal-source-checks-out",
+        "heal.py",
+        "            if not store.checksum_matches(info, source):\n",
+        "            if False:\n",
+        (T + "test_offsite.py::test_a_repair_passes_over_a_damaged_local_copy_to_the_offsite_one",),
+    ),
+    Plant(
+        "heal-offsite-download-matches",
+        "heal.py",
+        "    if size != metadata.stored_size or digest != metadata.sha256:\n",
+        "    if False:\n",
+        (T + "test_offsite.py::test_a_repair_refuses_a_damaged_download_before_it_is_committed",),
+    ),
+    Plant(
+        "heal-no-folder-for-an-absent-disk",
+        "heal.py",
+        "        if not folder.parent.is_dir():\n",
+        "        if False:\n",
+        (T + "test_trust.py::test_a_repair_never_creates_the_folder_of_a_disk_that_is_away",),
+    ),
+    Plant(
+        "heal-leaves-differing-copies",
+        "heal.py",
+        "REPAIRABLE = (CopyStatus.MISSING, CopyStatus.DAMAGED)",
+        "REPAIRABLE = (CopyStatus.MISSING, CopyStatus.DAMAGED, CopyStatus.DIFFERS)",
+        (T + "test_trust.py::test_a_copy_that_differs_is_left_for_a_person",),
+    ),
+    # -- restore ------------------------------------------------------------------------------
+    Plant(
+        "restore-valid-id",
+        "restore.py",
+        '    if backup_id != "latest":\n        validate_backup_id(backup_id)\n'
+        "    BackupStore(settings).require_folder()",
+        "    BackupStore(settings).require_folder()",
+        (T + "test_restore.py::test_bad_ids_and_missing_backups",),
+    ),
+    Plant(
+        "restore-folder-exists",
+        "restore.py",
+        "    BackupStore(settings).require_folder()  # a typo in the folder: refuse, create "
+        "nothing\n    with operation_lock(settings):",
+        "    with operation_lock(settings):",
+        (T + "test_restore.py::test_bad_ids_and_missing_backups",),
+    ),
+    Plant(
+        "restore-operation-lock",
+        "restore.py",
+        "    with operation_lock(settings):\n        cleanup_debris(settings)\n",
+        '    with __import__("contextlib").nullcontext():\n        cleanup_debris(settings)\n',
+        (T + "test_locking.py::test_backup_and_restore_each_wait_for_the_lock",),
+    ),
+    Plant(
+        "restore-target-is-sqlite",
+        "restore.py",
+        "        _check_overwritable(target)\n",
+        "        pass\n",
+        (T + "test_restore.py::test_refuses_to_overwrite_a_file_that_is_not_a_database",),
+    ),
+    Plant(
+        "restore-no-leftover-wal",
+        "restore.py",
+        "        _check_no_leftovers(target)\n",
+        "        pass\n",
+        (T + "test_restore.py::test_refuses_a_stale_wal_beside_a_missing_database",),
+    ),
+    Plant(
+        "restore-identity-up-front",
+        "restore.py",
+        "    if identity is None and settings.encryption is not None and "
+        "settings.encryption.local:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_encryption.py::test_all_mode_restore_of_a_plain_backup_needs_the_identity_up_front",
+        ),
+    ),
+    Plant(
+        "restore-after-quick-check",
+        "restore.py",
+        "        if quick:\n            found = integrity(conn, full=False)\n",
+        "        if False:\n            found = integrity(conn, full=False)\n",
+        (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
+    ),
+    Plant(
+        "restore-after-row-counts",
+        "restore.py",
+        "        if now != counts:\n",
+        "        if False:\n",
+        (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
+    ),
+    Plant(
+        "restore-after-schema",
+        "restore.py",
+        "        if schema_fingerprint(conn) != fingerprint:\n",
+        "        if False:\n",
+        (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
+    ),
+    Plant(
+        "restore-undo-after-failed-check",
+        "restore.py",
+        "                    _put_back(held, safety, after_failed, progress, on_rollback_captured)\n",
+        "                    pass\n",
+        (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
+    ),
+    # Issue 26: one lock hold from the safety copy to the check.
+    Plant(
+        "restore-hold-released-before-the-write",
+        "overwrite.py",
+        "                copy_it(conn)  # under the RESERVED lock taken on entering\n",
+        "                copy_it(conn)  # under the RESERVED lock taken on entering\n"
+        '                conn.execute("PRAGMA locking_mode=NORMAL")\n'
+        '                conn.execute("SELECT 1 FROM sqlite_master").fetchall()\n'
+        "                time.sleep(0.2)\n",
+        (
+            T + "test_restore_live.py::test_no_committed_write_is_lost_restoring_under_writers",
+            T + "test_restore_live.py::test_the_lock_is_held_from_the_safety_copy_to_the_check",
+        ),
+    ),
+    Plant(
+        "restore-wal-copy-before-the-lock",
+        "overwrite.py",
+        "        if pages <= 1 and pending is not None:\n",
+        "        if pending is not None:\n",
+        (T + "test_restore_live.py::test_no_committed_write_is_lost_restoring_under_writers",),
+    ),
+    Plant(
+        "restore-check-on-a-fresh-connection-after-the-release",
+        "restore.py",
+        "                held.check(lambda conn: _verify_restored(conn, meta, target))\n",
+        "                pass\n",
+        (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
+    ),
+    Plant(
+        "restore-safety-copy-not-durable",
+        "overwrite.py",
+        "        fsync_path(capture)\n",
+        "        pass\n",
+        (T + "test_durability.py",),
+        survives="a copy not fsynced survives a killed process: only a power cut shows it, and "
+        "no test here cuts the power (the order is read by strace in test_durability: see "
+        "its restore row when added)",
+    ),
+    Plant(
+        "restore-folder-of-another-database",
+        "restore.py",
+        "    if recorded is not None and not same_database(recorded, settings):\n",
+        "    if False:\n",
+        (T + "test_restore.py::test_a_folder_of_another_database_is_refused_unless_named",),
+    ),
+    Plant(
+        "restore-not-a-regular-file",
+        "restore.py",
+        "    _check_target_kind(target)\n",
+        "    pass\n",
+        (
+            T
+            + "test_restore.py::test_a_target_that_is_not_a_regular_file_is_refused_and_nothing_is_made_beside_it",
+        ),
+    ),
+    Plant(
+        "restore-unrecorded",
+        "restore.py",
+        "            record = intent.begin(settings, backup_id=info.id, target=target, live=is_live)\n",
+        "            record = intent.RestoreIntent(info.id, str(target), is_live, "
+        "datetime.now(timezone.utc), intent.VERIFY, datetime.now(timezone.utc), 0, '')\n",
+        (T + "test_crashpoints.py",),
+    ),
+    Plant(
+        "restore-busy-is-not-damage",
+        "restore.py",
+        "    if isinstance(exc, DatabaseBusy):\n",
+        "    if False:\n",
+        (
+            T
+            + "test_restore.py::test_a_database_nobody_may_read_gets_no_restore_and_says_what_to_do",
+        ),
+    ),
+    Plant(
+        "restore-gate",
+        "web/restoregate.py",
+        "            blocked = request.method in WRITE_METHODS or (\n",
+        "            blocked = False and (\n",
+        (T + "test_restore_live.py::test_the_apps_writes_get_503_while_a_restore_runs",),
+    ),
+    Plant(
+        "restore-at-after-a-restore",
+        "restore_points.py",
+        "    if restored and (not before or restored[-1].at >= before[-1].created_at):\n",
+        "    if False:\n",
+        (T + "test_restore_points.py::test_a_moment_after_a_restore_is_the_restored_state",),
+    ),
+    Plant(
+        "recover-target-is-new",
+        "restore.py",
+        "    if target.exists() or target.is_symlink():\n",
+        "    if False:\n",
+        (T + "test_offsite.py::test_recovery_from_offsite_refuses_and_passes_over_word_for_word",),
+    ),
+    Plant(
+        "recover-latest-is-good-and-regular",
+        "restore.py",
+        "    return meta.kind in REGULAR_KINDS and not meta.source_damaged\n",
+        "    return True\n",
+        (T + "test_offsite.py",),
+    ),
+    # -- offsite ------------------------------------------------------------------------------
+    Plant(
+        "offsite-refuse-unencrypted",
+        "offsite/client.py",
+        "            if self.require_encryption:\n",
+        "            if False:\n",
+        (
+            T
+            + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
+        ),
+    ),
+    Plant(
+        "offsite-metadata-is-sealed",
+        "offsite/client.py",
+        "        if metadata.row_counts or metadata.source.path:\n",
+        "        if False:\n",
+        (T + "test_offsite_encryption.py::test_metadata_that_names_the_schema_is_never_sent",),
+    ),
+    Plant(
+        "offsite-local-copy-matches",
+        "offsite/client.py",
+        "        if digests.size != metadata.stored_size or digests.sha256 != metadata.sha256:\n",
+        "        if False:\n",
+        (T + "test_offsite.py::test_a_local_copy_damaged_in_place_is_never_sent",),
+    ),
+    Plant(
+        "offsite-uploaded-size",
+        "offsite/client.py",
+        "        if size != metadata.stored_size:\n            raise OffsiteError(\n",
+        "        if False:\n            raise OffsiteError(\n",
+        (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
+    ),
+    Plant(
+        "offsite-uploaded-checksum",
+        "offsite/client.py",
+        '        if reported and "-" not in reported and "-" not in digests.expected_checksum:\n',
+        "        if False:\n",
+        (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
+    ),
+    Plant(
+        "offsite-read-back",
+        "offsite/client.py",
+        "        if read != metadata.stored_size or digest.hexdigest() != metadata.sha256:\n",
+        "        if False:\n",
+        (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
+    ),
+    Plant(
+        "offsite-age-header-after-upload",
+        "offsite/client.py",
+        "        if not is_age(first):\n",
+        "        if False:\n",
+        (
+            T
+            + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
+        ),
+    ),
+    Plant(
+        "offsite-delete-inside-prefix",
+        "offsite/client.py",
+        "        if not key.startswith(self.s3.prefix):\n",
+        "        if False:\n",
+        (T + "test_offsite.py::test_only_keys_under_the_prefix_are_deleted",),
+    ),
+    Plant(
+        "offsite-no-upload-without-pyrage",
+        "offsite/sync.py",
+        "            require_pyrage()\n",
+        "            pass\n",
+        (
+            T
+            + "test_offsite_encryption.py::test_without_pyrage_nothing_is_uploaded_and_health_is_critical",
+        ),
+    ),
+    Plant(
+        "offsite-encrypt-the-verified-file",
+        "offsite/sync.py",
+        "expected_sha256=meta.sha256)",
+        "expected_sha256=None)",
+        (T + "test_offsite_encryption.py", T + "test_offsite.py"),
+        survives="encrypted_metadata compares the same two SHA-256s right after "
+        "(sealed.inner_sha256 with meta.sha256): two guards on one condition",
+    ),
+    # -- CSRF and the task token -------------------------------------------------------------
+    Plant(
+        "csrf-pages-check-the-token",
+        "web/views.py",
+        "    csrf.protect()\n",
+        "    pass\n",
+        (T + "test_hostile.py::test_every_admin_post_needs_the_csrf_token",),
+    ),
+    Plant(
+        "csrf-token-compared",
+        "web/csrf.py",
+        "        or not hmac.compare_digest(given.encode(), expected.encode())\n",
+        "",
+        (T + "test_hostile.py::test_every_admin_post_needs_the_csrf_token",),
+    ),
+    Plant(
+        "csrf-flask-wtf-without-default-check",
+        "web/csrf.py",
+        "            ext.protect()\n",
+        "            pass\n",
+        (
+            T
+            + "test_hostile.py::test_admin_posts_need_the_token_when_the_host_turned_flask_wtfs_default_check_off",
+        ),
+    ),
+    Plant(
+        "task-off-without-a-token",
+        "web/tasks.py",
+        "    if state.task_token is None:\n        abort(404)\n",
+        "",
+        (T + "test_web.py::test_task_endpoint_is_404_without_a_token",),
+    ),
+    Plant(
+        "task-bearer-scheme",
+        "web/tasks.py",
+        '    if scheme.lower() != "bearer" or not given.strip():\n',
+        "    if not given.strip():\n",
+        (T + "test_hostile.py::test_task_endpoint_tokens",),
+    ),
+    Plant(
+        "task-token-compared",
+        "web/tasks.py",
+        "    return hmac.compare_digest(given.strip().encode(), expected.encode())\n",
+        "    return True\n",
+        (T + "test_hostile.py::test_task_endpoint_tokens",),
+    ),
+    Plant(
+        "task-metrics-need-the-token",
+        "web/tasks.py",
+        "    refused = _refuse()\n    if refused is not None:\n        return refused\n"
+        "    try:\n        from tablettracker_backups import metrics",
+        "    try:\n        from tablettracker_backups import metrics",
+        (
+            T + "test_metrics.py",
+            T + "test_web.py",
+        ),
+    ),
+    # -- thresholds, each at its edge -----------------------------------------------------------
+    Plant(
+        "health-disk-at-the-limit",
+        "health.py",
+        "            if usage.free < limit:\n",
+        "            if usage.free <= limit:\n",
+        (T + "test_health.py",),
+    ),
+    Plant(
+        "health-disk-fraction-or-bytes",
+        "health.py",
+        "            limit = threshold * usage.total if threshold < 1 else threshold\n",
+        "            limit = threshold * usage.total if threshold <= 1 else threshold\n",
+        (T + "test_health.py",),
+    ),
+    Plant(
+        "health-room-for-the-next-backup",
+        "health.py",
+        "            if usage.free < needed:\n",
+        "            if usage.free <= needed:\n",
+        (T + "test_health.py",),
+        survives="free space moves in 4 KiB blocks and the need is rarely a block multiple: "
+        "the exact edge cannot be met on a real file system",
+    ),
+    Plant(
+        "health-age-warning-edge",
+        "health.py",
+        "        elif age > interval + interval / 2 + GRACE:\n",
+        "        elif age >= interval + interval / 2 + GRACE:\n",
+        (T + "test_health.py",),
+    ),
+    Plant(
+        "health-age-critical-edge",
+        "health.py",
+        "        elif age > 3 * interval + GRACE:\n",
+        "        elif age >= 3 * interval + GRACE:\n",
+        (T + "test_health.py",),
+    ),
+    Plant(
+        "recent-tier-budget-edge",
+        "retention.py",
+        "    thinned = wanted > tier.budget\n",
+        "    thinned = wanted >= tier.budget\n",
+        (T + "test_retention.py",),
+    ),
+    Plant(
+        "recent-tier-dense-half-edge",
+        "retention.py",
+        "            if spent + candidate.cost > tier.budget // 2:\n",
+        "            if spent + candidate.cost >= tier.budget // 2:\n",
+        (T + "test_retention.py",),
+    ),
+    Plant(
+        "recent-tier-spread-fits-edge",
+        "retention.py",
+        "            if sum(c.cost for c in picks) <= tier.budget - spent:\n",
+        "            if sum(c.cost for c in picks) < tier.budget - spent:\n",
+        (T + "test_retention.py",),
+    ),
+    Plant(
+        "recent-tier-window-edge",
+        "retention.py",
+        "    inside = [c for c in regular if c.created_at > now - tier.window]\n",
+        "    inside = [c for c in regular if c.created_at >= now - tier.window]\n",
+        (T + "test_retention.py",),
+    ),
+    Plant(
+        "auto-in-process-size-edge",
+        "autosnapshot.py",
+        "        check.size <= IN_PROCESS_MAX_BYTES\n",
+        "        check.size < IN_PROCESS_MAX_BYTES\n",
+        (T + "test_autosnapshot.py",),
+    ),
+    Plant(
+        "auto-in-process-seconds-edge",
+        "autosnapshot.py",
+        "        and last <= IN_PROCESS_MAX_SECONDS\n",
+        "        and last < IN_PROCESS_MAX_SECONDS\n",
+        (T + "test_autosnapshot.py",),
+    ),
+)
+
+
+def prepare(plant: Plant, workdir: Path, *, clean: bool) -> None:
+    """A fresh scratch copy of the package and tests, with the plant applied."""
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", ".hypothesis")
+    for name in ("tablettracker_backups", "tests", "templates", "static"):
+        shutil.copytree(ROOT / name, workdir / name, ignore=ignore)
+    for name in ("README.md", "pyproject.toml"):
+        shutil.copy(ROOT / name, workdir / name)
+    source = workdir / PKG / plant.file
+    text = source.read_text()
+    count = text.count(plant.old)
+    if count != 1:
+        raise SystemExit(f"{plant.id}: the planted text matches {count} times in {plant.file}")
+    if not clean:
+        source.write_text(text.replace(plant.old, plant.new))
+
+
+def run(plant: Plant, workdir: Path, *, clean: bool) -> tuple[str, str, float]:
+    """(outcome, detail, seconds): killed / survived / error (/ passed, failed when clean)."""
+    prepare(plant, workdir, clean=clean)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKUPS_")}
+    env["PYTHONPATH"] = str(workdir)
+    args = [
+        sys.executable,
+        # One process: under xdist a stopped run exits 2 (interrupted), not 1 (failed).
+        *("-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-p", "no:xdist"),
+        *("-o", "tmp_path_retention_policy=none"),
+        # Its own temporary folder: pytest removes all but the newest three of the shared
+        # ones, so another pytest run starting meanwhile would delete this one's files.
+        f"--basetemp={workdir / '.pytest-tmp'}",
+        *plant.tests,
+    ]
+    began = time.monotonic()
+    result = subprocess.run(args, cwd=workdir, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - began
+    output = result.stdout + result.stderr
+    failed = re.findall(r"^FAILED (\S+)", output, re.MULTILINE)
+    shutil.rmtree(workdir, ignore_errors=True)
+    if clean:
+        return ("passed" if result.returncode == 0 else "failed"), "; ".join(failed), seconds
+    if result.returncode == 1 and failed:
+        return "killed", failed[0], seconds
+    if result.returncode == 0:
+        return "survived", "", seconds
+    return "error", output[-1500:], seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("ids", nargs="*", help="plants to run (default: all)")
+    parser.add_argument("--list", action="store_true", help="list the plants, run nothing")
+    parser.add_argument("--clean", action="store_true", help="run the tests without the plant")
+    parser.add_argument("--workdir", type=Path, default=Path("/tmp/ttb-plants"))
+    options = parser.parse_args()
+    known = {p.id: p for p in PLANTS}
+    unknown = [i for i in options.ids if i not in known]
+    if unknown:
+        raise SystemExit(f"unknown plants: {', '.join(unknown)}")
+    chosen = [known[i] for i in options.ids] if options.ids else list(PLANTS)
+    if options.list:
+        for plant in chosen:
+            print(f"{plant.id}\t{plant.file}\t{' '.join(plant.tests)}\t{plant.survives}")
+        return
+    bad = 0
+    for plant in chosen:
+        outcome, detail, seconds = run(plant, options.workdir / plant.id, clean=options.clean)
+        wanted = "passed" if options.clean else ("survived" if plant.survives else "killed")
+        bad += outcome != wanted
+        print(f"{plant.id}: {outcome} in {seconds:.1f}s {detail}", flush=True)
+    if bad:
+        raise SystemExit(f"{bad} of {len(chosen)} plants did not give the expected outcome")
+
+
+if __name__ == "__main__":
+    main()
