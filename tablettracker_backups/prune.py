@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
+from tablettracker_backups.evidence import protected
 from tablettracker_backups.identity import check_folders, claim_folders
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
@@ -46,7 +47,8 @@ def plan_for_store(
     now: datetime | None = None,
     sound: str | None = None,
 ) -> RetentionPlan:
-    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``;
+    the evidence of every open data-loss warning is kept."""
     if now is None and sound is None and not protect:
         return current_plan(store)
     return plan_for_backups(
@@ -55,6 +57,7 @@ def plan_for_store(
         protect=protect,
         now=now or datetime.now(timezone.utc),
         sound=sound,
+        evidence=protected(store.settings),
     )
 
 
@@ -68,7 +71,12 @@ def current_plan(store: BackupStore, *, now: datetime | None = None) -> Retentio
     """
     infos = store.list()
     minute = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
-    return store.memo(("plan", minute), lambda: plan_for_backups(store.settings, infos, now=minute))
+    # The warnings file is small and changes without the listing changing: read each time.
+    evidence = protected(store.settings)
+    return store.memo(
+        ("plan", minute, tuple(sorted(evidence.items()))),
+        lambda: plan_for_backups(store.settings, infos, now=minute, evidence=evidence),
+    )
 
 
 def newest_sound_backup(store: BackupStore) -> str | None:
@@ -105,8 +113,9 @@ def prune(
 ) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock.
 
-    Deletes nothing unless some backup is confirmed sound by its checksum first, and nothing
-    at all in a folder that belongs to another database (:class:`IdentityError`).
+    Deletes nothing unless some backup is confirmed sound by its checksum first, never the
+    evidence of an open data-loss warning, and nothing at all in a folder that belongs to
+    another database (:class:`IdentityError`).
     """
     if dry_run:
         check_folders(store.settings)
