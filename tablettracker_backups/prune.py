@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
@@ -29,6 +29,12 @@ class PruneResult:
     plan: RetentionPlan
     deleted: tuple[str, ...]
     dry_run: bool
+    #: The labels of deleted backups that had one (a person named them: the log says so).
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def audit_details(self) -> dict[str, object]:
+        """What the audit log keeps of a prune: every id deleted, and the labels among them."""
+        return {"deleted": list(self.deleted), "deleted_labels": dict(self.labels)}
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -130,8 +136,12 @@ def prune(
         if sound is None:
             logger.warning("no backup has a copy matching its checksum; pruned nothing")
             return PruneResult(plan, (), dry_run)
+        labels = {i.id: i.label for i in store.list() if i.label}
         for decision in plan.delete:
             store.delete(decision.id)
             deleted.append(decision.id)
             logger.info("pruned backup %s", decision.id)
+        return PruneResult(
+            plan, tuple(deleted), dry_run, {i: labels[i] for i in deleted if i in labels}
+        )
     return PruneResult(plan, tuple(deleted), dry_run)

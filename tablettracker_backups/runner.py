@@ -97,6 +97,46 @@ class RunResult:
             "repaired": [r.to_dict() for r in self.repaired],
         }
 
+    def audit_message(self) -> str:
+        """One line for the audit log: what the run did (every face writes the same)."""
+        if self.error:
+            return self.error
+        parts = [f"backed up {self.backup.metadata.id}" if self.backup else "no backup due"]
+        if self.reverified:
+            parts.append(
+                f"re-verified {self.reverified.id}: {'ok' if self.reverified.ok else 'DAMAGED'}"
+            )
+        if self.pruned and self.pruned.deleted:
+            labelled = len(self.pruned.labels)
+            parts.append(
+                f"pruned {len(self.pruned.deleted)}"
+                + (f" ({labelled} labelled)" if labelled else "")
+            )
+        healed = [r for r in self.repaired if r.ok]
+        if healed:
+            parts.append(f"rebuilt {len(healed)} cop{'y' if len(healed) == 1 else 'ies'}")
+        if self.offsite is not None and self.offsite.uploaded:
+            parts.append(f"uploaded {len(self.offsite.uploaded)} offsite")
+        return "; ".join(parts)
+
+    def audit_details(self) -> dict[str, Any]:
+        """Everything the run changed, for the audit log: the backup taken and its anomalies,
+        the backups pruned (labels too), the copies rebuilt, what went offsite."""
+        details: dict[str, Any] = {}
+        if self.backup:
+            details["backup_id"] = self.backup.metadata.id
+            details["anomalies"] = [a.message for a in self.backup.anomalies]
+        elif self.skipped_reason:
+            details["skipped"] = self.skipped_reason
+        if self.pruned:
+            details.update(self.pruned.audit_details())
+        details["rebuilt"] = [r.describe() for r in self.repaired]
+        if self.offsite is not None:
+            details["uploaded"] = [u.id for u in self.offsite.uploaded]
+            details["offsite_deleted"] = list(self.offsite.pruned)
+        details["warnings"] = list(self.warnings)
+        return details
+
     def summary(self) -> str:
         """A few lines of plain text: what the run did and the health verdict (the body of the
         dead-man finish ping)."""

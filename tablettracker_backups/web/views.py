@@ -564,7 +564,7 @@ def prune_confirm() -> ResponseReturnValue:
         actor=_actor(),
         ok=True,
         message=f"pruned {len(result.deleted)} backup(s)",
-        details={"via": "web", "deleted": list(result.deleted)},
+        details={"via": "web", **result.audit_details()},
     )
     session[PRUNED_KEY] = {
         "count": len(result.deleted),

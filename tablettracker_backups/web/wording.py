@@ -97,6 +97,14 @@ _VIA = {
     "http": "through the scheduled-task URL",
     "task": "by the scheduled task",
 }
+#: Lists in an entry's details, and how each is introduced.
+_LISTS = {
+    "anomalies": "data-loss warning",
+    "rebuilt": "copies rebuilt",
+    "uploaded": "uploaded offsite",
+    "offsite_deleted": "deleted offsite",
+    "warnings": "warnings",
+}
 #: Detail keys the sentence already says, or that mean nothing to a person.
 _QUIET = {"via", "job", "remote", "durations", "target", "fell_back"}
 
@@ -129,18 +137,24 @@ def audit_facts(entry: AuditEntry) -> list[str]:
         if rollback:
             facts.append("putting the safety snapshot back passed over: " + "; ".join(rollback))
     deleted = details.get("deleted")
-    if isinstance(deleted, list):
+    if isinstance(deleted, list) and deleted:
+        facts.append(f"deleted {len(deleted)} backup(s): " + ", ".join(map(str, deleted)))
+    labels = details.get("deleted_labels")
+    if isinstance(labels, dict) and labels:
         facts.append(
-            f"deleted {len(deleted)} backup(s)"
-            + (": " + ", ".join(map(str, deleted)) if deleted else "")
+            "labelled among them: " + ", ".join(f"{k} “{v}”" for k, v in sorted(labels.items()))
         )
+    for key, phrase in _LISTS.items():
+        value = details.get(key)
+        if isinstance(value, list) and value:
+            facts.append(f"{phrase}: " + "; ".join(map(str, value)))
     durations = details.get("durations")
     if isinstance(durations, dict) and isinstance(durations.get("total"), int | float):
         facts.append(f"took {_duration(float(durations['total']))}")
     for key, value in sorted(details.items()):
         if key in _QUIET or key in ("backup_id", "id", "source_location", "safety_snapshot_id"):
             continue
-        if key in ("deleted",) or value in (None, "", [], {}):
+        if key in ("deleted", "deleted_labels", *_LISTS) or value in (None, "", [], {}):
             continue
         facts.append(f"{key.replace('_', ' ')}: {_plain(value)}")
     return facts
@@ -170,6 +184,8 @@ ACTION_NAMES = {
     "download": "download",
     "run": "scheduled run",
     "init": "set-up",
+    "task-token": "task URL: wrong token",
+    "dismiss-warning": "dismiss warning",
 }
 
 
