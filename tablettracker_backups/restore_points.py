@@ -52,8 +52,11 @@ def parse_moment(text: str) -> Moment:
         cleaned = cleaned[:-1] + "+00:00"
     try:
         moment = datetime.fromisoformat(cleaned)
-    except ValueError as exc:
-        raise InvalidTime(f"not a valid time: {text[:60]!r} ({exc})") from None
+    except ValueError:
+        # Python's own text ("offset must be a timedelta strictly between ...") is no help.
+        raise InvalidTime(
+            f"not a valid time: {text[:60]!r} (a date, hour, minute or time zone is out of range)"
+        ) from None
     zone_given = moment.tzinfo is not None
     try:
         # A naive datetime's astimezone() reads it as local time.

@@ -12,9 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Flask
+from flask_login import user_logged_in, user_logged_out
 
-from tablettracker_backups.settings import CORE_KEYS, PREFIX, settings_from_mapping
-from tablettracker_backups.web import autosnapshot
+from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.settings import CORE_KEYS, PREFIX, parse_space, settings_from_mapping
+from tablettracker_backups.web import autosnapshot, csrf
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
 from tablettracker_backups.web.tasks import TASK_BLUEPRINT
 from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
@@ -67,6 +69,9 @@ class BackupManager:
         app.config.setdefault("BACKUPS_NOTIFY_ON", None)
         #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
         app.config.setdefault("BACKUPS_PING_URL", None)
+        #: Largest request body the pages' own forms accept (``128KB``); a bigger POST to them
+        #: is refused with 413 before it is read.
+        app.config.setdefault("BACKUPS_MAX_POST_SIZE", "128KB")
         #: Row-count drop since the previous good backup that counts as an anomaly (20%).
         app.config.setdefault("BACKUPS_ANOMALY_DROP", None)
         #: Offsite copies: the S3 bucket; None turns offsite copies off.
@@ -110,6 +115,7 @@ class BackupManager:
         prefix = _url_path("BACKUPS_URL_PREFIX", app.config["BACKUPS_URL_PREFIX"])
         task_url = _url_path("BACKUPS_TASK_URL", app.config["BACKUPS_TASK_URL"])
         metrics_url = _url_path("BACKUPS_METRICS_URL", app.config["BACKUPS_METRICS_URL"])
+        max_post = _post_size(app.config["BACKUPS_MAX_POST_SIZE"])
         base_template = app.config["BACKUPS_BASE_TEMPLATE"]
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
@@ -120,9 +126,13 @@ class BackupManager:
             task_token=token,
             base_template=base_template,
             task_url=task_url,
+            max_post_bytes=max_post,
         )
 
         register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
+        # A new login gets new form tokens (ours, and Flask-WTF's when the host uses it).
+        user_logged_in.connect(csrf.rotate, app)
+        user_logged_out.connect(csrf.rotate, app)
         autosnapshot.install(app, skip_blueprints=frozenset({BLUEPRINT, TASK_BLUEPRINT}))
 
         # Imported here, as Flask-SQLAlchemy does: the CLI reads the app's state from
@@ -130,6 +140,16 @@ class BackupManager:
         from tablettracker_backups.cli import cli
 
         app.cli.add_command(cli, name="backups")
+
+
+def _post_size(value: Any) -> int:
+    try:
+        size = parse_space("max_post_size", value)
+    except ConfigError:
+        size = 0.0
+    if size < 1024:
+        raise RuntimeError(f"BACKUPS_MAX_POST_SIZE must be a size like 128KB, not {value!r}")
+    return int(size)
 
 
 def _url_path(key: str, value: Any) -> str:

@@ -34,6 +34,8 @@ class BackupState:
     task_token: str | None
     base_template: str
     task_url: str
+    #: Largest request body (bytes) a POST to the pages or the task URL may carry.
+    max_post_bytes: int = 128_000
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
 

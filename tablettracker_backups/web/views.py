@@ -10,11 +10,17 @@ listing cache, and what hashing found comes from the last ``run`` or ``health``.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import hmac
 import logging
 import math
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from flask import (
@@ -75,7 +81,7 @@ PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
 #: HTTP errors shown as the blueprint's own page (401 stays the host's login handling).
-ERROR_CODES = (400, 403, 404, 409)
+ERROR_CODES = (400, 403, 404, 409, 413)
 
 
 def create_blueprint() -> Blueprint:
@@ -93,6 +99,7 @@ def create_blueprint() -> Blueprint:
     bp.after_request(security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
+    bp.register_error_handler(Exception, _unexpected)
     for code in ERROR_CODES:
         bp.register_error_handler(code, _http_error)
     bp.add_url_rule("/", "dashboard", dashboard)
@@ -137,6 +144,22 @@ def register_blueprints(app: Flask, *, prefix: str, task_url: str, metrics_url: 
         late = current_app.extensions.get("csrf")
         if late is not None and request.blueprint == tasks.TASK_BLUEPRINT:
             late.exempt(task_bp)
+
+    # First of all the app's hooks: Flask-WTF's check, registered before us, reads the form.
+    app.before_request_funcs.setdefault(None, []).insert(0, _limit_body)
+
+
+def _limit_body() -> None:
+    """Refuse (413) a POST to the pages or the task URL whose body is larger than
+    ``BACKUPS_MAX_POST_SIZE``, before anything reads it; a body of unknown length is cut off
+    at the limit where Flask allows it (3.1 and later)."""
+    if request.blueprint not in (BLUEPRINT, tasks.TASK_BLUEPRINT) or request.method != "POST":
+        return
+    limit = get_state().max_post_bytes
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    with contextlib.suppress(AttributeError):  # Flask < 3.1: read-only
+        request.max_content_length = limit
 
 
 # -- access ------------------------------------------------------------------------------------
@@ -219,7 +242,7 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
             active = None
     return render_template(
         "tablettracker_backups/error.html",
-        message=str(exc),
+        message=one_line(str(exc)),
         status=status,
         active=active,
         expired=False,
@@ -228,14 +251,53 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
     ), status
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A message as the pages show it: its first line, at most ``limit`` characters."""
+    first = (text.strip().splitlines() or [""])[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _unexpected(exc: Exception) -> ResponseReturnValue:
+    """Anything else that went wrong: the log gets the traceback, the page one plain line."""
+    if isinstance(exc, HTTPException):
+        return exc  # a 405 or 414: Flask's own answer
+    logger.exception("backup page failed")
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=500,
+        message=(
+            "The server could not complete this page or action. Its error log has the "
+            "details; reload to try again."
+        ),
+        expired=False,
+        back=_same_site_referrer(),
+        admin=_safely(_is_admin),
+        active=None,
+    ), 500
+
+
+def _safely(check: Callable[[], bool]) -> bool:
+    """``check()``, or False if it fails too (the error page must still render)."""
+    try:
+        return check()
+    except Exception:
+        return False
+
+
 def _http_error(exc: HTTPException) -> ResponseReturnValue:
     """An HTTP error as a page in the blueprint's layout, with a way back."""
     status = exc.code or 500
     expired = status == 400 and csrf.is_token_failure(exc)
+    message = exc.description if not expired else None
+    if status == 413:
+        message = (
+            f"The form sent more than the {human_size(get_state().max_post_bytes)} these pages "
+            "accept, so it was not read and nothing was done."
+        )
     return render_template(
         "tablettracker_backups/error.html",
         status=status,
-        message=exc.description if not expired else None,
+        message=message,
         expired=expired,
         back=_same_site_referrer(),
         # A non-admin (403) or anonymous visitor must not be shown the admin navigation.
@@ -574,33 +636,109 @@ def prune_confirm() -> ResponseReturnValue:
 
 
 def download(backup_id: str) -> ResponseReturnValue:
-    """Stream the stored (compressed) file of a backup; primary copy preferred."""
+    """Send the stored (compressed) file of a backup, only once it hashes to the SHA-256
+    recorded when it was taken: each sound-looking copy is hashed in turn (primary first)
+    before the first byte goes out, and the one that matches is sent from the same open file,
+    with its digest in ``Content-Digest`` (RFC 9530). A backup with no matching copy is
+    refused with a page that says so and names the newest sound backup."""
     settings = _settings()
     store = _store()
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
-    location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
-    if meta is None or location is None:
-        raise BackupNotFound(f"backup {info.id} has no sound copy to download")
-    path = store.data_path_for(location, meta)
+    if meta is None:
+        raise BackupNotFound(f"backup {info.id} has no readable metadata to download")
+    mismatched: list[str] = []
+    for copy in info.copies if info.verified else ():
+        if copy.state != CopyStatus.OK:
+            continue
+        handle = _open_matching(store.data_path_for(copy.location, meta), meta.sha256)
+        if handle is None:
+            mismatched.append(copy.location)
+            continue
+        audit.record(
+            settings,
+            action="download",
+            actor=_actor(),
+            ok=True,
+            message=(
+                f"downloaded {meta.data_file} ({meta.stored_size} bytes) from {copy.location}, "
+                "SHA-256 checked"
+            ),
+            details={"via": "web", "id": info.id},
+        )
+        response: Response = send_file(
+            handle,
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=meta.data_file,
+            conditional=False,
+            max_age=0,
+        )
+        response.headers["Content-Length"] = str(meta.stored_size)
+        response.headers["Content-Digest"] = content_digest(meta.sha256)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    what = (
+        f"no copy of backup {info.id} matches the SHA-256 recorded when it was taken "
+        f"({', '.join(mismatched)} checked just now)"
+        if mismatched
+        else f"backup {info.id} is known to be damaged (it failed its last verification)"
+        if not info.verified
+        else f"backup {info.id} has no copy in place to send"
+    )
     audit.record(
         settings,
         action="download",
         actor=_actor(),
-        ok=True,
-        message=f"downloaded {meta.data_file} ({meta.stored_size} bytes) from {location}",
+        ok=False,
+        message=f"refused: {what}",
         details={"via": "web", "id": info.id},
     )
-    response: Response = send_file(
-        path,
-        mimetype="application/octet-stream",
-        as_attachment=True,
-        download_name=meta.data_file,
-        conditional=False,
-        max_age=0,
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=409,
+        heading="Damaged backup: nothing was downloaded",
+        message=(
+            f"Nothing was sent: {what}. Its detail page has a Verify button, which records "
+            "the damage so the backup is no longer offered."
+        ),
+        sound=_newest_verified(store, info.id),
+        expired=False,
+        back=_same_site_referrer(),
+        admin=True,
+        active=None,
+    ), 409
+
+
+#: Bytes read at a time when hashing a download before it is sent.
+HASH_CHUNK = 1024 * 1024
+
+
+def _open_matching(path: Path, sha256: str) -> BinaryIO | None:
+    """``path`` opened and rewound if its bytes hash to ``sha256``, else None (also when it
+    cannot be read). The caller sends exactly the bytes that were checked: same open file."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        logger.warning("cannot open %s for download: %s", path, exc)
+        return None
+    try:
+        digest = hashlib.sha256()
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+        if hmac.compare_digest(digest.hexdigest(), sha256):
+            handle.seek(0)
+            return handle
+        logger.error("download refused: %s does not match its SHA-256", path)
+    except OSError as exc:
+        logger.warning("cannot read %s for download: %s", path, exc)
+    handle.close()
+    return None
+
+
+def content_digest(sha256_hex: str) -> str:
+    """The ``Content-Digest`` header (RFC 9530) for a SHA-256 given in hex."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
 
 
 def restore_at_page() -> ResponseReturnValue:
