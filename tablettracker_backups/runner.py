@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tablettracker_backups import notify
+from tablettracker_backups import notify, weekly
 from tablettracker_backups.backup import (
     BackupResult,
     backup_events,
@@ -213,8 +213,9 @@ def run(
     other failure is reported in the result, and recorded for ``health``.
 
     Around the run: dead-man pings (``BACKUPS_PING_URL``) at the start and the end, and after
-    the lock is released one message to the owner with what changed. Together they take at
-    most :data:`notify.BUDGET_SECONDS`, and never change the outcome.
+    the lock is released one message to the owner with what changed (and, with
+    ``BACKUPS_NOTIFY_WEEKLY``, the weekly report when one is due). Together they take at most
+    :data:`notify.BUDGET_SECONDS`, and never change the outcome.
     """
     budget = Budget(notify.BUDGET_SECONDS)
     ping(settings, "start", budget=budget)
@@ -232,6 +233,17 @@ def run(
         extra=_events(settings, result),
         budget=Budget(max(0.0, budget.left() - reserve)),
     )
+    if settings.notify_weekly:
+        try:
+            backups = BackupStore(settings).list()
+        except BackupError:
+            backups = []
+        weekly.send_if_due(
+            settings,
+            backups,
+            result.health.status,
+            budget=Budget(max(0.0, budget.left() - reserve)),
+        )
     ping(
         settings, str(result.exit_code) if result.exit_code else "", result.summary(), budget=budget
     )

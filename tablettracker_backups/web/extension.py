@@ -67,6 +67,8 @@ class BackupManager:
         app.config.setdefault("BACKUPS_NOTIFY", None)
         #: ``problems`` (failures, warnings, recoveries) or ``all`` (also each success).
         app.config.setdefault("BACKUPS_NOTIFY_ON", None)
+        #: Once a week, send a report to the BACKUPS_NOTIFY targets (the scheduled run does).
+        app.config.setdefault("BACKUPS_NOTIFY_WEEKLY", None)
         #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
         app.config.setdefault("BACKUPS_PING_URL", None)
         #: Largest request body the pages' own forms accept (``128KB``); a bigger POST to them
