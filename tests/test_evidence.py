@@ -29,16 +29,10 @@ from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import Level
 from tablettracker_backups.store import BackupStore
+from tests.conftest import TIGHT_RETENTION
 
-#: Retention that keeps only the newest backup of backups taken within one hour.
-TIGHT = {
-    "keep_hourly": 1,
-    "keep_daily": 1,
-    "keep_weekly": 1,
-    "keep_monthly": 1,
-    "keep_yearly": 1,
-    "keep_recent": "0",
-}
+#: The same tight retention, as core settings.
+TIGHT = {key.removeprefix("BACKUPS_").lower(): value for key, value in TIGHT_RETENTION.items()}
 
 
 def execute(db_path: Path, sql: str) -> None:

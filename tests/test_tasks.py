@@ -18,16 +18,9 @@ from tablettracker_backups.metadata import utc_iso
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.web import throttle
 from tablettracker_backups.web.extension import get_state
+from tests.conftest import TIGHT_RETENTION
 
 URL = "/tasks/backups/run"
-TIGHT = {
-    "BACKUPS_KEEP_HOURLY": 1,
-    "BACKUPS_KEEP_DAILY": 1,
-    "BACKUPS_KEEP_WEEKLY": 1,
-    "BACKUPS_KEEP_MONTHLY": 1,
-    "BACKUPS_KEEP_YEARLY": 1,
-    "BACKUPS_KEEP_RECENT": "0",
-}
 
 
 @pytest.fixture
@@ -37,7 +30,7 @@ def tight_app(tmp_path: Path) -> Flask:
             "INSTANCE_PATH": tmp_path / "instance",
             "TESTING": True,
             "BACKUPS_LOCK_TIMEOUT": 0,
-            **TIGHT,
+            **TIGHT_RETENTION,
         }
     )
 
