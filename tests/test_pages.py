@@ -132,3 +132,33 @@ def test_a_pruned_backup_is_named_but_not_linked(app: Flask, admin_client: Flask
     assert f'<span class="ttb-id">{gone}</span>' in html
     assert f'href="{P}/backups/{gone}"' not in html
     assert f'<a class="ttb-id" href="{P}/backups/{kept}">' in html
+
+
+def test_the_verdict_line_in_words() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from tablettracker_backups.states import Level
+
+    now = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
+    safe = wording.verdict(
+        Level.OK,
+        first_problem=None,
+        good_at=now - timedelta(minutes=12),
+        checked_at=now - timedelta(minutes=2),
+        next_run=now + timedelta(minutes=48),
+        now=now,
+    )
+    assert safe == ("Safe", "last good backup 12 min ago, checked 2 min ago, next in 48 min.")
+    late = wording.verdict(
+        Level.CRITICAL,
+        first_problem="The last scheduled run failed.",
+        good_at=None,
+        checked_at=None,
+        next_run=now - timedelta(minutes=5),
+        now=now,
+    )
+    assert late == (
+        "At risk",
+        "The last scheduled run failed. No good backup yet, not checked yet, next run overdue "
+        "by 5 min.",
+    )
