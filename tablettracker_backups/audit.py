@@ -101,3 +101,8 @@ def read_entries(settings: Settings, *, limit: int = 200) -> list[AuditEntry]:
         except (ValueError, KeyError, TypeError):
             logger.warning("skipping an unreadable audit log line")
     return entries
+
+
+def mentions(entry: AuditEntry, backup_id: str) -> bool:
+    """Whether an entry is about ``backup_id`` (its message or any of its details)."""
+    return backup_id in entry.message or backup_id in json.dumps(entry.details, default=str)

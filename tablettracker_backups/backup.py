@@ -40,6 +40,7 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
+from tablettracker_backups.evidence import record_anomalies
 from tablettracker_backups.fsutil import (
     TEMP_PREFIX,
     check_writable_dir,
@@ -431,6 +432,9 @@ def _file_raw(
         raise
     written, warnings = _copy_to_others(store, metadata, secondary_trouble)
     logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
+    # Once the backup is committed: the previous backup still holds the lost rows, so it is
+    # pinned before anything (this run's prune included) could delete it.
+    record_anomalies(settings, store, backup_id, anomalies)
     return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 

@@ -915,7 +915,7 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
             "prune",
             ok=True,
             message=f"pruned {len(result.deleted)} backup(s)",
-            deleted=list(result.deleted),
+            **result.audit_details(),
         )
     if as_json:
         emit_json(result.to_dict())
@@ -1061,20 +1061,6 @@ def _print_encryption(encryption: dict[str, Any]) -> None:
         )
 
 
-def run_summary(result: Any) -> str:
-    """One line for the audit log: what a scheduled run did."""
-    if result.error:
-        return str(result.error)
-    parts = [f"backed up {result.backup.metadata.id}" if result.backup else "no backup due"]
-    if result.reverified:
-        parts.append(
-            f"re-verified {result.reverified.id}: {'ok' if result.reverified.ok else 'DAMAGED'}"
-        )
-    if result.pruned and result.pruned.deleted:
-        parts.append(f"pruned {len(result.pruned.deleted)}")
-    return "; ".join(parts)
-
-
 @cli.command("run")
 @click.option("--force", is_flag=True, help="Back up even if the newest backup is recent.")
 @settings_command
@@ -1092,7 +1078,13 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
     """
 
     result = run(settings, force=force, trigger="scheduled")
-    audit_command(settings, "run", ok=result.error is None, message=run_summary(result))
+    audit_command(
+        settings,
+        "run",
+        ok=result.error is None,
+        message=result.audit_message(),
+        **result.audit_details(),
+    )
     if as_json:
         emit_json(result.to_dict())
         sys.exit(result.exit_code)

@@ -21,6 +21,7 @@ from tablettracker_backups.autosnapshot import effective_interval, last_auto
 from tablettracker_backups.changes import changed_since, source_signature
 from tablettracker_backups.display import format_age, human_size, local_time
 from tablettracker_backups.errors import BackupError, DatabaseError
+from tablettracker_backups.evidence import open_warnings
 from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
 from tablettracker_backups.identity import check_folders
 from tablettracker_backups.keys import EncryptionStatus, encryption_status
@@ -184,6 +185,7 @@ def check_health(
     findings += _freshness_findings(newest, good, now=now, interval=interval)
     findings += _source_findings(settings, regular, good)
     findings += _foreign_key_findings(regular)
+    findings += data_loss_findings(settings, backups if listed else None)
     failed = _failed_repairs(status)
     recent = backups[: settings.health_checksum_count]
     if read_data:
@@ -570,6 +572,31 @@ def _foreign_key_findings(regular: list[BackupInfo]) -> list[Finding]:
             "SQLite enforces foreign keys only where the app turns them on",
         )
     ]
+
+
+def data_loss_findings(
+    settings: Settings, backups: list[BackupInfo] | None = None
+) -> list[Finding]:
+    """One warning per open data-loss warning (:mod:`tablettracker_backups.evidence`), until
+    the owner dismisses it; ``backups`` (the listing) tells whether the evidence still exists."""
+    present = None if backups is None else {b.id for b in backups}
+    findings = []
+    for warning in open_warnings(settings):
+        where = (
+            f"backup {warning.evidence_id} still has the data and is kept until the warning is "
+            "dismissed"
+            if present is None or warning.evidence_id in present
+            else f"backup {warning.evidence_id}, which had the data, is gone"
+        )
+        findings.append(
+            Finding(
+                Level.WARNING,
+                "data-loss",
+                f"data may have been lost before backup {warning.backup_id} "
+                f"({warning.reason}): {where}",
+            )
+        )
+    return findings
 
 
 def _backup_failure_findings(status: dict[str, Any]) -> list[Finding]:

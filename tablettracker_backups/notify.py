@@ -199,6 +199,11 @@ def _fix(settings: Settings, code: str) -> str:
         return f"take one now and check the schedule: {command(settings, 'run', '--force')}"
     if code in ("copies-disagree", "checksum", "metadata"):
         return f"see which copies are damaged: {command(settings, 'verify', '--all')}"
+    if code == "data-loss":
+        return (
+            "compare the backup that still has the data with the database now, on the backup "
+            f"pages or with: {command(settings, 'restore', '<backup id>', '--preview')}"
+        )
     if code == "clock":
         return "check the system clock (timedatectl, or ask the host)"
     return f"see the full report: {command(settings, 'health')}"

@@ -38,20 +38,9 @@ def set_pin(
     store = BackupStore(settings)
     store.require_folder()
     with operation_lock(settings):
-        info = store.get(backup_id)
-        written = []
-        for location in store.locations:
-            try:
-                meta = store.read_metadata(location, backup_id)
-            except BackupError:
-                continue  # missing or damaged here; run rebuilds it from the rewritten copy
-            updated = dataclasses.replace(meta, pinned=pinned)
-            if new_label is not None or clear_label:
-                updated = dataclasses.replace(updated, label=new_label)
-            store.write_metadata(location, updated)
-            written.append(location)
-        if not written:
-            raise MetadataError(f"backup {info.id} has no readable metadata to pin")
+        written = write_pin(
+            store, backup_id, pinned=pinned, label=new_label, clear_label=clear_label
+        )
         after = store.get(backup_id)
     verb = "pinned" if pinned else "unpinned"
     message = f"{verb} backup {backup_id}" + (f" ({after.label})" if after.label else "")
@@ -67,3 +56,33 @@ def set_pin(
     except StorageError as exc:
         logger.warning("could not write the audit log entry for %s: %s", message, exc)
     return after
+
+
+def write_pin(
+    store: BackupStore,
+    backup_id: str,
+    *,
+    pinned: bool,
+    label: str | None = None,
+    clear_label: bool = False,
+) -> list[str]:
+    """Rewrite the pin (and label) in every folder with a readable copy of the metadata;
+    returns those folders. The caller holds the operation lock.
+
+    Raises :class:`BackupNotFound` or :class:`MetadataError` (no copy's metadata readable).
+    """
+    info = store.get(backup_id)
+    written = []
+    for location in store.locations:
+        try:
+            meta = store.read_metadata(location, backup_id)
+        except BackupError:
+            continue  # missing or damaged here; run rebuilds it from the rewritten copy
+        updated = dataclasses.replace(meta, pinned=pinned)
+        if label is not None or clear_label:
+            updated = dataclasses.replace(updated, label=label)
+        store.write_metadata(location, updated)
+        written.append(location)
+    if not written:
+        raise MetadataError(f"backup {info.id} has no readable metadata to pin")
+    return written

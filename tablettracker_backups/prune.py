@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
+from tablettracker_backups.evidence import protected
 from tablettracker_backups.identity import check_folders, claim_folders
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
@@ -28,6 +29,12 @@ class PruneResult:
     plan: RetentionPlan
     deleted: tuple[str, ...]
     dry_run: bool
+    #: The labels of deleted backups that had one (a person named them: the log says so).
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def audit_details(self) -> dict[str, object]:
+        """What the audit log keeps of a prune: every id deleted, and the labels among them."""
+        return {"deleted": list(self.deleted), "deleted_labels": dict(self.labels)}
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -46,7 +53,8 @@ def plan_for_store(
     now: datetime | None = None,
     sound: str | None = None,
 ) -> RetentionPlan:
-    """The retention plan for the backups in ``store`` under its settings, as of ``now``."""
+    """The retention plan for the backups in ``store`` under its settings, as of ``now``;
+    the evidence of every open data-loss warning is kept."""
     if now is None and sound is None and not protect:
         return current_plan(store)
     return plan_for_backups(
@@ -55,6 +63,7 @@ def plan_for_store(
         protect=protect,
         now=now or datetime.now(timezone.utc),
         sound=sound,
+        evidence=protected(store.settings),
     )
 
 
@@ -68,7 +77,12 @@ def current_plan(store: BackupStore, *, now: datetime | None = None) -> Retentio
     """
     infos = store.list()
     minute = (now or datetime.now(timezone.utc)).replace(second=0, microsecond=0)
-    return store.memo(("plan", minute), lambda: plan_for_backups(store.settings, infos, now=minute))
+    # The warnings file is small and changes without the listing changing: read each time.
+    evidence = protected(store.settings)
+    return store.memo(
+        ("plan", minute, tuple(sorted(evidence.items()))),
+        lambda: plan_for_backups(store.settings, infos, now=minute, evidence=evidence),
+    )
 
 
 def newest_sound_backup(store: BackupStore) -> str | None:
@@ -105,8 +119,9 @@ def prune(
 ) -> PruneResult:
     """Delete the backups retention does not keep. The caller holds the operation lock.
 
-    Deletes nothing unless some backup is confirmed sound by its checksum first, and nothing
-    at all in a folder that belongs to another database (:class:`IdentityError`).
+    Deletes nothing unless some backup is confirmed sound by its checksum first, never the
+    evidence of an open data-loss warning, and nothing at all in a folder that belongs to
+    another database (:class:`IdentityError`).
     """
     if dry_run:
         check_folders(store.settings)
@@ -121,8 +136,12 @@ def prune(
         if sound is None:
             logger.warning("no backup has a copy matching its checksum; pruned nothing")
             return PruneResult(plan, (), dry_run)
+        labels = {i.id: i.label for i in store.list() if i.label}
         for decision in plan.delete:
             store.delete(decision.id)
             deleted.append(decision.id)
             logger.info("pruned backup %s", decision.id)
+        return PruneResult(
+            plan, tuple(deleted), dry_run, {i: labels[i] for i in deleted if i in labels}
+        )
     return PruneResult(plan, tuple(deleted), dry_run)

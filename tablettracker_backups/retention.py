@@ -22,7 +22,7 @@ page-level incremental store would pass the bytes of a snapshot's changed pages 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
@@ -157,6 +157,8 @@ def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
     ]
 
 
+#: The start of the reason a data-loss warning's evidence is kept for.
+EVIDENCE_REASON = "evidence of a data-loss warning"
 #: How far past "now" a backup may be dated before it counts as dated in the future.
 CLOCK_SKEW = timedelta(minutes=5)
 
@@ -169,6 +171,7 @@ def plan_retention(
     now: datetime | None = None,
     sound: str | None = None,
     recent: RecentTier | None = None,
+    evidence: Mapping[str, str] | None = None,
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy`` (and the ``recent`` tier, given ``now``).
 
@@ -226,6 +229,9 @@ def plan_retention(
     for candidate in ordered:
         if candidate.pinned:
             reasons[candidate.id].append("pinned")
+    for backup_id, lost in (evidence or {}).items():
+        if backup_id in reasons:
+            reasons[backup_id].append(f"{EVIDENCE_REASON}: {lost}")
     for backup_id in protect:
         if backup_id in reasons:
             reasons[backup_id].append("just taken")
@@ -362,8 +368,10 @@ def plan_for_backups(
     now: datetime,
     protect: Iterable[str] = (),
     sound: str | None = None,
+    evidence: Mapping[str, str] | None = None,
 ) -> RetentionPlan:
-    """The local retention plan for listed backups under ``settings``: slots and recent tier."""
+    """The local retention plan for listed backups under ``settings``: slots, recent tier,
+    and the ``evidence`` of open data-loss warnings."""
     candidates = candidates_from(infos)
     return plan_retention(
         candidates,
@@ -372,4 +380,5 @@ def plan_for_backups(
         now=now,
         sound=sound,
         recent=recent_tier_for(settings, candidates),
+        evidence=evidence,
     )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from tablettracker_backups import notify
+from tablettracker_backups import notify, weekly
 from tablettracker_backups.backup import (
     BackupResult,
     backup_events,
@@ -97,6 +97,46 @@ class RunResult:
             "repaired": [r.to_dict() for r in self.repaired],
         }
 
+    def audit_message(self) -> str:
+        """One line for the audit log: what the run did (every face writes the same)."""
+        if self.error:
+            return self.error
+        parts = [f"backed up {self.backup.metadata.id}" if self.backup else "no backup due"]
+        if self.reverified:
+            parts.append(
+                f"re-verified {self.reverified.id}: {'ok' if self.reverified.ok else 'DAMAGED'}"
+            )
+        if self.pruned and self.pruned.deleted:
+            labelled = len(self.pruned.labels)
+            parts.append(
+                f"pruned {len(self.pruned.deleted)}"
+                + (f" ({labelled} labelled)" if labelled else "")
+            )
+        healed = [r for r in self.repaired if r.ok]
+        if healed:
+            parts.append(f"rebuilt {len(healed)} cop{'y' if len(healed) == 1 else 'ies'}")
+        if self.offsite is not None and self.offsite.uploaded:
+            parts.append(f"uploaded {len(self.offsite.uploaded)} offsite")
+        return "; ".join(parts)
+
+    def audit_details(self) -> dict[str, Any]:
+        """Everything the run changed, for the audit log: the backup taken and its anomalies,
+        the backups pruned (labels too), the copies rebuilt, what went offsite."""
+        details: dict[str, Any] = {}
+        if self.backup:
+            details["backup_id"] = self.backup.metadata.id
+            details["anomalies"] = [a.message for a in self.backup.anomalies]
+        elif self.skipped_reason:
+            details["skipped"] = self.skipped_reason
+        if self.pruned:
+            details.update(self.pruned.audit_details())
+        details["rebuilt"] = [r.describe() for r in self.repaired]
+        if self.offsite is not None:
+            details["uploaded"] = [u.id for u in self.offsite.uploaded]
+            details["offsite_deleted"] = list(self.offsite.pruned)
+        details["warnings"] = list(self.warnings)
+        return details
+
     def summary(self) -> str:
         """A few lines of plain text: what the run did and the health verdict (the body of the
         dead-man finish ping)."""
@@ -173,8 +213,9 @@ def run(
     other failure is reported in the result, and recorded for ``health``.
 
     Around the run: dead-man pings (``BACKUPS_PING_URL``) at the start and the end, and after
-    the lock is released one message to the owner with what changed. Together they take at
-    most :data:`notify.BUDGET_SECONDS`, and never change the outcome.
+    the lock is released one message to the owner with what changed (and, with
+    ``BACKUPS_NOTIFY_WEEKLY``, the weekly report when one is due). Together they take at most
+    :data:`notify.BUDGET_SECONDS`, and never change the outcome.
     """
     budget = Budget(notify.BUDGET_SECONDS)
     ping(settings, "start", budget=budget)
@@ -192,6 +233,17 @@ def run(
         extra=_events(settings, result),
         budget=Budget(max(0.0, budget.left() - reserve)),
     )
+    if settings.notify_weekly:
+        try:
+            backups = BackupStore(settings).list()
+        except BackupError:
+            backups = []
+        weekly.send_if_due(
+            settings,
+            backups,
+            result.health.status,
+            budget=Budget(max(0.0, budget.left() - reserve)),
+        )
     ping(
         settings, str(result.exit_code) if result.exit_code else "", result.summary(), budget=budget
     )

@@ -131,6 +131,8 @@ class Settings:
     notify: tuple[str, ...] = field(default=(), repr=False)
     #: ``problems`` or ``all`` (see :data:`NOTIFY_ON`).
     notify_on: str = "problems"
+    #: Send a weekly report (``BACKUPS_NOTIFY_WEEKLY``) to the notification targets.
+    notify_weekly: bool = False
     #: Dead-man ping base URL (healthchecks.io style); ``run`` pings it at start and end.
     ping_url: str | None = field(default=None, repr=False)
     #: A table that lost more than this fraction of its rows since the previous good backup
@@ -392,6 +394,7 @@ CORE_KEYS = frozenset(
         "encrypt",
         "notify",
         "notify_on",
+        "notify_weekly",
         "ping_url",
         "anomaly_drop",
     }
@@ -543,6 +546,30 @@ def split_notify_urls(value: Any) -> tuple[str, ...]:
     return urls
 
 
+#: What a yes/no setting may say (an environment variable is text; TOML has booleans).
+_SWITCH = {
+    "1": True,
+    "true": True,
+    "yes": True,
+    "on": True,
+    "0": False,
+    "false": False,
+    "no": False,
+    "off": False,
+}
+
+
+def parse_switch(name: str, value: Any) -> bool:
+    """On or off from a boolean, ``1``/``0``, ``true``/``false``, ``yes``/``no`` or
+    ``on``/``off``; raises :class:`ConfigError`."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text not in _SWITCH:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be on or off (true/false), not {value!r}")
+    return _SWITCH[text]
+
+
 def parse_fraction(name: str, value: Any) -> float:
     """A fraction from ``"20%"``, ``0.2`` or ``20`` (read as percent); raises ConfigError."""
     wrong = f"{PREFIX}{name.upper()} must be a percentage like 20% (or a fraction like 0.2)"
@@ -570,6 +597,8 @@ def _notify_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         if notify_on not in NOTIFY_ON:
             raise ConfigError(f"BACKUPS_NOTIFY_ON must be one of {', '.join(NOTIFY_ON)}")
         found["notify_on"] = notify_on
+    if values.get("notify_weekly") is not None:
+        found["notify_weekly"] = parse_switch("notify_weekly", values["notify_weekly"])
     ping = _opt_str(values.get("ping_url"))
     if ping is not None:
         if not re.match(r"\Ahttps?://[^/\s?#]+[^\s]*\Z", ping, re.IGNORECASE):

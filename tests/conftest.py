@@ -30,6 +30,18 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
     group.addoption("--dist", dest="dist", default="no")
 
 
+#: Retention that keeps only the newest backup of an hour (and no recent tier): what a prune
+#: would delete is then everything older, unless something else keeps it.
+TIGHT_RETENTION = {
+    "BACKUPS_KEEP_HOURLY": 1,
+    "BACKUPS_KEEP_DAILY": 1,
+    "BACKUPS_KEEP_WEEKLY": 1,
+    "BACKUPS_KEEP_MONTHLY": 1,
+    "BACKUPS_KEEP_YEARLY": 1,
+    "BACKUPS_KEEP_RECENT": "0",
+}
+
+
 def make_db(path: Path, *, wal: bool = False, **seed: object) -> Path:
     """Create a seeded TabletTracker database, optionally in WAL mode."""
     create_demo_database(str(path), **seed)

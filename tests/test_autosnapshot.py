@@ -642,7 +642,9 @@ def test_the_in_process_duration_limit_at_its_edge(
     if where == Outcome.HANDED_OFF:
         job = next(j for j in recent_jobs_all(auto_settings))
         assert wait_for_job(auto_settings, job["id"]).state == "done"
-    assert len(backups(auto_settings)) == 2
+    # The worker goes on while a write may be unsaved (one within the file system's timestamp
+    # resolution of its snapshot is not known to be saved), so it can take more than one.
+    assert len(backups(auto_settings)) >= 2
 
 
 def recent_jobs_all(settings: Settings) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 
 The demo runs as a real process (``python -m tablettracker_backups demo``), and the long
 actions run in its real detached worker processes. Screenshots go to ``test-artifacts/``: the
-dashboard and the restore confirmation, and every page in every state at 390 and 1280 px.
+dashboard and the restore confirmation, and every page in every state (empty, busy, failed,
+damaged) at 360, 390, 1024, 1280 and 1920 px. One browser serves the whole module.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import TIGHT_RETENTION
 
 pytestmark = pytest.mark.browser
 
@@ -120,7 +123,7 @@ def _accepts(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
@@ -170,6 +173,7 @@ def test_admin_backs_up_edits_and_restores(demo: Demo, browser: object) -> None:
     page.screenshot(path=str(ARTIFACTS / "backup-list.png"), full_page=True)
 
     page.goto(f"{demo.url}/admin/backups/")
+    page.click("summary:has-text('Details')")  # ids, the set-up command and the chart
     page.wait_for_selector("svg.ttb-chart")
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
 
@@ -251,7 +255,46 @@ def test_pages_work_without_javascript(demo: Demo, browser: object) -> None:
 
 # -- every page, every state, phone and desktop widths -----------------------------------------
 
-WIDTHS = (390, 1280)
+WIDTHS = (360, 390, 1024, 1280, 1920)
+PREFIX = "/admin/backups"
+
+#: Every action button a person may need: each row's, the dashboard's, the warnings'.
+ACTIONS = ", ".join(
+    f"{scope} {what}"
+    for scope in (
+        "tr[data-backup-id] .ttb-row-actions",
+        ".ttb-points tr",
+        ".ttb-problems",
+        ".ttb-warning-card",
+        ".ttb-actions",
+    )
+    for what in ("button", "a.ttb-button")
+)
+
+#: Each button: fully inside the viewport, and inside every box that clips it (a scroll box
+#: that hides it until scrolled counts as clipping: the owner must see it without hunting).
+CLIPPED = """(selector) => {
+  const width = document.documentElement.clientWidth;
+  const bad = [];
+  for (const el of document.querySelectorAll(selector)) {
+    const r = el.getBoundingClientRect();
+    const name = el.textContent.trim() + " @" + Math.round(r.left) + "-" + Math.round(r.right);
+    if (r.width === 0 || r.height === 0) { bad.push(name + " not shown"); continue; }
+    if (r.left < -0.5 || r.right > width + 0.5) {
+      bad.push(name + " outside the viewport"); continue;
+    }
+    for (let box = el.parentElement; box; box = box.parentElement) {
+      const style = getComputedStyle(box);
+      if (style.overflowX === "visible" && style.overflowY === "visible") { continue; }
+      const b = box.getBoundingClientRect();
+      const out = r.left < b.left - 0.5 || r.right > b.right + 0.5;
+      if (out || r.top < b.top - 0.5 || r.bottom > b.bottom + 0.5) {
+        bad.push(name + " clipped by ." + box.className); break;
+      }
+    }
+  }
+  return bad;
+}"""
 
 
 def _demo_settings(demo: Demo) -> object:
@@ -261,111 +304,111 @@ def _demo_settings(demo: Demo) -> object:
 
 
 def _check_pages(page: object, demo: Demo, state: str, pages: dict[str, str]) -> dict[str, int]:
-    """Visit each page at each width: no sideways scroll; a screenshot each. Returns the
-    median height of the list's rows at each width (0 when the list is not among the pages)."""
+    """Visit each page at each width: no sideways scroll, every action button visible and
+    unclipped, the restore button on every restorable row, no CSP violation; a screenshot
+    each. Returns the median height of the list's rows at each width."""
     heights: dict[str, int] = {}
+    violations: list[str] = []
+    page.on(  # type: ignore[attr-defined]
+        "console",
+        lambda message: (
+            violations.append(message.text) if "Content Security Policy" in message.text else None
+        ),
+    )
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
         for name, path in pages.items():
             response = page.goto(f"{demo.url}{path}")  # type: ignore[attr-defined]
             expected = 404 if name == "not-found" else 200
             assert response is not None and response.status == expected, (state, name)
+            assert "default-src 'self'" in response.headers["content-security-policy"]
             page.wait_for_load_state("load")  # type: ignore[attr-defined]
-            scroll = page.evaluate("document.scrollingElement.scrollWidth")  # type: ignore[attr-defined]
-            inner = page.evaluate("innerWidth")  # type: ignore[attr-defined]
             shot = ARTIFACTS / f"{state}-{name}-{width}.png"
             page.screenshot(path=str(shot), full_page=True)  # type: ignore[attr-defined]
-            assert scroll <= inner, f"{state} {name} at {width} px scrolls sideways: {scroll}"
-            if name == "list":
-                rows = page.evaluate(  # type: ignore[attr-defined]
+            where = f"{state} {name} at {width} px"
+            scroll = page.evaluate("document.scrollingElement.scrollWidth")  # type: ignore[attr-defined]
+            assert scroll <= width, f"{where} scrolls sideways: {scroll}"
+            assert page.evaluate(CLIPPED, ACTIONS) == [], where  # type: ignore[attr-defined]
+            rows = page.locator("tr[data-backup-id]")  # type: ignore[attr-defined]
+            restorable = page.locator(  # type: ignore[attr-defined]
+                "tr[data-backup-id]:has(td[data-label=Verified] .ttb-yes)"
+            )
+            with_button = page.locator(  # type: ignore[attr-defined]
+                "tr[data-backup-id]:has(td[data-label=Verified] .ttb-yes) >> text=Restore…"
+            )
+            assert restorable.count() == with_button.count(), where
+            if name.startswith("list"):
+                found = page.evaluate(  # type: ignore[attr-defined]
                     "[...document.querySelectorAll('tr[data-backup-id]')]"
                     ".map(r => r.getBoundingClientRect().height).sort((a, b) => a - b)"
                 )
-                heights[f"{width}"] = int(rows[len(rows) // 2]) if rows else 0  # the median
+                heights[f"{name}-{width}"] = int(found[len(found) // 2]) if found else 0
+                assert rows.count() == len(found)
+    assert violations == [], violations
     return heights
 
 
-def test_no_page_scrolls_sideways_at_phone_or_desktop_width(demo: Demo, browser: object) -> None:
-    from datetime import datetime, timezone
-
-    from tablettracker_backups.backup import create_backup
-    from tablettracker_backups.fsutil import ensure_private_dir
-    from tablettracker_backups.jobs.queue import FAILED, RUNNING, Job, jobs_dir, write_job
-    from tablettracker_backups.store import BackupStore
-    from tablettracker_backups.verify import verify_backup
-    from tests.conftest import flip_byte
-
-    ARTIFACTS.mkdir(exist_ok=True)
+def _login_fresh(browser: object, demo: Demo) -> object:
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()
     page.set_default_timeout(WAIT_MS)
     _login(page, demo, "admin")
-    prefix = "/admin/backups"
-    everywhere = {
-        "dashboard": f"{prefix}/",
-        "list": f"{prefix}/backups",
-        "prune": f"{prefix}/prune",
-        "audit": f"{prefix}/audit",
-    }
+    return page
 
-    # Empty: a fresh install, no backup yet.
-    _check_pages(page, demo, "empty", everywhere)
 
-    # Many backups of every kind, one damaged, the live database changed since; the audit
-    # log has the pages', the command line's and a restore's entries.
+def test_every_page_fits_every_width_in_every_state(demo: Demo, browser: object) -> None:
+    import sqlite3
+    from datetime import datetime, timedelta, timezone
+
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.fsutil import ensure_private_dir
+    from tablettracker_backups.jobs.queue import DONE, FAILED, RUNNING, Job, jobs_dir, write_job
+    from tablettracker_backups.pins import set_pin
+    from tablettracker_backups.status import record_run
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_backup
+    from tests.conftest import backdate, flip_byte
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = _login_fresh(browser, demo)
     settings = _demo_settings(demo)
-    from datetime import timedelta
+    store = BackupStore(settings)  # type: ignore[arg-type]
+    for backup_id in store.ids():  # the demo's first backup: a truly empty install
+        store.delete(backup_id)
+    everywhere = {
+        "dashboard": f"{PREFIX}/",
+        "list": f"{PREFIX}/backups",
+        "prune": f"{PREFIX}/prune",
+        "audit": f"{PREFIX}/audit",
+        "restore-at": f"{PREFIX}/restore-at",
+    }
+    _check_pages(page, demo, "empty", everywhere)
+    # Nothing to verify or prune in an empty folder: not offered.
+    page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    assert page.locator("text=Verify all backups").count() == 0  # type: ignore[attr-defined]
+    assert page.locator("text=Prune (preview first)").count() == 0  # type: ignore[attr-defined]
 
-    from tests.conftest import backdate
-
-    kinds = ["manual"] + ["scheduled"] * 22 + ["pre-restore"]
+    # Busy: backups of every kind one a day back, a long label, a damaged one, rows lost (a
+    # data-loss warning), a running job, the audit log's entries from every face.
+    kinds = ["manual", "auto"] + ["scheduled"] * 21 + ["pre-restore"]
     ids = []
-    for hours, kind in enumerate(kinds):  # one a day back, newest first
+    for hours, kind in enumerate(kinds):
         backup_id = create_backup(settings, kind=kind, trigger="browser-test").metadata.id  # type: ignore[arg-type]
         backdate(settings, backup_id, timedelta(hours=24 * hours + 1))
         ids.append(backup_id)
-    store = BackupStore(settings)  # type: ignore[arg-type]
+    set_pin(settings, ids[1], pinned=True, label="before-the-" + "x" * 189, actor="ada")  # type: ignore[arg-type]
     damaged = ids[3]
     flip_byte(store.data_path("primary", damaged, "zstd"))
-    verify_backup(store, damaged)
-    import sqlite3
-
+    verify_backup(store, damaged, notify_owner=False)
     conn = sqlite3.connect(settings.database)  # type: ignore[attr-defined]
     with conn:
-        conn.execute("DELETE FROM count_sessions WHERE id <= 200")
+        conn.execute("DELETE FROM count_sessions WHERE id > 100")
         conn.execute("CREATE TABLE a_table_with_a_rather_long_name_for_a_phone (x)")
     conn.close()
-    subprocess.run(  # an entry from the command line in the audit log
-        [
-            sys.executable,
-            "-m",
-            "tablettracker_backups",
-            "verify",
-            ids[0],
-            "--database",
-            str(settings.database),
-        ],  # type: ignore[attr-defined]
-        env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        check=True,
-        capture_output=True,
-    )
-    # Jobs: one running (the pages are busy), one failed.
+    found = create_backup(settings, kind="scheduled", trigger="browser-test").metadata.id  # type: ignore[arg-type]
     now = datetime.now(timezone.utc)
     folder = jobs_dir(settings)  # type: ignore[arg-type]
     ensure_private_dir(folder)
-    write_job(
-        folder,
-        Job(
-            "00000000000000f1",
-            "verify",
-            {"id": damaged},
-            "ada",
-            FAILED,
-            now,
-            now,
-            message=f"backup {damaged} failed verification: primary copy is damaged",
-        ),
-    )
     write_job(
         folder,
         Job(
@@ -381,21 +424,221 @@ def test_no_page_scrolls_sideways_at_phone_or_desktop_width(demo: Demo, browser:
             total=100,
         ),
     )
-    sound = BackupStore(settings).list()[0].id  # type: ignore[arg-type]
-    pages = {
-        **everywhere,
-        "list-page-2": f"{prefix}/backups?page=2",
-        "list-safety": f"{prefix}/backups?kind=safety",
-        "detail": f"{prefix}/backups/{sound}",
-        "detail-damaged": f"{prefix}/backups/{damaged}",
-        "restore": f"{prefix}/backups/{sound}/restore",
-        "restore-damaged": f"{prefix}/backups/{damaged}/restore",
-        "job-running": f"{prefix}/jobs/00000000000000f2",
-        "job-failed": f"{prefix}/jobs/00000000000000f1",
-        "not-found": f"{prefix}/backups/20200101T000000Z-abcdef",
+    sound = found
+    past, future = (now - timedelta(days=3)).astimezone(), (now + timedelta(days=3)).astimezone()
+    busy = {
+        **{k: v for k, v in everywhere.items() if k != "restore-at"},
+        "list-safety": f"{PREFIX}/backups?kind=safety",
+        "list-auto": f"{PREFIX}/backups?kind=auto",
+        "detail": f"{PREFIX}/backups/{sound}",
+        "detail-evidence": f"{PREFIX}/backups/{ids[0]}",
+        "restore": f"{PREFIX}/backups/{ids[0]}/restore",
+        "restore-at-past": f"{PREFIX}/restore-at?date={past:%Y-%m-%d}&time=12:00",
+        "restore-at-future": f"{PREFIX}/restore-at?date={future:%Y-%m-%d}&time=12:00",
+        "job-running": f"{PREFIX}/jobs/00000000000000f2",
+        "not-found": f"{PREFIX}/backups/20200101T000000Z-abcdef",
     }
-    heights = _check_pages(page, demo, "busy", pages)
+    heights = _check_pages(page, demo, "busy", busy)
     # Compact rows: a backup is a line or two on a desktop, a short card on a phone.
-    assert 0 < heights["1280"] <= 80, heights
-    assert 0 < heights["390"] <= 200, heights
-    context.close()
+    assert 0 < heights["list-1280"] <= 80, heights
+    assert 0 < heights["list-390"] <= 200, heights
+    page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    card = page.locator(f"[data-ttb-warning='{found}']")  # type: ignore[attr-defined]
+    assert "count_sessions lost 220 of its 320 rows" in card.inner_text()
+    assert page.locator("[data-ttb-verdict=warning]").count() == 1  # type: ignore[attr-defined]
+    page.goto(f"{demo.url}{busy['restore-at-future']}")  # type: ignore[attr-defined]
+    assert page.locator("[data-ttb-future]").count() == 1  # type: ignore[attr-defined]
+    assert page.locator(".ttb-points a.ttb-button").count() == 0  # type: ignore[attr-defined]
+
+    # Failed: the last scheduled run failed with a raw error; a verify-all found one damaged
+    # backup in the middle of many; a failed job.
+    record_run(
+        settings,  # type: ignore[arg-type]
+        at=now,
+        result={"ok": False, "error": "zstd decompress error: Unknown frame descriptor"},
+    )
+    results = [{"id": i, "ok": i != damaged, "copies": []} for i in ids]
+    results[3]["copies"] = [{"location": "primary", "ok": False, "error": "zstd decompress error"}]
+    write_job(
+        folder,
+        Job("00000000000000f2", "backup", {}, "ada", DONE, now, now, message="done"),
+    )
+    write_job(
+        folder,
+        Job(
+            "00000000000000f3",
+            "verify-all",
+            {},
+            "ada",
+            DONE,
+            now,
+            now,
+            message=f"verified {len(ids)} backup(s): 1 damaged",
+            result={"results": results},
+        ),
+    )
+    write_job(
+        folder,
+        Job(
+            "00000000000000f1",
+            "verify",
+            {"id": damaged},
+            "ada",
+            FAILED,
+            now,
+            now,
+            message=f"backup {damaged} failed verification: primary copy is damaged",
+        ),
+    )
+    failed = {
+        "dashboard": f"{PREFIX}/",
+        "job-verify-all": f"{PREFIX}/jobs/00000000000000f3",
+        "job-failed": f"{PREFIX}/jobs/00000000000000f1",
+    }
+    _check_pages(page, demo, "failed", failed)
+    page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    verdict = page.inner_text("[data-ttb-verdict]")  # type: ignore[attr-defined]
+    assert verdict.startswith("At risk: ") and "zstd" not in verdict
+    first = page.locator(".ttb-problems > li").first  # type: ignore[attr-defined]
+    assert first.get_attribute("data-ttb-problem") == "last-run-failed"
+    assert first.locator("button:has-text('Back up now')").is_visible()
+    # The raw error waits, folded, under "What the check said".
+    assert "zstd" not in first.locator(".ttb-problem-words").inner_text()
+    said = first.locator("details.ttb-said")
+    assert "zstd" in (said.text_content() or "") and said.get_attribute("open") is None
+    page.goto(f"{demo.url}{failed['job-verify-all']}")  # type: ignore[attr-defined]
+    assert page.locator(".ttb-results li").first.inner_text().startswith(damaged)  # type: ignore[attr-defined]
+
+    # Damaged: a backup known to be damaged, and one damaged in place since its check (its
+    # download is refused with a page that says so).
+    quiet = ids[5]
+    flip_byte(store.data_path("primary", quiet, "zstd"))
+    damaged_pages = {
+        "detail": f"{PREFIX}/backups/{damaged}",
+        "restore": f"{PREFIX}/backups/{damaged}/restore",
+    }
+    _check_pages(page, demo, "damaged", damaged_pages)
+    page.goto(f"{demo.url}{PREFIX}/backups/{quiet}")  # type: ignore[attr-defined]
+    with page.expect_response(lambda r: "/download" in r.url) as refused:  # type: ignore[attr-defined]
+        page.click("button:has-text('Download')")  # type: ignore[attr-defined]
+    assert refused.value.status == 409
+    page.wait_for_selector("h1:has-text('Damaged backup')")  # type: ignore[attr-defined]
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
+        shot = ARTIFACTS / f"damaged-download-{width}.png"
+        page.screenshot(path=str(shot), full_page=True)  # type: ignore[attr-defined]
+    assert page.locator("a.ttb-id").count() == 1  # the newest sound backup, linked  # type: ignore[attr-defined]
+    page.context.close()  # type: ignore[attr-defined]
+
+
+# -- the anomaly flow, end to end --------------------------------------------------------------
+
+#: Retention that keeps only the newest backup of an hour: without its pin, the evidence of a
+#: data-loss warning would be the next prune's.
+TIGHT = {**TIGHT_RETENTION, "BACKUPS_SNAPSHOT_AFTER_WRITE": "off"}
+
+
+@pytest.fixture
+def tight_demo(tmp_path: Path) -> Iterator[Demo]:
+    """The demo app with tight retention, served by a real HTTP server on a free port (in a
+    thread of this process: the demo command has no retention options)."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from tablettracker_backups.demo import create_app
+
+    app = create_app({"INSTANCE_PATH": tmp_path / "instance", **TIGHT})
+    server = make_server("127.0.0.1", _free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield Demo(
+            f"http://127.0.0.1:{server.server_port}",
+            app.config["DEMO_PASSWORD"],
+            tmp_path / "instance",
+        )
+    finally:
+        server.shutdown()
+        thread.join(timeout=30)
+
+
+def _rows(database: Path, table: str) -> int:
+    import sqlite3
+
+    conn = sqlite3.connect(database)
+    try:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def test_lost_rows_warn_keep_their_evidence_and_come_back_from_the_warning(
+    tight_demo: Demo, browser: object
+) -> None:
+    import sqlite3
+
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.settings import settings_from_mapping
+    from tablettracker_backups.store import BackupStore
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    database = tight_demo.instance / "tablet_counter.db"
+    settings = settings_from_mapping({"database": database})
+    evidence = create_backup(settings, kind="scheduled", trigger="test").metadata.id
+    assert _rows(database, "po_lines") == 160
+    page = _login_fresh(browser, tight_demo)
+    page.on("dialog", lambda dialog: dialog.accept())  # type: ignore[attr-defined]
+
+    # A script deletes a quarter of the purchase-order lines; the owner backs up.
+    conn = sqlite3.connect(database)
+    with conn:
+        conn.execute("DELETE FROM po_lines WHERE id > 120")
+    conn.close()
+    page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    page.click(".ttb-main-actions button:has-text('Back up now')")  # type: ignore[attr-defined]
+    assert "Done:" in _wait_done(page)
+    page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    card = page.locator(".ttb-warning-card")  # type: ignore[attr-defined]
+    assert "Table po_lines lost 40 of its 160 rows (25%)" in card.inner_text()
+    assert f"Backup {evidence} still has them" in card.inner_text()
+    assert page.get_attribute("[data-ttb-verdict]", "data-ttb-verdict") == "warning"  # type: ignore[attr-defined]
+    page.set_viewport_size({"width": 390, "height": 900})  # type: ignore[attr-defined]
+    page.screenshot(path=str(ARTIFACTS / "anomaly-dashboard-390.png"), full_page=True)  # type: ignore[attr-defined]
+    assert page.evaluate(CLIPPED, ACTIONS) == []  # type: ignore[attr-defined]
+    page.set_viewport_size({"width": 1280, "height": 900})  # type: ignore[attr-defined]
+
+    # The scheduled run (through its URL) and a prune from the pages keep the evidence.
+    token = (tight_demo.instance / "task_token.txt").read_text().strip()
+    create_backup(settings, kind="scheduled", trigger="test")  # one more for prune to take
+    answer = page.request.post(  # type: ignore[attr-defined]
+        f"{tight_demo.url}/tasks/backups/run", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert answer.status == 200
+    body = answer.json()
+    assert body["pruned"] and evidence not in body["pruned"]
+    page.goto(f"{tight_demo.url}{PREFIX}/prune")  # type: ignore[attr-defined]
+    if page.locator("button:has-text('Delete')").count():  # type: ignore[attr-defined]
+        page.click("button:has-text('Delete')")  # type: ignore[attr-defined]
+        page.wait_for_selector("[data-ttb-pruned]")  # type: ignore[attr-defined]
+    assert evidence in BackupStore(settings).ids()
+    page.goto(f"{tight_demo.url}{PREFIX}/backups/{evidence}")  # type: ignore[attr-defined]
+    assert "evidence of a data-loss warning" in page.inner_text("[data-ttb-evidence]")  # type: ignore[attr-defined]
+
+    # Restore from the warning's own button brings the rows back.
+    page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    page.click(".ttb-warning-card >> text=Preview restore")  # type: ignore[attr-defined]
+    assert page.locator("tr[data-table=po_lines]").count() == 1  # type: ignore[attr-defined]
+    page.fill("#ttb-confirm", "RESTORE")  # type: ignore[attr-defined]
+    page.click("button:has-text('Restore this backup')")  # type: ignore[attr-defined]
+    assert "Done:" in _wait_done(page)
+    assert _rows(database, "po_lines") == 160
+
+    # The warning stays until the owner dismisses it; then the evidence is no longer pinned.
+    page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    assert page.locator("[data-ttb-undo]").count() == 1  # type: ignore[attr-defined]
+    page.click(".ttb-warning-card button:has-text('Dismiss')")  # type: ignore[attr-defined]
+    page.wait_for_load_state("load")  # type: ignore[attr-defined]
+    assert page.locator(".ttb-warning-card").count() == 0  # type: ignore[attr-defined]
+    assert not BackupStore(settings).get(evidence).pinned
+    page.context.close()  # type: ignore[attr-defined]

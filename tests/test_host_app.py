@@ -244,12 +244,29 @@ def test_a_bad_or_unknown_key_stops_the_app_at_start_up_in_one_line(
 
 
 def findings_on_the_dashboard(client: FlaskClient) -> list[str]:
+    """Every finding the dashboard shows, as ``level: message``: the problems (their check's
+    own words are under "What the check said") and the notes under Details."""
     page = client.get(f"{P}/").get_data(as_text=True)
-    if '<ul class="ttb-findings">' not in page:
-        return []
-    block = page.split('<ul class="ttb-findings">', 1)[1].split("</ul>", 1)[0]
-    items = re.findall(r"<li[^>]*>(.*?)</li>", block, re.S)
-    return [html.unescape(re.sub(r"<[^>]+>", "", item)).strip() for item in items]
+
+    def text(fragment: str) -> str:
+        return html.unescape(re.sub(r"<[^>]+>", "", fragment)).strip()
+
+    found = [
+        f"{level}: {text(said)}"
+        for level, said in re.findall(
+            r'<li [^>]*data-ttb-problem="[^"]*" data-ttb-level="([^"]+)">.*?'
+            r"<summary>What the check said</summary>(.*?)</details>",
+            page,
+            re.S,
+        )
+    ]
+    found += [
+        f"{level}: {text(note)}"
+        for level, note in re.findall(
+            r'<li data-ttb-note="[^"]*" data-ttb-level="([^"]+)">(.*?)</li>', page, re.S
+        )
+    ]
+    return found
 
 
 def test_the_scheduled_task_and_the_pages_report_the_same_findings(

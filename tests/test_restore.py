@@ -1407,7 +1407,7 @@ def test_whatever_goes_wrong_after_the_write_the_data_it_replaced_is_kept(
     (safety,) = [i for i in BackupStore(wal_settings).list() if i.kind == "pre-restore"]
     assert dump_of_backup(wal_settings, safety.id, db.parent) == before
     assert_no_debris(*wal_settings.locations)
-    (entry,) = [e for e in read_entries(wal_settings) if e.details["target"] == str(db)]
+    (entry,) = [e for e in read_entries(wal_settings) if e.details.get("target") == str(db)]
     assert entry.ok is False and entry.message.startswith("interrupted: RuntimeError")
 
 
@@ -1431,7 +1431,7 @@ def test_a_folder_of_another_database_is_refused_unless_named(
         "of 'tablet_counter' into it on purpose: add --from-database tablet_counter"
     )
     assert dump(shop) == before
-    with pytest.raises(RestoreError, match="^--from-database shop: backup folder .* belongs to"):
+    with pytest.raises(RestoreError, match=r"^--from-database shop: backup folder .* belongs to"):
         restore_backup(mixed, "latest", from_database="shop")
     assert [i.kind for i in BackupStore(settings).list()] == ["manual"]  # nothing filed there
 

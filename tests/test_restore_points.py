@@ -264,12 +264,18 @@ def test_state_as_of_page_shows_points_around_the_chosen_time(
         backdate(settings, meta.id, timedelta(hours=hours))
         ids.append(meta.id)
     chosen_at = datetime.now(timezone.utc) - timedelta(hours=2, minutes=30)
-    # What a datetime-local input sends: local time, to the minute, no zone.
-    picked = chosen_at.astimezone().strftime("%Y-%m-%dT%H:%M")
-    response = admin_client.get(f"/admin/backups/restore-at?at={picked}")
+    # What the form sends: a local date, and a 24-hour local time to the minute, no zone.
+    local = chosen_at.astimezone()
+    response = admin_client.get(
+        f"/admin/backups/restore-at?date={local:%Y-%m-%d}&time={local:%H:%M}"
+    )
     assert response.status_code == 200
     html = response.get_data(as_text=True)
-    assert 'type="datetime-local"' in html and 'method="get"' in html
+    assert 'type="date"' in html and 'name="time"' in html and 'method="get"' in html
+    assert f'value="{local:%H:%M}"' in html  # shown back as typed: 24-hour
+    # ``at=`` (ISO 8601) is read too, for links.
+    same = admin_client.get(f"/admin/backups/restore-at?at={local:%Y-%m-%dT%H:%M}")
+    assert re.findall(r'data-backup-id="([^"]+)"', same.get_data(as_text=True)) == ids
     rows = re.findall(r'<tr class="(ttb-chosen)?" data-backup-id="([^"]+)"', html)
     assert [backup_id for _, backup_id in rows] == ids  # every point, oldest first
     assert [backup_id for chosen, backup_id in rows if chosen] == [ids[1]]  # the 3 h one

@@ -15,6 +15,7 @@ import pytest
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import DatabaseError
+from tablettracker_backups.evidence import dismiss, open_warnings
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.runner import run
@@ -105,11 +106,19 @@ def test_prune_only_after_the_new_backup_verified(make_settings: Callable[..., S
     status = json.loads((settings.backup_dir / STATUS_FILE).read_text())
     assert status["health"]["status"] == "critical"
     # With the database healthy again the run backs up, verifies, then prunes.
+    # The damaged snapshot's foreign-key violations rose: the backup before it is evidence of
+    # a data-loss warning, kept until the owner dismisses the warning.
+    [warning] = open_warnings(settings)
+    assert warning.evidence_id == old[-1]
     settings.database.write_bytes(good)
     ok = run(settings)
     assert ok.error is None and ok.backup is not None and ok.pruned is not None
-    assert len(ok.pruned.deleted) == 4
-    assert [i.id for i in BackupStore(settings).list()] == [ok.backup.metadata.id]
+    assert len(ok.pruned.deleted) == 3
+    assert [i.id for i in BackupStore(settings).list()] == [ok.backup.metadata.id, old[-1]]
+    dismiss(settings, warning.backup_id, actor="test")
+    # Dismissed: retention decides about it again, like any backup (here the recent tier).
+    assert not BackupStore(settings).get(old[-1]).pinned
+    assert plan_for_store(BackupStore(settings)).reasons(old[-1]) == ("recent",)
 
 
 def test_missing_database_is_a_recorded_failure(roomy: Settings) -> None:

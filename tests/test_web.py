@@ -177,8 +177,13 @@ def test_dashboard_shows_health_newest_disk_and_chart(
     assert "free" in html and "<meter" in html
     assert "<svg" in html and "ttb-stored" in html and "ttb-raw" in html
     assert "no secondary folder configured" in html
-    # No scheduled run yet: health says critical or warning, with the reasons listed.
-    assert "ttb-badge" in html
+    # The verdict comes first: before the navigation's page content, one line with its level.
+    verdict = re.search(r'<p class="ttb-verdict ttb-(\w+)" data-ttb-verdict="(\w+)"', html)
+    assert verdict and verdict.group(1) == verdict.group(2)
+    assert html.index("data-ttb-verdict") < html.index("Latest good backup")
+    # Ids and the chart are details.
+    details = html.split('<details class="ttb-details" id="ttb-details">')[1]
+    assert "Latest good backup" in details and "<svg" in details
 
 
 def test_list_is_paginated_newest_first(demo_app: Flask, admin_client: FlaskClient) -> None:
@@ -1123,17 +1128,19 @@ def test_dashboard_says_no_scheduled_run_yet_with_the_command(
 
     settings = settings_of(demo_app)
     html = admin_client.get(f"{P}/").get_data(as_text=True)
-    assert "Everything is fine" not in html
-    note = html.split('data-ttb-schedule="none"')[1].split("</div>")[0]
+    note = html.split('data-ttb-schedule="none"')[1].split("</details>")[0]
     assert "No scheduled run yet" in note
     # The host app's own command: its config is the configuration (no options to repeat).
     assert ">flask backups init</code>" in note
     assert "tablettracker-backups" not in note
-    assert "ttb-info" in html.split('data-ttb-schedule="none"')[0][-60:]  # a note, for now
+    assert 'data-ttb-problem="no-scheduled-run"' not in html  # a note, for now
+    assert "no scheduled run set up" in html.split("data-ttb-verdict")[1].split("</p>")[0]
     backdate(settings, backup_id, timedelta(hours=2))  # one interval (1h) and more has passed
     html = admin_client.get(f"{P}/").get_data(as_text=True)
-    assert "ttb-warning" in html.split('data-ttb-schedule="none"')[0][-60:]
-    assert "no scheduled run yet" in html and "ttb-badge ttb-warning" in html
+    problem = html.split('data-ttb-problem="no-scheduled-run"')[1].split("</li>")[0]
+    assert "Nothing takes backups on a schedule yet." in problem
+    assert 'href="#ttb-setup">Show the set-up command</a>' in problem
+    assert 'data-ttb-verdict="warning"' in html
     record_run(settings, at=datetime.now(timezone.utc), result={"ok": True})
     create_backup(settings, trigger="test")
     html = admin_client.get(f"{P}/").get_data(as_text=True)

@@ -7,6 +7,7 @@ purchase-order pages to change data with, and a base layout the backup pages ext
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
@@ -37,6 +38,7 @@ from tablettracker_backups.demo.schema import create_demo_database
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.web import csrf
 from tablettracker_backups.web.extension import BackupManager
+from tablettracker_backups.web.headers import security_headers
 
 logger = logging.getLogger(__name__)
 
@@ -95,19 +97,58 @@ def prepare_instance(path: Path) -> DemoInstance:
 class User(UserMixin):  # type: ignore[misc]
     """An employee who can log in."""
 
-    def __init__(self, row: sqlite3.Row) -> None:
+    def __init__(self, row: sqlite3.Row, session_version: int = 0) -> None:
         self.id = int(row["id"])
         self.username = str(row["username"])
         self.full_name = str(row["full_name"])
         self.role = str(row["role"])
+        self.session_version = session_version
 
     def get_id(self) -> str:
-        return str(self.id)
+        # The session names the version it was made under: see end_sessions().
+        return f"{self.id}.{self.session_version}"
 
     @property
     def is_admin(self) -> bool:
         """The demo's rule: the ``role`` column says ``admin``."""
         return self.role == "admin"
+
+
+# -- ending sessions at logout ------------------------------------------------------------------
+# Flask's session lives in the browser's cookie, signed but not stored here, so logging out
+# only tells that browser to forget it: a copy taken before (another tab's, a stolen one)
+# would stay valid. Each user therefore has a session version, kept in the instance folder
+# (not the database: restoring an old backup must not bring old sessions back to life). A
+# session carries the version it was made under, Flask-Login's user loader accepts only the
+# current one, and logging out moves it on, ending every session of that user at once.
+
+SESSIONS_FILE = "session_versions.json"
+
+
+def _session_versions() -> dict[str, int]:
+    path = Path(current_app.instance_path) / SESSIONS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): v for k, v in data.items() if isinstance(v, int)}
+
+
+def session_version(user_id: int) -> int:
+    """The version a session of ``user_id`` must carry to be accepted."""
+    return _session_versions().get(str(user_id), 0)
+
+
+def end_sessions(user_id: int) -> None:
+    """End every session of ``user_id``, in every browser (the next request logs in again)."""
+    versions = _session_versions()
+    versions[str(user_id)] = versions.get(str(user_id), 0) + 1
+    atomic_write_bytes(
+        Path(current_app.instance_path) / SESSIONS_FILE,
+        (json.dumps(versions, sort_keys=True) + "\n").encode(),
+    )
 
 
 def is_admin(user: Any) -> bool:
@@ -125,12 +166,19 @@ def db() -> Iterator[sqlite3.Connection]:
         yield conn
 
 
-pages = Blueprint("demo", __name__, template_folder="templates")
+pages = Blueprint(
+    "demo",
+    __name__,
+    template_folder="templates",
+    static_folder="static",
+    static_url_path="/demo-static",
+)
 
 
 @pages.before_request
 def _login_and_csrf() -> ResponseReturnValue | None:
-    if request.endpoint not in ("demo.login", "demo.logout") and not current_user.is_authenticated:
+    public = ("demo.login", "demo.logout", "demo.static")
+    if request.endpoint not in public and not current_user.is_authenticated:
         response: ResponseReturnValue = current_app.login_manager.unauthorized()  # type: ignore[attr-defined]
         return response
     csrf.protect()
@@ -234,7 +282,7 @@ def login() -> ResponseReturnValue:
             and row["password_hash"]
             and check_password_hash(row["password_hash"], password)
         ):
-            login_user(User(row))
+            login_user(User(row, session_version(int(row["id"]))))
             return redirect(_safe_next(request.args.get("next")), code=303)
         flash("Wrong username or password.")
         return render_template("demo/login.html"), 401
@@ -243,7 +291,9 @@ def login() -> ResponseReturnValue:
 
 @pages.route("/logout", methods=["POST"])
 def logout() -> ResponseReturnValue:
-    """Log out."""
+    """Log out, ending every session of this user (see :func:`end_sessions`)."""
+    if current_user.is_authenticated:
+        end_sessions(int(current_user.id))
     logout_user()
     return redirect(url_for("demo.login"), code=303)
 
@@ -268,6 +318,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         DATABASE=str(instance.database),
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
+        # The largest form here is a purchase order's notes: no request needs a megabyte.
+        MAX_CONTENT_LENGTH=1024 * 1024,
         DEMO_ADMIN=instance.admin_username,
         DEMO_PASSWORD=instance.password,
         BACKUPS_DATABASE=str(instance.database),
@@ -281,14 +333,17 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     login_manager.login_view = "demo.login"
     login_manager.login_message = "Please log in to see that page."
 
-    def load_user(user_id: str) -> User | None:
-        if not user_id.isdigit():
+    def load_user(session_id: str) -> User | None:
+        user_id, _, version = session_id.partition(".")
+        if not user_id.isdigit() or not version.isdigit():
             return None
+        if int(version) != session_version(int(user_id)):
+            return None  # a session from before a logout
         with db() as conn:
             row = conn.execute(
                 "SELECT * FROM employees WHERE id = ? AND active = 1", (int(user_id),)
             ).fetchone()
-        return User(row) if row is not None else None
+        return User(row, int(version)) if row is not None else None
 
     login_manager.user_loader(load_user)
 
@@ -302,5 +357,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(pages)
     BackupManager(app)
+    # The demo's own pages send the headers the backup pages send (CSP, Referrer-Policy ...):
+    # its templates have no inline script or style either.
+    app.after_request(security_headers)
 
     return app

@@ -207,7 +207,8 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
         message, result, state, ok, failure = str(exc), {}, FAILED, False, exc
     except Exception as exc:  # the page must say something rather than hang at "running"
         logger.exception("job %s crashed", job_id)
-        message, result, state, ok, failure = f"unexpected error: {exc}", {}, FAILED, False, exc
+        message = "an unexpected error stopped it; the server's log has the details"
+        result, state, ok, failure = {}, FAILED, False, exc
     finally:
         stop.set()
         beat.join()

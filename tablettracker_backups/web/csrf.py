@@ -12,7 +12,7 @@ import hmac
 import secrets
 from typing import Any
 
-from flask import current_app, request, session
+from flask import current_app, g, request, session
 from werkzeug.exceptions import BadRequest
 
 SESSION_KEY = "_tablettracker_backups_csrf"
@@ -62,6 +62,18 @@ def csrf_token() -> str:
         token = secrets.token_urlsafe(32)
         session[SESSION_KEY] = token
     return token
+
+
+def rotate(*_args: Any, **_kwargs: Any) -> None:
+    """Forget the session's form token, so the next page gets a new one: connected to
+    Flask-Login's ``user_logged_in`` and ``user_logged_out`` signals, so a token seen before a
+    login (on a shared computer, in a page left open) is worthless after it. Flask-WTF's token
+    too, when the host uses it."""
+    session.pop(SESSION_KEY, None)
+    if current_app.extensions.get("csrf") is not None:
+        name = str(current_app.config.get("WTF_CSRF_FIELD_NAME", FIELD))
+        session.pop(name, None)
+        g.pop(name, None)  # Flask-WTF keeps the request's token here too
 
 
 def protect() -> None:

@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from flask_login import user_logged_in, user_logged_out
 
+from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.settings import parse_space
 from tablettracker_backups.sources import (
     FLASK_COMMAND,
     app_layer,
@@ -23,7 +26,7 @@ from tablettracker_backups.sources import (
     merge,
     resolve,
 )
-from tablettracker_backups.web import autosnapshot, restoregate
+from tablettracker_backups.web import autosnapshot, csrf, restoregate
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
 from tablettracker_backups.web.tasks import TASK_BLUEPRINT
 from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
@@ -39,6 +42,7 @@ WEB_KEYS = frozenset(
         "task_url",
         "metrics_url",
         "restore_gate",
+        "max_post_size",
     }
 )
 NO_DATABASE = (
@@ -97,8 +101,13 @@ class BackupManager:
         app.config.setdefault("BACKUPS_NOTIFY", None)
         #: ``problems`` (failures, warnings, recoveries) or ``all`` (also each success).
         app.config.setdefault("BACKUPS_NOTIFY_ON", None)
+        #: Once a week, send a report to the BACKUPS_NOTIFY targets (the scheduled run does).
+        app.config.setdefault("BACKUPS_NOTIFY_WEEKLY", None)
         #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
         app.config.setdefault("BACKUPS_PING_URL", None)
+        #: Largest request body the pages' own forms accept (``128KB``); a bigger POST to them
+        #: is refused with 413 before it is read.
+        app.config.setdefault("BACKUPS_MAX_POST_SIZE", "128KB")
         #: Row-count drop since the previous good backup that counts as an anomaly (20%).
         app.config.setdefault("BACKUPS_ANOMALY_DROP", None)
         #: Offsite copies: the S3 bucket; None turns offsite copies off.
@@ -149,6 +158,7 @@ class BackupManager:
         restore_gate = app.config["BACKUPS_RESTORE_GATE"]
         if not isinstance(restore_gate, bool):
             raise RuntimeError("BACKUPS_RESTORE_GATE must be True or False")
+        max_post = _post_size(app.config["BACKUPS_MAX_POST_SIZE"])
         base_template = app.config["BACKUPS_BASE_TEMPLATE"]
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
@@ -161,9 +171,13 @@ class BackupManager:
             base_template=base_template,
             task_url=task_url,
             restore_gate=restore_gate,
+            max_post_bytes=max_post,
         )
 
         register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)
+        # A new login gets new form tokens (ours, and Flask-WTF's when the host uses it).
+        user_logged_in.connect(csrf.rotate, app)
+        user_logged_out.connect(csrf.rotate, app)
         ours = frozenset({BLUEPRINT, TASK_BLUEPRINT})
         restoregate.install(app, skip_blueprints=ours)
         autosnapshot.install(app, skip_blueprints=ours)
@@ -173,6 +187,16 @@ class BackupManager:
         from tablettracker_backups.cli import cli
 
         app.cli.add_command(cli, name="backups")
+
+
+def _post_size(value: Any) -> int:
+    try:
+        size = parse_space("max_post_size", value)
+    except ConfigError:
+        size = 0.0
+    if size < 1024:
+        raise RuntimeError(f"BACKUPS_MAX_POST_SIZE must be a size like 128KB, not {value!r}")
+    return int(size)
 
 
 def _url_path(key: str, value: Any) -> str:

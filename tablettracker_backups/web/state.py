@@ -44,6 +44,8 @@ class BackupState:
     task_url: str
     #: Answer the host's write requests with 503 while a restore runs (BACKUPS_RESTORE_GATE).
     restore_gate: bool = True
+    #: Largest request body (bytes) a POST to the pages or the task URL may carry.
+    max_post_bytes: int = 128_000
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
     #: What has been logged once already (``explain_forbidden``).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from typing import Any
 
 from flask import Blueprint, Response, abort, jsonify, request
 from flask.typing import ResponseReturnValue
@@ -17,6 +18,7 @@ from tablettracker_backups import audit
 from tablettracker_backups.errors import BackupError, LockedError
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.web import throttle
 from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.state import get_state
 
@@ -45,22 +47,47 @@ def _bearer_ok(expected: str) -> bool:
 
 
 def _refuse() -> Response | None:
-    """404 without a configured token, 401 for a missing or wrong one; None when allowed."""
+    """404 without a configured token, 429 for an address that sent too many wrong ones
+    (without looking at this one), 401 for a missing or wrong one; None when allowed.
+
+    Wrong tokens are counted per address and audited at a bounded rate (:mod:`.throttle`).
+    """
     state = get_state()
     if state.task_token is None:
         abort(404)
+    address = request.remote_addr or "unknown"
+    if throttle.check(state.settings, address).retry_after:
+        verdict = throttle.record_failure(state.settings, address, refused=True)
+        return _too_many(verdict.retry_after)
     if _bearer_ok(state.task_token):
         return None
+    verdict = throttle.record_failure(state.settings, address, refused=False)
+    if verdict.retry_after:
+        return _too_many(verdict.retry_after)
     response = jsonify({"ok": False, "error": "missing or wrong bearer token"})
     response.status_code = 401
     response.headers["WWW-Authenticate"] = 'Bearer realm="tablettracker-backups"'
     return response
 
 
+def _too_many(retry_after: int) -> Response:
+    response = jsonify(
+        {
+            "ok": False,
+            "error": "too many wrong tokens from this address: try again later",
+            "retry_after": retry_after,
+        }
+    )
+    response.status_code = 429
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 def task_run() -> ResponseReturnValue:
     """``POST /tasks/backups/run`` with ``Authorization: Bearer <BACKUPS_TASK_TOKEN>``.
 
-    Answers 404 when no token is configured, 401 for a missing or wrong token, 409 when another
+    Answers 404 when no token is configured, 401 for a missing or wrong token, 429 with
+    ``Retry-After`` after too many wrong ones from the same address, 409 when another
     operation holds the lock, else the same JSON as ``tablettracker-backups run --json``.
     """
     refused = _refuse()
@@ -74,14 +101,13 @@ def task_run() -> ResponseReturnValue:
     except BackupError as exc:
         _audit_task(state.settings, ok=False, message=str(exc))
         return jsonify({"ok": False, "exit_code": 2, "error": str(exc)}), 500
-    body = result.to_dict()
     _audit_task(
         state.settings,
         ok=result.error is None,
-        message=result.error
-        or (f"backed up {body['backup']['id']}" if body["backup"] else "no backup due"),
+        message=result.audit_message(),
+        details=result.audit_details(),
     )
-    return jsonify(body)
+    return jsonify(result.to_dict())
 
 
 def task_metrics() -> ResponseReturnValue:
@@ -109,7 +135,9 @@ def task_metrics() -> ResponseReturnValue:
     return response
 
 
-def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
+def _audit_task(
+    settings: Settings, *, ok: bool, message: str, details: dict[str, Any] | None = None
+) -> None:
     """Leave a trace of runs triggered over HTTP (the page shows who and what)."""
     try:
         audit.record(
@@ -118,7 +146,7 @@ def _audit_task(settings: Settings, *, ok: bool, message: str) -> None:
             actor="task endpoint",
             ok=ok,
             message=message,
-            details={"via": "http", "remote": request.remote_addr or ""},
+            details={"via": "http", "remote": request.remote_addr or "", **(details or {})},
         )
     except BackupError as exc:
         logger.error("could not write the audit log: %s", exc)

@@ -10,11 +10,18 @@ listing cache, and what hashing found comes from the last ``run`` or ``health``.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import hashlib
+import hmac
 import logging
 import math
+import sys
 from collections import Counter
+from collections.abc import Callable
 from datetime import date, datetime, timedelta, timezone
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
 from flask import (
@@ -36,7 +43,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import current_user
 from werkzeug.exceptions import HTTPException
 
-from tablettracker_backups import audit, notify
+from tablettracker_backups import audit, evidence, notify
 from tablettracker_backups.bootstrap import setup_command
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.errors import (
@@ -47,6 +54,7 @@ from tablettracker_backups.errors import (
     InvalidTime,
     LockedError,
 )
+from tablettracker_backups.evidence import open_warnings
 from tablettracker_backups.health import check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import operation_lock
@@ -64,7 +72,7 @@ from tablettracker_backups.restore_points import (
     restore_events,
 )
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.states import CopyStatus, Level
 from tablettracker_backups.status import read_status
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 from tablettracker_backups.web import csrf, tasks, wording
@@ -73,6 +81,7 @@ from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.resources import resource_dir
 from tablettracker_backups.web.state import BackupState, get_state
 from tablettracker_backups.web.wording import biggest_changes
+from tablettracker_backups.weekly import weekly_summary
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +90,7 @@ PER_PAGE = 20
 #: What the typed confirmation of a restore may be, besides the backup id itself.
 RESTORE_WORD = "RESTORE"
 #: HTTP errors shown as the blueprint's own page (401 stays the host's login handling).
-ERROR_CODES = (400, 403, 404, 409)
+ERROR_CODES = (400, 403, 404, 409, 413)
 
 
 def create_blueprint() -> Blueprint:
@@ -99,6 +108,7 @@ def create_blueprint() -> Blueprint:
     bp.after_request(security_headers)
     bp.context_processor(_template_context)
     bp.register_error_handler(BackupError, _backup_error)
+    bp.register_error_handler(Exception, _unexpected)
     for code in ERROR_CODES:
         bp.register_error_handler(code, _http_error)
     bp.add_url_rule("/", "dashboard", dashboard)
@@ -124,6 +134,10 @@ def create_blueprint() -> Blueprint:
     bp.add_url_rule("/jobs/<job_id>", "job", job_page)
     bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
     bp.add_url_rule("/audit", "audit", audit_page)
+    bp.add_url_rule("/warnings/<backup_id>/keep", "keep_evidence", keep_evidence, methods=["POST"])
+    bp.add_url_rule(
+        "/warnings/<backup_id>/dismiss", "dismiss_warning", dismiss_warning, methods=["POST"]
+    )
     bp.add_url_rule("/notify-test", "notify_test", notify_test, methods=["POST"])
     return bp
 
@@ -143,6 +157,22 @@ def register_blueprints(app: Flask, *, prefix: str, task_url: str, metrics_url: 
         late = current_app.extensions.get("csrf")
         if late is not None and request.blueprint == tasks.TASK_BLUEPRINT:
             late.exempt(task_bp)
+
+    # First of all the app's hooks: Flask-WTF's check, registered before us, reads the form.
+    app.before_request_funcs.setdefault(None, []).insert(0, _limit_body)
+
+
+def _limit_body() -> None:
+    """Refuse (413) a POST to the pages or the task URL whose body is larger than
+    ``BACKUPS_MAX_POST_SIZE``, before anything reads it; a body of unknown length is cut off
+    at the limit where Flask allows it (3.1 and later)."""
+    if request.blueprint not in (BLUEPRINT, tasks.TASK_BLUEPRINT) or request.method != "POST":
+        return
+    limit = get_state().max_post_bytes
+    if request.content_length is not None and request.content_length > limit:
+        abort(413)
+    with contextlib.suppress(AttributeError):  # Flask < 3.1: read-only
+        request.max_content_length = limit
 
 
 # -- access ------------------------------------------------------------------------------------
@@ -196,10 +226,28 @@ def _template_context() -> dict[str, Any]:
         "ttb_facts": wording.audit_facts,
         "ttb_action": wording.action_name,
         "ttb_kind": lambda kind: wording.KIND_NAMES.get(kind, kind),
-        "ttb_links": lambda text: wording.link_ids(
-            text, lambda backup_id: url_for(f"{BLUEPRINT}.detail", backup_id=backup_id)
-        ),
+        "ttb_links": _linker(),
     }
+
+
+def _linker() -> Callable[[object], Any]:
+    """``ttb_links``: backup ids in a text made links, to the backups that still exist (a
+    pruned one would be a link to "not found"); the listing is read at the first use."""
+    known: list[set[str]] = []
+
+    def links(text: object) -> Any:
+        if not known:
+            try:
+                known.append({i.id for i in _store().list()})
+            except BackupError:
+                known.append(set())
+        return wording.link_ids(
+            text,
+            lambda backup_id: url_for(f"{BLUEPRINT}.detail", backup_id=backup_id),
+            only=known[0],
+        )
+
+    return links
 
 
 def _utc_attribute(moment: datetime | None) -> str:
@@ -227,7 +275,7 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
             active = None
     return render_template(
         "tablettracker_backups/error.html",
-        message=str(exc),
+        message=one_line(str(exc)),
         status=status,
         active=active,
         expired=False,
@@ -236,14 +284,53 @@ def _backup_error(exc: BackupError) -> ResponseReturnValue:
     ), status
 
 
+def one_line(text: str, limit: int = 300) -> str:
+    """A message as the pages show it: its first line, at most ``limit`` characters."""
+    first = (text.strip().splitlines() or [""])[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _unexpected(exc: Exception) -> ResponseReturnValue:
+    """Anything else that went wrong: the log gets the traceback, the page one plain line."""
+    if isinstance(exc, HTTPException):
+        return exc  # a 405 or 414: Flask's own answer
+    logger.exception("backup page failed")
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=500,
+        message=(
+            "The server could not complete this page or action. Its error log has the "
+            "details; reload to try again."
+        ),
+        expired=False,
+        back=_same_site_referrer(),
+        admin=_safely(_is_admin),
+        active=None,
+    ), 500
+
+
+def _safely(check: Callable[[], bool]) -> bool:
+    """``check()``, or False if it fails too (the error page must still render)."""
+    try:
+        return check()
+    except Exception:
+        return False
+
+
 def _http_error(exc: HTTPException) -> ResponseReturnValue:
     """An HTTP error as a page in the blueprint's layout, with a way back."""
     status = exc.code or 500
     expired = status == 400 and csrf.is_token_failure(exc)
+    message = exc.description if not expired else None
+    if status == 413:
+        message = (
+            f"The form sent more than the {human_size(get_state().max_post_bytes)} these pages "
+            "accept, so it was not read and nothing was done."
+        )
     return render_template(
         "tablettracker_backups/error.html",
         status=status,
-        message=exc.description if not expired else None,
+        message=message,
         expired=expired,
         back=_same_site_referrer(),
         # A non-admin (403) or anonymous visitor must not be shown the admin navigation.
@@ -281,21 +368,64 @@ def _backup_id(value: str) -> str:
 
 
 def dashboard() -> ResponseReturnValue:
-    """Health, newest backups, the scheduled run, disk, copies agreeing, and the size chart."""
+    """The verdict first, then each problem in plain words with the button that fixes it,
+    open data-loss warnings, the main actions and the week; ids, hashes, the set-up command
+    and the chart under "Details"."""
     settings = _settings()
     store = _store()
     # Light: no hashing, no reading the live database; those results come from the last run.
     report = check_health(settings, store=store, read_data=False)
     infos = store.list()
     status = read_status(settings)
+    now = datetime.now(timezone.utc)
+    problems = [
+        {
+            "level": f.level,
+            "code": f.code,
+            "words": wording.problem_words(f.code, f.message),
+            "message": f.message,
+            "action": wording.problem_action(f.code, f.message, backups=len(infos)),
+        }
+        for f in sorted(report.findings, key=lambda f: -f.level.exit_code)
+        if f.level != Level.OK and f.code != "data-loss"  # warnings have their own cards
+    ]
+    warnings = open_warnings(settings)
+    # The worst first: a critical problem, then lost data, then the other warnings.
+    first = problems[0]["words"] if problems else None
+    if warnings and not (problems and problems[0]["level"] == Level.CRITICAL):
+        first = f"Data may have been lost before backup {warnings[0].backup_id}"
+    headline, verdict_text = wording.verdict(
+        report.status,
+        first_problem=first,
+        good_at=report.newest_good_at,
+        checked_at=report.data_checked_at,
+        next_run=report.next_run_due,
+        now=now,
+    )
+    last_restore = _last_restore(status)
+    listed = {i.id: i for i in infos}
+    undo = None
+    if last_restore and last_restore.get("safety_snapshot_id") in listed:
+        snapshot = listed[last_restore["safety_snapshot_id"]]
+        undo = snapshot.id if snapshot.verified else None
     return render_template(
         "tablettracker_backups/dashboard.html",
         report=report,
+        headline=headline,
+        verdict_text=verdict_text,
+        problems=problems,
+        notes=[f for f in report.findings if f.level == Level.OK],
+        data_warnings=[(w, listed.get(w.evidence_id)) for w in warnings],
         recovery_lines=describe_recovery(report.recovery),
         settings=settings,
         summary=store.memo(("dashboard",), lambda: _summary(infos)),
+        week=store.memo(
+            ("week", now.strftime("%Y%m%d%H"), report.status),
+            lambda: weekly_summary(settings, infos, report.status, now=now).lines(),
+        ),
         last_run=status.get("last_run") if isinstance(status.get("last_run"), dict) else None,
-        last_restore=_last_restore(status),
+        last_restore=last_restore,
+        undo=undo,
         setup_command=setup_command(settings),
         active=jobs.active_job(settings),
         recent=jobs.recent_jobs(settings, limit=5),
@@ -319,6 +449,9 @@ def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
         ),
         "disagree": [i for i in infos if any(c.state != CopyStatus.OK for c in i.copies)][:5],
         "disagree_count": sum(any(c.state != CopyStatus.OK for c in i.copies) for i in infos),
+        # What the last verifications found, all of them: one damaged backup among many must
+        # not hide behind the newest one's "sound".
+        "damaged": [i for i in infos if i.metadata is not None and not i.verified],
         "last_verified": max(
             (i for i in infos if i.metadata is not None),
             key=lambda i: i.metadata.verification.verified_at,  # type: ignore[union-attr]
@@ -342,8 +475,15 @@ def _last_restore(status: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-#: The list's filter: kind on the page -> kind in the metadata.
-KIND_FILTERS = {"scheduled": "scheduled", "manual": "manual", "safety": "pre-restore"}
+#: The list's filter: kind on the page -> kind in the metadata (every kind a backup can be).
+KIND_FILTERS = {
+    "scheduled": "scheduled",
+    "manual": "manual",
+    "auto": "auto",
+    "safety": "pre-restore",
+}
+#: Other spellings a link may use for a kind (the metadata's own).
+KIND_ALIASES = {"pre-restore": "safety", "automatic": "auto"}
 
 
 def _notifications(settings: Settings) -> dict[str, Any]:
@@ -381,11 +521,28 @@ def notify_test() -> ResponseReturnValue:
     return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
 
 
+def keep_evidence(backup_id: str) -> ResponseReturnValue:
+    """Keep the backup a data-loss warning points at for good (it stays pinned after the
+    warning is dismissed)."""
+    warning = evidence.keep(_settings(), _backup_id(backup_id), actor=_actor())
+    flash(f"Backup {warning.evidence_id} is kept until someone unpins it.", "ok")
+    return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
+
+
+def dismiss_warning(backup_id: str) -> ResponseReturnValue:
+    """The change was intended: close the warning; retention decides about its evidence
+    again (unless someone chose to keep it)."""
+    warning = evidence.dismiss(_settings(), _backup_id(backup_id), actor=_actor())
+    flash(f"Warning dismissed; backup {warning.evidence_id} is no longer kept for it.", "ok")
+    return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
+
+
 def backup_list() -> ResponseReturnValue:
     """Every backup, newest first, paginated; filter by kind, jump to a date."""
     store = _store()
     infos = store.list()
     kind = request.args.get("kind", "")
+    kind = KIND_ALIASES.get(kind, kind)
     if kind and kind not in KIND_FILTERS:
         abort(404)
     shown = (
@@ -470,17 +627,64 @@ def _newest_verified(store: BackupStore, other_than: str) -> str | None:
     return next((i.id for i in store.list() if i.verified and i.id != other_than), None)
 
 
+#: Audit entries per page.
+AUDIT_PER_PAGE = 50
+
+
 def audit_page() -> ResponseReturnValue:
-    """Who did what, when, with what result: the one log every face writes."""
+    """Who did what, when, with what result: the one log every face writes; paged, and
+    filtered by action and by backup."""
+    settings = _settings()
+    action = request.args.get("action", "").strip()
+    backup = request.args.get("backup", "").strip()
+    if backup:
+        try:
+            backup = validate_backup_id(backup)
+        except BackupError:
+            abort(404)
+    everything = audit.read_entries(settings, limit=sys.maxsize)
+    actions = sorted({e.action for e in everything})
+    if action and action not in actions:
+        abort(404)
+    shown = [
+        e
+        for e in everything
+        if (not action or e.action == action) and (not backup or audit.mentions(e, backup))
+    ]
+    pages = max(1, math.ceil(len(shown) / AUDIT_PER_PAGE))
+    page = request.args.get("page", 1, type=int)
+    if page is None or not 1 <= page <= pages:
+        abort(404)
+    first = (page - 1) * AUDIT_PER_PAGE
     return render_template(
-        "tablettracker_backups/audit.html", entries=audit.read_entries(_settings(), limit=500)
+        "tablettracker_backups/audit.html",
+        entries=shown[first : first + AUDIT_PER_PAGE],
+        first=first + 1,
+        matching=len(shown),
+        total=len(everything),
+        actions=actions,
+        action=action,
+        backup=backup,
+        page=page,
+        pages=pages,
     )
 
 
 def job_page(job_id: str) -> ResponseReturnValue:
     """A job's progress; refreshes itself (no JavaScript needed) until the job is done."""
     job = jobs.read_job(_settings(), jobs.validate_job_id(job_id))
-    return render_template("tablettracker_backups/job.html", job=job)
+    results = job.result.get("results") if isinstance(job.result, dict) else None
+    ordered = (
+        sorted(results, key=lambda r: bool(isinstance(r, dict) and r.get("ok")))
+        if isinstance(results, list)
+        else []
+    )
+    return render_template(
+        "tablettracker_backups/job.html",
+        job=job,
+        results=ordered,
+        failed=sum(1 for r in ordered if not (isinstance(r, dict) and r.get("ok"))),
+    )
 
 
 def job_json(job_id: str) -> ResponseReturnValue:
@@ -520,6 +724,7 @@ def pin_backup(backup_id: str) -> ResponseReturnValue:
         clear_label="label" in request.form and not request.form["label"].strip(),
         actor=_actor(),
     )
+    evidence.note_owner_pin(_settings(), backup_id)
     return redirect(url_for(f"{BLUEPRINT}.detail", backup_id=backup_id), code=303)
 
 
@@ -572,7 +777,7 @@ def prune_confirm() -> ResponseReturnValue:
         actor=_actor(),
         ok=True,
         message=f"pruned {len(result.deleted)} backup(s)",
-        details={"via": "web", "deleted": list(result.deleted)},
+        details={"via": "web", **result.audit_details()},
     )
     session[PRUNED_KEY] = {
         "count": len(result.deleted),
@@ -582,40 +787,118 @@ def prune_confirm() -> ResponseReturnValue:
 
 
 def download(backup_id: str) -> ResponseReturnValue:
-    """Stream the stored (compressed) file of a backup; primary copy preferred."""
+    """Send the stored (compressed) file of a backup, only once it hashes to the SHA-256
+    recorded when it was taken: each sound-looking copy is hashed in turn (primary first)
+    before the first byte goes out, and the one that matches is sent from the same open file,
+    with its digest in ``Content-Digest`` (RFC 9530). A backup with no matching copy is
+    refused with a page that says so and names the newest sound backup."""
     settings = _settings()
     store = _store()
     info = store.get(_backup_id(backup_id))
     meta = info.metadata
-    location = next((c.location for c in info.copies if c.state == CopyStatus.OK), None)
-    if meta is None or location is None:
-        raise BackupNotFound(f"backup {info.id} has no sound copy to download")
-    path = store.data_path_for(location, meta)
+    if meta is None:
+        raise BackupNotFound(f"backup {info.id} has no readable metadata to download")
+    mismatched: list[str] = []
+    for copy in info.copies if info.verified else ():
+        if copy.state != CopyStatus.OK:
+            continue
+        handle = _open_matching(store.data_path_for(copy.location, meta), meta.sha256)
+        if handle is None:
+            mismatched.append(copy.location)
+            continue
+        audit.record(
+            settings,
+            action="download",
+            actor=_actor(),
+            ok=True,
+            message=(
+                f"downloaded {meta.data_file} ({meta.stored_size} bytes) from {copy.location}, "
+                "SHA-256 checked"
+            ),
+            details={"via": "web", "id": info.id},
+        )
+        response: Response = send_file(
+            handle,
+            mimetype="application/octet-stream",
+            as_attachment=True,
+            download_name=meta.data_file,
+            conditional=False,
+            max_age=0,
+        )
+        response.headers["Content-Length"] = str(meta.stored_size)
+        response.headers["Content-Digest"] = content_digest(meta.sha256)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+    what = (
+        f"no copy of backup {info.id} matches the SHA-256 recorded when it was taken "
+        f"({', '.join(mismatched)} checked just now)"
+        if mismatched
+        else f"backup {info.id} is known to be damaged (it failed its last verification)"
+        if not info.verified
+        else f"backup {info.id} has no copy in place to send"
+    )
     audit.record(
         settings,
         action="download",
         actor=_actor(),
-        ok=True,
-        message=f"downloaded {meta.data_file} ({meta.stored_size} bytes) from {location}",
+        ok=False,
+        message=f"refused: {what}",
         details={"via": "web", "id": info.id},
     )
-    response: Response = send_file(
-        path,
-        mimetype="application/octet-stream",
-        as_attachment=True,
-        download_name=meta.data_file,
-        conditional=False,
-        max_age=0,
-    )
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    return render_template(
+        "tablettracker_backups/error.html",
+        status=409,
+        heading="Damaged backup: nothing was downloaded",
+        message=(
+            f"Nothing was sent: {what}. Its detail page has a Verify button, which records "
+            "the damage so the backup is no longer offered."
+        ),
+        sound=_newest_verified(store, info.id),
+        expired=False,
+        back=_same_site_referrer(),
+        admin=True,
+        active=None,
+    ), 409
+
+
+#: Bytes read at a time when hashing a download before it is sent.
+HASH_CHUNK = 1024 * 1024
+
+
+def _open_matching(path: Path, sha256: str) -> BinaryIO | None:
+    """``path`` opened and rewound if its bytes hash to ``sha256``, else None (also when it
+    cannot be read). The caller sends exactly the bytes that were checked: same open file."""
+    try:
+        handle = path.open("rb")
+    except OSError as exc:
+        logger.warning("cannot open %s for download: %s", path, exc)
+        return None
+    try:
+        digest = hashlib.sha256()
+        while chunk := handle.read(HASH_CHUNK):
+            digest.update(chunk)
+        if hmac.compare_digest(digest.hexdigest(), sha256):
+            handle.seek(0)
+            return handle
+        logger.error("download refused: %s does not match its SHA-256", path)
+    except OSError as exc:
+        logger.warning("cannot read %s for download: %s", path, exc)
+    handle.close()
+    return None
+
+
+def content_digest(sha256_hex: str) -> str:
+    """The ``Content-Digest`` header (RFC 9530) for a SHA-256 given in hex."""
+    return f"sha-256=:{base64.b64encode(bytes.fromhex(sha256_hex)).decode()}:"
 
 
 def restore_at_page() -> ResponseReturnValue:
-    """ "The state as of ...": a time picker (a GET form, so it works without JavaScript) and
-    the restore points around the chosen time, each leading to the usual restore page."""
+    """ "The state as of ...": a date and a 24-hour time (a GET form, so it works without
+    JavaScript; ``at=`` in ISO 8601 works too) and the restore points around that moment,
+    each leading to the usual restore page. A moment in the future offers no restore."""
     now = datetime.now(timezone.utc)
-    text = request.args.get("at", "").strip()
+    day, clock = request.args.get("date", "").strip(), request.args.get("time", "").strip()
+    text = request.args.get("at", "").strip() or (f"{day}T{clock or '00:00'}" if day else "")
     infos = BackupStore(_settings()).list()
     events = restore_events(_settings())
     error = None
@@ -624,16 +907,18 @@ def restore_at_page() -> ResponseReturnValue:
         moment = parse_moment(text) if text else Moment(now, zone_given=False)
         point_at(infos, moment.at, now=now, events=events)
     except InvalidTime as exc:
-        error, moment = str(exc), None
+        error, moment = one_line(str(exc)), None
     except BackupNotFound as exc:
-        error = str(exc)
+        error = one_line(str(exc))
     at = moment.at if moment is not None else now
+    local = at.astimezone()
     return render_template(
         "tablettracker_backups/restore_at.html",
         at=at,
-        # datetime-local wants local time without a zone, to the minute.
-        picker_value=at.astimezone().strftime("%Y-%m-%dT%H:%M"),
-        zone=at.astimezone().strftime("%Z (UTC%z)"),
+        day_value=local.strftime("%Y-%m-%d"),
+        time_value=local.strftime("%H:%M"),
+        zone=local.strftime("%Z (UTC%z)"),
+        future=at > now,
         around=points_around(infos, at, events=events) if moment is not None else None,
         error=error,
     ), (400 if error and moment is None else 200)
