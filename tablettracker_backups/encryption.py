@@ -46,10 +46,12 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.fsutil import describe_os_error, open_private, remove_quietly
 from tablettracker_backups.metadata import BackupMetadata, EncryptionInfo, Findings, utc_iso
 
+# The age file's first line and how to spot it live with the sealed store, the one place that
+# refuses plaintext; they are used (and re-exported) from here.
+from tablettracker_backups.storage.sealed import AGE_HEADER, is_age, read_header
+
 logger = logging.getLogger(__name__)
 
-#: The first line of every binary age file.
-AGE_HEADER = b"age-encryption.org/v1\n"
 #: The first line of an ASCII-armored age file (``age -a``), as passphrase-protected identity
 #: files often are.
 ARMOR_HEADER = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -310,20 +312,6 @@ class SealResult:
     sha256: str
     inner_size: int
     inner_sha256: str
-
-
-def read_header(path: Path) -> bytes:
-    """The first bytes of ``path`` (as many as an age header has); raises StorageError."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(len(AGE_HEADER))
-    except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
-
-
-def is_age(first_bytes: bytes) -> bool:
-    """Whether bytes start like an age file (``age-encryption.org/v1`` on the first line)."""
-    return first_bytes.startswith(AGE_HEADER)
 
 
 def encrypt_file(
