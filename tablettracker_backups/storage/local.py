@@ -181,9 +181,9 @@ class LocalStore(ObjectStore):
             parent, folder = folder, folder / segment
             try:
                 folder.mkdir(mode=0o700)
-            except FileExistsError:
+            except FileExistsError as exc:
                 if not folder.is_dir():
-                    raise StorageError(f"{folder} exists and is not a folder") from None
+                    raise StorageError(f"{folder} exists and is not a folder") from exc
                 continue
             except OSError as exc:
                 raise StorageError(describe_os_error(exc, folder)) from exc

@@ -364,7 +364,7 @@ class RcloneStore(ObjectStore):
                 "--files-only",
                 "--no-mimetype",
                 self._folder(folder),
-                missing=folder or "folder",
+                missing=folder,
             )
         except ObjectNotFound:
             return []  # no folder yet: nothing stored
