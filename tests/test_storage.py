@@ -735,7 +735,7 @@ def test_an_rclone_call_that_hangs_is_stopped_by_its_timeout(tmp_path: Path) -> 
 
 
 def test_an_empty_rclone_remote_is_a_config_error() -> None:
-    for remote in ("", "  ", "gdrive:x\nother"):
+    for remote in ("", "  ", "gdrive:x\nother", "--config=/tmp/other.conf"):
         with pytest.raises(ConfigError, match="BACKUPS_RCLONE_REMOTE"):
             RcloneStore(remote)
 

@@ -148,7 +148,8 @@ class RcloneStore(ObjectStore):
         rclone: str = "rclone",
         timeout: float = TIMEOUT,
     ) -> None:
-        if not remote.strip() or any(c in remote for c in "\0\r\n"):
+        # A remote starting with "-" would reach rclone as an option.
+        if not remote.strip() or remote.startswith("-") or any(c in remote for c in "\0\r\n"):
             raise ConfigError(
                 "BACKUPS_RCLONE_REMOTE must name an rclone remote and folder, "
                 "for example gdrive:tablettracker"
