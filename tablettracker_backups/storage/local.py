@@ -34,6 +34,7 @@ from tablettracker_backups.fsutil import (
     fsync_path,
     open_private,
     remove_quietly,
+    removed_on_error,
     temp_path,
 )
 from tablettracker_backups.storage.base import (
@@ -125,17 +126,10 @@ class LocalStore(ObjectStore):
         with handle:
             created = open_private(dest)  # never ours to remove if it already exists
             hasher = Hasher(progress)
-            try:
-                with created as out:
-                    for chunk in iter_source(handle):
-                        out.write(chunk)
-                        hasher.update(chunk)
-            except OSError as exc:
-                remove_quietly(dest)
-                raise StorageError(describe_os_error(exc, dest)) from exc
-            except BaseException:
-                remove_quietly(dest)
-                raise
+            with removed_on_error(dest), created as out:
+                for chunk in iter_source(handle):
+                    out.write(chunk)
+                    hasher.update(chunk)
         return ObjectInfo(key, hasher.size, _modified(st), hasher.hexdigest())
 
     # -- listing -------------------------------------------------------------------------
@@ -209,19 +203,16 @@ class LocalStore(ObjectStore):
         folder = self._make_folders(key)
         temp = temp_path(folder, final.name)
         hasher = Hasher(progress)
-        try:
-            with open_private(temp, shown=final) as out, open_source(source) as handle:
-                writeback = Writeback(out)
-                while chunk := handle.read(CHUNK):
-                    out.write(chunk)
-                    writeback.wrote(len(chunk))
-                    hasher.update(chunk)
-        except OSError as exc:
-            remove_quietly(temp)
-            raise StorageError(describe_os_error(exc, final)) from exc
-        except BaseException:
-            remove_quietly(temp)
-            raise
+        with (
+            removed_on_error(temp, shown=final),
+            open_private(temp, shown=final) as out,
+            open_source(source) as handle,
+        ):
+            writeback = Writeback(out)
+            while chunk := handle.read(CHUNK):
+                out.write(chunk)
+                writeback.wrote(len(chunk))
+                hasher.update(chunk)
         if hasher.hexdigest() != sha256:
             remove_quietly(temp)
             raise mismatch(key, self.where, hasher.hexdigest(), sha256)

@@ -216,33 +216,49 @@ class RcloneStore(ObjectStore):
             f"rclone timed out after {seconds:g} s trying to {action} at {self.where}"
         )
 
+    @contextlib.contextmanager
+    def _process(
+        self, action: str, args: list[str], seconds: float, *, missing: str | None, stdin: Any
+    ) -> Iterator[subprocess.Popen[bytes]]:
+        """rclone running ``args``, its stdout a pipe; the block does its I/O (and closes a
+        stdin pipe when done). Afterwards a process still running past ``seconds`` is killed
+        and a failure raised: ObjectNotFound (naming ``missing``) for a not-found exit, else
+        one OffsiteError line."""
+        with tempfile.TemporaryFile() as errors:
+            proc = self._spawn(args, stdin=stdin, stdout=subprocess.PIPE, stderr=errors)
+            watchdog = _Watchdog(proc, seconds)
+            try:
+                yield proc
+                returncode = proc.wait()
+            finally:
+                watchdog.cancel()
+                for pipe in (proc.stdin, proc.stdout):
+                    if pipe is not None:
+                        with contextlib.suppress(OSError):
+                            pipe.close()
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            if watchdog.fired.is_set():
+                raise self._timed_out(action, seconds)
+            if returncode != 0:
+                errors.seek(0)
+                failure = self._error(action, errors.read(), returncode)
+                if missing is not None and returncode in NOT_FOUND_CODES:
+                    raise ObjectNotFound(f"no object {missing} in {self.where}") from failure
+                raise failure
+
     def _run(
         self, action: str, *args: str, timeout: float | None = None, missing: str | None = None
     ) -> bytes:
         """rclone's stdout; raises ObjectNotFound (naming ``missing``) for a not-found exit."""
         seconds = self.timeout if timeout is None else timeout
-        with tempfile.TemporaryFile() as errors:
-            proc = self._spawn(
-                list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errors
-            )
-            try:
-                out, _ = proc.communicate(timeout=seconds)
-            except subprocess.TimeoutExpired as exc:
-                proc.kill()
-                proc.communicate()
-                raise self._timed_out(action, seconds) from exc
-            except BaseException:
-                proc.kill()
-                proc.wait()
-                raise
-            if proc.returncode == 0:
-                return out
-            errors.seek(0)
-            stderr = errors.read()
-        failure = self._error(action, stderr, proc.returncode)
-        if missing is not None and proc.returncode in NOT_FOUND_CODES:
-            raise ObjectNotFound(f"no object {missing} in {self.where}") from failure
-        raise failure
+        with self._process(
+            action, list(args), seconds, missing=missing, stdin=subprocess.DEVNULL
+        ) as proc:
+            assert proc.stdout is not None  # a pipe
+            out = proc.stdout.read()
+        return out
 
     def _transfer_timeout(self, size: int) -> float:
         return self.timeout + size / MIN_RATE
@@ -310,42 +326,22 @@ class RcloneStore(ObjectStore):
     ) -> Hasher:
         """``cat`` the object (already validated or temporary) into ``out`` (or only hash it);
         returns what passed."""
-        action = f"download {key}"
-        seconds = self._transfer_timeout(size)
         hasher = Hasher(progress)
-        with tempfile.TemporaryFile() as errors:
-            proc = self._spawn(
-                ["cat", self._path(key)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=errors,
-            )
-            stdout = proc.stdout
-            assert stdout is not None  # stdout=PIPE
-            watchdog = _Watchdog(proc, seconds)
-            try:
-                for chunk in iter_source(stdout):
-                    if out is not None:
-                        try:
-                            out.write(chunk)
-                        except OSError as exc:
-                            raise StorageError(describe_os_error(exc, out.name)) from exc
-                    hasher.update(chunk)
-                returncode = proc.wait()
-            finally:
-                watchdog.cancel()
-                stdout.close()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if watchdog.fired.is_set():
-                raise self._timed_out(action, seconds)
-            if returncode != 0:
-                errors.seek(0)
-                failure = self._error(action, errors.read(), returncode)
-                if returncode in NOT_FOUND_CODES:
-                    raise ObjectNotFound(f"no object {key} in {self.where}") from failure
-                raise failure
+        with self._process(
+            f"download {key}",
+            ["cat", self._path(key)],
+            self._transfer_timeout(size),
+            missing=key,
+            stdin=subprocess.DEVNULL,
+        ) as proc:
+            assert proc.stdout is not None  # a pipe
+            for chunk in iter_source(proc.stdout):
+                if out is not None:
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise StorageError(describe_os_error(exc, out.name)) from exc
+                hasher.update(chunk)
         return hasher
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -426,18 +422,15 @@ class RcloneStore(ObjectStore):
         self, key: str, temp: str, source: Source, size: int, progress: ByteProgress | None
     ) -> Hasher:
         """``rcat`` ``source`` to the temporary key; returns what was sent."""
-        action = f"upload {key}"
-        seconds = self._transfer_timeout(size)
         hasher = Hasher(progress)
-        with tempfile.TemporaryFile() as errors:
-            proc = self._spawn(
-                ["rcat", "--size", str(size), self._path(temp)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=errors,
-            )
-            watchdog = _Watchdog(proc, seconds)
-            assert proc.stdin is not None
+        with self._process(
+            f"upload {key}",
+            ["rcat", "--size", str(size), self._path(temp)],
+            self._transfer_timeout(size),
+            missing=None,
+            stdin=subprocess.PIPE,
+        ) as proc:
+            assert proc.stdin is not None  # a pipe
             try:
                 with open_source(source) as handle:
                     for chunk in iter_source(handle):
@@ -448,20 +441,9 @@ class RcloneStore(ObjectStore):
                         hasher.update(chunk)
                 with contextlib.suppress(BrokenPipeError):
                     proc.stdin.close()
-                returncode = proc.wait()
             except OSError as exc:
                 shown = key if isinstance(source, bytes) else source
                 raise StorageError(describe_os_error(exc, shown)) from exc
-            finally:
-                watchdog.cancel()
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            if watchdog.fired.is_set():
-                raise self._timed_out(action, seconds)
-            if returncode != 0:
-                errors.seek(0)
-                raise self._error(action, errors.read(), returncode)
         return hasher
 
     def _check_stored(self, key: str, temp: str, sent: Hasher) -> str:
