@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -72,6 +73,7 @@ from tests.storage_conformance import (
     sha,
     tamper_file,
 )
+from tests.test_durability import parse_trace
 
 pytest.importorskip("boto3")
 
@@ -544,6 +546,56 @@ def test_local_folders_are_owner_only_and_files_0600(tmp_path: Path) -> None:
     for folder in ("root", "root/a", "root/a/b"):
         assert stat.S_IMODE((tmp_path / folder).stat().st_mode) == 0o700, folder
     assert stat.S_IMODE((tmp_path / "root/a/b/c").stat().st_mode) == 0o600
+
+
+@pytest.mark.skipif(shutil.which("strace") is None, reason="strace is not installed")
+def test_a_local_put_and_delete_are_durable_in_order(tmp_path: Path) -> None:
+    # New folders are made durable in their parent before anything goes in them; the object
+    # is fsynced before its rename and the folder after it; a delete is fsynced too.
+    root = tmp_path / "root"
+    code = (
+        "import sys, hashlib; from pathlib import Path\n"
+        "from tablettracker_backups.storage import LocalStore\n"
+        "store = LocalStore(Path(sys.argv[1]), create=True)\n"
+        "store.put('a/b/c', b'x', sha256=hashlib.sha256(b'x').hexdigest())\n"
+        "store.delete('a/b/c')\n"
+    )
+    log = tmp_path / "trace"
+    traced = "fsync,fdatasync,rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat"
+    done = subprocess.run(
+        [
+            *("strace", "-f", "-y", "-qq", "-e", f"trace={traced}", "-o", str(log)),
+            *(sys.executable, "-c", code, str(root)),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    plain = {"fdatasync": "fsync", "renameat": "rename", "renameat2": "rename"}
+    plain |= {"mkdirat": "mkdir", "unlinkat": "unlink"}
+    steps = []
+    for call in parse_trace(log.read_text()):
+        shown = [
+            re.sub(r"\.tmp-[0-9a-f]{8}-", ".tmp-*-", p[len(str(root)) :] or "/")
+            for p in call.paths
+            if p == str(root) or p.startswith(f"{root}/")
+        ]
+        if shown:
+            steps.append(f"{plain.get(call.name, call.name)} {' '.join(shown)}")
+    assert steps == [
+        "mkdir /",
+        "mkdir /a",
+        "fsync /",
+        "mkdir /a/b",
+        "fsync /a",
+        "fsync /a/b/.tmp-*-c",
+        "rename /a/b/.tmp-*-c /a/b/c",
+        "fsync /a/b",
+        "unlink /a/b/c",
+        "fsync /a/b",
+    ]
 
 
 def test_a_local_store_not_created_lists_nothing_and_refuses_puts(tmp_path: Path) -> None:
