@@ -242,12 +242,19 @@ def rclone_webdav(workdir: Path) -> Iterator[WebdavServer]:
 
 
 def put_in_child(
-    spec: dict[str, Any], source: Path, key: str, *, kill_after: int, timeout: float = 60
+    spec: dict[str, Any],
+    source: Path,
+    key: str,
+    *,
+    kill_after: int,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Put ``source`` under ``key`` in a child process that SIGKILLs itself, and every
-    process it started (rclone), once ``kill_after`` bytes have gone out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BACKUPS_"))}
-    env["PYTHONPATH"] = str(ROOT)
+    process it started (rclone), once ``kill_after`` bytes have gone out; ``env`` adds to
+    its environment (a crash point)."""
+    child_env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BACKUPS_"))}
+    env = {**child_env, **(env or {}), "PYTHONPATH": str(ROOT)}
     return subprocess.run(
         [
             sys.executable,

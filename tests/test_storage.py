@@ -699,6 +699,23 @@ def test_s3_failures_are_one_line_with_their_cause_kept(s3_server: SeaweedServer
         away.stat("x")
 
 
+def test_s3_puts_reach_the_part_upload_crash_point(
+    s3_server: SeaweedServer, s3_clients: S3Clients, tmp_path: Path
+) -> None:
+    case = s3_case(s3_server, s3_clients)
+    source = tmp_path / "big"
+    data = os.urandom(BIG)
+    source.write_bytes(data)
+    crash = {ENV: f"{Stage.OFFSITE_PART_UPLOAD.value}:2"}
+    done = put_in_child(case.spec, source, "big", kill_after=2 * BIG, env=crash)
+    assert done.returncode == -9, done.stdout + done.stderr
+    client, prefix = case.notes["client"], case.notes["prefix"]
+    (upload,) = client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)["Uploads"]
+    parts = client.list_parts(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    assert len(parts["Parts"]) >= 2 and keys(case.store) == []
+    assert case.store.cleanup() == ["big"] and case.raw() == set()
+
+
 def test_s3_cleanup_leaves_other_prefixes_alone(s3_server: SeaweedServer) -> None:
     ours, theirs = f"t-{uuid.uuid4().hex[:8]}/", f"t-{uuid.uuid4().hex[:8]}/"
     client = s3_server.client()
