@@ -26,8 +26,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,13 +42,20 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
-from tablettracker_backups.fsutil import describe_os_error, open_private, remove_quietly
+from tablettracker_backups.fsutil import (
+    describe_os_error,
+    open_private,
+    remove_quietly,
+    removed_on_error,
+)
 from tablettracker_backups.metadata import BackupMetadata, EncryptionInfo, Findings, utc_iso
+
+# The age file's first line and how to spot it live with the sealed store, the one place that
+# refuses plaintext; they are used (and re-exported) from here.
+from tablettracker_backups.storage.sealed import AGE_HEADER, is_age, read_header
 
 logger = logging.getLogger(__name__)
 
-#: The first line of every binary age file.
-AGE_HEADER = b"age-encryption.org/v1\n"
 #: The first line of an ASCII-armored age file (``age -a``), as passphrase-protected identity
 #: files often are.
 ARMOR_HEADER = b"-----BEGIN AGE ENCRYPTED FILE-----"
@@ -312,20 +318,6 @@ class SealResult:
     inner_sha256: str
 
 
-def read_header(path: Path) -> bytes:
-    """The first bytes of ``path`` (as many as an age header has); raises StorageError."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(len(AGE_HEADER))
-    except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
-
-
-def is_age(first_bytes: bytes) -> bool:
-    """Whether bytes start like an age file (``age-encryption.org/v1`` on the first line)."""
-    return first_bytes.startswith(AGE_HEADER)
-
-
 def encrypt_file(
     source: Path,
     dest: Path,
@@ -344,7 +336,7 @@ def encrypt_file(
     age = _pyrage()
     keys = _recipient_keys(age, recipients)
     created = open_private(dest)  # fails, creating nothing, if dest exists: never ours to remove
-    with _removed_on_error(dest):
+    with removed_on_error(dest):
         with created as raw_out, source.open("rb") as raw_in:
             reader = HashingReader(cast(BinaryIO, raw_in), progress)
             writer = HashingWriter(raw_out)
@@ -428,7 +420,7 @@ def decrypt_file(
     if not is_age(read_header(source)):
         raise VerificationError(f"{label} is not an age file (damaged, or not encrypted)")
     created = open_private(dest)  # fails, creating nothing, if dest exists: never ours to remove
-    with _removed_on_error(dest):
+    with removed_on_error(dest):
         with created as raw_out, source.open("rb") as raw_in:
             reader = HashingReader(cast(BinaryIO, raw_in), progress)
             writer = HashingWriter(raw_out)
@@ -441,20 +433,6 @@ def decrypt_file(
             )
         if writer.size != info.inner_size or writer.digest.hexdigest() != info.inner_sha256:
             raise VerificationError(f"{label}: the decrypted data does not match its metadata")
-
-
-@contextmanager
-def _removed_on_error(dest: Path) -> Iterator[None]:
-    """Remove ``dest`` if the block fails in any way (Ctrl-C included), so no partial output,
-    plaintext or ciphertext, outlives it; an ``OSError`` becomes a one-line StorageError."""
-    try:
-        yield
-    except OSError as exc:
-        remove_quietly(dest)
-        raise StorageError(describe_os_error(exc, dest)) from None
-    except BaseException:
-        remove_quietly(dest)
-        raise
 
 
 def _decrypt_stream(

@@ -36,6 +36,14 @@ class BackupNotFound(BackupError):
     """No backup with that id exists in any configured location."""
 
 
+class ObjectNotFound(BackupNotFound):
+    """An object store holds no object under that key."""
+
+
+class InvalidKey(BackupError):
+    """An object key is malformed (and so could not name an object inside a store)."""
+
+
 class MetadataError(BackupError):
     """A backup's metadata document is unreadable, malformed or inconsistent."""
 
@@ -46,6 +54,14 @@ class StorageError(BackupError):
 
 class VerificationError(BackupError):
     """A backup (or a copy of it) failed a checksum, integrity or row-count check."""
+
+
+class ObjectCorrupt(VerificationError):
+    """An object's bytes do not hash to the SHA-256 they must have; nothing was stored."""
+
+
+class PlaintextRefused(VerificationError):
+    """A sealed store was handed something that is not sealed; none of it was sent."""
 
 
 class RestoreError(BackupError):

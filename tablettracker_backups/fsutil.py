@@ -189,6 +189,21 @@ def remove_quietly(path: Path) -> None:
         path.unlink()
 
 
+@contextlib.contextmanager
+def removed_on_error(path: Path, *, shown: Path | None = None) -> Iterator[None]:
+    """Remove ``path`` if the block fails in any way (Ctrl-C included), so no partial output
+    outlives it; an ``OSError`` becomes a one-line StorageError naming ``shown`` (default
+    ``path``)."""
+    try:
+        yield
+    except OSError as exc:
+        remove_quietly(path)
+        raise StorageError(describe_os_error(exc, shown or path)) from exc
+    except BaseException:
+        remove_quietly(path)
+        raise
+
+
 def iter_chunks(handle: BinaryIO, size: int = CHUNK) -> Iterator[bytes]:
     """Read ``handle`` in fixed-size chunks until the end."""
     while chunk := handle.read(size):

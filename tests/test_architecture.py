@@ -130,6 +130,53 @@ def test_faces_do_not_import_each_other_against_the_grain() -> None:
     assert not wrong, f"faces import each other: {sorted(wrong)}"
 
 
+#: The bottom layer: object stores move bytes and know nothing of backups. Below them only
+#: these leaf helpers, which import nothing above themselves.
+STORAGE = "storage"
+BELOW_STORAGE = {"errors", "fsutil", "crashpoints"}
+
+
+def storage_layer_breaches(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(module, import) pairs where the storage layer imports anything above it, or a module
+    below it imports anything but the others below."""
+
+    def in_storage(module: str) -> bool:
+        return module.split(".")[0] == STORAGE
+
+    wrong = set()
+    for module, targets in graph.items():
+        if in_storage(module):
+            wrong |= {(module, t) for t in targets if not in_storage(t) and t not in BELOW_STORAGE}
+        elif module in BELOW_STORAGE:
+            wrong |= {(module, t) for t in targets if t not in BELOW_STORAGE}
+    return wrong
+
+
+def test_storage_is_the_bottom_layer() -> None:
+    graph = import_graph()
+    assert any(m.startswith(f"{STORAGE}.") for m in graph), "no storage package found"
+    assert not storage_layer_breaches(graph), sorted(storage_layer_breaches(graph))
+
+
+def test_the_layer_check_finds_a_planted_upward_import(tmp_path: Path) -> None:
+    # Plant storage -> metadata (a backup model) and fsutil -> storage: both are caught.
+    package = tmp_path / NAME
+    (package / STORAGE).mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / STORAGE / "__init__.py").write_text("")
+    (package / "metadata.py").write_text("")
+    (package / "errors.py").write_text("")
+    (package / STORAGE / "local.py").write_text(
+        "from tablettracker_backups.errors import X\n"
+        "def f():\n    from tablettracker_backups.metadata import BackupMetadata\n"
+    )
+    (package / "fsutil.py").write_text("import tablettracker_backups.storage.local\n")
+    assert storage_layer_breaches(import_graph(package)) == {
+        ("storage.local", "metadata"),
+        ("fsutil", "storage.local"),
+    }
+
+
 def test_display_helpers_are_a_leaf() -> None:
     assert import_graph()["display"] == set()
 

