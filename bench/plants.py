@@ -417,6 +417,16 @@ PLANTS: tuple[Plant, ...] = (
         (T + "test_restore_live.py::test_no_committed_write_is_lost_restoring_under_writers",),
     ),
     Plant(
+        "restore-bytes-compared",
+        "overwrite.py",
+        "        return content_digest(self._raw_fd, size) == digest\n",
+        "        return True\n",
+        (
+            T
+            + "test_restore.py::test_with_raw_reads_a_changed_value_fails_the_check_though_counts_and_schema_match",
+        ),
+    ),
+    Plant(
         "restore-check-on-a-fresh-connection-after-the-release",
         "restore.py",
         "                held.check(lambda conn: _verify_restored(conn, meta, target))\n",

@@ -1755,6 +1755,7 @@ def restore(
         progress=stage_progress(not as_json, width=15, end_after=None),
         from_database=from_database,
         target_settings=target_settings,
+        raw_reads=True,  # a process of its own: no other connection to the database here
     )
     if as_json:
         emit_json({**result.to_dict(), **asked})

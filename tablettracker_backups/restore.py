@@ -78,7 +78,7 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
-from tablettracker_backups.overwrite import HeldDatabase
+from tablettracker_backups.overwrite import HeldDatabase, file_digest
 from tablettracker_backups.preview import RestorePreview, TableDiff, preview_restore
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.restore_points import RestoreEvent, record_restore
@@ -195,6 +195,8 @@ class _Job:
     identity: Identity | None
     progress: RestoreProgress | None
     after_write: AfterWriteHook | None
+    #: No other connection to the target in this process (see :mod:`.overwrite`).
+    raw_reads: bool = False
 
 
 def restore_backup(
@@ -207,6 +209,7 @@ def restore_backup(
     progress: RestoreProgress | None = None,
     from_database: str | None = None,
     target_settings: Settings | None = None,
+    raw_reads: bool = False,
     _after_write: AfterWriteHook | None = None,
 ) -> RestoreResult:
     """Restore ``backup_id`` (or ``latest``) into the live database, or into ``to``.
@@ -217,7 +220,10 @@ def restore_backup(
     a backup; restoring another database's backup into it is deliberate: ``from_database``
     names the database the folder belongs to, and the target's safety snapshot is filed in
     the target's own folders (``target_settings``; default: the target's default folder).
-    ``actor`` is recorded in the audit log. ``identity`` opens encrypted copies; with
+    ``raw_reads`` says this process has no other connection to the target (the command line,
+    the jobs' worker; never a host app's process): the safety copy and the check then read
+    the file's bytes (see :mod:`.overwrite`). ``actor`` is recorded in the audit log.
+    ``identity`` opens encrypted copies; with
     ``BACKUPS_ENCRYPT=all`` it is required up front, since the safety snapshot is encrypted too
     and undoing a failed restore must open it. ``_after_write`` is a test seam only: it runs
     under the restore's lock after the write and before the check, given the target and the
@@ -239,6 +245,7 @@ def restore_backup(
             from_database,
             target_settings,
             _after_write,
+            raw_reads,
         )
     except RestoreError as exc:
         notify.send(settings, [notify.restore_failed(settings, backup_id, str(exc))])
@@ -264,6 +271,7 @@ def _restore(
     from_database: str | None,
     target_settings: Settings | None,
     after_write: AfterWriteHook | None,
+    raw_reads: bool,
 ) -> RestoreResult:
     started = time.monotonic()
     if identity is None and settings.encryption is not None and settings.encryption.local:
@@ -292,7 +300,9 @@ def _restore(
             claim_folders(own)
         store = BackupStore(settings)
         info = resolve_backup(store, backup_id)
-        job = _Job(settings, own, target, is_live, actor, identity, progress, after_write)
+        job = _Job(
+            settings, own, target, is_live, actor, identity, progress, after_write, raw_reads
+        )
         attempt = _Attempt(info.id, target)
         try:
             record = intent.begin(settings, backup_id=info.id, target=target, live=is_live)
@@ -534,8 +544,10 @@ def _restore_over(
     after_failed: Path | None = None
     copied: SnapshotInfo | None = None
     written = False
+    # Before the hold: what the written file's bytes must be (used when they can be read).
+    expected = file_digest(scratch) if job.raw_reads else None
     try:
-        with _held(target, settings.busy_timeout) as held:
+        with _held(target, settings.busy_timeout, raw=job.raw_reads) as held:
             stage_begun = time.monotonic()
 
             def on_captured(info: SnapshotInfo) -> None:
@@ -578,7 +590,7 @@ def _restore_over(
             record = intent.advance(settings, record, intent.CHECK, durable=False)
             stage_begun = time.monotonic()
             try:
-                held.check(lambda conn: _verify_restored(conn, meta, target))
+                held.check(lambda conn: _verify_restored(conn, meta, target, held, expected))
             except BackupError as exc:
                 failure = exc
                 attempt.durations["post_check"] = round(time.monotonic() - stage_begun, 4)
@@ -637,9 +649,9 @@ def _restore_over(
 
 
 @contextmanager
-def _held(target: Path, busy_timeout: float) -> Iterator[HeldDatabase]:
+def _held(target: Path, busy_timeout: float, *, raw: bool) -> Iterator[HeldDatabase]:
     """The target under the restore's write lock; a lock that cannot be had is one line."""
-    held = HeldDatabase(target, busy_timeout=busy_timeout)
+    held = HeldDatabase(target, busy_timeout=busy_timeout, raw=raw)
     try:
         held.__enter__()
     except DatabaseBusy as exc:
@@ -689,6 +701,7 @@ def _put_back(
 ) -> None:
     """Write the safety copy back under the same hold and check it; raises BackupError."""
     expected = inspect_database(safety, full=False)
+    digest = file_digest(safety) if held.compares_bytes else None
     held.replace(
         safety,
         capture=capture,
@@ -698,7 +711,11 @@ def _put_back(
     )
 
     def verify(conn: sqlite3.Connection) -> None:
+        if digest is not None and held.holds(digest):
+            return
         _compare(conn, held.target, expected.row_counts, expected.schema_fingerprint, quick=True)
+        if digest is not None:
+            raise VerificationError(f"{held.target} does not hold the safety copy's bytes")
 
     held.check(verify)
 
@@ -815,10 +832,26 @@ def _write(
             logger.warning("could not put %s back in WAL mode: %s", target, exc)
 
 
-def _verify_restored(conn: sqlite3.Connection, meta: BackupMetadata, target: Path) -> None:
-    """The check after the write, on the connection holding the lock: quick_check (unless the
-    backup holds damaged data, whose quick_check cannot say ok), row counts, schema."""
+def _verify_restored(
+    conn: sqlite3.Connection,
+    meta: BackupMetadata,
+    target: Path,
+    held: HeldDatabase | None = None,
+    expected: str | None = None,
+) -> None:
+    """The check after the write, on the connection holding the lock. Where the file's bytes
+    can be read (``held.compares_bytes``), they must be exactly the checked copy's
+    (``expected``): stronger than quick_check, and a fraction of its time. Otherwise, and to
+    say what differs when they are not: quick_check (unless the backup holds damaged data,
+    whose quick_check cannot say ok), row counts, schema."""
+    byte_check = held is not None and expected is not None and held.compares_bytes
+    if byte_check and held is not None and expected is not None and held.holds(expected):
+        return
     _compare(conn, target, meta.row_counts, meta.schema_fingerprint, quick=not meta.source_damaged)
+    if byte_check:
+        raise VerificationError(
+            f"{target} does not hold the backup's bytes (its row counts and schema match)"
+        )
 
 
 def _compare(

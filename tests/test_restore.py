@@ -400,19 +400,23 @@ def add_an_index(target: Path, held: sqlite3.Connection | None = None) -> None:
         (smash_a_page, "check afterwards failed: "),
     ],
 )
+@pytest.mark.parametrize("raw", [False, True], ids=["sqlite-reads", "raw-reads"])
 def test_failed_check_after_write_puts_the_safety_snapshot_back(
     wal_settings: Settings,
     journal_mode: str,
     fault: Callable[[Path], None],
     reported: str,
+    raw: bool,
 ) -> None:
+    """Each fault fails the check, in its own words, whether the check compares the file's
+    bytes (raw reads: the command line, the worker) or reads through SQLite only."""
     db = wal_settings.database
     backup = create_backup(wal_settings).metadata
     change(db)
     before_restore = dump(db)
 
     with pytest.raises(RestoreError) as caught:
-        restore_backup(wal_settings, backup.id, _after_write=fault)
+        restore_backup(wal_settings, backup.id, _after_write=fault, raw_reads=raw)
 
     message = str(caught.value)
     assert reported in message
@@ -1477,3 +1481,29 @@ def test_a_folder_of_another_database_is_refused_unless_named(
     )
     assert done.exit_code == 0, done.output
     assert len(own.list()) == 2
+
+
+def test_with_raw_reads_a_changed_value_fails_the_check_though_counts_and_schema_match(
+    settings: Settings,
+) -> None:
+    """The byte comparison on its own: one value changed after the write (row counts, schema
+    and quick_check all still fine) is caught, and the safety copy is put back."""
+    db = settings.database
+    backup = create_backup(settings).metadata
+    change(db)
+    before = dump(db)
+
+    def edit(target: Path, held: sqlite3.Connection | None) -> None:
+        assert held is not None
+        held.execute("UPDATE purchase_orders SET notes = 'edited' WHERE id = 1")
+
+    with pytest.raises(RestoreError) as caught:
+        restore_backup(settings, backup.id, _after_write=edit, raw_reads=True)
+    assert (
+        f"check afterwards failed: {db} does not hold the backup's bytes (its row counts and "
+        "schema match)"
+    ) in str(caught.value)
+    assert dump(db) == before
+    # Through SQLite alone the same edit passes: the byte check is what caught it.
+    restored = restore_backup(settings, backup.id, _after_write=edit)
+    assert restored.backup_id == backup.id

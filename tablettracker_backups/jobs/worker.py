@@ -125,7 +125,10 @@ def _do_verify(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, 
 def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
     backup_id = validate_backup_id(job.params.get("id"))
     # restore_backup writes its own audit entry (with this actor) for every outcome it reaches.
-    result = restore_backup(settings, backup_id, actor=job.actor, progress=reporter.stage)
+    # The worker is a process of its own: no other connection to the database here.
+    result = restore_backup(
+        settings, backup_id, actor=job.actor, progress=reporter.stage, raw_reads=True
+    )
     message = f"restored backup {result.backup_id} into {result.target}"
     if result.safety_snapshot_id:
         message += (
