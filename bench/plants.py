@@ -419,7 +419,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "restore-bytes-compared",
         "overwrite.py",
-        "        return content_digest(self._raw_fd, size) == digest\n",
+        "        return same_pages(self._raw_fd, source)\n",
         "        return True\n",
         (
             T

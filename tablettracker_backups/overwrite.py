@@ -37,7 +37,6 @@ the connection and closed after it, so closing it cannot drop a lock the connect
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -72,37 +71,35 @@ T = TypeVar("T")
 CHECKPOINT_WAIT = 2.0
 #: Bytes of a database's first page that a write through SQLite sets for itself (the write
 #: format, the change counter, the schema cookie, the version-valid-for number and the SQLite
-#: version): two files with the same pages differ there, so :func:`content_digest` skips them.
+#: version): two files with the same pages differ there, so :func:`same_pages` skips them.
 HEADER_FIELDS = ((18, 20), (24, 28), (40, 44), (92, 100))
 
 
-def content_digest(fd: int, size: int) -> str:
-    """BLAKE2b of a database file's first ``size`` bytes, read with ``pread`` from ``fd``,
-    with :data:`HEADER_FIELDS` zeroed: equal for a file and its copy through the backup API."""
-    digest = hashlib.blake2b(digest_size=32)
-    offset = 0
-    while offset < size:
-        chunk = os.pread(fd, min(CHUNK, size - offset), offset)
-        if not chunk:
-            break
-        if offset == 0:
-            head = bytearray(chunk)
-            for start, end in HEADER_FIELDS:
-                head[start:end] = bytes(end - start)
-            chunk = bytes(head)
-        digest.update(chunk)
-        offset += len(chunk)
-    digest.update(str(offset).encode())
-    return digest.hexdigest()
+def same_pages(fd: int, other: Path) -> bool:
+    """Whether the database file open on ``fd`` holds exactly the pages of the file ``other``:
+    the same size and the same bytes, but for :data:`HEADER_FIELDS` (compared chunk by chunk,
+    with ``pread``: no hashing, so it costs two reads from the page cache)."""
+    with other.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        if os.fstat(fd).st_size != size:
+            return False
+        offset = 0
+        while offset < size:
+            mine = os.pread(fd, CHUNK, offset)
+            theirs = handle.read(CHUNK)
+            if offset == 0:
+                mine, theirs = _masked(mine), _masked(theirs)
+            if not mine or mine != theirs:
+                return False
+            offset += len(mine)
+    return True
 
 
-def file_digest(path: Path) -> str:
-    """:func:`content_digest` of a whole file (a scratch copy, never a live database)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        return content_digest(fd, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
+def _masked(head: bytes) -> bytes:
+    page = bytearray(head)
+    for start, end in HEADER_FIELDS:
+        page[start:end] = bytes(end - start)
+    return bytes(page)
 
 
 class HeldDatabase:
@@ -163,7 +160,7 @@ class HeldDatabase:
             self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             if not self.wal:
                 self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-                self._conn.execute("BEGIN IMMEDIATE")
+                _begin_immediate(self._conn, self.busy_timeout)
                 # Kept after the ROLLBACK in exclusive locking mode: writers wait, readers go on.
                 self._conn.execute("ROLLBACK")
                 self._held_since = time.monotonic()
@@ -339,12 +336,11 @@ class HeldDatabase:
             seconds=time.monotonic() - started,
         )
 
-    def holds(self, digest: str) -> bool:
-        """Whether the file's bytes are those of the database whose :func:`file_digest` is
-        ``digest`` (only when :attr:`compares_bytes`; read under the hold)."""
+    def holds(self, source: Path) -> bool:
+        """Whether the file's bytes are the pages of the checked file ``source`` (only when
+        :attr:`compares_bytes`; read under the hold)."""
         assert self._raw_fd is not None
-        size = os.fstat(self._raw_fd).st_size
-        return content_digest(self._raw_fd, size) == digest
+        return same_pages(self._raw_fd, source)
 
     def _write_wal(
         self,
@@ -393,11 +389,12 @@ class HeldDatabase:
                 label=str(self.target),
                 stage=stage,
                 pages=per_step,
+                retry=LOCK_POLL,  # see _begin_immediate
             )
         # The commit gave the write lock back: take it again at once, before anything else
         # (even a record of the stage reached), to keep the gap to an instant.
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
+            _begin_immediate(self.conn, self.busy_timeout)
             self._relocked = True
         except sqlite3.Error as exc:
             raise _busy_or(self.target, exc, self.busy_timeout, "check") from exc
@@ -410,7 +407,7 @@ class HeldDatabase:
             return read(conn)
         if not self._relocked:
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                _begin_immediate(conn, self.busy_timeout)
             except sqlite3.Error as exc:
                 raise _busy_or(self.target, exc, self.busy_timeout, "check") from exc
             self._relocked = True
@@ -436,6 +433,32 @@ def _busy_or(target: Path, exc: sqlite3.Error, timeout: float, doing: str) -> Da
     if classify_sqlite_error(exc) is SqliteFailure.BUSY:
         return DatabaseBusy(f"{target} stayed locked for {timeout:g}s: {exc}")
     return DatabaseError(f"cannot {doing} {target}: {exc}")
+
+
+#: Seconds between two tries for the write lock: app writers that commit back to back leave it
+#: free for a millisecond at a time, and SQLite's own busy handler, which sleeps up to 100 ms
+#: between tries, would then starve a restore for as long as they go on.
+LOCK_POLL = 0.0005
+
+
+def _begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
+    """``BEGIN IMMEDIATE``, trying every :data:`LOCK_POLL` seconds for up to ``timeout``;
+    raises the last ``sqlite3.Error`` (busy) when the time is up."""
+    deadline = time.monotonic() + timeout
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if classify_sqlite_error(exc) is not SqliteFailure.BUSY:
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LOCK_POLL)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
 
 
 def _lock_error(target: Path, exc: sqlite3.Error, timeout: float) -> DatabaseError:

@@ -78,7 +78,7 @@ from tablettracker_backups.metadata import (
     validate_backup_id,
 )
 from tablettracker_backups.offsite.client import ByteProgress, OffsiteStore
-from tablettracker_backups.overwrite import HeldDatabase, file_digest
+from tablettracker_backups.overwrite import HeldDatabase
 from tablettracker_backups.preview import RestorePreview, TableDiff, preview_restore
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.restore_points import RestoreEvent, record_restore
@@ -544,8 +544,6 @@ def _restore_over(
     after_failed: Path | None = None
     copied: SnapshotInfo | None = None
     written = False
-    # Before the hold: what the written file's bytes must be (used when they can be read).
-    expected = file_digest(scratch) if job.raw_reads else None
     try:
         with _held(target, settings.busy_timeout, raw=job.raw_reads) as held:
             stage_begun = time.monotonic()
@@ -590,7 +588,7 @@ def _restore_over(
             record = intent.advance(settings, record, intent.CHECK, durable=False)
             stage_begun = time.monotonic()
             try:
-                held.check(lambda conn: _verify_restored(conn, meta, target, held, expected))
+                held.check(lambda conn: _verify_restored(conn, meta, target, held, scratch))
             except BackupError as exc:
                 failure = exc
                 attempt.durations["post_check"] = round(time.monotonic() - stage_begun, 4)
@@ -701,7 +699,6 @@ def _put_back(
 ) -> None:
     """Write the safety copy back under the same hold and check it; raises BackupError."""
     expected = inspect_database(safety, full=False)
-    digest = file_digest(safety) if held.compares_bytes else None
     held.replace(
         safety,
         capture=capture,
@@ -711,10 +708,10 @@ def _put_back(
     )
 
     def verify(conn: sqlite3.Connection) -> None:
-        if digest is not None and held.holds(digest):
+        if held.compares_bytes and held.holds(safety):
             return
         _compare(conn, held.target, expected.row_counts, expected.schema_fingerprint, quick=True)
-        if digest is not None:
+        if held.compares_bytes:
             raise VerificationError(f"{held.target} does not hold the safety copy's bytes")
 
     held.check(verify)
@@ -837,15 +834,15 @@ def _verify_restored(
     meta: BackupMetadata,
     target: Path,
     held: HeldDatabase | None = None,
-    expected: str | None = None,
+    source: Path | None = None,
 ) -> None:
     """The check after the write, on the connection holding the lock. Where the file's bytes
-    can be read (``held.compares_bytes``), they must be exactly the checked copy's
-    (``expected``): stronger than quick_check, and a fraction of its time. Otherwise, and to
-    say what differs when they are not: quick_check (unless the backup holds damaged data,
-    whose quick_check cannot say ok), row counts, schema."""
-    byte_check = held is not None and expected is not None and held.compares_bytes
-    if byte_check and held is not None and expected is not None and held.holds(expected):
+    can be read (``held.compares_bytes``), they must be exactly the pages of the checked copy
+    ``source``: stronger than quick_check, and a fraction of its time. Otherwise, and to say
+    what differs when they are not: quick_check (unless the backup holds damaged data, whose
+    quick_check cannot say ok), row counts, schema."""
+    byte_check = held is not None and source is not None and held.compares_bytes
+    if byte_check and held is not None and source is not None and held.holds(source):
         return
     _compare(conn, target, meta.row_counts, meta.schema_fingerprint, quick=not meta.source_damaged)
     if byte_check:

@@ -232,12 +232,14 @@ def copy_database(
     label: str = "database",
     stage: Stage | None = None,
     pages: int = STEP_PAGES,
+    retry: float = 0.05,
 ) -> None:
     """Copy every page of ``source`` into ``dest`` with the backup API, ``pages`` a step.
 
     The caller holds a read transaction on ``source`` so that the steps all see one state. A
-    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`. ``stage`` names
-    the crash point reached between two steps (see :mod:`crashpoints`).
+    lock that stays busy for ``timeout`` seconds raises :class:`DatabaseError`; a busy step is
+    tried again after ``retry`` seconds. ``stage`` names the crash point reached between two
+    steps (see :mod:`crashpoints`).
     """
     deadline = time.monotonic() + timeout
 
@@ -254,7 +256,7 @@ def copy_database(
             crash_point(stage)  # pragma: no mutate
 
     try:
-        source.backup(dest, pages=pages, progress=on_step, sleep=0.05)
+        source.backup(dest, pages=pages, progress=on_step, sleep=retry)
     except sqlite3.Error as exc:
         if classify_sqlite_error(exc) is SqliteFailure.FULL:
             raise StorageError(f"cannot write the copy: {exc}") from None
