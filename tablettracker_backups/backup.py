@@ -52,13 +52,13 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.identity import claim_folders
+from tablettracker_backups.layout import data_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     KINDS,
     BackupMetadata,
     SourceInfo,
     Verification,
-    data_filename,
     new_backup_id,
     utc_iso,
     validate_label,
@@ -443,10 +443,10 @@ def _store_raw(
 ) -> _Stored:
     """Check and compress the snapshot ``raw``, prove the stored file, commit it."""
     primary = settings.backup_dir
-    stored_name = data_filename(backup_id, settings.compression)
+    stored_name = data_key(backup_id, settings.compression)
     stored_tmp = temp_path(primary, stored_name)
     progress = options.progress
-    sealed_tmp = temp_path(primary, data_filename(backup_id, settings.compression, encrypted=True))
+    sealed_tmp = temp_path(primary, data_key(backup_id, settings.compression, encrypted=True))
     try:
         snapshot_done = time.monotonic()
         check, stream, check_seconds = _check_and_compress(
@@ -467,7 +467,7 @@ def _store_raw(
             )
             remove_quietly(stored_tmp)
             stored_tmp = sealed_tmp
-            stored_name = data_filename(backup_id, settings.compression, encrypted=True)
+            stored_name = data_key(backup_id, settings.compression, encrypted=True)
             encrypt_seconds = round(time.monotonic() - prove_done, 4)
         commit(stored_tmp, primary / stored_name)
         crash_point(Stage.DATA_RENAME)  # pragma: no mutate
@@ -682,7 +682,12 @@ def copy_between(store: BackupStore, source: str, location: str, metadata: Backu
         remove_quietly(temp)
         raise
     try:
-        store.write_metadata(location, metadata)
+        # The manifest as it is stored (copies carry the same one), then what changed since.
+        store.write_manifest(location, metadata.id, store.read_manifest(source, metadata.id))
+        state = store.read_state_bytes(source, metadata.id)
+        if state is not None:
+            store.write_state_bytes(location, metadata.id, state)
     except StorageError:
+        remove_quietly(store.metadata_path(location, metadata.id))
         remove_quietly(final)
         raise

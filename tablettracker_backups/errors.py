@@ -48,6 +48,11 @@ class MetadataError(BackupError):
     """A backup's metadata document is unreadable, malformed or inconsistent."""
 
 
+class NewerFormat(MetadataError):
+    """A backup (or its state) written by a newer version of this tool, in a format this one
+    does not read: not damaged, only unreadable here."""
+
+
 class StorageError(BackupError):
     """A backup folder is unwritable, full, or otherwise failed an I/O operation."""
 

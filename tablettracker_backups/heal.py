@@ -5,8 +5,10 @@ copy that a re-verify found damaged would otherwise stay broken until the backup
 a monthly slot, months of warnings). ``run`` calls :func:`heal_copies` under the operation lock:
 each broken copy is rebuilt from another folder whose copy still hashes to its metadata's
 SHA-256, or else downloaded from the offsite store, and the rebuilt file is hashed again before
-it counts. What could not be repaired is recorded, so health warns only while a repair is
-impossible.
+it counts. An offsite copy sealed with age (``BACKUPS_ENCRYPT=offsite``) rebuilds a plain local
+copy only with the identity (``run --identity FILE``): without it the repair says which key
+it needs, and health repeats that. What could not be repaired is recorded, so health warns
+only while a repair is impossible.
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ from typing import Any
 
 from tablettracker_backups.backup import copy_between
 from tablettracker_backups.compression import hash_file
-from tablettracker_backups.errors import BackupError, StorageError, VerificationError
+from tablettracker_backups.encryption import Identity, decrypt_file, missing_identity
+from tablettracker_backups.errors import (
+    AgeIdentityError,
+    BackupError,
+    StorageError,
+    VerificationError,
+)
 from tablettracker_backups.fsutil import commit, ensure_private_dir, remove_quietly, temp_path
-from tablettracker_backups.metadata import BackupMetadata
+from tablettracker_backups.layout import AGE_SUFFIX
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.states import CopyStatus
@@ -80,8 +88,11 @@ def broken_copies(
     return found
 
 
-def heal_copies(store: BackupStore, *, recheck: int = 0) -> tuple[Repair, ...]:
+def heal_copies(
+    store: BackupStore, *, recheck: int = 0, identity: Identity | None = None
+) -> tuple[Repair, ...]:
     """Rebuild every missing or damaged copy that can be rebuilt; the caller holds the lock.
+    ``identity`` opens an encrypted offsite copy that is the last source left.
 
     Never raises for one copy's trouble: each outcome is a :class:`Repair`.
     """
@@ -90,7 +101,7 @@ def heal_copies(store: BackupStore, *, recheck: int = 0) -> tuple[Repair, ...]:
     offsite: _Offsite | None = None
     for info, location in broken_copies(store, infos, recheck=recheck):
         if offsite is None:
-            offsite = _Offsite(store)
+            offsite = _Offsite(store, identity)
         repair = _repair_one(store, info, location, offsite)
         (logger.info if repair.ok else logger.warning)("%s", repair.describe())
         repairs.append(repair)
@@ -149,8 +160,9 @@ def _confirm(store: BackupStore, info: BackupInfo, location: str) -> None:
 class _Offsite:
     """The offsite store as a last source, opened only when a repair needs it."""
 
-    def __init__(self, store: BackupStore) -> None:
+    def __init__(self, store: BackupStore, identity: Identity | None) -> None:
         self.store = store
+        self.identity = identity
         settings = store.settings
         self.sound: set[str] = set()
         self.client: OffsiteStore | None = None
@@ -158,32 +170,68 @@ class _Offsite:
             self.sound = {c.id for c in read_state(settings).copies.values() if c.ok}
 
     def rebuild(self, info: BackupInfo, location: str) -> Repair:
-        if info.id not in self.sound or info.metadata is None:
+        local = info.metadata
+        if info.id not in self.sound or local is None:
             return Repair(info.id, location, None, False, "no other copy checks out")
-        final = self.store.data_path(location, info.id, info.metadata.compression)
+        final = self.store.data_path_for(location, local)
         temp = temp_path(final.parent, final.name)
+        sealed = temp_path(final.parent, final.name + AGE_SUFFIX)
         try:
             if self.client is None:
                 self.client = OffsiteStore.from_settings(self.store.settings)
-            metadata = self.client.read_metadata(info.id)
-            self.client.download(info.id, metadata.compression, temp)
-            _commit_download(self.store, location, metadata, temp, final)
+            remote = self.client.read_metadata(info.id)
+            if remote.content_sha256 != local.content_sha256:
+                raise VerificationError(
+                    f"the offsite copy of {info.id} holds other data than its local metadata"
+                )
+            if remote.encryption is not None and local.encryption is None:
+                # Sealed offsite, plain here: only the identity turns one into the other.
+                label = f"the offsite copy of {info.id}"
+                if self.identity is None:
+                    raise missing_identity(label, remote.encryption)
+                self.client.download(info.id, remote.compression, sealed, encrypted=True)
+                decrypt_file(sealed, temp, remote, self.identity, label=label)
+            else:
+                self.client.download(
+                    info.id, remote.compression, temp, encrypted=remote.encryption is not None
+                )
+            _commit_download(self.store, location, info, temp, final)
             _confirm(self.store, info, location)
         except BackupError as exc:
             remove_quietly(temp)
-            return Repair(info.id, location, "offsite", False, str(exc))
+            message = str(exc)
+            if isinstance(exc, AgeIdentityError):
+                message += f"; with it, `run --identity FILE` rebuilds the {location} copy"
+            return Repair(info.id, location, "offsite", False, message)
+        finally:
+            remove_quietly(sealed)
         return Repair(info.id, location, "offsite", True)
 
 
 def _commit_download(
-    store: BackupStore, location: str, metadata: BackupMetadata, temp: Path, final: Path
+    store: BackupStore, location: str, info: BackupInfo, temp: Path, final: Path
 ) -> None:
+    """Commit a downloaded data file as ``location``'s copy, checked against the local
+    metadata, then that copy's manifest: as stored in another folder, or as listed."""
+    local = info.metadata
+    assert local is not None
     size, digest = hash_file(temp)
-    if size != metadata.stored_size or digest != metadata.sha256:
-        raise VerificationError(f"the offsite copy of {metadata.id} does not match its metadata")
+    if size != local.stored_size or digest != local.sha256:
+        raise VerificationError(f"the offsite copy of {info.id} does not match its metadata")
     commit(temp, final)
     try:
-        store.write_metadata(location, metadata)
+        store.write_manifest(location, info.id, _local_manifest(store, info))
     except StorageError:
         remove_quietly(final)
         raise
+
+
+def _local_manifest(store: BackupStore, info: BackupInfo) -> bytes:
+    """The manifest as a local folder keeps it (copies of a backup carry the same one)."""
+    for source in store.locations:
+        try:
+            return store.read_manifest(source, info.id)
+        except BackupError:
+            continue
+    assert info.metadata is not None
+    return info.metadata.to_json().encode()

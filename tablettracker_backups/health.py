@@ -430,7 +430,7 @@ def _metadata_findings(recent: list[BackupInfo]) -> list[Finding]:
     return [
         Finding(Level.WARNING, "metadata", f"{info.id}: {'; '.join(info.problems)}")
         for info in recent
-        if info.metadata is None
+        if info.metadata is None and not info.newer
     ]
 
 
@@ -706,6 +706,15 @@ def _copy_findings(
     for info in backups:
         for copy in info.copies:
             if copy.state == CopyStatus.OK:
+                continue
+            if copy.state == CopyStatus.NEWER:
+                findings.append(
+                    Finding(
+                        Level.OK,
+                        "newer-format",
+                        f"{copy.location} copy of {info.id}: {copy.detail}",
+                    )
+                )
                 continue
             text = f"{copy.location} copy of {info.id} is {copy.state}" + (
                 f": {copy.detail}" if copy.detail else ""

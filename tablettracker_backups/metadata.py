@@ -10,17 +10,15 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
 
 from tablettracker_backups.changes import SourceSignature
-from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, MetadataError
+from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, MetadataError, NewerFormat
+from tablettracker_backups.layout import EXTENSIONS, ID_PATTERN, data_key
 
 FORMAT_VERSION = 1
-#: ASCII digits only, anchored at the very end (``$`` would also match before a trailing
-#: newline, and ``\d`` matches any Unicode digit): a file name in a backup folder is input.
-ID_PATTERN = re.compile(r"\A([0-9]{8}T[0-9]{6}Z)-([0-9a-f]{6})\Z")
 #: ``auto`` is a write-triggered snapshot; ``pre-restore`` the safety snapshot a restore takes.
 KINDS = ("scheduled", "manual", "auto", "pre-restore")
 #: Kinds that can be ``latest``: every kind but the safety snapshot, which holds the data a
@@ -30,12 +28,6 @@ REGULAR_KINDS = ("scheduled", "manual", "auto")
 FK_SAMPLES = 5
 #: Longest label a person may give a backup.
 MAX_LABEL = 200
-EXTENSIONS = {"zstd": ".db.zst", "gzip": ".db.gz"}
-#: Appended to the data file's name when it is an age file (``<id>.db.zst.age``), so a person
-#: (or ``age -d``) can tell at a glance what it is.
-AGE_SUFFIX = ".age"
-#: Every name a data file can end with, encrypted or not.
-DATA_SUFFIXES = tuple(ext + tail for ext in EXTENSIONS.values() for tail in ("", AGE_SUFFIX))
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
 MAX_METADATA_BYTES = 1024 * 1024
 
@@ -80,28 +72,6 @@ def validate_label(value: object) -> str | None:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise InvalidLabel("a label may not contain control characters (newlines, tabs ...)")
     return text
-
-
-def data_filename(backup_id: str, compression: str, *, encrypted: bool = False) -> str:
-    """The stored data file's name; derived, never read from metadata."""
-    return (
-        validate_backup_id(backup_id) + EXTENSIONS[compression] + (AGE_SUFFIX if encrypted else "")
-    )
-
-
-def metadata_filename(backup_id: str) -> str:
-    """The metadata document's name."""
-    return validate_backup_id(backup_id) + ".json"
-
-
-def data_file_id(name: str) -> str | None:
-    """The backup id of a data file named ``<id>.db.zst`` or ``<id>.db.gz`` (``.age`` after
-    either when encrypted); None for any other name (a stray file, a temporary name, another
-    extension)."""
-    for ext in DATA_SUFFIXES:
-        if name.endswith(ext) and ID_PATTERN.match(name[: -len(ext)]):
-            return name[: -len(ext)]
-    return None
 
 
 def utc_iso(moment: datetime) -> str:
@@ -287,7 +257,7 @@ class BackupMetadata:
     @property
     def data_file(self) -> str:
         """The data file's name in any backup folder."""
-        return data_filename(self.id, self.compression, encrypted=self.encryption is not None)
+        return data_key(self.id, self.compression, encrypted=self.encryption is not None)
 
     @property
     def content_sha256(self) -> str:
@@ -327,8 +297,14 @@ class BackupMetadata:
     @classmethod
     def from_dict(cls, doc: dict[str, Any], *, expected_id: str | None = None) -> BackupMetadata:
         """Validate a decoded metadata object; raises :class:`MetadataError`."""
-        if doc.get("format_version") != FORMAT_VERSION:
-            raise MetadataError(f"unsupported metadata format {doc.get('format_version')!r}")
+        version = doc.get("format_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+            raise NewerFormat(
+                f"written by a newer version of tablettracker-backups (format {version}; this "
+                f"one reads format {FORMAT_VERSION}): upgrade to read it"
+            )
+        if version != FORMAT_VERSION:
+            raise MetadataError(f"unsupported metadata format {version!r}")
         try:
             backup_id = validate_backup_id(doc.get("id"))
         except InvalidBackupId as exc:
@@ -338,7 +314,7 @@ class BackupMetadata:
         compression = _choice(doc, "compression", tuple(EXTENSIONS))
         encryption = _encryption(doc.get("encryption"))
         data_file = doc.get("data_file")
-        expected_file = data_filename(backup_id, compression, encrypted=encryption is not None)
+        expected_file = data_key(backup_id, compression, encrypted=encryption is not None)
         if data_file is not None and data_file != expected_file:
             raise MetadataError(f"metadata points at another file ({str(data_file)[:60]!r})")
         source = _obj(doc, "source")
@@ -482,3 +458,82 @@ def _choice(doc: dict[str, Any], key: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise MetadataError(f"metadata field {key!r} must be one of {', '.join(choices)}")
     return str(value)
+
+
+#: The state document's own format.
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BackupState:
+    """What changes about one copy of a backup after it was written, kept apart from its
+    manifest (which is never rewritten): the latest verification of this copy, the pin and the
+    label. Its values win over the manifest's own, which are those at the backup's creation."""
+
+    id: str
+    verification: Verification
+    pinned: bool = False
+    label: str | None = None
+
+    @classmethod
+    def of(cls, meta: BackupMetadata) -> BackupState:
+        """The state as ``meta`` (a merged view) shows it."""
+        return cls(meta.id, meta.verification, meta.pinned, meta.label)
+
+    def applied_to(self, manifest: BackupMetadata) -> BackupMetadata:
+        """The manifest as this state says it stands now."""
+        return replace(
+            manifest, verification=self.verification, pinned=self.pinned, label=self.label
+        )
+
+    def to_json(self) -> str:
+        """The document's text."""
+        verification = asdict(self.verification)
+        verification["verified_at"] = utc_iso(self.verification.verified_at)
+        document = {
+            "state_version": STATE_VERSION,
+            "id": self.id,
+            "verification": verification,
+            "pinned": self.pinned,
+            "label": self.label,
+        }
+        return json.dumps(document, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, expected_id: str) -> BackupState:
+        """Parse and validate a state document; raises :class:`MetadataError`."""
+        if len(text) > MAX_METADATA_BYTES:
+            raise MetadataError("state is larger than any real backup's")
+        try:
+            doc = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            raise MetadataError("state is not valid JSON") from exc
+        if not isinstance(doc, dict):
+            raise MetadataError("state is not a JSON object")
+        version = doc.get("state_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
+            raise NewerFormat(
+                f"its state was written by a newer version of tablettracker-backups (format "
+                f"{version}): upgrade to read it"
+            )
+        if version != STATE_VERSION:
+            raise MetadataError(f"unsupported state format {version!r}")
+        if doc.get("id") != expected_id:
+            named = str(doc.get("id"))[:40]
+            raise MetadataError(f"state names backup {named!r}, not {expected_id}")
+        verification = _obj(doc, "verification")
+        label = _opt_str(doc, "label")
+        if label is not None and len(label) > MAX_LABEL:
+            raise MetadataError(f"state field 'label' is longer than {MAX_LABEL} characters")
+        return cls(
+            id=expected_id,
+            verification=Verification(
+                ok=_bool(verification, "ok"),
+                verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
+                integrity_check=_str(verification, "integrity_check"),
+                foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
+                error=_opt_str(verification, "error"),
+            ),
+            pinned=_bool(doc, "pinned"),
+            label=label,
+        )

@@ -1,6 +1,7 @@
 """Pinned backups: a backup a person wants kept ("before the migration") stays out of
-retention until it is unpinned. The pin and the label live in the backup's metadata, in every
-folder, so they travel with the backup (a copied folder, the offsite store)."""
+retention until it is unpinned. The pin and the label live in the backup's state document, in
+every folder (beside its manifest, which is never rewritten), so they travel with the backup
+(a copied folder)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import logging
 from tablettracker_backups import audit
 from tablettracker_backups.errors import BackupError, MetadataError, StorageError
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import validate_backup_id, validate_label
+from tablettracker_backups.metadata import BackupState, validate_backup_id, validate_label
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupInfo, BackupStore
 
@@ -66,7 +67,7 @@ def write_pin(
     label: str | None = None,
     clear_label: bool = False,
 ) -> list[str]:
-    """Rewrite the pin (and label) in every folder with a readable copy of the metadata;
+    """Record the pin (and label) in every folder with a readable copy of the metadata;
     returns those folders. The caller holds the operation lock.
 
     Raises :class:`BackupNotFound` or :class:`MetadataError` (no copy's metadata readable).
@@ -78,10 +79,10 @@ def write_pin(
             meta = store.read_metadata(location, backup_id)
         except BackupError:
             continue  # missing or damaged here; run rebuilds it from the rewritten copy
-        updated = dataclasses.replace(meta, pinned=pinned)
+        state = dataclasses.replace(BackupState.of(meta), pinned=pinned)
         if label is not None or clear_label:
-            updated = dataclasses.replace(updated, label=label)
-        store.write_metadata(location, updated)
+            state = dataclasses.replace(state, label=label)
+        store.write_state(location, state)
         written.append(location)
     if not written:
         raise MetadataError(f"backup {info.id} has no readable metadata to pin")

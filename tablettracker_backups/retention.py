@@ -342,7 +342,8 @@ def candidates_from(
             i.verified,
             cost(i),
             source_damaged=i.source_damaged,
-            pinned=i.pinned,
+            # A backup written by a newer version is for that version to judge: kept.
+            pinned=i.pinned or i.newer,
         )
         for i in infos
     ]

@@ -48,6 +48,9 @@ class CopyStatus(State):
     MISSING = "missing"
     DIFFERS = "differs"
     DAMAGED = "damaged"
+    #: Written by a newer version of this tool, in a format this one does not read: not
+    #: damaged, and never deleted by this version.
+    NEWER = "newer"
 
     @classmethod
     def css_prefix(cls) -> str:

@@ -1,8 +1,10 @@
 """Backup folders: where backups are written, found, listed, compared and deleted.
 
-Each folder (primary, optional secondary) holds, per backup, a data file ``<id>.db.zst`` (or
-``.db.gz``) and a metadata document ``<id>.json``. The metadata is written last and is the commit
-marker: a data file without metadata is debris from an interrupted run, never a backup.
+Each folder (primary, optional secondary) holds, per backup, its data file and its manifest,
+named by :mod:`tablettracker_backups.layout`. The manifest is written last and is the commit
+marker: a data file without one is debris from an interrupted run, never a backup. It is never
+rewritten: what changes after the fact (a verification's outcome, the pin, the label) goes to
+the backup's state document beside it, and reading a copy's metadata merges the two.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from tablettracker_backups.errors import (
     BackupNotFound,
     InvalidBackupId,
     MetadataError,
+    NewerFormat,
     StorageError,
 )
 from tablettracker_backups.fsutil import (
@@ -33,15 +36,20 @@ from tablettracker_backups.fsutil import (
     describe_os_error,
     remove_quietly,
 )
+from tablettracker_backups.layout import (
+    Part,
+    data_key,
+    data_keys,
+    manifest_key,
+    parse,
+    state_key,
+)
 from tablettracker_backups.metadata import (
-    DATA_SUFFIXES,
-    EXTENSIONS,
     MAX_METADATA_BYTES,
     REGULAR_KINDS,
     BackupMetadata,
-    data_filename,
+    BackupState,
     id_time,
-    metadata_filename,
     validate_backup_id,
 )
 from tablettracker_backups.settings import Settings
@@ -71,6 +79,11 @@ class BackupInfo:
     #: At least one copy is present, unchanged, and passed its last verification: the stored
     #: file decompresses to exactly the snapshot (the copy is *faithful*).
     verified: bool = False
+
+    @property
+    def newer(self) -> bool:
+        """Written by a newer version of this tool, unreadable here (and so never deleted)."""
+        return self.metadata is None and any(c.state == CopyStatus.NEWER for c in self.copies)
 
     @property
     def kind(self) -> str:
@@ -141,6 +154,7 @@ class BackupInfo:
             "label": self.label,
             "pinned": self.pinned,
             "findings": meta.findings.to_dict() if meta else None,
+            "newer": self.newer,
         }
 
 
@@ -269,7 +283,7 @@ class BackupStore:
         self, location: str, backup_id: str, compression: str, *, encrypted: bool = False
     ) -> Path:
         """Where a data file lives (the id is validated, so the path stays in the folder)."""
-        return self.locations[location] / data_filename(backup_id, compression, encrypted=encrypted)
+        return self.locations[location] / data_key(backup_id, compression, encrypted=encrypted)
 
     def data_path_for(self, location: str, meta: BackupMetadata) -> Path:
         """Where the data file ``meta`` describes lives in ``location``."""
@@ -278,8 +292,12 @@ class BackupStore:
         )
 
     def metadata_path(self, location: str, backup_id: str) -> Path:
-        """Where a metadata document lives."""
-        return self.locations[location] / metadata_filename(backup_id)
+        """Where a backup's manifest lives."""
+        return self.locations[location] / manifest_key(backup_id)
+
+    def state_path(self, location: str, backup_id: str) -> Path:
+        """Where what changes about a backup after the fact lives (its state document)."""
+        return self.locations[location] / state_key(backup_id)
 
     def require_folder(self) -> None:
         """Raise :class:`BackupNotFound` when no backup folder exists at all (a typo, usually)."""
@@ -290,8 +308,42 @@ class BackupStore:
     # -- reading -------------------------------------------------------------------------
 
     def read_metadata(self, location: str, backup_id: str) -> BackupMetadata:
-        """Parse one copy's metadata; raises MetadataError, BackupNotFound or StorageError."""
-        path = self.metadata_path(location, backup_id)
+        """One copy's metadata: its manifest, with its state document's pin, label and latest
+        verification over the manifest's own; raises MetadataError, BackupNotFound or
+        StorageError."""
+        text = self._read_small(location, backup_id, self.metadata_path(location, backup_id))
+        if text is None:
+            # NotADirectoryError counts too: a file stands where the folder should be (a
+            # secondary disk that is away); no copy here is not the same as a damaged one.
+            raise BackupNotFound(f"no backup {backup_id} in {location} folder")
+        try:
+            manifest = BackupMetadata.from_json(text, expected_id=backup_id)
+        except MetadataError as exc:
+            # The same kind of error (a newer format is not damage), saying which copy.
+            raise type(exc)(f"{location} copy of {backup_id}: {exc}") from exc
+        state = self._read_small(location, backup_id, self.state_path(location, backup_id))
+        if state is None:
+            return manifest
+        try:
+            return BackupState.from_json(state, expected_id=backup_id).applied_to(manifest)
+        except MetadataError as exc:
+            raise type(exc)(f"{location} copy of {backup_id}: state: {exc}") from exc
+
+    def read_manifest(self, location: str, backup_id: str) -> bytes:
+        """The manifest's bytes exactly as stored (what a copy of the backup must carry);
+        raises BackupNotFound or StorageError."""
+        text = self._read_small(location, backup_id, self.metadata_path(location, backup_id))
+        if text is None:
+            raise BackupNotFound(f"no backup {backup_id} in {location} folder")
+        return text
+
+    def read_state_bytes(self, location: str, backup_id: str) -> bytes | None:
+        """The state document's bytes as stored, or None when there is none."""
+        return self._read_small(location, backup_id, self.state_path(location, backup_id))
+
+    def _read_small(self, location: str, backup_id: str, path: Path) -> bytes | None:
+        """A small document's bytes, or None when there is none; raises MetadataError for
+        something that is not a regular file, StorageError when it cannot be read."""
         try:
             # Non-blocking, and only a regular file is read: a FIFO named like metadata would
             # otherwise hang every listing, and a run holding the lock with it.
@@ -299,17 +351,11 @@ class BackupStore:
             with os.fdopen(fd, "rb") as handle:
                 if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
                     raise MetadataError(f"{location} copy of {backup_id}: not a regular file")
-                text = handle.read(MAX_METADATA_BYTES + 1)
+                return handle.read(MAX_METADATA_BYTES + 1)
         except (FileNotFoundError, NotADirectoryError):
-            # NotADirectoryError: a file stands where the folder should be (a secondary disk
-            # that is away); there is no copy here, which is not the same as a damaged one.
-            raise BackupNotFound(f"no backup {backup_id} in {location} folder") from None
+            return None
         except OSError as exc:
-            raise StorageError(describe_os_error(exc, path)) from None
-        try:
-            return BackupMetadata.from_json(text, expected_id=backup_id)
-        except MetadataError as exc:
-            raise MetadataError(f"{location} copy of {backup_id}: {exc}") from None
+            raise StorageError(describe_os_error(exc, path)) from exc
 
     def ids(self) -> list[str]:
         """Every backup id with a metadata file in any folder, newest first."""
@@ -327,8 +373,9 @@ class BackupStore:
                     continue
                 raise StorageError(describe_os_error(exc, directory)) from None
             for name in names:
-                if name.endswith(".json") and is_backup_id(name[:-5]):
-                    found.add(name[:-5])
+                parsed = parse(name)
+                if parsed is not None and parsed[0] is Part.MANIFEST and is_backup_id(parsed[1]):
+                    found.add(parsed[1])
         return sorted(found, reverse=True)
 
     def _look(self, backup_id: str) -> BackupInfo:
@@ -340,6 +387,9 @@ class BackupStore:
                 meta = self.read_metadata(location, backup_id)
             except BackupNotFound:
                 states[location] = CopyState(location, CopyStatus.MISSING)
+                continue
+            except NewerFormat as exc:
+                states[location] = CopyState(location, CopyStatus.NEWER, str(exc))
                 continue
             except (MetadataError, StorageError) as exc:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, str(exc))
@@ -478,15 +528,30 @@ class BackupStore:
     # -- writing -------------------------------------------------------------------------
 
     def write_metadata(self, location: str, meta: BackupMetadata) -> None:
-        """Commit a backup in ``location`` by writing its metadata atomically."""
+        """Commit a backup in ``location`` by writing its manifest atomically (once: what
+        changes later goes to :meth:`write_state`)."""
+        self.write_manifest(location, meta.id, meta.to_json().encode())
+
+    def write_manifest(self, location: str, backup_id: str, text: bytes) -> None:
+        """Write a manifest's exact bytes (a copy of the backup carries its manifest as it
+        is); atomically, as the commit marker."""
         atomic_write_bytes(
-            self.metadata_path(location, meta.id),
-            meta.to_json().encode(),
+            self.metadata_path(location, backup_id),
+            text,
             crash_stage=Stage.METADATA_WRITE,  # pragma: no mutate
         )
 
+    def write_state(self, location: str, state: BackupState) -> None:
+        """Record what changed about a backup after the fact in ``location`` (atomically);
+        the manifest is not touched. Raises StorageError."""
+        self.write_state_bytes(location, state.id, state.to_json().encode())
+
+    def write_state_bytes(self, location: str, backup_id: str, text: bytes) -> None:
+        """Write a state document's exact bytes (copied with its backup); raises StorageError."""
+        atomic_write_bytes(self.state_path(location, backup_id), text)
+
     def delete(self, backup_id: str) -> None:
-        """Delete every local copy; metadata first, so a half-deleted backup never lists."""
+        """Delete every local copy; the manifest first, so a half-deleted backup never lists."""
         validate_backup_id(backup_id)
         for location in self.locations:
             meta_path = self.metadata_path(location, backup_id)
@@ -495,13 +560,11 @@ class BackupStore:
             except (FileNotFoundError, NotADirectoryError):
                 pass  # no copy here (NotADirectoryError: a file where the folder should be)
             except OSError as exc:
-                raise StorageError(describe_os_error(exc, meta_path)) from None
+                raise StorageError(describe_os_error(exc, meta_path)) from exc
             crash_point(Stage.PRUNE_DELETE)  # pragma: no mutate
-            for compression in EXTENSIONS:
-                for encrypted in (False, True):
-                    remove_quietly(
-                        self.data_path(location, backup_id, compression, encrypted=encrypted)
-                    )
+            folder = self.locations[location]
+            for name in (*data_keys(backup_id), state_key(backup_id)):
+                remove_quietly(folder / name)
 
     def cleanup_orphans(self) -> builtins.list[Path]:
         """Delete data files with no metadata (a crash between data and commit); under the lock."""
@@ -510,13 +573,12 @@ class BackupStore:
             if not directory.is_dir():
                 continue
             for entry in directory.iterdir():
-                for ext in DATA_SUFFIXES:
-                    if entry.name.endswith(ext):
-                        backup_id = entry.name[: -len(ext)]
-                        if (
-                            is_backup_id(backup_id)
-                            and not (directory / metadata_filename(backup_id)).exists()
-                        ):
-                            remove_quietly(entry)
-                            removed.append(entry)
+                parsed = parse(entry.name)
+                if parsed is None or parsed[0] is Part.MANIFEST or not is_backup_id(parsed[1]):
+                    continue
+                if not (directory / manifest_key(parsed[1])).exists():
+                    # A data file or state document whose backup was never committed (or has
+                    # been deleted): debris.
+                    remove_quietly(entry)
+                    removed.append(entry)
         return removed

@@ -33,7 +33,7 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
-from tablettracker_backups.metadata import BackupMetadata, Verification
+from tablettracker_backups.metadata import BackupMetadata, BackupState, Verification
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     UNREADABLE_SCHEMA,
@@ -247,9 +247,10 @@ def _verify_sealed(
 def _record(
     store: BackupStore, location: str, metadata: BackupMetadata, result: CopyVerification
 ) -> None:
+    """Note the outcome in the copy's state document (its manifest is never rewritten)."""
     previous = metadata.verification
-    updated = dataclasses.replace(
-        metadata,
+    state = dataclasses.replace(
+        BackupState.of(metadata),
         verification=Verification(
             ok=result.ok,
             verified_at=datetime.now(timezone.utc),
@@ -259,7 +260,7 @@ def _record(
         ),
     )
     try:
-        store.write_metadata(location, updated)
+        store.write_state(location, state)
     except BackupError as exc:
         logger.warning("could not record verification of %s: %s", metadata.id, exc)
 

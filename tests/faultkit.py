@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tablettracker_backups.metadata import DATA_SUFFIXES, ID_PATTERN
+from tablettracker_backups.layout import DATA_SUFFIXES, ID_PATTERN
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -517,7 +517,7 @@ def test_fuzz_metadata_fields(path: tuple[str, ...], value: Any, drop: bool) -> 
     )
 )
 def test_fuzz_backup_id(value: str) -> None:
-    from tablettracker_backups.metadata import ID_PATTERN
+    from tablettracker_backups.layout import ID_PATTERN
 
     if ID_PATTERN.match(value):
         # Anything the folder listing accepts as an id is a plain 23-character ASCII name.

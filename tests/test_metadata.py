@@ -12,13 +12,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tablettracker_backups.errors import InvalidBackupId, MetadataError
+from tablettracker_backups.layout import data_key as data_filename
+from tablettracker_backups.layout import manifest_key as metadata_filename
 from tablettracker_backups.metadata import (
     BackupMetadata,
     SourceInfo,
     Verification,
-    data_filename,
     id_time,
-    metadata_filename,
     new_backup_id,
     validate_backup_id,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -279,6 +280,7 @@ def test_to_dict_is_the_list_json_entry(settings: Settings, taken: str) -> None:
         "pinned": False,
         "findings": meta.findings.to_dict(),
         "encrypted_to": None,
+        "newer": False,
     }
     assert info.to_dict()["verified_at"].endswith("Z")
 
@@ -577,3 +579,67 @@ def test_metadata_under_another_backups_name_is_damage(settings: Settings) -> No
     info = BackupStore(settings).get(second)
     assert [c.state for c in info.copies] == [DAMAGED, DAMAGED]
     assert info.metadata is None
+
+
+# -- the manifest is written once; what changes lives in the state document (issue 24) --------
+
+
+def test_a_verification_and_a_pin_never_rewrite_the_manifest(settings: Settings) -> None:
+    from tablettracker_backups.pins import set_pin
+    from tablettracker_backups.verify import verify_backup
+
+    backup = create_backup(settings).metadata
+    store = BackupStore(settings)
+    manifests = {loc: store.read_manifest(loc, backup.id) for loc in store.locations}
+    verify_backup(store, backup.id)
+    set_pin(settings, backup.id, pinned=True, label="before the migration")
+    for location in store.locations:
+        assert store.read_manifest(location, backup.id) == manifests[location]
+        state = store.read_state_bytes(location, backup.id)
+        assert state is not None and b"before the migration" in state
+    info = store.get(backup.id)
+    assert info.pinned and info.label == "before the migration"
+    assert info.metadata is not None and info.metadata.verification.verified_at > (
+        backup.verification.verified_at
+    )
+    # A state document naming another backup is damage, shown as such, not believed.
+    other = create_backup(settings).metadata
+    store.write_state_bytes(
+        "secondary", other.id, store.read_state_bytes("primary", backup.id) or b""
+    )
+    assert store.get(other.id).copy_state("secondary") == "damaged"
+    assert "state names backup" in "; ".join(store.get(other.id).problems)
+
+
+def test_a_backup_written_by_a_newer_version_is_listed_as_such_and_kept(
+    settings: Settings,
+) -> None:
+    import json
+
+    from tablettracker_backups.prune import prune
+
+    backup = create_backup(settings).metadata
+    for folder in settings.locations:
+        path = folder / f"{backup.id}.json"
+        document = json.loads(path.read_text())
+        document["format_version"] = 2
+        path.write_text(json.dumps(document))
+    info = BackupStore(settings).get(backup.id)
+    assert [c.state for c in info.copies] == ["newer", "newer"]
+    assert info.newer and info.problems == ()  # not damage
+    assert "written by a newer version of tablettracker-backups (format 2" in info.copies[0].detail
+    # This version cannot judge it, so it never deletes it, whatever retention says.
+    strict = dataclasses.replace(
+        settings,
+        retention=dataclasses.replace(
+            settings.retention, hourly=0, daily=0, weekly=0, monthly=0, yearly=0
+        ),
+        keep_recent=0,
+    )
+    middle = create_backup(strict).metadata.id
+    create_backup(strict)
+    result = prune(BackupStore(strict))
+    assert result.deleted == (middle,)  # retention did delete: all it may
+    reasons = {d.id: d.reasons for d in result.plan.decisions}
+    assert "pinned" in reasons[backup.id]
+    assert backup.id in BackupStore(settings).ids()

@@ -61,14 +61,11 @@ from tablettracker_backups.fsutil import (
     remove_quietly,
     temp_path,
 )
+from tablettracker_backups.layout import data_file_id, data_key, manifest_id, manifest_key
 from tablettracker_backups.metadata import (
-    ID_PATTERN,
     MAX_METADATA_BYTES,
     BackupMetadata,
-    data_file_id,
-    data_filename,
     id_time,
-    metadata_filename,
     validate_backup_id,
 )
 from tablettracker_backups.settings import S3Settings, Settings
@@ -167,11 +164,11 @@ class OffsiteStore:
 
     def data_key(self, backup_id: str, compression: str, *, encrypted: bool = False) -> str:
         """The data object's key (the id is validated)."""
-        return self.s3.prefix + data_filename(backup_id, compression, encrypted=encrypted)
+        return self.s3.prefix + data_key(backup_id, compression, encrypted=encrypted)
 
     def metadata_key(self, backup_id: str) -> str:
         """The metadata object's key."""
-        return self.s3.prefix + metadata_filename(backup_id)
+        return self.s3.prefix + manifest_key(backup_id)
 
     # -- error mapping -------------------------------------------------------------------
 
@@ -210,8 +207,9 @@ class OffsiteStore:
                     name = key[len(prefix) :]
                     if "/" in name:
                         continue
-                    if name.endswith(".json") and ID_PATTERN.match(name[:-5]):
-                        metas[name[:-5]] = (key, item["LastModified"])
+                    manifest_of = manifest_id(name)
+                    if manifest_of is not None:
+                        metas[manifest_of] = (key, item["LastModified"])
                         continue
                     data_id = data_file_id(name)
                     if data_id is not None:

@@ -21,7 +21,8 @@ from typing import Any
 
 from tablettracker_backups.errors import BackupError, MetadataError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
-from tablettracker_backups.metadata import ID_PATTERN, id_time, parse_utc, utc_iso
+from tablettracker_backups.layout import ID_PATTERN
+from tablettracker_backups.metadata import id_time, parse_utc, utc_iso
 from tablettracker_backups.settings import Settings
 
 logger = logging.getLogger(__name__)

@@ -34,8 +34,9 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
+from tablettracker_backups.layout import AGE_SUFFIX
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import AGE_SUFFIX, BackupMetadata
+from tablettracker_backups.metadata import BackupMetadata
 from tablettracker_backups.offsite.client import (
     OffsiteObject,
     OffsiteStore,
