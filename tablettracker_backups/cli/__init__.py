@@ -8,30 +8,42 @@ when standard output was closed early (``... | head -1``), which is not an error
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import functools
-import getpass
 import json
 import os
 import re
 import shlex
 import sys
-from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar, cast
+from typing import Any
 
 import click
 
 from tablettracker_backups import audit, notify
 from tablettracker_backups.anomaly import recorded_anomalies
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.bootstrap import (
-    InitResult,
-    initialise,
-    interval_text,
-    standalone_task,
+from tablettracker_backups.bootstrap import InitResult, initialise, interval_text, standalone_task
+from tablettracker_backups.cli.common import (
+    EXIT_CRITICAL,
+    EXIT_WARNING,
+    NO_DATABASE,
+    BackupsGroup,
+    audit_command,
+    cli_actor,
+    common_options,
+    emit_json,
+    flask_app,
+    given_options,
+    identity_option,
+    json_option,
+    open_identity,
+    pick_backup,
+    print_findings,
+    print_health,
+    resolve_settings,
+    settings_command,
+    stage_progress,
 )
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import (
@@ -39,19 +51,9 @@ from tablettracker_backups.encryption import (
     create_identity_file,
     describe_keys,
     fingerprint,
-    load_identity,
 )
-from tablettracker_backups.errors import (
-    AgeIdentityError,
-    BackupError,
-    ConfigError,
-    LockedError,
-)
-from tablettracker_backups.health import (
-    check_health,
-    current_report,
-    describe_recovery,
-)
+from tablettracker_backups.errors import BackupError, ConfigError
+from tablettracker_backups.health import check_health, current_report, describe_recovery
 from tablettracker_backups.identity import adopt_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
@@ -60,7 +62,6 @@ from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import verify_offsite
 from tablettracker_backups.pins import set_pin
-from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import (
@@ -75,346 +76,11 @@ from tablettracker_backups.restore_points import Moment, parse_moment, point_at,
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings, parse_duration
-from tablettracker_backups.sources import (
-    FLASK_COMMAND,
-    Layer,
-    describe_origins,
-    load_settings,
-    merge,
-    option_layer,
-    resolve,
-    unread_config_hint,
-    user_config_path,
-)
+from tablettracker_backups.sources import describe_origins, load_settings, user_config_path
 from tablettracker_backups.states import CheckDepth, OffsiteStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 from tablettracker_backups.verify import failure_event, verify_backup
 from tablettracker_backups.version import __version__
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_LOCKED = 0, 1, 2, 3
-#: Where a command leaves its resolved settings, for the group to audit a failure.
-SETTINGS_META = "tablettracker_backups.settings"
-#: Commands that change the backups, and so leave an audit-log entry (restore writes its own).
-AUDITED = {"backup": "backup", "verify": "verify", "prune": "prune", "run": "run", "init": "init"}
-
-
-def cli_actor() -> str:
-    """Who ran a command, for the audit log the pages show."""
-    try:
-        return f"{getpass.getuser()} (command line)"
-    except (KeyError, OSError):  # no user name for this uid (a bare container)
-        return "command line"
-
-
-def audit_command(
-    settings: Settings, action: str, *, ok: bool, message: str, **details: Any
-) -> None:
-    """Write the command's outcome to the one audit log every face writes; a log that cannot
-    be written is a warning, not a failed backup. After a failure the error line has said
-    what is wrong (usually the same folder), so that stays the one line printed."""
-    if not settings.state_dir.is_dir():
-        return  # a mistyped folder: the command refused; logging must not create it
-    try:
-        audit.record(
-            settings,
-            action=action,
-            actor=cli_actor(),
-            ok=ok,
-            message=message,
-            details={"via": "cli", **details},
-        )
-    except BackupError as exc:
-        if ok:
-            click.echo(f"Warning: could not write the audit log: {exc}", err=True)
-
-
-#: 128 + SIGPIPE, what the shell reports for a program whose reader went away.
-EXIT_CLOSED_PIPE = 141
-
-
-def failure(exc: BaseException) -> tuple[str, int] | None:
-    """The one-line message and exit code for an error a command may end with; ``None`` for
-    anything that is not such an error (a bug: let it show)."""
-    if isinstance(exc, LockedError):
-        return f"Busy: {exc}", EXIT_LOCKED
-    if isinstance(exc, BackupError):
-        return f"Error: {exc}", EXIT_CRITICAL
-    if isinstance(exc, click.ClickException):
-        return f"Error: {exc.format_message()}", exc.exit_code
-    if isinstance(exc, OSError):
-        return f"Error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), EXIT_CRITICAL
-    return None
-
-
-def closed_pipe() -> NoReturn:
-    """Standard output's reader went away (``| head``): stop quietly, no traceback. Python
-    would flush stdout again at exit and complain; point it at /dev/null first."""
-    with contextlib.suppress(OSError, ValueError):
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    sys.exit(EXIT_CLOSED_PIPE)
-
-
-def audit_failure(ctx: click.Context, command: str | None, exc: BaseException) -> None:
-    """A failed command that changes the backups leaves its audit entry too (not a busy one:
-    nothing was done)."""
-    if not isinstance(exc, BackupError) or isinstance(exc, LockedError):
-        return
-    action = AUDITED.get(command or "")
-    settings = ctx.meta.get(SETTINGS_META)
-    if action is not None and isinstance(settings, Settings):
-        audit_command(settings, action, ok=False, message=str(exc))
-
-
-class BackupsCommand(click.Command):
-    """A command whose errors are JSON too when it was given ``--json``."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:
-            closed_pipe()
-        except Exception as exc:
-            outcome = failure(exc)
-            if outcome is None or not ctx.params.get("as_json"):
-                raise
-            message, code = outcome
-            # The line for a person's log on stderr, the same error for a script on stdout.
-            click.echo(message, err=True)
-            audit_failure(ctx, ctx.info_name, exc)
-            error = message.split(": ", 1)[1] if ": " in message else message
-            emit_json({"error": error, "exit_code": code})
-            ctx.exit(code)
-
-
-class BackupsGroup(click.Group):
-    """A click group that turns library errors into one line and an exit code."""
-
-    command_class = BackupsCommand
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except BrokenPipeError:
-            closed_pipe()
-        except KeyboardInterrupt:
-            click.echo("Interrupted; nothing partial was kept.", err=True)
-            ctx.exit(130)
-        except Exception as exc:
-            outcome = failure(exc)
-            if outcome is None or isinstance(exc, click.ClickException):
-                raise  # click prints its own errors (with the usage line)
-            message, code = outcome
-            click.echo(message, err=True)
-            audit_failure(ctx, ctx.invoked_subcommand, exc)
-            ctx.exit(code)
-
-
-def common_options(func: F) -> F:
-    """The options every command takes: where the database and backups are, and output."""
-    options = [
-        click.option(
-            "--config",
-            "config",
-            type=click.Path(path_type=Path, dir_okay=False),
-            envvar="BACKUPS_CONFIG",
-            help="TOML config file ([backups] table; relative paths in it are relative to "
-            "it). Read only when named here or in BACKUPS_CONFIG. [env: BACKUPS_CONFIG]",
-        ),
-        click.option(
-            "--database",
-            type=click.Path(path_type=Path),
-            envvar="BACKUPS_DATABASE",
-            help="The live SQLite database. [env: BACKUPS_DATABASE]",
-        ),
-        click.option(
-            "--database-name",
-            envvar="BACKUPS_DATABASE_NAME",
-            help="The database's name in its backup folder (default: the file's stem). "
-            "[env: BACKUPS_DATABASE_NAME]",
-        ),
-        click.option(
-            "--backup-dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            envvar="BACKUPS_DIR",
-            help="Primary backup folder (default: 'backups' beside the database). "
-            "[env: BACKUPS_DIR]",
-        ),
-        click.option(
-            "--secondary-dir",
-            type=click.Path(path_type=Path, file_okay=False),
-            envvar="BACKUPS_SECONDARY_DIR",
-            help="Optional second backup folder, ideally on another disk. "
-            "[env: BACKUPS_SECONDARY_DIR]",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def json_option(func: F) -> F:
-    """``--json``: machine-readable output."""
-    return click.option("--json", "as_json", is_flag=True, help="Print JSON.")(func)
-
-
-def identity_option(func: F) -> F:
-    """``--identity FILE`` (or ``BACKUPS_IDENTITY_FILE``): the age identity for encrypted
-    backups."""
-    return click.option(
-        "--identity",
-        "identity_file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        envvar="BACKUPS_IDENTITY_FILE",
-        help="age identity file that opens encrypted backups (a passphrase-protected one asks "
-        "for its passphrase). Bring it for the check or restore: it does not belong on the "
-        "server. [env: BACKUPS_IDENTITY_FILE]",
-    )(func)
-
-
-#: Where ``keygen`` writes the identity unless told otherwise (the current folder).
-DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
-
-
-def open_identity(path: Path | None) -> Identity | None:
-    """The identity in ``path`` (None without one); asks for a passphrase if it has one."""
-    if path is None:
-        return None
-
-    def ask() -> str:
-        try:
-            return str(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
-        except click.Abort:
-            raise AgeIdentityError(f"no passphrase given for the identity file {path}") from None
-
-    return load_identity(path.expanduser().absolute(), passphrase=ask)
-
-
-#: Each common option's parameter name, and the setting it gives.
-OPTION_KEYS = {
-    "database": "database",
-    "database_name": "database_name",
-    "backup_dir": "dir",
-    "secondary_dir": "secondary_dir",
-}
-NO_DATABASE = (
-    "no database configured: pass --database PATH or --config FILE, or set BACKUPS_DATABASE"
-)
-
-
-def given_options(ctx: click.Context) -> dict[str, Any]:
-    """The common options given on the command line, as settings. One read from the
-    environment (``envvar``) is left to the environment's own place in the precedence."""
-    return {
-        key: ctx.params[name]
-        for name, key in OPTION_KEYS.items()
-        if ctx.params.get(name) is not None
-        and ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-    }
-
-
-def resolve_settings(
-    ctx: click.Context, *, config: Path | None, options: dict[str, Any]
-) -> Settings:
-    """Settings in the one precedence (see :mod:`tablettracker_backups.sources`): the options
-    given, the environment, then the host app's config (under ``flask backups``) or the named
-    config file, then the defaults."""
-    app_layers = _flask_app_layers(ctx)
-    if app_layers is not None:
-        if config is not None and ctx.get_parameter_source("config") == (
-            click.core.ParameterSource.COMMANDLINE
-        ):
-            raise click.UsageError(
-                "flask backups reads the app's config; --config is for the standalone "
-                "tablettracker-backups command"
-            )
-        return resolve(merge(app_layers, option_layer(options)), command=FLASK_COMMAND)
-    hint = unread_config_hint() if config is None else None
-    settings = load_settings(
-        config_file=config,
-        options=options,
-        missing_database=NO_DATABASE + (f"; {hint}" if hint else ""),
-    )
-    if hint is not None:
-        click.echo(f"Note: {hint}", err=True)
-    return settings
-
-
-def _flask_app_layers(ctx: click.Context) -> Layer | None:
-    """The host app's settings with their origins when running as ``flask backups``."""
-    app = _flask_app(ctx)
-    if app is None:
-        return None
-    state = app.extensions.get("tablettracker_backups")
-    if state is None:
-        raise click.UsageError("this Flask app has not called BackupManager.init_app(app)")
-    layers: Layer = state.layers
-    return layers
-
-
-def _flask_app(ctx: click.Context) -> Any:
-    """The host app when running as ``flask backups``; else None."""
-    try:
-        from flask.cli import ScriptInfo
-    except ImportError:  # pragma: no cover - Flask is a dependency
-        return None
-    info = ctx.find_object(ScriptInfo)
-    if info is None:
-        return None
-    return info.load_app()
-
-
-def settings_command(func: F) -> F:
-    """Resolve the common options into a ``settings`` argument."""
-
-    @common_options
-    @functools.wraps(func)
-    def wrapper(
-        config: Path | None,
-        database: Path | None,
-        database_name: str | None,
-        backup_dir: Path | None,
-        secondary_dir: Path | None,
-        **kwargs: Any,
-    ) -> Any:
-        ctx = click.get_current_context()
-        options = given_options(ctx)
-        settings = resolve_settings(ctx, config=config, options=options)
-        ctx.meta[SETTINGS_META] = settings
-        return func(settings, **kwargs)
-
-    return cast(F, wrapper)
-
-
-def emit_json(data: Any) -> None:
-    """Print ``data`` as indented JSON."""
-    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
-
-
-def stage_progress(
-    enabled: bool, *, width: int = 9, end_after: str | None = "compress"
-) -> StageProgress | None:
-    """A progress display on stderr for a terminal, one line per stage; None otherwise."""
-    if not enabled or not sys.stderr.isatty():
-        return None
-    state: dict[str, Any] = {"stage": None, "percent": -1}
-
-    def update(stage: str, done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if stage != state["stage"]:
-            if state["stage"] is not None:
-                click.echo("", err=True)
-            state["stage"] = stage
-        elif percent == state["percent"] and done < total:
-            return
-        state["percent"] = percent
-        click.echo(f"\r{stage:>{width}}: {percent:3d}%", err=True, nl=False)
-        if done >= total and stage == end_after:
-            click.echo("", err=True)
-
-    return update
 
 
 @click.group(cls=BackupsGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -437,6 +103,10 @@ def cli() -> None:
 
 
 # -- commands ----------------------------------------------------------------------------------
+
+
+#: Where ``keygen`` writes the identity unless told otherwise (the current folder).
+DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
 
 
 @cli.command()
@@ -501,7 +171,7 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
             f"({human_size(meta.raw_size)} database, {human_size(meta.stored_size)} stored, "
             f"{meta.durations['total']:.2f}s)." + (" Pinned." if meta.pinned else "")
         )
-        _print_findings(meta, err=True)
+        print_findings(meta, err=True)
         for warning in result.warnings:
             click.echo(f"Warning: {warning}", err=True)
         for found in result.anomalies:
@@ -510,30 +180,6 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
         sys.exit(EXIT_CRITICAL)
     if result.warnings:
         sys.exit(EXIT_WARNING)
-
-
-def _print_findings(meta: BackupMetadata, *, err: bool = False, indent: str = "") -> None:
-    """What the checks found in the data, if anything, in a few lines."""
-    found = meta.findings
-    if found.source_damaged:
-        click.echo(
-            f"{indent}Warning: the live database failed integrity_check "
-            f"({found.integrity.splitlines()[0][:200]}); this copy is kept, flagged "
-            "source-damaged, and is never 'latest'",
-            err=err,
-        )
-    if found.foreign_key_violations:
-        samples = "; ".join(
-            f"{s.table}" + (f" rowid {s.rowid}" if s.rowid is not None else "") + f" -> {s.parent}"
-            for s in found.foreign_key_samples
-        )
-        click.echo(
-            f"{indent}Note: {found.foreign_key_violations} foreign-key violation(s) in the data "
-            f"(kept as they are; e.g. {samples})",
-            err=err,
-        )
-    for table, reason in sorted(found.not_counted.items()):
-        click.echo(f"{indent}Note: table {table}: {reason}", err=err)
 
 
 def _zone_note(moments: list[datetime]) -> str | None:
@@ -646,13 +292,6 @@ def _data_column(info: BackupInfo) -> str:
     return "ok"
 
 
-def _pick(settings: Settings, backup_id: str) -> str:
-
-    if backup_id == "latest":
-        return BackupStore(settings).latest().id
-    return validate_backup_id(backup_id)
-
-
 @cli.command()
 @click.argument("backup_id", metavar="ID")
 @settings_command
@@ -668,7 +307,7 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     """
 
     store = BackupStore(settings)
-    info = store.get(_pick(settings, backup_id))
+    info = store.get(pick_backup(settings, backup_id))
     infos = store.list()
     reasons = plan_for_store(store).reasons(info.id)
     offsite = copy_states(settings, infos).get(info.id)
@@ -724,7 +363,7 @@ def _show_metadata(meta: BackupMetadata) -> None:
         f"  verified at: {local_time(meta.verification.verified_at)}"
         + (f" ({meta.verification.error})" if meta.verification.error else "")
     )
-    _print_findings(meta, indent="  ")
+    print_findings(meta, indent="  ")
     click.echo("  rows:")
     for table, count in sorted(meta.row_counts.items()):
         click.echo(f"    {table:<28} {count:>12,}")
@@ -791,7 +430,7 @@ def verify(
     if verify_all:
         ids = [info.id for info in store.list()]
     else:
-        ids = [store.newest().id if not backup_id else _pick(settings, backup_id)]
+        ids = [store.newest().id if not backup_id else pick_backup(settings, backup_id)]
     results = []
     for index, one in enumerate(ids, start=1):
         # One message for the whole command, not one per damaged backup.
@@ -927,12 +566,6 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
         click.echo(f"  - {decision.id}")
 
 
-def _print_health(report: Any) -> None:
-    click.echo(f"Health: {report.status.upper()}")
-    for finding in report.findings:
-        click.echo(f"  [{finding.level}] {finding.message}")
-
-
 @cli.command()
 @settings_command
 @json_option
@@ -955,7 +588,7 @@ def health(settings: Settings, as_json: bool) -> None:
     if as_json:
         emit_json(report.to_dict())
     else:
-        _print_health(report)
+        print_health(report)
     sys.exit(report.exit_code)
 
 
@@ -1015,7 +648,7 @@ def status(settings: Settings, as_json: bool) -> None:
         click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
     _print_encryption(report.encryption)
     _print_origins(shown)
-    _print_health(report)
+    print_health(report)
     sys.exit(report.exit_code)
 
 
@@ -1117,7 +750,7 @@ def run_command(settings: Settings, force: bool, as_json: bool) -> None:
         )
     for warning in result.warnings:
         click.echo(f"Warning: {warning}", err=True)
-    _print_health(result.health)
+    print_health(result.health)
     sys.exit(result.exit_code)
 
 
@@ -1227,7 +860,7 @@ def init(
 
     ctx = click.get_current_context()
     options = given_options(ctx)
-    app = _flask_app(ctx)
+    app = flask_app(ctx)
     if app is not None:
         if config_out is not None or overwrite or config is not None:
             raise click.UsageError(
@@ -1417,7 +1050,7 @@ def pin(settings: Settings, backup_id: str, label: str | None, as_json: bool) ->
       tablettracker-backups pin 20261123T201500Z-3f9a1c --label "before the migration"
     """
 
-    info = set_pin(settings, _pick(settings, backup_id), pinned=True, label=label)
+    info = set_pin(settings, pick_backup(settings, backup_id), pinned=True, label=label)
     _print_pin(info, as_json)
 
 
