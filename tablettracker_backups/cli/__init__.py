@@ -9,7 +9,6 @@ when standard output was closed early (``... | head -1``), which is not an error
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import shlex
@@ -21,9 +20,8 @@ from typing import Any
 import click
 
 from tablettracker_backups import audit, notify
-from tablettracker_backups.anomaly import recorded_anomalies
-from tablettracker_backups.backup import create_backup
 from tablettracker_backups.bootstrap import InitResult, initialise, interval_text, standalone_task
+from tablettracker_backups.cli import backup_cmd, list_cmd, show_cmd, verify_cmd
 from tablettracker_backups.cli.common import (
     EXIT_CRITICAL,
     EXIT_WARNING,
@@ -39,7 +37,6 @@ from tablettracker_backups.cli.common import (
     json_option,
     open_identity,
     pick_backup,
-    print_findings,
     print_health,
     resolve_settings,
     settings_command,
@@ -52,17 +49,12 @@ from tablettracker_backups.encryption import (
     describe_keys,
     fingerprint,
 )
-from tablettracker_backups.errors import BackupError, ConfigError
+from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.health import check_health, current_report, describe_recovery
 from tablettracker_backups.identity import adopt_folders
 from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
-from tablettracker_backups.offsite.client import OffsiteStore
-from tablettracker_backups.offsite.policy import copy_states
-from tablettracker_backups.offsite.record import read_state
-from tablettracker_backups.offsite.sync import verify_offsite
+from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.pins import set_pin
-from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import (
     RestorePreview,
@@ -73,13 +65,10 @@ from tablettracker_backups.restore import (
     restore_backup,
 )
 from tablettracker_backups.restore_points import Moment, parse_moment, point_at, restore_events
-from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings, parse_duration
 from tablettracker_backups.sources import describe_origins, load_settings, user_config_path
-from tablettracker_backups.states import CheckDepth, OffsiteStatus
-from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
-from tablettracker_backups.verify import failure_event, verify_backup
+from tablettracker_backups.store import BackupInfo, BackupStore
 from tablettracker_backups.version import __version__
 
 
@@ -107,427 +96,6 @@ def cli() -> None:
 
 #: Where ``keygen`` writes the identity unless told otherwise (the current folder).
 DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
-
-
-@cli.command()
-@click.option("--label", help='A note shown with this backup, e.g. "before the migration".')
-@click.option(
-    "--keep",
-    is_flag=True,
-    help="Pin it: retention never deletes it until 'unpin ID'.",
-)
-@settings_command
-@json_option
-def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> None:
-    """Take, check and store a backup now.
-
-    The backup is kept when its stored file decompresses to exactly the snapshot. What the
-    checks find in the data (foreign-key violations, damage, tables that cannot be counted)
-    is recorded with it and shown by list and show. Exit 2 when the live database itself
-    failed integrity_check (the copy is kept, flagged source-damaged).
-
-    \b
-    Examples:
-      tablettracker-backups backup --database instance/tablet_counter.db
-      tablettracker-backups backup --label "before the migration" --keep
-    """
-
-    result = create_backup(
-        settings,
-        kind="manual",
-        trigger="cli",
-        progress=stage_progress(not as_json),
-        label=label,
-        pinned=keep,
-    )
-    meta = result.metadata
-    audit_command(
-        settings,
-        "backup",
-        ok=True,
-        message=f"backed up {meta.id} ({human_size(meta.stored_size)} stored)",
-    )
-    if as_json:
-        emit_json(
-            {
-                "id": meta.id,
-                "created_at": meta.created_at,
-                "size": meta.stored_size,
-                "raw_size": meta.raw_size,
-                "sha256": meta.sha256,
-                "verified": meta.verification.ok,
-                "good": not meta.source_damaged,
-                "label": meta.label,
-                "pinned": meta.pinned,
-                "findings": meta.findings.to_dict(),
-                "locations": list(result.locations),
-                "warnings": list(result.warnings),
-                "anomalies": [a.to_dict() for a in result.anomalies],
-            }
-        )
-    else:
-        click.echo(
-            f"Backup {meta.id} verified and stored in {', '.join(result.locations)} "
-            f"({human_size(meta.raw_size)} database, {human_size(meta.stored_size)} stored, "
-            f"{meta.durations['total']:.2f}s)." + (" Pinned." if meta.pinned else "")
-        )
-        print_findings(meta, err=True)
-        for warning in result.warnings:
-            click.echo(f"Warning: {warning}", err=True)
-        for found in result.anomalies:
-            click.echo(f"Anomaly: {found.message}", err=True)
-    if meta.source_damaged:
-        sys.exit(EXIT_CRITICAL)
-    if result.warnings:
-        sys.exit(EXIT_WARNING)
-
-
-def _zone_note(moments: list[datetime]) -> str | None:
-    """When the local zone is not UTC, say which zone the times are in, and that slot names
-    (``daily 2026-11-23``) are UTC dates, which can differ near midnight."""
-    if not moments:
-        return None
-    local = moments[0].astimezone()
-    offset = local.utcoffset()
-    if offset is not None and not offset and local.tzname() in ("UTC", "GMT", "Z"):
-        return None
-    return (
-        f"Times are local ({local.tzname()}, UTC{local:%z}); retention slot names "
-        "(hourly/daily/...) use UTC dates and hours."
-    )
-
-
-@cli.command("list")
-@settings_command
-@json_option
-def list_backups(settings: Settings, as_json: bool) -> None:
-    """List backups, newest first, with why each is kept and where its copies are.
-
-    The backup marked * is 'latest': the newest good regular backup, what 'show latest' and
-    'restore latest' take (never a pre-restore safety snapshot, never a source-damaged one).
-
-    \b
-    Example:
-      tablettracker-backups list --json | jq '.[0].id'
-    """
-
-    store = BackupStore(settings)
-    store.require_folder()
-    infos = store.list()
-    plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
-    latest = newest_good(infos)
-    # From the local offsite record only: listing never waits on the network.
-    offsite = copy_states(settings, infos)
-
-    record = read_state(settings) if offsite else None
-
-    def as_dict(info: BackupInfo) -> dict[str, Any]:
-        document: dict[str, Any] = dict(
-            info.to_dict(),
-            kept_because=list(plan.reasons(info.id)),
-            latest=latest is not None and info.id == latest.id,
-        )
-        if offsite:
-            document["copies"]["offsite"] = offsite[info.id]
-            copy = record.copies.get(info.id) if record else None
-            document["offsite_encrypted_to"] = (list(copy.recipients) or None) if copy else None
-        return document
-
-    if as_json:
-        emit_json([as_dict(i) for i in infos])
-        return
-    if not infos:
-        click.echo(f"No backups yet. Take one with: {settings.command_line('backup', where=False)}")
-        return
-    _print_list(infos, plan, latest, offsite)
-
-
-def _print_list(
-    infos: list[BackupInfo],
-    plan: RetentionPlan,
-    latest: BackupInfo | None,
-    offsite: dict[str, OffsiteStatus],
-) -> None:
-    shown = {
-        i.id: " ".join(f"{c.location[:3]}:{c.state}" for c in i.copies)
-        + (f" off:{offsite[i.id]}" if offsite else "")
-        for i in infos
-    }
-    width = max(22, *(len(text) for text in shown.values()))
-    click.echo(
-        f"  {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} "
-        f"{'VERIFIED':<8} {'DATA':<14} {'COPIES':<{width}} KEPT BECAUSE"
-    )
-    for info in infos:
-        reasons = ", ".join(plan.reasons(info.id)) or "(pruned next run)"
-        mark = "*" if latest is not None and info.id == latest.id else " "
-        click.echo(
-            f"{mark} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
-            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
-            f"{_data_column(info):<14} {shown[info.id]:<{width}} {reasons}"
-        )
-        if info.label:
-            click.echo(f"    label: {info.label}" + (" (pinned)" if info.pinned else ""))
-        for problem in info.problems:
-            click.echo(f"    ! {problem}")
-    click.echo(
-        f"* latest: {latest.id}" if latest else "* latest: none (no good regular backup yet)"
-    )
-    note = _zone_note([i.created_at for i in infos])
-    if note:
-        click.echo(note)
-
-
-def _data_column(info: BackupInfo) -> str:
-    """What the checks found in the data, in a few characters."""
-    if info.metadata is None:
-        return "?"
-    found = info.metadata.findings
-    if found.source_damaged:
-        return "DAMAGED"
-    if found.foreign_key_violations:
-        return f"fk:{found.foreign_key_violations}"
-    if found.not_counted:
-        return f"ok ({len(found.not_counted)} n/c)"
-    return "ok"
-
-
-@cli.command()
-@click.argument("backup_id", metavar="ID")
-@settings_command
-@json_option
-def show(settings: Settings, backup_id: str, as_json: bool) -> None:
-    """Show one backup's metadata, findings, copies and per-table row counts.
-
-    ID may be 'latest' (the newest good regular backup, as marked in list).
-
-    \b
-    Example:
-      tablettracker-backups show 20261123T201500Z-3f9a1c
-    """
-
-    store = BackupStore(settings)
-    info = store.get(pick_backup(settings, backup_id))
-    infos = store.list()
-    reasons = plan_for_store(store).reasons(info.id)
-    offsite = copy_states(settings, infos).get(info.id)
-    latest = newest_good(infos)
-    is_latest = latest is not None and latest.id == info.id
-    if as_json:
-        document: dict[str, Any] = dict(info.to_dict(), kept_because=list(reasons))
-        document["latest"] = is_latest
-        if offsite is not None:
-            document["copies"]["offsite"] = offsite
-        if info.metadata is not None:
-            document["metadata"] = json.loads(info.metadata.to_json())
-        emit_json(document)
-        _fail_without_metadata(info)
-        return
-    click.echo(f"Backup {info.id}" + (" (latest)" if is_latest else ""))
-    if info.label:
-        click.echo(f"  label:       {info.label}")
-    click.echo(f"  taken:       {local_time(info.created_at)} ({human_age(info.created_at)})")
-    click.echo(f"  kind:        {info.kind}")
-    click.echo(f"  verified:    {'yes' if info.verified else 'NO'}")
-    click.echo(f"  data:        {info.metadata.findings.summary() if info.metadata else '?'}")
-    click.echo(
-        f"  copies:      {', '.join(f'{c.location} {c.state}' for c in info.copies)}"
-        + (f", offsite {offsite}" if offsite is not None else "")
-    )
-    click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
-    meta = info.metadata
-    if meta is not None:
-        _show_metadata(meta)
-        for found in recorded_anomalies(meta):
-            click.echo(f"  anomaly:     {found.get('message')}")
-    for problem in info.problems:
-        click.echo(f"  ! {problem}")
-    _fail_without_metadata(info)
-
-
-def _show_metadata(meta: BackupMetadata) -> None:
-    click.echo(f"  trigger:     {meta.trigger}")
-    click.echo(
-        f"  source:      {meta.source.path} ({meta.source.journal_mode} mode, "
-        f"{meta.source.page_count} pages of {meta.source.page_size} B)"
-    )
-    click.echo(
-        f"  sizes:       {human_size(meta.raw_size)} database, "
-        f"{human_size(meta.stored_size)} stored ({meta.compression} "
-        f"level {meta.compression_level})"
-    )
-    click.echo(f"  sha256:      {meta.sha256}")
-    if meta.encryption is not None:
-        click.echo(f"  encrypted:   age, opened by {describe_keys(meta.encryption.recipients)}")
-    click.echo(
-        f"  verified at: {local_time(meta.verification.verified_at)}"
-        + (f" ({meta.verification.error})" if meta.verification.error else "")
-    )
-    print_findings(meta, indent="  ")
-    click.echo("  rows:")
-    for table, count in sorted(meta.row_counts.items()):
-        click.echo(f"    {table:<28} {count:>12,}")
-    for table in sorted(meta.findings.not_counted):
-        click.echo(f"    {table:<28} {'not counted':>12}")
-
-
-def _fail_without_metadata(info: Any) -> None:
-    """Damaged metadata in every copy is bad input for ``show``: one line, exit 2."""
-    if info.metadata is None:
-        problem = info.problems[0] if info.problems else "no readable metadata"
-        click.echo(f"Error: backup {info.id} is damaged: {problem}", err=True)
-        sys.exit(EXIT_CRITICAL)
-
-
-@cli.command()
-@click.argument("backup_id", metavar="[ID]", required=False)
-@click.option("--all", "verify_all", is_flag=True, help="Verify every backup.")
-@click.option(
-    "--offsite",
-    is_flag=True,
-    help="Download and check the offsite copies instead of the local ones.",
-)
-@identity_option
-@settings_command
-@json_option
-def verify(
-    settings: Settings,
-    backup_id: str | None,
-    verify_all: bool,
-    offsite: bool,
-    identity_file: Path | None,
-    as_json: bool,
-) -> None:
-    """Fully check backups: checksum, decompression, integrity_check, row counts.
-
-    Without ID, checks the newest backup (the newest regular one, as in status; a safety
-    snapshot is checked by its ID or with --all). Exit 0 when every copy passed, 1 when some copy is
-    damaged but another is sound, 2 when a backup has no sound copy. With --offsite, checks
-    the offsite copies (downloaded to a scratch file, then removed); exit 2 when any is
-    damaged.
-
-    Encrypted copies: without --identity only the ciphertext is checked (age header, size,
-    SHA-256). With it, the full drill runs: decrypt, hash, integrity_check, row counts. Run
-    'verify --offsite --identity FILE' now and then where the identity is kept: health
-    reminds you when no such drill passed within BACKUPS_S3_VERIFY_PERIOD_DAYS. Exit 1 when
-    the identity could not open some copy (it names the keys that would).
-
-    \b
-    Examples:
-      tablettracker-backups verify
-      tablettracker-backups verify --all --json
-      tablettracker-backups verify --offsite --all
-      tablettracker-backups verify --offsite --identity ~/keys/backups-identity.txt
-    """
-
-    if verify_all and backup_id:
-        raise click.UsageError("give an ID or --all, not both")
-    identity = open_identity(identity_file)
-    if offsite:
-        _verify_offsite(settings, backup_id, verify_all, identity, as_json)
-        return
-    store = BackupStore(settings)
-    if verify_all:
-        ids = [info.id for info in store.list()]
-    else:
-        ids = [store.newest().id if not backup_id else pick_backup(settings, backup_id)]
-    results = []
-    for index, one in enumerate(ids, start=1):
-        # One message for the whole command, not one per damaged backup.
-        result = verify_backup(store, one, identity=identity, notify_owner=False)
-        results.append(result)
-        if not as_json:
-            mark = "ok" if result.ok else ("DAMAGED COPY" if result.usable else "FAILED")
-            data = _data_note(store, one)
-            sealed = any(c.depth == CheckDepth.SEALED for c in result.copies)
-            click.echo(
-                f"[{index}/{len(ids)}] {one}: {mark}"
-                + (f" ({data})" if data else "")
-                + (SEALED_NOTE if sealed else "")
-            )
-            for copy in result.copies:
-                if not copy.ok:
-                    click.echo(f"    {copy.location}: {copy.error}")
-            for note in sorted({c.note for c in result.copies if c.note}):
-                click.echo(f"    ! {note}")
-    bad = [r.id for r in results if not r.ok]
-    audit_command(
-        settings,
-        "verify-all" if verify_all else "verify",
-        ok=not bad,
-        message=(
-            f"verified {results[0].id}: {'damaged' if bad else 'sound'}"
-            if len(results) == 1
-            else f"verified {len(results)} backups"
-            + (f"; damaged: {', '.join(bad)}" if bad else ": all sound")
-        ),
-    )
-    notify.send(settings, [failure_event(settings, r) for r in results if not r.ok])
-    if as_json:
-        emit_json([r.to_dict() for r in results])
-    if any(not r.usable for r in results):
-        sys.exit(EXIT_CRITICAL)
-    if any(not r.ok for r in results) or any(c.note for r in results for c in r.copies):
-        sys.exit(EXIT_WARNING)
-
-
-#: Said of an encrypted copy checked without its identity.
-SEALED_NOTE = " (encrypted: ciphertext checked; --identity FILE for the full check)"
-
-
-def _data_note(store: BackupStore, backup_id: str) -> str:
-    """What a faithful copy holds, when it is worth saying (``verify`` checks copies)."""
-    try:
-        meta = store.get(backup_id).metadata
-    except BackupError:
-        return ""
-    if meta is None or meta.findings.summary() == "ok":
-        return ""
-    return f"faithful copy; data: {meta.findings.summary()}"
-
-
-def _verify_offsite(
-    settings: Settings,
-    backup_id: str | None,
-    verify_all: bool,
-    identity: Identity | None,
-    as_json: bool,
-) -> None:
-
-    ids: list[str] | None
-    if verify_all:
-        ids = None
-    elif backup_id and backup_id != "latest":
-        ids = [validate_backup_id(backup_id)]
-    else:
-        listing = OffsiteStore.from_settings(settings).list()
-        if not listing:
-            raise click.ClickException("there are no backups in the offsite store")
-        ids = [listing[0].id]
-    results = verify_offsite(settings, ids, identity=identity)
-    if as_json:
-        emit_json(
-            [
-                {"id": r.id, "ok": r.ok, "error": r.error}
-                | ({"depth": r.depth, "note": r.note} if r.encrypted else {})
-                for r in results
-            ]
-        )
-    else:
-        if not results:
-            click.echo("No backups in the offsite store.")
-        for index, result in enumerate(results, start=1):
-            sealed = SEALED_NOTE if result.depth == CheckDepth.SEALED else ""
-            click.echo(
-                f"[{index}/{len(results)}] offsite {result.id}: "
-                + (f"ok{sealed}" if result.ok else f"DAMAGED: {result.error}")
-            )
-            if result.note:
-                click.echo(f"    ! {result.note}")
-    if any(not r.ok for r in results):
-        sys.exit(EXIT_CRITICAL)
-    if any(r.note for r in results):
-        sys.exit(EXIT_WARNING)
 
 
 @cli.command()
@@ -1502,3 +1070,9 @@ def _recover_from_offsite(
         )
     if result.skipped:
         sys.exit(EXIT_WARNING)
+
+
+cli.add_command(backup_cmd.backup)
+cli.add_command(list_cmd.list_backups)
+cli.add_command(show_cmd.show)
+cli.add_command(verify_cmd.verify)
