@@ -19,9 +19,20 @@ from typing import Any
 
 import click
 
-from tablettracker_backups import audit, notify
+from tablettracker_backups import audit
 from tablettracker_backups.bootstrap import InitResult, initialise, interval_text, standalone_task
-from tablettracker_backups.cli import backup_cmd, list_cmd, show_cmd, verify_cmd
+from tablettracker_backups.cli import (
+    backup_cmd,
+    health_cmd,
+    list_cmd,
+    metrics_cmd,
+    notify_cmd,
+    prune_cmd,
+    run_cmd,
+    show_cmd,
+    status_cmd,
+    verify_cmd,
+)
 from tablettracker_backups.cli.common import (
     EXIT_CRITICAL,
     EXIT_WARNING,
@@ -37,7 +48,6 @@ from tablettracker_backups.cli.common import (
     json_option,
     open_identity,
     pick_backup,
-    print_health,
     resolve_settings,
     settings_command,
     stage_progress,
@@ -50,12 +60,10 @@ from tablettracker_backups.encryption import (
     fingerprint,
 )
 from tablettracker_backups.errors import ConfigError
-from tablettracker_backups.health import check_health, current_report, describe_recovery
 from tablettracker_backups.identity import adopt_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import validate_backup_id
 from tablettracker_backups.pins import set_pin
-from tablettracker_backups.prune import prune as prune_backups
 from tablettracker_backups.restore import (
     RestorePreview,
     RestoreResult,
@@ -65,9 +73,8 @@ from tablettracker_backups.restore import (
     restore_backup,
 )
 from tablettracker_backups.restore_points import Moment, parse_moment, point_at, restore_events
-from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings, parse_duration
-from tablettracker_backups.sources import describe_origins, load_settings, user_config_path
+from tablettracker_backups.sources import load_settings, user_config_path
 from tablettracker_backups.store import BackupInfo, BackupStore
 from tablettracker_backups.version import __version__
 
@@ -96,288 +103,6 @@ def cli() -> None:
 
 #: Where ``keygen`` writes the identity unless told otherwise (the current folder).
 DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
-
-
-@cli.command()
-@click.option("--dry-run", is_flag=True, help="Show what would be deleted; delete nothing.")
-@settings_command
-@json_option
-def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
-    """Delete backups that grandfather-father-son retention no longer keeps.
-
-    Never deletes the newest backup or the newest verified one.
-
-    \b
-    Example:
-      tablettracker-backups prune --dry-run
-    """
-
-    store = BackupStore(settings)
-    store.require_folder()  # a mistyped --backup-dir: say so, create nothing
-    with operation_lock(settings):
-        result = prune_backups(store, dry_run=dry_run)
-    if not dry_run:
-        audit_command(
-            settings,
-            "prune",
-            ok=True,
-            message=f"pruned {len(result.deleted)} backup(s)",
-            **result.audit_details(),
-        )
-    if as_json:
-        emit_json(result.to_dict())
-        return
-    going = result.plan.delete
-    verb = "Would delete" if dry_run else "Deleted"
-    click.echo(f"{verb} {len(going)} backup(s); keeping {len(result.plan.keep)}.")
-    for decision in going:
-        click.echo(f"  - {decision.id}")
-
-
-@cli.command()
-@settings_command
-@json_option
-def health(settings: Settings, as_json: bool) -> None:
-    """Check that the data is safe; exit 0 ok, 1 warning, 2 critical.
-
-    Checks the live database (quick_check), the age of the newest (verified) backup against the
-    interval, recent checksums, free disk space, retention slots, copies agreeing, and whether
-    the scheduled task still runs. Writes status.json and appends problems to alerts.jsonl,
-    and tells the owner what changed since the last check (BACKUPS_NOTIFY).
-
-    \b
-    Example:
-      tablettracker-backups health || echo "backups need attention"
-    """
-
-    report = current_report(settings)
-    # A second scheduled task running ``health`` is what notices a run that stopped altogether.
-    notify.observe(settings, report.findings)
-    if as_json:
-        emit_json(report.to_dict())
-    else:
-        print_health(report)
-    sys.exit(report.exit_code)
-
-
-@cli.command()
-@settings_command
-@json_option
-def status(settings: Settings, as_json: bool) -> None:
-    """A short summary: newest backups, counts per slot, disk use, the settings, health.
-
-    The same checks as 'health' (which also saves them to status.json), so the two never
-    disagree. 'Newest' is the newest regular backup whatever its state, 'latest' the newest
-    good one; neither is ever a pre-restore safety snapshot. Each setting that is not a
-    default is shown with where it came from (option, environment, app config, file).
-
-    \b
-    Example:
-      tablettracker-backups status
-    """
-
-    report = check_health(settings)
-    shown = describe_origins(settings)
-    if as_json:
-        emit_json(
-            {
-                **report.to_dict(),
-                "settings": {key: {"value": v, "origin": o} for key, v, o in shown},
-            }
-        )
-        sys.exit(report.exit_code)
-    click.echo(f"Database:        {settings.database}")
-    click.echo(
-        f"Backups:         {report.backup_count} in {settings.backup_dir}"
-        + (f" (+ {settings.secondary_dir})" if settings.secondary_dir else "")
-    )
-    click.echo(f"Newest:          {report.newest_id or '-'} ({human_age(report.newest_at)})")
-    click.echo(
-        f"Latest (good):   {report.newest_good_id or '-'} ({human_age(report.newest_good_at)})"
-    )
-    slots = ", ".join(f"{k} {v}" for k, v in report.slot_counts.items()) or "-"
-    click.echo(f"Slots filled:    {slots}")
-    primary = report.disk.get("primary")
-    if primary:
-        click.echo(
-            f"Disk:            {human_size(report.stored_bytes)} used by backups, "
-            f"{human_size(primary['free'])} free"
-        )
-    click.echo(f"Last run:        {human_age(report.last_run_at)}")
-    for label, text in describe_recovery(report.recovery):
-        click.echo(f"{label + ':':<16} {text}")
-    offsite = report.offsite
-    if offsite:
-        behind = (
-            f"{offsite['behind']} behind since {offsite['behind_since']}"
-            if offsite["behind"]
-            else "up to date"
-        )
-        click.echo(f"Offsite:         {offsite['copies']} copies in {offsite['target']}, {behind}")
-    _print_encryption(report.encryption)
-    _print_origins(shown)
-    print_health(report)
-    sys.exit(report.exit_code)
-
-
-def _print_origins(shown: list[tuple[str, str, str]]) -> None:
-    """Each setting that is not a default, and the folders, with where it came from (as
-    ``git config --show-origin`` prints them)."""
-    click.echo("Settings (where each comes from; the rest are defaults):")
-    width = max(len(key) for key, _value, _origin in shown)
-    for key, value, origin in shown:
-        click.echo(f"  {key:<{width}} = {value}  [{origin}]")
-
-
-def _print_encryption(encryption: dict[str, Any]) -> None:
-    """Encryption as configured, and which keys the existing backups need."""
-    if not encryption:
-        return
-    if encryption["configured"]:
-        click.echo(
-            f"Encryption:      age ({encryption['mode']}), new backups to "
-            f"{describe_keys(encryption['recipients'])}"
-            + ("" if encryption["available"] else "; pyrage MISSING")
-        )
-    else:
-        click.echo("Encryption:      off for new backups")
-    for need in encryption["needs"]:
-        current = "" if need["current"] else " (no longer in BACKUPS_ENCRYPT_TO)"
-        span = need["newest"] if need["count"] == 1 else f"{need['oldest']} to {need['newest']}"
-        click.echo(
-            f"  {need['count']} {need['where']} backup(s) need "
-            f"{describe_keys(need['fingerprints'])}{current}: {span}"
-        )
-    if encryption["plaintext_offsite"]:
-        click.echo(f"  {len(encryption['plaintext_offsite'])} offsite backup(s) unencrypted")
-    if encryption["configured"]:
-        drill = encryption["last_drill_at"]
-        click.echo(
-            f"  last drill with the identity ({encryption['drill_where']}): "
-            + (
-                human_age(datetime.fromisoformat(drill.replace("Z", "+00:00")))
-                if drill
-                else "never"
-            )
-        )
-
-
-@cli.command("run")
-@click.option("--force", is_flag=True, help="Back up even if the newest backup is recent.")
-@settings_command
-@json_option
-def run_command(settings: Settings, force: bool, as_json: bool) -> None:
-    """Everything a scheduled task needs: back up if due, verify, prune, health check.
-
-    Idempotent: run it hourly (or daily on a free PythonAnywhere account); a run with nothing
-    due only verifies and checks. A second run while one is in progress waits briefly, then
-    exits 3 without touching anything.
-
-    \b
-    Example (PythonAnywhere scheduled task or crontab):
-      tablettracker-backups run --config /home/me/.config/tablettracker-backups/config.toml
-    """
-
-    result = run(settings, force=force, trigger="scheduled")
-    audit_command(
-        settings,
-        "run",
-        ok=result.error is None,
-        message=result.audit_message(),
-        **result.audit_details(),
-    )
-    if as_json:
-        emit_json(result.to_dict())
-        sys.exit(result.exit_code)
-    if result.error:
-        click.echo(f"Error: {result.error}", err=True)
-    elif result.backup:
-        click.echo(
-            f"Backed up: {result.backup.metadata.id} "
-            f"({human_size(result.backup.metadata.stored_size)})"
-        )
-    else:
-        click.echo(f"No backup due: {result.skipped_reason}")
-    for found in result.backup.anomalies if result.backup else ():
-        click.echo(f"Anomaly: {found.message}", err=True)
-    if result.reverified:
-        click.echo(
-            f"Re-verified: {result.reverified.id}: {'ok' if result.reverified.ok else 'PROBLEM'}"
-        )
-    for repair in result.repaired:
-        if repair.ok:
-            click.echo(f"Repaired: {repair.describe()}")
-    if result.pruned and result.pruned.deleted:
-        click.echo(f"Pruned: {', '.join(result.pruned.deleted)}")
-    if result.offsite is not None:
-        sync = result.offsite
-        click.echo(
-            f"Offsite: {len(sync.uploaded)} uploaded, {len(sync.pruned)} pruned, "
-            f"{len(sync.verified)} read back"
-            + (f", {len(sync.behind)} behind" if sync.behind else "")
-        )
-    for warning in result.warnings:
-        click.echo(f"Warning: {warning}", err=True)
-    print_health(result.health)
-    sys.exit(result.exit_code)
-
-
-@cli.command("notify-test")
-@settings_command
-@json_option
-def notify_test(settings: Settings, as_json: bool) -> None:
-    """Send a test message to every notification target and show how each went.
-
-    Targets are the Apprise URLs in BACKUPS_NOTIFY (shown here with secrets masked). Exit 0
-    when every target accepted the message, 2 when any failed or none is configured.
-
-    \b
-    Example:
-      BACKUPS_NOTIFY='mailtos://me:app-password@gmail.com' tablettracker-backups notify-test
-    """
-
-    if not settings.notify:
-        raise ConfigError(
-            "no notification targets: set BACKUPS_NOTIFY to one or more Apprise URLs "
-            "(mailtos://, slack://, tgram://, ntfy://, json:// ...)"
-        )
-    results = notify.send_test(settings)
-    if as_json:
-        emit_json([dataclasses.asdict(r) for r in results])
-    else:
-        for result in results:
-            outcome = f"ok ({result.seconds:.1f}s)" if result.ok else f"FAILED: {result.error}"
-            click.echo(f"{result.target}: {outcome}")
-    if not all(r.ok for r in results):
-        sys.exit(EXIT_CRITICAL)
-
-
-@cli.command()
-@click.option(
-    "--textfile",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Write the metrics to this file atomically (node_exporter's textfile collector) "
-    "instead of printing them.",
-)
-@settings_command
-def metrics(settings: Settings, textfile: Path | None) -> None:
-    """Print the Prometheus metrics, or write them for node_exporter.
-
-    Read from the backup folder and status file now; nothing is hashed or sent anywhere.
-
-    \b
-    Examples:
-      tablettracker-backups metrics
-      tablettracker-backups metrics --textfile /var/lib/node_exporter/textfile/backups.prom
-    """
-
-    from tablettracker_backups import metrics as prometheus
-
-    BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
-    if textfile is None:
-        click.echo(prometheus.render(settings).decode(), nl=False)
-        return
-    prometheus.write_textfile(settings, textfile.expanduser().absolute())
 
 
 @cli.command()
@@ -1076,3 +801,9 @@ cli.add_command(backup_cmd.backup)
 cli.add_command(list_cmd.list_backups)
 cli.add_command(show_cmd.show)
 cli.add_command(verify_cmd.verify)
+cli.add_command(prune_cmd.prune)
+cli.add_command(health_cmd.health)
+cli.add_command(status_cmd.status)
+cli.add_command(run_cmd.run_command)
+cli.add_command(notify_cmd.notify_test)
+cli.add_command(metrics_cmd.metrics)
