@@ -9,8 +9,6 @@ when standard output was closed early (``... | head -1``), which is not an error
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 import shlex
 import sys
 from datetime import datetime, timezone
@@ -19,14 +17,16 @@ from typing import Any
 
 import click
 
-from tablettracker_backups import audit
-from tablettracker_backups.bootstrap import InitResult, initialise, interval_text, standalone_task
 from tablettracker_backups.cli import (
+    adopt_cmd,
     backup_cmd,
     health_cmd,
+    init_cmd,
+    keygen_cmd,
     list_cmd,
     metrics_cmd,
     notify_cmd,
+    pin_cmd,
     prune_cmd,
     run_cmd,
     show_cmd,
@@ -36,34 +36,20 @@ from tablettracker_backups.cli import (
 from tablettracker_backups.cli.common import (
     EXIT_CRITICAL,
     EXIT_WARNING,
-    NO_DATABASE,
     BackupsGroup,
-    audit_command,
     cli_actor,
     common_options,
     emit_json,
-    flask_app,
     given_options,
     identity_option,
     json_option,
     open_identity,
-    pick_backup,
     resolve_settings,
-    settings_command,
     stage_progress,
 )
 from tablettracker_backups.display import human_age, human_size, local_time
-from tablettracker_backups.encryption import (
-    Identity,
-    create_identity_file,
-    describe_keys,
-    fingerprint,
-)
+from tablettracker_backups.encryption import Identity, describe_keys
 from tablettracker_backups.errors import ConfigError
-from tablettracker_backups.identity import adopt_folders
-from tablettracker_backups.locking import operation_lock
-from tablettracker_backups.metadata import validate_backup_id
-from tablettracker_backups.pins import set_pin
 from tablettracker_backups.restore import (
     RestorePreview,
     RestoreResult,
@@ -73,9 +59,8 @@ from tablettracker_backups.restore import (
     restore_backup,
 )
 from tablettracker_backups.restore_points import Moment, parse_moment, point_at, restore_events
-from tablettracker_backups.settings import Settings, parse_duration
-from tablettracker_backups.sources import load_settings, user_config_path
-from tablettracker_backups.store import BackupInfo, BackupStore
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
 
@@ -99,320 +84,6 @@ def cli() -> None:
 
 
 # -- commands ----------------------------------------------------------------------------------
-
-
-#: Where ``keygen`` writes the identity unless told otherwise (the current folder).
-DEFAULT_IDENTITY_FILE = "tablettracker-backups-identity.txt"
-
-
-@cli.command()
-@click.option(
-    "--interval",
-    default="1h",
-    show_default=True,
-    help="How often the scheduled task runs: 1h (paid accounts) or 1d (free).",
-)
-@click.option(
-    "--write-config",
-    "config_out",
-    type=click.Path(path_type=Path, dir_okay=False),
-    hidden=True,  # the older name of --config for init
-)
-@click.option("--overwrite", is_flag=True, help="Replace an existing config file.")
-@common_options
-@json_option
-def init(
-    config: Path | None,
-    database: Path | None,
-    database_name: str | None,
-    backup_dir: Path | None,
-    secondary_dir: Path | None,
-    interval: str,
-    config_out: Path | None,
-    overwrite: bool,
-    as_json: bool,
-) -> None:
-    """One-time set-up: owner-only folders, a first verified backup, and the command to paste
-    into a PythonAnywhere scheduled task or a crontab.
-
-    Inside a Flask app (flask --app APP backups init) the app's config is the configuration:
-    nothing is written, and the scheduled task is 'flask --app APP backups run' with every
-    path spelled out, so it works from any folder. The interval is BACKUPS_INTERVAL there.
-
-    Standalone, it also writes a config file (--config FILE; default:
-    ~/.config/tablettracker-backups/config.toml), only once the first backup has succeeded,
-    so a failed init leaves no config behind. The file is read only where named: the task's
-    command passes --config FILE.
-
-    \b
-    Examples:
-      flask --app tablettracker backups init
-      tablettracker-backups init --database ~/tablettracker/instance/tablet_counter.db \\
-          --secondary-dir ~/backups-mirror --interval 1d
-    """
-
-    ctx = click.get_current_context()
-    options = given_options(ctx)
-    app = flask_app(ctx)
-    if app is not None:
-        if config_out is not None or overwrite or config is not None:
-            raise click.UsageError(
-                "inside a Flask app, init writes no config file: the app's config is the "
-                "configuration (no --config or --overwrite)"
-            )
-        settings = resolve_settings(ctx, config=None, options=options)
-        given = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
-        if given and parse_duration("interval", interval) != settings.interval:
-            raise click.UsageError(
-                f"the interval is BACKUPS_INTERVAL in the app's config (now "
-                f"{interval_text(settings.interval)}); set BACKUPS_INTERVAL = {interval!r} "
-                "there, then run init again"
-            )
-        outcome = initialise(settings, task=flask_task(ctx, app), interval=settings.interval)
-    else:
-        target = (config_out or config or user_config_path()).expanduser().absolute()
-        # The file to write is read only if it exists (with --overwrite its settings are the
-        # starting point); a new --config path is not an input.
-        settings = load_settings(
-            config_file=target if target.is_file() else None,
-            options=options,
-            missing_database=NO_DATABASE,
-        )
-        outcome = initialise(
-            settings,
-            task=standalone_task(target),
-            interval=interval,
-            config_path=target,
-            overwrite=overwrite,
-        )
-    audit_command(
-        settings,
-        "init",
-        ok=True,
-        message=f"set up with a first backup {outcome.backup_id}; "
-        + (f"config {outcome.config_path}" if outcome.config_path else "the app's config"),
-    )
-    if as_json:
-        emit_json(outcome.to_dict())
-        return
-    _print_init(outcome)
-
-
-def flask_task(ctx: click.Context, app: Any) -> list[str]:
-    """``flask --app APP backups run`` for a scheduled task: the virtualenv's ``flask`` and
-    the app as an absolute path, so it needs neither an activated environment nor a folder."""
-    from flask.cli import ScriptInfo
-
-    info = ctx.find_object(ScriptInfo)
-    flask = Path(sys.executable).parent / "flask"
-    program = [str(flask)] if flask.is_file() else [sys.executable, "-m", "flask"]
-    where = app_reference(info.app_import_path if info else None, app)
-    return [*program, "--app", where, "backups", "run"]
-
-
-def app_reference(import_path: str | None, app: Any) -> str:
-    """What ``--app`` must say from any folder: the app's module or package as an absolute
-    path, with the factory or variable name kept as given (``/home/me/tt:create_app``)."""
-    name: str | None = None
-    module = None
-    if import_path:
-        # Flask's own split: a colon not followed by a path separator (C:\ on Windows).
-        parts = re.split(r":(?![\\/])", import_path, maxsplit=1)
-        path, name = parts[0], (parts[1] if len(parts) > 1 else None)
-        if path.endswith(".py") or os.sep in path or os.path.isdir(path):
-            return _with_name(os.path.abspath(path), name)
-        module = sys.modules.get(path)
-    else:  # found by Flask in the current folder, as wsgi.py or app.py
-        for candidate in ("wsgi", "app"):
-            found = sys.modules.get(candidate)
-            file = getattr(found, "__file__", None)
-            if file and Path(file).absolute().parent == Path.cwd():
-                module = found
-                break
-    module = module or sys.modules.get(app.import_name)
-    file = getattr(module, "__file__", None)
-    if not file:
-        return _with_name(app.import_name, name)
-    location = Path(file).absolute()
-    if location.name == "__init__.py":
-        location = location.parent
-    return _with_name(str(location), name)
-
-
-def _with_name(path: str, name: str | None) -> str:
-    return f"{path}:{name}" if name else path
-
-
-def _print_init(outcome: InitResult) -> None:
-    for folder in outcome.folders:
-        click.echo(f"Folder (0700):   {folder}")
-    for ignored in outcome.gitignored:
-        click.echo(f"Kept out of git: {ignored}")
-    click.echo(f"First backup:    {outcome.backup_id} (verified)")
-    if outcome.config_path is None:
-        click.echo("Config:          the app's config (no file written; 'status' shows each")
-        click.echo("                 setting and where it comes from)")
-    else:
-        click.echo(f"Config written:  {outcome.config_path}")
-    click.echo("")
-    click.echo(
-        "PythonAnywhere: Tasks tab -> scheduled task "
-        f"({'hourly' if outcome.interval < 86400 else 'daily'}), command:"
-    )
-    click.echo(f"  {outcome.task_command}")
-    click.echo("")
-    click.echo("Or a crontab line:")
-    click.echo(f"  {outcome.cron_line}")
-    if outcome.config_path is not None:
-        click.echo("")
-        click.echo("Other commands read this config only when named: --config, or set it once:")
-        click.echo(f"  export BACKUPS_CONFIG={shlex.quote(str(outcome.config_path))}")
-
-
-@cli.command()
-@click.option(
-    "--output",
-    "-o",
-    "output",
-    type=click.Path(path_type=Path, dir_okay=False),
-    default=DEFAULT_IDENTITY_FILE,
-    show_default=True,
-    help="Where to write the identity (never over an existing file).",
-)
-@click.option(
-    "--passphrase",
-    is_flag=True,
-    help="Protect the identity file with a passphrase (asked twice), as 'age -p' does.",
-)
-def keygen(output: Path, passphrase: bool) -> None:
-    """Make an age identity (private key) for encrypted backups; print its public key.
-
-    Run this on YOUR computer, not on the server. Put the printed public key (age1...) in
-    BACKUPS_ENCRYPT_TO on the server. Keep the identity file OFF the server, and keep a second
-    copy somewhere safe (a password manager, a USB stick in a drawer, a printout): without
-    it no encrypted backup can be restored, by you or by anyone.
-
-    The file is written owner-only (0600) and never over an existing file. The public key
-    goes to standard output alone, the rest to standard error.
-
-    \b
-    Examples:
-      tablettracker-backups keygen --output ~/tablettracker-backups-identity.txt
-      tablettracker-backups keygen --output backups-identity.age --passphrase
-    """
-
-    secret: str | None = None
-    if passphrase:
-        secret = str(
-            click.prompt(
-                "Passphrase for the identity file", hide_input=True, confirmation_prompt=True
-            )
-        )
-        if not secret.strip():
-            raise click.UsageError("an empty passphrase protects nothing")
-    path = output.expanduser().absolute()
-    recipient = create_identity_file(path, passphrase=secret)
-    click.echo(recipient)
-    click.echo(
-        f"Identity written to {path} (owner-only"
-        + (", passphrase-protected" if secret else "")
-        + f"); key fingerprint {fingerprint(recipient)}.",
-        err=True,
-    )
-    click.echo(f"On the server, set:  BACKUPS_ENCRYPT_TO={recipient}", err=True)
-    click.echo(
-        "Keep the identity file OFF the server, and a second copy somewhere safe: without it "
-        "the encrypted backups cannot be restored.",
-        err=True,
-    )
-
-
-# -- pinning and the folder's database ---------------------------------------------------------
-
-
-@cli.command()
-@click.argument("backup_id", metavar="ID")
-@click.option("--label", help="Set its label too (a note shown in list, show and the pages).")
-@settings_command
-@json_option
-def pin(settings: Settings, backup_id: str, label: str | None, as_json: bool) -> None:
-    """Keep a backup out of retention until 'unpin ID'. ID may be 'latest'.
-
-    \b
-    Example:
-      tablettracker-backups pin 20261123T201500Z-3f9a1c --label "before the migration"
-    """
-
-    info = set_pin(settings, pick_backup(settings, backup_id), pinned=True, label=label)
-    _print_pin(info, as_json)
-
-
-@cli.command()
-@click.argument("backup_id", metavar="ID")
-@settings_command
-@json_option
-def unpin(settings: Settings, backup_id: str, as_json: bool) -> None:
-    """Let retention treat a pinned backup like any other again (its label stays).
-
-    \b
-    Example:
-      tablettracker-backups unpin 20261123T201500Z-3f9a1c
-    """
-
-    info = set_pin(settings, validate_backup_id(backup_id), pinned=False)
-    _print_pin(info, as_json)
-
-
-def _print_pin(info: BackupInfo, as_json: bool) -> None:
-    if as_json:
-        emit_json({"id": info.id, "pinned": info.pinned, "label": info.label})
-        return
-    state = "pinned: retention keeps it" if info.pinned else "unpinned: retention decides"
-    click.echo(f"Backup {info.id} {state}" + (f" ({info.label})" if info.label else "") + ".")
-
-
-@cli.command()
-@settings_command
-@json_option
-def adopt(settings: Settings, as_json: bool) -> None:
-    """Hand the backup folders to the configured database after moving or renaming it.
-
-    A backup folder belongs to one database (its name and path are recorded in database.json
-    on first use); a backup, run or prune of another database there is refused. When the
-    database was moved or renamed on purpose, this records the configured one instead. Its
-    existing backups stay as they are.
-
-    \b
-    Example:
-      tablettracker-backups adopt --database /home/me/new/tablet_counter.db
-    """
-
-    with operation_lock(settings):
-        changed = adopt_folders(settings)
-    audit.record(
-        settings,
-        action="adopt",
-        actor="cli",
-        ok=True,
-        message=f"backup folders now belong to {settings.database_name} ({settings.database})",
-        details={"before": {str(f): b.describe() if b else None for f, b in changed}},
-    )
-    if as_json:
-        emit_json(
-            {
-                "name": settings.database_name,
-                "path": str(settings.database),
-                "folders": [
-                    {"folder": str(f), "before": b.describe() if b else None} for f, b in changed
-                ],
-            }
-        )
-        return
-    for folder, before in changed:
-        was = f" (was {before.describe()})" if before else ""
-        click.echo(
-            f"{folder} now belongs to {settings.database_name!r} ({settings.database}){was}."
-        )
 
 
 # -- restore -------------------------------------------------------------------------------------
@@ -807,3 +478,8 @@ cli.add_command(status_cmd.status)
 cli.add_command(run_cmd.run_command)
 cli.add_command(notify_cmd.notify_test)
 cli.add_command(metrics_cmd.metrics)
+cli.add_command(init_cmd.init)
+cli.add_command(keygen_cmd.keygen)
+cli.add_command(pin_cmd.pin)
+cli.add_command(pin_cmd.unpin)
+cli.add_command(adopt_cmd.adopt)
