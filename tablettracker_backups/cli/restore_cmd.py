@@ -42,74 +42,6 @@ from tablettracker_backups.settings import Settings
 from tablettracker_backups.store import BackupStore
 
 
-def _restore_settings(
-    ctx: click.Context,
-    *,
-    config: Path | None,
-    database: Path | None,
-    database_name: str | None,
-    backup_dir: Path | None,
-    secondary_dir: Path | None,
-    to: Path | None,
-) -> Settings:
-    """Settings as every command resolves them; with ``--to`` and no database configured
-    (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
-
-    options = given_options(ctx)
-    try:
-        return resolve_settings(ctx, config=config, options=options)
-    except ConfigError:
-        if database is not None or to is None:
-            raise
-        return resolve_settings(ctx, config=config, options={**options, "database": to})
-
-
-def _print_preview(preview: RestorePreview) -> None:
-    what = preview.describe()
-    click.echo(
-        f"{what[0].upper()}{what[1:]} {preview.backup_id} (taken "
-        f"{local_time(preview.created_at)}, {human_age(preview.created_at)})"
-        + (f", label: {preview.label}" if preview.label else "")
-    )
-    click.echo(
-        "  against "
-        + ("the current database:" if preview.live_exists else "no database (it does not exist):")
-    )
-    click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
-    for table in preview.by_impact():
-        backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
-        live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
-        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.describe()}")
-    if preview.compare_note:
-        click.echo(f"  ({preview.compare_note})")
-    for name, reason in sorted(preview.not_counted.items()):
-        click.echo(f"  {name:<28} {reason}")
-    if preview.schema_changed:
-        click.echo("  ! the schema differs: the restore brings back the backup's schema")
-    if preview.source_damaged:
-        click.echo("  ! this backup holds damaged data (source-damaged): it is restored as it is")
-    if preview.foreign_key_violations:
-        click.echo(f"  ! it holds {preview.foreign_key_violations} foreign-key violation(s)")
-
-
-def _choose_backup(settings: Settings) -> str:
-    """Ask on the terminal which backup to restore; newest first."""
-
-    infos = BackupStore(settings).list()
-    if not infos:
-        raise click.ClickException(f"no backups in {settings.backup_dir}")
-    click.echo(f"    {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} VERIFIED")
-    for number, info in enumerate(infos, start=1):
-        click.echo(
-            f"{number:>3} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
-            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO'}"
-        )
-    number = click.prompt(
-        "Restore which backup (number)", type=click.IntRange(1, len(infos)), default=1
-    )
-    return infos[int(number) - 1].id
-
-
 @click.command(cls=BackupsCommand)
 @click.argument("backup_id", metavar="[ID|latest]", required=False)
 @click.option(
@@ -221,37 +153,14 @@ def restore(
       tablettracker-backups restore --dismiss
     """
 
-    given = {
-        "--config": config,
-        "--database": database,
-        "--database-name": database_name,
-        "--backup-dir": backup_dir,
-        "--secondary-dir": secondary_dir,
-        "--to": to,
-    }
     ctx = click.get_current_context()
-    settings = _restore_settings(
-        ctx,
-        config=config,
-        database=database,
-        database_name=database_name,
-        backup_dir=backup_dir,
-        secondary_dir=secondary_dir,
-        to=to,
-    )
+    settings = _restore_settings(ctx, config=config, database=database, to=to)
     if dismiss:
         if backup_id is not None or undo or at is not None or preview or from_offsite:
             raise click.UsageError(
                 "--dismiss takes no ID, --undo, --at, --preview or --from-offsite"
             )
-        record = dismiss_interrupted(settings, actor=cli_actor())
-        if as_json:
-            emit_json({"dismissed": {"backup_id": record.backup_id, "target": record.target}})
-        else:
-            click.echo(
-                f"Dismissed the interrupted restore of {record.backup_id} into {record.target} "
-                f"(it stopped at {record.stage})."
-            )
+        _dismiss(settings, as_json=as_json)
         return
     identity = open_identity(identity_file)
     moment = None
@@ -260,42 +169,21 @@ def restore(
             raise click.UsageError(
                 "--at chooses the backup: give no ID, no --undo and no --from-offsite"
             )
-        moment = parse_moment(at)
-        chosen = point_at(
-            BackupStore(settings).list(),
-            moment.at,
-            now=datetime.now(timezone.utc),
-            events=restore_events(settings),
-        )
-        backup_id = chosen.id
-        if not as_json:
-            click.echo(
-                f"The state as of {moment.describe()}: backup {chosen.id}, taken "
-                f"{local_time(chosen.created_at)} ({chosen.kind})."
-            )
+        moment, backup_id = _state_at(settings, at, as_json=as_json)
     if from_offsite:
         if preview or undo:
             raise click.UsageError("--from-offsite takes an ID or 'latest' (no --preview, --undo)")
         _recover_from_offsite(settings, backup_id or "latest", to, identity, as_json)
         return
     backup_id = _restore_choice(settings, backup_id, undo=undo, as_json=as_json)
-    target = (to if to is not None else settings.database).expanduser().absolute()
+    target = _target(settings, to)
     preview_settings = dataclasses.replace(settings, database=target)
     asked = {} if moment is None else _moment_json(moment)
     if preview:
-        diff = preview_restore(preview_settings, backup_id, identity=identity)
-        if as_json:
-            emit_json({**diff.to_dict(), **asked})
-        else:
-            _print_preview(diff)
+        _show_preview(preview_settings, backup_id, identity, asked=asked, as_json=as_json)
         return
     if target.exists() and not yes:
         _confirm_restore(preview_settings, backup_id, target, identity, live=to is None)
-    target_settings = None
-    if from_database is not None:
-        # The target's own folders: the configuration's, without the options naming the
-        # other database's folder.
-        target_settings = resolve_settings(ctx, config=config, options={"database": target})
     result = restore_backup(
         settings,
         backup_id,
@@ -304,15 +192,60 @@ def restore(
         identity=identity,
         progress=stage_progress(not as_json, width=15, end_after=None),
         from_database=from_database,
-        target_settings=target_settings,
+        target_settings=None if from_database is None else _own_settings(ctx, config, target),
         raw_reads=True,  # a process of its own: no other connection to the database here
     )
     if as_json:
         emit_json({**result.to_dict(), **asked})
     else:
-        _print_restored(settings, result, given)
+        _print_restored(settings, result, _undo_options(ctx))
     if result.fell_back or result.warnings:
         sys.exit(EXIT_WARNING)
+
+
+def _restore_settings(
+    ctx: click.Context, *, config: Path | None, database: Path | None, to: Path | None
+) -> Settings:
+    """Settings as every command resolves them; with ``--to`` and no database configured
+    (a fresh machine with only a backup folder), the ``--to`` file stands in for it."""
+
+    options = given_options(ctx)
+    try:
+        return resolve_settings(ctx, config=config, options=options)
+    except ConfigError:
+        if database is not None or to is None:
+            raise
+        return resolve_settings(ctx, config=config, options={**options, "database": to})
+
+
+def _dismiss(settings: Settings, *, as_json: bool) -> None:
+    """``restore --dismiss``: forget the interrupted restore that health reports."""
+    record = dismiss_interrupted(settings, actor=cli_actor())
+    if as_json:
+        emit_json({"dismissed": {"backup_id": record.backup_id, "target": record.target}})
+    else:
+        click.echo(
+            f"Dismissed the interrupted restore of {record.backup_id} into {record.target} "
+            f"(it stopped at {record.stage})."
+        )
+
+
+def _state_at(settings: Settings, at: str, *, as_json: bool) -> tuple[Moment, str]:
+    """``restore --at TIME``: the moment asked for, and the backup that holds the state as
+    of it (said on the terminal)."""
+    moment = parse_moment(at)
+    chosen = point_at(
+        BackupStore(settings).list(),
+        moment.at,
+        now=datetime.now(timezone.utc),
+        events=restore_events(settings),
+    )
+    if not as_json:
+        click.echo(
+            f"The state as of {moment.describe()}: backup {chosen.id}, taken "
+            f"{local_time(chosen.created_at)} ({chosen.kind})."
+        )
+    return moment, chosen.id
 
 
 def _restore_choice(settings: Settings, backup_id: str | None, *, undo: bool, as_json: bool) -> str:
@@ -332,9 +265,77 @@ def _restore_choice(settings: Settings, backup_id: str | None, *, undo: bool, as
     return _choose_backup(settings)
 
 
+def _choose_backup(settings: Settings) -> str:
+    """Ask on the terminal which backup to restore; newest first."""
+
+    infos = BackupStore(settings).list()
+    if not infos:
+        raise click.ClickException(f"no backups in {settings.backup_dir}")
+    click.echo(f"    {'ID':<24} {'TAKEN (local time)':<24} {'KIND':<11} {'SIZE':>10} VERIFIED")
+    for number, info in enumerate(infos, start=1):
+        click.echo(
+            f"{number:>3} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
+            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO'}"
+        )
+    number = click.prompt(
+        "Restore which backup (number)", type=click.IntRange(1, len(infos)), default=1
+    )
+    return infos[int(number) - 1].id
+
+
 def _moment_json(moment: Moment) -> dict[str, Any]:
     """What ``--at`` asked for, in ``--json`` output."""
     return {"at": moment.at, "at_zone": "given" if moment.zone_given else "local"}
+
+
+def _target(settings: Settings, to: Path | None) -> Path:
+    """The file restored into: ``--to``, else the live database."""
+    return (to if to is not None else settings.database).expanduser().absolute()
+
+
+def _show_preview(
+    settings: Settings,
+    backup_id: str,
+    identity: Identity | None,
+    *,
+    asked: dict[str, Any],
+    as_json: bool,
+) -> None:
+    """``restore --preview``: what a restore would change, table by table; nothing restored."""
+    diff = preview_restore(settings, backup_id, identity=identity)
+    if as_json:
+        emit_json({**diff.to_dict(), **asked})
+    else:
+        _print_preview(diff)
+
+
+def _print_preview(preview: RestorePreview) -> None:
+    """The preview on a terminal: the backup, then each table's rows then and now."""
+    what = preview.describe()
+    click.echo(
+        f"{what[0].upper()}{what[1:]} {preview.backup_id} (taken "
+        f"{local_time(preview.created_at)}, {human_age(preview.created_at)})"
+        + (f", label: {preview.label}" if preview.label else "")
+    )
+    click.echo(
+        "  against "
+        + ("the current database:" if preview.live_exists else "no database (it does not exist):")
+    )
+    click.echo(f"  {'TABLE':<28} {'BACKUP':>12} {'NOW':>12}  CHANGE")
+    for table in preview.by_impact():
+        backup_rows = "-" if table.backup_rows is None else f"{table.backup_rows:,}"
+        live_rows = "-" if table.live_rows is None else f"{table.live_rows:,}"
+        click.echo(f"  {table.name:<28} {backup_rows:>12} {live_rows:>12}  {table.describe()}")
+    if preview.compare_note:
+        click.echo(f"  ({preview.compare_note})")
+    for name, reason in sorted(preview.not_counted.items()):
+        click.echo(f"  {name:<28} {reason}")
+    if preview.schema_changed:
+        click.echo("  ! the schema differs: the restore brings back the backup's schema")
+    if preview.source_damaged:
+        click.echo("  ! this backup holds damaged data (source-damaged): it is restored as it is")
+    if preview.foreign_key_violations:
+        click.echo(f"  ! it holds {preview.foreign_key_violations} foreign-key violation(s)")
 
 
 def _confirm_restore(
@@ -356,6 +357,28 @@ def _confirm_restore(
     ):
         click.echo("Cancelled; nothing was changed.")
         sys.exit(EXIT_WARNING)
+
+
+def _own_settings(ctx: click.Context, config: Path | None, target: Path) -> Settings:
+    """For ``--from-database``: the target's own folders, the configuration's, without the
+    options naming the other database's folder."""
+    return resolve_settings(ctx, config=config, options={"database": target})
+
+
+#: The options a restore repeats in the command that undoes it, and their parameter names.
+UNDO_OPTIONS = {
+    "--config": "config",
+    "--database": "database",
+    "--database-name": "database_name",
+    "--backup-dir": "backup_dir",
+    "--secondary-dir": "secondary_dir",
+    "--to": "to",
+}
+
+
+def _undo_options(ctx: click.Context) -> dict[str, Path | str | None]:
+    """Each option :data:`UNDO_OPTIONS` names, with its value (None when not given)."""
+    return {option: ctx.params[name] for option, name in UNDO_OPTIONS.items()}
 
 
 def _print_restored(
@@ -394,7 +417,7 @@ def _recover_from_offsite(
             "--from-offsite needs an offsite store: set BACKUPS_S3_BUCKET (and the endpoint and "
             "credentials)"
         )
-    target = (to if to is not None else settings.database).expanduser().absolute()
+    target = _target(settings, to)
     result = recover_from_offsite(settings, backup_id, to=target, identity=identity)
     if as_json:
         emit_json(
