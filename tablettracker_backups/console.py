@@ -6,7 +6,8 @@ here, where nothing imports it back.
 
 from __future__ import annotations
 
-from tablettracker_backups.cli import BackupsGroup, cli, closed_pipe
+from tablettracker_backups.cli import cli
+from tablettracker_backups.cli.common import BackupsGroup, closed_pipe
 from tablettracker_backups.demo.command import demo
 
 console = BackupsGroup(

@@ -98,13 +98,16 @@ def test_no_import_cycle_anywhere() -> None:
 def test_the_cycle_finder_finds_a_planted_cycle(tmp_path: Path) -> None:
     # The check above is only worth something if it can fail: plant cli -> web -> cli.
     package = tmp_path / NAME
-    (package / "web").mkdir(parents=True)
+    for folder in ("web", "cli"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
     (package / "__init__.py").write_text("")
-    (package / "web" / "__init__.py").write_text("")
-    (package / "cli.py").write_text("def f():\n    from tablettracker_backups.web import views\n")
-    (package / "web" / "views.py").write_text("from tablettracker_backups.cli import f\n")
+    (package / "cli" / "show_cmd.py").write_text(
+        "def f():\n    from tablettracker_backups.web import views\n"
+    )
+    (package / "web" / "views.py").write_text("from tablettracker_backups.cli.show_cmd import f\n")
     cycle = find_cycle(import_graph(package))
-    assert cycle is not None and "cli" in cycle and "web.views" in cycle
+    assert cycle is not None and "cli.show_cmd" in cycle and "web.views" in cycle
 
 
 def test_the_core_imports_no_face() -> None:
@@ -128,6 +131,63 @@ def test_faces_do_not_import_each_other_against_the_grain() -> None:
         and (module, target) not in ALLOWED_FACE_EDGES
     }
     assert not wrong, f"faces import each other: {sorted(wrong)}"
+
+
+#: Inside the CLI package imports run one way too: the group (``cli``) wires the command
+#: modules, each command module imports only what several share, and that imports no command.
+CLI_SHARED = {"cli.common"}
+
+
+def cli_layer_breaches(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(module, import) pairs inside the CLI package against that grain: a command module
+    importing another or the group, or the shared module importing a command."""
+    return {
+        (module, target)
+        for module, targets in graph.items()
+        if module.startswith("cli.")
+        for target in targets
+        if target.split(".")[0] == "cli" and target not in CLI_SHARED
+    }
+
+
+def test_cli_command_modules_import_only_the_shared_module() -> None:
+    graph = import_graph()
+    assert {m for m in graph if m.endswith("_cmd")}, "no command modules found"
+    assert not cli_layer_breaches(graph), sorted(cli_layer_breaches(graph))
+
+
+def test_the_cli_check_finds_planted_imports(tmp_path: Path) -> None:
+    # Plant a command importing another, one importing the group, the shared module a command.
+    package = tmp_path / NAME / "cli"
+    package.mkdir(parents=True)
+    for name in ("__init__", "common", "show_cmd", "list_cmd"):
+        (package / f"{name}.py").write_text("")
+    (package.parent / "__init__.py").write_text("")
+    (package / "show_cmd.py").write_text(
+        "from tablettracker_backups.cli.common import x\n"
+        "def f():\n    from tablettracker_backups.cli.list_cmd import g\n"
+    )
+    (package / "list_cmd.py").write_text("from tablettracker_backups.cli import cli\n")
+    (package / "common.py").write_text("import tablettracker_backups.cli.show_cmd\n")
+    (package / "__init__.py").write_text("from tablettracker_backups.cli import show_cmd\n")
+    assert cli_layer_breaches(import_graph(package.parent)) == {
+        ("cli.show_cmd", "cli.list_cmd"),
+        ("cli.list_cmd", "cli"),
+        ("cli.common", "cli.show_cmd"),
+    }
+
+
+def test_each_command_lives_in_its_own_module() -> None:
+    # borg's archiver/*_cmd.py: `notify-test` in notify_cmd.py, `unpin` beside `pin`.
+    from tablettracker_backups.cli import cli
+
+    def module_for(name: str) -> str:
+        stem = "pin" if name == "unpin" else name.split("-")[0]
+        return f"{NAME}.cli.{stem}_cmd"
+
+    placed = {name: command.callback.__module__ for name, command in cli.commands.items()}
+    assert len(placed) >= 16
+    assert placed == {name: module_for(name) for name in placed}
 
 
 #: The bottom layer: object stores move bytes and know nothing of backups. Below them only

@@ -10,6 +10,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import shutil
 import sqlite3
 import stat
@@ -932,6 +933,26 @@ def test_cli_restore_with_yes(runner: CliRunner, settings: Settings) -> None:
     assert f"Restored {backup.id}" in result.stdout
     assert "Safety snapshot" in result.stdout
     assert dump(settings.database) == expected
+
+
+def test_cli_the_undo_hint_repeats_the_options_and_works_as_pasted(
+    runner: CliRunner, settings: Settings
+) -> None:
+    # The printed undo command names every folder option given, so pasted as it is (from any
+    # folder, with no environment) it finds the safety snapshot and puts the database back.
+    backup = create_backup(settings).metadata
+    change(settings.database)
+    before = dump(settings.database)
+
+    result = runner.invoke(cli, cli_args(settings, backup.id, "--yes"))
+
+    assert result.exit_code == 0, result.output
+    snapshot = BackupStore(settings).newest_safety_snapshot().id
+    undo = shlex.join(["tablettracker-backups", *cli_args(settings, snapshot)])
+    assert f"(undo with: {undo})" in result.stdout
+    pasted = runner.invoke(cli, [*shlex.split(undo)[1:], "--yes"])
+    assert pasted.exit_code == 0, pasted.output
+    assert dump(settings.database) == before
 
 
 def test_cli_restore_json_and_fallback_warning(runner: CliRunner, settings: Settings) -> None:

@@ -1,0 +1,39 @@
+"""``metrics``: the Prometheus metrics, printed or written for node_exporter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from tablettracker_backups.cli.common import BackupsCommand, settings_command
+from tablettracker_backups.settings import Settings
+from tablettracker_backups.store import BackupStore
+
+
+@click.command(cls=BackupsCommand)
+@click.option(
+    "--textfile",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Write the metrics to this file atomically (node_exporter's textfile collector) "
+    "instead of printing them.",
+)
+@settings_command
+def metrics(settings: Settings, textfile: Path | None) -> None:
+    """Print the Prometheus metrics, or write them for node_exporter.
+
+    Read from the backup folder and status file now; nothing is hashed or sent anywhere.
+
+    \b
+    Examples:
+      tablettracker-backups metrics
+      tablettracker-backups metrics --textfile /var/lib/node_exporter/textfile/backups.prom
+    """
+
+    from tablettracker_backups import metrics as prometheus
+
+    BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
+    if textfile is None:
+        click.echo(prometheus.render(settings).decode(), nl=False)
+        return
+    prometheus.write_textfile(settings, textfile.expanduser().absolute())
