@@ -628,6 +628,9 @@ def test_lost_rows_warn_keep_their_evidence_and_come_back_from_the_warning(
     # Restore from the warning's own button brings the rows back.
     page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
     page.click(".ttb-warning-card >> text=Preview restore")  # type: ignore[attr-defined]
+    # A click only waits for the navigation to start; count() does not wait for the table.
+    page.wait_for_load_state("load")  # type: ignore[attr-defined]
+    page.wait_for_selector("#ttb-confirm")  # type: ignore[attr-defined]
     assert page.locator("tr[data-table=po_lines]").count() == 1  # type: ignore[attr-defined]
     page.fill("#ttb-confirm", "RESTORE")  # type: ignore[attr-defined]
     page.click("button:has-text('Restore this backup')")  # type: ignore[attr-defined]
@@ -637,8 +640,8 @@ def test_lost_rows_warn_keep_their_evidence_and_come_back_from_the_warning(
     # The warning stays until the owner dismisses it; then the evidence is no longer pinned.
     page.goto(f"{tight_demo.url}{PREFIX}/")  # type: ignore[attr-defined]
     assert page.locator("[data-ttb-undo]").count() == 1  # type: ignore[attr-defined]
-    page.click(".ttb-warning-card button:has-text('Dismiss')")  # type: ignore[attr-defined]
-    page.wait_for_load_state("load")  # type: ignore[attr-defined]
+    with page.expect_navigation():  # type: ignore[attr-defined]
+        page.click(".ttb-warning-card button:has-text('Dismiss')")  # type: ignore[attr-defined]
     assert page.locator(".ttb-warning-card").count() == 0  # type: ignore[attr-defined]
     assert not BackupStore(settings).get(evidence).pinned
     page.context.close()  # type: ignore[attr-defined]
