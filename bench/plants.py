@@ -91,9 +91,9 @@ PLANTS: tuple[Plant, ...] = (
     ),
     Plant(
         "offsite-age-header-before-upload",
-        "offsite/client.py",
-        "        if not is_age(read_header(data_file)):\n",
-        "        if False and not is_age(read_header(data_file)):\n",
+        "storage/sealed.py",
+        "            if not is_age(content):\n",
+        "            if False:\n",
         (T + "test_offsite_encryption.py::test_no_plaintext_byte_is_sent_for_a_mislabelled_file",),
     ),
     # -- backup -------------------------------------------------------------------------------
@@ -509,9 +509,9 @@ PLANTS: tuple[Plant, ...] = (
     # -- offsite ------------------------------------------------------------------------------
     Plant(
         "offsite-refuse-unencrypted",
-        "offsite/client.py",
-        "            if self.require_encryption:\n",
-        "            if False:\n",
+        "layout.py",
+        '    return "sealed-json" if manifest_id(name) is not None else "age"\n',
+        '    return "sealed-json" if manifest_id(name) is not None else "plain-ok"\n',
         (
             T
             + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
@@ -519,43 +519,43 @@ PLANTS: tuple[Plant, ...] = (
     ),
     Plant(
         "offsite-metadata-is-sealed",
-        "offsite/client.py",
-        "        if metadata.row_counts or metadata.source.path:\n",
-        "        if False:\n",
+        "storage/sealed.py",
+        "            if _names_schema(document):\n",
+        "            if False:\n",
         (T + "test_offsite_encryption.py::test_metadata_that_names_the_schema_is_never_sent",),
     ),
     Plant(
         "offsite-local-copy-matches",
         "offsite/client.py",
-        "        if digests.size != metadata.stored_size or digests.sha256 != metadata.sha256:\n",
-        "        if False:\n",
+        "    if size != metadata.stored_size or sha256 != metadata.sha256:\n",
+        "    if False:\n",
         (T + "test_offsite.py::test_a_local_copy_damaged_in_place_is_never_sent",),
     ),
     Plant(
         "offsite-uploaded-size",
-        "offsite/client.py",
-        "        if size != metadata.stored_size:\n            raise OffsiteError(\n",
-        "        if False:\n            raise OffsiteError(\n",
+        "storage/s3.py",
+        "        if size != digests.size:\n",
+        "        if False:\n",
         (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
     ),
     Plant(
         "offsite-uploaded-checksum",
-        "offsite/client.py",
+        "storage/s3.py",
         '        if reported and "-" not in reported and "-" not in digests.expected_checksum:\n',
         "        if False:\n",
         (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
     ),
     Plant(
         "offsite-read-back",
-        "offsite/client.py",
-        "        if read != metadata.stored_size or digest.hexdigest() != metadata.sha256:\n",
+        "storage/s3.py",
+        "        if hasher.size != digests.size or hasher.hexdigest() != digests.sha256:\n",
         "        if False:\n",
         (T + "test_offsite.py::test_each_check_after_an_upload_on_its_own",),
     ),
     Plant(
         "offsite-age-header-after-upload",
-        "offsite/client.py",
-        "        if not is_age(first):\n",
+        "storage/sealed.py",
+        "        if self._refusal(key, seal, stored) is not None:\n",
         "        if False:\n",
         (
             T
@@ -565,7 +565,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "offsite-delete-inside-prefix",
         "offsite/client.py",
-        "        if not key.startswith(self.s3.prefix):\n",
+        "        if not key.startswith(self.key_prefix):\n",
         "        if False:\n",
         (T + "test_offsite.py::test_only_keys_under_the_prefix_are_deleted",),
     ),

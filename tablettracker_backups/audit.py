@@ -43,7 +43,7 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
 
 
 def record(
@@ -80,7 +80,7 @@ def read_entries(settings: Settings, *, limit: int = 200) -> list[AuditEntry]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
     entries: list[AuditEntry] = []
     for line in reversed(lines):
         if len(entries) >= limit:

@@ -211,7 +211,7 @@ def _runs_in_process(settings: Settings, check: Check) -> bool:
         check.size <= IN_PROCESS_MAX_BYTES
         and last <= IN_PROCESS_MAX_SECONDS
         # An offsite upload right after would hold the web worker for a network round trip.
-        and settings.s3 is None
+        and settings.offsite is None
     )
 
 
@@ -469,7 +469,7 @@ def _snapshot_and_upload(settings: Settings, progress: Progress | None) -> Trigg
     if progress is not None:
         progress("snapshot", 0, 1)
     result = _snapshot(settings, trigger="web:auto", where="worker")
-    if result.backup_id is not None and settings.s3 is not None:
+    if result.backup_id is not None and settings.offsite is not None:
         meta = BackupStore(settings).read_metadata("primary", result.backup_id)
         if meta.stored_size <= OFFSITE_RIGHT_AWAY_BYTES:
             sync = sync_offsite(settings, verify_count=0)

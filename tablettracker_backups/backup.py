@@ -657,7 +657,7 @@ def _inspect_snapshot(raw: Path, *, keep_unreadable: bool) -> DatabaseCheck:
         if not keep_unreadable:
             raise VerificationError(
                 f"the snapshot does not open as a SQLite database ({exc}); no backup was kept"
-            ) from None
+            ) from exc
         # The bytes are kept exactly as they were; their findings say they are unreadable.
         return DatabaseCheck(f"unreadable: {exc}", 0, {}, UNREADABLE_SCHEMA, 0, 0)
 

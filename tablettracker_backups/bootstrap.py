@@ -96,7 +96,15 @@ def _offsite_lines(settings: Settings) -> list[str]:
     console's environment, but a config file is no place for a secret."""
     s3 = settings.s3
     if s3 is None:
-        return []
+        if settings.rclone is None:
+            return []
+        lines = [
+            "# The remote's own settings and tokens stay in rclone's config file.",
+            f"rclone_remote = {_toml_string(settings.rclone.remote)}",
+        ]
+        if settings.rclone.config is not None:
+            lines.append(f"rclone_config = {_toml_string(str(settings.rclone.config))}")
+        return lines
     lines = [
         "# Offsite keys are not written here: put them in ~/.aws/credentials ([default]",
         "# aws_access_key_id / aws_secret_access_key, chmod 600) or in the task's environment",

@@ -148,7 +148,7 @@ def compress_file(
                         progress(len(chunk))
             raw_out.flush()
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, dest)) from None
+        raise StorageError(describe_os_error(exc, dest)) from exc
     return StreamResult(raw_size, raw_digest.hexdigest(), out.size, out.digest.hexdigest())
 
 
@@ -212,11 +212,11 @@ def decompress_file(
                     raise VerificationError(
                         f"{name}: SHA-256 does not match its metadata (the file is "
                         f"damaged; it does not decompress: {exc})"
-                    ) from None
-                raise VerificationError(f"{name} does not decompress: {exc}") from None
+                    ) from exc
+                raise VerificationError(f"{name} does not decompress: {exc}") from exc
             out.flush()
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, dest or source)) from None
+        raise StorageError(describe_os_error(exc, dest or source)) from exc
     result = StreamResult(raw_size, raw.hexdigest(), reader.size, reader.digest.hexdigest())
     if expected_sha256 is not None and result.sha256 != expected_sha256:
         raise VerificationError(f"{name}: SHA-256 does not match its metadata")
@@ -235,7 +235,7 @@ def hash_file(path: Path, progress: Progress | None = None) -> tuple[int, str]:
                 if progress is not None:
                     progress(len(chunk))
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
     return size, digest.hexdigest()
 
 
@@ -252,5 +252,5 @@ def copy_file(source: Path, dest: Path) -> tuple[int, str]:
                 writer.write(chunk)
                 writeback.wrote(len(chunk))
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, dest)) from None
+        raise StorageError(describe_os_error(exc, dest)) from exc
     return size, digest.hexdigest()

@@ -25,7 +25,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -49,6 +48,7 @@ from tablettracker_backups.fsutil import (
     removed_on_error,
 )
 from tablettracker_backups.metadata import BackupMetadata, EncryptionInfo, Findings, utc_iso
+from tablettracker_backups.recipients import shown_key
 
 # The age file's first line and how to spot it live with the sealed store, the one place that
 # refuses plaintext; they are used (and re-exported) from here.
@@ -64,12 +64,6 @@ MAX_IDENTITY_BYTES = 64 * 1024
 INSTALL_HINT = "pip install 'tablettracker-backups[encrypt]'"
 
 PassphraseSource = Callable[[], str]
-
-_BECH32 = "qpzry9x8gf2tvdw0s3jn54khce6mua7l"
-_BECH32_GENERATOR = (0x3B6A57B2, 0x26508E6D, 0x1EA119FA, 0x3D4233DD, 0x2A1462B3)
-#: ``age1`` + 52 data characters (32 bytes) + 6 checksum characters.
-_RECIPIENT_DATA_LENGTH = 58
-
 
 # -- pyrage --------------------------------------------------------------------------------------
 
@@ -91,73 +85,15 @@ def require_pyrage() -> None:
 def _pyrage() -> ModuleType:
     try:
         import pyrage
-    except ImportError:
+    except ImportError as exc:
         raise EncryptionUnavailable(
             f"encryption is configured but the age library (pyrage) is not installed: "
             f"{INSTALL_HINT}"
-        ) from None
+        ) from exc
     return pyrage
 
 
 # -- recipients ----------------------------------------------------------------------------------
-
-
-def _bech32_valid(text: str) -> bool:
-    hrp, _, data = text.rpartition("1")
-    if hrp != "age" or len(data) != _RECIPIENT_DATA_LENGTH:
-        return False
-    values = [_BECH32.find(c) for c in data]
-    if -1 in values:
-        return False
-    check = 1
-    for value in [ord(c) >> 5 for c in hrp] + [0] + [ord(c) & 31 for c in hrp] + values:
-        top = check >> 25
-        check = (check & 0x1FFFFFF) << 5 ^ value
-        for bit, generator in enumerate(_BECH32_GENERATOR):
-            if (top >> bit) & 1:
-                check ^= generator
-    return check == 1
-
-
-def _shown(text: str) -> str:
-    """A recipient shortened for a message (never a whole secret, should one be pasted)."""
-    return f"{text[:10]}...{text[-4:]}" if len(text) > 16 else repr(text)
-
-
-def parse_recipients(value: object) -> tuple[str, ...]:
-    """Recipients from ``BACKUPS_ENCRYPT_TO``: ``age1...`` keys separated by whitespace or
-    commas (or a TOML list of them), in order, without repeats; ``()`` when unset.
-
-    Checked without pyrage (bech32 checksum included), so a typo fails at start-up even where
-    the library is missing. Raises :class:`ConfigError` naming the bad entry.
-    """
-    if value is None:
-        return ()
-    items: Iterable[object] = value if isinstance(value, list | tuple) else [value]
-    found: list[str] = []
-    for item in items:
-        if not isinstance(item, str):
-            raise ConfigError("BACKUPS_ENCRYPT_TO must be age1... public keys")
-        for text in re.split(r"[\s,]+", item.strip()):
-            if not text:
-                continue
-            if text.upper().startswith("AGE-SECRET-KEY-"):
-                raise ConfigError(
-                    "BACKUPS_ENCRYPT_TO holds a private identity (AGE-SECRET-KEY-...): keep it "
-                    "OFF the server and put its public key (age1..., printed by keygen) here"
-                )
-            if not text.startswith("age1"):
-                raise ConfigError(
-                    f"BACKUPS_ENCRYPT_TO: {_shown(text)} is not an age X25519 public key (age1...)"
-                )
-            if not _bech32_valid(text):
-                raise ConfigError(
-                    f"BACKUPS_ENCRYPT_TO: {_shown(text)} is not a valid age public key "
-                    "(wrong length or checksum: a typo?)"
-                )
-            if text not in found:
-                found.append(text)
-    return tuple(found)
 
 
 def fingerprint(recipient: str) -> str:
@@ -205,8 +141,8 @@ def load_identity(path: Path, *, passphrase: PassphraseSource | None = None) -> 
         data = _unlock(age, data, path, passphrase)
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise AgeIdentityError(f"{path} is not an age identity file (not text)") from None
+    except UnicodeDecodeError as exc:
+        raise AgeIdentityError(f"{path} is not an age identity file (not text)") from exc
     keys: list[Any] = []
     for number, line in enumerate(text.splitlines(), start=1):
         line = line.strip()
@@ -222,10 +158,10 @@ def load_identity(path: Path, *, passphrase: PassphraseSource | None = None) -> 
             )
         try:
             keys.append(age.x25519.Identity.from_str(line))
-        except age.IdentityError:
+        except age.IdentityError as exc:
             raise AgeIdentityError(
                 f"line {number} of {path} is not a valid age identity (damaged or mistyped)"
-            ) from None
+            ) from exc
     if not keys:
         raise AgeIdentityError(f"{path} holds no age identity (AGE-SECRET-KEY-1...)")
     prints = tuple(fingerprint(str(key.to_public())) for key in keys)
@@ -236,12 +172,12 @@ def _read_identity_file(path: Path) -> bytes:
     try:
         with path.open("rb") as handle:
             data = handle.read(MAX_IDENTITY_BYTES + 1)
-    except FileNotFoundError:
-        raise AgeIdentityError(f"identity file {path} does not exist") from None
-    except IsADirectoryError:
-        raise AgeIdentityError(f"identity file {path} is a folder") from None
+    except FileNotFoundError as exc:
+        raise AgeIdentityError(f"identity file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise AgeIdentityError(f"identity file {path} is a folder") from exc
     except OSError as exc:
-        raise AgeIdentityError(f"cannot read identity file {path}: {exc.strerror or exc}") from None
+        raise AgeIdentityError(f"cannot read identity file {path}: {exc.strerror or exc}") from exc
     if len(data) > MAX_IDENTITY_BYTES:
         raise AgeIdentityError(f"{path} is too large to be an age identity file")
     return data
@@ -260,8 +196,8 @@ def _unlock(age: ModuleType, data: bytes, path: Path, passphrase: PassphraseSour
         if "No matching keys" in str(exc):
             raise AgeIdentityError(
                 f"{path} is an age file encrypted to a key, not a passphrase-protected identity"
-            ) from None
-        raise AgeIdentityError(f"wrong passphrase for identity file {path}") from None
+            ) from exc
+        raise AgeIdentityError(f"wrong passphrase for identity file {path}") from exc
 
 
 def create_identity_file(path: Path, *, passphrase: str | None = None) -> str:
@@ -286,13 +222,13 @@ def create_identity_file(path: Path, *, passphrase: str | None = None) -> str:
         data = age.passphrase.encrypt(data, passphrase, armored=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
+    except FileExistsError as exc:
         raise StorageError(
             f"refusing to overwrite {path}: an identity file may be the only key to older "
             "backups; choose another --output"
-        ) from None
+        ) from exc
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
     try:
         os.fchmod(fd, 0o600)  # O_CREAT's mode is narrowed by the umask, never widened: be exact
         with os.fdopen(fd, "wb") as handle:
@@ -301,7 +237,7 @@ def create_identity_file(path: Path, *, passphrase: str | None = None) -> str:
             os.fsync(handle.fileno())
     except OSError as exc:
         remove_quietly(path)
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
     return recipient
 
 
@@ -347,8 +283,8 @@ def encrypt_file(
                 # EncryptError: re-raise the original.
                 original = reader.error or writer.error
                 if original is not None:
-                    raise original from None
-                raise StorageError(f"cannot encrypt {source.name}: {exc}") from None
+                    raise original from exc
+                raise StorageError(f"cannot encrypt {source.name}: {exc}") from exc
             raw_out.flush()
         if expected_sha256 is not None and reader.digest.hexdigest() != expected_sha256:
             raise VerificationError(
@@ -367,10 +303,10 @@ def _recipient_keys(age: ModuleType, recipients: Iterable[str]) -> list[Any]:
     for recipient in recipients:
         try:
             keys.append(age.x25519.Recipient.from_str(recipient))
-        except age.RecipientError:
+        except age.RecipientError as exc:
             raise ConfigError(
-                f"BACKUPS_ENCRYPT_TO: {_shown(recipient)} is not a valid age public key"
-            ) from None
+                f"BACKUPS_ENCRYPT_TO: {shown_key(recipient)} is not a valid age public key"
+            ) from exc
     if not keys:
         raise ConfigError("no recipients to encrypt to: set BACKUPS_ENCRYPT_TO")
     return keys
@@ -448,18 +384,18 @@ def _decrypt_stream(
     except age.DecryptError as exc:
         original = reader.error or writer.error
         if original is not None:
-            raise original from None
+            raise original from exc
         if "No matching keys" in str(exc):
             # The recipients in the metadata said this identity fits; the file disagrees.
-            raise wrong_identity(label, info, identity) from None
-        raise VerificationError(f"{label} does not decrypt ({exc}): it is damaged") from None
+            raise wrong_identity(label, info, identity) from exc
+        raise VerificationError(f"{label} does not decrypt ({exc}): it is damaged") from exc
     except OSError as exc:
         original = reader.error or writer.error
         if original is not None:
-            raise original from None
+            raise original from exc
         # pyrage's own errors carry no errno: a flipped, truncated or appended byte.
         if exc.errno is None:
-            raise VerificationError(f"{label} does not decrypt ({exc}): it is damaged") from None
+            raise VerificationError(f"{label} does not decrypt ({exc}): it is damaged") from exc
         raise
 
 
@@ -568,10 +504,10 @@ def unseal_metadata(metadata: BackupMetadata, identity: Identity) -> BackupMetad
             extra[ANOMALIES_KEY] = document["anomalies"]
     except age.DecryptError as exc:
         if "No matching keys" in str(exc):
-            raise wrong_identity(label, info, identity) from None
-        raise VerificationError(f"{label} does not decrypt: it is damaged") from None
-    except (ValueError, TypeError, KeyError, MetadataError):
-        raise VerificationError(f"{label} is malformed") from None
+            raise wrong_identity(label, info, identity) from exc
+        raise VerificationError(f"{label} does not decrypt: it is damaged") from exc
+    except (ValueError, TypeError, KeyError, MetadataError) as exc:
+        raise VerificationError(f"{label} is malformed") from exc
     return dataclasses.replace(
         metadata,
         row_counts={str(k): int(v) for k, v in counts.items()},

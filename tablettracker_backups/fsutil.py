@@ -49,10 +49,10 @@ def ensure_private_dir(path: Path, *, parents: bool = True) -> None:
         path.mkdir(mode=0o700, parents=parents, exist_ok=True)
         if not path.is_dir():
             raise StorageError(f"{path} is not a folder")
-    except FileExistsError:
-        raise StorageError(f"{path} exists and is not a folder") from None
+    except FileExistsError as exc:
+        raise StorageError(f"{path} exists and is not a folder") from exc
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
 
 
 def check_writable_dir(path: Path, *, parents: bool = True) -> None:
@@ -80,7 +80,7 @@ def open_private(path: Path, *, shown: Path | None = None) -> BinaryIO:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
-        raise StorageError(describe_os_error(exc, shown or path)) from None
+        raise StorageError(describe_os_error(exc, shown or path)) from exc
     return os.fdopen(fd, "wb")
 
 
@@ -143,7 +143,7 @@ def commit(temp: Path, final: Path, *, crash_stage: Stage | None = None) -> None
         fsync_path(final.parent)
     except OSError as exc:
         remove_quietly(temp)
-        raise StorageError(describe_os_error(exc, final)) from None
+        raise StorageError(describe_os_error(exc, final)) from exc
 
 
 def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = None) -> None:
@@ -154,7 +154,7 @@ def atomic_write_bytes(final: Path, data: bytes, *, crash_stage: Stage | None = 
             handle.write(data)
     except OSError as exc:
         remove_quietly(temp)
-        raise StorageError(describe_os_error(exc, final)) from None
+        raise StorageError(describe_os_error(exc, final)) from exc
     commit(temp, final, crash_stage=crash_stage)
 
 

@@ -13,9 +13,11 @@ only while a repair is impossible.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.fsutil import commit, ensure_private_dir, remove_quietly, temp_path
 from tablettracker_backups.layout import AGE_SUFFIX
+from tablettracker_backups.metadata import BackupState, Verification
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.states import CopyStatus
@@ -148,13 +151,28 @@ def _confirm(store: BackupStore, info: BackupInfo, location: str) -> None:
 
     One that does not is taken away again, metadata first: it is already committed, and a
     copy that failed its check must not list as sound (sizes alone would pass it). The next
-    run tries again.
+    run tries again. One that does is recorded as verified now (its state document, which
+    may still hold the failed check that found it missing), with the backup's pin and label.
     """
     if not store.checksum_matches(info, location):
         assert info.metadata is not None  # checksum_matches needs it
         remove_quietly(store.metadata_path(location, info.id))
         remove_quietly(store.data_path_for(location, info.metadata))
         raise VerificationError(f"the rebuilt {location} copy of {info.id} does not match")
+    assert info.metadata is not None
+    known = info.metadata.verification
+    store.write_state(
+        location,
+        dataclasses.replace(
+            BackupState.of(info.metadata),
+            verification=Verification(
+                ok=True,
+                verified_at=datetime.now(timezone.utc),
+                integrity_check=known.integrity_check,
+                foreign_key_violations=known.foreign_key_violations,
+            ),
+        ),
+    )
 
 
 class _Offsite:
@@ -166,7 +184,7 @@ class _Offsite:
         settings = store.settings
         self.sound: set[str] = set()
         self.client: OffsiteStore | None = None
-        if settings.s3 is not None:
+        if settings.offsite is not None:
             self.sound = {c.id for c in read_state(settings).copies.values() if c.ok}
 
     def rebuild(self, info: BackupInfo, location: str) -> Repair:

@@ -219,8 +219,8 @@ def check_health(
     # the error just reported would escape, and a health check must never raise for it).
     plan = current_plan(store, now=now) if listed else plan_for_backups(settings, [], now=now)
     offsite: dict[str, Any] = {}
-    state = read_state(settings) if settings.s3 is not None else None
-    if settings.s3 is not None:
+    state = read_state(settings) if settings.offsite is not None else None
+    if settings.offsite is not None:
         lag = offsite_lag(settings, backups, now=now, state=state)
         offsite = lag.to_dict()
         findings += _offsite_findings(lag, now)
@@ -699,7 +699,7 @@ def _copy_findings(
     """Copies that are missing, damaged or differ. One that ``run`` can rebuild from a sound
     copy elsewhere is reported, not warned about; a warning means a repair is impossible."""
     offsite_sound: set[str] = set()
-    if settings.s3 is not None:
+    if settings.offsite is not None:
         offsite_sound = {c.id for c in read_state(settings).copies.values() if c.ok}
     findings: list[Finding] = []
     pending: dict[str, list[str]] = {}

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups import layout
 from tablettracker_backups.errors import (
     BackupError,
     IdentityError,
@@ -46,7 +47,7 @@ from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_FILE = "database.json"
+IDENTITY_FILE = layout.IDENTITY_KEY
 IDENTITY_VERSION = 1
 
 
@@ -93,7 +94,7 @@ def read_identity(folder: Path) -> DatabaseIdentity | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise StorageError(f"cannot read {path}: {exc.strerror}") from None
+        raise StorageError(f"cannot read {path}: {exc.strerror}") from exc
     try:
         document = json.loads(text)
         name, where = document["name"], document["path"]
@@ -104,7 +105,7 @@ def read_identity(folder: Path) -> DatabaseIdentity | None:
         raise StorageError(
             f"{path} is damaged ({exc}); move it aside to let the configured database claim "
             "the folder"
-        ) from None
+        ) from exc
     return DatabaseIdentity(name, where, recorded)
 
 

@@ -161,8 +161,10 @@ def encryption_status(
             groups.items(), key=lambda item: max(item[1]), reverse=True
         )
     )
-    drill_where = "offsite" if settings.s3 is not None else "local"
-    period = settings.s3.verify_period_days if settings.s3 is not None else DEFAULT_DRILL_DAYS
+    drill_where = "offsite" if settings.offsite is not None else "local"
+    period = (
+        settings.offsite.verify_period_days if settings.offsite is not None else DEFAULT_DRILL_DAYS
+    )
     return EncryptionStatus(
         configured=config is not None,
         mode=str(config.mode) if config else None,

@@ -102,3 +102,12 @@ def manifest_id(name: str) -> str | None:
     """The backup id of a manifest named ``name``; None for any other name."""
     found = parse(name)
     return found[1] if found is not None and found[0] is Part.MANIFEST else None
+
+
+def offsite_seal(key: str) -> str:
+    """What an encrypted offsite store demands of the object under ``key`` (the policy of
+    :class:`~.storage.sealed.SealedStore`): a manifest is readable JSON with its details
+    sealed (``sealed-json``); anything else must be an age file (``age``), so no name,
+    however odd, lets plaintext through."""
+    name = key.rpartition("/")[2]
+    return "sealed-json" if manifest_id(name) is not None else "age"

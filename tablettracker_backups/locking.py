@@ -36,10 +36,10 @@ def _acquire(settings: Settings, name: str, *, timeout: float, busy: str) -> fil
     lock = filelock.FileLock(str(settings.state_dir / name), mode=0o600)
     try:
         lock.acquire(timeout=timeout)
-    except filelock.Timeout:
-        raise LockedError(busy) from None
+    except filelock.Timeout as exc:
+        raise LockedError(busy) from exc
     except OSError as exc:
-        raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from None
+        raise StorageError(f"cannot take the lock in {settings.state_dir}: {exc}") from exc
     return lock
 
 

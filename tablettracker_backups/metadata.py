@@ -46,8 +46,8 @@ def validate_backup_id(value: object) -> str:
         )
     try:
         id_time(value)
-    except ValueError:
-        raise InvalidBackupId(f"invalid backup id {value!r}: not a real date and time") from None
+    except ValueError as exc:
+        raise InvalidBackupId(f"invalid backup id {value!r}: not a real date and time") from exc
     return value
 
 
@@ -85,15 +85,15 @@ def parse_utc(value: object, what: str) -> datetime:
         raise MetadataError(f"{what} must be a timestamp string")
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise MetadataError(f"{what} is not an ISO timestamp: {value[:40]!r}") from None
+    except ValueError as exc:
+        raise MetadataError(f"{what} is not an ISO timestamp: {value[:40]!r}") from exc
     if moment.tzinfo is None:
         raise MetadataError(f"{what} has no time zone")
     try:
         return moment.astimezone(timezone.utc)
-    except OverflowError:
+    except OverflowError as exc:
         # "0001-01-01T00:00:00+01:00" is a valid ISO string whose UTC time is before year 1.
-        raise MetadataError(f"{what} is out of range: {value[:40]!r}") from None
+        raise MetadataError(f"{what} is out of range: {value[:40]!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -288,8 +288,8 @@ class BackupMetadata:
             raise MetadataError("metadata is larger than any real backup's")
         try:
             document = json.loads(text)
-        except (ValueError, RecursionError):
-            raise MetadataError("metadata is not valid JSON") from None
+        except (ValueError, RecursionError) as exc:
+            raise MetadataError("metadata is not valid JSON") from exc
         if not isinstance(document, dict):
             raise MetadataError("metadata is not a JSON object")
         return cls.from_dict(document, expected_id=expected_id)
@@ -308,7 +308,7 @@ class BackupMetadata:
         try:
             backup_id = validate_backup_id(doc.get("id"))
         except InvalidBackupId as exc:
-            raise MetadataError(f"metadata has an {exc}") from None
+            raise MetadataError(f"metadata has an {exc}") from exc
         if expected_id is not None and backup_id != expected_id:
             raise MetadataError(f"metadata names backup {backup_id}, not {expected_id}")
         compression = _choice(doc, "compression", tuple(EXTENSIONS))

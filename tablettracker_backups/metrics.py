@@ -106,7 +106,9 @@ def read_snapshot(settings: Settings, *, now: datetime | None = None) -> Snapsho
         last_size=newest.metadata.stored_size if newest and newest.metadata else None,
         slots={slot: counts.get(slot, 0) for slot in SLOTS},
         health_status=[str(v) for v in Level].index(level) if level in list(Level) else None,
-        offsite_behind=len(offsite_lag(settings, infos, now=now).behind) if settings.s3 else None,
+        offsite_behind=len(offsite_lag(settings, infos, now=now).behind)
+        if settings.offsite
+        else None,
         disk_free=disk,
     )
 
@@ -175,8 +177,8 @@ def registry(settings: Settings) -> CollectorRegistry:
     ``prometheus_client`` is not installed."""
     try:
         from prometheus_client.registry import CollectorRegistry
-    except ImportError:
-        raise ConfigError(MISSING_CLIENT) from None
+    except ImportError as exc:
+        raise ConfigError(MISSING_CLIENT) from exc
     found = CollectorRegistry(auto_describe=False)
     found.register(BackupsCollector(settings))
     return found
@@ -207,5 +209,5 @@ def write_textfile(settings: Settings, path: Path) -> None:
         os.chmod(temp, 0o644)  # the umask may have taken bits away
     except OSError as exc:
         remove_quietly(temp)
-        raise StorageError(describe_os_error(exc, path)) from None
+        raise StorageError(describe_os_error(exc, path)) from exc
     commit(temp, path)

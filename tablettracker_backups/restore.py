@@ -1149,7 +1149,7 @@ def recover_from_offsite(
             if backup_id != "latest":
                 raise VerificationError(
                     f"offsite backup {candidate} failed its checks: {exc}; nothing was written"
-                ) from None
+                ) from exc
             logger.warning("offsite backup %s is damaged, trying an older one: %s", candidate, exc)
             skipped.append((candidate, str(exc)))
             continue

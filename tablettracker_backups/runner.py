@@ -22,6 +22,7 @@ from tablettracker_backups.backup import (
 )
 from tablettracker_backups.changes import changed_since, source_signature
 from tablettracker_backups.display import human_size
+from tablettracker_backups.encryption import Identity
 from tablettracker_backups.errors import BackupError, LockedError
 from tablettracker_backups.heal import Repair, heal_copies
 from tablettracker_backups.health import HealthReport, check_health, save_report
@@ -207,10 +208,13 @@ def run(
     force: bool = False,
     trigger: str = "scheduled",
     reverify: bool = True,
+    identity: Identity | None = None,
 ) -> RunResult:
     """Do one scheduled run. Raises only :class:`LockedError` (another operation is running)
     or, before any backup folder exists, the error that stops it from being created; every
-    other failure is reported in the result, and recorded for ``health``.
+    other failure is reported in the result, and recorded for ``health``. ``identity``, given
+    by a person for one run, opens encrypted copies: the re-verify checks them in full and a
+    lost local copy is rebuilt from a sealed offsite copy.
 
     Around the run: dead-man pings (``BACKUPS_PING_URL``) at the start and the end, and after
     the lock is released one message to the owner with what changed (and, with
@@ -220,7 +224,9 @@ def run(
     budget = Budget(notify.BUDGET_SECONDS)
     ping(settings, "start", budget=budget)
     try:
-        result = _run_locked(settings, force=force, trigger=trigger, reverify=reverify)
+        result = _run_locked(
+            settings, force=force, trigger=trigger, reverify=reverify, identity=identity
+        )
     except BackupError as exc:
         code = LOCKED_EXIT_CODE if isinstance(exc, LockedError) else 2
         ping(settings, str(code), f"run did not start: {exc}", budget=budget)
@@ -283,7 +289,14 @@ class _Progress:
         )
 
 
-def _run_locked(settings: Settings, *, force: bool, trigger: str, reverify: bool) -> RunResult:
+def _run_locked(
+    settings: Settings,
+    *,
+    force: bool,
+    trigger: str,
+    reverify: bool,
+    identity: Identity | None = None,
+) -> RunResult:
     """The run itself: every step under the operation lock."""
     progress = _Progress(started=datetime.now(timezone.utc))
     if not settings.state_dir.is_dir():
@@ -293,9 +306,15 @@ def _run_locked(settings: Settings, *, force: bool, trigger: str, reverify: bool
     store = BackupStore(settings)
     with operation_lock(settings):
         _back_up_and_reverify(
-            settings, store, progress, force=force, trigger=trigger, reverify=reverify
+            settings,
+            store,
+            progress,
+            force=force,
+            trigger=trigger,
+            reverify=reverify,
+            identity=identity,
         )
-        if settings.s3 is not None:
+        if settings.offsite is not None:
             _sync_offsite(settings, progress, reverify=reverify)
         if progress.error is None:
             _prune(store, progress)
@@ -311,6 +330,7 @@ def _back_up_and_reverify(
     force: bool,
     trigger: str,
     reverify: bool,
+    identity: Identity | None = None,
 ) -> None:
     """Back up if one is due, then fully re-check the least recently verified backup."""
     try:
@@ -333,14 +353,18 @@ def _back_up_and_reverify(
             new_id = progress.backup.metadata.id if progress.backup else None
             target = _least_recently_verified(store, new_id)
             if target is not None:
-                progress.reverified = verify_backup(store, target, notify_owner=False)
+                progress.reverified = verify_backup(
+                    store, target, identity=identity, notify_owner=False
+                )
                 progress.warnings += [
                     f"re-verify of {target}: {c.location}: {c.error}"
                     for c in progress.reverified.copies
                     if not c.ok
                 ]
         # After the re-verify, so a copy it found damaged is rebuilt in the same run.
-        progress.repaired = heal_copies(store, recheck=settings.health_checksum_count)
+        progress.repaired = heal_copies(
+            store, recheck=settings.health_checksum_count, identity=identity
+        )
         progress.warnings += [r.describe() for r in progress.repaired if not r.ok]
     except BackupError as exc:
         progress.fail(exc)

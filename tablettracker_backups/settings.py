@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tablettracker_backups.encryption import parse_recipients
 from tablettracker_backups.errors import ConfigError, NoDatabaseConfigured
+from tablettracker_backups.recipients import parse_recipients
 from tablettracker_backups.states import EncryptMode
 
 if sys.version_info >= (3, 11):
@@ -82,6 +82,25 @@ class S3Settings:
 
 
 @dataclass(frozen=True)
+class RcloneSettings:
+    """Offsite copies on an rclone remote (``BACKUPS_RCLONE_REMOTE``): Google Drive, Dropbox,
+    OneDrive, SFTP, B2 ..., configured by the user with ``rclone config``."""
+
+    #: ``gdrive:tablettracker``: the remote and the folder the backups go in. A connection
+    #: string may hold secrets: shown only through :func:`storage.rclone.redact`.
+    remote: str = field(repr=False)
+    #: rclone's config file; None: rclone's own default (``~/.config/rclone/rclone.conf``).
+    config: Path | None = None
+    retention: RetentionPolicy | None = None
+    verify_per_run: int = 2
+    verify_period_days: int = 30
+
+
+#: Where offsite copies go: an S3 bucket or an rclone remote (never both).
+OffsiteSettings = S3Settings | RcloneSettings
+
+
+@dataclass(frozen=True)
 class EncryptionSettings:
     """Whom backups are encrypted to (age X25519 public keys) and what is encrypted.
 
@@ -119,6 +138,7 @@ class Settings:
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
     s3: S3Settings | None = None
+    rclone: RcloneSettings | None = None
     encryption: EncryptionSettings | None = None
     #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
     snapshot_after_write: int | None = 300
@@ -160,6 +180,11 @@ class Settings:
         if self.secondary_dir is None:
             return (self.backup_dir,)
         return (self.backup_dir, self.secondary_dir)
+
+    @property
+    def offsite(self) -> OffsiteSettings | None:
+        """The offsite target (S3 or rclone), if one is configured."""
+        return self.s3 if self.s3 is not None else self.rclone
 
     @property
     def state_dir(self) -> Path:
@@ -310,8 +335,8 @@ def _int(name: str, value: Any, *, minimum: int = 0) -> int:
         raise ConfigError(f"{PREFIX}{name.upper()} must be a whole number, not {value!r}")
     try:
         number = int(str(value).strip()) if not isinstance(value, int) else value
-    except ValueError:
-        raise ConfigError(f"{PREFIX}{name.upper()} must be a whole number, not {value!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{PREFIX}{name.upper()} must be a whole number, not {value!r}") from exc
     if number < minimum:
         raise ConfigError(f"{PREFIX}{name.upper()} must be at least {minimum}, not {number}")
     return number
@@ -322,10 +347,10 @@ def _float(name: str, value: Any) -> float:
         raise ConfigError(f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError) as exc:
         raise ConfigError(
             f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}"
-        ) from None
+        ) from exc
     if not math.isfinite(number) or number > MAX_DURATION:
         raise ConfigError(f"{PREFIX}{name.upper()} must be a number of seconds, not {value!r}")
     if number < 0:
@@ -390,6 +415,16 @@ CORE_KEYS = frozenset(
         "s3_verify_per_run",
         "s3_verify_period_days",
         "s3_checksum",
+        "rclone_remote",
+        "rclone_config",
+        "rclone_keep_hourly",
+        "rclone_keep_daily",
+        "rclone_keep_weekly",
+        "rclone_keep_monthly",
+        "rclone_keep_yearly",
+        "rclone_keep_pre_restore",
+        "rclone_verify_per_run",
+        "rclone_verify_period_days",
         "encrypt_to",
         "encrypt",
         "notify",
@@ -492,6 +527,13 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         if 0 < budget < 1:
             raise ConfigError("BACKUPS_RECENT_BUDGET must be a size like 2GB, not a percentage")
         kwargs["recent_budget"] = int(budget)
+    s3 = _s3_settings(values, retention)
+    rclone = _rclone_settings(values, retention)
+    if s3 is not None and rclone is not None:
+        raise ConfigError(
+            "set BACKUPS_S3_BUCKET or BACKUPS_RCLONE_REMOTE, not both: backups go to one "
+            "offsite place"
+        )
     return Settings(
         database=database,
         backup_dir=backup_dir,
@@ -499,7 +541,8 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         compression=compression,
         compression_level=level,
         retention=retention,
-        s3=_s3_settings(values, retention),
+        s3=s3,
+        rclone=rclone,
         encryption=_encryption_settings(values),
         **kwargs,
     )
@@ -518,8 +561,8 @@ def _encryption_settings(values: Mapping[str, Any]) -> EncryptionSettings | None
     choices = ", ".join(m.value for m in EncryptMode)
     try:
         mode = EncryptMode((mode_text or EncryptMode.OFFSITE.value).lower())
-    except ValueError:
-        raise ConfigError(f"BACKUPS_ENCRYPT must be one of {choices}, not {mode_text!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"BACKUPS_ENCRYPT must be one of {choices}, not {mode_text!r}") from exc
     return EncryptionSettings(recipients=recipients, mode=mode)
 
 
@@ -579,8 +622,8 @@ def parse_fraction(name: str, value: Any) -> float:
     percent = text.endswith("%")
     try:
         number = float(text[:-1] if percent else text)
-    except ValueError:
-        raise ConfigError(f"{wrong}, not {value!r}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{wrong}, not {value!r}") from exc
     if percent or number >= 1:
         number /= 100
     if not math.isfinite(number) or not 0 < number < 1:
@@ -664,6 +707,48 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
     )
 
 
+def _rclone_settings(values: Mapping[str, Any], local: RetentionPolicy) -> RcloneSettings | None:
+    remote = _opt_str(values.get("rclone_remote"))
+    if remote is None:
+        others = [k for k in values if k.startswith("rclone_") and _opt_str(values[k])]
+        if others:
+            raise ConfigError(
+                f"{PREFIX}{others[0].upper()} is set but BACKUPS_RCLONE_REMOTE is not"
+            )
+        return None
+    # A remote starting with "-" would reach rclone as an option; a newline splits a log line.
+    if remote.startswith("-") or any(ch in remote for ch in "\0\r\n"):
+        raise ConfigError(
+            "BACKUPS_RCLONE_REMOTE must name an rclone remote and folder, "
+            "for example gdrive:tablettracker"
+        )
+    config_text = _opt_str(values.get("rclone_config"))
+    config: Path | None = None
+    if config_text is not None:
+        if "\0" in config_text:
+            raise ConfigError("BACKUPS_RCLONE_CONFIG must be a path without NUL characters")
+        config = Path(config_text).expanduser().absolute()
+        try:
+            found = config.is_file()
+        except OSError as exc:  # a name too long, a folder we may not enter
+            raise ConfigError(
+                f"BACKUPS_RCLONE_CONFIG: cannot read {str(config)[:80]!r} ({exc.strerror})"
+            ) from exc
+        if not found:
+            raise ConfigError(f"BACKUPS_RCLONE_CONFIG: no rclone config file at {config}")
+    kwargs: dict[str, Any] = {}
+    for key in ("rclone_verify_per_run", "rclone_verify_period_days"):
+        if values.get(key) is not None:
+            minimum = 1 if key.endswith("days") else 0
+            kwargs[key[len("rclone_") :]] = _int(key, values[key], minimum=minimum)
+    return RcloneSettings(
+        remote=remote,
+        config=config,
+        retention=_retention(values, "rclone_", local),
+        **kwargs,
+    )
+
+
 def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The ``BACKUPS_*`` environment variables this package knows, as lower-case names."""
     environ = os.environ if environ is None else environ
@@ -688,16 +773,16 @@ def values_from_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
             document = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"config file {path} is a folder") from None
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except IsADirectoryError as exc:
+        raise ConfigError(f"config file {path} is a folder") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from None
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from exc
     for section, content in document.items():
         if section == TOML_SECTION:
             continue

@@ -150,10 +150,10 @@ def check_sqlite_file(path: Path) -> None:
     """
     try:
         info = path.stat()
-    except FileNotFoundError:
-        raise DatabaseError(f"database {path} does not exist") from None
+    except FileNotFoundError as exc:
+        raise DatabaseError(f"database {path} does not exist") from exc
     except OSError as exc:
-        raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from None
+        raise DatabaseError(f"cannot read database {path}: {exc.strerror}") from exc
     if stat.S_ISDIR(info.st_mode):
         raise DatabaseError(f"database {path} is a folder, not a SQLite file")
     if not stat.S_ISREG(info.st_mode):
@@ -167,7 +167,7 @@ def check_sqlite_file(path: Path) -> None:
             f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=0, isolation_level=None
         )
     except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot read database {path}: {exc}") from None
+        raise DatabaseError(f"cannot read database {path}: {exc}") from exc
     try:
         # Reads page 1 (the header); a file that is not SQLite fails with SQLITE_NOTADB.
         conn.execute("PRAGMA schema_version").fetchone()
@@ -178,8 +178,8 @@ def check_sqlite_file(path: Path) -> None:
             # roll back: the operation itself opens it properly, waits, and reports.
             return
         if failure is SqliteFailure.NOT_A_DATABASE:
-            raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)") from None
-        raise DatabaseError(f"cannot read database {path}: {exc}") from None
+            raise DatabaseError(f"{path} is not a SQLite database (or it is encrypted)") from exc
+        raise DatabaseError(f"cannot read database {path}: {exc}") from exc
     finally:
         conn.close()
 
@@ -195,7 +195,7 @@ def connect(
         else:
             conn = sqlite3.connect(path, timeout=busy_timeout, isolation_level=None)
     except sqlite3.Error as exc:
-        raise DatabaseError(f"cannot open database {path}: {exc}") from None
+        raise DatabaseError(f"cannot open database {path}: {exc}") from exc
     return conn
 
 
@@ -216,7 +216,7 @@ def read_transaction(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
         # The first read takes the SHARED lock (or WAL read mark) that pins the snapshot.
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
     except sqlite3.Error as exc:
-        raise _sqlite_error(path, exc) from None
+        raise _sqlite_error(path, exc) from exc
     try:
         yield
     finally:
@@ -259,8 +259,8 @@ def copy_database(
         source.backup(dest, pages=pages, progress=on_step, sleep=retry)
     except sqlite3.Error as exc:
         if classify_sqlite_error(exc) is SqliteFailure.FULL:
-            raise StorageError(f"cannot write the copy: {exc}") from None
-        raise DatabaseError(f"copying {label} failed: {exc}") from None
+            raise StorageError(f"cannot write the copy: {exc}") from exc
+        raise DatabaseError(f"copying {label} failed: {exc}") from exc
 
 
 def take_snapshot(
@@ -483,7 +483,7 @@ def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -
     try:
         check_sqlite_file(path)
     except DatabaseError as exc:
-        raise VerificationError(str(exc)) from None
+        raise VerificationError(str(exc)) from exc
     outcome: dict[str, object] = {}
 
     def run_integrity() -> None:
@@ -513,11 +513,11 @@ def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -
             worker.join()
     error = outcome.get("error")
     if isinstance(error, BaseException):
-        raise VerificationError(f"{path.name} is not a readable database: {error}") from None
+        raise VerificationError(f"{path.name} is not a readable database: {error}") from error
     found = str(outcome["integrity"])
     if isinstance(rest, BaseException):
         # Not even the schema can be read: this does not open as a database.
-        raise VerificationError(f"{path.name} is not a readable database: {rest}") from None
+        raise VerificationError(f"{path.name} is not a readable database: {rest}") from rest
     return dataclasses.replace(rest, integrity=found)
 
 
@@ -559,7 +559,7 @@ def quick_check_live(path: Path, *, busy_timeout: float) -> str:
         try:
             messages = [str(r[0]) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
         except sqlite3.Error as exc:
-            raise _sqlite_error(path, exc) from None
+            raise _sqlite_error(path, exc) from exc
     return "ok" if messages == ["ok"] else "; ".join(messages)
 
 

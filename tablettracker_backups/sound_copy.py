@@ -21,6 +21,7 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
+from tablettracker_backups.extract import extract_verified
 from tablettracker_backups.fsutil import ensure_private_dir, remove_quietly, temp_path
 from tablettracker_backups.metadata import REGULAR_KINDS, BackupMetadata, validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
@@ -28,7 +29,6 @@ from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
-from tablettracker_backups.verify import extract_verified
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def resolve_backup(store: BackupStore, backup_id: str) -> BackupInfo:
 
 def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -> BackupInfo:
     """The backup as the offsite store has it; re-raises ``missing`` when there is none."""
-    if settings.s3 is None:
+    if settings.offsite is None:
         raise missing
     try:
         offsite = OffsiteStore.from_settings(settings)
@@ -69,7 +69,7 @@ def _offsite_info(settings: Settings, backup_id: str, missing: BackupNotFound) -
         else:
             meta = offsite.read_metadata(backup_id)
     except (OffsiteError, MetadataError) as exc:
-        raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from None
+        raise BackupNotFound(f"{missing}; the offsite store could not help: {exc}") from exc
     return BackupInfo(
         id=meta.id,
         created_at=meta.created_at,
@@ -179,7 +179,7 @@ def _extract_offsite_copy(
     including an encrypted one that ``identity`` (missing or another key) cannot open.
     """
     settings = store.settings
-    if settings.s3 is None:
+    if settings.offsite is None:
         return None
     folder = scratch_dir or settings.backup_dir
     ensure_private_dir(folder)

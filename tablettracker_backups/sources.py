@@ -54,9 +54,10 @@ from tablettracker_backups.settings import (
     split_notify_urls,
     values_from_toml,
 )
+from tablettracker_backups.storage.rclone import redact
 
 #: Settings that are file system paths (anchored as the module docstring says).
-PATH_KEYS = frozenset({"database", "dir", "secondary_dir"})
+PATH_KEYS = frozenset({"database", "dir", "secondary_dir", "rclone_config"})
 #: ``BACKUPS_*`` names read from the environment by the command line only, never settings.
 ENVIRONMENT_ONLY = frozenset({"config", "identity_file"})
 #: The command-line option of each setting that has one.
@@ -240,12 +241,12 @@ def resolve(
     values = {key: value for key, (value, _origin) in merged.items()}
     try:
         settings = settings_from_mapping(values)
-    except NoDatabaseConfigured:
+    except NoDatabaseConfigured as exc:
         if missing_database is None:
             raise
-        raise NoDatabaseConfigured(missing_database) from None
+        raise NoDatabaseConfigured(missing_database) from exc
     except ConfigError as exc:
-        raise ConfigError(_with_origin(str(exc), merged)) from None
+        raise ConfigError(_with_origin(str(exc), merged)) from exc
     origins = {key: origin for key, (_value, origin) in merged.items()}
     if "dir" not in merged:
         origins["dir"] = Origin(
@@ -361,6 +362,8 @@ def shown_value(key: str, value: Any) -> str:
             return "***"
     if key == "ping_url":
         return mask_url(str(value))
+    if key == "rclone_remote":
+        return redact(str(value))  # a connection string's parameters may hold keys
     if isinstance(value, list | tuple):
         return " ".join(map(str, value))
     return str(value)

@@ -371,7 +371,7 @@ class BackupStore:
                     # list as missing or damaged); the primary's backups must still list.
                     logger.warning("cannot list the %s folder: %s", location, exc)
                     continue
-                raise StorageError(describe_os_error(exc, directory)) from None
+                raise StorageError(describe_os_error(exc, directory)) from exc
             for name in names:
                 parsed = parse(name)
                 if parsed is not None and parsed[0] is Part.MANIFEST and is_backup_id(parsed[1]):

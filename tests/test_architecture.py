@@ -260,3 +260,173 @@ def test_the_library_check_sees_flask_when_it_is_loaded() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "True"
+
+
+# -- the layers of issue 24: faces, then operations, then the catalog, then formats, then -----
+# -- storage, over a base every layer may use; imports never go upwards ------------------------
+
+#: Top to bottom. A module is in the first layer one of whose names is it or its package.
+LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
+    ("faces", frozenset({"web", "cli", "console", "demo", "__main__", "__init__", "jobs.worker"})),
+    (
+        "operations",
+        frozenset(
+            {
+                "runner", "backup", "restore", "verify", "heal", "prune", "offsite.sync",
+                "autosnapshot", "bootstrap", "pins", "evidence", "health", "metrics", "weekly",
+                "preview", "sound_copy", "restore_points", "jobs.queue", "pings", "keys",
+                "sources", "anomaly", "intent", "jobs",
+            }
+        ),
+    ),
+    (
+        "catalog",
+        frozenset(
+            {
+                "store", "identity", "status", "audit", "notify", "offsite.client",
+                "offsite.record", "offsite.policy", "retention", "locking", "overwrite",
+                "snapshot", "extract", "offsite",
+            }
+        ),
+    ),
+    ("formats", frozenset({"metadata", "layout", "encryption", "compression"})),
+    ("storage", frozenset({"storage"})),
+    (
+        "base",
+        frozenset(
+            {
+                "errors", "fsutil", "crashpoints", "display", "states", "progress", "version",
+                "settings", "notifiers", "changes", "recipients",
+            }
+        ),
+    ),
+)  # fmt: skip
+
+
+def layer_of(module: str) -> int | None:
+    """The index (0 = top) of ``module``'s layer; None for a module in no layer."""
+    parts = module.split(".")
+    for index, (_, names) in enumerate(LAYERS):
+        if any(".".join(parts[:n]) in names for n in range(len(parts), 0, -1)):
+            return index
+    return None
+
+
+def upward_imports(graph: dict[str, set[str]]) -> set[tuple[str, str]]:
+    """(module, import) pairs where a module imports one in a layer above its own."""
+    wrong = set()
+    for module, targets in graph.items():
+        own = layer_of(module)
+        for target in targets:
+            theirs = layer_of(target)
+            if own is not None and theirs is not None and theirs < own:
+                wrong.add((module, target))
+    return wrong - {("web.extension", "cli")} - set(ALLOWED_FACE_EDGES)
+
+
+def test_every_module_has_its_layer() -> None:
+    unplaced = sorted(m for m in import_graph() if m and layer_of(m) is None)
+    assert not unplaced, f"place these in a layer in LAYERS: {unplaced}"
+
+
+def test_imports_never_go_up_a_layer() -> None:
+    wrong = upward_imports(import_graph())
+    named = sorted(
+        f"{m} ({LAYERS[layer_of(m) or 0][0]}) -> {t} ({LAYERS[layer_of(t) or 0][0]})"
+        for m, t in wrong
+    )
+    assert not wrong, "imports that climb a layer: " + "; ".join(named)
+
+
+def test_the_layer_check_finds_planted_upward_imports() -> None:
+    graph = {
+        "snapshot": {"restore"},  # the catalog reaching up to an operation
+        "layout": {"store"},  # a format reaching up to the catalog
+        "settings": {"encryption"},  # the base reaching up to a format
+        "restore": {"store", "layout", "storage.local", "errors"},  # all fine: downwards
+    }
+    assert upward_imports(graph) == {
+        ("snapshot", "restore"),
+        ("layout", "store"),
+        ("settings", "encryption"),
+    }
+
+
+#: What only :mod:`tablettracker_backups.layout` may spell: the parts of a backup's names.
+BACKUP_NAME_PARTS = (".db.zst", ".db.gz", ".state.json", "database.json")
+
+
+def name_builders(package: Path = PACKAGE) -> list[str]:
+    """``module:line`` of every string constant (docstrings and comments aside) outside
+    ``layout.py`` that spells a part of a backup's object names."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        if path.name == "layout.py" and path.parent == package:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        docstrings = {
+            id(node.body[0].value)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef)
+            and node.body
+            and isinstance(node.body[0], ast.Expr)
+            and isinstance(node.body[0].value, ast.Constant)
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and id(node) not in docstrings
+                and any(part in node.value for part in BACKUP_NAME_PARTS)
+                # Words for a person that name the file (messages), not a name being built.
+                and " " not in node.value.strip()
+            ):
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    return found
+
+
+def test_only_the_layout_module_builds_a_backups_names() -> None:
+    assert not name_builders(), name_builders()
+
+
+def test_the_name_check_finds_a_planted_name(tmp_path: Path) -> None:
+    package = tmp_path / NAME
+    package.mkdir()
+    (package / "layout.py").write_text('SUFFIX = ".db.zst"\n')
+    (package / "heal.py").write_text(
+        '"""Rebuilds <id>.db.zst copies."""\n'
+        'def path(backup_id):\n    return backup_id + ".db.zst"\n'
+        'def say():\n    return "cannot read database.json in the folder"\n'
+    )
+    assert name_builders(package) == ["heal.py:3"]
+
+
+def causes_dropped(package: Path = PACKAGE) -> list[str]:
+    """``module:line`` of every ``raise ... from None``: it drops the cause chain the logs
+    need (the user's message is ``str(exc)`` either way)."""
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (
+                isinstance(node, ast.Raise)
+                and isinstance(node.cause, ast.Constant)
+                and node.cause.value is None
+            ):
+                found.append(f"{path.relative_to(package)}:{node.lineno}")
+    return found
+
+
+def test_exceptions_keep_their_cause() -> None:
+    assert not causes_dropped(), causes_dropped()
+
+
+def test_the_cause_check_finds_a_planted_from_none(tmp_path: Path) -> None:
+    package = tmp_path / NAME
+    package.mkdir()
+    (package / "heal.py").write_text(
+        "def f():\n    try:\n        g()\n    except OSError as exc:\n"
+        "        raise ValueError('x') from exc\n"
+        "def h():\n    try:\n        g()\n    except OSError:\n"
+        "        raise ValueError('y') from None\n"
+    )
+    assert causes_dropped(package) == ["heal.py:10"]

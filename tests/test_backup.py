@@ -14,9 +14,10 @@ import pytest
 
 from tablettracker_backups.backup import cleanup_debris, copy_between, create_backup
 from tablettracker_backups.errors import DatabaseError, StorageError, VerificationError
+from tablettracker_backups.extract import extract_verified
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.store import BackupStore
-from tablettracker_backups.verify import extract_verified, verify_backup
+from tablettracker_backups.verify import verify_backup
 from tests.conftest import flip_byte, make_db
 
 

@@ -34,7 +34,6 @@ from tablettracker_backups.encryption import (
     encrypted_metadata,
     fingerprint,
     load_identity,
-    parse_recipients,
 )
 from tablettracker_backups.errors import (
     AgeIdentityError,
@@ -46,6 +45,7 @@ from tablettracker_backups.errors import (
 from tablettracker_backups.health import check_health
 from tablettracker_backups.keys import DEFAULT_DRILL_DAYS, DRILLS
 from tablettracker_backups.metadata import BackupMetadata, SourceInfo, Verification
+from tablettracker_backups.recipients import parse_recipients
 from tablettracker_backups.restore import preview_restore, restore_backup
 from tablettracker_backups.settings import Settings, settings_from_mapping
 from tablettracker_backups.sources import load_settings

@@ -578,7 +578,7 @@ def test_damaged_backup(tmp_path: Path, reliability: Recorder, kind: str, scope:
 
 def snapshot_state(settings: Settings, backup_id: str, scratch: Path) -> tuple[int, int]:
     """(invariant, count_sessions rows) inside a stored backup, after a full extract+verify."""
-    from tablettracker_backups.verify import extract_verified
+    from tablettracker_backups.extract import extract_verified
 
     store = BackupStore(settings)
     meta = store.read_metadata("primary", backup_id)
@@ -1222,7 +1222,7 @@ def test_app_killed_mid_transaction(
     result = run_cli(["backup", "--json"], env)
     assert result.returncode == 0, result.stderr
     backup_id = json.loads(result.stdout)["id"]
-    from tablettracker_backups.verify import extract_verified
+    from tablettracker_backups.extract import extract_verified
 
     settings = settings_from_mapping({"database": db, "dir": tmp_path / "b"})
     store = BackupStore(settings)

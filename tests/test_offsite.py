@@ -30,18 +30,20 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli import cli
 from tablettracker_backups.errors import (
     BackupNotFound,
+    ObjectCorrupt,
     OffsiteError,
     RestoreError,
     VerificationError,
 )
 from tablettracker_backups.health import check_health
-from tablettracker_backups.offsite.client import OffsiteStore, local_digests
+from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.policy import copy_states, offsite_lag
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
 from tablettracker_backups.restore import recover_from_offsite
 from tablettracker_backups.runner import run
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.storage.s3 import S3Store, local_digests
 from tablettracker_backups.store import BackupStore
 from tests.conftest import flip_byte, make_db
 from tests.netkit import recording_proxy
@@ -317,9 +319,9 @@ def test_a_local_copy_damaged_in_place_is_never_sent(
 @pytest.mark.parametrize(
     ("stored", "with_checksum", "error"),
     [
-        ("truncated", False, r"is \d+ bytes after upload, expected"),
-        ("one byte changed", True, "has a different SHA-256 than the local backup"),
-        ("one byte changed", False, "read back differently than it was uploaded"),
+        ("truncated", False, r"is \d+ bytes in s3://.* after upload, expected"),
+        ("one byte changed", True, "has a different SHA-256 in s3://.* than was sent"),
+        ("one byte changed", False, "read back from s3://.* differently than it was sent"),
     ],
 )
 def test_each_check_after_an_upload_on_its_own(
@@ -350,8 +352,9 @@ def test_each_check_after_an_upload_on_its_own(
         multipart_threshold=settings.s3.multipart_threshold,
         chunksize=settings.s3.multipart_chunksize,
     )
-    with pytest.raises(OffsiteError, match=error):
-        offsite._check_uploaded(key, meta, digests)
+    assert isinstance(offsite.objects, S3Store)
+    with pytest.raises(ObjectCorrupt, match=error):
+        offsite.objects._check_stored(meta.data_file, key, digests)
 
 
 def test_only_keys_under_the_prefix_are_deleted(

@@ -34,7 +34,8 @@ from tablettracker_backups.encryption import load_identity as open_key
 from tablettracker_backups.errors import (
     AgeIdentityError,
     BackupError,
-    OffsiteError,
+    ObjectCorrupt,
+    PlaintextRefused,
     RestoreError,
     VerificationError,
 )
@@ -45,6 +46,7 @@ from tablettracker_backups.offsite.sync import sync_offsite, verify_offsite
 from tablettracker_backups.restore import preview_restore, recover_from_offsite, restore_backup
 from tablettracker_backups.runner import RunResult, run
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.storage.sealed import Seal, SealedStore
 from tablettracker_backups.store import BackupStore
 from tests import faultkit, test_offsite
 from tests.netkit import recording_proxy
@@ -326,16 +328,18 @@ def test_the_store_refuses_plaintext_and_checks_what_it_stored(
     meta = create_backup(settings).metadata
     offsite = OffsiteStore.from_settings(settings)
     data = BackupStore(settings).data_path_for("primary", meta)
-    with pytest.raises(VerificationError, match=r"refusing to upload .* unencrypted"):
+    with pytest.raises(PlaintextRefused, match=rf"refusing to store {meta.id}.db.zst .*age file"):
         offsite.upload(data, meta)
     assert stored_objects(s3_server, settings) == {}
 
     # After an upload the object's first bytes are read back: a plain one is caught.
-    assert settings.s3 is not None
-    key = f"{settings.s3.prefix}{meta.id}.db.zst.age"
-    s3_server.client().put_object(Bucket=BUCKET, Key=key, Body=data.read_bytes())
-    with pytest.raises(OffsiteError, match="does not start with the age header"):
-        offsite._check_stored_header(key, meta.id)
+    assert settings.s3 is not None and isinstance(offsite.objects, SealedStore)
+    name = f"{meta.id}.db.zst.age"
+    s3_server.client().put_object(
+        Bucket=BUCKET, Key=settings.s3.prefix + name, Body=data.read_bytes()
+    )
+    with pytest.raises(ObjectCorrupt, match=f"{name} is no longer sealed"):
+        offsite.objects._check_stored(name, Seal.AGE)
 
 
 def test_no_plaintext_byte_is_sent_for_a_mislabelled_file(
@@ -531,3 +535,56 @@ def test_local_restore_falls_back_to_the_encrypted_offsite_copy(
     restored = restore_backup(settings, backup_id, to=target, identity=identity)
     assert restored.source_location == "offsite"
     assert _row_counts(target) == _row_counts(db_path)
+
+
+def test_a_lost_local_copy_heals_from_the_sealed_offsite_copy_with_the_identity(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    tmp_path: Path,
+) -> None:
+    """Issue 24's bug: with BACKUPS_ENCRYPT=offsite the local copies are plain and the offsite
+    one sealed. A pinned backup's local data file is lost in every folder: without the
+    identity the run cannot rebuild it and health says which key heals it; with it, the
+    sealed copy is decrypted, checked against the local metadata, and the copy is back."""
+    from tablettracker_backups.health import check_health
+    from tablettracker_backups.pins import set_pin
+    from tablettracker_backups.verify import verify_backup
+
+    settings, identity_file, recipient, taken = encrypted_run(s3_settings, keys)
+    assert taken.backup is not None
+    backup = taken.backup.metadata
+    set_pin(settings, backup.id, pinned=True, label="keep")
+    for folder in settings.locations:
+        (folder / backup.data_file).unlink()  # the data only: the manifests are still there
+
+    without = run(settings, force=True)
+    (failed,) = [r for r in without.repaired if r.id == backup.id and r.location == "primary"]
+    assert not failed.ok and failed.source == "offsite"
+    assert failed.error is not None
+    assert failed.error.startswith(
+        f"the offsite copy of {backup.id} is encrypted: give --identity FILE (or "
+        "BACKUPS_IDENTITY_FILE) with the identity of "
+    )
+    assert fingerprint(recipient) in failed.error
+    assert failed.error.endswith("with it, `run --identity FILE` rebuilds the primary copy")
+    said = [f.message for f in check_health(settings).findings if backup.id in f.message]
+    assert any("rebuilding it failed" in m and "--identity FILE" in m for m in said), said
+    assert not (settings.backup_dir / backup.data_file).exists()
+    # The pin holds offsite too, though no local copy is sound: this is the last copy.
+    assert backup.id in read_state(settings).copies
+
+    healed = run(settings, force=True, identity=open_key(identity_file))
+    rebuilt = {r.location for r in healed.repaired if r.id == backup.id and r.ok}
+    assert rebuilt == set(settings_locations(settings)), healed.repaired
+    store = BackupStore(settings)
+    info = store.get(backup.id)
+    assert [c.state for c in info.copies] == ["ok"] * len(info.copies)
+    assert info.pinned and info.label == "keep"  # the state travels with the copy
+    assert verify_backup(store, backup.id).ok  # plain again, and whole
+    assert not (settings.backup_dir / (backup.data_file + ".age")).exists()
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def settings_locations(settings: Settings) -> list[str]:
+    return ["primary"] + (["secondary"] if settings.secondary_dir is not None else [])

@@ -775,6 +775,8 @@ def test_rclone_hides_the_parameters_of_a_connection_string(tmp_path: Path) -> N
     assert redact(remote) == ":webdav,...:bucket/folder"
     assert redact(":s3,secret_access_key='a:b',region=x:bucket") == ":s3,...:bucket"
     assert redact("name,secret=x:folder") == "name,...:folder"
+    # A value with a colon left unquoted: hidden up to the last colon, never shown.
+    assert redact(":webdav,url=http://h:1/,pass=hunter2:tt") == ":webdav,...:tt"
     assert redact("gdrive:tablettracker") == "gdrive:tablettracker"
     assert redact("/srv/copies") == "/srv/copies"
     config = tmp_path / "rclone.conf"

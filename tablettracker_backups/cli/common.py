@@ -224,8 +224,8 @@ def open_identity(path: Path | None) -> Identity | None:
     def ask() -> str:
         try:
             return str(click.prompt(f"Passphrase for {path}", hide_input=True, err=True))
-        except click.Abort:
-            raise AgeIdentityError(f"no passphrase given for the identity file {path}") from None
+        except click.Abort as exc:
+            raise AgeIdentityError(f"no passphrase given for the identity file {path}") from exc
 
     return load_identity(path.expanduser().absolute(), passphrase=ask)
 

@@ -412,10 +412,10 @@ def _recover_from_offsite(
 ) -> None:
     """``restore --from-offsite``: a new database file from the offsite store alone."""
 
-    if settings.s3 is None:
+    if settings.offsite is None:
         raise click.UsageError(
             "--from-offsite needs an offsite store: set BACKUPS_S3_BUCKET (and the endpoint and "
-            "credentials)"
+            "credentials) or BACKUPS_RCLONE_REMOTE"
         )
     target = _target(settings, to)
     result = recover_from_offsite(settings, backup_id, to=target, identity=identity)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -10,7 +11,9 @@ from tablettracker_backups.cli.common import (
     BackupsCommand,
     audit_command,
     emit_json,
+    identity_option,
     json_option,
+    open_identity,
     print_health,
     settings_command,
 )
@@ -21,21 +24,27 @@ from tablettracker_backups.settings import Settings
 
 @click.command("run", cls=BackupsCommand)
 @click.option("--force", is_flag=True, help="Back up even if the newest backup is recent.")
+@identity_option
 @settings_command
 @json_option
-def run_command(settings: Settings, force: bool, as_json: bool) -> None:
+def run_command(settings: Settings, force: bool, identity_file: Path | None, as_json: bool) -> None:
     """Everything a scheduled task needs: back up if due, verify, prune, health check.
 
     Idempotent: run it hourly (or daily on a free PythonAnywhere account); a run with nothing
     due only verifies and checks. A second run while one is in progress waits briefly, then
     exits 3 without touching anything.
 
+    With --identity FILE, brought by a person for one run, encrypted copies are opened: the
+    re-verify checks them in full, and a local copy lost everywhere is rebuilt from the
+    sealed offsite copy (health says when that is what a repair needs).
+
     \b
     Example (PythonAnywhere scheduled task or crontab):
       tablettracker-backups run --config /home/me/.config/tablettracker-backups/config.toml
+      tablettracker-backups run --identity ~/keys/backups-identity.txt   # a repair needs it
     """
 
-    result = run(settings, force=force, trigger="scheduled")
+    result = run(settings, force=force, trigger="scheduled", identity=open_identity(identity_file))
     audit_command(
         settings,
         "run",

@@ -67,7 +67,7 @@ def demo(port: int, instance: Path) -> None:
     try:
         run_simple("127.0.0.1", port, app, threaded=True, use_reloader=False)
     except OSError as exc:
-        raise ConfigError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from None
+        raise ConfigError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror}") from exc
 
 
 def _check_port_free(port: int) -> None:
@@ -79,4 +79,4 @@ def _check_port_free(port: int) -> None:
         except OSError as exc:
             raise ConfigError(
                 f"cannot serve on 127.0.0.1:{port}: {exc.strerror}; choose another with --port"
-            ) from None
+            ) from exc

@@ -205,8 +205,8 @@ def _from_document(raw: bytes, job_id: str) -> Job:
             host=str(doc["host"]) if doc.get("host") is not None else None,
             settings=dict(doc.get("settings") or {}),
         )
-    except (ValueError, KeyError, TypeError, BackupError):
-        raise StorageError(f"job file for {job_id} is unreadable") from None
+    except (ValueError, KeyError, TypeError, BackupError) as exc:
+        raise StorageError(f"job file for {job_id} is unreadable") from exc
 
 
 def write_job(directory: Path, job: Job) -> None:
@@ -217,10 +217,10 @@ def load_job(directory: Path, job_id: str) -> Job:
     path = _job_path(directory, job_id)
     try:
         raw = path.read_bytes()
-    except FileNotFoundError:
-        raise BackupNotFound(f"no job {job_id}") from None
+    except FileNotFoundError as exc:
+        raise BackupNotFound(f"no job {job_id}") from exc
     except OSError as exc:
-        raise StorageError(f"cannot read job {job_id}: {exc.strerror}") from None
+        raise StorageError(f"cannot read job {job_id}: {exc.strerror}") from exc
     return _from_document(raw, job_id)
 
 
@@ -233,8 +233,8 @@ def queue_lock(directory: Path) -> Iterator[None]:
     lock = filelock.FileLock(str(directory / ".queue.lock"), mode=0o600)
     try:
         lock.acquire(timeout=10)
-    except filelock.Timeout:
-        raise LockedError("the job list is busy; try again") from None
+    except filelock.Timeout as exc:
+        raise LockedError("the job list is busy; try again") from exc
     try:
         yield
     finally:
@@ -266,7 +266,7 @@ def _all_jobs(directory: Path) -> list[Job]:
     except FileNotFoundError:
         return []
     except OSError as exc:
-        raise StorageError(f"cannot list jobs in {directory}: {exc.strerror}") from None
+        raise StorageError(f"cannot list jobs in {directory}: {exc.strerror}") from exc
     jobs: list[Job] = []
     for name in names:
         if name.endswith(".json") and JOB_ID_PATTERN.match(name[:-5]):
@@ -409,7 +409,7 @@ def start_job(
         failed = replace(job, state=FAILED, message=f"could not start the worker: {exc}")
         with queue_lock(directory):
             write_job(directory, failed)
-        raise StorageError(f"could not start the worker process: {exc}") from None
+        raise StorageError(f"could not start the worker process: {exc}") from exc
     logger.info("started job %s (%s)", job.id, action)
     return job
 

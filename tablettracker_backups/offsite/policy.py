@@ -7,6 +7,7 @@ keep but that the record does not show as uploaded, and since when (the oldest o
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from tablettracker_backups.store import BackupInfo
 
 def offsite_policy(settings: Settings) -> RetentionPolicy:
     """Offsite retention counts (default: the local ones)."""
-    if settings.s3 is not None and settings.s3.retention is not None:
-        return settings.s3.retention
+    if settings.offsite is not None and settings.offsite.retention is not None:
+        return settings.offsite.retention
     return settings.retention
 
 
@@ -37,6 +38,10 @@ def offsite_plan(
     for copy in state.copies.values():
         candidates[copy.id] = Candidate(copy.id, copy.created_at, copy.kind, copy.ok)
     for info in infos:
+        if info.pinned and info.id in candidates:
+            # Its local copies may all be lost (then the offsite copy is the last one): the
+            # pin holds offsite all the same.
+            candidates[info.id] = dataclasses.replace(candidates[info.id], pinned=True)
         if not info.verified:
             continue
         candidates[info.id] = Candidate(
@@ -85,7 +90,7 @@ def copy_states(
 
     Empty when no offsite store is configured. Reads only the local record.
     """
-    if settings.s3 is None:
+    if settings.offsite is None:
         return {}
     state = state if state is not None else read_state(settings)
     listed = list(infos)
@@ -153,12 +158,12 @@ def offsite_lag(
     state: OffsiteState | None = None,
 ) -> OffsiteLag:
     """Where the offsite copy stands; ``configured=False`` when there is no offsite store."""
-    if settings.s3 is None:
+    if settings.offsite is None:
         return OffsiteLag(configured=False)
     now = now or datetime.now(timezone.utc)
     state = state if state is not None else read_state(settings)
     pending = pending_uploads(settings, infos, state)
-    period = timedelta(days=settings.s3.verify_period_days)
+    period = timedelta(days=settings.offsite.verify_period_days)
     sound = sorted((c for c in state.copies.values() if c.ok), key=lambda c: c.id, reverse=True)
     return OffsiteLag(
         configured=True,
@@ -183,10 +188,10 @@ def rolling_verify_count(settings: Settings, copies: int) -> int:
     At least the configured number per run; more when that would not cover every copy within
     ``verify_period_days`` at the configured run interval.
     """
-    if settings.s3 is None or copies == 0:
+    if settings.offsite is None or copies == 0:
         return 0
-    runs_per_period = max(1, settings.s3.verify_period_days * 86400 // settings.interval)
-    return min(copies, max(settings.s3.verify_per_run, math.ceil(copies / runs_per_period)))
+    runs_per_period = max(1, settings.offsite.verify_period_days * 86400 // settings.interval)
+    return min(copies, max(settings.offsite.verify_per_run, math.ceil(copies / runs_per_period)))
 
 
 def rolling_verify_choice(settings: Settings, state: OffsiteState) -> list[str]:

@@ -24,6 +24,7 @@ from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.layout import ID_PATTERN
 from tablettracker_backups.metadata import id_time, parse_utc, utc_iso
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.storage.rclone import redact
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ def describe_target(settings: Settings) -> str:
     """Which store a record belongs to: bucket, prefix and endpoint (never credentials)."""
     s3 = settings.s3
     if s3 is None:
+        if settings.rclone is not None:
+            return f"rclone {redact(settings.rclone.remote)}"
         return ""
     return f"s3://{s3.bucket}/{s3.prefix}" + (f" at {s3.endpoint_url}" if s3.endpoint_url else "")
 

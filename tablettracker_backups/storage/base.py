@@ -166,6 +166,11 @@ class ObjectInfo:
     modified: datetime | None = None
     #: Hex SHA-256 of its bytes, only when the store knows it without reading them.
     sha256: str | None = None
+    #: After a put: how the stored bytes were checked ("provider SHA-256 checksum",
+    #: "read-back SHA-256" ...), for reports.
+    checked_by: str | None = None
+    #: After a put: how many parts the upload took (S3 multipart), 1 otherwise.
+    parts: int = 1
 
 
 class ObjectStore(ABC):
@@ -223,6 +228,17 @@ class ObjectStore(ABC):
         that was not there before is left at ``key``, and no reader ever sees a partial
         object. An existing object is replaced atomically.
         """
+
+    def vet(self, key: str, source: Source) -> None:
+        """Raise :class:`PlaintextRefused` if :meth:`put` would refuse ``source`` under
+        ``key`` for its form (a sealed store's rule), sending nothing; a plain store takes
+        anything. Lets a caller check every object of a set before it stores the first."""
+        validate_key(key)
+
+    def check_access(self) -> None:
+        """Make sure the store can be reached and listed with these credentials; raises as
+        the other methods do. (A store that holds nothing yet is fine.)"""
+        next(iter(self.list()), None)
 
     @abstractmethod
     def delete(self, key: str) -> None:

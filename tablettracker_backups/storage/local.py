@@ -221,7 +221,7 @@ class LocalStore(ObjectStore):
             modified: datetime | None = _modified(final.stat())
         except OSError:
             modified = None
-        return ObjectInfo(key, hasher.size, modified, sha256)
+        return ObjectInfo(key, hasher.size, modified, sha256, checked_by="SHA-256 while writing")
 
     def delete(self, key: str) -> None:
         path = self._path(key)

@@ -94,7 +94,12 @@ def redact(remote: str) -> str:
         elif char == ":":
             spec = remote[:index]
             if "," in spec:
-                return spec[: spec.index(",")] + ",...:" + remote[index + 1 :]
+                tail = remote[index + 1 :]
+                if "," in tail or "=" in tail:
+                    # A value with a colon left unquoted (``url=http://h:1/``): hide up to
+                    # the last colon rather than show a parameter.
+                    tail = remote.rpartition(":")[2]
+                return spec[: spec.index(",")] + ",...:" + tail
             return remote
     return remote
 
@@ -416,7 +421,7 @@ class RcloneStore(ObjectStore):
             self._delete_quietly(temp)
             raise
         logger.info("stored %s in %s (%d bytes, checked by %s)", key, self.where, size, check)
-        return ObjectInfo(key, size, None, sha256)
+        return ObjectInfo(key, size, None, sha256, checked_by=check)
 
     def _send(
         self, key: str, temp: str, source: Source, size: int, progress: ByteProgress | None

@@ -495,7 +495,7 @@ class S3Store(ObjectStore):
             f"{digests.parts} parts" if digests.parts > 1 else "single part",
             check,
         )
-        return ObjectInfo(key, digests.size, None, sha256)
+        return ObjectInfo(key, digests.size, None, sha256, checked_by=check, parts=digests.parts)
 
     def _send(
         self,
@@ -554,6 +554,20 @@ class S3Store(ObjectStore):
         if hasher.size != digests.size or hasher.hexdigest() != digests.sha256:
             raise ObjectCorrupt(f"{key} read back from {self.where} differently than it was sent")
         return "read-back SHA-256"
+
+    def check_access(self) -> None:
+        """Make sure the bucket exists and these credentials may list it."""
+        with self._calls("list the bucket"):
+            try:
+                self._client.head_bucket(Bucket=self.s3.bucket)
+            except Exception as exc:
+                # HEAD has no body, so a missing bucket is a bare 404 here.
+                if error_code(exc) in {"404", "NotFound"}:
+                    raise no_bucket(self.s3) from exc
+                if error_code(exc) in {"403", "Forbidden"}:
+                    # A bare 403 cannot tell bad keys from missing rights; a listing can.
+                    self._client.list_objects_v2(Bucket=self.s3.bucket, MaxKeys=1)
+                raise
 
     def delete(self, key: str) -> None:
         full = self._full(key)

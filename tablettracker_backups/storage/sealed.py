@@ -71,7 +71,8 @@ class Seal(str, Enum):
     PLAIN_OK = "plain-ok"
 
 
-SealPolicy = Callable[[str], Seal]
+#: What the object under a key must be: a :class:`Seal` or its value.
+SealPolicy = Callable[[str], str]
 
 
 def _names_schema(document: dict[str, Any]) -> bool:
@@ -160,6 +161,15 @@ class SealedStore(ObjectStore):
 
     # -- the store -----------------------------------------------------------------------
 
+    def vet(self, key: str, source: Source) -> None:
+        """Raise :class:`PlaintextRefused` if the policy says ``source`` must be sealed under
+        ``key`` and it is not."""
+        seal = self._seal_of(key)
+        if seal is not Seal.PLAIN_OK:
+            reason = self._refusal(key, seal, self._content(key, seal, source))
+            if reason is not None:
+                raise PlaintextRefused(reason)
+
     def put(
         self,
         key: str,
@@ -171,11 +181,8 @@ class SealedStore(ObjectStore):
         """As :meth:`ObjectStore.put`, refusing (:class:`PlaintextRefused`) what the policy
         says must be sealed and is not, before any of it is sent; an object the inner store
         holds in another form afterwards is deleted (:class:`ObjectCorrupt`)."""
+        self.vet(key, source)
         seal = self._seal_of(key)
-        if seal is not Seal.PLAIN_OK:
-            reason = self._refusal(key, seal, self._content(key, seal, source))
-            if reason is not None:
-                raise PlaintextRefused(reason)
         info = self.inner.put(key, source, sha256=sha256, progress=progress)
         if seal is not Seal.PLAIN_OK:
             try:
@@ -211,6 +218,9 @@ class SealedStore(ObjectStore):
 
     def get_file(self, key: str, dest: Path, *, progress: ByteProgress | None = None) -> ObjectInfo:
         return self.inner.get_file(key, dest, progress=progress)
+
+    def check_access(self) -> None:
+        self.inner.check_access()
 
     def delete(self, key: str) -> None:
         self.inner.delete(key)

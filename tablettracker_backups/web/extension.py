@@ -110,6 +110,10 @@ class BackupManager:
         app.config.setdefault("BACKUPS_MAX_POST_SIZE", "128KB")
         #: Row-count drop since the previous good backup that counts as an anomaly (20%).
         app.config.setdefault("BACKUPS_ANOMALY_DROP", None)
+        #: Offsite copies on an rclone remote (``gdrive:tablettracker``), instead of S3.
+        app.config.setdefault("BACKUPS_RCLONE_REMOTE", None)
+        #: rclone's config file; None means rclone's own (``~/.config/rclone/rclone.conf``).
+        app.config.setdefault("BACKUPS_RCLONE_CONFIG", None)
         #: Offsite copies: the S3 bucket; None turns offsite copies off.
         app.config.setdefault("BACKUPS_S3_BUCKET", None)
         #: Endpoint of an S3-compatible provider (B2, R2, MinIO ...); None means AWS.
