@@ -103,54 +103,26 @@ def _child_upload(
     return usage.ru_maxrss / 1024, json.loads(output)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="256MiB", help="database size (default 256MiB)")
-    parser.add_argument("--chunksize", default="16MiB", help="multipart part size")
-    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    args = parser.parse_args(argv)
-    size = parse_size(args.size)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-offsite-"))
-    workdir.mkdir(parents=True, exist_ok=True)
-    database = workdir / "big.db"
-    if not database.exists():
-        build_database(database, size)
-    server = SeaweedServer(_weed_binary(), Path(tempfile.mkdtemp(prefix="s3-", dir=workdir)))
-    server.start()
-    try:
-        values: dict[str, Any] = {
-            "database": database,
-            "dir": workdir / "backups",
-            "s3_bucket": BUCKET,
-            "s3_endpoint_url": server.endpoint,
-            "s3_prefix": f"bench-{uuid.uuid4().hex[:8]}/",
-            "s3_addressing_style": "path",
-            "s3_access_key_id": ACCESS_KEY,
-            "s3_secret_access_key": SECRET_KEY,
-            "s3_multipart_chunksize": args.chunksize,
-            "s3_multipart_threshold": args.chunksize,
-        }
-        settings = settings_from_mapping(values)
-        meta = create_backup(settings, trigger="bench").metadata
-        data = BackupStore(settings).data_path("primary", meta.id, meta.compression)
-        offsite = OffsiteStore.from_settings(settings)
-        baseline_rss, _ = _child_upload(values, data, meta.id, transfer=False)
-        upload_rss, child = _child_upload(values, data, meta.id, transfer=True)
-        upload_seconds = float(child["seconds"])
-        target = workdir / "recovered.db"
-        target.unlink(missing_ok=True)
-        begun = time.monotonic()
-        offsite.fetch_verified(meta.id, target)
-        recover_seconds = time.monotonic() - begun
-        target.unlink()
-        offsite.delete(meta.id)
-    finally:
-        server.stop()
-    report: dict[str, Any] = {
+def _measure(values: dict[str, Any], backup_id: str, workdir: Path) -> dict[str, Any]:
+    """Upload (in a child, with and without the transfer) and recover one backup; timings,
+    throughput and memory, for the offsite store ``values`` name."""
+    settings = settings_from_mapping(values)
+    meta = BackupStore(settings).read_metadata("primary", backup_id)
+    data = BackupStore(settings).data_path_for("primary", meta)
+    offsite = OffsiteStore.from_settings(settings)
+    baseline_rss, _ = _child_upload(values, data, meta.id, transfer=False)
+    upload_rss, child = _child_upload(values, data, meta.id, transfer=True)
+    upload_seconds = float(child["seconds"])
+    target = workdir / "recovered.db"
+    target.unlink(missing_ok=True)
+    begun = time.monotonic()
+    offsite.fetch_verified(meta.id, target)
+    recover_seconds = time.monotonic() - begun
+    target.unlink()
+    offsite.delete(meta.id)
+    return {
         "stored_mib": round(meta.stored_size / MiB, 1),
         "parts": child["parts"],
-        "chunksize_mib": settings.s3.multipart_chunksize / MiB if settings.s3 else None,
         "check": child["check"],
         "upload_seconds": round(upload_seconds, 2),
         "upload_mib_per_s": round(meta.stored_size / MiB / upload_seconds, 1),
@@ -160,12 +132,71 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_with_upload_mib": round(upload_rss, 1),
         "upload_memory_cost_mib": round(upload_rss - baseline_rss, 1),
     }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="256MiB", help="database size (default 256MiB)")
+    parser.add_argument("--chunksize", default="16MiB", help="multipart part size")
+    parser.add_argument("--workdir", type=Path, default=None, help="scratch folder")
+    parser.add_argument(
+        "--rclone",
+        action="store_true",
+        help="also through rclone (its local backend and rclone serve webdav on 127.0.0.1), "
+        "with ratios to S3 from the same run",
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    args = parser.parse_args(argv)
+    size = parse_size(args.size)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-offsite-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    database = workdir / "big.db"
+    if not database.exists():
+        build_database(database, size)
+    local: dict[str, Any] = {"database": database, "dir": workdir / "backups"}
+    backup_id = create_backup(settings_from_mapping(local), trigger="bench").metadata.id
+    reports: dict[str, dict[str, Any]] = {}
+    server = SeaweedServer(_weed_binary(), Path(tempfile.mkdtemp(prefix="s3-", dir=workdir)))
+    server.start()
+    try:
+        s3 = {
+            **local,
+            "s3_bucket": BUCKET,
+            "s3_endpoint_url": server.endpoint,
+            "s3_prefix": f"bench-{uuid.uuid4().hex[:8]}/",
+            "s3_addressing_style": "path",
+            "s3_access_key_id": ACCESS_KEY,
+            "s3_secret_access_key": SECRET_KEY,
+            "s3_multipart_chunksize": args.chunksize,
+            "s3_multipart_threshold": args.chunksize,
+        }
+        reports["s3"] = _measure(s3, backup_id, workdir)
+    finally:
+        server.stop()
+    if args.rclone:
+        from tests.storage_conformance import rclone_webdav
+
+        drive = Path(tempfile.mkdtemp(prefix="rclone-local-", dir=workdir))
+        config = drive / "rclone.conf"
+        config.write_text("[disk]\ntype = local\n")
+        (drive / "root").mkdir()
+        disk = {**local, "rclone_remote": f"disk:{drive / 'root'}", "rclone_config": config}
+        reports["rclone-local"] = _measure(disk, backup_id, workdir)
+        with rclone_webdav(Path(tempfile.mkdtemp(prefix="webdav-", dir=workdir))) as dav:
+            served = {**local, "rclone_remote": "srv:bench", "rclone_config": dav.config}
+            reports["rclone-webdav"] = _measure(served, backup_id, workdir)
+        for name in ("rclone-local", "rclone-webdav"):
+            for key in ("upload_seconds", "recover_seconds"):
+                ratio = reports[name][key] / max(reports["s3"][key], 1e-9)
+                reports[name][key.replace("seconds", "vs_s3")] = round(ratio, 2)
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(reports if args.rclone else reports["s3"], indent=2))
     else:
-        width = max(len(k) for k in report)
-        for key, value in report.items():
-            print(f"{key:<{width}}  {value}")
+        for name, report in reports.items():
+            print(f"-- {name}")
+            width = max(len(k) for k in report)
+            for key, value in report.items():
+                print(f"{key:<{width}}  {value}")
     return 0
 
 

@@ -136,9 +136,11 @@ PLANTS: tuple[Plant, ...] = (
     ),
     Plant(
         "backup-copy-matches-metadata",
-        "backup.py",
-        "        if size != metadata.stored_size or digest != metadata.sha256:\n",
-        "        if False:\n",
+        "replicate.py",
+        "        return _put(target, part.key, local.path_of(part.key), part.sha256, stage, progress)\n",
+        "        path = local.path_of(part.key)\n"
+        '        actual = __import__("hashlib").sha256(path.read_bytes()).hexdigest()\n'
+        "        return _put(target, part.key, path, actual, stage, progress)\n",
         (T + "test_backup.py::test_a_copy_from_a_damaged_source_is_refused_and_leaves_nothing",),
     ),
     Plant(
@@ -158,63 +160,63 @@ PLANTS: tuple[Plant, ...] = (
     # -- verify -------------------------------------------------------------------------------
     Plant(
         "verify-data-file-present",
-        "verify.py",
+        "extract.py",
         "        if not data_file.is_file():\n",
         "        if False:\n",
         (T + "test_verify.py::test_missing_and_truncated_data_files_are_named",),
     ),
     Plant(
         "verify-stored-size",
-        "verify.py",
+        "extract.py",
         "        if size != metadata.stored_size:\n",
         "        if False:\n",
         (T + "test_verify.py::test_missing_and_truncated_data_files_are_named",),
     ),
     Plant(
         "verify-stored-sha256",
-        "verify.py",
+        "extract.py",
         "            expected_sha256=metadata.content_sha256,\n",
         "            expected_sha256=None,\n",
         (T + "test_verify.py::test_flipped_gzip_header_byte_fails_verify",),
     ),
     Plant(
         "verify-raw-sha256",
-        "verify.py",
+        "extract.py",
         "        if stream.raw_sha256 != metadata.raw_sha256:\n",
         "        if False:\n",
         (T + "test_verify.py::test_decompressed_hash_mismatch_fails_verify",),
     ),
     Plant(
         "verify-opens-as-sqlite",
-        "verify.py",
+        "extract.py",
         "        elif not unreadable:\n",
         "        elif False:\n",
-        (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
+        (T + "test_verify.py::test_restore_passes_over_a_copy_that_does_not_open_as_sqlite",),
     ),
     Plant(
         "verify-integrity-agrees",
-        "verify.py",
+        "extract.py",
         '    if check.integrity != "ok" and not recorded.source_damaged:\n',
         "    if False:\n",
         (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
     ),
     Plant(
         "verify-foreign-keys-agree",
-        "verify.py",
+        "extract.py",
         "    if check.foreign_key_violations != recorded.foreign_key_violations:\n",
         "    if False:\n",
         (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
     ),
     Plant(
         "verify-row-counts-agree",
-        "verify.py",
+        "extract.py",
         "    if check.row_counts != metadata.row_counts:\n",
         "    if False:\n",
         (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
     ),
     Plant(
         "verify-schema-agrees",
-        "verify.py",
+        "extract.py",
         "    if check.schema_fingerprint != metadata.schema_fingerprint:\n",
         "    if False:\n",
         (T + "test_verify.py::test_each_database_check_fails_verify_and_restore",),
@@ -284,7 +286,7 @@ PLANTS: tuple[Plant, ...] = (
     ),
     Plant(
         "recipients-are-valid",
-        "encryption.py",
+        "recipients.py",
         "            if not _bech32_valid(text):\n",
         "            if False:\n",
         (T + "test_encryption.py::test_recipients_are_checked_at_start_up",),
@@ -298,11 +300,11 @@ PLANTS: tuple[Plant, ...] = (
         (T + "test_offsite.py::test_a_repair_passes_over_a_damaged_local_copy_to_the_offsite_one",),
     ),
     Plant(
-        "heal-offsite-download-matches",
-        "heal.py",
-        "    if size != metadata.stored_size or digest != metadata.sha256:\n",
-        "    if False:\n",
-        (T + "test_offsite.py::test_a_repair_refuses_a_damaged_download_before_it_is_committed",),
+        "local-put-hash",
+        "storage/local.py",
+        "        if hasher.hexdigest() != sha256:\n",
+        "        if False:\n",
+        (T + "test_storage.py::test_a_put_whose_hash_does_not_match_stores_nothing",),
     ),
     Plant(
         "heal-no-folder-for-an-absent-disk",
@@ -331,15 +333,15 @@ PLANTS: tuple[Plant, ...] = (
         "restore-folder-exists",
         "restore.py",
         "    BackupStore(settings).require_folder()  # a typo in the folder: refuse, create "
-        "nothing\n    with operation_lock(settings):",
-        "    with operation_lock(settings):",
+        "nothing\n    _check_target_kind(target)",
+        "    _check_target_kind(target)",
         (T + "test_restore.py::test_bad_ids_and_missing_backups",),
     ),
     Plant(
         "restore-operation-lock",
         "restore.py",
-        "    with operation_lock(settings):\n        cleanup_debris(settings)\n",
-        '    with __import__("contextlib").nullcontext():\n        cleanup_debris(settings)\n',
+        "        locks.enter_context(operation_lock(settings))\n        cleanup_debris(settings)\n",
+        "        cleanup_debris(settings)\n",
         (T + "test_locking.py::test_backup_and_restore_each_wait_for_the_lock",),
     ),
     Plant(
@@ -429,7 +431,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "restore-check-on-a-fresh-connection-after-the-release",
         "restore.py",
-        "                held.check(lambda conn: _verify_restored(conn, meta, target))\n",
+        "                held.check(lambda conn: _verify_restored(conn, meta, target, held, scratch))\n",
         "                pass\n",
         (T + "test_restore.py::test_failed_check_after_write_puts_the_safety_snapshot_back",),
     ),
@@ -561,6 +563,31 @@ PLANTS: tuple[Plant, ...] = (
             T
             + "test_offsite_encryption.py::test_the_store_refuses_plaintext_and_checks_what_it_stored",
         ),
+    ),
+    # -- replicate (secondary copies, heal, uploads) -----------------------------------------
+    Plant(
+        "replicate-download-hash",
+        "replicate.py",
+        "        if got.sha256 != part.sha256:\n",
+        "        if False:\n",
+        (
+            T
+            + "test_replicate.py::test_a_remote_source_is_downloaded_checked_and_its_scratch_file_removed",
+        ),
+    ),
+    Plant(
+        "replicate-no-debris",
+        "replicate.py",
+        "        for key in written:\n            _delete_quietly(target, key)\n",
+        "        pass\n",
+        (T + "test_replicate.py::test_a_manifest_that_fails_takes_the_parts_it_followed_away",),
+    ),
+    Plant(
+        "replicate-vet-first",
+        "replicate.py",
+        "    if isinstance(target, SealedStore):\n",
+        "    if False:\n",
+        (T + "test_replicate.py::test_a_sealed_target_refuses_before_any_part_is_sent",),
     ),
     Plant(
         "offsite-delete-inside-prefix",

@@ -23,7 +23,6 @@ from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, pr
 from tablettracker_backups.compression import (
     StreamResult,
     compress_file,
-    copy_file,
     decompress_file,
 )
 from tablettracker_backups.crashpoints import Stage, crash_point
@@ -37,10 +36,12 @@ from tablettracker_backups.encryption import (
 from tablettracker_backups.errors import (
     BackupError,
     LockedError,
+    ObjectCorrupt,
     StorageError,
     VerificationError,
 )
 from tablettracker_backups.evidence import record_anomalies
+from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import (
     TEMP_PREFIX,
     check_writable_dir,
@@ -52,7 +53,7 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.identity import claim_folders
-from tablettracker_backups.layout import data_key
+from tablettracker_backups.layout import data_key, manifest_key, state_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     KINDS,
@@ -64,6 +65,7 @@ from tablettracker_backups.metadata import (
     validate_label,
 )
 from tablettracker_backups.progress import StageProgress, for_stage
+from tablettracker_backups.replicate import replicate
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     UNREADABLE_SCHEMA,
@@ -75,6 +77,7 @@ from tablettracker_backups.snapshot import (
     take_snapshot,
 )
 from tablettracker_backups.status import read_status, update_status
+from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
@@ -664,30 +667,25 @@ def _inspect_snapshot(raw: Path, *, keep_unreadable: bool) -> DatabaseCheck:
 
 def copy_between(store: BackupStore, source: str, location: str, metadata: BackupMetadata) -> None:
     """Copy a committed backup from the ``source`` folder into ``location`` and commit it
-    there: data under a temporary name, checked against the metadata's SHA-256, fsynced and
-    renamed, then the metadata. Raises :class:`VerificationError` when the bytes written do not
-    match, :class:`StorageError` when the folder cannot be written."""
-    origin = store.data_path_for(source, metadata)
-    final = store.data_path_for(location, metadata)
-    temp = temp_path(final.parent, final.name)
+    there, through :func:`.replicate.replicate`: data under a temporary name, checked against
+    the metadata's SHA-256, fsynced and renamed, then the manifest as stored, then the state
+    document. Raises :class:`VerificationError` when the bytes written do not match,
+    :class:`StorageError` when the folder cannot be written."""
+    state = store.read_state_bytes(source, metadata.id)
     try:
-        size, digest = copy_file(origin, temp)
-        if size != metadata.stored_size or digest != metadata.sha256:
-            raise VerificationError(
-                f"the {location} copy of {metadata.id} does not match its metadata "
-                f"(the {source} copy it came from is damaged)"
-            )
-        commit(temp, final, crash_stage=Stage.SECONDARY_COPY)  # pragma: no mutate
-    except BaseException:
-        remove_quietly(temp)
-        raise
-    try:
-        # The manifest as it is stored (copies carry the same one), then what changed since.
-        store.write_manifest(location, metadata.id, store.read_manifest(source, metadata.id))
-        state = store.read_state_bytes(source, metadata.id)
-        if state is not None:
-            store.write_state_bytes(location, metadata.id, state)
-    except StorageError:
-        remove_quietly(store.metadata_path(location, metadata.id))
-        remove_quietly(final)
-        raise
+        replicate(
+            LocalStore(store.locations[source]),
+            LocalStore(store.locations[location]),
+            format_of(metadata).parts(metadata),
+            # The manifest as it is stored (copies carry the same one), then what changed.
+            (manifest_key(metadata.id), store.read_manifest(source, metadata.id)),
+            after=[(state_key(metadata.id), state)] if state is not None else [],
+            scratch=store.locations[location],
+            part_stage=Stage.SECONDARY_COPY,  # pragma: no mutate
+            manifest_stage=Stage.METADATA_WRITE,  # pragma: no mutate
+        )
+    except ObjectCorrupt as exc:
+        raise VerificationError(
+            f"the {location} copy of {metadata.id} does not match its metadata "
+            f"(the {source} copy it came from is damaged)"
+        ) from exc

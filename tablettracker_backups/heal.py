@@ -22,20 +22,24 @@ from pathlib import Path
 from typing import Any
 
 from tablettracker_backups.backup import copy_between
-from tablettracker_backups.compression import hash_file
 from tablettracker_backups.encryption import Identity, decrypt_file, missing_identity
 from tablettracker_backups.errors import (
     AgeIdentityError,
     BackupError,
+    ObjectCorrupt,
+    ObjectNotFound,
     StorageError,
     VerificationError,
 )
-from tablettracker_backups.fsutil import commit, ensure_private_dir, remove_quietly, temp_path
-from tablettracker_backups.layout import AGE_SUFFIX
+from tablettracker_backups.formats import format_of
+from tablettracker_backups.fsutil import ensure_private_dir, remove_quietly, temp_path
+from tablettracker_backups.layout import AGE_SUFFIX, manifest_key
 from tablettracker_backups.metadata import BackupState, Verification
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.record import read_state
+from tablettracker_backups.replicate import Part, replicate
 from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupInfo, BackupStore
 
 logger = logging.getLogger(__name__)
@@ -191,9 +195,9 @@ class _Offsite:
         local = info.metadata
         if info.id not in self.sound or local is None:
             return Repair(info.id, location, None, False, "no other copy checks out")
-        final = self.store.data_path_for(location, local)
-        temp = temp_path(final.parent, final.name)
-        sealed = temp_path(final.parent, final.name + AGE_SUFFIX)
+        folder = self.store.locations[location]
+        sealed = temp_path(folder, local.data_file + AGE_SUFFIX)
+        plain = temp_path(folder, local.data_file)
         try:
             if self.client is None:
                 self.client = OffsiteStore.from_settings(self.store.settings)
@@ -202,46 +206,41 @@ class _Offsite:
                 raise VerificationError(
                     f"the offsite copy of {info.id} holds other data than its local metadata"
                 )
+            parts = format_of(local).parts(local)
             if remote.encryption is not None and local.encryption is None:
                 # Sealed offsite, plain here: only the identity turns one into the other.
                 label = f"the offsite copy of {info.id}"
                 if self.identity is None:
                     raise missing_identity(label, remote.encryption)
                 self.client.download(info.id, remote.compression, sealed, encrypted=True)
-                decrypt_file(sealed, temp, remote, self.identity, label=label)
-            else:
-                self.client.download(
-                    info.id, remote.compression, temp, encrypted=remote.encryption is not None
+                decrypt_file(sealed, plain, remote, self.identity, label=label)
+                parts = [Part(local.data_file, local.sha256, path=plain)]
+            elif remote.data_file != local.data_file:
+                raise VerificationError(
+                    f"the offsite copy of {info.id} is stored as {remote.data_file}, "
+                    f"not {local.data_file}"
                 )
-            _commit_download(self.store, location, info, temp, final)
+            replicate(
+                self.client.objects,
+                LocalStore(folder),
+                parts,
+                (manifest_key(info.id), _local_manifest(self.store, info)),
+                scratch=folder,
+            )
             _confirm(self.store, info, location)
         except BackupError as exc:
-            remove_quietly(temp)
             message = str(exc)
-            if isinstance(exc, AgeIdentityError):
+            if isinstance(exc, ObjectCorrupt):
+                message = f"the offsite copy of {info.id} does not match its metadata"
+            elif isinstance(exc, ObjectNotFound):
+                message = f"the data of backup {info.id} is missing from the offsite store"
+            elif isinstance(exc, AgeIdentityError):
                 message += f"; with it, `run --identity FILE` rebuilds the {location} copy"
             return Repair(info.id, location, "offsite", False, message)
         finally:
             remove_quietly(sealed)
+            remove_quietly(plain)
         return Repair(info.id, location, "offsite", True)
-
-
-def _commit_download(
-    store: BackupStore, location: str, info: BackupInfo, temp: Path, final: Path
-) -> None:
-    """Commit a downloaded data file as ``location``'s copy, checked against the local
-    metadata, then that copy's manifest: as stored in another folder, or as listed."""
-    local = info.metadata
-    assert local is not None
-    size, digest = hash_file(temp)
-    if size != local.stored_size or digest != local.sha256:
-        raise VerificationError(f"the offsite copy of {info.id} does not match its metadata")
-    commit(temp, final)
-    try:
-        store.write_manifest(location, info.id, _local_manifest(store, info))
-    except StorageError:
-        remove_quietly(final)
-        raise
 
 
 def _local_manifest(store: BackupStore, info: BackupInfo) -> bytes:

@@ -21,13 +21,14 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
-from tablettracker_backups.extract import extract_verified
+from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import ensure_private_dir, remove_quietly, temp_path
 from tablettracker_backups.metadata import REGULAR_KINDS, BackupMetadata, validate_backup_id
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupInfo, BackupStore, CopyState
 
 logger = logging.getLogger(__name__)
@@ -132,10 +133,11 @@ def extract_sound_copy(
 
         try:
             # Not full: equal SHA-256s prove the bytes; the data checks are verify's job.
-            extract_verified(
-                store.data_path_for(location, meta),
+            format_of(meta).extract(
+                LocalStore(folder),
                 meta,
                 scratch,
+                scratch=folder,
                 identity=identity,
                 progress=on_bytes,
                 full=False,

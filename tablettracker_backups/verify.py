@@ -27,12 +27,14 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
-from tablettracker_backups.extract import ByteProgress, extract_verified
+from tablettracker_backups.extract import ByteProgress
+from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
 from tablettracker_backups.metadata import BackupMetadata, BackupState, Verification
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CheckDepth
+from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 
 logger = logging.getLogger(__name__)
@@ -104,7 +106,14 @@ def verify_copy(
         return _verify_sealed(store, location, metadata, data_file, note)
     scratch = temp_path(store.locations[location], f"{backup_id}.verify.db")
     try:
-        extract_verified(data_file, metadata, scratch, identity=identity, progress=progress)
+        format_of(metadata).extract(
+            LocalStore(store.locations[location]),
+            metadata,
+            scratch,
+            scratch=store.locations[location],
+            identity=identity,
+            progress=progress,
+        )
     except VerificationError as exc:
         result = CopyVerification(location, False, str(exc))
     except StorageError as exc:

@@ -285,7 +285,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "store", "identity", "status", "audit", "notify", "offsite.client",
                 "offsite.record", "offsite.policy", "retention", "locking", "overwrite",
-                "snapshot", "extract", "offsite",
+                "snapshot", "extract", "offsite", "replicate",
+                "formats",
             }
         ),
     ),

@@ -211,7 +211,12 @@ def test_each_database_check_fails_verify_and_restore(
     if case == "two broken foreign keys":
         restore_backup(settings, backup.id)
         return
-    with pytest.raises(RestoreError, match=r"nothing was changed|was put back"):
+    # A file that does not even open as SQLite is refused before anything is written (the
+    # light check on the chosen copy); the rest are caught by the check after the write.
+    expected = (
+        "nothing was changed" if change is not_a_database else "nothing was changed|was put back"
+    )
+    with pytest.raises(RestoreError, match=expected):
         restore_backup(settings, backup.id)
     assert dump(settings.database) == live_before
 
@@ -312,3 +317,22 @@ def test_a_copy_that_cannot_be_checked_is_not_marked_damaged(
     assert copy.error is not None and copy.error.startswith("could not check: no space left")
     (full_fs / "filler").unlink()
     assert store.read_metadata("primary", backup.id).verification.ok  # not recorded as damaged
+
+
+def test_restore_passes_over_a_copy_that_does_not_open_as_sqlite(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """The light check restore runs on the copy it chose (its hashes all match): a file that
+    is not a database is passed over in those words, before a restore could start with it.
+    (restore_backup alone cannot tell this check apart: the write step refuses such a file
+    too, later.)"""
+    from tablettracker_backups.sound_copy import extract_sound_copy
+
+    backup = create_backup(settings).metadata
+    replace_backup(settings, backup.id, tmp_path, not_a_database)
+    notes: list[str] = []
+    with pytest.raises(RestoreError, match="no sound copy"):
+        extract_sound_copy(BackupStore(settings), backup.id, notes, None, None, use_offsite=False)
+    assert len(notes) == 2 and all("is not a SQLite database" in note for note in notes), notes
+    for folder in settings.locations:
+        assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]

@@ -24,7 +24,6 @@ file; they are never logged, printed, or written to any file or JSON output.
 from __future__ import annotations
 
 import builtins
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,6 +64,7 @@ from tablettracker_backups.metadata import (
     id_time,
     validate_backup_id,
 )
+from tablettracker_backups.replicate import Part, replicate
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CheckDepth
 from tablettracker_backups.storage.base import ObjectStore, validate_key
@@ -255,25 +255,22 @@ class OffsiteStore:
         match (the partial upload is removed; nothing is committed).
         """
         body = metadata.to_json().encode()
-        data_name = metadata.data_file
-        manifest_name = manifest_key(metadata.id)
-        # Both objects pass the store's rule before either is sent.
-        self.objects.vet(data_name, data_file)
-        self.objects.vet(manifest_name, body)
         _check_local(data_file, metadata)
         try:
-            stored = self.objects.put(
-                data_name, data_file, sha256=metadata.sha256, progress=progress
+            done = replicate(
+                None,
+                self.objects,
+                [Part(metadata.data_file, metadata.sha256, path=data_file)],
+                (manifest_key(metadata.id), body),
+                scratch=data_file.parent,
+                progress=progress,
             )
         except ObjectCorrupt as exc:
             if isinstance(exc, PlaintextRefused):
                 raise
             # What the provider holds differs from the checked local file: the store's fault.
             raise OffsiteError(f"offsite copy of {metadata.id}: {exc}") from exc
-        try:
-            self.objects.put(manifest_name, body, sha256=hashlib.sha256(body).hexdigest())
-        except ObjectCorrupt as exc:
-            raise OffsiteError(f"the offsite metadata of {metadata.id}: {exc}") from exc
+        stored = done.parts[0]
         logger.info(
             "uploaded backup %s to %s (%d bytes, %s, checked by %s)",
             metadata.id,

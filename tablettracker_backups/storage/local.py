@@ -73,6 +73,10 @@ class LocalStore(ObjectStore):
     def _path(self, key: str) -> Path:
         return self.root.joinpath(*validate_key(key).split("/"))
 
+    def path_of(self, key: str) -> Path:
+        """The file that holds (or would hold) ``key``, to read it in place."""
+        return self._path(key)
+
     def _missing(self, key: str, detail: str = "") -> ObjectNotFound:
         return ObjectNotFound(f"no object {key} in {self.where}{detail}")
 
