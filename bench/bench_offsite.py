@@ -40,7 +40,7 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.settings import settings_from_mapping
 from tablettracker_backups.store import BackupStore
-from tests.test_offsite import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer, _weed_binary
+from tests.s3kit import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedServer, weed_binary
 
 MiB = 1024 * 1024
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     local: dict[str, Any] = {"database": database, "dir": workdir / "backups"}
     backup_id = create_backup(settings_from_mapping(local), trigger="bench").metadata.id
     reports: dict[str, dict[str, Any]] = {}
-    server = SeaweedServer(_weed_binary(), Path(tempfile.mkdtemp(prefix="s3-", dir=workdir)))
+    server = SeaweedServer(weed_binary(), Path(tempfile.mkdtemp(prefix="s3-", dir=workdir)))
     server.start()
     try:
         s3 = {
