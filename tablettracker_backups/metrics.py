@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +25,7 @@ from tablettracker_backups.health import slot_counts
 from tablettracker_backups.metadata import parse_utc
 from tablettracker_backups.offsite.policy import offsite_lag
 from tablettracker_backups.settings import Settings
-from tablettracker_backups.states import Level
+from tablettracker_backups.states import CopyStatus, Level
 from tablettracker_backups.status import read_status
 from tablettracker_backups.store import BackupInfo, BackupStore
 
@@ -53,6 +53,12 @@ class Snapshot:
     health_status: int | None = None
     offsite_behind: int | None = None
     disk_free: dict[str, int] = field(default_factory=dict)
+    #: The newest backup that restores as it is (safety snapshots included): the recovery point.
+    newest_restore_point: float = 0.0
+    #: Stored bytes of every backup (one copy each), what the folder holds for this database.
+    stored_bytes: int = 0
+    #: Copies (in any folder) whose bytes failed their last check.
+    damaged_copies: int = 0
 
 
 def _good(info: BackupInfo) -> bool:
@@ -96,7 +102,11 @@ def read_snapshot(settings: Settings, *, now: datetime | None = None) -> Snapsho
             disk[name] = shutil.disk_usage(folder).free
         except OSError:
             continue
+    restorable = next((i for i in infos if i.metadata is not None and i.verified), None)
     return Snapshot(
+        newest_restore_point=_stamp(restorable.created_at if restorable else None),
+        stored_bytes=sum(i.metadata.stored_size for i in infos if i.metadata is not None),
+        damaged_copies=sum(c.state == CopyStatus.DAMAGED for i in infos for c in i.copies),
         last_success=_stamp(good.created_at if good else None),
         last_verified=_stamp(max(verified_at, default=None)),
         last_attempt=_stamp(max(attempts, default=None)),
@@ -114,61 +124,92 @@ def read_snapshot(settings: Settings, *, now: datetime | None = None) -> Snapsho
 
 
 class BackupsCollector:
-    """A ``prometheus_client`` collector: each ``collect()`` reads the folder afresh."""
+    """A ``prometheus_client`` collector: each ``collect()`` reads the folders afresh. Every
+    series carries a ``database`` label (the database's name), so one Prometheus, one Grafana
+    dashboard and one set of alert rules serve every database of a site."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+    def __init__(self, settings: Settings | Sequence[Settings]) -> None:
+        self.databases = (settings,) if isinstance(settings, Settings) else tuple(settings)
 
     def collect(self) -> Iterator[Metric]:
-        """The metrics, from a :class:`Snapshot` taken now."""
+        """The metrics, from a :class:`Snapshot` of each database taken now."""
         from prometheus_client.core import GaugeMetricFamily
 
-        snap = read_snapshot(self.settings)
+        snaps = [(s.database_name, read_snapshot(s)) for s in self.databases]
 
-        def gauge(name: str, doc: str, value: float | None, unit: str = "") -> Iterator[Metric]:
-            if value is not None:
-                yield GaugeMetricFamily(PREFIX + name, doc, value=value, unit=unit)
+        def gauge(
+            name: str, doc: str, value: Callable[[Snapshot], float | None], unit: str = ""
+        ) -> Iterator[Metric]:
+            family = GaugeMetricFamily(PREFIX + name, doc, labels=["database"], unit=unit)
+            for database, snap in snaps:
+                found = value(snap)
+                if found is not None:
+                    family.add_metric([database], found)
+            if family.samples:
+                yield family
 
         yield from gauge(
             "last_success_timestamp_seconds",
             "When the newest good backup was taken (0: never).",
-            snap.last_success,
+            lambda s: s.last_success,
+        )
+        yield from gauge(
+            "newest_restore_point_timestamp_seconds",
+            "When the newest backup that restores as it is was taken, safety snapshots "
+            "included (0: never): the recovery point.",
+            lambda s: s.newest_restore_point,
         )
         yield from gauge(
             "last_verified_timestamp_seconds",
             "When a backup last passed a full verification (0: never).",
-            snap.last_verified,
+            lambda s: s.last_verified,
         )
         yield from gauge(
             "last_attempt_timestamp_seconds",
             "When a backup or scheduled run was last attempted (0: never).",
-            snap.last_attempt,
+            lambda s: s.last_attempt,
         )
         yield from gauge(
-            "last_duration_seconds", "How long the newest backup took.", snap.last_duration
+            "last_duration_seconds", "How long the newest backup took.", lambda s: s.last_duration
         )
-        yield from gauge("last_size_bytes", "Stored size of the newest backup.", snap.last_size)
+        yield from gauge(
+            "last_size_bytes", "Stored size of the newest backup.", lambda s: s.last_size
+        )
+        yield from gauge(
+            "stored_bytes",
+            "Stored size of every backup of the database (one copy each).",
+            lambda s: s.stored_bytes,
+        )
+        yield from gauge(
+            "damaged_copies",
+            "Backup copies whose bytes failed their last check, in any folder.",
+            lambda s: s.damaged_copies,
+        )
         slots = GaugeMetricFamily(
-            PREFIX + "backups", "Backups kept per retention slot.", labels=["slot"]
+            PREFIX + "backups", "Backups kept per retention slot.", labels=["database", "slot"]
         )
-        for slot, count in snap.slots.items():
-            slots.add_metric([slot], count)
+        for database, snap in snaps:
+            for slot, count in snap.slots.items():
+                slots.add_metric([database, slot], count)
         yield slots
         yield from gauge(
             "health_status",
             "The last saved health verdict: 0 ok, 1 warning, 2 critical.",
-            snap.health_status,
+            lambda s: s.health_status,
         )
         yield from gauge(
             "offsite_behind",
             "Verified backups not yet uploaded to the offsite store.",
-            snap.offsite_behind,
+            lambda s: s.offsite_behind,
         )
         free = GaugeMetricFamily(
-            PREFIX + "disk_free_bytes", "Free space where backups are kept.", labels=["folder"]
+            PREFIX + "disk_free_bytes",
+            "Free space where backups are kept.",
+            labels=["database", "folder"],
         )
-        for folder, value in snap.disk_free.items():
-            free.add_metric([folder], value)
+        for database, snap in snaps:
+            for folder, value in snap.disk_free.items():
+                free.add_metric([database, folder], value)
         yield free
 
 

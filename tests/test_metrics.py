@@ -33,6 +33,12 @@ NAMES = {
     "tablettracker_backups_health_status",
     "tablettracker_backups_disk_free_bytes",
 }
+#: Added for the Grafana dashboard (the many-databases issue): recovery point, bytes, damage.
+ADDED = {
+    "tablettracker_backups_newest_restore_point_timestamp_seconds",
+    "tablettracker_backups_stored_bytes",
+    "tablettracker_backups_damaged_copies",
+}
 
 
 def parse(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -57,7 +63,16 @@ def test_metrics_read_the_folder_and_status_at_scrape_time(
     assert result.backup is not None
     meta = result.backup.metadata
     samples = parse(metrics.render(settings).decode())
-    assert set(samples) == NAMES  # no offsite store configured: no offsite_behind
+    assert set(samples) == NAMES | ADDED  # no offsite store configured: no offsite_behind
+    # Every series names its database, so one dashboard and one rule set serve a site.
+    assert {lab["database"] for name in samples for lab, _ in samples[name]} == {
+        settings.database_name
+    }
+    assert one(samples, "tablettracker_backups_stored_bytes") == meta.stored_size
+    assert one(samples, "tablettracker_backups_damaged_copies") == 0
+    assert one(
+        samples, "tablettracker_backups_newest_restore_point_timestamp_seconds"
+    ) == pytest.approx(meta.created_at.timestamp(), abs=1e-3)
     assert one(samples, "tablettracker_backups_last_success_timestamp_seconds") == pytest.approx(
         meta.created_at.timestamp(), abs=1e-3
     )
@@ -169,3 +184,74 @@ def test_metrics_endpoint_is_404_without_a_token(tmp_path: Path) -> None:
         ).status_code
         == 404
     )
+
+
+def test_each_database_has_its_own_series_and_damage_is_counted(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from tablettracker_backups.verify import verify_backup
+    from tests.conftest import flip_byte, make_db
+
+    tablets = make_settings()
+    audit_db = tmp_path / "audit.db"
+    make_db(audit_db)
+    audit = make_settings(database=audit_db, dir=tmp_path / "audit-backups", secondary_dir=None)
+    first = create_backup(tablets).metadata
+    create_backup(tablets)
+    other = create_backup(audit).metadata
+    flip_byte(tablets.secondary_dir / first.data_file)  # type: ignore[operator]
+    verify_backup(BackupStore(tablets), first.id)
+    registry = metrics.registry([tablets, audit])
+    from prometheus_client.exposition import generate_latest
+
+    samples = parse(generate_latest(registry).decode())
+    by_db = {lab["database"]: v for lab, v in samples["tablettracker_backups_damaged_copies"]}
+    assert by_db == {tablets.database_name: 1, audit.database_name: 0}
+    stored = {lab["database"]: v for lab, v in samples["tablettracker_backups_stored_bytes"]}
+    assert stored[audit.database_name] == other.stored_size
+    assert stored[tablets.database_name] == sum(
+        i.metadata.stored_size for i in BackupStore(tablets).list() if i.metadata
+    )
+    folders = {
+        (lab["database"], lab["folder"])
+        for lab, _ in samples["tablettracker_backups_disk_free_bytes"]
+    }
+    assert folders == {
+        (tablets.database_name, "primary"),
+        (tablets.database_name, "secondary"),
+        (audit.database_name, "primary"),
+    }
+
+
+def test_the_grafana_dashboard_queries_only_metrics_that_exist(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """The shipped dashboard (a panel per database, repeated over the ``database`` variable)
+    asks only for series the collector really exports, each filtered by the database."""
+    import json
+    import re
+    from importlib.resources import files
+
+    dashboard = json.loads(
+        files("tablettracker_backups").joinpath("grafana/tablettracker-backups.json").read_text()
+    )
+    from tablettracker_backups.health import check_health, save_report
+
+    # An offsite store (never reached) so that every series exists, offsite_behind included.
+    settings = make_settings(s3_bucket="nowhere", s3_endpoint_url="http://127.0.0.1:9")
+    create_backup(settings)
+    save_report(settings, check_health(settings))
+    exported = set(parse(metrics.render(settings).decode()))
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel.get("targets", [])]
+    variable = next(v for v in dashboard["templating"]["list"] if v["name"] == "database")
+    assert exprs and all('database=~"$database"' in e for e in exprs), exprs
+    used = {
+        m
+        for e in [*exprs, variable["query"]["query"]]
+        for m in re.findall(r"tablettracker_backups_\w+", e)
+    }
+    assert used and used <= exported, used - exported
+    assert {p["repeat"] for p in dashboard["panels"] if p.get("type") != "row"} <= {
+        "database",
+        None,
+    }

@@ -172,6 +172,7 @@ def test_wheel_contains_templates_and_static(installed: Installed) -> None:
         inside = [n for n in names if n.startswith(f"tablettracker_backups/{folder}/")]
         assert inside, f"{folder}/ is not in the wheel"
     assert "tablettracker_backups/py.typed" in names
+    assert "tablettracker_backups/grafana/tablettracker-backups.json" in names
     assert not [n for n in names if n.startswith("tests/")]
 
 
