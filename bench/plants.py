@@ -472,6 +472,9 @@ PLANTS: tuple[Plant, ...] = (
         "            record = intent.RestoreIntent(info.id, str(target), is_live, "
         "datetime.now(timezone.utc), intent.VERIFY, datetime.now(timezone.utc), 0, '')\n",
         (T + "test_crashpoints.py",),
+        survives="the first crash point comes after the hold stage's record is written; a "
+        "kill before it (while the backup is extracted and checked) has changed nothing, and "
+        "its scratch file is removed by the next command's cleanup with or without a record",
     ),
     Plant(
         "restore-busy-is-not-damage",
