@@ -440,6 +440,9 @@ FIELD_PATHS = (
 )
 
 _FUZZ_COUNT: dict[str, int] = {}
+#: The fuzz tests count what they tried in this process, and test_fuzz_report reads the counts:
+#: on xdist they must all run in one worker (in file order), or the report sees only a share.
+FUZZ_WORKER = pytest.mark.xdist_group("fuzz")
 
 
 def _count(name: str) -> None:
@@ -469,6 +472,7 @@ def _assert_parses_back_or_one_line(data: bytes | str, name: str) -> None:
     assert BackupMetadata.from_json(parsed.to_json()) == parsed
 
 
+@FUZZ_WORKER
 @settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(
     st.one_of(
@@ -484,6 +488,7 @@ def test_fuzz_metadata_bytes(data: bytes) -> None:
     _assert_parses_back_or_one_line(data, "metadata reader: random bytes or an edited document")
 
 
+@FUZZ_WORKER
 @pytest.mark.parametrize("path", FIELD_PATHS, ids=".".join)
 @_FUZZ
 @given(value=JSON_VALUES, drop=st.booleans())
@@ -501,6 +506,7 @@ def test_fuzz_metadata_fields(path: tuple[str, ...], value: Any, drop: bool) -> 
     )
 
 
+@FUZZ_WORKER
 @settings(max_examples=400, deadline=None, derandomize=True, database=None)
 @given(
     st.one_of(
@@ -533,6 +539,7 @@ def test_fuzz_backup_id(value: str) -> None:
     assert "/" not in checked and "\x00" not in checked and "\n" not in checked
 
 
+@FUZZ_WORKER
 @pytest.mark.parametrize("key", sorted(CORE_KEYS))
 @_FUZZ
 @given(value=JSON_VALUES)
@@ -559,6 +566,7 @@ def cli_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@FUZZ_WORKER
 @settings(max_examples=150, deadline=None, derandomize=True, database=None)
 @given(key=st.sampled_from(_CLI_KEYS), value=_CLI_VALUES)
 def test_fuzz_settings_through_the_cli(cli_folder: Path, key: str, value: str) -> None:
@@ -613,6 +621,7 @@ def _assert_sane_or_one_line(key: str, value: Any) -> None:
                 assert field_value.is_absolute() and "\x00" not in str(field_value), (key, name)
 
 
+@FUZZ_WORKER
 def test_every_key_with_every_special_value() -> None:
     """The exhaustive grid behind the random fuzzing: each field and key, each nasty value."""
     for path in FIELD_PATHS:
@@ -642,6 +651,7 @@ FUZZ_PROPERTIES = {
 }
 
 
+@FUZZ_WORKER
 def test_fuzz_report(reliability: Recorder) -> None:
     """Runs after the fuzz tests above (file order) and reports how many inputs they tried,
     how many were accepted and how many rejected (both sides must be exercised)."""
