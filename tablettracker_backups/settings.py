@@ -207,7 +207,7 @@ class Settings:
         the database and folder options, so the command works from any folder.
         """
         argv = [*shlex.split(self.command), *words]
-        if self.selector is not None:
+        if self.selector is not None and "--database" not in words:
             argv += ["--database", self.selector]
         if self.under_flask or not where:
             return shlex.join(argv)

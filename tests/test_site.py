@@ -20,6 +20,7 @@ from flask import Flask
 from tablettracker_backups.cli import cli
 from tablettracker_backups.demo import create_app
 from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.identity import adopt_command
 from tablettracker_backups.site import Site, build_site
 from tablettracker_backups.sources import (
     app_layer,
@@ -339,6 +340,11 @@ def test_hints_pick_the_database_they_are_about(site_toml: Path) -> None:
     audit = site.pick("audit").one()
     assert audit.command_line("restore", "X") == (
         f"tablettracker-backups restore X --database audit --config {site_toml}"
+    )
+    # A hint that names the database itself is not given a second --database.
+    assert audit.command_line("adopt", "--database", "a.db").count("--database") == 1
+    assert adopt_command(audit) == (
+        f"tablettracker-backups adopt --database audit --config {site_toml}"
     )
 
 
