@@ -30,6 +30,7 @@ from tablettracker_backups.sources import (
     resolve,
 )
 from tests.conftest import login, make_db
+from tests.netkit import http_sink
 
 ROOT = Path(__file__).resolve().parent.parent
 ROOMY = {"BACKUPS_DISK_WARNING": "1MB", "BACKUPS_DISK_CRITICAL": "1MB"}
@@ -256,6 +257,22 @@ def test_run_over_a_site_as_a_real_process(tmp_path: Path) -> None:
     assert tablets["ok"] is True and tablets["backup"]["id"]
     assert tablets["health"]["status"] == "ok"
     assert "Traceback" not in done.stderr
+
+
+def test_a_shared_ping_url_is_pinged_once_with_the_worst_exit_code(tmp_path: Path) -> None:
+    # One dead-man check for the site: a later database's success must not hide a failure.
+    make_db(tmp_path / "tablet_counter.db")
+    with http_sink() as sink:
+        site = write_site(
+            tmp_path, audit_first=True, extra=f'ping_url = "http://{sink.base}/check"'
+        )
+        result = invoke("run", "--config", str(site))
+        assert result.exit_code == 2, result.output
+        seen = sink.wait_for(2)
+    assert [r.path for r in seen] == ["/check/start", "/check/2"]
+    body = seen[1].body.decode()
+    assert "[audit] " in body and "audit.db does not exist" in body
+    assert "[tablets] " in body and "exit 0" in body
 
 
 def test_database_picks_one_by_name_or_by_file(site_toml: Path) -> None:
