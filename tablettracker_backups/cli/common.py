@@ -329,8 +329,8 @@ def flask_app(ctx: click.Context) -> Any:
     return info.load_app()
 
 
-def settings_command(func: F) -> F:
-    """Resolve the common options into a ``settings`` argument."""
+def _resolving(func: F, resolve_for: Callable[[click.Context, Path | None], Any]) -> F:
+    """``func`` behind the common options, given what ``resolve_for`` makes of them."""
 
     @common_options
     @functools.wraps(func)
@@ -342,36 +342,33 @@ def settings_command(func: F) -> F:
         secondary_dir: Path | None,
         **kwargs: Any,
     ) -> Any:
-        ctx = click.get_current_context()
-        options = given_options(ctx)
-        settings = resolve_settings(ctx, config=config, options=options)
-        ctx.meta[SETTINGS_META] = settings
-        return func(settings, **kwargs)
+        return func(resolve_for(click.get_current_context(), config), **kwargs)
 
     return cast(F, wrapper)
+
+
+def settings_command(func: F) -> F:
+    """Resolve the common options into a ``settings`` argument: the one database."""
+
+    def one(ctx: click.Context, config: Path | None) -> Settings:
+        settings = resolve_settings(ctx, config=config, options=given_options(ctx))
+        ctx.meta[SETTINGS_META] = settings
+        return settings
+
+    return _resolving(func, one)
 
 
 def site_command(func: F) -> F:
     """Resolve the common options into a ``site`` argument: every database (``run``,
     ``health``, ``status``), or the one ``--database`` picks."""
 
-    @common_options
-    @functools.wraps(func)
-    def wrapper(
-        config: Path | None,
-        database: Path | None,
-        database_name: str | None,
-        backup_dir: Path | None,
-        secondary_dir: Path | None,
-        **kwargs: Any,
-    ) -> Any:
-        ctx = click.get_current_context()
+    def every(ctx: click.Context, config: Path | None) -> Site:
         site = resolve_site(ctx, config=config, options=given_options(ctx))
         if len(site.databases) == 1:
             ctx.meta[SETTINGS_META] = site.databases[0]
-        return func(site, **kwargs)
+        return site
 
-    return cast(F, wrapper)
+    return _resolving(func, every)
 
 
 def heading(settings: Settings) -> None:
