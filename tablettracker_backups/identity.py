@@ -153,8 +153,8 @@ def holds_database(folder: Path, settings: Settings) -> bool:
 def adopt_command(settings: Settings) -> str:
     """The one documented way to hand a folder to a moved or renamed database, in the tool
     being used (``flask backups adopt`` under a host app, whose config names the database)."""
-    if settings.under_flask:
-        return settings.command_line("adopt")
+    if settings.under_flask or settings.selector is not None:
+        return settings.command_line("adopt")  # the config (and --database NAME) name it
     words = settings.command_line("adopt", where=False)
     return f"{words} --database {shlex.quote(str(settings.database))}"
 

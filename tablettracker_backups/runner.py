@@ -8,6 +8,7 @@ harmless: the next one simply finds a backup due.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -209,6 +210,7 @@ def run(
     trigger: str = "scheduled",
     reverify: bool = True,
     identity: Identity | None = None,
+    pings: bool = True,
 ) -> RunResult:
     """Do one scheduled run. Raises only :class:`LockedError` (another operation is running)
     or, before any backup folder exists, the error that stops it from being created; every
@@ -222,17 +224,19 @@ def run(
     :data:`notify.BUDGET_SECONDS`, and never change the outcome.
     """
     budget = Budget(notify.BUDGET_SECONDS)
-    ping(settings, "start", budget=budget)
+    if pings:
+        ping(settings, "start", budget=budget)
     try:
         result = _run_locked(
             settings, force=force, trigger=trigger, reverify=reverify, identity=identity
         )
     except BackupError as exc:
         code = LOCKED_EXIT_CODE if isinstance(exc, LockedError) else 2
-        ping(settings, str(code), f"run did not start: {exc}", budget=budget)
+        if pings:
+            ping(settings, str(code), f"run did not start: {exc}", budget=budget)
         raise
     # Keep time for the finish ping: it is what tells the dead-man service the run ended.
-    reserve = PING_TIMEOUT if settings.ping_url else 0.0
+    reserve = PING_TIMEOUT if settings.ping_url and pings else 0.0
     notify.observe(
         settings,
         result.health.findings,
@@ -250,10 +254,119 @@ def run(
             result.health.status,
             budget=Budget(max(0.0, budget.left() - reserve)),
         )
-    ping(
-        settings, str(result.exit_code) if result.exit_code else "", result.summary(), budget=budget
-    )
+    if pings:
+        ping(
+            settings,
+            str(result.exit_code) if result.exit_code else "",
+            result.summary(),
+            budget=budget,
+        )
     return result
+
+
+@dataclass(frozen=True)
+class DatabaseRun:
+    """One database's part of a site's run: its result, or why it did not run."""
+
+    settings: Settings
+    result: RunResult | None
+    #: Why the run did not start (another operation held the lock, no database file ...).
+    error: str | None = None
+    #: 3 when another operation held the lock, else 2; only without a result.
+    error_code: int = 2
+
+    @property
+    def name(self) -> str:
+        """The database's name in the site."""
+        return self.settings.database_name
+
+    @property
+    def exit_code(self) -> int:
+        """The run's exit code, or the one it did not start with."""
+        return self.result.exit_code if self.result is not None else self.error_code
+
+    def to_dict(self) -> dict[str, Any]:
+        """The run's JSON (as for a site of one), or ``ok``, ``error`` and ``exit_code``."""
+        if self.result is not None:
+            return self.result.to_dict()
+        return {"ok": False, "error": self.error, "exit_code": self.error_code}
+
+
+#: Exit codes from best to worst: busy (3) is worse than a warning, not than a failure.
+SEVERITY = (0, 1, LOCKED_EXIT_CODE, 2)
+
+
+def worst_exit_code(codes: list[int]) -> int:
+    """The worst of ``codes`` by :data:`SEVERITY` (0 for none)."""
+    return max(codes, key=lambda c: SEVERITY.index(c) if c in SEVERITY else 99, default=0)
+
+
+@dataclass(frozen=True)
+class SiteRunResult:
+    """What one ``run`` did for each database of a site, in the site's order."""
+
+    runs: tuple[DatabaseRun, ...]
+
+    @property
+    def exit_code(self) -> int:
+        """The worst database's exit code."""
+        return worst_exit_code([r.exit_code for r in self.runs])
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"databases": {name: run JSON}, "exit_code": N}`` (``run --json`` for a site)."""
+        return {
+            "databases": {r.name: r.to_dict() for r in self.runs},
+            "exit_code": self.exit_code,
+        }
+
+
+def run_site(
+    databases: Sequence[Settings],
+    *,
+    force: bool = False,
+    trigger: str = "scheduled",
+    identity: Identity | None = None,
+) -> SiteRunResult:
+    """Run every database of a site, one after the other, each under its own lock. One that
+    fails, or cannot start, never stops the others: its error is in its part of the result.
+
+    A dead-man ping URL shared by several databases is pinged once for them: ``start``
+    before the first, and the worst of their exit codes after the last, so one database's
+    success never hides another's failure.
+    """
+    budget = Budget(notify.BUDGET_SECONDS)
+    by_url: dict[str, list[Settings]] = {}
+    for settings in databases:
+        if settings.ping_url:
+            by_url.setdefault(settings.ping_url, []).append(settings)
+    for members in by_url.values():
+        ping(members[0], "start", budget=budget)
+    runs: list[DatabaseRun] = []
+    for settings in databases:
+        try:
+            result = run(settings, force=force, trigger=trigger, identity=identity, pings=False)
+        except LockedError as exc:
+            runs.append(DatabaseRun(settings, None, str(exc), LOCKED_EXIT_CODE))
+        except BackupError as exc:
+            logger.error("run of database %s did not start: %s", settings.database_name, exc)
+            runs.append(DatabaseRun(settings, None, str(exc)))
+        except Exception as exc:
+            # A bug or an unforeseen OS error in one database's run must not cost the others
+            # theirs: logged with its traceback, reported as that database's failure.
+            logger.exception("run of database %s failed", settings.database_name)
+            runs.append(DatabaseRun(settings, None, f"{type(exc).__name__}: {exc}"))
+        else:
+            runs.append(DatabaseRun(settings, result))
+    for members in by_url.values():
+        names = {m.database_name for m in members}
+        mine = [r for r in runs if r.name in names]
+        code = worst_exit_code([r.exit_code for r in mine])
+        body = "\n\n".join(
+            f"[{r.name}] " + (r.result.summary() if r.result else f"did not start: {r.error}")
+            for r in mine
+        )
+        ping(members[0], str(code) if code else "", body, budget=budget)
+    return SiteRunResult(tuple(runs))
 
 
 @dataclass

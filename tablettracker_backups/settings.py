@@ -165,6 +165,9 @@ class Settings:
     command: str = "tablettracker-backups"
     #: The TOML file the settings were read from, if any (hints then pass ``--config`` to it).
     config_file: Path | None = None
+    #: What ``--database`` says to pick this database out of a site of named databases
+    #: (``BACKUPS_DATABASES``): its name. None for a site of one (``BACKUPS_DATABASE``).
+    selector: str | None = None
     #: Each setting that is not a default (and the folders), by lower-case key: its value as
     #: shown (secrets masked) and where it came from; ``status`` shows them, as
     #: ``git config --show-origin`` does. Filled in by :func:`.sources.resolve`.
@@ -204,10 +207,14 @@ class Settings:
         the database and folder options, so the command works from any folder.
         """
         argv = [*shlex.split(self.command), *words]
+        if self.selector is not None and "--database" not in words:
+            argv += ["--database", self.selector]
         if self.under_flask or not where:
             return shlex.join(argv)
         if self.config_file is not None:
             return shlex.join([*argv, "--config", str(self.config_file)])
+        if self.selector is not None:
+            return shlex.join(argv)  # a site is read from a file or an app: never reached
         argv += ["--database", str(self.database), "--backup-dir", str(self.backup_dir)]
         if self.secondary_dir is not None:
             argv += ["--secondary-dir", str(self.secondary_dir)]
@@ -232,10 +239,11 @@ def default_backup_dir(database: Path, name: str) -> Path:
     return database.parent / DEFAULT_BACKUPS_FOLDER / name
 
 
-def validate_database_name(value: Any) -> str:
-    """A database name for a backup folder's identity; raises :class:`ConfigError`.
+def validate_database_name(value: Any, *, what: str = "BACKUPS_DATABASE_NAME") -> str:
+    """A database name for a backup folder's identity; raises :class:`ConfigError` naming
+    ``what`` (the setting it came from).
 
-    It may become a folder name when several databases share one root, so no path separators,
+    It becomes a folder name when several databases share one root, so no path separators,
     no control characters, not ``.`` or ``..``, at most 100 characters.
     """
     text = str(value).strip() if value is not None else ""
@@ -246,7 +254,7 @@ def validate_database_name(value: Any) -> str:
         or any(ch in "/\\" or ord(ch) < 32 or ord(ch) == 127 for ch in text)
     ):
         raise ConfigError(
-            f"BACKUPS_DATABASE_NAME must be a short name without slashes or control "
+            f"{what} must be a short name without slashes or control "
             f"characters, not {str(value)[:60]!r}"
         )
     return text
@@ -762,6 +770,8 @@ def values_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
 #: TOML keys named after the command-line options, and the key each stands for.
 TOML_ALIASES = {"backup_dir": "dir"}
 TOML_SECTION = "backups"
+#: The TOML section of a site's databases: ``[databases.NAME]`` tables.
+DATABASES_SECTION = "databases"
 
 
 def values_from_toml(path: Path) -> dict[str, Any]:
@@ -784,7 +794,7 @@ def values_from_toml(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: not UTF-8 text") from exc
     for section, content in document.items():
-        if section == TOML_SECTION:
+        if section in (TOML_SECTION, DATABASES_SECTION):
             continue
         if isinstance(content, dict):
             raise ConfigError(
@@ -812,7 +822,34 @@ def values_from_toml(path: Path) -> dict[str, Any]:
                     f"config file {path}: both {alias!r} and {key!r} are set; keep {alias!r}"
                 )
             values[key] = values.pop(alias)
+    if DATABASES_SECTION in document:
+        values[DATABASES_SECTION] = _databases_table(path, document[DATABASES_SECTION])
     return values
+
+
+def _databases_table(path: Path, table: Any) -> dict[str, Any]:
+    """The ``[databases.NAME]`` tables (or ``NAME = "path"`` lines under ``[databases]``),
+    each table's keys checked as the ``[backups]`` table's are and its aliases applied."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"config file {path}: [{DATABASES_SECTION}] must be a table")
+    known = sorted(CORE_KEYS | set(TOML_ALIASES))
+    found: dict[str, Any] = {}
+    for name, entry in table.items():
+        if not isinstance(entry, dict):
+            found[name] = entry
+            continue
+        for key in sorted(entry):
+            if key not in CORE_KEYS and key not in TOML_ALIASES:
+                raise ConfigError(
+                    f"config file {path}: unknown setting {key!r} in "
+                    f"[{DATABASES_SECTION}.{name}]" + did_you_mean(key, known)
+                )
+        values = dict(entry)
+        for alias, key in TOML_ALIASES.items():
+            if alias in values:
+                values[key] = values.pop(alias)
+        found[name] = values
+    return found
 
 
 def did_you_mean(

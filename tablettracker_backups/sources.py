@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path, PurePath
@@ -44,6 +44,7 @@ from tablettracker_backups.identity import holds_database
 from tablettracker_backups.notifiers import mask_url
 from tablettracker_backups.settings import (
     CORE_KEYS,
+    DATABASES_SECTION,
     DEFAULT_BACKUPS_FOLDER,
     PREFIX,
     TOML_ALIASES,
@@ -52,6 +53,7 @@ from tablettracker_backups.settings import (
     did_you_mean,
     settings_from_mapping,
     split_notify_urls,
+    validate_database_name,
     values_from_toml,
 )
 from tablettracker_backups.storage.rclone import redact
@@ -96,15 +98,66 @@ class Origin:
 
     def describe(self) -> str:
         """``environment BACKUPS_DIR``, ``file:/home/me/c.toml backup_dir``, ``default``."""
+        note = f" ({self.note})" if self.note else ""
         if self.kind == OriginKind.CONFIG_FILE:
-            return f"file:{self.where} {self.name}"
+            return f"file:{self.where} {self.name}{note}"
         if self.kind == OriginKind.DEFAULT:
-            return "default" + (f" ({self.note})" if self.note else "")
-        return f"{self.kind.value} {self.name}"
+            return "default" + note
+        return f"{self.kind.value} {self.name}{note}"
 
 
 #: One source's values by lower-case key, each with its origin.
 Layer = dict[str, tuple[Any, Origin]]
+
+#: The key of a site's named databases (``BACKUPS_DATABASES``, ``[databases.NAME]``). In a
+#: layer its value is ``{name: Layer}``: each database's own values (its file and any
+#: per-database setting), anchored where they were written; :mod:`.site` resolves them.
+DATABASES = "databases"
+
+
+def database_entries(
+    table: Any,
+    *,
+    kind: OriginKind,
+    spelled: str,
+    where: str = "",
+    anchor: Callable[[str, Any], Any],
+) -> dict[str, Layer]:
+    """A site's databases as written (``{name: "path"}`` or ``{name: {"database": "path",
+    "keep_daily": 7, ...}}``), each as a layer of its own values. ``spelled`` is how the
+    table is named in messages and origins (``BACKUPS_DATABASES``, ``databases``); ``anchor``
+    turns a relative path into the one it means there. Raises :class:`ConfigError`."""
+    if not isinstance(table, Mapping) or not table:
+        raise ConfigError(f"{spelled} must name at least one database: {{name: path}}")
+    known = sorted(CORE_KEYS - {"database_name"} | set(TOML_ALIASES))
+    found: dict[str, Layer] = {}
+    for raw_name, entry in table.items():
+        name = validate_database_name(raw_name, what=f"{spelled}: each database's name")
+        here = f"{spelled}[{name!r}]" if kind == OriginKind.APP_CONFIG else f"{spelled}.{name}"
+        values = dict(entry) if isinstance(entry, Mapping) else {"database": entry}
+        layer: Layer = {}
+        for key, value in values.items():
+            key = TOML_ALIASES.get(str(key), str(key))
+            if key == "database_name":
+                raise ConfigError(
+                    f"{here}: a site's database is named by its key, not database_name"
+                )
+            if key not in CORE_KEYS:
+                raise ConfigError(f"unknown setting {key!r} in {here}" + did_you_mean(key, known))
+            if value is None:
+                continue
+            shown = here if key == "database" and not isinstance(entry, Mapping) else ""
+            origin = Origin(
+                kind,
+                shown or (f"{here}[{key!r}]" if kind == OriginKind.APP_CONFIG else f"{here}.{key}"),
+                where,
+            )
+            layer[key] = (anchor(key, value), origin)
+        if "database" not in layer:
+            raise ConfigError(f'{here} names no database file (database = "path")')
+        layer["database_name"] = (name, Origin(kind, f"{spelled} key {name!r}", where))
+        found[name] = layer
+    return found
 
 
 def _anchored(key: str, value: Any, base: Path) -> Any:
@@ -171,13 +224,27 @@ def file_layer(path: Path) -> Layer:
     """
     path = path.expanduser().absolute()
     spelled = {value: alias for alias, value in TOML_ALIASES.items()}
-    return {
+    values = values_from_toml(path)
+    layer: Layer = {
         key: (
             _anchored(key, value, path.parent),
             Origin(OriginKind.CONFIG_FILE, spelled.get(key, key), str(path)),
         )
-        for key, value in values_from_toml(path).items()
+        for key, value in values.items()
+        if key != DATABASES
     }
+    if DATABASES in values:
+        layer[DATABASES] = (
+            database_entries(
+                values[DATABASES],
+                kind=OriginKind.CONFIG_FILE,
+                spelled=DATABASES_SECTION,
+                where=str(path),
+                anchor=lambda key, value: _anchored(key, value, path.parent),
+            ),
+            Origin(OriginKind.CONFIG_FILE, f"[{DATABASES_SECTION}]", str(path)),
+        )
+    return layer
 
 
 def app_layer(
@@ -190,7 +257,7 @@ def app_layer(
     known one: ``BACKUPS_SECONDARY_DIRECTORY`` must not silently mean "no secondary folder".
     """
     others = frozenset(other_keys)
-    known = sorted(CORE_KEYS | others)
+    known = sorted(CORE_KEYS | others | {DATABASES})
     layer: Layer = {}
     for name, value in config.items():
         if not isinstance(name, str) or not name.startswith(PREFIX):
@@ -201,20 +268,36 @@ def app_layer(
                 f"{name} is read from the environment by the standalone command; in a Flask "
                 "app, set the BACKUPS_* keys in the app's config instead"
             )
-        if key not in CORE_KEYS and key not in others:
+        if key not in CORE_KEYS and key not in others and key != DATABASES:
             raise ConfigError(
                 f"unknown setting {name} in the app's config"
                 + did_you_mean(key, known, formatter=lambda k: f"{PREFIX}{k.upper()}")
             )
         if key in others or value is None:
             continue
-        if key in PATH_KEYS and isinstance(value, str | PurePath):
-            text = str(value).strip()
-            path = Path(text).expanduser()
-            if text and "\x00" not in text and not path.is_absolute():
-                value = str(in_instance(text, instance_path))
-        layer[key] = (value, Origin(OriginKind.APP_CONFIG, name))
+        if key == DATABASES:
+            value = database_entries(
+                value,
+                kind=OriginKind.APP_CONFIG,
+                spelled=name,
+                anchor=lambda key, value: _in_instance_if_path(key, value, instance_path),
+            )
+        layer[key] = (
+            _in_instance_if_path(key, value, instance_path),
+            Origin(OriginKind.APP_CONFIG, name),
+        )
     return layer
+
+
+def _in_instance_if_path(key: str, value: Any, instance_path: Path) -> Any:
+    """A relative path value of the app's config inside the instance folder; anything else
+    unchanged."""
+    if key in PATH_KEYS and isinstance(value, str | PurePath):
+        text = str(value).strip()
+        path = Path(text).expanduser()
+        if text and "\x00" not in text and not path.is_absolute():
+            return str(in_instance(text, instance_path))
+    return value
 
 
 def merge(*layers: Layer) -> Layer:
@@ -238,6 +321,11 @@ def resolve(
     kept, and its origin says so. Raises :class:`ConfigError` naming the key and where it was
     set; ``missing_database`` replaces the message when no database is configured.
     """
+    if DATABASES in merged:
+        raise ConfigError(
+            f"this configuration names several databases ({PREFIX}DATABASES): pick one with "
+            "--database NAME"
+        )
     values = {key: value for key, (value, _origin) in merged.items()}
     try:
         settings = settings_from_mapping(values)
@@ -315,6 +403,20 @@ def unread_config_hint(environ: Mapping[str, str] | None = None) -> str | None:
     )
 
 
+def standalone_layers(
+    *,
+    config_file: Path | None = None,
+    options: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Layer:
+    """The standalone command's sources merged: the named config file, then the environment,
+    then the options."""
+    environ = os.environ if environ is None else environ
+    layers = [file_layer(config_file)] if config_file else []
+    layers += [environment_layer(environ), option_layer(options or {})]
+    return merge(*layers)
+
+
 def load_settings(
     *,
     config_file: Path | None = None,
@@ -324,11 +426,8 @@ def load_settings(
 ) -> Settings:
     """Settings for the standalone command (no Flask app): the named config file, then the
     environment, then the options. Raises :class:`ConfigError`."""
-    environ = os.environ if environ is None else environ
-    layers = [file_layer(config_file)] if config_file else []
-    layers += [environment_layer(environ), option_layer(options or {})]
-    merged = merge(*layers)
-    if config_file is not None and "database" not in merged:
+    merged = standalone_layers(config_file=config_file, options=options, environ=environ)
+    if config_file is not None and "database" not in merged and DATABASES not in merged:
         path = config_file.expanduser().absolute()
         raise ConfigError(
             f'config file {path} names no database (database = "..." under '

@@ -22,13 +22,16 @@ from tablettracker_backups.errors import AgeIdentityError, BackupError, LockedEr
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site, build_site
 from tablettracker_backups.sources import (
+    DATABASES,
     FLASK_COMMAND,
     Layer,
     load_settings,
     merge,
     option_layer,
     resolve,
+    standalone_layers,
     unread_config_hint,
 )
 from tablettracker_backups.store import BackupStore
@@ -256,9 +259,18 @@ def given_options(ctx: click.Context) -> dict[str, Any]:
 def resolve_settings(
     ctx: click.Context, *, config: Path | None, options: dict[str, Any]
 ) -> Settings:
-    """Settings in the one precedence (see :mod:`tablettracker_backups.sources`): the options
+    """The one database a command works on: the site's only one, or the one ``--database``
+    picks. Raises :class:`ConfigError` listing the names for a site of several without it."""
+    return resolve_site(ctx, config=config, options=options).one()
+
+
+def resolve_site(ctx: click.Context, *, config: Path | None, options: dict[str, Any]) -> Site:
+    """The site in the one precedence (see :mod:`tablettracker_backups.sources`): the options
     given, the environment, then the host app's config (under ``flask backups``) or the named
-    config file, then the defaults."""
+    config file, then the defaults. In a site of named databases (:mod:`.site`), ``--database``
+    picks one by name or file; otherwise it is the database's path, as it always was."""
+    picked = options.get("database")
+    others = {key: value for key, value in options.items() if key != "database"}
     app_layers = _flask_app_layers(ctx)
     if app_layers is not None:
         if config is not None and ctx.get_parameter_source("config") == (
@@ -268,7 +280,20 @@ def resolve_settings(
                 "flask backups reads the app's config; --config is for the standalone "
                 "tablettracker-backups command"
             )
-        return resolve(merge(app_layers, option_layer(options)), command=FLASK_COMMAND)
+        if DATABASES in app_layers:
+            site = build_site(merge(app_layers, option_layer(others)), command=FLASK_COMMAND)
+            return site if picked is None else site.pick(picked)
+        return Site.of(resolve(merge(app_layers, option_layer(options)), command=FLASK_COMMAND))
+    if config is not None:
+        layers = standalone_layers(config_file=config, options=others)
+        if DATABASES in layers:
+            site = build_site(layers)
+            return site if picked is None else site.pick(picked)
+    return Site.of(_standalone_settings(config=config, options=options))
+
+
+def _standalone_settings(*, config: Path | None, options: dict[str, Any]) -> Settings:
+    """A site of one, standalone: the named config file, the environment, the options."""
     hint = unread_config_hint() if config is None else None
     settings = load_settings(
         config_file=config,
@@ -304,8 +329,8 @@ def flask_app(ctx: click.Context) -> Any:
     return info.load_app()
 
 
-def settings_command(func: F) -> F:
-    """Resolve the common options into a ``settings`` argument."""
+def _resolving(func: F, resolve_for: Callable[[click.Context, Path | None], Any]) -> F:
+    """``func`` behind the common options, given what ``resolve_for`` makes of them."""
 
     @common_options
     @functools.wraps(func)
@@ -317,13 +342,45 @@ def settings_command(func: F) -> F:
         secondary_dir: Path | None,
         **kwargs: Any,
     ) -> Any:
-        ctx = click.get_current_context()
-        options = given_options(ctx)
-        settings = resolve_settings(ctx, config=config, options=options)
-        ctx.meta[SETTINGS_META] = settings
-        return func(settings, **kwargs)
+        return func(resolve_for(click.get_current_context(), config), **kwargs)
 
     return cast(F, wrapper)
+
+
+def settings_command(func: F) -> F:
+    """Resolve the common options into a ``settings`` argument: the one database."""
+
+    def one(ctx: click.Context, config: Path | None) -> Settings:
+        settings = resolve_settings(ctx, config=config, options=given_options(ctx))
+        ctx.meta[SETTINGS_META] = settings
+        return settings
+
+    return _resolving(func, one)
+
+
+def site_command(func: F) -> F:
+    """Resolve the common options into a ``site`` argument: every database (``run``,
+    ``health``, ``status``), or the one ``--database`` picks."""
+
+    def every(ctx: click.Context, config: Path | None) -> Site:
+        site = resolve_site(ctx, config=config, options=given_options(ctx))
+        if len(site.databases) == 1:
+            ctx.meta[SETTINGS_META] = site.databases[0]
+        return site
+
+    return _resolving(func, every)
+
+
+def heading(settings: Settings) -> None:
+    """The line that starts a database's section in a site's report."""
+    click.echo(f"== {settings.database_name} ({settings.database}) ==")
+
+
+def site_summary(codes: dict[str, int], worst: int) -> str:
+    """The last line of a site's report: each database's verdict, and the exit code."""
+    words = {EXIT_OK: "ok", EXIT_WARNING: "WARNING", EXIT_LOCKED: "BUSY"}
+    verdicts = ", ".join(f"{name} {words.get(code, 'FAILED')}" for name, code in codes.items())
+    return f"Site: {verdicts} (exit {worst})"
 
 
 def emit_json(data: Any) -> None:

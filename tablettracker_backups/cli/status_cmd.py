@@ -11,43 +11,87 @@ import click
 from tablettracker_backups.cli.common import (
     BackupsCommand,
     emit_json,
+    heading,
     json_option,
     print_health,
-    settings_command,
+    site_command,
+    site_summary,
 )
 from tablettracker_backups.display import human_age, human_size
 from tablettracker_backups.encryption import describe_keys
+from tablettracker_backups.errors import BackupError
 from tablettracker_backups.health import check_health, describe_recovery
+from tablettracker_backups.runner import worst_exit_code
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site
 from tablettracker_backups.sources import describe_origins
 
 
 @click.command(cls=BackupsCommand)
-@settings_command
+@site_command
 @json_option
-def status(settings: Settings, as_json: bool) -> None:
+def status(site: Site, as_json: bool) -> None:
     """A short summary: newest backups, counts per slot, disk use, the settings, health.
 
     The same checks as 'health' (which also saves them to status.json), so the two never
     disagree. 'Newest' is the newest regular backup whatever its state, 'latest' the newest
     good one; neither is ever a pre-restore safety snapshot. Each setting that is not a
-    default is shown with where it came from (option, environment, app config, file).
+    default is shown with where it came from (option, environment, app config, file). In a
+    site of several databases, a section for each (the worst verdict is the exit code).
 
     \b
     Example:
       tablettracker-backups status
     """
 
+    if not site.named:
+        settings = site.one()
+        if as_json:
+            shown = _status_dict(settings)
+            emit_json(shown)
+            sys.exit(int(shown["exit_code"]))
+        sys.exit(_print_status(settings))
+    if as_json:
+        parts: dict[str, dict[str, Any]] = {}
+        for settings in site.databases:
+            try:
+                parts[settings.database_name] = _status_dict(settings)
+            except BackupError as exc:
+                parts[settings.database_name] = {"ok": False, "error": str(exc), "exit_code": 2}
+        codes = {name: int(part["exit_code"]) for name, part in parts.items()}
+        code = worst_exit_code(list(codes.values()))
+        emit_json({"databases": parts, "exit_code": code})
+        sys.exit(code)
+    codes = {}
+    for index, settings in enumerate(site.databases):
+        if index:
+            click.echo("")
+        heading(settings)
+        try:
+            codes[settings.database_name] = _print_status(settings)
+        except BackupError as exc:  # one database's trouble never hides the others' status
+            click.echo(f"Error: {settings.database_name}: {exc}", err=True)
+            codes[settings.database_name] = 2
+    code = worst_exit_code(list(codes.values()))
+    click.echo("")
+    click.echo(site_summary(codes, code))
+    sys.exit(code)
+
+
+def _status_dict(settings: Settings) -> dict[str, Any]:
+    """One database's status as JSON: its health report and its settings' origins."""
     report = check_health(settings)
     shown = describe_origins(settings)
-    if as_json:
-        emit_json(
-            {
-                **report.to_dict(),
-                "settings": {key: {"value": v, "origin": o} for key, v, o in shown},
-            }
-        )
-        sys.exit(report.exit_code)
+    return {
+        **report.to_dict(),
+        "settings": {key: {"value": v, "origin": o} for key, v, o in shown},
+    }
+
+
+def _print_status(settings: Settings) -> int:
+    """One database's status as text; returns its exit code."""
+    report = check_health(settings)
+    shown = describe_origins(settings)
     click.echo(f"Database:        {settings.database}")
     click.echo(
         f"Backups:         {report.backup_count} in {settings.backup_dir}"
@@ -79,7 +123,7 @@ def status(settings: Settings, as_json: bool) -> None:
     _print_encryption(report.encryption)
     _print_origins(shown)
     print_health(report)
-    sys.exit(report.exit_code)
+    return report.exit_code
 
 
 def _print_origins(shown: list[tuple[str, str, str]]) -> None:

@@ -18,13 +18,13 @@ from flask_login import user_logged_in, user_logged_out
 
 from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.settings import parse_space
+from tablettracker_backups.site import build_site
 from tablettracker_backups.sources import (
     FLASK_COMMAND,
     app_layer,
     effective_values,
     environment_layer,
     merge,
-    resolve,
 )
 from tablettracker_backups.web import autosnapshot, csrf, restoregate
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
@@ -149,7 +149,10 @@ class BackupManager:
             app_layer(given, instance_path=Path(app.instance_path), other_keys=WEB_KEYS),
             environment_layer(os.environ, relative="refuse"),
         )
-        settings = resolve(layers, command=FLASK_COMMAND, missing_database=NO_DATABASE)
+        # A site of named databases (BACKUPS_DATABASES): the pages show its first database
+        # (a table of the site is later work); the task endpoint runs every one.
+        site = build_site(layers, command=FLASK_COMMAND, missing_database=NO_DATABASE)
+        settings = site.databases[0]
         is_admin = app.config["BACKUPS_IS_ADMIN"]
         if not callable(is_admin):
             raise RuntimeError("BACKUPS_IS_ADMIN must be a callable taking the current user")
@@ -168,7 +171,7 @@ class BackupManager:
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
         app.extensions[EXTENSION_KEY] = BackupState(
             settings=settings,
-            values=effective_values(settings, layers),
+            values=effective_values(settings, site.layers[0]),
             layers=layers,
             is_admin=is_admin,
             task_token=token,
@@ -176,6 +179,7 @@ class BackupManager:
             task_url=task_url,
             restore_gate=restore_gate,
             max_post_bytes=max_post,
+            site=site,
         )
 
         register_blueprints(app, prefix=prefix, task_url=task_url, metrics_url=metrics_url)

@@ -14,6 +14,7 @@ from typing import Any
 from flask import current_app
 
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site
 from tablettracker_backups.sources import Layer
 from tablettracker_backups.store import ListingCache
 
@@ -48,6 +49,9 @@ class BackupState:
     max_post_bytes: int = 128_000
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
+    #: Every database of the site (``BACKUPS_DATABASES``); the pages show ``settings``, its
+    #: first, and the task endpoint runs them all.
+    site: Site | None = field(default=None, compare=False, repr=False)
     #: What has been logged once already (``explain_forbidden``).
     logged: set[str] = field(default_factory=set, compare=False, repr=False)
 

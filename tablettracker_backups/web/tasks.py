@@ -16,8 +16,9 @@ from flask.typing import ResponseReturnValue
 
 from tablettracker_backups import audit
 from tablettracker_backups.errors import BackupError, LockedError
-from tablettracker_backups.runner import run
+from tablettracker_backups.runner import LOCKED_EXIT_CODE, run, run_site
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site
 from tablettracker_backups.web import throttle
 from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.state import get_state
@@ -89,11 +90,14 @@ def task_run() -> ResponseReturnValue:
     Answers 404 when no token is configured, 401 for a missing or wrong token, 429 with
     ``Retry-After`` after too many wrong ones from the same address, 409 when another
     operation holds the lock, else the same JSON as ``tablettracker-backups run --json``.
+    For a site of several databases (``BACKUPS_DATABASES``), see :func:`_run_site`.
     """
     refused = _refuse()
     if refused is not None:
         return refused
     state = get_state()
+    if state.site is not None and state.site.named:
+        return _run_site(state.site)
     try:
         result = run(state.settings, trigger="scheduled")
     except LockedError as exc:
@@ -108,6 +112,30 @@ def task_run() -> ResponseReturnValue:
         details=result.audit_details(),
     )
     return jsonify(result.to_dict())
+
+
+def _run_site(site: Site) -> ResponseReturnValue:
+    """Every database of the site, one after the other (one failing never stops the others):
+    ``{"ok", "exit_code", "databases": {name: that database's run JSON}}``, with the HTTP
+    status of the worst: 500 if one could not start, else 409 if one was busy, else 200."""
+    outcome = run_site(site.databases, trigger="scheduled")
+    for part in outcome.runs:
+        if part.result is not None:
+            _audit_task(
+                part.settings,
+                ok=part.result.error is None,
+                message=part.result.audit_message(),
+                details=part.result.audit_details(),
+            )
+        elif part.error_code != LOCKED_EXIT_CODE:
+            _audit_task(part.settings, ok=False, message=part.error or "")
+    body = {
+        "ok": all(part.to_dict()["ok"] for part in outcome.runs),
+        **outcome.to_dict(),
+    }
+    unstarted = [part.error_code for part in outcome.runs if part.result is None]
+    status = 500 if 2 in unstarted else 409 if unstarted else 200
+    return jsonify(body), status
 
 
 def task_metrics() -> ResponseReturnValue:
