@@ -213,7 +213,7 @@ class BackupsCollector:
         yield free
 
 
-def registry(settings: Settings) -> CollectorRegistry:
+def registry(settings: Settings | Sequence[Settings]) -> CollectorRegistry:
     """A registry holding only this package's collector; raises :class:`ConfigError` when
     ``prometheus_client`` is not installed."""
     try:
@@ -225,7 +225,7 @@ def registry(settings: Settings) -> CollectorRegistry:
     return found
 
 
-def render(settings: Settings) -> bytes:
+def render(settings: Settings | Sequence[Settings]) -> bytes:
     """The metrics in Prometheus' text format; raises :class:`ConfigError` when
     ``prometheus_client`` is not installed."""
     found = registry(settings)
@@ -234,7 +234,7 @@ def render(settings: Settings) -> bytes:
     return generate_latest(found)
 
 
-def write_textfile(settings: Settings, path: Path) -> None:
+def write_textfile(settings: Settings | Sequence[Settings], path: Path) -> None:
     """Write the metrics to ``path`` atomically, for node_exporter's textfile collector.
 
     The temporary name does not end in ``.prom``, so the collector never reads a half-written

@@ -437,3 +437,33 @@ def test_flask_backups_reads_the_site_from_the_apps_config(site_app: Flask, tmp_
     ran = runner.invoke(args=["backups", "run", "--json"])
     assert ran.exit_code == 0, ran.output
     assert set(json.loads(ran.stdout)["databases"]) == {"audit", "tablets"}
+
+
+def test_metrics_cover_every_database_of_the_site(
+    site_toml: Path, site_app: Flask, tmp_path: Path
+) -> None:
+    """One scrape, every database, each series labelled with its name (CLI and endpoint)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def databases(text: str) -> set[str]:
+        return {
+            sample.labels["database"]
+            for family in text_string_to_metric_families(text)
+            if family.name == "tablettracker_backups_last_success_timestamp_seconds"
+            for sample in family.samples
+        }
+
+    assert invoke("run", "--config", str(site_toml)).exit_code == 0
+    printed = invoke("metrics", "--config", str(site_toml))
+    assert printed.exit_code == 0, printed.output
+    assert databases(printed.stdout) == {"tablets", "audit"}
+    picked = invoke("metrics", "--config", str(site_toml), "--database", "audit")
+    assert databases(picked.stdout) == {"audit"}
+
+    audit_db(tmp_path / "instance" / "audit.db")
+    token = site_app.config["BACKUPS_TASK_TOKEN"]
+    client = site_app.test_client()
+    client.post("/tasks/backups/run", headers={"Authorization": f"Bearer {token}"})
+    scraped = client.get("/tasks/backups/metrics", headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200
+    assert databases(scraped.get_data(as_text=True)) == {"audit", "tablets"}

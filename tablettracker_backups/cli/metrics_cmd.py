@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from tablettracker_backups.cli.common import BackupsCommand, settings_command
-from tablettracker_backups.settings import Settings
+from tablettracker_backups.cli.common import BackupsCommand, site_command
+from tablettracker_backups.site import Site
 from tablettracker_backups.store import BackupStore
 
 
@@ -18,11 +18,12 @@ from tablettracker_backups.store import BackupStore
     help="Write the metrics to this file atomically (node_exporter's textfile collector) "
     "instead of printing them.",
 )
-@settings_command
-def metrics(settings: Settings, textfile: Path | None) -> None:
+@site_command
+def metrics(site: Site, textfile: Path | None) -> None:
     """Print the Prometheus metrics, or write them for node_exporter.
 
     Read from the backup folder and status file now; nothing is hashed or sent anywhere.
+    Every database of a site (or the one --database picks), each series labelled with its name.
 
     \b
     Examples:
@@ -32,8 +33,9 @@ def metrics(settings: Settings, textfile: Path | None) -> None:
 
     from tablettracker_backups import metrics as prometheus
 
-    BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
+    for settings in site.databases:
+        BackupStore(settings).require_folder()  # a mistyped --backup-dir: say so, create nothing
     if textfile is None:
-        click.echo(prometheus.render(settings).decode(), nl=False)
+        click.echo(prometheus.render(site.databases).decode(), nl=False)
         return
-    prometheus.write_textfile(settings, textfile.expanduser().absolute())
+    prometheus.write_textfile(site.databases, textfile.expanduser().absolute())

@@ -151,7 +151,9 @@ def task_metrics() -> ResponseReturnValue:
     try:
         from tablettracker_backups import metrics
 
-        body = metrics.render(get_state().settings)
+        state = get_state()
+        # Every database of a site, each series labelled with its name.
+        body = metrics.render(state.site.databases if state.site is not None else state.settings)
     except BackupError as exc:
         logger.error("metrics failed: %s", exc)
         return Response(f"{exc}\n", status=503, mimetype="text/plain")
