@@ -52,6 +52,10 @@ def free_ports(count: int) -> list[int]:
             sock.close()
 
 
+class PortTaken(RuntimeError):
+    """weed could not bind a port picked for it: another process took it meanwhile."""
+
+
 class SeaweedServer:
     """A ``weed mini`` process serving S3 on a free loopback port, restartable on the same
     ports and data so a test can stop it and bring it back."""
@@ -77,6 +81,9 @@ class SeaweedServer:
         )
         self.log = workdir / "weed.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        #: Set once the server has answered: a restart must keep its ports (tests reconnect).
+        self.started_once = False
+        self._log_start = 0
         self._pick_ports()
 
     def _pick_ports(self) -> None:
@@ -112,6 +119,21 @@ class SeaweedServer:
         )
 
     def start(self) -> None:
+        """Start the server and wait until it takes writes. The ports were free when picked,
+        but another process may take one before weed binds it (ten ports, three xdist
+        workers and their servers): the first start then picks new ports and tries again."""
+        for attempt in range(5):
+            try:
+                self._start_once()
+            except PortTaken:
+                if self.started_once or attempt == 4:
+                    raise
+                self._pick_ports()
+                continue
+            self.started_once = True
+            return
+
+    def _start_once(self) -> None:
         args = [
             self.binary,
             "mini",
@@ -128,6 +150,7 @@ class SeaweedServer:
             "-admin.ui=false",
             "-master.telemetry=false",
         ]
+        self._log_start = self.log.stat().st_size if self.log.exists() else 0
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
                 args,
@@ -147,6 +170,10 @@ class SeaweedServer:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 tail = self.log.read_text(errors="replace")[-2000:]
+                if "Port allocation failed" in self.log.read_bytes()[self._log_start :].decode(
+                    errors="replace"
+                ):
+                    raise PortTaken(tail)
                 raise RuntimeError(f"weed mini exited with {self.proc.returncode}:\n{tail}")
             try:
                 try:

@@ -189,8 +189,11 @@ def test_admin_backs_up_edits_and_restores(demo: Demo, browser: object) -> None:
     page.goto(f"{demo.url}/admin/backups/backups")
     page.locator(f"tr[data-backup-id='{backup_id}'] >> text=Restore…").click()
     page.wait_for_selector("[data-ttb-same]")  # only an edit: every table keeps its row count
+    # The deferred script disables the button (and enables it only once the id is typed);
+    # wait for it to have run rather than read the state of a page still loading.
+    page.wait_for_selector("button:has-text('Restore this backup'):disabled")
     button = page.locator("button:has-text('Restore this backup')")
-    assert button.is_disabled()  # the script enables it only once the id is typed
+    assert button.is_disabled()
     page.fill("#ttb-confirm", backup_id)
     assert button.is_enabled()
     page.screenshot(path=str(ARTIFACTS / "restore-confirmation.png"), full_page=True)
