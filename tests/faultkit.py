@@ -307,7 +307,9 @@ def writer_main(database: str, seed: int, stop_file: str) -> None:
     import time
 
     rng = random.Random(seed)
-    conn = sqlite3.connect(database, timeout=60, isolation_level=None)
+    # Longer than any restore's own wait for the lock (test_restore_live gives it 90 s): the
+    # restore must be the one to give up, never the stand-in for the app.
+    conn = sqlite3.connect(database, timeout=180, isolation_level=None)
     committed = []
     while not os.path.exists(stop_file):
         committed.append(write_one(conn, rng, f"proc-{seed}"))
