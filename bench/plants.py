@@ -584,7 +584,7 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "replicate-no-debris",
         "replicate.py",
-        "        for key in written:\n            _delete_quietly(target, key)\n",
+        "        for key in created:\n            _delete_quietly(target, key)\n",
         "        pass\n",
         (T + "test_replicate.py::test_a_manifest_that_fails_takes_the_parts_it_followed_away",),
     ),

@@ -19,6 +19,7 @@ from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.settings import Settings, default_backup_dir, parse_duration
 from tablettracker_backups.snapshot import check_sqlite_file
+from tablettracker_backups.storage.rclone import redact
 
 
 @dataclass(frozen=True)
@@ -98,9 +99,17 @@ def _offsite_lines(settings: Settings) -> list[str]:
     if s3 is None:
         if settings.rclone is None:
             return []
+        remote = settings.rclone.remote
+        if redact(remote) != remote:
+            # A connection string carries its parameters (passwords, keys): not in a file.
+            return [
+                "# BACKUPS_RCLONE_REMOTE is a connection string with parameters, which may hold",
+                "# secrets: it is not written here. Name a remote configured with `rclone config`",
+                "# instead, or set BACKUPS_RCLONE_REMOTE in the scheduled task's environment.",
+            ]
         lines = [
             "# The remote's own settings and tokens stay in rclone's config file.",
-            f"rclone_remote = {_toml_string(settings.rclone.remote)}",
+            f"rclone_remote = {_toml_string(remote)}",
         ]
         if settings.rclone.config is not None:
             lines.append(f"rclone_config = {_toml_string(str(settings.rclone.config))}")

@@ -4,8 +4,9 @@ rebuilt copy, the offsite store.
 :func:`replicate` copies each object the target does not already hold with the right hash,
 checking every byte against the SHA-256 the backup recorded for it (the target's put checks
 what it stored), then stores the manifest last, as the commit marker, then the documents that
-follow it (the state document). A failure before the manifest removes what this call stored,
-so the target never lists a backup it does not wholly hold.
+follow it (the state document). A failure anywhere removes what this call created, manifest
+first, so the target never lists a backup it does not wholly hold (a pin kept only in the
+state document included); what the target held before is never deleted.
 
 It is format-blind: it moves the objects it is given, whatever their number (version 1 has
 one data object; a page store has packs), and asks nothing of their content.
@@ -67,6 +68,14 @@ def _put(
     return target.put(key, source, sha256=sha256, progress=progress)
 
 
+def _exists(target: ObjectStore, key: str) -> bool:
+    try:
+        target.stat(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
 def _held(target: ObjectStore, part: Part) -> bool:
     """Whether ``target`` already holds ``part``, by a hash it knows without reading (an
     object named by its hash in a later format); never by size alone."""
@@ -105,21 +114,28 @@ def replicate(
                 target.vet(part.key, part.path)
         target.vet(manifest[0], manifest[1])
     stored: list[ObjectInfo] = []
-    written: list[str] = []
+    # Only what this call created is taken away again: an object the target already held
+    # (a copy being repaired, an upload being replaced) is never deleted by a rollback.
+    created: list[str] = []
     try:
         for part in parts:
             if part.path is None and _held(target, part):
                 continue
+            existed = _exists(target, part.key)
             stored.append(_copy_part(source, target, part, scratch, part_stage, progress))
-            written.append(part.key)
+            if not existed:
+                created.append(part.key)
         key, body = manifest
+        existed = _exists(target, key)
         _put(target, key, body, _sha256(body), manifest_stage)
+        if not existed:
+            created.insert(0, key)  # the manifest goes first, so nothing lists half-removed
+        for key, body in after:
+            _put(target, key, body, _sha256(body), None)
     except BaseException:
-        for key in written:
+        for key in created:
             _delete_quietly(target, key)
         raise
-    for key, body in after:
-        _put(target, key, body, _sha256(body), None)
     return Replicated(tuple(stored))
 
 

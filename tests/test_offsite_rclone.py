@@ -222,3 +222,16 @@ def test_rclone_keeps_its_own_retention_and_the_remote_is_shown_without_secrets(
     assert "hunter2" not in repr(settings)
     assert "hunter2" not in shown_value("rclone_remote", settings.rclone.remote)
     assert "hunter2" not in OffsiteStore.from_settings(settings).where
+
+
+def test_init_writes_a_named_remote_but_never_a_connection_strings_parameters(
+    make_settings: Callable[..., Settings],
+) -> None:
+    from tablettracker_backups.bootstrap import _offsite_lines
+
+    named = make_settings(rclone_remote="gdrive:tablettracker")
+    assert 'rclone_remote = "gdrive:tablettracker"' in _offsite_lines(named)
+    secret = make_settings(rclone_remote=":webdav,url='http://h/',pass=hunter2:tt")
+    written = "\n".join(_offsite_lines(secret))
+    assert "hunter2" not in written and "rclone_remote =" not in written
+    assert "environment" in written

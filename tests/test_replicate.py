@@ -143,3 +143,37 @@ def test_a_sealed_target_refuses_before_any_part_is_sent(tmp_path: Path) -> None
     # Sealed metadata goes, after the data.
     replicate(None, sealed, parts, (MANIFEST, b'{"encryption": {"sealed": "x"}}'), scratch=tmp_path)
     assert inner.puts == [f"{DATA}.age", MANIFEST]
+
+
+def test_a_state_document_that_fails_takes_the_copy_away_manifest_first(tmp_path: Path) -> None:
+    """A pin or a label lives only in the state document: a copy committed without it would
+    list unpinned, and prune could take a backup the owner pinned."""
+    data = b"x" * 5000
+    source = _source(tmp_path, data)
+    state = f"{ID}.state.json"
+    target = Recording(tmp_path / "target", fail_on=state)
+    with pytest.raises(OSError, match="planted failure"):
+        replicate(
+            source,
+            target,
+            [Part(DATA, sha(data))],
+            (MANIFEST, b"{}"),
+            after=[(state, b'{"pinned": true}')],
+            scratch=tmp_path,
+        )
+    assert target.puts == [DATA, MANIFEST]
+    assert sorted(p.name for p in target.root.iterdir()) == []
+
+
+def test_a_rollback_never_deletes_what_the_target_already_held(tmp_path: Path) -> None:
+    """Repairing a copy (or replacing an upload) over objects the target holds: when the
+    manifest then fails, the objects that were there before stay."""
+    data = b"y" * 5000
+    source = _source(tmp_path, data)
+    target = Recording(tmp_path / "target", fail_on=MANIFEST)
+    target.root.joinpath(DATA).write_bytes(data)  # held before, e.g. marked damaged by mistake
+    target.root.joinpath("other.json").write_bytes(b"{}")
+    with pytest.raises(OSError, match="planted failure"):
+        replicate(source, target, [Part(DATA, sha(data))], (MANIFEST, b"{}"), scratch=tmp_path)
+    assert sorted(p.name for p in target.root.iterdir()) == [DATA, "other.json"]
+    assert (target.root / DATA).read_bytes() == data

@@ -777,6 +777,8 @@ def test_rclone_hides_the_parameters_of_a_connection_string(tmp_path: Path) -> N
     assert redact("name,secret=x:folder") == "name,...:folder"
     # A value with a colon left unquoted: hidden up to the last colon, never shown.
     assert redact(":webdav,url=http://h:1/,pass=hunter2:tt") == ":webdav,...:tt"
+    assert redact(":webdav,url=http://u:hunter2@h/:dir") == ":webdav,...:dir"
+    assert redact(":sftp,host=h,pass=hunter:2:dir") == ":sftp,...:dir"
     assert redact("gdrive:tablettracker") == "gdrive:tablettracker"
     assert redact("/srv/copies") == "/srv/copies"
     config = tmp_path / "rclone.conf"

@@ -95,7 +95,7 @@ def redact(remote: str) -> str:
             spec = remote[:index]
             if "," in spec:
                 tail = remote[index + 1 :]
-                if "," in tail or "=" in tail:
+                if any(char in tail for char in ",=:@"):
                     # A value with a colon left unquoted (``url=http://h:1/``): hide up to
                     # the last colon rather than show a parameter.
                     tail = remote.rpartition(":")[2]
