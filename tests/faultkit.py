@@ -302,8 +302,9 @@ def assert_no_debris(*directories: Path | None) -> None:
         assert sorted(state["data"]) == sorted(state["meta"]), (directory, state)
 
 
-def writer_main(database: str, seed: int, stop_file: str) -> None:
-    """A writer process: commit transactions until ``stop_file`` exists; print committed ids."""
+def writer_main(database: str, seed: int, stop_file: str, pause: float = 0.001) -> None:
+    """A writer process: commit transactions until ``stop_file`` exists, ``pause`` seconds
+    apart; print committed ids."""
     import time
 
     rng = random.Random(seed)
@@ -313,19 +314,21 @@ def writer_main(database: str, seed: int, stop_file: str) -> None:
     committed = []
     while not os.path.exists(stop_file):
         committed.append(write_one(conn, rng, f"proc-{seed}"))
-        time.sleep(0.001)
+        time.sleep(pause)
     conn.close()
     print(" ".join(map(str, committed)))
 
 
-def spawn_writer(database: Path, seed: int, stop_file: Path) -> subprocess.Popen[str]:
+def spawn_writer(
+    database: Path, seed: int, stop_file: Path, *, pause: float = 0.001
+) -> subprocess.Popen[str]:
     """Start :func:`writer_main` in its own process."""
     code = (
         "import sys; from tests.faultkit import writer_main; "
-        "writer_main(sys.argv[1], int(sys.argv[2]), sys.argv[3])"
+        "writer_main(sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4]))"
     )
     return subprocess.Popen(
-        [sys.executable, "-c", code, str(database), str(seed), str(stop_file)],
+        [sys.executable, "-c", code, str(database), str(seed), str(stop_file), str(pause)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

