@@ -18,9 +18,11 @@ from click.testing import CliRunner, Result
 from flask import Flask
 
 from tablettracker_backups.cli import cli
+from tablettracker_backups.cli.common import report_each_database
 from tablettracker_backups.demo import create_app
-from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.errors import ConfigError, LockedError
 from tablettracker_backups.identity import adopt_command
+from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site, build_site
 from tablettracker_backups.sources import (
     app_layer,
@@ -467,3 +469,32 @@ def test_metrics_cover_every_database_of_the_site(
     scraped = client.get("/tasks/backups/metrics", headers={"Authorization": f"Bearer {token}"})
     assert scraped.status_code == 200
     assert databases(scraped.get_data(as_text=True)) == {"audit", "tablets"}
+
+
+def test_one_databases_error_becomes_its_section_and_the_others_still_report(
+    site_toml: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    site = build_site(file_layer(site_toml))
+    seen: list[str] = []
+
+    def show(settings: Settings) -> int:
+        seen.append(settings.database_name)
+        if settings.database_name == "tablets":
+            raise LockedError("tablets is busy")
+        return 0
+
+    def as_dict(settings: Settings) -> dict[str, object]:
+        return {"exit_code": show(settings), "name": settings.database_name}
+
+    with pytest.raises(SystemExit) as text_exit:
+        report_each_database(site, as_json=False, as_dict=as_dict, show=show)
+    out, err = capsys.readouterr()
+    assert text_exit.value.code == 2 and seen == ["tablets", "audit"]
+    assert "Error: tablets: tablets is busy" in err
+    assert out.rstrip().endswith("Site: tablets FAILED, audit ok (exit 2)")
+    with pytest.raises(SystemExit) as json_exit:
+        report_each_database(site, as_json=True, as_dict=as_dict, show=show)
+    body = json.loads(capsys.readouterr().out)
+    assert json_exit.value.code == 2 and body["exit_code"] == 2
+    assert body["databases"]["tablets"] == {"ok": False, "error": "tablets is busy", "exit_code": 2}
+    assert body["databases"]["audit"] == {"exit_code": 0, "name": "audit"}

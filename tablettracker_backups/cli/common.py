@@ -21,6 +21,7 @@ from tablettracker_backups.encryption import Identity, load_identity
 from tablettracker_backups.errors import AgeIdentityError, BackupError, LockedError
 from tablettracker_backups.metadata import BackupMetadata, validate_backup_id
 from tablettracker_backups.progress import StageProgress
+from tablettracker_backups.runner import worst_exit_code
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site, build_site
 from tablettracker_backups.sources import (
@@ -381,6 +382,45 @@ def site_summary(codes: dict[str, int], worst: int) -> str:
     words = {EXIT_OK: "ok", EXIT_WARNING: "WARNING", EXIT_LOCKED: "BUSY"}
     verdicts = ", ".join(f"{name} {words.get(code, 'FAILED')}" for name, code in codes.items())
     return f"Site: {verdicts} (exit {worst})"
+
+
+def report_each_database(
+    site: Site,
+    *,
+    as_json: bool,
+    as_dict: Callable[[Settings], dict[str, Any]],
+    show: Callable[[Settings], int],
+) -> NoReturn:
+    """Report on every database of a site and exit with the worst verdict (``health``,
+    ``status``): a section each, or ``{"databases": {NAME: ...}, "exit_code": N}`` as JSON.
+
+    One database's trouble never hides the others': its :class:`BackupError` becomes its
+    section's one-line error and a failure code (2)."""
+    codes: dict[str, int] = {}
+    if as_json:
+        parts: dict[str, dict[str, Any]] = {}
+        for settings in site.databases:
+            try:
+                parts[settings.database_name] = as_dict(settings)
+            except BackupError as exc:
+                parts[settings.database_name] = {"ok": False, "error": str(exc), "exit_code": 2}
+            codes[settings.database_name] = int(parts[settings.database_name]["exit_code"])
+        code = worst_exit_code(list(codes.values()))
+        emit_json({"databases": parts, "exit_code": code})
+        sys.exit(code)
+    for index, settings in enumerate(site.databases):
+        if index:
+            click.echo("")
+        heading(settings)
+        try:
+            codes[settings.database_name] = show(settings)
+        except BackupError as exc:
+            click.echo(f"Error: {settings.database_name}: {exc}", err=True)
+            codes[settings.database_name] = 2
+    code = worst_exit_code(list(codes.values()))
+    click.echo("")
+    click.echo(site_summary(codes, code))
+    sys.exit(code)
 
 
 def emit_json(data: Any) -> None:

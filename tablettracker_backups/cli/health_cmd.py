@@ -10,15 +10,12 @@ from tablettracker_backups import notify
 from tablettracker_backups.cli.common import (
     BackupsCommand,
     emit_json,
-    heading,
     json_option,
     print_health,
+    report_each_database,
     site_command,
-    site_summary,
 )
-from tablettracker_backups.errors import BackupError
 from tablettracker_backups.health import HealthReport, current_report
-from tablettracker_backups.runner import worst_exit_code
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site
 
@@ -47,39 +44,18 @@ def health(site: Site, as_json: bool) -> None:
         else:
             print_health(report)
         sys.exit(report.exit_code)
-    reports: dict[str, HealthReport | str] = {}
-    for settings in site.databases:
-        try:
-            reports[settings.database_name] = _check(settings)
-        except BackupError as exc:  # one database's trouble never hides the others' health
-            reports[settings.database_name] = str(exc)
-    codes = {name: r.exit_code if isinstance(r, HealthReport) else 2 for name, r in reports.items()}
-    code = worst_exit_code(list(codes.values()))
-    if as_json:
-        emit_json(
-            {
-                "databases": {
-                    name: r.to_dict()
-                    if isinstance(r, HealthReport)
-                    else {"ok": False, "error": r, "exit_code": 2}
-                    for name, r in reports.items()
-                },
-                "exit_code": code,
-            }
-        )
-        sys.exit(code)
-    for index, settings in enumerate(site.databases):
-        if index:
-            click.echo("")
-        heading(settings)
-        found = reports[settings.database_name]
-        if isinstance(found, HealthReport):
-            print_health(found)
-        else:
-            click.echo(f"Error: {settings.database_name}: {found}", err=True)
-    click.echo("")
-    click.echo(site_summary(codes, code))
-    sys.exit(code)
+    report_each_database(
+        site,
+        as_json=as_json,
+        as_dict=lambda settings: _check(settings).to_dict(),
+        show=_show,
+    )
+
+
+def _show(settings: Settings) -> int:
+    report = _check(settings)
+    print_health(report)
+    return report.exit_code
 
 
 def _check(settings: Settings) -> HealthReport:

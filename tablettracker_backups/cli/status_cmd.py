@@ -11,17 +11,14 @@ import click
 from tablettracker_backups.cli.common import (
     BackupsCommand,
     emit_json,
-    heading,
     json_option,
     print_health,
+    report_each_database,
     site_command,
-    site_summary,
 )
 from tablettracker_backups.display import human_age, human_size
 from tablettracker_backups.encryption import describe_keys
-from tablettracker_backups.errors import BackupError
 from tablettracker_backups.health import check_health, describe_recovery
-from tablettracker_backups.runner import worst_exit_code
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site
 from tablettracker_backups.sources import describe_origins
@@ -51,31 +48,7 @@ def status(site: Site, as_json: bool) -> None:
             emit_json(shown)
             sys.exit(int(shown["exit_code"]))
         sys.exit(_print_status(settings))
-    if as_json:
-        parts: dict[str, dict[str, Any]] = {}
-        for settings in site.databases:
-            try:
-                parts[settings.database_name] = _status_dict(settings)
-            except BackupError as exc:
-                parts[settings.database_name] = {"ok": False, "error": str(exc), "exit_code": 2}
-        codes = {name: int(part["exit_code"]) for name, part in parts.items()}
-        code = worst_exit_code(list(codes.values()))
-        emit_json({"databases": parts, "exit_code": code})
-        sys.exit(code)
-    codes = {}
-    for index, settings in enumerate(site.databases):
-        if index:
-            click.echo("")
-        heading(settings)
-        try:
-            codes[settings.database_name] = _print_status(settings)
-        except BackupError as exc:  # one database's trouble never hides the others' status
-            click.echo(f"Error: {settings.database_name}: {exc}", err=True)
-            codes[settings.database_name] = 2
-    code = worst_exit_code(list(codes.values()))
-    click.echo("")
-    click.echo(site_summary(codes, code))
-    sys.exit(code)
+    report_each_database(site, as_json=as_json, as_dict=_status_dict, show=_print_status)
 
 
 def _status_dict(settings: Settings) -> dict[str, Any]:
