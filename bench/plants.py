@@ -192,8 +192,8 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "verify-opens-as-sqlite",
         "extract.py",
-        "        elif not unreadable:\n",
-        "        elif False:\n",
+        "    elif not unreadable:\n",
+        "    elif False:\n",
         (T + "test_verify.py::test_restore_passes_over_a_copy_that_does_not_open_as_sqlite",),
     ),
     Plant(

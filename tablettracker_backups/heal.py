@@ -206,7 +206,7 @@ class _Offsite:
                 raise VerificationError(
                     f"the offsite copy of {info.id} holds other data than its local metadata"
                 )
-            parts = format_of(local).parts(local)
+            parts = format_of(local).parts(self.client.objects, local)
             if remote.encryption is not None and local.encryption is None:
                 # Sealed offsite, plain here: only the identity turns one into the other.
                 label = f"the offsite copy of {info.id}"

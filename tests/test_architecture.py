@@ -290,7 +290,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
-    ("formats", frozenset({"metadata", "layout", "encryption", "compression"})),
+    ("formats", frozenset({"metadata", "layout", "encryption", "compression", "pagestore"})),
     ("storage", frozenset({"storage"})),
     (
         "base",
