@@ -71,6 +71,12 @@ class BackupFormat(ABC):
         """Re-hash every object of the copy in ``store``; the problems found (none: sound).
         Raises :class:`StorageError` when the store cannot be read at all."""
 
+    def damaged(self, store: ObjectStore, metadata: BackupMetadata) -> list[str]:
+        """Objects of the copy in ``store`` that are there but whose bytes do not hash to
+        what they must: a repair replaces them (a copy moves only what a place lacks, and
+        an object named by its hash counts as held)."""
+        return []
+
     @abstractmethod
     def owned_keys(self, metadata: BackupMetadata) -> list[str]:
         """The objects deleted with the backup (every name they may have)."""
@@ -189,9 +195,15 @@ class PagesFormat(BackupFormat):
 
     def check(self, store: ObjectStore, metadata: BackupMetadata) -> list[str]:
         try:
-            return check_objects(store, page_index(metadata))
+            return list(check_objects(store, page_index(metadata)).problems)
         except MetadataError as exc:
             return [str(exc)]
+
+    def damaged(self, store: ObjectStore, metadata: BackupMetadata) -> list[str]:
+        try:
+            return list(check_objects(store, page_index(metadata)).damaged)
+        except MetadataError:
+            return []
 
     def extract(
         self,

@@ -250,6 +250,15 @@ def _decode_inner(data: bytes, shown: str) -> list[str]:
     return [data[at + 32 * i : at + 32 * (i + 1)].hex() for i in range(count)]
 
 
+class DamagedObject(ObjectCorrupt):
+    """An object named by its hash whose bytes do not hash to its name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        #: The damaged object's key.
+        self.key = key
+
+
 def read_object(store: ObjectStore, key: str, sha256: str, *, limit: int | None = None) -> bytes:
     """The object named by its hash, checked: raises :class:`ObjectCorrupt` (naming it and
     the store) when its bytes do not hash to its name, :class:`ObjectNotFound` when missing."""
@@ -257,7 +266,9 @@ def read_object(store: ObjectStore, key: str, sha256: str, *, limit: int | None 
     if limit is not None and len(data) > limit:
         raise ObjectCorrupt(f"{key} in {store.where} is larger than any such object")
     if _sha256(data) != sha256:
-        raise ObjectCorrupt(f"{key} in {store.where} is damaged: its bytes do not hash to its name")
+        raise DamagedObject(
+            key, f"{key} in {store.where} is damaged: its bytes do not hash to its name"
+        )
     return data
 
 
@@ -564,16 +575,44 @@ def object_keys(store: ObjectStore, index: PageIndex) -> Iterator[tuple[str, str
         yield pack_key(sha), sha
 
 
-def check_objects(store: ObjectStore, index: PageIndex) -> list[str]:
-    """Re-hash every object the snapshot needs; the one-line problems found (none: sound)."""
+@dataclass(frozen=True)
+class Damage:
+    """What re-hashing a snapshot's objects found."""
+
+    #: One line per problem.
+    problems: tuple[str, ...] = ()
+    #: Objects present whose bytes do not hash to their name (to replace from another copy).
+    damaged: tuple[str, ...] = ()
+
+
+def check_objects(store: ObjectStore, index: PageIndex) -> Damage:
+    """Re-hash every object the snapshot needs (what the index reaches while it can be read)."""
     problems: list[str] = []
-    try:
-        for key, sha in object_keys(store, index):
-            try:
-                if key != PAGE_KEY_KEY:
-                    read_object(store, key, sha)
-            except (ObjectCorrupt, ObjectNotFound) as exc:
-                problems.append(str(exc))
-    except (ObjectCorrupt, ObjectNotFound, VerificationError) as exc:
-        problems.append(str(exc))
-    return problems
+    damaged: list[str] = []
+    walk = object_keys(store, index)
+    while True:
+        try:
+            key, sha = next(walk)
+        except StopIteration:
+            break
+        except DamagedObject as exc:
+            # A node: the walk cannot go on below it.
+            problems.append(str(exc))
+            damaged.append(exc.key)
+            break
+        except ObjectCorrupt as exc:
+            problems.append(str(exc))
+            break
+        except (ObjectNotFound, VerificationError) as exc:
+            problems.append(str(exc))
+            break
+        if key == PAGE_KEY_KEY:
+            continue
+        try:
+            read_object(store, key, sha)
+        except ObjectCorrupt as exc:
+            problems.append(str(exc))
+            damaged.append(key)
+        except ObjectNotFound as exc:
+            problems.append(str(exc))
+    return Damage(tuple(problems), tuple(damaged))
