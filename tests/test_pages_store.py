@@ -75,6 +75,7 @@ def test_an_incremental_backup_stores_only_the_changed_pages_and_copies_only_the
     assert secondary is not None
     before = _objects(secondary)
     assert before == _objects(pages.backup_dir)
+    inodes = {key: (secondary / key).stat().st_ino for key in before if "/key" not in key}
 
     _change_one_row(db_path)
     second = create_backup(pages).metadata
@@ -86,6 +87,8 @@ def test_an_incremental_backup_stores_only_the_changed_pages_and_copies_only_the
     new = _objects(secondary) - before
     assert len(new) == added.new_packs + added.new_nodes
     assert _objects(secondary) == _objects(pages.backup_dir)
+    # and what it held was not written again (a put replaces the file: a new inode).
+    assert {key: (secondary / key).stat().st_ino for key in inodes} == inodes
 
     # Each backup builds its own snapshot, from either folder.
     for meta in (first, second):
