@@ -287,3 +287,34 @@ def test_only_hash_named_objects_count_as_held_by_name() -> None:
     assert content_sha256(f"pages/packs/aa/{sha}") is None  # the folder must match
     assert content_sha256("pages/key") is None
     assert content_sha256(f"20261123T201500Z-3f9a1c.db.zst{sha}") is None
+
+
+@pytest.mark.parametrize("backup_format", ["files", "pages"])
+def test_export_writes_a_plain_sqlite_file_sqlite3_opens(
+    make_settings: Callable[..., Settings], db_path: Path, tmp_path: Path, backup_format: str
+) -> None:
+    settings = make_settings(format=backup_format)
+    meta = create_backup(settings).metadata
+    env = cli_env(db_path, settings.backup_dir, settings.secondary_dir, home=tmp_path)
+    plain, packed = tmp_path / "copy.db", tmp_path / "copy.db.zst"
+    done = run_cli(["export", "latest", "--to", str(plain)], env)
+    assert done.returncode == 0, done.stderr
+    assert f"Exported backup {meta.id} from its primary copy" in done.stdout
+    assert _sha(plain) == meta.raw_sha256 and (plain.stat().st_mode & 0o777) == 0o600
+    shell = subprocess.run(
+        ["sqlite3", str(plain), "SELECT count(*) FROM po_lines; PRAGMA integrity_check;"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert shell.stdout.split() == [str(meta.row_counts["po_lines"]), "ok"]
+    done = run_cli(["export", meta.id, "--to", str(packed), "--compress"], env)
+    assert done.returncode == 0, done.stderr
+    unpacked = tmp_path / "unpacked.db"
+    subprocess.run(["zstd", "-q", "-d", str(packed), "-o", str(unpacked)], check=True)
+    assert _sha(unpacked) == meta.raw_sha256
+    # An existing file is never overwritten; the line says so, with no traceback.
+    again = run_cli(["export", meta.id, "--to", str(plain)], env)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr and _sha(plain) == meta.raw_sha256
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
