@@ -33,6 +33,8 @@ class Exported:
     raw_size: int
     size: int
     raw_sha256: str
+    #: SHA-256 of the file written.
+    sha256: str
     compressed: bool
     #: The copy it was built from (``primary``, ``secondary``, ``offsite``).
     location: str
@@ -69,14 +71,22 @@ def export_backup(
             level = store.settings.compression_level
             result = compress_file(built, packed, algorithm="zstd", level=min(level, 22))
             commit(packed, dest)
-            size = result.stored_size
+            size, sha256 = result.stored_size, result.sha256
         else:
             commit(built, dest)
-            size = meta.raw_size
+            size, sha256 = meta.raw_size, meta.raw_sha256
     finally:
         remove_quietly(built)
         remove_quietly(packed)
     logger.info("exported backup %s to %s (%d bytes)", backup_id, dest, size)
     return Exported(
-        backup_id, dest, meta.raw_size, size, meta.raw_sha256, compress, location, tuple(notes)
+        backup_id,
+        dest,
+        meta.raw_size,
+        size,
+        meta.raw_sha256,
+        sha256,
+        compress,
+        location,
+        tuple(notes),
     )
