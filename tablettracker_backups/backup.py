@@ -432,6 +432,7 @@ def _file_raw(
     chosen = choose_format(
         settings.backup_format,
         encrypted_locally=settings.encryption is not None and settings.encryption.local,
+        offsite=settings.offsite is not None,
         newest=newest,
     )
     if chosen is PAGES:

@@ -253,15 +253,19 @@ DEFAULT_FORMAT = "files"
 
 
 def choose_format(
-    setting: str | None, *, encrypted_locally: bool, newest: BackupMetadata | None
+    setting: str | None,
+    *,
+    encrypted_locally: bool,
+    offsite: bool,
+    newest: BackupMetadata | None,
 ) -> BackupFormat:
     """The format a new backup is written in: ``BACKUPS_FORMAT`` when set (``setting``); else
     the format of the folder's ``newest`` backup (a folder keeps what it has unless told);
-    else :data:`DEFAULT_FORMAT`. Local encryption (``BACKUPS_ENCRYPT=all``) is version 1's
-    alone for now."""
+    else :data:`DEFAULT_FORMAT`. Local encryption (``BACKUPS_ENCRYPT=all``) and offsite
+    copies are version 1's alone for now (settings refuse ``pages`` with them)."""
     if setting is not None:
         return BY_NAME[setting]
-    if encrypted_locally:
+    if encrypted_locally or offsite:
         return FILES
     if newest is not None and newest.format_version in _KNOWN:
         return _KNOWN[newest.format_version]

@@ -560,6 +560,11 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
             "BACKUPS_FORMAT=pages does not encrypt local folders yet: with BACKUPS_ENCRYPT=all "
             "use BACKUPS_FORMAT=files"
         )
+    if backup_format == "pages" and (s3 is not None or rclone is not None):
+        raise ConfigError(
+            "BACKUPS_FORMAT=pages has no offsite copies yet: with an offsite place "
+            "(BACKUPS_S3_BUCKET, BACKUPS_RCLONE_REMOTE) use BACKUPS_FORMAT=files"
+        )
     return Settings(
         database=database,
         backup_dir=backup_dir,

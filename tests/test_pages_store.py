@@ -21,7 +21,7 @@ import pytest
 
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.crashpoints import ENV, Stage
-from tablettracker_backups.errors import MetadataError, VerificationError
+from tablettracker_backups.errors import ConfigError, MetadataError, VerificationError
 from tablettracker_backups.formats import FILES, PAGES, choose_format, format_of, page_index
 from tablettracker_backups.heal import heal_copies
 from tablettracker_backups.layout import content_sha256, node_key, pack_key
@@ -257,10 +257,23 @@ def test_a_version_1_folder_keeps_its_format_until_told_and_both_stay_readable(
         assert _sha(target) == meta.raw_sha256
 
 
-def test_the_format_chosen_for_a_new_backup() -> None:
-    assert choose_format("pages", encrypted_locally=False, newest=None) is PAGES
-    assert choose_format("files", encrypted_locally=False, newest=None) is FILES
-    assert choose_format(None, encrypted_locally=True, newest=None) is FILES
+def test_the_format_chosen_for_a_new_backup(
+    make_settings: Callable[..., Settings],
+) -> None:
+    def chosen(setting: str | None, **given: bool) -> object:
+        flags = {"encrypted_locally": False, "offsite": False, **given}
+        return choose_format(setting, newest=None, **flags)
+
+    assert chosen("pages") is PAGES and chosen("files") is FILES
+    assert chosen(None, encrypted_locally=True) is FILES
+    assert chosen(None, offsite=True) is FILES
+    # Asked for outright where it cannot go yet: refused at start-up, in one line.
+    with pytest.raises(ConfigError, match="BACKUPS_FORMAT=pages has no offsite copies yet"):
+        make_settings(format="pages", s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
+    with pytest.raises(ConfigError, match="BACKUPS_FORMAT must be one of pages, files"):
+        make_settings(format="page")
+    assert make_settings(format=" Pages ").backup_format == "pages"
+    assert make_settings().backup_format is None
 
 
 def test_a_manifests_page_index_is_validated() -> None:
