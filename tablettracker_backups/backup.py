@@ -56,7 +56,7 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.identity import claim_folders
-from tablettracker_backups.layout import data_key, manifest_key, state_key
+from tablettracker_backups.layout import PAGES_PREFIX, data_key, manifest_key, state_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     KINDS,
@@ -131,6 +131,10 @@ def cleanup_debris(settings: Settings) -> list[Path]:
     removed: list[Path] = []
     for directory in settings.locations:
         removed += cleanup_temp_files(directory)
+        # A pack or node a killed format 2 backup was writing (under pages/, in subfolders).
+        pages = directory / PAGES_PREFIX.rstrip("/")
+        if pages.is_dir():
+            removed += [pages / key for key in LocalStore(pages).cleanup()]
     removed += BackupStore(settings).cleanup_orphans()
     freed += remove_stale_scratch_dirs(settings.backup_dir)
     if removed:
@@ -514,6 +518,8 @@ def _store_pages(
         "snapshot": round(snap.seconds, 4),
         "verify": round(check_seconds, 4),
         "compress": round(time.monotonic() - snapshot_done, 4),
+        # Of which reading, hashing and storing the pages (the checks ran beside it).
+        "pages": round(written.seconds, 4),
     }
     stream = StreamResult(
         raw_size=written.raw_size,

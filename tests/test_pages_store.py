@@ -179,9 +179,13 @@ def test_a_kill_between_packs_and_manifest_lists_no_half_backup(
     assert killed.returncode == -9, (killed.stdout, killed.stderr)
     assert {info.id for info in BackupStore(pages).list()} == before
 
-    # The next backup is whole, and every listed one builds its snapshot.
+    if stage is not Stage.METADATA_WRITE:
+        assert any(p.name.startswith(".tmp-") for p in (pages.backup_dir / "pages").rglob("*"))
+
+    # The next backup is whole, and every listed one builds its snapshot; the debris is gone.
     done = run_cli(["backup"], env)
     assert done.returncode == 0, done.stderr
+    assert not any(p.name.startswith(".tmp-") for p in pages.backup_dir.rglob("*"))
     infos = BackupStore(pages).list()
     assert len(infos) == len(before) + 1
     for info in infos:
