@@ -437,6 +437,7 @@ def _file_raw(
         settings.backup_format,
         encrypted_locally=settings.encryption is not None and settings.encryption.local,
         offsite=settings.offsite is not None,
+        gzip=settings.compression == "gzip",
         newest=newest,
     )
     if chosen is PAGES:

@@ -560,6 +560,11 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
             "BACKUPS_FORMAT=pages does not encrypt local folders yet: with BACKUPS_ENCRYPT=all "
             "use BACKUPS_FORMAT=files"
         )
+    if backup_format == "pages" and compression != "zstd":
+        raise ConfigError(
+            "BACKUPS_FORMAT=pages stores its packs with zstd: BACKUPS_COMPRESSION=gzip is "
+            "for BACKUPS_FORMAT=files"
+        )
     if backup_format == "pages" and (s3 is not None or rclone is not None):
         raise ConfigError(
             "BACKUPS_FORMAT=pages has no offsite copies yet: with an offsite place "

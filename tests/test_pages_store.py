@@ -270,7 +270,9 @@ def test_the_format_chosen_for_a_new_backup(
 
     assert chosen("pages") is PAGES and chosen("files") is FILES
     assert chosen(None, encrypted_locally=True) is FILES
-    assert chosen(None, offsite=True) is FILES
+    assert chosen(None, offsite=True) is FILES and chosen(None, gzip=True) is FILES
+    with pytest.raises(ConfigError, match="BACKUPS_COMPRESSION=gzip is for BACKUPS_FORMAT=files"):
+        make_settings(format="pages", compression="gzip")
     # Asked for outright where it cannot go yet: refused at start-up, in one line.
     with pytest.raises(ConfigError, match="BACKUPS_FORMAT=pages has no offsite copies yet"):
         make_settings(format="pages", s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
