@@ -823,18 +823,7 @@ def download(backup_id: str) -> ResponseReturnValue:
             ),
             details={"via": "web", "id": info.id},
         )
-        response: Response = send_file(
-            handle,
-            mimetype="application/octet-stream",
-            as_attachment=True,
-            download_name=meta.data_file,
-            conditional=False,
-            max_age=0,
-        )
-        response.headers["Content-Length"] = str(meta.stored_size)
-        response.headers["Content-Digest"] = content_digest(meta.sha256)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _send_checked(handle, meta.data_file, meta.stored_size, meta.sha256)
     what = (
         f"no copy of backup {info.id} matches the SHA-256 recorded when it was taken "
         f"({', '.join(mismatched)} checked just now)"
@@ -894,6 +883,12 @@ def _download_built(settings: Settings, store: BackupStore, backup_id: str) -> R
         ),
         details={"via": "web", "id": backup_id},
     )
+    return _send_checked(handle, name, done.size, done.sha256)
+
+
+def _send_checked(handle: BinaryIO, name: str, size: int, sha256: str) -> Response:
+    """Send the open, already checked file ``handle`` as the attachment ``name``, with its
+    size and digest, never cached."""
     response: Response = send_file(
         handle,
         mimetype="application/octet-stream",
@@ -902,8 +897,8 @@ def _download_built(settings: Settings, store: BackupStore, backup_id: str) -> R
         conditional=False,
         max_age=0,
     )
-    response.headers["Content-Length"] = str(done.size)
-    response.headers["Content-Digest"] = content_digest(done.sha256)
+    response.headers["Content-Length"] = str(size)
+    response.headers["Content-Digest"] = content_digest(sha256)
     response.headers["Cache-Control"] = "no-store"
     return response
 
