@@ -338,14 +338,26 @@ class _Writer:
         self.new_nodes = 0
 
     def adopt(self, tree: Tree) -> None:
-        """Reuse what the parent snapshot stored: its pages and nodes."""
+        """Reuse what the parent snapshot stored: its pages and nodes, but never a page in a
+        pack that is not there (a damaged one is the drill's and heal's to find)."""
+        present = set()
+        for pack in tree.packs:
+            try:
+                self.store.stat(pack_key(pack))
+            except ObjectNotFound:
+                logger.warning("storing again the pages of %s: it is missing", pack_key(pack))
+                continue
+            present.add(pack)
         for hash_, pack, offset in tree.pages:
+            if pack not in present:
+                continue
             number = self.pack_numbers.get(pack)
             if number is None:
                 number = self.pack_numbers[pack] = len(self.packs)
                 self.packs.append(pack)
             self.known.setdefault(hash_, number << 32 | offset)
-        self.known_nodes.update(tree.nodes)
+        if present == set(tree.packs):
+            self.known_nodes.update(tree.nodes)
 
     def add(self, page: bytes) -> _Entry:
         hash_ = page_hash(self.key, page)

@@ -337,3 +337,44 @@ def test_export_writes_a_plain_sqlite_file_sqlite3_opens(
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr and _sha(plain) == meta.raw_sha256
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_a_missing_pack_is_stored_again_by_the_next_backup_not_inherited(
+    pages: Settings, db_path: Path, tmp_path: Path
+) -> None:
+    first = create_backup(pages).metadata
+    primary = LocalStore(pages.backup_dir)
+    [pack] = read_tree(primary, page_index(first)).packs
+    primary.delete(pack_key(pack))
+    _change_one_row(db_path)
+    second = create_backup(pages).metadata
+    assert page_index(second).added > page_index(first).added / 2  # every page again
+    out = tmp_path / "second.db"
+    PAGES.extract(primary, second, out, scratch=tmp_path)
+    assert _sha(out) == second.raw_sha256
+
+
+def test_a_database_that_shrinks_and_changes_page_size_round_trips(
+    pages: Settings, db_path: Path, tmp_path: Path
+) -> None:
+    metas = [create_backup(pages).metadata]
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        conn.execute("DELETE FROM count_sessions WHERE id % 2 = 0")
+        conn.execute("VACUUM")  # fewer pages, moved
+    metas.append(create_backup(pages).metadata)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA page_size=1024")
+        conn.execute("VACUUM")
+    metas.append(create_backup(pages).metadata)
+    with closing(sqlite3.connect(db_path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA page_size=65536")
+        conn.execute("VACUUM")
+    metas.append(create_backup(pages).metadata)
+    sizes = [page_index(m).page_size for m in metas]
+    assert sizes == [4096, 4096, 1024, 65536]
+    assert page_index(metas[1]).page_count < page_index(metas[0]).page_count
+    for meta in metas:
+        out = tmp_path / f"{meta.id}.db"
+        restore_backup(pages, meta.id, to=out)
+        assert _sha(out) == meta.raw_sha256
+        assert verify_copy(BackupStore(pages), "secondary", meta.id).ok
