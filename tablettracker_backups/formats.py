@@ -186,7 +186,7 @@ class PagesFormat(BackupFormat):
 
     def look(self, store: ObjectStore, metadata: BackupMetadata) -> str | None:
         try:
-            store.stat(node_key(page_index(metadata).root))
+            store.stat(node_key(page_index(metadata).root_pack))
         except MetadataError as exc:
             return str(exc)
         except (ObjectNotFound, StorageError):

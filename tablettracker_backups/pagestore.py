@@ -28,6 +28,7 @@ database in a process of its own while a read transaction holds its SHARED lock,
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -74,8 +75,11 @@ _LEAF = b"TTBL1"
 _INNER = b"TTBI1"
 _ENTRY = struct.Struct(">16sHI")
 _COUNT = struct.Struct(">H")
-#: Largest node a reader accepts (a leaf with a pack per page is about 2 KiB).
+#: Largest node a reader accepts (a leaf with a pack per page is about 2 KiB, an inner node
+#: about 4.6 KiB).
 MAX_NODE_BYTES = 64 * 1024
+#: Largest node pack a reader accepts (a 1 GiB database's first snapshot writes about 7 MiB).
+MAX_NODE_PACK_BYTES = 1024 * 1024 * 1024
 #: Largest pack a reader accepts, decompressed (a pack is sealed after the leaf that filled it).
 MAX_PACK_BYTES = PACK_BYTES + PAGES_PER_LEAF * 65536
 
@@ -93,16 +97,28 @@ class PageIndex:
     depth: int
     page_size: int
     page_count: int
+    #: The node pack holding the root, and the root's place in it.
+    root_pack: str = ""
+    root_offset: int = 0
+    root_length: int = 0
     #: Bytes of packs and nodes this snapshot wrote (what it added to the store).
     added: int = 0
     new_packs: int = 0
     new_nodes: int = 0
     hash: str = HASH_NAME
 
+    @property
+    def root_ref(self) -> NodeRef:
+        """Where the root node is."""
+        return NodeRef(self.root, self.root_pack, self.root_offset, self.root_length)
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready form."""
         return {
             "root": self.root,
+            "root_pack": self.root_pack,
+            "root_offset": self.root_offset,
+            "root_length": self.root_length,
             "depth": self.depth,
             "page_size": self.page_size,
             "page_count": self.page_count,
@@ -117,13 +133,24 @@ class PageIndex:
         """Validate a manifest's ``extra["pages"]``; raises :class:`MetadataError`."""
         if not isinstance(doc, dict):
             raise MetadataError("the manifest names no page index")
-        root = doc.get("root")
-        if not isinstance(root, str) or len(root) != 64 or root.strip("0123456789abcdef"):
-            raise MetadataError("the page index's root is not a SHA-256")
+        root, root_pack = doc.get("root"), doc.get("root_pack")
+        for value in (root, root_pack):
+            if not isinstance(value, str) or len(value) != 64 or value.strip("0123456789abcdef"):
+                raise MetadataError("the page index's root is not named by SHA-256s")
+        assert isinstance(root, str) and isinstance(root_pack, str)
         if doc.get("hash") != HASH_NAME:
             raise MetadataError(f"the page index uses an unknown page hash {doc.get('hash')!r}")
         numbers = {}
-        for name in ("depth", "page_size", "page_count", "added", "new_packs", "new_nodes"):
+        for name in (
+            "depth",
+            "page_size",
+            "page_count",
+            "added",
+            "new_packs",
+            "new_nodes",
+            "root_offset",
+            "root_length",
+        ):
             value = doc.get(name, 0)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise MetadataError(f"the page index's {name} must be a whole number")
@@ -132,8 +159,13 @@ class PageIndex:
             raise MetadataError("the page index's shape is impossible")
         if _depth_for(numbers["page_count"]) != numbers["depth"]:
             raise MetadataError("the page index's depth does not fit its page count")
+        if not 0 < numbers["root_length"] <= MAX_NODE_BYTES:
+            raise MetadataError("the page index's root has an impossible length")
         return cls(
             root=root,
+            root_pack=root_pack,
+            root_offset=numbers["root_offset"],
+            root_length=numbers["root_length"],
             depth=numbers["depth"],
             page_size=numbers["page_size"],
             page_count=numbers["page_count"],
@@ -210,8 +242,33 @@ def _encode_leaf(entries: list[_Entry], packs: list[str]) -> bytes:
     return b"".join(out)
 
 
-def _encode_inner(children: list[str]) -> bytes:
-    return b"".join([_INNER, _COUNT.pack(len(children)), *map(bytes.fromhex, children)])
+@dataclass(frozen=True)
+class NodeRef:
+    """Where a node is: its SHA-256, the node pack holding it and its place there."""
+
+    sha: str
+    #: The node pack's SHA-256; "" in a node of the same pack ("this pack": a node pack
+    #: cannot name itself, its name is the hash of its bytes).
+    pack: str
+    offset: int
+    length: int
+
+
+_REF = struct.Struct(">32s32sII")
+_SAME_PACK = bytes(32)
+
+
+def _encode_inner(children: list[NodeRef]) -> bytes:
+    refs = [
+        _REF.pack(
+            bytes.fromhex(c.sha),
+            bytes.fromhex(c.pack) if c.pack else _SAME_PACK,
+            c.offset,
+            c.length,
+        )
+        for c in children
+    ]
+    return b"".join([_INNER, _COUNT.pack(len(children)), *refs])
 
 
 def _decode_leaf(data: bytes, shown: str) -> list[tuple[bytes, str, int]]:
@@ -236,7 +293,8 @@ def _decode_leaf(data: bytes, shown: str) -> list[tuple[bytes, str, int]]:
         raise VerificationError(f"index node {shown} is malformed ({exc})") from exc
 
 
-def _decode_inner(data: bytes, shown: str) -> list[str]:
+def _decode_inner(data: bytes, shown: str, pack: str) -> list[NodeRef]:
+    """An inner node's children; a child in "this pack" is in ``pack``, the node's own."""
     if not data.startswith(_INNER):
         raise VerificationError(f"index node {shown} is malformed (not an inner node)")
     at = len(_INNER)
@@ -245,9 +303,12 @@ def _decode_inner(data: bytes, shown: str) -> list[str]:
     except struct.error as exc:
         raise VerificationError(f"index node {shown} is malformed ({exc})") from exc
     at += _COUNT.size
-    if len(data) != at + 32 * count or not 0 < count <= FANOUT:
+    if len(data) != at + _REF.size * count or not 0 < count <= FANOUT:
         raise VerificationError(f"index node {shown} is malformed (wrong length)")
-    return [data[at + 32 * i : at + 32 * (i + 1)].hex() for i in range(count)]
+    return [
+        NodeRef(sha.hex(), pack if where == _SAME_PACK else where.hex(), offset, length)
+        for sha, where, offset, length in _REF.iter_unpack(data[at:])
+    ]
 
 
 class DamagedObject(ObjectCorrupt):
@@ -272,38 +333,65 @@ def read_object(store: ObjectStore, key: str, sha256: str, *, limit: int | None 
     return data
 
 
-def _node(store: ObjectStore, sha256: str) -> bytes:
-    return read_object(store, node_key(sha256), sha256, limit=MAX_NODE_BYTES)
-
-
 @dataclass
 class Tree:
-    """A snapshot's page index as read back: every node, and every page's place."""
+    """A snapshot's page index as read back: every node and where it is, every page's place."""
 
-    nodes: list[str] = field(default_factory=list)
+    #: Every node reached: its SHA-256 and place (the pack named in full).
+    nodes: dict[str, NodeRef] = field(default_factory=dict)
+    #: Each inner node by its children's SHA-256s (to reuse it over the same children).
+    inner: dict[tuple[str, ...], str] = field(default_factory=dict)
     #: Per page, in order: (hash, pack SHA-256, offset in the pack's pages).
     pages: list[tuple[bytes, str, int]] = field(default_factory=list)
 
     @property
     def packs(self) -> list[str]:
-        """Every pack the snapshot needs, each once, in order of first use."""
+        """Every page pack the snapshot needs, each once, in order of first use."""
         return list(dict.fromkeys(pack for _, pack, _ in self.pages))
+
+    @property
+    def node_packs(self) -> list[str]:
+        """Every node pack the snapshot needs, each once."""
+        return list(dict.fromkeys(ref.pack for ref in self.nodes.values()))
+
+
+class _NodeReader:
+    """Nodes read out of their packs, each pack read (and checked) once."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self.packs: dict[str, bytes] = {}
+
+    def read(self, ref: NodeRef) -> bytes:
+        data = self.packs.get(ref.pack)
+        if data is None:
+            data = self.packs[ref.pack] = read_object(
+                self.store, node_key(ref.pack), ref.pack, limit=MAX_NODE_PACK_BYTES
+            )
+        node = data[ref.offset : ref.offset + ref.length]
+        if _sha256(node) != ref.sha:
+            key = node_key(ref.pack)
+            raise DamagedObject(key, f"{key} in {self.store.where}: node {ref.sha[:12]} is damaged")
+        return node
 
 
 def read_tree(store: ObjectStore, index: PageIndex) -> Tree:
-    """Walk the index from its root, checking each node's hash and shape. Raises
-    :class:`ObjectCorrupt`, :class:`ObjectNotFound` or :class:`VerificationError`."""
+    """Walk the index from its root, checking each node pack's and node's hash and shape.
+    Raises :class:`ObjectCorrupt`, :class:`ObjectNotFound` or :class:`VerificationError`."""
     tree = Tree()
-    level = [index.root]
+    reader = _NodeReader(store)
+    level = [index.root_ref]
     for _ in range(index.depth):
-        children: list[str] = []
-        for sha in level:
-            tree.nodes.append(sha)
-            children += _decode_inner(_node(store, sha), node_key(sha))
+        children: list[NodeRef] = []
+        for ref in level:
+            tree.nodes[ref.sha] = ref
+            below = _decode_inner(reader.read(ref), ref.sha[:12], ref.pack)
+            tree.inner[tuple(c.sha for c in below)] = ref.sha
+            children += below
         level = children
-    for sha in level:
-        tree.nodes.append(sha)
-        tree.pages += _decode_leaf(_node(store, sha), node_key(sha))
+    for ref in level:
+        tree.nodes[ref.sha] = ref
+        tree.pages += _decode_leaf(reader.read(ref), ref.sha[:12])
     if len(tree.pages) != index.page_count:
         raise VerificationError(
             f"the page index lists {len(tree.pages)} pages, its manifest {index.page_count}"
@@ -327,12 +415,16 @@ class _Writer:
         #: Every page hash known to be stored (the parent's and this snapshot's new ones):
         #: its pack number << 32 | its offset.
         self.known: dict[bytes, int] = {}
-        self.known_nodes: set[str] = set()
+        #: Every node known to be stored, and every new one ("" for this snapshot's pack).
+        self.nodes: dict[str, NodeRef] = {}
+        self.inner: dict[tuple[str, ...], str] = {}
+        self.new_node_data: list[bytes] = []
+        self.node_size = 0
         self.current: list[bytes] = []
         self.current_size = 0
         self.current_number: int | None = None
         self.waiting: list[list[_Entry]] = []
-        self.leaves: list[str] = []
+        self.leaves: list[NodeRef] = []
         self.added = 0
         self.new_packs = 0
         self.new_nodes = 0
@@ -357,7 +449,8 @@ class _Writer:
                 self.packs.append(pack)
             self.known.setdefault(hash_, number << 32 | offset)
         if present == set(tree.packs):
-            self.known_nodes.update(tree.nodes)
+            self.nodes.update(tree.nodes)
+            self.inner.update(tree.inner)
 
     def add(self, page: bytes) -> _Entry:
         hash_ = page_hash(self.key, page)
@@ -379,7 +472,7 @@ class _Writer:
             self.seal()
 
     def seal(self) -> None:
-        """Write the pack being filled, then every leaf that waited for its name."""
+        """Write the pack being filled, then add every leaf that waited for its name."""
         if self.current_number is not None:
             data = self.compressor.compress(b"".join(self.current))
             sha = _sha256(data)
@@ -391,30 +484,50 @@ class _Writer:
             self.current, self.current_size, self.current_number = [], 0, None
         packs = [sha or "" for sha in self.packs]
         for entries in self.waiting:
-            self.leaves.append(self.write_node(_encode_leaf(entries, packs)))
+            self.leaves.append(self.node(_encode_leaf(entries, packs)))
         self.waiting = []
 
-    def write_node(self, data: bytes) -> str:
+    def node(self, data: bytes) -> NodeRef:
+        """The node ``data``: where it already is, or its place in this snapshot's node pack
+        ("" for the pack: written last, when its name is known)."""
         sha = _sha256(data)
-        if sha not in self.known_nodes:
-            self.store.put(node_key(sha), data, sha256=sha, crash_stage=Stage.NODE_WRITE)
-            self.known_nodes.add(sha)
-            self.added += len(data)
+        found = self.nodes.get(sha)
+        if found is None:
+            found = self.nodes[sha] = NodeRef(sha, "", self.node_size, len(data))
+            self.new_node_data.append(data)
+            self.node_size += len(data)
             self.new_nodes += 1
-        return sha
+        return found
 
-    def finish(self) -> tuple[str, int]:
-        """Write the inner levels; the root's SHA-256 and the depth."""
+    def inner_node(self, children: list[NodeRef]) -> NodeRef:
+        # An inner node over the same children is the parent's own node: reused as it is
+        # (encoded again here, it would name its children's packs differently).
+        same = self.inner.get(tuple(c.sha for c in children))
+        if same is not None:
+            return self.nodes[same]
+        ref = self.node(_encode_inner(children))
+        self.inner[tuple(c.sha for c in children)] = ref.sha
+        return ref
+
+    def finish(self) -> tuple[NodeRef, int]:
+        """Write the inner levels, then this snapshot's node pack; the root and the depth."""
         self.seal()
-        level = self.leaves or [self.write_node(_encode_leaf([], []))]
+        level = self.leaves or [self.node(_encode_leaf([], []))]
         depth = 0
         while len(level) > 1:
             level = [
-                self.write_node(_encode_inner(level[at : at + FANOUT]))
-                for at in range(0, len(level), FANOUT)
+                self.inner_node(level[at : at + FANOUT]) for at in range(0, len(level), FANOUT)
             ]
             depth += 1
-        return level[0], depth
+        root = level[0]
+        if self.new_node_data:
+            data = b"".join(self.new_node_data)
+            sha = _sha256(data)
+            self.store.put(node_key(sha), data, sha256=sha, crash_stage=Stage.NODE_WRITE)
+            self.added += len(data)
+            if not root.pack:
+                root = dataclasses.replace(root, pack=sha)
+        return root, depth
 
 
 def write_pages(
@@ -463,7 +576,10 @@ def write_pages(
             progress(first + count, page_count)
     root, depth = writer.finish()
     index = PageIndex(
-        root=root,
+        root=root.sha,
+        root_pack=root.pack,
+        root_offset=root.offset,
+        root_length=root.length,
         depth=depth,
         page_size=page_size,
         page_count=page_count,
@@ -581,7 +697,7 @@ def object_keys(store: ObjectStore, index: PageIndex) -> Iterator[tuple[str, str
     key = store.read(PAGE_KEY_KEY)
     yield PAGE_KEY_KEY, _sha256(key)
     tree = read_tree(store, index)
-    for sha in tree.nodes:
+    for sha in tree.node_packs:
         yield node_key(sha), sha
     for sha in tree.packs:
         yield pack_key(sha), sha
