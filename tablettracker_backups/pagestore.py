@@ -13,17 +13,23 @@ snapshot is its pages:
   pack is immutable and named by the SHA-256 of its bytes, checked on every read.
 * The snapshot's **page index** is a tree of small **nodes** (as restic's trees of blobs): a
   leaf lists :data:`PAGES_PER_LEAF` pages (hash, pack, offset), an inner node up to
-  :data:`FANOUT` children. Nodes are named by their SHA-256 too, so an unchanged subtree is the
-  same object and is not written again: a snapshot writes its new pages and the path to them,
-  and its own size grows with the change, not with the database.
+  :data:`FANOUT` children. A node is known by its SHA-256, so an unchanged subtree is the same
+  node and is not written again: a snapshot writes its new pages and the path to them, and its
+  own size grows with the change, not with the database. The new nodes of one snapshot go
+  into one **node pack** (as restic keeps tree blobs in packs), named by its SHA-256: a node
+  names each child by hash, node pack and place, or "this pack" for a child beside it (a
+  pack cannot hold its own name). One file per node would cost an fsync each: 8,300 of them
+  (5 ms each here) for a 1 GB database's first snapshot.
 * The manifest names the root (:class:`PageIndex`, in its ``extra["pages"]``) and is written
-  last, after every pack and node (each with a temporary name, fsync, rename), so a crash
-  leaves objects no manifest names (for garbage collection), never a listed half-backup.
+  last, after every pack and node pack (each with a temporary name, fsync, rename), so a
+  crash leaves objects no manifest names (for garbage collection), never a listed
+  half-backup.
 
 Reading pages consistently is the caller's job: :func:`write_pages` reads a file descriptor
-on a file that does not change while it reads (a scratch copy this package owns, or the live
-database in a process of its own while a read transaction holds its SHARED lock, see
-:func:`write_live_pages`).
+on a file that does not change while it reads. Today that is always a scratch copy the
+backup API wrote under a read transaction (in every process and journal mode): the checks
+read that copy too. Raw reads of the live file under the read transaction's SHARED lock (in
+a process of our own, rollback journal only) pay once the checks no longer need a copy.
 """
 
 from __future__ import annotations
