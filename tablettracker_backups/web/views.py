@@ -865,13 +865,13 @@ def _download_built(settings: Settings, store: BackupStore, backup_id: str) -> R
     sound copy and checked (:func:`.export.export_backup`), zstd-compressed into a scratch
     file, and sent from that open file, which is removed at once (the open handle keeps it
     readable). What is sent is ``<id>.db.zst``, as a version 1 download is."""
-    scratch = temp_path(settings.backup_dir, f"{backup_id}.download.db.zst")
+    name = data_key(backup_id, "zstd")
+    scratch = temp_path(settings.backup_dir, f"download-{name}")
     try:
         done = export_backup(store, backup_id, scratch, compress=True)
         handle = scratch.open("rb")
     finally:
         remove_quietly(scratch)
-    name = data_key(backup_id, "zstd")
     audit.record(
         settings,
         action="download",
