@@ -23,7 +23,8 @@ Format version 2 ("pages") adds, shared by every backup of the folder (see
 * ``pages/key``: the folder's page-hash key (32 random bytes).
 * ``pages/packs/<ab>/<sha256>``: a pack, zstd-compressed pages, named by the SHA-256 of its
   bytes (``<ab>`` is its first two hex digits, so no folder holds too many files).
-* ``pages/nodes/<ab>/<sha256>``: a node of a snapshot's page index, named the same way.
+* ``pages/nodes/<ab>/<sha256>``: a node pack, the new nodes of one snapshot's page index,
+  named the same way.
 
 A version 2 manifest names its index's root node; it has no data file of its own.
 """
@@ -102,7 +103,7 @@ def pack_key(sha256: str) -> str:
 
 
 def node_key(sha256: str) -> str:
-    """An index node's name: ``pages/nodes/<ab>/<sha256>``."""
+    """A node pack's name: ``pages/nodes/<ab>/<sha256>``."""
     return _content(NODES_PREFIX, sha256)
 
 
