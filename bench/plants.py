@@ -192,8 +192,8 @@ PLANTS: tuple[Plant, ...] = (
     Plant(
         "verify-opens-as-sqlite",
         "extract.py",
-        "        elif not unreadable:\n",
-        "        elif False:\n",
+        "    elif not unreadable:\n",
+        "    elif False:\n",
         (T + "test_verify.py::test_restore_passes_over_a_copy_that_does_not_open_as_sqlite",),
     ),
     Plant(
@@ -757,6 +757,51 @@ PLANTS: tuple[Plant, ...] = (
         "        and last <= IN_PROCESS_MAX_SECONDS\n",
         "        and last < IN_PROCESS_MAX_SECONDS\n",
         (T + "test_autosnapshot.py",),
+    ),
+    # -- format 2, the page store (issue 20) -------------------------------------------------
+    Plant(
+        "pages-object-hash",
+        "pagestore.py",
+        "    if _sha256(data) != sha256:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_pages_store.py::test_a_damaged_pack_is_found_on_read_named_and_healed_from_the_other_copy",
+        ),
+    ),
+    Plant(
+        "pages-page-hash",
+        "pagestore.py",
+        "                    if len(page) != size or page_hash(key, page) != hash_:\n",
+        "                    if len(page) != size:\n",
+        (T + "test_pages_store.py::test_a_page_that_does_not_match_its_hash_is_refused",),
+    ),
+    Plant(
+        "pages-heal-replaces",
+        "heal.py",
+        "                target.delete(key)\n",
+        "                pass\n",
+        (
+            T
+            + "test_pages_store.py::test_a_damaged_pack_is_found_on_read_named_and_healed_from_the_other_copy",
+        ),
+    ),
+    Plant(
+        "pages-held-by-name",
+        "replicate.py",
+        "    return info.sha256 == part.sha256 or content_sha256(part.key) == part.sha256\n",
+        "    return info.sha256 == part.sha256\n",
+        (
+            T
+            + "test_pages_store.py::test_an_incremental_backup_stores_only_the_changed_pages_and_copies_only_them",
+        ),
+    ),
+    Plant(
+        "pages-debris-cleanup",
+        "backup.py",
+        "            removed += [pages / key for key in LocalStore(pages).cleanup()]\n",
+        "            pass\n",
+        (T + "test_pages_store.py::test_a_kill_between_packs_and_manifest_lists_no_half_backup",),
     ),
 )
 

@@ -14,9 +14,11 @@ import dataclasses
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TypeVar
 
 from tablettracker_backups import audit, intent, notify
 from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
@@ -36,12 +38,13 @@ from tablettracker_backups.encryption import (
 from tablettracker_backups.errors import (
     BackupError,
     LockedError,
+    MetadataError,
     ObjectCorrupt,
     StorageError,
     VerificationError,
 )
 from tablettracker_backups.evidence import record_anomalies
-from tablettracker_backups.formats import format_of
+from tablettracker_backups.formats import FILES, PAGES, choose_format, format_of, page_index
 from tablettracker_backups.fsutil import (
     TEMP_PREFIX,
     check_writable_dir,
@@ -53,7 +56,7 @@ from tablettracker_backups.fsutil import (
     temp_path,
 )
 from tablettracker_backups.identity import claim_folders
-from tablettracker_backups.layout import data_key, manifest_key, state_key
+from tablettracker_backups.layout import PAGES_PREFIX, data_key, manifest_key, state_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
     KINDS,
@@ -64,6 +67,7 @@ from tablettracker_backups.metadata import (
     utc_iso,
     validate_label,
 )
+from tablettracker_backups.pagestore import write_file_pages
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.replicate import replicate
 from tablettracker_backups.settings import Settings
@@ -76,12 +80,15 @@ from tablettracker_backups.snapshot import (
     inspect_database,
     take_snapshot,
 )
+from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status, update_status
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,10 @@ def cleanup_debris(settings: Settings) -> list[Path]:
     removed: list[Path] = []
     for directory in settings.locations:
         removed += cleanup_temp_files(directory)
+        # A pack or node a killed format 2 backup was writing (under pages/, in subfolders).
+        pages = directory / PAGES_PREFIX.rstrip("/")
+        if pages.is_dir():
+            removed += [pages / key for key in LocalStore(pages).cleanup()]
     removed += BackupStore(settings).cleanup_orphans()
     freed += remove_stale_scratch_dirs(settings.backup_dir)
     if removed:
@@ -347,6 +358,9 @@ class _Stored:
     durations: dict[str, float]
     #: The encrypted form that was committed instead (``BACKUPS_ENCRYPT=all``), or None.
     sealed: SealResult | None = None
+    #: The format it was stored in, and what its manifest records of it (format 2's index).
+    format_version: int = FILES.version
+    extra: dict[str, object] = dataclasses.field(default_factory=dict)
 
 
 def _create_backup(settings: Settings, options: _Options) -> BackupResult:
@@ -417,9 +431,21 @@ def _file_raw(
     started_at: datetime,
     secondary_trouble: str | None,
 ) -> BackupResult:
-    stored = _store_raw(settings, backup_id, raw, snap, options)
-    metadata = _build_metadata(settings, backup_id, started_at, options, stored, started)
     store = BackupStore(settings)
+    newest = _newest_primary(store)
+    chosen = choose_format(
+        settings.backup_format,
+        encrypted_locally=settings.encryption is not None and settings.encryption.local,
+        offsite=settings.offsite is not None,
+        gzip=settings.compression == "gzip",
+        newest=newest,
+    )
+    if chosen is PAGES:
+        parent = newest if newest is not None and newest.format_version == PAGES.version else None
+        stored = _store_pages(settings, raw, snap, options, parent)
+    else:
+        stored = _store_raw(settings, backup_id, raw, snap, options)
+    metadata = _build_metadata(settings, backup_id, started_at, options, stored, started)
     anomalies = _anomalies(settings, store, metadata)
     if anomalies:
         metadata = dataclasses.replace(
@@ -431,7 +457,8 @@ def _file_raw(
     try:
         store.write_metadata("primary", metadata)
     except BackupError:
-        remove_quietly(store.data_path_for("primary", metadata))
+        for key in format_of(metadata).owned_keys(metadata):
+            remove_quietly(settings.backup_dir / key)
         raise
     written, warnings = _copy_to_others(store, metadata, secondary_trouble)
     logger.info("backup %s stored (%d bytes) in %s", backup_id, metadata.stored_size, written)
@@ -439,6 +466,76 @@ def _file_raw(
     # pinned before anything (this run's prune included) could delete it.
     record_anomalies(settings, store, backup_id, anomalies)
     return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
+
+
+def _newest_primary(store: BackupStore) -> BackupMetadata | None:
+    """The newest backup whose primary copy looks sound: whose format a folder keeps, and
+    whose pages a new page-store snapshot need not store again."""
+    try:
+        infos = store.list()
+    except BackupError as exc:
+        logger.warning("could not list the backups: %s", exc)
+        return None
+    for info in infos:
+        if info.metadata is not None and info.copy_state("primary") == CopyStatus.OK:
+            return info.metadata
+    return None
+
+
+def _store_pages(
+    settings: Settings,
+    raw: Path,
+    snap: SnapshotInfo,
+    options: _Options,
+    parent: BackupMetadata | None,
+) -> _Stored:
+    """Check the snapshot ``raw`` while its new pages go into the primary folder's page store
+    (format 2): packs and index nodes, each committed; the manifest naming them comes next."""
+    progress = options.progress
+    index = None
+    if parent is not None:
+        try:
+            index = page_index(parent)
+        except MetadataError as exc:
+            logger.warning("storing every page again: backup %s: %s", parent.id, exc)
+    snapshot_done = time.monotonic()
+
+    def on_pages(done: int, total: int) -> None:
+        if progress is not None:
+            progress("compress", done, total)
+
+    check, written, check_seconds = _check_while(
+        raw,
+        lambda: write_file_pages(
+            LocalStore(settings.backup_dir),
+            raw,
+            parent=index,
+            level=settings.compression_level,
+            progress=on_pages,
+        ),
+        keep_unreadable=options.kind == "pre-restore",
+    )
+    durations = {
+        "snapshot": round(snap.seconds, 4),
+        "verify": round(check_seconds, 4),
+        "compress": round(time.monotonic() - snapshot_done, 4),
+        # Of which reading, hashing and storing the pages (the checks ran beside it).
+        "pages": round(written.seconds, 4),
+    }
+    stream = StreamResult(
+        raw_size=written.raw_size,
+        raw_sha256=written.raw_sha256,
+        stored_size=written.index.added,
+        sha256=written.index.root,
+    )
+    return _Stored(
+        snap,
+        check,
+        stream,
+        durations,
+        format_version=PAGES.version,
+        extra={"pages": written.index.to_dict()},
+    )
 
 
 def _store_raw(
@@ -532,8 +629,10 @@ def _build_metadata(
         raw_sha256=stream.raw_sha256,
         stored_size=stream.stored_size,
         sha256=stream.sha256,
-        compression=settings.compression,
+        compression=settings.compression if stored.format_version == FILES.version else "zstd",
         compression_level=settings.compression_level,
+        format_version=stored.format_version,
+        extra=dict(stored.extra),
         durations={**stored.durations, "total": round(time.monotonic() - started, 4)},
         verification=Verification(
             ok=True,
@@ -611,6 +710,33 @@ def _check_and_compress(
     the longer of the two rather than their sum. A snapshot that does not open as SQLite is
     refused, unless ``keep_unreadable`` (a safety snapshot is kept whatever it holds).
     """
+    total = raw.stat().st_size
+    done = 0
+
+    def on_chunk(size: int) -> None:
+        nonlocal done
+        done += size
+        if progress is not None:
+            progress("compress", done, total)
+
+    return _check_while(
+        raw,
+        lambda: compress_file(
+            raw,
+            stored_tmp,
+            algorithm=settings.compression,
+            level=settings.compression_level,
+            progress=on_chunk,
+        ),
+        keep_unreadable=keep_unreadable,
+    )
+
+
+def _check_while(
+    raw: Path, work: Callable[[], T], *, keep_unreadable: bool
+) -> tuple[DatabaseCheck, T, float]:
+    """Run the checks of the snapshot ``raw`` in a thread while this one does ``work``;
+    the checks' outcome, the work's result, and the seconds the checks took."""
     outcome: dict[str, object] = {}
 
     def check() -> None:
@@ -623,23 +749,8 @@ def _check_and_compress(
 
     worker = threading.Thread(target=check, name="backup-integrity-check", daemon=True)
     worker.start()
-    total = raw.stat().st_size
-    done = 0
-
-    def on_chunk(size: int) -> None:
-        nonlocal done
-        done += size
-        if progress is not None:
-            progress("compress", done, total)
-
     try:
-        stream = compress_file(
-            raw,
-            stored_tmp,
-            algorithm=settings.compression,
-            level=settings.compression_level,
-            progress=on_chunk,
-        )
+        result = work()
     finally:
         worker.join()
     if "error" in outcome:
@@ -650,7 +761,7 @@ def _check_and_compress(
     assert isinstance(check_result, DatabaseCheck)
     seconds = outcome["seconds"]
     assert isinstance(seconds, float)
-    return check_result, stream, seconds
+    return check_result, result, seconds
 
 
 def _inspect_snapshot(raw: Path, *, keep_unreadable: bool) -> DatabaseCheck:
@@ -676,7 +787,7 @@ def copy_between(store: BackupStore, source: str, location: str, metadata: Backu
         replicate(
             LocalStore(store.locations[source]),
             LocalStore(store.locations[location]),
-            format_of(metadata).parts(metadata),
+            format_of(metadata).parts(LocalStore(store.locations[source]), metadata),
             # The manifest as it is stored (copies carry the same one), then what changed.
             (manifest_key(metadata.id), store.read_manifest(source, metadata.id)),
             after=[(state_key(metadata.id), state)] if state is not None else [],

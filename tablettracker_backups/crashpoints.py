@@ -35,6 +35,11 @@ class Stage(str, Enum):
     #: A metadata document (the commit marker) is written and fsynced under its temporary
     #: name, not yet renamed into place.
     METADATA_WRITE = "metadata-write"
+    #: A pack of new pages (format 2) is written and fsynced under its temporary name.
+    PACK_WRITE = "pack-write"
+    #: A node of a snapshot's page index (format 2) is written and fsynced under its
+    #: temporary name.
+    NODE_WRITE = "node-write"
     #: The secondary folder's data file is written under its temporary name, not committed.
     SECONDARY_COPY = "secondary-copy"
     #: Prune removed one copy's metadata and not yet its data file.

@@ -76,19 +76,26 @@ def extract_verified(
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")
-        unreadable = metadata.schema_fingerprint == UNREADABLE_SCHEMA
-        if full:
-            _compare_findings(_inspect(dest, unreadable=unreadable), metadata)
-        elif not unreadable:
-            try:
-                check_sqlite_file(dest)
-            except DatabaseError as exc:
-                raise VerificationError(str(exc)) from exc
+        check_built(dest, metadata, full=full)
     except BaseException:
         remove_quietly(dest)
         raise
     finally:
         remove_quietly(plain)
+
+
+def check_built(dest: Path, metadata: BackupMetadata, *, full: bool) -> None:
+    """The checks of a database built from a backup whose bytes already matched: it opens as
+    SQLite, and with ``full`` the data checks give what the backup recorded (see
+    :func:`extract_verified`). Raises :class:`VerificationError`."""
+    unreadable = metadata.schema_fingerprint == UNREADABLE_SCHEMA
+    if full:
+        _compare_findings(_inspect(dest, unreadable=unreadable), metadata)
+    elif not unreadable:
+        try:
+            check_sqlite_file(dest)
+        except DatabaseError as exc:
+            raise VerificationError(str(exc)) from exc
 
 
 def _inspect(path: Path, *, unreadable: bool) -> DatabaseCheck | None:

@@ -127,6 +127,10 @@ def _repair_one(store: BackupStore, info: BackupInfo, location: str, offsite: _O
             if not store.checksum_matches(info, source):
                 continue
             metadata = store.read_metadata(source, info.id)
+            target = LocalStore(folder)
+            for key in format_of(metadata).damaged(target, metadata):
+                # Shared and named by its hash: replaced, not trusted for being there.
+                target.delete(key)
             copy_between(store, source, location, metadata)
             _confirm(store, info, location)
         except BackupError as exc:
@@ -206,7 +210,7 @@ class _Offsite:
                 raise VerificationError(
                     f"the offsite copy of {info.id} holds other data than its local metadata"
                 )
-            parts = format_of(local).parts(local)
+            parts = format_of(local).parts(self.client.objects, local)
             if remote.encryption is not None and local.encryption is None:
                 # Sealed offsite, plain here: only the identity turns one into the other.
                 label = f"the offsite copy of {info.id}"

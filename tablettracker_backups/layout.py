@@ -16,6 +16,17 @@ Format version 1 ("files"), in a folder or under an offsite prefix:
   the backup is. Older folders have none: their manifests still carry those fields, which are
   read as the state until a state document exists.
 * ``database.json`` at the top: which database the folder belongs to.
+
+Format version 2 ("pages") adds, shared by every backup of the folder (see
+:mod:`tablettracker_backups.pagestore`):
+
+* ``pages/key``: the folder's page-hash key (32 random bytes).
+* ``pages/packs/<ab>/<sha256>``: a pack, zstd-compressed pages, named by the SHA-256 of its
+  bytes (``<ab>`` is its first two hex digits, so no folder holds too many files).
+* ``pages/nodes/<ab>/<sha256>``: a node pack, the new nodes of one snapshot's page index,
+  named the same way.
+
+A version 2 manifest names its index's root node; it has no data file of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +50,14 @@ MANIFEST_SUFFIX = ".json"
 STATE_SUFFIX = ".state.json"
 #: The folder's identity document (see :mod:`tablettracker_backups.identity`).
 IDENTITY_KEY = "database.json"
+#: Everything of format version 2 lives under this prefix.
+PAGES_PREFIX = "pages/"
+#: The key the page hashes of a folder are computed with.
+PAGE_KEY_KEY = "pages/key"
+PACKS_PREFIX = "pages/packs/"
+NODES_PREFIX = "pages/nodes/"
+_CONTENT_KEY = re.compile(r"\Apages/(?:packs|nodes)/([0-9a-f]{2})/([0-9a-f]{64})\Z")
+_SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
 class Part(str, Enum):
@@ -70,6 +89,31 @@ def manifest_key(backup_id: str) -> str:
 def state_key(backup_id: str) -> str:
     """The name of what changes after the fact: ``<id>.state.json``."""
     return _checked(backup_id) + STATE_SUFFIX
+
+
+def _content(prefix: str, sha256: str) -> str:
+    if not isinstance(sha256, str) or not _SHA256_HEX.match(sha256):
+        raise ValueError(f"not a SHA-256: {str(sha256)[:70]!r}")  # a caller's bug
+    return f"{prefix}{sha256[:2]}/{sha256}"
+
+
+def pack_key(sha256: str) -> str:
+    """A pack's name: ``pages/packs/<ab>/<sha256>``."""
+    return _content(PACKS_PREFIX, sha256)
+
+
+def node_key(sha256: str) -> str:
+    """A node pack's name: ``pages/nodes/<ab>/<sha256>``."""
+    return _content(NODES_PREFIX, sha256)
+
+
+def content_sha256(key: str) -> str | None:
+    """The SHA-256 an object named by its hash (a pack, a node) must have; None for any
+    other key. Such an object's name says what it holds: a store that has it has it."""
+    found = _CONTENT_KEY.match(key)
+    if found is None or found.group(2)[:2] != found.group(1):
+        return None
+    return found.group(2)
 
 
 def data_keys(backup_id: str) -> tuple[str, ...]:

@@ -19,6 +19,11 @@ from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, Metadata
 from tablettracker_backups.layout import EXTENSIONS, ID_PATTERN, data_key
 
 FORMAT_VERSION = 1
+#: Format version 2 (``pages``): the data lives in the folder's page store
+#: (:mod:`tablettracker_backups.pagestore`); the manifest's ``extra["pages"]`` names it.
+PAGES_VERSION = 2
+#: The format versions this code reads.
+KNOWN_VERSIONS = (FORMAT_VERSION, PAGES_VERSION)
 #: ``auto`` is a write-triggered snapshot; ``pre-restore`` the safety snapshot a restore takes.
 KINDS = ("scheduled", "manual", "auto", "pre-restore")
 #: Kinds that can be ``latest``: every kind but the safety snapshot, which holds the data a
@@ -274,7 +279,8 @@ class BackupMetadata:
         else:
             document["started_at"] = utc_iso(self.started_at)
         document["verification"]["verified_at"] = utc_iso(self.verification.verified_at)
-        document["data_file"] = self.data_file
+        if self.format_version == FORMAT_VERSION:
+            document["data_file"] = self.data_file
         if self.encryption is None:
             # Plain backups keep the document they always had.
             del document["encryption"]
@@ -298,13 +304,15 @@ class BackupMetadata:
     def from_dict(cls, doc: dict[str, Any], *, expected_id: str | None = None) -> BackupMetadata:
         """Validate a decoded metadata object; raises :class:`MetadataError`."""
         version = doc.get("format_version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
+        newest = max(KNOWN_VERSIONS)
+        if isinstance(version, int) and not isinstance(version, bool) and version > newest:
             raise NewerFormat(
                 f"written by a newer version of tablettracker-backups (format {version}; this "
-                f"one reads format {FORMAT_VERSION}): upgrade to read it"
+                f"one reads formats up to {newest}): upgrade to read it"
             )
-        if version != FORMAT_VERSION:
+        if version not in KNOWN_VERSIONS or isinstance(version, bool):
             raise MetadataError(f"unsupported metadata format {version!r}")
+        assert isinstance(version, int)
         try:
             backup_id = validate_backup_id(doc.get("id"))
         except InvalidBackupId as exc:
@@ -315,6 +323,8 @@ class BackupMetadata:
         encryption = _encryption(doc.get("encryption"))
         data_file = doc.get("data_file")
         expected_file = data_key(backup_id, compression, encrypted=encryption is not None)
+        if version != FORMAT_VERSION and data_file is not None:
+            raise MetadataError("a format 2 manifest names no data file")
         if data_file is not None and data_file != expected_file:
             raise MetadataError(f"metadata points at another file ({str(data_file)[:60]!r})")
         source = _obj(doc, "source")
@@ -324,6 +334,8 @@ class BackupMetadata:
         extra = doc.get("extra", {})
         if not isinstance(extra, dict):
             raise MetadataError("metadata field 'extra' must be an object")
+        if version == PAGES_VERSION and not isinstance(extra.get("pages"), dict):
+            raise MetadataError("a format 2 manifest must name its page index (extra.pages)")
         checked = Verification(
             ok=_bool(verification, "ok"),
             verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
@@ -376,6 +388,7 @@ class BackupMetadata:
             pinned=pinned,
             extra=extra,
             encryption=encryption,
+            format_version=version,
         )
 
 

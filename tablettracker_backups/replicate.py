@@ -23,6 +23,7 @@ from pathlib import Path
 from tablettracker_backups.crashpoints import Stage
 from tablettracker_backups.errors import ObjectCorrupt, ObjectNotFound
 from tablettracker_backups.fsutil import remove_quietly, temp_path
+from tablettracker_backups.layout import content_sha256
 from tablettracker_backups.storage.base import ByteProgress, ObjectInfo, ObjectStore
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.storage.sealed import SealedStore
@@ -80,9 +81,11 @@ def _held(target: ObjectStore, part: Part) -> bool:
     """Whether ``target`` already holds ``part``, by a hash it knows without reading (an
     object named by its hash in a later format); never by size alone."""
     try:
-        return target.stat(part.key).sha256 == part.sha256
+        info = target.stat(part.key)
     except ObjectNotFound:
         return False
+    # An object named by its hash was checked against that hash when it was stored.
+    return info.sha256 == part.sha256 or content_sha256(part.key) == part.sha256
 
 
 def replicate(

@@ -35,6 +35,9 @@ PREFIX = "BACKUPS_"
 #: Longest accepted interval or timeout (a year): larger values are typos, and overflow dates.
 MAX_DURATION = 366 * 86400
 COMPRESSIONS = ("zstd", "gzip")
+#: ``BACKUPS_FORMAT``: ``pages`` (format 2, the page store: each backup stores the pages that
+#: changed) or ``files`` (format 1: each backup is one compressed file of the database).
+BACKUP_FORMATS = ("pages", "files")
 ADDRESSING_STYLES = ("auto", "path", "virtual")
 S3_CHECKSUMS = ("sha256", "off")
 #: ``problems``: failures, warnings and their recovery; ``all``: also each success.
@@ -125,6 +128,9 @@ class Settings:
     secondary_dir: Path | None = None
     compression: str = "zstd"
     compression_level: int = 6
+    #: ``BACKUPS_FORMAT`` as set (``pages`` or ``files``); None: a new folder gets ``pages``,
+    #: a folder that already holds backups keeps the format of its newest.
+    backup_format: str | None = None
     retention: RetentionPolicy = RetentionPolicy()
     #: Seconds between scheduled backups; ``run`` backs up when the newest is this old.
     interval: int = 3600
@@ -389,6 +395,7 @@ CORE_KEYS = frozenset(
         "secondary_dir",
         "compression",
         "compression_level",
+        "format",
         "keep_hourly",
         "keep_daily",
         "keep_weekly",
@@ -507,6 +514,11 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         raise ConfigError("BACKUPS_COMPRESSION_LEVEL must be 1 to 9 for gzip")
     if compression == "zstd" and level > 22:
         raise ConfigError("BACKUPS_COMPRESSION_LEVEL must be 1 to 22 for zstd")
+    backup_format = _opt_str(values.get("format"))
+    if backup_format is not None:
+        backup_format = backup_format.strip().lower()
+        if backup_format not in BACKUP_FORMATS:
+            raise ConfigError(f"BACKUPS_FORMAT must be one of {', '.join(BACKUP_FORMATS)}")
     retention = _retention(values, "", RetentionPolicy())
     kwargs: dict[str, Any] = {}
     if values.get("interval") is not None:
@@ -542,16 +554,33 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
             "set BACKUPS_S3_BUCKET or BACKUPS_RCLONE_REMOTE, not both: backups go to one "
             "offsite place"
         )
+    encryption = _encryption_settings(values)
+    if backup_format == "pages" and encryption is not None and encryption.local:
+        raise ConfigError(
+            "BACKUPS_FORMAT=pages does not encrypt local folders yet: with BACKUPS_ENCRYPT=all "
+            "use BACKUPS_FORMAT=files"
+        )
+    if backup_format == "pages" and compression != "zstd":
+        raise ConfigError(
+            "BACKUPS_FORMAT=pages stores its packs with zstd: BACKUPS_COMPRESSION=gzip is "
+            "for BACKUPS_FORMAT=files"
+        )
+    if backup_format == "pages" and (s3 is not None or rclone is not None):
+        raise ConfigError(
+            "BACKUPS_FORMAT=pages has no offsite copies yet: with an offsite place "
+            "(BACKUPS_S3_BUCKET, BACKUPS_RCLONE_REMOTE) use BACKUPS_FORMAT=files"
+        )
     return Settings(
         database=database,
         backup_dir=backup_dir,
         secondary_dir=secondary,
         compression=compression,
         compression_level=level,
+        backup_format=backup_format,
         retention=retention,
         s3=s3,
         rclone=rclone,
-        encryption=_encryption_settings(values),
+        encryption=encryption,
         **kwargs,
     )
 

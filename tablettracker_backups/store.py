@@ -22,7 +22,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
-from tablettracker_backups.compression import hash_file
 from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
@@ -31,6 +30,7 @@ from tablettracker_backups.errors import (
     NewerFormat,
     StorageError,
 )
+from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import (
     atomic_write_bytes,
     describe_os_error,
@@ -54,6 +54,7 @@ from tablettracker_backups.metadata import (
 )
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.storage.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -395,15 +396,8 @@ class BackupStore:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, str(exc))
                 problems.append(str(exc))
                 continue
-            data = self.data_path_for(location, meta)
-            try:
-                size = data.stat().st_size
-            except OSError:
-                states[location] = CopyState(location, CopyStatus.DAMAGED, "data file is missing")
-                problems.append(f"{location} copy of {backup_id}: data file is missing")
-                continue
-            if size != meta.stored_size:
-                detail = f"data file is {size} bytes, metadata says {meta.stored_size}"
+            detail = format_of(meta).look(LocalStore(self.locations[location]), meta)
+            if detail is not None:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, detail)
                 problems.append(f"{location} copy of {backup_id}: {detail}")
                 continue
@@ -514,16 +508,16 @@ class BackupStore:
         raise BackupNotFound("there is no verified safety snapshot: no restore has been made")
 
     def checksum_matches(self, info: BackupInfo, location: str) -> bool:
-        """Whether ``location``'s data file still hashes to the metadata's SHA-256.
+        """Whether ``location``'s copy still hashes to what its manifest records (every object
+        of it: the data file, or the packs and nodes of a page index).
 
-        Listing compares sizes only; this reads the whole file. Raises :class:`StorageError`
+        Listing only looks; this reads every byte. Raises :class:`StorageError`
         when it cannot be read, ``ValueError`` when the backup's metadata is lost.
         """
         if info.metadata is None:
             raise ValueError(f"backup {info.id} has no readable metadata")
-        path = self.data_path_for(location, info.metadata)
-        _, digest = hash_file(path)
-        return digest == info.metadata.sha256
+        store = LocalStore(self.locations[location])
+        return not format_of(info.metadata).check(store, info.metadata)
 
     # -- writing -------------------------------------------------------------------------
 

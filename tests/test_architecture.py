@@ -275,7 +275,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "runner", "backup", "restore", "verify", "heal", "prune", "offsite.sync",
                 "autosnapshot", "bootstrap", "pins", "evidence", "health", "metrics", "weekly",
                 "preview", "sound_copy", "restore_points", "jobs.queue", "pings", "keys",
-                "sources", "anomaly", "intent", "jobs", "site",
+                "sources", "anomaly", "intent", "jobs", "site", "export",
             }
         ),
     ),
@@ -290,7 +290,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             }
         ),
     ),
-    ("formats", frozenset({"metadata", "layout", "encryption", "compression"})),
+    ("formats", frozenset({"metadata", "layout", "encryption", "compression", "pagestore"})),
     ("storage", frozenset({"storage"})),
     (
         "base",

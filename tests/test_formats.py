@@ -26,7 +26,7 @@ def _rows(path: Path) -> int:
 def test_version_1_names_its_one_object_and_every_name_it_may_have(settings: Settings) -> None:
     meta = create_backup(settings).metadata
     assert format_of(meta) is FILES and FILES.version == meta.format_version == 1
-    [part] = FILES.parts(meta)
+    [part] = FILES.parts(LocalStore(settings.backup_dir), meta)
     assert (part.key, part.sha256) == (meta.data_file, meta.sha256)
     assert meta.data_file in FILES.owned_keys(meta)
     assert f"{meta.id}.db.gz.age" in FILES.owned_keys(meta)
@@ -34,8 +34,8 @@ def test_version_1_names_its_one_object_and_every_name_it_may_have(settings: Set
 
 def test_a_format_this_code_does_not_know_is_refused_by_name(settings: Settings) -> None:
     meta = create_backup(settings).metadata
-    newer = dataclasses.replace(meta, format_version=2)
-    with pytest.raises(NewerFormat, match="format 2, written by a newer version"):
+    newer = dataclasses.replace(meta, format_version=3)
+    with pytest.raises(NewerFormat, match="format 3, written by a newer version"):
         format_of(newer)
 
 

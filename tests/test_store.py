@@ -622,12 +622,12 @@ def test_a_backup_written_by_a_newer_version_is_listed_as_such_and_kept(
     for folder in settings.locations:
         path = folder / f"{backup.id}.json"
         document = json.loads(path.read_text())
-        document["format_version"] = 2
+        document["format_version"] = 3
         path.write_text(json.dumps(document))
     info = BackupStore(settings).get(backup.id)
     assert [c.state for c in info.copies] == ["newer", "newer"]
     assert info.newer and info.problems == ()  # not damage
-    assert "written by a newer version of tablettracker-backups (format 2" in info.copies[0].detail
+    assert "written by a newer version of tablettracker-backups (format 3" in info.copies[0].detail
     # This version cannot judge it, so it never deletes it, whatever retention says.
     strict = dataclasses.replace(
         settings,

@@ -617,6 +617,45 @@ def test_download_streams_the_primary_copy(
     assert (entry.action, entry.actor, entry.details["id"]) == ("download", "admin", backup_id)
 
 
+def test_a_format_2_backup_downloads_as_its_database_built_and_checked(
+    tmp_path: Path, admin_client: FlaskClient
+) -> None:
+    """BACKUPS_FORMAT in the app's config reaches the settings; a backup that has no file of
+    its own is built from its pages, checked, and sent as ``<id>.db.zst`` with its digest."""
+    from tablettracker_backups.demo import create_app
+
+    app = create_app(
+        {"INSTANCE_PATH": tmp_path / "pages-app", "TESTING": True, "BACKUPS_FORMAT": "pages"}
+    )
+    settings = settings_of(app)
+    assert settings.backup_format == "pages"
+    meta = create_backup(settings, trigger="test").metadata
+    assert meta.format_version == 2
+    client = app.test_client()
+    from tests.conftest import login
+
+    login(client, "admin", app.config["DEMO_PASSWORD"])
+    token = csrf_from(client.get(f"{P}/").get_data(as_text=True))
+    response = client.post(f"{P}/backups/{meta.id}/download", data={"csrf_token": token})
+    assert response.status_code == 200
+    assert f"{meta.id}.db.zst" in response.headers["Content-Disposition"]
+    body = response.data
+    response.close()
+    import base64
+    import hashlib
+
+    import zstandard
+
+    plain = zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    assert hashlib.sha256(plain).hexdigest() == meta.raw_sha256
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    assert response.headers["Content-Digest"] == f"sha-256=:{digest}:"
+    assert int(response.headers["Content-Length"]) == len(body)
+    assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+    entry = audit.read_entries(settings)[0]
+    assert (entry.action, entry.details["id"]) == ("download", meta.id)
+
+
 def _supplier(settings: Settings) -> str:
     with sqlite3.connect(settings.database) as conn:
         return str(conn.execute("SELECT supplier FROM purchase_orders WHERE id = 1").fetchone()[0])

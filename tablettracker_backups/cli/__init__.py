@@ -21,6 +21,7 @@ import click
 from tablettracker_backups.cli import (
     adopt_cmd,
     backup_cmd,
+    export_cmd,
     health_cmd,
     init_cmd,
     keygen_cmd,
@@ -74,5 +75,6 @@ cli.add_command(pin_cmd.pin)
 cli.add_command(pin_cmd.unpin)
 cli.add_command(adopt_cmd.adopt)
 cli.add_command(restore_cmd.restore)
+cli.add_command(export_cmd.export)
 
 __all__ = ["cli"]

@@ -43,7 +43,14 @@ EXIT_OK, EXIT_WARNING, EXIT_CRITICAL, EXIT_LOCKED = 0, 1, 2, 3
 #: Where a command leaves its resolved settings, for the group to audit a failure.
 SETTINGS_META = "tablettracker_backups.settings"
 #: Commands that change the backups, and so leave an audit-log entry (restore writes its own).
-AUDITED = {"backup": "backup", "verify": "verify", "prune": "prune", "run": "run", "init": "init"}
+AUDITED = {
+    "backup": "backup",
+    "verify": "verify",
+    "prune": "prune",
+    "run": "run",
+    "init": "init",
+    "export": "export",
+}
 
 
 def cli_actor() -> str:

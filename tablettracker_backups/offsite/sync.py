@@ -32,6 +32,7 @@ from tablettracker_backups.errors import (
     OffsiteError,
     VerificationError,
 )
+from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
 from tablettracker_backups.layout import AGE_SUFFIX
@@ -159,6 +160,11 @@ def _upload_one(
             continue
         try:
             meta = store.read_metadata(copy.location, info.id)
+            if meta.format_version != FILES.version:
+                raise VerificationError(
+                    f"backup {info.id} is in format {meta.format_version} (pages), which "
+                    "offsite copies do not take yet"
+                )
             return _send(settings, offsite, store.data_path_for(copy.location, meta), meta)
         except VerificationError as exc:
             problems.append(str(exc))

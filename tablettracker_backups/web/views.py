@@ -55,8 +55,12 @@ from tablettracker_backups.errors import (
     LockedError,
 )
 from tablettracker_backups.evidence import open_warnings
+from tablettracker_backups.export import export_backup
+from tablettracker_backups.formats import FILES
+from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.health import check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
+from tablettracker_backups.layout import data_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import parse_utc, validate_backup_id
 from tablettracker_backups.notifiers import apprise_available, mask_url
@@ -798,6 +802,8 @@ def download(backup_id: str) -> ResponseReturnValue:
     meta = info.metadata
     if meta is None:
         raise BackupNotFound(f"backup {info.id} has no readable metadata to download")
+    if meta.format_version != FILES.version and info.verified:
+        return _download_built(settings, store, info.id)
     mismatched: list[str] = []
     for copy in info.copies if info.verified else ():
         if copy.state != CopyStatus.OK:
@@ -817,18 +823,7 @@ def download(backup_id: str) -> ResponseReturnValue:
             ),
             details={"via": "web", "id": info.id},
         )
-        response: Response = send_file(
-            handle,
-            mimetype="application/octet-stream",
-            as_attachment=True,
-            download_name=meta.data_file,
-            conditional=False,
-            max_age=0,
-        )
-        response.headers["Content-Length"] = str(meta.stored_size)
-        response.headers["Content-Digest"] = content_digest(meta.sha256)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return _send_checked(handle, meta.data_file, meta.stored_size, meta.sha256)
     what = (
         f"no copy of backup {info.id} matches the SHA-256 recorded when it was taken "
         f"({', '.join(mismatched)} checked just now)"
@@ -863,6 +858,49 @@ def download(backup_id: str) -> ResponseReturnValue:
 
 #: Bytes read at a time when hashing a download before it is sent.
 HASH_CHUNK = 1024 * 1024
+
+
+def _download_built(settings: Settings, store: BackupStore, backup_id: str) -> ResponseReturnValue:
+    """A backup with no file of its own (format 2): its database is built from the first
+    sound copy and checked (:func:`.export.export_backup`), zstd-compressed into a scratch
+    file, and sent from that open file, which is removed at once (the open handle keeps it
+    readable). What is sent is ``<id>.db.zst``, as a version 1 download is."""
+    name = data_key(backup_id, "zstd")
+    scratch = temp_path(settings.backup_dir, f"download-{name}")
+    try:
+        done = export_backup(store, backup_id, scratch, compress=True)
+        handle = scratch.open("rb")
+    finally:
+        remove_quietly(scratch)
+    audit.record(
+        settings,
+        action="download",
+        actor=_actor(),
+        ok=True,
+        message=(
+            f"downloaded {name} ({done.size} bytes), built from the {done.location} copy's "
+            "pages, SHA-256 checked"
+        ),
+        details={"via": "web", "id": backup_id},
+    )
+    return _send_checked(handle, name, done.size, done.sha256)
+
+
+def _send_checked(handle: BinaryIO, name: str, size: int, sha256: str) -> Response:
+    """Send the open, already checked file ``handle`` as the attachment ``name``, with its
+    size and digest, never cached."""
+    response: Response = send_file(
+        handle,
+        mimetype="application/octet-stream",
+        as_attachment=True,
+        download_name=name,
+        conditional=False,
+        max_age=0,
+    )
+    response.headers["Content-Length"] = str(size)
+    response.headers["Content-Digest"] = content_digest(sha256)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 def _open_matching(path: Path, sha256: str) -> BinaryIO | None:
