@@ -678,6 +678,63 @@ PLANTS: tuple[Plant, ...] = (
             T + "test_web.py",
         ),
     ),
+    # -- the catalog (issue 21) ----------------------------------------------------------------
+    Plant(
+        "catalog-changed-file",
+        "catalog.py",
+        "    if (row.manifest_sig, row.state_sig) != key:\n",
+        "    if False and (row.manifest_sig, row.state_sig) != key:\n",
+        (T + "test_catalog.py::test_changes_behind_the_catalogs_back_show_at_the_next_listing",),
+    ),
+    Plant(
+        "catalog-rebuild-damaged",
+        "catalog.py",
+        '            logger.info("catalog of %s is damaged (%s): rebuilding", self.folder, exc)\n            return None, True\n',
+        '            logger.info("catalog of %s is damaged (%s): rebuilding", self.folder, exc)\n            return None, False\n',
+        (T + "test_catalog.py::test_a_lost_or_damaged_catalog_is_rebuilt",),
+    ),
+    Plant(
+        "catalog-rebuild-foreign",
+        "catalog.py",
+        "        return bool(app == APPLICATION_ID and version == SCHEMA_VERSION and tables == 1)\n",
+        "        return bool(tables == 1)\n",
+        (T + "test_catalog.py::test_a_lost_or_damaged_catalog_is_rebuilt",),
+    ),
+    Plant(
+        "catalog-settle",
+        "catalog.py",
+        "            if info.st_mtime_ns > racy_after:\n",
+        "            if info.st_mtime_ns > racy_after + 20_000_000_000:\n",
+        (T + "test_catalog.py::test_a_file_changed_within_the_settle_window_is_parsed_every_time",),
+    ),
+    Plant(
+        "catalog-row-classes",
+        "catalog.py",
+        "            return _ALLOWED_GLOBALS[module, name]\n        except KeyError as exc:\n",
+        "            return _ALLOWED_GLOBALS[module, name]\n        except KeyError as exc:\n            return super().find_class(module, name)  # type: ignore[no-any-return]\n",
+        (T + "test_catalog.py::test_a_planted_row_cannot_run_code",),
+    ),
+    Plant(
+        "catalog-data-sizes",
+        "store.py",
+        "                    size = views[location].size(meta.data_file)\n",
+        "                    size = meta.stored_size\n",
+        (T + "test_catalog.py::test_listing_through_the_catalog_is_the_manifests_listing",),
+    ),
+    Plant(
+        "catalog-gone",
+        "catalog.py",
+        "        drop = [i for i in rows if i not in found.manifests or i in found.unstable]\n",
+        "        drop = [i for i in rows if i in found.unstable]\n",
+        (T + "test_catalog.py::test_changes_behind_the_catalogs_back_show_at_the_next_listing",),
+    ),
+    Plant(
+        "catalog-stale-journal",
+        "catalog.py",
+        '            remove_quietly(self.directory / f"{CATALOG_FILE}-journal")\n',
+        "",
+        (T + "test_catalog.py::test_a_rebuild_over_a_hot_journal_keeps_the_new_catalog",),
+    ),
     # -- thresholds, each at its edge -----------------------------------------------------------
     Plant(
         "health-disk-at-the-limit",
