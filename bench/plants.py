@@ -729,6 +729,13 @@ PLANTS: tuple[Plant, ...] = (
         (T + "test_catalog.py::test_changes_behind_the_catalogs_back_show_at_the_next_listing",),
     ),
     Plant(
+        "catalog-busy-left-alone",
+        "catalog.py",
+        '            logger.debug("catalog of %s unusable now, reading the manifests: %s", self.folder, exc)\n            return None, False\n',
+        '            logger.debug("catalog of %s unusable now, reading the manifests: %s", self.folder, exc)\n            return None, True\n',
+        (T + "test_catalog.py::test_a_busy_catalog_is_read_around_and_left_alone",),
+    ),
+    Plant(
         "catalog-stale-journal",
         "catalog.py",
         '            remove_quietly(self.directory / f"{CATALOG_FILE}-journal")\n',

@@ -447,3 +447,25 @@ def test_a_rebuild_over_a_hot_journal_keeps_the_new_catalog(settings: Settings) 
     assert BackupStore(settings).list() == expected  # rebuilt
     assert parses(settings) == (expected, 0)
     assert catalog_rows(folder) == 2200
+
+
+def test_a_busy_catalog_is_read_around_and_left_alone(settings: Settings) -> None:
+    """Another process holding the catalog (a long write) costs a listing at most the busy
+    timeout: it reads the manifests itself and neither waits longer nor replaces the file."""
+    settings = replace(settings, secondary_dir=None)
+    folder = settings.backup_dir
+    write_points(folder, 20)
+    BackupStore(settings).list()
+    write_points(folder, 5, start=START + timedelta(days=1))
+    before = catalog_path(folder).stat().st_ino
+    holder = sqlite3.connect(catalog_path(folder), isolation_level=None)
+    try:
+        holder.execute("BEGIN EXCLUSIVE")
+        infos, parsed = parses(settings)
+        assert infos == truth(settings) and parsed == 25  # every manifest, read directly
+        assert catalog_path(folder).stat().st_ino == before
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert parses(settings)[1] == 5  # free again: only the new ones are parsed, and kept
+    assert parses(settings) == (truth(settings), 0)
