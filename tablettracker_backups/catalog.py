@@ -408,7 +408,8 @@ class Catalog:
         """A new catalog holding ``rows``, built aside and renamed over the old one."""
         if not self.folder.is_dir():
             return  # never create a backup folder by listing it
-        self._make_directory()
+        if not self._make_directory():
+            return
         self._remove_stale_temps()
         temp = temp_path(self.directory, CATALOG_FILE)
         try:
@@ -430,12 +431,16 @@ class Catalog:
             raise
         logger.info("catalog of %s rebuilt from %d manifest(s)", self.folder, len(rows))
 
-    def _make_directory(self) -> None:
+    def _make_directory(self) -> bool:
+        """Whether the catalog's folder is there (made owner-only when it was not). Something
+        else in its place (a file, a symbolic link) is left alone: no catalog, quietly, since
+        every listing would say so again."""
         with contextlib.suppress(FileExistsError):
             os.mkdir(self.directory, 0o700)
-        info = os.lstat(self.directory)
-        if not stat.S_ISDIR(info.st_mode):
-            raise NotADirectoryError(f"{self.directory} is not a folder")
+        if stat.S_ISDIR(os.lstat(self.directory).st_mode):
+            return True
+        logger.debug("%s is not a folder: listing without a catalog", self.directory)
+        return False
 
     def _remove_stale_temps(self) -> None:
         cutoff = time.time() - STALE_TEMP_SECONDS

@@ -469,3 +469,14 @@ def test_a_busy_catalog_is_read_around_and_left_alone(settings: Settings) -> Non
         holder.close()
     assert parses(settings)[1] == 5  # free again: only the new ones are parsed, and kept
     assert parses(settings) == (truth(settings), 0)
+
+
+def test_a_symbolic_link_where_the_catalog_folder_goes_is_not_followed(
+    settings: Settings, tmp_path: Path
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_points(settings.backup_dir, 3)
+    (settings.backup_dir / ".catalog").symlink_to(elsewhere)
+    assert BackupStore(settings).list() == truth(settings)
+    assert list(elsewhere.iterdir()) == []
