@@ -373,55 +373,55 @@ def test_listers_and_a_writer_at_once_never_miss_or_repeat(settings: Settings) -
     folder = settings.backup_dir
     stable = write_points(folder, 40)
     _backdate_all(folder)
-    deadline = time.time() + 2.0
+    started, stop = folder.parent / "writer-started", folder.parent / "writer-stop"
+    # Each lister waits for the writer's first round, then lists 5 times while it goes on.
     lister = (
         "import sys, time; from pathlib import Path;"
         "from tablettracker_backups.settings import settings_from_mapping;"
         "from tablettracker_backups.store import BackupStore;"
         "s = settings_from_mapping({'database': Path(sys.argv[1]), 'dir': Path(sys.argv[2])});"
-        "stable = set(sys.argv[4].split(',')); n = 0\n"
-        "while time.time() < float(sys.argv[3]):\n"
-        "    ids = [i.id for i in BackupStore(s).list()]; n += 1\n"
+        "stable = set(sys.argv[4].split(','))\n"
+        "limit = time.time() + 30\n"
+        "while not Path(sys.argv[3]).exists() and time.time() < limit: time.sleep(0.01)\n"
+        "for n in range(5):\n"
+        "    ids = [i.id for i in BackupStore(s).list()]\n"
         "    assert len(ids) == len(set(ids)), 'listed twice'\n"
         "    assert stable <= set(ids), sorted(stable - set(ids))\n"
-        "print(n)"
+        "print(n + 1)"
     )
     writer = (
         "import os, sys, time; from pathlib import Path; from datetime import timedelta;"
         "from tests.catalogkit import write_points, START; folder = Path(sys.argv[1]); n = 0\n"
-        "while time.time() < float(sys.argv[2]):\n"
+        "limit = time.time() + 30\n"
+        "while not Path(sys.argv[3]).exists() and time.time() < limit:\n"
         "    n += 1; ids = write_points(folder, 3, start=START + timedelta(days=n))\n"
         "    old = time.time() - 60\n"
         "    for i in ids: os.utime(folder / f'{i}.json', (old, old))\n"
         "    if n % 2:\n"
         "        for i in ids[:2]:\n"
         "            os.unlink(folder / f'{i}.json'); os.unlink(folder / f'{i}.db.zst')\n"
+        "    Path(sys.argv[2]).touch()\n"
         "print(n)"
     )
-    base = [str(settings.database), str(folder), str(deadline)]
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", lister, *base, ",".join(stable)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    pipes = {"cwd": ROOT, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    base = [str(settings.database), str(folder), str(started)]
+    listers = [
+        subprocess.Popen([sys.executable, "-c", lister, *base, ",".join(stable)], **pipes)  # type: ignore[call-overload]
         for _ in range(2)
     ]
-    procs.append(
-        subprocess.Popen(
-            [sys.executable, "-c", writer, str(folder), str(deadline)],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+    writing = subprocess.Popen(  # type: ignore[call-overload]
+        [sys.executable, "-c", writer, str(folder), str(started), str(stop)], **pipes
     )
-    outputs = [p.communicate(timeout=60) for p in procs]
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err
-        assert int(out) > 1  # each really ran more than once
+    try:
+        for proc in listers:
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert int(out) == 5
+    finally:
+        stop.touch()
+        out, err = writing.communicate(timeout=60)
+    assert writing.returncode == 0, err
+    assert int(out) >= 1
     expected = truth(settings)
     assert BackupStore(settings).list() == expected
     assert catalog_rows(folder) == len(expected)
