@@ -123,30 +123,47 @@ def test_a_warm_catalog_answers_every_hot_path_the_same(mixed: Settings) -> None
     assert warm.latest() == cold.latest()
 
 
+def plant_blob(folder: Path, backup_id: str, blob: bytes, *, sound: bool = True) -> None:
+    """Put ``blob`` in a backup's catalog row; with ``sound``, with the row's check updated
+    to match (a deliberate row, not a torn one)."""
+    path = catalog_path(folder)
+    [row] = [r for i, r in catalog.Catalog(folder).rows()[0].items() if i == backup_id]  # type: ignore[union-attr]
+    planted = replace(row, meta=blob)
+    check = catalog._row_check(backup_id, planted) if sound else row.row_check
+    with sqlite3.connect(path) as conn:
+        conn.execute(
+            "UPDATE entries SET meta = ?, row_check = ? WHERE id = ?", (blob, check, backup_id)
+        )
+
+
 def test_the_catalog_is_read_when_the_files_are_unchanged(settings: Settings) -> None:
     """A row whose files' ``stat`` still matches is believed: proof that the listing reads
     it (a planted label shows), and that touching the files ends the belief."""
     [backup_id] = write_points(settings.backup_dir, 1)
     BackupStore(settings).list()
     planted = replace(sample_meta(backup_id, START), label="from the catalog")
-    with sqlite3.connect(catalog_path(settings.backup_dir)) as conn:
-        conn.execute(
-            "UPDATE entries SET meta = ? WHERE id = ?",
-            (catalog.pickle.dumps(planted), backup_id),
-        )
+    plant_blob(settings.backup_dir, backup_id, catalog.pickle.dumps(planted))
     assert BackupStore(settings).list()[0].label == "from the catalog"
     edit_manifest(settings.backup_dir, backup_id)  # the same text, a new file
     assert BackupStore(settings).list()[0].label is None
 
 
+def test_a_torn_row_is_parsed_again(settings: Settings) -> None:
+    """After a power cut (the catalog is written without fsync) a row may hold its
+    signatures from one version and its pickle from another: its check refuses it."""
+    [backup_id] = write_points(settings.backup_dir, 1)
+    BackupStore(settings).list()
+    older = replace(sample_meta(backup_id, START), pinned=True, label="an older version")
+    plant_blob(settings.backup_dir, backup_id, catalog.pickle.dumps(older), sound=False)
+    infos, parsed = parses(settings)
+    assert infos == truth(settings) and parsed == 1
+    assert not infos[0].pinned and infos[0].label is None
+
+
 def test_a_row_naming_any_other_class_is_parsed_again(settings: Settings) -> None:
     [backup_id] = write_points(settings.backup_dir, 1)
     BackupStore(settings).list()
-    with sqlite3.connect(catalog_path(settings.backup_dir)) as conn:
-        conn.execute(
-            "UPDATE entries SET meta = ? WHERE id = ?",
-            (catalog.pickle.dumps(Path("/etc/passwd")), backup_id),
-        )
+    plant_blob(settings.backup_dir, backup_id, catalog.pickle.dumps(Path("/etc/passwd")))
     infos, parsed = parses(settings)
     assert infos == truth(settings) and parsed == 1
 
@@ -164,11 +181,7 @@ class _Planted:
 def test_a_planted_row_cannot_run_code(settings: Settings, tmp_path: Path) -> None:
     [backup_id] = write_points(settings.backup_dir, 1)
     BackupStore(settings).list()
-    with sqlite3.connect(catalog_path(settings.backup_dir)) as conn:
-        conn.execute(
-            "UPDATE entries SET meta = ? WHERE id = ?",
-            (catalog.pickle.dumps(_Planted(tmp_path / "ran")), backup_id),
-        )
+    plant_blob(settings.backup_dir, backup_id, catalog.pickle.dumps(_Planted(tmp_path / "ran")))
     infos, parsed = parses(settings)
     assert infos == truth(settings) and parsed == 1
     assert not (tmp_path / "ran").exists()
@@ -214,7 +227,9 @@ def _damage_table(path: Path) -> None:
 def _damage_rows(path: Path) -> None:
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE entries SET meta = x'00ff00', outcome = 'ok'")
-        conn.execute("INSERT INTO entries VALUES ('nonsense', '', '', 'ok', '', NULL, NULL, NULL)")
+        conn.execute(
+            "INSERT INTO entries VALUES ('nonsense', '', '', 'ok', '', NULL, NULL, NULL, 0)"
+        )
 
 
 @pytest.mark.parametrize(
