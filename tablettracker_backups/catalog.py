@@ -267,20 +267,19 @@ def view_folder(folder: Path, location: str, read: Callable[[str], BackupMetadat
     found = scan(folder)
     view = FolderView(location, sizes=found.sizes)
     catalog = Catalog(folder)
-    rows, rebuild = catalog.rows()
+    rows, rebuild = catalog.rows(found)
     fresh: dict[str, _Row] = {}
     for backup_id in list(found.manifests):
-        row = rows.get(backup_id) if rows is not None else None
-        if row is None and not _valid(backup_id):
+        known = rows is not None and backup_id in rows
+        if not known and not _valid(backup_id):
             # A stray file with an id's shape but an impossible date is no backup (as in
             # listing); a row's id was checked before it was written.
             del found.manifests[backup_id]
             continue
-        if row is not None and backup_id not in found.unstable:
-            outcome = _from_row(row, backup_id, found.key(backup_id))
-            if outcome is not None:
-                view.outcomes[backup_id] = outcome
-                continue
+        trusted = rows.get(backup_id) if rows is not None else None
+        if trusted is not None:
+            view.outcomes[backup_id] = trusted
+            continue
         outcome = _read(read, backup_id)
         view.outcomes[backup_id] = outcome
         if backup_id not in found.unstable:
@@ -335,9 +334,12 @@ class Catalog:
         self.directory = folder / CATALOG_DIR
         self.path = self.directory / CATALOG_FILE
 
-    def rows(self) -> tuple[dict[str, _Row] | None, bool]:
-        """Every row, or None when the catalog cannot be used now; and whether it must be
-        rebuilt (missing, damaged or foreign: not when it is only busy or unreadable)."""
+    def rows(self, found: FolderScan) -> tuple[dict[str, Outcome | None] | None, bool]:
+        """Every row's id, with what it says when it may be believed for ``found`` (its
+        files' signatures match, they are settled, the row is sound), else None; or None when
+        the catalog cannot be used now. And whether it must be rebuilt (missing, damaged or
+        foreign: not when it is only busy or unreadable). Rows are read one at a time, so no
+        more than one pickle is held at once."""
         try:
             conn = self._connect()
             if conn is None:
@@ -350,7 +352,14 @@ class Catalog:
                     "SELECT id, manifest_sig, state_sig, outcome, detail, meta, created_at, kind,"
                     " row_check FROM entries"
                 )
-                return {r[0]: _Row(*r[1:]) for r in cursor}, False
+                known: dict[str, Outcome | None] = {}
+                for backup_id, *columns in cursor:
+                    known[backup_id] = None
+                    if backup_id in found.manifests and backup_id not in found.unstable:
+                        known[backup_id] = _from_row(
+                            _Row(*columns), backup_id, found.key(backup_id)
+                        )
+                return known, False
         except sqlite3.OperationalError as exc:
             # Busy past the timeout, or cannot be opened: leave it for the next listing.
             logger.debug("catalog of %s unusable now, reading the manifests: %s", self.folder, exc)

@@ -127,7 +127,13 @@ def plant_blob(folder: Path, backup_id: str, blob: bytes, *, sound: bool = True)
     """Put ``blob`` in a backup's catalog row; with ``sound``, with the row's check updated
     to match (a deliberate row, not a torn one)."""
     path = catalog_path(folder)
-    [row] = [r for i, r in catalog.Catalog(folder).rows()[0].items() if i == backup_id]  # type: ignore[union-attr]
+    with sqlite3.connect(path) as conn:
+        columns = conn.execute(
+            "SELECT manifest_sig, state_sig, outcome, detail, meta, created_at, kind, row_check"
+            " FROM entries WHERE id = ?",
+            (backup_id,),
+        ).fetchone()
+    row = catalog._Row(*columns)
     planted = replace(row, meta=blob)
     check = catalog._row_check(backup_id, planted) if sound else row.row_check
     with sqlite3.connect(path) as conn:
