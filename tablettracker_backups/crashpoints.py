@@ -60,6 +60,11 @@ class Stage(str, Enum):
     RESTORE_RELEASED = "restore-released"
     #: A restore's safety snapshot is filed as a backup; its scratch copy is not removed yet.
     SAFETY_SNAPSHOT = "safety-snapshot"
+    #: A listing is writing what it learnt into a folder's catalog: rows written, the
+    #: transaction not committed (a hot journal is left).
+    CATALOG_WRITE = "catalog-write"
+    #: A new catalog is fully written under its temporary name, not yet renamed into place.
+    CATALOG_REBUILD = "catalog-rebuild"
 
 
 # Times each stage was reached in this process: "stage:N" crashes at the Nth. Only ever

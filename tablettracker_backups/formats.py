@@ -108,8 +108,15 @@ class FilesFormat(BackupFormat):
 
     def look(self, store: ObjectStore, metadata: BackupMetadata) -> str | None:
         try:
-            size = store.stat(metadata.data_file).size
+            size: int | None = store.stat(metadata.data_file).size
         except (ObjectNotFound, StorageError):
+            size = None
+        return self.size_problem(size, metadata)
+
+    @staticmethod
+    def size_problem(size: int | None, metadata: BackupMetadata) -> str | None:
+        """What is wrong with a data file of ``size`` bytes (None: not there), or None."""
+        if size is None:
             return "data file is missing"
         if size != metadata.stored_size:
             return f"data file is {size} bytes, metadata says {metadata.stored_size}"

@@ -16,6 +16,9 @@ Format version 1 ("files"), in a folder or under an offsite prefix:
   the backup is. Older folders have none: their manifests still carry those fields, which are
   read as the state until a state document exists.
 * ``database.json`` at the top: which database the folder belongs to.
+* ``.catalog/catalog.sqlite``: the folder's catalog (:mod:`tablettracker_backups.catalog`),
+  an index of the manifests and state documents rebuilt from them whenever it is lost or
+  damaged. Never part of a backup: nothing is copied from or to it.
 
 Format version 2 ("pages") adds, shared by every backup of the folder (see
 :mod:`tablettracker_backups.pagestore`):
@@ -58,6 +61,12 @@ PACKS_PREFIX = "pages/packs/"
 NODES_PREFIX = "pages/nodes/"
 _CONTENT_KEY = re.compile(r"\Apages/(?:packs|nodes)/([0-9a-f]{2})/([0-9a-f]{64})\Z")
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
+#: The catalog's own folder inside a backup folder: hidden (a dot name :func:`parse` never
+#: takes for a backup's part), and a folder so that its journal coming and going never changes
+#: the backup folder's modification time (what :class:`~.store.ListingCache` watches).
+CATALOG_DIR = ".catalog"
+#: The catalog file in :data:`CATALOG_DIR`.
+CATALOG_FILE = "catalog.sqlite"
 
 
 class Part(str, Enum):

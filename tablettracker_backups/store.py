@@ -10,6 +10,7 @@ the backup's state document beside it, and reading a copy's metadata merges the 
 from __future__ import annotations
 
 import builtins
+import functools
 import logging
 import os
 import stat
@@ -22,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from tablettracker_backups.catalog import FolderView, view_folder
 from tablettracker_backups.crashpoints import Stage, crash_point
 from tablettracker_backups.errors import (
     BackupNotFound,
@@ -30,7 +32,7 @@ from tablettracker_backups.errors import (
     NewerFormat,
     StorageError,
 )
-from tablettracker_backups.formats import format_of
+from tablettracker_backups.formats import FILES, format_of
 from tablettracker_backups.fsutil import (
     atomic_write_bytes,
     describe_os_error,
@@ -266,12 +268,18 @@ class BackupStore:
     """The local backup folders named by :class:`Settings`.
 
     ``cache`` (a :class:`ListingCache`) lets :meth:`list` reuse a listing while the folders are
-    unchanged; without it every listing reads the folders.
+    unchanged; without it every listing reads the folders. With ``catalog`` (the default)
+    :meth:`list` reads each folder through its catalog (:mod:`tablettracker_backups.catalog`)
+    and parses only the manifests and state documents that changed since; without it, every
+    one (the same listing, slower: what the tests compare it against).
     """
 
-    def __init__(self, settings: Settings, *, cache: ListingCache | None = None) -> None:
+    def __init__(
+        self, settings: Settings, *, cache: ListingCache | None = None, catalog: bool = True
+    ) -> None:
         self.settings = settings
         self.cache = cache
+        self.use_catalog = catalog
         #: The cache's generation of this store's last listing; None when it was read afresh.
         self.generation: int | None = None
         self.locations: dict[str, Path] = {"primary": settings.backup_dir}
@@ -379,13 +387,16 @@ class BackupStore:
                     found.add(parsed[1])
         return sorted(found, reverse=True)
 
-    def _look(self, backup_id: str) -> BackupInfo:
+    def _look(self, backup_id: str, views: dict[str, FolderView] | None = None) -> BackupInfo:
+        """One backup as listed; from ``views`` (one folder scan each, through the catalog)
+        when given, else from the files themselves."""
+        read = self.read_metadata if views is None else lambda loc, i: views[loc].metadata(i)
         metas: dict[str, BackupMetadata] = {}
         states: dict[str, CopyState] = {}
         problems: list[str] = []
         for location in self.locations:
             try:
-                meta = self.read_metadata(location, backup_id)
+                meta = read(location, backup_id)
             except BackupNotFound:
                 states[location] = CopyState(location, CopyStatus.MISSING)
                 continue
@@ -396,7 +407,12 @@ class BackupStore:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, str(exc))
                 problems.append(str(exc))
                 continue
-            detail = format_of(meta).look(LocalStore(self.locations[location]), meta)
+            fmt = format_of(meta)
+            if views is not None and fmt is FILES:
+                # The folder scan already has the data file's size: no stat per backup.
+                detail = FILES.size_problem(views[location].sizes.get(meta.data_file), meta)
+            else:
+                detail = fmt.look(LocalStore(self.locations[location]), meta)
             if detail is not None:
                 states[location] = CopyState(location, CopyStatus.DAMAGED, detail)
                 problems.append(f"{location} copy of {backup_id}: {detail}")
@@ -410,7 +426,7 @@ class BackupStore:
             # Fall back to any parseable metadata so a damaged backup still shows what it was.
             for location in self.locations:
                 try:
-                    chosen = self.read_metadata(location, backup_id)
+                    chosen = read(location, backup_id)
                     break
                 except (BackupNotFound, MetadataError, StorageError):
                     continue
@@ -458,11 +474,35 @@ class BackupStore:
             if cached is not None:
                 self.generation = cached[0]
                 return builtins.list(cached[1])
-        infos = [self._look(backup_id) for backup_id in self.ids()]
+        infos = self._read_listing()
         infos.sort(key=lambda i: (i.created_at, i.id), reverse=True)
         if self.cache is not None:
             self.generation = self.cache.put(stamp, infos)
         return infos
+
+    def _read_listing(self) -> builtins.list[BackupInfo]:
+        views = self._views() if self.use_catalog else None
+        if views is None:
+            return [self._look(backup_id) for backup_id in self.ids()]
+        found = set().union(*(view.ids for view in views.values()))
+        return [self._look(backup_id, views) for backup_id in found]
+
+    def _views(self) -> dict[str, FolderView] | None:
+        """Each folder as its catalog and one scan show it (what :meth:`ids` and
+        :meth:`read_metadata` would find, with the same errors)."""
+        views: dict[str, FolderView] = {}
+        for location, directory in self.locations.items():
+            try:
+                views[location] = view_folder(
+                    directory, location, functools.partial(self.read_metadata, location)
+                )
+            except FileNotFoundError:
+                views[location] = FolderView(location)
+            except OSError:
+                # A folder that cannot be listed: reading the files says what it means (an
+                # error for the primary, copies marked for a secondary), as without a catalog.
+                return None
+        return views
 
     def memo(self, key: Hashable, compute: Callable[[], T]) -> T:
         """``compute()`` for a value derived from this store's last :meth:`list`, computed once

@@ -283,7 +283,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         "catalog",
         frozenset(
             {
-                "store", "identity", "status", "audit", "notify", "offsite.client",
+                "store", "catalog", "identity", "status", "audit", "notify", "offsite.client",
                 "offsite.record", "offsite.policy", "retention", "locking", "overwrite",
                 "snapshot", "extract", "offsite", "replicate",
                 "formats",

@@ -20,6 +20,9 @@ from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tests.conftest import flip_byte, make_db
 
+#: What a backup folder holds besides backups: the run lock, the listing's catalog.
+NOT_BACKUPS = (".lock", ".catalog")
+
 
 @pytest.mark.parametrize("compression", ["zstd", "gzip"])
 def test_backup_round_trip(tmp_path: Path, journal_mode: str, compression: str) -> None:
@@ -48,7 +51,12 @@ def test_backup_round_trip(tmp_path: Path, journal_mode: str, compression: str) 
     for folder in settings.locations:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
         for entry in folder.iterdir():
-            if not entry.name.startswith(".lock"):
+            if entry.name == ".catalog":
+                # The listing's catalog: owner-only too, the folder and what is in it.
+                assert stat.S_IMODE(entry.stat().st_mode) == 0o700, entry
+                for item in entry.iterdir():
+                    assert stat.S_IMODE(item.stat().st_mode) == 0o600, item
+            elif not entry.name.startswith(".lock"):
                 assert stat.S_IMODE(entry.stat().st_mode) == 0o600, entry
         assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
@@ -201,7 +209,7 @@ def test_debris_from_a_killed_run_is_removed_by_the_next(settings: Settings) -> 
     assert [i.id for i in store.list()] == [meta.id]
     second = create_backup(settings)
     for folder in settings.locations:
-        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(".lock"))
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith(NOT_BACKUPS))
         assert names == sorted(
             [
                 "database.json",
@@ -234,7 +242,7 @@ def test_cleanup_reports_every_file_it_removed(
 def _secondary_files(settings: Settings) -> list[str]:
     assert settings.secondary_dir is not None
     return sorted(
-        p.name for p in settings.secondary_dir.iterdir() if not p.name.startswith(".lock")
+        p.name for p in settings.secondary_dir.iterdir() if not p.name.startswith(NOT_BACKUPS)
     )
 
 
