@@ -5,6 +5,7 @@ trigger and the restore gate covering every database. Flask's test client on the
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 from contextlib import closing
@@ -12,17 +13,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 
 from tablettracker_backups import audit, intent
 from tablettracker_backups.backup import create_backup
+from tablettracker_backups.cli import cli
 from tablettracker_backups.demo import create_app
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import build_site
+from tablettracker_backups.sources import standalone_layers
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
 from tablettracker_backups.web.state import BackupState
-from tests.conftest import csrf_from, login, wait_for_job
+from tests.conftest import csrf_from, login, make_db, wait_for_job
 from tests.test_restore_live import pretend_restore, sleeper  # noqa: F401 (a fixture)
 
 PREFIX = "/admin/backups"
@@ -315,3 +320,73 @@ def test_the_restore_gate_covers_every_database_of_the_site(
     assert site_admin.get(f"{PREFIX}/").status_code == 200
     intent.clear(audit_settings)
     assert site_admin.post("/po/1/edit", data=form).status_code == 303
+
+
+# -- init for a site ----------------------------------------------------------------------------
+
+
+def site_file(tmp_path: Path) -> Path:
+    """Two databases (tablets, audit) under one root, in a TOML file."""
+    make_db(tmp_path / "tablet_counter.db")
+    with closing(sqlite3.connect(tmp_path / "audit.db")) as conn:
+        conn.execute("CREATE TABLE events (id INTEGER PRIMARY KEY, what TEXT)")
+        conn.commit()
+    path = tmp_path / "site.toml"
+    path.write_text(
+        '[backups]\nbackup_dir = "site-backups"\nkeep_recent = "0"\n\n'
+        '[databases.tablets]\ndatabase = "tablet_counter.db"\n\n'
+        '[databases.audit]\ndatabase = "audit.db"\ninterval = "1d"\n'
+    )
+    return path
+
+
+def test_init_sets_up_every_database_of_a_site_file_and_never_rewrites_it(
+    tmp_path: Path,
+) -> None:
+    config = site_file(tmp_path)
+    written = config.read_text()
+    result = CliRunner().invoke(cli, ["init", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "site-backups"
+    for name in ("tablets", "audit"):
+        assert f"== {name} (" in result.output
+        settings = build_site(standalone_layers(config_file=config)).pick(name).one()
+        [only] = BackupStore(settings).list()
+        assert only.verified and only.kind == "manual"
+        assert (root / name / "database.json").is_file()
+        entries = audit.read_entries(settings)
+        assert [e.action for e in entries if e.action == "init"] == ["init"]
+    # One scheduled task for the whole site, hourly (the most frequent database's pace).
+    assert result.output.count("PythonAnywhere: Tasks tab") == 1
+    assert f"run --config {config}" in result.output and "(hourly)" in result.output
+    assert config.read_text() == written
+    # Its file is not rewritten, even when asked to.
+    refused = CliRunner().invoke(cli, ["init", "--config", str(config), "--overwrite"])
+    assert refused.exit_code == 2 and "does not rewrite it" in refused.output
+    assert config.read_text() == written
+
+
+def test_init_of_a_site_sets_up_the_others_when_one_fails(tmp_path: Path) -> None:
+    config = site_file(tmp_path)
+    (tmp_path / "audit.db").unlink()
+    result = CliRunner().invoke(cli, ["init", "--config", str(config), "--json"])
+    assert result.exit_code == 2
+    report = json.loads(result.stdout)
+    assert report["exit_code"] == 2
+    assert report["databases"]["audit"]["ok"] is False
+    assert report["databases"]["tablets"]["backup_id"]
+    assert "Error: audit: " in result.stderr
+    # --database picks one of the site's, and is set up alone.
+    make_db(tmp_path / "audit.db")
+    picked = CliRunner().invoke(cli, ["init", "--config", str(config), "--database", "audit"])
+    assert picked.exit_code == 0, picked.output
+    assert "== audit (" in picked.output and "== tablets (" not in picked.output
+
+
+def test_flask_backups_init_sets_up_every_database_of_the_apps_site(site_app: Flask) -> None:
+    result = site_app.test_cli_runner().invoke(args=["backups", "init"])
+    assert result.exit_code == 0, result.output
+    for name in ("tablets", "audit"):
+        assert f"== {name} (" in result.output
+        assert len(BackupStore(member(site_app, name)).list()) == 1
+    assert result.output.count("backups run") >= 1 and "Config written" not in result.output
