@@ -810,3 +810,19 @@ def test_the_site_dashboard_shows_every_database_at_every_width(
     damaged = page.locator("tr[data-ttb-database=audit] [data-ttb-damaged-count]")  # type: ignore[attr-defined]
     assert damaged.count() == 1 and "damaged" in damaged.inner_text()
     assert page.locator("tr[data-ttb-database=tablets] [data-ttb-damaged-count]").count() == 0  # type: ignore[attr-defined]
+    # One database's own pages fit every width too, and say which database they are about.
+    base = f"{PREFIX}/db/audit"
+    sound = next(i.id for i in store.list() if i.verified)
+    _check_pages(
+        page,
+        demo,
+        "site-audit",
+        {
+            "dashboard": f"{base}/",
+            "list": f"{base}/backups",
+            "restore-at": f"{base}/restore-at",
+            "restore": f"{base}/backups/{sound}/restore",
+        },
+    )
+    page.goto(f"{demo.url}{base}/backups/{sound}/restore")  # type: ignore[attr-defined]
+    assert page.inner_text("h1") == f"Restore backup {sound} into audit?"  # type: ignore[attr-defined]

@@ -149,6 +149,16 @@ def test_each_rows_links_reach_that_databases_own_pages(
             assert f"{base}/backups" in ours and not strays, (path, strays)
         listed = site_admin.get(f"{base}/backups").get_data(as_text=True)
         assert f'data-backup-id="{newest}"' in listed
+        # The pages that act on the database name it in their heading: which one a restore
+        # overwrites is never left to the navigation alone.
+        for path in (
+            f"{base}/",
+            f"{base}/backups",
+            f"{base}/restore-at",
+            f"{base}/backups/{newest}/restore",
+        ):
+            heading = re.search(r"<h1>(.*?)</h1>", site_admin.get(path).get_data(as_text=True))
+            assert heading and f"<span data-ttb-heading-database>{name}</span>" in heading.group(1)
         # Download sends this database's file.
         token = csrf_from(html)
         store = BackupStore(settings)
