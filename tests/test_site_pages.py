@@ -400,3 +400,36 @@ def test_flask_backups_init_sets_up_every_database_of_the_apps_site(site_app: Fl
         assert f"== {name} (" in result.output
         assert len(BackupStore(member(site_app, name)).list()) == 1
     assert result.output.count("backups run") >= 1 and "Config written" not in result.output
+
+
+def test_a_damaged_live_database_is_critical_in_its_row_and_the_site_verdict(
+    tmp_path: Path,
+) -> None:
+    """The audit log's own file fails integrity_check (an index page scribbled over): its
+    backup is kept but flagged, its row is at risk and named in the site's verdict; the
+    tablets' row stays as it was."""
+    from tests.corpus import damaged_index
+
+    broken = tmp_path / "broken-audit.db"
+    damaged_index(broken)
+    app = create_app(
+        {
+            "INSTANCE_PATH": tmp_path / "instance",
+            "TESTING": True,
+            "BACKUPS_LOCK_TIMEOUT": 0,
+            "BACKUPS_SNAPSHOT_AFTER_WRITE": "off",
+            "BACKUPS_DATABASE": None,
+            "BACKUPS_DATABASES": {"tablets": "tablet_counter.db", "audit": str(broken)},
+        }
+    )
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
+    for name in ("tablets", "audit"):
+        create_backup(member(app, name), kind="manual", trigger="test")
+    [kept] = BackupStore(member(app, "audit")).list()
+    assert kept.metadata is not None and kept.metadata.findings.summary() != "ok"
+    html = client.get(f"{PREFIX}/").get_data(as_text=True)
+    found = rows(html)
+    assert found["audit"] == "critical" and found["tablets"] != "critical", found
+    verdict = re.search(r"data-ttb-verdict=\"critical\"[^>]*>(.*?)</p>", html, re.S)
+    assert verdict and "audit:" in verdict.group(1) and "tablets:" not in verdict.group(1)
