@@ -79,14 +79,15 @@ DECISION_WAIT = 2.0
 MAX_ROUNDS = 50
 STATUS_KEY = "last_auto"
 
-# One decision at a time inside this process (the file lock covers other processes). A
-# request that finds one under way does not wait: it marks it missed, and the running one
-# decides once more before it stops, so no write goes unseen.
+# One decision at a time per database inside this process (the file lock covers other
+# processes); a site's databases are decided apart, each by its state folder. A request that
+# finds one under way does not wait: it marks it missed, and the running one decides once more
+# before it stops, so no write goes unseen.
 _flags = threading.Lock()
-_busy = False
-_missed = False
-# Only touched by the one decision under way in this process (see _busy): the newest backup's
-# metadata per backup folder state, and until when a waiting worker has not looked yet.
+_busy: set[str] = set()
+_missed: set[str] = set()
+# Only touched by the one decision under way for that database (see _busy), each keyed by its
+# state folder: the newest backup's metadata, and until when a waiting worker has not looked.
 _newest_cache: dict[str, tuple[tuple[tuple[str, int], ...], BackupMetadata | None]] = {}
 _waiting_until: dict[str, datetime] = {}
 
@@ -239,24 +240,25 @@ def after_write(
     """
     if settings.snapshot_after_write is None:
         return TriggerResult(Outcome.OFF)
-    global _busy, _missed
+    key = str(settings.state_dir)
     with _flags:
-        if _busy:
+        if key in _busy:
             # Another request of this process is deciding; it decides once more for us.
-            _missed = True
+            _missed.add(key)
             return TriggerResult(Outcome.BUSY, "another request of this process is checking")
-        _busy = True
+        _busy.add(key)
     try:
         while True:
             result = _decide(settings, values, trigger)
             with _flags:
-                if not _missed:
-                    _busy = False
+                if key not in _missed:
+                    _busy.discard(key)
                     return result
-                _missed = False
+                _missed.discard(key)
     except BaseException:
         with _flags:
-            _busy = _missed = False
+            _busy.discard(key)
+            _missed.discard(key)
         raise
 
 

@@ -664,3 +664,66 @@ def test_a_quiet_wal_database_stays_unchanged_after_its_snapshot(tmp_path: Path)
     assert not evaluate(settings).changed
     create_backup(settings, kind="auto")
     assert not evaluate(settings).changed
+
+
+# -- a site of several databases (issue 22) ------------------------------------------------------
+
+
+def test_a_write_to_a_site_snapshots_every_database_it_changed(
+    serve: Callable[..., Served],
+) -> None:
+    """The demo as a site writes the change and its audit row in one transaction: each
+    database gets its own automatic snapshot holding its half of the change."""
+    site = serve(DEMO_SITE=True, BACKUPS_SNAPSHOT_AFTER_WRITE="1s")
+    members = site.app.extensions["tablettracker_backups"].members
+    audit_settings = members["audit"].settings
+    try:
+        wait_until(lambda: bool(backups(audit_settings)), "the audit log's first snapshot")
+        wait_until_due(site.settings)
+        wait_until_due(audit_settings)
+        assert site.client.edit(1, "Site write") == 303
+
+        def audit_rows(info: BackupInfo) -> int:
+            assert info.metadata is not None
+            return int(info.metadata.row_counts.get("change_log", 0))
+
+        wait_until(lambda: newest_supplier(site.settings) == "Site write", "tablets' snapshot")
+        wait_until(
+            lambda: any(audit_rows(i) == 1 for i in backups(audit_settings) if i.verified),
+            "the audit log's snapshot with the change's row",
+        )
+        assert {i.kind for i in backups(audit_settings)} == {"auto"}
+    finally:
+        wait_until(lambda: idle(audit_settings), "the audit log's worker to stop")
+
+
+def test_one_databases_decision_never_makes_anothers_wait(
+    tmp_path: Path, make_settings: Callable[..., Settings]
+) -> None:
+    """The trigger's "one decision at a time" is per database: a site's second database is
+    decided while the first one's decision is under way (the request deciding the first
+    would otherwise decide it again, never the second)."""
+    from tablettracker_backups import autosnapshot
+
+    first = make_settings(snapshot_after_write="1s")
+    second_db = make_db(tmp_path / "second.db")
+    second = settings_from_mapping(
+        {"database": second_db, "dir": tmp_path / "second-backups", "snapshot_after_write": "1s"}
+    )
+    key = str(first.state_dir)
+    with autosnapshot._flags:
+        autosnapshot._busy.add(key)
+    try:
+        assert after_write(first, {}).outcome == Outcome.BUSY
+        values = {
+            "database": str(second_db),
+            "dir": str(tmp_path / "second-backups"),
+            "snapshot_after_write": "1s",
+        }
+        result = after_write(second, values)
+        assert result.outcome != Outcome.BUSY, result
+        assert backups(second)  # its first snapshot, taken here
+    finally:
+        with autosnapshot._flags:
+            autosnapshot._busy.discard(key)
+            autosnapshot._missed.discard(key)

@@ -56,7 +56,20 @@ def _free_port() -> int:
 
 @pytest.fixture
 def demo(tmp_path: Path) -> Iterator[Demo]:
-    """The demo app served by the real CLI command on a free port."""
+    """The demo app served by the real CLI command on a free port, as a site of one (the
+    pages as they were before sites: every test here holds them to that)."""
+    yield from serve_demo(tmp_path, "--one-database")
+
+
+@pytest.fixture
+def site_demo(tmp_path: Path) -> Iterator[Demo]:
+    """The demo as ``tablettracker-backups demo`` serves it by default: a site of two
+    databases, ``tablets`` and ``audit``."""
+    yield from serve_demo(tmp_path)
+
+
+def serve_demo(tmp_path: Path, *options: str) -> Iterator[Demo]:
+    """Serve the demo with the real CLI command on a free port until the test is done."""
     port = _free_port()
     instance = tmp_path / "instance"
     log = (tmp_path / "demo.log").open("w+")
@@ -74,6 +87,7 @@ def demo(tmp_path: Path) -> Iterator[Demo]:
             str(port),
             "--instance",
             str(instance),
+            *options,
         ],
         cwd=tmp_path,
         stdout=log,
@@ -648,3 +662,167 @@ def test_lost_rows_warn_keep_their_evidence_and_come_back_from_the_warning(
     assert page.locator(".ttb-warning-card").count() == 0  # type: ignore[attr-defined]
     assert not BackupStore(settings).get(evidence).pinned
     page.context.close()  # type: ignore[attr-defined]
+
+
+# -- a site of several databases (issue 22) -----------------------------------------------------
+
+#: The site table's buttons: each row's.
+SITE_ACTIONS = ", ".join(
+    f"tr[data-ttb-database] .ttb-row-actions {what}" for what in ("button", "a.ttb-button")
+)
+#: Screenshots of the site's dashboard, for a person to look at (not committed).
+SHOTS = ROOT / "shots"
+
+#: The verdict above the table, and in every card the verdict above the buttons.
+VERDICT_FIRST = """() => {
+  const bad = [];
+  const verdict = document.querySelector("[data-ttb-verdict]").getBoundingClientRect();
+  const table = document.querySelector("table.ttb-site").getBoundingClientRect();
+  if (verdict.bottom > table.top) bad.push("the site's verdict is not above the table");
+  for (const row of document.querySelectorAll("tr[data-ttb-database]")) {
+    const name = row.querySelector("td[data-label=Database]").getBoundingClientRect();
+    const said = row.querySelector("[data-ttb-row-verdict]").getBoundingClientRect();
+    const buttons = row.querySelector(".ttb-row-actions").getBoundingClientRect();
+    if (said.top > buttons.top || name.top > buttons.top) {
+      bad.push(row.dataset.ttbDatabase + ": buttons before its verdict");
+    }
+  }
+  return bad;
+}"""
+
+
+def _site_member(demo: Demo, name: str, file: str) -> object:
+    from tablettracker_backups.settings import settings_from_mapping
+
+    return settings_from_mapping(
+        {
+            "database": demo.instance / file,
+            "database_name": name,
+            "dir": demo.instance / "backups" / name,
+        }
+    )
+
+
+def _check_site(page: object, demo: Demo, state: str) -> dict[str, str]:
+    """The site's dashboard at every width: no sideways scroll, every row's buttons visible
+    and unclipped, the verdict before the buttons; a screenshot each (under shots/). Returns
+    each row's level."""
+    SHOTS.mkdir(exist_ok=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 900})  # type: ignore[attr-defined]
+        response = page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+        assert response is not None and response.status == 200, state
+        page.wait_for_load_state("load")  # type: ignore[attr-defined]
+        page.screenshot(path=str(SHOTS / f"site-{state}-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+        where = f"site {state} at {width} px"
+        scroll = page.evaluate("document.scrollingElement.scrollWidth")  # type: ignore[attr-defined]
+        assert scroll <= width, f"{where} scrolls sideways: {scroll}"
+        assert page.evaluate(CLIPPED, SITE_ACTIONS) == [], where  # type: ignore[attr-defined]
+        assert page.evaluate(VERDICT_FIRST) == [], where  # type: ignore[attr-defined]
+    levels: dict[str, str] = page.evaluate(  # type: ignore[attr-defined]
+        "Object.fromEntries([...document.querySelectorAll('tr[data-ttb-database]')]"
+        ".map(r => [r.dataset.ttbDatabase, r.dataset.ttbLevel]))"
+    )
+    return levels
+
+
+def test_the_site_dashboard_shows_every_database_at_every_width(
+    site_demo: Demo, browser: object
+) -> None:
+    from datetime import datetime, timezone
+
+    from tablettracker_backups.backup import create_backup
+    from tablettracker_backups.fsutil import ensure_private_dir
+    from tablettracker_backups.jobs.queue import RUNNING, Job, jobs_dir, write_job
+    from tablettracker_backups.status import record_run
+    from tablettracker_backups.store import BackupStore
+    from tablettracker_backups.verify import verify_backup
+    from tests.conftest import flip_byte
+
+    demo = site_demo
+    tablets = _site_member(demo, "tablets", "tablet_counter.db")
+    audit_log = _site_member(demo, "audit", "audit_log.db")
+    page = _login_fresh(browser, demo)
+
+    # The demo took a first backup of each: both rows, each leading to its own pages.
+    page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    assert page.locator("tr[data-ttb-database]").count() == 2  # type: ignore[attr-defined]
+    page.click("tr[data-ttb-database=audit] td[data-label=Database] a")  # type: ignore[attr-defined]
+    page.wait_for_url(f"{demo.url}{PREFIX}/db/audit/")  # type: ignore[attr-defined]
+    assert page.inner_text("[data-ttb-database]") == "audit:"  # type: ignore[attr-defined]
+    page.click("nav.ttb-nav >> text=All backups")  # type: ignore[attr-defined]
+    page.wait_for_url(f"{demo.url}{PREFIX}/db/audit/backups")  # type: ignore[attr-defined]
+    assert page.locator("tr[data-backup-id]").count() == 1  # type: ignore[attr-defined]
+    page.click("[data-ttb-site-link]")  # type: ignore[attr-defined]
+    page.wait_for_url(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+    # Back up the audit log from its row: the job runs on it, and its row shows the backup.
+    page.click("tr[data-ttb-database=audit] button:has-text('Back up now')")  # type: ignore[attr-defined]
+    assert "Done:" in _wait_done(page)
+    assert f"{PREFIX}/db/audit/jobs/" in page.url  # type: ignore[attr-defined]
+    assert len(BackupStore(audit_log).list()) == 2  # type: ignore[arg-type]
+    assert len(BackupStore(tablets).list()) == 1  # type: ignore[arg-type]
+    # An unknown name is a page that says so.
+    missing = page.goto(f"{demo.url}{PREFIX}/db/nope/")  # type: ignore[attr-defined]
+    assert missing is not None and missing.status == 404
+
+    # Empty: no backup of either.
+    for settings in (tablets, audit_log):
+        store = BackupStore(settings)  # type: ignore[arg-type]
+        for backup_id in store.ids():
+            store.delete(backup_id)
+    levels = _check_site(page, demo, "empty")
+    assert levels == {"tablets": "critical", "audit": "critical"}, levels
+
+    # Busy: a few backups of each, a job running on the audit log.
+    for _ in range(3):
+        for settings in (tablets, audit_log):
+            create_backup(settings, kind="scheduled", trigger="browser-test")  # type: ignore[arg-type]
+    now = datetime.now(timezone.utc)
+    folder = jobs_dir(audit_log)  # type: ignore[arg-type]
+    ensure_private_dir(folder)
+    write_job(folder, Job("00000000000000f2", "backup", {}, "ada", RUNNING, now, now))
+    levels = _check_site(page, demo, "busy")
+    assert levels["tablets"] == levels["audit"] != "critical", levels
+    running = page.locator("tr[data-ttb-database=audit] [data-ttb-active]")  # type: ignore[attr-defined]
+    assert running.count() == 1
+    assert page.locator("tr[data-ttb-database=tablets] [data-ttb-active]").count() == 0  # type: ignore[attr-defined]
+    write_job(folder, Job("00000000000000f2", "backup", {}, "ada", "done", now, now))
+
+    # Failed: tablets' last scheduled run failed; the audit log is fine.
+    record_run(tablets, at=now, result={"ok": False, "error": "disk I/O error"})  # type: ignore[arg-type]
+    levels = _check_site(page, demo, "failed")
+    assert levels["tablets"] == "critical" and levels["audit"] != "critical", levels
+    verdict = page.inner_text("[data-ttb-verdict]")  # type: ignore[attr-defined]
+    assert verdict.startswith("At risk: tablets:") and "audit:" not in verdict, verdict
+    # The worst row is the first one, on a phone as on a desktop.
+    first = page.locator("tr[data-ttb-database]").first  # type: ignore[attr-defined]
+    assert first.get_attribute("data-ttb-database") == "tablets"
+
+    # Damaged: the audit log's newest backup has a flipped byte, found by a verification.
+    record_run(tablets, at=now, result={"ok": True})  # type: ignore[arg-type]
+    store = BackupStore(audit_log)  # type: ignore[arg-type]
+    newest = store.list()[0]
+    assert newest.metadata is not None
+    flip_byte(store.data_path("primary", newest.id, newest.metadata.compression))
+    verify_backup(store, newest.id, notify_owner=False)
+    levels = _check_site(page, demo, "damaged")
+    assert levels["tablets"] != "critical", levels
+    damaged = page.locator("tr[data-ttb-database=audit] [data-ttb-damaged-count]")  # type: ignore[attr-defined]
+    assert damaged.count() == 1 and "damaged" in damaged.inner_text()
+    assert page.locator("tr[data-ttb-database=tablets] [data-ttb-damaged-count]").count() == 0  # type: ignore[attr-defined]
+    # One database's own pages fit every width too, and say which database they are about.
+    base = f"{PREFIX}/db/audit"
+    sound = next(i.id for i in store.list() if i.verified)
+    _check_pages(
+        page,
+        demo,
+        "site-audit",
+        {
+            "dashboard": f"{base}/",
+            "list": f"{base}/backups",
+            "restore-at": f"{base}/restore-at",
+            "restore": f"{base}/backups/{sound}/restore",
+        },
+    )
+    page.goto(f"{demo.url}{base}/backups/{sound}/restore")  # type: ignore[attr-defined]
+    assert page.inner_text("h1") == f"Restore backup {sound} into audit?"  # type: ignore[attr-defined]

@@ -844,11 +844,23 @@ def _admin_rules(app: Any) -> list[tuple[str, str, str]]:
 def _dashboard(app: Any) -> str:
     from tablettracker_backups.web.views import BLUEPRINT
 
-    return next(r.rule for r in app.url_map.iter_rules() if r.endpoint == f"{BLUEPRINT}.dashboard")
+    return next(
+        r.rule
+        for r in app.url_map.iter_rules()
+        if r.endpoint == f"{BLUEPRINT}.dashboard" and not r.arguments
+    )
 
 
-def _url(rule: str, backup_id: str, job_id: str = "0123456789abcdef") -> str:
-    return rule.replace("<backup_id>", backup_id).replace("<job_id>", job_id)
+def _url(
+    rule: str, backup_id: str, job_id: str = "0123456789abcdef", database: str = "tablet_counter"
+) -> str:
+    """A rule's URL; a database's own pages (``/db/<database>/...``, issue 22) are those of
+    the demo's one database, as the name its file gives it."""
+    return (
+        rule.replace("<backup_id>", backup_id)
+        .replace("<job_id>", job_id)
+        .replace("<database>", database)
+    )
 
 
 def _web_setup(demo_app: Any) -> tuple[Any, str]:

@@ -45,7 +45,7 @@ from tablettracker_backups.settings import Settings, split_notify_urls
 from tablettracker_backups.sources import load_settings
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
-from tests.conftest import csrf_from, flip_byte
+from tests.conftest import csrf_from, flip_byte, make_db
 from tests.netkit import HttpSink, forward_proxy, http_sink, refused_port, silent_port, smtp_sink
 
 HOST = socket.gethostname()
@@ -704,3 +704,45 @@ def test_staff_cannot_send_a_test(notify_app: Flask, hook: HttpSink) -> None:
     response = client.post("/admin/backups/notify-test", data={"csrf_token": csrf_from(page)})
     assert response.status_code == 403
     assert messages(hook) == []
+
+
+# -- a site of several databases (issue 22) ------------------------------------------------------
+
+
+def test_a_sites_notifications_name_their_database(tmp_path: Path) -> None:
+    """``run`` over a site where one database fails: the e-mail, through a real SMTP server,
+    names that database in its subject and body; the one that succeeded sends no alarm."""
+    tablets = make_db(tmp_path / "tablet_counter.db")
+    audit_file = make_db(tmp_path / "audit_log.db")  # its name is not its stem
+    with smtp_sink() as mail:
+        url = (
+            f"mailto://127.0.0.1:{mail.port}?from=backups@example.com"
+            "&to=owner@example.com&mode=insecure"
+        )
+        config = tmp_path / "site.toml"
+        config.write_text(
+            f'[backups]\nbackup_dir = "{tmp_path / "backups"}"\nnotify = "{url}"\n'
+            'notify_on = "problems"\n\n'
+            f'[databases.tablets]\ndatabase = "{tablets}"\n\n'
+            f'[databases.audit]\ndatabase = "{audit_file}"\n'
+        )
+        first = CliRunner().invoke(cli, ["run", "--config", str(config)])
+        assert first.exit_code in (0, 1), first.output
+        before = len(mail.messages)
+        # Now the audit log's file is damaged: its next backup fails, the tablets' does not.
+        audit_file.write_bytes(b"this is not a database" * 100)
+        result = CliRunner().invoke(cli, ["run", "--config", str(config)])
+        assert result.exit_code == 2, result.output
+        mail.wait_for(before + 1)
+        received = list(mail.messages)[before:]
+    subjects = [str(message["Subject"]) for _sender, _to, message in received]
+    alarms = [m for _s, _t, m in received if str(m["Subject"]).startswith("[CRITICAL] audit on ")]
+    assert len(alarms) == 1, subjects
+    assert HOST in str(alarms[0]["Subject"])
+    body = alarms[0].get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert f"Database: audit ({audit_file})" in text
+    assert str(tablets) not in text
+    # The database that was backed up sends no alarm, and none is sent without a name.
+    assert all(subject.split("]", 1)[1].strip().startswith("audit on ") for subject in subjects)

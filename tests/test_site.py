@@ -415,13 +415,18 @@ def test_the_task_endpoint_runs_the_whole_site(site_app: Flask, tmp_path: Path) 
     assert again.get_json()["databases"]["audit"]["backup"]["id"]
 
 
-def test_the_pages_show_the_first_database_of_the_site(site_app: Flask, tmp_path: Path) -> None:
+def test_the_pages_show_every_database_of_the_site(site_app: Flask, tmp_path: Path) -> None:
     audit_db(tmp_path / "instance" / "audit.db")
     client = site_app.test_client()
     login(client, "admin", site_app.config["DEMO_PASSWORD"])
     page = client.get("/admin/backups/")
     assert page.status_code == 200
-    assert str(tmp_path / "instance" / "backups" / "audit") in page.get_data(as_text=True)
+    html = page.get_data(as_text=True)
+    # One row per database (tests/test_site_pages.py has the rest), each leading to its pages.
+    for name in ("audit", "tablets"):
+        assert f'href="/admin/backups/db/{name}/"' in html
+    own = client.get("/admin/backups/db/audit/")
+    assert str(tmp_path / "instance" / "backups" / "audit") in own.get_data(as_text=True)
     # The host app's own pages are untouched.
     assert client.get("/").status_code in (200, 302)
 

@@ -263,14 +263,16 @@ OTHER_METHODS = ["HEAD", "GET", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 def files_state(settings: Settings) -> dict[str, tuple[str, int]]:
     """Every file of the backup folders (backups, audit log, jobs, status) and of the database,
-    with its SHA-256 and modification time: what a request must leave as it was."""
+    with its SHA-256 and modification time: what a request must leave as it was. The
+    catalog is left out: it is a cache of the manifests that any listing may bring up to date
+    (a manifest younger than its settle time is indexed at a later listing)."""
     import hashlib
 
     roots = [*settings.locations, settings.database.parent]
     state: dict[str, tuple[str, int]] = {}
     for root in roots:
         for path in sorted(root.rglob("*")) if root.is_dir() else []:
-            if path.is_file() and path.name != "secret_key.txt":
+            if path.is_file() and path.name != "secret_key.txt" and ".catalog" not in path.parts:
                 stat = path.stat()
                 state[str(path)] = (hashlib.sha256(path.read_bytes()).hexdigest(), stat.st_mtime_ns)
     return state

@@ -21,11 +21,20 @@ from tablettracker_backups.cli.common import (
     emit_json,
     flask_app,
     given_options,
+    heading,
     json_option,
     resolve_settings,
+    resolve_site,
 )
+from tablettracker_backups.errors import BackupError
 from tablettracker_backups.settings import parse_duration
-from tablettracker_backups.sources import load_settings, user_config_path
+from tablettracker_backups.site import Site
+from tablettracker_backups.sources import (
+    DATABASES,
+    load_settings,
+    standalone_layers,
+    user_config_path,
+)
 
 
 @click.command(cls=BackupsCommand)
@@ -77,15 +86,24 @@ def init(
     ctx = click.get_current_context()
     options = given_options(ctx)
     app = flask_app(ctx)
+    interval_given = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
     if app is not None:
         if config_out is not None or overwrite or config is not None:
             raise click.UsageError(
                 "inside a Flask app, init writes no config file: the app's config is the "
                 "configuration (no --config or --overwrite)"
             )
+        site = resolve_site(ctx, config=None, options=options)
+        if site.named:
+            if interval_given:
+                raise click.UsageError(
+                    "the interval is each database's BACKUPS_INTERVAL in the app's config; set "
+                    "it there, then run init again"
+                )
+            init_site(site, task=flask_task(ctx, app), interval=None, as_json=as_json)
+            return
         settings = resolve_settings(ctx, config=None, options=options)
-        given = ctx.get_parameter_source("interval") == click.core.ParameterSource.COMMANDLINE
-        if given and parse_duration("interval", interval) != settings.interval:
+        if interval_given and parse_duration("interval", interval) != settings.interval:
             raise click.UsageError(
                 f"the interval is BACKUPS_INTERVAL in the app's config (now "
                 f"{interval_text(settings.interval)}); set BACKUPS_INTERVAL = {interval!r} "
@@ -94,6 +112,22 @@ def init(
         outcome = initialise(settings, task=flask_task(ctx, app), interval=settings.interval)
     else:
         target = (config_out or config or user_config_path()).expanduser().absolute()
+        if target.is_file() and DATABASES in standalone_layers(config_file=target, options={}):
+            # A site's file ([databases.NAME] tables) is the owner's: init never rewrites it
+            # (its file would lose the other databases), it sets up what the file names.
+            if overwrite or config_out is not None:
+                raise click.UsageError(
+                    f"{target} is a site's config file ([databases.NAME] tables): init does not "
+                    "rewrite it (no --overwrite); edit it, then run init again"
+                )
+            site = resolve_site(ctx, config=target, options=options)
+            init_site(
+                site,
+                task=standalone_task(target),
+                interval=interval if interval_given else None,
+                as_json=as_json,
+            )
+            return
         # The file to write is read only if it exists (with --overwrite its settings are the
         # starting point); a new --config path is not an input.
         settings = load_settings(
@@ -119,6 +153,63 @@ def init(
         emit_json(outcome.to_dict())
         return
     _print_init(outcome)
+
+
+def init_site(site: Site, *, task: list[str], interval: str | None, as_json: bool) -> None:
+    """Set up every database of ``site`` (or the one ``--database`` picked): folders and a
+    first verified backup each, one after the other; one that fails never stops the others.
+    Prints a section per database, then the one scheduled task that runs them all; exits 2
+    when any failed (each failure one line on stderr, naming its database)."""
+    outcomes: dict[str, InitResult] = {}
+    failures: dict[str, str] = {}
+    for settings in site.databases:
+        try:
+            outcome = initialise(
+                settings, task=task, interval=interval or settings.interval, config_path=None
+            )
+        except BackupError as exc:
+            failures[settings.database_name] = str(exc)
+            audit_command(settings, "init", ok=False, message=str(exc))
+            continue
+        outcomes[settings.database_name] = outcome
+        audit_command(
+            settings,
+            "init",
+            ok=True,
+            message=f"set up with a first backup {outcome.backup_id}; the site's config",
+        )
+    if as_json:
+        emit_json(
+            {
+                "databases": {
+                    **{name: o.to_dict() for name, o in outcomes.items()},
+                    **{name: {"ok": False, "error": e} for name, e in failures.items()},
+                },
+                "task_command": shlex.join(task),
+                "exit_code": 2 if failures else 0,
+            }
+        )
+    else:
+        for settings in site.databases:
+            name = settings.database_name
+            heading(settings)
+            if name in failures:
+                click.echo(f"Not set up:      {failures[name]}")
+                continue
+            for folder in outcomes[name].folders:
+                click.echo(f"Folder (0700):   {folder}")
+            for ignored in outcomes[name].gitignored:
+                click.echo(f"Kept out of git: {ignored}")
+            click.echo(f"First backup:    {outcomes[name].backup_id} (verified)")
+        click.echo("")
+        if outcomes:
+            # One task runs every database of the site; the most frequent one sets its pace.
+            first = min(outcomes.values(), key=lambda o: o.interval)
+            _print_schedule(first)
+    for name, error in failures.items():
+        click.echo(f"Error: {name}: {error}", err=True)
+    if failures:
+        sys.exit(2)
 
 
 def flask_task(ctx: click.Context, app: Any) -> list[str]:
@@ -178,6 +269,14 @@ def _print_init(outcome: InitResult) -> None:
     else:
         click.echo(f"Config written:  {outcome.config_path}")
     click.echo("")
+    _print_schedule(outcome)
+    if outcome.config_path is not None:
+        click.echo("")
+        click.echo("Other commands read this config only when named: --config, or set it once:")
+        click.echo(f"  export BACKUPS_CONFIG={shlex.quote(str(outcome.config_path))}")
+
+
+def _print_schedule(outcome: InitResult) -> None:
     click.echo(
         "PythonAnywhere: Tasks tab -> scheduled task "
         f"({'hourly' if outcome.interval < 86400 else 'daily'}), command:"
@@ -186,7 +285,3 @@ def _print_init(outcome: InitResult) -> None:
     click.echo("")
     click.echo("Or a crontab line:")
     click.echo(f"  {outcome.cron_line}")
-    if outcome.config_path is not None:
-        click.echo("")
-        click.echo("Other commands read this config only when named: --config, or set it once:")
-        click.echo(f"  export BACKUPS_CONFIG={shlex.quote(str(outcome.config_path))}")

@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,7 +35,7 @@ from flask.typing import ResponseReturnValue
 from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from tablettracker_backups.demo.schema import create_demo_database
+from tablettracker_backups.demo.schema import create_audit_database, create_demo_database
 from tablettracker_backups.fsutil import atomic_write_bytes, ensure_private_dir
 from tablettracker_backups.web import csrf
 from tablettracker_backups.web.extension import BackupManager
@@ -43,6 +44,10 @@ from tablettracker_backups.web.headers import security_headers
 logger = logging.getLogger(__name__)
 
 DATABASE_NAME = "tablet_counter.db"
+#: The demo's audit log: its own database, written in the same transaction as each change.
+AUDIT_DATABASE_NAME = "audit_log.db"
+#: The schema name the audit database is ATTACHed under on every connection.
+AUDIT_SCHEMA_NAME = "audit"
 STATUSES = ("open", "received", "closed")
 
 
@@ -52,6 +57,7 @@ class DemoInstance:
 
     path: Path
     database: Path
+    audit_database: Path
     admin_username: str
     password: str
     task_token: str
@@ -83,9 +89,14 @@ def prepare_instance(path: Path) -> DemoInstance:
         # Every demo user shares one generated password, printed by the demo command.
         create_demo_database(str(database), password_hash=generate_password_hash(password))
         os.chmod(database, 0o600)
+    audit_database = path / AUDIT_DATABASE_NAME
+    if not audit_database.exists():  # also for an instance from before the audit log
+        create_audit_database(str(audit_database))
+        os.chmod(audit_database, 0o600)
     return DemoInstance(
         path=path,
         database=database,
+        audit_database=audit_database,
         admin_username="admin",
         password=password,
         task_token=_secret_file(path / "task_token.txt", 24),
@@ -158,12 +169,33 @@ def is_admin(user: Any) -> bool:
 
 @contextmanager
 def db() -> Iterator[sqlite3.Connection]:
-    """A connection to the live database for one request."""
+    """A connection to the live database for one request, with the audit database ATTACHed
+    as ``audit``: a change and its audit row commit in one transaction, or neither does."""
     conn = sqlite3.connect(current_app.config["DATABASE"], timeout=10)
     conn.row_factory = sqlite3.Row
-    conn.execute("PRAGMA foreign_keys=ON")
     with closing(conn):
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(
+            f"ATTACH DATABASE ? AS {AUDIT_SCHEMA_NAME}",
+            (current_app.config["DEMO_AUDIT_DATABASE"],),
+        )
         yield conn
+
+
+def log_change(conn: sqlite3.Connection, action: str, po_id: int, detail: str) -> None:
+    """Add the audit row for a change, inside the change's own transaction (not committed
+    here: the caller commits both at once)."""
+    conn.execute(
+        f"INSERT INTO {AUDIT_SCHEMA_NAME}.change_log (at, actor, action, po_id, detail)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (
+            datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            str(getattr(current_user, "username", "?")),
+            action,
+            po_id,
+            detail,
+        ),
+    )
 
 
 pages = Blueprint(
@@ -240,7 +272,8 @@ def edit_order(po_id: int) -> ResponseReturnValue:
                 "UPDATE purchase_orders SET supplier = ?, status = ?, notes = ? WHERE id = ?",
                 (supplier, status, notes[:2000], po_id),
             )
-            conn.commit()
+            log_change(conn, "edit", po_id, f"{po['po_number']}: {supplier}, {status}")
+            conn.commit()  # the change and its audit row, in one transaction
             flash(f"Saved {po['po_number']}.")
             return redirect(url_for("demo.order", po_id=po_id), code=303)
     return render_template("demo/edit.html", po=po, statuses=STATUSES)
@@ -304,9 +337,15 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     ``config`` may set ``INSTANCE_PATH`` (default: Flask's instance folder) and any Flask or
     ``BACKUPS_*`` key. Missing secrets (session key, task token, the users' password) are
     generated once and kept owner-only in the instance folder.
+
+    The app writes two databases: TabletTracker's and an audit log, each change and its audit
+    row in one transaction. ``DEMO_SITE=True`` (what ``tablettracker-backups demo`` passes)
+    backs up both, as a site (``BACKUPS_DATABASES``: ``tablets`` and ``audit``); by default
+    only TabletTracker's is (``BACKUPS_DATABASE``), a site of one.
     """
     config = dict(config or {})
     instance_path = config.pop("INSTANCE_PATH", None)
+    as_site = bool(config.pop("DEMO_SITE", False))
     app = Flask(
         __name__,
         instance_path=str(Path(instance_path).absolute()) if instance_path else None,
@@ -322,11 +361,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
         MAX_CONTENT_LENGTH=1024 * 1024,
         DEMO_ADMIN=instance.admin_username,
         DEMO_PASSWORD=instance.password,
-        BACKUPS_DATABASE=str(instance.database),
+        DEMO_AUDIT_DATABASE=str(instance.audit_database),
         BACKUPS_TASK_TOKEN=instance.task_token,
         BACKUPS_BASE_TEMPLATE="demo/base.html",
         BACKUPS_IS_ADMIN=is_admin,
     )
+    if as_site:
+        app.config["BACKUPS_DATABASES"] = {
+            "tablets": str(instance.database),
+            "audit": str(instance.audit_database),
+        }
+    else:
+        app.config["BACKUPS_DATABASE"] = str(instance.database)
     app.config.update(config)
 
     login_manager = LoginManager(app)

@@ -158,3 +158,27 @@ def create_demo_database(path: str, **kwargs: object) -> None:
         seed(conn, **kwargs)  # type: ignore[arg-type]
     finally:
         conn.close()
+
+
+#: The demo's second database: who changed what, written in the same transaction as the
+#: change itself (the app ATTACHes it), so the two databases always agree.
+AUDIT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS change_log (
+    id INTEGER PRIMARY KEY,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    po_id INTEGER,
+    detail TEXT NOT NULL DEFAULT ''
+);
+"""
+
+
+def create_audit_database(path: str) -> None:
+    """The demo's audit-log database, empty (idempotent)."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.executescript(AUDIT_SCHEMA)
+        conn.commit()
+    finally:
+        conn.close()

@@ -1,5 +1,6 @@
 """The write trigger's web face: after a request that may have written, once the response has
-gone out, ask the core (:mod:`tablettracker_backups.autosnapshot`) whether to snapshot.
+gone out, ask the core (:mod:`tablettracker_backups.autosnapshot`) whether to snapshot, for each
+database of the site.
 
 ``after_request`` only looks at the method and status and registers a callback with Werkzeug's
 ``response.call_on_close``; the work happens after the last byte was sent, so the response is
@@ -13,7 +14,7 @@ import logging
 from flask import Flask, Response, current_app, request
 
 from tablettracker_backups.autosnapshot import after_write
-from tablettracker_backups.web.state import EXTENSION_KEY, BackupState
+from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, Member
 
 logger = logging.getLogger(__name__)
 
@@ -34,17 +35,31 @@ def install(app: Flask, *, skip_blueprints: frozenset[str]) -> None:
                 and request.blueprint not in skip_blueprints
             ):
                 state: BackupState = current_app.extensions[EXTENSION_KEY]
-                if state.settings.snapshot_after_write is not None:
-                    response.call_on_close(lambda: _trigger(state))
+                # Every database of the site: a request may have written to any of them
+                # (an app that ATTACHes its audit log writes both in one transaction).
+                members = [
+                    m for m in site_members(state) if m.settings.snapshot_after_write is not None
+                ]
+                if members:
+                    response.call_on_close(lambda: _trigger(members))
         except Exception:  # the host app's response must go out whatever happens here
             logger.exception("could not schedule the automatic snapshot check")
         return response
 
 
-def _trigger(state: BackupState) -> None:
-    """Runs after the response was sent, outside any app or request context."""
-    try:
-        result = after_write(state.settings, state.values)
-        logger.debug("automatic snapshot check: %s %s", result.outcome, result.detail)
-    except Exception:
-        logger.exception("automatic snapshot check failed")
+def site_members(state: BackupState) -> list[Member]:
+    """The site's databases (the one database of a site of one)."""
+    return list(state.members.values()) or [state.first()]
+
+
+def _trigger(members: list[Member]) -> None:
+    """Runs after the response was sent, outside any app or request context: each database
+    is checked in turn, one failing never keeps the others from theirs."""
+    for member in members:
+        try:
+            result = after_write(member.settings, member.values)
+            logger.debug(
+                "automatic snapshot check: %s %s (%s)", result.outcome, result.detail, member.name
+            )
+        except Exception:
+            logger.exception("automatic snapshot check failed (%s)", member.name)

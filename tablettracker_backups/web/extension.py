@@ -18,7 +18,7 @@ from flask_login import user_logged_in, user_logged_out
 
 from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.settings import parse_space
-from tablettracker_backups.site import build_site
+from tablettracker_backups.site import Site, build_site
 from tablettracker_backups.sources import (
     FLASK_COMMAND,
     app_layer,
@@ -27,7 +27,13 @@ from tablettracker_backups.sources import (
     merge,
 )
 from tablettracker_backups.web import autosnapshot, csrf, restoregate
-from tablettracker_backups.web.state import EXTENSION_KEY, BackupState, default_is_admin, get_state
+from tablettracker_backups.web.state import (
+    EXTENSION_KEY,
+    BackupState,
+    Member,
+    default_is_admin,
+    get_state,
+)
 from tablettracker_backups.web.tasks import TASK_BLUEPRINT
 from tablettracker_backups.web.views import BLUEPRINT, register_blueprints
 
@@ -149,10 +155,11 @@ class BackupManager:
             app_layer(given, instance_path=Path(app.instance_path), other_keys=WEB_KEYS),
             environment_layer(os.environ, relative="refuse"),
         )
-        # A site of named databases (BACKUPS_DATABASES): the pages show its first database
-        # (a table of the site is later work); the task endpoint runs every one.
+        # A site of named databases (BACKUPS_DATABASES): the dashboard shows them all in one
+        # table, each with its own pages; the task endpoint runs every one.
         site = build_site(layers, command=FLASK_COMMAND, missing_database=NO_DATABASE)
-        settings = site.databases[0]
+        members = site_members(site)
+        first = next(iter(members.values()))
         is_admin = app.config["BACKUPS_IS_ADMIN"]
         if not callable(is_admin):
             raise RuntimeError("BACKUPS_IS_ADMIN must be a callable taking the current user")
@@ -170,8 +177,10 @@ class BackupManager:
         if not isinstance(base_template, str) or not base_template.strip():
             raise RuntimeError("BACKUPS_BASE_TEMPLATE must name a template")
         app.extensions[EXTENSION_KEY] = BackupState(
-            settings=settings,
-            values=effective_values(settings, site.layers[0]),
+            settings=first.settings,
+            values=first.values,
+            listing=first.listing,
+            members=members,
             layers=layers,
             is_admin=is_admin,
             task_token=token,
@@ -195,6 +204,15 @@ class BackupManager:
         from tablettracker_backups.cli import cli
 
         app.cli.add_command(cli, name="backups")
+
+
+def site_members(site: Site) -> dict[str, Member]:
+    """Each database of ``site`` by name, with the values its web jobs' workers rebuild its
+    settings from and a listing cache of its own."""
+    return {
+        settings.database_name: Member(settings, effective_values(settings, layer))
+        for settings, layer in zip(site.databases, site.layers, strict=True)
+    }
 
 
 def _post_size(value: Any) -> int:

@@ -1,4 +1,5 @@
-"""While a restore of the host's database runs, its write requests get 503, not a lock error.
+"""While a restore of one of the host's databases runs, its write requests get 503, not a lock
+error (a site of several: any of its databases, see :func:`_running`).
 
 A restore holds the database's write lock from its safety copy to its check (see
 :mod:`tablettracker_backups.overwrite`), so an app request that writes meanwhile would wait up
@@ -21,6 +22,7 @@ import logging
 from flask import Flask, Response, render_template, request
 
 from tablettracker_backups import intent
+from tablettracker_backups.settings import Settings
 from tablettracker_backups.web.state import EXTENSION_KEY, BackupState
 
 logger = logging.getLogger(__name__)
@@ -56,13 +58,20 @@ def install(app: Flask, *, skip_blueprints: frozenset[str]) -> None:
 
 
 def _running(state: BackupState) -> intent.RestoreIntent | None:
-    """The restore of the host's own database running now, if any."""
-    if not intent.path(state.settings).exists():
-        return None  # the common case: one stat
-    running = intent.running(state.settings)
-    if running is None or not running.live:
-        return None
-    return running
+    """A restore of one of the site's databases running now, if any. Any of them: the gate
+    cannot tell which databases a request touches (an app may ATTACH several in one
+    transaction), so while one is restored every write waits."""
+    for settings in _site_settings(state):
+        if not intent.path(settings).exists():
+            continue  # the common case: one stat per database
+        running = intent.running(settings)
+        if running is not None and running.live:
+            return running
+    return None
+
+
+def _site_settings(state: BackupState) -> list[Settings]:
+    return [m.settings for m in state.members.values()] or [state.settings]
 
 
 def _busy(running: intent.RestoreIntent) -> Response:

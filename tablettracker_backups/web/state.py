@@ -29,6 +29,21 @@ def default_is_admin(user: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Member:
+    """One database of the site as the pages use it: its settings, the values a web job's
+    worker rebuilds them from, and its own listing cache."""
+
+    settings: Settings
+    values: dict[str, Any]
+    listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        """The database's name (``BACKUPS_DATABASES`` key, else its file's stem)."""
+        return self.settings.database_name
+
+
+@dataclass(frozen=True)
 class BackupState:
     """What ``init_app`` stores in ``app.extensions``: validated settings and web options."""
 
@@ -49,11 +64,30 @@ class BackupState:
     max_post_bytes: int = 128_000
     #: The folders' listing, reused by page loads while the folders are unchanged.
     listing: ListingCache = field(default_factory=ListingCache, compare=False, repr=False)
-    #: Every database of the site (``BACKUPS_DATABASES``); the pages show ``settings``, its
-    #: first, and the task endpoint runs them all.
+    #: Every database of the site (``BACKUPS_DATABASES``); ``settings`` is its first (what
+    #: the CLI under ``flask backups`` and a site of one use). The task endpoint runs them all.
     site: Site | None = field(default=None, compare=False, repr=False)
+    #: Each database by name, in the site's order, for the pages, the write trigger and the
+    #: restore gate; the first shares ``values`` and ``listing`` (see :meth:`members_of`).
+    members: dict[str, Member] = field(default_factory=dict, compare=False, repr=False)
     #: What has been logged once already (``explain_forbidden``).
     logged: set[str] = field(default_factory=set, compare=False, repr=False)
+
+    @property
+    def several(self) -> bool:
+        """Whether the site has more than one database (the pages then show a table of them,
+        and a database's pages live under its name)."""
+        return len(self.members) > 1
+
+    def member(self, name: str) -> Member | None:
+        """The database called ``name``, or None."""
+        return self.members.get(name)
+
+    def first(self) -> Member:
+        """The site's first database (its only one, for a site of one)."""
+        if self.members:
+            return next(iter(self.members.values()))
+        return Member(self.settings, self.values, self.listing)
 
     def explain_forbidden(self, user: Any) -> None:
         """Log, once per app, why every user gets 403: the default admin check reads

@@ -31,6 +31,7 @@ from flask import (
     abort,
     current_app,
     flash,
+    g,
     jsonify,
     redirect,
     render_template,
@@ -58,7 +59,7 @@ from tablettracker_backups.evidence import open_warnings
 from tablettracker_backups.export import export_backup
 from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import remove_quietly, temp_path
-from tablettracker_backups.health import check_health, describe_recovery
+from tablettracker_backups.health import HealthReport, check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.layout import data_key
 from tablettracker_backups.locking import operation_lock
@@ -83,7 +84,7 @@ from tablettracker_backups.web import csrf, tasks, wording
 from tablettracker_backups.web.charts import Series, size_chart
 from tablettracker_backups.web.headers import security_headers
 from tablettracker_backups.web.resources import resource_dir
-from tablettracker_backups.web.state import BackupState, get_state
+from tablettracker_backups.web.state import BackupState, Member, get_state
 from tablettracker_backups.web.wording import biggest_changes
 from tablettracker_backups.weekly import weekly_summary
 
@@ -95,6 +96,14 @@ PER_PAGE = 20
 RESTORE_WORD = "RESTORE"
 #: HTTP errors shown as the blueprint's own page (401 stays the host's login handling).
 ERROR_CODES = (400, 403, 404, 409, 413)
+#: Where a database's own pages live in a site of several (its name is validated, and an
+#: unknown one is 404, after the login and admin checks).
+DATABASE_PREFIX = "/db/<database>"
+#: The pages that are the site's, not one database's: they need no name.
+SITE_ENDPOINTS = frozenset({f"{BLUEPRINT}.dashboard", f"{BLUEPRINT}.static"})
+#: Where the request's database is kept (``g``): its name as the URL gave it, then the member.
+ASKED_KEY = "_ttb_database_asked"
+MEMBER_KEY = "_ttb_database"
 
 
 def create_blueprint() -> Blueprint:
@@ -115,34 +124,41 @@ def create_blueprint() -> Blueprint:
     bp.register_error_handler(Exception, _unexpected)
     for code in ERROR_CODES:
         bp.register_error_handler(code, _http_error)
-    bp.add_url_rule("/", "dashboard", dashboard)
-    bp.add_url_rule("/backups", "backups", backup_list)
-    bp.add_url_rule("/backups/<backup_id>", "detail", detail)
-    bp.add_url_rule("/backups/<backup_id>/download", "download", download, methods=["POST"])
-    bp.add_url_rule("/backups/<backup_id>/verify", "verify", verify_one, methods=["POST"])
+    # Every page exists twice: as it always was (a site of one, and the site's dashboard) and
+    # under a database's name, /db/<name>/... (see _pick_database and _database_in_urls).
+    bp.url_value_preprocessor(_take_database)
+    bp.url_defaults(_database_in_urls)
+
+    def add(rule: str, endpoint: str, view: Callable[..., Any], **options: Any) -> None:
+        # url_for picks the rule by the values given (the one with more arguments first),
+        # whatever the order; the plain rule last, so it is what a map read by endpoint shows.
+        bp.add_url_rule(f"{DATABASE_PREFIX}{rule}", endpoint, view, **options)
+        bp.add_url_rule(rule, endpoint, view, **options)
+
+    add("/", "dashboard", dashboard)
+    add("/backups", "backups", backup_list)
+    add("/backups/<backup_id>", "detail", detail)
+    add("/backups/<backup_id>/download", "download", download, methods=["POST"])
+    add("/backups/<backup_id>/verify", "verify", verify_one, methods=["POST"])
     # A page that previews an action and the action itself are separate rules: Flask answers
     # HEAD (and OPTIONS) on every GET rule, and CSRF checks skip HEAD, so a view that served
     # both would run its POST branch for a HEAD with a form body (issue 12). This way only a
     # POST can ever reach code that changes something.
-    bp.add_url_rule("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
-    bp.add_url_rule("/backups/<backup_id>/pin", "pin", pin_backup, methods=["POST"])
-    bp.add_url_rule("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
-    bp.add_url_rule(
-        "/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"]
-    )
-    bp.add_url_rule("/restore-at", "restore_at", restore_at_page)
-    bp.add_url_rule("/backup-now", "backup_now", backup_now, methods=["POST"])
-    bp.add_url_rule("/verify-all", "verify_all", verify_all, methods=["POST"])
-    bp.add_url_rule("/prune", "prune", prune_page, methods=["GET"])
-    bp.add_url_rule("/prune", "prune_confirm", prune_confirm, methods=["POST"])
-    bp.add_url_rule("/jobs/<job_id>", "job", job_page)
-    bp.add_url_rule("/jobs/<job_id>.json", "job_json", job_json)
-    bp.add_url_rule("/audit", "audit", audit_page)
-    bp.add_url_rule("/warnings/<backup_id>/keep", "keep_evidence", keep_evidence, methods=["POST"])
-    bp.add_url_rule(
-        "/warnings/<backup_id>/dismiss", "dismiss_warning", dismiss_warning, methods=["POST"]
-    )
-    bp.add_url_rule("/notify-test", "notify_test", notify_test, methods=["POST"])
+    add("/backups/<backup_id>/restore", "restore", restore_page, methods=["GET"])
+    add("/backups/<backup_id>/pin", "pin", pin_backup, methods=["POST"])
+    add("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
+    add("/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"])
+    add("/restore-at", "restore_at", restore_at_page)
+    add("/backup-now", "backup_now", backup_now, methods=["POST"])
+    add("/verify-all", "verify_all", verify_all, methods=["POST"])
+    add("/prune", "prune", prune_page, methods=["GET"])
+    add("/prune", "prune_confirm", prune_confirm, methods=["POST"])
+    add("/jobs/<job_id>", "job", job_page)
+    add("/jobs/<job_id>.json", "job_json", job_json)
+    add("/audit", "audit", audit_page)
+    add("/warnings/<backup_id>/keep", "keep_evidence", keep_evidence, methods=["POST"])
+    add("/warnings/<backup_id>/dismiss", "dismiss_warning", dismiss_warning, methods=["POST"])
+    add("/notify-test", "notify_test", notify_test, methods=["POST"])
     return bp
 
 
@@ -193,7 +209,65 @@ def _guard() -> ResponseReturnValue | None:
         state.explain_forbidden(user)
         abort(403, description="Only administrators can see the backup pages.")
     csrf.protect()
+    _pick_database()
     return None
+
+
+def _take_database(endpoint: str | None, values: dict[str, Any] | None) -> None:
+    """Keep the URL's database name aside; it is looked up once the visitor is known to be
+    an admin (:func:`_pick_database`): an anonymous one must not learn which names exist."""
+    asked = values.pop("database", None) if values else None
+    setattr(g, ASKED_KEY, asked)
+
+
+def _pick_database() -> None:
+    """The database this request is about, in ``g``: the one the URL names (404 when the
+    site has none of that name), else, for a site of one, its only one. In a site of several
+    a database's page without a name is 404, naming them: no page may guess which one."""
+    state = get_state()
+    asked = getattr(g, ASKED_KEY, None)
+    if asked is not None:
+        member = state.member(asked)
+        if member is None:
+            abort(404, description=f"This site has no database called {one_line(asked, 80)}.")
+    elif not state.several:
+        member = state.first()
+    elif request.endpoint in SITE_ENDPOINTS:
+        member = None
+    else:
+        abort(
+            404,
+            description=(
+                f"This site has {len(state.members)} databases ({', '.join(state.members)}): "
+                "each one's pages are under its name; choose it on the dashboard."
+            ),
+        )
+    setattr(g, MEMBER_KEY, member)
+
+
+def _database_in_urls(endpoint: str, values: dict[str, Any]) -> None:
+    """In a site of several, links from a database's pages stay on that database's pages
+    (``url_for(..., database=None)`` leaves them, for the site's dashboard)."""
+    if "database" in values or endpoint == f"{BLUEPRINT}.static":
+        return
+    state = get_state()
+    member = g.get(MEMBER_KEY)
+    if state.several and member is not None:
+        values["database"] = member.name
+
+
+def _via_web() -> dict[str, str]:
+    """What every audit entry from these pages says about where it came from: the pages,
+    and which database."""
+    return {"via": "web", "database": _member().name}
+
+
+def _member() -> Member:
+    """The request's database (set by :func:`_pick_database`)."""
+    member: Member | None = g.get(MEMBER_KEY)
+    if member is None:  # a page of the site's own that asked for a database: a bug here
+        raise LookupError("this page is not about one database")
+    return member
 
 
 def _actor() -> str:
@@ -206,13 +280,13 @@ def _actor() -> str:
 
 
 def _settings() -> Settings:
-    return get_state().settings
+    return _member().settings
 
 
 def _store() -> BackupStore:
-    """The backup folders, with the app's listing cache (pages list on every load)."""
-    state = get_state()
-    return BackupStore(state.settings, cache=state.listing)
+    """The backup folders, with the database's listing cache (pages list on every load)."""
+    member = _member()
+    return BackupStore(member.settings, cache=member.listing)
 
 
 def _template_context() -> dict[str, Any]:
@@ -231,7 +305,16 @@ def _template_context() -> dict[str, Any]:
         "ttb_action": wording.action_name,
         "ttb_kind": lambda kind: wording.KIND_NAMES.get(kind, kind),
         "ttb_links": _linker(),
+        # A site of several: its databases' names, and the one this page is about (None on
+        # the site's own dashboard); the navigation shows both. None for a site of one.
+        "ttb_site": tuple(state.members) if state.several else None,
+        "ttb_database": _current_name(),
     }
+
+
+def _current_name() -> str | None:
+    member: Member | None = g.get(MEMBER_KEY)
+    return member.name if member is not None else None
 
 
 def _linker() -> Callable[[object], Any]:
@@ -375,6 +458,8 @@ def dashboard() -> ResponseReturnValue:
     """The verdict first, then each problem in plain words with the button that fixes it,
     open data-loss warnings, the main actions and the week; ids, hashes, the set-up command
     and the chart under "Details"."""
+    if g.get(MEMBER_KEY) is None:
+        return site_dashboard()
     settings = _settings()
     store = _store()
     # Light: no hashing, no reading the live database; those results come from the last run.
@@ -382,30 +467,9 @@ def dashboard() -> ResponseReturnValue:
     infos = store.list()
     status = read_status(settings)
     now = datetime.now(timezone.utc)
-    problems = [
-        {
-            "level": f.level,
-            "code": f.code,
-            "words": wording.problem_words(f.code, f.message),
-            "message": f.message,
-            "action": wording.problem_action(f.code, f.message, backups=len(infos)),
-        }
-        for f in sorted(report.findings, key=lambda f: -f.level.exit_code)
-        if f.level != Level.OK and f.code != "data-loss"  # warnings have their own cards
-    ]
+    problems = _problems(report, backups=len(infos))
     warnings = open_warnings(settings)
-    # The worst first: a critical problem, then lost data, then the other warnings.
-    first = problems[0]["words"] if problems else None
-    if warnings and not (problems and problems[0]["level"] == Level.CRITICAL):
-        first = f"Data may have been lost before backup {warnings[0].backup_id}"
-    headline, verdict_text = wording.verdict(
-        report.status,
-        first_problem=first,
-        good_at=report.newest_good_at,
-        checked_at=report.data_checked_at,
-        next_run=report.next_run_due,
-        now=now,
-    )
+    headline, verdict_text = _verdict(report, problems, warnings, now=now)
     last_restore = _last_restore(status)
     listed = {i.id: i for i in infos}
     undo = None
@@ -435,6 +499,117 @@ def dashboard() -> ResponseReturnValue:
         recent=jobs.recent_jobs(settings, limit=5),
         notifications=_notifications(settings),
     )
+
+
+def _problems(report: HealthReport, *, backups: int) -> list[dict[str, Any]]:
+    """The report's problems, worst first, in plain words with the action that fixes each
+    (data-loss warnings have their own cards)."""
+    return [
+        {
+            "level": f.level,
+            "code": f.code,
+            "words": wording.problem_words(f.code, f.message),
+            "message": f.message,
+            "action": wording.problem_action(f.code, f.message, backups=backups),
+        }
+        for f in sorted(report.findings, key=lambda f: -f.level.exit_code)
+        if f.level != Level.OK and f.code != "data-loss"
+    ]
+
+
+def _verdict(
+    report: HealthReport,
+    problems: list[dict[str, Any]],
+    warnings: list[Any],
+    *,
+    now: datetime,
+) -> tuple[str, str]:
+    """(headline, the rest) of a database's verdict line: the worst first, a critical
+    problem, then lost data, then the other warnings."""
+    first = problems[0]["words"] if problems else None
+    if warnings and not (problems and problems[0]["level"] == Level.CRITICAL):
+        first = f"Data may have been lost before backup {warnings[0].backup_id}"
+    return wording.verdict(
+        report.status,
+        first_problem=first,
+        good_at=report.newest_good_at,
+        checked_at=report.data_checked_at,
+        next_run=report.next_run_due,
+        now=now,
+    )
+
+
+def site_dashboard() -> ResponseReturnValue:
+    """A site of several databases: one row each, the worst first (its verdict, newest
+    backup, recovery point), each leading to its own pages; the site's verdict above."""
+    state = get_state()
+    now = datetime.now(timezone.utc)
+    rows = [_site_row(member, now=now) for member in state.members.values()]
+    worst = max((row["level"] for row in rows), key=lambda lv: lv.exit_code, default=Level.OK)
+    troubled = [row for row in rows if row["level"] != Level.OK]
+    headline = wording.VERDICT_WORDS[worst]
+    text = wording.site_verdict([(row["name"], row["why"]) for row in troubled], len(rows))
+    # The worst first, then the site's order: what needs a person is on top on a phone.
+    rows.sort(key=lambda row: -row["level"].exit_code)
+    return render_template(
+        "tablettracker_backups/site.html",
+        rows=rows,
+        level=worst,
+        headline=headline,
+        verdict_text=text,
+    )
+
+
+def _site_row(member: Member, *, now: datetime) -> dict[str, Any]:
+    """One database's line on the site's dashboard (light: no backup data is read). A
+    database whose folders cannot even be listed is a critical row, never a broken page."""
+    settings = member.settings
+    try:
+        store = BackupStore(settings, cache=member.listing)
+        report = check_health(settings, store=store, read_data=False)
+        infos = store.list()
+        problems = _problems(report, backups=len(infos))
+        warnings = open_warnings(settings)
+        headline, text = _verdict(report, problems, warnings, now=now)
+        why = (
+            problems[0]["words"]
+            if problems and (problems[0]["level"] == Level.CRITICAL or not warnings)
+            else f"Data may have been lost before backup {warnings[0].backup_id}"
+            if warnings
+            else headline
+        )
+        damaged = sum(1 for i in infos if i.metadata is not None and not i.verified)
+        active = jobs.active_job(settings)
+        return {
+            "name": member.name,
+            "database": settings.database,
+            "level": report.status,
+            "headline": headline,
+            "text": text,
+            "why": why,
+            # The button that fixes its worst problem is the row's main one.
+            "action": problems[0]["action"] if problems else None,
+            "report": report,
+            "recovery": wording.recovery_words(report.recovery),
+            "damaged": damaged,
+            "count": len(infos),
+            "active": active,
+        }
+    except BackupError as exc:
+        return {
+            "name": member.name,
+            "database": settings.database,
+            "level": Level.CRITICAL,
+            "headline": wording.VERDICT_WORDS[Level.CRITICAL],
+            "text": one_line(str(exc)),
+            "why": one_line(str(exc)),
+            "action": None,
+            "report": None,
+            "recovery": "unknown",
+            "damaged": 0,
+            "count": 0,
+            "active": None,
+        }
 
 
 def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
@@ -520,7 +695,7 @@ def notify_test() -> ResponseReturnValue:
         actor=_actor(),
         ok=bool(results) and all(r.ok for r in results),
         message=f"{sum(r.ok for r in results)} of {len(results)} target(s) accepted a test message",
-        details={"via": "web", "targets": [r.target for r in results]},
+        details={**_via_web(), "targets": [r.target for r in results]},
     )
     return redirect(url_for(f"{BLUEPRINT}.dashboard"), code=303)
 
@@ -701,8 +876,15 @@ def job_json(job_id: str) -> ResponseReturnValue:
 
 
 def _start(action: str, params: dict[str, str] | None = None) -> ResponseReturnValue:
-    state = get_state()
-    job = jobs.start_job(state.settings, state.values, action=action, actor=_actor(), params=params)
+    member = _member()
+    # The job's parameters go into its audit entry: it names the database.
+    job = jobs.start_job(
+        member.settings,
+        member.values,
+        action=action,
+        actor=_actor(),
+        params={**(params or {}), "database": member.name},
+    )
     return redirect(url_for(f"{BLUEPRINT}.job", job_id=job.id), code=303)
 
 
@@ -781,7 +963,7 @@ def prune_confirm() -> ResponseReturnValue:
         actor=_actor(),
         ok=True,
         message=f"pruned {len(result.deleted)} backup(s)",
-        details={"via": "web", **result.audit_details()},
+        details={**_via_web(), **result.audit_details()},
     )
     session[PRUNED_KEY] = {
         "count": len(result.deleted),
@@ -821,7 +1003,7 @@ def download(backup_id: str) -> ResponseReturnValue:
                 f"downloaded {meta.data_file} ({meta.stored_size} bytes) from {copy.location}, "
                 "SHA-256 checked"
             ),
-            details={"via": "web", "id": info.id},
+            details={**_via_web(), "id": info.id},
         )
         return _send_checked(handle, meta.data_file, meta.stored_size, meta.sha256)
     what = (
@@ -838,7 +1020,7 @@ def download(backup_id: str) -> ResponseReturnValue:
         actor=_actor(),
         ok=False,
         message=f"refused: {what}",
-        details={"via": "web", "id": info.id},
+        details={**_via_web(), "id": info.id},
     )
     return render_template(
         "tablettracker_backups/error.html",
@@ -881,7 +1063,7 @@ def _download_built(settings: Settings, store: BackupStore, backup_id: str) -> R
             f"downloaded {name} ({done.size} bytes), built from the {done.location} copy's "
             "pages, SHA-256 checked"
         ),
-        details={"via": "web", "id": backup_id},
+        details={**_via_web(), "id": backup_id},
     )
     return _send_checked(handle, name, done.size, done.sha256)
 

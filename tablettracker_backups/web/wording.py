@@ -282,6 +282,33 @@ def problem_words(code: str, message: str) -> str:
     return first[:1].upper() + first[1:] + ("" if first.endswith(".") else ".")
 
 
+def site_verdict(troubled: list[tuple[str, str]], total: int) -> str:
+    """The rest of a site's verdict line: each database with a problem, by name with its
+    worst problem, then how many others are safe ("both databases have a good backup ..."
+    when none has one)."""
+    if not troubled:
+        every = "both databases have" if total == 2 else f"all {total} databases have"
+        return f"{every} a good backup and no problem."
+    said = " ".join(f"{name}: {why.rstrip('.')}." for name, why in troubled)
+    others = total - len(troubled)
+    if others == 1:
+        return f"{said} The other database is safe."
+    if others > 1:
+        return f"{said} The other {others} databases are safe."
+    return said
+
+
+def recovery_words(recovery: dict[str, Any]) -> str:
+    """The recovery point achieved (:func:`health.recovery_summary`), in a few words for a
+    table cell: what a lost disk would cost right now."""
+    achieved = recovery.get("achieved_seconds")
+    if achieved is None:
+        return "unknown"
+    if achieved == 0:
+        return "every write is in a backup"
+    return f"{format_age(timedelta(seconds=achieved))} of writes not in a backup yet"
+
+
 def verdict(
     level: Level,
     *,
