@@ -83,7 +83,7 @@ from tablettracker_backups.snapshot import (
 from tablettracker_backups.states import CopyStatus
 from tablettracker_backups.status import read_status, update_status
 from tablettracker_backups.storage.local import LocalStore
-from tablettracker_backups.store import BackupStore
+from tablettracker_backups.store import BackupInfo, BackupStore
 from tablettracker_backups.version import __version__
 
 logger = logging.getLogger(__name__)
@@ -320,14 +320,13 @@ def backup_events(settings: Settings, result: BackupResult) -> list[notify.Event
 
 
 def _anomalies(
-    settings: Settings, store: BackupStore, current: BackupMetadata
+    settings: Settings, infos: list[BackupInfo] | None, current: BackupMetadata
 ) -> tuple[Anomaly, ...]:
-    """Compare with the previous good backup; trouble reading the folder only skips this."""
-    try:
-        previous = previous_good(store.list())
-    except BackupError as exc:
-        logger.warning("could not compare with the previous backup: %s", exc)
+    """Compare with the previous good backup; a folder that could not be listed (``infos``
+    None) only skips this."""
+    if infos is None:
         return ()
+    previous = previous_good(infos)
     if previous is None or previous.metadata is None:
         return ()
     found = find_anomalies(
@@ -432,7 +431,13 @@ def _file_raw(
     secondary_trouble: str | None,
 ) -> BackupResult:
     store = BackupStore(settings)
-    newest = _newest_primary(store)
+    try:
+        # Listed once, before the new backup exists: its format and parent, and anomalies.
+        infos: list[BackupInfo] | None = store.list()
+    except BackupError as exc:
+        logger.warning("could not list the backups: %s", exc)
+        infos = None
+    newest = _newest_primary(infos or [])
     chosen = choose_format(
         settings.backup_format,
         encrypted_locally=settings.encryption is not None and settings.encryption.local,
@@ -446,7 +451,7 @@ def _file_raw(
     else:
         stored = _store_raw(settings, backup_id, raw, snap, options)
     metadata = _build_metadata(settings, backup_id, started_at, options, stored, started)
-    anomalies = _anomalies(settings, store, metadata)
+    anomalies = _anomalies(settings, infos, metadata)
     if anomalies:
         metadata = dataclasses.replace(
             metadata, extra={**metadata.extra, EXTRA_KEY: [a.to_dict() for a in anomalies]}
@@ -468,14 +473,9 @@ def _file_raw(
     return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 
-def _newest_primary(store: BackupStore) -> BackupMetadata | None:
+def _newest_primary(infos: list[BackupInfo]) -> BackupMetadata | None:
     """The newest backup whose primary copy looks sound: whose format a folder keeps, and
     whose pages a new page-store snapshot need not store again."""
-    try:
-        infos = store.list()
-    except BackupError as exc:
-        logger.warning("could not list the backups: %s", exc)
-        return None
     for info in infos:
         if info.metadata is not None and info.copy_state("primary") == CopyStatus.OK:
             return info.metadata
