@@ -14,9 +14,10 @@ import dataclasses
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from tablettracker_backups import audit, intent, notify
 from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
@@ -128,7 +129,9 @@ def cleanup_debris(settings: Settings) -> list[Path]:
     freed += remove_stale_scratch_dirs(settings.backup_dir)
     if removed:
         logger.info("removed %d leftover temporary files", len(removed))
-    if pending and record is not None:
+    if pending and record is not None and not intent.in_group(settings):
+        # A member of an unsettled group restore is settled with the group (run over the
+        # site, or restore --group), never alone.
         _settle_restore(settings, record, freed)
     return removed
 
@@ -334,6 +337,8 @@ class _Options:
     progress: StageProgress | None
     label: str | None
     pinned: bool
+    #: Written into the manifest's ``extra`` (a coordinated snapshot's group).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -381,23 +386,29 @@ def file_snapshot(
     kind: str,
     trigger: str,
     source: Path | None = None,
+    label: str | None = None,
+    pinned: bool = False,
+    backup_id: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> BackupResult:
     """Check, compress, prove and store a copy already taken (``raw``, described by ``snap``)
     as a backup; ``raw`` is left in place (the caller removes it once this returns).
 
     For a restore's safety snapshot, copied under the restore's own lock and filed after it
-    is released. The caller holds the operation lock. ``source`` is the database the copy is
-    of (default: the configured one). Raises what :func:`create_backup` raises.
+    is released, and for each member of a coordinated snapshot (:mod:`.coordinated`), whose
+    id is chosen up front and whose manifest names its group in ``extra``. The caller holds
+    the operation lock. ``source`` is the database the copy is of (default: the configured
+    one). Raises what :func:`create_backup` raises.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
-    options = _Options(kind, trigger, None, None, False)
+    options = _Options(kind, trigger, None, validate_label(label), pinned, dict(extra or {}))
     secondary_trouble = prepare_locations(settings)
     started_at = snap.began_at or datetime.now(timezone.utc)
     where = settings if source is None else dataclasses.replace(settings, database=source)
     return _file_raw(
         where,
-        new_backup_id(started_at),
+        backup_id or new_backup_id(started_at),
         raw,
         snap,
         options,
@@ -544,6 +555,7 @@ def _build_metadata(
         findings=check.findings(),
         label=options.label,
         pinned=options.pinned,
+        extra=dict(options.extra),
     )
 
 

@@ -19,6 +19,9 @@ from tablettracker_backups.errors import InvalidBackupId, InvalidLabel, Metadata
 from tablettracker_backups.layout import EXTENSIONS, ID_PATTERN, data_key
 
 FORMAT_VERSION = 1
+#: The ``extra`` key naming a coordinated snapshot's group in each member's manifest:
+#: ``{"id": GROUP_ID, "members": {NAME: BACKUP_ID}}`` (see :mod:`.coordinated`).
+GROUP_KEY = "group"
 #: ``auto`` is a write-triggered snapshot; ``pre-restore`` the safety snapshot a restore takes.
 KINDS = ("scheduled", "manual", "auto", "pre-restore")
 #: Kinds that can be ``latest``: every kind but the safety snapshot, which holds the data a
@@ -253,6 +256,11 @@ class BackupMetadata:
     def source_damaged(self) -> bool:
         """The live database failed ``integrity_check`` when this snapshot was taken."""
         return self.findings.source_damaged
+
+    @property
+    def grouped(self) -> bool:
+        """A member of a coordinated snapshot (its manifest names the group)."""
+        return isinstance(self.extra.get(GROUP_KEY), dict)
 
     @property
     def data_file(self) -> str:
