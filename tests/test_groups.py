@@ -258,6 +258,9 @@ def test_run_with_coordinated_on_takes_one_group_for_the_site(tmp_path: Path) ->
     assert group.id == group_id and group.whole
     for name, part in doc["databases"].items():
         assert part["backup"]["id"] == group.member(name).backup_id
+    # The report says so on a terminal too.
+    text = CliRunner().invoke(cli, ["run", "--force", "--config", str(config)])
+    assert "Coordinated snapshot " in text.stdout, text.output
     # Not due: no second group, and no lone backups either.
     again = json.loads(
         run_cli(["run", "--json", "--config", str(config)], cli_env(None, home=tmp_path)).stdout
