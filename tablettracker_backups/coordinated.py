@@ -58,6 +58,7 @@ from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import GROUP_KEY, KINDS, new_backup_id, validate_label
+from tablettracker_backups.overwrite import LOCK_POLL, begin_immediate
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import (
     SnapshotInfo,
@@ -74,8 +75,6 @@ logger = logging.getLogger(__name__)
 #: starts again: long enough for an app transaction to finish, short enough that an app
 #: transaction waiting on a lock held here never reaches its own busy timeout.
 LATER_LOCK_WAIT = 0.05
-#: Seconds between two tries for a lock (SQLite's own busy handler sleeps far longer).
-LOCK_POLL = 0.0005
 
 
 @dataclass(frozen=True)
@@ -288,7 +287,7 @@ def pin_together(
                         continue
                     locker = held.enter_context(closing(connect(source, busy_timeout=0)))
                     wait = deadline - time.monotonic() if first else LATER_LOCK_WAIT
-                    _begin_immediate(locker, max(0.0, wait))
+                    begin_immediate(locker, max(0.0, wait))
                     held.callback(_end_read, locker)
                     first = False
                 # Every WAL write lock is held: no app transaction is half way through any
@@ -332,22 +331,6 @@ def _read_lock(conn: sqlite3.Connection, wait: float) -> None:
             return
         except sqlite3.OperationalError as exc:
             conn.execute("ROLLBACK")
-            if classify_sqlite_error(exc) is not SqliteFailure.BUSY:
-                raise
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(LOCK_POLL)
-
-
-def _begin_immediate(conn: sqlite3.Connection, wait: float) -> None:
-    """``BEGIN IMMEDIATE``, trying every :data:`LOCK_POLL` seconds for up to ``wait``; raises
-    the busy ``sqlite3.Error`` when the time is up."""
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            return
-        except sqlite3.OperationalError as exc:
             if classify_sqlite_error(exc) is not SqliteFailure.BUSY:
                 raise
             if time.monotonic() >= deadline:

@@ -556,6 +556,10 @@ def _take_reserved(conn: sqlite3.Connection, wait: float, busy_timeout: float) -
         conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
 
 
+#: For the coordinated snapshot (:mod:`.coordinated`), which takes several write locks so.
+begin_immediate = _begin_immediate
+
+
 def _lock_error(target: Path, exc: sqlite3.Error, timeout: float) -> DatabaseError:
     if classify_sqlite_error(exc) is SqliteFailure.BUSY:
         return DatabaseBusy(f"{target} stayed locked by another connection for {timeout:g}s")
