@@ -511,3 +511,31 @@ def test_group_of_a_member_id_and_bad_ids(tmp_path: Path) -> None:
         cli, ["restore", "--all", "--yes", "--config", str(tmp_path / "site.toml")]
     )
     assert result.exit_code == 2 and "--at TIME" in result.output
+
+
+@pytest.mark.parametrize("stage", [Stage.GROUP_SNAPSHOT, Stage.GROUP_MEMBER_FILED])
+def test_kill_during_a_coordinated_snapshot_leaves_valid_backups_only(
+    tmp_path: Path, stage: Stage
+) -> None:
+    shop, ledger = make_pair(tmp_path, wal=True)
+    config = write_site(tmp_path)
+    site = site_of(config)
+    env = cli_env(None, home=tmp_path)
+    killed = run_cli(["backup", "--all", "--config", str(config)], {**env, ENV: stage.value})
+    assert killed.returncode == -9, killed.stderr
+    groups = list_groups(site.databases)
+    if stage is Stage.GROUP_SNAPSHOT:
+        assert groups == []  # nothing was copied yet: no member, no group
+    else:
+        (partial,) = groups  # the first member is filed, the second is not
+        assert not partial.whole and len(partial.problems) == 1
+    # The databases were let go (the app writes on), and the next coordinated snapshot is
+    # whole; no temporary file is left anywhere.
+    move(shop, ledger, 10)
+    again = run_cli(["backup", "--all", "--json", "--config", str(config)], env)
+    assert again.returncode == 0, again.stderr
+    whole = find_group(site.databases, json.loads(again.stdout)["group"])
+    assert whole.whole
+    for settings in site.databases:
+        assert not [p for p in settings.backup_dir.iterdir() if p.name.startswith(".tmp-")]
+        assert all(i.verified for i in BackupStore(settings).list())
