@@ -514,6 +514,53 @@ PLANTS: tuple[Plant, ...] = (
         "    return True\n",
         (T + "test_offsite.py",),
     ),
+    # -- coordinated snapshots and group restore (issue 22) -----------------------------------
+    Plant(
+        "group-snapshot-together",
+        "coordinated.py",
+        "        began_at = pin_together(sources, readers, busy_timeout=busy_timeout)\n",
+        "        began_at = datetime.now(timezone.utc)\n",
+        (T + "test_groups.py::test_every_coordinated_snapshot_keeps_the_transfer_invariant",),
+    ),
+    Plant(
+        "group-rollback-every-member",
+        "group_restore.py",
+        "        if not member.written:\n"
+        "            continue  # not written, or its write failed: a failed write changed nothing\n",
+        "        if not member.written or not member.failed:\n"
+        "            continue  # not written, or its write failed: a failed write changed nothing\n",
+        (T + "test_groups.py::test_a_failed_check_puts_every_member_back",),
+    ),
+    Plant(
+        "group-settle-forward-only-once-released",
+        "group_restore.py",
+        "FORWARD = (RELEASED, FILING)\n",
+        "FORWARD = (WRITE, CHECK, RELEASED, FILING)\n",
+        (
+            T
+            + "test_groups.py::test_kill_at_every_stage_of_a_group_restore_is_settled_by_the_next_run",
+        ),
+    ),
+    Plant(
+        "group-member-not-restored-alone",
+        "restore.py",
+        "        if intent.in_group(settings):\n",
+        "        if False:\n",
+        (
+            T
+            + "test_groups.py::test_kill_at_every_stage_of_a_group_restore_is_settled_by_the_next_run",
+        ),
+    ),
+    Plant(
+        "group-member-not-settled-alone",
+        "backup.py",
+        "    if pending and record is not None and not intent.in_group(settings):\n",
+        "    if pending and record is not None:\n",
+        (
+            T
+            + "test_groups.py::test_kill_at_every_stage_of_a_group_restore_is_settled_by_the_next_run",
+        ),
+    ),
     # -- offsite ------------------------------------------------------------------------------
     Plant(
         "offsite-refuse-unencrypted",

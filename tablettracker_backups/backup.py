@@ -15,10 +15,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from tablettracker_backups import audit, intent, notify
 from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
@@ -139,7 +139,9 @@ def cleanup_debris(settings: Settings) -> list[Path]:
     freed += remove_stale_scratch_dirs(settings.backup_dir)
     if removed:
         logger.info("removed %d leftover temporary files", len(removed))
-    if pending and record is not None:
+    if pending and record is not None and not intent.in_group(settings):
+        # A member of an unsettled group restore is settled with the group (run over the
+        # site, or restore --group), never alone.
         _settle_restore(settings, record, freed)
     return removed
 
@@ -344,6 +346,8 @@ class _Options:
     progress: StageProgress | None
     label: str | None
     pinned: bool
+    #: Written into the manifest's ``extra`` (a coordinated snapshot's group).
+    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -394,23 +398,29 @@ def file_snapshot(
     kind: str,
     trigger: str,
     source: Path | None = None,
+    label: str | None = None,
+    pinned: bool = False,
+    backup_id: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> BackupResult:
     """Check, compress, prove and store a copy already taken (``raw``, described by ``snap``)
     as a backup; ``raw`` is left in place (the caller removes it once this returns).
 
     For a restore's safety snapshot, copied under the restore's own lock and filed after it
-    is released. The caller holds the operation lock. ``source`` is the database the copy is
-    of (default: the configured one). Raises what :func:`create_backup` raises.
+    is released, and for each member of a coordinated snapshot (:mod:`.coordinated`), whose
+    id is chosen up front and whose manifest names its group in ``extra``. The caller holds
+    the operation lock. ``source`` is the database the copy is of (default: the configured
+    one). Raises what :func:`create_backup` raises.
     """
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
-    options = _Options(kind, trigger, None, None, False)
+    options = _Options(kind, trigger, None, validate_label(label), pinned, dict(extra or {}))
     secondary_trouble = prepare_locations(settings)
     started_at = snap.began_at or datetime.now(timezone.utc)
     where = settings if source is None else dataclasses.replace(settings, database=source)
     return _file_raw(
         where,
-        new_backup_id(started_at),
+        backup_id or new_backup_id(started_at),
         raw,
         snap,
         options,
@@ -632,7 +642,8 @@ def _build_metadata(
         compression=settings.compression if stored.format_version == FILES.version else "zstd",
         compression_level=settings.compression_level,
         format_version=stored.format_version,
-        extra=dict(stored.extra),
+        # The page index (format 2) and the group of a coordinated snapshot.
+        extra={**stored.extra, **options.extra},
         durations={**stored.durations, "total": round(time.monotonic() - started, 4)},
         verification=Verification(
             ok=True,

@@ -65,6 +65,22 @@ class Stage(str, Enum):
     CATALOG_WRITE = "catalog-write"
     #: A new catalog is fully written under its temporary name, not yet renamed into place.
     CATALOG_REBUILD = "catalog-rebuild"
+    #: A coordinated snapshot has a read transaction open on every database; nothing copied.
+    GROUP_SNAPSHOT = "group-snapshot"
+    #: One member of a coordinated snapshot is filed as a backup; the next is not yet.
+    GROUP_MEMBER_FILED = "group-member-filed"
+    #: A group restore holds every member's write lock; no safety copy taken yet.
+    GROUP_HOLD = "group-hold"
+    #: A group restore has the safety copy of every member (fsynced); nothing written yet.
+    GROUP_SAFETY = "group-safety"
+    #: A group restore has written and committed one member; the next is not written yet.
+    GROUP_MEMBER_WRITTEN = "group-member-written"
+    #: A group restore has written every member; the checks have not run.
+    GROUP_WRITTEN = "group-written"
+    #: A failed group restore has put one member back; the next is not put back yet.
+    GROUP_ROLLBACK = "group-rollback"
+    #: A group restore has released every lock; its safety copies are not all filed yet.
+    GROUP_RELEASED = "group-released"
 
 
 # Times each stage was reached in this process: "stage:N" crashes at the Nth. Only ever

@@ -43,6 +43,10 @@ from tablettracker_backups.store import BackupStore
 logger = logging.getLogger(__name__)
 
 INTENT_FILE = "restore-intent.json"
+#: The record of a group restore (:mod:`.group_restore`), the same in every member's state
+#: folder. While it is there the member's own record is the group's to settle, not this
+#: database's alone: putting one member back without the others would leave them mixed.
+GROUP_FILE = "group-restore.json"
 #: Scratch copies of the live database a restore makes under its lock: never ``.tmp-*``, which
 #: any command's clean-up removes, because until filed it may be the only copy of that data.
 SAFETY_PREFIX = ".restore-safety-"
@@ -218,6 +222,12 @@ def advance(
     return updated
 
 
+def in_group(settings: Settings) -> bool:
+    """Whether a group restore of this database has not been settled yet (see
+    :data:`GROUP_FILE`)."""
+    return (settings.state_dir / GROUP_FILE).exists()
+
+
 def clear(settings: Settings) -> None:
     """Remove the record: the restore ended and said how."""
     remove_quietly(path(settings))
@@ -225,16 +235,21 @@ def clear(settings: Settings) -> None:
 
 def alive(intent: RestoreIntent) -> bool:
     """Whether the process that wrote the record is still running (on this host)."""
-    if intent.pid <= 0 or intent.host != socket.gethostname():
+    return process_alive(intent.pid, intent.host, intent.pid_started)
+
+
+def process_alive(pid: int, host: str, pid_started: int | None) -> bool:
+    """Whether process ``pid`` of ``host``, started at ``pid_started``, is still running."""
+    if pid <= 0 or host != socket.gethostname():
         return False
     try:
-        os.kill(intent.pid, 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass  # another user's process: it exists
-    started = process_start(intent.pid)
-    return intent.pid_started is None or started is None or started == intent.pid_started
+    started = process_start(pid)
+    return pid_started is None or started is None or started == pid_started
 
 
 def process_start(pid: int) -> int | None:

@@ -24,6 +24,9 @@ FORMAT_VERSION = 1
 PAGES_VERSION = 2
 #: The format versions this code reads.
 KNOWN_VERSIONS = (FORMAT_VERSION, PAGES_VERSION)
+#: The ``extra`` key naming a coordinated snapshot's group in each member's manifest:
+#: ``{"id": GROUP_ID, "members": {NAME: BACKUP_ID}}`` (see :mod:`.coordinated`).
+GROUP_KEY = "group"
 #: ``auto`` is a write-triggered snapshot; ``pre-restore`` the safety snapshot a restore takes.
 KINDS = ("scheduled", "manual", "auto", "pre-restore")
 #: Kinds that can be ``latest``: every kind but the safety snapshot, which holds the data a
@@ -258,6 +261,11 @@ class BackupMetadata:
     def source_damaged(self) -> bool:
         """The live database failed ``integrity_check`` when this snapshot was taken."""
         return self.findings.source_damaged
+
+    @property
+    def grouped(self) -> bool:
+        """A member of a coordinated snapshot (its manifest names the group)."""
+        return isinstance(self.extra.get(GROUP_KEY), dict)
 
     @property
     def data_file(self) -> str:

@@ -37,6 +37,7 @@ the connection and closed after it, so closing it cannot drop a lock the connect
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -111,9 +112,22 @@ class HeldDatabase:
     be had within ``busy_timeout`` seconds or the database cannot be written.
     """
 
-    def __init__(self, target: Path, *, busy_timeout: float, raw: bool = False) -> None:
+    def __init__(
+        self,
+        target: Path,
+        *,
+        busy_timeout: float,
+        raw: bool = False,
+        lock_wait: float | None = None,
+    ) -> None:
         self.target = target
         self.busy_timeout = busy_timeout
+        #: Seconds to wait for the write lock (default ``busy_timeout``): on entering in
+        #: rollback-journal mode, at the write's first step in WAL mode. A group restore
+        #: waits briefly for each database after the first, all or none.
+        self.lock_wait = busy_timeout if lock_wait is None else lock_wait
+        #: WAL mode: inside a write's first step (the lock held, nothing committed).
+        self._in_write = False
         #: No other connection to ``target`` in this process: raw reads are safe (see above).
         self.raw = raw
         self._raw_fd: int | None = None
@@ -159,8 +173,7 @@ class HeldDatabase:
         try:
             self.journal_mode = str(self._conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
             if not self.wal:
-                self._conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-                _begin_immediate(self._conn, self.busy_timeout)
+                _take_reserved(self._conn, self.lock_wait, self.busy_timeout)
                 # Kept after the ROLLBACK in exclusive locking mode: writers wait, readers go on.
                 self._conn.execute("ROLLBACK")
                 self._held_since = time.monotonic()
@@ -224,8 +237,14 @@ class HeldDatabase:
         capture_progress: PageProgress | None = None,
         on_captured: Callable[[SnapshotInfo], None] | None = None,
         stage: Stage | None = None,
+        inside: Callable[[], None] | None = None,
     ) -> SnapshotInfo | None:
         """Overwrite the database with every page of the checked file ``source``.
+
+        ``inside`` (WAL mode) is called once the write's first step holds the write lock and
+        before anything is committed (after ``capture``): a group restore copies the
+        database there (:meth:`capture`) and begins the next member's write inside it, so
+        that every member is held at once before any commits.
 
         With ``capture``, what the database holds just before the write (as of the moment the
         write lock was taken) is first copied into that new file and fsynced: the write
@@ -267,7 +286,7 @@ class HeldDatabase:
                 copy_it(conn)  # under the RESERVED lock taken on entering
             self._wrote = True
             if self.wal:
-                self._write_wal(src, pages, copy_it, progress, stage)
+                self._write_wal(src, pages, copy_it, progress, stage, inside)
             else:
                 with read_transaction(src, source):
                     copy_database(
@@ -279,6 +298,23 @@ class HeldDatabase:
                         stage=stage,
                     )
         return captured[0] if captured else None
+
+    def capture(self, into: Path, progress: PageProgress | None = None) -> SnapshotInfo:
+        """Copy what the database holds into the new file ``into``, fsynced, under the hold
+        taken on entering, before any write (rollback-journal mode only: in WAL mode the hold
+        begins with the write, so :meth:`replace` takes the copy). A group restore copies
+        every member first this way."""
+        if not self.wal:
+            return self._capture(self.conn, into, progress)
+        if not self._in_write:
+            raise RuntimeError("in WAL mode a copy is taken inside replace(inside=...)")
+        # A second connection: it sees the database as committed when the write's first
+        # step took the write lock, which no app writer can have since.
+        with (
+            closing(connect(self.target, busy_timeout=self.busy_timeout)) as reader,
+            read_transaction(reader, self.target),
+        ):
+            return self._capture(reader, into, progress)
 
     def _capture(
         self, conn: sqlite3.Connection, capture: Path, progress: PageProgress | None
@@ -349,9 +385,12 @@ class HeldDatabase:
         copy_it: Callable[[sqlite3.Connection], None] | None,
         progress: PageProgress | None,
         stage: Stage | None,
+        inside: Callable[[], None] | None = None,
     ) -> None:
-        """The backup API's write into a WAL database, the capture made after its first step."""
+        """The backup API's write into a WAL database, the capture made (and ``inside``
+        called) after its first step."""
         pending = copy_it
+        around = inside
 
         def capture_now() -> None:
             nonlocal pending
@@ -371,26 +410,50 @@ class HeldDatabase:
                 self._held_since = time.monotonic()
             if done < total:
                 capture_now()
+                run_inside()
             if progress is not None:
                 progress(done, total)
+
+        def run_inside() -> None:
+            nonlocal around
+            if around is None:
+                return
+            run, around = around, None
+            self._in_write = True
+            try:
+                run()
+            finally:
+                self._in_write = False
 
         if pages <= 1 and pending is not None:
             # One step writes and commits at once; a one-page database has no table, so the
             # copy taken just before is all the app could have had.
             capture_now()
+        if pages <= 1:
+            run_inside()
         # At least two steps, so the first returns before the commit.
         per_step = max(1, min(STEP_PAGES, math.ceil(pages / 2)))
-        with read_transaction(src, self.target):
-            copy_database(
-                src,
-                self.conn,
-                timeout=self.busy_timeout,
-                progress=on_step,
-                label=str(self.target),
-                stage=stage,
-                pages=per_step,
-                retry=LOCK_POLL,  # see _begin_immediate
-            )
+        # The backup API polls for the lock itself (every LOCK_POLL, see _begin_immediate,
+        # for lock_wait seconds): SQLite's busy handler would sleep for longer, and past
+        # lock_wait, on every step.
+        # (_begin_immediate below sets the busy timeout back.)
+        self.conn.execute("PRAGMA busy_timeout=0")
+        try:
+            with read_transaction(src, self.target):
+                copy_database(
+                    src,
+                    self.conn,
+                    timeout=self.lock_wait,  # only the first step waits: then it holds the lock
+                    progress=on_step,
+                    label=str(self.target),
+                    stage=stage,
+                    pages=per_step,
+                    retry=LOCK_POLL,
+                )
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+            raise
         # The commit gave the write lock back: take it again at once, before anything else
         # (even a record of the stage reached), to keep the gap to an instant.
         try:
@@ -399,9 +462,11 @@ class HeldDatabase:
         except sqlite3.Error as exc:
             raise _busy_or(self.target, exc, self.busy_timeout, "check") from exc
 
-    def check(self, read: Callable[[sqlite3.Connection], T]) -> T:
+    def check(self, read: Callable[[sqlite3.Connection], T], *, keep: bool = False) -> T:
         """``read(conn)`` on the database under the hold (in WAL mode, in the write
-        transaction taken back right after the write). ``read`` must not write."""
+        transaction taken back right after the write). ``read`` must not write. ``keep``:
+        in WAL mode the write lock stays held after the check until the block is left (a
+        group restore keeps every member held until all are checked)."""
         conn = self.conn
         if not self.wal:
             return read(conn)
@@ -416,8 +481,9 @@ class HeldDatabase:
         try:
             return read(conn)
         finally:
-            self._unlock()
-            self._note_released()
+            if not keep:
+                self._unlock()
+                self._note_released()
 
     def _unlock(self) -> None:
         """End the write transaction taken back after a write in WAL mode, if open."""
@@ -459,6 +525,39 @@ def _begin_immediate(conn: sqlite3.Connection, timeout: float) -> None:
                 time.sleep(LOCK_POLL)
     finally:
         conn.execute(f"PRAGMA busy_timeout={int(timeout * 1000)}")
+
+
+def _take_reserved(conn: sqlite3.Connection, wait: float, busy_timeout: float) -> None:
+    """``BEGIN IMMEDIATE`` in exclusive locking mode, trying every :data:`LOCK_POLL` seconds
+    for up to ``wait``; raises the busy ``sqlite3.Error`` when the time is up.
+
+    In exclusive locking mode a failed attempt keeps the SHARED lock it took, and an app
+    writer that holds RESERVED and wants to commit then waits on it, while this waits on the
+    writer: each failed attempt gives its SHARED lock back (NORMAL mode, one read)."""
+    deadline = time.monotonic() + wait
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        while True:
+            conn.execute("PRAGMA locking_mode=EXCLUSIVE")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if classify_sqlite_error(exc) is not SqliteFailure.BUSY:
+                    raise
+                conn.execute("PRAGMA locking_mode=NORMAL")
+                # Busy: the lock was not had, so there is none to give back.
+                with contextlib.suppress(sqlite3.OperationalError):
+                    conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(LOCK_POLL)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+
+
+#: For the coordinated snapshot (:mod:`.coordinated`), which takes several write locks so.
+begin_immediate = _begin_immediate
 
 
 def _lock_error(target: Path, exc: sqlite3.Error, timeout: float) -> DatabaseError:

@@ -292,6 +292,12 @@ def _restore(
     with ExitStack() as locks:
         locks.enter_context(operation_lock(settings))
         cleanup_debris(settings)
+        if intent.in_group(settings):
+            raise RestoreError(
+                f"a group restore that includes {settings.database} was interrupted and is not "
+                "settled yet: run the scheduled command over the whole site (run) first, which "
+                "finishes it or puts every member back; nothing was changed"
+            )
         if own is not None and own.backup_dir != settings.backup_dir:
             # Another database's folder is read; the target's own folder gets its safety
             # snapshot, so nothing may run there meanwhile either.
@@ -1193,3 +1199,9 @@ __all__ = [
     "resolve_backup",
     "restore_backup",
 ]
+
+#: The check after a write and the rollback under the same hold, for the group restore
+#: (:mod:`.group_restore`), which restores several databases the same way.
+verify_restored = _verify_restored
+put_back = _put_back
+scratch_copy = _scratch_copy

@@ -49,6 +49,9 @@ class Candidate:
     #: The snapshot holds damaged data (the live database failed integrity_check).
     source_damaged: bool = False
     pinned: bool = False
+    #: A member of a coordinated snapshot: it stands for its calendar slot (see
+    #: :func:`plan_retention`).
+    grouped: bool = False
 
     @property
     def good(self) -> bool:
@@ -175,6 +178,10 @@ def plan_retention(
 ) -> RetentionPlan:
     """Decide which backups to keep under ``policy`` (and the ``recent`` tier, given ``now``).
 
+    A slot (the hour, day ... of each kind) is filled by its newest good regular backup, or
+    by its newest member of a coordinated snapshot when it has one (so that databases under
+    the same policy keep the same groups whole).
+
     Guarantees: the newest backup, the newest verified (faithful) backup of any kind and the
     newest good regular backup (``latest``) are always kept; pinned backups
     are always kept; only good backups fill a slot (a snapshot of damaged data must not push
@@ -202,14 +209,20 @@ def plan_retention(
     regular = [c for c in ordered if c.kind != "pre-restore" and c.good and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
-        seen: set[str] = set()
+        chosen: dict[str, Candidate] = {}
         for candidate in regular:
-            if len(seen) >= limit:
-                break
             slot = key(candidate.created_at.astimezone(timezone.utc))
-            if slot not in seen:
-                seen.add(slot)
-                reasons[candidate.id].append(f"{name} {slot}")
+            if slot not in chosen:
+                if len(chosen) >= limit:
+                    break
+                chosen[slot] = candidate
+            elif candidate.grouped and not chosen[slot].grouped:
+                # The newest member of a coordinated snapshot stands for its slot, not a
+                # newer lone backup: every database of the site then keeps the same moment
+                # under the same policy, and the group stays a whole restore point.
+                chosen[slot] = candidate
+        for slot, candidate in chosen.items():
+            reasons[candidate.id].append(f"{name} {slot}")
     safety = [c for c in ordered if c.kind == "pre-restore" and c.verified and c.id not in future]
     for index, candidate in enumerate(safety[: policy.pre_restore]):
         reasons[candidate.id].append(f"pre-restore #{index + 1}")
@@ -344,6 +357,7 @@ def candidates_from(
             source_damaged=i.source_damaged,
             # A backup written by a newer version is for that version to judge: kept.
             pinned=i.pinned or i.newer,
+            grouped=i.metadata is not None and i.metadata.grouped,
         )
         for i in infos
     ]

@@ -22,9 +22,11 @@ from tablettracker_backups.backup import (
     prepare_locations,
 )
 from tablettracker_backups.changes import changed_since, source_signature
+from tablettracker_backups.coordinated import GroupBackupResult, create_group_backup
 from tablettracker_backups.display import human_size
 from tablettracker_backups.encryption import Identity
 from tablettracker_backups.errors import BackupError, LockedError
+from tablettracker_backups.group_restore import finish_group_restores
 from tablettracker_backups.heal import Repair, heal_copies
 from tablettracker_backups.health import HealthReport, check_health, save_report
 from tablettracker_backups.identity import claim_folders
@@ -211,6 +213,7 @@ def run(
     reverify: bool = True,
     identity: Identity | None = None,
     pings: bool = True,
+    taken: BackupResult | None = None,
 ) -> RunResult:
     """Do one scheduled run. Raises only :class:`LockedError` (another operation is running)
     or, before any backup folder exists, the error that stops it from being created; every
@@ -222,13 +225,21 @@ def run(
     the lock is released one message to the owner with what changed (and, with
     ``BACKUPS_NOTIFY_WEEKLY``, the weekly report when one is due). Together they take at most
     :data:`notify.BUDGET_SECONDS`, and never change the outcome.
+
+    ``taken`` is this database's member of the coordinated snapshot a site's run just took:
+    it is the run's backup (no other is taken), and prune keeps it.
     """
     budget = Budget(notify.BUDGET_SECONDS)
     if pings:
         ping(settings, "start", budget=budget)
     try:
         result = _run_locked(
-            settings, force=force, trigger=trigger, reverify=reverify, identity=identity
+            settings,
+            force=force,
+            trigger=trigger,
+            reverify=reverify,
+            identity=identity,
+            taken=taken,
         )
     except BackupError as exc:
         code = LOCKED_EXIT_CODE if isinstance(exc, LockedError) else 2
@@ -306,18 +317,54 @@ class SiteRunResult:
     """What one ``run`` did for each database of a site, in the site's order."""
 
     runs: tuple[DatabaseRun, ...]
+    #: The coordinated snapshot taken (``BACKUPS_COORDINATED``), if one was due.
+    group: GroupBackupResult | None = None
+    #: Why the coordinated snapshot that was due failed (each database then backed up alone).
+    group_error: str | None = None
+    #: What finishing an interrupted group restore did (or why it could not yet).
+    group_restore: str | None = None
 
     @property
     def exit_code(self) -> int:
-        """The worst database's exit code."""
-        return worst_exit_code([r.exit_code for r in self.runs])
+        """The worst database's exit code (2 when a coordinated snapshot failed)."""
+        return worst_exit_code([r.exit_code for r in self.runs] + ([2] if self.group_error else []))
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"databases": {name: run JSON}, "exit_code": N}`` (``run --json`` for a site)."""
+        """``{"databases": {name: run JSON}, "exit_code": N}`` (``run --json`` for a site),
+        with ``group`` (the coordinated snapshot's id, or null) and ``group_error``."""
         return {
             "databases": {r.name: r.to_dict() for r in self.runs},
             "exit_code": self.exit_code,
+            "group": self.group.group_id if self.group else None,
+            "group_error": self.group_error,
+            "group_restore": self.group_restore,
         }
+
+
+def _coordinated_snapshot(
+    databases: Sequence[Settings], *, force: bool, trigger: str
+) -> tuple[GroupBackupResult | None, str | None]:
+    """With ``BACKUPS_COORDINATED``, one snapshot of every database that has it on, taken
+    together when any of them is due: the snapshot and None, (None, None) when none is due
+    or fewer than two take part, or (None, why) when it failed."""
+    members = [s for s in databases if s.coordinated]
+    if len(members) < 2:
+        return None, None
+    now = datetime.now(timezone.utc)
+    due = force
+    for settings in members:
+        try:
+            due = due or backup_due(BackupStore(settings), now) is None
+        except BackupError:
+            due = True  # the database's own run says what is wrong with its folder
+    if not due:
+        return None, None
+    try:
+        group = create_group_backup(members, kind="scheduled", trigger=trigger, notify_owner=False)
+    except BackupError as exc:
+        logger.error("the coordinated snapshot failed: %s", exc)
+        return None, f"the coordinated snapshot failed: {exc}"
+    return group, None
 
 
 def run_site(
@@ -330,6 +377,12 @@ def run_site(
     """Run every database of a site, one after the other, each under its own lock. One that
     fails, or cannot start, never stops the others: its error is in its part of the result.
 
+    First, a group restore that was interrupted is finished or rolled back
+    (:func:`.group_restore.finish_group_restores`). Then, with ``BACKUPS_COORDINATED`` on
+    for two or more databases and any of them due, one coordinated snapshot of them is taken
+    (:mod:`.coordinated`): each member is its database's backup of this run. If it fails,
+    each database backs up alone as usual, and the failure makes the exit code 2.
+
     A dead-man ping URL shared by several databases is pinged once for them: ``start``
     before the first, and the worst of their exit codes after the last, so one database's
     success never hides another's failure.
@@ -341,10 +394,20 @@ def run_site(
             by_url.setdefault(settings.ping_url, []).append(settings)
     for members in by_url.values():
         ping(members[0], "start", budget=budget)
+    settled = finish_group_restores(databases)
+    group, group_error = _coordinated_snapshot(databases, force=force, trigger=trigger)
+    taken = dict(group.members) if group is not None else {}
     runs: list[DatabaseRun] = []
     for settings in databases:
         try:
-            result = run(settings, force=force, trigger=trigger, identity=identity, pings=False)
+            result = run(
+                settings,
+                force=force,
+                trigger=trigger,
+                identity=identity,
+                pings=False,
+                taken=taken.get(settings.database_name),
+            )
         except LockedError as exc:
             runs.append(DatabaseRun(settings, None, str(exc), LOCKED_EXIT_CODE))
         except BackupError as exc:
@@ -366,7 +429,7 @@ def run_site(
             for r in mine
         )
         ping(members[0], str(code) if code else "", body, budget=budget)
-    return SiteRunResult(tuple(runs))
+    return SiteRunResult(tuple(runs), group, group_error, settled)
 
 
 @dataclass
@@ -409,9 +472,10 @@ def _run_locked(
     trigger: str,
     reverify: bool,
     identity: Identity | None = None,
+    taken: BackupResult | None = None,
 ) -> RunResult:
     """The run itself: every step under the operation lock."""
-    progress = _Progress(started=datetime.now(timezone.utc))
+    progress = _Progress(started=datetime.now(timezone.utc), backup=taken)
     if not settings.state_dir.is_dir():
         # Nowhere to record a failure yet: refuse a wrong path before creating folders for it.
         check_sqlite_file(settings.database)
@@ -456,8 +520,12 @@ def _back_up_and_reverify(
         # "Now" is taken after the lock: a run that waited for another run's backup must
         # see that backup as just taken, not as dated in its future (which reads as a
         # clock that went back and would take a second, redundant backup).
-        progress.skipped = None if force else backup_due(store, datetime.now(timezone.utc))
-        if progress.skipped is None:
+        if progress.backup is not None:
+            # The site's coordinated snapshot is this run's backup.
+            progress.warnings += progress.backup.warnings
+        elif not force and (skipped := backup_due(store, datetime.now(timezone.utc))):
+            progress.skipped = skipped
+        else:
             progress.backup = create_backup(
                 settings, kind="scheduled", trigger=trigger, lock=False, notify_owner=False
             )

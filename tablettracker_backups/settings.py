@@ -159,6 +159,9 @@ class Settings:
     notify_on: str = "problems"
     #: Send a weekly report (``BACKUPS_NOTIFY_WEEKLY``) to the notification targets.
     notify_weekly: bool = False
+    #: ``run`` over a site snapshots its databases together, at one instant
+    #: (``BACKUPS_COORDINATED``); a database whose own entry turns it off is backed up alone.
+    coordinated: bool = False
     #: Dead-man ping base URL (healthchecks.io style); ``run`` pings it at start and end.
     ping_url: str | None = field(default=None, repr=False)
     #: A table that lost more than this fraction of its rows since the previous good backup
@@ -445,6 +448,7 @@ CORE_KEYS = frozenset(
         "notify",
         "notify_on",
         "notify_weekly",
+        "coordinated",
         "ping_url",
         "anomaly_drop",
     }
@@ -679,6 +683,8 @@ def _notify_settings(values: Mapping[str, Any]) -> dict[str, Any]:
         found["notify_on"] = notify_on
     if values.get("notify_weekly") is not None:
         found["notify_weekly"] = parse_switch("notify_weekly", values["notify_weekly"])
+    if values.get("coordinated") is not None:
+        found["coordinated"] = parse_switch("coordinated", values["coordinated"])
     ping = _opt_str(values.get("ping_url"))
     if ping is not None:
         if not re.match(r"\Ahttps?://[^/\s?#]+[^\s]*\Z", ping, re.IGNORECASE):

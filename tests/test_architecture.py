@@ -275,7 +275,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "runner", "backup", "restore", "verify", "heal", "prune", "offsite.sync",
                 "autosnapshot", "bootstrap", "pins", "evidence", "health", "metrics", "weekly",
                 "preview", "sound_copy", "restore_points", "jobs.queue", "pings", "keys",
-                "sources", "anomaly", "intent", "jobs", "site", "export",
+                "sources", "anomaly", "intent", "jobs", "site", "export", "coordinated",
+                "groups", "group_restore",
             }
         ),
     ),

@@ -300,7 +300,7 @@ def test_database_picks_one_by_name_or_by_file(site_toml: Path) -> None:
     assert json.loads(ran.stdout)["backup"]["id"]
 
 
-@pytest.mark.parametrize("command", ["backup", "list", "verify", "show"])
+@pytest.mark.parametrize("command", ["backup", "verify", "show"])
 def test_a_one_database_command_on_a_site_of_two_asks_which(site_toml: Path, command: str) -> None:
     args = [command, "--config", str(site_toml)] + (["latest"] if command == "show" else [])
     result = invoke(*args)

@@ -10,16 +10,19 @@ from tablettracker_backups.backup import create_backup
 from tablettracker_backups.cli.common import (
     EXIT_CRITICAL,
     EXIT_WARNING,
+    SETTINGS_META,
     BackupsCommand,
     audit_command,
     emit_json,
     json_option,
     print_findings,
-    settings_command,
+    site_command,
+    site_command_line,
     stage_progress,
 )
+from tablettracker_backups.coordinated import create_group_backup
 from tablettracker_backups.display import human_size
-from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site
 
 
 @click.command(cls=BackupsCommand)
@@ -29,9 +32,16 @@ from tablettracker_backups.settings import Settings
     is_flag=True,
     help="Pin it: retention never deletes it until 'unpin ID'.",
 )
-@settings_command
+@click.option(
+    "--all",
+    "all_databases",
+    is_flag=True,
+    help="Snapshot every database of the site at one instant (a coordinated snapshot, one "
+    "restore point: restore --group ID).",
+)
+@site_command
 @json_option
-def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> None:
+def backup(site: Site, label: str | None, keep: bool, all_databases: bool, as_json: bool) -> None:
     """Take, check and store a backup now.
 
     The backup is kept when its stored file decompresses to exactly the snapshot. What the
@@ -43,7 +53,18 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
     Examples:
       tablettracker-backups backup --database instance/tablet_counter.db
       tablettracker-backups backup --label "before the migration" --keep
+      tablettracker-backups backup --all --config site.toml
+
+    With --all, every database of the site is read as of one instant: a read transaction is
+    opened on each while all their write locks are held (an app writing two of them in one
+    transaction is caught wholly before or wholly after), then each is copied and filed as a
+    backup of its own database whose manifest names the group.
     """
+    if all_databases:
+        _backup_all(site, label, keep, as_json)
+        return
+    settings = site.one()
+    click.get_current_context().meta[SETTINGS_META] = settings
 
     result = create_backup(
         settings,
@@ -90,6 +111,48 @@ def backup(settings: Settings, label: str | None, keep: bool, as_json: bool) -> 
         for found in result.anomalies:
             click.echo(f"Anomaly: {found.message}", err=True)
     if meta.source_damaged:
+        sys.exit(EXIT_CRITICAL)
+    if result.warnings:
+        sys.exit(EXIT_WARNING)
+
+
+def _backup_all(site: Site, label: str | None, keep: bool, as_json: bool) -> None:
+    """``backup --all``: one coordinated snapshot of every database of the site."""
+    result = create_group_backup(
+        site.databases, kind="manual", trigger="cli", label=label, pinned=keep
+    )
+    for settings, (_, member) in zip(site.databases, result.members, strict=True):
+        audit_command(
+            settings,
+            "backup",
+            ok=True,
+            message=f"backed up {member.metadata.id} in coordinated snapshot {result.group_id} "
+            f"({human_size(member.metadata.stored_size)} stored)",
+            group=result.group_id,
+        )
+    damaged = any(member.metadata.source_damaged for _, member in result.members)
+    if as_json:
+        emit_json(result.to_dict())
+    else:
+        click.echo(
+            f"Coordinated snapshot {result.group_id}: {len(result.members)} databases as of "
+            f"one instant, each verified and stored." + (" Pinned." if keep else "")
+        )
+        for name, member in result.members:
+            meta = member.metadata
+            click.echo(
+                f"  {name}: backup {meta.id} ({human_size(meta.raw_size)} database, "
+                f"{human_size(meta.stored_size)} stored)"
+            )
+            print_findings(meta, err=True, indent="    ")
+            for found in member.anomalies:
+                click.echo(f"    Anomaly: {found.message}", err=True)
+        for warning in result.warnings:
+            click.echo(f"Warning: {warning}", err=True)
+        click.echo(
+            f"Restore it with: {site_command_line(site, 'restore', '--group', result.group_id)}"
+        )
+    if damaged:
         sys.exit(EXIT_CRITICAL)
     if result.warnings:
         sys.exit(EXIT_WARNING)

@@ -5,6 +5,7 @@ codes, and the audit entry a command leaves. Imports the core only, never a comm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import getpass
 import json
@@ -377,6 +378,14 @@ def site_command(func: F) -> F:
         return site
 
     return _resolving(func, every)
+
+
+def site_command_line(site: Site, *words: str) -> str:
+    """The command to paste for ``words`` over the whole site (no ``--database``)."""
+    first = site.databases[0]
+    if site.named:
+        first = dataclasses.replace(first, selector=None)
+    return first.command_line(*words)
 
 
 def heading(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -10,35 +11,98 @@ import click
 from tablettracker_backups.cli.common import (
     BackupsCommand,
     emit_json,
+    heading,
     json_option,
-    settings_command,
+    site_command,
+    site_command_line,
 )
 from tablettracker_backups.display import human_size, local_time
+from tablettracker_backups.groups import RestoreGroup, group_ref, list_groups
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.site import Site
 from tablettracker_backups.states import OffsiteStatus
 from tablettracker_backups.store import BackupInfo, BackupStore, newest_good
 
 
 @click.command("list", cls=BackupsCommand)
-@settings_command
+@site_command
 @json_option
-def list_backups(settings: Settings, as_json: bool) -> None:
+def list_backups(site: Site, as_json: bool) -> None:
     """List backups, newest first, with why each is kept and where its copies are.
 
     The backup marked * is 'latest': the newest good regular backup, what 'show latest' and
     'restore latest' take (never a pre-restore safety snapshot, never a source-damaged one).
 
+    Over a site of several databases (no --database), the coordinated snapshots come first,
+    each one restore point (restore --group ID), then each database's own list. A member of
+    a coordinated snapshot says so under its row.
+
     \b
     Example:
       tablettracker-backups list --json | jq '.[0].id'
+      tablettracker-backups list --config site.toml --json | jq '.groups[0].id'
     """
 
-    store = BackupStore(settings)
-    store.require_folder()
-    infos = store.list()
+    if len(site.databases) == 1:
+        settings = site.databases[0]
+        store = BackupStore(settings)
+        store.require_folder()  # a mistyped --backup-dir: say so, create nothing
+        rows, printer = _listing(settings, store.list())
+        if as_json:
+            emit_json(rows)
+        else:
+            printer()
+        return
+    listings: dict[str, list[BackupInfo]] = {}
+    for settings in site.databases:
+        store = BackupStore(settings)
+        listings[settings.database_name] = store.list()
+    groups = list_groups(site.databases, listings)
+    if as_json:
+        emit_json(
+            {
+                "groups": [g.to_dict() for g in groups],
+                "databases": {
+                    s.database_name: _listing(s, listings[s.database_name])[0]
+                    for s in site.databases
+                },
+            }
+        )
+        return
+    _print_groups(site, groups)
+    for settings in site.databases:
+        click.echo("")
+        heading(settings)
+        _listing(settings, listings[settings.database_name])[1]()
+
+
+def _print_groups(site: Site, groups: list[RestoreGroup]) -> None:
+    """The coordinated snapshots of a site: one restore point each."""
+    if not groups:
+        click.echo(
+            "No coordinated snapshots yet (one restore point for every database): take one "
+            f"with: {site_command_line(site, 'backup', '--all')}"
+        )
+        return
+    click.echo("Coordinated snapshots (restore one with: restore --group ID):")
+    click.echo(f"  {'GROUP':<24} {'TAKEN (local time)':<24} {'STATE':<8} MEMBERS")
+    for group in groups:
+        members = ", ".join(f"{m.name} {m.backup_id}" for m in group.members)
+        state = "whole" if group.whole else "PARTIAL"
+        click.echo(f"  {group.id:<24} {local_time(group.created_at):<24} {state:<8} {members}")
+        if group.label:
+            click.echo(f"    label: {group.label}")
+        for problem in group.problems:
+            click.echo(f"    ! not a restore point: {problem}")
+
+
+def _listing(
+    settings: Settings, infos: list[BackupInfo]
+) -> tuple[list[dict[str, Any]], Callable[[], None]]:
+    """One database's list: its JSON rows, and what prints it on a terminal."""
     plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
     latest = newest_good(infos)
     # From the local offsite record only: listing never waits on the network.
@@ -47,10 +111,12 @@ def list_backups(settings: Settings, as_json: bool) -> None:
     record = read_state(settings) if offsite else None
 
     def as_dict(info: BackupInfo) -> dict[str, Any]:
+        ref = group_ref(info.metadata)
         document: dict[str, Any] = dict(
             info.to_dict(),
             kept_because=list(plan.reasons(info.id)),
             latest=latest is not None and info.id == latest.id,
+            group=None if ref is None else {"id": ref.id, "members": ref.members},
         )
         if offsite:
             document["copies"]["offsite"] = offsite[info.id]
@@ -58,13 +124,15 @@ def list_backups(settings: Settings, as_json: bool) -> None:
             document["offsite_encrypted_to"] = (list(copy.recipients) or None) if copy else None
         return document
 
-    if as_json:
-        emit_json([as_dict(i) for i in infos])
-        return
-    if not infos:
-        click.echo(f"No backups yet. Take one with: {settings.command_line('backup', where=False)}")
-        return
-    _print_list(infos, plan, latest, offsite)
+    def show() -> None:
+        if not infos:
+            click.echo(
+                f"No backups yet. Take one with: {settings.command_line('backup', where=False)}"
+            )
+            return
+        _print_list(infos, plan, latest, offsite)
+
+    return [as_dict(i) for i in infos], show
 
 
 def _print_list(
@@ -93,6 +161,10 @@ def _print_list(
         )
         if info.label:
             click.echo(f"    label: {info.label}" + (" (pinned)" if info.pinned else ""))
+        ref = group_ref(info.metadata)
+        if ref is not None:
+            others = ", ".join(f"{n} {i}" for n, i in ref.members.items() if i != info.id)
+            click.echo(f"    coordinated snapshot {ref.id}" + (f" with {others}" if others else ""))
         for problem in info.problems:
             click.echo(f"    ! {problem}")
     click.echo(

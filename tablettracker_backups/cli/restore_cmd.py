@@ -24,11 +24,14 @@ from tablettracker_backups.cli.common import (
     json_option,
     open_identity,
     resolve_settings,
+    resolve_site,
     stage_progress,
 )
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import Identity, describe_keys
 from tablettracker_backups.errors import ConfigError
+from tablettracker_backups.group_restore import restore_group
+from tablettracker_backups.groups import find_group, group_at
 from tablettracker_backups.restore import (
     RestorePreview,
     RestoreResult,
@@ -85,6 +88,19 @@ from tablettracker_backups.store import BackupStore
     is_flag=True,
     help="Forget an interrupted restore that health reports, once the database is checked.",
 )
+@click.option(
+    "--group",
+    "group_id",
+    metavar="GROUP",
+    help="Restore every member of this coordinated snapshot (backup --all) into its live "
+    "database, all or nothing; 'list' shows the groups.",
+)
+@click.option(
+    "--all",
+    "all_databases",
+    is_flag=True,
+    help="With --at TIME: every database of the site, to one coordinated snapshot, all or nothing.",
+)
 @identity_option
 @common_options
 @json_option
@@ -103,6 +119,8 @@ def restore(
     from_offsite: bool,
     from_database: str | None,
     dismiss: bool,
+    group_id: str | None,
+    all_databases: bool,
     identity_file: Path | None,
     as_json: bool,
 ) -> None:
@@ -151,9 +169,47 @@ def restore(
       tablettracker-backups restore latest --database shop.db --backup-dir /srv/tablets-backups \
           --from-database tablet_counter
       tablettracker-backups restore --dismiss
+      tablettracker-backups restore --group 20261123T201500Z-9b8c7d --config site.toml
+      tablettracker-backups restore --at 2026-11-23T20:15 --all --config site.toml
+
+    With --group GROUP (or --at TIME --all) every member of a coordinated snapshot is
+    restored into its own live database, all or nothing: every member's write lock is held
+    together, a safety snapshot of each is taken, each is written and checked, and if any
+    write or check fails every member is put back. A kill at any point is settled by the
+    next 'run' over the site (finished, or every member put back), never left mixed. The
+    preview and the question list every member. --at TIME --all takes the coordinated
+    snapshot that holds the state of every database as of TIME.
     """
 
     ctx = click.get_current_context()
+    if group_id is not None or all_databases:
+        others = {
+            "an ID": backup_id,
+            "--undo": undo,
+            "--to": to,
+            "--from-offsite": from_offsite,
+            "--from-database": from_database,
+            "--dismiss": dismiss,
+        }
+        given = [name for name, value in others.items() if value]
+        if given or (group_id is not None and (all_databases or at is not None)):
+            raise click.UsageError(
+                "--group GROUP, or --at TIME --all, restores a coordinated snapshot: give no "
+                + ", ".join(given or ["--at or --all with --group"])
+            )
+        if all_databases and at is None:
+            raise click.UsageError("--all restores the site as of --at TIME (or use --group)")
+        _restore_group_command(
+            ctx,
+            config,
+            group_id,
+            at,
+            yes=yes,
+            preview=preview,
+            identity_file=identity_file,
+            as_json=as_json,
+        )
+        return
     settings = _restore_settings(ctx, config=config, database=database, to=to)
     if dismiss:
         if backup_id is not None or undo or at is not None or preview or from_offsite:
@@ -442,3 +498,106 @@ def _recover_from_offsite(
         )
     if result.skipped:
         sys.exit(EXIT_WARNING)
+
+
+# -- a coordinated snapshot: every member, all or nothing -----------------------------------------
+
+
+def _restore_group_command(
+    ctx: click.Context,
+    config: Path | None,
+    group_id: str | None,
+    at: str | None,
+    *,
+    yes: bool,
+    preview: bool,
+    identity_file: Path | None,
+    as_json: bool,
+) -> None:
+    """``restore --group GROUP`` and ``restore --at TIME --all``."""
+    site = resolve_site(ctx, config=config, options=given_options(ctx))
+    identity = open_identity(identity_file)
+    asked: dict[str, Any] = {}
+    if at is not None:
+        moment = parse_moment(at)
+        group, how = group_at(site.databases, moment.at, now=datetime.now(timezone.utc))
+        asked = _moment_json(moment)
+        if not as_json:
+            click.echo(
+                f"The state of every database as of {moment.describe()}: coordinated snapshot "
+                f"{group.id}, taken {local_time(group.created_at)} ({how})."
+            )
+    else:
+        assert group_id is not None
+        group = find_group(site.databases, group_id)
+    members = [(m.name, m.settings, m.backup_id) for m in group.members if m.settings]
+    if preview or (not yes and not as_json):
+        previews = [
+            (name, preview_restore(settings, backup_id, identity=identity))
+            for name, settings, backup_id in members
+        ]
+        if preview:
+            if as_json:
+                emit_json(
+                    {"group": group.id, "members": {n: p.to_dict() for n, p in previews}, **asked}
+                )
+            else:
+                _print_group_preview(group.id, previews)
+            return
+    if not yes:
+        if not sys.stdin.isatty() or as_json:
+            click.echo(
+                "Error: refusing to restore without confirmation: standard input is not a "
+                "terminal; pass --yes to confirm",
+                err=True,
+            )
+            sys.exit(EXIT_CRITICAL)
+        _print_group_preview(group.id, previews)
+        names = ", ".join(f"{name} ({settings.database})" for name, settings, _ in members)
+        if not click.confirm(
+            f"Replace the LIVE databases {names} with coordinated snapshot {group.id}? (a "
+            "safety snapshot of each is taken first)",
+            default=False,
+        ):
+            click.echo("Cancelled; nothing was changed.")
+            sys.exit(EXIT_WARNING)
+    result = restore_group(
+        site.databases,
+        group.id,
+        actor=cli_actor(),
+        identity=identity,
+        progress=stage_progress(not as_json, width=15, end_after=None),
+        raw_reads=True,  # a process of its own: no other connection to the databases here
+    )
+    warned = any(r.fell_back or r.warnings for _, r in result.members)
+    if as_json:
+        emit_json({**result.to_dict(), **asked})
+        if warned:
+            sys.exit(EXIT_WARNING)
+        return
+    if sys.stderr.isatty():
+        click.echo("", err=True)
+    for line in result.settled:
+        click.echo(f"Note: {line}", err=True)
+    click.echo(
+        f"Restored coordinated snapshot {result.group_id} (taken "
+        f"{local_time(result.created_at)}) into {len(result.members)} databases, all checked:"
+    )
+    for name, done in result.members:
+        for message in (*done.fell_back, *done.warnings):
+            click.echo(f"Warning: {name}: {message}", err=True)
+        click.echo(
+            f"  {name}: {done.backup_id} into {done.target}"
+            + (f"; safety snapshot {done.safety_snapshot_id}" if done.safety_snapshot_id else "")
+        )
+    if warned:
+        sys.exit(EXIT_WARNING)
+
+
+def _print_group_preview(group_id: str, previews: list[tuple[str, RestorePreview]]) -> None:
+    """Every member's preview, one section each."""
+    click.echo(f"Coordinated snapshot {group_id}: {len(previews)} databases, all or nothing.")
+    for name, member in previews:
+        click.echo("")
+        click.echo(f"== {name} ==")
+        _print_preview(member)

@@ -36,6 +36,9 @@ def run_command(site: Site, force: bool, identity_file: Path | None, as_json: bo
     In a site of several databases (BACKUPS_DATABASES), every one of them, one after the
     other, each under its own lock: one that fails never stops the others; the report has a
     section per database and the exit code is the worst of them. --database NAME runs one.
+    With BACKUPS_COORDINATED on, the site's backups are one coordinated snapshot (every
+    database as of one instant); a group restore that was killed is finished or put back
+    first.
 
     Idempotent: run it hourly (or daily on a free PythonAnywhere account); a run with nothing
     due only verifies and checks. A second run while one is in progress waits briefly, then
@@ -71,6 +74,16 @@ def run_command(site: Site, force: bool, identity_file: Path | None, as_json: bo
     if as_json:
         emit_json(outcome.to_dict())
         sys.exit(outcome.exit_code)
+    if outcome.group_restore:
+        click.echo(f"Group restore: {outcome.group_restore}", err=True)
+    if outcome.group is not None:
+        click.echo(
+            f"Coordinated snapshot {outcome.group.group_id}: "
+            + ", ".join(f"{name} {r.metadata.id}" for name, r in outcome.group.members)
+        )
+        click.echo("")
+    elif outcome.group_error:
+        click.echo(f"Error: {outcome.group_error}; each database was backed up alone", err=True)
     for index, part in enumerate(outcome.runs):
         if index:
             click.echo("")

@@ -109,6 +109,8 @@ class BackupManager:
         app.config.setdefault("BACKUPS_NOTIFY_ON", None)
         #: Once a week, send a report to the BACKUPS_NOTIFY targets (the scheduled run does).
         app.config.setdefault("BACKUPS_NOTIFY_WEEKLY", None)
+        #: ``run`` snapshots every database of the site at one instant (coordinated).
+        app.config.setdefault("BACKUPS_COORDINATED", None)
         #: Dead-man ping base URL (healthchecks.io style); None sends no pings.
         app.config.setdefault("BACKUPS_PING_URL", None)
         #: Largest request body the pages' own forms accept (``128KB``); a bigger POST to them
