@@ -731,9 +731,8 @@ def test_preview_compares_row_counts_and_schema(settings: Settings) -> None:
     document = json.loads(json.dumps(preview.to_dict()))
     assert document["tables"][0]["name"] == "count_sessions"
     # Its scratch copies are gone, and it took no lock and wrote no record.
-    assert sorted(p.name for p in settings.backup_dir.iterdir() if p.name.startswith(".")) == [
-        ".lock"
-    ]
+    hidden = sorted(p.name for p in settings.backup_dir.iterdir() if p.name.startswith("."))
+    assert hidden == [".catalog", ".lock"]  # the listing's catalog and the run lock only
 
 
 def test_preview_tells_changed_content_from_the_same_row_count(settings: Settings) -> None:
