@@ -54,6 +54,7 @@ ACTIONS = {
     "verify": "Verify backup",
     "verify-all": "Verify all backups",
     "restore": "Restore",
+    "restore-group": "Restore every database",
     "auto": "Automatic snapshot",
 }
 #: Write-triggered snapshots (:mod:`tablettracker_backups.autosnapshot`): they never make a
@@ -313,7 +314,8 @@ def _prune_finished(directory: Path, jobs: list[Job]) -> None:
         remove_quietly(directory / f"{job.id}.log")
 
 
-def _portable_values(values: Mapping[str, Any]) -> dict[str, Any]:
+def portable_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings ``values`` as a job file keeps them: JSON scalars, no secrets, no ``None``."""
     portable: dict[str, Any] = {}
     for key, value in values.items():
         if key in SECRET_KEYS or value is None:
@@ -399,7 +401,7 @@ def start_job(
             created_at=now,
             updated_at=now,
             message="waiting for the worker to start",
-            settings=_portable_values(values),
+            settings=portable_values(values),
         )
         write_job(directory, job)
         _prune_finished(directory, jobs)

@@ -8,6 +8,7 @@ worker in a new session and exits, so the web process never has a child to colle
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from tablettracker_backups import audit, notify
 from tablettracker_backups.autosnapshot import parse_not_before, run_worker
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.errors import BackupError, LockedError, RestoreError
+from tablettracker_backups.group_restore import restore_group
 from tablettracker_backups.jobs.queue import (
     AUTO,
     DONE,
@@ -141,6 +143,41 @@ def _do_restore(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str,
     return message, result.to_dict()
 
 
+def _do_group_restore(
+    settings: Settings, job: Job, reporter: _Reporter
+) -> tuple[str, dict[str, Any]]:
+    """Every member of a coordinated snapshot, all or nothing, through the core function the
+    command line's ``restore --group`` calls. The job lives in the site's first database; the
+    site's every database travels in ``params["members"]`` (no secrets: those come from the
+    worker's environment, as for the first database)."""
+    group_id = validate_backup_id(job.params.get("group"))
+    try:
+        raw = json.loads(job.params.get("members", ""))
+    except ValueError as exc:
+        raise BackupError("the job does not name the site's databases") from exc
+    if not isinstance(raw, dict) or not raw:
+        raise BackupError("the job does not name the site's databases")
+    secrets_from_env = {k: v for k, v in values_from_env(os.environ).items() if k in SECRET_KEYS}
+    databases = [
+        replace(settings_from_mapping({**values, **secrets_from_env}), command=FLASK_COMMAND)
+        for values in raw.values()
+    ]
+    # restore_group audits every member's outcome in that member's own log.
+    result = restore_group(
+        databases, group_id, actor=job.actor, progress=reporter.stage, raw_reads=True
+    )
+    done = "; ".join(
+        f"{name}: {r.backup_id}"
+        + (f" (safety snapshot {r.safety_snapshot_id})" if r.safety_snapshot_id else "")
+        for name, r in result.members
+    )
+    message = (
+        f"restored coordinated snapshot {result.group_id} into {len(result.members)} "
+        f"databases, all checked: {done}"
+    )
+    return message, result.to_dict()
+
+
 def _do_auto(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
     return run_worker(
         settings, job.id, not_before=parse_not_before(job.params), progress=reporter.stage
@@ -160,6 +197,7 @@ _ACTIONS: dict[str, Action] = {
     "verify": _do_verify,
     "verify-all": _do_verify,
     "restore": _do_restore,
+    "restore-group": _do_group_restore,
     "auto": _do_auto,
 }
 
@@ -227,7 +265,12 @@ def run_job(directory: Path, job_id: str, *, environ: Mapping[str, str] | None =
                 actor=job.actor,
                 ok=ok,
                 message=message,
-                details={"via": "web", "job": job.id, **job.params},
+                # The site's settings (a group restore's) are the job's, not the log's.
+                details={
+                    "via": "web",
+                    "job": job.id,
+                    **{k: v for k, v in job.params.items() if k != "members"},
+                },
             )
         except BackupError as exc:
             logger.error("could not write the audit log: %s", exc)

@@ -14,6 +14,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import json
 import logging
 import math
 import sys
@@ -59,6 +60,7 @@ from tablettracker_backups.evidence import open_warnings
 from tablettracker_backups.export import export_backup
 from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import remove_quietly, temp_path
+from tablettracker_backups.groups import RestoreGroup, find_group, list_groups
 from tablettracker_backups.health import HealthReport, check_health, describe_recovery
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.layout import data_key
@@ -100,7 +102,16 @@ ERROR_CODES = (400, 403, 404, 409, 413)
 #: unknown one is 404, after the login and admin checks).
 DATABASE_PREFIX = "/db/<database>"
 #: The pages that are the site's, not one database's: they need no name.
-SITE_ENDPOINTS = frozenset({f"{BLUEPRINT}.dashboard", f"{BLUEPRINT}.static"})
+SITE_ENDPOINTS = frozenset(
+    {
+        f"{BLUEPRINT}.dashboard",
+        f"{BLUEPRINT}.static",
+        f"{BLUEPRINT}.group_restore",
+        f"{BLUEPRINT}.group_restore_confirm",
+    }
+)
+#: Coordinated snapshots offered on the site's dashboard (``list`` shows them all).
+GROUPS_SHOWN = 5
 #: Where the request's database is kept (``g``): its name as the URL gave it, then the member.
 ASKED_KEY = "_ttb_database_asked"
 MEMBER_KEY = "_ttb_database"
@@ -149,6 +160,10 @@ def create_blueprint() -> Blueprint:
     add("/backups/<backup_id>/unpin", "unpin", unpin_backup, methods=["POST"])
     add("/backups/<backup_id>/restore", "restore_confirm", restore_confirm, methods=["POST"])
     add("/restore-at", "restore_at", restore_at_page)
+    # The site's own: every database to one coordinated snapshot (no /db/<name>/ form).
+    group_rule = "/groups/<group_id>/restore"
+    bp.add_url_rule(group_rule, "group_restore", group_restore_page, methods=["GET"])
+    bp.add_url_rule(group_rule, "group_restore_confirm", group_restore_confirm, methods=["POST"])
     add("/backup-now", "backup_now", backup_now, methods=["POST"])
     add("/verify-all", "verify_all", verify_all, methods=["POST"])
     add("/prune", "prune", prune_page, methods=["GET"])
@@ -557,7 +572,18 @@ def site_dashboard() -> ResponseReturnValue:
         level=worst,
         headline=headline,
         verdict_text=text,
+        groups=_site_groups(state),
     )
+
+
+def _site_groups(state: BackupState) -> list[RestoreGroup] | None:
+    """The newest coordinated snapshots, through each database's listing cache (None when
+    a folder cannot be listed: the table above says which)."""
+    try:
+        listings = {m.name: BackupStore(m.settings, cache=m.listing).list() for m in _site()}
+        return list_groups([m.settings for m in _site()], listings)[:GROUPS_SHOWN]
+    except BackupError:
+        return None
 
 
 def _site_row(member: Member, *, now: datetime) -> dict[str, Any]:
@@ -1192,4 +1218,96 @@ def _restore_form(backup_id: str, *, error: str | None, status: int = 400) -> Re
         newest_verified=_newest_verified(store, backup_id),
         error=error,
         active=jobs.active_job(settings),
+    ), (status if error else 200)
+
+
+# -- the site's own: every database to one coordinated snapshot --------------------------------
+
+
+def _site() -> list[Member]:
+    """Every database of the site, in its order."""
+    state = get_state()
+    return list(state.members.values()) or [state.first()]
+
+
+def _group(group_id: str) -> RestoreGroup:
+    """The coordinated snapshot the URL names (404 when malformed or unknown)."""
+    return find_group([m.settings for m in _site()], _backup_id(group_id))
+
+
+def group_restore_page(group_id: str) -> ResponseReturnValue:
+    """Every member's tables as a restore of the group would change them, and the typed
+    confirmation (changes nothing)."""
+    return _group_form(_group(group_id), error=None)
+
+
+def group_restore_confirm(group_id: str) -> ResponseReturnValue:
+    """With the group's id or ``RESTORE`` typed in, restore every member, all or nothing, in
+    a worker process (``restore --group``'s core function; it takes a safety snapshot of
+    every member first). A group that is not whole (a member pruned, lost or damaged) is
+    refused here, as the page does not offer it."""
+    group = _group(group_id)
+    if not group.whole:
+        return _group_form(
+            group,
+            error=f"Nothing was restored: {'; '.join(group.problems)}.",
+            status=409,
+        )
+    typed = request.form.get("confirm", "").strip()
+    if typed not in (group.id, RESTORE_WORD):
+        return _group_form(
+            group,
+            error=(
+                f"Nothing was restored: type the snapshot's id {group.id} or the word "
+                f"{RESTORE_WORD} to confirm."
+            ),
+        )
+    site = _site()
+    # The job lives in the site's first database (its job page shows the progress); the
+    # worker rebuilds every database's settings from the values it is given.
+    home = site[0]
+    job = jobs.start_job(
+        home.settings,
+        home.values,
+        action="restore-group",
+        actor=_actor(),
+        params={
+            "group": group.id,
+            "databases": ", ".join(group.names),
+            "members": json.dumps({m.name: jobs.portable_values(m.values) for m in site}),
+        },
+    )
+    database = home.name if get_state().several else None
+    return redirect(url_for(f"{BLUEPRINT}.job", job_id=job.id, database=database), code=303)
+
+
+def _group_form(
+    group: RestoreGroup, *, error: str | None, status: int = 400
+) -> ResponseReturnValue:
+    members = []
+    for listed in group.members:
+        preview = None
+        if listed.settings is not None and listed.info is not None:
+            preview = preview_restore(listed.settings, listed.backup_id)
+        members.append(
+            {
+                "name": listed.name,
+                "backup_id": listed.backup_id,
+                "info": listed.info,
+                "problem": listed.problem,
+                "preview": preview,
+                "tables": preview.by_impact() if preview is not None else [],
+                "biggest": biggest_changes(preview.tables) if preview is not None else set(),
+            }
+        )
+    # A job running on any database makes this one wait: name where it runs.
+    running = ((m.name, jobs.active_job(m.settings)) for m in _site())
+    active = next(((name, job) for name, job in running if job is not None), None)
+    return render_template(
+        "tablettracker_backups/group_restore.html",
+        group=group,
+        members=members,
+        restore_word=RESTORE_WORD,
+        error=error,
+        active=active,
     ), (status if error else 200)
