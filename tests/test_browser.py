@@ -826,3 +826,49 @@ def test_the_site_dashboard_shows_every_database_at_every_width(
     )
     page.goto(f"{demo.url}{base}/backups/{sound}/restore")  # type: ignore[attr-defined]
     assert page.inner_text("h1") == f"Restore backup {sound} into audit?"  # type: ignore[attr-defined]
+
+
+#: On the group restore page: the heading and the verdict above every member's section.
+GROUP_VERDICT_FIRST = """() => {
+  const heading = document.querySelector("h1").getBoundingClientRect();
+  const verdict = document.querySelector("[data-ttb-group-verdict]").getBoundingClientRect();
+  const first = document.querySelector("[data-ttb-member]").getBoundingClientRect();
+  return heading.bottom <= verdict.top && verdict.bottom <= first.top
+    && verdict.top < window.innerHeight;
+}"""
+
+
+def test_the_group_restore_preview_reads_first_and_confirms_on_a_phone(
+    site_demo: Demo, browser: object
+) -> None:
+    from tablettracker_backups.coordinated import create_group_backup
+
+    demo = site_demo
+    tablets = _site_member(demo, "tablets", "tablet_counter.db")
+    audit_log = _site_member(demo, "audit", "audit_log.db")
+    group = create_group_backup([tablets, audit_log], trigger="browser-test").group_id  # type: ignore[list-item]
+    page = _login_fresh(browser, demo)
+    SHOTS.mkdir(exist_ok=True)
+    for width in WIDTHS:
+        page.set_viewport_size({"width": width, "height": 800})  # type: ignore[attr-defined]
+        page.goto(f"{demo.url}{PREFIX}/")  # type: ignore[attr-defined]
+        page.screenshot(path=str(SHOTS / f"site-groups-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+        page.click(f"[data-ttb-group='{group}'] a")  # type: ignore[attr-defined]
+        page.wait_for_url(f"{demo.url}{PREFIX}/groups/{group}/restore")  # type: ignore[attr-defined]
+        page.screenshot(path=str(SHOTS / f"group-restore-{width}.png"), full_page=True)  # type: ignore[attr-defined]
+        where = f"group restore at {width} px"
+        scroll = page.evaluate("document.scrollingElement.scrollWidth")  # type: ignore[attr-defined]
+        assert scroll <= width, f"{where} scrolls sideways: {scroll}"
+        assert page.evaluate(GROUP_VERDICT_FIRST), where  # type: ignore[attr-defined]
+        assert page.evaluate(CLIPPED, "form.ttb-confirm button, form.ttb-confirm a") == [], where  # type: ignore[attr-defined]
+        assert page.locator("[data-ttb-member]").count() == 2, where  # type: ignore[attr-defined]
+    # On a phone: the button is reached by scrolling, and it runs the restore.
+    page.set_viewport_size({"width": 360, "height": 800})  # type: ignore[attr-defined]
+    page.fill("#ttb-confirm", "RESTORE")  # type: ignore[attr-defined]
+    button = page.locator("form.ttb-confirm button[type=submit]")  # type: ignore[attr-defined]
+    button.scroll_into_view_if_needed()
+    box = button.bounding_box()
+    assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 360, box
+    button.click()
+    assert "Done:" in _wait_done(page)
+    assert f"{PREFIX}/db/tablets/jobs/" in page.url  # type: ignore[attr-defined]
