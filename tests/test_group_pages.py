@@ -151,3 +151,25 @@ def test_a_group_restore_from_the_page_restores_both_databases(
         assert restored and restored[0].details["group"] == group
     page = site_admin.get(f"{PREFIX}/db/tablets/jobs/{job_id}").get_data(as_text=True)
     assert "Restore every database" in page
+
+
+def test_a_group_that_is_no_longer_whole_is_shown_but_refused(
+    site_app: Flask, site_admin: FlaskClient
+) -> None:
+    group = take_group(site_app)
+    audit_db = member(site_app, "audit")
+    gone = BackupStore(audit_db).list()[0].id
+    BackupStore(audit_db).delete(gone)  # what retention of the audit log alone may do
+    edit(site_admin, "Acme")
+    url = f"{PREFIX}/groups/{group}/restore"
+    page = site_admin.get(url)
+    html = page.get_data(as_text=True)
+    assert page.status_code == 200 and 'data-ttb-group-verdict="partial"' in html
+    assert f"backup {gone} is gone" in html
+    assert 'class="ttb-confirm"' not in html
+    before = state(site_app)
+    token = csrf_from(site_admin.get(f"{PREFIX}/").get_data(as_text=True))
+    refused = site_admin.post(url, data={"csrf_token": token, "confirm": group})
+    assert refused.status_code == 409
+    assert "Nothing was restored" in refused.get_data(as_text=True)
+    assert state(site_app) == before
