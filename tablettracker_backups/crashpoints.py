@@ -44,7 +44,7 @@ class Stage(str, Enum):
     SECONDARY_COPY = "secondary-copy"
     #: Prune removed one copy's metadata and not yet its data file.
     PRUNE_DELETE = "prune-delete"
-    #: Garbage collection planned again under the lock; nothing deleted yet.
+    #: Garbage collection has its plan; not yet planned again to check it, nothing deleted.
     GC_PLANNED = "gc-planned"
     #: Garbage collection deleted one object (``gc-delete:N``: the Nth).
     GC_DELETE = "gc-delete"

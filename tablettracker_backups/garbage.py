@@ -288,6 +288,7 @@ def collect(
     )
     if dry_run:
         return Collection(plans, dry_run=True)
+    crash_point(Stage.GC_PLANNED)
     deleted: list[str] = []
     problems: list[str] = []
     freed = 0
@@ -297,7 +298,6 @@ def collect(
         folder = locations[plan.location]
         again = plan_folder(plan.location, folder, now=now, grace=grace)
         still = {key for key, _ in again.garbage}
-        crash_point(Stage.GC_PLANNED)
         store = LocalStore(folder)
         for key, size in plan.garbage:
             if key not in still:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.crashpoints import ENV, Stage
+from tablettracker_backups.crashpoints import ENV, SIGNAL_ENV, Stage
 from tablettracker_backups.formats import page_index
 from tablettracker_backups.garbage import GRACE, collect
 from tablettracker_backups.layout import node_key, pack_key
@@ -27,7 +27,7 @@ from tablettracker_backups.settings import Settings
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_copy
-from tests.faultkit import cli_env, run_cli
+from tests.faultkit import cli_env, resume, run_cli, spawn_cli, stopped_at
 
 
 @pytest.fixture
@@ -240,3 +240,28 @@ def test_prune_dry_run_shows_the_plan_in_bytes_and_deletes_nothing(
     real = run_cli(["prune"], env)
     assert real.returncode == 0, real.stderr
     assert f"freed {plan.planned_objects} object(s), {plan.planned_bytes} bytes" in real.stdout
+
+
+def test_the_plan_is_checked_again_before_anything_is_deleted(
+    pages: Settings, db_path: Path, tmp_path: Path
+) -> None:
+    """A backup that comes to need the garbage between the plan and the deletes keeps it:
+    here the dropped backup's manifests come back while prune is stopped at its plan."""
+    first, middle, last = _three(pages, db_path)
+    store = BackupStore(pages)
+    manifests = {
+        loc: (folder / f"{middle.id}.json").read_bytes() for loc, folder in store.locations.items()
+    }
+    store.delete(middle.id)
+    for folder in store.locations.values():
+        _age(folder, GRACE.total_seconds() + 60)
+    assert collect(store.locations, dry_run=True).planned_objects > 0
+    env = cli_env(db_path, pages.backup_dir, pages.secondary_dir, home=tmp_path)
+    proc = spawn_cli(["prune", "--json"], {**env, ENV: Stage.GC_PLANNED.value, SIGNAL_ENV: "STOP"})
+    assert stopped_at(proc), "prune never reached its plan"
+    for loc, folder in store.locations.items():
+        (folder / f"{middle.id}.json").write_bytes(manifests[loc])
+    code, out, err = resume(proc)
+    assert code == 0, err
+    assert json.loads(out)["garbage"]["freed_objects"] == 0
+    _all_verify(pages, [first.id, middle.id, last.id])
