@@ -938,6 +938,16 @@ PLANTS: tuple[Plant, ...] = (
         "    garbage = collect(store.locations, dry_run=True)\n",
         (T + "test_garbage.py::test_prune_dry_run_shows_the_plan_in_bytes_and_deletes_nothing",),
     ),
+    Plant(
+        "gc-mostly-dead",
+        "garbage.py",
+        "                if share is not None and share < MOSTLY_DEAD:\n",
+        "                if share is not None and share < 0:\n",
+        (
+            T
+            + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
+        ),
+    ),
 )
 
 

@@ -23,6 +23,7 @@ from tablettracker_backups.garbage import GRACE, collect
 from tablettracker_backups.layout import node_key, pack_key
 from tablettracker_backups.metadata import BackupMetadata
 from tablettracker_backups.pagestore import read_tree, write_file_pages
+from tablettracker_backups.prune import prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
@@ -265,3 +266,67 @@ def test_the_plan_is_checked_again_before_anything_is_deleted(
     assert code == 0, err
     assert json.loads(out)["garbage"]["freed_objects"] == 0
     _all_verify(pages, [first.id, middle.id, last.id])
+
+
+def test_prune_by_retention_frees_what_its_dry_run_said_and_the_kept_backup_still_builds(
+    make_settings: Callable[..., Settings], db_path: Path
+) -> None:
+    tight = make_settings(
+        format="pages",
+        keep_hourly=1,
+        keep_daily=0,
+        keep_weekly=0,
+        keep_monthly=0,
+        keep_yearly=0,
+        keep_recent="0",
+    )
+    _first, _middle, last = _three(tight, db_path)
+    store = BackupStore(tight)
+    for folder in store.locations.values():
+        _age(folder, GRACE.total_seconds() + 60)
+    dry = prune(store, dry_run=True)
+    assert dry.garbage is not None and len(dry.plan.delete) == 2
+    real = prune(BackupStore(tight))
+    assert len(real.deleted) == 2 and real.garbage is not None
+    assert (len(real.garbage.deleted), real.garbage.freed_bytes) == (
+        dry.garbage.planned_objects,
+        dry.garbage.planned_bytes,
+    )
+    assert real.garbage.freed_bytes > 0
+    for location, folder in store.locations.items():
+        assert _objects(folder) == _needs(folder, last), location
+    _all_verify(tight, [last.id])
+
+
+def test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted(
+    pages: Settings, db_path: Path
+) -> None:
+    first = create_backup(pages).metadata
+    with closing(sqlite3.connect(db_path)) as conn:
+        for table, column in _text_columns(conn):
+            try:
+                conn.execute(f"UPDATE {table} SET {column} = {column} || 'x'")
+            except sqlite3.IntegrityError:
+                continue  # a checked column (a role, a state): leave it
+        conn.commit()
+    second = create_backup(pages).metadata
+    BackupStore(pages).delete(first.id)
+    _age(pages.backup_dir, GRACE.total_seconds() + 60)
+    plan = collect({"primary": pages.backup_dir}, dry_run=True).plans[0]
+    old = set(read_tree(LocalStore(pages.backup_dir), page_index(first)).packs)
+    still = old & set(read_tree(LocalStore(pages.backup_dir), page_index(second)).packs)
+    assert still  # the first backup's pack still holds pages the second needs
+    sizes = sum((pages.backup_dir / pack_key(sha)).stat().st_size for sha in still)
+    assert (plan.mostly_dead, plan.mostly_dead_bytes) == (len(still), sizes)
+    assert all(pack_key(sha) not in dict(plan.garbage) for sha in still)
+
+
+def _text_columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    found = []
+    for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+        if table.startswith("sqlite_"):
+            continue
+        for row in conn.execute(f"PRAGMA table_info({table})"):
+            if str(row[2]).upper().startswith("TEXT") and not row[5]:
+                found.append((table, row[1]))
+    return found
