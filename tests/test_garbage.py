@@ -74,6 +74,19 @@ def _three(pages: Settings, db: Path) -> list[BackupMetadata]:
     return metas
 
 
+def _drop_middle(
+    pages: Settings, db: Path
+) -> tuple[BackupMetadata, BackupMetadata, BackupMetadata]:
+    """Three backups, the middle one dropped as prune drops one (its manifests deleted), every
+    object dated outside the grace period."""
+    first, middle, last = _three(pages, db)
+    store = BackupStore(pages)
+    store.delete(middle.id)
+    for folder in store.locations.values():
+        _age(folder, GRACE.total_seconds() + 60)
+    return [first, middle, last]
+
+
 def _all_verify(pages: Settings, ids: list[str]) -> None:
     store = BackupStore(pages)
     for backup_id in ids:
@@ -170,10 +183,7 @@ def test_liveness_comes_from_every_manifest_not_only_the_newest(
 def test_a_manifest_or_index_that_cannot_be_read_stops_all_collection_in_its_folder(
     pages: Settings, db_path: Path, damage: str
 ) -> None:
-    first, middle, _last = _three(pages, db_path)
-    store = BackupStore(pages)
-    store.delete(middle.id)
-    _age(pages.backup_dir, GRACE.total_seconds() + 60)
+    first, _middle, _last = _drop_middle(pages, db_path)
     folder = pages.backup_dir
     if damage == "manifest":
         (folder / f"{first.id}.json").write_text("{not json")
@@ -198,11 +208,8 @@ def test_a_manifest_or_index_that_cannot_be_read_stops_all_collection_in_its_fol
 def test_a_kill_at_each_collection_stage_loses_no_kept_page_and_the_next_run_finishes(
     pages: Settings, db_path: Path, tmp_path: Path, crash: str
 ) -> None:
-    first, middle, last = _three(pages, db_path)
+    first, _middle, last = _drop_middle(pages, db_path)
     store = BackupStore(pages)
-    store.delete(middle.id)
-    for folder in store.locations.values():
-        _age(folder, GRACE.total_seconds() + 60)
     planned = collect(store.locations, dry_run=True)
     assert planned.planned_objects >= 4  # enough to be killed between two deletes
     env = cli_env(db_path, pages.backup_dir, pages.secondary_dir, home=tmp_path)
@@ -225,11 +232,8 @@ def test_a_kill_at_each_collection_stage_loses_no_kept_page_and_the_next_run_fin
 def test_prune_dry_run_shows_the_plan_in_bytes_and_deletes_nothing(
     pages: Settings, db_path: Path, tmp_path: Path
 ) -> None:
-    _first, middle, _last = _three(pages, db_path)
+    _drop_middle(pages, db_path)
     store = BackupStore(pages)
-    store.delete(middle.id)
-    for folder in store.locations.values():
-        _age(folder, GRACE.total_seconds() + 60)
     before = {loc: _objects(f) for loc, f in store.locations.items()}
     env = cli_env(db_path, pages.backup_dir, pages.secondary_dir, home=tmp_path)
     dry = run_cli(["prune", "--dry-run"], env)
