@@ -921,6 +921,80 @@ PLANTS: tuple[Plant, ...] = (
         "            pass\n",
         (T + "test_pages_store.py::test_a_kill_between_packs_and_manifest_lists_no_half_backup",),
     ),
+    # -- garbage collection of format 2 (issue 20) ---------------------------------------
+    Plant(
+        "gc-grace",
+        "garbage.py",
+        "        if modified is None or modified > cutoff:\n",
+        "        if modified is None:\n",
+        (
+            T
+            + "test_garbage.py::test_objects_inside_the_grace_period_survive_and_just_outside_are_collected",
+        ),
+    ),
+    Plant(
+        "gc-grace-edge",
+        "garbage.py",
+        "        if modified is None or modified > cutoff:\n",
+        "        if modified is None or modified > cutoff + timedelta(minutes=2):\n",
+        (
+            T
+            + "test_garbage.py::test_objects_inside_the_grace_period_survive_and_just_outside_are_collected",
+        ),
+    ),
+    Plant(
+        "gc-every-manifest",
+        "garbage.py",
+        "    for name in names:\n",
+        "    for name in [n for n in names if manifest_id(n)][-1:]:\n",
+        (T + "test_garbage.py::test_liveness_comes_from_every_manifest_not_only_the_newest",),
+    ),
+    Plant(
+        "gc-refuse-unreadable-manifest",
+        "garbage.py",
+        '            raise _Refused(f"manifest {name} cannot be read ({exc})") from exc\n',
+        "            continue\n",
+        (
+            T
+            + "test_garbage.py::test_a_manifest_or_index_that_cannot_be_read_stops_all_collection_in_its_folder[manifest]",
+            T
+            + "test_garbage.py::test_a_manifest_or_index_that_cannot_be_read_stops_all_collection_in_its_folder[newer-format]",
+        ),
+    ),
+    Plant(
+        "gc-refuse-unreadable-index",
+        "garbage.py",
+        '            raise _Refused(f"the page index of backup {backup_id} cannot be read ({exc})") from exc\n',
+        "            continue\n",
+        (
+            T
+            + "test_garbage.py::test_a_manifest_or_index_that_cannot_be_read_stops_all_collection_in_its_folder[node-pack]",
+        ),
+    ),
+    Plant(
+        "gc-replan",
+        "garbage.py",
+        "            if key not in still:\n",
+        "            if False:\n",
+        (T + "test_garbage.py::test_the_plan_is_checked_again_before_anything_is_deleted",),
+    ),
+    Plant(
+        "gc-prune-runs-it",
+        "prune.py",
+        "    garbage = collect(store.locations)\n",
+        "    garbage = collect(store.locations, dry_run=True)\n",
+        (T + "test_garbage.py::test_prune_dry_run_shows_the_plan_in_bytes_and_deletes_nothing",),
+    ),
+    Plant(
+        "gc-mostly-dead",
+        "garbage.py",
+        "                if share is not None and share < MOSTLY_DEAD:\n",
+        "                if share is not None and share < 0:\n",
+        (
+            T
+            + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
+        ),
+    ),
 )
 
 

@@ -44,6 +44,10 @@ class Stage(str, Enum):
     SECONDARY_COPY = "secondary-copy"
     #: Prune removed one copy's metadata and not yet its data file.
     PRUNE_DELETE = "prune-delete"
+    #: Garbage collection has its plan; not yet planned again to check it, nothing deleted.
+    GC_PLANNED = "gc-planned"
+    #: Garbage collection deleted one object (``gc-delete:N``: the Nth).
+    GC_DELETE = "gc-delete"
     #: One part of a multipart offsite upload has been sent; the upload is not complete.
     OFFSITE_PART_UPLOAD = "offsite-part-upload"
     #: A restore holds the write lock on a live rollback-journal database; nothing copied yet.

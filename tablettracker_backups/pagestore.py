@@ -389,6 +389,17 @@ def read_tree(store: ObjectStore, index: PageIndex) -> Tree:
     return tree
 
 
+def walk_index(
+    store: ObjectStore, index: PageIndex, page: Callable[[bytes, str, int], None]
+) -> list[str]:
+    """Give each page of the index to ``page`` (hash, pack, offset), in order, keeping no
+    list of them (garbage collection walks every backup); returns the node packs it needs.
+    Raises as :func:`read_tree` does."""
+    tree = Tree()
+    _walk(store, index, tree, page)
+    return tree.node_packs
+
+
 def _walk(
     store: ObjectStore, index: PageIndex, tree: Tree, page: Callable[[bytes, str, int], None]
 ) -> None:

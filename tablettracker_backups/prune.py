@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 
 from tablettracker_backups.errors import BackupError
 from tablettracker_backups.evidence import protected
+from tablettracker_backups.garbage import Collection, collect
 from tablettracker_backups.identity import check_folders, claim_folders
 from tablettracker_backups.retention import RetentionPlan, plan_for_backups
 from tablettracker_backups.states import CopyStatus
@@ -31,10 +32,21 @@ class PruneResult:
     dry_run: bool
     #: The labels of deleted backups that had one (a person named them: the log says so).
     labels: dict[str, str] = field(default_factory=dict)
+    #: Format 2's garbage collection after the manifests went (planned only on a dry run);
+    #: None where no folder has a page store.
+    garbage: Collection | None = None
 
     def audit_details(self) -> dict[str, object]:
-        """What the audit log keeps of a prune: every id deleted, and the labels among them."""
-        return {"deleted": list(self.deleted), "deleted_labels": dict(self.labels)}
+        """What the audit log keeps of a prune: every id deleted, and the labels among them,
+        and what garbage collection freed."""
+        details: dict[str, object] = {
+            "deleted": list(self.deleted),
+            "deleted_labels": dict(self.labels),
+        }
+        if self.garbage is not None:
+            details["freed_objects"] = len(self.garbage.deleted)
+            details["freed_bytes"] = self.garbage.freed_bytes
+        return details
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form."""
@@ -43,6 +55,7 @@ class PruneResult:
             "deleted": list(self.deleted),
             "would_delete": [d.id for d in self.plan.delete] if self.dry_run else [],
             "kept": [{"id": d.id, "reasons": list(d.reasons)} for d in self.plan.keep],
+            "garbage": self.garbage.to_dict() if self.garbage is not None else None,
         }
 
 
@@ -129,8 +142,13 @@ def prune(
         claim_folders(store.settings)
     protect = tuple(protect)
     plan = plan_for_store(store, protect=protect, now=now)
+    if dry_run:
+        going = [d.id for d in plan.delete]
+        garbage = collect(store.locations, dry_run=True, dropped=going)
+        return PruneResult(plan, (), dry_run, garbage=garbage if garbage.plans else None)
     deleted: list[str] = []
-    if not dry_run and plan.delete:
+    labels: dict[str, str] = {}
+    if plan.delete:
         sound = newest_sound_backup(store)
         plan = plan_for_store(store, protect=protect, now=now, sound=sound)
         if sound is None:
@@ -141,7 +159,12 @@ def prune(
             store.delete(decision.id)
             deleted.append(decision.id)
             logger.info("pruned backup %s", decision.id)
-        return PruneResult(
-            plan, tuple(deleted), dry_run, {i: labels[i] for i in deleted if i in labels}
-        )
-    return PruneResult(plan, tuple(deleted), dry_run)
+    # After the manifests, and on every prune: a run killed half way is finished by the next.
+    garbage = collect(store.locations)
+    return PruneResult(
+        plan,
+        tuple(deleted),
+        dry_run,
+        {i: labels[i] for i in deleted if i in labels},
+        garbage=garbage if garbage.plans else None,
+    )

@@ -53,6 +53,7 @@ def test_a_dry_run_says_what_it_would_delete_and_deletes_nothing(tight: Settings
         "deleted": [],
         "would_delete": [second, first],
         "kept": [{"id": newest, "reasons": [result.plan.reasons(newest)[0], "newest backup"]}],
+        "garbage": None,  # a version 1 folder: no page store to collect
     }
     assert result.plan.reasons(newest)[0].startswith("hourly ")
     # (Ids of one second sort by their random tail: compare them as a set.)

@@ -51,3 +51,5 @@ def prune(settings: Settings, dry_run: bool, as_json: bool) -> None:
     click.echo(f"{verb} {len(going)} backup(s); keeping {len(result.plan.keep)}.")
     for decision in going:
         click.echo(f"  - {decision.id}")
+    if result.garbage is not None:
+        click.echo(f"Unneeded pages (format 2): {result.garbage.describe()}.")
