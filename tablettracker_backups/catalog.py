@@ -238,7 +238,8 @@ class _Row:
     outcome: str
     detail: str
     meta: bytes | None
-    #: Kept as columns beside the pickle, for queries that need no metadata object.
+    #: Kept as columns beside the pickle for queries that need no metadata object (the
+    #: newest page, ``--at``, the prune plan: issue 21's next step); nothing reads them yet.
     created_at: str | None = None
     kind: str | None = None
     row_check: int = 0

@@ -32,7 +32,6 @@ parts (:mod:`.restore`, :mod:`.overwrite`):
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
@@ -66,6 +65,7 @@ from tablettracker_backups.overwrite import HeldDatabase
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.restore import (
     RestoreResult,
+    clear_unless_unfinished,
     put_back,
     scratch_copy,
     verify_restored,
@@ -825,10 +825,9 @@ def _ended(
             )
         except StorageError as exc:
             logger.warning("could not audit the group restore: %s", exc)
-        current = None
-        with contextlib.suppress(StorageError):
-            current = intent.read(member.settings)
-        if not keep or current is None or current.unfinished is None:
+        if keep:
+            clear_unless_unfinished(member.settings)
+        else:
             intent.clear(member.settings)
 
 

@@ -190,12 +190,13 @@ def group_at(
     database of the site count. Raises :class:`BackupNotFound`.
     """
     names = {s.database_name for s in databases}
-    groups = [g for g in list_groups(databases) if g.whole and set(g.names) >= names]
+    listings = {s.database_name: BackupStore(s).list() for s in databases}
+    groups = [g for g in list_groups(databases, listings) if g.whole and set(g.names) >= names]
     chosen: set[str | None] = set()
     for settings in databases:
         events: list[RestoreEvent] = restore_events(settings)
         try:
-            info = point_at(BackupStore(settings).list(), at, now=now, events=events)
+            info = point_at(listings[settings.database_name], at, now=now, events=events)
         except BackupNotFound:
             chosen.add(None)
             continue

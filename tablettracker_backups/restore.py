@@ -320,13 +320,13 @@ def _restore(
         try:
             record = _restore_locked(job, store, info, attempt, record)
         except (LockedError, AgeIdentityError):
-            _clear_unless_unfinished(settings)
+            clear_unless_unfinished(settings)
             raise
         except BaseException as exc:
             attempt.durations["total"] = round(time.monotonic() - started, 4)
             message = str(exc) if isinstance(exc, BackupError) else f"interrupted: {exc!r}"
             _audit(settings, actor, attempt, ok=False, message=message)
-            _clear_unless_unfinished(settings)
+            clear_unless_unfinished(settings)
             if isinstance(exc, RestoreError) or not isinstance(exc, BackupError):
                 raise
             raise RestoreError(f"restore of {info.id} failed: {exc}") from exc
@@ -351,7 +351,7 @@ def _restore(
         return result
 
 
-def _clear_unless_unfinished(settings: Settings) -> None:
+def clear_unless_unfinished(settings: Settings) -> None:
     """The restore ended and said how: forget its record, unless it left work for the next
     run (a safety copy it could not file)."""
     try:
