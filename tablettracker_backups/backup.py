@@ -794,11 +794,12 @@ def copy_between(store: BackupStore, source: str, location: str, metadata: Backu
     document. Raises :class:`VerificationError` when the bytes written do not match,
     :class:`StorageError` when the folder cannot be written."""
     state = store.read_state_bytes(source, metadata.id)
+    origin = LocalStore(store.locations[source])
     try:
         replicate(
-            LocalStore(store.locations[source]),
+            origin,
             LocalStore(store.locations[location]),
-            format_of(metadata).parts(LocalStore(store.locations[source]), metadata),
+            format_of(metadata).parts(origin, metadata),
             # The manifest as it is stored (copies carry the same one), then what changed.
             (manifest_key(metadata.id), store.read_manifest(source, metadata.id)),
             after=[(state_key(metadata.id), state)] if state is not None else [],

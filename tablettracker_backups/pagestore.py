@@ -764,10 +764,7 @@ def check_objects(store: ObjectStore, index: PageIndex) -> Damage:
             problems.append(str(exc))
             damaged.append(exc.key)
             break
-        except ObjectCorrupt as exc:
-            problems.append(str(exc))
-            break
-        except (ObjectNotFound, VerificationError) as exc:
+        except (ObjectCorrupt, ObjectNotFound, VerificationError) as exc:
             problems.append(str(exc))
             break
         if key == PAGE_KEY_KEY:

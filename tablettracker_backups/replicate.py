@@ -69,20 +69,17 @@ def _put(
     return target.put(key, source, sha256=sha256, progress=progress)
 
 
-def _exists(target: ObjectStore, key: str) -> bool:
+def _stat(target: ObjectStore, key: str) -> ObjectInfo | None:
     try:
-        target.stat(key)
+        return target.stat(key)
     except ObjectNotFound:
-        return False
-    return True
+        return None
 
 
-def _held(target: ObjectStore, part: Part) -> bool:
-    """Whether ``target`` already holds ``part``, by a hash it knows without reading (an
-    object named by its hash in a later format); never by size alone."""
-    try:
-        info = target.stat(part.key)
-    except ObjectNotFound:
+def _held(info: ObjectInfo | None, part: Part) -> bool:
+    """Whether the object ``info`` describes already is ``part``, by a hash known without
+    reading (an object named by its hash in a later format); never by size alone."""
+    if info is None:
         return False
     # An object named by its hash was checked against that hash when it was stored.
     return info.sha256 == part.sha256 or content_sha256(part.key) == part.sha256
@@ -122,16 +119,16 @@ def replicate(
     created: list[str] = []
     try:
         for part in parts:
-            if part.path is None and _held(target, part):
+            found = _stat(target, part.key)
+            if part.path is None and _held(found, part):
                 continue
-            existed = _exists(target, part.key)
             stored.append(_copy_part(source, target, part, scratch, part_stage, progress))
-            if not existed:
+            if found is None:
                 created.append(part.key)
         key, body = manifest
-        existed = _exists(target, key)
+        found = _stat(target, key)
         _put(target, key, body, _sha256(body), manifest_stage)
-        if not existed:
+        if found is None:
             created.insert(0, key)  # the manifest goes first, so nothing lists half-removed
         for key, body in after:
             _put(target, key, body, _sha256(body), None)
