@@ -996,6 +996,24 @@ PLANTS: tuple[Plant, ...] = (
         ),
     ),
     Plant(
+        "retention-minute-edge",
+        "retention.py",
+        "and candidate.created_at <= horizon:",
+        "and candidate.created_at < horizon:",
+        (T + "test_retention.py::test_the_minute_window_edges",),
+    ),
+    Plant(
+        "retention-minute-window",
+        "retention.py",
+        'if name == "minutely" and horizon is not None and candidate.created_at <= horizon:',
+        "if False:",
+        (
+            T
+            + "test_retention.py::test_two_years_of_hourly_backups_fill_exactly_the_default_slots",
+            T + "test_retention.py::test_the_minute_window_edges",
+        ),
+    ),
+    Plant(
         "gc-walk-skips-unseen",
         "pagestore.py",
         "        new = [ref for ref in refs if ref.sha not in seen]\n",

@@ -277,6 +277,7 @@ def test_prune_by_retention_frees_what_its_dry_run_said_and_the_kept_backup_stil
 ) -> None:
     tight = make_settings(
         format="pages",
+        keep_minutely=0,
         keep_hourly=1,
         keep_daily=0,
         keep_weekly=0,
