@@ -1014,6 +1014,26 @@ PLANTS: tuple[Plant, ...] = (
         ),
     ),
     Plant(
+        "auto-files-default",
+        "autosnapshot.py",
+        '        interval, reason = FILES_DEFAULT_INTERVAL, "files"\n',
+        '        interval, reason = interval, ""\n',
+        (
+            T
+            + "test_autosnapshot.py::test_the_default_interval_is_a_second_in_the_page_store_and_five_minutes_in_format_1",
+        ),
+    ),
+    Plant(
+        "auto-owner-setting",
+        "autosnapshot.py",
+        "        not settings.snapshot_after_write_set\n",
+        "        True\n",
+        (
+            T
+            + "test_autosnapshot.py::test_the_default_interval_is_a_second_in_the_page_store_and_five_minutes_in_format_1",
+        ),
+    ),
+    Plant(
         "gc-walk-skips-unseen",
         "pagestore.py",
         "        new = [ref for ref in refs if ref.sha not in seen]\n",

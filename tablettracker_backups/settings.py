@@ -150,7 +150,10 @@ class Settings:
     rclone: RcloneSettings | None = None
     encryption: EncryptionSettings | None = None
     #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
-    snapshot_after_write: int | None = 300
+    snapshot_after_write: int | None = 1
+    #: ``BACKUPS_SNAPSHOT_AFTER_WRITE`` was set. Unset, a folder whose newest backup is in
+    #: format 1 (a whole copy each) snapshots at most every five minutes, not every second.
+    snapshot_after_write_set: bool = False
     #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing;
     #: older ones compact to one a minute (``RetentionPolicy.minutely``), then the calendar.
     keep_recent: int = 600
@@ -557,6 +560,7 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["snapshot_after_write"] = _optional_duration(
             "snapshot_after_write", values["snapshot_after_write"]
         )
+        kwargs["snapshot_after_write_set"] = True
     if values.get("keep_recent") is not None:
         kwargs["keep_recent"] = _optional_duration("keep_recent", values["keep_recent"]) or 0
     if values.get("recent_budget") is not None:

@@ -607,23 +607,30 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     assert report.recovery["unsaved_writes"] is False
     lines = dict(describe_recovery(report.recovery))
     assert lines["Recovery point"] == "every write so far is in a backup"
-    assert "at most every 5 min" in lines["Automatic snapshots"]
+    # BACKUPS_SNAPSHOT_AFTER_WRITE unset: one second, but five minutes in a format 1 folder.
+    assert (
+        "at most every 1 s (now 5 min: backups here are whole copies (format 1))"
+        in lines["Automatic snapshots"]
+    )
     assert lines["Restore points"].startswith("every backup of the last 10 min is kept (1")
     (newest,) = BackupStore(healthy).list()
-    assert newest.metadata is not None and healthy.snapshot_after_write == 300
+    assert newest.metadata is not None and healthy.snapshot_after_write == 1
     assert set(report.to_dict()["recovery"]) == {
         "snapshot_after_write",
         "effective_interval",
+        "interval_reason",
         "last_auto",
         "latest_write_at",
         "unsaved_writes",
         "achieved_seconds",
         "recent",
     }
-    # The interval the automatic snapshots now keep: the setting, or 20x the last backup.
+    # The interval the automatic snapshots now keep: format 1's five minutes, or 20x the last
+    # backup.
     assert report.recovery["effective_interval"] == max(
         300.0, 20 * newest.metadata.durations["total"]
     )
+    assert report.recovery["interval_reason"] == "files"
     backup_id = newest.id
     backdate(healthy, backup_id, timedelta(minutes=10))
     with sqlite3.connect(healthy.database) as conn:
