@@ -389,7 +389,9 @@ def check_sealed_pages(
         except ObjectNotFound as exc:
             raise VerificationError(f"{sealed} is missing from {objects.where}") from exc
         if not is_age(head):
-            raise VerificationError(f"{sealed} in {objects.where} is not an age file")
+            message = f"{sealed} in {objects.where} is not an age file"
+            # Named by its hash, it would count as held: the cause lets the caller drop it.
+            raise VerificationError(message) from DamagedObject(key, message)
 
 
 def damaged_key(exc: BaseException) -> str | None:
