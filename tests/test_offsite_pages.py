@@ -28,6 +28,7 @@ from tablettracker_backups.formats import page_index
 from tablettracker_backups.garbage import GRACE
 from tablettracker_backups.heal import heal_copies
 from tablettracker_backups.layout import OWNER_KEY, PAGE_KEY_KEY, node_key, pack_key
+from tablettracker_backups.metadata import BackupMetadata
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.offsite.pages import collect_remote
 from tablettracker_backups.offsite.record import read_state
@@ -136,11 +137,13 @@ def test_a_fresh_machine_recovers_downloading_only_the_packs_it_needs(
     held = [k for k in stored(s3_server, settings) if k.startswith("pages/packs/")]
     assert len(held) > len(tree.packs)
 
+    s3 = settings.s3
+    assert s3 is not None
     with recording_proxy(s3_server.endpoint) as proxy:
         fresh = dataclasses.replace(
             settings,
             backup_dir=tmp_path / "nothing-here",
-            s3=dataclasses.replace(settings.s3, endpoint_url=f"http://{proxy.base}"),  # type: ignore[arg-type]
+            s3=dataclasses.replace(s3, endpoint_url=f"http://{proxy.base}"),
         )
         target = tmp_path / "machine" / "old.db"
         done = recover_from_offsite(fresh, first.metadata.id, to=target)
@@ -228,19 +231,26 @@ def test_sealed_packs_round_trip_and_the_key_never_goes_in_the_clear(
 # -- retention and collection ------------------------------------------------------------------
 
 
+def safety_of_a_passing_table(settings: Settings, db_path: Path) -> BackupMetadata:
+    """A safety snapshot of a table that is then dropped (and the database vacuumed): its
+    pages are in a pack of its own, which no later backup needs."""
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE scratch (body TEXT)")
+        conn.executemany("INSERT INTO scratch VALUES (?)", [("y" * 500,)] * 300)
+    safety = create_backup(settings, kind="pre-restore", trigger="test").metadata
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("DROP TABLE scratch")
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("VACUUM")
+    return safety
+
+
 def test_prune_keeps_shared_objects_and_collects_the_rest_after_the_grace(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], db_path: Path
 ) -> None:
     settings = pages_settings(s3_settings)
     old = create_backup(settings, pinned=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE scratch (body TEXT)")
-        conn.executemany("INSERT INTO scratch VALUES (?)", [("y" * 500,)] * 300)
-    middle = create_backup(settings, kind="pre-restore", trigger="test").metadata
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("DROP TABLE scratch")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("VACUUM")
+    middle = safety_of_a_passing_table(settings, db_path)
     newest = run(settings, force=True)
     assert newest.backup is not None and newest.offsite is not None and newest.offsite.ok
     local = LocalStore(settings.backup_dir)
@@ -297,7 +307,8 @@ def test_two_databases_or_two_sites_sharing_a_prefix_are_refused(
     s3_server: SeaweedServer, s3_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     settings = pages_settings(s3_settings)
-    assert run(settings, force=True).offsite.ok  # type: ignore[union-attr]
+    taken = run(settings, force=True)
+    assert taken.offsite is not None and taken.offsite.ok
     before = stored(s3_server, settings)
 
     other_db = faultkit_db(tmp_path / "other" / "inventory.db")
@@ -401,14 +412,7 @@ def test_a_kill_while_pruning_keeps_every_kept_backup_and_the_next_sync_finishes
     }
     settings = make_settings(**values)
     pinned = create_backup(settings, pinned=True).metadata
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE scratch (body TEXT)")
-        conn.executemany("INSERT INTO scratch VALUES (?)", [("z" * 500,)] * 300)
-    safety = create_backup(settings, kind="pre-restore", trigger="test").metadata
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("DROP TABLE scratch")
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("VACUUM")
+    safety = safety_of_a_passing_table(settings, db_path)
     first = run(settings, force=True)
     assert first.offsite is not None and first.offsite.ok and first.backup is not None
     local = LocalStore(settings.backup_dir)
