@@ -478,3 +478,49 @@ def test_a_lost_local_pack_heals_from_the_sealed_offsite_copy_with_the_identity(
     assert healed.ok and healed.source == "offsite", healed
     assert lost.exists()
     assert verify_backup(store, taken.id).ok
+
+
+def test_a_sealed_prefix_is_collected_from_the_local_nodes_or_with_the_identity(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+) -> None:
+    identity_file, recipient = keys("owner")
+    settings = pages_settings(s3_settings, encrypt_to=recipient)
+    old = create_backup(settings, pinned=True).metadata
+    middle = safety_of_a_passing_table(settings, db_path)
+    newest = run(settings, force=True)
+    assert newest.offsite is not None and newest.offsite.ok and newest.backup is not None
+    local = LocalStore(settings.backup_dir)
+    needed = {
+        pack_key(p)
+        for m in (old, newest.backup.metadata)
+        for p in read_tree(local, page_index(m)).packs
+    }
+    only_middle = {pack_key(p) for p in read_tree(local, page_index(middle)).packs} - needed
+    assert only_middle
+    offsite = OffsiteStore.from_settings(settings)
+    offsite.delete(middle.id)
+    later = datetime.now(timezone.utc) + timedelta(hours=2)
+
+    # The local folder holds no node pack: without the identity nothing can be walked.
+    hidden = settings.backup_dir.parent / "nodes-away"
+    (settings.backup_dir / "pages" / "nodes").rename(hidden)
+    refused = collect_remote(offsite.objects, [settings.backup_dir], now=later)
+    assert refused.refused is not None and "--identity" in refused.refused
+    assert refused.deleted == ()
+    # The local nodes are the same objects: they walk the sealed indexes without the key.
+    hidden.rename(settings.backup_dir / "pages" / "nodes")
+    done = collect_remote(offsite.objects, [settings.backup_dir], now=later)
+    assert done.refused is None
+    assert {k for k in done.deleted if k.startswith("pages/packs/")} == {
+        f"{k}.age" for k in only_middle
+    }
+    left = set(stored(s3_server, settings))
+    assert {f"{k}.age" for k in needed} <= left
+    # With the identity and no local folder at all, the same plan.
+    again = collect_remote(offsite.objects, [], identity=open_key(identity_file), now=later)
+    assert again.refused is None and again.deleted == ()
+    checked = verify_offsite(settings, identity=open_key(identity_file))
+    assert [v.ok for v in checked] == [True, True], checked
