@@ -8,7 +8,10 @@ object atomically and checks what it holds against the SHA-256 it was given (the
 own checksum where there is one, else a read-back). Keys come from :mod:`.layout`, the same
 names as in a local folder: ``<id>.db.zst`` (the data) and ``<id>.json`` (the manifest). The
 manifest is stored last and only after the data was checked, so, as locally, it is the commit
-marker: a data object without one is debris from an interrupted upload, never a backup.
+marker: a data object without one is debris from an interrupted upload, never a backup. A
+format 2 backup has no data object: its manifest names a page index whose packs and nodes are
+shared under ``pages/`` (moved and collected by :mod:`.pages`); it is fetched and checked by
+building the database from the packs it needs.
 
 Encryption: with ``BACKUPS_ENCRYPT_TO`` set, the object store is wrapped in a
 :class:`~.storage.sealed.SealedStore` (the one place that refuses plaintext): every data object

@@ -4,9 +4,11 @@ back a few copies each run. Called by ``run`` under the operation lock, after th
 Nothing here can lose a local backup: failures are reported and recorded (for ``health``), and
 the next run retries whatever is still missing.
 
-A sync is four named steps, the record saved after each: list and reconcile, upload (with
-``BACKUPS_ENCRYPT_TO``, encrypted at upload time, or refused when pyrage is missing: never
-plaintext instead), prune and clean up interrupted uploads, read back a few copies.
+A sync is a few named steps, the record saved after each: one listing, the prefix's owner
+checked against this folder (format 2), reconcile, upload (with ``BACKUPS_ENCRYPT_TO``,
+encrypted at upload time, or refused when pyrage is missing: never plaintext instead; format
+2 object by object, only what the listing lacks), prune and clean up interrupted uploads,
+collect format 2 objects no offsite backup needs (after a prune), read back a few copies.
 """
 
 from __future__ import annotations
