@@ -524,3 +524,37 @@ def test_a_sealed_prefix_is_collected_from_the_local_nodes_or_with_the_identity(
     assert again.refused is None and again.deleted == ()
     checked = verify_offsite(settings, identity=open_key(identity_file))
     assert [v.ok for v in checked] == [True, True], checked
+
+
+# -- rclone (WebDAV: no hash kept by the server, every put read back) -------------------------
+
+
+@pytest.mark.skipif(shutil.which("rclone") is None, reason="rclone is not installed")
+def test_an_incremental_through_rclone_webdav_and_recovery_from_it(
+    make_settings: Callable[..., Settings], db_path: Path, tmp_path: Path
+) -> None:
+    from tests.storage_conformance import rclone_webdav
+
+    (tmp_path / "dav").mkdir()
+    with rclone_webdav(tmp_path / "dav") as dav:
+        settings = make_settings(
+            rclone_remote="srv:pages",
+            rclone_config=str(dav.config),
+            format="pages",
+            secondary_dir=None,
+            disk_warning="1MB",
+            disk_critical="1MB",
+        )
+        write_rows(db_path, 1, "first")
+        pinned = create_backup(settings, pinned=True).metadata
+        assert sync_offsite(settings).ok
+        before = {p for p in dav.folder.rglob("*") if p.is_file()}
+        write_rows(db_path, 20, "second")
+        second = run(settings, force=True)
+        assert second.offsite is not None and second.offsite.ok and second.backup is not None
+        new = sorted(p.name for p in dav.folder.rglob("*") if p.is_file() and p not in before)
+        assert len(new) == 3 and f"{second.backup.metadata.id}.json" in new, new
+        for backup_id in (pinned.id, second.backup.metadata.id):
+            done = recover_from_offsite(settings, backup_id, to=tmp_path / f"{backup_id}.db")
+            assert done.id == backup_id
+        assert _row_counts(tmp_path / f"{second.backup.metadata.id}.db") == _row_counts(db_path)
