@@ -558,3 +558,23 @@ def test_an_incremental_through_rclone_webdav_and_recovery_from_it(
             done = recover_from_offsite(settings, backup_id, to=tmp_path / f"{backup_id}.db")
             assert done.id == backup_id
         assert _row_counts(tmp_path / f"{second.backup.metadata.id}.db") == _row_counts(db_path)
+
+
+def test_a_prefix_with_format_1_backups_takes_format_2_beside_them(
+    s3_settings: Callable[..., Settings], db_path: Path, tmp_path: Path
+) -> None:
+    files = s3_settings(secondary_dir=None)
+    old = create_backup(files, pinned=True).metadata
+    assert sync_offsite(files).ok
+    pages = pages_settings(s3_settings)  # the same folder and prefix, now format 2
+    write_rows(db_path, 10, "switched")
+    new = create_backup(pages, pinned=True).metadata
+    assert new.format_version == 2 and old.format_version == 1
+    synced = sync_offsite(pages)
+    assert synced.ok and [u.id for u in synced.uploaded] == [new.id], synced
+    listed = {o.id: o for o in OffsiteStore.from_settings(pages).list()}
+    assert set(listed) == {old.id, new.id}
+    assert listed[old.id].data_key is not None and listed[new.id].paged
+    for meta in (old, new):
+        assert recover_from_offsite(pages, meta.id, to=tmp_path / f"{meta.id}.db").id == meta.id
+    assert all(v.ok for v in verify_offsite(pages))
