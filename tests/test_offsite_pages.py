@@ -363,26 +363,48 @@ def test_a_damaged_remote_pack_is_named_removed_and_uploaded_again(
 # -- kill -9 at each upload stage --------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stage", ["offsite-object:1", "offsite-object:3", "offsite-manifest"])
+@pytest.mark.parametrize(
+    ("stage", "sealed"),
+    [
+        ("offsite-object:1", False),
+        ("offsite-object:3", False),
+        ("offsite-manifest", False),
+        ("offsite-object:2", True),
+    ],
+)
 def test_a_kill_at_each_upload_stage_lists_no_half_backup(
-    s3_server: SeaweedServer, s3_settings: Callable[..., Settings], stage: str, tmp_path: Path
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    stage: str,
+    sealed: bool,
+    tmp_path: Path,
 ) -> None:
-    settings = pages_settings(s3_settings)
+    identity_file, recipient = keys("owner")
+    more = {"encrypt_to": recipient} if sealed else {}
+    settings = pages_settings(s3_settings, **more)
     assert settings.s3 is not None
+    extra = {"BACKUPS_ENCRYPT_TO": recipient} if sealed else {}
     env = faultkit.cli_env(
         None,
-        **cli_env(settings, s3_server, BACKUPS_FORMAT="pages", TTB_CRASH_AT=stage),
+        **cli_env(settings, s3_server, BACKUPS_FORMAT="pages", TTB_CRASH_AT=stage, **extra),
     )
     killed = faultkit.run_cli(["run"], env)
     assert killed.returncode == -9, killed.stderr
     offsite = OffsiteStore.from_settings(settings)
     assert offsite.list() == []
     assert not [k for k in stored(s3_server, settings) if k.endswith(".json")]
+    left = [k for k in stored(s3_server, settings) if k.startswith("pages/") and k != OWNER_KEY]
+    assert left and all(k.endswith(".age") == sealed for k in left)
 
     again = run(settings)
     assert again.offsite is not None and again.offsite.ok, again.offsite
+    objects = [k for k in stored(s3_server, settings) if k.startswith("pages/") and k != OWNER_KEY]
+    # The next run sends only what the killed one had not: the rest, then the manifest.
+    assert [u.parts for u in again.offsite.uploaded] == [len(objects) - len(left)]
     (listed,) = offsite.list()
-    done = recover_from_offsite(settings, listed.id, to=tmp_path / "after.db")
+    identity = open_key(identity_file) if sealed else None
+    done = recover_from_offsite(settings, listed.id, to=tmp_path / "after.db", identity=identity)
     assert done.id == listed.id
 
 
