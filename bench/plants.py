@@ -745,6 +745,16 @@ PLANTS: tuple[Plant, ...] = (
         ),
     ),
     Plant(
+        "offsite-sealed-check-age-header",
+        "offsite/pages.py",
+        "        if not is_age(head):\n",
+        "        if False:\n",
+        (
+            T
+            + "test_offsite_pages.py::test_a_sealed_object_that_is_no_age_file_fails_the_check_without_the_identity",
+        ),
+    ),
+    Plant(
         "offsite-damaged-object-dropped",
         "offsite/client.py",
         "        self.objects.delete(remote_key(key, sealed=sealed))\n",

@@ -600,3 +600,24 @@ def test_a_prefix_with_format_1_backups_takes_format_2_beside_them(
     for meta in (old, new):
         assert recover_from_offsite(pages, meta.id, to=tmp_path / f"{meta.id}.db").id == meta.id
     assert all(v.ok for v in verify_offsite(pages))
+
+
+def test_a_sealed_object_that_is_no_age_file_fails_the_check_without_the_identity(
+    s3_server: SeaweedServer,
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+) -> None:
+    identity_file, recipient = keys("owner")
+    settings = pages_settings(s3_settings, encrypt_to=recipient)
+    taken = create_backup(settings, pinned=True).metadata
+    assert sync_offsite(settings).ok
+    (pack,) = [k for k in stored(s3_server, settings) if k.startswith("pages/packs/")]
+    put_raw(s3_server, settings, pack, b"plain bytes where an age file belongs")
+
+    (outcome,) = verify_offsite(settings)
+    assert not outcome.ok and outcome.depth == "sealed", outcome
+    assert pack in (outcome.error or "") and "not an age file" in (outcome.error or "")
+    assert pack not in stored(s3_server, settings)  # dropped: the next sync sends it again
+    assert sync_offsite(settings).ok
+    (again,) = verify_offsite(settings, identity=open_key(identity_file))
+    assert again.ok and again.id == taken.id, again
