@@ -621,3 +621,24 @@ def test_a_sealed_object_that_is_no_age_file_fails_the_check_without_the_identit
     assert sync_offsite(settings).ok
     (again,) = verify_offsite(settings, identity=open_key(identity_file))
     assert again.ok and again.id == taken.id, again
+
+
+def test_export_of_a_sealed_backup_kept_only_offsite(
+    s3_settings: Callable[..., Settings],
+    keys: Callable[[str], tuple[Path, str]],
+    db_path: Path,
+    tmp_path: Path,
+) -> None:
+    from tablettracker_backups.export import export_backup
+
+    identity_file, recipient = keys("owner")
+    settings = pages_settings(s3_settings, encrypt_to=recipient)
+    taken = create_backup(settings, pinned=True).metadata
+    assert sync_offsite(settings).ok
+    # A new machine with the same settings and an empty backup folder.
+    fresh = dataclasses.replace(settings, backup_dir=tmp_path / "new-folder")
+    done = export_backup(
+        BackupStore(fresh), taken.id, tmp_path / "out.db", identity=open_key(identity_file)
+    )
+    assert done.id == taken.id and done.location == "offsite"
+    assert _row_counts(tmp_path / "out.db") == _row_counts(db_path)
