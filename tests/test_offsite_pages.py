@@ -189,6 +189,18 @@ def test_a_fresh_machine_recovers_downloading_only_the_packs_it_needs(
 # -- encryption --------------------------------------------------------------------------------
 
 
+def sealed_offsite_backup(
+    s3_settings: Callable[..., Settings], keys: Callable[[str], tuple[Path, str]]
+) -> tuple[Settings, Path, BackupMetadata]:
+    """A pinned format 2 backup synced to a prefix with encryption: the settings, the owner's
+    identity file, the backup."""
+    identity_file, recipient = keys("owner")
+    settings = pages_settings(s3_settings, encrypt_to=recipient)
+    taken = create_backup(settings, pinned=True).metadata
+    assert sync_offsite(settings).ok
+    return settings, identity_file, taken
+
+
 def test_sealed_packs_round_trip_and_the_key_never_goes_in_the_clear(
     s3_server: SeaweedServer,
     s3_settings: Callable[..., Settings],
@@ -483,10 +495,7 @@ def test_a_lost_local_pack_heals_from_the_sealed_offsite_copy_with_the_identity(
     s3_settings: Callable[..., Settings],
     keys: Callable[[str], tuple[Path, str]],
 ) -> None:
-    identity_file, recipient = keys("owner")
-    settings = pages_settings(s3_settings, encrypt_to=recipient)
-    taken = create_backup(settings, pinned=True).metadata
-    assert sync_offsite(settings).ok
+    settings, identity_file, taken = sealed_offsite_backup(s3_settings, keys)
     tree = read_tree(LocalStore(settings.backup_dir), page_index(taken))
     lost = settings.backup_dir / pack_key(tree.packs[0])
     lost.unlink()
@@ -607,10 +616,7 @@ def test_a_sealed_object_that_is_no_age_file_fails_the_check_without_the_identit
     s3_settings: Callable[..., Settings],
     keys: Callable[[str], tuple[Path, str]],
 ) -> None:
-    identity_file, recipient = keys("owner")
-    settings = pages_settings(s3_settings, encrypt_to=recipient)
-    taken = create_backup(settings, pinned=True).metadata
-    assert sync_offsite(settings).ok
+    settings, identity_file, taken = sealed_offsite_backup(s3_settings, keys)
     (pack,) = [k for k in stored(s3_server, settings) if k.startswith("pages/packs/")]
     put_raw(s3_server, settings, pack, b"plain bytes where an age file belongs")
 
@@ -631,10 +637,7 @@ def test_export_of_a_sealed_backup_kept_only_offsite(
 ) -> None:
     from tablettracker_backups.export import export_backup
 
-    identity_file, recipient = keys("owner")
-    settings = pages_settings(s3_settings, encrypt_to=recipient)
-    taken = create_backup(settings, pinned=True).metadata
-    assert sync_offsite(settings).ok
+    settings, identity_file, taken = sealed_offsite_backup(s3_settings, keys)
     # A new machine with the same settings and an empty backup folder.
     fresh = dataclasses.replace(settings, backup_dir=tmp_path / "new-folder")
     done = export_backup(
