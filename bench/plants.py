@@ -1091,6 +1091,34 @@ PLANTS: tuple[Plant, ...] = (
             + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
         ),
     ),
+    Plant(
+        "retention-minute-edge",
+        "retention.py",
+        "and candidate.created_at <= horizon:",
+        "and candidate.created_at < horizon:",
+        (T + "test_retention.py::test_the_minute_window_edges",),
+    ),
+    Plant(
+        "retention-minute-window",
+        "retention.py",
+        'if name == "minutely" and horizon is not None and candidate.created_at <= horizon:',
+        "if False:",
+        (
+            T
+            + "test_retention.py::test_two_years_of_hourly_backups_fill_exactly_the_default_slots",
+            T + "test_retention.py::test_the_minute_window_edges",
+        ),
+    ),
+    Plant(
+        "gc-walk-skips-unseen",
+        "pagestore.py",
+        "        new = [ref for ref in refs if ref.sha not in seen]\n",
+        "        new = [ref for ref in refs if ref.sha not in seen][:1]\n",
+        (
+            T
+            + "test_garbage.py::test_a_shared_walk_reads_each_node_once_and_needs_what_every_full_walk_needs",
+        ),
+    ),
 )
 
 

@@ -805,8 +805,12 @@ def _schedule_findings(
     return last_run_at, findings
 
 
+#: The first word of a retention reason that names what keeps a backup, for the counts.
+SLOT_NAMES = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore")
+
+
 def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
-    """How many backups retention keeps in each slot (hourly ... yearly, pre-restore)."""
+    """How many backups retention keeps in each slot (minutely ... yearly, pre-restore)."""
     return _count_slots(plan_retention(candidates_from(backups), settings.retention, now=now))
 
 
@@ -815,7 +819,7 @@ def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     for decision in plan.keep:
         for reason in decision.reasons:
             slot = reason.split(" ")[0].rstrip(",")
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore"):
+            if slot in SLOT_NAMES:
                 slots[slot] += 1
     return dict(slots)
 

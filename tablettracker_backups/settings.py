@@ -60,6 +60,9 @@ class RetentionPolicy:
     yearly: int = 10
     #: Pre-restore safety snapshots are kept by count, outside the calendar slots.
     pre_restore: int = 10
+    #: Minutes (the newest backup of each): between the recent tier's every snapshot and the
+    #: hours, so a day of one-second snapshots compacts to one a minute, then one an hour.
+    minutely: int = 60
 
 
 @dataclass(frozen=True)
@@ -148,8 +151,9 @@ class Settings:
     encryption: EncryptionSettings | None = None
     #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
     snapshot_after_write: int | None = 300
-    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing.
-    keep_recent: int = 86400
+    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing;
+    #: older ones compact to one a minute (``RetentionPolicy.minutely``), then the calendar.
+    keep_recent: int = 600
     #: Bytes the recent tier may hold beyond the calendar slots; None: 10x the newest backup's
     #: stored size.
     recent_budget: int | None = None
@@ -399,6 +403,7 @@ CORE_KEYS = frozenset(
         "compression",
         "compression_level",
         "format",
+        "keep_minutely",
         "keep_hourly",
         "keep_daily",
         "keep_weekly",
@@ -424,6 +429,7 @@ CORE_KEYS = frozenset(
         "s3_signature_version",
         "s3_multipart_threshold",
         "s3_multipart_chunksize",
+        "s3_keep_minutely",
         "s3_keep_hourly",
         "s3_keep_daily",
         "s3_keep_weekly",
@@ -435,6 +441,7 @@ CORE_KEYS = frozenset(
         "s3_checksum",
         "rclone_remote",
         "rclone_config",
+        "rclone_keep_minutely",
         "rclone_keep_hourly",
         "rclone_keep_daily",
         "rclone_keep_weekly",
@@ -457,7 +464,7 @@ CORE_KEYS = frozenset(
 
 def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy) -> RetentionPolicy:
     counts: dict[str, int] = {}
-    for slot in ("hourly", "daily", "weekly", "monthly", "yearly"):
+    for slot in ("minutely", "hourly", "daily", "weekly", "monthly", "yearly"):
         key = f"{prefix}keep_{slot}"
         if values.get(key) is not None:
             counts[slot] = _int(key, values[key])
@@ -465,6 +472,12 @@ def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy)
     if values.get(key) is not None:
         counts["pre_restore"] = _int(key, values[key])
     return dataclasses.replace(default, **counts)
+
+
+def _offsite_default(local: RetentionPolicy) -> RetentionPolicy:
+    """The local counts, but no minute slots: an offsite copy is sent by the scheduled run,
+    not after every write, and each minute kept there would be one more upload."""
+    return dataclasses.replace(local, minutely=0)
 
 
 def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
@@ -740,7 +753,7 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
         secret_access_key=secret_key,
         addressing_style=style,
         signature_version=_opt_str(values.get("s3_signature_version")),
-        retention=_retention(values, "s3_", local),
+        retention=_retention(values, "s3_", _offsite_default(local)),
         **kwargs,
     )
 
@@ -782,7 +795,7 @@ def _rclone_settings(values: Mapping[str, Any], local: RetentionPolicy) -> Rclon
     return RcloneSettings(
         remote=remote,
         config=config,
-        retention=_retention(values, "rclone_", local),
+        retention=_retention(values, "rclone_", _offsite_default(local)),
         **kwargs,
     )
 

@@ -58,7 +58,14 @@ def test_fresh_backup_is_ok(healthy: Settings) -> None:
     assert (report.status, report.exit_code) == ("ok", 0)
     assert report.newest_id == report.newest_good_id == backup_id
     assert report.backup_count == 1
-    assert report.slot_counts == {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
+    assert report.slot_counts == {
+        "minutely": 1,
+        "hourly": 1,
+        "daily": 1,
+        "weekly": 1,
+        "monthly": 1,
+        "yearly": 1,
+    }
     assert set(report.disk) == {"primary", "secondary"}
     assert report.stored_bytes > 0
 
@@ -601,7 +608,7 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     lines = dict(describe_recovery(report.recovery))
     assert lines["Recovery point"] == "every write so far is in a backup"
     assert "at most every 5 min" in lines["Automatic snapshots"]
-    assert lines["Restore points"].startswith("every backup of the last 24.0 h is kept (1")
+    assert lines["Restore points"].startswith("every backup of the last 10 min is kept (1")
     (newest,) = BackupStore(healthy).list()
     assert newest.metadata is not None and healthy.snapshot_after_write == 300
     assert set(report.to_dict()["recovery"]) == {
@@ -878,6 +885,7 @@ def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
 
     # Both in their own hour and day; week, month and year depend on today's date (UTC).
     expected = {
+        "minutely": 1,  # the newest alone: the other is three days before it
         "hourly": 2,
         "daily": 2,
         "weekly": 1 if old.isocalendar()[:2] == new.isocalendar()[:2] else 2,
@@ -890,7 +898,7 @@ def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
     assert slot_counts(settings, BackupStore(settings).list(), now) == expected
     # Seen from two days ago, the newest backup is dated in the future and fills no slot.
     before = now - timedelta(days=2)
-    only_old = {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
+    only_old = {"minutely": 1, "hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
     assert slot_counts(settings, BackupStore(settings).list(), before) == only_old
 
 

@@ -187,7 +187,7 @@ def test_write_trigger_and_recent_tier_settings(tmp_path: Path) -> None:
     base = {"database": tmp_path / "app.db"}
     defaults = settings_from_mapping(base)
     assert defaults.snapshot_after_write == 300
-    assert defaults.keep_recent == 86400 and defaults.recent_budget is None
+    assert defaults.keep_recent == 600 and defaults.recent_budget is None
     tuned = settings_from_mapping(
         {**base, "snapshot_after_write": "30s", "keep_recent": "6h", "recent_budget": "2GB"}
     )

@@ -142,7 +142,7 @@ class BackupManager:
         #: ``30s``, ``1h``, or ``off``.
         app.config.setdefault("BACKUPS_SNAPSHOT_AFTER_WRITE", "5m")
         #: Every backup younger than this is kept (budget allowing); ``0`` turns the tier off.
-        app.config.setdefault("BACKUPS_KEEP_RECENT", "24h")
+        app.config.setdefault("BACKUPS_KEEP_RECENT", "10m")
         #: Most the recent tier may store beyond the calendar slots (``2GB``); None means
         #: 10x the newest backup's stored size.
         app.config.setdefault("BACKUPS_RECENT_BUDGET", None)
