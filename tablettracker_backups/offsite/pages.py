@@ -358,10 +358,13 @@ def _store(
 # -- checks -------------------------------------------------------------------------------------
 
 
-def _needs(store: ObjectStore, index: PageIndex) -> tuple[list[str], set[str]]:
-    """The node packs and the packs (SHA-256s) the index needs, walked in ``store``."""
+def _needs(
+    store: ObjectStore, index: PageIndex, *, seen: set[str] | None = None
+) -> tuple[list[str], set[str]]:
+    """The node packs and the packs (SHA-256s) the index needs, walked in ``store``; with
+    ``seen`` (shared over walks), what nodes walked before need is not reported again."""
     packs: set[str] = set()
-    nodes = walk_index(store, index, lambda _hash, pack, _offset: packs.add(pack))
+    nodes = walk_index(store, index, lambda _hash, pack, _offset: packs.add(pack), seen=seen)
     return nodes, packs
 
 
@@ -429,6 +432,9 @@ def _live(
     live: set[str] = set()
     names = sorted(info.key for info in objects.list() if "/" not in info.key)
     locals_: list[ObjectStore] = [LocalStore(folder) for folder in local_folders]
+    # Index nodes walked: a backup shares most of its index with the one before, so the walk
+    # costs what the backups changed (as local collection's does).
+    seen: set[str] = set()
     for name in names:
         backup_id = manifest_id(name)
         if backup_id is None:
@@ -447,7 +453,7 @@ def _live(
                 )
             else:
                 remote = objects
-            nodes, packs = _needs(_FirstOf([*locals_, remote]), page_index(metadata))
+            nodes, packs = _needs(_FirstOf([*locals_, remote]), page_index(metadata), seen=seen)
         except BackupError as exc:
             raise OffsiteError(f"offsite manifest {name} or its index: {exc}") from exc
         live.update(node_key(sha) for sha in nodes)
