@@ -668,6 +668,102 @@ PLANTS: tuple[Plant, ...] = (
         survives="encrypted_metadata compares the same two SHA-256s right after "
         "(sealed.inner_sha256 with meta.sha256): two guards on one condition",
     ),
+    # -- offsite, format 2 (issue 20) ------------------------------------------------------------
+    Plant(
+        "offsite-pages-manifest-last",
+        "offsite/pages.py",
+        "    parts = PAGES.parts(local, metadata)\n",
+        "    parts = PAGES.parts(local, metadata)\n"
+        "    _store(objects, listing, manifest_key(metadata.id), manifest, progress)\n",
+        (T + "test_offsite_pages.py::test_a_kill_at_each_upload_stage_lists_no_half_backup",),
+    ),
+    Plant(
+        "offsite-pages-other-database",
+        "offsite/pages.py",
+        "    if theirs != database:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_offsite_pages.py::test_two_databases_or_two_sites_sharing_a_prefix_are_refused",
+        ),
+    ),
+    Plant(
+        "offsite-pages-other-folder",
+        "offsite/pages.py",
+        "    if key is not None and their_key != key_fingerprint(key):\n",
+        "    if False:\n",
+        (
+            T
+            + "test_offsite_pages.py::test_two_databases_or_two_sites_sharing_a_prefix_are_refused",
+        ),
+    ),
+    Plant(
+        "offsite-gc-liveness",
+        "offsite/pages.py",
+        "        if plain in live:\n            continue\n",
+        "",
+        (
+            T
+            + "test_offsite_pages.py::test_prune_keeps_shared_objects_and_collects_the_rest_after_the_grace",
+        ),
+    ),
+    Plant(
+        "offsite-gc-grace",
+        "offsite/pages.py",
+        "        if modified is None or modified > cutoff:\n",
+        "        if False:\n",
+        (
+            T
+            + "test_offsite_pages.py::test_prune_keeps_shared_objects_and_collects_the_rest_after_the_grace",
+        ),
+    ),
+    Plant(
+        "offsite-gc-unreadable-manifest",
+        "offsite/pages.py",
+        '            raise OffsiteError(f"offsite manifest {name} or its index: {exc}") from exc\n',
+        "            continue\n",
+        (T + "test_offsite_pages.py::test_an_unreadable_remote_manifest_stops_collection",),
+    ),
+    Plant(
+        "offsite-gc-pending-before-prune",
+        "offsite/sync.py",
+        "        sync.state = replace(sync.state, collect_pending=True)\n        sync.save()\n",
+        "        pass\n",
+        (
+            T
+            + "test_offsite_pages.py::test_a_kill_while_pruning_keeps_every_kept_backup_and_the_next_sync_finishes",
+        ),
+    ),
+    Plant(
+        "offsite-gc-pending-while-young",
+        "offsite/sync.py",
+        "collect_pending=done.young > 0)",
+        "collect_pending=False)",
+        (
+            T
+            + "test_offsite_pages.py::test_prune_keeps_shared_objects_and_collects_the_rest_after_the_grace",
+        ),
+    ),
+    Plant(
+        "offsite-sealed-check-age-header",
+        "offsite/pages.py",
+        "        if not is_age(head):\n",
+        "        if False:\n",
+        (
+            T
+            + "test_offsite_pages.py::test_a_sealed_object_that_is_no_age_file_fails_the_check_without_the_identity",
+        ),
+    ),
+    Plant(
+        "offsite-damaged-object-dropped",
+        "offsite/client.py",
+        "        self.objects.delete(remote_key(key, sealed=sealed))\n",
+        "        pass\n",
+        (
+            T
+            + "test_offsite_pages.py::test_a_damaged_remote_pack_is_named_removed_and_uploaded_again",
+        ),
+    ),
     # -- CSRF and the task token -------------------------------------------------------------
     Plant(
         "csrf-pages-check-the-token",

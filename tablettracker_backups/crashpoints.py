@@ -50,6 +50,15 @@ class Stage(str, Enum):
     GC_DELETE = "gc-delete"
     #: One part of a multipart offsite upload has been sent; the upload is not complete.
     OFFSITE_PART_UPLOAD = "offsite-part-upload"
+    #: An object of a format 2 offsite upload (pack, node pack, key) is stored
+    #: (``offsite-object:N``: the Nth); the manifest is not.
+    OFFSITE_OBJECT = "offsite-object"
+    #: Every object of a format 2 offsite upload is stored; its manifest is not.
+    OFFSITE_MANIFEST = "offsite-manifest"
+    #: Offsite retention deleted a format 2 manifest; its objects are not collected yet.
+    OFFSITE_PRUNED = "offsite-pruned"
+    #: Offsite collection deleted one object (``offsite-gc-delete:N``: the Nth).
+    OFFSITE_GC_DELETE = "offsite-gc-delete"
     #: A restore holds the write lock on a live rollback-journal database; nothing copied yet.
     RESTORE_HOLD = "restore-hold"
     #: A restore's safety copy of the live database is half written (under the write lock).

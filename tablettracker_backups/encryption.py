@@ -436,6 +436,48 @@ def encrypted_metadata(
     )
 
 
+def seal_bytes(data: bytes, recipients: Iterable[str]) -> bytes:
+    """``data`` (a format 2 pack, node pack or key: a few MiB at most) as an age file to
+    ``recipients``. Raises :class:`ConfigError`, :class:`EncryptionUnavailable`."""
+    age = _pyrage()
+    sealed: bytes = age.encrypt(data, _recipient_keys(age, recipients))
+    return sealed
+
+
+def open_bytes(data: bytes, identity: Identity, *, label: str) -> bytes:
+    """The plaintext of the age file ``data``. Raises :class:`AgeIdentityError` when
+    ``identity`` is not one of its recipients, :class:`VerificationError` when it is damaged
+    (age authenticates every chunk: a flipped byte does not decrypt)."""
+    age = _pyrage()
+    if not is_age(data):
+        raise VerificationError(f"{label} is not an age file (damaged, or not encrypted)")
+    try:
+        plain: bytes = age.decrypt(data, list(identity.keys))
+    except age.DecryptError as exc:
+        if "No matching keys" in str(exc):
+            raise AgeIdentityError(
+                f"{label} is not encrypted to the identity given ({exc})"
+            ) from exc
+        raise VerificationError(f"{label} does not decrypt ({exc}): it is damaged") from exc
+    return plain
+
+
+def sealed_pages_metadata(metadata: BackupMetadata, recipients: Iterable[str]) -> BackupMetadata:
+    """A format 2 manifest for a copy whose packs and nodes are sealed to ``recipients``: its
+    ``sha256`` (the index root) and ``stored_size`` stay; ``encryption`` names the keys and
+    seals the schema-naming details (:func:`public_metadata` then drops them)."""
+    listed = list(recipients)
+    return dataclasses.replace(
+        metadata,
+        encryption=EncryptionInfo(
+            recipients=tuple(fingerprint(r) for r in listed),
+            inner_size=metadata.stored_size,
+            inner_sha256=metadata.sha256,
+            sealed=_seal_details(metadata, listed),
+        ),
+    )
+
+
 #: The metadata ``extra`` key of a backup's anomalies (:data:`anomaly.EXTRA_KEY`); their
 #: messages name tables, so an encrypted copy keeps them sealed.
 ANOMALIES_KEY = "anomalies"

@@ -81,6 +81,11 @@ class OffsiteError(BackupError):
     """The offsite object store could not be reached or refused an operation."""
 
 
+class OffsitePrefixTaken(OffsiteError):
+    """The offsite prefix holds the page store of another backup folder (another database or
+    another site): nothing is uploaded there or deleted from it."""
+
+
 class EncryptionUnavailable(ConfigError):
     """Encryption is configured but the age library (pyrage) is not installed."""
 

@@ -269,11 +269,12 @@ def choose_format(
 ) -> BackupFormat:
     """The format a new backup is written in: ``BACKUPS_FORMAT`` when set (``setting``); else
     the format of the folder's ``newest`` backup (a folder keeps what it has unless told);
-    else :data:`DEFAULT_FORMAT`. Local encryption (``BACKUPS_ENCRYPT=all``), offsite copies
-    and gzip are version 1's alone for now (settings refuse ``pages`` with them)."""
+    else :data:`DEFAULT_FORMAT`. Local encryption (``BACKUPS_ENCRYPT=all``) and gzip are
+    version 1's alone for now (settings refuse ``pages`` with them); ``offsite`` no longer
+    decides (format 2 goes offsite object by object)."""
     if setting is not None:
         return BY_NAME[setting]
-    if encrypted_locally or offsite or gzip:
+    if encrypted_locally or gzip:
         return FILES
     if newest is not None and newest.format_version in _KNOWN:
         return _KNOWN[newest.format_version]

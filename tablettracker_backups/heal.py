@@ -31,14 +31,16 @@ from tablettracker_backups.errors import (
     StorageError,
     VerificationError,
 )
-from tablettracker_backups.formats import format_of
+from tablettracker_backups.formats import PAGES, format_of
 from tablettracker_backups.fsutil import ensure_private_dir, remove_quietly, temp_path
 from tablettracker_backups.layout import AGE_SUFFIX, manifest_key
 from tablettracker_backups.metadata import BackupState, Verification
 from tablettracker_backups.offsite.client import OffsiteStore
+from tablettracker_backups.offsite.pages import SealedView
 from tablettracker_backups.offsite.record import read_state
 from tablettracker_backups.replicate import Part, replicate
 from tablettracker_backups.states import CopyStatus
+from tablettracker_backups.storage.base import ObjectStore
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupInfo, BackupStore
 
@@ -210,8 +212,15 @@ class _Offsite:
                 raise VerificationError(
                     f"the offsite copy of {info.id} holds other data than its local metadata"
                 )
-            parts = format_of(local).parts(self.client.objects, local)
-            if remote.encryption is not None and local.encryption is None:
+            source: ObjectStore = self.client.objects
+            if remote.encryption is not None and local.format_version == PAGES.version:
+                # Sealed packs offsite, plain here: the identity opens them one by one.
+                if self.identity is None:
+                    raise missing_identity(f"the offsite copy of {info.id}", remote.encryption)
+                source = SealedView(self.client.objects, self.identity)
+            parts = format_of(local).parts(source, local)
+            whole_file = local.format_version != PAGES.version
+            if whole_file and remote.encryption is not None and local.encryption is None:
                 # Sealed offsite, plain here: only the identity turns one into the other.
                 label = f"the offsite copy of {info.id}"
                 if self.identity is None:
@@ -219,13 +228,13 @@ class _Offsite:
                 self.client.download(info.id, remote.compression, sealed, encrypted=True)
                 decrypt_file(sealed, plain, remote, self.identity, label=label)
                 parts = [Part(local.data_file, local.sha256, path=plain)]
-            elif remote.data_file != local.data_file:
+            elif whole_file and remote.data_file != local.data_file:
                 raise VerificationError(
                     f"the offsite copy of {info.id} is stored as {remote.data_file}, "
                     f"not {local.data_file}"
                 )
             replicate(
-                self.client.objects,
+                source,
                 LocalStore(folder),
                 parts,
                 (manifest_key(info.id), _local_manifest(self.store, info)),

@@ -29,6 +29,12 @@ Format version 2 ("pages") adds, shared by every backup of the folder (see
 * ``pages/nodes/<ab>/<sha256>``: a node pack, the new nodes of one snapshot's page index,
   named the same way.
 
+Offsite, format 2 keeps the same names under the prefix, plus ``pages/owner`` (which backup
+folder the prefix's page store belongs to, see :mod:`tablettracker_backups.offsite.pages`).
+With offsite encryption every pack, node pack and the key are age files named
+``<name>.age`` (:func:`sealed_key`): still named by the SHA-256 of their plaintext, so a
+sealed store can tell what it holds from a listing.
+
 A version 2 manifest names its index's root node; it has no data file of its own.
 """
 
@@ -59,6 +65,8 @@ PAGES_PREFIX = "pages/"
 PAGE_KEY_KEY = "pages/key"
 PACKS_PREFIX = "pages/packs/"
 NODES_PREFIX = "pages/nodes/"
+#: Which backup folder an offsite prefix's page store belongs to (fingerprints only).
+OWNER_KEY = "pages/owner"
 _CONTENT_KEY = re.compile(r"\Apages/(?:packs|nodes)/([0-9a-f]{2})/([0-9a-f]{64})\Z")
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 #: The catalog's own folder inside a backup folder: hidden (a dot name :func:`parse` never
@@ -125,6 +133,16 @@ def content_sha256(key: str) -> str | None:
     return found.group(2)
 
 
+def sealed_key(key: str) -> str:
+    """The name of ``key``'s age-sealed form offsite: ``<key>.age``."""
+    return key + AGE_SUFFIX
+
+
+def unsealed_key(key: str) -> str | None:
+    """The plaintext name of a sealed object's key (``<key>.age``); None for any other key."""
+    return key[: -len(AGE_SUFFIX)] if key.endswith(AGE_SUFFIX) else None
+
+
 def data_keys(backup_id: str) -> tuple[str, ...]:
     """Every name the data object of ``backup_id`` can have (to delete it whatever it is)."""
     return tuple(_checked(backup_id) + suffix for suffix in DATA_SUFFIXES)
@@ -160,7 +178,10 @@ def manifest_id(name: str) -> str | None:
 def offsite_seal(key: str) -> str:
     """What an encrypted offsite store demands of the object under ``key`` (the policy of
     :class:`~.storage.sealed.SealedStore`): a manifest is readable JSON with its details
-    sealed (``sealed-json``); anything else must be an age file (``age``), so no name,
-    however odd, lets plaintext through."""
+    sealed (``sealed-json``); the page store's owner document holds only fingerprints
+    (``plain-ok``); anything else must be an age file (``age``), so no name, however odd,
+    lets plaintext through."""
+    if key == OWNER_KEY:
+        return "plain-ok"
     name = key.rpartition("/")[2]
     return "sealed-json" if manifest_id(name) is not None else "age"

@@ -492,7 +492,7 @@ def _run_locked(
             identity=identity,
         )
         if settings.offsite is not None:
-            _sync_offsite(settings, progress, reverify=reverify)
+            _sync_offsite(settings, progress, reverify=reverify, identity=identity)
         if progress.error is None:
             _prune(store, progress)
         _record(settings, progress)
@@ -551,11 +551,16 @@ def _back_up_and_reverify(
         progress.fail(exc)
 
 
-def _sync_offsite(settings: Settings, progress: _Progress, *, reverify: bool) -> None:
+def _sync_offsite(
+    settings: Settings, progress: _Progress, *, reverify: bool, identity: Identity | None
+) -> None:
     """Upload to the offsite store, after the local backup and before local pruning, so a
-    backup is uploaded before local retention may remove it. Offsite trouble is a warning:
-    the local backup is safe, and the next run retries."""
-    progress.offsite = sync_offsite(settings, verify_count=None if reverify else 0)
+    backup is uploaded before local retention may remove it (and format 2's index nodes are
+    still here for offsite collection). Offsite trouble is a warning: the local backup is
+    safe, and the next run retries."""
+    progress.offsite = sync_offsite(
+        settings, verify_count=None if reverify else 0, identity=identity
+    )
     progress.warnings += progress.offsite.warnings()
 
 

@@ -586,11 +586,6 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
             "BACKUPS_FORMAT=pages stores its packs with zstd: BACKUPS_COMPRESSION=gzip is "
             "for BACKUPS_FORMAT=files"
         )
-    if backup_format == "pages" and (s3 is not None or rclone is not None):
-        raise ConfigError(
-            "BACKUPS_FORMAT=pages has no offsite copies yet: with an offsite place "
-            "(BACKUPS_S3_BUCKET, BACKUPS_RCLONE_REMOTE) use BACKUPS_FORMAT=files"
-        )
     return Settings(
         database=database,
         backup_dir=backup_dir,

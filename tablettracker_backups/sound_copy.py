@@ -23,7 +23,12 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import ensure_private_dir, remove_quietly, temp_path
-from tablettracker_backups.metadata import REGULAR_KINDS, BackupMetadata, validate_backup_id
+from tablettracker_backups.metadata import (
+    PAGES_VERSION,
+    REGULAR_KINDS,
+    BackupMetadata,
+    validate_backup_id,
+)
 from tablettracker_backups.offsite.client import OffsiteStore
 from tablettracker_backups.progress import StageProgress
 from tablettracker_backups.settings import Settings
@@ -197,7 +202,10 @@ def _extract_offsite_copy(
 
     try:
         offsite = OffsiteStore.from_settings(settings)
-        total = max(offsite.read_metadata(backup_id).stored_size, 1)
+        wanted = offsite.read_metadata(backup_id)
+        # A format 2 copy reports the database's bytes as it is built and checked.
+        paged = wanted.format_version == PAGES_VERSION
+        total = max(wanted.raw_size if paged else wanted.stored_size, 1)
         meta = offsite.fetch_verified(backup_id, scratch, identity=identity, progress=on_bytes)
     except (
         VerificationError,

@@ -1050,6 +1050,8 @@ def test_the_sync_json_and_what_verify_offsite_records(
         ],
         "pruned": [],
         "verified": [{"id": backup_id, "ok": True, "error": None}],
+        "collected_objects": 0,
+        "collected_bytes": 0,
         "behind": [],
         "errors": [],
     }

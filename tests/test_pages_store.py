@@ -252,9 +252,9 @@ def test_the_format_chosen_for_a_new_backup(
     assert chosen(None, offsite=True) is FILES and chosen(None, gzip=True) is FILES
     with pytest.raises(ConfigError, match="BACKUPS_COMPRESSION=gzip is for BACKUPS_FORMAT=files"):
         make_settings(format="pages", compression="gzip")
-    # Asked for outright where it cannot go yet: refused at start-up, in one line.
-    with pytest.raises(ConfigError, match="BACKUPS_FORMAT=pages has no offsite copies yet"):
-        make_settings(format="pages", s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
+    # Offsite copies take format 2 (object by object): an offsite place no longer decides.
+    offsite = make_settings(format="pages", s3_bucket="b", s3_endpoint_url="http://127.0.0.1:9")
+    assert offsite.backup_format == "pages"
     with pytest.raises(ConfigError, match="BACKUPS_FORMAT must be one of pages, files"):
         make_settings(format="page")
     assert make_settings(format=" Pages ").backup_format == "pages"

@@ -8,7 +8,10 @@ object atomically and checks what it holds against the SHA-256 it was given (the
 own checksum where there is one, else a read-back). Keys come from :mod:`.layout`, the same
 names as in a local folder: ``<id>.db.zst`` (the data) and ``<id>.json`` (the manifest). The
 manifest is stored last and only after the data was checked, so, as locally, it is the commit
-marker: a data object without one is debris from an interrupted upload, never a backup.
+marker: a data object without one is debris from an interrupted upload, never a backup. A
+format 2 backup has no data object: its manifest names a page index whose packs and nodes are
+shared under ``pages/`` (moved and collected by :mod:`.pages`); it is fetched and checked by
+building the database from the packs it needs.
 
 Encryption: with ``BACKUPS_ENCRYPT_TO`` set, the object store is wrapped in a
 :class:`~.storage.sealed.SealedStore` (the one place that refuses plaintext): every data object
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import builtins
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -49,6 +52,7 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.extract import extract_verified
+from tablettracker_backups.formats import PAGES
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.layout import (
     data_file_id,
@@ -63,6 +67,13 @@ from tablettracker_backups.metadata import (
     BackupMetadata,
     id_time,
     validate_backup_id,
+)
+from tablettracker_backups.offsite.pages import (
+    Listing,
+    check_sealed_pages,
+    damaged_key,
+    page_view,
+    remote_key,
 )
 from tablettracker_backups.replicate import Part, replicate
 from tablettracker_backups.settings import Settings
@@ -87,11 +98,14 @@ class OffsiteObject:
     data_size: int | None
     metadata_key: str
     uploaded_at: datetime
+    #: A manifest without a data object in a prefix that holds a page store: a format 2
+    #: backup (its objects are shared; reading the manifest tells for sure).
+    paged: bool = False
 
     @property
     def complete(self) -> bool:
-        """Both the data and the metadata object are there."""
-        return self.data_key is not None
+        """Both the data and the metadata object are there (format 2: the manifest)."""
+        return self.data_key is not None or self.paged
 
 
 @dataclass(frozen=True)
@@ -176,11 +190,17 @@ class OffsiteStore:
 
     # -- listing -------------------------------------------------------------------------
 
-    def list(self) -> builtins.list[OffsiteObject]:
-        """Every backup in the store (committed by its manifest), newest first."""
+    def listing(self) -> Listing:
+        """Every object in the store, from one listing (what a sync knows the store holds)."""
+        return Listing.of(self.objects)
+
+    def list(self, listing: Listing | None = None) -> builtins.list[OffsiteObject]:
+        """Every backup in the store (committed by its manifest), newest first; from
+        ``listing`` when given, else from a new one."""
+        listing = listing if listing is not None else self.listing()
         metas: dict[str, tuple[str, datetime | None]] = {}
         datas: dict[str, tuple[str, int]] = {}
-        for item in self.objects.list():
+        for item in listing.objects.values():
             if "/" in item.key:
                 continue
             manifest_of = manifest_id(item.key)
@@ -202,6 +222,7 @@ class OffsiteStore:
                     data_size=data[1] if data else None,
                     metadata_key=self.key_prefix + meta_key,
                     uploaded_at=modified or created,
+                    paged=data is None and listing.has_pages,
                 )
             )
         return sorted(found, key=lambda o: o.id, reverse=True)
@@ -333,6 +354,11 @@ class OffsiteStore:
             if not identity.opens(metadata.encryption):
                 raise wrong_identity(label, metadata.encryption, identity)
             metadata = unseal_metadata(metadata, identity)
+        if metadata.format_version == PAGES.version:
+            # Built from the packs this snapshot needs, and only those, each checked.
+            view = page_view(self.objects, metadata, identity)
+            PAGES.extract(view, metadata, dest, scratch=dest.parent, progress=progress)
+            return metadata
         scratch = temp_path(dest.parent, metadata.data_file)
         try:
             self.download(
@@ -351,7 +377,12 @@ class OffsiteStore:
         return metadata
 
     def verify(
-        self, backup_id: str, *, scratch_dir: Path, identity: Identity | None = None
+        self,
+        backup_id: str,
+        *,
+        scratch_dir: Path,
+        identity: Identity | None = None,
+        local_folders: Sequence[Path] = (),
     ) -> OffsiteVerification:
         """Fully check one offsite copy; reports a damaged copy rather than raising.
 
@@ -375,16 +406,29 @@ class OffsiteStore:
                 depth = CheckDepth.SEALED
                 if identity is not None:
                     note = str(wrong_identity(f"offsite backup {backup_id}", info, identity))
-                self.download(backup_id, metadata.compression, dest, encrypted=True)
-                check_sealed(dest, metadata, label=f"offsite copy of {backup_id}")
+                if metadata.format_version == PAGES.version:
+                    check_sealed_pages(self.objects, metadata, local_folders)
+                else:
+                    self.download(backup_id, metadata.compression, dest, encrypted=True)
+                    check_sealed(dest, metadata, label=f"offsite copy of {backup_id}")
             else:
                 self.fetch_verified(backup_id, dest, identity=identity)
         except (VerificationError, MetadataError, BackupNotFound) as exc:
             logger.warning("offsite copy of %s failed verification: %s", backup_id, exc)
+            self._drop_damaged(exc, sealed=encrypted)
             return OffsiteVerification(backup_id, False, str(exc), depth, encrypted, note)
         finally:
             remove_quietly(dest)
         return OffsiteVerification(backup_id, True, None, depth, encrypted, note)
+
+    def _drop_damaged(self, exc: BaseException, *, sealed: bool) -> None:
+        """Delete a shared object a check found damaged: named by its hash, it would count
+        as held, and the next upload would not replace it."""
+        key = damaged_key(exc)
+        if key is None:
+            return
+        logger.warning("removing the damaged offsite object %s (uploaded again next)", key)
+        self.objects.delete(remote_key(key, sealed=sealed))
 
     def delete(self, backup_id: str) -> None:
         """Delete one backup from the store; manifest first, so it never lists half-deleted."""

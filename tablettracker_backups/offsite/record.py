@@ -118,6 +118,8 @@ class OffsiteState:
     last_error_at: datetime | None = None
     #: When the store was last listed in full (the record matched the store then).
     listed_at: datetime | None = None
+    #: Offsite backups were pruned and their shared objects not yet collected.
+    collect_pending: bool = False
 
     def with_copy(self, copy: OffsiteCopy) -> OffsiteState:
         """A new state with ``copy`` added or replaced."""
@@ -143,6 +145,7 @@ class OffsiteState:
             "last_error": self.last_error,
             "last_error_at": iso(self.last_error_at),
             "listed_at": iso(self.listed_at),
+            "collect_pending": self.collect_pending,
         }
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
@@ -187,6 +190,7 @@ def read_state(settings: Settings) -> OffsiteState:
         last_error=None if error is None else str(error),
         last_error_at=moment("last_error_at"),
         listed_at=moment("listed_at"),
+        collect_pending=document.get("collect_pending") is True,
     )
 
 
