@@ -1107,6 +1107,34 @@ PLANTS: tuple[Plant, ...] = (
         "    if since is not None and now - since <= 2 * interval + GRACE + timedelta(minutes=2):\n",
         (T + "test_checks.py::test_health_warns_when_no_snapshot_was_checked_for_two_intervals",),
     ),
+    Plant(
+        "raw-read-descriptor-outlives",
+        "snapshot.py",
+        "                    fd = os.open(database, os.O_RDONLY)\n",
+        "                    os.close(os.open(database, os.O_RDONLY))\n"
+        "                    fd = os.open(database, os.O_RDONLY)\n",
+        (
+            T
+            + "test_checks.py::test_a_cli_raw_read_holds_its_shared_lock_while_the_app_holds_a_write_lock",
+        ),
+    ),
+    Plant(
+        "raw-read-not-in-wal",
+        "snapshot.py",
+        '                    if mode == "wal":\n                        return None\n',
+        "",
+        (T + "test_checks.py::test_in_wal_mode_the_cli_reads_through_sqlite",),
+    ),
+    Plant(
+        "raw-read-not-in-process",
+        "backup.py",
+        "    raw_reads: bool = False,\n) -> BackupResult:\n",
+        "    raw_reads: bool = True,\n) -> BackupResult:\n",
+        (
+            T
+            + "test_pages_store.py::test_the_host_apps_own_lock_survives_a_snapshot_taken_in_its_process[delete-0.0]",
+        ),
+    ),
 )
 
 

@@ -99,16 +99,16 @@ def check_built(dest: Path, metadata: BackupMetadata, *, full: bool) -> Database
         if found is not None and found.schema_fingerprint != metadata.schema_fingerprint:
             raise VerificationError("schema differs from its metadata")
         return found
+    found = None
     if full:
         found = _inspect(dest, unreadable=unreadable)
         _compare_findings(found, metadata)
-        return found
-    if not unreadable:
+    elif not unreadable:
         try:
             check_sqlite_file(dest)
         except DatabaseError as exc:
             raise VerificationError(str(exc)) from exc
-    return None
+    return found
 
 
 def _inspect(path: Path, *, unreadable: bool) -> DatabaseCheck | None:

@@ -23,7 +23,7 @@ from tablettracker_backups.anomaly import AnomalyKind
 from tablettracker_backups.backup import create_backup
 from tablettracker_backups.checks import estimate_seconds, plan_checks
 from tablettracker_backups.cli import cli
-from tablettracker_backups.crashpoints import ENV, Stage
+from tablettracker_backups.crashpoints import ENV, SIGNAL_ENV, Stage
 from tablettracker_backups.errors import RestoreError, VerificationError
 from tablettracker_backups.health import GRACE, check_health
 from tablettracker_backups.metadata import BackupMetadata
@@ -33,7 +33,7 @@ from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import inspect_header
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
-from tests.faultkit import cli_env, run_cli
+from tests.faultkit import cli_env, resume, run_cli, spawn_cli, stopped_at
 
 #: A budget nothing fits: every manual snapshot after the first is filed unchecked.
 NONE_FITS = 0.0
@@ -360,3 +360,94 @@ def test_a_drop_seen_by_an_unchecked_snapshot_is_found_by_the_next_checked_one(
     checked = create_backup(settings, kind="scheduled")
     dropped = [a for a in checked.anomalies if a.kind is AnomalyKind.ROWS_DROPPED]
     assert dropped and dropped[0].previous_id == first.id
+
+
+# -- raw reads: the CLI reads pages straight from the live file ----------------------------
+
+
+def _raw_env(db: Path, backup_dir: Path, secondary_dir: Path, tmp_path: Path) -> dict[str, str]:
+    return {
+        **cli_env(
+            db,
+            backup_dir,
+            secondary_dir,
+            home=tmp_path,
+            BACKUPS_FORMAT="pages",
+            BACKUPS_CHECK_BUDGET="0",
+        ),
+        **ROOMY,
+    }
+
+
+def test_a_cli_raw_read_holds_its_shared_lock_while_the_app_holds_a_write_lock(
+    pages: Callable[..., Settings],
+    db_path: Path,
+    backup_dir: Path,
+    secondary_dir: Path,
+    tmp_path: Path,
+) -> None:
+    settings = pages()
+    create_backup(settings)  # checked: the checks are measured
+    before = db_path.read_bytes()
+    env = _raw_env(db_path, backup_dir, secondary_dir, tmp_path)
+    # The host app (another connection) is in the middle of a write: RESERVED, not committed.
+    with closing(sqlite3.connect(db_path, timeout=0, isolation_level=None)) as app:
+        app.execute("BEGIN IMMEDIATE")
+        app.execute("UPDATE po_lines SET quantity_received = 99 WHERE id = 1")
+        stop = {ENV: Stage.RAW_READ.value, SIGNAL_ENV: "STOP"}
+        proc = spawn_cli(["backup", "--json"], {**env, **stop})
+        assert stopped_at(proc), "the backup never reached its raw read"
+        # Mid-read: the CLI's SHARED lock keeps the app's commit out of the file.
+        with pytest.raises(sqlite3.OperationalError, match="locked"):
+            app.execute("COMMIT")
+        code, out, err = resume(proc)
+        assert code == 0, err
+        app.execute("COMMIT")  # the read is over: the app's write goes in
+    taken = json.loads(out)["id"]
+    meta = BackupStore(settings).get(taken).metadata
+    assert meta is not None and not meta.checked
+    # Read from the live file: no scratch copy, so no header check of one.
+    assert "header_check" not in meta.durations and "pages" in meta.durations
+    restored = tmp_path / "restored.db"
+    restore_backup(settings, taken, to=restored)
+    assert restored.read_bytes() == before  # the state before the app's commit, exactly
+    with closing(sqlite3.connect(db_path)) as conn:
+        assert conn.execute("SELECT quantity_received FROM po_lines WHERE id = 1").fetchone() == (
+            99,
+        )
+
+
+def test_a_kill_during_a_raw_read_lists_nothing_and_frees_the_lock(
+    pages: Callable[..., Settings],
+    db_path: Path,
+    backup_dir: Path,
+    secondary_dir: Path,
+    tmp_path: Path,
+) -> None:
+    settings = pages()
+    first = create_backup(settings).metadata
+    env = _raw_env(db_path, backup_dir, secondary_dir, tmp_path)
+    killed = run_cli(["backup"], {**env, ENV: Stage.RAW_READ.value})
+    assert killed.returncode == -9, killed.stderr
+    assert [i.id for i in BackupStore(settings).list()] == [first.id]
+    _write(db_path, "UPDATE po_lines SET quantity_received = 5 WHERE id = 1")  # no lock left
+    again = run_cli(["backup"], env)
+    assert again.returncode == 0, again.stderr
+    assert len(BackupStore(settings).list()) == 2
+
+
+def test_in_wal_mode_the_cli_reads_through_sqlite(
+    make_settings: Callable[..., Settings],
+    backup_dir: Path,
+    secondary_dir: Path,
+    tmp_path: Path,
+) -> None:
+    from tests.conftest import make_db
+
+    db = make_db(tmp_path / "wal.db", wal=True)
+    settings = make_settings(database=db, format="pages", check_budget=0)
+    create_backup(settings)
+    done = run_cli(["backup", "--json"], _raw_env(db, backup_dir, secondary_dir, tmp_path))
+    assert done.returncode == 0, done.stderr
+    meta = BackupStore(settings).get(json.loads(done.stdout)["id"]).metadata
+    assert meta is not None and not meta.checked and "header_check" in meta.durations
