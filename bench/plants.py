@@ -1135,6 +1135,16 @@ PLANTS: tuple[Plant, ...] = (
             + "test_pages_store.py::test_the_host_apps_own_lock_survives_a_snapshot_taken_in_its_process[delete-0.0]",
         ),
     ),
+    Plant(
+        "checks-retention-keeps-checked",
+        "retention.py",
+        "    if newest_checked is not None and not reasons[newest_checked.id]:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_checks.py::test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones",
+        ),
+    ),
 )
 
 

@@ -85,7 +85,7 @@ from tablettracker_backups.metadata import (
     utc_iso,
     validate_label,
 )
-from tablettracker_backups.pagestore import write_file_pages
+from tablettracker_backups.pagestore import Written, write_file_pages
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.replicate import replicate
 from tablettracker_backups.settings import Settings
@@ -636,25 +636,12 @@ def _read_live(
         written.index.page_count,
         checked=False,
     )
-    stream = StreamResult(
-        raw_size=written.raw_size,
-        raw_sha256=written.raw_sha256,
-        stored_size=written.index.added,
-        sha256=written.index.root,
-    )
     durations = {
         # The read transaction: reading, hashing and storing the pages all happen inside it.
         "snapshot": round(live.seconds, 4),
         "pages": round(written.seconds, 4),
     }
-    stored = _Stored(
-        snap,
-        check,
-        stream,
-        durations,
-        format_version=PAGES.version,
-        extra={"pages": written.index.to_dict()},
-    )
+    stored = _paged(snap, check, written, durations)
     return _commit_stored(
         settings, choice, backup_id, started_at, options, stored, started, secondary_trouble
     )
@@ -713,6 +700,14 @@ def _store_pages(
         # Of which reading, hashing and storing the pages (the checks ran beside it).
         "pages": round(written.seconds, 4),
     }
+    return _paged(snap, check, written, durations)
+
+
+def _paged(
+    snap: SnapshotInfo, check: DatabaseCheck, written: Written, durations: dict[str, float]
+) -> _Stored:
+    """A format 2 snapshot stored: its page index stands for the stored file (the SHA-256
+    the manifest records is the index root's, the stored size what the snapshot added)."""
     stream = StreamResult(
         raw_size=written.raw_size,
         raw_sha256=written.raw_sha256,

@@ -451,3 +451,26 @@ def test_in_wal_mode_the_cli_reads_through_sqlite(
     assert done.returncode == 0, done.stderr
     meta = BackupStore(settings).get(json.loads(done.stdout)["id"]).metadata
     assert meta is not None and not meta.checked and "header_check" in meta.durations
+
+
+def test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones() -> None:
+    from datetime import datetime, timezone
+
+    from tablettracker_backups.retention import Candidate, plan_retention
+    from tablettracker_backups.settings import RetentionPolicy
+
+    at = datetime(2026, 12, 8, 3, 0, tzinfo=timezone.utc)
+    candidates = [
+        Candidate("checked", at, "manual", True),
+        Candidate("older-checked", at - timedelta(minutes=1), "manual", True),
+        *(
+            Candidate(f"unchecked-{n}", at + timedelta(minutes=n), "auto", True, checked=False)
+            for n in (1, 2, 3)
+        ),
+    ]
+    plan = plan_retention(
+        candidates, RetentionPolicy(hourly=1, daily=1, weekly=1, monthly=1, yearly=1)
+    )
+    kept = {c.id for c in plan.keep}
+    assert "checked" in kept and "older-checked" not in kept
+    assert plan.reasons("checked") == ("newest checked good backup",)
