@@ -52,7 +52,7 @@ ROOT = HERE.parent
 if str(ROOT) not in sys.path:  # run as a script from a clone
     sys.path.insert(0, str(ROOT))
 
-from bench.generate import generate, parse_size  # noqa: E402
+from bench.generate import parse_size  # noqa: E402
 
 LEVEL = 6
 
@@ -257,7 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     db = args.db or Path(tempfile.gettempdir()) / f"tt-pages-{args.size}.db"
     if not db.exists():
         print(f"generating {db} ({args.size}) ...", flush=True)
-        generate(db, size)
+        # In a process of its own: a child's peak memory (ru_maxrss) survives exec on Linux,
+        # so steps forked from a parent that generated a database would report its peak.
+        code = (
+            "import pathlib; from bench.generate import generate; "
+            f"generate(pathlib.Path({str(db)!r}), {size})"
+        )
+        subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-pages-", dir=db.parent) as tmp:
         for workload in args.workload.split(","):

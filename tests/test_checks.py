@@ -474,3 +474,18 @@ def test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones() 
     kept = {c.id for c in plan.keep}
     assert "checked" in kept and "older-checked" not in kept
     assert plan.reasons("checked") == ("newest checked good backup",)
+
+
+def test_an_export_of_an_unchecked_snapshot_checks_it_and_records_it(
+    pages: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from tablettracker_backups.export import export_backup
+
+    settings = pages()
+    second = _unchecked(settings)
+    store = BackupStore(settings)
+    done = export_backup(store, second.id, tmp_path / "out.db")
+    assert done.id == second.id and (tmp_path / "out.db").is_file()
+    info = store.get(second.id)
+    assert info.checked and info.metadata is not None
+    assert info.metadata.row_counts == create_backup(settings, kind="scheduled").metadata.row_counts
