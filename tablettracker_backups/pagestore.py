@@ -436,7 +436,9 @@ class _Writer:
 
     def __init__(self, store: LocalStore, key: bytes, level: int) -> None:
         self.store = store
-        self.key = key
+        # The keyed hash's state after the key block, copied for each page: the same hash as
+        # :func:`page_hash`, without setting the key up 260,000 times for a 1 GB database.
+        self.hasher = hashlib.blake2b(digest_size=HASH_SIZE, key=key)
         self.compressor = zstandard.ZstdCompressor(level=level)
         #: Pack SHA-256 per pack number; None for the pack being filled.
         self.packs: list[str | None] = []
@@ -490,7 +492,9 @@ class _Writer:
         self.known.setdefault(hash_, number << 32 | offset)
 
     def add(self, page: bytes) -> _Entry:
-        hash_ = page_hash(self.key, page)
+        hasher = self.hasher.copy()
+        hasher.update(page)
+        hash_ = hasher.digest()
         place = self.known.get(hash_)
         if place is not None:
             return _Entry(hash_, place >> 32, place & 0xFFFFFFFF)
