@@ -1145,6 +1145,54 @@ PLANTS: tuple[Plant, ...] = (
             + "test_checks.py::test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones",
         ),
     ),
+    Plant(
+        "retention-minute-edge",
+        "retention.py",
+        "and candidate.created_at <= horizon:",
+        "and candidate.created_at < horizon:",
+        (T + "test_retention.py::test_the_minute_window_edges",),
+    ),
+    Plant(
+        "retention-minute-window",
+        "retention.py",
+        'if name == "minutely" and horizon is not None and candidate.created_at <= horizon:',
+        "if False:",
+        (
+            T
+            + "test_retention.py::test_two_years_of_hourly_backups_fill_exactly_the_default_slots",
+            T + "test_retention.py::test_the_minute_window_edges",
+        ),
+    ),
+    Plant(
+        "auto-files-default",
+        "autosnapshot.py",
+        '        interval, reason = FILES_DEFAULT_INTERVAL, "files"\n',
+        '        interval, reason = interval, ""\n',
+        (
+            T
+            + "test_autosnapshot.py::test_the_default_interval_is_a_second_in_the_page_store_and_five_minutes_in_format_1",
+        ),
+    ),
+    Plant(
+        "auto-owner-setting",
+        "autosnapshot.py",
+        "        not settings.snapshot_after_write_set\n",
+        "        True\n",
+        (
+            T
+            + "test_autosnapshot.py::test_the_default_interval_is_a_second_in_the_page_store_and_five_minutes_in_format_1",
+        ),
+    ),
+    Plant(
+        "gc-walk-skips-unseen",
+        "pagestore.py",
+        "        new = [ref for ref in refs if ref.sha not in seen]\n",
+        "        new = [ref for ref in refs if ref.sha not in seen][:1]\n",
+        (
+            T
+            + "test_garbage.py::test_a_shared_walk_reads_each_node_once_and_needs_what_every_full_walk_needs",
+        ),
+    ),
 )
 
 

@@ -42,6 +42,7 @@ from tablettracker_backups.errors import (
     MetadataError,
     StorageError,
 )
+from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import atomic_write_bytes, remove_quietly
 from tablettracker_backups.jobs import queue as jobs
 from tablettracker_backups.locking import folder_lock, operation_lock
@@ -57,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 #: Snapshots may take at most 1/COST_FACTOR of the time: the interval grows with their duration.
 COST_FACTOR = 20
+#: The default interval of a folder in format 1, where every snapshot is a whole copy (the
+#: one-second default is the page store's).
+FILES_DEFAULT_INTERVAL = 300.0
 #: Largest database (with its -wal) snapshotted inside the web process. On this project's
 #: 2-core test machine (bench/bench_autosnapshot.py, other work running beside it) a full
 #: backup of 6.9 MiB of TabletTracker data took 0.14-0.17 s (median; 0.39 s at most with one
@@ -139,10 +143,30 @@ class TriggerResult:
 
 
 def effective_interval(settings: Settings, newest: BackupMetadata | None) -> float:
-    """The larger of the setting and :data:`COST_FACTOR` times the newest backup's duration."""
+    """The larger of the setting and :data:`COST_FACTOR` times the newest backup's duration.
+
+    The default (one second) is for the page store, where a snapshot stores only the pages
+    that changed: with ``BACKUPS_SNAPSHOT_AFTER_WRITE`` unset, a folder whose newest backup is
+    in format 1 (a whole compressed copy each time) waits :data:`FILES_DEFAULT_INTERVAL`."""
+    return interval_and_reason(settings, newest)[0]
+
+
+def interval_and_reason(settings: Settings, newest: BackupMetadata | None) -> tuple[float, str]:
+    """:func:`effective_interval`, and why it is longer than the setting: ``cost`` (20x the
+    newest backup's duration), ``files`` (format 1's default), or ``""`` (it is not)."""
     base = float(settings.snapshot_after_write or 0)
+    interval, reason = base, ""
+    if (
+        not settings.snapshot_after_write_set
+        and newest is not None
+        and newest.format_version == FILES.version
+        and interval < FILES_DEFAULT_INTERVAL
+    ):
+        interval, reason = FILES_DEFAULT_INTERVAL, "files"
     last = newest.durations.get("total", 0.0) if newest is not None else 0.0
-    return max(base, COST_FACTOR * last)
+    if COST_FACTOR * last > interval:
+        interval, reason = COST_FACTOR * last, "cost"
+    return interval, reason
 
 
 def newest_good_metadata(store: BackupStore, *, cached: bool = False) -> BackupMetadata | None:

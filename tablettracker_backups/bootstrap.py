@@ -68,6 +68,7 @@ def render_config(settings: Settings, interval: int) -> str:
     lines += [
         f"interval = {interval}",
         f"compression = {_toml_string(settings.compression)}",
+        f"keep_minutely = {settings.retention.minutely}",
         f"keep_hourly = {settings.retention.hourly}",
         f"keep_daily = {settings.retention.daily}",
         f"keep_weekly = {settings.retention.weekly}",

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tablettracker_backups import intent
-from tablettracker_backups.autosnapshot import effective_interval, last_auto
+from tablettracker_backups.autosnapshot import interval_and_reason, last_auto
 from tablettracker_backups.changes import changed_since, source_signature
 from tablettracker_backups.display import format_age, human_size, local_time
 from tablettracker_backups.errors import BackupError, DatabaseError
@@ -272,11 +272,11 @@ def recovery_summary(
     """
     newest = newest_good(backups)
     meta = newest.metadata if newest is not None else None
+    interval, reason = interval_and_reason(settings, meta)
     summary: dict[str, Any] = {
         "snapshot_after_write": settings.snapshot_after_write,
-        "effective_interval": (
-            effective_interval(settings, meta) if settings.snapshot_after_write else None
-        ),
+        "effective_interval": interval if settings.snapshot_after_write else None,
+        "interval_reason": reason if settings.snapshot_after_write else None,
         "last_auto": last_auto(settings),
         "latest_write_at": None,
         "unsaved_writes": None,
@@ -353,7 +353,12 @@ def describe_recovery(recovery: dict[str, Any]) -> list[tuple[str, str]]:
         text = f"after web writes, at most every {format_age(timedelta(seconds=every))}"
         effective = recovery.get("effective_interval") or every
         if effective > every:
-            text += f" (now {format_age(timedelta(seconds=effective))}: 20x the last backup)"
+            why = (
+                "backups here are whole copies (format 1)"
+                if recovery.get("interval_reason") == "files"
+                else "20x the last backup"
+            )
+            text += f" (now {format_age(timedelta(seconds=effective))}: {why})"
         last = recovery.get("last_auto")
         if isinstance(last, dict) and last.get("at"):
             outcome = "took" if last.get("ok") else "FAILED after"
@@ -844,8 +849,12 @@ def _schedule_findings(
     return last_run_at, findings
 
 
+#: The first word of a retention reason that names what keeps a backup, for the counts.
+SLOT_NAMES = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore")
+
+
 def slot_counts(settings: Settings, backups: list[BackupInfo], now: datetime) -> dict[str, int]:
-    """How many backups retention keeps in each slot (hourly ... yearly, pre-restore)."""
+    """How many backups retention keeps in each slot (minutely ... yearly, pre-restore)."""
     return _count_slots(plan_retention(candidates_from(backups), settings.retention, now=now))
 
 
@@ -854,7 +863,7 @@ def _count_slots(plan: RetentionPlan) -> dict[str, int]:
     for decision in plan.keep:
         for reason in decision.reasons:
             slot = reason.split(" ")[0].rstrip(",")
-            if slot in ("hourly", "daily", "weekly", "monthly", "yearly", "recent", "pre-restore"):
+            if slot in SLOT_NAMES:
                 slots[slot] += 1
     return dict(slots)
 

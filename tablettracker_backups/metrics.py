@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from prometheus_client.registry import CollectorRegistry
 
 PREFIX = "tablettracker_backups_"
-SLOTS = ("hourly", "daily", "weekly", "monthly", "yearly", "pre-restore")
+SLOTS = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly", "pre-restore")
 MISSING_CLIENT = (
     "metrics need the prometheus_client package: pip install 'tablettracker-backups[metrics]'"
 )

@@ -3,11 +3,16 @@
 A pure function of the listed backups and the policy: it reads and deletes nothing. Deleting what
 it does not keep is :mod:`tablettracker_backups.prune`.
 
-For each slot kind (hourly, daily, weekly, monthly, yearly) the newest good backup (faithful, of
-undamaged data) of each of the last N calendar slots that have one is kept. Pinned backups are
-kept whatever their age. One backup may fill several slots and is
-stored once. Slots are counted among the backups that exist, not back from "now", so a clock
-that jumps backwards or a backup dated in the future never makes good backups look expired.
+For each slot kind (minutely, hourly, daily, weekly, monthly, yearly) the newest good backup
+(faithful, of undamaged data) of each of the last N calendar slots that have one is kept;
+minutes alone are a window: those of the last N minutes up to the newest backup (the minutes
+that have a backup could otherwise reach back days). Pinned backups are kept whatever their
+age. One backup may fill several slots and is stored once. Slots are counted among the
+backups that exist, not back from "now", so a clock that jumps backwards or a backup dated in
+the future never makes good backups look expired.
+
+Time compacts as Litestream's levels do: every snapshot of the last minutes (the recent tier
+below), then one a minute, then one an hour, a day, a week.
 
 On top of the slots, the *recent tier* keeps every backup younger than ``BACKUPS_KEEP_RECENT``
 (write-triggered snapshots, mostly), as long as what it keeps beyond the slots costs no more
@@ -154,6 +159,7 @@ class RetentionPlan:
 
 def _slot_keys() -> list[tuple[str, Callable[[datetime], str]]]:
     return [
+        ("minutely", lambda t: t.strftime("%Y-%m-%d %H:%M")),
         ("hourly", lambda t: t.strftime("%Y-%m-%d %H:00")),
         ("daily", lambda t: t.strftime("%Y-%m-%d")),
         ("weekly", lambda t: "{:04d}-W{:02d}".format(*t.isocalendar()[:2])),
@@ -212,11 +218,17 @@ def plan_retention(
     regular = [c for c in ordered if c.kind != "pre-restore" and c.good and c.id not in future]
     for name, key in _slot_keys():
         limit = getattr(policy, name)
+        # Minutes are the last ``limit`` minutes up to the newest backup, not the last
+        # ``limit`` minutes that have one: scheduled hourly backups would otherwise each
+        # fill a minute, and the minutes would keep more of them than the hours do.
+        horizon = regular[0].created_at - timedelta(minutes=limit) if regular else None
         chosen: dict[str, Candidate] = {}
         for candidate in regular:
             slot = key(candidate.created_at.astimezone(timezone.utc))
             if slot not in chosen:
                 if len(chosen) >= limit:
+                    break
+                if name == "minutely" and horizon is not None and candidate.created_at <= horizon:
                     break
                 chosen[slot] = candidate
             elif candidate.grouped and not chosen[slot].grouped:

@@ -60,6 +60,9 @@ class RetentionPolicy:
     yearly: int = 10
     #: Pre-restore safety snapshots are kept by count, outside the calendar slots.
     pre_restore: int = 10
+    #: Minutes (the newest backup of each): between the recent tier's every snapshot and the
+    #: hours, so a day of one-second snapshots compacts to one a minute, then one an hour.
+    minutely: int = 60
 
 
 @dataclass(frozen=True)
@@ -152,9 +155,13 @@ class Settings:
     rclone: RcloneSettings | None = None
     encryption: EncryptionSettings | None = None
     #: Seconds between write-triggered snapshots (``BACKUPS_SNAPSHOT_AFTER_WRITE``); None: off.
-    snapshot_after_write: int | None = 300
-    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing.
-    keep_recent: int = 86400
+    snapshot_after_write: int | None = 1
+    #: ``BACKUPS_SNAPSHOT_AFTER_WRITE`` was set. Unset, a folder whose newest backup is in
+    #: format 1 (a whole copy each) snapshots at most every five minutes, not every second.
+    snapshot_after_write_set: bool = False
+    #: Seconds back from now in which every snapshot is kept (the recent tier), budget allowing;
+    #: older ones compact to one a minute (``RetentionPolicy.minutely``), then the calendar.
+    keep_recent: int = 600
     #: Bytes the recent tier may hold beyond the calendar slots; None: 10x the newest backup's
     #: stored size.
     recent_budget: int | None = None
@@ -404,6 +411,7 @@ CORE_KEYS = frozenset(
         "compression",
         "compression_level",
         "format",
+        "keep_minutely",
         "keep_hourly",
         "keep_daily",
         "keep_weekly",
@@ -430,6 +438,7 @@ CORE_KEYS = frozenset(
         "s3_signature_version",
         "s3_multipart_threshold",
         "s3_multipart_chunksize",
+        "s3_keep_minutely",
         "s3_keep_hourly",
         "s3_keep_daily",
         "s3_keep_weekly",
@@ -441,6 +450,7 @@ CORE_KEYS = frozenset(
         "s3_checksum",
         "rclone_remote",
         "rclone_config",
+        "rclone_keep_minutely",
         "rclone_keep_hourly",
         "rclone_keep_daily",
         "rclone_keep_weekly",
@@ -463,7 +473,7 @@ CORE_KEYS = frozenset(
 
 def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy) -> RetentionPolicy:
     counts: dict[str, int] = {}
-    for slot in ("hourly", "daily", "weekly", "monthly", "yearly"):
+    for slot in ("minutely", "hourly", "daily", "weekly", "monthly", "yearly"):
         key = f"{prefix}keep_{slot}"
         if values.get(key) is not None:
             counts[slot] = _int(key, values[key])
@@ -471,6 +481,12 @@ def _retention(values: Mapping[str, Any], prefix: str, default: RetentionPolicy)
     if values.get(key) is not None:
         counts["pre_restore"] = _int(key, values[key])
     return dataclasses.replace(default, **counts)
+
+
+def _offsite_default(local: RetentionPolicy) -> RetentionPolicy:
+    """The local counts, but no minute slots: an offsite copy is sent by the scheduled run,
+    not after every write, and each minute kept there would be one more upload."""
+    return dataclasses.replace(local, minutely=0)
 
 
 def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
@@ -552,6 +568,7 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["snapshot_after_write"] = _optional_duration(
             "snapshot_after_write", values["snapshot_after_write"]
         )
+        kwargs["snapshot_after_write_set"] = True
     if values.get("keep_recent") is not None:
         kwargs["keep_recent"] = _optional_duration("keep_recent", values["keep_recent"]) or 0
     if values.get("recent_budget") is not None:
@@ -753,7 +770,7 @@ def _s3_settings(values: Mapping[str, Any], local: RetentionPolicy) -> S3Setting
         secret_access_key=secret_key,
         addressing_style=style,
         signature_version=_opt_str(values.get("s3_signature_version")),
-        retention=_retention(values, "s3_", local),
+        retention=_retention(values, "s3_", _offsite_default(local)),
         **kwargs,
     )
 
@@ -795,7 +812,7 @@ def _rclone_settings(values: Mapping[str, Any], local: RetentionPolicy) -> Rclon
     return RcloneSettings(
         remote=remote,
         config=config,
-        retention=_retention(values, "rclone_", local),
+        retention=_retention(values, "rclone_", _offsite_default(local)),
         **kwargs,
     )
 

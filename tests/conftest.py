@@ -33,6 +33,7 @@ def pytest_addoption(parser: pytest.Parser, pluginmanager: pytest.PytestPluginMa
 #: Retention that keeps only the newest backup of an hour (and no recent tier): what a prune
 #: would delete is then everything older, unless something else keeps it.
 TIGHT_RETENTION = {
+    "BACKUPS_KEEP_MINUTELY": 0,
     "BACKUPS_KEEP_HOURLY": 1,
     "BACKUPS_KEEP_DAILY": 1,
     "BACKUPS_KEEP_WEEKLY": 1,

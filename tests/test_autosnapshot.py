@@ -5,6 +5,7 @@ was started by the requests themselves (in the server's threads or its detached 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -36,7 +37,9 @@ from tablettracker_backups.autosnapshot import (
     PENDING_FILE,
     Outcome,
     after_write,
+    effective_interval,
     evaluate,
+    interval_and_reason,
     last_auto,
 )
 from tablettracker_backups.backup import create_backup
@@ -727,3 +730,32 @@ def test_one_databases_decision_never_makes_anothers_wait(
         with autosnapshot._flags:
             autosnapshot._busy.discard(key)
             autosnapshot._missed.discard(key)
+
+
+def test_the_default_interval_is_a_second_in_the_page_store_and_five_minutes_in_format_1(
+    make_settings: Callable[..., Settings],
+) -> None:
+    """BACKUPS_SNAPSHOT_AFTER_WRITE unset: one second after the newest backup of a page-store
+    folder, five minutes after a format 1 one (each of its snapshots is a whole copy); set,
+    it is the owner's in both; 20x the newest backup's duration still wins over either."""
+    pages = make_settings(format="pages")
+    files = make_settings(format="files")
+    files_meta = create_backup(files).metadata
+    BackupStore(files).delete(files_meta.id)
+    pages_meta = create_backup(pages).metadata
+    quick = {"total": 0.01}
+    files_meta = dataclasses.replace(files_meta, durations=quick)
+    pages_meta = dataclasses.replace(pages_meta, durations=quick)
+    assert (files_meta.format_version, pages_meta.format_version) == (1, 2)
+    assert interval_and_reason(pages, pages_meta) == (1.0, "")
+    assert interval_and_reason(files, files_meta) == (300.0, "files")
+    assert interval_and_reason(files, None) == (1.0, "")  # nothing yet: the first is due
+    owner = make_settings(format="files", snapshot_after_write="1s")
+    assert interval_and_reason(owner, files_meta) == (1.0, "")
+    slow = dataclasses.replace(files_meta, durations={"total": 16.0})
+    assert interval_and_reason(files, slow) == (320.0, "cost")
+    edge = dataclasses.replace(files_meta, durations={"total": 15.0})  # 20x = 300: not over
+    assert interval_and_reason(files, edge) == (300.0, "files")
+    assert (
+        effective_interval(pages, dataclasses.replace(pages_meta, durations={"total": 0.1})) == 2.0
+    )

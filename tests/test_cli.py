@@ -89,7 +89,8 @@ def test_backup_and_list(invoke: Callable[..., Result]) -> None:
         assert entry["created_at"].endswith("Z")
         assert entry["copies"] == {"primary": "ok", "secondary": "ok"}
     assert listing[0]["id"] == data["id"]  # newest first
-    assert listing[0]["kept_because"][0].startswith("hourly ")
+    assert listing[0]["kept_because"][0].startswith("minutely ")
+    assert listing[0]["kept_because"][1].startswith("hourly ")
     text = ok(invoke("list")).stdout
     assert data["id"] in text and "pri:ok sec:ok" in text and "KEPT BECAUSE" in text
 
@@ -172,7 +173,7 @@ def test_health_and_status(invoke: Callable[..., Result], settings: object) -> N
     assert report["status"] == "ok" and report["newest_backup"]["id"] == backup_id
     status = ok(invoke("status")).stdout
     assert f"Newest:          {backup_id}" in status
-    assert "Slots filled:    hourly 1, daily 1, weekly 1, monthly 1, yearly 1" in status
+    assert "Slots filled:    minutely 1, hourly 1, daily 1, weekly 1, monthly 1, yearly 1" in status
     assert "Health: OK" in status
     assert json.loads(ok(invoke("status", "--json")).stdout)["backup_count"] == 1
     # An old backup turns health to a warning, then critical (real rewritten metadata).

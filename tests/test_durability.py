@@ -133,6 +133,7 @@ def test_prune_deletes_the_commit_marker_before_the_data(
         settings.backup_dir,
         settings.secondary_dir,
         home=tmp_path,
+        BACKUPS_KEEP_MINUTELY="0",
         BACKUPS_KEEP_HOURLY="0",
         BACKUPS_KEEP_DAILY="0",
         BACKUPS_KEEP_WEEKLY="0",

@@ -58,7 +58,14 @@ def test_fresh_backup_is_ok(healthy: Settings) -> None:
     assert (report.status, report.exit_code) == ("ok", 0)
     assert report.newest_id == report.newest_good_id == backup_id
     assert report.backup_count == 1
-    assert report.slot_counts == {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
+    assert report.slot_counts == {
+        "minutely": 1,
+        "hourly": 1,
+        "daily": 1,
+        "weekly": 1,
+        "monthly": 1,
+        "yearly": 1,
+    }
     assert set(report.disk) == {"primary", "secondary"}
     assert report.stored_bytes > 0
 
@@ -600,23 +607,30 @@ def test_health_reports_the_recovery_point_achieved(healthy: Settings) -> None:
     assert report.recovery["unsaved_writes"] is False
     lines = dict(describe_recovery(report.recovery))
     assert lines["Recovery point"] == "every write so far is in a backup"
-    assert "at most every 5 min" in lines["Automatic snapshots"]
-    assert lines["Restore points"].startswith("every backup of the last 24.0 h is kept (1")
+    # BACKUPS_SNAPSHOT_AFTER_WRITE unset: one second, but five minutes in a format 1 folder.
+    assert (
+        "at most every 1 s (now 5 min: backups here are whole copies (format 1))"
+        in lines["Automatic snapshots"]
+    )
+    assert lines["Restore points"].startswith("every backup of the last 10 min is kept (1")
     (newest,) = BackupStore(healthy).list()
-    assert newest.metadata is not None and healthy.snapshot_after_write == 300
+    assert newest.metadata is not None and healthy.snapshot_after_write == 1
     assert set(report.to_dict()["recovery"]) == {
         "snapshot_after_write",
         "effective_interval",
+        "interval_reason",
         "last_auto",
         "latest_write_at",
         "unsaved_writes",
         "achieved_seconds",
         "recent",
     }
-    # The interval the automatic snapshots now keep: the setting, or 20x the last backup.
+    # The interval the automatic snapshots now keep: format 1's five minutes, or 20x the last
+    # backup.
     assert report.recovery["effective_interval"] == max(
         300.0, 20 * newest.metadata.durations["total"]
     )
+    assert report.recovery["interval_reason"] == "files"
     backup_id = newest.id
     backdate(healthy, backup_id, timedelta(minutes=10))
     with sqlite3.connect(healthy.database) as conn:
@@ -878,6 +892,7 @@ def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
 
     # Both in their own hour and day; week, month and year depend on today's date (UTC).
     expected = {
+        "minutely": 1,  # the newest alone: the other is three days before it
         "hourly": 2,
         "daily": 2,
         "weekly": 1 if old.isocalendar()[:2] == new.isocalendar()[:2] else 2,
@@ -890,7 +905,7 @@ def test_slot_counts_for_metrics_match_the_report(healthy: Settings) -> None:
     assert slot_counts(settings, BackupStore(settings).list(), now) == expected
     # Seen from two days ago, the newest backup is dated in the future and fills no slot.
     before = now - timedelta(days=2)
-    only_old = {"hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
+    only_old = {"minutely": 1, "hourly": 1, "daily": 1, "weekly": 1, "monthly": 1, "yearly": 1}
     assert slot_counts(settings, BackupStore(settings).list(), before) == only_old
 
 

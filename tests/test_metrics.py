@@ -85,7 +85,15 @@ def test_metrics_read_the_folder_and_status_at_scrape_time(
         meta.created_at.timestamp() - 1
     )
     slots = {labels["slot"]: value for labels, value in samples["tablettracker_backups_backups"]}
-    assert set(slots) == {"hourly", "daily", "weekly", "monthly", "yearly", "pre-restore"}
+    assert set(slots) == {
+        "minutely",
+        "hourly",
+        "daily",
+        "weekly",
+        "monthly",
+        "yearly",
+        "pre-restore",
+    }
     assert slots["hourly"] == 1 and slots["pre-restore"] == 0
     disk = {labels["folder"]: v for labels, v in samples["tablettracker_backups_disk_free_bytes"]}
     assert set(disk) == {"primary", "secondary"} and disk["primary"] > 0

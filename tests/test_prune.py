@@ -18,6 +18,7 @@ from tablettracker_backups.store import BackupStore, ListingCache
 from tests.conftest import flip_byte
 
 ONE_SLOT = {
+    "keep_minutely": 0,
     "keep_hourly": 1,
     "keep_daily": 0,
     "keep_weekly": 0,

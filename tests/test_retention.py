@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from tablettracker_backups.store import BackupInfo
 
 BASE = datetime(2025, 1, 1, tzinfo=timezone.utc)
 NOW = BASE + timedelta(days=700)
-KINDS = ("hourly", "daily", "weekly", "monthly", "yearly")
+KINDS = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly")
 SLOT_KEY = dict(_slot_keys())
 
 policies = st.builds(
@@ -38,6 +39,7 @@ policies = st.builds(
     monthly=st.integers(0, 4),
     yearly=st.integers(0, 3),
     pre_restore=st.integers(0, 3),
+    minutely=st.integers(0, 90),
 )
 # Minutes since BASE: collisions within an hour, day, week... are common, as in real life.
 entries = st.tuples(
@@ -94,7 +96,14 @@ def test_kept_count_is_bounded(
     candidates = build(items)
     protect = [f"s{i:03d}" for i in protected]
     plan = plan_retention(candidates, policy, protect=protect)
-    slots = policy.hourly + policy.daily + policy.weekly + policy.monthly + policy.yearly
+    slots = (
+        policy.minutely
+        + policy.hourly
+        + policy.daily
+        + policy.weekly
+        + policy.monthly
+        + policy.yearly
+    )
     # newest + newest verified + explicitly protected
     assert len(plan.keep) <= slots + policy.pre_restore + 2 + len(set(protect))
     for backup_id in protect:
@@ -123,7 +132,12 @@ def test_each_slot_reason_is_the_newest_verified_backup_of_one_of_the_newest_slo
         ranked = sorted(
             newest_per_slot.items(), key=lambda kv: (kv[1].created_at, kv[1].id), reverse=True
         )
-        expected = {f"{kind} {slot}": c.id for slot, c in ranked[: getattr(policy, kind)]}
+        ranked = ranked[: getattr(policy, kind)]
+        if kind == "minutely" and ranked:
+            # Minutes: only those of the last `limit` minutes up to the newest backup.
+            horizon = ranked[0][1].created_at - timedelta(minutes=policy.minutely)
+            ranked = [(slot, c) for slot, c in ranked if c.created_at > horizon]
+        expected = {f"{kind} {slot}": c.id for slot, c in ranked}
         actual = {
             reason: d.id
             for d in plan.decisions
@@ -270,6 +284,9 @@ def test_two_years_of_hourly_backups_fill_exactly_the_default_slots() -> None:
     candidates = hourly_history()
     plan = plan_retention(candidates, RetentionPolicy(), now=END)
     counts: Counter[str] = Counter(reason.split(" ")[0] for d in plan.keep for reason in d.reasons)
+    # Hourly backups: the newest alone is in the last hour's minutes (the one an hour before
+    # it is on the window's edge, outside).
+    assert counts["minutely"] == 1
     assert counts["hourly"] == 24
     assert counts["daily"] == 30
     assert counts["weekly"] == 12
@@ -282,6 +299,7 @@ def test_two_years_of_hourly_backups_fill_exactly_the_default_slots() -> None:
 
     utc = timezone.utc
     assert reasons(END) == (
+        "minutely 2026-11-25 10:17",
         "hourly 2026-11-25 10:00",
         "daily 2026-11-25",
         "weekly 2026-W48",
@@ -357,7 +375,9 @@ def test_a_future_backup_keeps_last_years_backup() -> None:
 
 # -- each keep rule, alone (every slot count 0), with the reason it gives ---------------------
 
-NOTHING = RetentionPolicy(hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0)
+NOTHING = RetentionPolicy(
+    minutely=0, hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0
+)
 
 
 def reasons_of(plan: RetentionPlan) -> dict[str, tuple[str, ...]]:
@@ -450,7 +470,7 @@ def recent_ids(plan: RetentionPlan) -> set[str]:
 def test_recent_tier_keeps_every_snapshot_within_budget() -> None:
     history = five_minute_day()
     # No calendar slots at all: only the tier (and "newest backup") keep anything.
-    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0, minutely=0)
     plan = plan_retention(history, policy, now=NOW, recent=RecentTier(DAY, 10_000))
     assert not plan.delete
     assert plan.recent is not None and not plan.recent.thinned
@@ -463,7 +483,7 @@ def test_recent_tier_keeps_every_snapshot_within_budget() -> None:
 
 def test_recent_tier_thins_to_its_budget_newest_dense_older_evenly() -> None:
     history = five_minute_day(cost=10)
-    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0, minutely=0)
     tier = RecentTier(DAY, 500)  # room for 50 of 288 snapshots
     plan = plan_retention(history, policy, now=NOW, recent=tier)
     summary = plan.recent
@@ -490,7 +510,7 @@ def test_thinning_never_changes_its_mind() -> None:
     # Re-planning what survived deletes nothing more, and an hour later it only thins
     # further among what it kept (never needs a snapshot it already deleted).
     history = five_minute_day(cost=10)
-    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0, minutely=0)
     tier = RecentTier(DAY, 500)
     kept = {d.id for d in plan_retention(history, policy, now=NOW, recent=tier).keep}
     survivors = [c for c in history if c.id in kept]
@@ -506,7 +526,7 @@ def test_recent_tier_counts_cost_given_per_snapshot() -> None:
     # all fit where full-size ones would be thinned.
     full = five_minute_day(cost=1000)
     cheap = [Candidate(c.id, c.created_at, c.kind, c.verified, 1) for c in full]
-    policy = RetentionPolicy(0, 0, 0, 0, 0, 0)
+    policy = RetentionPolicy(0, 0, 0, 0, 0, 0, minutely=0)
     tier = RecentTier(DAY, 10_000)
     assert plan_retention(full, policy, now=NOW, recent=tier).recent.thinned  # type: ignore[union-attr]
     assert not plan_retention(cheap, policy, now=NOW, recent=tier).delete
@@ -518,7 +538,7 @@ def test_calendar_slots_cost_the_tier_nothing_and_safety_snapshots_stay_outside(
     unverified = Candidate("bad", NOW - timedelta(minutes=3), "auto", False, 10)
     plan = plan_retention(
         [*history, safety, unverified],
-        RetentionPolicy(hourly=24, pre_restore=1),
+        RetentionPolicy(hourly=24, pre_restore=1, minutely=0),
         now=NOW,
         recent=RecentTier(DAY, 300),
     )
@@ -538,9 +558,9 @@ def test_candidates_carry_the_cost_function() -> None:
 def test_default_budget_is_ten_times_the_newest_backups_cost(tmp_path: Path) -> None:
     history = [*five_minute_day(cost=10)[1:], Candidate("new", NOW, "auto", True, 70)]
     settings = settings_from_mapping({"database": tmp_path / "a.db"})
-    assert recent_tier_for(settings, history) == RecentTier(DAY, 700)
+    assert recent_tier_for(settings, history) == RecentTier(timedelta(minutes=10), 700)
     fixed = settings_from_mapping({"database": tmp_path / "a.db", "recent_budget": "1kB"})
-    assert recent_tier_for(fixed, history) == RecentTier(DAY, 1000)
+    assert recent_tier_for(fixed, history) == RecentTier(timedelta(minutes=10), 1000)
     off = settings_from_mapping({"database": tmp_path / "a.db", "keep_recent": "0"})
     assert recent_tier_for(off, history) is None
 
@@ -548,7 +568,9 @@ def test_default_budget_is_ten_times_the_newest_backups_cost(tmp_path: Path) -> 
 # -- the recent tier and the guarantees, worked out by hand ------------------------------------
 
 NOON = datetime(2026, 11, 27, 12, 0, tzinfo=timezone.utc)  # a multiple of every bucket width
-NO_SLOTS = RetentionPolicy(hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0)
+NO_SLOTS = RetentionPolicy(
+    minutely=0, hourly=0, daily=0, weekly=0, monthly=0, yearly=0, pre_restore=0
+)
 
 
 def ago(seconds: int, name: str, **extra: object) -> Candidate:
@@ -759,3 +781,69 @@ def test_a_safety_snapshot_is_never_the_newest_good_backup() -> None:
     plan = plan_retention([damaged, safety, good], NO_SLOTS, now=NOON)
     assert "newest good backup" in plan.reasons("g")
     assert "newest good backup" not in plan.reasons("s")
+
+
+# -- time compacts: every snapshot, then one a minute, then one an hour -----------------------
+
+
+def test_a_day_of_second_snapshots_compacts_to_minutes_then_hours() -> None:
+    """One snapshot a second for two hours, under the default policy and recent window: every
+    snapshot of the last ten minutes stays, then one a minute for the hour before the newest,
+    then one an hour; nothing else."""
+    newest = NOON
+    history = [
+        Candidate(f"c{n:05d}", newest - timedelta(seconds=n), "auto", True, 10)
+        for n in range(2 * 3600)
+    ]
+    settings = settings_from_mapping({"database": "/x/a.db", "recent_budget": "1GB"})
+    plan = plan_retention(
+        history,
+        settings.retention,
+        now=newest,
+        recent=recent_tier_for(settings, history),
+    )
+    kept = {d.id: d.reasons for d in plan.keep}
+
+    def ids(seconds_back: object) -> set[str]:
+        return {f"c{n:05d}" for n in seconds_back}  # type: ignore[attr-defined]
+
+    # The minutes: the newest snapshot of each of the 60 minutes up to the newest (12:00,
+    # 11:59 ... 11:01; 11:00 would be the 61st).
+    minutes = {i for i, reasons in kept.items() if any(r.startswith("minutely") for r in reasons)}
+    assert minutes == ids([0]) | ids(range(1, 3541, 60))
+    # The recent tier: every other snapshot younger than ten minutes (600 s back is not).
+    recent = {i for i, reasons in kept.items() if "recent" in reasons}
+    assert recent == ids(range(600)) - minutes
+    # The hours: 12:00, 11:00 and 10:00 (its newest, 10:59:59).
+    hours = {i for i, reasons in kept.items() if any(r.startswith("hourly") for r in reasons)}
+    assert hours == ids([0, 1, 3601])
+    assert set(kept) == ids(range(600)) | minutes | hours  # nothing else
+    assert len(kept) == 600 + 49 + 1
+
+
+def test_the_minute_window_edges(tmp_path: Path) -> None:
+    """A backup 59 min 59 s before the newest fills its minute; one exactly 60 min before
+    does not; ``BACKUPS_KEEP_MINUTELY`` sets the window and 0 turns the minutes off."""
+    newest = NOON + timedelta(seconds=59)  # the two candidates fall in different minutes
+    inside = Candidate("inside", newest - timedelta(minutes=59, seconds=59), "auto", True)
+    edge = Candidate("edge", newest - timedelta(minutes=60), "auto", True)
+    top = Candidate("top", newest, "auto", True)
+    policy = replace(NO_SLOTS, minutely=60)
+    plan = plan_retention([top, inside, edge], policy)
+    assert plan.reasons("inside") == ("minutely 2026-11-27 11:01",)
+    assert plan.reasons("edge") == ()
+    assert settings_from_mapping({"database": tmp_path / "a.db"}).retention.minutely == 60
+    none = settings_from_mapping({"database": tmp_path / "a.db", "keep_minutely": 0})
+    assert plan_retention([top, inside, edge], replace(policy, minutely=0)).reasons("inside") == ()
+    assert none.retention.minutely == 0
+
+
+def test_offsite_copies_keep_no_minutes_unless_asked(tmp_path: Path) -> None:
+    base = {"database": tmp_path / "a.db", "s3_bucket": "b", "keep_minutely": 30}
+    settings = settings_from_mapping(base)
+    assert settings.retention.minutely == 30
+    assert settings.s3 is not None and settings.s3.retention is not None
+    assert settings.s3.retention.minutely == 0
+    asked = settings_from_mapping({**base, "s3_keep_minutely": 5})
+    assert asked.s3 is not None and asked.s3.retention is not None
+    assert asked.s3.retention.minutely == 5

@@ -186,12 +186,13 @@ def test_toml_backups_must_be_a_table_and_file_must_exist(tmp_path: Path) -> Non
 def test_write_trigger_and_recent_tier_settings(tmp_path: Path) -> None:
     base = {"database": tmp_path / "app.db"}
     defaults = settings_from_mapping(base)
-    assert defaults.snapshot_after_write == 300
-    assert defaults.keep_recent == 86400 and defaults.recent_budget is None
+    assert defaults.snapshot_after_write == 1 and not defaults.snapshot_after_write_set
+    assert defaults.keep_recent == 600 and defaults.recent_budget is None
     tuned = settings_from_mapping(
         {**base, "snapshot_after_write": "30s", "keep_recent": "6h", "recent_budget": "2GB"}
     )
     assert (tuned.snapshot_after_write, tuned.keep_recent) == (30, 6 * 3600)
+    assert tuned.snapshot_after_write_set
     assert tuned.recent_budget == 2 * 1000**3
     off = settings_from_mapping({**base, "snapshot_after_write": "off", "keep_recent": "0"})
     assert off.snapshot_after_write is None and off.keep_recent == 0

@@ -230,7 +230,13 @@ def test_a_folder_from_an_older_version_is_adopted_without_moving_anything(
 
 def test_pinned_backup_is_never_pruned(make_settings: Callable[..., Settings]) -> None:
     settings = make_settings(
-        keep_hourly=1, keep_daily=1, keep_weekly=0, keep_monthly=0, keep_yearly=0, **ROOMY
+        keep_minutely=0,
+        keep_hourly=1,
+        keep_daily=1,
+        keep_weekly=0,
+        keep_monthly=0,
+        keep_yearly=0,
+        **ROOMY,
     )
     made = invoke("backup", "--label", "before the migration", "--keep", "--json", *where(settings))
     assert made.exit_code == 0, made.output

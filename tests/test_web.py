@@ -570,6 +570,7 @@ def test_prune_previews_then_deletes_exactly_that(
     tmp_path: Path, make_host: Callable[..., Flask]
 ) -> None:
     app = make_host(
+        BACKUPS_KEEP_MINUTELY=0,
         BACKUPS_KEEP_HOURLY=1,
         BACKUPS_KEEP_DAILY=1,
         BACKUPS_KEEP_WEEKLY=1,

@@ -138,11 +138,12 @@ class BackupManager:
         app.config.setdefault("BACKUPS_ENCRYPT_TO", None)
         #: ``offsite`` (the default once recipients are set) or ``all`` (local folders too).
         app.config.setdefault("BACKUPS_ENCRYPT", None)
-        #: After a write request, snapshot when the newest backup is this old: ``5m``,
-        #: ``30s``, ``1h``, or ``off``.
-        app.config.setdefault("BACKUPS_SNAPSHOT_AFTER_WRITE", "5m")
+        #: After a write request, snapshot when the newest backup is this old: ``1s``,
+        #: ``30s``, ``5m``, or ``off``. None: one second in the page store, five minutes
+        #: in a folder of format 1 (a whole copy each).
+        app.config.setdefault("BACKUPS_SNAPSHOT_AFTER_WRITE", None)
         #: Every backup younger than this is kept (budget allowing); ``0`` turns the tier off.
-        app.config.setdefault("BACKUPS_KEEP_RECENT", "24h")
+        app.config.setdefault("BACKUPS_KEEP_RECENT", "10m")
         #: Most the recent tier may store beyond the calendar slots (``2GB``); None means
         #: 10x the newest backup's stored size.
         app.config.setdefault("BACKUPS_RECENT_BUDGET", None)

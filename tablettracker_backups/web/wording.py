@@ -24,6 +24,7 @@ ID_IN_TEXT = re.compile(r"\b[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\b")
 
 #: Retention reasons that start with a slot name, and their chip.
 _SLOT_CHIPS = {
+    "minutely": "minute",
     "hourly": "hour",
     "daily": "day",
     "weekly": "week",
