@@ -469,7 +469,8 @@ def test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones() 
         ),
     ]
     plan = plan_retention(
-        candidates, RetentionPolicy(hourly=1, daily=1, weekly=1, monthly=1, yearly=1)
+        candidates,
+        RetentionPolicy(hourly=1, daily=1, weekly=1, monthly=1, yearly=1, minutely=0),
     )
     kept = {c.id for c in plan.keep}
     assert "checked" in kept and "older-checked" not in kept
