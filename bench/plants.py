@@ -1091,6 +1091,156 @@ PLANTS: tuple[Plant, ...] = (
             + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
         ),
     ),
+    # -- checks at the speed of snapshots (issue 20) -------------------------------------
+    Plant(
+        "checks-budget-edge",
+        "checks.py",
+        "    if estimate <= budget:\n",
+        "    if estimate < budget:\n",
+        (T + "test_checks.py::test_the_budget_at_its_edges",),
+    ),
+    Plant(
+        "checks-scheduled-always",
+        "checks.py",
+        "    if kind in ALWAYS_CHECKED:\n",
+        "    if False:\n",
+        (T + "test_checks.py::test_a_scheduled_backup_is_always_checked",),
+    ),
+    Plant(
+        "checks-estimate-from-full-checks",
+        "backup.py",
+        '        ("verify" if plan.full else "header_check"): round(check_seconds, 4),\n',
+        '        "verify": round(check_seconds, 4),\n',
+        (T + "test_checks.py::test_the_estimate_comes_from_a_snapshot_whose_full_checks_ran",),
+    ),
+    Plant(
+        "checks-header-size",
+        "snapshot.py",
+        "    if page_size * page_count != size:\n",
+        "    if False:\n",
+        (T + "test_checks.py::test_the_header_check_refuses_a_file_that_is_not_whole",),
+    ),
+    Plant(
+        "checks-restore-checks-first",
+        "extract.py",
+        "    if not metadata.checked:\n        found = _inspect(dest, unreadable=unreadable)\n",
+        "    if False:\n        found = _inspect(dest, unreadable=unreadable)\n",
+        (
+            T
+            + "test_checks.py::test_restore_of_latest_unchecked_and_damaged_is_refused_and_latest_moves_back",
+            T + "test_checks.py::test_restore_of_an_unchecked_snapshot_checks_it_before_writing",
+        ),
+    ),
+    Plant(
+        "checks-latest-damage-refused",
+        "restore.py",
+        "    if latest and meta.source_damaged:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_checks.py::test_restore_of_latest_unchecked_and_damaged_is_refused_and_latest_moves_back",
+        ),
+    ),
+    Plant(
+        "checks-late-findings-kept",
+        "metadata.py",
+        "        if not manifest.checked and self.findings is not None and self.findings.checked:\n",
+        "        if False:\n",
+        (T + "test_checks.py::test_verify_checks_an_unchecked_snapshot_and_records_what_it_found",),
+    ),
+    Plant(
+        "checks-listed-unchecked",
+        "cli/list_cmd.py",
+        '    if not info.checked:\n        return "not checked"\n',
+        "",
+        (
+            T
+            + "test_checks.py::test_an_unchecked_snapshot_is_listed_shown_and_reported_as_not_checked",
+        ),
+    ),
+    Plant(
+        "checks-info-checked",
+        "store.py",
+        "        return self.metadata is not None and self.metadata.checked\n",
+        "        return self.metadata is not None\n",
+        (
+            T
+            + "test_checks.py::test_an_unchecked_snapshot_is_listed_shown_and_reported_as_not_checked",
+            T + "test_checks.py::test_the_pages_say_not_checked_yet",
+        ),
+    ),
+    Plant(
+        "checks-drill-unchecked-first",
+        "runner.py",
+        "    if unchecked:\n        return unchecked[0].id\n",
+        "",
+        (T + "test_checks.py::test_the_drill_checks_an_unchecked_snapshot_first",),
+    ),
+    Plant(
+        "checks-anomaly-against-checked",
+        "backup.py",
+        "    previous = previous_good([i for i in infos if i.metadata is not None and i.metadata.checked])\n",
+        "    previous = previous_good(infos)\n",
+        (
+            T
+            + "test_checks.py::test_a_drop_seen_by_an_unchecked_snapshot_is_found_by_the_next_checked_one",
+        ),
+    ),
+    Plant(
+        "checks-anomaly-unchecked-schema-only",
+        "backup.py",
+        "    if not current.checked:\n        found = tuple(",
+        "    if False:\n        found = tuple(",
+        (
+            T
+            + "test_checks.py::test_a_drop_seen_by_an_unchecked_snapshot_is_found_by_the_next_checked_one",
+        ),
+    ),
+    Plant(
+        "checks-overdue-edge",
+        "health.py",
+        "    if since is not None and now - since <= 2 * interval + GRACE:\n",
+        "    if since is not None and now - since <= 2 * interval + GRACE + timedelta(minutes=2):\n",
+        (T + "test_checks.py::test_health_warns_when_no_snapshot_was_checked_for_two_intervals",),
+    ),
+    Plant(
+        "raw-read-descriptor-outlives",
+        "snapshot.py",
+        "                    fd = os.open(database, os.O_RDONLY)\n",
+        "                    os.close(os.open(database, os.O_RDONLY))\n"
+        "                    fd = os.open(database, os.O_RDONLY)\n",
+        (
+            T
+            + "test_checks.py::test_a_cli_raw_read_holds_its_shared_lock_while_the_app_holds_a_write_lock",
+        ),
+    ),
+    Plant(
+        "raw-read-not-in-wal",
+        "snapshot.py",
+        '                    if mode == "wal":\n                        return None\n',
+        "",
+        (T + "test_checks.py::test_in_wal_mode_the_cli_reads_through_sqlite",),
+    ),
+    Plant(
+        "raw-read-not-in-process",
+        "backup.py",
+        "    raw_reads: bool = False,\n) -> BackupResult:\n",
+        "    raw_reads: bool = True,\n) -> BackupResult:\n",
+        (
+            T
+            + "test_pages_store.py::test_the_host_apps_own_lock_survives_a_snapshot_taken_in_its_process[delete-0.0]",
+        ),
+    ),
+    Plant(
+        "checks-retention-keeps-checked",
+        "retention.py",
+        "    if newest_checked is not None and not reasons[newest_checked.id]:\n",
+        "    if False:\n",
+        (
+            T
+            + "test_checks.py::test_retention_keeps_the_newest_checked_good_backup_behind_unchecked_ones",
+        ),
+    ),
     Plant(
         "retention-minute-edge",
         "retention.py",

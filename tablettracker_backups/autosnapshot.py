@@ -331,7 +331,14 @@ def _snapshot(settings: Settings, *, trigger: str, where: str) -> TriggerResult:
     """Take one ``auto`` backup (the caller holds the operation lock) and record how it went."""
     started = time.monotonic()
     try:
-        result = create_backup(settings, kind="auto", trigger=trigger, lock=False)
+        result = create_backup(
+            settings,
+            kind="auto",
+            trigger=trigger,
+            lock=False,
+            # Never inside the host app: a descriptor it closes would drop the app's locks.
+            raw_reads=where != "in-process",
+        )
     except BackupError as exc:
         logger.error("automatic snapshot failed: %s", exc)
         record(settings, ok=False, where=where, seconds=time.monotonic() - started, error=str(exc))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tablettracker_backups import audit, intent, notify
-from tablettracker_backups.anomaly import EXTRA_KEY, Anomaly, find_anomalies, previous_good
+from tablettracker_backups.anomaly import (
+    EXTRA_KEY,
+    Anomaly,
+    AnomalyKind,
+    find_anomalies,
+    previous_good,
+)
+from tablettracker_backups.checks import Plan, plan_checks
 from tablettracker_backups.compression import (
     StreamResult,
     compress_file,
@@ -44,7 +52,14 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.evidence import record_anomalies
-from tablettracker_backups.formats import FILES, PAGES, choose_format, format_of, page_index
+from tablettracker_backups.formats import (
+    FILES,
+    PAGES,
+    BackupFormat,
+    choose_format,
+    format_of,
+    page_index,
+)
 from tablettracker_backups.fsutil import (
     TEMP_PREFIX,
     check_writable_dir,
@@ -59,7 +74,10 @@ from tablettracker_backups.identity import claim_folders
 from tablettracker_backups.layout import PAGES_PREFIX, data_key, manifest_key, state_key
 from tablettracker_backups.locking import operation_lock
 from tablettracker_backups.metadata import (
+    CHECK_NAMES,
     KINDS,
+    NOT_CHECKED,
+    QUICK_CHECKS,
     BackupMetadata,
     SourceInfo,
     Verification,
@@ -67,7 +85,7 @@ from tablettracker_backups.metadata import (
     utc_iso,
     validate_label,
 )
-from tablettracker_backups.pagestore import write_file_pages
+from tablettracker_backups.pagestore import Written, write_file_pages
 from tablettracker_backups.progress import StageProgress, for_stage
 from tablettracker_backups.replicate import replicate
 from tablettracker_backups.settings import Settings
@@ -78,6 +96,8 @@ from tablettracker_backups.snapshot import (
     check_sqlite_file,
     describe_copy,
     inspect_database,
+    inspect_header,
+    read_live_pages,
     take_snapshot,
 )
 from tablettracker_backups.states import CopyStatus
@@ -257,6 +277,7 @@ def create_backup(
     label: str | None = None,
     pinned: bool = False,
     notify_owner: bool = True,
+    raw_reads: bool = False,
 ) -> BackupResult:
     """Take, check and store one backup of the live database.
 
@@ -269,6 +290,10 @@ def create_backup(
     With ``notify_owner`` (the default) a failure, the anomalies and, with
     ``BACKUPS_NOTIFY_ON=all``, the success are sent to the owner after the lock is released;
     ``run`` and restore pass False and report in their own message.
+    ``raw_reads`` says this process is not the host app's (the CLI, the detached worker): in
+    rollback-journal mode a format 2 snapshot whose full checks wait then reads its pages
+    straight from the live file under the read transaction's SHARED lock
+    (:func:`.snapshot.read_live_pages`) instead of through a scratch copy.
 
     Raises :class:`DatabaseError`, :class:`StorageError`, :class:`VerificationError`,
     :class:`IdentityError` (the folder belongs to another database) or :class:`LockedError`;
@@ -278,7 +303,7 @@ def create_backup(
     if kind not in KINDS:
         raise ValueError(f"unknown backup kind {kind!r}")
     label = validate_label(label)
-    options = _Options(kind, trigger, progress, label, pinned)
+    options = _Options(kind, trigger, progress, label, pinned, raw_reads=raw_reads)
     try:
         # Refuse a missing or non-SQLite source before creating any folder for it.
         check_sqlite_file(settings.database)
@@ -328,12 +353,16 @@ def _anomalies(
     None) only skips this."""
     if infos is None:
         return ()
-    previous = previous_good(infos)
+    # Row counts and foreign keys are compared between checked snapshots only: one filed
+    # unchecked has none (its drop shows at the next checked one, against the last checked).
+    previous = previous_good([i for i in infos if i.metadata is not None and i.metadata.checked])
     if previous is None or previous.metadata is None:
         return ()
     found = find_anomalies(
         previous.metadata, current, drop=settings.anomaly_drop, command=settings.command
     )
+    if not current.checked:
+        found = tuple(item for item in found if item.kind is AnomalyKind.SCHEMA_CHANGED)
     for item in found:
         logger.warning("anomaly in backup %s: %s", current.id, item.message)
     return found
@@ -348,6 +377,9 @@ class _Options:
     pinned: bool
     #: Written into the manifest's ``extra`` (a coordinated snapshot's group).
     extra: dict[str, Any] = field(default_factory=dict)
+    #: This process is not the host app's (the CLI, the detached worker): a format 2
+    #: snapshot whose full checks wait may read pages straight from the live file.
+    raw_reads: bool = False
 
 
 @dataclass(frozen=True)
@@ -376,6 +408,12 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
     started_at = datetime.now(timezone.utc)
     backup_id = new_backup_id(started_at)
     raw_tmp = temp_path(settings.backup_dir, f"{backup_id}.db")
+    choice: _Choice | None = None
+    if options.raw_reads:
+        found = _read_live(settings, backup_id, options, started, started_at, secondary_trouble)
+        if isinstance(found, BackupResult):
+            return found
+        choice = found
     try:
         snap = take_snapshot(
             settings.database,
@@ -384,7 +422,15 @@ def _create_backup(settings: Settings, options: _Options) -> BackupResult:
             progress=for_stage(options.progress, "snapshot"),
         )
         return _file_raw(
-            settings, backup_id, raw_tmp, snap, options, started, started_at, secondary_trouble
+            settings,
+            backup_id,
+            raw_tmp,
+            snap,
+            options,
+            started,
+            started_at,
+            secondary_trouble,
+            choice,
         )
     finally:
         remove_quietly(raw_tmp)
@@ -430,19 +476,20 @@ def file_snapshot(
     )
 
 
-def _file_raw(
-    settings: Settings,
-    backup_id: str,
-    raw: Path,
-    snap: SnapshotInfo,
-    options: _Options,
-    started: float,
-    started_at: datetime,
-    secondary_trouble: str | None,
-) -> BackupResult:
+@dataclass(frozen=True)
+class _Choice:
+    """What the folder's listing (made once, before the new backup exists) decides: the
+    format, the parent a format 2 snapshot builds on, and the listing for the anomalies."""
+
+    store: BackupStore
+    infos: list[BackupInfo] | None
+    format: BackupFormat
+    parent: BackupMetadata | None
+
+
+def _choose(settings: Settings) -> _Choice:
     store = BackupStore(settings)
     try:
-        # Listed once, before the new backup exists: its format and parent, and anomalies.
         infos: list[BackupInfo] | None = store.list()
     except BackupError as exc:
         logger.warning("could not list the backups: %s", exc)
@@ -455,13 +502,54 @@ def _file_raw(
         gzip=settings.compression == "gzip",
         newest=newest,
     )
-    if chosen is PAGES:
-        parent = newest if newest is not None and newest.format_version == PAGES.version else None
-        stored = _store_pages(settings, raw, snap, options, parent)
+    parent = newest if newest is not None and newest.format_version == PAGES.version else None
+    return _Choice(store, infos, chosen, parent)
+
+
+def _plan(settings: Settings, choice: _Choice, options: _Options, size: int) -> Plan:
+    return plan_checks(
+        options.kind, choice.infos or [], size, budget=settings.check_budget, paged=True
+    )
+
+
+def _file_raw(
+    settings: Settings,
+    backup_id: str,
+    raw: Path,
+    snap: SnapshotInfo,
+    options: _Options,
+    started: float,
+    started_at: datetime,
+    secondary_trouble: str | None,
+    choice: _Choice | None = None,
+) -> BackupResult:
+    choice = choice or _choose(settings)
+    if choice.format is PAGES:
+        plan = _plan(settings, choice, options, snap.source_size)
+        logger.info("backup %s: full checks %s: %s", backup_id, plan.full, plan.reason)
+        stored = _store_pages(settings, raw, snap, options, choice.parent, plan)
     else:
         stored = _store_raw(settings, backup_id, raw, snap, options)
+    return _commit_stored(
+        settings, choice, backup_id, started_at, options, stored, started, secondary_trouble
+    )
+
+
+def _commit_stored(
+    settings: Settings,
+    choice: _Choice,
+    backup_id: str,
+    started_at: datetime,
+    options: _Options,
+    stored: _Stored,
+    started: float,
+    secondary_trouble: str | None,
+) -> BackupResult:
+    """Write the manifest of a snapshot whose data is stored (the commit), then copy it to
+    the other folders."""
+    store = choice.store
     metadata = _build_metadata(settings, backup_id, started_at, options, stored, started)
-    anomalies = _anomalies(settings, infos, metadata)
+    anomalies = _anomalies(settings, choice.infos, metadata)
     if anomalies:
         metadata = dataclasses.replace(
             metadata, extra={**metadata.extra, EXTRA_KEY: [a.to_dict() for a in anomalies]}
@@ -483,6 +571,82 @@ def _file_raw(
     return BackupResult(metadata, tuple(written), tuple(warnings), anomalies)
 
 
+def _read_live(
+    settings: Settings,
+    backup_id: str,
+    options: _Options,
+    started: float,
+    started_at: datetime,
+    secondary_trouble: str | None,
+) -> BackupResult | _Choice:
+    """A format 2 snapshot whose full checks wait, read straight from the live file (the
+    caller's process is not the host app's: ``raw_reads``). Returns the backup, or the
+    listing's choice when this path does not apply (format 1, full checks due, WAL mode):
+    the backup API copy then goes on with it."""
+    choice = _choose(settings)
+    if choice.format is not PAGES:
+        return choice
+    try:
+        size = settings.database.stat().st_size
+    except OSError:
+        return choice  # the snapshot reports a missing file properly
+    plan = _plan(settings, choice, options, size)
+    if plan.full:
+        return choice
+    index = None
+    if choice.parent is not None:
+        try:
+            index = page_index(choice.parent)
+        except MetadataError as exc:
+            logger.warning("storing every page again: backup %s: %s", choice.parent.id, exc)
+    progress = options.progress
+
+    def on_pages(done: int, total: int) -> None:
+        if progress is not None:
+            progress("compress", done, total)
+
+    live = read_live_pages(
+        LocalStore(settings.backup_dir),
+        settings.database,
+        busy_timeout=settings.busy_timeout,
+        parent=index,
+        level=settings.compression_level,
+        progress=on_pages,
+    )
+    if live is None:
+        return choice  # WAL mode: its pages are read through SQLite
+    logger.info("backup %s: %s; pages read from the live file", backup_id, plan.reason)
+    written = live.written
+    snap = SnapshotInfo(
+        source_size=written.raw_size,
+        page_size=written.index.page_size,
+        page_count=written.index.page_count,
+        journal_mode=live.journal_mode,
+        sqlite_version=sqlite3.sqlite_version,
+        seconds=live.seconds,
+        signature=live.signature,
+        began_at=live.began_at,
+    )
+    check = DatabaseCheck(
+        NOT_CHECKED,
+        0,
+        {},
+        live.schema_fingerprint,
+        written.index.page_size,
+        written.index.page_count,
+        checked=False,
+    )
+    durations = {
+        # The read transaction: reading, hashing and storing the pages all happen inside it.
+        "snapshot": round(live.seconds, 4),
+        "pages": round(written.seconds, 4),
+    }
+    stored = _paged(snap, check, written, durations)
+    return _commit_stored(
+        settings, choice, backup_id, started_at, options, stored, started, secondary_trouble
+    )
+
+
 def _newest_primary(infos: list[BackupInfo]) -> BackupMetadata | None:
     """The newest backup whose primary copy looks sound: whose format a folder keeps, and
     whose pages a new page-store snapshot need not store again."""
@@ -498,9 +662,11 @@ def _store_pages(
     snap: SnapshotInfo,
     options: _Options,
     parent: BackupMetadata | None,
+    plan: Plan,
 ) -> _Stored:
     """Check the snapshot ``raw`` while its new pages go into the primary folder's page store
-    (format 2): packs and index nodes, each committed; the manifest naming them comes next."""
+    (format 2): packs and index nodes, each committed; the manifest naming them comes next.
+    The full checks run when ``plan`` says so, else only the header check."""
     progress = options.progress
     index = None
     if parent is not None:
@@ -524,14 +690,24 @@ def _store_pages(
             progress=on_pages,
         ),
         keep_unreadable=options.kind == "pre-restore",
+        full=plan.full,
     )
     durations = {
         "snapshot": round(snap.seconds, 4),
-        "verify": round(check_seconds, 4),
+        # What the next snapshot's estimate reads is the full checks' time alone.
+        ("verify" if plan.full else "header_check"): round(check_seconds, 4),
         "compress": round(time.monotonic() - snapshot_done, 4),
         # Of which reading, hashing and storing the pages (the checks ran beside it).
         "pages": round(written.seconds, 4),
     }
+    return _paged(snap, check, written, durations)
+
+
+def _paged(
+    snap: SnapshotInfo, check: DatabaseCheck, written: Written, durations: dict[str, float]
+) -> _Stored:
+    """A format 2 snapshot stored: its page index stands for the stored file (the SHA-256
+    the manifest records is the index root's, the stored size what the snapshot added)."""
     stream = StreamResult(
         raw_size=written.raw_size,
         raw_sha256=written.raw_sha256,
@@ -615,6 +791,7 @@ def _build_metadata(
     started: float,
 ) -> BackupMetadata:
     snap, check, stream = stored.snap, stored.check, stored.stream
+    checked_at = datetime.now(timezone.utc)
     return BackupMetadata(
         id=backup_id,
         # The state the copy holds is as of its read transaction, which may have waited for
@@ -647,9 +824,10 @@ def _build_metadata(
         durations={**stored.durations, "total": round(time.monotonic() - started, 4)},
         verification=Verification(
             ok=True,
-            verified_at=datetime.now(timezone.utc),
+            verified_at=checked_at,
             integrity_check=check.integrity,
             foreign_key_violations=check.foreign_key_violations,
+            checks=dict.fromkeys(CHECK_NAMES if check.checked else QUICK_CHECKS, checked_at),
         ),
         findings=check.findings(),
         label=options.label,
@@ -744,16 +922,17 @@ def _check_and_compress(
 
 
 def _check_while(
-    raw: Path, work: Callable[[], T], *, keep_unreadable: bool
+    raw: Path, work: Callable[[], T], *, keep_unreadable: bool, full: bool = True
 ) -> tuple[DatabaseCheck, T, float]:
     """Run the checks of the snapshot ``raw`` in a thread while this one does ``work``;
-    the checks' outcome, the work's result, and the seconds the checks took."""
+    the checks' outcome, the work's result, and the seconds the checks took. Without
+    ``full``, only the header check (:func:`.snapshot.inspect_header`)."""
     outcome: dict[str, object] = {}
 
     def check() -> None:
         begun = time.monotonic()
         try:
-            outcome["check"] = _inspect_snapshot(raw, keep_unreadable=keep_unreadable)
+            outcome["check"] = _inspect_snapshot(raw, keep_unreadable=keep_unreadable, full=full)
         except BaseException as exc:  # re-raised in the caller's thread
             outcome["error"] = exc
         outcome["seconds"] = time.monotonic() - begun
@@ -775,9 +954,9 @@ def _check_while(
     return check_result, result, seconds
 
 
-def _inspect_snapshot(raw: Path, *, keep_unreadable: bool) -> DatabaseCheck:
+def _inspect_snapshot(raw: Path, *, keep_unreadable: bool, full: bool) -> DatabaseCheck:
     try:
-        return inspect_database(raw, full=True)
+        return inspect_database(raw, full=True) if full else inspect_header(raw)
     except VerificationError as exc:
         if not keep_unreadable:
             raise VerificationError(

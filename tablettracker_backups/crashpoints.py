@@ -37,9 +37,16 @@ class Stage(str, Enum):
     METADATA_WRITE = "metadata-write"
     #: A pack of new pages (format 2) is written and fsynced under its temporary name.
     PACK_WRITE = "pack-write"
+    #: A format 2 snapshot is reading pages straight from the live file (after its first
+    #: pages), under its read transaction's SHARED lock.
+    RAW_READ = "raw-read"
     #: A node of a snapshot's page index (format 2) is written and fsynced under its
     #: temporary name.
     NODE_WRITE = "node-write"
+    #: A check that ran after the backup (verify, the drill, a restore of a snapshot filed
+    #: unchecked) is writing its outcome: the state document is fsynced under its temporary
+    #: name, not yet renamed into place.
+    CHECK_RECORD = "check-record"
     #: The secondary folder's data file is written under its temporary name, not committed.
     SECONDARY_COPY = "secondary-copy"
     #: Prune removed one copy's metadata and not yet its data file.

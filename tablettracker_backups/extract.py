@@ -35,8 +35,9 @@ def extract_verified(
     progress: ByteProgress | None = None,
     full: bool = True,
     shown: str | None = None,
-) -> None:
-    """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``.
+) -> DatabaseCheck | None:
+    """Decompress ``data_file`` into the new file ``dest`` and check it against ``metadata``;
+    the data checks' outcome when they ran (see :func:`check_built`).
 
     Always: the stored file's size and SHA-256 and the decompressed database's SHA-256 must
     match the metadata, so ``dest`` holds exactly the bytes of the snapshot (a faithful copy),
@@ -76,7 +77,7 @@ def extract_verified(
         )
         if stream.raw_sha256 != metadata.raw_sha256:
             raise VerificationError("decompressed database's SHA-256 does not match its metadata")
-        check_built(dest, metadata, full=full)
+        return check_built(dest, metadata, full=full)
     except BaseException:
         remove_quietly(dest)
         raise
@@ -84,18 +85,30 @@ def extract_verified(
         remove_quietly(plain)
 
 
-def check_built(dest: Path, metadata: BackupMetadata, *, full: bool) -> None:
+def check_built(dest: Path, metadata: BackupMetadata, *, full: bool) -> DatabaseCheck | None:
     """The checks of a database built from a backup whose bytes already matched: it opens as
     SQLite, and with ``full`` the data checks give what the backup recorded (see
-    :func:`extract_verified`). Raises :class:`VerificationError`."""
+    :func:`extract_verified`). A snapshot filed before its full checks ran
+    (``metadata.checked`` false) gets them here whatever ``full`` says, before anyone uses
+    it: they only have its schema to agree with, and what they find is returned for the
+    caller to record. Returns the data checks' outcome when they ran. Raises
+    :class:`VerificationError`."""
     unreadable = metadata.schema_fingerprint == UNREADABLE_SCHEMA
+    if not metadata.checked:
+        found = _inspect(dest, unreadable=unreadable)
+        if found is not None and found.schema_fingerprint != metadata.schema_fingerprint:
+            raise VerificationError("schema differs from its metadata")
+        return found
+    found = None
     if full:
-        _compare_findings(_inspect(dest, unreadable=unreadable), metadata)
+        found = _inspect(dest, unreadable=unreadable)
+        _compare_findings(found, metadata)
     elif not unreadable:
         try:
             check_sqlite_file(dest)
         except DatabaseError as exc:
             raise VerificationError(str(exc)) from exc
+    return found
 
 
 def _inspect(path: Path, *, unreadable: bool) -> DatabaseCheck | None:

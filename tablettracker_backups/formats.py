@@ -43,6 +43,7 @@ from tablettracker_backups.pagestore import (
     object_keys,
 )
 from tablettracker_backups.replicate import Part
+from tablettracker_backups.snapshot import DatabaseCheck
 from tablettracker_backups.storage.base import ObjectStore
 from tablettracker_backups.storage.local import LocalStore
 
@@ -92,9 +93,11 @@ class BackupFormat(ABC):
         identity: Identity | None = None,
         progress: ByteProgress | None = None,
         full: bool = True,
-    ) -> None:
+    ) -> DatabaseCheck | None:
         """Write the database the backup holds into the new file ``dest``, checked against
-        the manifest (see :func:`.extract.extract_verified`); ``scratch`` holds downloads."""
+        the manifest (see :func:`.extract.extract_verified`); ``scratch`` holds downloads.
+        Returns the data checks' outcome when they ran (``full``, or a snapshot filed
+        unchecked: :func:`.extract.check_built`)."""
 
 
 class FilesFormat(BackupFormat):
@@ -142,15 +145,16 @@ class FilesFormat(BackupFormat):
         identity: Identity | None = None,
         progress: ByteProgress | None = None,
         full: bool = True,
-    ) -> None:
+    ) -> DatabaseCheck | None:
         if isinstance(store, LocalStore):
             path = store.path_of(metadata.data_file)
-            extract_verified(path, metadata, dest, identity=identity, progress=progress, full=full)
-            return
+            return extract_verified(
+                path, metadata, dest, identity=identity, progress=progress, full=full
+            )
         download = temp_path(scratch, metadata.data_file)
         try:
             store.get_file(metadata.data_file, download)
-            extract_verified(
+            return extract_verified(
                 download,
                 metadata,
                 dest,
@@ -222,7 +226,7 @@ class PagesFormat(BackupFormat):
         identity: Identity | None = None,
         progress: ByteProgress | None = None,
         full: bool = True,
-    ) -> None:
+    ) -> DatabaseCheck | None:
         try:
             index = page_index(metadata)
             build_database(store, index, dest)
@@ -231,7 +235,7 @@ class PagesFormat(BackupFormat):
                 raise VerificationError(
                     "the database built from its pages does not match its manifest"
                 )
-            check_built(dest, metadata, full=full)
+            return check_built(dest, metadata, full=full)
         except (ObjectCorrupt, MetadataError) as exc:
             remove_quietly(dest)
             raise VerificationError(str(exc)) from exc

@@ -70,6 +70,9 @@ class HealthReport:
     #: ``latest``: the newest good regular backup (faithful copy of undamaged data).
     newest_good_id: str | None = None
     newest_good_at: datetime | None = None
+    #: The newest regular backup whose full data checks have run (see :mod:`.checks`).
+    newest_checked_id: str | None = None
+    newest_checked_at: datetime | None = None
     backup_count: int = 0
     slot_counts: dict[str, int] = field(default_factory=dict)
     disk: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -122,6 +125,10 @@ class HealthReport:
             "newest_verified_backup": {
                 "id": self.newest_good_id,
                 "created_at": iso(self.newest_good_at),
+            },
+            "newest_checked_backup": {
+                "id": self.newest_checked_id,
+                "created_at": iso(self.newest_checked_at),
             },
             "backup_count": self.backup_count,
             "slot_counts": self.slot_counts,
@@ -183,8 +190,11 @@ def check_health(
     newest = regular[0] if regular else None
     good = newest_good(regular)
     findings += _freshness_findings(newest, good, now=now, interval=interval)
-    findings += _source_findings(settings, regular, good)
-    findings += _foreign_key_findings(regular)
+    # What the data checks found is known of checked snapshots only.
+    checked = [b for b in regular if b.checked]
+    findings += _source_findings(settings, checked, good)
+    findings += _foreign_key_findings(checked)
+    findings += _unchecked_findings(newest, checked[0] if checked else None, now, interval)
     findings += data_loss_findings(settings, backups if listed else None)
     failed = _failed_repairs(status)
     recent = backups[: settings.health_checksum_count]
@@ -236,6 +246,8 @@ def check_health(
         newest_at=newest.created_at if newest else None,
         newest_good_id=good.id if good else None,
         newest_good_at=good.created_at if good else None,
+        newest_checked_id=checked[0].id if checked else None,
+        newest_checked_at=checked[0].created_at if checked else None,
         backup_count=len(backups),
         slot_counts=_count_slots(plan),
         disk=disk,
@@ -537,6 +549,33 @@ def _source_findings(
             f"restore it with: {restore_command(settings, good.id)}"
         )
     return [Finding(Level.CRITICAL, "source-damaged", message)]
+
+
+def _unchecked_findings(
+    newest: BackupInfo | None, checked: BackupInfo | None, now: datetime, interval: timedelta
+) -> list[Finding]:
+    """Snapshots filed without their full checks are normal (the scheduled run checks its
+    own backup, and the drill the newest unchecked one); a warning only when no snapshot
+    has been fully checked for more than two intervals."""
+    if newest is None or newest.checked or not newest.verified:
+        return []
+    since = checked.created_at if checked is not None else None
+    if since is not None and now - since <= 2 * interval + GRACE:
+        return []
+    shown = (
+        f"the newest fully checked backup is {checked.id}, {format_age(now - since)} old"
+        if checked is not None and since is not None
+        else "no backup has been fully checked yet"
+    )
+    return [
+        Finding(
+            Level.WARNING,
+            "checks-overdue",
+            f"backup {newest.id} and those before it are not checked yet (integrity, foreign "
+            f"keys, row counts did not fit BACKUPS_CHECK_BUDGET); {shown}: the scheduled run "
+            "checks them, or run verify",
+        )
+    ]
 
 
 def _foreign_key_findings(regular: list[BackupInfo]) -> list[Finding]:

@@ -38,6 +38,16 @@ FK_SAMPLES = 5
 MAX_LABEL = 200
 #: Metadata files larger than this are refused unread (a real one is a few KiB).
 MAX_METADATA_BYTES = 1024 * 1024
+#: The checks that read the whole database (a *full* check), by the name a verification
+#: records them under: ``integrity_check``, ``foreign_key_check`` and the row counts.
+FULL_CHECKS = ("integrity", "foreign_keys", "row_counts")
+#: The cheap checks every snapshot gets: every page's keyed hash and the database's SHA-256
+#: (``sha256``), and its header, page count and schema read through SQLite (``schema``).
+QUICK_CHECKS = ("sha256", "schema")
+#: Every check a verification can record.
+CHECK_NAMES = QUICK_CHECKS + FULL_CHECKS
+#: What the findings say of a snapshot whose full checks have not run yet.
+NOT_CHECKED = "not checked yet"
 
 
 def new_backup_id(now: datetime) -> str:
@@ -128,6 +138,53 @@ class Verification:
     integrity_check: str
     foreign_key_violations: int
     error: str | None = None
+    #: When each check (:data:`CHECK_NAMES`) last ran on this copy. ``None`` in documents
+    #: written before checks were recorded: every check ran, at ``verified_at``.
+    checks: dict[str, datetime] | None = None
+
+    def ran(self, name: str) -> datetime | None:
+        """When the check ``name`` last ran on this copy, or None if it never did."""
+        if self.checks is None:
+            return self.verified_at
+        return self.checks.get(name)
+
+    @property
+    def complete(self) -> bool:
+        """Every full check (:data:`FULL_CHECKS`) has run on this copy."""
+        return all(self.ran(name) is not None for name in FULL_CHECKS)
+
+    def with_checks(self, names: tuple[str, ...], at: datetime) -> dict[str, datetime]:
+        """The checks recorded here, plus ``names`` run at ``at``."""
+        known = {name: when for name in CHECK_NAMES if (when := self.ran(name)) is not None}
+        return {**known, **dict.fromkeys(names, at)}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (``checks`` only when recorded: older documents stay as they were)."""
+        document = asdict(self)
+        document["verified_at"] = utc_iso(self.verified_at)
+        if self.checks is None:
+            del document["checks"]
+        else:
+            document["checks"] = {name: utc_iso(at) for name, at in sorted(self.checks.items())}
+        return document
+
+    @classmethod
+    def from_dict(cls, doc: dict[str, Any]) -> Verification:
+        """Validate a decoded ``verification`` object; raises :class:`MetadataError`."""
+        checks = doc.get("checks")
+        parsed: dict[str, datetime] | None = None
+        if checks is not None:
+            if not isinstance(checks, dict) or not set(checks) <= set(CHECK_NAMES):
+                raise MetadataError(f"verification field 'checks' may name only {CHECK_NAMES}")
+            parsed = {str(k): parse_utc(v, f"checks.{k}") for k, v in checks.items()}
+        return cls(
+            ok=_bool(doc, "ok"),
+            verified_at=parse_utc(doc.get("verified_at"), "verified_at"),
+            integrity_check=_str(doc, "integrity_check"),
+            foreign_key_violations=_nonneg(doc, "foreign_key_violations"),
+            error=_opt_str(doc, "error"),
+            checks=parsed,
+        )
 
 
 @dataclass(frozen=True)
@@ -175,9 +232,15 @@ class Findings:
     #: Tables whose rows could not be counted, and why (a virtual table's module not loaded).
     not_counted: dict[str, str] = field(default_factory=dict)
     source_damaged: bool = False
+    #: False while the full checks (:data:`FULL_CHECKS`) have not run on the snapshot: then
+    #: nothing above was looked for, and nothing may be reported as found sound.
+    checked: bool = True
 
     def summary(self) -> str:
-        """One short phrase: ``ok``, ``source-damaged``, ``12 foreign-key violations``, ..."""
+        """One short phrase: ``ok``, ``source-damaged``, ``12 foreign-key violations``,
+        ``not checked yet``, ..."""
+        if not self.checked:
+            return NOT_CHECKED
         parts = []
         if self.source_damaged:
             parts.append("source-damaged")
@@ -196,6 +259,8 @@ class Findings:
             "foreign_key_tables": dict(self.foreign_key_tables),
             "not_counted": dict(self.not_counted),
             "source_damaged": self.source_damaged,
+            # Only when false: the findings of a checked snapshot keep the shape they had.
+            **({} if self.checked else {"checked": False}),
         }
 
     @classmethod
@@ -221,6 +286,7 @@ class Findings:
             foreign_key_tables={str(k): _nonneg(tables, k) for k in tables},
             not_counted={str(k): _str(not_counted, k) for k in not_counted},
             source_damaged=_bool(doc, "source_damaged"),
+            checked=_bool(doc, "checked") if "checked" in doc else True,
         )
 
 
@@ -263,6 +329,12 @@ class BackupMetadata:
         return self.findings.source_damaged
 
     @property
+    def checked(self) -> bool:
+        """The full checks (:data:`FULL_CHECKS`) have run on the snapshot: at its backup, or
+        later (verify, the drill, a restore), as its state document records."""
+        return self.findings.checked
+
+    @property
     def grouped(self) -> bool:
         """A member of a coordinated snapshot (its manifest names the group)."""
         return isinstance(self.extra.get(GROUP_KEY), dict)
@@ -286,7 +358,7 @@ class BackupMetadata:
             del document["started_at"]
         else:
             document["started_at"] = utc_iso(self.started_at)
-        document["verification"]["verified_at"] = utc_iso(self.verification.verified_at)
+        document["verification"] = self.verification.to_dict()
         if self.format_version == FORMAT_VERSION:
             document["data_file"] = self.data_file
         if self.encryption is None:
@@ -344,13 +416,7 @@ class BackupMetadata:
             raise MetadataError("metadata field 'extra' must be an object")
         if version == PAGES_VERSION and not isinstance(extra.get("pages"), dict):
             raise MetadataError("a format 2 manifest must name its page index (extra.pages)")
-        checked = Verification(
-            ok=_bool(verification, "ok"),
-            verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
-            integrity_check=_str(verification, "integrity_check"),
-            foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
-            error=_opt_str(verification, "error"),
-        )
+        checked = Verification.from_dict(verification)
         # Older files have no findings: what their checks recorded is all there is (and they
         # were only kept when the data was clean).
         findings = (
@@ -489,35 +555,52 @@ STATE_VERSION = 1
 class BackupState:
     """What changes about one copy of a backup after it was written, kept apart from its
     manifest (which is never rewritten): the latest verification of this copy, the pin and the
-    label. Its values win over the manifest's own, which are those at the backup's creation."""
+    label; and, for a snapshot filed before its full checks ran, what they found when they did
+    (``findings``, ``row_counts``). Its values win over the manifest's own, which are those at
+    the backup's creation."""
 
     id: str
     verification: Verification
     pinned: bool = False
     label: str | None = None
+    findings: Findings | None = None
+    row_counts: dict[str, int] | None = None
 
     @classmethod
     def of(cls, meta: BackupMetadata) -> BackupState:
         """The state as ``meta`` (a merged view) shows it."""
-        return cls(meta.id, meta.verification, meta.pinned, meta.label)
+        checked = meta.checked and meta.verification.checks is not None
+        return cls(
+            meta.id,
+            meta.verification,
+            meta.pinned,
+            meta.label,
+            meta.findings if checked else None,
+            dict(meta.row_counts) if checked else None,
+        )
 
     def applied_to(self, manifest: BackupMetadata) -> BackupMetadata:
-        """The manifest as this state says it stands now."""
-        return replace(
+        """The manifest as this state says it stands now (a late check's findings only
+        where the manifest has none of its own)."""
+        merged = replace(
             manifest, verification=self.verification, pinned=self.pinned, label=self.label
         )
+        if not manifest.checked and self.findings is not None and self.findings.checked:
+            merged = replace(merged, findings=self.findings, row_counts=dict(self.row_counts or {}))
+        return merged
 
     def to_json(self) -> str:
         """The document's text."""
-        verification = asdict(self.verification)
-        verification["verified_at"] = utc_iso(self.verification.verified_at)
-        document = {
+        document: dict[str, Any] = {
             "state_version": STATE_VERSION,
             "id": self.id,
-            "verification": verification,
+            "verification": self.verification.to_dict(),
             "pinned": self.pinned,
             "label": self.label,
         }
+        if self.findings is not None:
+            document["findings"] = self.findings.to_dict()
+            document["row_counts"] = dict(self.row_counts or {})
         return json.dumps(document, indent=2, sort_keys=True) + "\n"
 
     @classmethod
@@ -542,19 +625,20 @@ class BackupState:
         if doc.get("id") != expected_id:
             named = str(doc.get("id"))[:40]
             raise MetadataError(f"state names backup {named!r}, not {expected_id}")
-        verification = _obj(doc, "verification")
         label = _opt_str(doc, "label")
         if label is not None and len(label) > MAX_LABEL:
             raise MetadataError(f"state field 'label' is longer than {MAX_LABEL} characters")
+        findings = None
+        row_counts = None
+        if doc.get("findings") is not None:
+            findings = Findings.from_dict(_obj(doc, "findings"))
+            counts = _obj(doc, "row_counts")
+            row_counts = {str(k): _nonneg(counts, k) for k in counts}
         return cls(
             id=expected_id,
-            verification=Verification(
-                ok=_bool(verification, "ok"),
-                verified_at=parse_utc(verification.get("verified_at"), "verified_at"),
-                integrity_check=_str(verification, "integrity_check"),
-                foreign_key_violations=_nonneg(verification, "foreign_key_violations"),
-                error=_opt_str(verification, "error"),
-            ),
+            verification=Verification.from_dict(_obj(doc, "verification")),
             pinned=_bool(doc, "pinned"),
             label=label,
+            findings=findings,
+            row_counts=row_counts,
         )

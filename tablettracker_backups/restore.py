@@ -318,7 +318,9 @@ def _restore(
                 f"could not record the restore in {settings.state_dir} ({exc}); nothing was changed"
             ) from exc
         try:
-            record = _restore_locked(job, store, info, attempt, record)
+            record = _restore_locked(
+                job, store, info, attempt, record, latest=backup_id == "latest"
+            )
         except (LockedError, AgeIdentityError):
             clear_unless_unfinished(settings)
             raise
@@ -450,6 +452,8 @@ def _restore_locked(
     info: BackupInfo,
     attempt: _Attempt,
     record: RestoreIntent,
+    *,
+    latest: bool = False,
 ) -> RestoreIntent:
     target = job.target
     # Refuse an unusable target before spending time on the backup.
@@ -464,6 +468,15 @@ def _restore_locked(
     )
     attempt.source_location = location
     attempt.durations["verify"] = round(time.monotonic() - begun, 4)
+    if latest and meta.source_damaged:
+        # ``latest`` was a snapshot not checked yet, and its check (just recorded) found
+        # damaged data: latest never means that. Asked again, latest is an older one.
+        remove_quietly(scratch)
+        raise RestoreError(
+            f"latest was backup {info.id}, not checked until now: its check found damaged "
+            f"data ({meta.findings.integrity[:200]}); it is now marked source-damaged and "
+            "nothing was changed: restore latest again for the newest good backup"
+        )
     try:
         if existed and _has_data(target):
             return _restore_over(job, scratch, meta, attempt, record)

@@ -57,6 +57,8 @@ class Candidate:
     #: A member of a coordinated snapshot: it stands for its calendar slot (see
     #: :func:`plan_retention`).
     grouped: bool = False
+    #: Its full data checks have run (see :mod:`.checks`); false: not known sound yet.
+    checked: bool = True
 
     @property
     def good(self) -> bool:
@@ -188,8 +190,9 @@ def plan_retention(
     by its newest member of a coordinated snapshot when it has one (so that databases under
     the same policy keep the same groups whole).
 
-    Guarantees: the newest backup, the newest verified (faithful) backup of any kind and the
-    newest good regular backup (``latest``) are always kept; pinned backups
+    Guarantees: the newest backup, the newest verified (faithful) backup of any kind, the
+    newest good regular backup (``latest``) and the newest fully checked good regular backup
+    are always kept; pinned backups
     are always kept; only good backups fill a slot (a snapshot of damaged data must not push
     good backups out); pre-restore snapshots are kept by their own count; ids in
     ``protect`` (the backup a run just took, whatever its clock said) are always kept, and so
@@ -251,6 +254,13 @@ def plan_retention(
     newest_good = next((c for c in ordered if c.good and c.kind != "pre-restore"), None)
     if newest_good is not None and newest_good not in (ordered[0], newest_verified):
         reasons[newest_good.id].append("newest good backup")
+    # What ``latest`` falls back to if the snapshots after it, not checked yet, turn out to
+    # hold damaged data.
+    newest_checked = next(
+        (c for c in ordered if c.good and c.checked and c.kind != "pre-restore"), None
+    )
+    if newest_checked is not None and not reasons[newest_checked.id]:
+        reasons[newest_checked.id].append("newest checked good backup")
     for candidate in ordered:
         if candidate.pinned:
             reasons[candidate.id].append("pinned")
@@ -370,6 +380,7 @@ def candidates_from(
             # A backup written by a newer version is for that version to judge: kept.
             pinned=i.pinned or i.newer,
             grouped=i.metadata is not None and i.metadata.grouped,
+            checked=i.checked,
         )
         for i in infos
     ]

@@ -198,9 +198,14 @@ def backup_due(store: BackupStore, now: datetime) -> str | None:
 
 
 def _least_recently_verified(store: BackupStore, skip: str | None) -> str | None:
+    """What the rolling drill checks next: a snapshot not checked yet first (the newest:
+    ``latest`` may be it), else the one verified longest ago."""
     infos = [i for i in store.list() if i.metadata is not None and i.id != skip]
     if not infos:
         return None
+    unchecked = [i for i in infos if i.verified and not i.checked]
+    if unchecked:
+        return unchecked[0].id
     oldest = min(infos, key=lambda i: i.metadata.verification.verified_at)  # type: ignore[union-attr]
     return oldest.id
 

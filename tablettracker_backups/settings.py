@@ -146,6 +146,11 @@ class Settings:
     health_checksum_count: int = 3
     #: Seconds a writer may hold the live database before restore gives up.
     busy_timeout: float = 10.0
+    #: ``BACKUPS_CHECK_BUDGET``: seconds the full data checks (integrity, foreign keys, row
+    #: counts) may take on a manual or write-triggered format 2 snapshot, estimated from the
+    #: last measured check of this database; over it they wait for the scheduled run, the
+    #: drill or a restore (see :mod:`.checks`). Scheduled backups are always checked.
+    check_budget: float = 5.0
     s3: S3Settings | None = None
     rclone: RcloneSettings | None = None
     encryption: EncryptionSettings | None = None
@@ -419,6 +424,7 @@ CORE_KEYS = frozenset(
         "disk_critical",
         "health_checksum_count",
         "busy_timeout",
+        "check_budget",
         "snapshot_after_write",
         "keep_recent",
         "recent_budget",
@@ -547,6 +553,8 @@ def settings_from_mapping(values: Mapping[str, Any]) -> Settings:
         kwargs["lock_timeout"] = _float("lock_timeout", values["lock_timeout"])
     if values.get("busy_timeout") is not None:
         kwargs["busy_timeout"] = _float("busy_timeout", values["busy_timeout"])
+    if values.get("check_budget") is not None:
+        kwargs["check_budget"] = _float("check_budget", values["check_budget"])
     for key in ("disk_warning", "disk_critical"):
         if values.get(key) is not None:
             kwargs[key] = parse_space(key, values[key])

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
 import re
 import sqlite3
 import stat
@@ -32,7 +33,9 @@ from tablettracker_backups.errors import (
     VerificationError,
 )
 from tablettracker_backups.fsutil import describe_os_error
-from tablettracker_backups.metadata import FK_SAMPLES, Findings, ForeignKeySample
+from tablettracker_backups.metadata import FK_SAMPLES, NOT_CHECKED, Findings, ForeignKeySample
+from tablettracker_backups.pagestore import PageIndex, Written, write_pages
+from tablettracker_backups.storage.local import LocalStore
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +84,8 @@ class DatabaseCheck:
     foreign_key_tables: dict[str, int] = field(default_factory=dict)
     #: Tables whose rows could not be counted, and why.
     not_counted: dict[str, str] = field(default_factory=dict)
+    #: False for :func:`inspect_header`: the full checks did not run, nothing was looked for.
+    checked: bool = True
 
     @property
     def ok(self) -> bool:
@@ -95,7 +100,8 @@ class DatabaseCheck:
             foreign_key_samples=self.foreign_key_samples,
             foreign_key_tables=dict(self.foreign_key_tables),
             not_counted=dict(self.not_counted),
-            source_damaged=self.integrity != "ok",
+            source_damaged=self.checked and self.integrity != "ok",
+            checked=self.checked,
         )
 
 
@@ -521,6 +527,29 @@ def inspect_database(path: Path, *, full: bool = True, parallel: bool = False) -
     return dataclasses.replace(rest, integrity=found)
 
 
+def inspect_header(path: Path) -> DatabaseCheck:
+    """The cheap check every snapshot gets when its full checks do not run: it opens as
+    SQLite, its header's page size and page count agree with the file's size, and its schema
+    can be read (the fingerprint). Reads the first pages only, never the whole file: a
+    ``quick_check`` reads every page, as ``integrity_check`` does. Raises
+    :class:`VerificationError` when the file does not open as a database."""
+    try:
+        check_sqlite_file(path)
+        with closing(_private(path)) as conn:
+            fingerprint = schema_fingerprint(conn)
+            page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+            page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+    except (sqlite3.Error, DatabaseError) as exc:
+        raise VerificationError(f"{path.name} is not a readable database: {exc}") from exc
+    size = path.stat().st_size
+    if page_size * page_count != size:
+        raise VerificationError(
+            f"{path.name} is not a whole database: {page_count} pages of {page_size} B in "
+            f"its header, {size} bytes in the file"
+        )
+    return DatabaseCheck(NOT_CHECKED, 0, {}, fingerprint, page_size, page_count, checked=False)
+
+
 def _private(path: Path) -> sqlite3.Connection:
     conn = connect(path, uri_mode="ro")
     # A private copy: a bigger page cache makes the checks faster, memory stays bounded.
@@ -576,3 +605,78 @@ def live_journal_mode(path: Path) -> str | None:
             return str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
     except (sqlite3.Error, DatabaseError):
         return None
+
+
+@dataclass(frozen=True)
+class LivePages:
+    """What :func:`read_live_pages` stored, and the live database's facts at that instant."""
+
+    written: Written
+    journal_mode: str
+    schema_fingerprint: str
+    #: Seconds the read transaction was held (reading, hashing and storing the pages).
+    seconds: float
+    began_at: datetime
+    signature: SourceSignature | None
+
+
+def read_live_pages(
+    store: LocalStore,
+    database: Path,
+    *,
+    busy_timeout: float,
+    parent: PageIndex | None = None,
+    level: int = 6,
+    progress: PageProgress | None = None,
+) -> LivePages | None:
+    """Store the pages of the live ``database`` read straight from its file, under one read
+    transaction: its SHARED lock keeps every writer out of the file until the last page is
+    read (a rollback-journal writer changes the file only under EXCLUSIVE), so the pages are
+    one state. Returns None, having stored nothing, in WAL mode (committed pages live in the
+    -wal file too: they are read through SQLite instead).
+
+    Only in a process that is not the host app's (the CLI, the detached worker): the file's
+    descriptor is opened inside the read transaction and closed only after it ended and its
+    connection closed, because closing any descriptor of a file drops every POSIX lock the
+    process holds on it, and with it this transaction's SHARED lock. Raises
+    :class:`DatabaseError` for the source and what :func:`.pagestore.write_pages` raises.
+    """
+    try:
+        signature: SourceSignature | None = source_signature(database)
+    except OSError:
+        signature = None
+    started = time.monotonic()
+    fd: int | None = None
+    try:
+        with closing(connect(database, busy_timeout=busy_timeout)) as conn:
+            with read_transaction(conn, database):
+                began_at = datetime.now(timezone.utc)
+                try:
+                    mode = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+                    if mode == "wal":
+                        return None
+                    page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+                    page_count = int(conn.execute("PRAGMA page_count").fetchone()[0])
+                    fingerprint = schema_fingerprint(conn)
+                except sqlite3.Error as exc:
+                    raise DatabaseError(f"database {database}: {exc}") from exc
+                try:
+                    fd = os.open(database, os.O_RDONLY)
+                except OSError as exc:
+                    raise DatabaseError(describe_os_error(exc, database)) from exc
+                written = write_pages(
+                    store,
+                    fd,
+                    page_size=page_size,
+                    page_count=page_count,
+                    parent=parent,
+                    level=level,
+                    progress=progress,
+                    stage=Stage.RAW_READ,
+                )
+            seconds = time.monotonic() - started
+    finally:
+        # Only now: the read transaction has ended and its connection is closed.
+        if fd is not None:
+            os.close(fd)
+    return LivePages(written, mode, fingerprint, seconds, began_at, signature)

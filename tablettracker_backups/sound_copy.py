@@ -9,8 +9,10 @@ noted in words.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timezone
 from pathlib import Path
 
+from tablettracker_backups.checks import record_check, verification_after
 from tablettracker_backups.encryption import Identity
 from tablettracker_backups.errors import (
     AgeIdentityError,
@@ -110,6 +112,10 @@ def extract_sound_copy(
     """Decompress and check copies, primary first, then (``use_offsite``) the offsite copy,
     until one is sound: its bytes hash to what its metadata says.
 
+    A snapshot filed before its full checks ran gets them here, on the built database, and
+    their findings are recorded in that copy's state document (the metadata returned has
+    them: a snapshot they find damaged comes back ``source_damaged``).
+
     Returns (scratch file, location, that copy's metadata); the caller removes the scratch
     file, written in ``scratch_dir`` (default: the copy's own folder). ``notes`` gets one line
     per copy passed over. Raises :class:`RestoreError` when no copy is sound,
@@ -137,8 +143,10 @@ def extract_sound_copy(
                 progress("verify", done, total)
 
         try:
-            # Not full: equal SHA-256s prove the bytes; the data checks are verify's job.
-            format_of(meta).extract(
+            # Not full: equal SHA-256s prove the bytes; the data checks are verify's job,
+            # except for a snapshot filed before its full checks ran: they run here, on the
+            # built database, before anything is written from it.
+            found = format_of(meta).extract(
                 LocalStore(folder),
                 meta,
                 scratch,
@@ -152,6 +160,11 @@ def extract_sound_copy(
             notes.append(f"{location} copy skipped: {exc}")
             logger.warning("restore of %s: %s copy is not usable: %s", backup_id, location, exc)
             continue
+        if found is not None and not meta.checked:
+            verification = verification_after(
+                meta, ok=True, at=datetime.now(timezone.utc), check=found
+            )
+            meta = record_check(store, location, meta, verification, found)
         return scratch, location, meta
     offsite = (
         _extract_offsite_copy(store, backup_id, notes, identity, progress, scratch_dir)

@@ -47,6 +47,7 @@ from tablettracker_backups.layout import (
     state_key,
 )
 from tablettracker_backups.metadata import (
+    CHECK_NAMES,
     MAX_METADATA_BYTES,
     REGULAR_KINDS,
     BackupMetadata,
@@ -100,6 +101,12 @@ class BackupInfo:
         return self.metadata is not None and self.metadata.source_damaged
 
     @property
+    def checked(self) -> bool:
+        """The full data checks have run on this snapshot (one filed when they did not fit the
+        check budget has not had them until a verify, the drill or a restore runs them)."""
+        return self.metadata is not None and self.metadata.checked
+
+    @property
     def good(self) -> bool:
         """A faithful copy of data that was not damaged: what ``latest``, freshness and
         retention's "newest good" count. Foreign-key violations do not make a backup bad."""
@@ -142,6 +149,12 @@ class BackupInfo:
             "size": meta.stored_size if meta else None,
             "raw_size": meta.raw_size if meta else None,
             "verified": self.verified,
+            # The full data checks (integrity, foreign keys, row counts) have run, and when
+            # each check last ran (``None`` for one that never did).
+            "checked": self.checked,
+            "checks": (
+                {name: _iso(meta.verification.ran(name)) for name in CHECK_NAMES} if meta else None
+            ),
             "verified_at": (
                 meta.verification.verified_at.isoformat().replace("+00:00", "Z") if meta else None
             ),
@@ -159,6 +172,10 @@ class BackupInfo:
             "findings": meta.findings.to_dict() if meta else None,
             "newer": self.newer,
         }
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def newest_good(infos: Iterable[BackupInfo], *, regular: bool = True) -> BackupInfo | None:
@@ -575,14 +592,18 @@ class BackupStore:
             crash_stage=Stage.METADATA_WRITE,  # pragma: no mutate
         )
 
-    def write_state(self, location: str, state: BackupState) -> None:
+    def write_state(
+        self, location: str, state: BackupState, *, crash_stage: Stage | None = None
+    ) -> None:
         """Record what changed about a backup after the fact in ``location`` (atomically);
         the manifest is not touched. Raises StorageError."""
-        self.write_state_bytes(location, state.id, state.to_json().encode())
+        self.write_state_bytes(location, state.id, state.to_json().encode(), crash_stage)
 
-    def write_state_bytes(self, location: str, backup_id: str, text: bytes) -> None:
+    def write_state_bytes(
+        self, location: str, backup_id: str, text: bytes, crash_stage: Stage | None = None
+    ) -> None:
         """Write a state document's exact bytes (copied with its backup); raises StorageError."""
-        atomic_write_bytes(self.state_path(location, backup_id), text)
+        atomic_write_bytes(self.state_path(location, backup_id), text, crash_stage=crash_stage)
 
     def delete(self, backup_id: str) -> None:
         """Delete every local copy; the manifest first, so a half-deleted backup never lists."""

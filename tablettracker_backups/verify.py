@@ -15,13 +15,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tablettracker_backups import notify
+from tablettracker_backups.checks import record_check, verification_after
 from tablettracker_backups.encryption import (
     Identity,
     check_sealed,
     wrong_identity,
 )
 from tablettracker_backups.errors import (
-    BackupError,
     BackupNotFound,
     MetadataError,
     StorageError,
@@ -31,8 +31,9 @@ from tablettracker_backups.extract import ByteProgress
 from tablettracker_backups.formats import format_of
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.keys import record_drill
-from tablettracker_backups.metadata import BackupMetadata, BackupState, Verification
+from tablettracker_backups.metadata import BackupMetadata
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.snapshot import DatabaseCheck
 from tablettracker_backups.states import CheckDepth
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
@@ -105,8 +106,9 @@ def verify_copy(
             note = str(wrong_identity(f"{location} copy of {backup_id}", info, identity))
         return _verify_sealed(store, location, metadata, data_file, note)
     scratch = temp_path(store.locations[location], f"{backup_id}.verify.db")
+    found: DatabaseCheck | None = None
     try:
-        format_of(metadata).extract(
+        found = format_of(metadata).extract(
             LocalStore(store.locations[location]),
             metadata,
             scratch,
@@ -125,7 +127,7 @@ def verify_copy(
             record_drill(store.settings, "local", backup_id)
     finally:
         remove_quietly(scratch)
-    _record(store, location, metadata, result)
+    _record(store, location, metadata, result, found)
     return result
 
 
@@ -150,24 +152,22 @@ def _verify_sealed(
 
 
 def _record(
-    store: BackupStore, location: str, metadata: BackupMetadata, result: CopyVerification
+    store: BackupStore,
+    location: str,
+    metadata: BackupMetadata,
+    result: CopyVerification,
+    found: DatabaseCheck | None = None,
 ) -> None:
-    """Note the outcome in the copy's state document (its manifest is never rewritten)."""
-    previous = metadata.verification
-    state = dataclasses.replace(
-        BackupState.of(metadata),
-        verification=Verification(
-            ok=result.ok,
-            verified_at=datetime.now(timezone.utc),
-            integrity_check="ok" if result.ok else previous.integrity_check,
-            foreign_key_violations=previous.foreign_key_violations,
-            error=result.error,
-        ),
+    """Note the outcome in the copy's state document (its manifest is never rewritten):
+    which checks ran now, and for a snapshot filed unchecked what its full checks found."""
+    verification = verification_after(
+        metadata,
+        ok=result.ok,
+        at=datetime.now(timezone.utc),
+        check=found,
+        error=result.error,
     )
-    try:
-        store.write_state(location, state)
-    except BackupError as exc:
-        logger.warning("could not record verification of %s: %s", metadata.id, exc)
+    record_check(store, location, metadata, verification, found)
 
 
 def verify_backup(

@@ -193,15 +193,17 @@ def _other_process_can_write(db: Path) -> bool:
     return done.stdout.startswith("wrote")
 
 
+@pytest.mark.parametrize("budget", [5.0, 0.0])
 def test_the_host_apps_own_lock_survives_a_snapshot_taken_in_its_process(
-    make_settings: Callable[..., Settings], db_path: Path, journal_mode: str
+    make_settings: Callable[..., Settings], db_path: Path, journal_mode: str, budget: float
 ) -> None:
     """Closing any descriptor on a file drops every POSIX lock the process holds on it: a
-    snapshot in the host app's process must never open the live database outside SQLite."""
+    snapshot in the host app's process must never open the live database outside SQLite,
+    also when its full checks wait (budget 0), where the CLI would read the file itself."""
     if journal_mode == "wal":
         with closing(sqlite3.connect(db_path)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")
-    settings = make_settings(format="pages")
+    settings = make_settings(format="pages", check_budget=budget)
     create_backup(settings)
     _change_one_row(db_path)
     app = sqlite3.connect(db_path, isolation_level=None)

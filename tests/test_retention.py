@@ -448,7 +448,7 @@ def test_candidates_keep_the_kind_of_their_backup() -> None:
 
     info = BackupInfo("20261123T201500Z-3f9a1c", NOW, None, (), verified=True)
     (candidate,) = candidates_from([info])
-    assert candidate == Candidate(info.id, NOW, "unknown", True)
+    assert candidate == Candidate(info.id, NOW, "unknown", True, checked=False)
 
 
 # -- the recent tier (write-triggered snapshots) ----------------------------------------------

@@ -270,6 +270,11 @@ def test_to_dict_is_the_list_json_entry(settings: Settings, taken: str) -> None:
         "size": meta.stored_size,
         "raw_size": meta.raw_size,
         "verified": True,
+        "checked": True,
+        "checks": dict.fromkeys(
+            ("sha256", "schema", "integrity", "foreign_keys", "row_counts"),
+            meta.verification.verified_at.isoformat().replace("+00:00", "Z"),
+        ),
         "verified_at": meta.verification.verified_at.isoformat().replace("+00:00", "Z"),
         "compression": "zstd",
         "sha256": meta.sha256,

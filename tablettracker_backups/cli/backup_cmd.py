@@ -73,6 +73,7 @@ def backup(site: Site, label: str | None, keep: bool, all_databases: bool, as_js
         progress=stage_progress(not as_json),
         label=label,
         pinned=keep,
+        raw_reads=True,  # a process of its own: no other connection to the database here
     )
     meta = result.metadata
     audit_command(
@@ -90,6 +91,8 @@ def backup(site: Site, label: str | None, keep: bool, all_databases: bool, as_js
                 "raw_size": meta.raw_size,
                 "sha256": meta.sha256,
                 "verified": meta.verification.ok,
+                # False: the full data checks did not fit the check budget and wait.
+                "checked": meta.checked,
                 "good": not meta.source_damaged,
                 "label": meta.label,
                 "pinned": meta.pinned,
@@ -101,7 +104,8 @@ def backup(site: Site, label: str | None, keep: bool, all_databases: bool, as_js
         )
     else:
         click.echo(
-            f"Backup {meta.id} verified and stored in {', '.join(result.locations)} "
+            f"Backup {meta.id} {'verified' if meta.checked else 'hashed'} and stored in "
+            f"{', '.join(result.locations)} "
             f"({human_size(meta.raw_size)} database, {human_size(meta.stored_size)} stored, "
             f"{meta.durations['total']:.2f}s)." + (" Pinned." if meta.pinned else "")
         )

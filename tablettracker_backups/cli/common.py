@@ -471,6 +471,13 @@ def stage_progress(
 def print_findings(meta: BackupMetadata, *, err: bool = False, indent: str = "") -> None:
     """What the checks found in the data, if anything, in a few lines."""
     found = meta.findings
+    if not found.checked:
+        click.echo(
+            f"{indent}Note: not checked yet: integrity_check, foreign keys and row counts "
+            "did not fit the check budget (BACKUPS_CHECK_BUDGET) and have not run on it; the "
+            "scheduled run's drill, verify, or a restore of it runs them first",
+            err=err,
+        )
     if found.source_damaged:
         click.echo(
             f"{indent}Warning: the live database failed integrity_check "

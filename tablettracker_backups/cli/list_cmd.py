@@ -179,6 +179,8 @@ def _data_column(info: BackupInfo) -> str:
     """What the checks found in the data, in a few characters."""
     if info.metadata is None:
         return "?"
+    if not info.checked:
+        return "not checked"
     found = info.metadata.findings
     if found.source_damaged:
         return "DAMAGED"

@@ -20,7 +20,7 @@ from tablettracker_backups.cli.common import (
 )
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import describe_keys
-from tablettracker_backups.metadata import BackupMetadata
+from tablettracker_backups.metadata import CHECK_NAMES, BackupMetadata
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.prune import plan_for_store
 from tablettracker_backups.settings import Settings
@@ -98,12 +98,26 @@ def _show_metadata(meta: BackupMetadata) -> None:
         f"  verified at: {local_time(meta.verification.verified_at)}"
         + (f" ({meta.verification.error})" if meta.verification.error else "")
     )
+    click.echo(f"  checks:      {_checks_line(meta)}")
     print_findings(meta, indent="  ")
+    if not meta.checked:
+        click.echo("  rows:        not counted yet (the full checks have not run)")
+        return
     click.echo("  rows:")
     for table, count in sorted(meta.row_counts.items()):
         click.echo(f"    {table:<28} {count:>12,}")
     for table in sorted(meta.findings.not_counted):
         click.echo(f"    {table:<28} {'not counted':>12}")
+
+
+def _checks_line(meta: BackupMetadata) -> str:
+    """Which checks ran on the snapshot and when; those that have not, said so."""
+    ran = [(name, meta.verification.ran(name)) for name in CHECK_NAMES]
+    done = ", ".join(f"{name} {local_time(at)}" for name, at in ran if at is not None)
+    missing = [name for name, at in ran if at is None]
+    if missing:
+        return f"{done}; NOT CHECKED YET: {', '.join(missing)} (verify runs them)"
+    return done
 
 
 def _fail_without_metadata(info: Any) -> None:

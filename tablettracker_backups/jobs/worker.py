@@ -86,7 +86,11 @@ Action = Callable[[Settings, Job, _Reporter], tuple[str, dict[str, Any]]]
 
 def _do_backup(settings: Settings, job: Job, reporter: _Reporter) -> tuple[str, dict[str, Any]]:
     result = create_backup(
-        settings, kind="manual", trigger=f"web:{job.actor}", progress=reporter.stage
+        settings,
+        kind="manual",
+        trigger=f"web:{job.actor}",
+        progress=reporter.stage,
+        raw_reads=True,  # the detached worker: not the host app's process
     )
     meta = result.metadata
     message = f"backup {meta.id} verified and stored in {', '.join(result.locations)}"
