@@ -995,6 +995,55 @@ PLANTS: tuple[Plant, ...] = (
             + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
         ),
     ),
+    # -- migrate: version 1 backups into version 2 (issue 20) ------------------------------
+    Plant(
+        "migrate-verify-twin",
+        "migrate.py",
+        "        self._verify_twin(folder, twin)\n        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_metadata(",
+        "        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_metadata(",
+        (
+            T
+            + "test_migrate.py::test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_1_copy_kept[primary-1]",
+        ),
+    ),
+    Plant(
+        "migrate-verify-secondary-twin",
+        "migrate.py",
+        "        self._verify_twin(folder, twin)\n        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_manifest(",
+        "        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_manifest(",
+        (
+            T
+            + "test_migrate.py::test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_1_copy_kept[secondary-2]",
+        ),
+    ),
+    Plant(
+        "migrate-verify-on-resume",
+        "migrate.py",
+        "            self._verify_twin(folder, meta)\n",
+        "            pass\n",
+        (T + "test_migrate.py::test_a_copy_whose_twin_does_not_verify_keeps_its_version_1_file",),
+    ),
+    Plant(
+        "migrate-damaged-secondary",
+        "migrate.py",
+        "        if problems:\n",
+        "        if False:\n",
+        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+    ),
+    Plant(
+        "migrate-secondary-waits",
+        "migrate.py",
+        "        if not isinstance(primary, BackupMetadata) or not _twin_of(primary, meta):\n",
+        "        if not isinstance(primary, BackupMetadata):\n",
+        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+    ),
+    Plant(
+        "migrate-encrypted-left",
+        "migrate.py",
+        "        if meta.encryption is not None:\n",
+        "        if False:\n",
+        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+    ),
 )
 
 

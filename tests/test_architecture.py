@@ -276,7 +276,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "autosnapshot", "bootstrap", "pins", "evidence", "health", "metrics", "weekly",
                 "preview", "sound_copy", "restore_points", "jobs.queue", "pings", "keys",
                 "sources", "anomaly", "intent", "jobs", "site", "export", "coordinated",
-                "groups", "group_restore",
+                "groups", "group_restore", "migrate",
             }
         ),
     ),

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
-from tablettracker_backups.crashpoints import ENV, Stage
+from tablettracker_backups.crashpoints import ENV, SIGNAL_ENV, Stage
 from tablettracker_backups.errors import ConfigError
 from tablettracker_backups.export import export_backup
 from tablettracker_backups.layout import DATA_SUFFIXES
@@ -24,7 +24,7 @@ from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup, verify_copy
 from tests.conftest import flip_byte, rewrite_metadata
 from tests.corpus import CORPUS
-from tests.faultkit import cli_env, run_cli
+from tests.faultkit import cli_env, resume, run_cli, spawn_cli, stopped_at
 
 
 def _change(db: Path, row: int = 1) -> None:
@@ -350,3 +350,29 @@ def test_the_corpus_round_trips_through_migrate(name: str, tmp_path: Path) -> No
     for location in store.locations:
         assert verify_copy(store, location, was.id).ok
     assert _built_sha(settings, was.id, tmp_path / "built.db") == was.raw_sha256
+
+
+@pytest.mark.parametrize(("location", "hit"), [("primary", 1), ("secondary", 2)])
+def test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_1_copy_kept(
+    settings: Settings, db_path: Path, location: str, hit: int
+) -> None:
+    """The process stops itself just after a copy's pages are stored (their hashes checked
+    as they were written); a pack is damaged there; the twin built from them must not
+    verify, so the copy's version 1 manifest and file stay exactly as they were."""
+    (backup_id,) = _v1_backups(settings, db_path, 1)
+    folder = settings.locations[0 if location == "primary" else 1]
+    manifest = (folder / f"{backup_id}.json").read_bytes()
+    data = (folder / f"{backup_id}.db.zst").read_bytes()
+    env = _env(settings, **{ENV: f"{Stage.MIGRATE_PAGES.value}:{hit}", SIGNAL_ENV: "STOP"})
+    proc = spawn_cli(["migrate", "--json"], env)
+    assert stopped_at(proc)
+    packs = sorted(p for p in (folder / "pages" / "packs").rglob("*") if p.is_file())
+    flip_byte(packs[0])
+    code, out, err = resume(proc)
+    assert code == 2, err
+    steps = {(s["location"], s["id"]): s for s in json.loads(out)["steps"]}
+    assert steps[(location, backup_id)]["outcome"] == "failed"
+    assert "damaged" in steps[(location, backup_id)]["detail"]
+    assert (folder / f"{backup_id}.json").read_bytes() == manifest
+    assert (folder / f"{backup_id}.db.zst").read_bytes() == data
+    assert verify_copy(BackupStore(settings), location, backup_id).ok
