@@ -1028,21 +1028,30 @@ PLANTS: tuple[Plant, ...] = (
         "migrate.py",
         "        if problems:\n",
         "        if False:\n",
-        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
     ),
     Plant(
         "migrate-secondary-waits",
         "migrate.py",
         "        if not isinstance(primary, BackupMetadata) or not _twin_of(primary, meta):\n",
         "        if not isinstance(primary, BackupMetadata):\n",
-        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
     ),
     Plant(
         "migrate-encrypted-left",
         "migrate.py",
         "        if meta.encryption is not None:\n",
         "        if False:\n",
-        (T + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",),
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
     ),
 )
 
