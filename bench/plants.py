@@ -1053,6 +1053,34 @@ PLANTS: tuple[Plant, ...] = (
             + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
         ),
     ),
+    # -- retention weighs the bytes only a snapshot holds (issue 20) -------------------------
+    Plant(
+        "retention-own-bytes",
+        "retention.py",
+        "            found[i.id].own if i.id in found else cost(i),\n",
+        "            cost(i),\n",
+        (
+            T
+            + "test_footprint.py::test_the_recent_tier_weighs_the_bytes_only_each_snapshot_holds_at_its_budgets_edge",
+        ),
+    ),
+    Plant(
+        "retention-default-budget-whole",
+        "retention.py",
+        "        budget = 10 * (newest.whole or newest.cost) if newest is not None else 0\n",
+        "        budget = 10 * newest.cost if newest is not None else 0\n",
+        (T + "test_footprint.py::test_the_default_budget_is_ten_whole_copies_of_the_newest",),
+    ),
+    Plant(
+        "footprint-shared",
+        "footprint.py",
+        "            own=sum(sizes.get(key, 0) for key in keys if users[key] == 1),\n",
+        "            own=sum(sizes.get(key, 0) for key in keys),\n",
+        (
+            T
+            + "test_footprint.py::test_own_bytes_are_exactly_what_deleting_that_backup_alone_frees",
+        ),
+    ),
 )
 
 

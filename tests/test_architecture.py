@@ -286,7 +286,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "store", "catalog", "identity", "status", "audit", "notify", "offsite.client",
                 "offsite.record", "offsite.policy", "retention", "locking", "overwrite",
-                "snapshot", "extract", "offsite", "replicate", "garbage",
+                "snapshot", "extract", "offsite", "replicate", "garbage", "footprint",
                 "formats",
             }
         ),
