@@ -1072,6 +1072,23 @@ PLANTS: tuple[Plant, ...] = (
         (T + "test_footprint.py::test_the_default_budget_is_ten_whole_copies_of_the_newest",),
     ),
     Plant(
+        "health-disk-whole-copy",
+        "health.py",
+        "        ratio = whole / max(newest.metadata.raw_size, 1)\n",
+        "        ratio = newest.metadata.stored_size / max(newest.metadata.raw_size, 1)\n",
+        (
+            T
+            + "test_footprint.py::test_the_disk_space_check_at_its_edge_for_an_incremental_backup[short]",
+        ),
+    ),
+    Plant(
+        "metrics-stored-once",
+        "metrics.py",
+        "        stored_bytes=folder_bytes(\n            settings.backup_dir, [i.metadata for i in infos if i.metadata is not None]\n        ),\n",
+        "        stored_bytes=sum(i.metadata.stored_size for i in infos if i.metadata is not None),\n",
+        (T + "test_footprint.py::test_metrics_show_the_real_sizes_of_format_2_backups",),
+    ),
+    Plant(
         "footprint-shared",
         "footprint.py",
         "            own=sum(sizes.get(key, 0) for key in keys if users[key] == 1),\n",

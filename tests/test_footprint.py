@@ -4,6 +4,7 @@ recent tier weighs with it: real format 2 backups in real folders."""
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import time
 from collections.abc import Callable
@@ -14,12 +15,20 @@ from pathlib import Path
 import pytest
 
 from tablettracker_backups.backup import create_backup
+from tablettracker_backups.display import human_size
 from tablettracker_backups.footprint import folder_bytes, measure
+from tablettracker_backups.formats import page_index
 from tablettracker_backups.garbage import GRACE, collect
+from tablettracker_backups.health import check_health
+from tablettracker_backups.layout import node_key, pack_key
 from tablettracker_backups.metadata import BackupMetadata
+from tablettracker_backups.pagestore import read_tree
 from tablettracker_backups.retention import plan_for_backups
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.states import Level
+from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
+from tests.faultkit import cli_env, run_cli
 
 NO_SLOTS = {
     "keep_hourly": "0",
@@ -137,3 +146,100 @@ def test_a_backup_whose_index_cannot_be_read_costs_what_it_added(
     assert not found[second.id].measured
     assert found[second.id].own == second.stored_size
     assert found[first.id].measured and found[first.id].own == found[first.id].stored
+
+
+def _whole_copy_bytes(folder: Path, meta: BackupMetadata) -> int:
+    """Bytes of every pack and node pack the backup's index reaches, from the files."""
+    tree = read_tree(LocalStore(folder), page_index(meta))
+    keys = [node_key(s) for s in tree.node_packs] + [pack_key(s) for s in tree.packs]
+    return sum((folder / key).stat().st_size for key in set(keys))
+
+
+def _grow(db: Path, size: int) -> None:
+    """Add ``size`` bytes of random (incompressible) data to the database."""
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("CREATE TABLE attachments (id INTEGER PRIMARY KEY, body BLOB)")
+        for _ in range(size // 8192):
+            conn.execute("INSERT INTO attachments (body) VALUES (randomblob(8192))")
+        conn.commit()
+
+
+def test_health_shows_the_real_sizes_and_sizes_the_next_backup_by_a_whole_copy(
+    pages: Callable[..., Settings], db_path: Path
+) -> None:
+    _grow(db_path, 256 * 1024)
+    settings = pages()
+    metas = _backups(settings, db_path, 3)
+    newest = metas[-1]
+    report = check_health(settings)
+    sizes = report.sizes
+    whole = _whole_copy_bytes(settings.backup_dir, newest)
+    assert sizes["logical"] == newest.raw_size and sizes["added"] == newest.stored_size
+    assert sizes["stored"] == whole and sizes["own"] < whole / 4
+    on_disk = (
+        sum(p.stat().st_size for p in (settings.backup_dir / "pages").rglob("*") if p.is_file())
+        - (settings.backup_dir / "pages" / "key").stat().st_size
+    )
+    assert report.stored_bytes == on_disk
+    raw = max(newest.raw_size, db_path.stat().st_size)
+    # A whole copy, not the few KiB the newest added: after a VACUUM every page is new.
+    assert sizes["next_backup_needs"] == raw + int(raw * whole / newest.raw_size)
+    assert sizes["next_backup_needs"] > raw + int(raw * newest.stored_size / newest.raw_size)
+    shown = run_cli(["health"], cli_env(db_path, settings.backup_dir, BACKUPS_FORMAT="pages"))
+    assert f"the newest added {human_size(newest.stored_size)}" in shown.stdout
+
+
+@pytest.mark.parametrize("margin", [256 * 1024, -256 * 1024], ids=["room", "short"])
+def test_the_disk_space_check_at_its_edge_for_an_incremental_backup(
+    pages: Callable[..., Settings], full_fs: Path, db_path: Path, margin: int
+) -> None:
+    """A folder on a small real file system, free space just above and just below what the
+    next backup needs (a whole copy of the newest: about twice what the old estimate said)."""
+    _grow(db_path, 1536 * 1024)
+    settings = pages(dir=full_fs / "backups", disk_warning="2kB", disk_critical="1kB")
+    newest = _backups(settings, db_path, 2)[-1]
+    raw = max(newest.raw_size, db_path.stat().st_size)
+    needed = raw + int(raw * _whole_copy_bytes(settings.backup_dir, newest) / newest.raw_size)
+    check_health(settings)  # the folder's catalog brought up to date (it takes some room)
+    free = shutil.disk_usage(full_fs).free
+    assert free > needed + margin, "the test's database is too large for its file system"
+    filler = full_fs / "filler"
+    filler.write_bytes(b"\0" * (free - (needed + margin)))
+    assert abs(shutil.disk_usage(full_fs).free - (needed + margin)) < 64 * 1024
+    disk = [f for f in check_health(settings).findings if f.code == "disk"]
+    if margin > 0:
+        assert disk == []
+    else:
+        assert [f.level for f in disk] == [Level.CRITICAL]
+        assert "the next backup needs about" in disk[0].message
+
+
+def test_metrics_show_the_real_sizes_of_format_2_backups(
+    pages: Callable[..., Settings], db_path: Path
+) -> None:
+    """With the middle backup dropped (its objects not collected yet), the folder's bytes are
+    what the kept backups need, each shared object once: the newest needs the page the middle
+    one wrote, which is counted in neither's ``added``."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tablettracker_backups import metrics
+
+    settings = pages()
+    first, middle = _backups(settings, db_path, 2)
+    _grow(db_path, 64 * 1024)  # new pages at the end: the middle one's page stays as it was
+    last = create_backup(settings).metadata
+    BackupStore(settings).delete(middle.id)
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics.render(settings).decode())
+        for sample in family.samples
+    }
+    needed: set[str] = set()
+    for meta in (first, last):
+        tree = read_tree(LocalStore(settings.backup_dir), page_index(meta))
+        needed |= {node_key(s) for s in tree.node_packs} | {pack_key(s) for s in tree.packs}
+    expected = sum((settings.backup_dir / key).stat().st_size for key in needed)
+    assert values["tablettracker_backups_stored_bytes"] == expected
+    assert expected > first.stored_size + last.stored_size
+    assert values["tablettracker_backups_logical_bytes"] == last.raw_size
+    assert values["tablettracker_backups_last_added_bytes"] == last.stored_size
