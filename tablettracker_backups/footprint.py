@@ -35,6 +35,7 @@ from tablettracker_backups.layout import node_key, pack_key
 from tablettracker_backups.metadata import PAGES_VERSION, BackupMetadata
 from tablettracker_backups.pagestore import PageIndex, walk_index
 from tablettracker_backups.storage.local import LocalStore
+from tablettracker_backups.store import BackupInfo
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +112,11 @@ def measure(folder: Path, metas: Iterable[BackupMetadata]) -> dict[str, Footprin
             added=meta.stored_size,
         )
     return found
+
+
+def of_listing(folder: Path, infos: Iterable[BackupInfo]) -> dict[str, Footprint]:
+    """:func:`measure` of listed backups (those whose metadata is readable), in ``folder``."""
+    return measure(folder, [i.metadata for i in infos if i.metadata is not None])
 
 
 def _sizes(folder: Path, keys: Iterable[str]) -> dict[str, int]:

@@ -3,6 +3,7 @@ recent tier weighs with it: real format 2 backups in real folders."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -243,3 +244,54 @@ def test_metrics_show_the_real_sizes_of_format_2_backups(
     assert expected > first.stored_size + last.stored_size
     assert values["tablettracker_backups_logical_bytes"] == last.raw_size
     assert values["tablettracker_backups_last_added_bytes"] == last.stored_size
+
+
+def test_list_and_show_give_each_backups_real_sizes(
+    pages: Callable[..., Settings], db_path: Path
+) -> None:
+    settings = pages()
+    first, second = _backups(settings, db_path, 2)
+    found = measure(settings.backup_dir, [first, second])
+    env = cli_env(db_path, settings.backup_dir, BACKUPS_FORMAT="pages")
+    rows = {r["id"]: r for r in json.loads(run_cli(["list", "--json"], env).stdout)}
+    for meta in (first, second):
+        assert rows[meta.id]["sizes"] == found[meta.id].to_dict()
+    text = run_cli(["list"], env).stdout
+    assert f"+{human_size(second.stored_size)}" in text and "SIZE: what the backup added" in text
+    shown = run_cli(["show", second.id], env).stdout
+    assert (
+        f"{human_size(second.raw_size)} database; added {human_size(second.stored_size)} when "
+        f"taken; holds {human_size(found[second.id].own)} no other backup needs; a whole copy "
+        f"(shared pages included) is {human_size(found[second.id].stored)}"
+    ) in shown
+    document = json.loads(run_cli(["show", second.id, "--json"], env).stdout)
+    assert document["sizes"] == found[second.id].to_dict()
+
+
+def test_the_backup_pages_show_what_each_format_2_backup_added_and_holds(
+    tmp_path: Path,
+) -> None:
+    from tablettracker_backups.demo import create_app
+    from tests.conftest import login
+    from tests.test_web import P, settings_of
+
+    app = create_app(
+        {"INSTANCE_PATH": tmp_path / "pages-app", "TESTING": True, "BACKUPS_FORMAT": "pages"}
+    )
+    settings = settings_of(app)
+    first = create_backup(settings, trigger="test").metadata
+    _change(settings.database, 1)
+    second = create_backup(settings, trigger="test").metadata
+    found = measure(settings.backup_dir, [first, second])
+    client = app.test_client()
+    login(client, "admin", app.config["DEMO_PASSWORD"])
+    page = client.get(f"{P}/backups").get_data(as_text=True)
+    for meta in (first, second):
+        assert (
+            f"+{human_size(meta.stored_size)} added · {human_size(found[meta.id].own)} its own"
+        ) in page
+    detail = client.get(f"{P}/backups/{second.id}").get_data(as_text=True)
+    assert (
+        f"{human_size(found[second.id].own)} that no other backup needs; a whole copy, pages "
+        f"shared with other backups included, is {human_size(found[second.id].stored)}"
+    ) in detail
