@@ -4,10 +4,8 @@ recent tier weighs with it: real format 2 backups in real folders."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
-import time
 from collections.abc import Callable
 from contextlib import closing
 from datetime import datetime, timezone
@@ -30,6 +28,7 @@ from tablettracker_backups.states import Level
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 from tests.faultkit import cli_env, run_cli
+from tests.test_garbage import _age, _change
 
 NO_SLOTS = {
     "keep_hourly": "0",
@@ -40,19 +39,12 @@ NO_SLOTS = {
 }
 
 
-def _change(db: Path, row: int) -> None:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute(
-            "UPDATE po_lines SET quantity_received = quantity_received + 7 WHERE id = ?", (row,)
-        )
-        conn.commit()
-
-
-def _age(folder: Path, seconds: float) -> None:
-    then = time.time() - seconds
-    for path in (folder / "pages").rglob("*"):
-        if path.is_file():
-            os.utime(path, (then, then))
+def _pages_on_disk(folder: Path) -> int:
+    """Bytes of every pack and node pack in the folder's page store, from the files."""
+    pages = folder / "pages"
+    return sum(p.stat().st_size for p in pages.rglob("*") if p.is_file()) - (
+        (pages / "key").stat().st_size
+    )
 
 
 def _backups(settings: Settings, db: Path, count: int) -> list[BackupMetadata]:
@@ -88,10 +80,7 @@ def test_own_bytes_are_exactly_what_deleting_that_backup_alone_frees(
     assert all(found[m.id].own < found[metas[0].id].stored / 4 for m in metas[1:])
     assert all(found[m.id].stored > found[m.id].own for m in metas)
     # The folder holds each shared object once.
-    on_disk = (
-        sum(p.stat().st_size for p in (settings.backup_dir / "pages").rglob("*") if p.is_file())
-        - (settings.backup_dir / "pages" / "key").stat().st_size
-    )
+    on_disk = _pages_on_disk(settings.backup_dir)
     assert folder_bytes(settings.backup_dir, metas) == on_disk
 
 
@@ -149,11 +138,15 @@ def test_a_backup_whose_index_cannot_be_read_costs_what_it_added(
     assert found[first.id].measured and found[first.id].own == found[first.id].stored
 
 
+def _objects(folder: Path, meta: BackupMetadata) -> set[str]:
+    """Every pack and node pack the backup's index reaches."""
+    tree = read_tree(LocalStore(folder), page_index(meta))
+    return {node_key(s) for s in tree.node_packs} | {pack_key(s) for s in tree.packs}
+
+
 def _whole_copy_bytes(folder: Path, meta: BackupMetadata) -> int:
     """Bytes of every pack and node pack the backup's index reaches, from the files."""
-    tree = read_tree(LocalStore(folder), page_index(meta))
-    keys = [node_key(s) for s in tree.node_packs] + [pack_key(s) for s in tree.packs]
-    return sum((folder / key).stat().st_size for key in set(keys))
+    return sum((folder / key).stat().st_size for key in _objects(folder, meta))
 
 
 def _grow(db: Path, size: int) -> None:
@@ -177,10 +170,7 @@ def test_health_shows_the_real_sizes_and_sizes_the_next_backup_by_a_whole_copy(
     whole = _whole_copy_bytes(settings.backup_dir, newest)
     assert sizes["logical"] == newest.raw_size and sizes["added"] == newest.stored_size
     assert sizes["stored"] == whole and sizes["own"] < whole / 4
-    on_disk = (
-        sum(p.stat().st_size for p in (settings.backup_dir / "pages").rglob("*") if p.is_file())
-        - (settings.backup_dir / "pages" / "key").stat().st_size
-    )
+    on_disk = _pages_on_disk(settings.backup_dir)
     assert report.stored_bytes == on_disk
     raw = max(newest.raw_size, db_path.stat().st_size)
     # A whole copy, not the few KiB the newest added: after a VACUUM every page is new.
@@ -235,10 +225,7 @@ def test_metrics_show_the_real_sizes_of_format_2_backups(
         for family in text_string_to_metric_families(metrics.render(settings).decode())
         for sample in family.samples
     }
-    needed: set[str] = set()
-    for meta in (first, last):
-        tree = read_tree(LocalStore(settings.backup_dir), page_index(meta))
-        needed |= {node_key(s) for s in tree.node_packs} | {pack_key(s) for s in tree.packs}
+    needed = _objects(settings.backup_dir, first) | _objects(settings.backup_dir, last)
     expected = sum((settings.backup_dir / key).stat().st_size for key in needed)
     assert values["tablettracker_backups_stored_bytes"] == expected
     assert expected > first.stored_size + last.stored_size

@@ -6,9 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sqlite3
 from collections.abc import Callable
-from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -25,14 +23,7 @@ from tablettracker_backups.verify import verify_backup, verify_copy
 from tests.conftest import flip_byte, rewrite_metadata
 from tests.corpus import CORPUS
 from tests.faultkit import cli_env, resume, run_cli, spawn_cli, stopped_at
-
-
-def _change(db: Path, row: int = 1) -> None:
-    with closing(sqlite3.connect(db)) as conn:
-        conn.execute(
-            "UPDATE po_lines SET quantity_received = quantity_received + 1 WHERE id = ?", (row,)
-        )
-        conn.commit()
+from tests.test_garbage import _change
 
 
 def _v1_backups(settings: Settings, db: Path, count: int = 3) -> list[str]:
