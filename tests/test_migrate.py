@@ -367,3 +367,25 @@ def test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_
     assert (folder / f"{backup_id}.json").read_bytes() == manifest
     assert (folder / f"{backup_id}.db.zst").read_bytes() == data
     assert verify_copy(BackupStore(settings), location, backup_id).ok
+
+
+def test_flask_backups_migrate_works_over_the_apps_databases(tmp_path: Path) -> None:
+    """``flask backups migrate``: the host app's config, every database of its site."""
+    from tablettracker_backups.demo import create_app
+    from tablettracker_backups.web.state import get_state
+
+    app = create_app({"INSTANCE_PATH": tmp_path / "instance", "TESTING": True})
+    with app.app_context():
+        members = [m.settings for m in get_state().members.values()] or [get_state().settings]
+    for settings in members:
+        create_backup(settings)
+    runner = app.test_cli_runner()
+    dry = runner.invoke(args=["backups", "migrate", "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert all(_v1_files(s.backup_dir) for s in members)
+    done = runner.invoke(args=["backups", "migrate"])
+    assert done.exit_code == 0, done.output
+    for settings in members:
+        assert _v1_files(settings.backup_dir) == []
+        (info,) = BackupStore(settings).list()
+        assert info.metadata is not None and info.metadata.format_version == 2 and info.verified
