@@ -445,17 +445,31 @@ class _Migration:
             problems = [str(exc)]
         if problems:
             return Step(meta.id, "secondary", Outcome.DAMAGED, "; ".join(problems))
-        origin = LocalStore(self.store.locations["primary"])
-        added = _copy_parts(origin, LocalStore(folder), PAGES.parts(origin, twin))
+        origin, target = LocalStore(self.store.locations["primary"]), LocalStore(folder)
+        parts = PAGES.parts(origin, twin)
+        added = _copy_parts(origin, target, parts)
         crash_point(Stage.MIGRATE_PAGES)  # pragma: no mutate
-        self._verify_twin(folder, twin)
+        detail = ""
+        try:
+            self._verify_twin(folder, twin)
+        except VerificationError:
+            # An object the secondary holds is damaged (one named by its hash is never copied
+            # again): the primary's, whose twin verified, replaces it, as heal would. Once.
+            damaged = PAGES.damaged(target, twin)
+            if not damaged:
+                raise
+            for key in damaged:
+                target.delete(key)
+            added += _copy_parts(origin, target, parts)
+            self._verify_twin(folder, twin)
+            detail = f"replaced {len(damaged)} damaged object(s) from the primary folder"
         crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate
         self.store.write_manifest(
             "secondary", twin.id, self.store.read_manifest("primary", twin.id)
         )
         crash_point(Stage.MIGRATE_MANIFEST)  # pragma: no mutate
         freed = self._delete_v1(folder, twin)
-        return Step(meta.id, "secondary", Outcome.MIGRATED, freed=freed, added=added)
+        return Step(meta.id, "secondary", Outcome.MIGRATED, detail, freed=freed, added=added)
 
 
 def _v1_name(meta: BackupMetadata, before: dict[str, Any]) -> str:

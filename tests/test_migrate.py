@@ -344,12 +344,13 @@ def test_the_corpus_round_trips_through_migrate(name: str, tmp_path: Path) -> No
 
 
 @pytest.mark.parametrize(("location", "hit"), [("primary", 1), ("secondary", 2)])
-def test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_1_copy_kept(
+def test_a_twin_damaged_after_its_pages_were_written_is_never_trusted(
     settings: Settings, db_path: Path, location: str, hit: int
 ) -> None:
     """The process stops itself just after a copy's pages are stored (their hashes checked
     as they were written); a pack is damaged there; the twin built from them must not
-    verify, so the copy's version 1 manifest and file stay exactly as they were."""
+    verify: in the primary the copy's version 1 manifest and file stay exactly as they were;
+    in the secondary the damaged pack is replaced from the primary and checked again."""
     (backup_id,) = _v1_backups(settings, db_path, 1)
     folder = settings.locations[0 if location == "primary" else 1]
     manifest = (folder / f"{backup_id}.json").read_bytes()
@@ -360,12 +361,19 @@ def test_a_twin_damaged_after_its_pages_were_written_is_refused_and_the_version_
     packs = sorted(p for p in (folder / "pages" / "packs").rglob("*") if p.is_file())
     flip_byte(packs[0])
     code, out, err = resume(proc)
-    assert code == 2, err
     steps = {(s["location"], s["id"]): s for s in json.loads(out)["steps"]}
-    assert steps[(location, backup_id)]["outcome"] == "failed"
-    assert "damaged" in steps[(location, backup_id)]["detail"]
-    assert (folder / f"{backup_id}.json").read_bytes() == manifest
-    assert (folder / f"{backup_id}.db.zst").read_bytes() == data
+    step = steps[(location, backup_id)]
+    if location == "secondary":
+        # The primary's twin verified: its sound object replaces the damaged one, once.
+        assert code == 0, err
+        assert step["outcome"] == "migrated"
+        assert step["detail"] == "replaced 1 damaged object(s) from the primary folder"
+        assert not (folder / f"{backup_id}.db.zst").exists()
+    else:
+        assert code == 2, err
+        assert step["outcome"] == "failed" and "damaged" in step["detail"]
+        assert (folder / f"{backup_id}.json").read_bytes() == manifest
+        assert (folder / f"{backup_id}.db.zst").read_bytes() == data
     assert verify_copy(BackupStore(settings), location, backup_id).ok
 
 
