@@ -13,6 +13,8 @@ One backup, one copy (primary first, then the secondary), in this order:
    needs are copied into the secondary's (crash point ``migrate-pages``);
 3. the version 2 twin is built from those pages and must verify: the database's SHA-256 is
    the one the version 1 backup recorded, and the data checks agree (``migrate-verified``);
+   in the secondary, an object it already held that turns out damaged is replaced from the
+   primary (whose twin verified) and the twin is checked once more;
 4. the manifest is replaced by the version 2 one, which records what the version 1 copy was
    (``extra["migrated"]``) (``migrate-manifest``);
 5. only then is the version 1 data file deleted (``migrate-deleted``).
