@@ -62,6 +62,7 @@ from tablettracker_backups.metadata import PAGES_VERSION, BackupMetadata, utc_is
 from tablettracker_backups.pagestore import PageIndex, write_file_pages
 from tablettracker_backups.replicate import Part
 from tablettracker_backups.settings import Settings
+from tablettracker_backups.snapshot import UNREADABLE_SCHEMA
 from tablettracker_backups.storage.local import LocalStore
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.version import __version__
@@ -81,6 +82,8 @@ class Outcome(str, Enum):
     #: ``--dry-run``: would be migrated.
     WOULD_MIGRATE = "would-migrate"
     ENCRYPTED = "encrypted"
+    #: A safety snapshot kept whatever it held, that never opened as SQLite (no pages).
+    NOT_SQLITE = "not-sqlite"
     DAMAGED = "damaged"
     NEWER = "newer"
     #: A secondary copy whose primary copy is not (yet) version 2.
@@ -304,6 +307,13 @@ class _Migration:
                 location,
                 Outcome.ENCRYPTED,
                 "encrypted with age: version 2 does not encrypt local folders yet",
+            )
+        if meta.schema_fingerprint == UNREADABLE_SCHEMA:
+            return Step(
+                meta.id,
+                location,
+                Outcome.NOT_SQLITE,
+                "a safety snapshot that never opened as SQLite: it has no pages to store",
             )
         problem = FILES.look(LocalStore(folder), meta)
         if problem is not None:

@@ -397,3 +397,30 @@ def test_flask_backups_migrate_works_over_the_apps_databases(tmp_path: Path) -> 
         assert _v1_files(settings.backup_dir) == []
         (info,) = BackupStore(settings).list()
         assert info.metadata is not None and info.metadata.format_version == 2 and info.verified
+
+
+def test_gzip_and_wal_backups_migrate_and_a_snapshot_that_is_not_sqlite_stays(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    from tablettracker_backups.snapshot import UNREADABLE_SCHEMA
+    from tests.conftest import make_db
+
+    (tmp_path / "wal").mkdir()
+    db = make_db(tmp_path / "wal" / "tablet_counter.db", wal=True)
+    gzip = make_settings(database=db, compression="gzip")
+    first, kept = (create_backup(gzip).metadata.id for _ in range(2))
+    # What a killed restore files when the target never opened as SQLite (kept whatever it
+    # held): its manifest's schema says so.
+    rewrite_metadata(gzip, kept, schema_fingerprint=UNREADABLE_SCHEMA)
+    settings = make_settings(database=db)
+    result = migrate(settings)
+    outcomes = {(s.location, s.id): s.outcome for s in result.steps}
+    assert outcomes[("primary", first)] is outcomes[("secondary", first)] is Outcome.MIGRATED
+    assert outcomes[("primary", kept)] is outcomes[("secondary", kept)] is Outcome.NOT_SQLITE
+    assert result.exit_code == 1
+    for folder in settings.locations:
+        assert _v1_files(folder) == [f"{kept}.db.gz"]
+    assert verify_backup(BackupStore(settings), first).ok
+    assert _built_sha(settings, first, tmp_path / "built.db") == (
+        BackupStore(settings).get(first).metadata.raw_sha256  # type: ignore[union-attr]
+    )
