@@ -277,6 +277,12 @@ def test_the_backup_pages_show_what_each_format_2_backup_added_and_holds(
         assert (
             f"+{human_size(meta.stored_size)} added · {human_size(found[meta.id].own)} its own"
         ) in page
+    dashboard = client.get(f"{P}/").get_data(as_text=True)
+    assert (
+        f"the newest added {human_size(second.stored_size)} and holds "
+        f"{human_size(found[second.id].own)} alone, of a {human_size(second.raw_size)} database"
+    ) in dashboard
+    assert "added to the folder" in dashboard  # the chart's series
     detail = client.get(f"{P}/backups/{second.id}").get_data(as_text=True)
     assert (
         f"{human_size(found[second.id].own)} that no other backup needs; a whole copy, pages "

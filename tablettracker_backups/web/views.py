@@ -642,12 +642,16 @@ def _site_row(member: Member, *, now: datetime) -> dict[str, Any]:
 def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
     """What the dashboard shows about all backups (computed once per listing)."""
     with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
+    # A format 2 backup stores only what it added; its whole copy shares the rest.
+    paged = any(m.format_version > FILES.version for _, m in with_meta)
     return {
         "count": len(infos),
         "chart": size_chart(
             [
                 Series(
-                    "stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]
+                    "added to the folder" if paged else "stored size",
+                    "ttb-stored",
+                    [(t, float(m.stored_size)) for t, m in with_meta],
                 ),
                 Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
             ],
