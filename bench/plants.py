@@ -995,6 +995,16 @@ PLANTS: tuple[Plant, ...] = (
             + "test_garbage.py::test_a_needed_pack_that_mostly_holds_unneeded_pages_is_reported_not_deleted",
         ),
     ),
+    Plant(
+        "gc-walk-skips-unseen",
+        "pagestore.py",
+        "        new = [ref for ref in refs if ref.sha not in seen]\n",
+        "        new = [ref for ref in refs if ref.sha not in seen][:1]\n",
+        (
+            T
+            + "test_garbage.py::test_a_shared_walk_reads_each_node_once_and_needs_what_every_full_walk_needs",
+        ),
+    ),
     # -- migrate: version 1 backups into version 2 (issue 20) ------------------------------
     Plant(
         "migrate-verify-twin",

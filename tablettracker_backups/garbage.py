@@ -172,6 +172,7 @@ def _live(
     need (offset: page size)."""
     live: set[str] = set()
     pages: dict[str, dict[int, int]] = {}
+    seen: set[str] = set()  # index nodes walked: a node shared with a backup walked before
     snapshots = 0
     try:
         names = sorted(os.listdir(folder))
@@ -194,7 +195,7 @@ def _live(
             def need(_hash: bytes, pack: str, offset: int, size: int = index.page_size) -> None:
                 pages.setdefault(pack, {})[offset] = size
 
-            node_packs = walk_index(store, index, need)
+            node_packs = walk_index(store, index, need, seen=seen)
         except BackupError as exc:
             raise _Refused(f"the page index of backup {backup_id} cannot be read ({exc})") from exc
         live.update(node_key(sha) for sha in node_packs)

@@ -22,7 +22,7 @@ from tablettracker_backups.formats import page_index
 from tablettracker_backups.garbage import GRACE, collect
 from tablettracker_backups.layout import node_key, pack_key
 from tablettracker_backups.metadata import BackupMetadata
-from tablettracker_backups.pagestore import read_tree, write_file_pages
+from tablettracker_backups.pagestore import folder_key, read_tree, walk_index, write_file_pages
 from tablettracker_backups.prune import prune
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.storage.local import LocalStore
@@ -334,3 +334,57 @@ def _text_columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
             if str(row[2]).upper().startswith("TEXT") and not row[5]:
                 found.append((table, row[1]))
     return found
+
+
+def test_a_shared_walk_reads_each_node_once_and_needs_what_every_full_walk_needs(
+    tmp_path: Path,
+) -> None:
+    """Collection walks every kept backup with one set of nodes already walked: a backup's
+    unchanged subtrees are skipped, yet the packs and pages it needs are what walking each
+    index in full finds (a skipped node's pages were given by the walk that first read it)."""
+    db = tmp_path / "big.db"
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA page_size=1024")
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, body BLOB)")
+        conn.executemany("INSERT INTO t (body) VALUES (randomblob(900))", [()] * 3000)
+        conn.commit()
+    (tmp_path / "folder").mkdir()
+    store = LocalStore(tmp_path / "folder")
+    folder_key(store, create=True)
+    indexes = [write_file_pages(store, db).index]
+    for row in (10, 1500, 2990):  # one page changed each time, in three different leaves
+        with closing(sqlite3.connect(db)) as conn:
+            conn.execute("UPDATE t SET body = randomblob(900) WHERE id = ?", (row,))
+            conn.commit()
+        indexes.append(write_file_pages(store, db, parent=indexes[-1]).index)
+    assert indexes[0].depth >= 1  # enough pages for inner nodes to share
+
+    full_pages: set[tuple[str, int]] = set()
+    full_nodes: set[str] = set()
+    for index in indexes:
+        tree = read_tree(store, index)
+        full_pages |= {(pack, offset) for _, pack, offset in tree.pages}
+        full_nodes |= set(tree.node_packs)
+
+    seen: set[str] = set()
+    walked: list[int] = []
+    shared_pages: set[tuple[str, int]] = set()
+    shared_nodes: set[str] = set()
+    for index in indexes:
+        given: list[tuple[str, int]] = []
+
+        def page(_hash: bytes, pack: str, offset: int, given: list = given) -> None:
+            given.append((pack, offset))
+
+        shared_nodes |= set(walk_index(store, index, page, seen=seen))
+        walked.append(len(given))
+        shared_pages |= set(given)
+    assert shared_pages == full_pages and shared_nodes == full_nodes
+    assert walked[0] == indexes[0].page_count
+    # Each later backup changed one leaf (and its row count pages): its walk gives a few
+    # leaves' pages, not the whole database again.
+    assert all(0 < n <= 4 * 32 for n in walked[1:]), walked
+    # Walked again, nothing is new.
+    again: list[object] = []
+    assert walk_index(store, indexes[-1], lambda *a: again.append(a), seen=seen) == []
+    assert again == []
