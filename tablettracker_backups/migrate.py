@@ -36,7 +36,7 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -206,8 +206,11 @@ def refusal(settings: Settings) -> str | None:
     return None
 
 
-def migrate(settings: Settings, *, dry_run: bool = False) -> MigrationResult:
-    """Turn the version 1 backups of the database's local folders into version 2.
+def migrate(
+    settings: Settings, *, dry_run: bool = False, on_step: Callable[[Step], None] | None = None
+) -> MigrationResult:
+    """Turn the version 1 backups of the database's local folders into version 2;
+    ``on_step`` hears of each copy as it is done (a long migration shows its progress).
 
     Under the operation lock. Returns what was done to each copy; copies left behind are
     listed with why (encrypted, damaged, newer, ...), never an error. Raises
@@ -223,14 +226,16 @@ def migrate(settings: Settings, *, dry_run: bool = False) -> MigrationResult:
     with operation_lock(settings):
         if not dry_run:
             cleanup_debris(settings)
-        return _Migration(store, dry_run).run()
+        return _Migration(store, dry_run, on_step).run()
 
 
 class _Migration:
-    def __init__(self, store: BackupStore, dry_run: bool) -> None:
+    def __init__(
+        self, store: BackupStore, dry_run: bool, on_step: Callable[[Step], None] | None
+    ) -> None:
         self.store = store
         self.dry_run = dry_run
-        self.steps: list[Step] = []
+        self.steps = _Steps(on_step)
         self.already = 0
         #: The index of the newest version 2 backup so far in the primary folder (the
         #: parent of the next one: its pages are not stored again).
@@ -482,6 +487,19 @@ class _Migration:
         crash_point(Stage.MIGRATE_MANIFEST)  # pragma: no mutate
         freed = self._delete_v1(folder, twin)
         return Step(meta.id, "secondary", Outcome.MIGRATED, detail, freed=freed, added=added)
+
+
+class _Steps(list[Step]):
+    """The steps so far; each one told to the listener as it is added."""
+
+    def __init__(self, listener: Callable[[Step], None] | None) -> None:
+        super().__init__()
+        self.listener = listener
+
+    def append(self, step: Step) -> None:
+        super().append(step)
+        if self.listener is not None:
+            self.listener(step)
 
 
 def _v1_name(meta: BackupMetadata, before: dict[str, Any]) -> str:

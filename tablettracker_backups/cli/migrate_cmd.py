@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 import click
 
@@ -15,7 +16,7 @@ from tablettracker_backups.cli.common import (
     site_command,
 )
 from tablettracker_backups.display import human_size
-from tablettracker_backups.migrate import MigrationResult, migrate
+from tablettracker_backups.migrate import MigrationResult, Step, migrate
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site
 
@@ -42,11 +43,11 @@ def migrate_command(site: Site, dry_run: bool, as_json: bool) -> None:
       tablettracker-backups migrate
     """
     if not site.named:
-        result = _run(site.one(), dry_run)
+        result = _run(site.one(), dry_run, None if as_json else _print_step)
         if as_json:
             emit_json(result.to_dict())
         else:
-            _print(result)
+            _print_summary(result)
         sys.exit(result.exit_code)
     report_each_database(
         site,
@@ -56,8 +57,10 @@ def migrate_command(site: Site, dry_run: bool, as_json: bool) -> None:
     )
 
 
-def _run(settings: Settings, dry_run: bool) -> MigrationResult:
-    result = migrate(settings, dry_run=dry_run)
+def _run(
+    settings: Settings, dry_run: bool, on_step: Callable[[Step], None] | None = None
+) -> MigrationResult:
+    result = migrate(settings, dry_run=dry_run, on_step=on_step)
     if not dry_run:
         audit_command(
             settings,
@@ -73,16 +76,19 @@ def _run(settings: Settings, dry_run: bool) -> MigrationResult:
 
 
 def _show(settings: Settings, dry_run: bool) -> int:
-    result = _run(settings, dry_run)
-    _print(result)
+    result = _run(settings, dry_run, _print_step)
+    _print_summary(result)
     return result.exit_code
 
 
-def _print(result: MigrationResult) -> None:
-    for step in result.steps:
-        size = f" ({human_size(step.freed)} file)" if step.freed else ""
-        detail = f": {step.detail}" if step.detail else ""
-        click.echo(f"  {step.outcome.value:<14} {step.location:<9} {step.id}{size}{detail}")
+def _print_step(step: Step) -> None:
+    """One copy, as soon as it is done."""
+    size = f" ({human_size(step.freed)} file)" if step.freed else ""
+    detail = f": {step.detail}" if step.detail else ""
+    click.echo(f"  {step.outcome.value:<14} {step.location:<9} {step.id}{size}{detail}")
+
+
+def _print_summary(result: MigrationResult) -> None:
     click.echo(f"{result.describe()[0].upper()}{result.describe()[1:]}.")
     if result.done and result.dry_run:
         click.echo(f"Would delete {human_size(result.freed)} of version 1 files.")
