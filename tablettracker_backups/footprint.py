@@ -17,6 +17,7 @@ remembered per process (the pages measure on every listing they show).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 from collections import Counter
@@ -80,6 +81,15 @@ def _needs(folder: str, index: PageIndex) -> frozenset[str]:
     return frozenset({node_key(s) for s in node_packs} | {pack_key(s) for s in packs})
 
 
+def _objects(folder: Path, meta: BackupMetadata) -> frozenset[str] | None:
+    """The objects a version 2 backup needs; None when its index cannot be walked."""
+    try:
+        return _needs(str(folder), PageIndex.from_dict(meta.extra.get("pages")))
+    except (MetadataError, ObjectCorrupt, ObjectNotFound, StorageError, VerificationError):
+        logger.info("backup %s: its size could not be measured", meta.id)
+        return None
+
+
 def measure(folder: Path, metas: Iterable[BackupMetadata]) -> dict[str, Footprint]:
     """The footprint of each backup of ``metas`` (by id), its objects looked at in ``folder``;
     ``own`` counts as shared an object any other of ``metas`` needs. Never raises for a
@@ -91,14 +101,11 @@ def measure(folder: Path, metas: Iterable[BackupMetadata]) -> dict[str, Footprin
         if meta.format_version != PAGES_VERSION:
             found[meta.id] = plain(meta)
             continue
-        try:
-            index = PageIndex.from_dict(meta.extra.get("pages"))
-            needs[meta.id] = _needs(str(folder), index)
-        except (MetadataError, ObjectCorrupt, ObjectNotFound, StorageError, VerificationError):
-            logger.info("backup %s: its size could not be measured", meta.id)
-            found[meta.id] = Footprint(
-                meta.raw_size, meta.stored_size, meta.stored_size, meta.stored_size, False
-            )
+        keys = _objects(folder, meta)
+        if keys is None:
+            found[meta.id] = dataclasses.replace(plain(meta), measured=False)
+        else:
+            needs[meta.id] = keys
     users: Counter[str] = Counter(key for keys in needs.values() for key in keys)
     sizes = _sizes(folder, users)
     for meta in metas:
@@ -139,8 +146,9 @@ def folder_bytes(folder: Path, metas: Iterable[BackupMetadata]) -> int:
     for meta in metas:
         if meta.format_version != PAGES_VERSION:
             continue
-        try:
-            keys |= _needs(str(folder), PageIndex.from_dict(meta.extra.get("pages")))
-        except (MetadataError, ObjectCorrupt, ObjectNotFound, StorageError, VerificationError):
+        needed = _objects(folder, meta)
+        if needed is None:
             total += meta.stored_size
+        else:
+            keys |= needed
     return total + sum(_sizes(folder, keys).values())
