@@ -1289,6 +1289,119 @@ PLANTS: tuple[Plant, ...] = (
             + "test_garbage.py::test_a_shared_walk_reads_each_node_once_and_needs_what_every_full_walk_needs",
         ),
     ),
+    # -- migrate: version 1 backups into version 2 (issue 20) ------------------------------
+    Plant(
+        "migrate-verify-twin",
+        "migrate.py",
+        "        self._verify_twin(folder, twin)\n        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_metadata(",
+        "        crash_point(Stage.MIGRATE_VERIFIED)  # pragma: no mutate\n        self.store.write_metadata(",
+        (
+            T
+            + "test_migrate.py::test_a_twin_damaged_after_its_pages_were_written_is_never_trusted[primary-1]",
+        ),
+    ),
+    Plant(
+        "migrate-verify-secondary-twin",
+        "migrate.py",
+        "        try:\n            self._verify_twin(folder, twin)\n        except VerificationError:\n",
+        "        try:\n            pass\n        except VerificationError:\n",
+        (
+            T
+            + "test_migrate.py::test_a_twin_damaged_after_its_pages_were_written_is_never_trusted[secondary-2]",
+        ),
+    ),
+    Plant(
+        "migrate-repair-secondary",
+        "migrate.py",
+        "            for key in damaged:\n                target.delete(key)\n",
+        "            for key in damaged:\n                pass\n",
+        (
+            T
+            + "test_migrate.py::test_a_twin_damaged_after_its_pages_were_written_is_never_trusted[secondary-2]",
+        ),
+    ),
+    Plant(
+        "migrate-verify-on-resume",
+        "migrate.py",
+        "            self._verify_twin(folder, meta)\n",
+        "            pass\n",
+        (T + "test_migrate.py::test_a_copy_whose_twin_does_not_verify_keeps_its_version_1_file",),
+    ),
+    Plant(
+        "migrate-damaged-secondary",
+        "migrate.py",
+        "        if problems:\n",
+        "        if False:\n",
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
+    ),
+    Plant(
+        "migrate-secondary-waits",
+        "migrate.py",
+        "        if not isinstance(primary, BackupMetadata) or not _twin_of(primary, meta):\n",
+        "        if not isinstance(primary, BackupMetadata):\n",
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
+    ),
+    Plant(
+        "migrate-encrypted-left",
+        "migrate.py",
+        "        if meta.encryption is not None:\n",
+        "        if False:\n",
+        (
+            T
+            + "test_migrate.py::test_damaged_and_encrypted_backups_are_left_as_they_are_and_reported",
+        ),
+    ),
+    # -- retention weighs the bytes only a snapshot holds (issue 20) -------------------------
+    Plant(
+        "retention-own-bytes",
+        "retention.py",
+        "            found[i.id].own if i.id in found else cost(i),\n",
+        "            cost(i),\n",
+        (
+            T
+            + "test_footprint.py::test_the_recent_tier_weighs_the_bytes_only_each_snapshot_holds_at_its_budgets_edge",
+        ),
+    ),
+    Plant(
+        "retention-default-budget-whole",
+        "retention.py",
+        "        budget = 10 * (newest.whole or newest.cost) if newest is not None else 0\n",
+        "        budget = 10 * newest.cost if newest is not None else 0\n",
+        (T + "test_footprint.py::test_the_default_budget_is_ten_whole_copies_of_the_newest",),
+    ),
+    Plant(
+        "health-disk-whole-copy",
+        "health.py",
+        "        ratio = whole / max(newest.metadata.raw_size, 1)\n",
+        "        ratio = newest.metadata.stored_size / max(newest.metadata.raw_size, 1)\n",
+        (
+            T
+            + "test_footprint.py::test_the_disk_space_check_at_its_edge_for_an_incremental_backup[short]",
+        ),
+    ),
+    Plant(
+        "metrics-stored-once",
+        "metrics.py",
+        "        stored_bytes=folder_bytes(\n            settings.backup_dir, [i.metadata for i in infos if i.metadata is not None]\n        ),\n",
+        "        stored_bytes=sum(i.metadata.stored_size for i in infos if i.metadata is not None),\n",
+        (T + "test_footprint.py::test_metrics_show_the_real_sizes_of_format_2_backups",),
+    ),
+    Plant(
+        "footprint-shared",
+        "footprint.py",
+        "            own=sum(sizes.get(key, 0) for key in keys if users[key] == 1),\n",
+        "            own=sum(sizes.get(key, 0) for key in keys),\n",
+        (
+            T
+            + "test_footprint.py::test_own_bytes_are_exactly_what_deleting_that_backup_alone_frees",
+        ),
+    ),
 )
 
 

@@ -55,6 +55,18 @@ class Stage(str, Enum):
     GC_PLANNED = "gc-planned"
     #: Garbage collection deleted one object (``gc-delete:N``: the Nth).
     GC_DELETE = "gc-delete"
+    #: Migration stored a version 1 backup's pages in a folder's page store (or copied them
+    #: into the secondary folder); its manifest is still version 1.
+    MIGRATE_PAGES = "migrate-pages"
+    #: Migration built the version 2 twin from its pages and it verified; the manifest is
+    #: not replaced yet.
+    MIGRATE_VERIFIED = "migrate-verified"
+    #: Migration replaced the manifest with the version 2 one; the version 1 data file is
+    #: still there.
+    MIGRATE_MANIFEST = "migrate-manifest"
+    #: Migration deleted the version 1 data file of one copy; the next copy or backup is not
+    #: started.
+    MIGRATE_DELETED = "migrate-deleted"
     #: One part of a multipart offsite upload has been sent; the upload is not complete.
     OFFSITE_PART_UPLOAD = "offsite-part-upload"
     #: An object of a format 2 offsite upload (pack, node pack, key) is stored

@@ -22,6 +22,8 @@ from tablettracker_backups.changes import changed_since, source_signature
 from tablettracker_backups.display import format_age, human_size, local_time
 from tablettracker_backups.errors import BackupError, DatabaseError
 from tablettracker_backups.evidence import open_warnings
+from tablettracker_backups.footprint import Footprint, folder_bytes, measure
+from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import PROC_MOUNTS, filesystem_type
 from tablettracker_backups.identity import check_folders
 from tablettracker_backups.keys import EncryptionStatus, encryption_status
@@ -77,6 +79,10 @@ class HealthReport:
     slot_counts: dict[str, int] = field(default_factory=dict)
     disk: dict[str, dict[str, int]] = field(default_factory=dict)
     stored_bytes: int = 0
+    #: The sizes of the newest backup: ``logical`` (its database), ``stored`` (a whole copy
+    #: of it, shared objects included), ``added`` (what it wrote when taken), ``own`` (what
+    #: only it holds); and ``next_backup_needs``, the free space the next backup needs.
+    sizes: dict[str, int] = field(default_factory=dict)
     last_run_at: datetime | None = None
     next_run_due: datetime | None = None
     #: The offsite copy's standing (:meth:`OffsiteLag.to_dict`); empty when not configured.
@@ -134,6 +140,7 @@ class HealthReport:
             "slot_counts": self.slot_counts,
             "disk": self.disk,
             "stored_bytes": self.stored_bytes,
+            "sizes": self.sizes or None,
             "last_run_at": iso(self.last_run_at),
             "next_run_due": iso(self.next_run_due),
             "offsite": self.offsite or None,
@@ -203,17 +210,18 @@ def check_health(
     else:
         findings += _metadata_findings(recent)
     # Per listing, not per call: a page load with 1,000 backups must not walk them all.
-    copy_findings, stored_bytes = store.memo(
+    copy_findings, stored_bytes, newest_size = store.memo(
         ("health", tuple(sorted(failed.items()))),
         lambda: (
             _copy_findings(settings, backups, failed),
-            sum(b.stored_size * sum(c.state == CopyStatus.OK for c in b.copies) for b in backups),
+            _stored_bytes(store, backups),
+            _newest_size(settings, backups, newest),
         ),
     )
     findings += copy_findings
     findings += network_wal_findings(settings, query=read_data)
     findings += _auto_findings(settings, newest)
-    disk, disk_findings = _disk(settings, newest)
+    disk, disk_findings, needed = _disk(settings, newest, newest_size)
     findings += disk_findings
     first = regular[-1].created_at if regular else None
     last_run_at, schedule_findings = _schedule_findings(
@@ -252,6 +260,7 @@ def check_health(
         slot_counts=_count_slots(plan),
         disk=disk,
         stored_bytes=stored_bytes,
+        sizes=_sizes(newest_size) | {"next_backup_needs": needed},
         last_run_at=last_run_at,
         next_run_due=None if last_run_at is None else last_run_at + interval,
         offsite=offsite,
@@ -992,20 +1001,56 @@ def _checksum_findings(
     return findings
 
 
+def _stored_bytes(store: BackupStore, backups: list[BackupInfo]) -> int:
+    """Bytes the backups take in every folder: each sound copy's objects, an object shared
+    by several format 2 backups counted once per folder."""
+    total = 0
+    for location, folder in store.locations.items():
+        metas = [
+            b.metadata
+            for b in backups
+            if b.metadata is not None and b.copy_state(location) == CopyStatus.OK
+        ]
+        total += folder_bytes(folder, metas)
+    return total
+
+
+def _newest_size(
+    settings: Settings, backups: list[BackupInfo], newest: BackupInfo | None
+) -> Footprint | None:
+    """The newest backup's sizes, measured among every backup of the primary folder."""
+    if newest is None or newest.metadata is None:
+        return None
+    metas = [b.metadata for b in backups if b.metadata is not None]
+    return measure(settings.backup_dir, metas).get(newest.id)
+
+
+def _sizes(size: Footprint | None) -> dict[str, int]:
+    if size is None:
+        return {}
+    return {"logical": size.logical, "stored": size.stored, "added": size.added, "own": size.own}
+
+
 def _disk(
-    settings: Settings, newest: BackupInfo | None
-) -> tuple[dict[str, dict[str, int]], list[Finding]]:
+    settings: Settings, newest: BackupInfo | None, size: Footprint | None = None
+) -> tuple[dict[str, dict[str, int]], list[Finding], int]:
     disk: dict[str, dict[str, int]] = {}
     findings: list[Finding] = []
     # A backup needs room for the raw snapshot and the compressed file at the same time. The
     # live database may have grown since the newest backup, so size it from the live file
-    # (stat only: opening it outside SQLite would drop a host app's locks).
+    # (stat only: opening it outside SQLite would drop a host app's locks). The compressed
+    # side is sized by a whole copy of the newest backup: a format 2 backup after a small
+    # change added almost nothing, but after a VACUUM every page is new again.
     needed = 0
     raw = 0
     ratio = 1.0
     if newest is not None and newest.metadata is not None:
         raw = newest.metadata.raw_size
-        ratio = newest.metadata.stored_size / max(newest.metadata.raw_size, 1)
+        whole = size.stored if size is not None and size.measured else None
+        if whole is None and newest.metadata.format_version != FILES.version:
+            whole = raw  # not measured: every page new, uncompressed (an upper bound)
+        whole = newest.metadata.stored_size if whole is None else whole
+        ratio = whole / max(newest.metadata.raw_size, 1)
     with contextlib.suppress(OSError):  # a missing database is reported by its own check
         raw = max(raw, settings.database.stat().st_size)
     if raw:
@@ -1040,7 +1085,7 @@ def _disk(
                         f"needs about {needed // 2**20 + 1} MiB",
                     )
                 )
-    return disk, findings
+    return disk, findings, needed
 
 
 def save_report(settings: Settings, report: HealthReport) -> None:

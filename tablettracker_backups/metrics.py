@@ -2,8 +2,9 @@
 
 There are no in-process counters: every value comes from what is on disk when asked, so every
 web worker, the CLI and a node_exporter text file give the same answer, and a restart loses
-nothing. Nothing here hashes or opens a backup (a scrape must stay cheap): ages and sizes come
-from the metadata, the health verdict from the report the last ``run`` or ``health`` saved.
+nothing. Nothing here hashes or opens a backup's data (a scrape must stay cheap): ages and sizes
+come from the metadata (and, for format 2, the page indexes, remembered per process), the
+health verdict from the report the last ``run`` or ``health`` saved.
 
 ``prometheus_client`` (the ``metrics`` extra) is imported only when metrics are made.
 """
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tablettracker_backups.errors import BackupError, ConfigError, StorageError
+from tablettracker_backups.footprint import folder_bytes
 from tablettracker_backups.fsutil import commit, describe_os_error, remove_quietly
 from tablettracker_backups.health import slot_counts
 from tablettracker_backups.metadata import parse_utc
@@ -55,8 +57,13 @@ class Snapshot:
     disk_free: dict[str, int] = field(default_factory=dict)
     #: The newest backup that restores as it is (safety snapshots included): the recovery point.
     newest_restore_point: float = 0.0
-    #: Stored bytes of every backup (one copy each), what the folder holds for this database.
+    #: Bytes every backup takes in the primary folder (one copy each; an object shared by
+    #: format 2 backups counted once), what the folder holds for this database.
     stored_bytes: int = 0
+    #: The size of the database the newest backup holds.
+    logical_bytes: int | None = None
+    #: What the newest backup added to the folder when it was taken (format 1: its file).
+    last_added: int | None = None
     #: Copies (in any folder) whose bytes failed their last check.
     damaged_copies: int = 0
 
@@ -105,7 +112,11 @@ def read_snapshot(settings: Settings, *, now: datetime | None = None) -> Snapsho
     restorable = next((i for i in infos if i.metadata is not None and i.verified), None)
     return Snapshot(
         newest_restore_point=_stamp(restorable.created_at if restorable else None),
-        stored_bytes=sum(i.metadata.stored_size for i in infos if i.metadata is not None),
+        stored_bytes=folder_bytes(
+            settings.backup_dir, [i.metadata for i in infos if i.metadata is not None]
+        ),
+        logical_bytes=newest.metadata.raw_size if newest and newest.metadata else None,
+        last_added=newest.metadata.stored_size if newest and newest.metadata else None,
         damaged_copies=sum(c.state == CopyStatus.DAMAGED for i in infos for c in i.copies),
         last_success=_stamp(good.created_at if good else None),
         last_verified=_stamp(max(verified_at, default=None)),
@@ -177,8 +188,19 @@ class BackupsCollector:
         )
         yield from gauge(
             "stored_bytes",
-            "Stored size of every backup of the database (one copy each).",
+            "Bytes every backup of the database takes in its primary folder (objects shared "
+            "by format 2 backups counted once).",
             lambda s: s.stored_bytes,
+        )
+        yield from gauge(
+            "logical_bytes",
+            "Size of the database the newest backup holds.",
+            lambda s: s.logical_bytes,
+        )
+        yield from gauge(
+            "last_added_bytes",
+            "What the newest backup added to the folder (format 1: its whole file).",
+            lambda s: s.last_added,
         )
         yield from gauge(
             "damaged_copies",

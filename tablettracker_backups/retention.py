@@ -20,8 +20,10 @@ than ``BACKUPS_RECENT_BUDGET``. Over budget it thins: the newest backups stay de
 the budget), older ones are kept one per time bucket, the narrowest bucket width that fits.
 Buckets are aligned to the epoch and their widths are 15 s times a power of two, so a coarser
 width keeps a subset of what a finer one kept and thinning never has to change its mind.
-What a backup costs is a function given by the caller (:func:`stored_cost` today); a
-page-level incremental store would pass the bytes of a snapshot's changed pages instead.
+What a backup costs is the bytes only it holds: a version 1 backup's file; for a version 2
+backup, the packs and node packs no other listed backup needs (what deleting it alone frees,
+see :mod:`tablettracker_backups.footprint`), so the budget buys dense snapshots of a database
+that changes little. The default budget is ten full copies of the newest backup.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from functools import cached_property
 from itertools import pairwise
 
 from tablettracker_backups.display import format_age
+from tablettracker_backups.footprint import Footprint, measure
+from tablettracker_backups.metadata import PAGES_VERSION
 from tablettracker_backups.settings import RetentionPolicy, Settings
 from tablettracker_backups.store import BackupInfo
 
@@ -59,6 +63,9 @@ class Candidate:
     grouped: bool = False
     #: Its full data checks have run (see :mod:`.checks`); false: not known sound yet.
     checked: bool = True
+    #: What a whole copy of it takes, shared bytes included (0: its ``cost``): what the
+    #: default budget counts in.
+    whole: int = 0
 
     @property
     def good(self) -> bool:
@@ -366,36 +373,42 @@ def stored_cost(info: BackupInfo) -> int:
 
 
 def candidates_from(
-    infos: Iterable[BackupInfo], cost: Callable[[BackupInfo], int] = stored_cost
+    infos: Iterable[BackupInfo],
+    cost: Callable[[BackupInfo], int] = stored_cost,
+    *,
+    footprints: Mapping[str, Footprint] | None = None,
 ) -> list[Candidate]:
-    """Retention candidates from listed backups, each with its ``cost``."""
+    """Retention candidates from listed backups, each with its ``cost``: the bytes only it
+    holds (its footprint's ``own``) when ``footprints`` has it, else ``cost(info)``."""
+    found = footprints or {}
     return [
         Candidate(
             i.id,
             i.created_at,
             i.kind,
             i.verified,
-            cost(i),
+            found[i.id].own if i.id in found else cost(i),
             source_damaged=i.source_damaged,
             # A backup written by a newer version is for that version to judge: kept.
             pinned=i.pinned or i.newer,
             grouped=i.metadata is not None and i.metadata.grouped,
             checked=i.checked,
+            whole=found[i.id].stored if i.id in found else 0,
         )
         for i in infos
     ]
 
 
 def recent_tier_for(settings: Settings, candidates: Iterable[Candidate]) -> RecentTier | None:
-    """The recent tier the settings ask for; the default budget is 10x what the newest
-    verified backup costs. None when ``BACKUPS_KEEP_RECENT`` is 0."""
+    """The recent tier the settings ask for; the default budget is 10x what a whole copy
+    of the newest verified backup takes. None when ``BACKUPS_KEEP_RECENT`` is 0."""
     if settings.keep_recent <= 0:
         return None
     budget = settings.recent_budget
     if budget is None:
         regular = [c for c in candidates if c.verified and c.kind != "pre-restore"]
         newest = max(regular, key=lambda c: (c.created_at, c.id), default=None)
-        budget = 10 * newest.cost if newest is not None else 0
+        budget = 10 * (newest.whole or newest.cost) if newest is not None else 0
     return RecentTier(timedelta(seconds=settings.keep_recent), budget)
 
 
@@ -409,8 +422,10 @@ def plan_for_backups(
     evidence: Mapping[str, str] | None = None,
 ) -> RetentionPlan:
     """The local retention plan for listed backups under ``settings``: slots, recent tier,
-    and the ``evidence`` of open data-loss warnings."""
-    candidates = candidates_from(infos)
+    and the ``evidence`` of open data-loss warnings. A version 2 backup's cost is measured in
+    the primary folder (its page index read, see :mod:`.footprint`)."""
+    infos = list(infos)
+    candidates = candidates_from(infos, footprints=_footprints(settings, infos))
     return plan_retention(
         candidates,
         settings.retention,
@@ -420,3 +435,12 @@ def plan_for_backups(
         recent=recent_tier_for(settings, candidates),
         evidence=evidence,
     )
+
+
+def _footprints(settings: Settings, infos: list[BackupInfo]) -> dict[str, Footprint] | None:
+    """The measured footprints when the folder holds version 2 backups (None: every cost is
+    in the listing already)."""
+    metas = [i.metadata for i in infos if i.metadata is not None]
+    if not any(m.format_version == PAGES_VERSION for m in metas):
+        return None
+    return measure(settings.backup_dir, metas)

@@ -276,7 +276,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
                 "autosnapshot", "bootstrap", "pins", "evidence", "health", "metrics", "weekly",
                 "preview", "sound_copy", "restore_points", "jobs.queue", "pings", "keys",
                 "sources", "anomaly", "intent", "jobs", "site", "export", "coordinated",
-                "groups", "group_restore", "checks",
+                "groups", "group_restore", "checks", "migrate",
             }
         ),
     ),
@@ -286,7 +286,7 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
             {
                 "store", "catalog", "identity", "status", "audit", "notify", "offsite.client",
                 "offsite.record", "offsite.policy", "retention", "locking", "overwrite",
-                "snapshot", "extract", "offsite", "replicate", "garbage",
+                "snapshot", "extract", "offsite", "replicate", "garbage", "footprint",
                 "formats",
             }
         ),

@@ -934,6 +934,7 @@ def test_report_to_dict_names_every_field() -> None:
         slot_counts={"hourly": 2},
         disk={"primary": {"total": 10, "used": 4, "free": 6}},
         stored_bytes=123,
+        sizes={"logical": 4096, "stored": 900, "added": 40, "own": 30, "next_backup_needs": 5000},
         last_run_at=at - timedelta(minutes=30),
         next_run_due=at + timedelta(minutes=30),
         offsite={"configured": True},
@@ -957,6 +958,13 @@ def test_report_to_dict_names_every_field() -> None:
         "slot_counts": {"hourly": 2},
         "disk": {"primary": {"total": 10, "used": 4, "free": 6}},
         "stored_bytes": 123,
+        "sizes": {
+            "logical": 4096,
+            "stored": 900,
+            "added": 40,
+            "own": 30,
+            "next_backup_needs": 5000,
+        },
         "last_run_at": "2026-11-27T11:30:00Z",
         "next_run_due": "2026-11-27T12:30:00Z",
         "offsite": {"configured": True},
@@ -967,7 +975,7 @@ def test_report_to_dict_names_every_field() -> None:
     assert (empty["status"], empty["exit_code"]) == ("ok", 0)
     assert empty["newest_backup"] == empty["newest_good_backup"] == {"id": None, "created_at": None}
     assert [empty[k] for k in ("last_run_at", "next_run_due")] == [None, None]
-    assert [empty[k] for k in ("offsite", "encryption", "recovery")] == [None, None, None]
+    assert [empty[k] for k in ("offsite", "encryption", "recovery", "sizes")] == [None] * 4
     worst = HealthReport(
         checked_at=at,
         findings=(

@@ -38,6 +38,9 @@ ADDED = {
     "tablettracker_backups_newest_restore_point_timestamp_seconds",
     "tablettracker_backups_stored_bytes",
     "tablettracker_backups_damaged_copies",
+    # The real sizes (issue 20): the database's, and what the newest backup added.
+    "tablettracker_backups_logical_bytes",
+    "tablettracker_backups_last_added_bytes",
 }
 
 
@@ -77,6 +80,8 @@ def test_metrics_read_the_folder_and_status_at_scrape_time(
         meta.created_at.timestamp(), abs=1e-3
     )
     assert one(samples, "tablettracker_backups_last_size_bytes") == meta.stored_size
+    assert one(samples, "tablettracker_backups_last_added_bytes") == meta.stored_size
+    assert one(samples, "tablettracker_backups_logical_bytes") == meta.raw_size
     assert one(samples, "tablettracker_backups_last_duration_seconds") == meta.durations["total"]
     assert one(samples, "tablettracker_backups_health_status") == 0
     verified = one(samples, "tablettracker_backups_last_verified_timestamp_seconds")

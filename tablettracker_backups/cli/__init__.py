@@ -27,6 +27,7 @@ from tablettracker_backups.cli import (
     keygen_cmd,
     list_cmd,
     metrics_cmd,
+    migrate_cmd,
     notify_cmd,
     pin_cmd,
     prune_cmd,
@@ -76,5 +77,6 @@ cli.add_command(pin_cmd.unpin)
 cli.add_command(adopt_cmd.adopt)
 cli.add_command(restore_cmd.restore)
 cli.add_command(export_cmd.export)
+cli.add_command(migrate_cmd.migrate_command, name="migrate")
 
 __all__ = ["cli"]

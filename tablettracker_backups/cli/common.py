@@ -51,6 +51,7 @@ AUDITED = {
     "run": "run",
     "init": "init",
     "export": "export",
+    "migrate": "migrate",
 }
 
 

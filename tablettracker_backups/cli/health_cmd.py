@@ -15,6 +15,7 @@ from tablettracker_backups.cli.common import (
     report_each_database,
     site_command,
 )
+from tablettracker_backups.display import human_size
 from tablettracker_backups.health import HealthReport, current_report
 from tablettracker_backups.settings import Settings
 from tablettracker_backups.site import Site
@@ -43,6 +44,7 @@ def health(site: Site, as_json: bool) -> None:
             emit_json(report.to_dict())
         else:
             print_health(report)
+            _print_sizes(report)
         sys.exit(report.exit_code)
     report_each_database(
         site,
@@ -55,7 +57,22 @@ def health(site: Site, as_json: bool) -> None:
 def _show(settings: Settings) -> int:
     report = _check(settings)
     print_health(report)
+    _print_sizes(report)
     return report.exit_code
+
+
+def _print_sizes(report: HealthReport) -> None:
+    """What the backups take: the database, every folder, and the newest backup."""
+    sizes = report.sizes
+    if "logical" not in sizes:
+        return
+    click.echo(
+        f"Sizes: database {human_size(sizes['logical'])}; backups take "
+        f"{human_size(report.stored_bytes)} in all folders; the newest added "
+        f"{human_size(sizes['added'])} (alone it holds {human_size(sizes['own'])}, a whole "
+        f"copy of it {human_size(sizes['stored'])}); the next backup needs about "
+        f"{human_size(sizes['next_backup_needs'])} free."
+    )
 
 
 def _check(settings: Settings) -> HealthReport:

@@ -17,6 +17,7 @@ from tablettracker_backups.cli.common import (
     site_command_line,
 )
 from tablettracker_backups.display import human_size, local_time
+from tablettracker_backups.footprint import of_listing
 from tablettracker_backups.groups import RestoreGroup, group_ref, list_groups
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.offsite.record import read_state
@@ -104,6 +105,7 @@ def _listing(
 ) -> tuple[list[dict[str, Any]], Callable[[], None]]:
     """One database's list: its JSON rows, and what prints it on a terminal."""
     plan = plan_for_backups(settings, infos, now=datetime.now(timezone.utc))
+    sizes = of_listing(settings.backup_dir, infos)
     latest = newest_good(infos)
     # From the local offsite record only: listing never waits on the network.
     offsite = copy_states(settings, infos)
@@ -117,6 +119,8 @@ def _listing(
             kept_because=list(plan.reasons(info.id)),
             latest=latest is not None and info.id == latest.id,
             group=None if ref is None else {"id": ref.id, "members": ref.members},
+            # logical (the database), stored (a whole copy), own (what only it holds), added.
+            sizes=sizes[info.id].to_dict() if info.id in sizes else None,
         )
         if offsite:
             document["copies"]["offsite"] = offsite[info.id]
@@ -131,6 +135,11 @@ def _listing(
             )
             return
         _print_list(infos, plan, latest, offsite)
+        if any(i.metadata is not None and i.metadata.format_version > 1 for i in infos):
+            click.echo(
+                "SIZE: what the backup added to the folder (+, format 2: pages shared with the "
+                "others are stored once); 'show ID' says what it holds alone."
+            )
 
     return [as_dict(i) for i in infos], show
 
@@ -156,7 +165,7 @@ def _print_list(
         mark = "*" if latest is not None and info.id == latest.id else " "
         click.echo(
             f"{mark} {info.id:<24} {local_time(info.created_at):<24} {info.kind:<11} "
-            f"{human_size(info.stored_size):>10} {'yes' if info.verified else 'NO':<8} "
+            f"{_size_column(info):>10} {'yes' if info.verified else 'NO':<8} "
             f"{_data_column(info):<14} {shown[info.id]:<{width}} {reasons}"
         )
         if info.label:
@@ -173,6 +182,12 @@ def _print_list(
     note = _zone_note([i.created_at for i in infos])
     if note:
         click.echo(note)
+
+
+def _size_column(info: BackupInfo) -> str:
+    """A format 1 backup's file; what a format 2 backup added (``+``)."""
+    size = human_size(info.stored_size)
+    return f"+{size}" if info.metadata is not None and info.metadata.format_version > 1 else size
 
 
 def _data_column(info: BackupInfo) -> str:

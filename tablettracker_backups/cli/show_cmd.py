@@ -20,6 +20,7 @@ from tablettracker_backups.cli.common import (
 )
 from tablettracker_backups.display import human_age, human_size, local_time
 from tablettracker_backups.encryption import describe_keys
+from tablettracker_backups.footprint import Footprint, of_listing
 from tablettracker_backups.metadata import CHECK_NAMES, BackupMetadata
 from tablettracker_backups.offsite.policy import copy_states
 from tablettracker_backups.prune import plan_for_store
@@ -55,6 +56,8 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
             document["copies"]["offsite"] = offsite
         if info.metadata is not None:
             document["metadata"] = json.loads(info.metadata.to_json())
+        size = of_listing(settings.backup_dir, infos).get(info.id)
+        document["sizes"] = size.to_dict() if size is not None else None
         emit_json(document)
         _fail_without_metadata(info)
         return
@@ -72,7 +75,7 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     click.echo(f"  kept:        {', '.join(reasons) or 'not kept by retention'}")
     meta = info.metadata
     if meta is not None:
-        _show_metadata(meta)
+        _show_metadata(meta, of_listing(settings.backup_dir, infos).get(info.id))
         for found in recorded_anomalies(meta):
             click.echo(f"  anomaly:     {found.get('message')}")
     for problem in info.problems:
@@ -80,17 +83,25 @@ def show(settings: Settings, backup_id: str, as_json: bool) -> None:
     _fail_without_metadata(info)
 
 
-def _show_metadata(meta: BackupMetadata) -> None:
+def _show_metadata(meta: BackupMetadata, size: Footprint | None) -> None:
     click.echo(f"  trigger:     {meta.trigger}")
     click.echo(
         f"  source:      {meta.source.path} ({meta.source.journal_mode} mode, "
         f"{meta.source.page_count} pages of {meta.source.page_size} B)"
     )
-    click.echo(
-        f"  sizes:       {human_size(meta.raw_size)} database, "
-        f"{human_size(meta.stored_size)} stored ({meta.compression} "
-        f"level {meta.compression_level})"
-    )
+    if meta.format_version > 1 and size is not None:
+        click.echo(
+            f"  sizes:       {human_size(size.logical)} database; added "
+            f"{human_size(size.added)} when taken; holds {human_size(size.own)} no other "
+            f"backup needs; a whole copy (shared pages included) is {human_size(size.stored)} "
+            f"(format 2, {meta.compression} level {meta.compression_level})"
+        )
+    else:
+        click.echo(
+            f"  sizes:       {human_size(meta.raw_size)} database, "
+            f"{human_size(meta.stored_size)} stored ({meta.compression} "
+            f"level {meta.compression_level})"
+        )
     click.echo(f"  sha256:      {meta.sha256}")
     if meta.encryption is not None:
         click.echo(f"  encrypted:   age, opened by {describe_keys(meta.encryption.recipients)}")

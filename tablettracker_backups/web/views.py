@@ -58,6 +58,7 @@ from tablettracker_backups.errors import (
 )
 from tablettracker_backups.evidence import open_warnings
 from tablettracker_backups.export import export_backup
+from tablettracker_backups.footprint import of_listing
 from tablettracker_backups.formats import FILES
 from tablettracker_backups.fsutil import remove_quietly, temp_path
 from tablettracker_backups.groups import RestoreGroup, find_group, list_groups
@@ -641,12 +642,16 @@ def _site_row(member: Member, *, now: datetime) -> dict[str, Any]:
 def _summary(infos: list[BackupInfo]) -> dict[str, Any]:
     """What the dashboard shows about all backups (computed once per listing)."""
     with_meta = [(i.created_at, i.metadata) for i in infos if i.metadata is not None]
+    # A format 2 backup stores only what it added; its whole copy shares the rest.
+    paged = any(m.format_version > FILES.version for _, m in with_meta)
     return {
         "count": len(infos),
         "chart": size_chart(
             [
                 Series(
-                    "stored size", "ttb-stored", [(t, float(m.stored_size)) for t, m in with_meta]
+                    "added to the folder" if paged else "stored size",
+                    "ttb-stored",
+                    [(t, float(m.stored_size)) for t, m in with_meta],
                 ),
                 Series("database size", "ttb-raw", [(t, float(m.raw_size)) for t, m in with_meta]),
             ],
@@ -775,6 +780,7 @@ def backup_list() -> ResponseReturnValue:
         # Offsite copy per backup, from the local offsite record (no network).
         offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         plan=plan_for_store(store),
+        sizes=store.memo(("sizes",), lambda: of_listing(store.settings.backup_dir, infos)),
         latest=newest_good(infos),
         page=page,
         pages=pages,
@@ -823,6 +829,9 @@ def detail(backup_id: str) -> ResponseReturnValue:
         latest=latest is not None and latest.id == info.id,
         offsite=store.memo(("offsite",), lambda: copy_states(store.settings, infos)),
         reasons=plan_for_store(store).reasons(info.id),
+        size=store.memo(("sizes",), lambda: of_listing(store.settings.backup_dir, infos)).get(
+            info.id
+        ),
         newest_verified=_newest_verified(store, info.id),
     )
 
