@@ -177,6 +177,18 @@ def damaged_index(path: Path) -> Expected:
     return Expected(rows={"people": 2000}, source_damaged=True, integrity_stops=True)
 
 
+def change_table_copy_only(path: Path, page_size: int) -> None:
+    """Change ``name-00042`` in the table's leaf page and not in its index's copy."""
+    data = bytearray(path.read_bytes())
+    at = -1
+    while True:
+        at = data.index(b"name-00042", at + 1)
+        if data[at - at % page_size] == 0x0D:  # a table leaf page, not the index's copy
+            break
+    data[at + 5] = ord("X")
+    path.write_bytes(bytes(data))
+
+
 def index_out_of_step(path: Path) -> Expected:
     """One name changed inside the table's page and not in its index: integrity_check lists
     the row missing from the index (a finding, the check runs to the end), rows still count."""
@@ -187,14 +199,7 @@ def index_out_of_step(path: Path) -> Expected:
             "INSERT INTO people (name) VALUES (?)", [(f"name-{i:05d}",) for i in range(2000)]
         )
         page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
-    data = bytearray(path.read_bytes())
-    at = -1
-    while True:
-        at = data.index(b"name-00042", at + 1)
-        if data[at - at % page_size] == 0x0D:  # a table leaf page, not the index's copy
-            break
-    data[at + 5] = ord("X")
-    path.write_bytes(bytes(data))
+    change_table_copy_only(path, page_size)
     return Expected(
         rows={"people": 2000},
         source_damaged=True,

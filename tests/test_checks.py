@@ -33,6 +33,7 @@ from tablettracker_backups.settings import Settings
 from tablettracker_backups.snapshot import inspect_header
 from tablettracker_backups.store import BackupStore
 from tablettracker_backups.verify import verify_backup
+from tests.corpus import change_table_copy_only
 from tests.faultkit import cli_env, resume, run_cli, spawn_cli, stopped_at
 
 #: A budget nothing fits: every manual snapshot after the first is filed unchecked.
@@ -299,15 +300,7 @@ def _people(db: Path) -> None:
 def _out_of_step(db: Path) -> None:
     """One name changed in the table's page and not in its index: integrity_check fails,
     the backup API copies it as it is, the schema reads fine."""
-    page_size = 4096
-    data = bytearray(db.read_bytes())
-    at = -1
-    while True:
-        at = data.index(b"name-00042", at + 1)
-        if data[at - at % page_size] == 0x0D:  # a table leaf page, not the index's copy
-            break
-    data[at + 5] = ord("X")
-    db.write_bytes(bytes(data))
+    change_table_copy_only(db, 4096)
 
 
 def test_restore_of_latest_unchecked_and_damaged_is_refused_and_latest_moves_back(
